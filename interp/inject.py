@@ -1,0 +1,249 @@
+"""The one Safety-Token injection routine: token ids, position ids and tree masks.
+
+"Inject the span after d response tokens" means: the model sees ``prompt ‖ response[:d] ‖ span`` with
+positions ``0 … P+d+h-1``. Extraction packs every depth of one response into a single row
+(``prompt ‖ response ‖ span(d_1) ‖ … ‖ span(d_D)``) whose attention mask makes span copy k see only the first
+``P + d_k`` tokens and itself (DESIGN §3). The guard forwards the span over a KV cache
+(:func:`span_over_cache_inputs`) or rides it on the next decode step (:func:`piggyback_inputs`, DESIGN §6).
+
+Masks are additive float masks (0 where attention is allowed, ``finfo(dtype).min`` elsewhere), which
+transformers passes through unchanged when they are 4-D. Models with sliding-window layers get a dict
+``{layer_type: mask}`` (Gemma-2/3, Qwen2 with sliding layers) or one windowed tensor (Mistral-style configs);
+the window is applied on logical positions, matching ``kv_idx > q_idx - window`` in transformers.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import torch
+
+MAIN = -1  # copy index of prompt/response tokens
+PAD = -2  # copy index of padding tokens
+
+
+@dataclass(frozen=True)
+class PackedPlan:
+    """One packed row: prompt ‖ response ‖ one span copy per valid depth."""
+
+    input_ids: tuple[int, ...]
+    position_ids: tuple[int, ...]
+    copy_index: tuple[int, ...]  # MAIN for prompt/response tokens, k for tokens of the copy at depths[k]
+    depths: tuple[int, ...]
+    valid: tuple[bool, ...]  # valid[k] = depths[k] <= response length
+    span_start: tuple[int, ...]  # sequence index of copy k's first token, -1 if invalid
+    prompt_len: int
+    response_len: int
+    span_len: int
+
+    @property
+    def length(self) -> int:
+        return len(self.input_ids)
+
+    @property
+    def main_len(self) -> int:
+        return self.prompt_len + self.response_len
+
+    @property
+    def last_token_index(self) -> tuple[int, ...]:
+        """Sequence index of the last token before each depth (last prompt token at depth 0); -1 if invalid."""
+        return tuple(self.prompt_len + d - 1 if ok else -1 for d, ok in zip(self.depths, self.valid))
+
+
+def plan_packed(prompt_ids: Sequence[int], response_ids: Sequence[int], span_ids: Sequence[int],
+                depths: Sequence[int]) -> PackedPlan:
+    """Lay out one response with a span copy after each valid depth (invalid depths get no copy)."""
+    depths = tuple(int(d) for d in depths)
+    if not prompt_ids:
+        raise ValueError("prompt_ids is empty")
+    if not span_ids:
+        raise ValueError("span_ids is empty")
+    if any(d < 0 for d in depths) or list(depths) != sorted(set(depths)):
+        raise ValueError(f"depths must be distinct, non-negative and increasing, got {depths}")
+    P, R, h = len(prompt_ids), len(response_ids), len(span_ids)
+    ids = [int(t) for t in prompt_ids] + [int(t) for t in response_ids]
+    pos = list(range(P + R))
+    copy = [MAIN] * (P + R)
+    valid, starts = [], []
+    for k, d in enumerate(depths):
+        ok = d <= R
+        valid.append(ok)
+        if not ok:
+            starts.append(-1)
+            continue
+        starts.append(len(ids))
+        ids += [int(t) for t in span_ids]
+        pos += range(P + d, P + d + h)
+        copy += [k] * h
+    return PackedPlan(tuple(ids), tuple(pos), tuple(copy), depths, tuple(valid), tuple(starts), P, R, h)
+
+
+@dataclass
+class PackedBatch:
+    """Right-padded tensors for one forward over several packed rows."""
+
+    input_ids: torch.Tensor  # [B, S]
+    position_ids: torch.Tensor  # [B, S]
+    attention_mask: torch.Tensor | dict[str, torch.Tensor]  # [B, 1, S, S] additive, or per layer type
+    span_index: torch.Tensor  # [B, D, h] sequence index of each copy's tokens, -1 if invalid
+    last_token_index: torch.Tensor  # [B, D]
+    prompt_last_index: torch.Tensor  # [B]
+    valid: torch.Tensor  # [B, D] bool
+    n_tokens: int  # real (non-pad) tokens in the batch
+
+
+def attention_layout(config) -> tuple[int | None, list[str] | None]:
+    """``(sliding_window, layer_types)`` to pass to :func:`collate` / :func:`piggyback_inputs` for a model config."""
+    cfg = getattr(config, "get_text_config", lambda: config)()
+    window = getattr(cfg, "sliding_window", None)
+    types = getattr(cfg, "layer_types", None)
+    if types is not None:
+        types = list(types)
+        if "sliding_attention" not in types:
+            window = None
+    return window, types
+
+
+def _additive(allowed: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+    mask = torch.zeros(allowed.shape, dtype=dtype, device=allowed.device)
+    mask.masked_fill_(~allowed, torch.finfo(dtype).min)
+    return mask.unsqueeze(1)
+
+
+def _masks(allowed: torch.Tensor, q_pos: torch.Tensor, k_pos: torch.Tensor, dtype: torch.dtype,
+           sliding_window: int | None, layer_types: Sequence[str] | None):
+    """Full mask, or per-layer-type dict / windowed mask when the model has sliding layers."""
+    if sliding_window is None:
+        return _additive(allowed, dtype)
+    in_window = (q_pos[:, :, None] - k_pos[:, None, :]) < sliding_window
+    windowed = allowed & in_window
+    if layer_types is None:  # Mistral-style: one window for every layer
+        return _additive(windowed, dtype)
+    known = {"full_attention", "sliding_attention"}
+    unknown = set(layer_types) - known
+    if unknown:
+        raise ValueError(f"unsupported attention layer types {sorted(unknown)}; supported: {sorted(known)}")
+    out = {"full_attention": _additive(allowed, dtype)}
+    if "sliding_attention" in layer_types:
+        out["sliding_attention"] = _additive(windowed, dtype)
+    return out
+
+
+def collate(plans: Sequence[PackedPlan], pad_id: int, *, dtype: torch.dtype = torch.float32,
+            sliding_window: int | None = None, layer_types: Sequence[str] | None = None,
+            device: torch.device | str | None = None) -> PackedBatch:
+    """Right-pad plans into one batch with the tree mask (pad rows see only themselves)."""
+    if not plans:
+        raise ValueError("no plans to collate")
+    depths = plans[0].depths
+    if any(p.depths != depths or p.span_len != plans[0].span_len for p in plans):
+        raise ValueError("all plans in a batch need the same depths and span length")
+    B, S, D, h = len(plans), max(p.length for p in plans), len(depths), plans[0].span_len
+    ids = torch.full((B, S), int(pad_id), dtype=torch.long)
+    pos = torch.zeros((B, S), dtype=torch.long)
+    copy = torch.full((B, S), PAD, dtype=torch.long)
+    visible = torch.zeros((B, S), dtype=torch.long)  # prompt/response tokens each row may see
+    span_index = torch.full((B, D, h), -1, dtype=torch.long)
+    for b, p in enumerate(plans):
+        n = p.length
+        ids[b, :n] = torch.tensor(p.input_ids)
+        pos[b, :n] = torch.tensor(p.position_ids)
+        copy[b, :n] = torch.tensor(p.copy_index)
+        visible[b, :p.main_len] = p.main_len
+        for k, (d, start) in enumerate(zip(p.depths, p.span_start)):
+            if start >= 0:
+                visible[b, start:start + h] = p.prompt_len + d
+                span_index[b, k] = torch.arange(start, start + h)
+        pad_pos = torch.arange(n, S) - n  # pad positions: harmless, see only themselves
+        pos[b, n:] = pad_pos
+    idx = torch.arange(S)
+    causal = idx[None, :] <= idx[:, None]
+    col_main = (copy == MAIN)[:, None, :] & (idx[None, None, :] < visible[:, :, None])
+    same_copy = (copy[:, :, None] == copy[:, None, :]) & (copy[:, :, None] >= 0)
+    allowed = (causal[None] & (col_main | same_copy)) | torch.eye(S, dtype=torch.bool)[None]
+    mask = _masks(allowed, pos, pos, dtype, sliding_window, layer_types)
+    last = torch.tensor([p.last_token_index for p in plans], dtype=torch.long).reshape(B, D)
+    batch = PackedBatch(
+        input_ids=ids, position_ids=pos, attention_mask=mask, span_index=span_index,
+        last_token_index=last,
+        prompt_last_index=torch.tensor([p.prompt_len - 1 for p in plans], dtype=torch.long),
+        valid=torch.tensor([p.valid for p in plans], dtype=torch.bool).reshape(B, D),
+        n_tokens=sum(p.length for p in plans))
+    if device is not None:
+        batch = to_device(batch, device)
+    return batch
+
+
+def to_device(batch: PackedBatch, device) -> PackedBatch:
+    """Move every tensor of a batch to ``device``."""
+    mask = batch.attention_mask
+    mask = {k: v.to(device) for k, v in mask.items()} if isinstance(mask, dict) else mask.to(device)
+    return PackedBatch(batch.input_ids.to(device), batch.position_ids.to(device), mask,
+                       batch.span_index.to(device), batch.last_token_index.to(device),
+                       batch.prompt_last_index.to(device), batch.valid.to(device), batch.n_tokens)
+
+
+def span_over_cache_inputs(span_ids: Sequence[int], cache_len: int | torch.Tensor, batch: int = 1,
+                           device: torch.device | str | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(input_ids [B,h], position_ids [B,h])`` to forward the span at positions n … n+h-1 over a cache of n.
+
+    ``cache_len`` may be a ``[B]`` tensor of per-row positions (left-padded batches).
+    """
+    h = len(span_ids)
+    ids = torch.tensor([list(span_ids)] * batch, dtype=torch.long, device=device)
+    start = torch.as_tensor(cache_len, dtype=torch.long, device=device).reshape(-1, 1)
+    pos = (start + torch.arange(h, device=device)[None]).expand(batch, h).contiguous()
+    return ids, pos
+
+
+def piggyback_inputs(next_tokens: torch.Tensor, span_ids: Sequence[int], cache_len: int, *,
+                     dtype: torch.dtype = torch.float32, prefix_mask: torch.Tensor | None = None,
+                     positions: torch.Tensor | None = None, sliding_window: int | None = None,
+                     layer_types: Sequence[str] | None = None, sliding_cache_len: int | None = None,
+                     device: torch.device | str | None = None):
+    """Inputs for one forward of ``[t] ‖ span`` over a cache of ``cache_len`` entries (DESIGN §6).
+
+    Token t (position n) sees the cached prefix and itself; span token i (position n+i) sees the prefix
+    and span tokens ≤ i, never t. After the forward the cache holds ``prefix ‖ t ‖ span``; dropping its last
+    h entries leaves ``prefix ‖ t``. ``prefix_mask`` [B, n] (1 = real) masks left padding in the cache;
+    ``positions`` [B] overrides t's position (default n; use ``cache_len - n_pad`` with left padding).
+    Sliding layers of a transformers sliding-window cache hold only their last
+    ``sliding_cache_len`` (default ``min(n, window-1)``) prefix entries; their mask is sized to that.
+    Returns ``(input_ids [B,1+h], position_ids [B,1+h], attention_mask)``.
+    """
+    next_tokens = torch.as_tensor(next_tokens, dtype=torch.long).reshape(-1)
+    B, h, n = next_tokens.shape[0], len(span_ids), int(cache_len)
+    ids = torch.cat([next_tokens[:, None], torch.tensor([list(span_ids)] * B, dtype=torch.long)], dim=1)
+    start = torch.full((B,), n, dtype=torch.long) if positions is None else torch.as_tensor(positions).long()
+    offs = torch.cat([torch.zeros(1, dtype=torch.long), torch.arange(h)])
+    pos = start[:, None] + offs[None]
+    # logical indices (cache index space, span shifted back onto t's slot) for the window rule
+    q_logical = (n + offs)[None].expand(B, -1)
+    new_allowed = torch.zeros((1 + h, 1 + h), dtype=torch.bool)
+    new_allowed[0, 0] = True
+    new_allowed[1:, 1:] = torch.tril(torch.ones((h, h), dtype=torch.bool))
+    prefix = torch.ones((B, n), dtype=torch.bool) if prefix_mask is None else prefix_mask.to(torch.bool).cpu()
+
+    def build(m: int) -> torch.Tensor:  # mask over the last m prefix entries + the 1+h new ones
+        allowed = torch.cat([prefix[:, n - m:, None].transpose(1, 2).expand(B, 1 + h, m),
+                             new_allowed[None].expand(B, -1, -1)], dim=2)
+        return allowed
+
+    full = build(n)
+    if sliding_window is None:
+        mask = _additive(full, dtype)
+    else:
+        m = min(n, sliding_window - 1) if sliding_cache_len is None else int(sliding_cache_len)
+        k_logical = torch.cat([torch.arange(n - m, n), n + offs])[None].expand(B, -1)
+        sliding = _masks(build(m), q_logical, k_logical, dtype, sliding_window, None)
+        if layer_types is None:
+            mask = sliding
+        else:
+            mask = {"full_attention": _additive(full, dtype)}
+            if "sliding_attention" in layer_types:
+                mask["sliding_attention"] = sliding
+    if device is not None:
+        ids, pos = ids.to(device), pos.to(device)
+        mask = {k: v.to(device) for k, v in mask.items()} if isinstance(mask, dict) else mask.to(device)
+    return ids, pos, mask
