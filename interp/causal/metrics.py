@@ -1,0 +1,109 @@
+"""Refusal log-odds at the header's next token, probe scores at sites, and bootstrap confidence intervals.
+
+Refusal log-odds = logsumexp of the log-probs of the first tokens of refusal openers minus the same for
+compliance openers, read where the re-injected header predicts the first token of a new assistant turn.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Protocol
+
+import numpy as np
+import torch
+
+from interp import UserError
+
+REFUSAL_OPENERS = ("I'm sorry", "I am sorry", "I cannot", "I can't", "Sorry", "I apologize", "As an AI",
+                   "Unfortunately", "I won't", "No")
+COMPLIANCE_OPENERS = ("Sure", "Here", "Certainly", "Of course", "To", "Step", "1", "The", "Yes", "Absolutely",
+                      "First", "Okay")
+
+
+@dataclass(frozen=True)
+class OpenerTokens:
+    """First-token ids of refusal and compliance openers (disjoint)."""
+
+    refusal: tuple[int, ...]
+    compliance: tuple[int, ...]
+
+
+def opener_tokens(tokenizer, refusal: Sequence[str] = REFUSAL_OPENERS,
+                  compliance: Sequence[str] = COMPLIANCE_OPENERS) -> OpenerTokens:
+    """First token of each opener as the start of a message; ids shared by both sides are dropped."""
+
+    def firsts(texts: Sequence[str]) -> set[int]:
+        out = set()
+        for t in texts:
+            ids = tokenizer(t, add_special_tokens=False)["input_ids"]
+            if ids:
+                out.add(int(ids[0]))
+        return out
+
+    r, c = firsts(refusal), firsts(compliance)
+    both = r & c
+    r, c = sorted(r - both), sorted(c - both)
+    if not r or not c:
+        raise UserError("refusal and compliance openers share all first tokens; give distinct openers")
+    return OpenerTokens(tuple(r), tuple(c))
+
+
+def refusal_logodds(logits: torch.Tensor, openers: OpenerTokens) -> torch.Tensor:
+    """``[N, V]`` next-token logits -> ``[N]`` refusal-vs-compliance log-odds (float64 on CPU)."""
+    logp = torch.log_softmax(logits.double(), dim=-1)
+    r = torch.logsumexp(logp[:, list(openers.refusal)], dim=-1)
+    c = torch.logsumexp(logp[:, list(openers.compliance)], dim=-1)
+    return (r - c).cpu()
+
+
+class Probe(Protocol):
+    """What the experiments need from a probe set (``interp.probes.ProbeSet`` provides it)."""
+
+    layers: Sequence[int]
+
+    def score(self, hidden: torch.Tensor, layer: int) -> torch.Tensor: ...
+
+    def direction(self, layer: int) -> torch.Tensor: ...
+
+
+def probe_scores(probe: Probe, hidden: torch.Tensor, layer: int) -> torch.Tensor:
+    """Probe logit for ``[N, d]`` hidden states at ``layer`` as a float64 CPU tensor."""
+    out = probe.score(hidden, layer)
+    return torch.as_tensor(np.asarray(out.detach().cpu() if torch.is_tensor(out) else out), dtype=torch.float64)
+
+
+def mean_ci(values, n_boot: int = 2000, level: float = 0.95, seed: int = 0) -> dict[str, float]:
+    """Mean with a percentile-bootstrap CI over the values (one value per prompt/pair)."""
+    x = np.asarray(values, dtype=np.float64).ravel()
+    x = x[np.isfinite(x)]
+    if x.size == 0:
+        return {"mean": float("nan"), "lo": float("nan"), "hi": float("nan"), "n": 0}
+    if x.size == 1:
+        return {"mean": float(x[0]), "lo": float("nan"), "hi": float("nan"), "n": 1}
+    rng = np.random.default_rng(seed)
+    means = x[rng.integers(0, x.size, size=(n_boot, x.size))].mean(axis=1)
+    a = (1 - level) / 2
+    return {"mean": float(x.mean()), "lo": float(np.quantile(means, a)), "hi": float(np.quantile(means, 1 - a)),
+            "n": int(x.size)}
+
+
+def cohens_d_ci(a, b, n_boot: int = 1000, level: float = 0.95, seed: int = 0) -> np.ndarray:
+    """Cohen's d (a vs b) per column of ``[Na, F]`` / ``[Nb, F]`` with bootstrap CIs -> ``[F, 3]`` (d, lo, hi)."""
+    a, b = np.asarray(a, np.float64), np.asarray(b, np.float64)
+
+    def d(x: np.ndarray, y: np.ndarray) -> np.ndarray:
+        nx, ny = x.shape[-2], y.shape[-2]
+        vx, vy = x.var(axis=-2, ddof=1), y.var(axis=-2, ddof=1)
+        pooled = np.sqrt(((nx - 1) * vx + (ny - 1) * vy) / max(nx + ny - 2, 1))
+        diff = x.mean(axis=-2) - y.mean(axis=-2)
+        return np.where(pooled > 0, diff / np.where(pooled > 0, pooled, 1.0), np.sign(diff) * np.inf * (diff != 0))
+
+    point = np.nan_to_num(d(a, b), posinf=1e6, neginf=-1e6)
+    rng = np.random.default_rng(seed)
+    boots = np.empty((n_boot, a.shape[1]))
+    for i in range(n_boot):
+        boots[i] = d(a[rng.integers(0, len(a), len(a))], b[rng.integers(0, len(b), len(b))])
+    boots = np.nan_to_num(boots, posinf=1e6, neginf=-1e6)
+    q = (1 - level) / 2
+    return np.stack([point, np.quantile(boots, q, axis=0), np.quantile(boots, 1 - q, axis=0)], axis=1)

@@ -1,0 +1,156 @@
+"""Activation patching at the re-injected span and attention knockout of span -> continuation.
+
+Paired runs at the same depth (harmful prefix vs benign prefix): the residual stream at one site of the
+destination run, at the probe token or at the whole span, is replaced by the source run's vectors at the same
+span offsets (the span tokens are identical, their absolute positions may differ). Effects are read at the
+header's next token (refusal log-odds) and as probe scores at the probe token.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+from tqdm import tqdm
+
+from interp import UserError
+from interp.causal.hooks import HookFn, Inputs, at_positions, resid_post, run_with_hooks
+from interp.causal.inputs import BENIGN, HARMFUL, Example, Span, SpanBatch, build_batch, knockout_inputs
+from interp.causal.metrics import OpenerTokens, Probe, mean_ci, probe_scores, refusal_logodds
+
+SiteFn = Callable[[int], str]
+
+
+@dataclass
+class Readout:
+    """Per-row refusal log-odds and probe scores (by probe layer) of one forward."""
+
+    refusal: torch.Tensor
+    probe: dict[int, torch.Tensor] = field(default_factory=dict)
+    cache: dict[str, torch.Tensor] = field(default_factory=dict)
+
+
+def span_cols(batch: SpanBatch, where: str) -> tuple[torch.Tensor, torch.Tensor]:
+    """(rows, positions) of the probe token (``where="probe"``) or of the whole span (``"span"``)."""
+    b = len(batch.examples)
+    if where == "probe":
+        return torch.arange(b), batch.probe_pos
+    if where == "span":
+        h = batch.span_pos.shape[1]
+        return torch.arange(b).repeat_interleave(h), batch.span_pos.reshape(-1)
+    raise UserError(f"unknown position set {where!r}; use probe or span")
+
+
+def read(model, batch: SpanBatch, openers: OpenerTokens, probe: Probe | None = None,
+         probe_layers: Sequence[int] = (), probe_site: SiteFn = resid_post,
+         hooks: dict[str, HookFn] | None = None, capture: Sequence[str] = (),
+         inputs: Inputs | None = None) -> Readout:
+    """One forward of ``batch`` (optionally hooked / with other inputs) and its readout at the span."""
+    sites = tuple(dict.fromkeys([*capture, *(probe_site(L) for L in probe_layers)]))
+    logits, cache = run_with_hooks(model, inputs or batch.inputs, hooks, sites)
+    rows = torch.arange(len(batch.examples))
+    out = Readout(refusal_logodds(logits[rows, batch.last_pos], openers), cache=cache)
+    if probe is not None:
+        for L in probe_layers:
+            out.probe[L] = probe_scores(probe, cache[probe_site(L)][rows, batch.probe_pos], L)
+    return out
+
+
+def patch_hook(dst: SpanBatch, src: SpanBatch, src_site_values: torch.Tensor, where: str) -> HookFn:
+    """Hook writing ``src``'s site vectors at the chosen span offsets into ``dst`` (rows paired in order)."""
+    if len(dst.examples) != len(src.examples) or dst.span_pos.shape != src.span_pos.shape:
+        raise UserError("patching needs paired batches with the same number of rows and the same span")
+    src_rows, src_cols = span_cols(src, where)
+    dst_rows, dst_cols = span_cols(dst, where)
+    vectors = src_site_values[src_rows, src_cols]
+    return at_positions(lambda _x: vectors, dst_rows, dst_cols)
+
+
+def pair_up(examples: Sequence[Example], depth: int) -> tuple[list[Example], list[Example]]:
+    """Harmful and benign examples valid at ``depth``, truncated to equal counts (paired in order)."""
+    h = [e for e in examples if e.label == HARMFUL and len(e.response_ids) >= depth]
+    b = [e for e in examples if e.label == BENIGN and len(e.response_ids) >= depth]
+    n = min(len(h), len(b))
+    return h[:n], b[:n]
+
+
+def _delta(patched: Readout, clean: Readout, src: Readout, probe_layers: Sequence[int]) -> dict:
+    out = {"d_refusal": (patched.refusal - clean.refusal).numpy(),
+           "gap_refusal": (src.refusal - clean.refusal).numpy()}
+    for L in probe_layers:
+        out[f"d_probe_{L}"] = (patched.probe[L] - clean.probe[L]).numpy()
+    return out
+
+
+def patching_sweep(model, examples: Sequence[Example], span: Span, pad_id: int, openers: OpenerTokens,
+                   depths: Sequence[int], layers: Sequence[int], where: str = "span",
+                   site: SiteFn = resid_post, probe: Probe | None = None, probe_layers: Sequence[int] = (),
+                   probe_site: SiteFn = resid_post, min_pairs: int = 2) -> dict:
+    """Patch benign -> harmful and harmful -> benign at every (layer, depth); mean effects with 95% CIs.
+
+    Returns ``{"layers", "depths", "n_pairs": [D], "cells": [{layer, depth, direction, metric: ci}, ...]}``
+    where ``direction`` names the run that receives the patch (``harmful<-benign`` or ``benign<-harmful``).
+    """
+    cells, n_pairs = [], []
+    bar = tqdm(total=len(depths) * len(layers), desc="patching", leave=False)
+    for d in depths:
+        harm, ben = pair_up(examples, d)
+        n_pairs.append(len(harm))
+        if len(harm) < min_pairs:
+            bar.update(len(layers))
+            continue
+        hb, bb = build_batch(harm, d, span, pad_id), build_batch(ben, d, span, pad_id)
+        sites = [site(L) for L in layers]
+        clean = {HARMFUL: read(model, hb, openers, probe, probe_layers, probe_site, capture=sites),
+                 BENIGN: read(model, bb, openers, probe, probe_layers, probe_site, capture=sites)}
+        batches = {HARMFUL: hb, BENIGN: bb}
+        for L in layers:
+            for dst, src in ((HARMFUL, BENIGN), (BENIGN, HARMFUL)):
+                hook = patch_hook(batches[dst], batches[src], clean[src].cache[site(L)], where)
+                patched = read(model, batches[dst], openers, probe, probe_layers, probe_site,
+                               hooks={site(L): hook})
+                deltas = _delta(patched, clean[dst], clean[src], probe_layers)
+                cell = {"layer": L, "depth": d, "direction": f"{dst}<-{src}", "n": len(harm)}
+                cell.update({k: mean_ci(v) for k, v in deltas.items()})
+                gap = float(np.mean(deltas["gap_refusal"]))
+                cell["fraction_of_gap"] = float(np.mean(deltas["d_refusal"])) / gap if gap else float("nan")
+                cells.append(cell)
+            bar.update(1)
+    bar.close()
+    return {"layers": list(layers), "depths": list(depths), "where": where, "n_pairs": n_pairs, "cells": cells}
+
+
+def knockout_effects(model, examples: Sequence[Example], span: Span, pad_id: int, openers: OpenerTokens,
+                     depths: Sequence[int], probe: Probe | None = None, probe_layers: Sequence[int] = (),
+                     probe_site: SiteFn = resid_post) -> list[dict]:
+    """Block the span's attention to the response tokens (every layer); Δ refusal / Δ probe by depth & label."""
+    out = []
+    dtype = next(model.parameters()).dtype
+    for d in tqdm(depths, desc="knockout", leave=False):
+        for label in (HARMFUL, BENIGN):
+            batch = build_batch([e for e in examples if e.label == label], d, span, pad_id)
+            if batch is None:
+                continue
+            clean = read(model, batch, openers, probe, probe_layers, probe_site)
+            ko = read(model, batch, openers, probe, probe_layers, probe_site,
+                      inputs=knockout_inputs(batch, dtype))
+            row = {"depth": d, "label": label, "n": len(batch.examples),
+                   "refusal_clean": mean_ci(clean.refusal.numpy()),
+                   "refusal_knockout": mean_ci(ko.refusal.numpy()),
+                   "d_refusal": mean_ci((ko.refusal - clean.refusal).numpy())}
+            for L in probe_layers:
+                row[f"d_probe_{L}"] = mean_ci((ko.probe[L] - clean.probe[L]).numpy())
+            out.append(row)
+    return out
+
+
+def heatmap_matrix(result: dict, direction: str, metric: str = "d_refusal") -> np.ndarray:
+    """``[layers, depths]`` mean of ``metric`` for one patch direction (NaN where no pairs)."""
+    layers, depths = result["layers"], result["depths"]
+    mat = np.full((len(layers), len(depths)), np.nan)
+    for c in result["cells"]:
+        if c["direction"] == direction and metric in c:
+            mat[layers.index(c["layer"]), depths.index(c["depth"])] = c[metric]["mean"]
+    return mat
