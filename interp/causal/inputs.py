@@ -1,8 +1,8 @@
 """Examples and single-depth batches for the causal experiments: ``prompt ‖ response[:d] ‖ span``.
 
-The span after ``d`` response tokens is exactly what the packed extraction reads for depth ``d`` (there the span
-copy sees ``prompt ‖ response[:d]`` and itself); here it is built as one plain causal sequence per example so that
-hooks can edit positions without a tree mask. Rows are right-padded; a row whose response is shorter than ``d``
+The span after ``d`` response tokens is what the packed extraction reads for depth ``d`` (there the span copy
+sees ``prompt ‖ response[:d]`` and itself); here :func:`interp.inject.plan_packed` lays it out with the response
+cut at ``d`` (one plain causal sequence per example) so that hooks can edit positions without a tree mask. Rows are right-padded; a row whose response is shorter than ``d``
 is left out (never duplicated), as in the extraction.
 """
 
@@ -15,6 +15,7 @@ import torch
 
 from interp import UserError
 from interp.causal.hooks import Inputs
+from interp.inject import plan_packed
 
 HARMFUL, BENIGN = "harmful", "benign"
 
@@ -73,7 +74,8 @@ def build_batch(examples: Sequence[Example], depth: int, span: Span, pad_id: int
     kept = [ex for ex in examples if len(ex.response_ids) >= depth]
     if not kept:
         return None
-    seqs = [list(ex.prompt_ids) + list(ex.response_ids[:depth]) + list(span.ids) for ex in kept]
+    # The injection routine with the response cut at ``depth``: one copy, contiguous positions, plain causal.
+    seqs = [list(plan_packed(ex.prompt_ids, ex.response_ids[:depth], span.ids, [depth]).input_ids) for ex in kept]
     width = max(len(s) for s in seqs)
     ids = torch.full((len(seqs), width), pad_id, dtype=torch.long)
     mask = torch.zeros((len(seqs), width), dtype=torch.long)
