@@ -63,7 +63,7 @@ _DATASETS: dict[str, _Dataset] = {d.info.name: d for d in (
     _ds("alpaca_eval", "AlpacaEval prompts with gpt4_1106_preview reference answers", _B, True,
         "CC-BY-NC-4.0 + OpenAI terms", 805, (C.ALPACA_GPT4,), S.alpaca_eval("alpaca_eval"),
         "source set: helpful_base, koala, oasst, selfinstruct, vicuna"),
-    _ds("alpaca_eval_davinci", "AlpacaEval prompts with text_davinci_003 reference answers", _B, True,
+    _ds("alpaca_eval_davinci", "AlpacaEval prompts with text_davinci_003 reference answers (2 are empty upstream)", _B, True,
         "CC-BY-NC-4.0 + OpenAI terms", 805, (C.ALPACA_DAVINCI,), S.alpaca_eval("alpaca_eval_davinci"),
         "source set: helpful_base, koala, oasst, selfinstruct, vicuna"),
     _ds("jbb_artifacts", "JailbreakBench attack artifacts: jailbreak prompt + target response "
