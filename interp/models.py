@@ -162,35 +162,49 @@ def _resolve_dtype(dtype: str, device: str) -> torch.dtype:
 # ---------------------------------------------------------------------------- GGUF -> safetensors
 
 
-def convert_gguf(gguf: Path, dest: Path, model_id: str, sha256: str, source: str) -> Path:
-    """Dequantise ``gguf`` to float32 and save a clean HF copy (model, tokenizer, manifest) at ``dest``, atomically.
-
-    GGUF-loaded models refuse ``save_pretrained``, so the weights are moved (no copy) into a model rebuilt from the
-    config without its quantisation entry, which saves normally.
-    """
-    import transformers
+def _load_gguf(gguf: Path):
+    """``(model, tokenizer)`` dequantised to float32 straight from a GGUF file (slow: tens of seconds)."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    print(f"converting {gguf.name} to a cached safetensors copy (once) ...", file=sys.stderr)
     tokenizer = AutoTokenizer.from_pretrained(str(gguf.parent), gguf_file=gguf.name)
-    gguf_model = AutoModelForCausalLM.from_pretrained(str(gguf.parent), gguf_file=gguf.name, dtype=torch.float32)
-    config = copy.deepcopy(gguf_model.config)
+    model = AutoModelForCausalLM.from_pretrained(str(gguf.parent), gguf_file=gguf.name, dtype=torch.float32)
+    return model, tokenizer
+
+
+def save_clean_copy(model, tokenizer, dest: Path, manifest: dict) -> Path:
+    """Save ``model`` (possibly GGUF-loaded), ``tokenizer`` and ``manifest`` as a plain HF folder at ``dest``, atomically.
+
+    GGUF-loaded models refuse ``save_pretrained``, so the weights are moved (no copy) into a model rebuilt on the meta
+    device from the config without its quantisation entry, which saves normally.
+    """
+    from transformers import AutoModelForCausalLM
+
+    config = copy.deepcopy(model.config)
     if hasattr(config, "quantization_config"):
         del config.quantization_config
-    config._name_or_path = model_id
+    config._name_or_path = manifest["model_id"]
     with torch.device("meta"):
         clean = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
-    clean.load_state_dict(gguf_model.state_dict(), assign=True, strict=True)
+    clean.load_state_dict(model.state_dict(), assign=True, strict=True)
     clean.tie_weights()
-    clean.generation_config = gguf_model.generation_config
+    clean.generation_config = copy.deepcopy(model.generation_config)
     with atomic_dir(dest) as tmp:
         clean.save_pretrained(tmp)
         tokenizer.save_pretrained(tmp)
-        write_manifest(tmp, {"model_id": model_id, "source": source, "gguf_sha256": sha256, "gguf_file": gguf.name,
-                             "tokenizer_name_or_path": model_id, "dtype": "float32", "format": 1,
-                             "transformers_version": transformers.__version__,
-                             "converted_at": time.strftime("%Y-%m-%dT%H:%M:%S%z")})
+        write_manifest(tmp, manifest)
     return dest
+
+
+def convert_gguf(gguf: Path, dest: Path, model_id: str, sha256: str, source: str) -> Path:
+    """Dequantise ``gguf`` to float32 and cache it at ``dest`` as safetensors + tokenizer + manifest."""
+    import transformers
+
+    print(f"converting {gguf.name} to a cached safetensors copy (once) ...", file=sys.stderr)
+    model, tokenizer = _load_gguf(gguf)
+    manifest = {"model_id": model_id, "source": source, "gguf_sha256": sha256, "gguf_file": gguf.name,
+                "dtype": "float32", "format": 1, "transformers_version": transformers.__version__,
+                "converted_at": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
+    return save_clean_copy(model, tokenizer, dest, manifest)
 
 
 def ensure_converted(resolved: ResolvedSpec, cache_dir: str | None = None) -> tuple[Path, str]:
