@@ -153,9 +153,12 @@ def test_jbb_artifacts_split_by_attack_and_jailbroken_counts(mirror):
     assert sum(r.meta["jailbroken"] for r in dsn) == 94
     jailbroken = load_dataset("jbb_jailbroken")
     assert len({r.meta["pair_id"] for r in jailbroken}) == 98
-    assert all(r.prompt == r.meta.get("goal", r.prompt) for r in jailbroken)
-    total = sum(r.meta["jailbroken"] for r in load_dataset("jbb_artifacts"))
-    assert total == len(jailbroken) == 937
+    artifacts = {r.id.split(":", 1)[1]: r for r in load_dataset("jbb_artifacts")}
+    for r in jailbroken:
+        source = artifacts[r.id.split(":", 1)[1]]
+        assert source.meta["jailbroken"] and r.prompt == source.meta["goal"] != source.prompt
+        assert r.response == source.response and r.meta["jailbreak_prompt"] == source.prompt
+    assert sum(r.meta["jailbroken"] for r in artifacts.values()) == len(jailbroken) == 937
     with pytest.raises(UserError, match="known: .*PAIR/vicuna-13b-v1.5"):
         load_dataset("jbb_artifacts", split="AutoDAN")
 
