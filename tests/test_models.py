@@ -20,7 +20,7 @@ N_PARTS = 11  # > 9 so that a lexicographic sort (part10 before part2) would scr
 
 def _fake_entry(sha: str, name: str = "fake-model", n_parts: int = N_PARTS) -> CatalogueEntry:
     return CatalogueEntry(name=name, title="Fake-Model", packages=tuple(f"fake-pkg-part{i}" for i in range(1, n_parts + 1)),
-                          version="1.0", member="{module}/data/part01.bin", sha256=sha, size=None, arch="qwen2",
+                          version="1.0", member="{module}/data/part{index:02d}.bin", sha256=sha, size=None, arch="qwen2",
                           n_layers=2, d_model=64, params="tiny", aliases=("fakey",))
 
 
@@ -32,7 +32,7 @@ def _write_wheels(folder: Path, n_parts: int = N_PARTS) -> bytes:
         module = f"fake_pkg_part{i}"
         with zipfile.ZipFile(folder / f"{module}-1.0-py3-none-any.whl", "w", zipfile.ZIP_DEFLATED) as zf:
             zf.writestr(f"{module}/__init__.py", "")
-            zf.writestr(f"{module}/data/part01.bin", data)
+            zf.writestr(f"{module}/data/part{i:02d}.bin", data)
     return b"".join(payloads)
 
 
