@@ -1,0 +1,48 @@
+"""Thresholds at a target false-positive rate on benign controls, and reliability / ECE."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from interp import UserError
+
+
+def threshold_at_fpr(benign_scores: np.ndarray, target_fpr: float) -> float:
+    """Smallest threshold among the benign scores such that the fraction flagged (score > threshold) is at most
+    ``target_fpr``. With k = floor(target * n) the threshold is the (n - k)-th smallest benign score."""
+    s = np.sort(np.asarray(benign_scores, np.float64))
+    if len(s) == 0:
+        raise UserError("no benign control scores to set a threshold on")
+    if not 0 <= target_fpr < 1:
+        raise UserError(f"target FPR must be in [0, 1), got {target_fpr}")
+    k = int(np.floor(target_fpr * len(s) + 1e-9))
+    return float(s[len(s) - k - 1])
+
+
+def rates_at_threshold(scores: np.ndarray, y: np.ndarray, threshold: float) -> dict[str, float]:
+    """TPR and FPR of flag = score > threshold."""
+    scores, y = np.asarray(scores), np.asarray(y)
+    flagged = scores > threshold
+    tpr = float(flagged[y == 1].mean()) if (y == 1).any() else float("nan")
+    fpr = float(flagged[y == 0].mean()) if (y == 0).any() else float("nan")
+    return {"threshold": float(threshold), "tpr": tpr, "fpr": fpr}
+
+
+def reliability_curve(probs: np.ndarray, y: np.ndarray, n_bins: int = 10) -> dict[str, list[float]]:
+    """Equal-width bins on [0, 1]: mean predicted probability, observed positive rate and count per bin."""
+    probs, y = np.asarray(probs, np.float64), np.asarray(y, np.float64)
+    idx = np.clip((probs * n_bins).astype(int), 0, n_bins - 1)
+    count = np.bincount(idx, minlength=n_bins).astype(np.float64)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        mean_pred = np.bincount(idx, probs, n_bins) / count
+        frac_pos = np.bincount(idx, y, n_bins) / count
+    return {"edges": np.linspace(0, 1, n_bins + 1).tolist(), "mean_pred": mean_pred.tolist(),
+            "frac_pos": frac_pos.tolist(), "count": count.tolist()}
+
+
+def expected_calibration_error(probs: np.ndarray, y: np.ndarray, n_bins: int = 10) -> float:
+    """Sum over bins of (bin count / n) * |observed positive rate - mean predicted probability|."""
+    rc = reliability_curve(probs, y, n_bins)
+    count = np.asarray(rc["count"])
+    gap = np.abs(np.nan_to_num(np.asarray(rc["frac_pos"]) - np.asarray(rc["mean_pred"])))
+    return float((count * gap).sum() / max(count.sum(), 1))

@@ -1,0 +1,110 @@
+"""Probe-ready activations of one (hook, layer, position): ``X [N, D, d]`` plus labels, groups and masks."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from interp import UserError
+
+
+@dataclass
+class LayerData:
+    """Activations of one layer for N examples at D depths.
+
+    ``groups`` are prompt ids (all rows of one prompt share a group, so CV keeps them together);
+    ``valid[i, k]`` is False where response i ended before depth k (such pairs are never used).
+    """
+
+    X: np.ndarray  # [N, D, d] float32
+    y: np.ndarray  # [N] int, 1 harmful / 0 benign
+    groups: np.ndarray  # [N] prompt ids (any hashable)
+    valid: np.ndarray  # [N, D] bool
+    sources: np.ndarray  # [N] str
+    depths: np.ndarray  # [D]
+    layer: int | None = None
+
+    def __post_init__(self) -> None:
+        if self.X.ndim == 2:
+            self.X = self.X[:, None, :]
+        n, d_count = self.X.shape[:2]
+        self.y = np.asarray(self.y).astype(np.int64)
+        self.valid = np.asarray(self.valid, dtype=bool).reshape(n, d_count)
+        self.groups = np.asarray(self.groups)
+        self.sources = np.asarray(self.sources).astype(str)
+        self.depths = np.asarray(self.depths)
+        if not (len(self.y) == len(self.groups) == len(self.sources) == n) or len(self.depths) != d_count:
+            raise UserError("LayerData: X, y, groups, sources, valid and depths disagree in shape")
+        if not set(np.unique(self.y)) <= {0, 1}:
+            raise UserError("labels must be 0 (benign) or 1 (harmful)")
+
+    @property
+    def group_codes(self) -> np.ndarray:
+        """Integer code per row for its prompt id (0..G-1)."""
+        return np.unique(self.groups, return_inverse=True)[1].reshape(-1)
+
+    def pairs(self) -> tuple[np.ndarray, np.ndarray]:
+        """(row index, depth index) of every valid pair, row-major."""
+        rows, cols = np.nonzero(self.valid)
+        return rows, cols
+
+    def flat(self) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+        """Valid pairs flattened: ``X [M, d]``, ``y [M]``, row index ``[M]``, depth index ``[M]``."""
+        rows, cols = self.pairs()
+        return np.ascontiguousarray(self.X[rows, cols], dtype=np.float32), self.y[rows], rows, cols
+
+
+def _attr(value: Any) -> Any:
+    if isinstance(value, bytes):
+        return value.decode()
+    if isinstance(value, np.ndarray):
+        return [_attr(v) for v in value.tolist()]
+    if isinstance(value, np.generic):
+        return value.item()
+    return value
+
+
+def examples_meta(store: Any) -> dict[str, np.ndarray]:
+    """Labels, prompt groups, sources and validity of a store's examples (strings decoded)."""
+    ex = store.examples
+    n = int(store.n_examples)
+    done = np.asarray(ex["done"], dtype=bool) if "done" in ex else np.ones(n, bool)
+    groups = ex.get("prompt", ex.get("id"))
+    return {
+        "y": np.asarray(ex["label"]).astype(np.int64),
+        "groups": np.array([_attr(g) for g in np.asarray(groups)]),
+        "sources": np.array([_attr(s) for s in np.asarray(ex["source"])]).astype(str),
+        "valid": np.asarray(ex["valid"], dtype=bool) & done[:, None],
+        "done": done,
+    }
+
+
+def load_layer(store: Any, hook: str, layer: int, position: str | int = "probe",
+               depths: np.ndarray | list[int] | None = None) -> LayerData:
+    """Read one (hook, layer, position) of an ``ActivationStore`` as :class:`LayerData`.
+
+    Only finished rows (``done``) are kept; ``depths`` selects depth values (not indices).
+    """
+    if hook not in list(store.hooks):
+        raise UserError(f"hook {hook!r} not in store (has {list(store.hooks)})")
+    if int(layer) not in [int(v) for v in store.layers]:
+        raise UserError(f"layer {layer} not in store (has {list(store.layers)})")
+    all_depths = np.asarray(store.depths)
+    meta = examples_meta(store)
+    if depths is None:
+        cols = np.arange(len(all_depths))
+    else:
+        missing = sorted(set(int(v) for v in depths) - set(int(v) for v in all_depths))
+        if missing:
+            raise UserError(f"depths {missing} not in store (has {all_depths.tolist()})")
+        cols = np.array([int(np.nonzero(all_depths == v)[0][0]) for v in depths])
+    rows = np.nonzero(meta["done"])[0]
+    X = store.read(hook, int(layer), position=position, depths=all_depths[cols].tolist(), rows=rows)
+    X = np.asarray(X, dtype=np.float32)
+    if X.ndim == 2:
+        X = np.broadcast_to(X[:, None, :], (len(rows), len(cols), X.shape[-1]))
+    return LayerData(X=X, y=meta["y"][rows], groups=meta["groups"][rows],
+                     valid=meta["valid"][rows][:, cols], sources=meta["sources"][rows],
+                     depths=all_depths[cols], layer=int(layer))

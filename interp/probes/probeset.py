@@ -1,0 +1,182 @@
+"""``ProbeSet``: one linear probe per layer, saved as safetensors (tensors) + JSON (everything else)."""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from safetensors.numpy import load_file, save_file
+
+from interp import UserError, __version__
+
+FORMAT_VERSION = 1
+# Provenance keys that must agree between a ProbeSet and the store / model it is applied to.
+CHECKED_KEYS = ("model_id", "weights_sha256", "template_hash", "span_ids")
+
+
+def jsonable(value: Any) -> Any:
+    """Convert numpy / bytes values (e.g. HDF5 attributes) into plain JSON types."""
+    if isinstance(value, bytes):
+        return value.decode()
+    if isinstance(value, np.ndarray):
+        return [jsonable(v) for v in value.tolist()]
+    if isinstance(value, np.generic):
+        return value.item()
+    if isinstance(value, dict):
+        return {str(k): jsonable(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [jsonable(v) for v in value]
+    if isinstance(value, float) and not np.isfinite(value):
+        return None
+    return value
+
+
+def _paths(path: str | Path) -> tuple[Path, Path]:
+    """``x.json`` / ``x.safetensors`` name a prefix ``x``; anything else is a directory holding ``probeset.*``."""
+    p = Path(path)
+    p = p.with_suffix("") if p.suffix in (".json", ".safetensors") else p / "probeset"
+    return p.with_name(p.name + ".safetensors"), p.with_name(p.name + ".json")
+
+
+@dataclass
+class ProbeSet:
+    """Linear probes per layer: ``logit = ((h - mean) / std) @ weights[l] + bias[l]``; score = sigmoid(logit).
+
+    ``threshold`` applies to the score of ``best_layer``: flag when score > threshold.
+    """
+
+    layers: list[int]
+    weights: np.ndarray  # [L, d]
+    bias: np.ndarray  # [L]
+    hook: str
+    position: str | int
+    best_layer: int
+    threshold: float = 0.5
+    mean: np.ndarray | None = None  # [L, d]
+    std: np.ndarray | None = None  # [L, d]
+    kind: str = "logreg"
+    thresholds: dict[str, Any] = field(default_factory=dict)
+    metrics: dict[str, Any] = field(default_factory=dict)
+    provenance: dict[str, Any] = field(default_factory=dict)
+    config: dict[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        self.layers = [int(v) for v in self.layers]
+        self.weights = np.asarray(self.weights, np.float32)
+        self.bias = np.asarray(self.bias, np.float32).reshape(len(self.layers))
+        self.mean = None if self.mean is None else np.asarray(self.mean, np.float32)
+        self.std = None if self.std is None else np.asarray(self.std, np.float32)
+        if self.weights.shape[0] != len(self.layers):
+            raise UserError("ProbeSet: weights rows must match layers")
+        if self.best_layer not in self.layers:
+            raise UserError(f"best layer {self.best_layer} is not among the probed layers {self.layers}")
+
+    def _index(self, layer: int | None) -> int:
+        layer = self.best_layer if layer is None else int(layer)
+        if layer not in self.layers:
+            raise UserError(f"no probe for layer {layer} (probed layers: {self.layers})")
+        return self.layers.index(layer)
+
+    def folded(self, layer: int | None = None) -> tuple[np.ndarray, float]:
+        """Raw residual-basis ``(w [d], b)``: ``logit = h @ w + b`` (scaler folded in), float64."""
+        i = self._index(layer)
+        w = self.weights[i].astype(np.float64)
+        b = float(self.bias[i])
+        if self.std is not None:
+            w = w / self.std[i].astype(np.float64)
+        if self.mean is not None:
+            b -= float(self.mean[i].astype(np.float64) @ w)
+        return w, b
+
+    def logit(self, hidden: torch.Tensor | np.ndarray, layer: int | None = None) -> torch.Tensor | np.ndarray:
+        """Logit for ``hidden [..., d_model]`` → ``[...]`` (same type; torch keeps dtype and device)."""
+        w, b = self.folded(layer)
+        if isinstance(hidden, torch.Tensor):
+            wt = torch.as_tensor(w, dtype=torch.float32, device=hidden.device)
+            return (hidden.float() @ wt + b).to(hidden.dtype)
+        return np.asarray(hidden, np.float64) @ w + b
+
+    def score(self, hidden: torch.Tensor | np.ndarray, layer: int | None = None) -> torch.Tensor | np.ndarray:
+        """Probability harmful for ``hidden [..., d_model]``; ``layer`` None means the best layer."""
+        z = self.logit(hidden, layer)
+        if isinstance(z, torch.Tensor):
+            return torch.sigmoid(z.float()).to(z.dtype)
+        return 1.0 / (1.0 + np.exp(-z))
+
+    def direction(self, layer: int | None = None) -> np.ndarray:
+        """Unit vector in the residual basis along which the logit grows (scaler folded in)."""
+        w, _ = self.folded(layer)
+        return (w / np.linalg.norm(w)).astype(np.float32)
+
+    def to_sklearn(self, layer: int | None = None):
+        """An in-memory scikit-learn ``LogisticRegression`` equivalent to one layer's probe on raw activations."""
+        from sklearn.linear_model import LogisticRegression
+
+        w, b = self.folded(layer)
+        model = LogisticRegression()
+        model.classes_ = np.array([0, 1])
+        model.coef_ = w[None, :]
+        model.intercept_ = np.array([b])
+        model.n_features_in_ = len(w)
+        model.n_iter_ = np.array([0])
+        return model
+
+    def check_provenance(self, expect: dict[str, Any]) -> None:
+        """Raise ``UserError`` if ``expect`` (a store's or model's provenance) disagrees on model, weights,
+        template, span ids or hook."""
+        mine, theirs = jsonable(self.provenance), jsonable(dict(expect))
+        for key in CHECKED_KEYS:
+            if key in mine and key in theirs and mine[key] != theirs[key]:
+                raise UserError(f"probe set was trained with {key}={mine[key]!r} but the target has "
+                                f"{theirs[key]!r}; retrain the probe for this model/template")
+        if "hook" in theirs and theirs["hook"] != self.hook:
+            raise UserError(f"probe set reads hook {self.hook!r} but the target uses {theirs['hook']!r}")
+        if "hooks" in theirs and self.hook not in list(theirs["hooks"]):
+            raise UserError(f"probe set reads hook {self.hook!r}, which the target does not record")
+
+    def save(self, path: str | Path) -> Path:
+        """Write ``<prefix>.safetensors`` + ``<prefix>.json`` (a directory gets ``probeset.*``); returns the JSON."""
+        st_path, js_path = _paths(path)
+        st_path.parent.mkdir(parents=True, exist_ok=True)
+        tensors = {"weights": self.weights, "bias": self.bias,
+                   "layers": np.asarray(self.layers, np.int64)}
+        if self.mean is not None:
+            tensors["mean"] = np.asarray(self.mean, np.float32)
+        if self.std is not None:
+            tensors["std"] = np.asarray(self.std, np.float32)
+        meta = {"format_version": FORMAT_VERSION, "package_version": __version__, "kind": self.kind,
+                "layers": self.layers, "hook": self.hook, "position": self.position,
+                "best_layer": self.best_layer, "threshold": self.threshold, "thresholds": self.thresholds,
+                "metrics": self.metrics, "provenance": self.provenance, "config": self.config,
+                "tensors": st_path.name}
+        tmp_st, tmp_js = st_path.with_name(st_path.name + ".tmp"), js_path.with_name(js_path.name + ".tmp")
+        save_file({k: np.ascontiguousarray(v) for k, v in tensors.items()}, str(tmp_st))
+        tmp_js.write_text(json.dumps(jsonable(meta), indent=2, sort_keys=True) + "\n")
+        os.replace(tmp_st, st_path)
+        os.replace(tmp_js, js_path)
+        return js_path
+
+    @classmethod
+    def load(cls, path: str | Path, *, expect_provenance: dict[str, Any] | None = None) -> ProbeSet:
+        """Read a saved probe set; with ``expect_provenance`` refuse one trained on another model/template."""
+        st_path, js_path = _paths(path)
+        if not js_path.exists() or not st_path.exists():
+            raise UserError(f"no probe set at {path} (expected {js_path} and {st_path})")
+        meta = json.loads(js_path.read_text())
+        if meta.get("format_version") != FORMAT_VERSION:
+            raise UserError(f"{js_path}: unsupported probe-set format {meta.get('format_version')}")
+        t = load_file(str(st_path))
+        if t["layers"].tolist() != meta["layers"]:
+            raise UserError(f"{st_path} does not belong to {js_path} (layers differ)")
+        probes = cls(layers=meta["layers"], weights=t["weights"], bias=t["bias"], hook=meta["hook"],
+                     position=meta["position"], best_layer=meta["best_layer"], threshold=meta["threshold"],
+                     mean=t.get("mean"), std=t.get("std"), kind=meta["kind"], thresholds=meta["thresholds"],
+                     metrics=meta["metrics"], provenance=meta["provenance"], config=meta["config"])
+        if expect_provenance is not None:
+            probes.check_provenance(expect_provenance)
+        return probes

@@ -1,0 +1,71 @@
+"""Synthetic activations with a known planted direction, shaped like an activation store."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from interp.probes.data import LayerData
+
+
+@dataclass
+class SyntheticSpec:
+    """Generator settings. Per prompt: a base vector shared by all its depths (so depths are near-duplicates),
+    plus ``depth_noise`` per depth, plus a margin ``a_i`` along the planted unit direction of the layer:
+    ``a_i = signal[l] * (2y - 1) + margin_noise * N(0, 1)``.
+    """
+
+    n_prompts: int = 200
+    n_depths: int = 6
+    d_model: int = 32
+    n_layers: int = 3
+    signal: tuple[float, ...] = (0.0, 1.0, 3.0)  # per layer (cycled if shorter)
+    margin_noise: float = 1.0
+    prompt_noise: float = 1.0
+    depth_noise: float = 0.2
+    anisotropy: float = 0.0  # log-normal spread of per-dimension noise scales (0 = isotropic)
+    invalid_frac: float = 0.2  # fraction of prompts whose response ends early (later depths invalid)
+    n_sources: int = 2
+    shuffle_labels: bool = False  # labels carry no signal at all (leakage / null control)
+    seed: int = 0
+
+
+class SyntheticSet:
+    """All layers of a synthetic store in memory; ``layer(l)`` gives :class:`LayerData`."""
+
+    def __init__(self, spec: SyntheticSpec) -> None:
+        self.spec = spec
+        rng = np.random.default_rng(spec.seed)
+        n, dd, d = spec.n_prompts, spec.n_depths, spec.d_model
+        self.y = np.arange(n) % 2
+        rng.shuffle(self.y)
+        self.groups = np.array([f"p{i:05d}" for i in range(n)])
+        self.sources = np.array([f"src{(i // 2) % spec.n_sources}" for i in range(n)])
+        self.depths = np.arange(dd) * 10
+        ends = np.full(n, dd)
+        early = rng.random(n) < spec.invalid_frac
+        ends[early] = rng.integers(1, max(dd, 2), early.sum())
+        self.valid = np.arange(dd)[None, :] < ends[:, None]
+        self.scales = np.exp(spec.anisotropy * rng.normal(size=d)).astype(np.float32)
+        dirs = rng.normal(size=(spec.n_layers, d))
+        self.directions = (dirs / np.linalg.norm(dirs, axis=1, keepdims=True)).astype(np.float32)
+        self._seeds = rng.integers(0, 2**31, spec.n_layers)
+        label_for_signal = rng.permutation(self.y) if spec.shuffle_labels else self.y
+        self._sign = (2 * label_for_signal - 1).astype(np.float32)
+
+    def layer_array(self, layer: int) -> np.ndarray:
+        """``X [N, D, d]`` float32 of one layer (deterministic per layer)."""
+        s = self.spec
+        rng = np.random.default_rng(self._seeds[layer])
+        signal = s.signal[layer % len(s.signal)]
+        base = rng.normal(size=(s.n_prompts, 1, s.d_model)).astype(np.float32) * s.prompt_noise
+        jitter = rng.normal(size=(s.n_prompts, s.n_depths, s.d_model)).astype(np.float32) * s.depth_noise
+        X = (base + jitter) * self.scales
+        margin = signal * self._sign + s.margin_noise * rng.normal(size=s.n_prompts).astype(np.float32)
+        X += margin[:, None, None] * self.directions[layer][None, None, :]
+        return X.astype(np.float32)
+
+    def layer(self, layer: int) -> LayerData:
+        return LayerData(X=self.layer_array(layer), y=self.y, groups=self.groups, valid=self.valid,
+                         sources=self.sources, depths=self.depths, layer=layer)

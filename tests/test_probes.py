@@ -1,0 +1,209 @@
+"""Probe trainers, grouped CV, metrics, thresholds and the ProbeSet format, on synthetic activations."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from sklearn.metrics import roc_auc_score, roc_curve
+
+from interp import UserError
+from interp.probes import ProbeSet
+from interp.probes.calibration import expected_calibration_error, rates_at_threshold, threshold_at_fpr
+from interp.probes.cv import check_grouping, grouped_folds, source_split, ungrouped_pair_folds
+from interp.probes.fit import fit_diff_of_means, fit_logreg_torch, fit_sklearn
+from interp.probes.metrics import accuracy, auroc, bootstrap_weights, summarize, tpr_at_fpr
+from interp.probes.sweep import ProbeConfig, oof_scores
+from interp.probes.synthetic import SyntheticSet, SyntheticSpec
+
+
+def _cos(a: np.ndarray, b: np.ndarray) -> float:
+    return float(a @ b / np.linalg.norm(a) / np.linalg.norm(b))
+
+
+@pytest.fixture(scope="module")
+def planted():
+    spec = SyntheticSpec(n_prompts=240, n_depths=5, d_model=24, n_layers=2, signal=(0.0, 4.0),
+                         margin_noise=0.5, depth_noise=0.1, seed=1)
+    return SyntheticSet(spec)
+
+
+def test_probe_recovers_planted_direction(planted):
+    data = planted.layer(1)
+    X, y, _, _ = data.flat()
+    for params in (fit_sklearn(X, y), fit_logreg_torch(X, y)[0, 0], fit_diff_of_means(X, y)):
+        w, _ = params.folded()
+        assert _cos(w, planted.directions[1]) > 0.95
+    split = grouped_folds(data.y, data.groups, 5, seed=0)
+    p = oof_scores(data, split, ProbeConfig())
+    ok = np.isfinite(p)
+    assert ok.sum() == data.valid.sum()
+    assert auroc(p[ok], data.y[np.nonzero(ok)[0]]) > 0.99
+
+
+def test_shuffled_labels_give_chance_auroc():
+    ss = SyntheticSet(SyntheticSpec(n_prompts=400, n_depths=4, d_model=16, n_layers=1, signal=(3.0,),
+                                    shuffle_labels=True, seed=2))
+    data = ss.layer(0)
+    p = oof_scores(data, grouped_folds(data.y, data.groups, 5, seed=0), ProbeConfig())
+    rows, cols = np.nonzero(np.isfinite(p))
+    assert abs(auroc(p[rows, cols], data.y[rows]) - 0.5) < 0.08
+
+
+def test_grouped_folds_keep_prompts_together_and_repeat():
+    rng = np.random.default_rng(0)
+    groups = rng.integers(0, 60, 500).astype(str)  # several rows per prompt
+    y = (np.unique(groups, return_inverse=True)[1] % 2)
+    split = grouped_folds(y, groups, 5, seed=3)
+    for f in range(5):
+        assert not set(groups[split.test[f]]) & set(groups[split.train[f]])
+    assert (split.test.sum(0) == 1).all()  # every row tested exactly once
+    assert np.array_equal(split.test, grouped_folds(y, groups, 5, seed=3).test)
+    assert not np.array_equal(split.test, grouped_folds(y, groups, 5, seed=4).test)
+    bad = ungrouped_pair_folds(len(y), 5, seed=0)
+    with pytest.raises(AssertionError):
+        check_grouping(bad, groups)
+
+
+def test_source_split():
+    sources = np.array(["a", "b", "c", "a"])
+    s = source_split(sources, ["a"], ["b"])
+    assert s.train.tolist() == [[True, False, False, True]] and s.test.tolist() == [[False, True, False, False]]
+    with pytest.raises(UserError):
+        source_split(sources, ["a"], ["zzz"])
+
+
+def test_ungrouped_cv_leaks_near_duplicate_depths():
+    # Labels carry no signal; a prompt's depths are near-duplicates. Splitting depths of one prompt across
+    # folds lets the probe memorise prompts: ungrouped CV reports well above chance, grouped CV does not.
+    ss = SyntheticSet(SyntheticSpec(n_prompts=120, n_depths=8, d_model=64, n_layers=1, signal=(0.0,),
+                                    depth_noise=0.05, invalid_frac=0.0, shuffle_labels=True, seed=5))
+    data = ss.layer(0)
+    X, y, rows, _ = data.flat()
+    cfg = ProbeConfig(C=10.0)
+    grouped = oof_scores(data, grouped_folds(data.y, data.groups, 5, seed=0), cfg)
+    leaky = ungrouped_pair_folds(len(y), 5, seed=0)
+    p_leaky = np.zeros(len(y))
+    params = fit_logreg_torch(X, y, leaky.train, C=cfg.C)
+    for f in range(5):
+        p_leaky[leaky.test[f]] = params[0, f].logit(X[leaky.test[f]])
+    a_grouped = auroc(grouped[np.nonzero(data.valid)], y)
+    a_leaky = auroc(p_leaky, y)
+    assert a_leaky > 0.85 and abs(a_grouped - 0.5) < 0.15 and a_leaky - a_grouped > 0.3
+
+
+@pytest.mark.parametrize("standardize", [False, True])
+def test_torch_solver_matches_sklearn(standardize):
+    ss = SyntheticSet(SyntheticSpec(n_prompts=300, n_depths=4, d_model=48, n_layers=2, signal=(0.6, 1.2),
+                                    anisotropy=1.5, margin_noise=1.0, seed=7))
+    X = np.stack([ss.layer_array(i)[ss.valid] for i in range(2)])  # [L, M, d]: all layers at once
+    y = ss.y[np.nonzero(ss.valid)[0]]
+    split = ungrouped_pair_folds(len(y), 3, seed=0)
+    batched = fit_logreg_torch(X, y, split.train, C=0.5, standardize=standardize)
+    assert batched.info["converged"].all()
+    for layer in range(2):
+        for f in range(3):
+            m = split.train[f]
+            ref = fit_sklearn(X[layer][m], y[m], C=0.5, standardize=standardize, tol=1e-8, max_iter=5000)
+            w_ref, b_ref = ref.folded()
+            w, b = batched[layer, f].folded()
+            assert _cos(w, w_ref) > 0.999
+            te = split.test[f]
+            gap = abs(roc_auc_score(y[te], X[layer][te] @ w) - roc_auc_score(y[te], X[layer][te] @ w_ref))
+            assert gap < 0.005
+            assert abs(b - b_ref) < 0.02 * (1 + abs(b_ref))
+
+
+def test_weighted_metrics_match_sklearn_on_repeated_rows():
+    rng = np.random.default_rng(0)
+    s = np.round(rng.normal(size=300), 1)  # ties on purpose
+    y = (rng.random(300) < 1 / (1 + np.exp(-2 * s))).astype(int)
+    w = rng.integers(0, 4, size=(3, 300))
+    for b in range(3):
+        rep = np.repeat(np.arange(300), w[b])
+        assert auroc(s, y, w[b:b + 1])[0] == pytest.approx(roc_auc_score(y[rep], s[rep]), abs=1e-12)
+        fpr, tpr, _ = roc_curve(y[rep], s[rep])
+        assert tpr_at_fpr(s, y, 0.05, w[b:b + 1])[0] == pytest.approx(tpr[fpr <= 0.05].max(), abs=1e-12)
+        assert accuracy(1 / (1 + np.exp(-s)), y, 0.5, w[b:b + 1])[0] == pytest.approx(
+            ((s[rep] > 0) == (y[rep] == 1)).mean())
+
+
+def test_bootstrap_ci_contains_point_and_shrinks():
+    rng = np.random.default_rng(1)
+    widths = []
+    for n in (60, 600):
+        groups = np.repeat(np.arange(n), 3)
+        y = np.repeat(np.arange(n) % 2, 3)
+        s = y + rng.normal(size=len(y)) * 1.5
+        res = summarize(s, y, groups, n_boot=400, seed=0)
+        for k in ("auroc", "acc", "tpr@0.05fpr"):
+            assert res[k]["lo"] <= res[k]["value"] <= res[k]["hi"]
+        widths.append(res["auroc"]["hi"] - res["auroc"]["lo"])
+    assert widths[1] < widths[0] * 0.6
+    w = bootstrap_weights(np.array(["a", "a", "b"]), 50, seed=0)
+    assert (w[:, 0] == w[:, 1]).all() and (w[:, 0] + w[:, 2] == 2).all()  # 2 prompts drawn per replicate
+
+
+def test_threshold_at_fpr_constructed():
+    benign = np.arange(100) / 100.0  # 0.00 .. 0.99
+    t = threshold_at_fpr(benign, 0.05)
+    assert t == pytest.approx(0.94)
+    assert (benign > t).sum() == 5
+    assert threshold_at_fpr(benign, 0.0) == pytest.approx(0.99)
+    scores = np.r_[benign, [0.90, 0.95, 0.97, 0.999]]
+    y = np.r_[np.zeros(100, int), np.ones(4, int)]
+    r = rates_at_threshold(scores, y, t)
+    assert r["fpr"] == pytest.approx(0.05) and r["tpr"] == pytest.approx(0.75)
+    p = np.full(1000, 0.8)
+    y = (np.arange(1000) < 800).astype(int)
+    assert expected_calibration_error(p, y) == pytest.approx(0.0, abs=1e-12)
+    assert expected_calibration_error(np.full(1000, 0.3), y) == pytest.approx(0.5)
+
+
+def _probeset(rng, standardize=True) -> ProbeSet:
+    L, d = 3, 10
+    return ProbeSet(layers=[2, 5, 7], weights=rng.normal(size=(L, d)), bias=rng.normal(size=L),
+                    hook="blocks.{}.hook_resid_post", position="probe", best_layer=5, threshold=0.8,
+                    mean=rng.normal(size=(L, d)) if standardize else None,
+                    std=np.exp(rng.normal(size=(L, d))) if standardize else None,
+                    metrics={"auroc": [0.5, 0.9, float("nan")]},
+                    provenance={"model_id": "m", "weights_sha256": "abc", "template_hash": "t1",
+                                "span_ids": [1, 2, 3]}, config={"C": 1.0})
+
+
+def test_probeset_roundtrip_score_and_sklearn(tmp_path):
+    rng = np.random.default_rng(0)
+    ps = _probeset(rng)
+    ps.save(tmp_path / "p")
+    back = ProbeSet.load(tmp_path / "p")
+    for name in ("weights", "bias", "mean", "std"):
+        assert np.array_equal(getattr(ps, name), getattr(back, name))
+    assert (back.layers, back.hook, back.best_layer, back.threshold) == (ps.layers, ps.hook, 5, 0.8)
+    assert back.provenance == ps.provenance and back.metrics["auroc"][2] is None
+    h = rng.normal(size=(4, 6, 10)).astype(np.float32)
+    direct = (h - ps.mean[1]) / ps.std[1] @ ps.weights[1].astype(np.float64) + ps.bias[1]
+    assert np.allclose(back.logit(h), direct, atol=1e-5)
+    ht = torch.from_numpy(h)
+    assert torch.allclose(back.score(ht, 7), torch.from_numpy(back.score(h, 7)).float(), atol=1e-6)
+    sk = back.to_sklearn(5)
+    assert np.allclose(sk.predict_proba(h.reshape(-1, 10))[:, 1], back.score(h).reshape(-1), atol=1e-6)
+    d = back.direction(2)
+    assert np.isclose(np.linalg.norm(d), 1.0, atol=1e-6)
+    step = back.logit(h[0, 0] + d, 2) - back.logit(h[0, 0], 2)
+    assert step > 0
+    ps.save(tmp_path / "q.json")
+    assert (tmp_path / "q.safetensors").exists() and ProbeSet.load(tmp_path / "q.safetensors").best_layer == 5
+
+
+def test_probeset_refuses_mismatched_provenance(tmp_path):
+    ps = _probeset(np.random.default_rng(1), standardize=False)
+    ps.save(tmp_path)
+    ok = {"model_id": "m", "weights_sha256": "abc", "template_hash": "t1", "span_ids": np.array([1, 2, 3]),
+          "hooks": ["blocks.{}.hook_resid_post"], "other": "ignored"}
+    ProbeSet.load(tmp_path, expect_provenance=ok)
+    for key, bad in [("model_id", "x"), ("weights_sha256", "zzz"), ("template_hash", "t2"),
+                     ("span_ids", [1, 2]), ("hooks", ["blocks.{}.hook_resid_pre"])]:
+        with pytest.raises(UserError):
+            ProbeSet.load(tmp_path, expect_provenance={**ok, key: bad})
+    with pytest.raises(UserError):
+        ProbeSet.load(tmp_path / "missing")
