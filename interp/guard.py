@@ -1,0 +1,270 @@
+"""ADA guard: streaming generation on the HF model's own KV cache with Safety-Token checks.
+
+Every ``stride`` generated tokens (plus an optional early schedule) a check runs over the live cache
+and the cache is rolled back exactly (:mod:`interp.kvcache`), so the stream is unchanged:
+- ADA-LP forwards the probe span (``span_ids[:probe_index+1]``), reads the probe layer at the role
+  token through a hook registered once, and scores it with a ``ProbeSet``; ``early_exit`` stops the
+  forward after the probe layer; ``piggyback`` rides the span on the next decode step (DESIGN §6).
+- ADA-RK forwards the whole re-injected span, greedily decodes ``lookahead`` tokens and applies a
+  refusal matcher (keywords, or probability mass of refusal openers at the first position).
+A flagged row halts (optionally emitting a refusal message); with ``buffer`` nothing reaches the caller
+before the check covering it has passed.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+
+from interp import UserError
+from interp.guard_checks import Checker, CheckOutcome
+from interp.kvcache import cache_kwarg, new_cache
+
+MODES = ("lp", "rk", "none")
+
+
+@dataclass
+class GuardConfig:
+    """How the guard checks a generation."""
+
+    mode: str = field(default="lp", metadata={"help": "lp (probe), rk (re-inject + keyword) or none",
+                                              "choices": MODES})
+    stride: int = field(default=25, metadata={"help": "check every this many generated tokens"})
+    early_checks: tuple[int, ...] = field(default=(), metadata={"help": "extra check depths, e.g. 1 2 4 8 16"})
+    check_at_start: bool = field(default=False, metadata={"help": "also check at depth 0 (right after the prompt)"})
+    final_check: bool = field(default=True, metadata={"help": "check unchecked tokens when generation ends"})
+    lookahead: int = field(default=20, metadata={"help": "ADA-RK: greedy tokens decoded after the span"})
+    matcher: str = field(default="keyword", metadata={"help": "ADA-RK refusal matcher", "choices": ("keyword", "prob")})
+    refusal_prob: float = field(default=0.5, metadata={"help": "ADA-RK prob matcher: opener mass threshold"})
+    threshold: float | None = field(default=None, metadata={"help": "ADA-LP threshold (default: the probe set's)"})
+    probe_layer: int | None = field(default=None, metadata={"help": "ADA-LP layer (default: probe set's best)"})
+    max_new_tokens: int = field(default=256, metadata={"help": "generation length limit"})
+    max_context: int | None = field(default=None, metadata={"help": "context limit (default: model's positions)"})
+    refusal_message: str = field(default="I'm sorry, but I can't help with that.",
+                                 metadata={"help": "text emitted on a halt ('' for none)"})
+    buffer: bool = field(default=True, metadata={"help": "hold tokens until a check covering them passed"})
+    early_exit: bool = field(default=False, metadata={"help": "ADA-LP: stop the check's forward at the probe layer"})
+    piggyback: bool = field(default=False, metadata={"help": "ride each check on the next decode step"})
+    do_sample: bool = field(default=False, metadata={"help": "sample instead of greedy decoding"})
+    temperature: float = field(default=1.0, metadata={"help": "sampling temperature"})
+    top_p: float = field(default=1.0, metadata={"help": "nucleus sampling mass"})
+    seed: int = field(default=0, metadata={"help": "sampling seed"})
+
+    def validate(self) -> None:
+        if self.mode not in MODES:
+            raise UserError(f"guard mode must be one of {', '.join(MODES)}, got {self.mode!r}")
+        if self.stride < 1:
+            raise UserError(f"--stride must be >= 1, got {self.stride}")
+        if any(d < 1 for d in self.early_checks):
+            raise UserError(f"--early-checks depths must be >= 1, got {list(self.early_checks)}")
+        if self.lookahead < 1:
+            raise UserError(f"--lookahead must be >= 1, got {self.lookahead}")
+        if self.max_new_tokens < 1:
+            raise UserError(f"--max-new-tokens must be >= 1, got {self.max_new_tokens}")
+        if self.piggyback and self.mode == "rk" and self.matcher == "keyword":
+            raise UserError("--piggyback works with mode lp or with --matcher prob (a keyword lookahead "
+                            "would see the piggybacked token)")
+        if self.piggyback and self.early_exit:
+            raise UserError("--piggyback and --early-exit exclude each other (the decode step needs all layers)")
+
+    def is_due(self, depth: int) -> bool:
+        if depth == 0:
+            return self.check_at_start
+        return depth % self.stride == 0 or depth in self.early_checks
+
+
+@dataclass
+class CheckEvent:
+    """One check of one row."""
+
+    depth: int
+    flagged: bool
+    detector: str
+    score: float | None = None  # ADA-LP probability / prob-matcher mass
+    lookahead: str | None = None  # ADA-RK / base decoded text
+
+
+@dataclass
+class GuardResult:
+    """Outcome of one guarded generation row."""
+
+    prompt_ids: list[int]
+    generated_ids: list[int] = field(default_factory=list)  # all tokens the model produced (or was forced)
+    emitted_ids: list[int] = field(default_factory=list)  # tokens released to the caller
+    text: str = ""  # emitted text (+ refusal message on a halt)
+    halted: bool = False
+    halt_depth: int | None = None
+    stop_reason: str = ""
+    checks: list[CheckEvent] = field(default_factory=list)
+
+    @property
+    def leak(self) -> int:
+        """Tokens released to the caller that no passed check covered (0 with buffering)."""
+        passed = max([c.depth for c in self.checks if not c.flagged], default=0)
+        return max(0, len(self.emitted_ids) - passed) if self.halted else 0
+
+
+Callback = Callable[[int, str, Any], None]  # (row, kind, payload); kinds: tokens, check, halt, done
+
+
+class GuardedGenerator:
+    """Batched guarded generation on a transformers causal LM (one instance per model + config)."""
+
+    def __init__(self, model, tokenizer, spans, config: GuardConfig | None = None, probes=None, *,
+                 model_id: str | None = None, weights_sha256: str | None = None,
+                 detectors: Sequence[str] | None = None, halt: bool = True, base_lookahead: int | None = None):
+        self.config = config = config or GuardConfig()
+        config.validate()
+        self.model, self.tokenizer = model, tokenizer
+        self.halt = halt
+        self.detectors = tuple(detectors) if detectors is not None else (
+            () if config.mode == "none" else (config.mode,))
+        self.checker = Checker(model, tokenizer, spans, config, probes if "lp" in self.detectors else None,
+                               model_id=model_id, weights_sha256=weights_sha256, base_lookahead=base_lookahead)
+        self._cache_kw = cache_kwarg(model)
+        self.eos_ids = self._eos_ids()
+        limit = getattr(model.config, "max_position_embeddings", None)
+        self.max_context = config.max_context or limit or 1 << 30
+
+    def _eos_ids(self) -> set[int]:
+        ids = set()
+        for src in (self.tokenizer.eos_token_id, getattr(self.model.generation_config, "eos_token_id", None)):
+            if isinstance(src, int):
+                ids.add(src)
+            elif src:
+                ids.update(int(x) for x in src)
+        return ids
+
+    def close(self) -> None:
+        self.checker.close()
+
+    # -- decoding ------------------------------------------------------------------------------------
+    def _choose(self, logits: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
+        cfg = self.config
+        if not cfg.do_sample:
+            return logits.argmax(-1)
+        probs = torch.softmax(logits.float() / max(cfg.temperature, 1e-6), dim=-1)
+        if cfg.top_p < 1.0:
+            sorted_p, order = probs.sort(dim=-1, descending=True)
+            drop = sorted_p.cumsum(-1) - sorted_p > cfg.top_p
+            sorted_p = sorted_p.masked_fill(drop, 0.0)
+            probs = torch.zeros_like(probs).scatter(-1, order, sorted_p)
+        return torch.multinomial(probs.cpu(), 1, generator=gen).squeeze(-1).to(logits.device)
+
+    def _forward(self, ids, pos, mask, cache, logits_to_keep=1):
+        out = self.model(input_ids=ids, position_ids=pos, attention_mask=mask, use_cache=True,
+                         logits_to_keep=logits_to_keep, **{self._cache_kw: cache})
+        return out.logits
+
+    @torch.no_grad()
+    def generate(self, prompts: Sequence[Sequence[int]], forced: Sequence[Sequence[int]] | None = None,
+                 forced_only: bool = False, on_event: Callback | None = None) -> list[GuardResult]:
+        """Generate for each prompt (token ids, chat-formatted through the header) under the guard.
+
+        ``forced[b]`` tokens are used instead of the model's choice while they last (teacher forcing /
+        prefill attacks); with ``forced_only`` a row stops (reason ``forced_end``) when they run out.
+        """
+        cfg, chk = self.config, self.checker
+        if not prompts or any(len(p) == 0 for p in prompts):
+            raise UserError("empty prompt: every prompt needs at least one token")
+        B = len(prompts)
+        forced = [list(f) for f in forced] if forced is not None else [[] for _ in range(B)]
+        device = next(self.model.parameters()).device
+        lens = torch.tensor([len(p) for p in prompts], device=device)
+        P = int(lens.max())
+        if P + 1 + chk.room > self.max_context:
+            raise UserError(f"prompt of {P} tokens leaves no room in the context of {self.max_context}")
+        pad = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else 0
+        ids = torch.full((B, P), int(pad), dtype=torch.long, device=device)
+        mask = torch.zeros((B, P), dtype=torch.long, device=device)
+        for b, p in enumerate(prompts):
+            ids[b, P - len(p):] = torch.tensor(list(p), device=device)
+            mask[b, P - len(p):] = 1
+        pos = (mask.cumsum(-1) - 1).clamp(min=0)
+        cache = new_cache(self.model)
+        logits = self._forward(ids, pos, mask, cache)[:, -1]
+        rng = torch.Generator().manual_seed(cfg.seed)
+        results = [GuardResult(prompt_ids=list(p)) for p in prompts]
+        active = [True] * B
+        checked = [0] * B  # depth covered by the last passed check
+        emit = on_event or (lambda *a: None)
+
+        def release(b: int, upto: int) -> None:
+            r = results[b]
+            new = r.generated_ids[len(r.emitted_ids):upto]
+            if new:
+                r.emitted_ids.extend(new)
+                emit(b, "tokens", new)
+
+        def finish(b: int, reason: str) -> None:
+            active[b] = False
+            results[b].stop_reason = reason
+            release(b, len(results[b].generated_ids)) if not results[b].halted else None
+            emit(b, "done", reason)
+
+        def apply(outcome: CheckOutcome, rows: list[int], depth: int) -> None:
+            for b in rows:
+                for event in outcome.events(b, depth):
+                    results[b].checks.append(event)
+                    emit(b, "check", event)
+                if outcome.flagged(b) and self.halt:
+                    results[b].halted, results[b].halt_depth = True, depth
+                    emit(b, "halt", depth)
+                    finish(b, "halted")
+                else:
+                    checked[b] = depth
+                    release(b, depth)
+
+        depth = 0
+        while any(active):
+            rows = [b for b in range(B) if active[b]]
+            n = mask.shape[1]
+            at_limit = depth >= cfg.max_new_tokens or n + 1 + chk.room > self.max_context
+            if at_limit:
+                due = [b for b in rows if self.detectors and cfg.final_check and checked[b] < depth]
+                if due or (self.detectors and cfg.is_due(depth)):
+                    apply(chk.run(cache, mask, lens + depth, self.detectors, logits), rows, depth)
+                for b in rows:
+                    if active[b]:
+                        finish(b, "max_new_tokens" if depth >= cfg.max_new_tokens else "context_limit")
+                break
+            nxt = self._choose(logits, rng)
+            ending = []
+            for b in rows:
+                if depth < len(forced[b]):
+                    nxt[b] = forced[b][depth]
+                elif forced_only:
+                    ending.append(b)
+                    continue
+                if int(nxt[b]) in self.eos_ids:
+                    ending.append(b)
+            due = bool(self.detectors) and (cfg.is_due(depth) or (cfg.final_check and any(
+                checked[b] < depth for b in ending)))
+            step_mask = torch.cat([mask, torch.ones((B, 1), dtype=mask.dtype, device=device)], dim=1)
+            step_pos = (lens + depth)[:, None]
+            if due and cfg.piggyback:
+                logits, outcome = chk.piggyback(cache, mask, lens + depth, nxt, self.detectors)
+                apply(outcome, rows, depth)
+            else:
+                if due:
+                    apply(chk.run(cache, mask, lens + depth, self.detectors, logits), rows, depth)
+                logits = self._forward(nxt[:, None], step_pos, step_mask, cache)[:, -1]
+            mask = step_mask
+            for b in rows:
+                if not active[b]:
+                    continue
+                if b in ending:
+                    finish(b, "forced_end" if depth >= len(forced[b]) and forced_only else "eos")
+                    continue
+                results[b].generated_ids.append(int(nxt[b]))
+                if not (cfg.buffer and self.detectors):
+                    release(b, depth + 1)
+            depth += 1
+        for r in results:
+            r.text = self.tokenizer.decode(r.emitted_ids, skip_special_tokens=True)
+            if r.halted and cfg.refusal_message:
+                r.text = (r.text + ("\n" if r.text else "") + cfg.refusal_message)
+        return results

@@ -1,0 +1,262 @@
+"""The guard's checks over a live KV cache: ADA-LP (probe), ADA-RK (re-inject + refusal), base lookahead.
+
+Each check forwards over the caller's cache and rolls it back exactly with :mod:`interp.kvcache`.
+The probe layer is read through one hook registered at construction (armed only during a check);
+early exit raises a private exception from that hook, so the layers after the probe layer never run.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+
+from interp import UserError
+from interp.inject import attention_layout, piggyback_inputs, span_over_cache_inputs
+from interp.kvcache import cache_kwarg, mark, rollback
+from interp.refusal import KeywordMatcher, ProbabilityMatcher
+
+
+class _StopForward(Exception):
+    """Raised from the probe-layer hook to end a check's forward early."""
+
+
+def _get(obj: Any, key: str, default=None):
+    if isinstance(obj, dict):
+        return obj.get(key, default)
+    return getattr(obj, key, default)
+
+
+def hook_kind(hook: str) -> str:
+    """``resid_post`` or ``resid_pre`` for a TransformerLens-style hook name; anything else is refused."""
+    for kind in ("resid_post", "resid_pre"):
+        if kind in str(hook):
+            return kind
+    raise UserError(f"probe hook {hook!r} is not a residual-stream hook (hook_resid_pre / hook_resid_post)")
+
+
+def decoder_layers(model) -> Any:
+    base = getattr(model, model.base_model_prefix, model)
+    for owner in (base, getattr(base, "language_model", None)):
+        if owner is not None and hasattr(owner, "layers"):
+            return owner.layers
+    raise UserError(f"cannot find the decoder layers of {type(model).__name__}")
+
+
+class _Tap:
+    """Forward (pre-)hook on one decoder layer: stores the hidden state at ``index`` while armed."""
+
+    def __init__(self, module: torch.nn.Module, pre: bool):
+        self.armed, self.stop, self.index, self.value = False, False, -1, None
+        if pre:
+            self.handle = module.register_forward_pre_hook(self._pre, with_kwargs=True)
+        else:
+            self.handle = module.register_forward_hook(self._post)
+
+    def _take(self, hidden: torch.Tensor) -> None:
+        self.value = hidden[:, self.index]
+        if self.stop:
+            raise _StopForward
+
+    def _pre(self, module, args, kwargs):
+        if self.armed:
+            self._take(args[0] if args else kwargs["hidden_states"])
+
+    def _post(self, module, args, output):
+        if self.armed:
+            self._take(output[0] if isinstance(output, tuple) else output)
+
+
+@dataclass
+class CheckOutcome:
+    """Per-detector results of one check over a batch."""
+
+    flags: dict[str, torch.Tensor] = field(default_factory=dict)  # detector -> [B] bool
+    scores: dict[str, torch.Tensor] = field(default_factory=dict)  # detector -> [B] float
+    texts: dict[str, list[str]] = field(default_factory=dict)  # detector -> B lookahead texts
+
+    def flagged(self, b: int) -> bool:
+        return any(bool(f[b]) for f in self.flags.values())
+
+    def events(self, b: int, depth: int) -> list:
+        from interp.guard import CheckEvent
+
+        out = []
+        for name, f in self.flags.items():
+            score = self.scores.get(name)
+            text = self.texts.get(name)
+            out.append(CheckEvent(depth=depth, flagged=bool(f[b]), detector=name,
+                                  score=None if score is None else float(score[b]),
+                                  lookahead=None if text is None else text[b]))
+        return out
+
+
+class Checker:
+    """Runs checks over a cache; validates the probe set against the model and the spans."""
+
+    def __init__(self, model, tokenizer, spans, config, probes=None, *, model_id: str | None = None,
+                 weights_sha256: str | None = None, base_lookahead: int | None = None):
+        self.model, self.tokenizer, self.spans, self.config = model, tokenizer, spans, config
+        self.base = getattr(model, model.base_model_prefix, model)
+        self._kw_model, self._kw_base = cache_kwarg(model), cache_kwarg(self.base)
+        self.span_ids = [int(t) for t in spans.span_ids]
+        self.probe_ids = self.span_ids[: int(spans.probe_index) + 1]
+        self.base_lookahead = base_lookahead or config.lookahead
+        self.room = len(self.span_ids) + max(config.lookahead, self.base_lookahead)
+        self.window, self.layer_types = attention_layout(model.config)
+        self.dtype = next(model.parameters()).dtype
+        self.keyword = KeywordMatcher(getattr(model.config, "model_type", "default"))
+        self.prob = ProbabilityMatcher(tokenizer, config.refusal_prob)
+        self.probes, self.tap, self.layer = probes, None, None
+        if probes is not None:
+            self._attach_probes(probes, model_id, weights_sha256)
+
+    # -- probe set -------------------------------------------------------------------------------
+    def _attach_probes(self, probes, model_id, weights_sha256) -> None:
+        prov = _get(probes, "provenance", {}) or {}
+        for key, mine in (("model_id", model_id), ("weights_sha256", weights_sha256),
+                          ("template_hash", _get(self.spans, "template_hash"))):
+            theirs = _get(prov, key)
+            if theirs and mine and str(theirs) != str(mine):
+                raise UserError(f"probe set was trained with {key}={theirs!s:.16}…, this model/template has "
+                                f"{mine!s:.16}…; train probes for this model (anydepth probe)")
+        their_span = _get(prov, "span_ids")
+        if their_span is not None and [int(t) for t in their_span] != self.span_ids:
+            raise UserError(f"probe set span {list(their_span)} differs from this template's span {self.span_ids}")
+        kind = hook_kind(_get(prov, "hook") or _get(probes, "hook") or "")
+        n_layers = len(decoder_layers(self.model))
+        layer = self.config.probe_layer if self.config.probe_layer is not None else _get(probes, "best_layer")
+        if layer is None or not 0 <= int(layer) < n_layers:
+            raise UserError(f"probe layer {layer} is outside the model's {n_layers} layers (0..{n_layers - 1})")
+        layers = _get(probes, "layers")
+        if layers is not None and int(layer) not in [int(x) for x in layers]:
+            raise UserError(f"probe set has no probe for layer {layer}; it has layers {list(layers)}")
+        self.layer = int(layer)
+        self.threshold = float(self.config.threshold if self.config.threshold is not None
+                               else _get(probes, "threshold", 0.5))
+        self.tap = _Tap(decoder_layers(self.model)[self.layer], pre=(kind == "resid_pre"))
+
+    def close(self) -> None:
+        if self.tap is not None:
+            self.tap.handle.remove()
+            self.tap = None
+
+    def score(self, hidden: torch.Tensor) -> torch.Tensor:
+        out = self.probes.score(hidden.float(), layer=self.layer)
+        return torch.as_tensor(out, dtype=torch.float32).reshape(-1).cpu()
+
+    # -- checks ----------------------------------------------------------------------------------
+    def _span_inputs(self, span: list[int], mask: torch.Tensor, pos_next: torch.Tensor):
+        B, dev = mask.shape[0], mask.device
+        ids, pos = span_over_cache_inputs(span, pos_next, batch=B, device=dev)
+        full = torch.cat([mask, torch.ones((B, len(span)), dtype=mask.dtype, device=dev)], dim=1)
+        return ids, pos, full
+
+    def lp_hidden(self, cache, mask: torch.Tensor, pos_next: torch.Tensor) -> torch.Tensor:
+        """Probe-layer state at the role token, forwarded over ``cache`` (rolled back afterwards)."""
+        ids, pos, full = self._span_inputs(self.probe_ids, mask, pos_next)
+        before = mark(cache)
+        tap = self.tap
+        tap.armed, tap.stop, tap.index, tap.value = True, bool(self.config.early_exit), -1, None
+        try:
+            self.base(input_ids=ids, position_ids=pos, attention_mask=full, use_cache=True,
+                      **{self._kw_base: cache})
+        except _StopForward:
+            pass
+        finally:
+            tap.armed = False
+            rollback(cache, before)
+        return tap.value
+
+    def _lookahead(self, cache, mask, pos_next, first_logits, n_tokens: int) -> list[str]:
+        """Greedy ``n_tokens`` from ``first_logits`` over the cache (the caller rolls back)."""
+        tok = first_logits.argmax(-1)
+        out, B, dev = [tok], mask.shape[0], mask.device
+        eos = self.tokenizer.eos_token_id
+        for i in range(n_tokens - 1):
+            if eos is not None and all(bool((t == eos).any()) for t in torch.stack(out, 1)):
+                break
+            mask = torch.cat([mask, torch.ones((B, 1), dtype=mask.dtype, device=dev)], dim=1)
+            logits = self.model(input_ids=tok[:, None], position_ids=(pos_next + i)[:, None], attention_mask=mask,
+                                use_cache=True, logits_to_keep=1, **{self._kw_model: cache}).logits[:, -1]
+            tok = logits.argmax(-1)
+            out.append(tok)
+        toks = torch.stack(out, 1).tolist()
+        texts = []
+        for row in toks:
+            if eos is not None and eos in row:
+                row = row[: row.index(eos)]
+            texts.append(self.tokenizer.decode(row, skip_special_tokens=True))
+        return texts
+
+    def _rk(self, cache, mask, pos_next, outcome: CheckOutcome) -> None:
+        ids, pos, full = self._span_inputs(self.span_ids, mask, pos_next)
+        before = mark(cache)
+        try:
+            logits = self.model(input_ids=ids, position_ids=pos, attention_mask=full, use_cache=True,
+                                logits_to_keep=1, **{self._kw_model: cache}).logits[:, -1]
+            if self.config.matcher == "prob":
+                mass = self.prob.mass(logits).cpu()
+                outcome.flags["rk"], outcome.scores["rk"] = mass >= self.prob.threshold, mass
+            else:
+                texts = self._lookahead(cache, full, pos_next + len(self.span_ids), logits, self.config.lookahead)
+                outcome.flags["rk"] = torch.tensor([self.keyword(t) for t in texts])
+                outcome.texts["rk"] = texts
+        finally:
+            rollback(cache, before)
+
+    def run(self, cache, mask: torch.Tensor, pos_next: torch.Tensor, detectors, last_logits=None) -> CheckOutcome:
+        """Check every row at the cache's current depth with each detector (cache unchanged afterwards)."""
+        outcome = CheckOutcome()
+        for name in detectors:
+            if name == "lp":
+                scores = self.score(self.lp_hidden(cache, mask, pos_next))
+                outcome.flags["lp"], outcome.scores["lp"] = scores >= self.threshold, scores
+            elif name == "rk":
+                self._rk(cache, mask, pos_next, outcome)
+            elif name == "base":
+                if last_logits is None:
+                    raise ValueError("the base detector needs the current next-token logits")
+                before = mark(cache)
+                try:
+                    texts = self._lookahead(cache, mask, pos_next, last_logits, self.base_lookahead)
+                finally:
+                    rollback(cache, before)
+                outcome.flags["base"] = torch.tensor([self.keyword(t) for t in texts])
+                outcome.texts["base"] = texts
+            else:
+                raise ValueError(f"unknown detector {name!r}")
+        return outcome
+
+    def piggyback(self, cache, mask: torch.Tensor, pos_next: torch.Tensor, next_tokens: torch.Tensor, detectors):
+        """Decode ``next_tokens`` and check the current depth in one forward; returns ``(logits, outcome)``."""
+        if list(detectors) not in (["lp"], ["rk"]):
+            raise ValueError(f"piggyback supports one detector, lp or rk (prob), got {list(detectors)}")
+        name = detectors[0]
+        span = self.probe_ids if name == "lp" else self.span_ids
+        n = mask.shape[1]
+        ids, pos, m4 = piggyback_inputs(next_tokens, span, n, dtype=self.dtype, prefix_mask=mask,
+                                        positions=pos_next, sliding_window=self.window,
+                                        layer_types=self.layer_types, device=mask.device)
+        keep = torch.tensor([0, len(span)], device=mask.device) if name == "rk" else torch.tensor([0],
+                                                                                                  device=mask.device)
+        before = mark(cache)
+        outcome = CheckOutcome()
+        tap = self.tap if name == "lp" else None
+        if tap is not None:
+            tap.armed, tap.stop, tap.index, tap.value = True, False, len(span), None
+        try:
+            logits = self.model(input_ids=ids, position_ids=pos, attention_mask=m4, use_cache=True,
+                                logits_to_keep=keep, **{self._kw_model: cache}).logits
+        finally:
+            if tap is not None:
+                tap.armed = False
+            rollback(cache, before, keep=1)
+        if name == "lp":
+            scores = self.score(tap.value)
+            outcome.flags["lp"], outcome.scores["lp"] = scores >= self.threshold, scores
+        else:
+            mass = self.prob.mass(logits[:, 1]).cpu()
+            outcome.flags["rk"], outcome.scores["rk"] = mass >= self.prob.threshold, mass
+        return logits[:, 0], outcome
