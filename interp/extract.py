@@ -1,0 +1,281 @@
+"""Packed depth extraction (DESIGN §3): one forward per response reads the Safety-Token span at every depth.
+
+Hooks sit on the plain Hugging Face model (fast path; their values equal TransformerBridge's
+``blocks.L.hook_resid_pre`` / ``hook_resid_post`` / ``ln1.hook_normalized``): a forward pre-hook on each
+decoder layer (``resid_pre``), a forward hook on it (``resid_post``) and on its ``input_layernorm`` (``ln1``).
+Each hook gathers only the span positions, the last response token before each depth and the last prompt token,
+so memory does not grow with sequence length or the number of examples. The forward stops after the deepest
+requested layer, and the LM head never runs.
+"""
+
+from __future__ import annotations
+
+import time
+import warnings
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from interp import UserError
+from interp.continuations import Continuation
+from interp.inject import PackedBatch, attention_layout, collate, plan_packed
+from interp.store import ActivationStore, canonical_hook
+
+POSITIONS = ("span", "probe")
+TOO_LONG = ("truncate", "error")
+
+
+def parse_depths(spec: str | Sequence[int]) -> list[int]:
+    """``"0:500:25"`` (inclusive end), ``"0,10,40"`` or a list → sorted distinct depths."""
+    if not isinstance(spec, str):
+        depths = [int(d) for d in spec]
+    else:
+        text = spec.strip()
+        try:
+            if ":" in text:
+                parts = [int(p) for p in text.split(":")]
+                if len(parts) not in (2, 3):
+                    raise ValueError
+                start, end, step = parts[0], parts[1], parts[2] if len(parts) == 3 else 1
+                if step <= 0 or end < start:
+                    raise ValueError
+                depths = list(range(start, end + 1, step))
+            else:
+                depths = [int(p) for p in text.replace(" ", "").split(",") if p]
+        except ValueError as err:
+            raise UserError(f"bad depth schedule {spec!r}; use start:end:step (end inclusive) or 0,25,50") from err
+    if not depths or any(d < 0 for d in depths):
+        raise UserError(f"depth schedule {spec!r} must give at least one depth ≥ 0")
+    if len(set(depths)) != len(depths):
+        raise UserError(f"depth schedule {spec!r} repeats a depth")
+    return sorted(depths)
+
+
+def parse_layers(spec: str | Sequence[int], n_layers: int) -> list[int]:
+    """``"all"``, ``"0,5,10"``, ``"10:20"`` (inclusive) or negative indices → sorted layer indices."""
+    if isinstance(spec, str):
+        text = spec.strip().lower()
+        if text == "all":
+            return list(range(n_layers))
+        try:
+            if ":" in text:
+                a, b = (int(x) for x in text.split(":"))
+                layers = list(range(a, b + 1))
+            else:
+                layers = [int(x) for x in text.split(",") if x]
+        except ValueError as err:
+            raise UserError(f"bad layer list {spec!r}; use all, 0,5,10 or 10:20") from err
+    else:
+        layers = [int(x) for x in spec]
+    layers = sorted({x + n_layers if x < 0 else x for x in layers})
+    if not layers or layers[0] < 0 or layers[-1] >= n_layers:
+        raise UserError(f"layers {spec!r} out of range for a model with {n_layers} layers")
+    return layers
+
+
+def decoder_layers(model) -> torch.nn.ModuleList:
+    """The decoder blocks of a causal LM (``model.model.layers``)."""
+    base = getattr(model, "model", model)
+    layers = getattr(base, "layers", None)
+    if layers is None:
+        raise UserError(f"cannot find decoder layers on {type(model).__name__}")
+    return layers
+
+
+class _StopForward(Exception):
+    pass
+
+
+class SpanReader:
+    """Hooks that gather span / last-token / prompt activations of the current :class:`PackedBatch`."""
+
+    def __init__(self, model, hooks: Sequence[str], layers: Sequence[int], positions: Sequence[int]):
+        self.model, self.hooks, self.layers = model, [canonical_hook(h) for h in hooks], list(layers)
+        self.positions = torch.tensor(list(positions), dtype=torch.long)
+        self.batch: PackedBatch | None = None
+        self.out: dict[str, dict[tuple[str, int], np.ndarray]] = {}
+        self._handles = []
+        blocks = decoder_layers(model)
+        for layer in self.layers:
+            block = blocks[layer]
+            if "hook_resid_pre" in self.hooks:
+                self._handles.append(block.register_forward_pre_hook(self._pre(layer), with_kwargs=True))
+            if "ln1.hook_normalized" in self.hooks:
+                norm = getattr(block, "input_layernorm", None)
+                if norm is None:
+                    raise UserError(f"{type(block).__name__} has no input_layernorm; drop the ln1 hook")
+                self._handles.append(norm.register_forward_hook(self._post("ln1.hook_normalized", layer)))
+            if "hook_resid_post" in self.hooks:
+                self._handles.append(block.register_forward_hook(self._post("hook_resid_post", layer)))
+        last = self.layers[-1]
+        if last < len(blocks) - 1:  # nothing deeper is read: stop the forward there
+            self._handles.append(blocks[last].register_forward_hook(self._stop))
+
+    def _pre(self, layer: int):
+        def hook(module, args, kwargs):
+            self._gather("hook_resid_pre", layer, args[0] if args else kwargs["hidden_states"])
+        return hook
+
+    def _post(self, name: str, layer: int):
+        def hook(module, args, output):
+            self._gather(name, layer, output[0] if isinstance(output, tuple) else output)
+        return hook
+
+    @staticmethod
+    def _stop(module, args, output):
+        raise _StopForward
+
+    def _gather(self, hook: str, layer: int, x: torch.Tensor) -> None:
+        b = self.batch
+        B = x.shape[0]
+        rows = torch.arange(B, device=x.device)
+        span_idx = b.span_index[:, :, self.positions.to(x.device)]  # [B, D, n_pos]
+        acts = x[rows[:, None, None], span_idx.clamp_min(0)]
+        acts = acts * b.valid[:, :, None, None].to(acts.dtype)
+        last = x[rows[:, None], b.last_token_index.clamp_min(0)] * b.valid[:, :, None].to(x.dtype)
+        prompt = x[rows, b.prompt_last_index]
+        key = (hook, layer)
+        self.out["acts"][key] = acts.float().cpu().numpy()
+        self.out["last_token"][key] = last.float().cpu().numpy()
+        self.out["prompt"][key] = prompt.float().cpu().numpy()
+
+    def run(self, batch: PackedBatch) -> dict[str, dict[tuple[str, int], np.ndarray]]:
+        """One forward of the packed batch; returns float32 arrays keyed by (hook, layer)."""
+        self.batch = batch
+        self.out = {"acts": {}, "last_token": {}, "prompt": {}}
+        base = getattr(self.model, "model", self.model)
+        try:
+            with torch.no_grad():
+                base(input_ids=batch.input_ids, position_ids=batch.position_ids,
+                     attention_mask=batch.attention_mask, use_cache=False)
+        except _StopForward:
+            pass
+        finally:
+            self.batch = None
+        return self.out
+
+    def remove(self) -> None:
+        for handle in self._handles:
+            handle.remove()
+        self._handles = []
+
+
+def _model_dtype(model) -> torch.dtype:
+    return next(model.parameters()).dtype
+
+
+def _context_limit(model) -> int | None:
+    cfg = model.config.get_text_config() if hasattr(model.config, "get_text_config") else model.config
+    return getattr(cfg, "max_position_embeddings", None)
+
+
+def prepare_plans(items: Sequence[Continuation], span_ids: Sequence[int], depths: Sequence[int],
+                  max_context: int | None, too_long: str = "truncate"):
+    """Plans for every item (responses cut after the deepest depth and to the context), with warnings."""
+    if too_long not in TOO_LONG:
+        raise UserError(f"--too-long must be one of {TOO_LONG}, got {too_long!r}")
+    h, deepest = len(span_ids), max(depths)
+    plans, n_tokens = [], []
+    for item in items:
+        if not item.prompt_ids:
+            raise UserError(f"example {item.id!r} has an empty prompt")
+        response = list(item.response_ids)
+        n_tokens.append(len(response))
+        if max_context is not None and len(item.prompt_ids) + min(len(response), deepest) + h > max_context:
+            room = max_context - len(item.prompt_ids) - h
+            if too_long == "error" or room < 0:
+                raise UserError(f"example {item.id!r}: prompt + response + span exceed the model context "
+                                f"({max_context} tokens); shorten it or use --too-long truncate")
+            warnings.warn(f"example {item.id!r}: response truncated to {room} tokens to fit the model context",
+                          stacklevel=2)
+            response = response[:room]
+        plans.append(plan_packed(item.prompt_ids, response[:deepest], span_ids, depths))
+    empty = [it.id for it in items if not it.response_ids]
+    if empty:
+        warnings.warn(f"{len(empty)} example(s) have an empty response (only depth 0 is valid): {empty[:3]}",
+                      stacklevel=2)
+    valid = np.array([p.valid for p in plans], dtype=bool).reshape(len(plans), len(depths))
+    never = [d for d, col in zip(depths, valid.T) if not col.any()]
+    if never:
+        warnings.warn(f"depths {never} exceed every response; they are masked (valid=False)", stacklevel=2)
+    return plans, valid, np.asarray(n_tokens, dtype=np.int64)
+
+
+def batch_order(plans: Sequence, batch_size: int) -> list[list[int]]:
+    """Deterministic batches of similar length (longest first), fixed by the data so a resume recomputes
+    exactly the same batches."""
+    order = sorted(range(len(plans)), key=lambda i: (-plans[i].length, i))
+    return [order[i:i + batch_size] for i in range(0, len(order), batch_size)]
+
+
+@dataclass
+class ExtractResult:
+    path: Path
+    n_examples: int
+    n_computed: int
+    n_tokens: int
+    seconds: float
+
+
+def extract_to_store(model, tokenizer, items: Sequence[Continuation], out: str | Path, *, spans,
+                     depths: Sequence[int], layers: Sequence[int], hooks: Sequence[str] = ("resid_post",),
+                     positions: str = "span", storage_dtype: str = "float16", batch_size: int = 4,
+                     too_long: str = "truncate", provenance: dict | None = None, progress: bool = True,
+                     on_batch=None) -> ExtractResult:
+    """Extract every item at every depth into the HDF5 store at ``out`` (resuming rows not yet done).
+
+    ``spans`` is a :class:`interp.templates.SafetySpans` (``span_ids``, ``probe_index``, ``to_dict()``).
+    ``on_batch(n_done)`` is called after each written batch (tests use it to crash mid-run).
+    """
+    from tqdm.auto import tqdm
+
+    if not items:
+        raise UserError("no examples to extract")
+    if batch_size < 1:
+        raise UserError("batch size must be ≥ 1")
+    if positions not in POSITIONS:
+        raise UserError(f"--positions must be one of {POSITIONS}, got {positions!r}")
+    span_ids = [int(t) for t in spans.span_ids]
+    depths = parse_depths(depths)
+    hooks = [canonical_hook(h) for h in hooks]
+    pos = list(range(len(span_ids))) if positions == "span" else [int(spans.probe_index)]
+    plans, valid, n_tokens = prepare_plans(items, span_ids, depths, _context_limit(model), too_long)
+    cfg = model.config.get_text_config() if hasattr(model.config, "get_text_config") else model.config
+    prov = dict(provenance or {})
+    span_info = spans.to_dict() if hasattr(spans, "to_dict") else {}
+    prov.update(span_text=getattr(spans, "span_text", span_info.get("span_text", "")), span_ids=span_ids,
+                probe_index=int(spans.probe_index), template_hash=getattr(spans, "template_hash", None),
+                spans=span_info, depth_schedule=[int(d) for d in depths])
+    examples = {"id": [it.id for it in items], "label": [1 if it.label == "harmful" else 0 for it in items],
+                "source": [it.source for it in items], "prompt": [it.prompt for it in items],
+                "category": [it.category or "" for it in items], "n_response_tokens": n_tokens, "valid": valid}
+    store = ActivationStore.create(out, prov, examples, depths, hooks, layers, pos, cfg.hidden_size,
+                                   storage_dtype)
+    window, types = attention_layout(model.config)
+    device = next(model.parameters()).device
+    reader = SpanReader(model, hooks, layers, pos)
+    done = store.done
+    batches = [b for b in batch_order(plans, batch_size) if not done[b].all()]
+    start, computed, tokens = time.perf_counter(), 0, 0
+    bar = tqdm(total=len(items), initial=int(done.sum()), desc="extract", unit="ex", disable=not progress)
+    try:
+        for rows in batches:
+            batch = collate([plans[i] for i in rows], tokenizer.pad_token_id or 0, dtype=_model_dtype(model),
+                            sliding_window=window, layer_types=types, device=device)
+            out_arrays = reader.run(batch)
+            store.write_rows(rows, out_arrays["acts"], out_arrays["last_token"], out_arrays["prompt"])
+            computed += len(rows)
+            tokens += batch.n_tokens
+            elapsed = max(time.perf_counter() - start, 1e-9)
+            bar.update(int((~done[rows]).sum()))
+            bar.set_postfix_str(f"{computed / elapsed:.2f} ex/s, {tokens / elapsed:.0f} tok/s")
+            if on_batch is not None:
+                on_batch(computed)
+    finally:
+        bar.close()
+        reader.remove()
+        store.close()
+    return ExtractResult(Path(out), len(items), computed, tokens, time.perf_counter() - start)

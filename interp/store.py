@@ -1,0 +1,332 @@
+"""HDF5 activation store (DESIGN §4): one file per (model, dataset, config), readable with plain h5py.
+
+Layout::
+
+    /examples/{id, label, source, prompt, category, n_response_tokens, valid[N,D], done[N]}
+    /depths[D]
+    /acts/<hook>/layer_<L>                     [N, D, n_pos, d_model]   Safety-Token positions
+    /baselines/last_token/<hook>/layer_<L>     [N, D, d_model]          last response token before depth d
+    /baselines/prompt/<hook>/layer_<L>         [N, d_model]             last prompt token
+
+``<hook>`` is a TransformerLens hook suffix (``hook_resid_pre``, ``hook_resid_post``, ``ln1.hook_normalized``;
+full name ``blocks.<L>.<hook>``). Every activation dataset is one layer, stored contiguously and allocated when
+the file is created, so reading one layer reads only that layer's bytes, and writing a batch changes raw data
+only (never HDF5 metadata): a writer killed at any moment leaves a readable file whose ``done`` rows are
+complete (``done`` is set after the batch's data is flushed). Storage dtype float32, float16, or bfloat16 kept as
+uint16 (attribute ``storage_dtype`` on every dataset and the root).
+"""
+
+from __future__ import annotations
+
+import errno
+import json
+import os
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import h5py
+import numpy as np
+
+from interp import UserError
+
+FORMAT_VERSION = 1
+HOOK_ALIASES = {"resid_pre": "hook_resid_pre", "resid_post": "hook_resid_post", "ln1": "ln1.hook_normalized",
+                "hook_resid_pre": "hook_resid_pre", "hook_resid_post": "hook_resid_post",
+                "ln1.hook_normalized": "ln1.hook_normalized"}
+STORAGE_DTYPES = ("float32", "float16", "bfloat16")
+# provenance keys that must match to append to an existing store
+IDENTITY_KEYS = ("format_version", "model_id", "weights_sha256", "template_hash", "span_ids", "probe_index",
+                 "hooks", "layers", "depths", "storage_dtype", "positions", "example_ids_sha256")
+_STR = h5py.string_dtype("utf-8")
+
+
+def canonical_hook(name: str) -> str:
+    """``resid_post`` / ``hook_resid_post`` / ``blocks.3.hook_resid_post`` → ``hook_resid_post``."""
+    parts = name.split(".")
+    if len(parts) >= 3 and parts[0] == "blocks" and parts[1].isdigit():
+        name = ".".join(parts[2:])
+    if name not in HOOK_ALIASES:
+        raise UserError(f"unknown hook {name!r}; use resid_pre, resid_post or ln1")
+    return HOOK_ALIASES[name]
+
+
+def tl_name(hook: str, layer: int) -> str:
+    """TransformerLens hook name, e.g. ``blocks.3.hook_resid_post``."""
+    return f"blocks.{layer}.{canonical_hook(hook)}"
+
+
+def to_storage(x: np.ndarray, storage_dtype: str) -> np.ndarray:
+    """float32 array → what is written to disk (bfloat16 as round-to-nearest-even uint16)."""
+    x = np.ascontiguousarray(x, dtype=np.float32)
+    if storage_dtype == "float32":
+        return x
+    if storage_dtype == "float16":
+        return x.astype(np.float16)
+    bits = x.view(np.uint32)
+    rounded = bits + np.uint32(0x7FFF) + ((bits >> np.uint32(16)) & np.uint32(1))
+    return (rounded >> np.uint32(16)).astype(np.uint16)
+
+
+def from_storage(x: np.ndarray, storage_dtype: str) -> np.ndarray:
+    """On-disk values → float32."""
+    if storage_dtype == "bfloat16":
+        return (x.astype(np.uint32) << np.uint32(16)).view(np.float32)
+    return x.astype(np.float32, copy=False)
+
+
+def _disk_dtype(storage_dtype: str):
+    return {"float32": np.float32, "float16": np.float16, "bfloat16": np.uint16}[storage_dtype]
+
+
+def _create_preallocated(group: h5py.Group, name: str, shape: tuple[int, ...], dtype) -> h5py.Dataset:
+    """A contiguous dataset whose space is reserved now (sparse on disk) and never filled."""
+    dcpl = h5py.h5p.create(h5py.h5p.DATASET_CREATE)
+    dcpl.set_alloc_time(h5py.h5d.ALLOC_TIME_EARLY)
+    dcpl.set_fill_time(h5py.h5d.FILL_TIME_NEVER)
+    space = h5py.h5s.create_simple(shape)
+    h5py.h5d.create(group.id, name.encode(), h5py.h5t.py_create(np.dtype(dtype)), space, dcpl=dcpl)
+    return group[name]
+
+
+def _encode_attr(value: Any) -> Any:
+    if isinstance(value, (dict, list, tuple)) or value is None:
+        return json.dumps(value, sort_keys=True)
+    return value
+
+
+def _decode_attr(value: Any) -> Any:
+    if isinstance(value, bytes):
+        value = value.decode()
+    if isinstance(value, str) and value[:1] in "[{n":
+        try:
+            return json.loads(value)
+        except json.JSONDecodeError:
+            return value
+    if isinstance(value, np.generic):
+        return value.item()
+    return value
+
+
+def _open_h5(path: Path, mode: str) -> h5py.File:
+    try:
+        return h5py.File(path, mode)
+    except FileNotFoundError as err:
+        raise UserError(f"no activation store at {path}") from err
+    except OSError as err:  # not HDF5, truncated, or locked by a live writer
+        raise UserError(f"{path} is not a readable activation store (corrupt or truncated?): {err}") from err
+
+
+class ActivationStore:
+    """Reader/writer over one store file. Open with :meth:`open` or :meth:`create`."""
+
+    def __init__(self, path: Path, h5: h5py.File):
+        self.path, self.h5 = path, h5
+        try:
+            self.provenance: dict = {k: _decode_attr(v) for k, v in h5.attrs.items()}
+            self.depths: np.ndarray = h5["depths"][()]
+            self.hooks: list[str] = list(self.provenance["hooks"])
+            self.layers: list[int] = [int(x) for x in self.provenance["layers"]]
+            self.storage_dtype: str = self.provenance["storage_dtype"]
+            self.positions: list[int] = [int(x) for x in self.provenance["positions"]]
+            self.probe_index: int = int(self.provenance["probe_index"])
+            ex = h5["examples"]
+            self.n_examples: int = int(ex["done"].shape[0])
+            self._ids = ex["id"]
+        except (KeyError, OSError, ValueError) as err:
+            h5.close()
+            raise UserError(f"{path} is not an anydepth activation store (missing {err})") from err
+
+    # ---------------------------------------------------------------- opening
+    @classmethod
+    def open(cls, path: str | Path, mode: str = "r") -> ActivationStore:
+        """Open an existing store (``mode`` "r" or "r+")."""
+        path = Path(path)
+        return cls(path, _open_h5(path, mode))
+
+    @classmethod
+    def create(cls, path: str | Path, provenance: dict, examples: dict[str, Sequence], depths: Sequence[int],
+               hooks: Sequence[str], layers: Sequence[int], positions: Sequence[int], d_model: int,
+               storage_dtype: str = "float16") -> ActivationStore:
+        """Create a store (atomically: built under a temporary name, then renamed), or reopen a matching one.
+
+        ``examples`` holds ``id, label`` (1 harmful / 0 benign), ``source, prompt, category, n_response_tokens``
+        and ``valid`` [N, D]. Reopening an existing file refuses any change of model, template, span, hooks,
+        layers, depths, positions, storage dtype or example list (:class:`UserError`).
+        """
+        path = Path(path)
+        if storage_dtype not in STORAGE_DTYPES:
+            raise UserError(f"storage dtype must be one of {STORAGE_DTYPES}, got {storage_dtype!r}")
+        hooks = [canonical_hook(h) for h in hooks]
+        ids = [str(i) for i in examples["id"]]
+        if len(set(ids)) != len(ids):
+            raise UserError("example ids are not unique")
+        prov = dict(provenance)
+        prov.update(format_version=FORMAT_VERSION, hooks=hooks, layers=[int(x) for x in layers],
+                    depths=[int(d) for d in depths], storage_dtype=storage_dtype,
+                    positions=[int(p) for p in positions], example_ids_sha256=_ids_hash(ids))
+        if path.exists():
+            store = cls.open(path, "r+")
+            store._check_identity(prov)
+            return store
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_name(path.name + ".tmp")
+        N, D = len(ids), len(depths)
+        with h5py.File(tmp, "w") as f:
+            for key, value in prov.items():
+                f.attrs[key] = _encode_attr(value)
+            f.create_dataset("depths", data=np.asarray(depths, dtype=np.int64))
+            ex = f.create_group("examples")
+            for key in ("id", "source", "prompt", "category"):
+                ex.create_dataset(key, data=np.array([str(x or "") for x in examples.get(key, [""] * N)],
+                                                     dtype=object), dtype=_STR)
+            ex.create_dataset("label", data=np.asarray(examples["label"], dtype=np.int8))
+            ex.create_dataset("n_response_tokens", data=np.asarray(examples["n_response_tokens"], np.int64))
+            ex.create_dataset("valid", data=np.asarray(examples["valid"], dtype=bool).reshape(N, D))
+            _create_preallocated(ex, "done", (N,), bool)[...] = False
+            disk = _disk_dtype(storage_dtype)
+            for hook in hooks:
+                for layer in layers:
+                    for group, shape in ((f"acts/{hook}", (N, D, len(positions), d_model)),
+                                         (f"baselines/last_token/{hook}", (N, D, d_model)),
+                                         (f"baselines/prompt/{hook}", (N, d_model))):
+                        ds = _create_preallocated(f.require_group(group), f"layer_{layer}", shape, disk)
+                        ds.attrs["storage_dtype"] = storage_dtype
+                        ds.attrs["hook_name"] = tl_name(hook, layer)
+        os.replace(tmp, path)
+        return cls.open(path, "r+")
+
+    def _check_identity(self, prov: dict) -> None:
+        for key in IDENTITY_KEYS:
+            old, new = self.provenance.get(key), _decode_attr(_encode_attr(prov.get(key)))
+            if old != new:
+                self.close()
+                raise UserError(f"{self.path} was written with a different {key} ({_short(old)} vs {_short(new)}); "
+                                "use another --out path or delete the old store")
+
+    # ---------------------------------------------------------------- metadata
+    @property
+    def examples(self) -> dict[str, np.ndarray]:
+        """Per-example metadata as numpy arrays (strings as ``str`` objects)."""
+        ex = self.h5["examples"]
+        out = {k: ex[k].asstr()[()] for k in ("id", "source", "prompt", "category") if k in ex}
+        out.update(label=ex["label"][()], n_response_tokens=ex["n_response_tokens"][()],
+                   valid=ex["valid"][()].astype(bool), done=ex["done"][()].astype(bool))
+        return out
+
+    @property
+    def done(self) -> np.ndarray:
+        return self.h5["examples/done"][()].astype(bool)
+
+    @property
+    def span_len(self) -> int:
+        return len(self.positions)
+
+    def close(self) -> None:
+        if self.h5.id.valid:
+            self.h5.close()
+
+    def __enter__(self) -> ActivationStore:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    # ---------------------------------------------------------------- reading
+    def _dataset(self, group: str, hook: str, layer: int) -> h5py.Dataset:
+        hook = canonical_hook(hook)
+        if hook not in self.hooks:
+            raise UserError(f"hook {hook!r} not in this store (has {self.hooks})")
+        if int(layer) not in self.layers:
+            raise UserError(f"layer {layer} not in this store (has {self.layers})")
+        return self.h5[f"{group}/{hook}/layer_{int(layer)}"]
+
+    def _depth_index(self, depths: Sequence[int] | None) -> np.ndarray:
+        if depths is None:
+            return np.arange(len(self.depths))
+        lookup = {int(d): i for i, d in enumerate(self.depths)}
+        missing = [d for d in depths if int(d) not in lookup]
+        if missing:
+            raise UserError(f"depths {missing} not in this store (has {self.depths.tolist()})")
+        return np.asarray([lookup[int(d)] for d in depths])
+
+    def read(self, hook: str, layer: int, *, position: str | int = "probe", depths: Sequence[int] | None = None,
+             rows: Sequence[int] | np.ndarray | None = None) -> np.ndarray:
+        """float32 ``[N, D, d_model]`` for one hook and layer, reading only that layer's bytes.
+
+        ``position``: ``"probe"`` (the role token), an int index into the Safety-Token span, ``"last_token"``
+        (last response token before each depth) or ``"prompt"`` (last prompt token, broadcast over depths).
+        ``rows`` selects examples (indices or a boolean mask); ``depths`` selects depth values.
+        Invalid (depth, row) cells hold unspecified values: mask them with ``examples["valid"]``.
+        """
+        d_idx = self._depth_index(depths)
+        row_idx = self._rows(rows)
+        if position == "prompt":
+            x = self._dataset("baselines/prompt", hook, layer)
+            data = _take_rows(x, row_idx)
+            return np.repeat(from_storage(data, self.storage_dtype)[:, None, :], len(d_idx), axis=1)
+        if position == "last_token":
+            x = self._dataset("baselines/last_token", hook, layer)
+            data = _take_rows(x, row_idx)[:, d_idx]
+            return from_storage(data, self.storage_dtype)
+        span_pos = self.probe_index if position == "probe" else int(position)
+        if span_pos not in self.positions:
+            raise UserError(f"span position {span_pos} not stored (stored span positions: {self.positions})")
+        x = self._dataset("acts", hook, layer)
+        p = self.positions.index(span_pos)
+        data = x[:, :, p, :] if row_idx is None else _take_rows(x, row_idx)[:, :, p, :]
+        return from_storage(np.asarray(data)[:, d_idx], self.storage_dtype)
+
+    def _rows(self, rows) -> np.ndarray | None:
+        if rows is None:
+            return None
+        rows = np.asarray(rows)
+        if rows.dtype == bool:
+            rows = np.flatnonzero(rows)
+        return rows.astype(np.int64)
+
+    # ---------------------------------------------------------------- writing
+    def write_rows(self, rows: Sequence[int], acts: dict[tuple[str, int], np.ndarray],
+                   last_token: dict[tuple[str, int], np.ndarray], prompt: dict[tuple[str, int], np.ndarray]) -> None:
+        """Write one batch (float32 arrays keyed by (hook, layer)), flush, then mark the rows done."""
+        rows = np.asarray(rows, dtype=np.int64)
+        order = np.argsort(rows)
+        sorted_rows = rows[order]
+        try:
+            for group, arrays in (("acts", acts), ("baselines/last_token", last_token), ("baselines/prompt", prompt)):
+                for (hook, layer), value in arrays.items():
+                    ds = self._dataset(group, hook, layer)
+                    ds[sorted_rows] = to_storage(value[order], self.storage_dtype)
+            self.h5.flush()
+            done = self.h5["examples/done"]
+            done[sorted_rows] = True
+            self.h5.flush()
+        except OSError as err:
+            if getattr(err, "errno", None) == errno.ENOSPC or "No space" in str(err):
+                raise UserError(f"disk full while writing {self.path}; rows marked done are complete, "
+                                "free space and rerun the same command to resume") from err
+            raise
+
+
+def _take_rows(ds: h5py.Dataset, rows: np.ndarray | None) -> np.ndarray:
+    if rows is None:
+        return ds[()]
+    if len(rows) == 0:
+        return np.zeros((0,) + ds.shape[1:], dtype=ds.dtype)
+    order = np.argsort(rows)
+    uniq, inverse = np.unique(rows[order], return_inverse=True)
+    data = ds[uniq.tolist()]
+    out = np.empty((len(rows),) + ds.shape[1:], dtype=ds.dtype)
+    out[order] = data[inverse]
+    return out
+
+
+def _ids_hash(ids: Sequence[str]) -> str:
+    import hashlib
+
+    return hashlib.sha256("\n".join(ids).encode()).hexdigest()
+
+
+def _short(value: Any) -> str:
+    text = json.dumps(value) if not isinstance(value, str) else value
+    return text if len(text) <= 60 else text[:57] + "..."

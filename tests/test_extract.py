@@ -1,0 +1,231 @@
+"""Packed extraction into the store equals per-depth re-encoding and TransformerBridge's hook values (float32)."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import warnings
+from pathlib import Path
+
+import h5py
+import numpy as np
+import pytest
+import torch
+
+from interp import UserError
+from interp.continuations import Continuation
+from interp.extract import SpanReader, extract_to_store, parse_depths, parse_layers
+from interp.inject import collate, plan_packed
+from interp.store import ActivationStore
+from interp.templates import derive_safety_spans, encode_response, format_prompt_ids
+from interp.testing import tiny_model
+
+HOOKS = ("resid_pre", "resid_post", "ln1")
+DEPTHS = [0, 3, 10, 40, 45]
+
+
+def make_items(tok, lengths=(44, 12, 0, 30), seed=0) -> list[Continuation]:
+    g = torch.Generator().manual_seed(seed)
+    items = []
+    for i, n in enumerate(lengths):
+        prompt = f"question number {i}: how do I bake bread?"
+        p_ids = format_prompt_ids(tok, prompt)
+        r_ids = torch.randint(0, len(tok) - 20, (n,), generator=g).tolist()
+        items.append(Continuation(id=f"ex{i}", prompt=prompt, label="harmful" if i % 2 else "benign",
+                                  prompt_ids=p_ids, response_ids=r_ids, source="test"))
+    return items
+
+
+def reference(model, ids: list[int]) -> dict[tuple[str, int], torch.Tensor]:
+    """resid_pre / resid_post / ln1 of every layer for one plain causal forward (independent hooks)."""
+    out = {}
+    handles = []
+    for L, block in enumerate(model.model.layers):
+        handles.append(block.input_layernorm.register_forward_hook(
+            lambda m, a, o, L=L: out.__setitem__(("ln1.hook_normalized", L), o[0])))
+        handles.append(block.register_forward_hook(
+            lambda m, a, o, L=L: out.__setitem__(("hook_resid_post", L), o[0])))
+    with torch.no_grad():
+        hs = model(input_ids=torch.tensor([ids]), output_hidden_states=True).hidden_states
+    for hd in handles:
+        hd.remove()
+    for L in range(len(model.model.layers)):
+        out[("hook_resid_pre", L)] = hs[L][0]
+    return out
+
+
+def _rel(a, b) -> float:
+    a, b = np.asarray(a, np.float64), np.asarray(b, np.float64)
+    return float(np.linalg.norm(a - b) / max(np.linalg.norm(b), 1e-12))
+
+
+@pytest.mark.parametrize("arch", ["llama", "qwen2", "gemma2"])
+def test_store_equals_reencoding(tmp_path, arch):
+    model, tok = tiny_model(arch, n_layers=2, d_model=64, seed=4, sliding_window=32)
+    spans = derive_safety_spans(tok)
+    items = make_items(tok)
+    with warnings.catch_warnings(record=True):
+        warnings.simplefilter("always")
+        res = extract_to_store(model, tok, items, tmp_path / "s.h5", spans=spans, depths=DEPTHS, layers=[0, 1],
+                               hooks=HOOKS, storage_dtype="float32", batch_size=3, progress=False)
+    assert res.n_computed == len(items)
+    h = len(spans.span_ids)
+    with ActivationStore.open(tmp_path / "s.h5") as store:
+        ex = store.examples
+        assert ex["done"].all() and ex["id"].tolist() == [it.id for it in items]
+        assert ex["valid"].tolist() == [[d <= len(it.response_ids) for d in DEPTHS] for it in items]
+        data = {(hook, L, pos): store.read(hook, L, position=pos)
+                for hook in HOOKS for L in (0, 1) for pos in list(range(h)) + ["last_token", "prompt"]}
+        for i, it in enumerate(items):
+            prompt_ref = reference(model, it.prompt_ids)
+            for k, d in enumerate(DEPTHS):
+                if not ex["valid"][i, k]:
+                    continue
+                ref = reference(model, it.prompt_ids + it.response_ids[:d] + list(spans.span_ids))
+                last = len(it.prompt_ids) + d - 1
+                for (hook, L), r in ref.items():
+                    name = {"hook_resid_pre": "resid_pre", "hook_resid_post": "resid_post",
+                            "ln1.hook_normalized": "ln1"}[hook]
+                    for j in range(h):
+                        assert _rel(data[(name, L, j)][i, k], r[-h + j]) < 1e-5, (arch, hook, L, d, j)
+                    assert _rel(data[(name, L, "last_token")][i, k], r[last]) < 1e-5
+                    assert _rel(data[(name, L, "prompt")][i, k], prompt_ref[(hook, L)][-1]) < 1e-5
+        probe = store.read("resid_post", 1)
+        assert np.array_equal(probe, data[("resid_post", 1, spans.probe_index)])
+
+
+def test_bridge_hook_values_equal_hf_hooks():
+    from transformer_lens.model_bridge import TransformerBridge
+
+    for arch in ("qwen2", "llama"):
+        model, tok = tiny_model(arch, family="qwen2", n_layers=2, d_model=64, seed=5)
+        spans = derive_safety_spans(tok)
+        item = make_items(tok, lengths=(20,))[0]
+        ids = item.prompt_ids + item.response_ids + list(spans.span_ids)
+        plan = plan_packed(item.prompt_ids, item.response_ids, spans.span_ids, [20])
+        reader = SpanReader(model, HOOKS, [0, 1], range(len(spans.span_ids)))
+        ours = reader.run(collate([plan], tok.pad_token_id))["acts"]
+        reader.remove()
+        tok.init_kwargs.setdefault("name_or_path", tok.name_or_path)
+        bridge = TransformerBridge.boot_transformers("tiny", hf_model=model, tokenizer=tok, device="cpu")
+        names = {f"blocks.{L}.{h}": (h, L) for L in (0, 1)
+                 for h in ("hook_resid_pre", "hook_resid_post", "ln1.hook_normalized")}
+        _, cache = bridge.run_with_cache(torch.tensor([ids]), names_filter=lambda n, names=names: n in names)
+        for name, key in names.items():
+            theirs = cache[name][0, -len(spans.span_ids):].numpy()
+            assert np.abs(ours[key][0, 0] - theirs).max() <= 1e-5 * np.abs(theirs).max(), (arch, name)
+
+
+def test_batched_store_equals_one_at_a_time(tmp_path):
+    model, tok = tiny_model("qwen2", n_layers=2, d_model=64, seed=6)
+    spans = derive_safety_spans(tok)
+    items = make_items(tok, lengths=(30, 5, 18, 41, 9))
+    kw = dict(spans=spans, depths=[0, 5, 20, 40], layers=[1], hooks=("resid_post",), storage_dtype="float32",
+              progress=False)
+    extract_to_store(model, tok, items, tmp_path / "b.h5", batch_size=4, **kw)
+    extract_to_store(model, tok, items, tmp_path / "one.h5", batch_size=1, **kw)
+    with ActivationStore.open(tmp_path / "b.h5") as a, ActivationStore.open(tmp_path / "one.h5") as b:
+        for pos in ("probe", "last_token", "prompt"):
+            x, y = a.read("resid_post", 1, position=pos), b.read("resid_post", 1, position=pos)
+            assert _rel(x, y) < 1e-5
+
+
+def test_early_exit_layers_subset_equals_full(tmp_path):
+    model, tok = tiny_model("llama", n_layers=3, d_model=64, seed=7)
+    spans = derive_safety_spans(tok)
+    items = make_items(tok, lengths=(15, 25))
+    kw = dict(spans=spans, depths=[0, 10], hooks=("resid_post",), storage_dtype="float32", progress=False)
+    extract_to_store(model, tok, items, tmp_path / "a.h5", layers=[0], **kw)
+    extract_to_store(model, tok, items, tmp_path / "b.h5", layers=[0, 1, 2], **kw)
+    with ActivationStore.open(tmp_path / "a.h5") as a, ActivationStore.open(tmp_path / "b.h5") as b:
+        assert np.array_equal(a.read("resid_post", 0), b.read("resid_post", 0))
+
+
+def test_depth_and_layer_parsing():
+    assert parse_depths("0:500:25") == list(range(0, 501, 25)) and len(parse_depths("0:500:25")) == 21
+    assert parse_depths("40,0,10") == [0, 10, 40]
+    assert parse_layers("all", 4) == [0, 1, 2, 3] and parse_layers("-1,0", 4) == [0, 3]
+    assert parse_layers("1:2", 4) == [1, 2]
+    for bad in ("a:b", "10:0:5", "0:10:0", "", "-5", "1,1"):
+        with pytest.raises(UserError):
+            parse_depths(bad)
+    with pytest.raises(UserError):
+        parse_layers("7", 4)
+
+
+def test_bad_inputs_warn_mask_and_refuse(tmp_path):
+    model, tok = tiny_model("qwen2", n_layers=2, d_model=64, seed=8)
+    spans = derive_safety_spans(tok)
+    items = make_items(tok, lengths=(5, 0))
+    kw = dict(spans=spans, layers=[1], hooks=("resid_post",), progress=False)
+    with pytest.warns(UserWarning) as rec:
+        extract_to_store(model, tok, items, tmp_path / "a.h5", depths=[0, 50], **kw)
+    text = " ".join(str(w.message) for w in rec)
+    assert "exceed every response" in text and "empty response" in text
+    with ActivationStore.open(tmp_path / "a.h5") as store:
+        assert store.examples["valid"].tolist() == [[True, False], [True, False]]
+        assert store.examples["n_response_tokens"].tolist() == [5, 0]
+        assert (store.read("resid_post", 1)[:, 1] == 0).all()  # masked, never a duplicate of another depth
+    # a different depth schedule / hooks on the same store is refused
+    with pytest.raises(UserError, match="depths"):
+        extract_to_store(model, tok, items, tmp_path / "a.h5", depths=[0, 40], **kw)
+    with pytest.raises(UserError, match="hooks"):
+        extract_to_store(model, tok, items, tmp_path / "a.h5", depths=[0, 50], spans=spans, layers=[1],
+                         hooks=("resid_pre",), progress=False)
+    other, _ = tiny_model("qwen2", n_layers=2, d_model=64, seed=8)
+    with pytest.raises(UserError, match="model_id"):
+        extract_to_store(other, tok, items, tmp_path / "a.h5", depths=[0, 50], provenance={"model_id": "x"}, **kw)
+    # too long for the context: error or truncate
+    model.config.max_position_embeddings = len(items[0].prompt_ids) + len(spans.span_ids) + 2
+    with pytest.raises(UserError, match="context"):
+        extract_to_store(model, tok, items, tmp_path / "c.h5", depths=[0, 4], too_long="error", **kw)
+    with pytest.warns(UserWarning, match="truncated"):
+        extract_to_store(model, tok, items, tmp_path / "d.h5", depths=[0, 4], too_long="truncate", **kw)
+    with ActivationStore.open(tmp_path / "d.h5") as store:
+        assert store.examples["valid"].tolist() == [[True, False], [True, False]]
+
+
+def test_response_tokenised_in_context_matches_encode_response():
+    _, tok = tiny_model("qwen2", n_layers=1)
+    p = format_prompt_ids(tok, "hi")
+    assert encode_response(tok, p, "Sure, here is") == tok("Sure, here is", add_special_tokens=False)["input_ids"]
+
+
+WORKER = Path(__file__).with_name("resume_worker.py")
+
+
+def _run_worker(out: Path, kill_after: int | None) -> subprocess.CompletedProcess:
+    env = dict(os.environ, PYTHONPATH=str(Path(__file__).parents[1]))
+    args = [sys.executable, str(WORKER), str(out)] + ([str(kill_after)] if kill_after is not None else [])
+    return subprocess.run(args, env=env, capture_output=True, text=True, timeout=120)
+
+
+def test_resume_after_sigkill_equals_uninterrupted(tmp_path):
+    killed = _run_worker(tmp_path / "r.h5", kill_after=2)
+    assert killed.returncode == -signal.SIGKILL, killed.stderr
+    with ActivationStore.open(tmp_path / "r.h5") as store:  # readable after the crash, some rows done
+        n_done = int(store.done.sum())
+        assert 0 < n_done < store.n_examples
+    resumed = _run_worker(tmp_path / "r.h5", kill_after=None)
+    assert resumed.returncode == 0, resumed.stderr
+    n_examples = 10
+    assert resumed.stdout.split()[-1] == str(n_examples - n_done)  # only unfinished batches are recomputed
+    sys.path.insert(0, str(WORKER.parent))
+    import resume_worker
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # same as the worker: identical kernels, bit-identical values
+    try:
+        resume_worker.run(str(tmp_path / "full.h5"))
+    finally:
+        torch.set_num_threads(threads)
+        sys.path.remove(str(WORKER.parent))
+    with h5py.File(tmp_path / "r.h5") as a, h5py.File(tmp_path / "full.h5") as b:
+        names: list[str] = []
+        b.visit(lambda n: names.append(n) if isinstance(b[n], h5py.Dataset) else None)
+        assert any(n.startswith("acts/") for n in names)
+        for n in names:
+            assert np.array_equal(a[n][()], b[n][()]), n
+        assert a["examples/done"][()].all()
