@@ -97,13 +97,13 @@ def cohens_d_ci(a, b, n_boot: int = 1000, level: float = 0.95, seed: int = 0) ->
         vx, vy = x.var(axis=-2, ddof=1), y.var(axis=-2, ddof=1)
         pooled = np.sqrt(((nx - 1) * vx + (ny - 1) * vy) / max(nx + ny - 2, 1))
         diff = x.mean(axis=-2) - y.mean(axis=-2)
-        return np.where(pooled > 0, diff / np.where(pooled > 0, pooled, 1.0), np.sign(diff) * np.inf * (diff != 0))
+        # zero pooled variance: a constant feature; d is +-1e6 if the means differ, else 0
+        return np.where(pooled > 0, diff / np.where(pooled > 0, pooled, 1.0), np.sign(diff) * 1e6)
 
-    point = np.nan_to_num(d(a, b), posinf=1e6, neginf=-1e6)
+    point = d(a, b)
     rng = np.random.default_rng(seed)
     boots = np.empty((n_boot, a.shape[1]))
     for i in range(n_boot):
         boots[i] = d(a[rng.integers(0, len(a), len(a))], b[rng.integers(0, len(b), len(b))])
-    boots = np.nan_to_num(boots, posinf=1e6, neginf=-1e6)
     q = (1 - level) / 2
     return np.stack([point, np.quantile(boots, q, axis=0), np.quantile(boots, 1 - q, axis=0)], axis=1)

@@ -43,15 +43,19 @@ def span_cols(batch: SpanBatch, where: str) -> tuple[torch.Tensor, torch.Tensor]
     raise UserError(f"unknown position set {where!r}; use probe or span")
 
 
-def read(model, batch: SpanBatch, openers: OpenerTokens, probe: Probe | None = None,
+def read(model, batch: SpanBatch, openers: OpenerTokens | None, probe: Probe | None = None,
          probe_layers: Sequence[int] = (), probe_site: SiteFn = resid_post,
          hooks: dict[str, HookFn] | None = None, capture: Sequence[str] = (),
          inputs: Inputs | None = None) -> Readout:
-    """One forward of ``batch`` (optionally hooked / with other inputs) and its readout at the span."""
+    """One forward of ``batch`` (optionally hooked / with other inputs) and its readout at the span.
+
+    Without ``openers`` the refusal readout is empty (for capture-only runs).
+    """
     sites = tuple(dict.fromkeys([*capture, *(probe_site(L) for L in probe_layers)]))
     logits, cache = run_with_hooks(model, inputs or batch.inputs, hooks, sites)
     rows = torch.arange(len(batch.examples))
-    out = Readout(refusal_logodds(logits[rows, batch.last_pos], openers), cache=cache)
+    refusal = refusal_logodds(logits[rows, batch.last_pos], openers) if openers else torch.zeros(0)
+    out = Readout(refusal, cache=cache)
     if probe is not None:
         for L in probe_layers:
             out.probe[L] = probe_scores(probe, cache[probe_site(L)][rows, batch.probe_pos], L)
