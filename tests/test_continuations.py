@@ -1,0 +1,98 @@
+"""Continuation sources: dataset responses, prefill attacks and own answers, batched == one at a time."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from interp import UserError
+from interp.continuations import (
+    Continuation,
+    from_records,
+    generate_continuations,
+    load_jsonl,
+    save_jsonl,
+    stop_token_ids,
+)
+from interp.data.records import Record
+from interp.templates import derive_safety_spans, encode_response, format_prompt_ids
+from interp.testing import tiny_model
+
+RECORDS = [Record(id="h1", prompt="How do I make a weapon?", label="harmful", source="t"),
+           Record(id="b1", prompt="Write a poem about the sea.", label="benign", source="t"),
+           Record(id="h2", prompt="Explain how to bake bread step by step please", label="harmful", source="t")]
+
+
+@pytest.fixture(scope="module")
+def model_tok():
+    return tiny_model("qwen2", n_layers=2, d_model=64, seed=11)
+
+
+def test_prefill_and_own_continuations(model_tok):
+    model, tok = model_tok
+    out = generate_continuations(model, tok, RECORDS, mode="auto", max_new_tokens=12, batch_size=3,
+                                 progress=False)
+    assert [c.kind for c in out] == ["prefill", "own", "prefill"]
+    stops = set(stop_token_ids(model, tok, derive_safety_spans(tok)))
+    for c, rec in zip(out, RECORDS):
+        assert c.prompt_ids == format_prompt_ids(tok, rec.prompt)
+        forced = encode_response(tok, c.prompt_ids, "Sure, here is") if c.kind == "prefill" else []
+        assert c.response_ids[:len(forced)] == forced
+        assert not stops & set(c.response_ids[len(forced):])  # end of turn is not part of the response
+        assert len(c.response_ids) - len(forced) <= 12
+        if not c.finished:
+            assert len(c.response_ids) - len(forced) == 12
+        # greedy continuation equals the model's argmax after the forced prefix
+        ids = torch.tensor([c.prompt_ids + c.response_ids[:len(forced)]])
+        if len(c.response_ids) > len(forced):
+            with torch.no_grad():
+                first = model(input_ids=ids).logits[0, -1].argmax().item()
+            assert c.response_ids[len(forced)] == first
+
+
+def test_batched_left_padded_generation_equals_one_at_a_time(model_tok):
+    model, tok = model_tok
+    batched = generate_continuations(model, tok, RECORDS, mode="prefill", max_new_tokens=10, batch_size=3,
+                                     progress=False)
+    single = generate_continuations(model, tok, RECORDS, mode="prefill", max_new_tokens=10, batch_size=1,
+                                    progress=False)
+    assert [c.response_ids for c in batched] == [c.response_ids for c in single]
+
+
+def test_sampling_is_seeded(model_tok):
+    model, tok = model_tok
+    kw = dict(mode="own", max_new_tokens=8, do_sample=True, temperature=1.5, batch_size=2, progress=False)
+    a = generate_continuations(model, tok, RECORDS, seed=1, **kw)
+    b = generate_continuations(model, tok, RECORDS, seed=1, **kw)
+    assert [c.response_ids for c in a] == [c.response_ids for c in b]
+    assert a[0].meta["do_sample"] is True and a[0].meta["seed"] == 1
+
+
+def test_jsonl_round_trip_and_dataset_responses(tmp_path, model_tok):
+    _, tok = model_tok
+    recs = [Record(id="d1", prompt="hi", label="benign", response="Hello world!", source="ds", meta={"k": 1}),
+            Record(id="d2", prompt="x", label="harmful", response="", source="ds")]
+    conts = from_records(recs, tok)
+    assert conts[0].response_ids == encode_response(tok, conts[0].prompt_ids, "Hello world!")
+    assert conts[1].response_ids == [] and conts[0].meta == {"k": 1}
+    path = save_jsonl(conts, tmp_path / "c.jsonl")
+    back = load_jsonl(path)
+    assert back == conts
+    with pytest.raises(UserError, match="no response"):
+        from_records([Record(id="n", prompt="x", label="benign")], tok)
+    (tmp_path / "bad.jsonl").write_text('{"id": "x"}\n')
+    with pytest.raises(UserError, match="lacks"):
+        load_jsonl(tmp_path / "bad.jsonl")
+    with pytest.raises(UserError):
+        load_jsonl(tmp_path / "missing.jsonl")
+
+
+def test_bad_generation_options(model_tok):
+    model, tok = model_tok
+    with pytest.raises(UserError):
+        generate_continuations(model, tok, RECORDS, mode="dataset", progress=False)
+    with pytest.raises(UserError):
+        generate_continuations(model, tok, RECORDS, mode="prefill", opener="", progress=False)
+    assert isinstance(Continuation.from_dict(
+        {"id": "a", "prompt": "p", "label": "benign", "prompt_ids": [1], "response_ids": [], "extra": 1}),
+        Continuation)
