@@ -1,0 +1,540 @@
+"""Safety-Token spans derived from a tokenizer's chat template (DESIGN.md §2).
+
+The *header* is the text a chat template appends for ``add_generation_prompt=True`` (``<|im_start|>assistant\\n``);
+the *end of turn* is what follows an assistant message (``<|im_end|>\\n``). ADA-RK re-injects
+``end_of_turn + header`` after d response tokens; ADA-LP reads the residual stream at the header's role token
+(``assistant`` / ``model``). Nothing here is written per model: the strings are found by rendering the template
+with marker messages and diffing the renders, then tokenized *in context* (inside a whole rendered conversation)
+because some tokenizers tokenize a string differently at the start of a text than after other text.
+
+Templates the derivation cannot handle (Mistral's ``[INST] … [/INST]`` format has no assistant header) are
+covered by YAML overrides: ``interp/span_overrides.yaml`` (shipped) and an optional user file
+(``derive_safety_spans(tok, overrides=path)``), which is searched first.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections.abc import Mapping
+from dataclasses import asdict, dataclass, fields
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+from interp import UserError
+
+__all__ = [
+    "PACKAGED_OVERRIDES",
+    "SafetySpans",
+    "derive_safety_spans",
+    "encode_response",
+    "format_conversation_ids",
+    "format_prompt_ids",
+    "format_prompt_text",
+    "load_overrides",
+    "spans_json",
+    "template_hash",
+]
+
+PACKAGED_OVERRIDES = "span_overrides.yaml"  # inside the ``interp`` package
+
+# Marker contents: letters only (so templates that ``trim`` content leave them alone), unlikely in any template.
+_U = "QzqUserTurnMarkQzq"
+_A = "QzqAssistantTurnMarkQzq"
+_V = "QzqNextUserTurnMarkQzq"
+
+_OVERRIDE_FIELDS = {"end_of_turn", "header", "probe_position", "fallback", "note"}
+
+
+@dataclass(frozen=True)
+class SafetySpans:
+    """The Safety-Token span of one chat template, with its in-context token ids."""
+
+    header: str  # assistant header text, e.g. "<|im_start|>assistant\n"
+    end_of_turn: str  # what follows an assistant message, e.g. "<|im_end|>\n"
+    span_text: str  # end_of_turn + header: the re-injected span (ADA-RK)
+    span_ids: tuple[int, ...]  # ids of span_text as tokenized in context right after an assistant response
+    header_ids: tuple[int, ...]  # ids of the header in context (what ends a formatted prompt)
+    probe_index: int  # index into span_ids of the probe position (ADA-LP)
+    role_text: str  # decoded role token(s)
+    template_hash: str  # sha256 hex of the chat template text
+    source: str  # "derived" or "override:<key>"
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "span_ids", tuple(int(i) for i in self.span_ids))
+        object.__setattr__(self, "header_ids", tuple(int(i) for i in self.header_ids))
+        object.__setattr__(self, "probe_index", int(self.probe_index))
+        if self.span_text != self.end_of_turn + self.header:
+            raise ValueError("SafetySpans: span_text must equal end_of_turn + header")
+        if not 0 <= self.probe_index < len(self.span_ids):
+            raise ValueError(f"SafetySpans: probe_index {self.probe_index} outside the {len(self.span_ids)} span ids")
+
+    @property
+    def probe_ids(self) -> tuple[int, ...]:
+        """The probe span (ADA-LP): the span cut after the probe position."""
+        return self.span_ids[: self.probe_index + 1]
+
+    def to_dict(self) -> dict:
+        """JSON-ready dict (lists for the id tuples)."""
+        d = asdict(self)
+        d["span_ids"] = list(self.span_ids)
+        d["header_ids"] = list(self.header_ids)
+        return d
+
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any]) -> SafetySpans:
+        names = {f.name for f in fields(cls)}
+        missing = names - set(d)
+        if missing:
+            raise ValueError(f"SafetySpans.from_dict: missing {', '.join(sorted(missing))}")
+        return cls(**{k: d[k] for k in names})
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# template text, hashing, rendering, tokenizing
+
+
+def _name(tokenizer) -> str:
+    return getattr(tokenizer, "name_or_path", "") or type(tokenizer).__name__
+
+
+def _one_line(err: BaseException | str) -> str:
+    return " ".join(str(err).split())
+
+
+def _template_text(tokenizer) -> str:
+    tpl = getattr(tokenizer, "chat_template", None)
+    if isinstance(tpl, Mapping):  # named templates: transformers uses "default" when none is asked for
+        tpl = tpl.get("default")
+    if not tpl or not isinstance(tpl, str):
+        raise UserError(f"tokenizer {_name(tokenizer)!r} has no chat template; load a chat (instruct) model's "
+                        "tokenizer or set tokenizer.chat_template")
+    return tpl
+
+
+def template_hash(tokenizer) -> str:
+    """sha256 hex digest of the tokenizer's chat template text (for provenance and override keys)."""
+    return hashlib.sha256(_template_text(tokenizer).encode("utf-8")).hexdigest()
+
+
+def _render(tokenizer, messages: list[dict], gen: bool) -> str:
+    tpl = _template_text(tokenizer)
+    try:
+        out = tokenizer.apply_chat_template(messages, chat_template=tpl, tokenize=False,
+                                            add_generation_prompt=gen)
+    except Exception as err:  # jinja errors, raise_exception() in templates, …
+        roles = "/".join(m["role"] for m in messages)
+        raise UserError(f"chat template of {_name(tokenizer)!r} failed to render a {roles} conversation: "
+                        f"{_one_line(err)}") from err
+    if not isinstance(out, str):
+        raise UserError(f"chat template of {_name(tokenizer)!r} did not render to text")
+    return out
+
+
+def _messages(prompt: str, system: str | None = None, *rest: tuple[str, str]) -> list[dict]:
+    msgs = [{"role": "system", "content": system}] if system is not None else []
+    msgs.append({"role": "user", "content": prompt})
+    msgs.extend({"role": r, "content": c} for r, c in rest)
+    return msgs
+
+
+def _encode(tokenizer, text: str) -> list[int]:
+    return list(tokenizer(text, add_special_tokens=False)["input_ids"])
+
+
+def _decode(tokenizer, ids) -> str:
+    return tokenizer.decode(list(ids), skip_special_tokens=False, clean_up_tokenization_spaces=False)
+
+
+def _offsets(tokenizer, text: str) -> tuple[list[int], list[tuple[int, int]] | None]:
+    try:
+        enc = tokenizer(text, add_special_tokens=False, return_offsets_mapping=True)
+        return list(enc["input_ids"]), [tuple(o) for o in enc["offset_mapping"]]
+    except (NotImplementedError, ValueError, TypeError, KeyError):  # slow tokenizers have no offsets
+        return _encode(tokenizer, text), None
+
+
+def _decodes_to(tokenizer, ids: list[int], i: int, j: int, segment: str) -> bool:
+    if _decode(tokenizer, ids[i:j]) == segment:
+        return True
+    # decoders that drop a leading space at the start of a text (SentencePiece) decode a piece on its own
+    # differently; what counts is that the piece adds exactly ``segment`` to what precedes it.
+    return i > 0 and _decode(tokenizer, ids[:j]) == _decode(tokenizer, ids[:i]) + segment
+
+
+def _token_range(tokenizer, text: str, cs: int, ce: int | None = None) -> tuple[list[int], int, int] | None:
+    """Token ids of ``text`` and the token range ``[i, j)`` that covers exactly ``text[cs:ce]`` in context.
+
+    ``None`` when no such range exists (a token crosses a boundary) or it does not decode back to the segment.
+    """
+    ce = len(text) if ce is None else ce
+    segment = text[cs:ce]
+    ids, offs = _offsets(tokenizer, text)
+    candidates: list[tuple[int, int]] = []
+    # (1) prefix tokenization: the ids of text[:cs] (and text[:ce]) are a prefix of the ids of text
+    pre = _encode(tokenizer, text[:cs]) if cs else []
+    upto = ids if ce == len(text) else _encode(tokenizer, text[:ce])
+    if ids[: len(pre)] == pre and ids[: len(upto)] == upto:
+        candidates.append((len(pre), len(upto)))
+    # (2) offsets: first token starting at/after each boundary, no token straddling it
+    if offs is not None:
+        def boundary(c: int) -> int | None:
+            if c >= len(text):
+                return len(ids)
+            for k, (s, e) in enumerate(offs):
+                if s < c < e:
+                    return None
+                if s >= c and e > s:
+                    return k
+            return len(ids)
+
+        i, j = boundary(cs), boundary(ce)
+        if i is not None and j is not None and (i, j) not in candidates:
+            candidates.append((i, j))
+    for i, j in candidates:
+        if i < j and _decodes_to(tokenizer, ids, i, j, segment):
+            return ids, i, j
+    return None
+
+
+def _special_strings(tokenizer) -> list[str]:
+    out = set(getattr(tokenizer, "all_special_tokens", []) or [])
+    try:
+        out |= set(tokenizer.get_added_vocab())
+    except Exception:  # noqa: BLE001 - not every tokenizer has added vocab
+        pass
+    return [s for s in out if s]
+
+
+def _back_off(text: str, b: int, specials: list[str]) -> int:
+    """Move boundary ``b`` to the start of any special-token string in ``text`` that it cuts through."""
+    moved = True
+    while moved:
+        moved = False
+        for s in specials:
+            start = text.find(s, max(0, b - len(s) + 1))
+            while start != -1 and start < b:
+                if start + len(s) > b:
+                    b, moved = start, True
+                    break
+                start = text.find(s, start + 1)
+    return b
+
+
+def _common_prefix_len(a, b) -> int:
+    n = 0
+    for x, y in zip(a, b):
+        if x != y:
+            break
+        n += 1
+    return n
+
+
+def _find_once(tokenizer, text: str, marker: str, what: str) -> int:
+    if text.count(marker) != 1:
+        raise UserError(f"chat template of {_name(tokenizer)!r} does not render the {what} content verbatim; "
+                        "give the span in a YAML override (interp/span_overrides.yaml or overrides=)")
+    return text.index(marker)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# overrides
+
+
+def load_overrides(path: str | Path | None = None) -> dict[str, dict]:
+    """Read and check an override YAML file (the packaged one when ``path`` is None)."""
+    import yaml
+
+    if path is None:
+        src = resources.files("interp").joinpath(PACKAGED_OVERRIDES)
+        where, text = f"interp/{PACKAGED_OVERRIDES}", src.read_text(encoding="utf-8")
+    else:
+        p = Path(path)
+        if not p.is_file():
+            raise UserError(f"span override file {str(p)!r} not found")
+        where, text = str(p), p.read_text(encoding="utf-8")
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as err:
+        raise UserError(f"span override file {where}: invalid YAML: {_one_line(err)}") from err
+    return _check_overrides(data or {}, where)
+
+
+def _check_overrides(data: Any, where: str) -> dict[str, dict]:
+    if not isinstance(data, Mapping):
+        raise UserError(f"span override file {where}: expected a mapping of keys to entries")
+    out: dict[str, dict] = {}
+    for key, entry in data.items():
+        if not isinstance(entry, Mapping):
+            raise UserError(f"span override file {where}: entry {key!r} is not a mapping")
+        unknown = set(entry) - _OVERRIDE_FIELDS
+        if unknown:
+            raise UserError(f"span override file {where}: entry {key!r} has unknown field(s) "
+                            f"{', '.join(sorted(map(str, unknown)))}; allowed: {', '.join(sorted(_OVERRIDE_FIELDS))}")
+        for f in ("end_of_turn", "header"):
+            if f in entry and not isinstance(entry[f], str):
+                raise UserError(f"span override file {where}: {key!r}.{f} must be a string")
+        if "probe_position" in entry:
+            pp = entry["probe_position"]
+            if isinstance(pp, bool) or not isinstance(pp, (int, str)):
+                raise UserError(f"span override file {where}: {key!r}.probe_position must be 'role', 'last' "
+                                "or an integer")
+        out[str(key)] = dict(entry)
+    return out
+
+
+def _match_override(tokenizer, thash: str, tables: list[dict[str, dict]]) -> list[tuple[str, dict]]:
+    """Matching entries, best first: earlier tables first; in a table hash keys, then longer name keys."""
+    name = _name(tokenizer).lower()
+    found: list[tuple[str, dict]] = []
+    for table in tables:
+        by_hash, by_name = [], []
+        for key, entry in table.items():
+            k = key.strip().lower()
+            if k.removeprefix("sha256:") == thash:
+                by_hash.append((key, entry))
+            elif not k.startswith("sha256:") and k and k in name:
+                by_name.append((key, entry))
+        by_name.sort(key=lambda kv: -len(kv[0]))
+        found.extend(by_hash + by_name)
+    return found
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# derivation
+
+
+@dataclass
+class _Renders:
+    u: str  # [U]
+    ug: str  # [U] + generation prompt
+    uag: str  # [U, A] + generation prompt
+    uav: str | None  # [U, A, V] (None when the template refuses it)
+
+
+def _renders(tokenizer) -> _Renders:
+    u = _render(tokenizer, _messages(_U), False)
+    ug = _render(tokenizer, _messages(_U), True)
+    uag = _render(tokenizer, _messages(_U, None, ("assistant", _A)), True)
+    try:
+        uav = _render(tokenizer, _messages(_U, None, ("assistant", _A), ("user", _V)), False)
+    except UserError:
+        uav = None
+    return _Renders(u, ug, uag, uav)
+
+
+def _derive_header(tokenizer, r: _Renders) -> str:
+    b = _common_prefix_len(r.u, r.ug)
+    b = _back_off(r.ug, b, _special_strings(tokenizer))  # e.g. phi3 renders eos '<|end|>' vs '<|assistant|>'
+    header = r.ug[b:]
+    if not header or b < _find_once(tokenizer, r.ug, _U, "user") + len(_U):
+        raise UserError(f"chat template of {_name(tokenizer)!r} has no assistant header (add_generation_prompt "
+                        "adds nothing); give end_of_turn/header in a YAML override: see interp/span_overrides.yaml "
+                        "or pass derive_safety_spans(..., overrides=FILE)")
+    return header
+
+
+def _derive_end_of_turn(tokenizer, r: _Renders, header: str) -> str:
+    a_end = _find_once(tokenizer, r.uag, _A, "assistant") + len(_A)
+    if not r.uag.endswith(header) or len(r.uag) - len(header) < a_end:
+        raise UserError(f"chat template of {_name(tokenizer)!r} does not end a conversation with the assistant "
+                        "header when asked for a generation prompt after an assistant message; give the span in "
+                        "a YAML override (interp/span_overrides.yaml or overrides=)")
+    eot = r.uag[a_end: len(r.uag) - len(header)]
+    # Cross-check with the next turn: [U, A, V] must continue A with eot and then the same user opener that
+    # precedes U in [U] (after any default system prompt).
+    if r.uav is not None:
+        between = r.uav[_find_once(tokenizer, r.uav, _A, "assistant") + len(_A): r.uav.index(_V)]
+        opener = between[len(eot):]
+        prefix_u = r.u[: r.u.index(_U)]
+        if not between.startswith(eot) or not opener or not prefix_u.endswith(opener):
+            raise UserError(f"chat template of {_name(tokenizer)!r}: the text after an assistant message "
+                            f"({between!r}) does not match the end of turn before a generation prompt ({eot!r}); "
+                            "give the span in a YAML override (interp/span_overrides.yaml or overrides=)")
+    return eot
+
+
+def _user_opener_ids(tokenizer, r: _Renders, eot: str) -> list[int] | None:
+    if r.uav is None:
+        return None
+    a_end = r.uav.find(_A) + len(_A)
+    v = r.uav.find(_V)
+    if a_end < len(_A) or v < a_end or not r.uav[a_end:v].startswith(eot) or v - a_end == len(eot):
+        return None
+    loc = _token_range(tokenizer, r.uav, a_end + len(eot), v)
+    return None if loc is None else loc[0][loc[1]: loc[2]]
+
+
+def _role_range(header_ids: list[int], opener_ids: list[int]) -> tuple[int, int] | None:
+    """``[p, q)``: the header tokens that differ from the user opener (the role), or None."""
+    h, o = list(header_ids), list(opener_ids)
+    p = _common_prefix_len(h, o)
+    if p >= len(h):
+        return None
+    # the opener is  pre + role_user + post ; the header is  pre + role_assistant + post (+ extras such as
+    # '<think>\n'): the role ends where the longest tail of the opener shows up again in the header.
+    for m in range(len(o) - p - 1, 0, -1):
+        tail = o[len(o) - m:]
+        for q in range(p + 1, len(h) - m + 1):
+            if h[q: q + m] == tail:
+                return p, q
+    return p, p + 1
+
+
+def _resolve_index(pp: str | int, n: int, role_index: int | None, tokenizer) -> int:
+    if isinstance(pp, str) and pp.strip().lstrip("+-").isdigit():
+        pp = int(pp.strip())
+    if isinstance(pp, bool):
+        raise UserError(f"probe_position must be 'role', 'last' or an integer, not {pp!r}")
+    if pp == "role":
+        if role_index is None:
+            raise UserError(f"cannot find the role token in the assistant header of {_name(tokenizer)!r}; pass "
+                            "probe_position='last' or an index, or set probe_position in a YAML override")
+        return role_index
+    if pp == "last":
+        return n - 1
+    if isinstance(pp, int):
+        idx = pp + n if pp < 0 else pp
+        if not 0 <= idx < n:
+            raise UserError(f"probe_position {pp} is out of range for a span of {n} tokens")
+        return idx
+    raise UserError(f"probe_position must be 'role', 'last' or an integer, not {pp!r}")
+
+
+def derive_safety_spans(tokenizer, *, probe_position: str | int = "role",
+                        overrides: str | Path | Mapping | None = None) -> SafetySpans:
+    """Derive the Safety-Token span of ``tokenizer``'s chat template (see the module docstring).
+
+    ``probe_position``: ``"role"`` (the last token of the header's role, e.g. ``assistant``; an override entry
+    may say where that is for its template), ``"last"`` (last span token) or an index into the span ids
+    (negative allowed). ``overrides``: a YAML file (or an already loaded mapping) searched before the packaged
+    ``interp/span_overrides.yaml``.
+    """
+    thash = template_hash(tokenizer)  # raises when there is no template
+    tables = []
+    if overrides is not None:
+        tables.append(_check_overrides(overrides, "overrides=") if isinstance(overrides, Mapping)
+                      else load_overrides(overrides))
+    tables.append(load_overrides(None))
+    matches = _match_override(tokenizer, thash, tables)
+
+    r = _renders(tokenizer)
+    derive_error: UserError | None = None
+    header = eot = None
+    try:
+        header = _derive_header(tokenizer, r)
+        eot = _derive_end_of_turn(tokenizer, r, header)
+    except UserError as err:
+        derive_error = err
+
+    key, entry = None, None
+    for k, e in matches:
+        if e.get("fallback") and derive_error is None:
+            continue  # generic entries only stand in where the template itself says nothing
+        key, entry = k, e
+        break
+    if entry is not None:
+        if "header" in entry:
+            header = entry["header"]
+        if "end_of_turn" in entry:
+            eot = entry["end_of_turn"]
+        if header is None or eot is None:
+            assert derive_error is not None
+            raise derive_error
+        if not header:
+            raise UserError(f"span override {key!r}: header must not be empty")
+        if not r.ug.endswith(header):
+            raise UserError(f"span override {key!r}: header {header!r} does not end the prompt the chat template "
+                            f"of {_name(tokenizer)!r} renders ({r.ug[-40:]!r}); fix the override")
+        if probe_position == "role" and "probe_position" in entry:
+            probe_position = entry["probe_position"]
+    elif derive_error is not None:
+        raise derive_error
+    assert header is not None and eot is not None
+
+    span_text = eot + header
+    # the span in context: right after an assistant response
+    a_end = _find_once(tokenizer, r.uag, _A, "assistant") + len(_A)
+    ctx = r.uag[:a_end] + span_text
+    loc = _token_range(tokenizer, ctx, a_end)
+    hloc = _token_range(tokenizer, ctx, len(ctx) - len(header)) if loc is not None else None
+    if loc is None or hloc is None or not loc[1] <= hloc[1] < loc[2]:
+        raise UserError(f"span {span_text!r} not found in the tokenized conversation of {_name(tokenizer)!r} "
+                        "(a token crosses its boundary); give the span in a YAML override")
+    ids, i, j = loc
+    span_ids = ids[i:j]
+    h0 = hloc[1] - i  # header's first token inside the span
+    # the header as it ends a formatted prompt
+    ploc = _token_range(tokenizer, r.ug, len(r.ug) - len(header)) if r.ug.endswith(header) else None
+    header_ids = ploc[0][ploc[1]: ploc[2]] if ploc is not None else span_ids[h0:]
+
+    role_index, role_text = None, ""
+    opener_ids = _user_opener_ids(tokenizer, r, eot)
+    if opener_ids:
+        rr = _role_range(span_ids[h0:], opener_ids)
+        if rr is not None:
+            role_index = h0 + rr[1] - 1
+            role_text = _decode(tokenizer, span_ids[h0 + rr[0]: h0 + rr[1]])
+    probe_index = _resolve_index(probe_position, len(span_ids), role_index, tokenizer)
+    if not role_text:
+        role_text = _decode(tokenizer, span_ids[probe_index: probe_index + 1])
+
+    return SafetySpans(header=header, end_of_turn=eot, span_text=span_text, span_ids=tuple(span_ids),
+                       header_ids=tuple(header_ids), probe_index=probe_index, role_text=role_text,
+                       template_hash=thash, source="derived" if entry is None else f"override:{key}")
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# formatting prompts and responses
+
+
+def format_prompt_text(tokenizer, prompt: str, system: str | None = None) -> str:
+    """The chat-formatted user turn through the assistant header, as text."""
+    return _render(tokenizer, _messages(prompt, system), True)
+
+
+def format_prompt_ids(tokenizer, prompt: str, system: str | None = None) -> list[int]:
+    """Ids of the chat-formatted user turn through the assistant header, exactly as the template renders it.
+
+    The rendered text already holds any BOS the template writes, so it is encoded without adding special
+    tokens (no double BOS).
+    """
+    return _encode(tokenizer, format_prompt_text(tokenizer, prompt, system))
+
+
+def encode_response(tokenizer, prompt_ids: list[int], response: str) -> list[int]:
+    """Ids of ``response`` as it tokenizes in context right after ``prompt_ids`` (the prompt ids are kept)."""
+    if not response:
+        return []
+    prompt_ids = [int(i) for i in prompt_ids]
+    prompt_text = _decode(tokenizer, prompt_ids)
+    text = prompt_text + response
+    ids, offs = _offsets(tokenizer, text)
+    n = len(prompt_ids)
+    if ids[:n] == prompt_ids and _decodes_to(tokenizer, ids, n, len(ids), response):
+        return ids[n:]
+    if offs is not None:  # a token merges across the boundary: keep what starts after it, re-encode the rest
+        b = len(prompt_text)
+        k = next((t for t, (s, _) in enumerate(offs) if s >= b), len(ids))
+        cut = max([e for s, e in offs[:k] if s < b < e] or [b])
+        head = _encode(tokenizer, text[b:cut]) if cut > b else []
+        tail = [t for t, (s, _) in zip(ids, offs) if s >= cut]
+        if _decode(tokenizer, head + tail) == response:
+            return head + tail
+    return _encode(tokenizer, response)
+
+
+def format_conversation_ids(tokenizer, prompt: str, response_ids: list[int] | str,
+                            system: str | None = None) -> tuple[list[int], list[int]]:
+    """``(prompt_ids, response_ids)``: the formatted prompt and the response (ids as given, or text tokenized in
+    context after the prompt)."""
+    prompt_ids = format_prompt_ids(tokenizer, prompt, system)
+    if isinstance(response_ids, str):
+        return prompt_ids, encode_response(tokenizer, prompt_ids, response_ids)
+    return prompt_ids, [int(i) for i in response_ids]
+
+
+def spans_json(spans: SafetySpans) -> str:
+    """Compact JSON of ``spans`` (for HDF5 / probe provenance attributes)."""
+    return json.dumps(spans.to_dict(), ensure_ascii=False, sort_keys=True)
