@@ -24,8 +24,28 @@ import torch
 
 from interp import UserError
 
-MODES = ("auto", "prefill", "own", "dataset")
+MODES = ("auto", "prefill", "own")
 DEFAULT_OPENER = "Sure, here is"
+
+
+@dataclass
+class GenerateConfig:
+    """Which prompts to continue and how (``anydepth generate``; also used by ``extract`` for prompt-only data)."""
+
+    data: str = field(default="demo", metadata={"help": "dataset name or file (see `anydepth datasets list`)"})
+    split: str | None = field(default=None, metadata={"help": "dataset split (meta['split'])"})
+    limit: int | None = field(default=None, metadata={"help": "seeded sample of this many records"})
+    seed: int = field(default=0, metadata={"help": "seed for the sample and for sampling"})
+    mode: str = field(default="auto", metadata={
+        "help": "prefill: force --opener then continue; own: the model's own answer; auto: prefill on harmful, "
+                "own on benign prompts", "choices": MODES})
+    opener: str = field(default=DEFAULT_OPENER, metadata={"help": "forced affirmative opener (prefill attack)"})
+    max_new_tokens: int = field(default=64, metadata={"help": "tokens generated after the opener"})
+    sample: bool = field(default=False, metadata={"help": "sample instead of greedy decoding"})
+    temperature: float = field(default=0.7, metadata={"help": "sampling temperature"})
+    top_p: float = field(default=0.95, metadata={"help": "nucleus sampling mass"})
+    gen_batch_size: int = field(default=8, metadata={"help": "prompts per generate call (left padded)"})
+    system: str | None = field(default=None, metadata={"help": "system prompt (default: the template's own)"})
 
 
 @dataclass
@@ -100,6 +120,30 @@ def from_records(records: Sequence, tokenizer, system: str | None = None) -> lis
                                 response_ids=list(response_ids), response=rec.response, source=rec.source,
                                 category=rec.category, kind="dataset", finished=True, meta=dict(rec.meta)))
     return out
+
+
+def load_records(data: str, split: str | None = None, limit: int | None = None, seed: int = 0) -> list:
+    """Records of a dataset name or file (via :func:`interp.data.load_dataset`)."""
+    from interp.data import load_dataset
+
+    records = load_dataset(data, split=split, limit=limit, seed=seed)
+    if not records:
+        raise UserError(f"dataset {data!r} gave no records")
+    return records
+
+
+def continuations_for(model, tokenizer, records: Sequence, cfg: GenerateConfig, progress: bool = True
+                      ) -> list[Continuation]:
+    """Dataset responses where records have them, generated continuations (``cfg``) for the rest, in order."""
+    have = [r for r in records if r.response is not None]
+    need = [r for r in records if r.response is None]
+    made = {c.id: c for c in from_records(have, tokenizer, system=cfg.system)}
+    if need:
+        made.update((c.id, c) for c in generate_continuations(
+            model, tokenizer, need, mode=cfg.mode, opener=cfg.opener, max_new_tokens=cfg.max_new_tokens,
+            do_sample=cfg.sample, temperature=cfg.temperature, top_p=cfg.top_p, seed=cfg.seed,
+            batch_size=cfg.gen_batch_size, system=cfg.system, progress=progress))
+    return [made[r.id] for r in records]
 
 
 def stop_token_ids(model, tokenizer, spans=None) -> list[int]:

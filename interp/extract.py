@@ -13,7 +13,7 @@ from __future__ import annotations
 import time
 import warnings
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -26,6 +26,27 @@ from interp.store import ActivationStore, canonical_hook
 
 POSITIONS = ("span", "probe")
 TOO_LONG = ("truncate", "error")
+
+
+@dataclass
+class ExtractConfig:
+    """What to extract (``anydepth extract``); data and generation options come from :class:`GenerateConfig`."""
+
+    continuations: str | None = field(default=None, metadata={
+        "help": "JSONL from `anydepth generate` (default: use --data, generating responses it lacks)"})
+    depths: str = field(default="0:500:25", metadata={"help": "depth schedule start:end:step (inclusive) or 0,25"})
+    layers: str = field(default="all", metadata={"help": "all, 0,5,10 or 10:20 (inclusive)"})
+    hooks: tuple[str, ...] = field(default=("resid_post",), metadata={
+        "help": "resid_pre, resid_post and/or ln1 (the block's normalised input)"})
+    positions: str = field(default="span", metadata={
+        "help": "store every Safety-Token position or only the probe token", "choices": POSITIONS})
+    store_dtype: str = field(default="float16", metadata={
+        "help": "storage dtype", "choices": ("float32", "float16", "bfloat16")})
+    batch_size: int = field(default=4, metadata={"help": "responses per packed forward"})
+    too_long: str = field(default="truncate", metadata={
+        "help": "prompt + response longer than the model context: truncate (warn) or error", "choices": TOO_LONG})
+    out: str | None = field(default=None, metadata={
+        "help": "store path (default activations/<model>/<data>-<config hash>.h5)"})
 
 
 def parse_depths(spec: str | Sequence[int]) -> list[int]:

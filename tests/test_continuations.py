@@ -96,3 +96,32 @@ def test_bad_generation_options(model_tok):
     assert isinstance(Continuation.from_dict(
         {"id": "a", "prompt": "p", "label": "benign", "prompt_ids": [1], "response_ids": [], "extra": 1}),
         Continuation)
+
+
+def test_cli_generate_then_extract(tmp_path, monkeypatch):
+    import json
+
+    from interp.cli import main
+    from interp.store import ActivationStore
+
+    model, tok = tiny_model("qwen2", n_layers=2, d_model=64, seed=12)
+    model.save_pretrained(tmp_path / "tiny")
+    tok.save_pretrained(tmp_path / "tiny")
+    monkeypatch.chdir(tmp_path)
+    cont = tmp_path / "c.jsonl"
+    common = ["--model", str(tmp_path / "tiny"), "--data", "demo", "--limit", "4"]
+    assert main(["generate", *common, "--mode", "prefill", "--max-new-tokens", "6", "--out", str(cont)]) == 0
+    items = load_jsonl(cont)
+    assert len(items) == 4 and all(c.kind == "prefill" for c in items)
+    assert json.loads(cont.with_suffix(".config.json").read_text())["generate"]["mode"] == "prefill"
+    args = ["extract", *common, "--continuations", str(cont), "--depths", "0:8:4", "--layers", "1",
+            "--store-dtype", "float32"]
+    assert main(args) == 0
+    stores = list((tmp_path / "activations").rglob("*.h5"))
+    assert len(stores) == 1
+    with ActivationStore.open(stores[0]) as s:
+        assert s.done.all() and s.depths.tolist() == [0, 4, 8] and s.layers == [1]
+        assert s.provenance["package_version"] and s.provenance["config"]["extract"]["depths"] == "0:8:4"
+    assert stores[0].with_suffix(".config.json").exists()
+    assert main(args) == 0  # rerun: resumes, nothing to do
+    assert main(args[:-2] + ["--store-dtype", "float16", "--out", str(stores[0])]) == 2  # refused

@@ -1,0 +1,71 @@
+"""``anydepth extract``: Safety-Token activations at every depth (one packed forward per response) into HDF5."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from interp.config import add_arguments, from_namespace
+
+
+def register(subparsers) -> None:
+    from interp.continuations import GenerateConfig
+    from interp.extract import ExtractConfig
+    from interp.models import ModelConfig
+
+    p = subparsers.add_parser("extract", help="extract depth-indexed Safety-Token activations to an HDF5 store")
+    add_arguments(p, ModelConfig)
+    add_arguments(p, GenerateConfig)
+    add_arguments(p, ExtractConfig)
+    p.set_defaults(func=run)
+
+
+def run_extract(model_cfg, gen_cfg, cfg, progress: bool = True):
+    """Load the model, get continuations (file, dataset responses or generated), extract, save the config."""
+    import interp
+    from interp.commands.generate import _slug, run_config, save_json, short_hash
+    from interp.continuations import continuations_for, load_jsonl, load_records, save_jsonl
+    from interp.extract import extract_to_store, parse_depths, parse_layers
+    from interp.models import load_model
+    from interp.templates import derive_safety_spans
+
+    depths = parse_depths(cfg.depths)
+    configs = run_config(model=model_cfg, generate=gen_cfg, extract=cfg)
+    data_name = Path(cfg.continuations).stem if cfg.continuations else gen_cfg.data
+    out = Path(cfg.out) if cfg.out else Path("activations") / _slug(model_cfg.model) / (
+        f"{_slug(data_name)}-{short_hash(configs)}.h5")
+    records = None if cfg.continuations else load_records(gen_cfg.data, gen_cfg.split, gen_cfg.limit, gen_cfg.seed)
+    loaded = load_model(model_cfg)
+    spans = derive_safety_spans(loaded.tokenizer)
+    if cfg.continuations:
+        items, source = load_jsonl(cfg.continuations), str(cfg.continuations)
+    else:
+        cont_path = out.with_suffix(".continuations.jsonl")
+        if cont_path.exists():  # a resumed run reuses the continuations it generated
+            items = load_jsonl(cont_path)
+        else:
+            items = continuations_for(loaded.model, loaded.tokenizer, records, gen_cfg, progress=progress)
+            save_jsonl(items, cont_path)
+        source = str(cont_path)
+    layers = parse_layers(cfg.layers, loaded.n_layers)
+    provenance = {**loaded.provenance(), "package_version": interp.__version__, "continuations": source,
+                  "config": configs}
+    result = extract_to_store(loaded.model, loaded.tokenizer, items, out, spans=spans, depths=depths,
+                              layers=layers, hooks=cfg.hooks, positions=cfg.positions,
+                              storage_dtype=cfg.store_dtype, batch_size=cfg.batch_size, too_long=cfg.too_long,
+                              provenance=provenance, progress=progress)
+    save_json({**configs, "model_provenance": loaded.provenance(), "store": str(out), "continuations": source},
+              out.with_suffix(".config.json"))
+    return result
+
+
+def run(args) -> int:
+    from interp.continuations import GenerateConfig
+    from interp.extract import ExtractConfig
+    from interp.models import ModelConfig
+
+    result = run_extract(from_namespace(ModelConfig, args), from_namespace(GenerateConfig, args),
+                         from_namespace(ExtractConfig, args))
+    rate = result.n_tokens / max(result.seconds, 1e-9)
+    print(f"wrote {result.path}: {result.n_examples} examples ({result.n_computed} computed now, "
+          f"{rate:.0f} tok/s)")
+    return 0

@@ -1,0 +1,62 @@
+"""``anydepth generate``: the model's own continuations (prefill attack / own answers) saved as JSONL with ids."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import re
+from pathlib import Path
+
+from interp.config import add_arguments, from_namespace, to_dict
+
+
+def _slug(text: str) -> str:
+    return re.sub(r"[^A-Za-z0-9._-]+", "-", Path(text).name if "/" in text else text).strip("-") or "data"
+
+
+def run_config(**configs) -> dict:
+    """JSON-ready record of several dataclass configs (saved beside results)."""
+    return {name: {"config_class": type(cfg).__name__, **to_dict(cfg)} for name, cfg in configs.items()}
+
+
+def short_hash(payload: dict, length: int = 12) -> str:
+    return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()[:length]
+
+
+def save_json(payload: dict, path: Path) -> Path:
+    """Write ``payload`` as JSON atomically."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(json.dumps(payload, indent=2, sort_keys=True) + "\n")
+    tmp.replace(path)
+    return path
+
+
+def register(subparsers) -> None:
+    from interp.continuations import GenerateConfig
+    from interp.models import ModelConfig
+
+    p = subparsers.add_parser("generate", help="generate continuations (prefill attack / own answers) as JSONL")
+    add_arguments(p, ModelConfig)
+    add_arguments(p, GenerateConfig)
+    p.add_argument("--out", default=None,
+                   help="JSONL path (default activations/continuations/<model>-<data>-<mode>-<hash>.jsonl)")
+    p.set_defaults(func=run)
+
+
+def run(args) -> int:
+    from interp.continuations import GenerateConfig, continuations_for, load_records, save_jsonl
+    from interp.models import ModelConfig, load_model
+
+    model_cfg, cfg = from_namespace(ModelConfig, args), from_namespace(GenerateConfig, args)
+    records = load_records(cfg.data, cfg.split, cfg.limit, cfg.seed)
+    configs = run_config(model=model_cfg, generate=cfg)
+    out = Path(args.out) if args.out else Path("activations") / "continuations" / (
+        f"{_slug(model_cfg.model)}-{_slug(cfg.data)}-{cfg.mode}-{short_hash(configs)}.jsonl")
+    loaded = load_model(model_cfg)
+    items = continuations_for(loaded.model, loaded.tokenizer, records, cfg)
+    save_jsonl(items, out)
+    save_json({**configs, "model_provenance": loaded.provenance()}, out.with_suffix(".config.json"))
+    finished = sum(c.finished for c in items)
+    print(f"wrote {len(items)} continuations ({finished} ended their turn) to {out}")
+    return 0
