@@ -29,7 +29,7 @@ def patch_heatmaps(result: dict, path: Path, metric: str = "d_refusal") -> Path:
 
     plt = _plt()
     directions = sorted({c["direction"] for c in result["cells"]})
-    fig, axes = plt.subplots(1, max(1, len(directions)), figsize=(4.5 * max(1, len(directions)), 5), squeeze=False)
+    fig, axes = plt.subplots(1, max(1, len(directions)), figsize=(5.8 * max(1, len(directions)), 5), squeeze=False)
     for ax, direction in zip(axes[0], directions):
         mat = heatmap_matrix(result, direction, metric)
         lim = np.nanmax(np.abs(mat)) if np.isfinite(mat).any() else 1.0
@@ -40,6 +40,7 @@ def patch_heatmaps(result: dict, path: Path, metric: str = "d_refusal") -> Path:
         ax.set_ylabel("patched layer")
         ax.set_title(f"{direction} ({result['where']})")
         fig.colorbar(im, ax=ax, label=f"mean {metric}")
+    fig.tight_layout()
     return _save(fig, path)
 
 
