@@ -147,9 +147,12 @@ def test_bootstrap_ci_contains_point_and_shrinks():
 def test_threshold_at_fpr_constructed():
     benign = np.arange(100) / 100.0  # 0.00 .. 0.99
     t = threshold_at_fpr(benign, 0.05)
-    assert t == pytest.approx(0.94)
-    assert (benign > t).sum() == 5
-    assert threshold_at_fpr(benign, 0.0) == pytest.approx(0.99)
+    assert t == pytest.approx(0.945)
+    assert (benign > t).sum() == (benign >= t).sum() == 5
+    t0 = threshold_at_fpr(benign, 0.0)
+    assert t0 > 0.99 and (benign >= t0).sum() == 0
+    tied = np.r_[np.zeros(90), np.full(10, 0.5)]  # ties at the cut: flag none rather than exceed the target
+    assert (tied >= threshold_at_fpr(tied, 0.05)).sum() == 0
     scores = np.r_[benign, [0.90, 0.95, 0.97, 0.999]]
     y = np.r_[np.zeros(100, int), np.ones(4, int)]
     r = rates_at_threshold(scores, y, t)

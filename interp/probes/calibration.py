@@ -8,15 +8,20 @@ from interp import UserError
 
 
 def threshold_at_fpr(benign_scores: np.ndarray, target_fpr: float) -> float:
-    """Smallest threshold among the benign scores such that the fraction flagged (score > threshold) is at most
-    ``target_fpr``. With k = floor(target * n) the threshold is the (n - k)-th smallest benign score."""
+    """Threshold flagging at most ``target_fpr`` of the benign scores, whether the rule is ``score > t`` or
+    ``score >= t``: with k = floor(target * n) and s the sorted scores, t lies halfway between the (n - k)-th
+    smallest score and the next larger distinct score (just above the maximum when there is none)."""
     s = np.sort(np.asarray(benign_scores, np.float64))
     if len(s) == 0:
         raise UserError("no benign control scores to set a threshold on")
     if not 0 <= target_fpr < 1:
         raise UserError(f"target FPR must be in [0, 1), got {target_fpr}")
     k = int(np.floor(target_fpr * len(s) + 1e-9))
-    return float(s[len(s) - k - 1])
+    base = s[len(s) - k - 1]
+    above = s[s > base]
+    if len(above):
+        return float((base + above[0]) / 2)
+    return float(np.nextafter(np.float32(base), np.float32(np.inf)))
 
 
 def rates_at_threshold(scores: np.ndarray, y: np.ndarray, threshold: float) -> dict[str, float]:

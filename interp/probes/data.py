@@ -71,7 +71,9 @@ def examples_meta(store: Any) -> dict[str, np.ndarray]:
     ex = store.examples
     n = int(store.n_examples)
     done = np.asarray(ex["done"], dtype=bool) if "done" in ex else np.ones(n, bool)
-    groups = ex.get("prompt", ex.get("id"))
+    prompts = ex.get("prompt")
+    # group by prompt text (one prompt's rows from several sources stay together); ids when prompts are absent
+    groups = prompts if prompts is not None and all(len(str(p)) for p in prompts) else ex["id"]
     return {
         "y": np.asarray(ex["label"]).astype(np.int64),
         "groups": np.array([_attr(g) for g in np.asarray(groups)]),
@@ -87,10 +89,6 @@ def load_layer(store: Any, hook: str, layer: int, position: str | int = "probe",
 
     Only finished rows (``done``) are kept; ``depths`` selects depth values (not indices).
     """
-    if hook not in list(store.hooks):
-        raise UserError(f"hook {hook!r} not in store (has {list(store.hooks)})")
-    if int(layer) not in [int(v) for v in store.layers]:
-        raise UserError(f"layer {layer} not in store (has {list(store.layers)})")
     all_depths = np.asarray(store.depths)
     meta = examples_meta(store)
     if depths is None:
@@ -101,7 +99,10 @@ def load_layer(store: Any, hook: str, layer: int, position: str | int = "probe",
             raise UserError(f"depths {missing} not in store (has {all_depths.tolist()})")
         cols = np.array([int(np.nonzero(all_depths == v)[0][0]) for v in depths])
     rows = np.nonzero(meta["done"])[0]
-    X = store.read(hook, int(layer), position=position, depths=all_depths[cols].tolist(), rows=rows)
+    if len(rows) == 0:
+        raise UserError("the store has no finished rows yet")
+    X = store.read(hook, int(layer), position=position, depths=all_depths[cols].tolist(),
+                   rows=None if len(rows) == len(meta["done"]) else rows)
     X = np.asarray(X, dtype=np.float32)
     if X.ndim == 2:
         X = np.broadcast_to(X[:, None, :], (len(rows), len(cols), X.shape[-1]))

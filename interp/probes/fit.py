@@ -100,7 +100,7 @@ def fit_diff_of_means(X: np.ndarray, y: np.ndarray, *, standardize: bool = False
 def fit_logreg_torch(X: np.ndarray | torch.Tensor, y: np.ndarray, masks: np.ndarray | None = None, *,
                      C: float = 1.0, class_weight: str | None = "balanced", standardize: bool = False,
                      tol: float = 1e-5, max_iter: int = 500, history: int = 10, precond_rows: int = 4096,
-                     seed: int = 0) -> LinearParams:
+                     seed: int = 0, trace: list | None = None) -> LinearParams:
     """Fit L x P logistic regressions at once with preconditioned L-BFGS.
 
     ``X [M, d]`` or ``[L, M, d]`` (layers share rows), ``y [M]``, ``masks [P, M]`` bool (training rows of each
@@ -153,16 +153,22 @@ def fit_logreg_torch(X: np.ndarray | torch.Tensor, y: np.ndarray, masks: np.ndar
         gw = w + (gu - mean_c * rs[..., None]) / std
         return f, torch.cat([gw, rs[..., None]], -1)
 
-    # Preconditioner: Hessian at w = 0 (p = 1/2 everywhere), from a row subsample and global scaling.
+    # Preconditioner: the Hessian (averaged over problems) estimated on a row subsample; built at w = 0
+    # (p = 1/2 everywhere, so the first step is a Newton step).
     rng = np.random.default_rng(seed)
-    sub = np.sort(rng.choice(n_rows, min(n_rows, precond_rows), replace=False))
-    Xs = Xc[:, torch.as_tensor(sub)]
-    g_std = Xc.std(1, keepdim=True).clamp_min(1e-12) if standardize else torch.ones(n_layers, 1, d)
-    Xs = torch.cat([Xs / g_std, torch.ones(n_layers, len(sub), 1)], -1)
-    kappa = float(sw_sum.mean()) / 4.0 / len(sub)
-    A = kappa * torch.matmul(Xs.transpose(1, 2), Xs).double()
-    A += torch.diag(torch.cat([torch.ones(d), torch.full((1,), 1e-8 * max(kappa * len(sub), 1.0))])).double()
-    chol = torch.linalg.cholesky(A)  # [L, d+1, d+1]
+    sub = torch.as_tensor(np.sort(rng.choice(n_rows, min(n_rows, precond_rows), replace=False)))
+    Xs = Xc[:, sub]
+    g_mean, g_std = mean_c.mean(1, keepdim=True), std.mean(1, keepdim=True)
+    Xs = torch.cat([(Xs - g_mean) / g_std, torch.ones(n_layers, len(sub), 1)], -1)  # [L, m, d+1]
+    sw_sub = sw[:, sub]  # [P, m]
+    ridge = torch.diag(torch.cat([torch.ones(d), torch.full((1,), 1e-8 * float(sw_sum.mean()))])).double()
+
+    def build_precond(curv: torch.Tensor) -> torch.Tensor:
+        """Cholesky factor of ``(M/m) Xs^T diag(curv) Xs + I`` for per-row curvature ``curv [L, m]``."""
+        A = torch.matmul(Xs.transpose(1, 2) * (curv[:, None, :] * n_rows / len(sub)), Xs).double()
+        return torch.linalg.cholesky(A + ridge)
+
+    chol = build_precond((sw_sub.mean(0) / 4.0).expand(n_layers, -1))
 
     def h0(v: torch.Tensor) -> torch.Tensor:
         return torch.cholesky_solve(v.transpose(1, 2).double(), chol).transpose(1, 2).float()
@@ -177,6 +183,8 @@ def fit_logreg_torch(X: np.ndarray | torch.Tensor, y: np.ndarray, masks: np.ndar
     n_iter = torch.zeros(n_layers, n_prob, dtype=torch.int64)
     for _ in range(max_iter):
         done |= (g.abs().amax(-1).double() / sw_sum[None]) <= tol
+        if trace is not None:
+            trace.append((g.abs().amax(-1).double() / sw_sum[None]).numpy().copy())
         if bool(done.all()):
             break
         q = g.clone()

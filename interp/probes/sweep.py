@@ -167,6 +167,7 @@ def run_sweep(loader: Callable[[int, str | int], LayerData], layers: list[int], 
     res["best_layer"] = int(layers[best_i])
     res["best"] = _best_layer_report(oof, best_i, data0, cfg)
     res["_oof"] = {m: np.stack(v) for m, v in oof.items()}
+    res["_labels"] = data0.y
     res["notes"] = sorted(set(res["notes"]))
     return res
 

@@ -1,0 +1,127 @@
+"""``anydepth sweep``: grouped-CV probes over layers and depths of a store, with baselines, plots and JSON."""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from interp.config import add_arguments, from_namespace
+
+
+@dataclass
+class SweepCliConfig:
+    """Which store and which slice of it to sweep."""
+
+    store: str = field(default="", metadata={"help": "activation store (.h5) written by `anydepth extract`"})
+    out: str = field(default="", metadata={"help": "output directory (JSON, plots, config)"})
+    hook: str = field(default="", metadata={"help": "hook to probe (default: the store's first)"})
+    position: str = field(default="probe", metadata={"help": "'probe' or an index into the Safety-Token span"})
+    layers: list[int] | None = field(default=None, metadata={"help": "layers (default: all stored)"})
+    depths: list[int] | None = field(default=None, metadata={"help": "depth values (default: all stored)"})
+    folds: int = field(default=5, metadata={"help": "grouped CV folds (by prompt)"})
+    seed: int = field(default=0, metadata={"help": "fold / bootstrap seed"})
+    n_boot: int = field(default=1000, metadata={"help": "bootstrap resamples (by prompt) for 95% CIs"})
+    per_depth_fit: bool = field(default=False, metadata={"help": "train one probe per depth instead of pooling"})
+    baselines: list[str] = field(default_factory=lambda: ["last_token", "prompt", "diffmeans", "shuffled"],
+                                 metadata={"help": "baselines on identical splits"})
+    target_fpr: float = field(default=0.01, metadata={"help": "FPR on benign controls for the threshold"})
+    control_sources: list[str] | None = field(default=None, metadata={"help": "benign sources used as controls"})
+    train_sources: list[str] | None = field(default=None, metadata={"help": "train on these sources only ..."})
+    test_sources: list[str] | None = field(default=None, metadata={"help": "... and test on these"})
+
+
+def register(subparsers) -> None:
+    from interp.probes.sweep import ProbeConfig
+
+    p = subparsers.add_parser("sweep", help="cross-validated probes over layers x depths, baselines, plots")
+    add_arguments(p, SweepCliConfig)
+    add_arguments(p, ProbeConfig)
+    p.set_defaults(func=run)
+
+
+def position_arg(text: str) -> str | int:
+    return int(text) if text.lstrip("-").isdigit() else text
+
+
+def open_store(path: str):
+    from interp import UserError
+    from interp.store import ActivationStore
+
+    if not path:
+        raise UserError("give --store PATH (an activation store from `anydepth extract`)")
+    if not Path(path).exists():
+        raise UserError(f"no store at {path}")
+    return ActivationStore.open(path)
+
+
+def run(args) -> int:
+    import numpy as np
+
+    from interp import UserError
+    from interp.config import save_config, to_dict
+    from interp.plots import (
+        plot_depth_curve,
+        plot_layer_depth_heatmap,
+        plot_layer_sweep,
+        plot_reliability,
+        plot_score_histograms,
+    )
+    from interp.probes.data import load_layer
+    from interp.probes.probeset import jsonable
+    from interp.probes.sweep import ProbeConfig, SweepConfig, run_sweep
+    from interp.store import canonical_hook
+
+    cli, probe = from_namespace(SweepCliConfig, args), from_namespace(ProbeConfig, args)
+    if not cli.out:
+        raise UserError("give --out DIR")
+    store = open_store(cli.store)
+    with store:
+        hook = canonical_hook(cli.hook) if cli.hook else store.hooks[0]
+        layers = cli.layers or list(store.layers)
+        cfg = SweepConfig(layers=layers, folds=cli.folds, seed=cli.seed, n_boot=cli.n_boot,
+                          per_depth_fit=cli.per_depth_fit, baselines=tuple(cli.baselines), target_fpr=cli.target_fpr,
+                          control_sources=cli.control_sources, train_sources=cli.train_sources,
+                          test_sources=cli.test_sources)
+
+        def loader(layer, position):
+            return load_layer(store, hook, layer, position, cli.depths)
+
+        res = run_sweep(loader, layers, probe, cfg, position_arg(cli.position))
+        provenance = jsonable(store.provenance)
+    out = Path(cli.out)
+    out.mkdir(parents=True, exist_ok=True)
+    oof, labels = res.pop("_oof"), res.pop("_labels")
+    res.update(hook=hook, position=cli.position, store=str(cli.store), provenance=provenance,
+               config={"sweep": to_dict(cli), "probe": to_dict(probe)})
+    tmp = out / "sweep.json.tmp"
+    tmp.write_text(json.dumps(jsonable(res), indent=1) + "\n")
+    os.replace(tmp, out / "sweep.json")
+    save_config(cli, out / "config.json")
+    save_config(probe, out / "probe_config.json")
+    np.savez_compressed(out / "oof_scores.npz", **{m: v for m, v in oof.items()})
+    best_i = res["layers"].index(res["best_layer"])
+    p = oof["probe"][best_i]
+    rows, cols = np.nonzero(np.isfinite(p))
+    thr = res["best"]["threshold"]["threshold"]
+    plot_layer_sweep(res, out / "layer_sweep")
+    plot_layer_depth_heatmap(res, out / "layer_depth_auroc")
+    plot_depth_curve(res, out / "depth_curve")
+    plot_score_histograms(p[rows, cols], labels[rows], out / "score_hist", thr,
+                          f"out-of-fold scores, layer {res['best_layer']}, all depths")
+    plot_reliability(res["best"]["reliability"], out / "reliability", res["best"]["ece"])
+    _report(res)
+    print(f"wrote {out}/sweep.json, plots and configs")
+    return 0
+
+
+def _report(res: dict) -> None:
+    best = res["best_layer"]
+    i = res["layers"].index(best)
+    for m in res["methods"]:
+        a = res["per_layer"][m][i]["auroc"]
+        print(f"layer {best} {m:>10s}: AUROC {a['value']:.3f} [{a['lo']:.3f}, {a['hi']:.3f}]")
+    th = res["best"]["threshold"]
+    print(f"threshold {th['threshold']:.4f} at target FPR {res['best']['target_fpr']}: TPR {th['tpr']:.3f}, "
+          f"FPR {th['fpr']:.3f} (out-of-fold)")

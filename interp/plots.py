@@ -1,0 +1,112 @@
+"""Sweep figures (matplotlib, Agg backend), each written as PNG and SVG: layer sweep with CIs, layer x depth
+AUROC heatmap, depth curve at one layer, score histograms, reliability diagram."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+
+LABELS = {"probe": "Safety-Token probe", "last_token": "last generated token", "prompt": "prompt only (depth 0)",
+          "diffmeans": "difference of means", "shuffled": "shuffled-label control"}
+
+
+def save_figure(fig, prefix: str | Path) -> list[Path]:
+    """Write ``<prefix>.png`` and ``<prefix>.svg`` atomically; closes the figure."""
+    prefix = Path(prefix)
+    prefix.parent.mkdir(parents=True, exist_ok=True)
+    out = []
+    for ext in ("png", "svg"):
+        path = prefix.with_name(f"{prefix.name}.{ext}")
+        tmp = path.with_name(path.name + ".tmp")
+        fig.savefig(tmp, format=ext, dpi=130, bbox_inches="tight")
+        os.replace(tmp, path)
+        out.append(path)
+    plt.close(fig)
+    return out
+
+
+def _series(summaries: list[dict | None], metric: str) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    def get(s, k):
+        return np.nan if s is None or s[metric][k] is None else s[metric][k]
+
+    return tuple(np.array([get(s, k) for s in summaries], float) for k in ("value", "lo", "hi"))
+
+
+def plot_layer_sweep(res: dict, prefix: str | Path) -> list[Path]:
+    """AUROC and accuracy vs layer with bootstrap CIs, the probe against every baseline."""
+    fig, axes = plt.subplots(1, 2, figsize=(11, 4), sharex=True)
+    layers = np.array(res["layers"])
+    for ax, metric in zip(axes, ("auroc", "acc")):
+        for m in res["methods"]:
+            v, lo, hi = _series(res["per_layer"][m], metric)
+            if np.isnan(v).all():
+                continue
+            (line,) = ax.plot(layers, v, marker="o", ms=3, label=LABELS.get(m, m), lw=2 if m == "probe" else 1)
+            ax.fill_between(layers, lo, hi, color=line.get_color(), alpha=0.15)
+        ax.axhline(0.5, color="grey", lw=0.8, ls=":")
+        ax.axvline(res["best_layer"], color="k", lw=0.8, ls="--")
+        ax.set(xlabel="layer", ylabel=metric.upper() if metric == "auroc" else "accuracy", ylim=(0.3, 1.02))
+    axes[0].legend(fontsize=8, loc="lower right")
+    fig.suptitle(f"Layer sweep ({res.get('split', {}).get('kind', '')} CV, 95% CI by prompt); best layer "
+                 f"{res['best_layer']}")
+    return save_figure(fig, prefix)
+
+
+def plot_layer_depth_heatmap(res: dict, prefix: str | Path, method: str = "probe") -> list[Path]:
+    """Out-of-fold AUROC for every (layer, depth)."""
+    grid = np.array([_series(row, "auroc")[0] for row in res["per_depth"][method]])
+    fig, ax = plt.subplots(figsize=(1.2 + 0.45 * grid.shape[1], 1.2 + 0.3 * grid.shape[0]))
+    im = ax.imshow(grid, aspect="auto", origin="lower", cmap="viridis", vmin=0.5, vmax=1.0)
+    ax.set_xticks(range(len(res["depths"])), [str(d) for d in res["depths"]], rotation=90, fontsize=7)
+    ax.set_yticks(range(len(res["layers"])), [str(v) for v in res["layers"]], fontsize=7)
+    ax.set(xlabel="depth (response tokens before the span)", ylabel="layer",
+           title=f"AUROC by layer and depth ({LABELS.get(method, method)})")
+    fig.colorbar(im, ax=ax, label="AUROC")
+    return save_figure(fig, prefix)
+
+
+def plot_depth_curve(res: dict, prefix: str | Path) -> list[Path]:
+    """AUROC vs depth at the best layer for every method, with CIs."""
+    fig, ax = plt.subplots(figsize=(7, 4))
+    depths = np.array(res["depths"], float)
+    for m, rows in res["best"]["per_depth"].items():
+        v, lo, hi = _series(rows, "auroc")
+        if np.isnan(v).all():
+            continue
+        (line,) = ax.plot(depths, v, marker="o", ms=3, label=LABELS.get(m, m), lw=2 if m == "probe" else 1)
+        ax.fill_between(depths, lo, hi, color=line.get_color(), alpha=0.15)
+    ax.axhline(0.5, color="grey", lw=0.8, ls=":")
+    ax.set(xlabel="depth (response tokens)", ylabel="AUROC", ylim=(0.3, 1.02),
+           title=f"AUROC vs depth at layer {res['best_layer']} (95% CI by prompt)")
+    ax.legend(fontsize=8)
+    return save_figure(fig, prefix)
+
+
+def plot_score_histograms(probs: np.ndarray, y: np.ndarray, prefix: str | Path, threshold: float | None = None,
+                          title: str = "") -> list[Path]:
+    """Histograms of out-of-fold scores, harmful vs benign, with the chosen threshold."""
+    fig, ax = plt.subplots(figsize=(6, 3.5))
+    bins = np.linspace(0, 1, 41)
+    ax.hist(probs[y == 0], bins=bins, alpha=0.6, label=f"benign (n={(y == 0).sum()})", color="tab:blue")
+    ax.hist(probs[y == 1], bins=bins, alpha=0.6, label=f"harmful (n={(y == 1).sum()})", color="tab:red")
+    if threshold is not None:
+        ax.axvline(threshold, color="k", ls="--", lw=1, label=f"threshold {threshold:.3f}")
+    ax.set(xlabel="P(harmful)", ylabel="count", yscale="log", title=title)
+    ax.legend(fontsize=8)
+    return save_figure(fig, prefix)
+
+
+def plot_reliability(rel: dict, prefix: str | Path, ece: float | None = None) -> list[Path]:
+    """Reliability diagram: observed harmful rate vs mean predicted probability per bin."""
+    fig, ax = plt.subplots(figsize=(4, 4))
+    ax.plot([0, 1], [0, 1], color="grey", ls=":")
+    ax.plot(rel["mean_pred"], rel["frac_pos"], marker="o")
+    ax.set(xlabel="mean predicted P(harmful)", ylabel="observed harmful rate", xlim=(0, 1), ylim=(0, 1),
+           title="Reliability" + (f" (ECE {ece:.3f})" if ece is not None else ""))
+    return save_figure(fig, prefix)

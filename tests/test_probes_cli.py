@@ -1,0 +1,95 @@
+"""Store adapter and the ``anydepth sweep`` / ``anydepth train`` commands on a small synthetic store."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+from interp import UserError
+from interp.cli import main
+from interp.probes import ProbeSet
+from interp.probes.data import load_layer
+from interp.probes.synthetic import SyntheticSet, SyntheticSpec
+from interp.store import ActivationStore
+
+LAYERS = [0, 1, 2]
+H, PROBE = 3, 2  # span length, probe index inside the span
+
+
+def _spec():
+    return SyntheticSpec(n_prompts=60, n_depths=4, d_model=16, n_layers=3, signal=(0.0, 1.0, 4.0),
+                         margin_noise=0.5, invalid_frac=0.25, seed=3)
+
+
+@pytest.fixture(scope="module")
+def store_path(tmp_path_factory):
+    ss = SyntheticSet(_spec())
+    n, dd, d = ss.spec.n_prompts, ss.spec.n_depths, ss.spec.d_model
+    path = tmp_path_factory.mktemp("store") / "s.h5"
+    prov = {"model_id": "synthetic", "weights_sha256": "w0", "template_hash": "t0", "span_ids": [7, 8, 9],
+            "probe_index": PROBE}
+    examples = {"id": [f"e{i}" for i in range(n)], "label": ss.y.tolist(), "source": ss.sources.tolist(),
+                "prompt": ss.groups.tolist(), "category": [""] * n,
+                "n_response_tokens": (ss.valid.sum(1) * 10).tolist(), "valid": ss.valid}
+    store = ActivationStore.create(path, prov, examples, ss.depths.tolist(), ["resid_post"], LAYERS, range(H), d,
+                                   "float32")
+    rng = np.random.default_rng(0)
+    acts, last, prompt = {}, {}, {}
+    for layer in LAYERS:
+        span = rng.normal(size=(n, dd, H, d)).astype(np.float32)
+        span[:, :, PROBE] = ss.layer_array(layer)
+        acts[("hook_resid_post", layer)] = span
+        last[("hook_resid_post", layer)] = rng.normal(size=(n, dd, d)).astype(np.float32)
+        prompt[("hook_resid_post", layer)] = rng.normal(size=(n, d)).astype(np.float32)
+    store.write_rows(list(range(n - 4)), *({k: v[: n - 4] for k, v in x.items()} for x in (acts, last, prompt)))
+    store.close()
+    return path, ss
+
+
+def test_load_layer_reads_finished_rows(store_path):
+    path, ss = store_path
+    with ActivationStore.open(path) as store:
+        data = load_layer(store, "resid_post", 2, "probe", depths=[10, 30])
+        assert data.X.shape == (56, 2, 16) and data.valid.shape == (56, 2)
+        assert np.array_equal(data.X, ss.layer_array(2)[:56][:, [1, 3]])
+        assert np.array_equal(data.valid, ss.valid[:56][:, [1, 3]])
+        assert np.array_equal(data.y, ss.y[:56]) and list(data.groups[:3]) == list(ss.groups[:3])
+        assert load_layer(store, "resid_post", 1, "prompt").X.shape == (56, 4, 16)
+        with pytest.raises(UserError):
+            load_layer(store, "resid_post", 9)
+        with pytest.raises(UserError):
+            load_layer(store, "resid_post", 1, depths=[5])
+
+
+def test_sweep_and_train_commands(store_path, tmp_path):
+    path, ss = store_path
+    out = tmp_path / "sweep"
+    assert main(["sweep", "--store", str(path), "--out", str(out), "--folds", "3", "--n-boot", "50",
+                 "--target-fpr", "0.1"]) == 0
+    res = json.loads((out / "sweep.json").read_text())
+    assert res["best_layer"] == 2 and res["split"]["kind"] == "grouped"
+    probe = res["per_layer"]["probe"]
+    assert probe[2]["auroc"]["value"] > 0.95 and abs(probe[0]["auroc"]["value"] - 0.5) < 0.25
+    assert abs(res["per_layer"]["shuffled"][2]["auroc"]["value"] - 0.5) < 0.25
+    assert res["per_layer"]["last_token"][2]["auroc"]["value"] < 0.8  # noise at the baseline positions
+    assert len(res["per_depth"]["probe"][2]) == 4
+    for stem in ("layer_sweep", "layer_depth_auroc", "depth_curve", "score_hist", "reliability"):
+        assert (out / f"{stem}.png").stat().st_size > 0 and (out / f"{stem}.svg").exists()
+    assert (out / "config.json").exists()
+
+    pdir = tmp_path / "probes"
+    assert main(["train", "--store", str(path), "--out", str(pdir), "--folds", "3", "--n-boot", "20",
+                 "--standardize", "true"]) == 0
+    with ActivationStore.open(path) as store:
+        ps = ProbeSet.load(pdir, expect_provenance=store.provenance)
+        data = load_layer(store, "resid_post", 2)
+    assert ps.best_layer == 2 and ps.hook == "hook_resid_post" and ps.layers == LAYERS
+    X, y, _, _ = data.flat()
+    s = ps.score(X)
+    assert ((s > 0.5) == (y == 1)).mean() > 0.9
+    assert ps.config["probe"]["standardize"] is True and ps.mean is not None
+    with pytest.raises(UserError):
+        ProbeSet.load(pdir, expect_provenance={**store.provenance, "template_hash": "other"})
+    assert main(["sweep", "--store", str(tmp_path / "nope.h5"), "--out", str(out)]) == 2
