@@ -256,7 +256,8 @@ class ActivationStore:
 
         ``position``: ``"probe"`` (the role token), an int index into the Safety-Token span, ``"last_token"``
         (last response token before each depth) or ``"prompt"`` (last prompt token, broadcast over depths).
-        ``rows`` selects examples (indices or a boolean mask); ``depths`` selects depth values.
+        ``rows`` selects examples (indices or a boolean mask, e.g. from :meth:`select`); ``depths`` selects
+        depth values.
         Invalid (depth, row) cells hold unspecified values: mask them with ``examples["valid"]``.
         """
         d_idx = self._depth_index(depths)
@@ -276,6 +277,17 @@ class ActivationStore:
         p = self.positions.index(span_pos)
         data = x[:, :, p, :] if row_idx is None else _take_rows(x, row_idx)[:, :, p, :]
         return from_storage(np.asarray(data)[:, d_idx], self.storage_dtype)
+
+    def select(self, label: str | int | None = None, *, done_only: bool = True) -> np.ndarray:
+        """Row indices with ``label`` (``"harmful"``/1, ``"benign"``/0, None = any), finished rows only by default."""
+        ex = self.h5["examples"]
+        keep = ex["done"][()].astype(bool) if done_only else np.ones(self.n_examples, dtype=bool)
+        if label is not None:
+            value = {"harmful": 1, "benign": 0}.get(label, label) if isinstance(label, str) else label
+            if value not in (0, 1):
+                raise UserError(f"label must be harmful/1 or benign/0, got {label!r}")
+            keep &= ex["label"][()] == value
+        return np.flatnonzero(keep)
 
     def _rows(self, rows) -> np.ndarray | None:
         if rows is None:

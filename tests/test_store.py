@@ -62,6 +62,9 @@ def test_round_trip(tmp_path, dtype, tol):
         np.testing.assert_allclose(pr[1, 0], prompt[("ln1.hook_normalized", 0)][0], rtol=tol, atol=tol * 4)
         lt = s.read("resid_post", 0, position="last_token", rows=np.array([False, False, False, True, False]))
         np.testing.assert_allclose(lt[0], last[("hook_resid_post", 0)][0], rtol=tol, atol=tol * 4)
+        assert s.select("benign").tolist() == [0, 4] and s.select(1).tolist() == [3]
+        assert s.select(done_only=False).tolist() == list(range(N))
+        assert s.read("resid_post", 2, rows=s.select("harmful")).shape == (1, D, DM)
         ex = s.examples
         assert ex["id"].tolist() == [f"e{i}" for i in range(N)] and ex["label"].tolist() == [0, 1, 0, 1, 0]
         assert ex["valid"][3].tolist() == [True, False, False]
