@@ -1,0 +1,1 @@
+"""Evaluation harness of the ADA guard: deep-prefill, over-refusal, attacks, cost (JSON + plots, 95% CIs)."""

@@ -1,0 +1,183 @@
+"""Shared pieces of the evaluation harness: confidence intervals, model/probe loading, result writing."""
+
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from interp import UserError
+from interp.config import save_config
+
+Z95 = 1.959963984540054
+
+
+def wilson(k: int, n: int, z: float = Z95) -> dict:
+    """Rate ``k/n`` with its Wilson score interval (95% by default); n = 0 gives NaN-free nulls."""
+    if n == 0:
+        return {"k": 0, "n": 0, "rate": None, "lo": None, "hi": None}
+    p = k / n
+    denom = 1 + z * z / n
+    centre = (p + z * z / (2 * n)) / denom
+    half = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / denom
+    return {"k": int(k), "n": int(n), "rate": p, "lo": max(0.0, centre - half), "hi": min(1.0, centre + half)}
+
+
+def bootstrap_mean(values, n_boot: int = 2000, seed: int = 0) -> dict:
+    """Mean with a percentile bootstrap 95% interval."""
+    x = np.asarray(values, dtype=np.float64)
+    if x.size == 0:
+        return {"mean": None, "lo": None, "hi": None, "n": 0}
+    rng = np.random.default_rng(seed)
+    means = x[rng.integers(0, x.size, size=(n_boot, x.size))].mean(axis=1)
+    return {"mean": float(x.mean()), "lo": float(np.quantile(means, 0.025)), "hi": float(np.quantile(means, 0.975)),
+            "n": int(x.size)}
+
+
+@dataclass
+class GuardModel:
+    """A model with the identity the probe set is checked against."""
+
+    model: Any
+    tokenizer: Any
+    model_id: str
+    weights_sha256: str | None
+    provenance: dict
+
+
+def load_guard_model(spec: str, device: str = "auto", dtype: str = "auto") -> GuardModel:
+    """``tiny[:arch]`` (random test model, no download) or anything :func:`interp.models.load_model` takes."""
+    if spec == "tiny" or spec.startswith("tiny:"):
+        from interp.testing import tiny_model
+
+        arch = spec.partition(":")[2] or "qwen2"
+        model, tok = tiny_model(arch, n_layers=4, d_model=128, d_mlp=256)
+        return GuardModel(model, tok, f"tiny-{arch}", None, {"model_id": f"tiny-{arch}", "source": "tiny"})
+    from interp.models import load_model
+
+    loaded = load_model(spec, device=device, dtype=dtype)
+    return GuardModel(loaded.model, loaded.tokenizer, loaded.model_id, loaded.weights_sha256, loaded.provenance())
+
+
+def load_probes(path: str | None):
+    """A saved ProbeSet, or ``None`` when no path is given."""
+    if not path:
+        return None
+    from interp.probes.probeset import ProbeSet
+
+    return ProbeSet.load(path)
+
+
+def random_probes(model, spans, layer: int | None = None, seed: int = 0, threshold: float = 0.5):
+    """A random-direction ProbeSet (for timing only: its scores mean nothing)."""
+    from interp.probes.probeset import ProbeSet
+
+    n, d = model.config.num_hidden_layers, model.config.hidden_size
+    layer = n // 2 if layer is None else layer
+    w = np.random.default_rng(seed).normal(size=(1, d)) / math.sqrt(d)
+    return ProbeSet(layers=[layer], weights=w, bias=np.zeros(1), hook="blocks.{layer}.hook_resid_post",
+                    position="probe", best_layer=layer, threshold=threshold, kind="random",
+                    provenance={"template_hash": spans.template_hash, "span_ids": list(spans.span_ids)})
+
+
+def write_result(out_dir: str | Path, name: str, payload: dict, config: Any) -> Path:
+    """Write ``<name>.json`` (atomically) and the config beside it."""
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    path = out / f"{name}.json"
+    tmp = path.with_suffix(".json.tmp")
+    tmp.write_text(json.dumps(payload, indent=2, default=_jsonable) + "\n")
+    tmp.replace(path)
+    save_config(config, out / f"{name}.config.json")
+    return path
+
+
+def _jsonable(v: Any) -> Any:
+    if isinstance(v, (np.integer, np.floating)):
+        return v.item()
+    if isinstance(v, np.ndarray):
+        return v.tolist()
+    if isinstance(v, (set, tuple)):
+        return list(v)
+    raise TypeError(f"not JSON serialisable: {type(v).__name__}")
+
+
+def require(cond: bool, message: str) -> None:
+    if not cond:
+        raise UserError(message)
+
+
+@dataclass
+class EvalConfig:
+    """Options shared by every ``anydepth evaluate`` mode."""
+
+    model: str = field(default="qwen2.5-coder-0.5b-instruct", metadata={
+        "help": "model spec (catalogue name, path, hub id) or tiny[:arch] for a smoke test"})
+    probes: str | None = field(default=None, metadata={
+        "help": "ProbeSet path for ADA-LP ('random' = random direction, timing/smoke only; none = skip LP)"})
+    datasets: tuple[str, ...] = field(default=(), metadata={"help": "datasets (default depends on the mode)"})
+    split: str | None = field(default=None, metadata={"help": "dataset split filter (e.g. PAIR for jbb_artifacts)"})
+    limit: int = field(default=20, metadata={"help": "prompts per dataset (seeded sample)"})
+    depths: tuple[int, ...] = field(default=(0, 5, 10, 25, 50, 100, 200, 300, 500), metadata={
+        "help": "deep-prefill depths"})
+    continuation: str = field(default="prefill", metadata={
+        "help": "deep-prefill text: dataset (records' responses) or prefill (model's own text after an opener)",
+        "choices": ("dataset", "prefill")})
+    opener: str = field(default="Sure, here is", metadata={"help": "prefill-attack opener (records' target if any)"})
+    stride: int = field(default=25, metadata={"help": "guard check stride (over-refusal, attacks)"})
+    lookahead: int = field(default=20, metadata={"help": "ADA-RK lookahead tokens"})
+    matcher: str = field(default="keyword", metadata={"help": "ADA-RK matcher", "choices": ("keyword", "prob")})
+    base_lookahead: int = field(default=40, metadata={"help": "tokens the undefended model continues (deep-prefill)"})
+    threshold: float | None = field(default=None, metadata={"help": "ADA-LP threshold (default: the probe set's)"})
+    max_new_tokens: int = field(default=128, metadata={"help": "answer length (over-refusal, attacks)"})
+    batch_size: int = field(default=4, metadata={"help": "prompts per batch"})
+    contexts: tuple[int, ...] = field(default=(256, 1024), metadata={"help": "cost: context lengths"})
+    strides: tuple[int, ...] = field(default=(5, 25, 50), metadata={"help": "cost: strides for the slowdown"})
+    out: str = field(default="results/evaluate", metadata={"help": "output folder"})
+    device: str = field(default="auto", metadata={"help": "auto, cpu, cuda"})
+    dtype: str = field(default="auto", metadata={"help": "auto, float32, bfloat16"})
+    seed: int = field(default=0, metadata={"help": "sampling seed for the dataset subset"})
+
+
+def setup_run(cfg: EvalConfig):
+    """``(GuardModel, spans, probes-or-None)`` for an evaluation config."""
+    from interp.templates import derive_safety_spans
+
+    gm = load_guard_model(cfg.model, device=cfg.device, dtype=cfg.dtype)
+    spans = derive_safety_spans(gm.tokenizer)
+    probes = random_probes(gm.model, spans) if cfg.probes == "random" else load_probes(cfg.probes)
+    return gm, spans, probes
+
+
+def batches(items: list, size: int):
+    for i in range(0, len(items), max(1, size)):
+        yield items[i:i + size]
+
+
+def records_for(cfg: EvalConfig, default: tuple[str, ...], label: str | None = None):
+    """``[(dataset, record)]``: up to ``limit`` records of ``label`` per dataset (seeded sample, order kept)."""
+    import random
+
+    from interp.data import load_dataset
+
+    out = []
+    for name in cfg.datasets or default:
+        recs = [r for r in load_dataset(name, split=cfg.split) if label is None or r.label == label]
+        if cfg.limit and len(recs) > cfg.limit:
+            keep = set(random.Random(cfg.seed).sample(range(len(recs)), cfg.limit))
+            recs = [r for i, r in enumerate(recs) if i in keep]
+        out += [(name, r) for r in recs]
+    require(bool(out), f"no {label or ''} records in {', '.join(cfg.datasets or default)}")
+    return out
+
+
+def plot_path(out_dir: str | Path, name: str) -> Path:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    Path(out_dir).mkdir(parents=True, exist_ok=True)
+    return Path(out_dir) / f"{name}.png"

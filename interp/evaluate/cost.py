@@ -1,0 +1,165 @@
+"""Cost of the guard: per-check latency vs a decode step, early exit, memory, end-to-end slowdown.
+
+All timings hold the cache at a fixed context length: each measured forward is rolled back with
+:mod:`interp.kvcache` (O(1)), so a decode step and a check see the same cache. Medians over repeats.
+"""
+
+from __future__ import annotations
+
+import statistics
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import replace
+
+import torch
+
+from interp.guard import GuardConfig, GuardedGenerator
+from interp.kvcache import cache_kwarg, mark, new_cache, rollback
+
+
+def _sync(device) -> None:
+    if torch.device(device).type == "cuda":
+        torch.cuda.synchronize()
+
+
+def _median_ms(fn: Callable[[], None], repeats: int, device) -> float:
+    fn()  # warm-up
+    times = []
+    for _ in range(repeats):
+        _sync(device)
+        t = time.perf_counter()
+        fn()
+        _sync(device)
+        times.append((time.perf_counter() - t) * 1e3)
+    return statistics.median(times)
+
+
+@torch.no_grad()
+def check_latency(gen: GuardedGenerator, context_len: int, repeats: int = 20, batch: int = 1, seed: int = 0) -> dict:
+    """Decode step vs ADA-LP check (full and early exit) vs ADA-RK span forward at ``context_len``."""
+    model, chk = gen.model, gen.checker
+    device = next(model.parameters()).device
+    g = torch.Generator().manual_seed(seed)
+    vocab = model.config.vocab_size
+    ids = torch.randint(0, vocab, (batch, context_len), generator=g).to(device)
+    mask = torch.ones_like(ids)
+    cache = new_cache(model)
+    kw = {cache_kwarg(model): cache}
+    model(input_ids=ids, attention_mask=mask, use_cache=True, logits_to_keep=1, **kw)
+    pos = torch.full((batch,), context_len, device=device)
+    step_ids = ids[:, -1:]
+    step_mask = torch.cat([mask, torch.ones_like(step_ids)], dim=1)
+    before = mark(cache)
+
+    def decode() -> None:
+        model(input_ids=step_ids, position_ids=pos[:, None], attention_mask=step_mask, use_cache=True,
+              logits_to_keep=1, **kw)
+        rollback(cache, before)
+
+    def lp(early: bool) -> Callable[[], None]:
+        def fn() -> None:
+            old = chk.config.early_exit
+            chk.config.early_exit = early
+            try:
+                chk.score(chk.lp_hidden(cache, mask, pos))
+            finally:
+                chk.config.early_exit = old
+        return fn
+
+    def rk_span() -> None:
+        span = chk.span_ids
+        s_ids = torch.tensor([span] * batch, device=device)
+        s_pos = pos[:, None] + torch.arange(len(span), device=device)[None]
+        s_mask = torch.cat([mask, torch.ones_like(s_ids)], dim=1)
+        model(input_ids=s_ids, position_ids=s_pos, attention_mask=s_mask, use_cache=True, logits_to_keep=1, **kw)
+        rollback(cache, before)
+
+    out = {"context_len": context_len, "batch": batch, "probe_layer": chk.layer,
+           "n_layers": model.config.num_hidden_layers, "probe_span_len": len(chk.probe_ids),
+           "rk_span_len": len(chk.span_ids)}
+    out["decode_ms"] = _median_ms(decode, repeats, device)
+    if chk.probes is not None:
+        out["check_ms"] = _median_ms(lp(False), repeats, device)
+        out["early_exit_ms"] = _median_ms(lp(True), repeats, device)
+        out["check_vs_decode"] = out["check_ms"] / out["decode_ms"]
+        out["early_exit_vs_decode"] = out["early_exit_ms"] / out["decode_ms"]
+    out["rk_span_ms"] = _median_ms(rk_span, repeats, device)
+    kv = sum(layer.keys.numel() + layer.values.numel() for layer in cache.layers) * ids.new_zeros(
+        (), dtype=next(model.parameters()).dtype).element_size()
+    out["cache_bytes"] = int(kv)
+    out["check_extra_kv_bytes"] = int(kv / max(context_len, 1) * len(chk.probe_ids))
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats()
+        base = torch.cuda.memory_allocated()
+        decode()
+        out["decode_peak_extra_bytes"] = int(torch.cuda.max_memory_allocated() - base)
+        if chk.probes is not None:
+            torch.cuda.reset_peak_memory_stats()
+            lp(False)()
+            out["check_peak_extra_bytes"] = int(torch.cuda.max_memory_allocated() - base)
+    return out
+
+
+@torch.no_grad()
+def slowdown(model, tokenizer, spans, probes, prompts: Sequence[Sequence[int]], strides: Sequence[int],
+             max_new_tokens: int = 200, repeats: int = 3, base_config: GuardConfig | None = None) -> list[dict]:
+    """End-to-end generation time with ADA-LP at each stride vs unguarded (checks never fire)."""
+    base_config = base_config or GuardConfig()
+    common = replace(base_config, max_new_tokens=max_new_tokens, threshold=2.0, do_sample=False, final_check=False)
+
+    def timed(cfg: GuardConfig) -> tuple[float, int]:
+        gen = GuardedGenerator(model, tokenizer, spans, cfg, probes if cfg.mode == "lp" else None)
+        try:
+            gen.generate(prompts)  # warm-up
+            best = []
+            for _ in range(repeats):
+                t = time.perf_counter()
+                res = gen.generate(prompts)
+                best.append(time.perf_counter() - t)
+            return statistics.median(best), sum(len(r.generated_ids) for r in res)
+        finally:
+            gen.close()
+
+    plain, n_tokens = timed(replace(common, mode="none"))
+    rows = []
+    for stride in strides:
+        for piggyback in (False, True):
+            t, _ = timed(replace(common, mode="lp", stride=stride, piggyback=piggyback))
+            rows.append({"stride": stride, "piggyback": piggyback, "unguarded_s": plain, "guarded_s": t,
+                         "tokens": n_tokens, "slowdown": t / plain - 1.0})
+    return rows
+
+
+def run_cost(cfg) -> dict:
+    """``anydepth evaluate cost``: latency ratios at each context, slowdown at each stride, leak window."""
+    from interp.evaluate.common import plot_path, random_probes, setup_run, write_result
+    from interp.templates import format_prompt_ids
+
+    gm, spans, probes = setup_run(cfg)
+    probes = probes or random_probes(gm.model, spans)
+    gen = GuardedGenerator(gm.model, gm.tokenizer, spans, GuardConfig(mode="lp", threshold=2.0), probes,
+                           model_id=gm.model_id, weights_sha256=gm.weights_sha256)
+    latency = [check_latency(gen, n) for n in cfg.contexts]
+    gen.close()
+    prompts = [format_prompt_ids(gm.tokenizer, "Write a short story about a lighthouse keeper.")]
+    slow = slowdown(gm.model, gm.tokenizer, spans, probes, prompts, cfg.strides, max_new_tokens=cfg.max_new_tokens)
+    result = {"mode": "cost", "model": gm.provenance, "device": str(next(gm.model.parameters()).device),
+              "latency": latency, "slowdown": slow,
+              "leak_window": {"buffered": 0, "unbuffered_max": [s - 1 for s in cfg.strides],
+                              "note": "tokens a caller receives before the firing check: none with buffering, "
+                                      "up to stride-1 unchecked tokens without"}}
+    path = write_result(cfg.out, "cost", result, cfg)
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(5, 3.5))
+    for key, lab in (("check_vs_decode", "ADA-LP check"), ("early_exit_vs_decode", "early exit")):
+        ax.plot([r["context_len"] for r in latency], [r[key] for r in latency], marker="o", label=lab)
+    ax.axhline(1.0, color="grey", lw=0.8)
+    ax.set_xlabel("context length")
+    ax.set_ylabel("time / decode step")
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(plot_path(cfg.out, "cost"), dpi=120)
+    plt.close(fig)
+    result["path"] = str(path)
+    return result

@@ -1,0 +1,37 @@
+"""One greedy pass per prompt with every defence observing (no halting): the shared core of the
+over-refusal and attack evaluations. Checks never change the stream, so each defence's verdict is
+"did it fire at any check", and the answer is the model's own greedy answer."""
+
+from __future__ import annotations
+
+from tqdm import tqdm
+
+from interp.evaluate.common import EvalConfig, batches
+from interp.guard import GuardConfig, GuardedGenerator
+from interp.templates import format_prompt_ids
+
+
+def observe(gm, spans, probes, cfg: EvalConfig, recs, desc: str) -> tuple[list[dict], dict]:
+    """Per record: answer, base refusal (keyword rule), and per defence whether/when it fired."""
+    detectors = ("rk",) + (("lp",) if probes is not None else ())
+    gcfg = GuardConfig(mode="rk", stride=cfg.stride, lookahead=cfg.lookahead, matcher=cfg.matcher,
+                       threshold=cfg.threshold, max_new_tokens=cfg.max_new_tokens, final_check=True)
+    gen = GuardedGenerator(gm.model, gm.tokenizer, spans, gcfg, probes, model_id=gm.model_id,
+                           weights_sha256=gm.weights_sha256, detectors=detectors, halt=False)
+    rows = []
+    for chunk in tqdm(list(batches(recs, cfg.batch_size)), desc=desc):
+        prompts = [format_prompt_ids(gm.tokenizer, r.prompt) for _, r in chunk]
+        for (name, rec), res in zip(chunk, gen.generate(prompts)):
+            answer = gm.tokenizer.decode(res.generated_ids, skip_special_tokens=True)
+            row = {"id": rec.id, "dataset": name, "n_tokens": len(res.generated_ids), "answer": answer,
+                   "base_refused": gen.checker.keyword(answer), "stop_reason": res.stop_reason}
+            for det in detectors:
+                fired = [c.depth for c in res.checks if c.detector == det and c.flagged]
+                row[f"{det}_fired"] = bool(fired)
+                row[f"{det}_first_depth"] = fired[0] if fired else None
+                row[f"{det}_checks"] = sum(c.detector == det for c in res.checks)
+            rows.append(row)
+    meta = {"detectors": list(detectors), "judge": gen.checker.keyword.describe(),
+            "lp_threshold": getattr(gen.checker, "threshold", None), "guard_config": gcfg.__dict__}
+    gen.close()
+    return rows, meta

@@ -1,0 +1,67 @@
+#!/usr/bin/env python
+"""Benchmark the ADA guard: check vs decode step, early exit, end-to-end slowdown at stride 25.
+
+Usage: python scripts/bench_guard.py [--model tiny:llama | qwen2.5-coder-0.5b-instruct | ...] [--device cuda]
+The last line is ``check_vs_decode=<x> early_exit_vs_decode=<y> slowdown_at_stride25=<z>`` (ratios at the
+largest context; early exit at the middle layer; slowdown = guarded / unguarded time - 1, checks never fire).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+
+import torch
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--model", default="tiny:llama", help="tiny[:arch] or a model spec for load_model")
+    ap.add_argument("--device", default="auto")
+    ap.add_argument("--dtype", default="auto")
+    ap.add_argument("--contexts", type=int, nargs="+", default=[256, 1024])
+    ap.add_argument("--repeats", type=int, default=20)
+    ap.add_argument("--max-new-tokens", type=int, default=200)
+    ap.add_argument("--strides", type=int, nargs="+", default=[25])
+    ap.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: leave the default)")
+    ap.add_argument("--json", default=None, help="also write all measurements here")
+    args = ap.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
+
+    from interp.evaluate.common import load_guard_model, random_probes
+    from interp.evaluate.cost import check_latency, slowdown
+    from interp.guard import GuardConfig, GuardedGenerator
+    from interp.templates import derive_safety_spans, format_prompt_ids
+
+    gm = load_guard_model(args.model, device=args.device, dtype=args.dtype)
+    spans = derive_safety_spans(gm.tokenizer)
+    probes = random_probes(gm.model, spans)
+    dev = next(gm.model.parameters()).device
+    print(f"model={gm.model_id} device={dev} dtype={next(gm.model.parameters()).dtype} "
+          f"layers={gm.model.config.num_hidden_layers} probe_layer={probes.best_layer} threads={torch.get_num_threads()}")
+    gen = GuardedGenerator(gm.model, gm.tokenizer, spans, GuardConfig(mode="lp"), probes)
+    latency = []
+    for n in args.contexts:
+        row = check_latency(gen, n, repeats=args.repeats)
+        latency.append(row)
+        print(f"context={n}: decode {row['decode_ms']:.2f} ms, check {row['check_ms']:.2f} ms "
+              f"({row['check_vs_decode']:.2f}x), early exit {row['early_exit_ms']:.2f} ms "
+              f"({row['early_exit_vs_decode']:.2f}x), rk span {row['rk_span_ms']:.2f} ms")
+    gen.close()
+    prompts = [format_prompt_ids(gm.tokenizer, "Write a short story about a lighthouse keeper.")]
+    slow = slowdown(gm.model, gm.tokenizer, spans, probes, prompts, args.strides, max_new_tokens=args.max_new_tokens)
+    for row in slow:
+        print(f"stride={row['stride']} piggyback={row['piggyback']}: {row['tokens']} tokens, unguarded "
+              f"{row['unguarded_s']:.3f} s, guarded {row['guarded_s']:.3f} s, slowdown {100 * row['slowdown']:.1f}%")
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump({"model": gm.model_id, "latency": latency, "slowdown": slow}, f, indent=2)
+    last = latency[-1]
+    s25 = [r for r in slow if r["stride"] == 25 and not r["piggyback"]] or [r for r in slow if not r["piggyback"]]
+    print(f"check_vs_decode={last['check_vs_decode']:.3f} early_exit_vs_decode={last['early_exit_vs_decode']:.3f} "
+          f"slowdown_at_stride25={s25[0]['slowdown']:.4f}")
+
+
+if __name__ == "__main__":
+    main()

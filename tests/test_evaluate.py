@@ -1,0 +1,114 @@
+"""Evaluation harness on a tiny random model with the built-in demo set (exactness + end-to-end files)."""
+
+import json
+
+import pytest
+import torch
+
+from interp.cli import main
+from interp.evaluate.common import EvalConfig, bootstrap_mean, load_guard_model, wilson
+from interp.evaluate.deep_prefill import run_deep_prefill
+from interp.evaluate.over_refusal import run_over_refusal
+from interp.templates import format_prompt_ids
+
+torch.set_num_threads(1)
+
+
+def test_wilson_known_values():
+    assert wilson(5, 10)["lo"] == pytest.approx(0.2366, abs=1e-4)
+    assert wilson(5, 10)["hi"] == pytest.approx(0.7634, abs=1e-4)
+    w = wilson(0, 10)
+    assert w["rate"] == 0 and w["lo"] == 0 and w["hi"] == pytest.approx(0.2775, abs=1e-4)
+    assert wilson(0, 0)["rate"] is None
+    b = bootstrap_mean([1.0, 2.0, 3.0, 4.0], n_boot=500)
+    assert b["mean"] == 2.5 and 1.0 <= b["lo"] < 2.5 < b["hi"] <= 4.0
+
+
+def _greedy_text(model, tok, ids, n):
+    with torch.no_grad():
+        out = model.generate(torch.tensor([ids]), max_new_tokens=n, do_sample=False, eos_token_id=None)
+    new = out[0, len(ids):].tolist()
+    if tok.eos_token_id in new:
+        new = new[: new.index(tok.eos_token_id)]
+    return tok.decode(new, skip_special_tokens=True)
+
+
+def test_deep_prefill_checks_equal_scratch_continuations(tmp_path):
+    cfg = EvalConfig(model="tiny", probes="random", datasets=("demo",), limit=3, depths=(0, 4, 12),
+                     lookahead=5, base_lookahead=6, batch_size=2, out=str(tmp_path))
+    res = run_deep_prefill(cfg)
+    assert set(res["curves"]) == {"base", "rk", "lp"}
+    by_depth = {p["depth"]: p for p in res["curves"]["rk"]}
+    assert [by_depth[d]["n"] for d in (0, 4, 12)] == [3, 3, 3]
+    assert (tmp_path / "deep_prefill.png").exists() and (tmp_path / "deep_prefill.config.json").exists()
+    saved = json.loads((tmp_path / "deep_prefill.json").read_text())
+    assert saved["curves"]["rk"][0]["n"] == 3
+    # every base / rk lookahead equals a from-scratch greedy decode of prompt + forced[:d] (+ span)
+    gm = load_guard_model("tiny")
+    from interp.data import load_dataset
+    from interp.templates import derive_safety_spans
+
+    spans = derive_safety_spans(gm.tokenizer)
+    recs = {r.id: r for r in load_dataset("demo")}
+    row = res["rows"][0]
+    prompt = format_prompt_ids(gm.tokenizer, recs[row["id"]].prompt)
+    from interp.guard import GuardConfig, GuardedGenerator
+    from interp.templates import encode_response
+
+    opener = encode_response(gm.tokenizer, prompt, recs[row["id"]].meta["target"])
+    cont = GuardedGenerator(gm.model, gm.tokenizer, spans, GuardConfig(mode="none", max_new_tokens=12)
+                            ).generate([prompt], forced=[opener])[0].generated_ids
+    assert len(cont) == row["n_tokens"]
+    checked = 0
+    for c in row["checks"]:
+        if c["detector"] == "base":
+            ref = _greedy_text(gm.model, gm.tokenizer, prompt + cont[: c["depth"]], 6)
+        elif c["detector"] == "rk":
+            ref = _greedy_text(gm.model, gm.tokenizer, prompt + cont[: c["depth"]] + list(spans.span_ids), 5)
+        else:
+            continue
+        assert c["lookahead"] == ref
+        checked += 1
+    assert checked == 6
+
+
+def test_over_refusal_answers_are_the_models_own(tmp_path):
+    cfg = EvalConfig(model="tiny", probes="random", datasets=("demo",), limit=2, stride=7, lookahead=4,
+                     max_new_tokens=16, out=str(tmp_path))
+    res = run_over_refusal(cfg)
+    assert res["rates"]["all"]["base"]["n"] == 2
+    assert set(res["rates"]["all"]) == {"base", "rk", "lp"}
+    gm = load_guard_model("tiny")
+    from interp.data import load_dataset
+
+    recs = {r.id: r for r in load_dataset("demo")}
+    for row in res["rows"]:
+        prompt = format_prompt_ids(gm.tokenizer, recs[row["id"]].prompt)
+        assert row["answer"] == _greedy_text(gm.model, gm.tokenizer, prompt, 16)
+        assert row["rk_checks"] == 3  # depths 7, 14 and the final check at 16
+    assert (tmp_path / "over_refusal.png").exists()
+
+
+def test_cli_evaluate_cost_writes_ratios(tmp_path, capsys):
+    rc = main(["evaluate", "cost", "--model", "tiny", "--contexts", "32", "--strides", "5",
+               "--max-new-tokens", "12", "--out", str(tmp_path)])
+    assert rc == 0
+    data = json.loads((tmp_path / "cost.json").read_text())
+    lat = data["latency"][0]
+    assert lat["context_len"] == 32 and lat["check_ms"] > 0 and lat["decode_ms"] > 0
+    assert {r["piggyback"] for r in data["slowdown"]} == {False, True}
+    assert "wrote" in capsys.readouterr().out
+
+
+def test_cli_guard_bad_input(capsys):
+    assert main(["guard", "--model", "tiny", "--mode", "rk", "--prompt", "  "]) == 2
+    assert main(["guard", "--model", "tiny", "--mode", "lp", "--prompt", "hi"]) == 2
+    assert main(["guard", "--model", "tiny", "--mode", "rk", "--prompt", "hi", "--stride", "0"]) == 2
+    assert "stride" in capsys.readouterr().err
+
+
+def test_cli_guard_streams(capsys):
+    assert main(["guard", "--model", "tiny", "--mode", "rk", "--prompt", "Hi", "--stride", "4",
+                 "--max-new-tokens", "8", "--lookahead", "3"]) == 0
+    err = capsys.readouterr().err
+    assert "[rk check @4" in err and "[rk check @8" in err
