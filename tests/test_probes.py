@@ -71,6 +71,9 @@ def test_source_split():
     assert s.train.tolist() == [[True, False, False, True]] and s.test.tolist() == [[False, True, False, False]]
     with pytest.raises(UserError):
         source_split(sources, ["a"], ["zzz"])
+    shared = source_split(np.array(["a", "a", "b"]), ["a"], ["b"], groups=np.array(["p1", "p2", "p1"]))
+    assert shared.train.tolist() == [[False, True, False]]  # p1 is tested, so it is not trained on
+    check_grouping(shared, np.array(["p1", "p2", "p1"]))
 
 
 def test_ungrouped_cv_leaks_near_duplicate_depths():
@@ -210,3 +213,27 @@ def test_probeset_refuses_mismatched_provenance(tmp_path):
             ProbeSet.load(tmp_path, expect_provenance={**ok, key: bad})
     with pytest.raises(UserError):
         ProbeSet.load(tmp_path / "missing")
+
+
+def test_run_sweep_per_depth_fit_and_by_source(planted):
+    from interp.probes.sweep import SweepConfig, run_sweep
+
+    def loader(layer, position):
+        return planted.layer(layer)
+
+    cfg = SweepConfig(folds=3, n_boot=30, per_depth_fit=True, baselines=("prompt", "shuffled"), target_fpr=0.05)
+    res = run_sweep(loader, [0, 1], ProbeConfig(), cfg)
+    assert res["best_layer"] == 1 and res["_oof"]["probe"].shape == (2, 240, 5)
+    assert res["per_layer"]["probe"][1]["auroc"]["value"] > 0.98
+    assert abs(res["per_layer"]["probe"][0]["auroc"]["value"] - 0.5) < 0.15
+    per_depth = res["per_depth"]["probe"][1]
+    assert all(s is None or s["auroc"]["value"] > 0.95 for s in per_depth)
+    # prompt-only baseline: one score per prompt, identical across its depths
+    p = res["_oof"]["prompt"][1]
+    assert np.allclose(np.nanmax(p, 1), np.nanmin(p, 1))
+    th = res["best"]["threshold"]
+    assert th["fpr"] <= 0.05 and th["n_controls"] == int((planted.y[np.nonzero(planted.valid)[0]] == 0).sum())
+    cfg = SweepConfig(n_boot=0, baselines=(), train_sources=["src0"], test_sources=["src1"])
+    res = run_sweep(loader, [1], ProbeConfig(), cfg)
+    tested = np.isfinite(res["_oof"]["probe"][0]).any(1)
+    assert res["split"]["kind"] == "by-source" and np.array_equal(tested, planted.sources == "src1")

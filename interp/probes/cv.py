@@ -47,8 +47,10 @@ def grouped_folds(y: np.ndarray, groups: np.ndarray, n_splits: int = 5, seed: in
     return split
 
 
-def source_split(sources: np.ndarray, train_sources: list[str], test_sources: list[str]) -> Split:
-    """One fold: train on rows from ``train_sources``, test on rows from ``test_sources`` (disjoint)."""
+def source_split(sources: np.ndarray, train_sources: list[str], test_sources: list[str],
+                 groups: np.ndarray | None = None) -> Split:
+    """One fold: train on rows from ``train_sources``, test on rows from ``test_sources``. With ``groups``,
+    training rows whose prompt also occurs in the test part are dropped (no prompt on both sides)."""
     sources = np.asarray(sources).astype(str)
     known = set(sources.tolist())
     unknown = sorted((set(train_sources) | set(test_sources)) - known)
@@ -56,9 +58,11 @@ def source_split(sources: np.ndarray, train_sources: list[str], test_sources: li
         raise UserError(f"unknown sources {unknown}; the store has {sorted(known)}")
     if set(train_sources) & set(test_sources):
         raise UserError("train and test sources overlap")
-    train = np.isin(sources, train_sources)[None]
-    test = np.isin(sources, test_sources)[None]
-    return Split(train, test, "by-source")
+    train = np.isin(sources, train_sources)
+    test = np.isin(sources, test_sources)
+    if groups is not None:
+        train &= ~np.isin(np.asarray(groups), np.asarray(groups)[test])
+    return Split(train[None], test[None], "by-source")
 
 
 def ungrouped_pair_folds(n_pairs: int, n_splits: int = 5, seed: int = 0) -> Split:

@@ -124,7 +124,7 @@ def make_split(data: LayerData, cfg: SweepConfig) -> Split:
     if cfg.train_sources or cfg.test_sources:
         if not (cfg.train_sources and cfg.test_sources):
             raise UserError("give both --train-sources and --test-sources")
-        return source_split(data.sources, cfg.train_sources, cfg.test_sources)
+        return source_split(data.sources, cfg.train_sources, cfg.test_sources, data.groups)
     return grouped_folds(data.y, data.groups, cfg.folds, cfg.seed)
 
 
