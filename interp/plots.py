@@ -11,6 +11,7 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
+from matplotlib.ticker import MaxNLocator  # noqa: E402
 
 LABELS = {"probe": "Safety-Token probe", "last_token": "last generated token", "prompt": "prompt only (depth 0)",
           "diffmeans": "difference of means", "shuffled": "shuffled-label control"}
@@ -52,6 +53,7 @@ def plot_layer_sweep(res: dict, prefix: str | Path) -> list[Path]:
         ax.axhline(0.5, color="grey", lw=0.8, ls=":")
         ax.axvline(res["best_layer"], color="k", lw=0.8, ls="--")
         ax.set(xlabel="layer", ylabel=metric.upper() if metric == "auroc" else "accuracy", ylim=(0.3, 1.02))
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     axes[0].legend(fontsize=8, loc="lower right")
     fig.suptitle(f"Layer sweep ({res.get('split', {}).get('kind', '')} CV, 95% CI by prompt); best layer "
                  f"{res['best_layer']}")

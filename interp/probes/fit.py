@@ -88,8 +88,9 @@ def fit_diff_of_means(X: np.ndarray, y: np.ndarray, *, standardize: bool = False
         Xf = (Xf - mean) / scale
     direction = Xf[y == 1].mean(0) - Xf[y == 0].mean(0)
     norm = np.linalg.norm(direction)
-    if not np.isfinite(norm) or norm == 0:
-        raise UserError("difference of means is zero: both classes have identical means")
+    if not np.isfinite(norm) or norm <= 1e-12 * max(1.0, float(np.abs(Xf).max())):
+        # identical class means (e.g. the embedding of a fixed token at layer 0): a constant, uninformative probe
+        return LinearParams(np.zeros(X.shape[1]), np.asarray(0.0), mean, scale, info={"degenerate": True})
     direction /= norm
     proj = (Xf @ direction)[:, None]
     one_d = LogisticRegression(C=1e6, class_weight=class_weight, max_iter=1000).fit(proj, y)

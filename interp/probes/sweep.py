@@ -151,8 +151,7 @@ def run_sweep(loader: Callable[[int, str | int], LayerData], layers: list[int], 
             dm = ProbeConfig(**{**probe.__dict__, "method": "diffmeans"})
             scores["diffmeans"] = oof_scores(data, split, dm, per_depth=cfg.per_depth_fit)
         if "shuffled" in cfg.baselines:
-            scores["shuffled"] = oof_scores(data, split, probe, per_depth=cfg.per_depth_fit,
-                                            labels=shuffled_labels(data.y, data.groups, cfg.seed + 1))
+            scores["shuffled"] = _shuffled_baseline(data, split, probe, cfg, res)
         if "last_token" in cfg.baselines:
             scores["last_token"] = _baseline(loader, layer, "last_token", data, split, probe, res)
         if "prompt" in cfg.baselines:
@@ -170,6 +169,18 @@ def run_sweep(loader: Callable[[int, str | int], LayerData], layers: list[int], 
     res["_labels"] = data0.y
     res["notes"] = sorted(set(res["notes"]))
     return res
+
+
+def _shuffled_baseline(data: LayerData, split: Split, probe: ProbeConfig, cfg: SweepConfig, res: dict
+                       ) -> np.ndarray:
+    """Probe trained on prompt-shuffled labels (same split); redraws permutations that leave a training fold
+    with one class (possible on tiny sets)."""
+    for attempt in range(100):
+        labels = shuffled_labels(data.y, data.groups, cfg.seed + 1 + attempt)
+        if all(len(np.unique(labels[tr & data.valid.any(1)])) == 2 for tr in split.train):
+            return oof_scores(data, split, probe, per_depth=cfg.per_depth_fit, labels=labels)
+    res["notes"].append("baseline shuffled skipped: no permutation keeps both classes in every training fold")
+    return np.full(data.valid.shape, np.nan)
 
 
 def _baseline(loader, layer, position, data, split, probe, res) -> np.ndarray:
