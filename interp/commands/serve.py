@@ -1,0 +1,74 @@
+"""``anydepth serve``: an OpenAI-compatible chat endpoint guarded by ADA-LP / ADA-RK."""
+
+from __future__ import annotations
+
+import signal
+import sys
+
+from interp import UserError
+from interp.config import add_arguments, from_namespace, to_dict
+from interp.guard import GuardConfig
+from interp.models import ModelConfig
+from interp.server import ServerConfig
+
+_GUARD_SKIP = ("max_new_tokens",)  # per request: max_tokens, capped by --max-tokens-limit
+
+
+def register(subparsers) -> None:
+    p = subparsers.add_parser("serve", help="serve /v1/chat/completions (OpenAI-compatible) under the ADA guard",
+                              description="OpenAI-compatible chat server whose answers run under the ADA guard. "
+                                          "A final assistant message is continued (prefill). Loopback by default.")
+    add_arguments(p, ServerConfig)
+    add_arguments(p, ModelConfig)
+    add_arguments(p, GuardConfig, skip=_GUARD_SKIP)
+    p.add_argument("--verbose", action="store_true", help="log every request")
+    p.set_defaults(func=run)
+
+
+def build_server(server_cfg: ServerConfig, model_cfg: ModelConfig, guard_cfg: GuardConfig, verbose: bool = False):
+    """Load the model and probes, and return a :class:`interp.server.GuardServer` (not yet serving)."""
+    from interp.guard import GuardedGenerator
+    from interp.models import load_model
+    from interp.probes import ProbeSet
+    from interp.server import make_server
+    from interp.templates import derive_safety_spans
+
+    guard_cfg.validate()
+    if guard_cfg.mode == "lp" and not server_cfg.probes:
+        raise UserError("--mode lp needs --probes (a probe set from `anydepth probe`); or use --mode rk")
+    if server_cfg.max_tokens_limit < 1 or server_cfg.queue_size < 1 or server_cfg.max_body_bytes < 1:
+        raise UserError("--max-tokens-limit, --queue-size and --max-body-bytes must be >= 1")
+    loaded = load_model(model_cfg)
+    spans = derive_safety_spans(loaded.tokenizer)
+    probes = ProbeSet.load(server_cfg.probes) if guard_cfg.mode == "lp" else None
+    generator = GuardedGenerator(loaded.model, loaded.tokenizer, spans, guard_cfg, probes,
+                                 model_id=loaded.model_id, weights_sha256=loaded.weights_sha256)
+    name = server_cfg.served_model_name or loaded.model_id
+    try:
+        return make_server(generator, loaded.tokenizer, name, server_cfg, verbose=verbose)
+    except OSError as err:
+        generator.close()
+        raise UserError(f"cannot listen on {server_cfg.host}:{server_cfg.port}: {err}") from err
+
+
+def run(args) -> int:
+    server_cfg = from_namespace(ServerConfig, args)
+    guard_cfg = from_namespace(GuardConfig, args)
+    guard_cfg.max_new_tokens = server_cfg.max_tokens_limit
+    server = build_server(server_cfg, from_namespace(ModelConfig, args), guard_cfg, verbose=args.verbose)
+    settings = {"server": to_dict(server_cfg), "guard": to_dict(guard_cfg)}
+    print(f"anydepth serve: {server.service.model_name} on {server.url} (guard {guard_cfg.mode}); "
+          f"settings {settings}", file=sys.stderr)
+    if server_cfg.host not in ("127.0.0.1", "localhost", "::1"):
+        print("anydepth serve: warning: listening beyond loopback; there is no authentication", file=sys.stderr)
+    def _terminate(signum, frame):
+        raise KeyboardInterrupt
+
+    signal.signal(signal.SIGTERM, _terminate)  # stop cleanly under process managers too
+    try:
+        server.serve_forever()
+    except KeyboardInterrupt:
+        print("shutting down", file=sys.stderr)
+    finally:
+        server.stop()
+    return 0
