@@ -52,19 +52,20 @@ def stream(path: Path, n_layers: int):
             yield layer, f[f"acts/{HOOK}/layer_{layer}"][:, :, 0, :][valid].astype(np.float32)
 
 
-def run(path: Path, n_layers: int, y: np.ndarray, split, method: str, C: float, standardize: bool
+def run(path: Path, n_layers: int, y: np.ndarray, split, method: str, C: float, standardize: bool, tol: float
         ) -> tuple[float, float, list[float]]:
     aucs = []
     t0, c0 = time.perf_counter(), time.process_time()
     for _layer, X in stream(path, n_layers):
         oof = np.zeros(len(y))
         if method == "torch":
-            params = fit_logreg_torch(X, y, split.train, C=C, standardize=standardize, tol=1e-4, max_iter=1000)
+            params = fit_logreg_torch(X, y, split.train, C=C, standardize=standardize, tol=tol, max_iter=1000)
             for f in range(split.n_folds):
                 oof[split.test[f]] = params[0, f].logit(X[split.test[f]])
         else:
             for f in range(split.n_folds):
-                p = fit_sklearn(X[split.train[f]], y[split.train[f]], C=C, standardize=standardize, max_iter=1000)
+                p = fit_sklearn(X[split.train[f]], y[split.train[f]], C=C, standardize=standardize,
+                                max_iter=1000, tol=tol)
                 oof[split.test[f]] = p.logit(X[split.test[f]])
         aucs.append(auroc(oof, y))
     return time.process_time() - c0, time.perf_counter() - t0, aucs
@@ -81,6 +82,7 @@ def main() -> None:
     ap.add_argument("--C", type=float, default=1.0)
     ap.add_argument("--standardize", action="store_true")
     ap.add_argument("--anisotropy", type=float, default=0.75, help="log-normal spread of per-dim scales")
+    ap.add_argument("--tol", type=float, default=1e-5, help="gradient tolerance (same meaning on both sides)")
     ap.add_argument("--threads", type=int, default=1, help="BLAS/torch threads for both sides")
     ap.add_argument("--seed", type=int, default=0)
     args = ap.parse_args()
@@ -103,9 +105,9 @@ def main() -> None:
         print(f"store: {args.layers} layers x {len(rows)} rows ({len(np.unique(groups))} prompts) x {args.d_model}"
               f" float16, {path.stat().st_size / 2**20:.0f} MiB written in {time.perf_counter() - t:.1f}s;"
               f" one layer float32 = {layer_mb:.0f} MiB, all layers = {layer_mb * args.layers:.0f} MiB")
-        t_torch, w_torch, auc_torch = run(path, args.layers, y, split, "torch", args.C, args.standardize)
+        t_torch, w_torch, auc_torch = run(path, args.layers, y, split, "torch", args.C, args.standardize, args.tol)
         print(f"torch batched L-BFGS: cpu {t_torch:.1f}s wall {w_torch:.1f}s  mean AUROC {np.mean(auc_torch):.4f}")
-        t_sk, w_sk, auc_sk = run(path, args.layers, y, split, "sklearn", args.C, args.standardize)
+        t_sk, w_sk, auc_sk = run(path, args.layers, y, split, "sklearn", args.C, args.standardize, args.tol)
         print(f"sklearn lbfgs loop:   cpu {t_sk:.1f}s wall {w_sk:.1f}s  mean AUROC {np.mean(auc_sk):.4f}")
     gaps = np.abs(np.array(auc_torch) - np.array(auc_sk))
     for layer in range(args.layers):

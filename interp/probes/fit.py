@@ -171,8 +171,10 @@ def fit_logreg_torch(X: np.ndarray | torch.Tensor, y: np.ndarray, masks: np.ndar
 
     chol = build_precond((sw_sub.mean(0) / 4.0).expand(n_layers, -1))
 
+    a_inv = torch.cholesky_inverse(chol).float()  # [L, d+1, d+1], symmetric
+
     def h0(v: torch.Tensor) -> torch.Tensor:
-        return torch.cholesky_solve(v.transpose(1, 2).double(), chol).transpose(1, 2).float()
+        return torch.matmul(v, a_inv)
 
     theta = torch.zeros(n_layers, n_prob, d + 1)
     f, g = fg(theta)
