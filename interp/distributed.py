@@ -23,6 +23,7 @@ import dataclasses
 import hashlib
 import json
 import os
+import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import timedelta
@@ -110,6 +111,7 @@ class ShardResult:
     stop: int
     path: Path
     n_computed: int
+    n_tokens: int = 0
 
 
 def extract_shard(model, tokenizer, items: Sequence, out: str | Path, *, rank: int, world_size: int, spans,
@@ -135,11 +137,13 @@ def extract_shard(model, tokenizer, items: Sequence, out: str | Path, *, rank: i
     if start == stop:
         return ShardResult(rank, world_size, start, stop, path, 0)
     prov = dict(provenance or {})
+    if isinstance(prov.get("device"), str):  # cuda:0 / cuda:1 on different ranks: one store-wide value
+        prov["device"] = prov["device"].split(":")[0]
     prov.update(shard_rank=rank, shard_world_size=world_size, shard_start=start, shard_stop=stop,
                 n_examples_total=len(items))
     res = extract_to_store(model, tokenizer, list(items[start:stop]), path, spans=spans, depths=depths,
                            provenance=prov, **extract_kwargs)
-    return ShardResult(rank, world_size, start, stop, path, res.n_computed)
+    return ShardResult(rank, world_size, start, stop, path, res.n_computed, res.n_tokens)
 
 
 # ------------------------------------------------------------------------------------------------ finalize
@@ -189,6 +193,17 @@ def finalize(out: str | Path, mode: str = "virtual", *, dest: str | Path | None 
             raise UserError(f"shards of {out} do not hold the manifest's examples in order; delete the .shards "
                             "folder and extract again")
         tmp = dest.with_name(dest.name + ".merge.tmp")
+        _merge(tmp, stores, parts, ref, man, mode, dest, rows_per_copy)
+        os.replace(tmp, dest)
+    finally:
+        for s in stores:
+            s.close()
+    return dest
+
+
+def _merge(tmp: Path, stores, parts, ref: dict, man: dict, mode: str, dest: Path, rows_per_copy: int) -> None:
+    N = int(man["n_examples"])
+    try:
         with h5py.File(tmp, "w") as f:
             for k, v in ref.items():
                 f.attrs[k] = v
@@ -220,11 +235,9 @@ def finalize(out: str | Path, mode: str = "virtual", *, dest: str | Path | None 
                             ds[a + i:a + j] = src[i:j]
                 for k, v in src0.attrs.items():
                     ds.attrs[k] = v
-        os.replace(tmp, dest)
-    finally:
-        for s in stores:
-            s.close()
-    return dest
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
 
 
 # ------------------------------------------------------------------------------------------------ torchrun
@@ -273,20 +286,56 @@ def barrier(device: str) -> None:
 
 
 def run_distributed_extract(model, tokenizer, items: Sequence, out: str | Path, *, spans, depths,
-                            device: str, merge: str = "virtual", **kwargs) -> Path | None:
-    """This rank's shard, a barrier, then rank 0 merges; returns the merged path on rank 0.
+                            device: str, merge: str = "virtual", **kwargs) -> ShardResult:
+    """This rank's shard, a barrier, then rank 0 merges into ``out``, and a second barrier.
 
     Call after :func:`init_process_group` with the model on :func:`rank_device`. Only rank 0 shows progress.
     """
     rank, world, _ = dist_env()
-    kwargs.setdefault("progress", True)
-    kwargs["progress"] = kwargs["progress"] and rank == 0
-    extract_shard(model, tokenizer, items, out, rank=rank, world_size=world, spans=spans, depths=depths,
-                  **kwargs)
+    kwargs["progress"] = kwargs.get("progress", True) and rank == 0
+    res = extract_shard(model, tokenizer, items, out, rank=rank, world_size=world, spans=spans, depths=depths,
+                        **kwargs)
     barrier(device)
-    merged = finalize(out, merge) if rank == 0 else None
+    if rank == 0:
+        finalize(out, merge)
     barrier(device)
-    return merged
+    return res
+
+
+def is_main_rank() -> bool:
+    return dist_env()[0] == 0
+
+
+def rank_model_config(model_cfg):
+    """``model_cfg`` with this rank's device under torchrun (``cuda:LOCAL_RANK``); unchanged otherwise."""
+    if not launched_by_torchrun():
+        return model_cfg
+    return dataclasses.replace(model_cfg, device=rank_device(model_cfg.device))
+
+
+def extract_auto(model, tokenizer, items: Sequence, out: str | Path, *, spans, depths, merge: str = "virtual",
+                 **kwargs):
+    """:func:`interp.extract.extract_to_store`, or its data-parallel version when launched by torchrun.
+
+    Returns an :class:`interp.extract.ExtractResult` for ``out`` on every rank (counts are this rank's).
+    """
+    import torch.distributed as dist
+
+    from interp.extract import ExtractResult, extract_to_store
+
+    if not launched_by_torchrun():
+        return extract_to_store(model, tokenizer, items, out, spans=spans, depths=depths, **kwargs)
+    device = str(next(model.parameters()).device)
+    owned = not dist.is_initialized()
+    init_process_group(device)
+    start = time.perf_counter()
+    try:
+        res = run_distributed_extract(model, tokenizer, items, out, spans=spans, depths=depths, device=device,
+                                      merge=merge, **kwargs)
+    finally:
+        if owned and dist.is_initialized():
+            dist.destroy_process_group()
+    return ExtractResult(Path(out), len(items), res.n_computed, res.n_tokens, time.perf_counter() - start)
 
 
 # ------------------------------------------------------------------------------------------------ big models
@@ -361,25 +410,23 @@ def extract_main(cfg: DistExtractConfig, model_cfg) -> Path | None:
         raise UserError("--continuations and --out are required")
     if cfg.merge not in MERGE_MODES:
         raise UserError(f"--merge must be one of {MERGE_MODES}, got {cfg.merge!r}")
-    device = rank_device(model_cfg.device)
-    init_process_group(device, cfg.timeout_s)
+    import torch.distributed as dist
+
+    model_cfg = rank_model_config(model_cfg)
+    init_process_group(rank_device(model_cfg.device), cfg.timeout_s)
     try:
         items = load_jsonl(cfg.continuations)
-        loaded = load_model(dataclasses.replace(model_cfg, device=device))
+        loaded = load_model(model_cfg)
         spans = derive_safety_spans(loaded.tokenizer)
         prov = dict(loaded.provenance(), run_config=cfg.run_record())
-        prov.pop("device", None)
-        merged = run_distributed_extract(
-            loaded.model, loaded.tokenizer, items, cfg.out, spans=spans, depths=cfg.depths, device=device,
-            merge=cfg.merge, layers=parse_layers(cfg.layers, loaded.n_layers), hooks=cfg.hooks,
-            positions=cfg.positions, storage_dtype=cfg.storage_dtype, batch_size=cfg.batch_size,
-            too_long=cfg.too_long, provenance=prov)
-        if merged is not None:
+        res = extract_auto(loaded.model, loaded.tokenizer, items, cfg.out, spans=spans, depths=cfg.depths,
+                           merge=cfg.merge, layers=parse_layers(cfg.layers, loaded.n_layers), hooks=cfg.hooks,
+                           positions=cfg.positions, storage_dtype=cfg.storage_dtype, batch_size=cfg.batch_size,
+                           too_long=cfg.too_long, provenance=prov)
+        if is_main_rank():
             save_config(cfg, Path(cfg.out).with_name(Path(cfg.out).name + ".config.json"))
-        return merged
+        return res.path
     finally:
-        import torch.distributed as dist
-
         if dist.is_initialized():
             dist.destroy_process_group()
 
@@ -396,7 +443,7 @@ def main(argv: list[str] | None = None) -> int:
             print(finalize(args.out, args.merge))
             return 0
         merged = extract_main(from_namespace(DistExtractConfig, args), from_namespace(ModelConfig, args))
-        if merged is not None:
+        if is_main_rank():
             print(merged)
         return 0
     except UserError as err:

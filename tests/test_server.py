@@ -327,3 +327,21 @@ def test_text_stream_holds_back_split_utf8(env):
     parts = [stream.push([t]) for t in ids] + [stream.finish()]
     assert "".join(parts) == tok.decode(ids, skip_special_tokens=True)
     assert all("\ufffd" not in p for p in parts)
+
+
+def test_serve_command_options_and_refusals():
+    from interp import UserError
+    from interp.cli import build_parser
+    from interp.commands.serve import build_server
+    from interp.config import from_namespace
+    from interp.models import ModelConfig
+
+    args = build_parser().parse_args(["serve", "--model", "x", "--port", "0", "--mode", "rk", "--stride", "5",
+                                      "--max-tokens-limit", "32", "--queue-size", "3"])
+    cfg, guard = from_namespace(ServerConfig, args), from_namespace(GuardConfig, args)
+    assert (cfg.port, cfg.max_tokens_limit, cfg.queue_size, cfg.host) == (0, 32, 3, "127.0.0.1")
+    assert (guard.mode, guard.stride) == ("rk", 5)
+    with pytest.raises(UserError, match="--probes"):
+        build_server(ServerConfig(), ModelConfig(model="x"), GuardConfig(mode="lp"))
+    with pytest.raises(UserError, match="queue-size"):
+        build_server(ServerConfig(queue_size=0), ModelConfig(model="x"), GuardConfig(mode="rk"))
