@@ -67,6 +67,8 @@ class ModelConfig:
     cache_dir: str | None = field(default=None, metadata={
         "help": "model cache (default $ANYDEPTH_CACHE or ~/.cache/anydepth)"})
     trust_remote_code: bool = field(default=False, metadata={"help": "allow custom code from the hub"})
+    device_map: str | None = field(default=None, metadata={
+        "help": "accelerate placement over several GPUs, e.g. auto (overrides --device)"})
 
 
 @dataclass
@@ -286,6 +288,8 @@ def load_model(spec: str | ModelConfig = DEFAULT_MODEL, **overrides) -> LoadedMo
     sha: str | None = None
     kwargs: dict[str, Any] = {"dtype": dtype, "attn_implementation": cfg.attn_implementation,
                               "trust_remote_code": cfg.trust_remote_code}
+    if cfg.device_map:
+        kwargs["device_map"] = cfg.device_map
     if resolved.kind in ("catalogue", "gguf"):
         folder, sha = ensure_converted(resolved, cfg.cache_dir)
         source = str(folder)
@@ -308,7 +312,10 @@ def load_model(spec: str | ModelConfig = DEFAULT_MODEL, **overrides) -> LoadedMo
         if resolved.kind == "hub":
             raise _hub_error(resolved.hub_id, err) from err
         raise UserError(f"could not load model from {source}: {err}") from err
-    model.to(device)
+    if cfg.device_map:
+        device = str(next(model.parameters()).device)
+    else:
+        model.to(device)
     model.eval()
     model.config._name_or_path = model_id
     if model.generation_config.pad_token_id is None and tokenizer.pad_token_id is not None:
