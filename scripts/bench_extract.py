@@ -35,7 +35,6 @@ def load(name: str, attn: str, device: str, dtype: str):
 
 
 def timed(fn, repeats: int) -> float:
-    fn()  # warm-up
     best = float("inf")
     for _ in range(repeats):
         start = time.perf_counter()
@@ -59,7 +58,7 @@ def main() -> None:
     ap.add_argument("--attn", default="sdpa", help="attention implementation for every scheme")
     ap.add_argument("--device", default="auto")
     ap.add_argument("--dtype", default="auto")
-    ap.add_argument("--repeats", type=int, default=2)
+    ap.add_argument("--repeats", type=int, default=1, help="best of this many timed runs per scheme")
     args = ap.parse_args()
 
     model, tok, label = load(args.model, args.attn, args.device, args.dtype)
@@ -121,6 +120,7 @@ def main() -> None:
             for hd in hooks:
                 hd.remove()
 
+    plain()  # warm-up (one-off allocations, kernel selection)
     times = {}
     for name, fn in (("plain", plain), ("packed", packed), ("ada_scheme", ada_scheme), ("reencode", reencode)):
         times[name] = timed(fn, args.repeats)
