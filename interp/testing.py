@@ -9,7 +9,7 @@ The templates under ``interp/templates_data/`` are our own renditions of each fa
 from __future__ import annotations
 
 from dataclasses import dataclass
-from functools import lru_cache
+from functools import cache
 from importlib import resources
 
 import torch
@@ -43,7 +43,7 @@ def chat_template(family: str) -> str:
     return resources.files("interp.templates_data").joinpath(f"{family}.jinja").read_text()
 
 
-@lru_cache(maxsize=None)
+@cache
 def _base_tokenizer_json(vocab_size: int) -> str:
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 

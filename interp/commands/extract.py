@@ -22,9 +22,10 @@ def register(subparsers) -> None:
 def run_extract(model_cfg, gen_cfg, cfg, progress: bool = True):
     """Load the model, get continuations (file, dataset responses or generated), extract, save the config."""
     import interp
+    from interp import distributed
     from interp.commands.generate import _slug, run_config, save_json, short_hash
     from interp.continuations import continuations_for, load_jsonl, load_records, save_jsonl
-    from interp.extract import extract_to_store, parse_depths, parse_layers
+    from interp.extract import parse_depths, parse_layers
     from interp.models import load_model
     from interp.templates import derive_safety_spans
 
@@ -34,7 +35,7 @@ def run_extract(model_cfg, gen_cfg, cfg, progress: bool = True):
     out = Path(cfg.out) if cfg.out else Path("activations") / _slug(model_cfg.model) / (
         f"{_slug(data_name)}-{short_hash(configs)}.h5")
     records = None if cfg.continuations else load_records(gen_cfg.data, gen_cfg.split, gen_cfg.limit, gen_cfg.seed)
-    loaded = load_model(model_cfg)
+    loaded = load_model(distributed.rank_model_config(model_cfg))
     spans = derive_safety_spans(loaded.tokenizer)
     if cfg.continuations:
         items, source = load_jsonl(cfg.continuations), str(cfg.continuations)
@@ -49,12 +50,13 @@ def run_extract(model_cfg, gen_cfg, cfg, progress: bool = True):
     layers = parse_layers(cfg.layers, loaded.n_layers)
     provenance = {**loaded.provenance(), "package_version": interp.__version__, "continuations": source,
                   "config": configs}
-    result = extract_to_store(loaded.model, loaded.tokenizer, items, out, spans=spans, depths=depths,
-                              layers=layers, hooks=cfg.hooks, positions=cfg.positions,
-                              storage_dtype=cfg.store_dtype, batch_size=cfg.batch_size, too_long=cfg.too_long,
-                              provenance=provenance, progress=progress)
-    save_json({**configs, "model_provenance": loaded.provenance(), "store": str(out), "continuations": source},
-              out.with_suffix(".config.json"))
+    result = distributed.extract_auto(
+        loaded.model, loaded.tokenizer, items, out, spans=spans, depths=depths, layers=layers, hooks=cfg.hooks,
+        positions=cfg.positions, storage_dtype=cfg.store_dtype, batch_size=cfg.batch_size,
+        too_long=cfg.too_long, provenance=provenance, progress=progress)
+    if distributed.is_main_rank():  # under torchrun only rank 0 writes the shared config file
+        save_json({**configs, "model_provenance": loaded.provenance(), "store": str(out),
+                   "continuations": source}, out.with_suffix(".config.json"))
     return result
 
 

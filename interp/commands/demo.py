@@ -1,0 +1,25 @@
+"""``anydepth demo``: the whole study (generate → extract → sweep → train → evaluate → report) in one command."""
+
+from __future__ import annotations
+
+from interp.config import add_arguments, from_namespace
+
+
+def register(subparsers) -> None:
+    from interp.pipeline import DemoConfig
+
+    p = subparsers.add_parser("demo", help="run the whole study on a model and dataset(s), with a report")
+    add_arguments(p, DemoConfig)
+    p.set_defaults(func=run)
+
+
+def run(args) -> int:
+    from pathlib import Path
+
+    from interp.config import save_config
+    from interp.pipeline import DemoConfig, _slug, run_demo
+
+    cfg = from_namespace(DemoConfig, args)
+    save_config(cfg, Path(cfg.out) / _slug(cfg.model) / "demo_config.json")
+    run_demo(cfg)
+    return 0
