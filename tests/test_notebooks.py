@@ -1,0 +1,63 @@
+"""The tutorial notebooks run top to bottom on the tiny model and are committed without outputs."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import nbformat
+import pytest
+from nbclient import NotebookClient
+
+ROOT = Path(__file__).resolve().parents[1]
+NOTEBOOKS = sorted((ROOT / "notebooks").glob("*.ipynb"))
+NAMES = ["01_layer_sweep_and_probes.ipynb", "02_guard_deep_prefill.ipynb", "03_causal_analysis.ipynb"]
+
+
+def test_all_notebooks_present():
+    assert [p.name for p in NOTEBOOKS] == NAMES
+
+
+@pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.stem)
+def test_notebook_committed_without_outputs(path):
+    nb = nbformat.read(str(path), as_version=4)
+    nbformat.validate(nb)
+    code = [c for c in nb.cells if c.cell_type == "code"]
+    assert code, "a notebook without code cells"
+    for cell in code:
+        assert cell.outputs == [], f"cell {cell.get('id')} has outputs"
+        assert cell.execution_count is None, f"cell {cell.get('id')} has an execution count"
+    assert nb.cells[0].cell_type == "markdown", "first cell: what question the notebook answers"
+    assert 'os.environ.get("ANYDEPTH_NOTEBOOK_MODEL", "tiny")' in code[0].source, "first code cell picks the model"
+
+
+def test_generator_matches_committed_notebooks(tmp_path, monkeypatch):
+    """scripts/make_notebooks.py reproduces the committed files byte for byte (edit the generator, not the json)."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("make_notebooks", ROOT / "scripts" / "make_notebooks.py")
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    monkeypatch.setattr(mod, "NOTEBOOKS", tmp_path)
+    monkeypatch.setattr(mod, "ROOT", tmp_path)
+    assert mod.main() == 0
+    for path in NOTEBOOKS:
+        assert (tmp_path / path.name).read_bytes() == path.read_bytes(), f"{path.name}: rerun the generator"
+
+
+@pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.stem)
+def test_notebook_executes(path, tmp_path, monkeypatch):
+    monkeypatch.delenv("ANYDEPTH_NOTEBOOK_MODEL", raising=False)  # CI runs the tiny configuration
+    monkeypatch.setenv("MPLBACKEND", "Agg")  # never open a window
+    monkeypatch.setenv("TMPDIR", str(tmp_path))  # the notebooks' temp folders land in pytest's tmp dir
+    monkeypatch.setenv("PYTHONWARNINGS", "ignore")
+    monkeypatch.setenv("OMP_NUM_THREADS", os.environ.get("OMP_NUM_THREADS", "1"))  # the CI budget is one core
+    nb = nbformat.read(str(path), as_version=4)
+    client = NotebookClient(nb, timeout=180, kernel_name="python3", resources={"metadata": {"path": str(tmp_path)}})
+    client.execute()  # raises CellExecutionError on the first failing cell
+    code = [c for c in nb.cells if c.cell_type == "code"]
+    assert all(c.execution_count for c in code), "every code cell ran"
+    errors = [o for c in code for o in c.outputs if o.output_type == "error"]
+    assert not errors
+    images = [o for c in code for o in c.outputs if "image/png" in o.get("data", {})]
+    assert images, "the notebook shows its plots inline"
