@@ -122,8 +122,11 @@ def write_report(root: Path, cfg: Any, *, store: Path, sweep_dir: Path, probes_d
     tmp = report.with_suffix(".tmp")
     tmp.write_text("\n".join(lines))
     os.replace(tmp, report)
+    def rel(path: Path) -> str:  # stage folders relative to the run folder, so a run can be moved
+        return os.path.relpath(path, root)
+
     results = {"config": to_dict(cfg), "timings": timings, "best_layer": sweep and sweep["best_layer"],
-               "store": str(store), "probes": str(probes_dir), "sweep": str(sweep_dir),
-               "evaluations": {k: str(v) for k, v in eval_dirs.items()}}
+               "store": rel(store), "probes": rel(probes_dir), "sweep": rel(sweep_dir),
+               "evaluations": {k: rel(v) for k, v in eval_dirs.items()}}
     (root / "results.json").write_text(json.dumps(results, indent=1) + "\n")
     return report
