@@ -206,7 +206,7 @@ from interp.notebook_utils import demo_pairs, quick_probeset
 from interp.templates import derive_safety_spans
 
 WORK = Path(tempfile.mkdtemp(prefix="anydepth-nb2-"))
-N_PAIRS, MAX_NEW_TOKENS, DEPTHS = (10, 24, "0:24:4") if TINY else (40, 64, "0:64:8")
+N_PAIRS, MAX_NEW_TOKENS, DEPTHS = (10, 24, "0:24:4") if TINY else (30, 64, "0:64:8")  # other pairs held out
 FORCED, STRIDE, LOOKAHEAD, GEN_TOKENS = (16, 4, 8, 32) if TINY else (40, 8, 12, 96)
 
 spans = derive_safety_spans(loaded.tokenizer)
@@ -237,8 +237,10 @@ print(f"forced ({len(forced)} tokens):", repr(loaded.tokenizer.decode(forced)))'
     ("md", """\
 ## ADA-LP, ADA-RK and no guard, side by side
 
-Same prompt, same forced prefix, greedy decoding. With `buffer=True` (the default) no token reaches the caller
-before a check covering it has passed, so a halt leaks nothing."""),
+Same prompt, same forced prefix, greedy decoding. ADA-LP runs twice: with the probe set's threshold (set at 1%
+false positives on held-out benign scores) and with ADA's fixed 0.5. With `buffer=True` (the default) no token
+reaches the caller before a check covering it has passed, so a halt leaks nothing; the forced tokens count as
+generated (the attacker wrote them), and a halt replaces the rest with a refusal message."""),
     ("code", '''\
 from interp.guard import GuardConfig, GuardedGenerator
 
@@ -253,18 +255,20 @@ def run_guard(mode, **options):
         gen.close()
 
 
-runs = {"ADA-LP": run_guard("lp"), "ADA-RK": run_guard("rk"), "unguarded": run_guard("none")}
+runs = {"ADA-LP": run_guard("lp"),  # threshold: the probe set's (1% FPR on held-out benign scores)
+        "ADA-LP @0.5": run_guard("lp", threshold=0.5),  # ADA's own threshold
+        "ADA-RK": run_guard("rk"),
+        "unguarded": run_guard("none")}
 for name, r in runs.items():
-    where = f"halted at depth {r.halt_depth}" if r.halted else f"ran to the end ({r.stop_reason})"
+    where = f"HALTED at depth {r.halt_depth}" if r.halted else f"ran to the end ({r.stop_reason})"
     print(f"--- {name}: {where}; {len(r.generated_ids)} tokens generated, {len(r.emitted_ids)} emitted")
-    print(repr(r.text[:300]))'''),
+    print("    the caller sees:", repr(r.text[:240]))'''),
     ("code", '''\
-for name in ("ADA-LP", "ADA-RK"):
-    print(f"{name} checks:")
-    print(f"{'depth':>6} {'flagged':>8} {'score':>7}  lookahead")
-    for e in runs[name].checks:
+print(f"{'guard':>12} {'depth':>5} {'flagged':>7} {'score':>6}  lookahead (ADA-RK)")
+for name, r in runs.items():
+    for e in r.checks:
         score = "" if e.score is None else f"{e.score:.3f}"
-        print(f"{e.depth:6d} {e.flagged!s:>8} {score:>7}  {(e.lookahead or '')[:50]!r}")'''),
+        print(f"{name:>12} {e.depth:5d} {e.flagged!s:>7} {score:>6}  {(e.lookahead or '')[:40]!r}")'''),
     ("md", """\
 ## Probe score vs depth
 
@@ -286,12 +290,14 @@ fig, ax = plt.subplots(figsize=(7, 3.5))
 for r, name, color in zip(traces, ("harmful + deep prefill", "benign, own answer"), ("C3", "C0")):
     ax.plot([e.depth for e in r.checks], [e.score for e in r.checks], color=color, label=name)
 ax.axvspan(0, len(forced), color="grey", alpha=0.15, label="forced prefix")
-ax.axhline(probes.threshold, color="k", ls="--", lw=1, label=f"threshold {probes.threshold:.2f}")
-if runs["ADA-LP"].halted:
-    ax.axvline(runs["ADA-LP"].halt_depth, color="C3", ls=":", label="ADA-LP halt (stride run)")
+ax.axhline(probes.threshold, color="k", ls="--", lw=1, label=f"threshold {probes.threshold:.2f} (1% FPR)")
+ax.axhline(0.5, color="k", ls=":", lw=1, label="threshold 0.5 (ADA)")
+for (name, r), color in zip(runs.items(), ("C2", "C1")):
+    if r.halted:
+        ax.axvline(r.halt_depth, color=color, lw=1.5, label=f"{name} halted (stride {STRIDE})")
 ax.set(xlabel="depth (response tokens)", ylabel="probe score P(harmful)", ylim=(-0.02, 1.02),
        title=f"ADA-LP score at layer {probes.best_layer} ({loaded.model_id})")
-ax.legend(fontsize=8)
+ax.legend(fontsize=8, loc="center left", bbox_to_anchor=(1.01, 0.5))
 show(fig)'''),
     ("md", """\
 ## What next
@@ -345,7 +351,7 @@ examples = [Example(c.id, c.label, tuple(c.prompt_ids), tuple(c.response_ids), c
 tok = loaded.tokenizer
 pad_id = tok.pad_token_id if tok.pad_token_id is not None else tok.eos_token_id
 openers = opener_tokens(tok)
-layers = list(range(loaded.n_layers))
+layers = list(range(0, loaded.n_layers, 1 if TINY else 2))  # layers to patch / edit
 print(f"{len(examples)} examples; probe layer {probe.best_layer}; depths {DEPTHS}")'''),
     ("md", """\
 ## 1 · Patching heatmap
