@@ -9,6 +9,12 @@ and the cache is rolled back exactly (:mod:`interp.kvcache`), so the stream is u
   refusal matcher (keywords, or probability mass of refusal openers at the first position).
 A flagged row halts (optionally emitting a refusal message); with ``buffer`` nothing reaches the caller
 before the check covering it has passed.
+
+Forced tokens (teacher forcing, prefill attacks) are known in advance, so while every active row is
+forced they are fed in one forward per stretch up to the next due check depth, the end of the
+shortest forced run, a forced EOS or a limit (the row-wise minimum, so rows stay aligned and left
+padding needs nothing new). The check then runs at exactly that depth, as a separate forward (a chunk
+cannot carry a piggybacked span). ``chunk_forced=False`` keeps the one-token-per-step reference path.
 """
 
 from __future__ import annotations
@@ -115,8 +121,10 @@ class GuardedGenerator:
 
     def __init__(self, model, tokenizer, spans, config: GuardConfig | None = None, probes=None, *,
                  model_id: str | None = None, weights_sha256: str | None = None,
-                 detectors: Sequence[str] | None = None, halt: bool = True, base_lookahead: int | None = None):
+                 detectors: Sequence[str] | None = None, halt: bool = True, base_lookahead: int | None = None,
+                 chunk_forced: bool = True):
         self.config = config = config or GuardConfig()
+        self.chunk_forced = chunk_forced  # False: feed forced tokens one per step (the reference path)
         config.validate()
         self.model, self.tokenizer = model, tokenizer
         self.halt = halt
@@ -153,6 +161,30 @@ class GuardedGenerator:
             sorted_p = sorted_p.masked_fill(drop, 0.0)
             probs = torch.zeros_like(probs).scatter(-1, order, sorted_p)
         return torch.multinomial(probs.cpu(), 1, generator=gen).squeeze(-1).to(logits.device)
+
+    def _next_due(self, depth: int) -> int:
+        """Smallest check depth after ``depth`` (a huge number when nothing is ever checked)."""
+        if not self.detectors:
+            return 1 << 62
+        cfg = self.config
+        later = [d for d in cfg.early_checks if d > depth]
+        return min([(depth // cfg.stride + 1) * cfg.stride, *later])
+
+    def _forced_run(self, rows: list[int], forced: list[list[int]], depth: int, prompt_len: int) -> int:
+        """How many tokens from ``depth`` every row in ``rows`` has forced, before anything else must happen.
+
+        Stops at the next due check, the shortest forced run, a forced EOS (that step ends its row) and
+        the first step the step path would treat as at a limit, so a chunk never skips a decision.
+        """
+        end = min(len(forced[b]) for b in rows)
+        end = min(end, self._next_due(depth), self.config.max_new_tokens,
+                  self.max_context - self.checker.room - prompt_len)
+        for b in rows:
+            for i in range(depth, end):
+                if forced[b][i] in self.eos_ids:
+                    end = i
+                    break
+        return max(0, end - depth)
 
     def _forward(self, ids, pos, mask, cache, logits_to_keep=1):
         out = self.model(input_ids=ids, position_ids=pos, attention_mask=mask, use_cache=True,
@@ -231,7 +263,28 @@ class GuardedGenerator:
                     if active[b]:
                         finish(b, "max_new_tokens" if depth >= cfg.max_new_tokens else "context_limit")
                 break
-            nxt = self._choose(logits, rng)
+            run = self._forced_run(rows, forced, depth, P) if self.chunk_forced else 0
+            if run >= 2:  # one forward for the whole forced stretch (a single token takes the step path)
+                if self.detectors and cfg.is_due(depth):
+                    apply(chk.run(cache, mask, lens + depth, self.detectors, logits), rows, depth)
+                    rows = [b for b in rows if active[b]]
+                    if not rows:
+                        break
+                ids = torch.full((B, run), int(pad), dtype=torch.long, device=device)
+                for b in rows:
+                    ids[b] = torch.tensor(forced[b][depth:depth + run], device=device)
+                mask = torch.cat([mask, torch.ones((B, run), dtype=mask.dtype, device=device)], dim=1)
+                pos = (lens + depth)[:, None] + torch.arange(run, device=device)[None]
+                logits = self._forward(ids, pos, mask, cache)[:, -1]
+                for b in rows:
+                    results[b].generated_ids.extend(forced[b][depth:depth + run])
+                    if not (cfg.buffer and self.detectors):
+                        release(b, depth + run)
+                depth += run
+                continue
+            # forced steps draw nothing from the sampler, so chunked and stepwise streams agree
+            free = any(depth >= len(forced[b]) and not forced_only for b in rows)
+            nxt = self._choose(logits, rng) if free else torch.full((B,), int(pad), dtype=torch.long, device=device)
             ending = []
             for b in rows:
                 if depth < len(forced[b]):
@@ -245,7 +298,10 @@ class GuardedGenerator:
                 checked[b] < depth for b in ending)))
             step_mask = torch.cat([mask, torch.ones((B, 1), dtype=mask.dtype, device=device)], dim=1)
             step_pos = (lens + depth)[:, None]
-            if due and cfg.piggyback:
+            if len(ending) == len(rows):  # every row stops here: check, but decode nothing
+                if due:
+                    apply(chk.run(cache, mask, lens + depth, self.detectors, logits), rows, depth)
+            elif due and cfg.piggyback:
                 logits, outcome = chk.piggyback(cache, mask, lens + depth, nxt, self.detectors)
                 apply(outcome, rows, depth)
             else:
