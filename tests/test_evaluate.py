@@ -72,6 +72,27 @@ def test_deep_prefill_checks_equal_scratch_continuations(tmp_path):
     assert checked == 6
 
 
+def test_deep_prefill_chunked_forcing_equals_stepwise(tmp_path, monkeypatch):
+    """The evaluation's rows are the same when forced tokens go one per decode step (the reference path)."""
+    import functools
+
+    import interp.evaluate.deep_prefill as dp
+
+    kw = dict(model="tiny", probes="random", datasets=("demo",), limit=3, depths=(0, 3, 9, 20), lookahead=4,
+              base_lookahead=4, batch_size=3)  # prefill: openers of different lengths, then free tokens
+    fast = run_deep_prefill(EvalConfig(out=str(tmp_path / "fast"), **kw))
+    monkeypatch.setattr(dp, "GuardedGenerator", functools.partial(dp.GuardedGenerator, chunk_forced=False))
+    slow = run_deep_prefill(EvalConfig(out=str(tmp_path / "slow"), **kw))
+    assert sum(len(row["checks"]) for row in fast["rows"]) >= 3 * 3 * 3
+    for a, b in zip(fast["rows"], slow["rows"]):
+        assert a["n_tokens"] == b["n_tokens"]
+        assert [(c["depth"], c["detector"], c["flagged"], c["lookahead"]) for c in a["checks"]] == [
+            (c["depth"], c["detector"], c["flagged"], c["lookahead"]) for c in b["checks"]]
+        scores = [c["score"] for c in b["checks"] if c["score"] is not None]
+        assert len(scores) >= 3
+        assert [c["score"] for c in a["checks"] if c["score"] is not None] == pytest.approx(scores, rel=1e-5)
+
+
 def test_over_refusal_answers_are_the_models_own(tmp_path):
     cfg = EvalConfig(model="tiny", probes="random", datasets=("demo",), limit=2, stride=7, lookahead=4,
                      max_new_tokens=16, out=str(tmp_path))

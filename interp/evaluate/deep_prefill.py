@@ -1,7 +1,8 @@
 """Deep-prefill attack: force the first d tokens of a harmful continuation, measure refusal at each depth.
 
-For every harmful prompt a continuation is forced token by token (the records' own responses, or the
-model's own text after a prefill-attack opener). At each depth d of the grid the same cache is probed by
+For every harmful prompt a continuation is forced (the records' own responses, or the model's own text
+after a prefill-attack opener); the guard feeds the forced tokens between two check depths in one forward
+(:mod:`interp.guard`), so the cost is the checks, not the depth. At each depth d of the grid the same cache is probed by
 three detectors (each rolled back): ``base`` (the undefended model continues greedily for
 ``base_lookahead`` tokens; refusal by the keyword rule), ``rk`` (ADA-RK re-injection) and ``lp`` (ADA-LP).
 Depths beyond a continuation's end are not measured (n shrinks; reported per depth).
