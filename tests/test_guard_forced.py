@@ -207,3 +207,19 @@ def test_forced_run_costs_about_one_forward_per_check(F, s):
     # prompt + one chunk per stride + one span forward per check
     assert fast == 1 + checks + checks
     assert slow >= F + checks
+
+
+@pytest.mark.parametrize("limit", ["context", "max_new_tokens"])
+def test_limits_inside_a_forced_run(limit):
+    model, tok, spans, prompts, text = setup("qwen2")
+    probes = make_probes(model, spans, threshold=2.0)
+    forced = [text[:40], text[1:45]]
+    room = len(spans.span_ids) + 6  # span + max(lookahead, base_lookahead)
+    kw = dict(stride=10, lookahead=6, max_new_tokens=27) if limit == "max_new_tokens" else dict(
+        stride=10, lookahead=6, max_context=max(map(len, prompts[:2])) + 23 + room)
+    a = generate(model, tok, spans, prompts[:2], forced, probes, forced_only=False, **kw)
+    b = generate(model, tok, spans, prompts[:2], forced, probes, forced_only=False, chunk=False, **kw)
+    for x, y in zip(a, b):
+        assert_same(x, y)
+        assert x.stop_reason == ("max_new_tokens" if limit == "max_new_tokens" else "context_limit")
+        assert x.checks[-1].depth == len(x.generated_ids) == (27 if limit == "max_new_tokens" else 23)
