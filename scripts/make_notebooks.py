@@ -273,8 +273,8 @@ for name, r in runs.items():
 ## Probe score vs depth
 
 The same ADA-LP check at every token (`stride=1`) with halting switched off, for the harmful prompt under the
-deep prefill and for a benign prompt answered freely. The dashed line is the probe set's threshold; the shaded
-band is the forced prefix."""),
+deep prefill and for a benign prompt answered freely. Horizontal lines: the two thresholds; vertical lines: where
+the strided ADA-LP runs above halted; shaded: the forced prefix."""),
     ("code", '''\
 import matplotlib.pyplot as plt
 
@@ -317,7 +317,7 @@ NB3 = [
 1. **Activation patching** (layers × depths): run a harmful prefix, but paste the span's residual stream from the
    paired benign run at one layer (and vice versa); how much does the refusal log-odds move?
 2. **Direction ablation**: project the probe / difference-of-means direction out of the span's residual stream at
-   every layer, against random directions as controls.
+   every edited layer, against random directions as controls.
 3. **Transcoder features**: train a small MLP transcoder (sae-lens format), rank its features by how differently
    they fire after harmful vs benign prefixes, and ablate the top-k at the span (against random k-sets).
 
@@ -379,8 +379,8 @@ show_png(plots.patch_heatmaps(patch, WORK / "patch_heatmap_probe.png", f"d_probe
 ## 2 · Direction ablation vs random controls
 
 Two directions at the probe layer: the probe's weight vector and the difference of class means at the probe
-token. Each is projected out of the span positions at every layer; grey dots are the same edit with random unit
-directions."""),
+token. Each is projected out of the span positions at every layer in `layers` (the block inputs); grey dots are
+the same edit with random unit directions."""),
     ("code", '''\
 from interp.causal.directions import diff_of_means, direction_effects
 
