@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 import torch
+from scipy.linalg import blas
 from sklearn.linear_model import LogisticRegression
 
 from interp import UserError
@@ -98,17 +99,138 @@ def fit_diff_of_means(X: np.ndarray, y: np.ndarray, *, standardize: bool = False
                         mean, scale, info={"direction": direction})
 
 
+class _Rows:
+    """Data term of ``[L, P]`` problems on shared rows: features ``(Xc - mean_c) / std`` plus an intercept,
+    labels ``yt [M, 1]``, per-problem row weights ``sw [M, P]`` (C and class weights folded in, 0 = not trained)."""
+
+    def __init__(self, Xc: torch.Tensor, yt: torch.Tensor, sw: torch.Tensor, mean_c: torch.Tensor,
+                 std: torch.Tensor) -> None:
+        self.Xc, self.yt, self.sw, self.mean_c, self.std = Xc, yt, sw, mean_c, std
+        self.d = Xc.shape[-1]
+
+    def forward(self, theta: torch.Tensor) -> torch.Tensor:
+        """Logits ``[L, M, P]`` (float64) of ``theta [L, P, d+1]``: one float32 matmul for all problems."""
+        u = theta[..., :self.d] / self.std
+        c = theta[..., self.d] - (self.mean_c * u).sum(-1)
+        return torch.matmul(self.Xc, u.float().transpose(1, 2)).double() + c[:, None, :]
+
+    def gradient(self, theta: torch.Tensor, p: torch.Tensor) -> torch.Tensor:
+        """Objective gradient ``[L, P, d+1]`` given ``p = sigmoid(logits)``: one float32 matmul."""
+        r = (p - self.yt) * self.sw
+        rs = r.sum(1)
+        gu = torch.matmul(r.float().transpose(1, 2), self.Xc).double()
+        return torch.cat([theta[..., :self.d] + (gu - self.mean_c * rs[..., None]) / self.std, rs[..., None]], -1)
+
+
+def _line_search(rows: _Rows, z: torch.Tensor, p: torch.Tensor, dz: torch.Tensor, slope: torch.Tensor,
+                 b2: torch.Tensor, active: torch.Tensor, rel_tol: float = 0.1) -> tuple[torch.Tensor, torch.Tensor]:
+    """Step ``t`` near the minimum of the convex objective along a descent direction (safeguarded Newton on
+    ``phi'(t) = slope + t * b2 + sum s (p(t) - p(0)) dz``; logits move linearly, so no data pass is needed).
+    Returns ``t [L, P]`` (0 where no decrease was found) and ``sigmoid`` of the new logits."""
+    sdz = rows.sw * dz
+    t = torch.ones_like(slope)
+    lo, hi = torch.zeros_like(t), torch.full_like(t, float("inf"))
+    for _ in range(12):
+        pt = torch.sigmoid(z + t[:, None, :] * dz)
+        d1 = slope + t * b2 + ((pt - p) * sdz).sum(1)
+        ok = (d1.abs() <= rel_tol * slope.abs()) | ~active
+        if bool(ok.all()):
+            return t, pt
+        d2 = b2 + (pt * (1 - pt) * sdz * dz).sum(1)
+        lo = torch.where(~ok & (d1 < 0), t, lo)
+        hi = torch.where(~ok & (d1 > 0), t, hi)
+        newton = t - d1 / d2.clamp_min(1e-300)
+        fallback = torch.where(torch.isinf(hi), 4 * t, 0.5 * (lo + hi))
+        t = torch.where(ok, t, torch.where((newton > lo) & (newton < hi), newton, fallback))
+    t = torch.where(ok, t, lo)  # phi' < 0 on [0, lo], so lo still decreases the objective
+    return t, torch.sigmoid(z + t[:, None, :] * dz)
+
+
+def _lbfgs(rows: _Rows, theta: torch.Tensor, h0, thr: torch.Tensor, max_iter: int, history: int,
+           trace: list | None = None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Preconditioned L-BFGS over all problems at once. Logits are tracked (they move linearly along a search
+    direction), so an iteration costs one forward and one gradient pass over the rows and the line search is
+    exact at no extra pass. A problem stops when ``max|g| <= thr``. Returns ``theta, n_iter, done, g``."""
+    d = rows.d
+    z = rows.forward(theta)
+    p = torch.sigmoid(z)
+    g = rows.gradient(theta, p)
+    hist: list[tuple[torch.Tensor, torch.Tensor, torch.Tensor]] = []
+    gamma = torch.ones_like(thr)
+    done = torch.zeros(thr.shape, dtype=torch.bool)
+    stalled = torch.zeros_like(done)
+    n_iter = torch.zeros(thr.shape, dtype=torch.int64)
+    for _ in range(max_iter):
+        done |= g.abs().amax(-1) <= thr
+        if trace is not None:
+            trace.append((g.abs().amax(-1) / thr).numpy())
+        active = ~(done | stalled)
+        if not bool(active.any()):
+            break
+        q = g.clone()
+        alphas = []
+        for s_k, y_k, rho_k in reversed(hist):
+            a = rho_k * (s_k * q).sum(-1)
+            q -= a[..., None] * y_k
+            alphas.append(a)
+        r = h0(q) * gamma[..., None]
+        for (s_k, y_k, rho_k), a in zip(hist, reversed(alphas)):
+            r += s_k * (a - rho_k * (y_k * r).sum(-1))[..., None]
+        direction = torch.where(active[..., None], -r, torch.zeros_like(r))
+        dz = rows.forward(direction)
+        t, p = _line_search(rows, z, p, dz, (g * direction).sum(-1), (direction[..., :d] ** 2).sum(-1), active)
+        stalled |= active & (t <= 0)  # float32 noise floor: no decrease left along the direction
+        s_vec = t[..., None] * direction
+        theta = theta + s_vec
+        z = z + t[:, None, :] * dz
+        g_new = rows.gradient(theta, p)
+        y_vec = g_new - g
+        sy = (s_vec * y_vec).sum(-1)
+        good = sy > 1e-10 * s_vec.norm(dim=-1) * y_vec.norm(dim=-1)
+        hist.append((s_vec, y_vec, torch.where(good, 1.0 / sy.clamp_min(1e-300), torch.zeros_like(sy))))
+        if len(hist) > history:
+            hist.pop(0)
+        yhy = (y_vec * h0(y_vec)).sum(-1)
+        gamma = torch.where(good & (yhy > 0), sy / yhy.clamp_min(1e-300), gamma)
+        n_iter += active.long()
+        g = g_new
+    return theta, n_iter, done | (g.abs().amax(-1) <= thr), g
+
+
+def _preconditioner(rows: _Rows, n_sub: int, seed: int):
+    """``v -> v A^-1`` with ``A`` the Hessian at w = 0 (p = 1/2) averaged over problems, estimated on ``n_sub``
+    random rows, plus the ridge: the first step is a Newton step, and badly scaled or correlated features cost
+    few iterations. ``A`` is a float32 SYRK (half a matmul's flops) per layer."""
+    n_layers, n_rows, d = rows.Xc.shape
+    sub = torch.as_tensor(np.sort(np.random.default_rng(seed).choice(n_rows, min(n_rows, n_sub), replace=False)))
+    g_mean, g_std = rows.mean_c.mean(1).float(), rows.std.mean(1).float()  # [L, d]
+    root = (rows.sw[sub].mean(1) / 4.0 * n_rows / len(sub)).sqrt().float()  # [m] sqrt of row curvature
+    inverses = []
+    for layer in range(n_layers):
+        Xs = (rows.Xc[layer, sub] - g_mean[layer]) / g_std[layer] * root[:, None]  # [m, d]
+        upper = blas.ssyrk(1.0, Xs.numpy().T)  # Xs^T Xs, upper triangle
+        A = torch.empty(d + 1, d + 1, dtype=torch.float64)
+        A[:d, :d] = torch.from_numpy(np.triu(upper) + np.triu(upper, 1).T)
+        A[:d, d] = A[d, :d] = (Xs.T @ root).double()  # intercept column
+        A[d, d] = float((root.double() ** 2).sum()) + 1e-8 * float(rows.sw.sum(0).mean())
+        A.diagonal()[:d] += 1.0
+        inverses.append(torch.cholesky_inverse(torch.linalg.cholesky(A)).float())
+    a_inv = torch.stack(inverses)  # [L, d+1, d+1], symmetric
+    return lambda v: torch.matmul(v.float(), a_inv).double()
+
+
 def fit_logreg_torch(X: np.ndarray | torch.Tensor, y: np.ndarray, masks: np.ndarray | None = None, *,
                      C: float = 1.0, class_weight: str | None = "balanced", standardize: bool = False,
-                     tol: float = 1e-5, max_iter: int = 500, history: int = 10, precond_rows: int = 4096,
-                     seed: int = 0, trace: list | None = None) -> LinearParams:
+                     tol: float = 1e-5, max_iter: int = 500, history: int = 30, precond_rows: int = 8192,
+                     seed: int = 0, trace: list | None = None, init: LinearParams | None = None) -> LinearParams:
     """Fit L x P logistic regressions at once with preconditioned L-BFGS.
 
     ``X [M, d]`` or ``[L, M, d]`` (layers share rows), ``y [M]``, ``masks [P, M]`` bool (training rows of each
     problem: folds, depths ...; None = one problem on all rows). Returns params shaped ``[L, P, ...]``.
-    ``tol`` bounds the max-abs gradient of the objective divided by ``C * sum(s)`` (scikit-learn's scaling).
-    The preconditioner is the exact Hessian at w = 0 estimated on ``precond_rows`` rows, so the first step is a
-    Newton step and the iteration count barely depends on how badly scaled the activations are.
+    ``tol`` bounds the max-abs gradient of the objective divided by ``C * sum(s)`` (scikit-learn's ``gtol``
+    scaling, so equal ``tol`` means equal stopping rules). ``init`` (params broadcastable to ``[L, P]``, e.g. the
+    previous layer's fit) warm-starts the solver; the optimum does not depend on it. ``trace`` collects, per
+    iteration, ``max|g|`` over the stopping threshold ``[L, P]``.
     """
     Xt = torch.as_tensor(X, dtype=torch.float32)
     if Xt.ndim == 2:
@@ -123,11 +245,8 @@ def fit_logreg_torch(X: np.ndarray | torch.Tensor, y: np.ndarray, masks: np.ndar
         if len(np.unique(y_np[rows])) < 2:
             raise UserError("a training set holds only one class; use more prompts or fewer folds")
         s_np[p, rows] = _balanced_weights(y_np[rows]) if class_weight == "balanced" else 1.0
-    sw = torch.as_tensor(s_np * C, dtype=torch.float32)  # [P, M] includes C
-    sw_sum = torch.as_tensor(s_np.sum(1) * C, dtype=torch.float64)  # [P]
-    yt = torch.as_tensor(y_np, dtype=torch.float32)[:, None]  # [M, 1]
     m0 = Xt.mean(1, keepdim=True)  # [L, 1, d]
-    Xc = Xt - m0
+    Xc = (Xt - m0).contiguous()  # centred once, float32: the only [L, M, d] copy
     del Xt
     if standardize:
         mf = torch.as_tensor(m_np, dtype=torch.float32)
@@ -136,101 +255,25 @@ def fit_logreg_torch(X: np.ndarray | torch.Tensor, y: np.ndarray, masks: np.ndar
         var = torch.matmul(mf, Xc * Xc) / cnt - mean_c**2
         std = var.clamp_min(0).sqrt()
         std = torch.where(std < 1e-6 * std.amax(-1, keepdim=True).clamp_min(1e-30), torch.ones_like(std), std)
+        mean_c, std = mean_c.double(), std.double()
     else:
-        mean_c = torch.zeros(n_layers, n_prob, d)
-        std = torch.ones(n_layers, n_prob, d)
-
-    def fg(theta: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        w, b = theta[..., :d], theta[..., d]
-        u = w / std
-        c = b - (mean_c * u).sum(-1)
-        z = torch.matmul(Xc, u.transpose(1, 2)) + c[:, None, :]  # [L, M, P]
-        z64 = z.double()
-        loss = (torch.nn.functional.softplus(z64) - yt.double() * z64) * sw.T.double()[None]
-        f = 0.5 * (w.double() ** 2).sum(-1) + loss.sum(1)  # [L, P]
-        r = (torch.sigmoid(z) - yt) * sw.T[None]  # [L, M, P]
-        gu = torch.matmul(r.transpose(1, 2), Xc)  # [L, P, d]
-        rs = r.sum(1)  # [L, P]
-        gw = w + (gu - mean_c * rs[..., None]) / std
-        return f, torch.cat([gw, rs[..., None]], -1)
-
-    # Preconditioner: the Hessian (averaged over problems) estimated on a row subsample; built at w = 0
-    # (p = 1/2 everywhere, so the first step is a Newton step).
-    rng = np.random.default_rng(seed)
-    sub = torch.as_tensor(np.sort(rng.choice(n_rows, min(n_rows, precond_rows), replace=False)))
-    Xs = Xc[:, sub]
-    g_mean, g_std = mean_c.mean(1, keepdim=True), std.mean(1, keepdim=True)
-    Xs = torch.cat([(Xs - g_mean) / g_std, torch.ones(n_layers, len(sub), 1)], -1)  # [L, m, d+1]
-    sw_sub = sw[:, sub]  # [P, m]
-    ridge = torch.diag(torch.cat([torch.ones(d), torch.full((1,), 1e-8 * float(sw_sum.mean()))])).double()
-
-    def build_precond(curv: torch.Tensor) -> torch.Tensor:
-        """Cholesky factor of ``(M/m) Xs^T diag(curv) Xs + I`` for per-row curvature ``curv [L, m]``."""
-        A = torch.matmul(Xs.transpose(1, 2) * (curv[:, None, :] * n_rows / len(sub)), Xs).double()
-        return torch.linalg.cholesky(A + ridge)
-
-    chol = build_precond((sw_sub.mean(0) / 4.0).expand(n_layers, -1))
-
-    a_inv = torch.cholesky_inverse(chol).float()  # [L, d+1, d+1], symmetric
-
-    def h0(v: torch.Tensor) -> torch.Tensor:
-        return torch.matmul(v, a_inv)
-
-    theta = torch.zeros(n_layers, n_prob, d + 1)
-    f, g = fg(theta)
-    hist_s: list[torch.Tensor] = []
-    hist_y: list[torch.Tensor] = []
-    hist_rho: list[torch.Tensor] = []
-    gamma = torch.ones(n_layers, n_prob)
-    done = torch.zeros(n_layers, n_prob, dtype=torch.bool)
-    n_iter = torch.zeros(n_layers, n_prob, dtype=torch.int64)
-    for _ in range(max_iter):
-        done |= (g.abs().amax(-1).double() / sw_sum[None]) <= tol
-        if trace is not None:
-            trace.append((g.abs().amax(-1).double() / sw_sum[None]).numpy().copy())
-        if bool(done.all()):
-            break
-        q = g.clone()
-        alphas = []
-        for s_k, y_k, rho_k in zip(reversed(hist_s), reversed(hist_y), reversed(hist_rho)):
-            a = rho_k * (s_k * q).sum(-1)
-            q -= a[..., None] * y_k
-            alphas.append(a)
-        r = h0(q) * gamma[..., None]
-        for s_k, y_k, rho_k, a in zip(hist_s, hist_y, hist_rho, reversed(alphas)):
-            bcoef = rho_k * (y_k * r).sum(-1)
-            r += s_k * (a - bcoef)[..., None]
-        direction = torch.where(done[..., None], torch.zeros_like(r), -r)
-        slope = (g * direction).sum(-1).double()
-        step = torch.ones(n_layers, n_prob, dtype=torch.float64)
-        for _ls in range(30):
-            theta_new = theta + step.float()[..., None] * direction
-            f_new, g_new = fg(theta_new)
-            ok = (f_new <= f + 1e-4 * step * slope + 1e-7 * f.abs()) | done
-            if bool(ok.all()):
-                break
-            step = torch.where(ok, step, step * 0.5)
-        else:  # line search failed: float32 noise floor reached; stop those problems where they are
-            done |= ~ok
-            theta_new = torch.where(ok[..., None], theta_new, theta)
-            f_new, g_new = fg(theta_new)
-        s_vec, y_vec = theta_new - theta, g_new - g
-        sy = (s_vec * y_vec).sum(-1)
-        good = sy > 1e-10
-        hist_s.append(s_vec)
-        hist_y.append(y_vec)
-        hist_rho.append(torch.where(good, 1.0 / sy.clamp_min(1e-30), torch.zeros_like(sy)))
-        if len(hist_s) > history:
-            hist_s.pop(0), hist_y.pop(0), hist_rho.pop(0)
-        yhy = (y_vec * h0(y_vec)).sum(-1)
-        gamma = torch.where(good & (yhy > 0), sy / yhy.clamp_min(1e-30), gamma)
-        n_iter += (~done).long()
-        theta, f, g = theta_new, f_new, g_new
-    done |= (g.abs().amax(-1).double() / sw_sum[None]) <= tol
-    w = theta[..., :d].double().numpy()
-    b = theta[..., d].double().numpy()
+        mean_c = torch.zeros(n_layers, n_prob, d, dtype=torch.float64)
+        std = torch.ones(n_layers, n_prob, d, dtype=torch.float64)
+    rows = _Rows(Xc, torch.as_tensor(y_np, dtype=torch.float64)[:, None], torch.as_tensor(s_np.T * C),
+                 mean_c, std)
+    thr = (tol * torch.as_tensor(s_np.sum(1) * C)).expand(n_layers, n_prob).contiguous()
+    theta = torch.zeros(n_layers, n_prob, d + 1, dtype=torch.float64)
+    if init is not None:  # raw-basis (w, b) -> internal basis (centred, standardised features)
+        w_raw, b_raw = init.folded()
+        w_raw = torch.as_tensor(np.broadcast_to(w_raw, (n_layers, n_prob, d)).copy())
+        theta[..., :d] = w_raw * std
+        theta[..., d] = torch.as_tensor(np.broadcast_to(b_raw, (n_layers, n_prob)).copy()) + (
+            (m0.double() + mean_c) * w_raw).sum(-1)
+    h0 = _preconditioner(rows, precond_rows, seed)
+    theta, n_iter, done, _ = _lbfgs(rows, theta, h0, thr, max_iter, history, trace)
+    w = theta[..., :d].numpy()
+    b = theta[..., d].numpy()
     info = {"n_iter": n_iter.numpy(), "converged": done.numpy()}
-    m0_np = m0.double().numpy()  # [L, 1, d]
     if standardize:
-        return LinearParams(w, b, (mean_c.double() + m0.double()).numpy(), std.double().numpy(), info=info)
-    return LinearParams(w, b - (m0_np * w).sum(-1), None, None, info=info)
+        return LinearParams(w, b, (mean_c + m0.double()).numpy(), std.numpy(), info=info)
+    return LinearParams(w, b - (m0.double().numpy() * w).sum(-1), None, None, info=info)
