@@ -53,22 +53,24 @@ def stream(path: Path, n_layers: int):
 
 
 def run(path: Path, n_layers: int, y: np.ndarray, split, method: str, C: float, standardize: bool, tol: float
-        ) -> tuple[float, float, list[float]]:
-    aucs = []
+        ) -> tuple[float, float, list[float], list[float]]:
+    aucs, iters = [], []
     t0, c0 = time.perf_counter(), time.process_time()
     for _layer, X in stream(path, n_layers):
         oof = np.zeros(len(y))
         if method == "torch":
             params = fit_logreg_torch(X, y, split.train, C=C, standardize=standardize, tol=tol, max_iter=1000)
+            iters.append(float(params.info["n_iter"].max()))  # all folds advance together
             for f in range(split.n_folds):
                 oof[split.test[f]] = params[0, f].logit(X[split.test[f]])
         else:
             for f in range(split.n_folds):
                 p = fit_sklearn(X[split.train[f]], y[split.train[f]], C=C, standardize=standardize,
                                 max_iter=1000, tol=tol)
+                iters.append(p.info["n_iter"])
                 oof[split.test[f]] = p.logit(X[split.test[f]])
         aucs.append(auroc(oof, y))
-    return time.process_time() - c0, time.perf_counter() - t0, aucs
+    return time.process_time() - c0, time.perf_counter() - t0, aucs, iters
 
 
 def main() -> None:
@@ -105,10 +107,13 @@ def main() -> None:
         print(f"store: {args.layers} layers x {len(rows)} rows ({len(np.unique(groups))} prompts) x {args.d_model}"
               f" float16, {path.stat().st_size / 2**20:.0f} MiB written in {time.perf_counter() - t:.1f}s;"
               f" one layer float32 = {layer_mb:.0f} MiB, all layers = {layer_mb * args.layers:.0f} MiB")
-        t_torch, w_torch, auc_torch = run(path, args.layers, y, split, "torch", args.C, args.standardize, args.tol)
-        print(f"torch batched L-BFGS: cpu {t_torch:.1f}s wall {w_torch:.1f}s  mean AUROC {np.mean(auc_torch):.4f}")
-        t_sk, w_sk, auc_sk = run(path, args.layers, y, split, "sklearn", args.C, args.standardize, args.tol)
-        print(f"sklearn lbfgs loop:   cpu {t_sk:.1f}s wall {w_sk:.1f}s  mean AUROC {np.mean(auc_sk):.4f}")
+        t_torch, w_torch, auc_torch, it_torch = run(path, args.layers, y, split, "torch", args.C, args.standardize,
+                                                    args.tol)
+        print(f"torch batched L-BFGS: cpu {t_torch:.1f}s wall {w_torch:.1f}s  mean AUROC {np.mean(auc_torch):.4f}"
+              f"  iterations per layer (all folds at once) {np.mean(it_torch):.0f}")
+        t_sk, w_sk, auc_sk, it_sk = run(path, args.layers, y, split, "sklearn", args.C, args.standardize, args.tol)
+        print(f"sklearn lbfgs loop:   cpu {t_sk:.1f}s wall {w_sk:.1f}s  mean AUROC {np.mean(auc_sk):.4f}"
+              f"  iterations per fit {np.mean(it_sk):.0f}")
     gaps = np.abs(np.array(auc_torch) - np.array(auc_sk))
     for layer in range(args.layers):
         print(f"  layer {layer:2d}: AUROC torch {auc_torch[layer]:.4f} sklearn {auc_sk[layer]:.4f}")
