@@ -152,7 +152,8 @@ def _lbfgs(rows: _Rows, theta: torch.Tensor, h0, thr: torch.Tensor, max_iter: in
     direction), so an iteration costs one forward and one gradient pass over the rows and the line search is
     exact at no extra pass. A problem stops when ``max|g| <= thr``. Returns ``theta, n_iter, done, g``."""
     d = rows.d
-    z = rows.forward(theta)
+    z = rows.forward(theta) if bool(theta.any()) else torch.zeros(rows.sw.shape, dtype=torch.float64).expand(
+        theta.shape[0], -1, -1)
     p = torch.sigmoid(z)
     g = rows.gradient(theta, p)
     hist: list[tuple[torch.Tensor, torch.Tensor, torch.Tensor]] = []
