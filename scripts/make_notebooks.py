@@ -31,7 +31,8 @@ print(f"{loaded.model_id}: {loaded.n_layers} layers, d_model {loaded.d_model}, {
 HONEST = ("> **On the tiny model the numbers are meaningless.** By default this notebook runs on a random 4-layer "
           "model so that it executes in seconds (it is run in CI). Every number and plot below only shows that the "
           "pipeline works. For real results start Jupyter with `ANYDEPTH_NOTEBOOK_MODEL=qwen2.5-coder-0.5b-instruct` "
-          "(the embedded default; any catalogue name, local folder or hub id works) — on CPU that takes minutes.")
+          "(the embedded default; any catalogue name, local folder or hub id works) — on a CPU that takes minutes "
+          "(notebooks 1–2) to tens of minutes (notebook 3).")
 
 NB1 = [
     ("md", f"""\
@@ -337,8 +338,9 @@ from interp.notebook_utils import demo_pairs, quick_probeset
 from interp.templates import derive_safety_spans
 
 WORK = Path(tempfile.mkdtemp(prefix="anydepth-nb3-"))
-N_PAIRS, MAX_NEW_TOKENS, DEPTHS = (8, 24, (0, 8, 16)) if TINY else (20, 48, (0, 8, 24, 40))
-N_RANDOM, TC_STEPS = (8, 150) if TINY else (20, 1000)
+# real models: every forward below runs over all examples, so keep the set small on a CPU (tens of minutes)
+N_PAIRS, MAX_NEW_TOKENS, DEPTHS = (8, 24, (0, 8, 16)) if TINY else (12, 32, (0, 16, 32))
+N_RANDOM, TC_STEPS = (8, 150) if TINY else (10, 500)
 
 spans = derive_safety_spans(loaded.tokenizer)
 probes, items, _ = quick_probeset(loaded, WORK, demo_pairs(N_PAIRS, seed=0), max_new_tokens=MAX_NEW_TOKENS,
@@ -351,7 +353,7 @@ examples = [Example(c.id, c.label, tuple(c.prompt_ids), tuple(c.response_ids), c
 tok = loaded.tokenizer
 pad_id = tok.pad_token_id if tok.pad_token_id is not None else tok.eos_token_id
 openers = opener_tokens(tok)
-layers = list(range(0, loaded.n_layers, 1 if TINY else 2))  # layers to patch / edit
+layers = list(range(0, loaded.n_layers, max(1, loaded.n_layers // 8)))  # layers to patch / edit
 print(f"{len(examples)} examples; probe layer {probe.best_layer}; depths {DEPTHS}")'''),
     ("md", """\
 ## 1 · Patching heatmap
