@@ -1,4 +1,4 @@
-"""Sweep figures (matplotlib, Agg backend), each written as PNG and SVG: layer sweep with CIs, layer x depth
+"""Sweep figures (matplotlib; the library leaves the backend alone, the CLI uses Agg), each written as PNG and SVG: layer sweep with CIs, layer x depth
 AUROC heatmap, depth curve at one layer, score histograms, reliability diagram."""
 
 from __future__ import annotations
@@ -6,12 +6,9 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-import matplotlib
-
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-import numpy as np  # noqa: E402
-from matplotlib.ticker import MaxNLocator  # noqa: E402
+import matplotlib.pyplot as plt
+import numpy as np
+from matplotlib.ticker import MaxNLocator
 
 LABELS = {"probe": "Safety-Token probe", "last_token": "last generated token", "prompt": "prompt only (depth 0)",
           "diffmeans": "difference of means", "shuffled": "shuffled-label control"}

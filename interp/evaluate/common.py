@@ -176,8 +176,5 @@ def records_for(cfg: EvalConfig, default: tuple[str, ...], label: str | None = N
 
 
 def plot_path(out_dir: str | Path, name: str) -> Path:
-    import matplotlib
-
-    matplotlib.use("Agg")
     Path(out_dir).mkdir(parents=True, exist_ok=True)
     return Path(out_dir) / f"{name}.png"
