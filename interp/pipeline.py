@@ -145,7 +145,7 @@ def run_demo(cfg: DemoConfig) -> Path:
                   "--batch-size", str(cfg.batch_size)]
         modes = {"deep-prefill": ["--depths", *map(str, cfg.eval_depths), "--continuation", "prefill"],
                  "over-refusal": ["--stride", str(cfg.stride), "--max-new-tokens", str(cfg.max_new_tokens)],
-                 "cost": ["--contexts", "128", "512", "--strides", "8", "16", "32"]}
+                 "cost": ["--contexts", "128", "512", "--strides", "25", "--max-new-tokens", "50"]}
         for mode, extra in modes.items():
             eval_dirs[mode] = runner.run(Stage(f"evaluate-{mode}", ["evaluate", mode, *shared, *extra],
                                                [probes_dir.name], outputs=lambda f: ["--out", str(f)]))

@@ -73,7 +73,12 @@ def _eval_sections(eval_dirs: dict[str, Path], figures: Path) -> list[str]:
         for k, depth in enumerate(dp["depths"]):
             cells = [_ci(dp["curves"][det][k], 2) for det in dp["curves"]]
             lines.append(f"| {depth} | " + " | ".join(cells) + " |")
-        lines += ["", f"Judge rule: {dp.get('judge', '')}".strip()]
+        judge = dp.get("judge") or {}
+        if isinstance(judge, dict):
+            judge = (f"{judge.get('rule', '?')} match ({len(judge.get('phrases', []))} refusal phrases, family "
+                     f"{judge.get('family', '?')}) in the first {judge.get('window', '?')} characters")
+        lines += ["", f"Refusal judge: {judge}. Base = the model continuing the prefill by itself; ADA-RK = "
+                      "re-injected header + greedy lookahead; ADA-LP = probe at the best layer, its threshold."]
         fig = _figure(eval_dirs["deep-prefill"] / "deep_prefill.png", figures, "deep_prefill.png")
         if fig:
             lines += ["", f"![Refusal vs depth]({fig})"]
