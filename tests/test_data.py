@@ -239,6 +239,9 @@ def test_limit_is_seeded_sample_in_original_order():
     assert positions == sorted(positions)
     assert load_dataset("demo", limit=10, seed=4) != a
     assert load_dataset("demo", limit=1000) == everything
+    for n in (3, 6, 12, 25):  # a small sample of a balanced set stays balanced
+        labels = [r.label for r in load_dataset("demo", limit=n, seed=7)]
+        assert abs(labels.count("harmful") - labels.count("benign")) <= 1 and len(labels) == n
     with pytest.raises(UserError, match="no split 'nope'; known: .*cyber"):
         load_dataset("demo", split="nope")
 

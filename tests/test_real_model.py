@@ -63,3 +63,35 @@ def test_packed_extraction_equals_reencoding_on_real_weights(qwen, tmp_path):
                 want = outs[L][0, -h + spans.probe_index].numpy()
                 rel = np.linalg.norm(got - want) / np.linalg.norm(want)
                 assert rel < 1e-4, (d, L, rel)
+
+
+def test_guard_check_reads_what_extraction_stored(qwen, tmp_path):
+    """One injection routine, two consumers: the ADA-LP check over the live KV cache scores exactly the vector
+    that packed extraction stored for the same depth (real weights, float32)."""
+    from interp.guard import GuardConfig, GuardedGenerator
+    from interp.probes.probeset import ProbeSet
+
+    tok, model = qwen.tokenizer, qwen.model
+    spans = derive_safety_spans(tok)
+    p_ids = format_prompt_ids(tok, "Write a short note about tides.")
+    r_ids = encode_response(tok, p_ids, "Sure, here is a short note: tides rise and fall twice a day because the "
+                                        "moon and the sun pull on the oceans.")[:24]
+    depths, layer = [8, 16, 24], 14
+    item = Continuation(id="t", prompt="tides", label="benign", prompt_ids=p_ids, response_ids=r_ids)
+    extract_to_store(model, tok, [item], tmp_path / "s.h5", spans=spans, depths=depths, layers=[layer],
+                     storage_dtype="float32", progress=False, provenance=qwen.provenance())
+    with ActivationStore.open(tmp_path / "s.h5") as store:
+        stored = store.read("resid_post", layer, position="probe")[0]  # [D, d]
+        prov = dict(store.provenance)
+    rng = np.random.default_rng(0)
+    probes = ProbeSet(layers=[layer], weights=rng.normal(size=(1, qwen.d_model)) / np.sqrt(qwen.d_model) / 4,
+                      bias=np.zeros(1), hook="hook_resid_post", position="probe", best_layer=layer,
+                      threshold=1.1, provenance=prov)  # threshold > 1: never halts, only scores
+    gen = GuardedGenerator(model, tok, spans, GuardConfig(mode="lp", stride=8, final_check=False, buffer=False),
+                           probes, model_id=qwen.model_id, weights_sha256=qwen.weights_sha256)
+    (res,) = gen.generate([p_ids], forced=[r_ids], forced_only=True)
+    gen.close()
+    live = {c.depth: c.score for c in res.checks if c.detector == "lp"}
+    assert sorted(live) == depths
+    for k, d in enumerate(depths):
+        assert abs(live[d] - float(probes.score(stored[k]))) < 1e-4, (d, live[d])

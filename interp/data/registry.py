@@ -122,9 +122,22 @@ def _select(records: list[Record], name: str, split: str | None, limit: int | No
         if limit < 0:
             raise UserError(f"limit must be >= 0, got {limit}")
         if limit < len(records):
-            keep = sorted(random.Random(seed).sample(range(len(records)), limit))
-            records = [records[i] for i in keep]
+            records = [records[i] for i in _stratified_sample([r.label for r in records], limit, seed)]
     return records
+
+
+def _stratified_sample(labels: list[str], limit: int, seed: int) -> list[int]:
+    """Seeded sample of ``limit`` indices, in original order, with each label's share kept (largest remainder),
+    so a small ``limit`` of a balanced set stays balanced."""
+    rng = random.Random(seed)
+    groups: dict[str, list[int]] = {}
+    for i, label in enumerate(labels):
+        groups.setdefault(label, []).append(i)
+    quotas = {k: limit * len(v) / len(labels) for k, v in groups.items()}
+    counts = {k: int(q) for k, q in quotas.items()}
+    for k in sorted(quotas, key=lambda k: quotas[k] - counts[k], reverse=True)[:limit - sum(counts.values())]:
+        counts[k] += 1
+    return sorted(i for k, idx in groups.items() for i in rng.sample(idx, counts[k]))
 
 
 def load_dataset(name: str, *, split: str | None = None, limit: int | None = None, seed: int = 0
