@@ -37,21 +37,25 @@ class TranscoderTrainConfig:
     seed: int = field(default=0, metadata={"help": "random seed"})
 
 
+def _right_padded(model, rows: list[list[int]]) -> Inputs:
+    """Token rows as one right-padded batch (ids and attention mask) on the model's device."""
+    width = max(len(r) for r in rows)
+    ids = torch.zeros(len(rows), width, dtype=torch.long)
+    mask = torch.zeros(len(rows), width, dtype=torch.long)
+    for j, r in enumerate(rows):
+        ids[j, : len(r)], mask[j, : len(r)] = torch.tensor(r), 1
+    device = next(model.parameters()).device
+    return Inputs(ids.to(device), mask.to(device))
+
+
 def collect_mlp_io(model, token_rows: Iterable[list[int]], layer: int, batch_size: int = 8,
                    max_tokens: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     """MLP input and output at ``layer`` for every real token of the rows -> ``([N, d_in], [N, d_out])``."""
     xs, ys, n, rows = [], [], 0, list(token_rows)
     for i in tqdm(range(0, len(rows), batch_size), desc=f"collect layer {layer}", leave=False):
-        chunk = rows[i: i + batch_size]
-        width = max(len(r) for r in chunk)
-        ids = torch.zeros(len(chunk), width, dtype=torch.long)
-        mask = torch.zeros(len(chunk), width, dtype=torch.long)
-        for j, r in enumerate(chunk):
-            ids[j, : len(r)], mask[j, : len(r)] = torch.tensor(r), 1
-        device = next(model.parameters()).device
-        _, cache = run_with_hooks(model, Inputs(ids.to(device), mask.to(device)),
-                                  capture=(mlp_in(layer), mlp_out(layer)))
-        real = mask.bool().to(device)
+        inp = _right_padded(model, rows[i: i + batch_size])
+        _, cache = run_with_hooks(model, inp, capture=(mlp_in(layer), mlp_out(layer)))
+        real = inp.attention_mask.bool()
         xs.append(cache[mlp_in(layer)][real].float().cpu())
         ys.append(cache[mlp_out(layer)][real].float().cpu())
         n += int(real.sum())
@@ -185,19 +189,13 @@ def evaluate_transcoder(model, tc, layer: int, token_rows: list[list[int]], batc
     losses = {"clean": [], "spliced": [], "zero_ablated": []}
     weights = []
     for i in range(0, len(token_rows), batch_size):
-        chunk = token_rows[i: i + batch_size]
-        width = max(len(r) for r in chunk)
-        ids = torch.zeros(len(chunk), width, dtype=torch.long)
-        mask = torch.zeros(len(chunk), width, dtype=torch.long)
-        for j, r in enumerate(chunk):
-            ids[j, : len(r)], mask[j, : len(r)] = torch.tensor(r), 1
-        device = next(model.parameters()).device
-        inp = Inputs(ids.to(device), mask.to(device))
+        inp = _right_padded(model, token_rows[i: i + batch_size])
         variants = {"clean": None, "spliced": splice_hooks(tc, layer),
                     "zero_ablated": {mlp_out(layer): lambda o: torch.zeros_like(o)}}
         for name, hooks in variants.items():
             logits, _ = run_with_hooks(model, inp, hooks)
-            losses[name].append(token_loss(logits.cpu(), ids, mask))
+            losses[name].append(token_loss(logits.cpu(), inp.input_ids.cpu(), inp.attention_mask.cpu()))
+        mask = inp.attention_mask.cpu()
         weights.append(int((mask[:, 1:] * mask[:, :-1]).sum()))
     w = torch.tensor(weights, dtype=torch.float64)
     mean = {k: float((torch.tensor(v, dtype=torch.float64) * w).sum() / w.sum()) for k, v in losses.items()}
