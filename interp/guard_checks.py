@@ -120,7 +120,7 @@ class Checker:
             theirs = _get(prov, key)
             if theirs and mine and str(theirs) != str(mine):
                 raise UserError(f"probe set was trained with {key}={theirs!s:.16}…, this model/template has "
-                                f"{mine!s:.16}…; train probes for this model (anydepth probe)")
+                                f"{mine!s:.16}…; train probes for this model (anydepth train)")
         their_span = _get(prov, "span_ids")
         if their_span is not None and [int(t) for t in their_span] != self.span_ids:
             raise UserError(f"probe set span {list(their_span)} differs from this template's span {self.span_ids}")

@@ -41,7 +41,7 @@ class ServerConfig:
 
     host: str = field(default="127.0.0.1", metadata={"help": "bind address (0.0.0.0 exposes it on the network)"})
     port: int = field(default=8000, metadata={"help": "TCP port (0 picks a free one)"})
-    probes: str | None = field(default=None, metadata={"help": "probe set for ADA-LP (anydepth probe output)"})
+    probes: str | None = field(default=None, metadata={"help": "probe set for ADA-LP (`anydepth train` output)"})
     served_model_name: str | None = field(default=None, metadata={"help": "model name clients send "
                                                                            "(default: the model id)"})
     max_body_bytes: int = field(default=1_000_000, metadata={"help": "largest request body accepted"})

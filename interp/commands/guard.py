@@ -18,6 +18,8 @@ class GuardRunConfig:
     model: str = field(default="qwen2.5-coder-0.5b-instruct", metadata={"help": "model spec or tiny[:arch]"})
     probes: str | None = field(default=None, metadata={"help": "ProbeSet path (needed for --mode lp)"})
     system: str | None = field(default=None, metadata={"help": "system prompt"})
+    prefill: str = field(default="", metadata={
+        "help": "assistant text forced before the model continues (a deep-prefill attack); shown, then checked"})
     device: str = field(default="auto", metadata={"help": "auto, cpu, cuda"})
     dtype: str = field(default="auto", metadata={"help": "auto, float32, bfloat16"})
     quiet_checks: bool = field(default=False, metadata={"help": "do not print check markers"})
@@ -32,7 +34,7 @@ def register(subparsers) -> None:
 
 def run(args) -> int:
     from interp.evaluate.common import load_guard_model, load_probes
-    from interp.templates import derive_safety_spans, format_prompt_ids
+    from interp.templates import derive_safety_spans, encode_response, format_prompt_ids
 
     rc = from_namespace(GuardRunConfig, args)
     cfg = from_namespace(GuardConfig, args)
@@ -40,7 +42,7 @@ def run(args) -> int:
     if not rc.prompt.strip():
         raise UserError("empty prompt: pass --prompt 'your message'")
     if cfg.mode == "lp" and not rc.probes:
-        raise UserError("--mode lp needs --probes PATH (a ProbeSet from `anydepth probe`); or use --mode rk")
+        raise UserError("--mode lp needs --probes PATH (a ProbeSet from `anydepth train`); or use --mode rk")
     gm = load_guard_model(rc.model, device=rc.device, dtype=rc.dtype)
     spans = derive_safety_spans(gm.tokenizer)
     probes = load_probes(rc.probes) if cfg.mode == "lp" else None
@@ -65,7 +67,9 @@ def run(args) -> int:
         elif kind == "halt":
             err.write(f"\n[halted at depth {payload}]\n")
 
-    res = gen.generate([format_prompt_ids(gm.tokenizer, rc.prompt, rc.system)], on_event=on_event)[0]
+    prompt_ids = format_prompt_ids(gm.tokenizer, rc.prompt, rc.system)
+    forced = [encode_response(gm.tokenizer, prompt_ids, rc.prefill)] if rc.prefill else None
+    res = gen.generate([prompt_ids], forced=forced, on_event=on_event)[0]
     gen.close()
     if res.halted and cfg.refusal_message:
         out.write(("\n" if emitted else "") + cfg.refusal_message)
