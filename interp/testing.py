@@ -124,3 +124,13 @@ def tiny_model(arch: str = "qwen2", family: str | None = None, **spec_kwargs):
     model.eval()
     model.generation_config.pad_token_id = tok.pad_token_id
     return model, tok
+
+
+def hf_greedy_text(model, tokenizer, ids: list[int], n: int) -> str:
+    """Reference: HF greedy decoding of ``n`` tokens after ``ids`` (no EOS stop), cut at EOS and decoded."""
+    with torch.no_grad():
+        out = model.generate(torch.tensor([ids]), max_new_tokens=n, do_sample=False, eos_token_id=None)
+    new = out[0, len(ids):].tolist()
+    if tokenizer.eos_token_id in new:
+        new = new[: new.index(tokenizer.eos_token_id)]
+    return tokenizer.decode(new, skip_special_tokens=True)

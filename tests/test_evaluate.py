@@ -10,6 +10,7 @@ from interp.evaluate.common import EvalConfig, bootstrap_mean, load_guard_model,
 from interp.evaluate.deep_prefill import run_deep_prefill
 from interp.evaluate.over_refusal import run_over_refusal
 from interp.templates import format_prompt_ids
+from interp.testing import hf_greedy_text
 
 torch.set_num_threads(1)
 
@@ -22,15 +23,6 @@ def test_wilson_known_values():
     assert wilson(0, 0)["rate"] is None
     b = bootstrap_mean([1.0, 2.0, 3.0, 4.0], n_boot=500)
     assert b["mean"] == 2.5 and 1.0 <= b["lo"] < 2.5 < b["hi"] <= 4.0
-
-
-def _greedy_text(model, tok, ids, n):
-    with torch.no_grad():
-        out = model.generate(torch.tensor([ids]), max_new_tokens=n, do_sample=False, eos_token_id=None)
-    new = out[0, len(ids):].tolist()
-    if tok.eos_token_id in new:
-        new = new[: new.index(tok.eos_token_id)]
-    return tok.decode(new, skip_special_tokens=True)
 
 
 def test_deep_prefill_checks_equal_scratch_continuations(tmp_path):
@@ -62,9 +54,9 @@ def test_deep_prefill_checks_equal_scratch_continuations(tmp_path):
     checked = 0
     for c in row["checks"]:
         if c["detector"] == "base":
-            ref = _greedy_text(gm.model, gm.tokenizer, prompt + cont[: c["depth"]], 6)
+            ref = hf_greedy_text(gm.model, gm.tokenizer, prompt + cont[: c["depth"]], 6)
         elif c["detector"] == "rk":
-            ref = _greedy_text(gm.model, gm.tokenizer, prompt + cont[: c["depth"]] + list(spans.span_ids), 5)
+            ref = hf_greedy_text(gm.model, gm.tokenizer, prompt + cont[: c["depth"]] + list(spans.span_ids), 5)
         else:
             continue
         assert c["lookahead"] == ref
@@ -105,7 +97,7 @@ def test_over_refusal_answers_are_the_models_own(tmp_path):
     recs = {r.id: r for r in load_dataset("demo")}
     for row in res["rows"]:
         prompt = format_prompt_ids(gm.tokenizer, recs[row["id"]].prompt)
-        assert row["answer"] == _greedy_text(gm.model, gm.tokenizer, prompt, 16)
+        assert row["answer"] == hf_greedy_text(gm.model, gm.tokenizer, prompt, 16)
         assert row["rk_checks"] == 3  # depths 7, 14 and the final check at 16
     assert (tmp_path / "over_refusal.png").exists()
 

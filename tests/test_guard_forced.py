@@ -8,7 +8,7 @@ from interp.guard import GuardConfig, GuardedGenerator
 from interp.guard_checks import decoder_layers
 from interp.probes.probeset import ProbeSet
 from interp.templates import derive_safety_spans, format_prompt_ids
-from interp.testing import tiny_model
+from interp.testing import hf_greedy_text, tiny_model
 
 torch.set_num_threads(1)
 PROMPTS = ["How do I bake bread?", "Write a poem about the sea.", "Hi"]
@@ -83,15 +83,6 @@ def test_chunked_equals_stepwise_batched_and_single(arch, forced_only):
         assert_same(generate(model, tok, spans, [p], [f], probes, forced_only=forced_only, **kw)[0], b)
 
 
-def _hf_greedy_text(model, tok, ids, n):
-    with torch.no_grad():
-        out = model.generate(torch.tensor([ids]), max_new_tokens=n, do_sample=False, eos_token_id=None)
-    new = out[0, len(ids):].tolist()
-    if tok.eos_token_id in new:
-        new = new[: new.index(tok.eos_token_id)]
-    return tok.decode(new, skip_special_tokens=True)
-
-
 def test_gemma2_long_chunk_past_window_equals_scratch():
     """One chunk of 61 tokens (about twice the sliding window, 32) over a sliding cache: checks equal re-encoding."""
     model, tok, spans, prompts, text = setup("gemma2")
@@ -101,7 +92,7 @@ def test_gemma2_long_chunk_past_window_equals_scratch():
     assert [(c.depth, c.detector) for c in res.checks] == [(3, "base"), (3, "rk"), (64, "base"), (64, "rk")]
     for c in res.checks:
         ids = prompts[0] + forced[: c.depth] + (list(spans.span_ids) if c.detector == "rk" else [])
-        assert c.lookahead == _hf_greedy_text(model, tok, ids, 4 if c.detector == "rk" else 5)
+        assert c.lookahead == hf_greedy_text(model, tok, ids, 4 if c.detector == "rk" else 5)
 
 
 @pytest.mark.parametrize("mode", ["lp", "rk"])

@@ -16,7 +16,7 @@ from tqdm import tqdm
 
 from interp import UserError
 from interp.causal.hooks import HookFn, at_positions, resid_post, resid_pre
-from interp.causal.inputs import BENIGN, HARMFUL, Example, Span, build_batch
+from interp.causal.inputs import BENIGN, HARMFUL, Example, Span, label_batch
 from interp.causal.metrics import OpenerTokens, mean_ci
 from interp.causal.patching import read, span_cols
 
@@ -73,7 +73,7 @@ def diff_of_means(model, examples: Sequence[Example], span: Span, pad_id: int, o
     sums = {HARMFUL: [], BENIGN: []}
     for d in depths:
         for label in sums:
-            batch = build_batch([e for e in examples if e.label == label], d, span, pad_id)
+            batch = label_batch(examples, label, d, span, pad_id)
             if batch is None:
                 continue
             r = read(model, batch, openers, capture=(site(layer),))
@@ -117,7 +117,7 @@ def direction_effects(model, examples: Sequence[Example], span: Span, pad_id: in
     rows = []
     todo = [(d, lab) for d in depths for lab in (HARMFUL, BENIGN)]
     for d, label in tqdm(todo, desc=f"{mode} directions", leave=False):
-        batch = build_batch([e for e in examples if e.label == label], d, span, pad_id)
+        batch = label_batch(examples, label, d, span, pad_id)
         if batch is None:
             continue
         clean = read(model, batch, openers, capture=sites[:1])

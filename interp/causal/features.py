@@ -15,7 +15,7 @@ from tqdm import tqdm
 
 from interp import UserError
 from interp.causal.hooks import mlp_in, resid_post
-from interp.causal.inputs import BENIGN, HARMFUL, Example, Span, build_batch
+from interp.causal.inputs import BENIGN, HARMFUL, Example, Span, label_batch
 from interp.causal.metrics import OpenerTokens, Probe, cohens_d_ci, mean_ci
 from interp.causal.patching import read, span_cols
 from interp.causal.transcoders import splice_hooks
@@ -28,7 +28,7 @@ def span_features(model, tc, layer: int, examples: Sequence[Example], span: Span
     out: dict[str, list[torch.Tensor]] = {HARMFUL: [], BENIGN: []}
     for d in depths:
         for label in out:
-            batch = build_batch([e for e in examples if e.label == label], d, span, pad_id)
+            batch = label_batch(examples, label, d, span, pad_id)
             if batch is None:
                 continue
             r = read(model, batch, None, capture=(mlp_in(layer),))
@@ -103,7 +103,7 @@ def topk_ablation(model, tc, layer: int, examples: Sequence[Example], span: Span
     rows = []
     todo = [(d, lab) for d in depths for lab in (HARMFUL, BENIGN)]
     for d, label in tqdm(todo, desc="feature ablation", leave=False):
-        batch = build_batch([e for e in examples if e.label == label], d, span, pad_id)
+        batch = label_batch(examples, label, d, span, pad_id)
         if batch is None:
             continue
         clean = read(model, batch, openers, probe, probe_layers, probe_site)

@@ -89,6 +89,11 @@ def build_batch(examples: Sequence[Example], depth: int, span: Span, pad_id: int
     return SpanBatch(Inputs(ids, mask), kept, depth, span_pos, cont_start, lengths, span.probe_index)
 
 
+
+def label_batch(examples: Sequence[Example], label: str, depth: int, span: Span, pad_id: int) -> SpanBatch | None:
+    """:func:`build_batch` over the examples of one label."""
+    return build_batch([e for e in examples if e.label == label], depth, span, pad_id)
+
 def knockout_inputs(batch: SpanBatch, dtype: torch.dtype = torch.float32) -> Inputs:
     """Inputs whose 4-D mask stops every span token attending to the response tokens (all layers).
 

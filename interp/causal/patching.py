@@ -17,7 +17,16 @@ from tqdm import tqdm
 
 from interp import UserError
 from interp.causal.hooks import HookFn, Inputs, at_positions, resid_post, run_with_hooks
-from interp.causal.inputs import BENIGN, HARMFUL, Example, Span, SpanBatch, build_batch, knockout_inputs
+from interp.causal.inputs import (
+    BENIGN,
+    HARMFUL,
+    Example,
+    Span,
+    SpanBatch,
+    build_batch,
+    knockout_inputs,
+    label_batch,
+)
 from interp.causal.metrics import OpenerTokens, Probe, mean_ci, probe_scores, refusal_logodds
 
 SiteFn = Callable[[int], str]
@@ -134,7 +143,7 @@ def knockout_effects(model, examples: Sequence[Example], span: Span, pad_id: int
     dtype = next(model.parameters()).dtype
     for d in tqdm(depths, desc="knockout", leave=False):
         for label in (HARMFUL, BENIGN):
-            batch = build_batch([e for e in examples if e.label == label], d, span, pad_id)
+            batch = label_batch(examples, label, d, span, pad_id)
             if batch is None:
                 continue
             clean = read(model, batch, openers, probe, probe_layers, probe_site)
