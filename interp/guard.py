@@ -25,7 +25,7 @@ from typing import Any
 
 import torch
 
-from interp import UserError
+from interp import UserError, fast_linear
 from interp.guard_checks import Checker, CheckOutcome
 from interp.kvcache import cache_kwarg, new_cache
 
@@ -54,6 +54,8 @@ class GuardConfig:
     buffer: bool = field(default=True, metadata={"help": "hold tokens until a check covering them passed"})
     early_exit: bool = field(default=False, metadata={"help": "ADA-LP: stop the check's forward at the probe layer"})
     piggyback: bool = field(default=False, metadata={"help": "ride each check on the next decode step"})
+    fast_linear: bool = field(default=True, metadata={
+        "help": "CPU float32: few-row linears as W·xᵀ (2.5-5x faster for checks and small batches)"})
     do_sample: bool = field(default=False, metadata={"help": "sample instead of greedy decoding"})
     temperature: float = field(default=1.0, metadata={"help": "sampling temperature"})
     top_p: float = field(default=1.0, metadata={"help": "nucleus sampling mass"})
@@ -133,6 +135,7 @@ class GuardedGenerator:
         self.checker = Checker(model, tokenizer, spans, config, probes if "lp" in self.detectors else None,
                                model_id=model_id, weights_sha256=weights_sha256, base_lookahead=base_lookahead)
         self._cache_kw = cache_kwarg(model)
+        self._fast_linear = config.fast_linear and fast_linear.install(model)
         self.eos_ids = self._eos_ids()
         limit = getattr(model.config, "max_position_embeddings", None)
         self.max_context = config.max_context or limit or 1 << 30
@@ -148,6 +151,9 @@ class GuardedGenerator:
 
     def close(self) -> None:
         self.checker.close()
+        if self._fast_linear:
+            fast_linear.uninstall(self.model)
+            self._fast_linear = False
 
     # -- decoding ------------------------------------------------------------------------------------
     def _choose(self, logits: torch.Tensor, gen: torch.Generator) -> torch.Tensor:

@@ -4,6 +4,8 @@
 Usage: python scripts/bench_guard.py [--model tiny:llama | qwen2.5-coder-0.5b-instruct | ...] [--device cuda]
 The last line is ``check_vs_decode=<x> early_exit_vs_decode=<y> slowdown_at_stride25=<z>`` (ratios at the
 largest context; early exit at the middle layer; slowdown = guarded / unguarded time - 1, checks never fire).
+On CPU float32 the guard computes few-row linears as W·xᵀ (:mod:`interp.fast_linear`, the default); the
+script also prints the check ratios without it.
 """
 
 from __future__ import annotations
@@ -48,7 +50,17 @@ def main() -> None:
         print(f"context={n}: decode {row['decode_ms']:.2f} ms, check {row['check_ms']:.2f} ms "
               f"({row['check_vs_decode']:.2f}x), early exit {row['early_exit_ms']:.2f} ms "
               f"({row['early_exit_vs_decode']:.2f}x), rk span {row['rk_span_ms']:.2f} ms")
+    fast = gen._fast_linear
     gen.close()
+    if fast:  # the same ratios with plain F.linear, for comparison (CPU float32 only)
+        plain = GuardedGenerator(gm.model, gm.tokenizer, spans, GuardConfig(mode="lp", fast_linear=False), probes)
+        row = check_latency(plain, args.contexts[-1], repeats=args.repeats)
+        plain.close()
+        row["fast_linear"] = False
+        latency.append(row)
+        print(f"context={row['context_len']} without fast_linear: decode {row['decode_ms']:.2f} ms, check "
+              f"{row['check_ms']:.2f} ms ({row['check_vs_decode']:.2f}x), early exit {row['early_exit_ms']:.2f} ms "
+              f"({row['early_exit_vs_decode']:.2f}x)")
     prompts = [format_prompt_ids(gm.tokenizer, "Write a short story about a lighthouse keeper.")]
     slow = slowdown(gm.model, gm.tokenizer, spans, probes, prompts, args.strides, max_new_tokens=args.max_new_tokens)
     for row in slow:
@@ -57,7 +69,7 @@ def main() -> None:
     if args.json:
         with open(args.json, "w") as f:
             json.dump({"model": gm.model_id, "latency": latency, "slowdown": slow}, f, indent=2)
-    last = latency[-1]
+    last = [r for r in latency if r.get("fast_linear", True)][-1]
     s25 = [r for r in slow if r["stride"] == 25 and not r["piggyback"]] or [r for r in slow if not r["piggyback"]]
     print(f"check_vs_decode={last['check_vs_decode']:.3f} early_exit_vs_decode={last['early_exit_vs_decode']:.3f} "
           f"slowdown_at_stride25={s25[0]['slowdown']:.4f}")
