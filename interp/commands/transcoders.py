@@ -20,9 +20,10 @@ class TranscoderDataConfig:
     layers: tuple[int, ...] = field(default=(), metadata={
         "help": "layers (default: best probe layer ±1 with --probes, else the three middle layers)"})
     probes: str | None = field(default=None, metadata={"help": "ProbeSet path, to centre the default layers"})
-    dataset: str = field(default="demo", metadata={"help": "dataset for training text (prompt + response/target)"})
+    dataset: str = field(default="demo", metadata={
+        "help": "dataset(s) for training text (prompt + response/target); comma-separated names are mixed"})
     split: str | None = field(default=None, metadata={"help": "dataset split"})
-    limit: int | None = field(default=None, metadata={"help": "at most this many records"})
+    limit: int | None = field(default=None, metadata={"help": "at most this many records (per dataset)"})
     continuations: str | None = field(default=None, metadata={"help": "continuations JSONL to use as text"})
     max_tokens: int = field(default=50000, metadata={"help": "training tokens per layer (at most)"})
     eval_fraction: float = field(default=0.2, metadata={"help": "rows held out for evaluation"})
@@ -44,10 +45,11 @@ def token_rows(loaded, dcfg: TranscoderDataConfig) -> list[list[int]]:
     if dcfg.continuations:
         return [list(c.prompt_ids) + list(c.response_ids) + span for c in cont.load_jsonl(dcfg.continuations)]
     rows = []
-    for rec in load_dataset(dcfg.dataset, split=dcfg.split, limit=dcfg.limit, seed=dcfg.seed):
-        p = format_prompt_ids(loaded.tokenizer, rec.prompt)
-        text = rec.response or rec.meta.get("target") or ""
-        rows.append(list(p) + encode_response(loaded.tokenizer, p, text) + span)
+    for name in [n.strip() for n in dcfg.dataset.split(",") if n.strip()]:
+        for rec in load_dataset(name, split=dcfg.split, limit=dcfg.limit, seed=dcfg.seed):
+            p = format_prompt_ids(loaded.tokenizer, rec.prompt)
+            text = rec.response or rec.meta.get("target") or ""
+            rows.append(list(p) + encode_response(loaded.tokenizer, p, text) + span)
     return rows
 
 
