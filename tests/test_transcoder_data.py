@@ -19,3 +19,52 @@ def test_rows_end_in_the_span_and_comma_separated_datasets_are_mixed(tmp_path):
     assert mixed[:4] == one
     assert all(r[-len(span):] == span for r in mixed)
     assert tok.decode(mixed[4]).count("Blue.") == 1
+
+
+def _rows(tok):
+    texts = ["a short one", "a much longer row of text that needs padding in a batch", "mid length text here", "x"]
+    return [tok(t, add_special_tokens=False)["input_ids"] for t in texts]
+
+
+def test_multi_layer_collection_equals_plain_hooked_forwards_in_row_order():
+    import torch
+
+    from interp.causal.hooks import Inputs, mlp_in, mlp_out, run_with_hooks
+    from interp.causal.transcoders import collect_mlp_io_layers
+
+    model, tok = tiny_model("llama", n_layers=3, d_model=64)
+    rows = _rows(tok)
+    io = collect_mlp_io_layers(model, rows, [2, 0], batch_size=3)  # length-sorted batches, early stop at 2
+    for L in (0, 2):
+        want_x, want_y = [], []
+        for r in rows:  # one row at a time, full forward, no padding
+            _, cache = run_with_hooks(model, Inputs(torch.tensor([r])), capture=(mlp_in(L), mlp_out(L)))
+            want_x.append(cache[mlp_in(L)][0])
+            want_y.append(cache[mlp_out(L)][0])
+        torch.testing.assert_close(io[L][0], torch.cat(want_x), rtol=1e-5, atol=1e-5)
+        torch.testing.assert_close(io[L][1], torch.cat(want_y), rtol=1e-5, atol=1e-5)
+    capped = collect_mlp_io_layers(model, rows, [1], max_tokens=len(rows[0]) + 3)
+    assert len(capped[1][0]) == len(rows[0]) + 3
+
+
+def test_joint_evaluation_equals_one_layer_at_a_time():
+    import pytest
+
+    from interp.causal.transcoders import evaluate_transcoder, evaluate_transcoders, new_transcoder
+
+    model, tok = tiny_model("qwen2", n_layers=2, d_model=64)
+    rows = _rows(tok) * 2
+    tcs = {}
+    for L in (0, 1):
+        import torch
+
+        torch.manual_seed(L)
+        tc = new_transcoder(64, 128, 64)
+        for p in tc.parameters():
+            p.data.normal_(0, 0.05)
+        tcs[L] = tc
+    joint = evaluate_transcoders(model, tcs, rows, batch_size=3)
+    for L, tc in tcs.items():
+        alone = evaluate_transcoder(model, tc, L, rows, batch_size=3)
+        assert joint[L] == pytest.approx(alone, rel=1e-6, abs=1e-9)
+    assert joint[0]["loss_spliced"] != joint[1]["loss_spliced"]

@@ -11,7 +11,7 @@ from __future__ import annotations
 import json
 import shutil
 import time
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -19,7 +19,7 @@ import torch
 from tqdm import tqdm
 
 from interp import UserError
-from interp.causal.hooks import Inputs, mlp_in, mlp_out, run_with_hooks
+from interp.causal.hooks import Inputs, hf_model, hooks_attached, mlp_in, mlp_out, run_with_hooks
 
 WEIGHTS, CFG, TRAINING = "sae_weights.safetensors", "cfg.json", "training.json"
 
@@ -48,21 +48,67 @@ def _right_padded(model, rows: list[list[int]]) -> Inputs:
     return Inputs(ids.to(device), mask.to(device))
 
 
+class _Stop(Exception):
+    """Raised after the deepest collected site: the rest of the model (and its LM head) never runs."""
+
+
+def _budget(rows: list[list[int]], max_tokens: int | None) -> list[list[int]]:
+    """Rows in order until ``max_tokens`` tokens (the last row cut to fit)."""
+    if not max_tokens:
+        return rows
+    out, n = [], 0
+    for r in rows:
+        if n >= max_tokens:
+            break
+        out.append(r[: max_tokens - n])
+        n += len(out[-1])
+    return out
+
+
+@torch.no_grad()
+def collect_mlp_io_layers(model, token_rows: Iterable[list[int]], layers: Sequence[int], batch_size: int = 8,
+                          max_tokens: int | None = None) -> dict[int, tuple[torch.Tensor, torch.Tensor]]:
+    """MLP input and output at each layer for every real token -> ``{layer: ([N, d_in], [N, d_out])}``.
+
+    One pass per batch for all layers, stopped after the deepest layer's MLP; rows are batched by length
+    (less padding) and returned in their original order, up to ``max_tokens`` tokens.
+    """
+    rows = _budget([list(r) for r in token_rows if len(r)], max_tokens)
+    if not rows:
+        raise UserError("no tokens to collect MLP activations from")
+    layers = sorted(set(int(L) for L in layers))
+    base = hf_model(model)
+    per_row: dict[str, list] = {s: [None] * len(rows) for L in layers for s in (mlp_in(L), mlp_out(L))}
+    order = sorted(range(len(rows)), key=lambda i: len(rows[i]))
+    for start in tqdm(range(0, len(rows), batch_size), desc=f"collect layers {layers}", leave=False):
+        idx = order[start: start + batch_size]
+        inp = _right_padded(model, [rows[i] for i in idx])
+        cache: dict[str, torch.Tensor] = {}
+
+        def saver(name: str, cache=cache):
+            def fn(x: torch.Tensor) -> None:
+                cache[name] = x.detach()
+            return fn
+
+        def stop(_x: torch.Tensor) -> None:
+            raise _Stop
+
+        hooks = [(name, saver(name)) for name in per_row] + [(mlp_out(layers[-1]), stop)]
+        with hooks_attached(base, hooks):
+            try:
+                base(**inp.kwargs(), use_cache=False)
+            except _Stop:
+                pass
+        for j, i in enumerate(idx):
+            for name in per_row:
+                per_row[name][i] = cache[name][j, : len(rows[i])].float().cpu()
+    return {L: (torch.cat(per_row[mlp_in(L)]), torch.cat(per_row[mlp_out(L)])) for L in layers}
+
+
 def collect_mlp_io(model, token_rows: Iterable[list[int]], layer: int, batch_size: int = 8,
                    max_tokens: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     """MLP input and output at ``layer`` for every real token of the rows -> ``([N, d_in], [N, d_out])``."""
-    xs, ys, n, rows = [], [], 0, list(token_rows)
-    for i in tqdm(range(0, len(rows), batch_size), desc=f"collect layer {layer}", leave=False):
-        inp = _right_padded(model, rows[i: i + batch_size])
-        _, cache = run_with_hooks(model, inp, capture=(mlp_in(layer), mlp_out(layer)))
-        real = inp.attention_mask.bool()
-        xs.append(cache[mlp_in(layer)][real].float().cpu())
-        ys.append(cache[mlp_out(layer)][real].float().cpu())
-        n += int(real.sum())
-        if max_tokens and n >= max_tokens:
-            break
-    x, y = torch.cat(xs), torch.cat(ys)
-    return (x[:max_tokens], y[:max_tokens]) if max_tokens else (x, y)
+    return collect_mlp_io_layers(model, token_rows, [layer], batch_size, max_tokens)[layer]
 
 
 def new_transcoder(d_in: int, d_sae: int, d_out: int, metadata: dict | None = None, dtype: str = "float32",
@@ -175,23 +221,28 @@ def splice_hooks(tc, layer: int, edit=None, rows: torch.Tensor | None = None, co
 
 def token_loss(logits: torch.Tensor, ids: torch.Tensor, mask: torch.Tensor) -> float:
     """Mean next-token cross-entropy over real (non-padding) target tokens."""
-    lp = torch.log_softmax(logits[:, :-1].double(), -1).gather(-1, ids[:, 1:, None])[..., 0]
     m = (mask[:, 1:] * mask[:, :-1]).bool()
-    return float(-lp[m].mean())
+    lp = torch.log_softmax(logits[:, :-1][m].double(), -1)  # only real targets: [N, V]
+    return float(-lp.gather(-1, ids[:, 1:][m][:, None]).mean())
 
 
 @torch.no_grad()
-def evaluate_transcoder(model, tc, layer: int, token_rows: list[list[int]], batch_size: int = 8) -> dict:
-    """FVU, L0, dead fraction, and next-token loss clean / spliced / MLP zero-ablated on held-out rows."""
-    x, y = collect_mlp_io(model, token_rows, layer, batch_size)
-    acts = tc.encode(x.to(tc.W_enc.dtype))
-    recon = tc.decode(acts)
-    losses = {"clean": [], "spliced": [], "zero_ablated": []}
+def evaluate_transcoders(model, transcoders: dict[int, object], token_rows: list[list[int]], batch_size: int = 8,
+                         max_tokens: int | None = None) -> dict[int, dict]:
+    """Per layer: FVU, L0, dead fraction, and next-token loss clean / spliced / MLP zero-ablated on held-out rows.
+
+    The activations of all layers come from one pass and the clean loss from one forward per batch.
+    """
+    rows = _budget([list(r) for r in token_rows if len(r)], max_tokens)
+    io = collect_mlp_io_layers(model, rows, list(transcoders), batch_size)
+    variants: dict[str, dict | None] = {"clean": None}
+    for L, tc in transcoders.items():
+        variants[f"spliced_{L}"] = splice_hooks(tc, L)
+        variants[f"zero_{L}"] = {mlp_out(L): lambda o: torch.zeros_like(o)}
+    losses: dict[str, list[float]] = {k: [] for k in variants}
     weights = []
-    for i in range(0, len(token_rows), batch_size):
-        inp = _right_padded(model, token_rows[i: i + batch_size])
-        variants = {"clean": None, "spliced": splice_hooks(tc, layer),
-                    "zero_ablated": {mlp_out(layer): lambda o: torch.zeros_like(o)}}
+    for i in range(0, len(rows), batch_size):
+        inp = _right_padded(model, rows[i: i + batch_size])
         for name, hooks in variants.items():
             logits, _ = run_with_hooks(model, inp, hooks)
             losses[name].append(token_loss(logits.cpu(), inp.input_ids.cpu(), inp.attention_mask.cpu()))
@@ -199,11 +250,24 @@ def evaluate_transcoder(model, tc, layer: int, token_rows: list[list[int]], batc
         weights.append(int((mask[:, 1:] * mask[:, :-1]).sum()))
     w = torch.tensor(weights, dtype=torch.float64)
     mean = {k: float((torch.tensor(v, dtype=torch.float64) * w).sum() / w.sum()) for k, v in losses.items()}
-    recovered = (mean["zero_ablated"] - mean["spliced"]) / max(mean["zero_ablated"] - mean["clean"], 1e-12)
-    return {"fvu": fvu(y, recon), "l0": float((acts > 0).float().sum(-1).mean()),
-            "dead_fraction": float(((acts > 0).sum(0) == 0).float().mean()), "n_tokens": len(x),
-            "loss_clean": mean["clean"], "loss_spliced": mean["spliced"], "loss_zero_ablated": mean["zero_ablated"],
-            "delta_loss": mean["spliced"] - mean["clean"], "loss_recovered": recovered}
+    out = {}
+    for L, tc in transcoders.items():
+        x, y = io[L]
+        acts = tc.encode(x.to(tc.W_enc.dtype))
+        recon = tc.decode(acts)
+        clean, spliced, zero = mean["clean"], mean[f"spliced_{L}"], mean[f"zero_{L}"]
+        out[L] = {"fvu": fvu(y, recon), "l0": float((acts > 0).float().sum(-1).mean()),
+                  "dead_fraction": float(((acts > 0).sum(0) == 0).float().mean()), "n_tokens": len(x),
+                  "loss_clean": clean, "loss_spliced": spliced, "loss_zero_ablated": zero,
+                  "delta_loss": spliced - clean,
+                  "loss_recovered": (zero - spliced) / max(zero - clean, 1e-12)}
+    return out
+
+
+def evaluate_transcoder(model, tc, layer: int, token_rows: list[list[int]], batch_size: int = 8,
+                        max_tokens: int | None = None) -> dict:
+    """:func:`evaluate_transcoders` for one transcoder."""
+    return evaluate_transcoders(model, {layer: tc}, token_rows, batch_size, max_tokens)[layer]
 
 
 def list_transcoders(root: str | Path) -> list[dict]:

@@ -27,6 +27,7 @@ class TranscoderDataConfig:
     continuations: str | None = field(default=None, metadata={"help": "continuations JSONL to use as text"})
     max_tokens: int = field(default=50000, metadata={"help": "training tokens per layer (at most)"})
     eval_fraction: float = field(default=0.2, metadata={"help": "rows held out for evaluation"})
+    eval_max_tokens: int | None = field(default=20000, metadata={"help": "evaluate on at most this many tokens"})
     root: str = field(default=DEFAULT_ROOT, metadata={"help": "output root: <root>/<model>/layer_<L>"})
     seed: int = field(default=0, metadata={"help": "random seed (row split)"})
 
@@ -76,8 +77,8 @@ def train_layers(loaded, dcfg: TranscoderDataConfig, tcfg) -> list[dict]:
     """Train, evaluate and save one transcoder per layer; returns their summaries."""
     from interp.causal.hooks import mlp_in, mlp_out, n_layers
     from interp.causal.transcoders import (
-        collect_mlp_io,
-        evaluate_transcoder,
+        collect_mlp_io_layers,
+        evaluate_transcoders,
         save_transcoder,
         train_transcoder,
     )
@@ -90,23 +91,26 @@ def train_layers(loaded, dcfg: TranscoderDataConfig, tcfg) -> list[dict]:
     if not train_rows or not eval_rows:
         raise UserError("need at least two text rows to train and evaluate a transcoder")
     device = str(next(loaded.model.parameters()).device)
-    out = []
+    io = collect_mlp_io_layers(loaded.model, train_rows, layers, max_tokens=dcfg.max_tokens)
+    trained = {}
     for L in layers:
-        x, y = collect_mlp_io(loaded.model, train_rows, L, max_tokens=dcfg.max_tokens)
+        x, y = io.pop(L)
         meta = {"model_name": loaded.model_id, "hook_name": mlp_in(L), "hook_name_out": mlp_out(L),
                 "hook_layer": L, "hook_layer_out": L, "trained_by": "anydepth-interp"}
-        tc, log = train_transcoder(x, y, tcfg, meta, device=device)
+        trained[L] = train_transcoder(x, y, tcfg, meta, device=device)
         del x, y
-        metrics = evaluate_transcoder(loaded.model, tc.to(device), L, eval_rows)
-        tc = tc.to("cpu")
+    metrics = evaluate_transcoders(loaded.model, {L: tc.to(device) for L, (tc, _) in trained.items()}, eval_rows,
+                                   max_tokens=dcfg.eval_max_tokens)
+    out = []
+    for L, (tc, log) in trained.items():
         folder = Path(dcfg.root) / _safe(loaded.model_id) / f"layer_{L}"
-        save_transcoder(tc, folder, {"metrics": metrics, "train": log, "train_config": to_dict(tcfg),
-                                     "data_config": to_dict(dcfg), "model": loaded.provenance(),
-                                     "n_train_rows": len(train_rows), "n_eval_rows": len(eval_rows)})
-        print(f"layer {L}: FVU {metrics['fvu']:.3f}, L0 {metrics['l0']:.1f}, Δ loss spliced "
-              f"{metrics['delta_loss']:+.4f} (clean {metrics['loss_clean']:.3f}, loss recovered "
-              f"{metrics['loss_recovered']:.3f}) -> {folder}")
-        out.append({"layer": L, "path": str(folder), **metrics})
+        m = metrics[L]
+        save_transcoder(tc.to("cpu"), folder, {"metrics": m, "train": log, "train_config": to_dict(tcfg),
+                                               "data_config": to_dict(dcfg), "model": loaded.provenance(),
+                                               "n_train_rows": len(train_rows), "n_eval_rows": len(eval_rows)})
+        print(f"layer {L}: FVU {m['fvu']:.3f}, L0 {m['l0']:.1f}, Δ loss spliced {m['delta_loss']:+.4f} "
+              f"(clean {m['loss_clean']:.3f}, loss recovered {m['loss_recovered']:.3f}) -> {folder}")
+        out.append({"layer": L, "path": str(folder), **m})
     return out
 
 
@@ -151,7 +155,7 @@ def run_evaluate(args) -> int:
     device = str(next(loaded.model.parameters()).device)
     for path in args.paths:
         tc = load_transcoder(path, device=device)
-        metrics = evaluate_transcoder(loaded.model, tc, _layer_of(tc), eval_rows)
+        metrics = evaluate_transcoder(loaded.model, tc, _layer_of(tc), eval_rows, max_tokens=dcfg.eval_max_tokens)
         print(json.dumps({"path": path, **metrics}))
     return 0
 
