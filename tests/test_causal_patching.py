@@ -8,7 +8,8 @@ import torch
 from interp.causal.hooks import Inputs, mlp_in, mlp_out, resid_post, resid_pre, run_with_hooks
 from interp.causal.inputs import Example, build_batch, knockout_inputs
 from interp.causal.metrics import mean_ci, opener_tokens
-from interp.causal.patching import heatmap_matrix, knockout_effects, patch_hook, patching_sweep, read
+from interp.causal.patching import heatmap_matrix, knockout_effects, patch_hook, patching_sweep
+from interp.causal.runner import SpanRunner, read
 from interp.causal.synthetic import chatml_span, toy_examples
 from interp.testing import tiny_model
 
@@ -25,7 +26,8 @@ def test_sites_match_transformer_bridge(setup):
     model, tok, span, examples, _ = setup
     batch = build_batch(examples[:2], 4, span, tok.pad_token_id)
     names = (resid_pre(1), resid_post(1), mlp_in(2), mlp_out(0))
-    logits, ours = run_with_hooks(model, batch.inputs, capture=names)
+    # (no explicit positions here: the bridge derives them from the mask like HF does)
+    logits, ours = run_with_hooks(model, Inputs(batch.inputs.input_ids, batch.inputs.attention_mask), capture=names)
     bridge = TransformerBridge.boot_transformers("tiny", hf_model=model, tokenizer=tok, device="cpu")
     _, theirs = bridge.run_with_cache(batch.inputs.input_ids, attention_mask=batch.inputs.attention_mask,
                                       names_filter=lambda n: n in names)
@@ -36,11 +38,12 @@ def test_sites_match_transformer_bridge(setup):
 def test_patching_a_run_with_itself_changes_nothing(setup):
     model, tok, span, examples, openers = setup
     batch = build_batch(examples, 6, span, tok.pad_token_id)
-    clean = read(model, batch, openers, capture=(resid_post(1),))
-    logits, _ = run_with_hooks(model, batch.inputs)
+    runner = SpanRunner(model, batch)
+    clean = read(runner, openers, capture=(resid_post(1),))
+    logits, _ = runner.run()
     for where in ("probe", "span"):
         hook = patch_hook(batch, batch, clean.cache[resid_post(1)], where)
-        plogits, _ = run_with_hooks(model, batch.inputs, {resid_post(1): hook})
+        plogits, _ = runner.run({resid_post(1): hook})
         assert torch.equal(plogits, logits)
 
 
@@ -80,18 +83,17 @@ def test_patch_probe_token_only_touches_that_position(setup):
     model, tok, span, examples, openers = setup
     h = build_batch(examples[:4], 5, span, tok.pad_token_id)
     b = build_batch(examples[4:], 5, span, tok.pad_token_id)
-    src = read(model, b, openers, capture=(resid_post(0),))
-    seen = {}
+    src = read(SpanRunner(model, b), openers, capture=(resid_post(0),))  # [B, h, d] at the span
     hook = patch_hook(h, b, src.cache[resid_post(0)], "probe")
+    # the hook runs on the full sequence here, so "nowhere else" covers prompt, response and padding too
     _, cache = run_with_hooks(model, h.inputs, {resid_post(0): hook}, capture=(resid_post(0),))
-    clean = read(model, h, openers, capture=(resid_post(0),))
-    diff = (cache[resid_post(0)] - clean.cache[resid_post(0)]).abs().sum(-1)
+    _, clean = run_with_hooks(model, h.inputs, capture=(resid_post(0),))
+    diff = (cache[resid_post(0)] - clean[resid_post(0)]).abs().sum(-1)
     rows = torch.arange(4)
-    seen["changed"] = diff[rows, h.probe_pos]
-    assert (seen["changed"] > 0).all()
+    assert (diff[rows, h.probe_pos] > 0).all()
     diff[rows, h.probe_pos] = 0
     assert diff.max() == 0
-    torch.testing.assert_close(cache[resid_post(0)][rows, h.probe_pos], src.cache[resid_post(0)][rows, b.probe_pos])
+    torch.testing.assert_close(cache[resid_post(0)][rows, h.probe_pos], src.cache[resid_post(0)][rows, span.probe_index])
 
 
 def test_knockout_mask(setup):
@@ -105,6 +107,7 @@ def test_knockout_mask(setup):
     plain, _ = run_with_hooks(model, b.inputs)
     ko, _ = run_with_hooks(model, knockout_inputs(b))
     before_span = torch.arange(b.inputs.input_ids.shape[1])[None, :] < b.span_pos[:, :1]
+    before_span &= b.inputs.attention_mask.bool()  # (left padding rows differ: they see nothing vs themselves)
     torch.testing.assert_close(ko[before_span], plain[before_span], rtol=0, atol=1e-5)
     rows = torch.arange(len(b.examples))
     assert (ko[rows, b.last_pos] - plain[rows, b.last_pos]).abs().amax(-1).min() > 1e-3

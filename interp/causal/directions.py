@@ -18,7 +18,7 @@ from interp import UserError
 from interp.causal.hooks import HookFn, at_positions, resid_post, resid_pre
 from interp.causal.inputs import BENIGN, HARMFUL, Example, Span, label_batch
 from interp.causal.metrics import OpenerTokens, mean_ci
-from interp.causal.patching import read, span_cols
+from interp.causal.runner import SpanRunner, read, span_cols
 
 
 def unit(v: torch.Tensor) -> torch.Tensor:
@@ -68,7 +68,7 @@ def random_directions(d_model: int, n: int, seed: int = 0) -> torch.Tensor:
 
 
 def diff_of_means(model, examples: Sequence[Example], span: Span, pad_id: int, openers: OpenerTokens,
-                  depths: Sequence[int], layer: int, site=resid_post) -> torch.Tensor:
+                  depths: Sequence[int], layer: int, site=resid_post, cached: bool = True) -> torch.Tensor:
     """Mean harmful minus mean benign residual at the probe token (pooled over depths), at ``site(layer)``."""
     sums = {HARMFUL: [], BENIGN: []}
     for d in depths:
@@ -76,8 +76,8 @@ def diff_of_means(model, examples: Sequence[Example], span: Span, pad_id: int, o
             batch = label_batch(examples, label, d, span, pad_id)
             if batch is None:
                 continue
-            r = read(model, batch, openers, capture=(site(layer),))
-            sums[label].append(r.cache[site(layer)][torch.arange(len(batch.examples)), batch.probe_pos].double())
+            r = read(SpanRunner(model, batch, cached), None, capture=(site(layer),))
+            sums[label].append(r.cache[site(layer)][span_cols(batch, "probe")].double())
     if not sums[HARMFUL] or not sums[BENIGN]:
         raise UserError("diff-of-means needs harmful and benign examples long enough for the depths")
     return torch.cat(sums[HARMFUL]).mean(0) - torch.cat(sums[BENIGN]).mean(0)
@@ -94,14 +94,15 @@ def _summary(real: np.ndarray, controls: np.ndarray) -> dict:
     return out
 
 
-def _delta(model, batch, openers: OpenerTokens, clean_refusal: torch.Tensor, hooks: dict) -> np.ndarray:
-    return (read(model, batch, openers, hooks=hooks).refusal - clean_refusal).numpy()
+def _delta(runner: SpanRunner, openers: OpenerTokens, clean_refusal: torch.Tensor, hooks: dict) -> np.ndarray:
+    return (read(runner, openers, hooks=hooks).refusal - clean_refusal).numpy()
 
 
 def direction_effects(model, examples: Sequence[Example], span: Span, pad_id: int, openers: OpenerTokens,
                       directions: dict[str, torch.Tensor], depths: Sequence[int], layers: Sequence[int],
                       mode: str = "ablate", alphas: Sequence[float] = (0.0,), n_random: int = 20,
-                      where: str = "span", site_kind: str = "resid_pre", seed: int = 0) -> dict:
+                      where: str = "span", site_kind: str = "resid_pre", seed: int = 0, cached: bool = True
+                      ) -> dict:
     """Δ refusal log-odds per (direction, alpha, label, depth) at the span, with random-direction controls.
 
     Sites: ``site_kind`` (``resid_pre`` or ``resid_post``) of each layer in ``layers``. In ``steer`` mode the
@@ -120,17 +121,18 @@ def direction_effects(model, examples: Sequence[Example], span: Span, pad_id: in
         batch = label_batch(examples, label, d, span, pad_id)
         if batch is None:
             continue
-        clean = read(model, batch, openers, capture=sites[:1])
+        runner = SpanRunner(model, batch, cached)
+        clean = read(runner, openers, capture=sites[:1])
         r, c = span_cols(batch, where)
         scale = float(clean.cache[sites[0]][r, c].norm(dim=-1).mean())
         for alpha in alphas:
-            controls = np.array([_delta(model, batch, openers, clean.refusal, direction_hooks(
+            controls = np.array([_delta(runner, openers, clean.refusal, direction_hooks(
                 batch, sites, u, mode, alpha, scale, where)).mean() for u in randoms])
             for name, vec in directions.items():
                 row = {"direction": name, "alpha": alpha, "label": label, "depth": d, "n": len(batch.examples),
                        "scale": scale, "refusal_clean": mean_ci(clean.refusal.numpy())}
                 hooks = direction_hooks(batch, sites, vec, mode, alpha, scale, where)
-                row.update(_summary(_delta(model, batch, openers, clean.refusal, hooks), controls))
+                row.update(_summary(_delta(runner, openers, clean.refusal, hooks), controls))
                 rows.append(row)
     return {"mode": mode, "layers": list(layers), "site": site_kind, "where": where, "n_random": n_random,
             "rows": rows}

@@ -17,13 +17,13 @@ from interp import UserError
 from interp.causal.hooks import mlp_in, resid_post
 from interp.causal.inputs import BENIGN, HARMFUL, Example, Span, label_batch
 from interp.causal.metrics import OpenerTokens, Probe, cohens_d_ci, mean_ci
-from interp.causal.patching import read, span_cols
+from interp.causal.runner import SpanRunner, read, span_cols
 from interp.causal.transcoders import splice_hooks
 
 
 @torch.no_grad()
 def span_features(model, tc, layer: int, examples: Sequence[Example], span: Span, pad_id: int,
-                  depths: Sequence[int], where: str = "probe") -> dict[str, torch.Tensor]:
+                  depths: Sequence[int], where: str = "probe", cached: bool = True) -> dict[str, torch.Tensor]:
     """``{label: [N, d_sae]}`` feature activations per (example, depth) at the span (probe token or mean)."""
     out: dict[str, list[torch.Tensor]] = {HARMFUL: [], BENIGN: []}
     for d in depths:
@@ -31,7 +31,7 @@ def span_features(model, tc, layer: int, examples: Sequence[Example], span: Span
             batch = label_batch(examples, label, d, span, pad_id)
             if batch is None:
                 continue
-            r = read(model, batch, None, capture=(mlp_in(layer),))
+            r = read(SpanRunner(model, batch, cached), None, capture=(mlp_in(layer),))
             rows, cols = span_cols(batch, where)
             acts = tc.encode(r.cache[mlp_in(layer)][rows, cols].to(tc.W_enc.dtype))
             if where == "span":
@@ -92,7 +92,7 @@ def topk_ablation(model, tc, layer: int, examples: Sequence[Example], span: Span
                   mode: str = "zero", means: torch.Tensor | None = None, n_random: int = 10,
                   candidates: Sequence[int] | None = None, probe: Probe | None = None,
                   probe_layers: Sequence[int] = (), probe_site=resid_post, where: str = "span",
-                  seed: int = 0) -> dict:
+                  seed: int = 0, cached: bool = True) -> dict:
     """Δ refusal and Δ probe score vs k when the top-k ranked features are ablated at the span only.
 
     Controls: ``n_random`` random feature sets of size k drawn from ``candidates`` (default: all features).
@@ -106,13 +106,14 @@ def topk_ablation(model, tc, layer: int, examples: Sequence[Example], span: Span
         batch = label_batch(examples, label, d, span, pad_id)
         if batch is None:
             continue
-        clean = read(model, batch, openers, probe, probe_layers, probe_site)
+        runner = SpanRunner(model, batch, cached)
+        clean = read(runner, openers, probe, probe_layers, probe_site)
         r, c = span_cols(batch, where)
 
-        def effect(feats, batch=batch, clean=clean, r=r, c=c) -> dict[str, np.ndarray]:
+        def effect(feats, runner=runner, clean=clean, r=r, c=c) -> dict[str, np.ndarray]:
             hooks = splice_hooks(tc, layer, feature_edit(torch.as_tensor(np.asarray(feats), dtype=torch.long),
                                                          mode, means), r, c)
-            out = read(model, batch, openers, probe, probe_layers, probe_site, hooks=hooks)
+            out = read(runner, openers, probe, probe_layers, probe_site, hooks=hooks)
             res = {"d_refusal": (out.refusal - clean.refusal).numpy()}
             for L in probe_layers:
                 res[f"d_probe_{L}"] = (out.probe[L] - clean.probe[L]).numpy()

@@ -2,7 +2,8 @@
 
 The span after ``d`` response tokens is what the packed extraction reads for depth ``d`` (there the span copy
 sees ``prompt ‖ response[:d]`` and itself); here :func:`interp.inject.plan_packed` lays it out with the response
-cut at ``d`` (one plain causal sequence per example) so that hooks can edit positions without a tree mask. Rows are right-padded; a row whose response is shorter than ``d``
+cut at ``d`` (one plain causal sequence per example) so that hooks can edit positions without a tree mask. Rows
+are left-padded so the span is the last ``h`` columns of every row; a row whose response is shorter than ``d``
 is left out (never duplicated), as in the extraction.
 """
 
@@ -45,15 +46,39 @@ class Span:
 
 @dataclass
 class SpanBatch:
-    """A right-padded batch of ``prompt ‖ response[:depth] ‖ span`` rows and where things are."""
+    """A left-padded batch of ``prompt ‖ response[:depth] ‖ span`` rows: the span is the last ``h`` columns.
+
+    Left padding puts the span in the same columns of every row, so an edit or a readout at span offset ``j``
+    is column ``j - h`` (counted from the end) both in the full forward (``[B, S, d]`` sites) and in the
+    span-only forward over a cached prefix (``[B, h, d]`` sites); see :mod:`interp.causal.runner`. Position ids
+    count real tokens only (``cumsum(mask) - 1``), so padding never shifts a row's positions.
+    """
 
     inputs: Inputs
     examples: list[Example]
     depth: int
-    span_pos: torch.Tensor    # [B, h] positions of the span tokens
-    cont_start: torch.Tensor  # [B] first response position (prompt length P)
-    lengths: torch.Tensor     # [B] real length of each row
+    span_ids: tuple[int, ...]
+    cont_start: torch.Tensor  # [B] column of the first response token (pad + prompt length)
+    lengths: torch.Tensor     # [B] real length of each row (P + depth + h)
     probe_index: int = 0      # index of the probe (role) token in the span
+
+    @property
+    def h(self) -> int:
+        return len(self.span_ids)
+
+    @property
+    def width(self) -> int:
+        return int(self.inputs.input_ids.shape[1])
+
+    @property
+    def prefix_width(self) -> int:
+        """Columns before the span (left padding + prompt + response[:depth])."""
+        return self.width - self.h
+
+    @property
+    def span_pos(self) -> torch.Tensor:
+        """``[B, h]`` columns of the span tokens in the full sequence (the same for every row)."""
+        return (self.prefix_width + torch.arange(self.h))[None, :].expand(len(self.examples), -1)
 
     @property
     def probe_pos(self) -> torch.Tensor:
@@ -61,7 +86,7 @@ class SpanBatch:
 
     @property
     def last_pos(self) -> torch.Tensor:
-        """Position whose logits predict the first token after the header."""
+        """Column whose logits predict the first token after the header."""
         return self.span_pos[:, -1]
 
     @property
@@ -80,40 +105,55 @@ def build_batch(examples: Sequence[Example], depth: int, span: Span, pad_id: int
     ids = torch.full((len(seqs), width), pad_id, dtype=torch.long)
     mask = torch.zeros((len(seqs), width), dtype=torch.long)
     for i, s in enumerate(seqs):
-        ids[i, : len(s)] = torch.tensor(s)
-        mask[i, : len(s)] = 1
-    h = len(span.ids)
-    lengths = torch.tensor([len(s) for s in seqs])
-    span_pos = (lengths - h)[:, None] + torch.arange(h)[None, :]
-    cont_start = torch.tensor([len(ex.prompt_ids) for ex in kept])
-    return SpanBatch(Inputs(ids, mask), kept, depth, span_pos, cont_start, lengths, span.probe_index)
-
+        ids[i, width - len(s):] = torch.tensor(s)
+        mask[i, width - len(s):] = 1
+    pos = (mask.cumsum(1) - 1).clamp_min(0)
+    lengths = mask.sum(1)
+    cont_start = (width - lengths) + torch.tensor([len(ex.prompt_ids) for ex in kept])
+    return SpanBatch(Inputs(ids, mask, pos), kept, depth, tuple(span.ids), cont_start, lengths, span.probe_index)
 
 
 def label_batch(examples: Sequence[Example], label: str, depth: int, span: Span, pad_id: int) -> SpanBatch | None:
     """:func:`build_batch` over the examples of one label."""
     return build_batch([e for e in examples if e.label == label], depth, span, pad_id)
 
-def knockout_inputs(batch: SpanBatch, dtype: torch.dtype = torch.float32) -> Inputs:
-    """Inputs whose 4-D mask stops every span token attending to the response tokens (all layers).
 
-    Rows stay causal over the prompt and the span itself; padding columns are masked, padding rows see
-    themselves only. With nothing to block (depth 0) the mask equals the plain causal + padding mask.
+def response_columns(batch: SpanBatch) -> torch.Tensor:
+    """``[B, S]`` bool: the columns holding ``response[:depth]``."""
+    cols = torch.arange(batch.width)[None, :]
+    return (cols >= batch.cont_start[:, None]) & (cols < batch.cont_start[:, None] + batch.depth)
+
+
+def knockout_inputs(batch: SpanBatch, dtype: torch.dtype = torch.float32, sliding_window: int | None = None,
+                    layer_types: Sequence[str] | None = None) -> Inputs:
+    """Full-sequence inputs whose 4-D mask stops every span token attending to the response (all layers).
+
+    The reference for the cached path (which masks the response columns of the span forward instead). Rows
+    stay causal over the prompt and the span; padding columns are masked, padding rows see themselves only.
+    With ``sliding_window`` (from :func:`interp.inject.attention_layout`) sliding layers also get the window
+    (a ``{layer_type: mask}`` dict when the model names its layer types). With nothing to block (depth 0) the
+    mask equals the plain causal + padding mask.
     """
     b, s = batch.inputs.input_ids.shape
-    allowed = torch.tril(torch.ones(s, s, dtype=torch.bool)).expand(b, s, s).clone()
-    cols = torch.arange(s)
-    real = cols[None, :] < batch.lengths[:, None]                  # [B, S]
-    allowed &= real[:, None, :]
-    for i in range(b):
-        lo, hi = int(batch.cont_start[i]), int(batch.cont_start[i]) + batch.depth
-        allowed[i, batch.span_pos[i][:, None], cols[None, lo:hi]] = False
-        pad_rows = cols[~real[i]]
-        allowed[i, pad_rows, pad_rows] = True
-    add = torch.zeros(b, 1, s, s, dtype=dtype)
-    add.masked_fill_(~allowed[:, None], torch.finfo(dtype).min)
-    pos = (torch.arange(s)[None, :].expand(b, s)).clone()
-    return Inputs(batch.inputs.input_ids, add, pos)
+    real = batch.inputs.attention_mask.bool()                          # [B, S]
+    allowed = torch.tril(torch.ones(s, s, dtype=torch.bool))[None] & real[:, None, :]
+    span_rows = torch.zeros(b, s, dtype=torch.bool)
+    span_rows[:, batch.prefix_width:] = True
+    allowed &= ~(span_rows[:, :, None] & response_columns(batch)[:, None, :])
+    allowed |= torch.diag_embed(~real)                                 # padding rows see themselves
+    masks = {"full_attention": allowed}
+    if sliding_window is not None:
+        idx = torch.arange(s)
+        masks["sliding_attention"] = allowed & ((idx[:, None] - idx[None, :]) < sliding_window)[None]
+        if layer_types is None:  # one window for every layer
+            masks = {"full_attention": masks["sliding_attention"]}
+
+    def additive(a: torch.Tensor) -> torch.Tensor:
+        return torch.zeros(a.shape, dtype=dtype).masked_fill_(~a, torch.finfo(dtype).min)[:, None]
+
+    out = {k: additive(v) for k, v in masks.items()}
+    mask = out if len(out) > 1 else out["full_attention"]
+    return Inputs(batch.inputs.input_ids, mask, batch.inputs.position_ids)
 
 
 def tokenize_examples(tokenizer, records, prompt_ids_fn, response_ids_fn) -> list[Example]:

@@ -8,72 +8,26 @@ header's next token (refusal log-odds) and as probe scores at the probe token.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from collections.abc import Sequence
 
 import numpy as np
 import torch
 from tqdm import tqdm
 
 from interp import UserError
-from interp.causal.hooks import HookFn, Inputs, at_positions, resid_post, run_with_hooks
-from interp.causal.inputs import (
-    BENIGN,
-    HARMFUL,
-    Example,
-    Span,
-    SpanBatch,
-    build_batch,
-    knockout_inputs,
-    label_batch,
-)
-from interp.causal.metrics import OpenerTokens, Probe, mean_ci, probe_scores, refusal_logodds
+from interp.causal.hooks import HookFn, at_positions, resid_post
+from interp.causal.inputs import BENIGN, HARMFUL, Example, Span, SpanBatch, build_batch, label_batch
+from interp.causal.metrics import OpenerTokens, Probe, mean_ci
+from interp.causal.runner import Readout, SiteFn, SpanRunner, read, span_cols
 
-SiteFn = Callable[[int], str]
-
-
-@dataclass
-class Readout:
-    """Per-row refusal log-odds and probe scores (by probe layer) of one forward."""
-
-    refusal: torch.Tensor
-    probe: dict[int, torch.Tensor] = field(default_factory=dict)
-    cache: dict[str, torch.Tensor] = field(default_factory=dict)
-
-
-def span_cols(batch: SpanBatch, where: str) -> tuple[torch.Tensor, torch.Tensor]:
-    """(rows, positions) of the probe token (``where="probe"``) or of the whole span (``"span"``)."""
-    b = len(batch.examples)
-    if where == "probe":
-        return torch.arange(b), batch.probe_pos
-    if where == "span":
-        h = batch.span_pos.shape[1]
-        return torch.arange(b).repeat_interleave(h), batch.span_pos.reshape(-1)
-    raise UserError(f"unknown position set {where!r}; use probe or span")
-
-
-def read(model, batch: SpanBatch, openers: OpenerTokens | None, probe: Probe | None = None,
-         probe_layers: Sequence[int] = (), probe_site: SiteFn = resid_post,
-         hooks: dict[str, HookFn] | None = None, capture: Sequence[str] = (),
-         inputs: Inputs | None = None) -> Readout:
-    """One forward of ``batch`` (optionally hooked / with other inputs) and its readout at the span.
-
-    Without ``openers`` the refusal readout is empty (for capture-only runs).
-    """
-    sites = tuple(dict.fromkeys([*capture, *(probe_site(L) for L in probe_layers)]))
-    logits, cache = run_with_hooks(model, inputs or batch.inputs, hooks, sites)
-    rows = torch.arange(len(batch.examples))
-    refusal = refusal_logodds(logits[rows, batch.last_pos], openers) if openers else torch.zeros(0)
-    out = Readout(refusal, cache=cache)
-    if probe is not None:
-        for L in probe_layers:
-            out.probe[L] = probe_scores(probe, cache[probe_site(L)][rows, batch.probe_pos], L)
-    return out
+__all__ = ["Readout", "heatmap_matrix", "knockout_effects", "pair_up", "patch_hook", "patching_sweep", "read",
+           "span_cols"]
 
 
 def patch_hook(dst: SpanBatch, src: SpanBatch, src_site_values: torch.Tensor, where: str) -> HookFn:
-    """Hook writing ``src``'s site vectors at the chosen span offsets into ``dst`` (rows paired in order)."""
-    if len(dst.examples) != len(src.examples) or dst.span_pos.shape != src.span_pos.shape:
+    """Hook writing ``src``'s site vectors (``[B, h, d]`` captured at the span) at the chosen span offsets
+    into ``dst`` (rows paired in order)."""
+    if len(dst.examples) != len(src.examples) or dst.span_ids != src.span_ids:
         raise UserError("patching needs paired batches with the same number of rows and the same span")
     src_rows, src_cols = span_cols(src, where)
     dst_rows, dst_cols = span_cols(dst, where)
@@ -100,11 +54,12 @@ def _delta(patched: Readout, clean: Readout, src: Readout, probe_layers: Sequenc
 def patching_sweep(model, examples: Sequence[Example], span: Span, pad_id: int, openers: OpenerTokens,
                    depths: Sequence[int], layers: Sequence[int], where: str = "span",
                    site: SiteFn = resid_post, probe: Probe | None = None, probe_layers: Sequence[int] = (),
-                   probe_site: SiteFn = resid_post, min_pairs: int = 2) -> dict:
+                   probe_site: SiteFn = resid_post, min_pairs: int = 2, cached: bool = True) -> dict:
     """Patch benign -> harmful and harmful -> benign at every (layer, depth); mean effects with 95% CIs.
 
     Returns ``{"layers", "depths", "n_pairs": [D], "cells": [{layer, depth, direction, metric: ci}, ...]}``
     where ``direction`` names the run that receives the patch (``harmful<-benign`` or ``benign<-harmful``).
+    ``cached=False`` forwards whole sequences (the reference) instead of the span over a cached prefix.
     """
     cells, n_pairs = [], []
     bar = tqdm(total=len(depths) * len(layers), desc="patching", leave=False)
@@ -114,16 +69,14 @@ def patching_sweep(model, examples: Sequence[Example], span: Span, pad_id: int, 
         if len(harm) < min_pairs:
             bar.update(len(layers))
             continue
-        hb, bb = build_batch(harm, d, span, pad_id), build_batch(ben, d, span, pad_id)
+        runners = {HARMFUL: SpanRunner(model, build_batch(harm, d, span, pad_id), cached),
+                   BENIGN: SpanRunner(model, build_batch(ben, d, span, pad_id), cached)}
         sites = [site(L) for L in layers]
-        clean = {HARMFUL: read(model, hb, openers, probe, probe_layers, probe_site, capture=sites),
-                 BENIGN: read(model, bb, openers, probe, probe_layers, probe_site, capture=sites)}
-        batches = {HARMFUL: hb, BENIGN: bb}
+        clean = {k: read(r, openers, probe, probe_layers, probe_site, capture=sites) for k, r in runners.items()}
         for L in layers:
             for dst, src in ((HARMFUL, BENIGN), (BENIGN, HARMFUL)):
-                hook = patch_hook(batches[dst], batches[src], clean[src].cache[site(L)], where)
-                patched = read(model, batches[dst], openers, probe, probe_layers, probe_site,
-                               hooks={site(L): hook})
+                hook = patch_hook(runners[dst].batch, runners[src].batch, clean[src].cache[site(L)], where)
+                patched = read(runners[dst], openers, probe, probe_layers, probe_site, hooks={site(L): hook})
                 deltas = _delta(patched, clean[dst], clean[src], probe_layers)
                 cell = {"layer": L, "depth": d, "direction": f"{dst}<-{src}", "n": len(harm)}
                 cell.update({k: mean_ci(v) for k, v in deltas.items()})
@@ -137,18 +90,17 @@ def patching_sweep(model, examples: Sequence[Example], span: Span, pad_id: int, 
 
 def knockout_effects(model, examples: Sequence[Example], span: Span, pad_id: int, openers: OpenerTokens,
                      depths: Sequence[int], probe: Probe | None = None, probe_layers: Sequence[int] = (),
-                     probe_site: SiteFn = resid_post) -> list[dict]:
+                     probe_site: SiteFn = resid_post, cached: bool = True) -> list[dict]:
     """Block the span's attention to the response tokens (every layer); Δ refusal / Δ probe by depth & label."""
     out = []
-    dtype = next(model.parameters()).dtype
     for d in tqdm(depths, desc="knockout", leave=False):
         for label in (HARMFUL, BENIGN):
             batch = label_batch(examples, label, d, span, pad_id)
             if batch is None:
                 continue
-            clean = read(model, batch, openers, probe, probe_layers, probe_site)
-            ko = read(model, batch, openers, probe, probe_layers, probe_site,
-                      inputs=knockout_inputs(batch, dtype))
+            runner = SpanRunner(model, batch, cached)
+            clean = read(runner, openers, probe, probe_layers, probe_site)
+            ko = read(runner, openers, probe, probe_layers, probe_site, knockout=True)
             row = {"depth": d, "label": label, "n": len(batch.examples),
                    "refusal_clean": mean_ci(clean.refusal.numpy()),
                    "refusal_knockout": mean_ci(ko.refusal.numpy()),

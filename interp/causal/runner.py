@@ -1,0 +1,148 @@
+"""The one forward path of the causal experiments: the prefix once into a KV cache, every run over the span only.
+
+Every intervention (patching, knockout, direction ablation / steering, transcoder-feature edits) changes only
+the span (the last ``h`` columns of a left-padded :class:`SpanBatch`) and every readout (refusal log-odds at
+the last span token, probe scores at the probe token, site values at span tokens) is read there. By
+causality ``prompt ‖ response[:d]`` is the same in the clean and every edited run, so :class:`SpanRunner`
+forwards it once (``use_cache=True``), then forwards the ``h`` span tokens over that cache for each run and
+rolls the cache back to the prefix afterwards (:func:`interp.kvcache.rollback`, no copy).
+
+Positions for hooks are span offsets written as negative columns (``j - h``, see :func:`span_cols`): they
+address the same tokens in the span-only site tensors ``[B, h, d]`` and in the full ones ``[B, S, d]``, so
+the same hooks run on both paths. ``cached=False`` runs the whole sequence instead — the reference for the
+exactness tests and the benchmark.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+
+import torch
+
+from interp import UserError
+from interp.causal.hooks import HookFn, hf_model, hooks_attached, resid_post
+from interp.causal.inputs import SpanBatch, knockout_inputs, response_columns
+from interp.causal.metrics import OpenerTokens, Probe, probe_scores, refusal_logodds
+from interp.inject import attention_layout
+from interp.kvcache import cache_kwarg, mark, new_cache, rollback
+
+SiteFn = Callable[[int], str]
+
+
+def span_cols(batch: SpanBatch, where: str) -> tuple[torch.Tensor, torch.Tensor]:
+    """(rows, columns counted from the end) of the probe token (``where="probe"``) or the whole span (``"span"``).
+
+    The columns are negative (``-h … -1``), valid for site tensors of the full sequence and of the span alone.
+    """
+    b, h = len(batch.examples), batch.h
+    if where == "probe":
+        return torch.arange(b), torch.full((b,), batch.probe_index - h, dtype=torch.long)
+    if where == "span":
+        return torch.arange(b).repeat_interleave(h), (torch.arange(h) - h).repeat(b)
+    raise UserError(f"unknown position set {where!r}; use probe or span")
+
+
+class SpanRunner:
+    """Clean / hooked / knocked-out forwards of one batch, read at the span.
+
+    ``cached=True`` (default): the prefix runs once, lazily, into a ``DynamicCache``; each :meth:`run` forwards
+    only the span over it and rolls it back. ``cached=False``: each run forwards the whole sequence.
+    """
+
+    def __init__(self, model: torch.nn.Module, batch: SpanBatch, cached: bool = True) -> None:
+        self.model = hf_model(model)
+        self.batch = batch
+        self.cached = cached
+        param = next(self.model.parameters())
+        self.device, self.dtype = param.device, param.dtype
+        self._cache = None
+        self._mark = None
+        self._cache_kw = cache_kwarg(self.model)
+
+    def _to(self, x: torch.Tensor) -> torch.Tensor:
+        return x.to(self.device)
+
+    def _prefix(self):
+        """The cache holding ``prompt ‖ response[:d]`` of every row (forwarded on first use)."""
+        if self._cache is None:
+            b, w = self.batch, self.batch.prefix_width
+            cache = new_cache(self.model)
+            inp = b.inputs
+            self.model(input_ids=self._to(inp.input_ids[:, :w]), attention_mask=self._to(inp.attention_mask[:, :w]),
+                       position_ids=self._to(inp.position_ids[:, :w]), use_cache=True, logits_to_keep=1,
+                       **{self._cache_kw: cache})
+            self._cache, self._mark = cache, mark(cache)
+        return self._cache
+
+    def _span_kwargs(self, knockout: bool) -> dict:
+        b, w = self.batch, self.batch.prefix_width
+        inp = b.inputs
+        if not self.cached:
+            if knockout:
+                inp = knockout_inputs(b, self.dtype, *attention_layout(self.model.config))
+            mask = inp.attention_mask
+            mask = {k: self._to(v) for k, v in mask.items()} if isinstance(mask, dict) else self._to(mask)
+            return {"input_ids": self._to(inp.input_ids), "attention_mask": mask,
+                    "position_ids": self._to(inp.position_ids), "use_cache": False}
+        prefix_mask = inp.attention_mask[:, :w]
+        if knockout:  # the span's queries see the response columns as padding
+            prefix_mask = prefix_mask.masked_fill(response_columns(b)[:, :w], 0)
+        mask = torch.cat([prefix_mask, inp.attention_mask[:, w:]], dim=1)
+        return {"input_ids": self._to(inp.input_ids[:, w:]), "attention_mask": self._to(mask),
+                "position_ids": self._to(inp.position_ids[:, w:]), "use_cache": True,
+                self._cache_kw: self._prefix()}
+
+    @torch.no_grad()
+    def run(self, hooks: dict[str, HookFn] | None = None, capture: Sequence[str] = (), knockout: bool = False
+            ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        """Logits at the last span token ``[B, V]`` and captured site values at the span ``[B, h, d]``.
+
+        ``hooks`` see the site tensor of the forward that runs (span only, or the full sequence) and must
+        address span tokens by negative columns (:func:`span_cols`); a capture is taken after any hook on
+        the same site. ``knockout`` blocks the span's attention to the response tokens at every layer.
+        """
+        h = self.batch.h
+        captured: dict[str, torch.Tensor] = {}
+
+        def saver(name: str) -> HookFn:
+            def fn(x: torch.Tensor) -> None:
+                captured[name] = x[:, -h:].detach().clone()
+            return fn
+
+        items = list((hooks or {}).items()) + [(name, saver(name)) for name in capture]
+        kwargs = self._span_kwargs(knockout)
+        try:
+            with hooks_attached(self.model, items):
+                out = self.model(**kwargs, logits_to_keep=1)
+        finally:
+            if self.cached:
+                rollback(self._cache, self._mark)
+        return out.logits[:, -1], captured
+
+
+@dataclass
+class Readout:
+    """Per-row refusal log-odds and probe scores (by probe layer) of one forward; captures at the span."""
+
+    refusal: torch.Tensor
+    probe: dict[int, torch.Tensor] = field(default_factory=dict)
+    cache: dict[str, torch.Tensor] = field(default_factory=dict)
+
+
+def read(runner: SpanRunner, openers: OpenerTokens | None, probe: Probe | None = None,
+         probe_layers: Sequence[int] = (), probe_site: SiteFn = resid_post,
+         hooks: dict[str, HookFn] | None = None, capture: Sequence[str] = (), knockout: bool = False) -> Readout:
+    """One (optionally hooked / knocked-out) run and its readout at the span.
+
+    Without ``openers`` the refusal readout is empty (capture-only runs). ``cache`` values are ``[B, h, d]``.
+    """
+    sites = tuple(dict.fromkeys([*capture, *(probe_site(L) for L in probe_layers)]))
+    logits, cache = runner.run(hooks, sites, knockout)
+    refusal = refusal_logodds(logits, openers) if openers else torch.zeros(0)
+    out = Readout(refusal, cache=cache)
+    if probe is not None:
+        rows, cols = span_cols(runner.batch, "probe")
+        for L in probe_layers:
+            out.probe[L] = probe_scores(probe, cache[probe_site(L)][rows, cols], L)
+    return out
