@@ -1,16 +1,10 @@
 """Beyond one machine: data-parallel extraction under ``torchrun`` and multi-GPU model placement.
 
 Each rank extracts one *contiguous* block of the examples (block edges balance the token count, fixed by the
-data, so every rank and every rerun computes the same split) into its own :class:`ActivationStore` shard::
-
-    <out>.shards/manifest.json                  world size, block edges, example ids in the original order
-    <out>.shards/rank-00000-of-00002.h5         a normal store holding rows [start, stop) of the full list
-
-Shards resume like any store (rows marked ``done`` are skipped). :func:`finalize` then writes ``<out>``:
-either an HDF5 **virtual dataset** file (``mode="virtual"``: tiny, maps each block onto the shard files
-through relative paths, so keep the ``.shards`` folder beside it) or a standalone merged copy
-(``mode="copy"``). Both open with :meth:`ActivationStore.open` and hold the examples in the original order,
-with the same provenance as a one-process run.
+data, so every rank and every rerun computes the same split) into its own :class:`ActivationStore` shard
+(``<out>.shards/rank-00000-of-00002.h5``, layout in :mod:`interp.shards`). Shards resume like any store (rows
+marked ``done`` are skipped). :func:`finalize` (from :mod:`interp.shards`, re-exported here) then merges them into
+``<out>``: an HDF5 virtual dataset file over the shards, or a standalone merged copy.
 
 Ranks only coordinate (a barrier before rank 0 finalizes), so the process group is gloo on CPU and NCCL on
 GPU, each rank on ``cuda:LOCAL_RANK``. :func:`dispatch_across_gpus` splits one large model over several GPUs
@@ -20,8 +14,6 @@ GPU, each rank on ``cuda:LOCAL_RANK``. :func:`dispatch_across_gpus` splits one l
 from __future__ import annotations
 
 import dataclasses
-import hashlib
-import json
 import os
 import time
 from collections.abc import Sequence
@@ -29,14 +21,25 @@ from dataclasses import dataclass
 from datetime import timedelta
 from pathlib import Path
 
-import h5py
 import numpy as np
 
 from interp import UserError
+from interp.shards import (
+    MERGE_MODES,
+    SHARD_KEYS,
+    finalize,
+    read_manifest,
+    shard_dir,
+    shard_path,
+    write_manifest,
+)
 
-SHARD_KEYS = ("shard_rank", "shard_world_size", "shard_start", "shard_stop", "n_examples_total")
-MERGE_MODES = ("virtual", "copy")
-_STR = h5py.string_dtype("utf-8")
+__all__ = [
+    "MERGE_MODES", "SHARD_KEYS", "DistExtractConfig", "ShardResult", "barrier", "dispatch_across_gpus", "dist_env",
+    "example_cost", "extract_auto", "extract_main", "extract_shard", "finalize", "init_process_group",
+    "is_main_rank", "launched_by_torchrun", "main", "rank_device", "rank_model_config", "read_manifest",
+    "run_distributed_extract", "shard_bounds", "shard_dir", "shard_path", "write_manifest",
+]
 
 
 # ------------------------------------------------------------------------------------------------ sharding
@@ -58,49 +61,6 @@ def shard_bounds(costs: Sequence[int], world_size: int) -> list[tuple[int, int]]
         edges.append(max(edges[-1], int(np.searchsorted(prefix, total * k / world_size, side="left"))))
     edges.append(len(costs))
     return [(edges[k], edges[k + 1]) for k in range(world_size)]
-
-
-def shard_dir(out: str | Path) -> Path:
-    out = Path(out)
-    return out.with_name(out.name + ".shards")
-
-
-def shard_path(out: str | Path, rank: int, world_size: int) -> Path:
-    return shard_dir(out) / f"rank-{rank:05d}-of-{world_size:05d}.h5"
-
-
-def _ids_hash(ids: Sequence[str]) -> str:  # same digest as interp.store
-    return hashlib.sha256("\n".join(ids).encode()).hexdigest()
-
-
-def _write_json_atomic(path: Path, data: dict, suffix: str) -> None:
-    tmp = path.with_name(f"{path.name}.{suffix}.tmp")
-    tmp.write_text(json.dumps(data, indent=1, sort_keys=True) + "\n")
-    os.replace(tmp, path)
-
-
-def write_manifest(out: str | Path, ids: Sequence[str], bounds: Sequence[tuple[int, int]], rank: int = 0) -> Path:
-    """Record the split (refuses to mix with shards of another example list or world size)."""
-    path = shard_dir(out) / "manifest.json"
-    path.parent.mkdir(parents=True, exist_ok=True)
-    data = {"format": 1, "world_size": len(bounds), "n_examples": len(ids), "bounds": [list(b) for b in bounds],
-            "ids": [str(i) for i in ids], "example_ids_sha256": _ids_hash([str(i) for i in ids])}
-    if path.exists():
-        old = json.loads(path.read_text())
-        if {k: old.get(k) for k in data} != data:
-            raise UserError(f"{path} records another split (world size {old.get('world_size')}, "
-                            f"{old.get('n_examples')} examples); finish it with the same command and world size, "
-                            "or delete the .shards folder to start over")
-        return path
-    _write_json_atomic(path, data, f"rank{rank}")
-    return path
-
-
-def read_manifest(out: str | Path) -> dict:
-    path = shard_dir(out) / "manifest.json"
-    if not path.exists():
-        raise UserError(f"no shards for {out} (expected {path}); run the distributed extraction first")
-    return json.loads(path.read_text())
 
 
 @dataclass
@@ -144,100 +104,6 @@ def extract_shard(model, tokenizer, items: Sequence, out: str | Path, *, rank: i
     res = extract_to_store(model, tokenizer, list(items[start:stop]), path, spans=spans, depths=depths,
                            provenance=prov, **extract_kwargs)
     return ShardResult(rank, world_size, start, stop, path, res.n_computed, res.n_tokens)
-
-
-# ------------------------------------------------------------------------------------------------ finalize
-def _activation_datasets(h5: h5py.File) -> list[str]:
-    names: list[str] = []
-    for top in ("acts", "baselines"):
-        if top in h5:
-            h5[top].visititems(lambda name, obj, top=top: names.append(f"{top}/{name}")
-                               if isinstance(obj, h5py.Dataset) else None)
-    return sorted(names)
-
-
-def finalize(out: str | Path, mode: str = "virtual", *, dest: str | Path | None = None,
-             rows_per_copy: int = 256) -> Path:
-    """Merge the finished shards of ``out`` into one store at ``dest`` (default ``out``), atomically.
-
-    ``mode="virtual"`` maps the shards (keep the ``.shards`` folder beside ``dest``); ``"copy"`` copies them.
-    """
-    from interp.store import ActivationStore
-
-    if mode not in MERGE_MODES:
-        raise UserError(f"merge mode must be one of {MERGE_MODES}, got {mode!r}")
-    out = Path(out)
-    dest = Path(dest) if dest is not None else out
-    man = read_manifest(out)
-    W, N = int(man["world_size"]), int(man["n_examples"])
-    parts = [(r, a, b) for r, (a, b) in enumerate(man["bounds"]) if b > a]
-    stores = []
-    try:
-        for r, a, b in parts:
-            path = shard_path(out, r, W)
-            if not path.exists():
-                raise UserError(f"shard {path.name} is missing; rerun the same torchrun command to finish rank {r}")
-            s = ActivationStore.open(path)
-            stores.append(s)
-            left = int((~s.done).sum())
-            if left or s.n_examples != b - a:
-                raise UserError(f"shard {path.name} has {left} of {s.n_examples} rows unfinished; rerun the same "
-                                "torchrun command to resume it")
-        ref = {k: v for k, v in stores[0].h5.attrs.items() if k not in SHARD_KEYS and k != "example_ids_sha256"}
-        for s in stores[1:]:
-            other = {k: v for k, v in s.h5.attrs.items() if k not in SHARD_KEYS and k != "example_ids_sha256"}
-            if set(other) != set(ref) or any(not np.array_equal(other[k], ref[k]) for k in ref):
-                raise UserError(f"{s.path.name} was written with another provenance than {stores[0].path.name}")
-        ids = [str(x) for s in stores for x in s.examples["id"]]
-        if ids != man["ids"] or len(ids) != N:
-            raise UserError(f"shards of {out} do not hold the manifest's examples in order; delete the .shards "
-                            "folder and extract again")
-        tmp = dest.with_name(dest.name + ".merge.tmp")
-        _merge(tmp, stores, parts, ref, man, mode, dest, rows_per_copy)
-        os.replace(tmp, dest)
-    finally:
-        for s in stores:
-            s.close()
-    return dest
-
-
-def _merge(tmp: Path, stores, parts, ref: dict, man: dict, mode: str, dest: Path, rows_per_copy: int) -> None:
-    N = int(man["n_examples"])
-    try:
-        with h5py.File(tmp, "w") as f:
-            for k, v in ref.items():
-                f.attrs[k] = v
-            f.attrs["example_ids_sha256"] = man["example_ids_sha256"]
-            f.create_dataset("depths", data=stores[0].h5["depths"][()])
-            ex = f.create_group("examples")
-            for key in stores[0].h5["examples"]:
-                src = [s.h5["examples"][key] for s in stores]
-                if h5py.check_string_dtype(src[0].dtype) is not None:
-                    data = np.array([x for d in src for x in d.asstr()[()]], dtype=object)
-                    ex.create_dataset(key, data=data, dtype=_STR)
-                else:
-                    ex.create_dataset(key, data=np.concatenate([d[()] for d in src], axis=0))
-            for name in _activation_datasets(stores[0].h5):
-                src0 = stores[0].h5[name]
-                shape, dtype = (N,) + src0.shape[1:], src0.dtype
-                if mode == "virtual":
-                    layout = h5py.VirtualLayout(shape=shape, dtype=dtype)
-                    for s, (_, a, b) in zip(stores, parts):
-                        rel = os.path.relpath(s.path, dest.parent)
-                        layout[a:b] = h5py.VirtualSource(rel, name, shape=s.h5[name].shape)
-                    ds = f.create_virtual_dataset(name, layout)
-                else:
-                    ds = f.create_dataset(name, shape=shape, dtype=dtype)
-                    for s, (_, a, b) in zip(stores, parts):
-                        src = s.h5[name]
-                        for i in range(0, b - a, rows_per_copy):
-                            j = min(i + rows_per_copy, b - a)
-                            ds[a + i:a + j] = src[i:j]
-                for k, v in src0.attrs.items():
-                    ds.attrs[k] = v
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
 
 
 # ------------------------------------------------------------------------------------------------ torchrun
