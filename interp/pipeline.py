@@ -17,6 +17,7 @@ from pathlib import Path
 
 import interp
 from interp import UserError
+from interp.naming import slug
 
 
 @dataclass
@@ -57,8 +58,8 @@ class Stage:
 
 
 def _slug(text: str) -> str:
-    text = Path(text).name if os.sep in text or text.startswith(".") else text
-    return "".join(c if c.isalnum() or c in "._-" else "-" for c in text).strip("-").lower()[:60]
+    """Run folder name part (lower case, at most 60 characters) for a model or dataset name."""
+    return slug(text, unicode=True).lower()[:60]
 
 
 class Runner:

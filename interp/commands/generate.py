@@ -4,14 +4,15 @@ from __future__ import annotations
 
 import hashlib
 import json
-import re
 from pathlib import Path
 
 from interp.config import add_arguments, from_namespace, to_dict
+from interp.naming import slug
 
 
 def _slug(text: str) -> str:
-    return re.sub(r"[^A-Za-z0-9._-]+", "-", Path(text).name if "/" in text else text).strip("-") or "data"
+    """Output file name part for a model or dataset name (also used by ``anydepth extract``)."""
+    return slug(text) or "data"
 
 
 def run_config(**configs) -> dict:

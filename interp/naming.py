@@ -1,0 +1,26 @@
+"""File and folder names derived from model and dataset names (one place for the slug rules)."""
+
+from __future__ import annotations
+
+import os
+import re
+from pathlib import Path
+
+__all__ = ["slug"]
+
+_ASCII_UNSAFE_RUN = re.compile(r"[^A-Za-z0-9._-]+")
+
+
+def slug(text: str, *, unicode: bool = False) -> str:
+    """A file-name-safe form of a model or dataset name (a path gives its last component); may be empty.
+
+    Kept: ASCII letters, digits and ``._-``; each run of other characters becomes one ``-``; leading and
+    trailing ``-`` are stripped. ``unicode=True`` is the rule the demo's run folders were named by, kept so
+    existing runs still resume: any Unicode letter or digit is kept, each other character becomes its own
+    ``-``, and a name starting with ``.`` is read as a path too.
+    """
+    if unicode:
+        name = Path(text).name if os.sep in text or text.startswith(".") else text
+        return "".join(c if c.isalnum() or c in "._-" else "-" for c in name).strip("-")
+    name = Path(text).name if "/" in text else text
+    return _ASCII_UNSAFE_RUN.sub("-", name).strip("-")
