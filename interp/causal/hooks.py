@@ -4,7 +4,9 @@ Sites use the TL names (``blocks.L.hook_resid_pre``, ``blocks.L.hook_resid_post`
 ``blocks.L.mlp.hook_out``) but are implemented as plain torch forward hooks on the HF modules, so they take the
 same inputs as the HF model (explicit ``position_ids``, 4-D masks for knockout) and give values identical to
 ``TransformerBridge`` (tested). A hook function maps the site's tensor ``[B, S, d]`` to a tensor of the same
-shape (or ``None`` to leave it unchanged).
+shape (or ``None`` to leave it unchanged). The experiments run their forwards through
+:class:`interp.causal.runner.SpanRunner`, where ``S`` is only the span when the prefix is cached; their hooks
+address span tokens by negative columns so they fit both.
 """
 
 from __future__ import annotations
@@ -122,7 +124,7 @@ class Inputs:
     """Token ids and optional mask / positions for one batched forward."""
 
     input_ids: torch.Tensor
-    attention_mask: torch.Tensor | None = None
+    attention_mask: torch.Tensor | dict[str, torch.Tensor] | None = None  # 2-D, 4-D or per layer type
     position_ids: torch.Tensor | None = None
 
     def kwargs(self) -> dict[str, torch.Tensor]:
@@ -154,7 +156,10 @@ def run_with_hooks(model: torch.nn.Module, inputs: Inputs, hooks: dict[str, Hook
 
 
 def at_positions(fn: Callable[[torch.Tensor], torch.Tensor], rows: torch.Tensor, cols: torch.Tensor) -> HookFn:
-    """A hook that applies ``fn`` to the ``[N, d]`` vectors at (rows[i], cols[i]) and nowhere else."""
+    """A hook that applies ``fn`` to the ``[N, d]`` vectors at (rows[i], cols[i]) and nowhere else.
+
+    Negative ``cols`` count from the end (the span of a left-padded batch, see :func:`interp.causal.runner.span_cols`).
+    """
 
     def hook(x: torch.Tensor) -> torch.Tensor:
         x = x.clone()
