@@ -5,11 +5,11 @@ Usage:
   python scripts/bench_causal.py                      # tiny random Qwen2, toy examples with long responses
   python scripts/bench_causal.py --model qwen2.5-coder-0.5b-instruct --continuations RUN/continuations.jsonl \\
       [--probes TRAIN_DIR] --pairs 8 --layer 12 --depth 32
-The steps of one patching cell (one layer x one depth, both directions) are timed apart for each path: the
-clean runs of both labels (which a sweep shares across layers; on the cached path they include the prefix
-forward), the two patched runs, and the knockout runs. Prints each, a one-layer cell, the per-cell time of a
-sweep over every layer (clean runs shared), the largest difference between the paths' refusal log-odds,
-and last ``cached_vs_full=<ratio>`` (cached / full per-cell time in that sweep; < 1 is faster).
+The steps of one patching cell (one layer x one depth, both directions in one batch as in patching_sweep)
+are timed apart for each path: the clean run (which a sweep shares across layers; on the cached path it
+includes the prefix forward), the patched run, and a knockout run. Prints each, a one-layer cell, the
+per-cell time of a sweep over every layer (clean run shared), the largest difference between the paths'
+refusal log-odds, and last ``cached_vs_full=<ratio>`` (cached / full per-cell time in that sweep; < 1 is faster).
 """
 
 from __future__ import annotations
@@ -86,32 +86,32 @@ def main() -> None:
           f"rows {min(lens)}-{max(lens)} tokens, threads {torch.get_num_threads()}")
 
     harm, ben = pair_up(examples, args.depth)
-    hb, bb = build_batch(harm, args.depth, span, pad), build_batch(ben, args.depth, span, pad)
+    both = build_batch(harm + ben, args.depth, span, pad)  # as patching_sweep: one batch, partners n apart
+    partner = torch.cat([torch.arange(len(harm), 2 * len(harm)), torch.arange(len(harm))])
     site = resid_post(layer)
     times: dict[str, dict[bool, list[float]]] = {k: {True: [], False: []} for k in ("clean", "patch", "knockout")}
     results: dict[bool, list[torch.Tensor]] = {}
     for _ in range(args.repeats):
         for cached in (False, True):
-            # the steps of patching_sweep / knockout_effects for one (layer, depth) cell, timed apart
+            # the steps of patching_sweep for one (layer, depth) cell and a knockout run, timed apart
             t0 = time.perf_counter()
-            runners = {"h": SpanRunner(model, hb, cached), "b": SpanRunner(model, bb, cached)}
-            clean = {k: read(r, openers, capture=[site], **probe_kw) for k, r in runners.items()}
+            runner = SpanRunner(model, both, cached)
+            clean = read(runner, openers, capture=[site], **probe_kw)
             t1 = time.perf_counter()
-            patched = [read(runners[dst], openers, hooks={site: patch_hook(runners[dst].batch, runners[src].batch,
-                                                                            clean[src].cache[site], args.where)},
-                            **probe_kw) for dst, src in (("h", "b"), ("b", "h"))]
+            hook = patch_hook(both, both, clean.cache[site][partner], args.where)
+            patched = read(runner, openers, hooks={site: hook}, **probe_kw)
             t2 = time.perf_counter()
-            ko = [read(r, openers, knockout=True, **probe_kw) for r in runners.values()]
+            ko = read(runner, openers, knockout=True, **probe_kw)
             t3 = time.perf_counter()
             times["clean"][cached].append(t1 - t0)
             times["patch"][cached].append(t2 - t1)
             times["knockout"][cached].append(t3 - t2)
-            results[cached] = [x.refusal for x in (*clean.values(), *patched, *ko)]
+            results[cached] = [x.refusal for x in (clean, patched, ko)]
     diff = max(float((a - b).abs().max()) for a, b in zip(results[True], results[False]))
     best = {k: {c: min(v[c]) for c in v} for k, v in times.items()}
-    for name, label in (("clean", "clean runs (prefix + readout, both labels; once per depth)"),
-                        ("patch", "patched runs (both directions; per layer)"),
-                        ("knockout", "knockout runs (both labels; per depth, after the clean runs)")):
+    for name, label in (("clean", "clean run (prefix + readout, both labels; once per depth)"),
+                        ("patch", "patched run (both directions; per layer)"),
+                        ("knockout", "knockout run (both labels; per depth, after the clean run)")):
         t = best[name]
         print(f"{label}: full {t[False]:.2f} s, cached {t[True]:.2f} s, ratio {t[True] / t[False]:.3f}")
     one = {c: best["clean"][c] + best["patch"][c] for c in (True, False)}

@@ -43,11 +43,12 @@ def pair_up(examples: Sequence[Example], depth: int) -> tuple[list[Example], lis
     return h[:n], b[:n]
 
 
-def _delta(patched: Readout, clean: Readout, src: Readout, probe_layers: Sequence[int]) -> dict:
-    out = {"d_refusal": (patched.refusal - clean.refusal).numpy(),
-           "gap_refusal": (src.refusal - clean.refusal).numpy()}
+def _delta(patched: Readout, clean: Readout, dst: slice, src: slice, probe_layers: Sequence[int]) -> dict:
+    """Effects on the rows ``dst`` of a both-labels batch whose partners are the rows ``src``."""
+    out = {"d_refusal": (patched.refusal[dst] - clean.refusal[dst]).numpy(),
+           "gap_refusal": (clean.refusal[src] - clean.refusal[dst]).numpy()}
     for L in probe_layers:
-        out[f"d_probe_{L}"] = (patched.probe[L] - clean.probe[L]).numpy()
+        out[f"d_probe_{L}"] = (patched.probe[L][dst] - clean.probe[L][dst]).numpy()
     return out
 
 
@@ -59,7 +60,9 @@ def patching_sweep(model, examples: Sequence[Example], span: Span, pad_id: int, 
 
     Returns ``{"layers", "depths", "n_pairs": [D], "cells": [{layer, depth, direction, metric: ci}, ...]}``
     where ``direction`` names the run that receives the patch (``harmful<-benign`` or ``benign<-harmful``).
-    ``cached=False`` forwards whole sequences (the reference) instead of the span over a cached prefix.
+    Both labels go in one batch (harmful rows, then their benign partners) so that one forward patches both
+    directions. ``cached=False`` forwards whole sequences (the reference) instead of the span over a cached
+    prefix.
     """
     cells, n_pairs = [], []
     bar = tqdm(total=len(depths) * len(layers), desc="patching", leave=False)
@@ -69,15 +72,16 @@ def patching_sweep(model, examples: Sequence[Example], span: Span, pad_id: int, 
         if len(harm) < min_pairs:
             bar.update(len(layers))
             continue
-        runners = {HARMFUL: SpanRunner(model, build_batch(harm, d, span, pad_id), cached),
-                   BENIGN: SpanRunner(model, build_batch(ben, d, span, pad_id), cached)}
-        sites = [site(L) for L in layers]
-        clean = {k: read(r, openers, probe, probe_layers, probe_site, capture=sites) for k, r in runners.items()}
+        n = len(harm)
+        runner = SpanRunner(model, build_batch(harm + ben, d, span, pad_id), cached)
+        clean = read(runner, openers, probe, probe_layers, probe_site, capture=[site(L) for L in layers])
+        partner = torch.cat([torch.arange(n, 2 * n), torch.arange(n)])  # row i's pair in the other label
+        rows = {HARMFUL: slice(0, n), BENIGN: slice(n, 2 * n)}
         for L in layers:
+            hook = patch_hook(runner.batch, runner.batch, clean.cache[site(L)][partner], where)
+            patched = read(runner, openers, probe, probe_layers, probe_site, hooks={site(L): hook})
             for dst, src in ((HARMFUL, BENIGN), (BENIGN, HARMFUL)):
-                hook = patch_hook(runners[dst].batch, runners[src].batch, clean[src].cache[site(L)], where)
-                patched = read(runners[dst], openers, probe, probe_layers, probe_site, hooks={site(L): hook})
-                deltas = _delta(patched, clean[dst], clean[src], probe_layers)
+                deltas = _delta(patched, clean, rows[dst], rows[src], probe_layers)
                 cell = {"layer": L, "depth": d, "direction": f"{dst}<-{src}", "n": len(harm)}
                 cell.update({k: mean_ci(v) for k, v in deltas.items()})
                 gap = float(np.mean(deltas["gap_refusal"]))
