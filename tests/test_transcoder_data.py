@@ -66,5 +66,16 @@ def test_joint_evaluation_equals_one_layer_at_a_time():
     joint = evaluate_transcoders(model, tcs, rows, batch_size=3)
     for L, tc in tcs.items():
         alone = evaluate_transcoder(model, tc, L, rows, batch_size=3)
-        assert joint[L] == pytest.approx(alone, rel=1e-6, abs=1e-9)
+        assert joint[L].keys() == alone.keys()
+        for key, value in alone.items():
+            assert joint[L][key] == (None if value is None else pytest.approx(value, rel=1e-6, abs=1e-9)), key
     assert joint[0]["loss_spliced"] != joint[1]["loss_spliced"]
+
+
+def test_loss_recovered_is_undefined_when_zero_ablation_does_not_matter():
+    from interp.causal.transcoders import loss_recovered
+
+    assert loss_recovered(2.0, 2.5, 3.0) == 0.5
+    assert loss_recovered(2.0, 2.0, 3.0) == 1.0
+    assert loss_recovered(2.648, 2.67, 2.6480001) is None
+    assert loss_recovered(2.0, 2.1, 1.9) is None

@@ -260,8 +260,15 @@ def evaluate_transcoders(model, transcoders: dict[int, object], token_rows: list
                   "dead_fraction": float(((acts > 0).sum(0) == 0).float().mean()), "n_tokens": len(x),
                   "loss_clean": clean, "loss_spliced": spliced, "loss_zero_ablated": zero,
                   "delta_loss": spliced - clean,
-                  "loss_recovered": (zero - spliced) / max(zero - clean, 1e-12)}
+                  "loss_recovered": loss_recovered(clean, spliced, zero)}
     return out
+
+
+def loss_recovered(clean: float, spliced: float, zero: float, min_gap: float = 1e-3) -> float | None:
+    """(zero-ablated - spliced) / (zero-ablated - clean); ``None`` when zero-ablating the MLP moves the loss by
+    less than ``min_gap`` nats (the ratio is then noise: seen for single mid-depth MLPs of Qwen-0.5B)."""
+    gap = zero - clean
+    return (zero - spliced) / gap if gap >= min_gap else None
 
 
 def evaluate_transcoder(model, tc, layer: int, token_rows: list[list[int]], batch_size: int = 8,

@@ -108,8 +108,10 @@ def train_layers(loaded, dcfg: TranscoderDataConfig, tcfg) -> list[dict]:
         save_transcoder(tc.to("cpu"), folder, {"metrics": m, "train": log, "train_config": to_dict(tcfg),
                                                "data_config": to_dict(dcfg), "model": loaded.provenance(),
                                                "n_train_rows": len(train_rows), "n_eval_rows": len(eval_rows)})
+        rec = "n/a" if m["loss_recovered"] is None else f"{m['loss_recovered']:.3f}"
         print(f"layer {L}: FVU {m['fvu']:.3f}, L0 {m['l0']:.1f}, Δ loss spliced {m['delta_loss']:+.4f} "
-              f"(clean {m['loss_clean']:.3f}, loss recovered {m['loss_recovered']:.3f}) -> {folder}")
+              f"(clean {m['loss_clean']:.3f}, MLP zero-ablated {m['loss_zero_ablated']:.3f}, loss recovered {rec})"
+              f" -> {folder}")
         out.append({"layer": L, "path": str(folder), **m})
     return out
 
