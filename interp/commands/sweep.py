@@ -8,26 +8,18 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from interp.config import add_arguments, from_namespace
+from interp.probes.data import StoreSliceConfig
 
 
 @dataclass
-class SweepCliConfig:
+class SweepCliConfig(StoreSliceConfig):
     """Which store and which slice of it to sweep."""
 
-    store: str = field(default="", metadata={"help": "activation store (.h5) written by `anydepth extract`"})
     out: str = field(default="", metadata={"help": "output directory (JSON, plots, config)"})
-    hook: str = field(default="", metadata={"help": "hook to probe (default: the store's first)"})
-    position: str = field(default="probe", metadata={"help": "'probe' or an index into the Safety-Token span"})
-    layers: list[int] | None = field(default=None, metadata={"help": "layers (default: all stored)"})
-    depths: list[int] | None = field(default=None, metadata={"help": "depth values (default: all stored)"})
-    folds: int = field(default=5, metadata={"help": "grouped CV folds (by prompt)"})
-    seed: int = field(default=0, metadata={"help": "fold / bootstrap seed"})
     n_boot: int = field(default=1000, metadata={"help": "bootstrap resamples (by prompt) for 95% CIs"})
     per_depth_fit: bool = field(default=False, metadata={"help": "train one probe per depth instead of pooling"})
     baselines: list[str] = field(default_factory=lambda: ["last_token", "prompt", "diffmeans", "shuffled"],
                                  metadata={"help": "baselines on identical splits"})
-    target_fpr: float = field(default=0.01, metadata={"help": "FPR on benign controls for the threshold"})
-    control_sources: list[str] | None = field(default=None, metadata={"help": "benign sources used as controls"})
     train_sources: list[str] | None = field(default=None, metadata={"help": "train on these sources only ..."})
     test_sources: list[str] | None = field(default=None, metadata={"help": "... and test on these"})
 

@@ -2,12 +2,30 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
 
 from interp import UserError
+
+
+@dataclass
+class StoreSliceConfig:
+    """Which store, hook, position, layers and depths to probe, and the grouped CV and threshold settings.
+
+    The options ``anydepth sweep`` and ``anydepth train`` share (each adds its own).
+    """
+
+    store: str = field(default="", metadata={"help": "activation store (.h5) written by `anydepth extract`"})
+    hook: str = field(default="", metadata={"help": "hook to probe (default: the store's first)"})
+    position: str = field(default="probe", metadata={"help": "'probe' or an index into the Safety-Token span"})
+    layers: list[int] | None = field(default=None, metadata={"help": "layers (default: all stored)"})
+    depths: list[int] | None = field(default=None, metadata={"help": "depth values (default: all stored)"})
+    folds: int = field(default=5, metadata={"help": "grouped CV folds (by prompt)"})
+    seed: int = field(default=0, metadata={"help": "fold / bootstrap seed"})
+    target_fpr: float = field(default=0.01, metadata={"help": "FPR on benign controls for the threshold"})
+    control_sources: list[str] | None = field(default=None, metadata={"help": "benign sources used as controls"})
 
 
 @dataclass

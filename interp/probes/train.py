@@ -12,26 +12,18 @@ from pathlib import Path
 import numpy as np
 
 from interp import UserError
+from interp.probes.data import StoreSliceConfig
 from interp.probes.probeset import ProbeSet
 from interp.probes.sweep import ProbeConfig
 
 
 @dataclass
-class TrainConfig:
+class TrainConfig(StoreSliceConfig):
     """Store slice, layer choice and threshold."""
 
-    store: str = field(default="", metadata={"help": "activation store (.h5) written by `anydepth extract`"})
     out: str = field(default="", metadata={"help": "output directory for probeset.{safetensors,json}"})
-    hook: str = field(default="", metadata={"help": "hook to probe (default: the store's first)"})
-    position: str = field(default="probe", metadata={"help": "'probe' or an index into the Safety-Token span"})
-    layers: list[int] | None = field(default=None, metadata={"help": "layers to fit (default: all stored)"})
-    depths: list[int] | None = field(default=None, metadata={"help": "depth values to train on (default: all)"})
     layer: int | None = field(default=None, metadata={"help": "fix the best layer instead of choosing by CV AUROC"})
-    folds: int = field(default=5, metadata={"help": "grouped CV folds (by prompt)"})
-    seed: int = field(default=0, metadata={"help": "fold / bootstrap seed"})
     n_boot: int = field(default=200, metadata={"help": "bootstrap resamples for the CIs stored with the probes"})
-    target_fpr: float = field(default=0.01, metadata={"help": "FPR on benign controls for the threshold"})
-    control_sources: list[str] | None = field(default=None, metadata={"help": "benign sources used as controls"})
 
 
 def train_probeset(store, cfg: TrainConfig, probe: ProbeConfig, *, progress: bool = True) -> ProbeSet:
