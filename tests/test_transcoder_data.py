@@ -70,6 +70,15 @@ def test_joint_evaluation_equals_one_layer_at_a_time():
         for key, value in alone.items():
             assert joint[L][key] == (None if value is None else pytest.approx(value, rel=1e-6, abs=1e-9)), key
     assert joint[0]["loss_spliced"] != joint[1]["loss_spliced"]
+    # the activations read during the clean forwards are the ones the collection pass gives
+    from interp.causal.transcoders import collect_mlp_io_layers, fvu
+
+    io = collect_mlp_io_layers(model, rows, [0, 1])
+    for L, tc in tcs.items():
+        x, y = io[L]
+        assert joint[L]["n_tokens"] == len(x)
+        with torch.no_grad():
+            assert joint[L]["fvu"] == pytest.approx(fvu(y, tc.decode(tc.encode(x))), rel=1e-5)
 
 
 def test_loss_recovered_is_undefined_when_zero_ablation_does_not_matter():

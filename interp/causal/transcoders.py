@@ -231,10 +231,11 @@ def evaluate_transcoders(model, transcoders: dict[int, object], token_rows: list
                          max_tokens: int | None = None) -> dict[int, dict]:
     """Per layer: FVU, L0, dead fraction, and next-token loss clean / spliced / MLP zero-ablated on held-out rows.
 
-    The activations of all layers come from one pass and the clean loss from one forward per batch.
+    The clean forward of each batch gives both the clean loss and every layer's MLP input / output.
     """
     rows = _budget([list(r) for r in token_rows if len(r)], max_tokens)
-    io = collect_mlp_io_layers(model, rows, list(transcoders), batch_size)
+    sites = tuple(s for L in transcoders for s in (mlp_in(L), mlp_out(L)))
+    io: dict[str, list[torch.Tensor]] = {s: [] for s in sites}
     variants: dict[str, dict | None] = {"clean": None}
     for L, tc in transcoders.items():
         variants[f"spliced_{L}"] = splice_hooks(tc, L)
@@ -243,16 +244,19 @@ def evaluate_transcoders(model, transcoders: dict[int, object], token_rows: list
     weights = []
     for i in range(0, len(rows), batch_size):
         inp = _right_padded(model, rows[i: i + batch_size])
+        real = inp.attention_mask.bool()
         for name, hooks in variants.items():
-            logits, _ = run_with_hooks(model, inp, hooks)
+            logits, cache = run_with_hooks(model, inp, hooks, sites if name == "clean" else ())
             losses[name].append(token_loss(logits.cpu(), inp.input_ids.cpu(), inp.attention_mask.cpu()))
+            for site, value in cache.items():
+                io[site].append(value[real].float().cpu())
         mask = inp.attention_mask.cpu()
         weights.append(int((mask[:, 1:] * mask[:, :-1]).sum()))
     w = torch.tensor(weights, dtype=torch.float64)
     mean = {k: float((torch.tensor(v, dtype=torch.float64) * w).sum() / w.sum()) for k, v in losses.items()}
     out = {}
     for L, tc in transcoders.items():
-        x, y = io[L]
+        x, y = torch.cat(io[mlp_in(L)]), torch.cat(io[mlp_out(L)])
         acts = tc.encode(x.to(tc.W_enc.dtype))
         recon = tc.decode(acts)
         clean, spliced, zero = mean["clean"], mean[f"spliced_{L}"], mean[f"zero_{L}"]
