@@ -135,7 +135,8 @@ class GuardedGenerator:
         self.checker = Checker(model, tokenizer, spans, config, probes if "lp" in self.detectors else None,
                                model_id=model_id, weights_sha256=weights_sha256, base_lookahead=base_lookahead)
         self._cache_kw = cache_kwarg(model)
-        self._fast_linear = config.fast_linear and fast_linear.install(model)
+        # True while this generator routes the model's few-row linears through interp.fast_linear
+        self.fast_linear_installed = config.fast_linear and fast_linear.install(model)
         self.eos_ids = self._eos_ids()
         limit = getattr(model.config, "max_position_embeddings", None)
         self.max_context = config.max_context or limit or 1 << 30
@@ -151,9 +152,9 @@ class GuardedGenerator:
 
     def close(self) -> None:
         self.checker.close()
-        if self._fast_linear:
+        if self.fast_linear_installed:
             fast_linear.uninstall(self.model)
-            self._fast_linear = False
+            self.fast_linear_installed = False
 
     # -- decoding ------------------------------------------------------------------------------------
     def _choose(self, logits: torch.Tensor, gen: torch.Generator) -> torch.Tensor:

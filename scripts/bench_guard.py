@@ -50,7 +50,7 @@ def main() -> None:
         print(f"context={n}: decode {row['decode_ms']:.2f} ms, check {row['check_ms']:.2f} ms "
               f"({row['check_vs_decode']:.2f}x), early exit {row['early_exit_ms']:.2f} ms "
               f"({row['early_exit_vs_decode']:.2f}x), rk span {row['rk_span_ms']:.2f} ms")
-    fast = gen._fast_linear
+    fast = gen.fast_linear_installed
     gen.close()
     if fast:  # the same ratios with plain F.linear, for comparison (CPU float32 only)
         plain = GuardedGenerator(gm.model, gm.tokenizer, spans, GuardConfig(mode="lp", fast_linear=False), probes)
