@@ -154,19 +154,3 @@ def knockout_inputs(batch: SpanBatch, dtype: torch.dtype = torch.float32, slidin
     out = {k: additive(v) for k, v in masks.items()}
     mask = out if len(out) > 1 else out["full_attention"]
     return Inputs(batch.inputs.input_ids, mask, batch.inputs.position_ids)
-
-
-def tokenize_examples(tokenizer, records, prompt_ids_fn, response_ids_fn) -> list[Example]:
-    """Turn records (``.id``, ``.label``, ``.prompt``, ``.response``) into :class:`Example` s.
-
-    ``prompt_ids_fn(tokenizer, prompt)`` and ``response_ids_fn(tokenizer, prompt_ids, text)`` are the template
-    helpers (``interp.templates.format_prompt_ids`` / ``encode_response``).
-    """
-    out = []
-    for rec in records:
-        if rec.response is None:
-            raise UserError(f"record {rec.id!r} has no response; the causal experiments need continuations")
-        p = tuple(int(t) for t in prompt_ids_fn(tokenizer, rec.prompt))
-        r = tuple(int(t) for t in response_ids_fn(tokenizer, list(p), rec.response))
-        out.append(Example(rec.id, rec.label, p, r, getattr(rec, "source", "")))
-    return out
