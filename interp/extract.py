@@ -10,6 +10,7 @@ requested layer, and the LM head never runs.
 
 from __future__ import annotations
 
+import os
 import time
 import warnings
 from collections.abc import Sequence
@@ -232,6 +233,26 @@ def batch_order(plans: Sequence, batch_size: int) -> list[list[int]]:
     return [order[i:i + batch_size] for i in range(0, len(order), batch_size)]
 
 
+def text_at_depths(tokenizer, items: Sequence[Continuation], depths: Sequence[int], progress: bool = False
+                   ) -> dict[str, list]:
+    """The response text of each item and, per depth, how many of its characters the first ``d`` response
+    tokens decode to (the text a probe at depth d has seen; text-only baselines read exactly this)."""
+    from tqdm.auto import tqdm
+
+    texts, chars = [], []
+    for it in tqdm(items, desc="decode text at depths", unit="ex", disable=not progress or len(items) < 500):
+        ids = list(it.response_ids)
+        full = tokenizer.decode(ids, skip_special_tokens=True)
+        row = []
+        for d in depths:
+            part = tokenizer.decode(ids[:min(int(d), len(ids))], skip_special_tokens=True) if d > 0 else ""
+            k = len(os.path.commonprefix([part, full]))
+            row.append(k)
+        texts.append(full)
+        chars.append(row)
+    return {"response": texts, "response_chars": chars}
+
+
 @dataclass
 class ExtractResult:
     path: Path
@@ -272,7 +293,9 @@ def extract_to_store(model, tokenizer, items: Sequence[Continuation], out: str |
                 spans=span_info, depth_schedule=[int(d) for d in depths])
     examples = {"id": [it.id for it in items], "label": [1 if it.label == "harmful" else 0 for it in items],
                 "source": [it.source for it in items], "prompt": [it.prompt for it in items],
-                "category": [it.category or "" for it in items], "n_response_tokens": n_tokens, "valid": valid}
+                "category": [it.category or "" for it in items], "n_response_tokens": n_tokens, "valid": valid,
+                "pair_id": [str((it.meta or {}).get("pair_id") or "") for it in items]}
+    examples.update(text_at_depths(tokenizer, items, depths, progress=progress))
     store = ActivationStore.create(out, prov, examples, depths, hooks, layers, pos, cfg.hidden_size,
                                    storage_dtype)
     window, types = attention_layout(model.config)

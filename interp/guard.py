@@ -19,6 +19,7 @@ cannot carry a piggybacked span). ``chunk_forced=False`` keeps the one-token-per
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -124,7 +125,10 @@ class GuardedGenerator:
     def __init__(self, model, tokenizer, spans, config: GuardConfig | None = None, probes=None, *,
                  model_id: str | None = None, weights_sha256: str | None = None,
                  detectors: Sequence[str] | None = None, halt: bool = True, base_lookahead: int | None = None,
-                 chunk_forced: bool = True):
+                 chunk_forced: bool = True, per_answer: bool = True):
+        """``per_answer``: the run fires per answer on ``config``'s schedule (guarding, over-refusal), so warn
+        when the probe set's threshold was calibrated for another schedule; False for per-depth measurements
+        (deep-prefill curves)."""
         self.config = config = config or GuardConfig()
         self.chunk_forced = chunk_forced  # False: feed forced tokens one per step (the reference path)
         config.validate()
@@ -134,6 +138,10 @@ class GuardedGenerator:
             () if config.mode == "none" else (config.mode,))
         self.checker = Checker(model, tokenizer, spans, config, probes if "lp" in self.detectors else None,
                                model_id=model_id, weights_sha256=weights_sha256, base_lookahead=base_lookahead)
+        mismatch = probes.schedule_mismatch(config) if (
+            per_answer and "lp" in self.detectors and hasattr(probes, "schedule_mismatch")) else None
+        if mismatch and config.threshold is None:
+            warnings.warn(mismatch, stacklevel=2)
         self._cache_kw = cache_kwarg(model)
         # True while this generator routes the model's few-row linears through interp.fast_linear
         self.fast_linear_installed = config.fast_linear and fast_linear.install(model)
@@ -176,6 +184,17 @@ class GuardedGenerator:
         cfg = self.config
         later = [d for d in cfg.early_checks if d > depth]
         return min([(depth // cfg.stride + 1) * cfg.stride, *later])
+
+    def _due_rows(self, rows: list[int], ending: Sequence[int], checked: list[int], depth: int) -> list[int]:
+        """Rows checked at ``depth``: all of them on a scheduled depth, else the ``ending`` rows whose tail is
+        unchecked (final check). The check's forward covers the whole batch, but only these rows get its
+        outcome, so each answer is checked on its own schedule (:class:`interp.probes.protocol.Schedule`)
+        whatever else is in the batch."""
+        if not self.detectors:
+            return []
+        if self.config.is_due(depth):
+            return list(rows)
+        return [b for b in ending if self.config.final_check and checked[b] < depth] if depth > 0 else []
 
     def _forced_run(self, rows: list[int], forced: list[list[int]], depth: int, prompt_len: int) -> int:
         """How many tokens from ``depth`` every row in ``rows`` has forced, before anything else must happen.
@@ -263,9 +282,9 @@ class GuardedGenerator:
             n = mask.shape[1]
             at_limit = depth >= cfg.max_new_tokens or n + 1 + chk.room > self.max_context
             if at_limit:
-                due = [b for b in rows if self.detectors and cfg.final_check and checked[b] < depth]
-                if due or (self.detectors and cfg.is_due(depth)):
-                    apply(chk.run(cache, mask, lens + depth, self.detectors, logits), rows, depth)
+                due = self._due_rows(rows, rows, checked, depth)
+                if due:
+                    apply(chk.run(cache, mask, lens + depth, self.detectors, logits), due, depth)
                 for b in rows:
                     if active[b]:
                         finish(b, "max_new_tokens" if depth >= cfg.max_new_tokens else "context_limit")
@@ -301,19 +320,18 @@ class GuardedGenerator:
                     continue
                 if int(nxt[b]) in self.eos_ids:
                     ending.append(b)
-            due = bool(self.detectors) and (cfg.is_due(depth) or (cfg.final_check and any(
-                checked[b] < depth for b in ending)))
+            due = self._due_rows(rows, ending, checked, depth)
             step_mask = torch.cat([mask, torch.ones((B, 1), dtype=mask.dtype, device=device)], dim=1)
             step_pos = (lens + depth)[:, None]
             if len(ending) == len(rows):  # every row stops here: check, but decode nothing
                 if due:
-                    apply(chk.run(cache, mask, lens + depth, self.detectors, logits), rows, depth)
+                    apply(chk.run(cache, mask, lens + depth, self.detectors, logits), due, depth)
             elif due and cfg.piggyback:
                 logits, outcome = chk.piggyback(cache, mask, lens + depth, nxt, self.detectors)
-                apply(outcome, rows, depth)
+                apply(outcome, due, depth)
             else:
                 if due:
-                    apply(chk.run(cache, mask, lens + depth, self.detectors, logits), rows, depth)
+                    apply(chk.run(cache, mask, lens + depth, self.detectors, logits), due, depth)
                 logits = self._forward(nxt[:, None], step_pos, step_mask, cache)[:, -1]
             mask = step_mask
             for b in rows:

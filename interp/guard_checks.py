@@ -203,6 +203,7 @@ class Checker:
                 texts = self._lookahead(cache, full, pos_next + len(self.span_ids), logits, self.config.lookahead)
                 outcome.flags["rk"] = torch.tensor([self.keyword(t) for t in texts])
                 outcome.texts["rk"] = texts
+                outcome.scores["rk"] = self.prob.mass(logits).cpu()  # the probability judge, for reports
         finally:
             rollback(cache, before)
 
@@ -224,6 +225,7 @@ class Checker:
                 finally:
                     rollback(cache, before)
                 outcome.flags["base"] = torch.tensor([self.keyword(t) for t in texts])
+                outcome.scores["base"] = self.prob.mass(last_logits).cpu()  # the probability judge
                 outcome.texts["base"] = texts
             else:
                 raise ValueError(f"unknown detector {name!r}")

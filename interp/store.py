@@ -2,7 +2,8 @@
 
 Layout::
 
-    /examples/{id, label, source, prompt, category, n_response_tokens, valid[N,D], done[N]}
+    /examples/{id, label, source, prompt, category, pair_id, n_response_tokens, valid[N,D], done[N]}
+    /examples/{response, response_chars[N,D]}   response text; characters of it the probe has seen at depth d
     /depths[D]
     /acts/<hook>/layer_<L>                     [N, D, n_pos, d_model]   Safety-Token positions
     /baselines/last_token/<hook>/layer_<L>     [N, D, d_model]          last response token before depth d
@@ -177,9 +178,12 @@ class ActivationStore:
                 f.attrs[key] = _encode_attr(value)
             f.create_dataset("depths", data=np.asarray(depths, dtype=np.int64))
             ex = f.create_group("examples")
-            for key in ("id", "source", "prompt", "category"):
-                ex.create_dataset(key, data=np.array([str(x or "") for x in examples.get(key, [""] * N)],
-                                                     dtype=object), dtype=_STR)
+            for key in ("id", "source", "prompt", "category", "pair_id", "response"):
+                if key in examples or key in ("id", "source", "prompt", "category"):
+                    ex.create_dataset(key, data=np.array([str(x or "") for x in examples.get(key, [""] * N)],
+                                                         dtype=object), dtype=_STR)
+            if "response_chars" in examples:
+                ex.create_dataset("response_chars", data=np.asarray(examples["response_chars"], np.int32).reshape(N, D))
             ex.create_dataset("label", data=np.asarray(examples["label"], dtype=np.int8))
             ex.create_dataset("n_response_tokens", data=np.asarray(examples["n_response_tokens"], np.int64))
             ex.create_dataset("valid", data=np.asarray(examples["valid"], dtype=bool).reshape(N, D))
@@ -209,7 +213,9 @@ class ActivationStore:
     def examples(self) -> dict[str, np.ndarray]:
         """Per-example metadata as numpy arrays (strings as ``str`` objects)."""
         ex = self.h5["examples"]
-        out = {k: ex[k].asstr()[()] for k in ("id", "source", "prompt", "category") if k in ex}
+        out = {k: ex[k].asstr()[()] for k in ("id", "source", "prompt", "category", "pair_id", "response") if k in ex}
+        if "response_chars" in ex:
+            out["response_chars"] = ex["response_chars"][()]
         out.update(label=ex["label"][()], n_response_tokens=ex["n_response_tokens"][()],
                    valid=ex["valid"][()].astype(bool), done=ex["done"][()].astype(bool))
         return out

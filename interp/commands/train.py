@@ -30,10 +30,34 @@ def run(args) -> int:
     with open_store(cfg.store) as store:
         probes = train_probeset(store, cfg, probe)
     path = save_probeset(probes, cfg, probe, cfg.out)
-    best, thr = probes.best_layer, probes.threshold
-    a = probes.metrics["cv"][str(best)]["auroc"]
-    print(f"best layer {best}: CV AUROC {a['value']:.3f} [{a['lo']:.3f}, {a['hi']:.3f}]; threshold {thr:.4f} "
-          f"(target FPR {cfg.target_fpr}: out-of-fold TPR {probes.thresholds['oof']['tpr']:.3f}, "
-          f"FPR {probes.thresholds['oof']['fpr']:.3f})")
+    for line in summary_lines(probes):
+        print(line)
     print(f"wrote {path}")
     return 0
+
+
+def summary_lines(probes) -> list[str]:
+    """What ``anydepth train`` prints: CV on the training prompts, the calibration, held-out test numbers."""
+    best, cal, test = probes.best_layer, probes.thresholds["calibration"], probes.metrics.get("test")
+    a = probes.metrics["cv_train"][str(best)]["auroc"]
+    sp = probes.split
+    lines = [f"split (prompt groups): train {len(sp['train']['groups'])}, calibration "
+             f"{len(sp['calibration']['groups'])}, test {len(sp['test']['groups'])}",
+             f"best layer {best}: grouped-CV AUROC on the training prompts {a['value']:.3f} "
+             f"[{a['lo']:.3f}, {a['hi']:.3f}]",
+             f"threshold {cal['threshold']:.4f}: per-answer target FPR {cal['target_fpr']} on {cal['n_answers']} "
+             f"benign answers from {cal['basis']}" + ("" if cal["resolved"] else
+                                                      f" (unresolved: finest FPR {cal['resolution']:.3f})")]
+    if test:
+        pa = test["per_answer"]
+        parts = []
+        for m, s in test["per_check"].items():
+            if s is not None:
+                parts.append(f"{m} {s['auroc']['value']:.3f} [{s['auroc']['lo']:.3f}, {s['auroc']['hi']:.3f}]")
+        lines.append(f"held-out test ({test['n_prompts']} prompt groups) AUROC per check: " + "; ".join(parts))
+        fmt = (lambda r: "n/a" if r["rate"] is None else f"{r['rate']:.2f} [{r['lo']:.2f}, {r['hi']:.2f}] "
+               f"({r['k']}/{r['n']})")
+        lines.append(f"held-out test per answer at the threshold: TPR {fmt(pa['tpr'])}, FPR {fmt(pa['fpr'])}")
+    else:
+        lines.append("no test split (--test-fraction 0): no held-out numbers")
+    return lines

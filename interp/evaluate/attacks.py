@@ -18,8 +18,9 @@ DEFAULT_DATASETS = ("jbb_artifacts",)
 
 def run_attacks(cfg: EvalConfig) -> dict:
     gm, spans, probes = setup_run(cfg)
-    recs = records_for(cfg, DEFAULT_DATASETS)
+    recs, split = records_for(cfg, DEFAULT_DATASETS, None, probes)
     rows, meta = observe(gm, spans, probes, cfg, recs, "attacks")
+    meta["split"] = split
     for r in rows:
         r["success_none"] = not r["base_refused"]
         for det in meta["detectors"]:

@@ -141,6 +141,10 @@ class EvalConfig:
     device: str = field(default="auto", metadata={"help": "auto, cpu, cuda"})
     dtype: str = field(default="auto", metadata={"help": "auto, float32, bfloat16"})
     seed: int = field(default=0, metadata={"help": "sampling seed for the dataset subset"})
+    allow_train_overlap: bool = field(default=False, metadata={
+        "help": "debug only: keep prompts the probe set was trained/calibrated on (output stamped in-sample)"})
+    control_arm: bool = field(default=True, metadata={
+        "help": "deep-prefill: also force the same openers on benign prompts (matched-style control)"})
 
 
 def setup_run(cfg: EvalConfig):
@@ -158,21 +162,37 @@ def batches(items: list, size: int):
         yield items[i:i + size]
 
 
-def records_for(cfg: EvalConfig, default: tuple[str, ...], label: str | None = None):
-    """``[(dataset, record)]``: up to ``limit`` records of ``label`` per dataset (seeded sample, order kept)."""
+def records_for(cfg: EvalConfig, default: tuple[str, ...], label: str | None = None, probes=None
+                ) -> tuple[list, dict]:
+    """``([(dataset, record)], split)``: up to ``limit`` records of ``label`` per dataset (seeded sample, order
+    kept), drawn from the prompts ``probes`` was neither trained nor calibrated on
+    (:func:`interp.probes.protocol.exclude_seen`); ``split`` says how many were excluded."""
     import random
 
     from interp.data import load_dataset
+    from interp.probes.protocol import exclude_seen
 
-    out = []
+    out, info = [], {"n_candidates": 0, "excluded": 0, "n_eval": 0, "n_seen": 0}
+    statuses = set()
     for name in cfg.datasets or default:
-        recs = [r for r in load_dataset(name, split=cfg.split) if label is None or r.label == label]
+        recs = [(name, r) for r in load_dataset(name, split=cfg.split) if label is None or r.label == label]
+        if not recs:
+            continue
+        recs, part = exclude_seen(recs, probes, cfg.allow_train_overlap)
+        for k in ("n_candidates", "excluded", "n_seen"):
+            info[k] += part.get(k, 0)
+        statuses.add(part["status"])
+        info["in_sample"] = info.get("in_sample") or part["in_sample"]
         if cfg.limit and len(recs) > cfg.limit:
             keep = set(random.Random(cfg.seed).sample(range(len(recs)), cfg.limit))
             recs = [r for i, r in enumerate(recs) if i in keep]
-        out += [(name, r) for r in recs]
+        out += recs
     require(bool(out), f"no {label or ''} records in {', '.join(cfg.datasets or default)}")
-    return out
+    info["n_eval"] = len(out)
+    info["status"] = "; ".join(sorted(statuses))
+    print(f"evaluation prompts: {info['n_eval']} ({info['excluded']} of {info['n_candidates']} excluded as seen in "
+          f"training/calibration; {info['status']})", flush=True)
+    return out, info
 
 
 def plot_path(out_dir: str | Path, name: str) -> Path:

@@ -6,12 +6,18 @@ after a prefill-attack opener); the guard feeds the forced tokens between two ch
 three detectors (each rolled back): ``base`` (the undefended model continues greedily for
 ``base_lookahead`` tokens; refusal by the keyword rule), ``rk`` (ADA-RK re-injection) and ``lp`` (ADA-LP).
 Depths beyond a continuation's end are not measured (n shrinks; reported per depth).
+
+Only prompts the probe set was neither trained nor calibrated on are used (their count and the split are
+recorded). The matched-style control arm continues the benign prompts of the same datasets after the same kind
+of forced opener: its LP rate is a false-alarm rate, and ``lp_auroc_vs_control`` says whether the probe separates
+harmfulness rather than the forced style. Refusal is judged by both rules (keyword, refusal-opener probability).
 """
 
 from __future__ import annotations
 
 from tqdm import tqdm
 
+from interp import UserError
 from interp.evaluate.common import (
     EvalConfig,
     batches,
@@ -46,57 +52,118 @@ def _continuations(gm, spans, cfg: EvalConfig, rows, max_depth: int) -> list[lis
     return out
 
 
+def _run_arm(gen, rows, conts, recs, cfg: EvalConfig, desc: str) -> list[dict]:
+    per_row = []
+    for chunk in tqdm(list(batches(list(range(len(rows))), cfg.batch_size)), desc=desc):
+        res = gen.generate([rows[i][0] for i in chunk], forced=[conts[i] for i in chunk], forced_only=True)
+        for i, r in zip(chunk, res):
+            per_row.append({"id": rows[i][1].id, "dataset": recs[i][0], "label": rows[i][1].label,
+                            "n_tokens": len(conts[i]),
+                            "checks": [{"depth": c.depth, "detector": c.detector, "flagged": c.flagged,
+                                        "score": c.score, "lookahead": c.lookahead} for c in r.checks]})
+    return per_row
+
+
+def _curves(per_row: list[dict], detectors, depths, prob_threshold: float) -> dict:
+    """Rate per detector and depth (Wilson CIs); ``<det>_prob`` = the same check judged by the probability rule."""
+    curves = {}
+    for det in detectors:
+        for judge in ("keyword", "prob") if det in ("base", "rk") else ("probe",):
+            name = det if judge != "prob" else f"{det}_prob"
+            curves[name] = []
+            for d in depths:
+                cs = [c for row in per_row for c in row["checks"] if c["depth"] == d and c["detector"] == det]
+                hits = [c["flagged"] if judge != "prob" else (c["score"] or 0.0) >= prob_threshold for c in cs]
+                curves[name].append({"depth": d, **wilson(sum(hits), len(hits))})
+    return curves
+
+
+def _lp_auroc(harmful: list[dict], benign: list[dict], depths) -> list[dict]:
+    """Per depth: AUROC of the ADA-LP score, harmful deep prefills vs matched-style benign ones (bootstrap CI)."""
+    import numpy as np
+
+    from interp.probes.metrics import summarize
+
+    out = []
+    for d in depths:
+        s, y, g = [], [], []
+        for lab, rows in ((1, harmful), (0, benign)):
+            for row in rows:
+                for c in row["checks"]:
+                    if c["depth"] == d and c["detector"] == "lp" and c["score"] is not None:
+                        s.append(c["score"]), y.append(lab), g.append(row["id"])
+        if len(set(y)) < 2:
+            out.append({"depth": d, "auroc": None, "lo": None, "hi": None, "n": len(y)})
+            continue
+        m = summarize(np.array(s), np.array(y), np.array(g), n_boot=500, seed=0, fprs=())
+        out.append({"depth": d, "auroc": m["auroc"]["value"], "lo": m["auroc"]["lo"], "hi": m["auroc"]["hi"],
+                    "n": len(y)})
+    return out
+
+
 def run_deep_prefill(cfg: EvalConfig) -> dict:
     gm, spans, probes = setup_run(cfg)
     depths = sorted(set(int(d) for d in cfg.depths))
     require(depths and depths[0] >= 0, "--depths must be non-negative")
-    recs = [(name, r) for name, r in records_for(cfg, DEFAULT_DATASETS, "harmful") if r.label == "harmful"]
-    require(bool(recs), "no harmful records in the chosen datasets")
-    rows = [(format_prompt_ids(gm.tokenizer, r.prompt), r) for _, r in recs]
-    conts = _continuations(gm, spans, cfg, rows, max(depths))
+    harm, split = records_for(cfg, DEFAULT_DATASETS, "harmful", probes)
+    ben = []
+    if cfg.control_arm:
+        try:
+            ben, split_b = records_for(cfg, DEFAULT_DATASETS, "benign", probes)
+            split = {"harmful": split, "benign_control": split_b}
+        except UserError as err:
+            split = {"harmful": split, "benign_control": f"skipped: {err}"}
     detectors = ("base", "rk") + (("lp",) if probes is not None else ())
     gcfg = GuardConfig(mode="rk", stride=10**9, early_checks=tuple(d for d in depths if d > 0),
                        check_at_start=0 in depths, final_check=False, lookahead=cfg.lookahead, matcher=cfg.matcher,
                        threshold=cfg.threshold, max_new_tokens=max(max(depths), 1), buffer=False)
     gen = GuardedGenerator(gm.model, gm.tokenizer, spans, gcfg, probes, model_id=gm.model_id,
                            weights_sha256=gm.weights_sha256, detectors=detectors, halt=False,
-                           base_lookahead=cfg.base_lookahead)
-    per_row = []
-    for chunk in tqdm(list(batches(list(range(len(rows))), cfg.batch_size)), desc="deep-prefill"):
-        res = gen.generate([rows[i][0] for i in chunk], forced=[conts[i] for i in chunk], forced_only=True)
-        for i, r in zip(chunk, res):
-            per_row.append({"id": rows[i][1].id, "dataset": recs[i][0], "n_tokens": len(conts[i]),
-                            "checks": [{"depth": c.depth, "detector": c.detector, "flagged": c.flagged,
-                                        "score": c.score, "lookahead": c.lookahead} for c in r.checks]})
+                           base_lookahead=cfg.base_lookahead, per_answer=False)
+    arms = {}
+    for arm, part in (("harmful", harm), ("benign_control", ben)):
+        if not part:
+            continue
+        rows = [(format_prompt_ids(gm.tokenizer, r.prompt), r) for _, r in part]
+        conts = _continuations(gm, spans, cfg, rows, max(depths))
+        arms[arm] = _run_arm(gen, rows, conts, part, cfg, f"deep-prefill ({arm})")
     gen.close()
-    curves = {}
-    for det in detectors:
-        curves[det] = []
-        for d in depths:
-            hits = [c["flagged"] for row in per_row for c in row["checks"] if c["depth"] == d and c["detector"] == det]
-            curves[det].append({"depth": d, **wilson(sum(hits), len(hits))})
+    prob_thr = gen.checker.prob.threshold
+    curves = _curves(arms["harmful"], detectors, depths, prob_thr)
     result = {"mode": "deep-prefill", "model": gm.provenance, "spans": spans.to_dict(), "depths": depths,
-              "detectors": list(detectors), "judge": gen.checker.keyword.describe(),
-              "lp_threshold": getattr(gen.checker, "threshold", None), "curves": curves, "rows": per_row,
-              "note": "base = undefended model's own continuation after the prefill (keyword rule); "
-                      "lp skipped when no probe set is given"}
+              "detectors": list(detectors), "split": split,
+              "judges": {"keyword": gen.checker.keyword.describe(), "prob": gen.checker.prob.describe()},
+              "judge": gen.checker.keyword.describe(),
+              "lp_threshold": getattr(gen.checker, "threshold", None), "curves": curves, "rows": arms["harmful"],
+              "note": "base = undefended model's own continuation after the prefill; <det>_prob = the same check "
+                      "judged by the refusal-opener probability rule; lp skipped when no probe set is given; "
+                      "control = benign prompts continued after the same kind of forced opener"}
+    if "benign_control" in arms:
+        result["control_curves"] = _curves(arms["benign_control"], detectors, depths, prob_thr)
+        result["control_rows"] = arms["benign_control"]
+        if "lp" in detectors:
+            result["lp_auroc_vs_control"] = _lp_auroc(arms["harmful"], arms["benign_control"], depths)
     path = write_result(cfg.out, "deep_prefill", result, cfg)
-    _plot(curves, cfg.out)
+    _plot(curves, cfg.out, result.get("control_curves"))
     result["path"] = str(path)
     return result
 
 
-def _plot(curves: dict, out_dir) -> None:
+def _plot(curves: dict, out_dir, control: dict | None = None) -> None:
     import matplotlib.pyplot as plt
 
     fig, ax = plt.subplots(figsize=(6, 4))
     names = {"base": "base (no defence)", "rk": "ADA-RK", "lp": "ADA-LP"}
-    for det, pts in curves.items():
+    series = [(det, pts, "-") for det, pts in curves.items() if not det.endswith("_prob")]
+    if control and "lp" in control:
+        series.append(("lp", control["lp"], "--"))
+    for det, pts, style in series:
         pts = [p for p in pts if p["n"]]
         if not pts:
             continue
         x = [p["depth"] for p in pts]
-        ax.plot(x, [p["rate"] for p in pts], marker="o", label=names.get(det, det))
+        label = names.get(det, det) + (" on benign control (false alarms)" if style == "--" else "")
+        ax.plot(x, [p["rate"] for p in pts], style, marker="o", label=label)
         ax.fill_between(x, [p["lo"] for p in pts], [p["hi"] for p in pts], alpha=0.2)
     ax.set_xscale("symlog", linthresh=10)
     ax.set_xlabel("prefilled harmful tokens (depth)")

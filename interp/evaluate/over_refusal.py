@@ -30,9 +30,10 @@ def summarise(rows: list[dict], detectors: list[str], keys: dict[str, str]) -> d
 
 def run_over_refusal(cfg: EvalConfig) -> dict:
     gm, spans, probes = setup_run(cfg)
-    recs = [(n, r) for n, r in records_for(cfg, DEFAULT_DATASETS, "benign") if r.label == "benign"]
+    recs, split = records_for(cfg, DEFAULT_DATASETS, "benign", probes)
     require(bool(recs), "no benign records in the chosen datasets")
     rows, meta = observe(gm, spans, probes, cfg, recs, "over-refusal")
+    meta["split"] = split
     keys = {"base": "base_refused", **{d: f"{d}_fired" for d in meta["detectors"]}}
     rates = summarise(rows, meta["detectors"], keys)
     result = {"mode": "over-refusal", "model": gm.provenance, "spans": spans.to_dict(), **meta, "rates": rates,

@@ -85,20 +85,38 @@ def _attr(value: Any) -> Any:
 
 
 def examples_meta(store: Any) -> dict[str, np.ndarray]:
-    """Labels, prompt groups, sources and validity of a store's examples (strings decoded)."""
+    """Labels, prompt groups, sources, validity and text of a store's examples (strings decoded).
+
+    ``groups`` is the split unit (:func:`interp.probes.protocol.group_key`): a topic-matched twin pair when the
+    store records ``pair_id``, else the normalised prompt text (so one prompt's rows from several sources stay
+    together), else the example id.
+    """
+    from interp.probes.protocol import group_key
+
     ex = store.examples
     n = int(store.n_examples)
     done = np.asarray(ex["done"], dtype=bool) if "done" in ex else np.ones(n, bool)
     prompts = ex.get("prompt")
-    # group by prompt text (one prompt's rows from several sources stay together); ids when prompts are absent
-    groups = prompts if prompts is not None and all(len(str(p)) for p in prompts) else ex["id"]
-    return {
+    pairs = ex.get("pair_id")
+    if prompts is not None and all(len(str(p)) for p in prompts):
+        groups = [group_key(_attr(p), None if pairs is None else _attr(q)) for p, q in
+                  zip(prompts, pairs if pairs is not None else [None] * n)]
+    else:
+        groups = [f"id:{_attr(i)}" for i in ex["id"]]
+    out = {
         "y": np.asarray(ex["label"]).astype(np.int64),
-        "groups": np.array([_attr(g) for g in np.asarray(groups)]),
+        "groups": np.array(groups),
         "sources": np.array([_attr(s) for s in np.asarray(ex["source"])]).astype(str),
         "valid": np.asarray(ex["valid"], dtype=bool) & done[:, None],
         "done": done,
+        "ids": np.array([_attr(i) for i in np.asarray(ex["id"])]).astype(str),
+        "prompts": np.array([_attr(p) for p in np.asarray(prompts)] if prompts is not None else [""] * n),
+        "n_tokens": np.asarray(ex.get("n_response_tokens", np.zeros(n)), np.int64),
     }
+    if "response" in ex and "response_chars" in ex:
+        out["response"] = np.array([_attr(r) for r in np.asarray(ex["response"])], dtype=object)
+        out["response_chars"] = np.asarray(ex["response_chars"], np.int64)
+    return out
 
 
 def load_layer(store: Any, hook: str, layer: int, position: str | int = "probe",

@@ -95,3 +95,17 @@ def summarize(probs: np.ndarray, y: np.ndarray, groups: np.ndarray, *, n_boot: i
         lo, hi = (np.quantile(reps, [alpha / 2, 1 - alpha / 2]) if len(reps) else (np.nan, np.nan))
         out[k] = {"value": value, "lo": float(lo), "hi": float(hi)}
     return out
+
+
+def paired_auroc_diff(a: np.ndarray, b: np.ndarray, y: np.ndarray, groups: np.ndarray, *, n_boot: int = 1000,
+                      seed: int = 0, alpha: float = 0.05) -> dict:
+    """AUROC(a) − AUROC(b) on the same rows, with a bootstrap CI that resamples prompts for both at once.
+
+    ``beats`` is True when the whole interval lies above zero (the claim "a beats b" is then supported)."""
+    a, b, y = np.asarray(a, np.float64), np.asarray(b, np.float64), np.asarray(y)
+    value = auroc(a, y) - auroc(b, y)
+    w = bootstrap_weights(groups, n_boot, seed) if n_boot else None
+    reps = (auroc(a, y, w) - auroc(b, y, w)) if w is not None else np.array([np.nan])
+    reps = reps[np.isfinite(reps)]
+    lo, hi = np.quantile(reps, [alpha / 2, 1 - alpha / 2]) if len(reps) else (np.nan, np.nan)
+    return {"value": float(value), "lo": float(lo), "hi": float(hi), "beats": bool(lo > 0)}

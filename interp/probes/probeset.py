@@ -47,7 +47,9 @@ def _paths(path: str | Path) -> tuple[Path, Path]:
 class ProbeSet:
     """Linear probes per layer: ``logit = ((h - mean) / std) @ weights[l] + bias[l]``; score = sigmoid(logit).
 
-    ``threshold`` applies to the score of ``best_layer``: flag when score > threshold.
+    ``threshold`` applies to the score of ``best_layer``: flag when score > threshold. It is calibrated per
+    answer for the guard ``schedule`` on calibration prompts; ``split`` records which prompts trained and
+    calibrated the set, so that evaluations can exclude them (:meth:`seen`).
     """
 
     layers: list[int]
@@ -64,6 +66,8 @@ class ProbeSet:
     metrics: dict[str, Any] = field(default_factory=dict)
     provenance: dict[str, Any] = field(default_factory=dict)
     config: dict[str, Any] = field(default_factory=dict)
+    split: dict[str, Any] = field(default_factory=dict)  # role -> prompt keys, groups, counts (protocol)
+    schedule: dict[str, Any] = field(default_factory=dict)  # guard schedule the threshold is calibrated for
 
     def __post_init__(self) -> None:
         self.layers = [int(v) for v in self.layers]
@@ -107,6 +111,33 @@ class ProbeSet:
         if isinstance(z, torch.Tensor):
             return torch.sigmoid(z.float()).to(z.dtype)
         return 1.0 / (1.0 + np.exp(-z))
+
+    def seen(self) -> tuple[set[str], set[str]] | None:
+        """``(prompt keys, groups)`` of the training and calibration prompts; None when the set records no split
+        (made before the protocol, or by hand): its in-sample status is then unknown."""
+        if not self.split:
+            return None
+        keys, groups = set(), set()
+        for role in ("train", "calibration"):
+            part = self.split.get(role) or {}
+            keys.update(part.get("prompt_keys", []))
+            groups.update(part.get("groups", []))
+        return keys, groups
+
+    def schedule_mismatch(self, guard_config) -> str | None:
+        """A warning when ``guard_config`` checks on another schedule than the threshold was calibrated for."""
+        if not self.schedule:
+            return None
+        from interp.probes.protocol import Schedule
+
+        mine, theirs = Schedule.from_dict(self.schedule), Schedule.of(guard_config)
+        if mine == theirs:
+            return None
+        diff = {k: (v, theirs.to_dict()[k]) for k, v in mine.to_dict().items() if theirs.to_dict()[k] != v}
+        return ("the probe threshold was calibrated per answer for another guard schedule ("
+                + ", ".join(f"{k}: calibrated {a}, running {b}" for k, (a, b) in diff.items())
+                + "); its false-alarm rate per answer will differ: retrain with the same --stride/--early-checks/"
+                "--check-at-start/--final-check")
 
     def direction(self, layer: int | None = None) -> np.ndarray:
         """Unit vector in the residual basis along which the logit grows (scaler folded in)."""
@@ -153,7 +184,7 @@ class ProbeSet:
                 "layers": self.layers, "hook": self.hook, "position": self.position,
                 "best_layer": self.best_layer, "threshold": self.threshold, "thresholds": self.thresholds,
                 "metrics": self.metrics, "provenance": self.provenance, "config": self.config,
-                "tensors": st_path.name}
+                "split": self.split, "schedule": self.schedule, "tensors": st_path.name}
         tmp_st, tmp_js = st_path.with_name(st_path.name + ".tmp"), js_path.with_name(js_path.name + ".tmp")
         save_file({k: np.ascontiguousarray(v) for k, v in tensors.items()}, str(tmp_st))
         tmp_js.write_text(json.dumps(jsonable(meta), indent=2, sort_keys=True) + "\n")
@@ -176,7 +207,8 @@ class ProbeSet:
         probes = cls(layers=meta["layers"], weights=t["weights"], bias=t["bias"], hook=meta["hook"],
                      position=meta["position"], best_layer=meta["best_layer"], threshold=meta["threshold"],
                      mean=t.get("mean"), std=t.get("std"), kind=meta["kind"], thresholds=meta["thresholds"],
-                     metrics=meta["metrics"], provenance=meta["provenance"], config=meta["config"])
+                     metrics=meta["metrics"], provenance=meta["provenance"], config=meta["config"],
+                     split=meta.get("split") or {}, schedule=meta.get("schedule") or {})
         if expect_provenance is not None:
             probes.check_provenance(expect_provenance)
         return probes

@@ -1,41 +1,90 @@
-"""Fit one probe per layer on a store and pick the layer and threshold by grouped CV: a :class:`ProbeSet`.
+"""Fit one probe per layer on a store under the held-out protocol and save a :class:`ProbeSet`.
 
-Grouped CV (by prompt) picks the best layer (unless ``layer`` is given) and sets the threshold at a target FPR on
-held-out (out-of-fold) benign controls; the saved probes are then refitted on all rows.
+The store's prompt groups are split three ways (:func:`interp.probes.protocol.three_way_split`):
+
+* **train**: grouped CV over these prompts picks the layer (unless ``layer`` is given); the saved probes are
+  refitted on all of them, and on nothing else;
+* **calibration**: only the threshold. Each benign calibration answer is scored at the depths the guard's
+  schedule would check it (:class:`~interp.probes.protocol.Schedule`), and the threshold is set so that at most
+  ``target_fpr`` of these answers fire at least once, the event the guard's false alarm is;
+* **test**: every number reported (AUROC per check, per-answer TPR and FPR at the frozen threshold), beside the
+  n-gram, last-token and prompt-only baselines fitted on the same training prompts.
+
+The ProbeSet records the split (prompt keys and groups per role) so that evaluations exclude its training and
+calibration prompts, and the schedule it was calibrated for.
 """
 
 from __future__ import annotations
 
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 
 from interp import UserError
-from interp.probes.data import StoreSliceConfig
+from interp.probes.data import LayerData, StoreSliceConfig
 from interp.probes.probeset import ProbeSet
+from interp.probes.protocol import Schedule, SplitConfig
 from interp.probes.sweep import ProbeConfig
 
 
 @dataclass
-class TrainConfig(StoreSliceConfig):
-    """Store slice, layer choice and threshold."""
+class ScheduleConfig:
+    """The guard schedule a threshold is calibrated for (use the same options with ``anydepth guard`` /
+    ``evaluate``)."""
+
+    stride: int = field(default=25, metadata={"help": "guard check stride the threshold is calibrated for"})
+    early_checks: list[int] = field(default_factory=list, metadata={"help": "guard's extra early check depths"})
+    check_at_start: bool = field(default=False, metadata={"help": "the guard also checks at depth 0"})
+    final_check: bool = field(default=True, metadata={"help": "the guard checks an answer's unchecked tail"})
+
+    def schedule(self) -> Schedule:
+        return Schedule.of(self)
+
+
+@dataclass
+class TrainConfig(StoreSliceConfig, SplitConfig, ScheduleConfig):
+    """Store slice, split, schedule, layer choice and threshold."""
 
     out: str = field(default="", metadata={"help": "output directory for probeset.{safetensors,json}"})
     layer: int | None = field(default=None, metadata={"help": "fix the best layer instead of choosing by CV AUROC"})
     n_boot: int = field(default=200, metadata={"help": "bootstrap resamples for the CIs stored with the probes"})
 
 
+def _subset(data: LayerData, m: np.ndarray) -> LayerData:
+    return LayerData(X=data.X[m], y=data.y[m], groups=data.groups[m], valid=data.valid[m], sources=data.sources[m],
+                     depths=data.depths, layer=data.layer)
+
+
+def _scores(params, X: np.ndarray, valid: np.ndarray) -> np.ndarray:
+    """Probability per (row, depth) of one fitted probe, NaN on invalid pairs."""
+    out = np.full(valid.shape, np.nan)
+    rows, cols = np.nonzero(valid)
+    if len(rows):
+        out[rows, cols] = 1.0 / (1.0 + np.exp(-params.logit(np.ascontiguousarray(X[rows, cols], np.float32))))
+    return out
+
+
+def _pairs_summary(p: np.ndarray, y: np.ndarray, groups: np.ndarray, n_boot: int, seed: int) -> dict | None:
+    from interp.probes.metrics import summarize
+
+    rows, cols = np.nonzero(np.isfinite(p))
+    if len(rows) == 0 or len(np.unique(y[rows])) < 2:
+        return None
+    return summarize(p[rows, cols], y[rows], groups[rows], n_boot=n_boot, seed=seed)
+
+
 def train_probeset(store, cfg: TrainConfig, probe: ProbeConfig, *, progress: bool = True) -> ProbeSet:
-    """Fit ``probe`` on every selected layer of an open :class:`~interp.store.ActivationStore`."""
+    """Fit ``probe`` on every selected layer of an open :class:`~interp.store.ActivationStore` (see module doc)."""
     from tqdm.auto import tqdm
 
     from interp.config import to_dict
-    from interp.probes.calibration import rates_at_threshold, threshold_at_fpr
     from interp.probes.cv import grouped_folds
-    from interp.probes.data import load_layer
+    from interp.probes.data import examples_meta, load_layer
     from interp.probes.metrics import summarize
     from interp.probes.probeset import jsonable
+    from interp.probes.protocol import answer_scores, describe_split, per_answer_threshold, three_way_split
     from interp.probes.sweep import fit_probes, oof_scores
     from interp.store import canonical_hook
 
@@ -44,38 +93,147 @@ def train_probeset(store, cfg: TrainConfig, probe: ProbeConfig, *, progress: boo
     layers = cfg.layers or list(store.layers)
     if cfg.layer is not None and cfg.layer not in layers:
         raise UserError(f"--layer {cfg.layer} is not among the fitted layers {layers}")
-    provenance = jsonable(store.provenance)
-    split, params, metrics, oofs = None, [], [], []
-    for layer in tqdm(layers, desc="layers", unit="layer", disable=not progress):
+    schedule = cfg.schedule()
+    meta = examples_meta(store)
+    done = meta["done"]
+    y, groups = meta["y"][done], meta["groups"][done]
+    sources, prompts, n_tokens = meta["sources"][done], meta["prompts"][done], meta["n_tokens"][done]
+    roles = three_way_split(groups, y, cfg, cfg.seed)
+    train_m, cal_m, test_m = (roles == r for r in ("train", "calibration", "test"))
+    split = grouped_folds(y[train_m], groups[train_m], cfg.folds, cfg.seed)
+
+    params, metrics, oofs, full = [], [], [], []
+    for layer in tqdm(layers, desc="layers (CV on train prompts)", unit="layer", disable=not progress):
         data = load_layer(store, hook, layer, position, cfg.depths)
-        split = split or grouped_folds(data.y, data.groups, cfg.folds, cfg.seed)
-        p = oof_scores(data, split, probe)
+        tr = _subset(data, train_m)
+        p = oof_scores(tr, split, probe)
         rows, cols = np.nonzero(np.isfinite(p))
-        metrics.append(summarize(p[rows, cols], data.y[rows], data.groups[rows], n_boot=cfg.n_boot,
-                                 seed=cfg.seed))
-        oofs.append((p[rows, cols], data.y[rows], data.sources[rows]))
-        X, y, _, _ = data.flat()
-        params.append(fit_probes(X, y, np.ones((1, len(y)), bool), probe)[0])
+        metrics.append(summarize(p[rows, cols], tr.y[rows], tr.groups[rows], n_boot=cfg.n_boot, seed=cfg.seed))
+        oofs.append(p)
+        X, yy, _, _ = tr.flat()
+        params.append(fit_probes(X, yy, np.ones((1, len(yy)), bool), probe)[0])
+        full.append(_scores(params[-1], data.X, data.valid))
+        depths = data.depths
     aurocs = [m["auroc"]["value"] for m in metrics]
     best = cfg.layer if cfg.layer is not None else layers[int(np.nanargmax(aurocs))]
-    scores, y, sources = oofs[layers.index(best)]
-    control = (y == 0) & (np.isin(sources, cfg.control_sources) if cfg.control_sources else True)
-    if not control.any():
-        raise UserError("no benign control rows for the threshold (check --control-sources)")
-    thr = threshold_at_fpr(scores[control], cfg.target_fpr)
-    std = [pp.scale for pp in params]
+    bi = layers.index(best)
+    scores = full[bi]
+    control = y == 0
+    if cfg.control_sources:
+        control &= np.isin(sources, cfg.control_sources)
+
+    # ---- threshold: per benign calibration answer, its maximum over the schedule's checks
+    if cal_m.any():
+        cal_rows = control & cal_m
+        basis = "calibration prompts (held out from training)"
+        cal_scores = scores
+    else:
+        cal_rows = control & train_m
+        basis = "out-of-fold scores of the training prompts (no calibration split: in-sample calibration)"
+        cal_scores = np.full(scores.shape, np.nan)
+        cal_scores[train_m] = oofs[bi]
+    if not cal_rows.any():
+        raise UserError("no benign calibration answers for the threshold (check --control-sources and "
+                        "--calib-fraction)")
+    ans, coverage = answer_scores(cal_scores[cal_rows], depths, n_tokens[cal_rows], schedule)
+    if not np.isfinite(ans).any():
+        raise UserError(f"none of the checks the guard schedule makes ({schedule.to_dict()}) falls on a stored depth "
+                        f"({[int(d) for d in depths]}); pass a --stride / --early-checks the store holds")
+    calib = per_answer_threshold(ans, cfg.target_fpr) | {"basis": basis, "schedule_coverage": coverage}
+    if not calib["resolved"]:
+        warnings.warn(f"{calib['n_answers']} benign calibration answers cannot resolve a per-answer FPR of "
+                      f"{cfg.target_fpr} (that needs ≥ {calib['answers_needed']}); the threshold sits above every "
+                      f"calibration answer, and the finest FPR this set resolves is {calib['resolution']:.3f}",
+                      stacklevel=2)
+    thr = calib["threshold"]
+
+    test = held_out_report(store, hook, best, position, cfg, probe, meta, roles, scores, thr, schedule, depths,
+                           progress=progress) if test_m.any() else None
+    split_record = describe_split(roles, groups, prompts, y, sources)
     return ProbeSet(
         layers=layers, weights=np.stack([pp.coef.reshape(-1) for pp in params]),
         bias=np.array([float(pp.intercept) for pp in params]), hook=hook, position=position, best_layer=int(best),
-        threshold=thr, mean=None if std[0] is None else np.stack([pp.mean.reshape(-1) for pp in params]),
-        std=None if std[0] is None else np.stack([s.reshape(-1) for s in std]),
+        threshold=thr,
+        mean=None if params[0].scale is None else np.stack([pp.mean.reshape(-1) for pp in params]),
+        std=None if params[0].scale is None else np.stack([pp.scale.reshape(-1) for pp in params]),
         kind=probe.method,
-        thresholds={"target_fpr": cfg.target_fpr, "control_sources": cfg.control_sources,
-                    "n_controls": int(control.sum()), "oof": rates_at_threshold(scores, y, thr),
-                    "at_0.5": rates_at_threshold(scores, y, 0.5)},
-        metrics={"cv": {str(layer): m for layer, m in zip(layers, metrics)}, "selected_by": (
-            "--layer" if cfg.layer is not None else "grouped-CV AUROC")},
-        provenance=provenance, config={"train": to_dict(cfg), "probe": to_dict(probe)})
+        thresholds={"target_fpr": cfg.target_fpr, "rule": "per answer: fires when any scheduled check's score "
+                    "> threshold", "control_sources": cfg.control_sources, "calibration": calib},
+        metrics={"cv_train": {str(layer): m for layer, m in zip(layers, metrics)},
+                 "selected_by": "--layer" if cfg.layer is not None else "grouped-CV AUROC on the training prompts",
+                 "test": test},
+        provenance=jsonable(store.provenance), config={"train": to_dict(cfg), "probe": to_dict(probe)},
+        split=split_record, schedule=schedule.to_dict())
+
+
+def held_out_report(store, hook, layer, position, cfg: TrainConfig, probe: ProbeConfig, meta: dict,
+                    roles: np.ndarray, scores: np.ndarray, threshold: float, schedule: Schedule, depths,
+                    progress: bool = True) -> dict:
+    """Numbers on the test prompts only: the probe beside its baselines (fitted on the training prompts), per
+    check (pooled and per depth) and per answer at the frozen threshold."""
+    from interp.evaluate.common import wilson
+    from interp.probes.data import load_layer
+    from interp.probes.metrics import paired_auroc_diff
+    from interp.probes.protocol import answer_scores, assert_disjoint
+    from interp.probes.sweep import fit_probes
+
+    done = meta["done"]
+    y, groups, n_tokens = meta["y"][done], meta["groups"][done], meta["n_tokens"][done]
+    train_m, test_m = roles == "train", roles == "test"
+    assert_disjoint(groups[test_m], groups[roles != "test"], "test prompts")
+    valid = np.isfinite(scores)
+    methods = {"probe": scores}
+    notes = []
+    for pos in ("last_token", "prompt"):
+        try:
+            other = load_layer(store, hook, layer, pos, cfg.depths)
+        except (UserError, KeyError, ValueError) as err:
+            notes.append(f"baseline {pos} skipped: {err}")
+            continue
+        X, yy, rows, cols = _subset(other, train_m & True).flat()
+        mask = np.ones((1, len(yy)), bool)
+        if pos == "prompt":  # one row per prompt: the last prompt token
+            X, yy = other.X[train_m][:, 0], other.y[train_m]
+            mask = np.ones((1, len(yy)), bool)
+        pp = fit_probes(X, yy, mask, probe)[0]
+        methods[pos] = np.where(valid, _scores(pp, other.X, np.ones_like(valid)), np.nan)
+    if "response_chars" in meta:
+        from interp.probes.ngram import depth_texts, fit_predict
+
+        texts = depth_texts(meta["prompts"][done], meta["response"][done], meta["response_chars"][done])
+        tr_r, tr_c = np.nonzero(valid & train_m[:, None])
+        te_r, te_c = np.nonzero(valid & test_m[:, None])
+        ng = np.full(valid.shape, np.nan)
+        ng[te_r, te_c] = fit_predict(texts[tr_r, tr_c], y[tr_r], texts[te_r, te_c])
+        methods["ngram"] = ng
+    else:
+        notes.append("baseline ngram skipped: the store records no response text (re-extract with this version)")
+    out: dict = {"n_prompts": int(len(np.unique(groups[test_m]))), "n_harmful": int((y[test_m] == 1).sum()),
+                 "n_benign": int((y[test_m] == 0).sum()), "per_check": {}, "per_depth": {}, "notes": notes}
+    tested = np.where(test_m[:, None], 1.0, np.nan)
+    for name, p in methods.items():
+        pt = p * tested
+        out["per_check"][name] = _pairs_summary(pt, y, groups, cfg.n_boot, cfg.seed)
+        out["per_depth"][name] = []
+        for k, d in enumerate(depths):
+            col = np.full_like(pt, np.nan)
+            col[:, k] = pt[:, k]
+            s = _pairs_summary(col, y, groups, 0, cfg.seed)
+            out["per_depth"][name].append({"depth": int(d), "auroc": None if s is None else s["auroc"]["value"],
+                                           "n": 0 if s is None else s["n"]})
+    if "ngram" in methods:
+        rows, cols = np.nonzero(np.isfinite(methods["ngram"] * tested))
+        out["probe_minus_ngram_auroc"] = paired_auroc_diff(scores[rows, cols], methods["ngram"][rows, cols],
+                                                           y[rows], groups[rows], n_boot=max(cfg.n_boot, 200),
+                                                           seed=cfg.seed)
+    ans, coverage = answer_scores(np.where(test_m[:, None], scores, np.nan)[test_m], depths, n_tokens[test_m],
+                                  schedule)
+    yt = y[test_m]
+    fired = ans > threshold
+    out["per_answer"] = {"threshold": threshold, "schedule": schedule.to_dict(), "schedule_coverage": coverage,
+                         "tpr": wilson(int(fired[yt == 1].sum()), int((yt == 1).sum())),
+                         "fpr": wilson(int(fired[yt == 0].sum()), int((yt == 0).sum()))}
+    return out
 
 
 def save_probeset(probes: ProbeSet, cfg: TrainConfig, probe: ProbeConfig, out: str | Path) -> Path:

@@ -1,0 +1,56 @@
+"""Text-only baseline: a TF-IDF word 1–2-gram logistic regression on exactly the text a probe sees.
+
+At depth d a Safety-Token probe has seen the prompt and the first d response tokens, so the baseline reads
+``prompt + "\\n" + response[:chars[i, d]]`` (``chars`` is recorded at extraction, see
+:func:`interp.extract.text_at_depths`). It is fitted on the same training pairs and scored on the same held-out
+pairs as the probe; if it matches the probe, the probe number is not evidence of a Safety-Token signal.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from interp import UserError
+from interp.probes.cv import Split
+
+
+def depth_texts(prompts, responses, chars: np.ndarray) -> np.ndarray:
+    """``[N, D]`` object array: the text a probe at each depth has seen (prompt + response prefix)."""
+    chars = np.asarray(chars)
+    out = np.empty(chars.shape, dtype=object)
+    for i, (p, r) in enumerate(zip(prompts, responses)):
+        r = str(r)
+        for k, c in enumerate(chars[i]):
+            out[i, k] = f"{p}\n{r[:max(int(c), 0)]}"
+    return out
+
+
+def _model(C: float = 1.0):
+    from sklearn.feature_extraction.text import TfidfVectorizer
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.pipeline import make_pipeline
+
+    return make_pipeline(TfidfVectorizer(ngram_range=(1, 2), sublinear_tf=True, min_df=1, lowercase=True),
+                         LogisticRegression(C=C, class_weight="balanced", max_iter=2000))
+
+
+def fit_predict(train_texts, train_y, test_texts, C: float = 1.0) -> np.ndarray:
+    """Fit on ``train_texts`` and return P(harmful) for ``test_texts``."""
+    train_y = np.asarray(train_y)
+    if len(np.unique(train_y)) < 2:
+        raise UserError("the n-gram baseline needs both labels among its training texts")
+    model = _model(C).fit(list(train_texts), train_y)
+    return model.predict_proba(list(test_texts))[:, 1]
+
+
+def ngram_oof(texts: np.ndarray, y: np.ndarray, valid: np.ndarray, split: Split, C: float = 1.0) -> np.ndarray:
+    """Out-of-fold P(harmful) ``[N, D]`` over valid (row, depth) pairs on the probe's split (NaN elsewhere)."""
+    rows, cols = np.nonzero(valid)
+    ps = split.for_pairs(rows)
+    flat, yy = texts[rows, cols], np.asarray(y)[rows]
+    out = np.full(valid.shape, np.nan)
+    for f in range(split.n_folds):
+        tr, te = ps.train[f], ps.test[f]
+        if te.any() and tr.any() and len(np.unique(yy[tr])) == 2:
+            out[rows[te], cols[te]] = fit_predict(flat[tr], yy[tr], flat[te], C)
+    return out
