@@ -11,8 +11,8 @@ from interp import UserError
 from interp.cli import main
 from interp.probes import ProbeSet
 from interp.probes.data import load_layer
-from interp.probes.synthetic import SyntheticSet, SyntheticSpec
 from interp.probes.protocol import group_key
+from interp.probes.synthetic import SyntheticSet, SyntheticSpec
 from interp.store import ActivationStore
 
 LAYERS = [0, 1, 2]
@@ -33,7 +33,9 @@ def store_path(tmp_path_factory):
             "probe_index": PROBE}
     examples = {"id": [f"e{i}" for i in range(n)], "label": ss.y.tolist(), "source": ss.sources.tolist(),
                 "prompt": ss.groups.tolist(), "category": [""] * n,
-                "n_response_tokens": (ss.valid.sum(1) * 10).tolist(), "valid": ss.valid}
+                "n_response_tokens": (ss.valid.sum(1) * 10).tolist(), "valid": ss.valid,
+                "response": [f"plain words number {i} " * 4 for i in range(n)],  # text carries no label
+                "response_chars": np.tile(np.arange(dd) * 20, (n, 1))}
     store = ActivationStore.create(path, prov, examples, ss.depths.tolist(), ["resid_post"], LAYERS, range(H), d,
                                    "float32")
     rng = np.random.default_rng(0)
@@ -80,6 +82,10 @@ def test_sweep_and_train_commands(store_path, tmp_path):
     for stem in ("layer_sweep", "layer_depth_auroc", "depth_curve", "score_hist", "reliability"):
         assert (out / f"{stem}.png").stat().st_size > 0 and (out / f"{stem}.svg").exists()
     assert (out / "config.json").exists()
+    assert abs(res["per_layer"]["ngram"][2]["auroc"]["value"] - 0.5) < 0.25  # the text carries no label
+    assert res["best"]["probe_minus_ngram_auroc"]["beats"]
+    loso = {r["source"]: r for r in res["loso"]["rows"]}
+    assert set(loso) == {"src0", "src1"} and loso["src0"]["probe"]["auroc"]["value"] > 0.9
 
     pdir = tmp_path / "probes"
     assert main(["train", "--store", str(path), "--out", str(pdir), "--folds", "3", "--n-boot", "20",
@@ -92,6 +98,13 @@ def test_sweep_and_train_commands(store_path, tmp_path):
     s = ps.score(X)
     assert ((s > 0.5) == (y == 1)).mean() > 0.9
     assert ps.config["probe"]["standardize"] is True and ps.mean is not None
+    roles = {r: set(ps.split[r]["groups"]) for r in ("train", "calibration", "test")}
+    assert not (roles["train"] & roles["test"]) and not (roles["calibration"] & roles["test"])
+    assert not (roles["train"] & roles["calibration"]) and all(roles.values())
+    test = ps.metrics["test"]
+    assert test["per_check"]["probe"]["auroc"]["value"] > 0.95 and test["per_check"]["ngram"] is not None
+    assert test["per_answer"]["fpr"]["n"] == test["n_benign"] and ps.thresholds["calibration"]["n_answers"] > 0
+    assert ps.schedule["stride"] == 10 and "probe_minus_ngram_auroc" in test
     with pytest.raises(UserError):
         ProbeSet.load(pdir, expect_provenance={**store.provenance, "template_hash": "other"})
     assert main(["sweep", "--store", str(tmp_path / "nope.h5"), "--out", str(out)]) == 2

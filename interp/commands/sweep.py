@@ -18,7 +18,7 @@ class SweepCliConfig(StoreSliceConfig):
     out: str = field(default="", metadata={"help": "output directory (JSON, plots, config)"})
     n_boot: int = field(default=1000, metadata={"help": "bootstrap resamples (by prompt) for 95% CIs"})
     per_depth_fit: bool = field(default=False, metadata={"help": "train one probe per depth instead of pooling"})
-    baselines: list[str] = field(default_factory=lambda: ["last_token", "prompt", "diffmeans", "shuffled"],
+    baselines: list[str] = field(default_factory=lambda: ["last_token", "prompt", "diffmeans", "shuffled", "ngram"],
                                  metadata={"help": "baselines on identical splits"})
     train_sources: list[str] | None = field(default=None, metadata={"help": "train on these sources only ..."})
     test_sources: list[str] | None = field(default=None, metadata={"help": "... and test on these"})
@@ -46,6 +46,21 @@ def open_store(path: str):
     if not Path(path).exists():
         raise UserError(f"no store at {path}")
     return ActivationStore.open(path)
+
+
+def store_texts(store, depths=None):
+    """``[N_done, D]`` texts the probe has seen at each selected depth, or None for a store without text."""
+
+    from interp.probes.data import examples_meta
+    from interp.probes.ngram import depth_texts
+
+    meta = examples_meta(store)
+    if "response_chars" not in meta:
+        return None
+    all_depths = [int(d) for d in store.depths]
+    cols = [all_depths.index(int(d)) for d in depths] if depths else list(range(len(all_depths)))
+    done = meta["done"]
+    return depth_texts(meta["prompts"][done], meta["response"][done], meta["response_chars"][done][:, cols])
 
 
 def run(args) -> int:
@@ -80,7 +95,8 @@ def run(args) -> int:
         def loader(layer, position):
             return load_layer(store, hook, layer, position, cli.depths)
 
-        res = run_sweep(loader, layers, probe, cfg, position_arg(cli.position))
+        res = run_sweep(loader, layers, probe, cfg, position_arg(cli.position),
+                        texts=store_texts(store, cli.depths))
         provenance = jsonable(store.provenance)
     out = Path(cli.out)
     out.mkdir(parents=True, exist_ok=True)
@@ -108,7 +124,34 @@ def run(args) -> int:
     return 0
 
 
+def loso_lines(loso: dict) -> list[str]:
+    """The leave-one-source-out table as text lines (empty when it does not apply)."""
+    if not loso or not loso.get("rows"):
+        return [f"leave-one-source-out: {loso.get('note', 'not run')}"] if loso else []
+    lines = ["leave-one-source-out (probe trained without the source; AUROC [95% CI], per-answer rate at the "
+             "threshold set on the other sources' benign answers):"]
+    for r in loso["rows"]:
+        head = f"  {r['source']:<28s} {'/'.join(r['labels']):<15s} n={r['n_answers']:<5d}"
+        if "skipped" in r:
+            lines.append(f"{head} skipped: {r['skipped']}")
+            continue
+        cells = []
+        for m in ("probe", "ngram"):
+            e = r.get(m)
+            if not e or e["auroc"] is None:
+                continue
+            a = e["auroc"]
+            rate = "; ".join(f"{k} {e[k]:.2f}" for k in ("tpr", "fpr") if e.get(k) is not None)
+            cells.append(f"{m} {a['value']:.3f} [{a['lo']:.3f}, {a['hi']:.3f}] {rate}")
+        lines.append(f"{head} " + " | ".join(cells))
+    if loso.get("worst"):
+        lines.append(f"  worst source (probe AUROC): {loso['worst']}")
+    return lines
+
+
 def _report(res: dict) -> None:
+    for line in loso_lines(res.get("loso")):
+        print(line)
     best = res["best_layer"]
     i = res["layers"].index(best)
     for m in res["methods"]:
@@ -116,4 +159,10 @@ def _report(res: dict) -> None:
         print(f"layer {best} {m:>10s}: AUROC {a['value']:.3f} [{a['lo']:.3f}, {a['hi']:.3f}]")
     th = res["best"]["threshold"]
     print(f"threshold {th['threshold']:.4f} at target FPR {res['best']['target_fpr']}: TPR {th['tpr']:.3f}, "
-          f"FPR {th['fpr']:.3f} (out-of-fold)")
+          f"FPR {th['fpr']:.3f} per check (out-of-fold; the threshold was chosen on these same scores, so the FPR "
+          "is in-sample: `anydepth train` reports held-out per-answer rates)")
+    d = res["best"].get("probe_minus_ngram_auroc")
+    if d:
+        print(f"probe − n-gram AUROC {d['value']:+.3f} [{d['lo']:+.3f}, {d['hi']:+.3f}]: "
+              + ("the probe beats the text baseline" if d["beats"] else
+                 "no evidence that the probe beats the text baseline"))

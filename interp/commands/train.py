@@ -55,8 +55,9 @@ def summary_lines(probes) -> list[str]:
             if s is not None:
                 parts.append(f"{m} {s['auroc']['value']:.3f} [{s['auroc']['lo']:.3f}, {s['auroc']['hi']:.3f}]")
         lines.append(f"held-out test ({test['n_prompts']} prompt groups) AUROC per check: " + "; ".join(parts))
-        fmt = (lambda r: "n/a" if r["rate"] is None else f"{r['rate']:.2f} [{r['lo']:.2f}, {r['hi']:.2f}] "
-               f"({r['k']}/{r['n']})")
+        def fmt(r):
+            return ("n/a" if r["rate"] is None else f"{r['rate']:.2f} [{r['lo']:.2f}, {r['hi']:.2f}] "
+                       f"({r['k']}/{r['n']})")
         lines.append(f"held-out test per answer at the threshold: TPR {fmt(pa['tpr'])}, FPR {fmt(pa['fpr'])}")
     else:
         lines.append("no test split (--test-fraction 0): no held-out numbers")

@@ -24,7 +24,7 @@ from interp.probes.data import LayerData
 from interp.probes.fit import LinearParams, fit_diff_of_means, fit_logreg_torch, fit_sklearn
 from interp.probes.metrics import summarize
 
-BASELINES = ("last_token", "prompt", "diffmeans", "shuffled")
+BASELINES = ("last_token", "prompt", "diffmeans", "shuffled", "ngram")
 
 
 @dataclass
@@ -129,15 +129,23 @@ def make_split(data: LayerData, cfg: SweepConfig) -> Split:
 
 
 def run_sweep(loader: Callable[[int, str | int], LayerData], layers: list[int], probe: ProbeConfig,
-              cfg: SweepConfig, position: str | int = "probe") -> dict:
+              cfg: SweepConfig, position: str | int = "probe", texts: np.ndarray | None = None) -> dict:
     """CV every layer with the probe and the baselines; returns a JSON-ready result dict (plus ``"_oof"``:
-    ``{method: [L, N, D]}`` out-of-fold probabilities for plotting)."""
+    ``{method: [L, N, D]}`` out-of-fold probabilities for plotting).
+
+    ``texts [N, D]`` (:func:`interp.probes.ngram.depth_texts`) enables the n-gram baseline, fitted once on the
+    same folds (it does not depend on the layer). ``res["loso"]`` is the leave-one-source-out table at the best
+    layer."""
     unknown = set(cfg.baselines) - set(BASELINES)
     if unknown:
         raise UserError(f"unknown baselines {sorted(unknown)}; choose from {BASELINES}")
-    methods = ["probe", *cfg.baselines]
+    baselines = [b for b in cfg.baselines if b != "ngram" or texts is not None]
+    methods = ["probe", *baselines]
+    ngram = None
     res: dict = {"layers": list(layers), "methods": methods, "per_layer": {m: [] for m in methods},
                  "per_depth": {m: [] for m in methods}, "notes": []}
+    if "ngram" in cfg.baselines and texts is None:
+        res["notes"].append("baseline ngram skipped: the store records no response text (re-extract)")
     oof: dict[str, list[np.ndarray]] = {m: [] for m in methods}
     split = data0 = None
     for layer in tqdm(layers, desc="layers", unit="layer"):
@@ -156,6 +164,12 @@ def run_sweep(loader: Callable[[int, str | int], LayerData], layers: list[int], 
             scores["last_token"] = _baseline(loader, layer, "last_token", data, split, probe, res)
         if "prompt" in cfg.baselines:
             scores["prompt"] = _prompt_baseline(loader, layer, data, split, probe, res)
+        if "ngram" in methods:
+            if ngram is None:
+                from interp.probes.ngram import ngram_oof
+
+                ngram = np.where(data.valid, ngram_oof(texts, data.y, data.valid, split), np.nan)
+            scores["ngram"] = ngram
         for m in methods:
             p = scores[m]
             oof[m].append(p.astype(np.float32))
@@ -165,6 +179,16 @@ def run_sweep(loader: Callable[[int, str | int], LayerData], layers: list[int], 
     best_i = int(np.nanargmax(aurocs))
     res["best_layer"] = int(layers[best_i])
     res["best"] = _best_layer_report(oof, best_i, data0, cfg)
+    if "ngram" in methods:
+        from interp.probes.metrics import paired_auroc_diff
+
+        p, q = oof["probe"][best_i], oof["ngram"][best_i]
+        rows, cols = np.nonzero(np.isfinite(p) & np.isfinite(q))
+        res["best"]["probe_minus_ngram_auroc"] = paired_auroc_diff(p[rows, cols], q[rows, cols], data0.y[rows],
+                                                                   data0.groups[rows], n_boot=cfg.n_boot,
+                                                                   seed=cfg.seed)
+    if split.kind == "grouped":
+        res["loso"] = leave_one_source_out(loader(layers[best_i], position), split, probe, cfg, texts)
     res["_oof"] = {m: np.stack(v) for m, v in oof.items()}
     res["_labels"] = data0.y
     res["notes"] = sorted(set(res["notes"]))
@@ -238,3 +262,70 @@ def _best_layer_report(oof: dict, best_i: int, data: LayerData, cfg: SweepConfig
             "at_0.5": rates_at_threshold(probs, y, 0.5),
             "reliability": reliability_curve(probs, y), "ece": expected_calibration_error(probs, y),
             "per_source": per_source, "per_depth": depth_ci}
+
+
+def _answer_max(p: np.ndarray) -> np.ndarray:
+    """Per answer: the maximum score over its scored depths (NaN when none): the guard's "any check" rule with
+    a check at every stored depth."""
+    with np.errstate(all="ignore"):
+        return np.where(np.isfinite(p).any(1), np.nanmax(np.where(np.isfinite(p), p, -np.inf), axis=1), np.nan)
+
+
+def leave_one_source_out(data: LayerData, split: Split, probe: ProbeConfig, cfg: SweepConfig,
+                         texts: np.ndarray | None = None) -> dict:
+    """Per source: probes trained without it (nor any prompt it shares), scored on it.
+
+    Folds are the sweep's grouped folds with the held-out source's prompts removed from every training part,
+    so every row is scored out-of-fold by a model that never saw the source. AUROC compares the source's rows
+    with the other class: within the source if it holds both labels, else the other sources' out-of-fold rows
+    of the other label. The per-answer threshold (target FPR, answer = max over stored depths) is set on the
+    other sources' benign answers only, and the source's answers are flagged at it (TPR if harmful, FPR if
+    benign). With ``texts`` the n-gram baseline runs on the same folds.
+    """
+    from interp.probes.ngram import ngram_oof
+
+    names = sorted(set(data.sources.tolist()))
+    if len(names) < 2:
+        return {"rows": [], "note": f"one source ({names[0] if names else '-'}): leave-one-source-out needs two"}
+    out = []
+    for s in names:
+        in_s = data.sources == s
+        drop = np.isin(data.groups, data.groups[in_s])
+        train = split.train & ~drop[None]
+        bad = [f for f in range(split.n_folds) if len(np.unique(data.y[train[f] & data.valid.any(1)])) < 2]
+        labels = sorted(set(data.y[in_s].tolist()))
+        row = {"source": s, "labels": ["benign" if v == 0 else "harmful" for v in labels],
+               "n_answers": int(in_s.sum())}
+        if bad:
+            row["skipped"] = "holding it out leaves one class to train on"
+            out.append(row)
+            continue
+        lsplit = Split(train, split.test, "leave-one-source-out")
+        scored = {"probe": oof_scores(data, lsplit, probe)}
+        if texts is not None:
+            scored["ngram"] = ngram_oof(texts, data.y, data.valid, lsplit)
+        if len(labels) == 2:
+            cmp_rows = in_s
+        else:
+            cmp_rows = in_s | (~drop & (data.y != labels[0]))
+        for name, p in scored.items():
+            m = np.zeros_like(data.valid)
+            m[cmp_rows] = np.isfinite(p[cmp_rows])
+            summ = _summ(p, data, m, cfg.n_boot, cfg.seed) if m.any() else None
+            ans = _answer_max(p)
+            others = ~drop & (data.y == 0) & np.isfinite(ans)
+            entry = {"auroc": None if summ is None else summ["auroc"]}
+            if others.any():
+                thr = threshold_at_fpr(ans[others], cfg.target_fpr)
+                rate = {}
+                for lab in labels:
+                    sel = in_s & (data.y == lab) & np.isfinite(ans)
+                    rate["tpr" if lab == 1 else "fpr"] = float((ans[sel] > thr).mean()) if sel.any() else None
+                entry |= {"threshold": thr, "n_benign_for_threshold": int(others.sum()), **rate}
+            row[name] = entry
+        out.append(row)
+    scored_rows = [r for r in out if "probe" in r and r["probe"]["auroc"] is not None]
+    worst = min(scored_rows, key=lambda r: r["probe"]["auroc"]["value"], default=None)
+    return {"rows": out, "worst": None if worst is None else worst["source"],
+            "rule": "per answer = max over stored depths; threshold at the target FPR on the other sources' "
+                    "benign answers"}
