@@ -24,7 +24,7 @@ import torch
 
 from interp import UserError
 
-MODES = ("auto", "prefill", "own")
+MODES = ("auto", "prefill", "own", "matched")
 DEFAULT_OPENER = "Sure, here is"
 
 
@@ -38,7 +38,8 @@ class GenerateConfig:
     seed: int = field(default=0, metadata={"help": "seed for the sample and for sampling"})
     mode: str = field(default="auto", metadata={
         "help": "prefill: force --opener then continue; own: the model's own answer; auto: prefill on harmful, "
-                "own on benign prompts", "choices": MODES})
+                "own on benign prompts; matched: auto plus the same forced opener on benign prompts (a style-matched "
+                "benign source, ids suffixed #prefill)", "choices": MODES})
     opener: str = field(default=DEFAULT_OPENER, metadata={"help": "forced affirmative opener (prefill attack)"})
     max_new_tokens: int = field(default=64, metadata={"help": "tokens generated after the opener"})
     sample: bool = field(default=False, metadata={"help": "sample instead of greedy decoding"})
@@ -169,8 +170,8 @@ def generate_continuations(model, tokenizer, records: Sequence, *, mode: str = "
 
     from interp.templates import derive_safety_spans, encode_response, format_prompt_ids
 
-    if mode not in ("auto", "prefill", "own"):
-        raise UserError(f"generation mode must be auto, prefill or own, got {mode!r}")
+    if mode not in MODES:
+        raise UserError(f"generation mode must be one of {', '.join(MODES)}, got {mode!r}")
     if max_new_tokens < 0:
         raise UserError("max_new_tokens must be ≥ 0")
     if mode != "own" and not opener:
@@ -182,10 +183,14 @@ def generate_continuations(model, tokenizer, records: Sequence, *, mode: str = "
     device = next(model.parameters()).device
     jobs = []
     for rec in records:
-        kind = mode if mode != "auto" else ("prefill" if rec.label == "harmful" else "own")
+        if mode in ("auto", "matched"):
+            kinds = ["prefill"] if rec.label == "harmful" else (["own", "prefill"] if mode == "matched" else ["own"])
+        else:
+            kinds = [mode]
         prompt_ids = list(format_prompt_ids(tokenizer, rec.prompt, system=system))
-        forced = list(encode_response(tokenizer, prompt_ids, opener)) if kind == "prefill" else []
-        jobs.append((rec, kind, prompt_ids, forced))
+        for kind in kinds:
+            forced = list(encode_response(tokenizer, prompt_ids, opener)) if kind == "prefill" else []
+            jobs.append((rec, kind, prompt_ids, forced))
     out: list[Continuation] = []
     bar = tqdm(total=len(jobs), desc="generate", unit="ex", disable=not progress)
     for start in range(0, len(jobs), batch_size):
@@ -211,8 +216,9 @@ def generate_continuations(model, tokenizer, records: Sequence, *, mode: str = "
             meta = dict(rec.meta)
             meta.update(max_new_tokens=max_new_tokens, do_sample=do_sample, seed=seed,
                         **({"temperature": temperature, "top_p": top_p} if do_sample else {}))
+            suffix = "#prefill" if mode == "matched" and kind == "prefill" and rec.label != "harmful" else ""
             out.append(Continuation(
-                id=rec.id, prompt=rec.prompt, label=rec.label, prompt_ids=prompt_ids, response_ids=response_ids,
+                id=rec.id + suffix, prompt=rec.prompt, label=rec.label, prompt_ids=prompt_ids, response_ids=response_ids,
                 response=tokenizer.decode(response_ids), source=f"{rec.source}:{kind}" if rec.source else kind,
                 category=rec.category, kind=kind, opener=opener if kind == "prefill" else "",
                 finished=cut is not None, meta=meta))

@@ -35,11 +35,16 @@ class DemoConfig:
         "help": "deep-prefill evaluation depths"})
     eval_limit: int = field(default=20, metadata={"help": "prompts per dataset in the guard evaluation"})
     lookahead: int = field(default=12, metadata={"help": "ADA-RK / base refusal lookahead tokens"})
-    stride: int = field(default=16, metadata={"help": "guard check stride in the over-refusal run"})
+    stride: int = field(default=16, metadata={
+        "help": "guard check stride: the threshold is calibrated per answer for it, and over-refusal runs with it"})
     batch_size: int = field(default=8, metadata={"help": "prompts per batch (generation and evaluation)"})
     device: str = field(default="auto", metadata={"help": "auto, cpu, cuda"})
     out: str = field(default="runs/demo", metadata={"help": "output root (stages live in hashed subfolders)"})
     skip_eval: bool = field(default=False, metadata={"help": "stop after the probe sweep"})
+    calib_fraction: float = field(default=0.25, metadata={
+        "help": "prompt groups (twin pairs) kept for the threshold only"})
+    test_fraction: float = field(default=0.25, metadata={
+        "help": "prompt groups kept for held-out numbers (every evaluation runs on these only)"})
 
 
 @dataclass
@@ -124,7 +129,7 @@ def run_demo(cfg: DemoConfig) -> Path:
     limit = ["--limit", str(cfg.limit)] if cfg.limit else []
     generated = [runner.run(Stage(
         f"generate-{_slug(name)}",
-        ["generate", *common, "--data", name, *limit, "--mode", "auto", "--max-new-tokens", str(cfg.max_new_tokens),
+        ["generate", *common, "--data", name, *limit, "--mode", "matched", "--max-new-tokens", str(cfg.max_new_tokens),
          "--gen-batch-size", str(cfg.batch_size)],
         outputs=lambda f: ["--out", str(f / "continuations.jsonl")])) for name in cfg.data]
     parts = [g / "continuations.jsonl" for g in generated]
@@ -137,7 +142,9 @@ def run_demo(cfg: DemoConfig) -> Path:
     store = ext_dir / "store.h5"
     sweep_dir = runner.run(Stage("sweep", ["sweep", "--store", str(store)], [ext_dir.name],
                                  outputs=lambda f: ["--out", str(f)]))
-    probes_dir = runner.run(Stage("train", ["train", "--store", str(store)], [ext_dir.name],
+    probes_dir = runner.run(Stage("train", ["train", "--store", str(store), "--stride", str(cfg.stride),
+                                            "--calib-fraction", str(cfg.calib_fraction),
+                                            "--test-fraction", str(cfg.test_fraction)], [ext_dir.name],
                                   outputs=lambda f: ["--out", str(f)]))
     eval_dirs: dict[str, Path] = {}
     if not cfg.skip_eval:

@@ -31,10 +31,84 @@ def _figure(src: Path, figures: Path, name: str) -> str | None:
     return f"figures/{name}"
 
 
+def _loso_section(sweep: dict) -> list[str]:
+    loso = sweep.get("loso") or {}
+    if not loso.get("rows"):
+        return ["## Leave-one-source-out", "", f"Not applicable: {loso.get('note', 'no sources recorded')}.", ""]
+    lines = ["## Leave-one-source-out (read this first)", "",
+             f"Layer {sweep['best_layer']}. Each source is scored by probes trained without it (and without any "
+             "prompt it shares), on the sweep's grouped folds; AUROC is against the other class (within the source "
+             "when it holds both labels). The per-answer rate uses a threshold set at the target FPR on the *other* "
+             "sources' benign answers (an answer = its maximum over stored depths). The n-gram baseline runs on the "
+             "same folds.", "",
+             "| held-out source | labels | answers | probe AUROC [95% CI] | probe rate at threshold | "
+             "n-gram AUROC [95% CI] | n-gram rate |", "|---|---|---|---|---|---|---|"]
+    for r in loso["rows"]:
+        if "skipped" in r:
+            lines.append(f"| {r['source']} | {'/'.join(r['labels'])} | {r['n_answers']} | skipped: {r['skipped']} "
+                         "| | | |")
+            continue
+
+        def rate(e):
+            return "; ".join(f"{k.upper()} {e[k]:.2f}" for k in ("tpr", "fpr") if e and e.get(k) is not None) or "–"
+
+        p, g = r.get("probe"), r.get("ngram")
+        lines.append(f"| {r['source']} | {'/'.join(r['labels'])} | {r['n_answers']} | {_ci(p and p['auroc'])} | "
+                     f"{rate(p)} | {_ci(g and g['auroc'])} | {rate(g)} |")
+    if loso.get("worst"):
+        lines += ["", f"Worst source for the probe: **{loso['worst']}**."]
+    return lines + [""]
+
+
+def _probes_section(probes: dict | None) -> list[str]:
+    """Split, calibration and the held-out test numbers recorded in ``probeset.json``."""
+    if not probes or not probes.get("split"):
+        return []
+    sp, cal = probes["split"], probes["thresholds"]["calibration"]
+    lines = ["## Split, threshold and held-out test numbers", "",
+             "Prompts are split by topic-matched pair (twins stay together): **train** (layer choice by grouped CV, "
+             "probe fit), **calibration** (the threshold only) and **test** (every number below and every "
+             "evaluation further down).", "", "| role | prompt groups | harmful rows | benign rows | sources |",
+             "|---|---|---|---|---|"]
+    for role in ("train", "calibration", "test"):
+        part = sp[role]
+        src = ", ".join(f"{k} {v}" for k, v in part["sources"].items())
+        lines.append(f"| {role} | {len(part['groups'])} | {part['n_harmful']} | {part['n_benign']} | {src} |")
+    sched = probes.get("schedule") or {}
+    cov = cal.get("schedule_coverage") or {}
+    lines += ["", f"Threshold {cal['threshold']:.4f}, calibrated **per answer** on {cal['n_answers']} benign answers "
+                  f"from {cal['basis']} for the guard schedule stride {sched.get('stride')}, early checks "
+                  f"{sched.get('early_checks')}, final check {sched.get('final_check')} (a check fires when its score "
+                  f"exceeds the threshold; the guard fires on an answer when any check does). "
+                  + (f"{cov.get('scored_checks')} of {cov.get('scheduled_checks')} scheduled checks fall on stored "
+                     "depths. " if cov else "")
+                  + (f"Target per-answer FPR {cal['target_fpr']}." if cal["resolved"] else
+                     f"**{cal['n_answers']} calibration answers cannot resolve the target per-answer FPR "
+                     f"{cal['target_fpr']}** (that needs ≥ {cal['answers_needed']}); the threshold sits above every "
+                     f"calibration answer and the finest FPR this set resolves is {cal['resolution']:.2f}.")]
+    test = (probes.get("metrics") or {}).get("test")
+    if test:
+        pa = test["per_answer"]
+        lines += ["", f"Held-out test prompts ({test['n_prompts']} groups; {test['n_harmful']} harmful and "
+                      f"{test['n_benign']} benign answers), probe at layer {probes['best_layer']} beside baselines "
+                      "fitted on the same training prompts:", "",
+                  "| method | AUROC per check [95% CI] |", "|---|---|"]
+        for m, summ in test["per_check"].items():
+            lines.append(f"| {m} | {_ci(summ and summ['auroc'])} |")
+        d = test.get("probe_minus_ngram_auroc")
+        if d:
+            lines += ["", f"Probe − n-gram AUROC: {d['value']:+.3f} [{d['lo']:+.3f}, {d['hi']:+.3f}] — "
+                          + ("the probe beats the text-only baseline." if d["beats"] else
+                             "**no evidence that the probe beats the text-only baseline** on these prompts.")]
+        lines += ["", f"Per answer at the frozen threshold (test answers): TPR {_ci(pa['tpr'], 2)}, "
+                      f"FPR {_ci(pa['fpr'], 2)} (Wilson 95%)."]
+    return lines + [""]
+
+
 def _sweep_section(sweep: dict, figures: Path, sweep_dir: Path) -> list[str]:
     best = sweep["best_layer"]
     i = sweep["layers"].index(best)
-    lines = ["## Probe sweep (grouped 5-fold CV by prompt)", "",
+    lines = ["## Probe sweep (grouped 5-fold CV by prompt over all stored prompts; out-of-fold numbers)", "",
              f"{sweep.get('n_examples', '?')} responses, {sweep.get('n_pairs', '?')} (response, depth) rows, "
              f"hook `{sweep.get('hook')}`, position `{sweep.get('position')}`. Best layer: **{best}** of "
              f"{len(sweep['layers'])} stored.", "",
@@ -48,9 +122,14 @@ def _sweep_section(sweep: dict, figures: Path, sweep_dir: Path) -> list[str]:
         lines.append(f"| {d} | {_ci(s.get('auroc')) if s else '– (one class)'} | {s['n'] if s else 0} |")
     th = sweep.get("best", {}).get("threshold", {})
     if th:
-        lines += ["", f"Threshold at target FPR {sweep['best'].get('target_fpr')} on out-of-fold benign controls: "
-                      f"{th.get('threshold', float('nan')):.4f} (TPR {th.get('tpr', float('nan')):.3f}, "
-                      f"FPR {th.get('fpr', float('nan')):.3f})."]
+        lines += ["", f"Per-check threshold at target FPR {sweep['best'].get('target_fpr')} on out-of-fold benign "
+                      f"controls: {th.get('threshold', float('nan')):.4f} (TPR {th.get('tpr', float('nan')):.3f}; "
+                      f"its FPR {th.get('fpr', float('nan')):.3f} is in-sample, measured on the scores that chose it). "
+                      "The guard's threshold and held-out rates are in the section above."]
+    d = sweep.get("best", {}).get("probe_minus_ngram_auroc")
+    if d:
+        lines += ["", f"Probe − n-gram AUROC (out-of-fold, same folds): {d['value']:+.3f} [{d['lo']:+.3f}, "
+                      f"{d['hi']:+.3f}]."]
     for note in sweep.get("notes", []):
         lines.append(f"- note: {note}")
     for name, caption in (("layer_depth_auroc.png", "Layer × depth AUROC"), ("layer_sweep.png", "Layer sweep"),
@@ -62,17 +141,42 @@ def _sweep_section(sweep: dict, figures: Path, sweep_dir: Path) -> list[str]:
     return lines + [""]
 
 
+def _split_line(split) -> str:
+    if not split:
+        return "Split: not recorded."
+    parts = split.items() if isinstance(split, dict) and "harmful" in split else [("prompts", split)]
+    out = []
+    for name, sp in parts:
+        if isinstance(sp, str):
+            out.append(f"{name}: {sp}")
+        else:
+            out.append(f"{name}: {sp['n_eval']} evaluated, {sp['excluded']} of {sp['n_candidates']} excluded as "
+                       f"seen in training/calibration ({sp['status']})")
+    return "Split — " + "; ".join(out) + "."
+
+
 def _eval_sections(eval_dirs: dict[str, Path], figures: Path) -> list[str]:
     lines: list[str] = []
     dp = _load(eval_dirs["deep-prefill"] / "deep_prefill.json") if "deep-prefill" in eval_dirs else None
     if dp:
-        names = {"base": "base (no defence)", "rk": "ADA-RK", "lp": "ADA-LP"}
-        lines += ["## Deep-prefill attack: refusal / detection vs depth", "",
-                  "| depth | " + " | ".join(names.get(d, d) for d in dp["curves"]) + " |",
-                  "|---" * (1 + len(dp["curves"])) + "|"]
+        names = {"base": "base (keyword)", "base_prob": "base (prob)", "rk": "ADA-RK (keyword)",
+                 "rk_prob": "ADA-RK (prob)", "lp": "ADA-LP"}
+        ctrl = dp.get("control_curves") or {}
+        cols = [(dp["curves"], det, names.get(det, det)) for det in dp["curves"]]
+        cols += [(ctrl, det, f"{names.get(det, det)} on benign control") for det in ("rk", "lp") if det in ctrl]
+        lines += ["## Deep-prefill attack: refusal / detection vs depth (held-out test prompts)", "",
+                  _split_line(dp.get("split")), "",
+                  "| depth | " + " | ".join(c[2] for c in cols) + " |", "|---" * (1 + len(cols)) + "|"]
         for k, depth in enumerate(dp["depths"]):
-            cells = [_ci(dp["curves"][det][k], 2) for det in dp["curves"]]
+            cells = [_ci(curves[det][k], 2) for curves, det, _ in cols]
             lines.append(f"| {depth} | " + " | ".join(cells) + " |")
+        if dp.get("lp_auroc_vs_control"):
+            lines += ["", "ADA-LP score AUROC, harmful deep prefills vs benign prompts after the same kind of forced "
+                          "opener (the matched-style control):", "", "| depth | AUROC [95% CI] | answers |",
+                      "|---|---|---|"]
+            for r in dp["lp_auroc_vs_control"]:
+                cell = "–" if r["auroc"] is None else f"{r['auroc']:.3f} [{r['lo']:.3f}, {r['hi']:.3f}]"
+                lines.append(f"| {r['depth']} | {cell} | {r['n']} |")
         judge = dp.get("judge") or {}
         if isinstance(judge, dict):
             judge = (f"{judge.get('rule', '?')} match ({len(judge.get('phrases', []))} refusal phrases, family "
@@ -85,7 +189,10 @@ def _eval_sections(eval_dirs: dict[str, Path], figures: Path) -> list[str]:
         lines.append("")
     orf = _load(eval_dirs["over-refusal"] / "over_refusal.json") if "over-refusal" in eval_dirs else None
     if orf:
-        lines += ["## Over-refusal on benign prompts (model's own answers)", "", "| group | " +
+        lines += ["## Over-refusal on benign prompts (model's own answers, held-out test prompts)", "",
+                  _split_line(orf.get("split")) + " A defence's rate here is its per-answer false-alarm rate (fires "
+                  f"at any check, stride {orf.get('guard_config', {}).get('stride')} plus the final check).", "",
+                  "| group | " +
                   " | ".join(orf["rates"]["all"]) + " |", "|---" * (1 + len(orf["rates"]["all"])) + "|"]
         for group, rates in orf["rates"].items():
             lines.append(f"| {group} | " + " | ".join(_ci(rates[k], 2) for k in orf["rates"]["all"]) + " |")
@@ -115,6 +222,9 @@ def write_report(root: Path, cfg: Any, *, store: Path, sweep_dir: Path, probes_d
     lines = [f"# Safety-Token study: {cfg.model}", "",
              f"anydepth {interp.__version__}; data: {', '.join(cfg.data)}; store `{store}`; probes `{probes_dir}`.",
              ""]
+    if sweep:
+        lines += _loso_section(sweep)
+    lines += _probes_section(_load(Path(probes_dir) / "probeset.json"))
     if sweep:
         lines += _sweep_section(sweep, figures, sweep_dir)
     lines += _eval_sections(eval_dirs, figures)

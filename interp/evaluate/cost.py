@@ -12,6 +12,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import replace
 
 import torch
+from tqdm.auto import tqdm
 
 from interp.guard import GuardConfig, GuardedGenerator
 from interp.kvcache import cache_kwarg, mark, new_cache, rollback
@@ -102,8 +103,10 @@ def check_latency(gen: GuardedGenerator, context_len: int, repeats: int = 20, ba
 
 @torch.no_grad()
 def slowdown(model, tokenizer, spans, probes, prompts: Sequence[Sequence[int]], strides: Sequence[int],
-             max_new_tokens: int = 200, repeats: int = 3, base_config: GuardConfig | None = None) -> list[dict]:
-    """End-to-end generation time with ADA-LP at each stride vs unguarded (checks never fire)."""
+             max_new_tokens: int = 200, repeats: int = 3, base_config: GuardConfig | None = None,
+             bar=None) -> list[dict]:
+    """End-to-end generation time with ADA-LP at each stride vs unguarded (checks never fire); ``bar`` (a tqdm)
+    advances once per timed configuration."""
     base_config = base_config or GuardConfig()
     common = replace(base_config, max_new_tokens=max_new_tokens, threshold=2.0, do_sample=False, final_check=False)
 
@@ -119,6 +122,8 @@ def slowdown(model, tokenizer, spans, probes, prompts: Sequence[Sequence[int]], 
             return statistics.median(best), sum(len(r.generated_ids) for r in res)
         finally:
             gen.close()
+            if bar is not None:
+                bar.update(1)
 
     plain, n_tokens = timed(replace(common, mode="none"))
     rows = []
@@ -139,10 +144,17 @@ def run_cost(cfg) -> dict:
     probes = probes or random_probes(gm.model, spans)
     gen = GuardedGenerator(gm.model, gm.tokenizer, spans, GuardConfig(mode="lp", threshold=2.0), probes,
                            model_id=gm.model_id, weights_sha256=gm.weights_sha256)
-    latency = [check_latency(gen, n) for n in cfg.contexts]
+    bar = tqdm(total=len(cfg.contexts) + 1 + 2 * len(cfg.strides), desc="cost (latency, then slowdown)",
+               unit="run")
+    latency = []
+    for n in cfg.contexts:
+        latency.append(check_latency(gen, n))
+        bar.update(1)
     gen.close()
     prompts = [format_prompt_ids(gm.tokenizer, "Write a short story about a lighthouse keeper.")]
-    slow = slowdown(gm.model, gm.tokenizer, spans, probes, prompts, cfg.strides, max_new_tokens=cfg.max_new_tokens)
+    slow = slowdown(gm.model, gm.tokenizer, spans, probes, prompts, cfg.strides, max_new_tokens=cfg.max_new_tokens,
+                    bar=bar)
+    bar.close()
     result = {"mode": "cost", "model": gm.provenance, "device": str(next(gm.model.parameters()).device),
               "latency": latency, "slowdown": slow,
               "leak_window": {"buffered": 0, "unbuffered_max": [s - 1 for s in cfg.strides],
