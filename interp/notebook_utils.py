@@ -77,8 +77,19 @@ def quick_probeset(loaded: LoadedModel, workdir: str | Path, records: list, *, m
     extract_to_store(loaded.model, loaded.tokenizer, items, store, spans=derive_safety_spans(loaded.tokenizer),
                      depths=depths, layers=list(range(loaded.n_layers)), provenance=loaded.provenance(),
                      progress=False)
+    import numpy as np
+
+    from interp.extract import parse_depths
+    from interp.probes.protocol import SplitConfig, group_key, three_way_split
+
+    # the guard checks every `stride` tokens: calibrate for the store's depth step; few pairs → fewer folds
+    stride = min([d for d in parse_depths(depths) if d > 0] or [1])
+    groups = np.array([group_key(r.prompt, (r.meta or {}).get("pair_id")) for r in records])
+    y = np.array([r.label == "harmful" for r in records], int)
+    train = three_way_split(groups, y, SplitConfig(), seed=0) == "train"
+    folds = max(2, min(folds, *(len(set(groups[train & (y == v)])) for v in (0, 1))))
     code = anydepth(["train", "--store", str(store), "--out", str(workdir / "probes"), "--folds", str(folds),
-                     "--n-boot", "50"])
+                     "--n-boot", "50", "--stride", str(stride)])
     if code:
         raise UserError(f"anydepth train failed (exit {code})")
     return ProbeSet.load(workdir / "probes", expect_provenance=loaded.provenance()), items, store

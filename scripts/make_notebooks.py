@@ -144,14 +144,19 @@ show_png(plot_depth_curve(res, WORK / "depth_curve"))'''),
     ("md", """\
 ## Fit, save and reload a `ProbeSet`
 
-`anydepth train` (run here in-process) picks the layer by grouped-CV AUROC, sets the threshold at a target FPR on
-out-of-fold benign scores, refits on all rows and writes `probeset.safetensors` + `probeset.json` (no pickle).
+`anydepth train` (run here in-process) splits the prompt pairs into train / calibration / test, picks the layer by
+grouped-CV AUROC on the training prompts, fits the probes on them, sets the threshold per answer on the calibration
+prompts (for the guard's check schedule, `--stride`), reports held-out numbers on the test prompts beside an n-gram
+baseline, and writes `probeset.safetensors` + `probeset.json` (no pickle; the JSON records the split, so
+evaluations skip the prompts it was trained and calibrated on).
 The same files drive the guard (notebook 2) and the causal experiments (notebook 3)."""),
     ("code", '''\
 from interp.cli import main as anydepth
 
 probe_dir = WORK / "probes"
-assert anydepth(["train", "--store", str(store_path), "--out", str(probe_dir), "--n-boot", "100"]) == 0
+stride = DEPTHS.split(":")[2]  # calibrate the threshold for a guard that checks at the stored depth step
+assert anydepth(["train", "--store", str(store_path), "--out", str(probe_dir), "--n-boot", "100",
+                 "--stride", stride]) == 0
 print(sorted(p.name for p in probe_dir.iterdir()))'''),
     ("code", '''\
 import numpy as np
@@ -214,7 +219,7 @@ spans = derive_safety_spans(loaded.tokenizer)
 probes, items, store_path = quick_probeset(loaded, WORK, demo_pairs(N_PAIRS, seed=0),
                                            max_new_tokens=MAX_NEW_TOKENS, depths=DEPTHS)
 print(f"probe layer {probes.best_layer}, threshold {probes.threshold:.3f}, "
-      f"CV AUROC {probes.metrics['cv'][str(probes.best_layer)]['auroc']['value']:.3f}")'''),
+      f"CV AUROC {probes.metrics['cv_train'][str(probes.best_layer)]['auroc']['value']:.3f}")'''),
     ("md", """\
 ## A harmful prompt with a deep prefill
 

@@ -29,7 +29,9 @@ def test_deep_prefill_checks_equal_scratch_continuations(tmp_path):
     cfg = EvalConfig(model="tiny", probes="random", datasets=("demo",), limit=3, depths=(0, 4, 12),
                      lookahead=5, base_lookahead=6, batch_size=2, out=str(tmp_path))
     res = run_deep_prefill(cfg)
-    assert set(res["curves"]) == {"base", "rk", "lp"}
+    assert set(res["curves"]) == {"base", "rk", "lp", "base_prob", "rk_prob"}  # both judges
+    assert res["split"]["harmful"]["status"].startswith("no trained probe set")
+    assert len(res["control_rows"]) == 3 and {r["label"] for r in res["control_rows"]} == {"benign"}
     by_depth = {p["depth"]: p for p in res["curves"]["rk"]}
     assert [by_depth[d]["n"] for d in (0, 4, 12)] == [3, 3, 3]
     assert (tmp_path / "deep_prefill.png").exists() and (tmp_path / "deep_prefill.config.json").exists()

@@ -82,8 +82,10 @@ def oof_scores(data: LayerData, split: Split, cfg: ProbeConfig, *, per_depth: bo
 
 
 def shuffled_labels(y: np.ndarray, groups: np.ndarray, seed: int) -> np.ndarray:
-    """Labels permuted across prompts (rows of one prompt keep sharing a label)."""
-    codes = np.unique(groups, return_inverse=True)[1].reshape(-1)
+    """Labels permuted across prompts (rows of one prompt keep sharing a label). The unit is (group, label), so
+    a twin-pair group (one harmful and one benign prompt) contributes two units."""
+    units = np.char.add(np.asarray(groups).astype(str), np.char.add("|", np.asarray(y).astype(str)))
+    codes = np.unique(units, return_inverse=True)[1].reshape(-1)
     per_group = np.zeros(codes.max() + 1, np.int64)
     per_group[codes] = y
     return np.random.default_rng(seed).permutation(per_group)[codes]
