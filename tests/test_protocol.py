@@ -179,3 +179,25 @@ def test_ngram_baseline_runs_on_the_probes_folds_and_equals_per_fold_fits():
 
     assert auroc(p[:, 2], y) > 0.9  # the marker word is seen: the text baseline finds it
     assert abs(auroc(p[:, 0], y) - 0.5) < 0.2  # prompt only: nothing to find
+
+
+def test_guard_warns_when_run_on_another_schedule_than_calibrated():
+    from interp.guard import GuardConfig, GuardedGenerator
+    from interp.templates import derive_safety_spans
+    from interp.testing import tiny_model
+
+    model, tok = tiny_model("qwen2", n_layers=2)
+    spans = derive_safety_spans(tok)
+    d = model.config.hidden_size
+    probes = ProbeSet(layers=[0, 1], weights=np.zeros((2, d)), bias=np.zeros(2), hook="hook_resid_post",
+                      position="probe", best_layer=1, threshold=0.5, schedule=Schedule(stride=16).to_dict(),
+                      provenance={"template_hash": spans.template_hash, "span_ids": list(spans.span_ids)})
+    with pytest.warns(UserWarning, match="another guard schedule"):
+        GuardedGenerator(model, tok, spans, GuardConfig(mode="lp", stride=25), probes).close()
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        GuardedGenerator(model, tok, spans, GuardConfig(mode="lp", stride=16), probes).close()
+        # per-depth measurements (deep-prefill curves) are not per-answer runs: no warning
+        GuardedGenerator(model, tok, spans, GuardConfig(mode="lp", stride=25), probes, per_answer=False).close()
