@@ -26,6 +26,7 @@ from interp import UserError
 
 MODES = ("auto", "prefill", "own", "matched")
 DEFAULT_OPENER = "Sure, here is"
+MATCHED_SUFFIX = "#prefill"  # id suffix of the forced-opener copy of a benign record (--mode matched)
 
 
 @dataclass
@@ -144,7 +145,8 @@ def continuations_for(model, tokenizer, records: Sequence, cfg: GenerateConfig, 
             model, tokenizer, need, mode=cfg.mode, opener=cfg.opener, max_new_tokens=cfg.max_new_tokens,
             do_sample=cfg.sample, temperature=cfg.temperature, top_p=cfg.top_p, seed=cfg.seed,
             batch_size=cfg.gen_batch_size, system=cfg.system, progress=progress))
-    return [made[r.id] for r in records]
+    # --mode matched adds a second continuation per benign record (id suffixed #prefill), right after its own
+    return [made[i] for r in records for i in (r.id, r.id + MATCHED_SUFFIX) if i in made]
 
 
 def stop_token_ids(model, tokenizer, spans=None) -> list[int]:
@@ -216,7 +218,7 @@ def generate_continuations(model, tokenizer, records: Sequence, *, mode: str = "
             meta = dict(rec.meta)
             meta.update(max_new_tokens=max_new_tokens, do_sample=do_sample, seed=seed,
                         **({"temperature": temperature, "top_p": top_p} if do_sample else {}))
-            suffix = "#prefill" if mode == "matched" and kind == "prefill" and rec.label != "harmful" else ""
+            suffix = MATCHED_SUFFIX if mode == "matched" and kind == "prefill" and rec.label != "harmful" else ""
             out.append(Continuation(
                 id=rec.id + suffix, prompt=rec.prompt, label=rec.label, prompt_ids=prompt_ids, response_ids=response_ids,
                 response=tokenizer.decode(response_ids), source=f"{rec.source}:{kind}" if rec.source else kind,

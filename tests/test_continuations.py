@@ -125,3 +125,17 @@ def test_cli_generate_then_extract(tmp_path, monkeypatch):
     assert stores[0].with_suffix(".config.json").exists()
     assert main(args) == 0  # rerun: resumes, nothing to do
     assert main(args[:-2] + ["--store-dtype", "float16", "--out", str(stores[0])]) == 2  # refused
+
+
+def test_matched_mode_adds_a_forced_opener_copy_of_each_benign_record(model_tok):
+    from interp.continuations import GenerateConfig, continuations_for
+
+    model, tok = model_tok
+    out = continuations_for(model, tok, RECORDS, GenerateConfig(mode="matched", max_new_tokens=6), progress=False)
+    assert [(c.id, c.label, c.kind) for c in out] == [
+        ("h1", "harmful", "prefill"), ("b1", "benign", "own"), ("b1#prefill", "benign", "prefill"),
+        ("h2", "harmful", "prefill")]
+    auto = continuations_for(model, tok, RECORDS, GenerateConfig(mode="auto", max_new_tokens=6), progress=False)
+    own = {c.id: c for c in out}
+    assert [own[c.id].response_ids for c in auto] == [c.response_ids for c in auto]  # same text where shared
+    assert own["b1#prefill"].response_ids[:3] == encode_response(tok, own["b1"].prompt_ids, "Sure, here is")[:3]
