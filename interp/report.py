@@ -36,8 +36,8 @@ def _loso_section(sweep: dict) -> list[str]:
     if not loso.get("rows"):
         return ["## Leave-one-source-out", "", f"Not applicable: {loso.get('note', 'no sources recorded')}.", ""]
     lines = ["## Leave-one-source-out (read this first)", "",
-             f"Layer {sweep['best_layer']}. Each source is scored by probes trained without it (and without any "
-             "prompt it shares), on the sweep's grouped folds; AUROC is against the other class (within the source "
+             f"Layer {sweep['best_layer']}. Each source is scored by probes trained without it, on the sweep's "
+             "grouped folds (so also without its prompt or that prompt's twin); AUROC is against the other class (within the source "
              "when it holds both labels). The per-answer rate uses a threshold set at the target FPR on the *other* "
              "sources' benign answers (an answer = its maximum over stored depths). The n-gram baseline runs on the "
              "same folds.", "",
@@ -93,8 +93,12 @@ def _probes_section(probes: dict | None) -> list[str]:
                       f"{test['n_benign']} benign answers), probe at layer {probes['best_layer']} beside baselines "
                       "fitted on the same training prompts:", "",
                   "| method | AUROC per check [95% CI] |", "|---|---|"]
-        for m, summ in test["per_check"].items():
-            lines.append(f"| {m} | {_ci(summ and summ['auroc'])} |")
+        order = [m for m in ("probe", "ngram", "last_token", "prompt") if m in test["per_check"]]
+        names = {"probe": "Safety-Token probe", "ngram": "n-gram text (TF-IDF 1–2-grams, prompt + response prefix)",
+                 "last_token": "last generated token", "prompt": "last prompt token"}
+        for m in order:
+            summ = test["per_check"][m]
+            lines.append(f"| {names[m]} | {_ci(summ and summ['auroc'])} |")
         d = test.get("probe_minus_ngram_auroc")
         if d:
             lines += ["", f"Probe − n-gram AUROC: {d['value']:+.3f} [{d['lo']:+.3f}, {d['hi']:+.3f}] — "

@@ -275,10 +275,10 @@ def _answer_max(p: np.ndarray) -> np.ndarray:
 
 def leave_one_source_out(data: LayerData, split: Split, probe: ProbeConfig, cfg: SweepConfig,
                          texts: np.ndarray | None = None) -> dict:
-    """Per source: probes trained without it (nor any prompt it shares), scored on it.
+    """Per source: probes trained without it, scored on it.
 
-    Folds are the sweep's grouped folds with the held-out source's prompts removed from every training part,
-    so every row is scored out-of-fold by a model that never saw the source. AUROC compares the source's rows
+    Folds are the sweep's grouped folds with the held-out source's rows removed from every training part, so
+    every row is scored out-of-fold by a model that saw neither its prompt (nor its twin) nor its source. AUROC compares the source's rows
     with the other class: within the source if it holds both labels, else the other sources' out-of-fold rows
     of the other label. The per-answer threshold (target FPR, answer = max over stored depths) is set on the
     other sources' benign answers only, and the source's answers are flagged at it (TPR if harmful, FPR if
@@ -292,7 +292,7 @@ def leave_one_source_out(data: LayerData, split: Split, probe: ProbeConfig, cfg:
     out = []
     for s in names:
         in_s = data.sources == s
-        drop = np.isin(data.groups, data.groups[in_s])
+        drop = in_s  # the fold structure already keeps a test prompt out of training, whatever its source
         train = split.train & ~drop[None]
         bad = [f for f in range(split.n_folds) if len(np.unique(data.y[train[f] & data.valid.any(1)])) < 2]
         labels = sorted(set(data.y[in_s].tolist()))
