@@ -93,9 +93,10 @@ def _probes_section(probes: dict | None) -> list[str]:
                       f"{test['n_benign']} benign answers), probe at layer {probes['best_layer']} beside baselines "
                       "fitted on the same training prompts:", "",
                   "| method | AUROC per check [95% CI] |", "|---|---|"]
-        order = [m for m in ("probe", "ngram", "last_token", "prompt") if m in test["per_check"]]
+        order = [m for m in ("probe", "ngram", "last_token", "prompt", "shuffled") if m in test["per_check"]]
         names = {"probe": "Safety-Token probe", "ngram": "n-gram text (TF-IDF 1–2-grams, prompt + response prefix)",
-                 "last_token": "last generated token", "prompt": "last prompt token"}
+                 "last_token": "last generated token", "prompt": "last prompt token",
+                 "shuffled": "probe on prompt-shuffled labels"}
         for m in order:
             summ = test["per_check"][m]
             lines.append(f"| {names[m]} | {_ci(summ and summ['auroc'])} |")

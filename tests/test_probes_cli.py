@@ -105,6 +105,7 @@ def test_sweep_and_train_commands(store_path, tmp_path):
     assert test["per_check"]["probe"]["auroc"]["value"] > 0.95 and test["per_check"]["ngram"] is not None
     assert test["per_answer"]["fpr"]["n"] == test["n_benign"] and ps.thresholds["calibration"]["n_answers"] > 0
     assert ps.schedule["stride"] == 10 and "probe_minus_ngram_auroc" in test
+    assert test["per_check"]["shuffled"] is not None  # one permutation of ~30 prompts: its value is noisy
     with pytest.raises(UserError):
         ProbeSet.load(pdir, expect_provenance={**store.provenance, "template_hash": "other"})
     assert main(["sweep", "--store", str(tmp_path / "nope.h5"), "--out", str(out)]) == 2

@@ -175,7 +175,7 @@ def held_out_report(store, hook, layer, position, cfg: TrainConfig, probe: Probe
     from interp.probes.data import load_layer
     from interp.probes.metrics import paired_auroc_diff
     from interp.probes.protocol import answer_scores, assert_disjoint
-    from interp.probes.sweep import fit_probes
+    from interp.probes.sweep import fit_probes, shuffled_labels
 
     done = meta["done"]
     y, groups, n_tokens = meta["y"][done], meta["groups"][done], meta["n_tokens"][done]
@@ -197,6 +197,12 @@ def held_out_report(store, hook, layer, position, cfg: TrainConfig, probe: Probe
             mask = np.ones((1, len(yy)), bool)
         pp = fit_probes(X, yy, mask, probe)[0]
         methods[pos] = np.where(valid, _scores(pp, other.X, np.ones_like(valid)), np.nan)
+    best = load_layer(store, hook, layer, position, cfg.depths)
+    tr = _subset(best, train_m)
+    X, _, rows, _ = tr.flat()
+    fake = shuffled_labels(tr.y, tr.groups, cfg.seed + 1)[rows]  # prompt-level permutation of the labels
+    if len(np.unique(fake)) == 2:
+        methods["shuffled"] = _scores(fit_probes(X, fake, np.ones((1, len(fake)), bool), probe)[0], best.X, valid)
     if "response_chars" in meta:
         from interp.probes.ngram import depth_texts, fit_predict
 
