@@ -92,19 +92,27 @@ def _probes_section(probes: dict | None) -> list[str]:
         lines += ["", f"Held-out test prompts ({test['n_prompts']} groups; {test['n_harmful']} harmful and "
                       f"{test['n_benign']} benign answers), probe at layer {probes['best_layer']} beside baselines "
                       "fitted on the same training prompts:", "",
-                  "| method | AUROC per check [95% CI] |", "|---|---|"]
+                  "| method | AUROC per check [95% CI] | probe − method [95% CI] |", "|---|---|---|"]
+        diffs = test.get("probe_minus_baseline_auroc") or {}
         order = [m for m in ("probe", "ngram", "last_token", "prompt", "shuffled") if m in test["per_check"]]
         names = {"probe": "Safety-Token probe", "ngram": "n-gram text (TF-IDF 1–2-grams, prompt + response prefix)",
                  "last_token": "last generated token", "prompt": "last prompt token",
                  "shuffled": "probe on prompt-shuffled labels"}
         for m in order:
             summ = test["per_check"][m]
-            lines.append(f"| {names[m]} | {_ci(summ and summ['auroc'])} |")
+            d = diffs.get(m)
+            cell = "" if d is None else (f"{d['value']:+.3f} [{d['lo']:+.3f}, {d['hi']:+.3f}]"
+                                         + (" (probe better)" if d["beats"] else ""))
+            lines.append(f"| {names[m]} | {_ci(summ and summ['auroc'])} | {cell} |")
         d = test.get("probe_minus_ngram_auroc")
         if d:
             lines += ["", f"Probe − n-gram AUROC: {d['value']:+.3f} [{d['lo']:+.3f}, {d['hi']:+.3f}] — "
                           + ("the probe beats the text-only baseline." if d["beats"] else
                              "**no evidence that the probe beats the text-only baseline** on these prompts.")]
+        lost = [names[m] for m, d in diffs.items() if m != "shuffled" and not d["beats"]]
+        if lost:
+            lines += ["", "The probe does **not** beat (CI of the difference includes 0): " + ", ".join(lost)
+                      + ". A Safety-Token claim on these prompts needs it to."]
         lines += ["", f"Per answer at the frozen threshold (test answers): TPR {_ci(pa['tpr'], 2)}, "
                       f"FPR {_ci(pa['fpr'], 2)} (Wilson 95%)."]
     return lines + [""]

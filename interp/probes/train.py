@@ -227,11 +227,16 @@ def held_out_report(store, hook, layer, position, cfg: TrainConfig, probe: Probe
             s = _pairs_summary(col, y, groups, 0, cfg.seed)
             out["per_depth"][name].append({"depth": int(d), "auroc": None if s is None else s["auroc"]["value"],
                                            "n": 0 if s is None else s["n"]})
-    if "ngram" in methods:
-        rows, cols = np.nonzero(np.isfinite(methods["ngram"] * tested))
-        out["probe_minus_ngram_auroc"] = paired_auroc_diff(scores[rows, cols], methods["ngram"][rows, cols],
-                                                           y[rows], groups[rows], n_boot=max(cfg.n_boot, 200),
-                                                           seed=cfg.seed)
+    out["probe_minus_baseline_auroc"] = {}
+    for name, p in methods.items():
+        if name == "probe":
+            continue
+        rows, cols = np.nonzero(np.isfinite(p * tested) & np.isfinite(scores))
+        if len(rows) and len(np.unique(y[rows])) == 2:
+            out["probe_minus_baseline_auroc"][name] = paired_auroc_diff(
+                scores[rows, cols], p[rows, cols], y[rows], groups[rows], n_boot=max(cfg.n_boot, 200), seed=cfg.seed)
+    if "ngram" in out["probe_minus_baseline_auroc"]:
+        out["probe_minus_ngram_auroc"] = out["probe_minus_baseline_auroc"]["ngram"]
     ans, coverage = answer_scores(np.where(test_m[:, None], scores, np.nan)[test_m], depths, n_tokens[test_m],
                                   schedule)
     yt = y[test_m]
