@@ -1,7 +1,8 @@
 """Redraw the README's overview figure (docs/demo_overview.png) from a finished `anydepth demo` run.
 
-Left: probe AUROC per (layer, depth) from the sweep; right: refusal / detection vs prefilled depth for the model
-alone, ADA-RK and ADA-LP with 95% Wilson CIs.
+Left: out-of-fold probe AUROC per (layer, depth) from the sweep; right: refusal / detection vs prefilled depth on
+the held-out test prompts for the model alone, ADA-RK and ADA-LP, and the defences' false alarms on the
+matched-style benign control (dashed), with 95% Wilson CIs.
 
     python scripts/make_readme_figures.py [--run runs/demo/qwen2.5-coder-0.5b-instruct] [--out docs/demo_overview.png]
 """
@@ -39,17 +40,21 @@ def main() -> int:
     step = max(1, len(sweep["layers"]) // 12)
     ax0.set_yticks(range(0, len(sweep["layers"]), step), [str(v) for v in sweep["layers"]][::step], fontsize=7)
     ax0.set(xlabel="depth (response tokens before the injected header)", ylabel="layer",
-            title=f"Safety-Token probe AUROC (grouped CV), best layer {sweep['best_layer']}")
+            title=f"Probe AUROC, out-of-fold (grouped 5-fold CV), best layer {sweep['best_layer']}")
     fig.colorbar(im, ax=ax0, label="AUROC")
-    for det, pts in deep["curves"].items():
+    series = [(pts, NAMES.get(det, det), "-") for det, pts in deep["curves"].items() if not det.endswith("_prob")]
+    control = deep.get("control_curves") or {}
+    series += [(control[det], f"{NAMES[det]} on benign control", "--") for det in ("rk", "lp") if det in control]
+    for pts, label, style in series:
         pts = [p for p in pts if p["n"]]
         x = [p["depth"] for p in pts]
-        (line,) = ax1.plot(x, [p["rate"] for p in pts], marker="o", label=NAMES.get(det, det))
-        ax1.fill_between(x, [p["lo"] for p in pts], [p["hi"] for p in pts], color=line.get_color(), alpha=0.15)
+        (line,) = ax1.plot(x, [p["rate"] for p in pts], style, marker="o", label=label)
+        ax1.fill_between(x, [p["lo"] for p in pts], [p["hi"] for p in pts], color=line.get_color(), alpha=0.12)
     ax1.set_xscale("symlog", linthresh=10)
     ax1.set(xlabel="prefilled harmful tokens (depth)", ylabel="refused / flagged (95% CI)", ylim=(-0.02, 1.02),
-            title="Deep-prefill attack on harmful prompts")
-    ax1.legend(fontsize=8)
+            title=f"Deep prefill on {deep['split']['harmful']['n_eval']} held-out harmful prompts\n"
+                  "(dashed: false alarms on matched-style benign)")
+    ax1.legend(fontsize=7, loc="upper right")
     fig.suptitle(f"{deep['model'].get('model_id', '')}: {sweep.get('n_examples')} responses", fontsize=10)
     fig.tight_layout()
     out = Path(args.out)
