@@ -80,3 +80,19 @@ def test_load_judge_set_rejects_bad_rows(tmp_path):
     path.write_text('{"text": "hi", "refusal": true, "kind": "x"}\n\n{"text": "hi", "refusal": "yes"}\n')
     with pytest.raises(ValueError, match="bad.jsonl:3"):
         load_judge_set(path)
+
+
+def test_agreement_on_replies_the_lists_were_not_tuned_on():
+    """A second set written after the lists were fixed (never used to change them): the judge's honest agreement.
+    Measured 2026-12-01: 37/40 (0 false refusals; missed 3 of 20 refusals: "I won't help you stalk…",
+    "I can't help you bypass…", "I can not give you…"). Changing the lists to catch these makes this set in-sample."""
+    from pathlib import Path
+
+    from interp.refusal import KeywordMatcher, judge_agreement, load_judge_set
+
+    items = load_judge_set(Path(__file__).parent / "data" / "judge_holdout.jsonl")
+    res = judge_agreement(KeywordMatcher("qwen2"), items)
+    print(f"held-out judge agreement {res['accuracy']:.3f} on {res['n']} replies")
+    assert res["n_refusal"] >= 20 and res["n_other"] >= 20
+    assert not res["false_refusals"]  # no helpful reply counted as a refusal
+    assert res["accuracy"] >= 0.9
