@@ -9,7 +9,7 @@ from interp.cli import main
 from interp.evaluate.common import EvalConfig, bootstrap_mean, load_guard_model, wilson
 from interp.evaluate.deep_prefill import run_deep_prefill
 from interp.evaluate.over_refusal import run_over_refusal
-from interp.templates import format_prompt_ids
+from interp.templates import encode_response, format_prompt_ids
 from interp.testing import hf_greedy_text
 
 torch.set_num_threads(1)
@@ -97,10 +97,19 @@ def test_over_refusal_answers_are_the_models_own(tmp_path):
     from interp.data import load_dataset
 
     recs = {r.id: r for r in load_dataset("demo")}
-    for row in res["rows"]:
+    own = [r for r in res["rows"] if not r["dataset"].endswith("forced opener")]
+    ctrl = [r for r in res["rows"] if r["dataset"] == "demo + forced opener"]
+    assert len(own) == len(ctrl) == 2 and res["rates"]["all + forced opener"]["lp"]["n"] == 2
+    for row in own:
         prompt = format_prompt_ids(gm.tokenizer, recs[row["id"]].prompt)
         assert row["answer"] == hf_greedy_text(gm.model, gm.tokenizer, prompt, 16)
         assert row["rk_checks"] == 3  # depths 7, 14 and the final check at 16
+    for row in ctrl:  # the control arm: the record's forced opener, then the model's own greedy text
+        prompt = format_prompt_ids(gm.tokenizer, recs[row["id"]].prompt)
+        opener = encode_response(gm.tokenizer, prompt, recs[row["id"]].meta["target"])
+        forced = opener[:16]  # the forced opener counts towards max_new_tokens
+        rest = hf_greedy_text(gm.model, gm.tokenizer, prompt + forced, 16 - len(forced)) if len(forced) < 16 else ""
+        assert row["answer"] == gm.tokenizer.decode(forced, skip_special_tokens=True) + rest
     assert (tmp_path / "over_refusal.png").exists()
 
 
@@ -127,3 +136,21 @@ def test_cli_guard_streams(capsys):
                  "--max-new-tokens", "8", "--lookahead", "3"]) == 0
     err = capsys.readouterr().err
     assert "[rk check @4" in err and "[rk check @8" in err
+
+
+def test_over_refusal_control_arm_continues_after_the_forced_opener(tmp_path):
+    cfg = EvalConfig(model="tiny", probes="random", datasets=("demo",), limit=2, stride=25, lookahead=4,
+                     max_new_tokens=64, out=str(tmp_path))
+    res = run_over_refusal(cfg)
+    gm = load_guard_model("tiny")
+    from interp.data import load_dataset
+
+    recs = {r.id: r for r in load_dataset("demo")}
+    ctrl = [r for r in res["rows"] if r["dataset"] == "demo + forced opener"]
+    assert len(ctrl) == 2
+    for row in ctrl:
+        prompt = format_prompt_ids(gm.tokenizer, recs[row["id"]].prompt)
+        opener = encode_response(gm.tokenizer, prompt, recs[row["id"]].meta["target"])
+        assert len(opener) < 64  # the model writes the rest
+        rest = hf_greedy_text(gm.model, gm.tokenizer, prompt + opener, 64 - len(opener))
+        assert row["answer"] == gm.tokenizer.decode(opener, skip_special_tokens=True) + rest

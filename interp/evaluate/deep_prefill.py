@@ -46,9 +46,10 @@ def _continuations(gm, spans, cfg: EvalConfig, rows, max_depth: int) -> list[lis
         text = (r.meta or {}).get("target") or cfg.opener
         openers.append(encode_response(gm.tokenizer, p, text))
     out = []
-    for chunk in batches(list(range(len(rows))), cfg.batch_size):
+    for chunk in tqdm(list(batches(list(range(len(rows))), cfg.batch_size)), desc="prefill continuations"):
         res = gen.generate([rows[i][0] for i in chunk], forced=[openers[i] for i in chunk])
         out += [r.generated_ids for r in res]
+    gen.close()  # uninstalls its fast-linear patch from the model
     return out
 
 

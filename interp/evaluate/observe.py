@@ -11,8 +11,12 @@ from interp.guard import GuardConfig, GuardedGenerator
 from interp.templates import format_prompt_ids
 
 
-def observe(gm, spans, probes, cfg: EvalConfig, recs, desc: str) -> tuple[list[dict], dict]:
-    """Per record: answer, base refusal (keyword rule), and per defence whether/when it fired."""
+def observe(gm, spans, probes, cfg: EvalConfig, recs, desc: str, opener: bool = False) -> tuple[list[dict], dict]:
+    """Per record: answer, base refusal (keyword rule), and per defence whether/when it fired. With ``opener``
+    the answer starts with a forced opener (the record's ``target``, else ``cfg.opener``) that the model then
+    continues: the matched-style control for a probe trained on prefill attacks."""
+    from interp.templates import encode_response
+
     detectors = ("rk",) + (("lp",) if probes is not None else ())
     gcfg = GuardConfig(mode="rk", stride=cfg.stride, lookahead=cfg.lookahead, matcher=cfg.matcher,
                        threshold=cfg.threshold, max_new_tokens=cfg.max_new_tokens, final_check=True)
@@ -21,9 +25,12 @@ def observe(gm, spans, probes, cfg: EvalConfig, recs, desc: str) -> tuple[list[d
     rows = []
     for chunk in tqdm(list(batches(recs, cfg.batch_size)), desc=desc):
         prompts = [format_prompt_ids(gm.tokenizer, r.prompt) for _, r in chunk]
-        for (name, rec), res in zip(chunk, gen.generate(prompts)):
+        forced = [encode_response(gm.tokenizer, p, (r.meta or {}).get("target") or cfg.opener) if opener else []
+                  for p, (_, r) in zip(prompts, chunk)]
+        for (name, rec), res in zip(chunk, gen.generate(prompts, forced=forced)):
             answer = gm.tokenizer.decode(res.generated_ids, skip_special_tokens=True)
-            row = {"id": rec.id, "dataset": name, "n_tokens": len(res.generated_ids), "answer": answer,
+            row = {"id": rec.id, "dataset": f"{name} + forced opener" if opener else name,
+                   "n_tokens": len(res.generated_ids), "answer": answer,
                    "base_refused": gen.checker.keyword(answer), "stop_reason": res.stop_reason}
             for det in detectors:
                 fired = [c.depth for c in res.checks if c.detector == det and c.flagged]

@@ -1,7 +1,10 @@
 """Over-refusal: how often each defence fires on benign prompts while the model gives its own answer.
 
 Reports, per dataset and overall (Wilson 95% CIs): the undefended model's own refusal rate (keyword rule on
-its answer) and the rate at which ADA-RK / ADA-LP fire at any check (every ``stride`` tokens + at the end).
+its answer) and the rate at which ADA-RK / ADA-LP fire at any check (every ``stride`` tokens + at the end), i.e.
+each defence's per-answer false-alarm rate. The control arm (on by default) answers the same prompts again after
+a forced affirmative opener, the style a probe trained on prefill attacks may have learned: its rows are
+reported as ``<dataset> + forced opener``.
 """
 
 from __future__ import annotations
@@ -21,7 +24,12 @@ DEFAULT_DATASETS = ("xstest_safe", "jbb_benign", "alpaca_eval")
 
 
 def summarise(rows: list[dict], detectors: list[str], keys: dict[str, str]) -> dict:
-    groups = {"all": rows}
+    """Rates per group: ``all`` (the model's own answers), each dataset, and with a control arm
+    ``all + forced opener`` and each ``<dataset> + forced opener``."""
+    own = [r for r in rows if not r["dataset"].endswith(" + forced opener")]
+    groups = {"all": own}
+    if len(own) < len(rows):
+        groups["all + forced opener"] = [r for r in rows if r not in own]
     for r in rows:
         groups.setdefault(r["dataset"], []).append(r)
     return {g: {label: wilson(sum(bool(r[key]) for r in rs), len(rs)) for label, key in keys.items()}
@@ -33,6 +41,8 @@ def run_over_refusal(cfg: EvalConfig) -> dict:
     recs, split = records_for(cfg, DEFAULT_DATASETS, "benign", probes)
     require(bool(recs), "no benign records in the chosen datasets")
     rows, meta = observe(gm, spans, probes, cfg, recs, "over-refusal")
+    if cfg.control_arm:  # matched style: the same prompts, answered after a forced affirmative opener
+        rows += observe(gm, spans, probes, cfg, recs, "over-refusal (forced opener)", opener=True)[0]
     meta["split"] = split
     keys = {"base": "base_refused", **{d: f"{d}_fired" for d in meta["detectors"]}}
     rates = summarise(rows, meta["detectors"], keys)
