@@ -154,3 +154,18 @@ def test_over_refusal_control_arm_continues_after_the_forced_opener(tmp_path):
         assert len(opener) < 64  # the model writes the rest
         rest = hf_greedy_text(gm.model, gm.tokenizer, prompt + opener, 64 - len(opener))
         assert row["answer"] == gm.tokenizer.decode(opener, skip_special_tokens=True) + rest
+
+
+def test_attacks_record_the_split(tmp_path):
+    from interp.data.fetch import mirror_dir
+
+    mirror = mirror_dir()
+    if mirror is None or not (mirror / "jbb_artifacts").is_dir():
+        pytest.skip("no jbb_artifacts in the dataset mirror (ANYDEPTH_DATA)")
+    from interp.evaluate.attacks import run_attacks
+
+    cfg = EvalConfig(model="tiny", probes="random", datasets=("jbb_artifacts",), limit=2, stride=4, lookahead=2,
+                     max_new_tokens=8, out=str(tmp_path))
+    res = run_attacks(cfg)
+    assert res["split"]["n_eval"] == len(res["rows"]) and res["split"]["excluded"] == 0
+    assert "no trained probe set" in res["split"]["status"]
