@@ -43,13 +43,17 @@ def fit_predict(train_texts, train_y, test_texts, C: float = 1.0) -> np.ndarray:
     return model.predict_proba(list(test_texts))[:, 1]
 
 
-def ngram_oof(texts: np.ndarray, y: np.ndarray, valid: np.ndarray, split: Split, C: float = 1.0) -> np.ndarray:
+def ngram_oof(texts: np.ndarray, y: np.ndarray, valid: np.ndarray, split: Split, C: float = 1.0,
+              progress: bool = True) -> np.ndarray:
     """Out-of-fold P(harmful) ``[N, D]`` over valid (row, depth) pairs on the probe's split (NaN elsewhere)."""
+    from tqdm.auto import tqdm
+
     rows, cols = np.nonzero(valid)
     ps = split.for_pairs(rows)
     flat, yy = texts[rows, cols], np.asarray(y)[rows]
     out = np.full(valid.shape, np.nan)
-    for f in range(split.n_folds):
+    for f in tqdm(range(split.n_folds), desc="n-gram baseline (folds)", unit="fold", leave=False,
+                  disable=not progress):
         tr, te = ps.train[f], ps.test[f]
         if te.any() and tr.any() and len(np.unique(yy[tr])) == 2:
             out[rows[te], cols[te]] = fit_predict(flat[tr], yy[tr], flat[te], C)

@@ -290,7 +290,7 @@ def leave_one_source_out(data: LayerData, split: Split, probe: ProbeConfig, cfg:
     if len(names) < 2:
         return {"rows": [], "note": f"one source ({names[0] if names else '-'}): leave-one-source-out needs two"}
     out = []
-    for s in names:
+    for s in tqdm(names, desc="leave-one-source-out", unit="source"):
         in_s = data.sources == s
         drop = in_s  # the fold structure already keeps a test prompt out of training, whatever its source
         train = split.train & ~drop[None]
