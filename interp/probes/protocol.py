@@ -181,8 +181,8 @@ def per_answer_threshold(benign_answer_scores: np.ndarray, target_fpr: float) ->
         raise UserError("no benign calibration answers to set the threshold on")
     thr = threshold_at_fpr(s, target_fpr)
     need = int(np.ceil(1 / target_fpr - 1e-9)) if target_fpr > 0 else None
+    # no rate on these answers is returned: they chose the threshold, so their FPR is ≤ target by construction
     return {"threshold": thr, "target_fpr": target_fpr, "n_answers": int(len(s)),
-            "fired": int((s > thr).sum()), "calibration_fpr": float((s > thr).mean()),
             "resolution": 1.0 / len(s), "resolved": need is not None and len(s) >= need, "answers_needed": need}
 
 
