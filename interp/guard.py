@@ -43,6 +43,8 @@ class GuardConfig:
     early_checks: tuple[int, ...] = field(default=(), metadata={"help": "extra check depths, e.g. 1 2 4 8 16"})
     check_at_start: bool = field(default=False, metadata={"help": "also check at depth 0 (right after the prompt)"})
     final_check: bool = field(default=True, metadata={"help": "check unchecked tokens when generation ends"})
+    k_of_n: int = field(default=1, metadata={
+        "help": "halt when this many checks of an answer have flagged (1: the first flagged check)"})
     lookahead: int = field(default=20, metadata={"help": "ADA-RK: greedy tokens decoded after the span"})
     matcher: str = field(default="keyword", metadata={"help": "ADA-RK refusal matcher", "choices": ("keyword", "prob")})
     refusal_prob: float = field(default=0.5, metadata={"help": "ADA-RK prob matcher: opener mass threshold"})
@@ -69,6 +71,8 @@ class GuardConfig:
             raise UserError(f"--stride must be >= 1, got {self.stride}")
         if any(d < 1 for d in self.early_checks):
             raise UserError(f"--early-checks depths must be >= 1, got {list(self.early_checks)}")
+        if self.k_of_n < 1:
+            raise UserError(f"--k-of-n must be >= 1, got {self.k_of_n}")
         if self.lookahead < 1:
             raise UserError(f"--lookahead must be >= 1, got {self.lookahead}")
         if self.max_new_tokens < 1:
@@ -263,12 +267,15 @@ class GuardedGenerator:
             release(b, len(results[b].generated_ids)) if not results[b].halted else None
             emit(b, "done", reason)
 
+        flags = [0] * B  # flagged checks per row (k-of-n aggregation)
+
         def apply(outcome: CheckOutcome, rows: list[int], depth: int) -> None:
             for b in rows:
                 for event in outcome.events(b, depth):
                     results[b].checks.append(event)
                     emit(b, "check", event)
-                if outcome.flagged(b) and self.halt:
+                flags[b] += outcome.flagged(b)
+                if flags[b] >= cfg.k_of_n and self.halt:
                     results[b].halted, results[b].halt_depth = True, depth
                     emit(b, "halt", depth)
                     finish(b, "halted")

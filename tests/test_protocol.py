@@ -201,3 +201,47 @@ def test_guard_warns_when_run_on_another_schedule_than_calibrated():
         GuardedGenerator(model, tok, spans, GuardConfig(mode="lp", stride=16), probes).close()
         # per-depth measurements (deep-prefill curves) are not per-answer runs: no warning
         GuardedGenerator(model, tok, spans, GuardConfig(mode="lp", stride=25), probes, per_answer=False).close()
+
+
+def test_k_of_n_threshold_meets_target_on_known_distribution():
+    # k = 2 of 5 iid U(0,1) checks must fire: the answer score is the 2nd largest, P(X(4) <= t) = t^5 + 5 t^4 (1 - t)
+    rng = np.random.default_rng(1)
+    n, a = 40_000, 0.01
+    sched = Schedule(stride=5, final_check=False, k_of_n=2)
+    cal = rng.uniform(size=(n, 5))
+    ans, _ = answer_scores(cal, [5, 10, 15, 20, 25], [25] * n, sched)
+    assert np.allclose(ans, np.sort(cal, 1)[:, -2])
+    lo, hi = 0.0, 1.0
+    for _ in range(60):  # bisection for the exact quantile
+        mid = (lo + hi) / 2
+        lo, hi = (mid, hi) if mid ** 5 + 5 * mid ** 4 * (1 - mid) < 1 - a else (lo, mid)
+    res = per_answer_threshold(ans, a)
+    assert abs(res["threshold"] - lo) < 2e-3
+    test = np.sort(rng.uniform(size=(n, 5)), 1)[:, -2]
+    assert abs((test > res["threshold"]).mean() - a) < 0.002
+    # an answer with fewer scheduled checks than k can never fire
+    few, _ = answer_scores(np.full((1, 5), 0.9), [5, 10, 15, 20, 25], [5], sched)
+    assert few[0] == -np.inf
+    assert Schedule.from_dict(sched.to_dict()) == sched and sched.aggregation == "2-of-n"
+
+
+@pytest.mark.parametrize("k", [1, 3])
+def test_guard_halts_at_the_kth_flagged_check(k):
+    from interp.guard import GuardConfig, GuardedGenerator
+    from interp.templates import derive_safety_spans, format_prompt_ids
+    from interp.testing import tiny_model
+
+    model, tok = tiny_model("qwen2", n_layers=2)
+    spans = derive_safety_spans(tok)
+    d = model.config.hidden_size
+    probes = ProbeSet(layers=[0, 1], weights=np.zeros((2, d)), bias=np.zeros(2), hook="hook_resid_post",
+                      position="probe", best_layer=1, provenance={"template_hash": spans.template_hash,
+                                                                  "span_ids": list(spans.span_ids)})
+    # threshold 0: every check flags (scores are probabilities), so the guard halts at its k-th check
+    cfg = GuardConfig(mode="lp", stride=2, k_of_n=k, threshold=0.0, max_new_tokens=20, refusal_message="")
+    gen = GuardedGenerator(model, tok, spans, cfg, probes)
+    text = tok("one two three four five six seven eight nine ten", add_special_tokens=False)["input_ids"]
+    res = gen.generate([format_prompt_ids(tok, "Hi")], forced=[text[:20]])[0]
+    gen.close()
+    assert res.halted and res.halt_depth == 2 * k and len(res.checks) == k
+    assert len(res.emitted_ids) == (0 if k == 1 else 2 * (k - 1))  # flagged-but-tolerated checks release tokens

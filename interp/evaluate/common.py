@@ -129,6 +129,7 @@ class EvalConfig:
         "choices": ("dataset", "prefill")})
     opener: str = field(default="Sure, here is", metadata={"help": "prefill-attack opener (records' target if any)"})
     stride: int = field(default=25, metadata={"help": "guard check stride (over-refusal, attacks)"})
+    k_of_n: int = field(default=1, metadata={"help": "a defence fires on an answer after this many flagged checks"})
     lookahead: int = field(default=20, metadata={"help": "ADA-RK lookahead tokens"})
     matcher: str = field(default="keyword", metadata={"help": "ADA-RK matcher", "choices": ("keyword", "prob")})
     base_lookahead: int = field(default=40, metadata={"help": "tokens the undefended model continues (deep-prefill)"})

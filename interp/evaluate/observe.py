@@ -19,7 +19,8 @@ def observe(gm, spans, probes, cfg: EvalConfig, recs, desc: str, opener: bool = 
 
     detectors = ("rk",) + (("lp",) if probes is not None else ())
     gcfg = GuardConfig(mode="rk", stride=cfg.stride, lookahead=cfg.lookahead, matcher=cfg.matcher,
-                       threshold=cfg.threshold, max_new_tokens=cfg.max_new_tokens, final_check=True)
+                       threshold=cfg.threshold, max_new_tokens=cfg.max_new_tokens, final_check=True,
+                       k_of_n=cfg.k_of_n)
     gen = GuardedGenerator(gm.model, gm.tokenizer, spans, gcfg, probes, model_id=gm.model_id,
                            weights_sha256=gm.weights_sha256, detectors=detectors, halt=False)
     rows = []
@@ -34,8 +35,8 @@ def observe(gm, spans, probes, cfg: EvalConfig, recs, desc: str, opener: bool = 
                    "base_refused": gen.checker.keyword(answer), "stop_reason": res.stop_reason}
             for det in detectors:
                 fired = [c.depth for c in res.checks if c.detector == det and c.flagged]
-                row[f"{det}_fired"] = bool(fired)
-                row[f"{det}_first_depth"] = fired[0] if fired else None
+                row[f"{det}_fired"] = len(fired) >= cfg.k_of_n  # the k-of-n rule (1: any check)
+                row[f"{det}_first_depth"] = fired[cfg.k_of_n - 1] if row[f"{det}_fired"] else None
                 row[f"{det}_checks"] = sum(c.detector == det for c in res.checks)
             rows.append(row)
     meta = {"detectors": list(detectors), "judge": gen.checker.keyword.describe(),

@@ -9,8 +9,9 @@ calibrated on. The pieces that make this hold by construction live here:
 * :func:`three_way_split`: groups → ``train`` (fit, layer choice), ``calibration`` (only the threshold) and
   ``test`` (only reported numbers), stratified by the labels a group holds.
 * :class:`Schedule`: the depths at which the guard checks an answer of ``n`` tokens (stride, early checks,
-  depth 0, final check); :func:`answer_scores` takes each answer's maximum score over them, which is the score
-  whose crossing makes the guard fire on that answer ("any check" aggregation).
+  depth 0, final check) and how many flagged checks make it fire (``k_of_n``); :func:`answer_scores` gives
+  each answer the score whose crossing makes the guard fire on it (the maximum for "any check", the k-th
+  largest for k-of-n).
 * :func:`per_answer_threshold`: the threshold at which at most ``target_fpr`` of the calibration benign *answers*
   fire at least once, with the resolution the calibration set allows.
 * :func:`assert_disjoint`: refuses to report a rate on answers that set the threshold.
@@ -106,29 +107,32 @@ def describe_split(roles: np.ndarray, groups: np.ndarray, prompts: np.ndarray, y
 class Schedule:
     """When the guard checks an answer: every ``stride`` tokens, at ``early_checks``, at depth 0 if
     ``check_at_start``, and at the answer's end if ``final_check`` and the end was not checked already. The guard
-    fires on an answer when any check fires (``aggregation="any"``)."""
+    fires on an answer when ``k_of_n`` of its checks have fired (1: any check)."""
 
     stride: int = 25
     early_checks: tuple[int, ...] = ()
     check_at_start: bool = False
     final_check: bool = True
-    aggregation: str = "any"
+    k_of_n: int = 1
+
+    @property
+    def aggregation(self) -> str:
+        return "any" if self.k_of_n == 1 else f"{self.k_of_n}-of-n"
 
     @classmethod
     def of(cls, cfg) -> Schedule:
         """The schedule of a :class:`interp.guard.GuardConfig` (or any object with the same fields)."""
         return cls(int(cfg.stride), tuple(sorted(int(d) for d in cfg.early_checks)), bool(cfg.check_at_start),
-                   bool(cfg.final_check))
+                   bool(cfg.final_check), int(getattr(cfg, "k_of_n", 1)))
 
     @classmethod
     def from_dict(cls, d: dict) -> Schedule:
         return cls(int(d["stride"]), tuple(int(x) for x in d.get("early_checks", ())),
-                   bool(d.get("check_at_start", False)), bool(d.get("final_check", True)),
-                   str(d.get("aggregation", "any")))
+                   bool(d.get("check_at_start", False)), bool(d.get("final_check", True)), int(d.get("k_of_n", 1)))
 
     def to_dict(self) -> dict:
         return {"stride": self.stride, "early_checks": list(self.early_checks), "check_at_start": self.check_at_start,
-                "final_check": self.final_check, "aggregation": self.aggregation}
+                "final_check": self.final_check, "k_of_n": self.k_of_n, "aggregation": self.aggregation}
 
     def depths(self, n_tokens: int) -> list[int]:
         """Depths checked on an answer of ``n_tokens`` generated tokens, ascending."""
@@ -143,11 +147,13 @@ class Schedule:
 
 def answer_scores(scores: np.ndarray, depths: Sequence[int], n_tokens: Sequence[int], schedule: Schedule
                   ) -> tuple[np.ndarray, dict]:
-    """Each answer's maximum score over the checks ``schedule`` makes on it, from per-depth scores
-    ``[N, D]`` at stored ``depths``.
+    """Each answer's score under ``schedule``: the guard fires on the answer exactly when this score exceeds
+    the threshold. With ``k_of_n`` = 1 it is the maximum over the checks made on the answer; with k it is the k-th
+    largest (k checks must fire). Scores are per depth ``[N, D]`` at stored ``depths``.
 
     Checks at depths the store does not hold cannot be scored; ``coverage`` says how many scheduled checks
-    were scored (``missing_depths`` lists the first few absent ones). Answers with no scored check get NaN.
+    were scored (``missing_depths`` lists the first few absent ones). Answers with no scored check get NaN; an
+    answer with fewer than k scheduled checks can never fire and gets -inf.
     """
     scores = np.asarray(scores, np.float64)
     col = {int(d): k for k, d in enumerate(depths)}
@@ -160,8 +166,11 @@ def answer_scores(scores: np.ndarray, depths: Sequence[int], n_tokens: Sequence[
         missing.update(d for d in want if d not in col)
         n_sched += len(want)
         n_scored += len(got)
-        if got:
-            out[i] = scores[i, got].max()
+        k = schedule.k_of_n
+        if len(want) < k:
+            out[i] = -np.inf
+        elif len(got) >= k:
+            out[i] = np.sort(scores[i, got])[-k]
     return out, {"scheduled_checks": n_sched, "scored_checks": n_scored,
                  "coverage": n_scored / n_sched if n_sched else None, "missing_depths": sorted(missing)[:20]}
 

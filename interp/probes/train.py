@@ -38,6 +38,7 @@ class ScheduleConfig:
     early_checks: list[int] = field(default_factory=list, metadata={"help": "guard's extra early check depths"})
     check_at_start: bool = field(default=False, metadata={"help": "the guard also checks at depth 0"})
     final_check: bool = field(default=True, metadata={"help": "the guard checks an answer's unchecked tail"})
+    k_of_n: int = field(default=1, metadata={"help": "the guard halts after this many flagged checks (1: any)"})
 
     def schedule(self) -> Schedule:
         return Schedule.of(self)
@@ -122,7 +123,7 @@ def train_probeset(store, cfg: TrainConfig, probe: ProbeConfig, *, progress: boo
     if cfg.control_sources:
         control &= np.isin(sources, cfg.control_sources)
 
-    # ---- threshold: per benign calibration answer, its maximum over the schedule's checks
+    # ---- threshold: per benign calibration answer, its score under the schedule (max, or k-th largest)
     if cal_m.any():
         cal_rows = control & cal_m
         basis = "calibration prompts (held out from training)"
