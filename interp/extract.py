@@ -1,4 +1,4 @@
-"""Packed depth extraction (DESIGN §3): one forward per response reads the Safety-Token span at every depth.
+"""Packed depth extraction: one forward per response reads the Safety-Token span at every depth.
 
 Hooks sit on the plain Hugging Face model (fast path; their values equal TransformerBridge's
 ``blocks.L.hook_resid_pre`` / ``hook_resid_post`` / ``ln1.hook_normalized``): a forward pre-hook on each

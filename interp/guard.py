@@ -4,7 +4,7 @@ Every ``stride`` generated tokens (plus an optional early schedule) a check runs
 and the cache is rolled back exactly (:mod:`interp.kvcache`), so the stream is unchanged:
 - ADA-LP forwards the probe span (``span_ids[:probe_index+1]``), reads the probe layer at the role
   token through a hook registered once, and scores it with a ``ProbeSet``; ``early_exit`` stops the
-  forward after the probe layer; ``piggyback`` rides the span on the next decode step (DESIGN §6).
+  forward after the probe layer; ``piggyback`` rides the span on the next decode step.
 - ADA-RK forwards the whole re-injected span, greedily decodes ``lookahead`` tokens and applies a
   refusal matcher (keywords, or probability mass of refusal openers at the first position).
 A flagged row halts (optionally emitting a refusal message); with ``buffer`` nothing reaches the caller

@@ -3,8 +3,8 @@
 "Inject the span after d response tokens" means: the model sees ``prompt ‖ response[:d] ‖ span`` with
 positions ``0 … P+d+h-1``. Extraction packs every depth of one response into a single row
 (``prompt ‖ response ‖ span(d_1) ‖ … ‖ span(d_D)``) whose attention mask makes span copy k see only the first
-``P + d_k`` tokens and itself (DESIGN §3). The guard forwards the span over a KV cache
-(:func:`span_over_cache_inputs`) or rides it on the next decode step (:func:`piggyback_inputs`, DESIGN §6).
+``P + d_k`` tokens and itself. The guard forwards the span over a KV cache
+(:func:`span_over_cache_inputs`) or rides it on the next decode step (:func:`piggyback_inputs`).
 
 Masks are additive float masks (0 where attention is allowed, ``finfo(dtype).min`` elsewhere), which
 transformers passes through unchanged when they are 4-D. Models with sliding-window layers get a dict
@@ -202,7 +202,7 @@ def piggyback_inputs(next_tokens: torch.Tensor, span_ids: Sequence[int], cache_l
                      positions: torch.Tensor | None = None, sliding_window: int | None = None,
                      layer_types: Sequence[str] | None = None, sliding_cache_len: int | None = None,
                      device: torch.device | str | None = None):
-    """Inputs for one forward of ``[t] ‖ span`` over a cache of ``cache_len`` entries (DESIGN §6).
+    """Inputs for one forward of ``[t] ‖ span`` over a cache of ``cache_len`` entries.
 
     Token t (position n) sees the cached prefix and itself; span token i (position n+i) sees the prefix
     and span tokens ≤ i, never t. After the forward the cache holds ``prefix ‖ t ‖ span``; dropping its last

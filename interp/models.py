@@ -330,7 +330,7 @@ def load_model(spec: str | ModelConfig = DEFAULT_MODEL, **overrides) -> LoadedMo
 def to_bridge(loaded: LoadedModel):
     """Wrap the loaded HF model in place as a TransformerLens ``TransformerBridge`` (TL hook names).
 
-    Generate with the HF model (``loaded.model.generate``): the bridge's KV-cached generate is unreliable (DESIGN §7).
+    Generate with the HF model (``loaded.model.generate``): the bridge's KV-cached generate is unreliable.
     """
     from transformer_lens.model_bridge import TransformerBridge
 

@@ -1,4 +1,4 @@
-"""HDF5 activation store (DESIGN §4): one file per (model, dataset, config), readable with plain h5py.
+"""HDF5 activation store: one file per (model, dataset, config), readable with plain h5py.
 
 Layout::
 

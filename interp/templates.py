@@ -1,4 +1,4 @@
-"""Safety-Token spans derived from a tokenizer's chat template (DESIGN.md §2).
+"""Safety-Token spans derived from a tokenizer's chat template.
 
 The *header* is the text a chat template appends for ``add_generation_prompt=True`` (``<|im_start|>assistant\\n``);
 the *end of turn* is what follows an assistant message (``<|im_end|>\\n``). ADA-RK re-injects

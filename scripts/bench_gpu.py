@@ -1,5 +1,5 @@
 #!/usr/bin/env python
-"""Benchmark packed extraction and guard checks on a random-init model (DESIGN §3 and §6 reference tables).
+"""Benchmark packed extraction and guard checks on a random-init model (the GPU reference table: extraction and checks).
 
     python scripts/bench_gpu.py                       # Llama-3.1-8B shape, bf16, on the first GPU
     python scripts/bench_gpu.py --shape tiny          # 2-layer toy shape on CPU (a smoke test, not a benchmark)
@@ -259,7 +259,7 @@ def main() -> None:
               f"{row['piggyback_ms']:.2f} | {t_chk / t_dec:.2f}x |")
     results["guard"] = rows_out
     if dev.type == "cpu":
-        print("\n(CPU run: a smoke test of the benchmark; the reference numbers in DESIGN.md come from an H200.)")
+        print("\n(CPU run: a smoke test of the benchmark; the reference numbers are for a GPU such as an H200.)")
     if args.json:
         with open(args.json, "w") as fh:
             json.dump(results, fh, indent=2)

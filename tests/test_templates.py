@@ -1,4 +1,4 @@
-"""Safety-Token spans derived from chat templates (interp.templates, DESIGN.md §2). No downloads."""
+"""Safety-Token spans derived from chat templates (interp.templates). No downloads."""
 
 from __future__ import annotations
 
