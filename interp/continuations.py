@@ -48,6 +48,9 @@ class GenerateConfig:
     top_p: float = field(default=0.95, metadata={"help": "nucleus sampling mass"})
     gen_batch_size: int = field(default=8, metadata={"help": "prompts per generate call (left padded)"})
     system: str | None = field(default=None, metadata={"help": "system prompt (default: the template's own)"})
+    too_long: str = field(default="truncate", metadata={
+        "help": "prompt + opener + new tokens + span beyond the model context: truncate (generate fewer tokens), "
+                "skip (recorded in the config) or error", "choices": ("truncate", "skip", "error")})
 
 
 @dataclass
@@ -134,9 +137,10 @@ def load_records(data: str, split: str | None = None, limit: int | None = None, 
     return records
 
 
-def continuations_for(model, tokenizer, records: Sequence, cfg: GenerateConfig, progress: bool = True
-                      ) -> list[Continuation]:
-    """Dataset responses where records have them, generated continuations (``cfg``) for the rest, in order."""
+def continuations_for(model, tokenizer, records: Sequence, cfg: GenerateConfig, progress: bool = True,
+                      skipped: list | None = None) -> list[Continuation]:
+    """Dataset responses where records have them, generated continuations (``cfg``) for the rest, in order;
+    ids of records skipped for length (``--too-long skip``) are appended to ``skipped``."""
     have = [r for r in records if r.response is not None]
     need = [r for r in records if r.response is None]
     made = {c.id: c for c in from_records(have, tokenizer, system=cfg.system)}
@@ -144,7 +148,8 @@ def continuations_for(model, tokenizer, records: Sequence, cfg: GenerateConfig, 
         made.update((c.id, c) for c in generate_continuations(
             model, tokenizer, need, mode=cfg.mode, opener=cfg.opener, max_new_tokens=cfg.max_new_tokens,
             do_sample=cfg.sample, temperature=cfg.temperature, top_p=cfg.top_p, seed=cfg.seed,
-            batch_size=cfg.gen_batch_size, system=cfg.system, progress=progress))
+            batch_size=cfg.gen_batch_size, system=cfg.system, progress=progress, too_long=cfg.too_long,
+            skipped=skipped))
     # --mode matched adds a second continuation per benign record (id suffixed #prefill), right after its own
     return [made[i] for r in records for i in (r.id, r.id + MATCHED_SUFFIX) if i in made]
 
@@ -165,11 +170,17 @@ def stop_token_ids(model, tokenizer, spans=None) -> list[int]:
 def generate_continuations(model, tokenizer, records: Sequence, *, mode: str = "auto",
                            opener: str = DEFAULT_OPENER, max_new_tokens: int = 64, do_sample: bool = False,
                            temperature: float = 0.7, top_p: float = 0.95, seed: int = 0, batch_size: int = 4,
-                           system: str | None = None, progress: bool = True) -> list[Continuation]:
-    """The model's own continuations: ``prefill`` (forced ``opener``), ``own``, or ``auto`` (prefill on harmful,
-    own on benign prompts). Batched with left padding on the HF model's cache."""
+                           system: str | None = None, progress: bool = True, too_long: str = "truncate",
+                           skipped: list | None = None) -> list[Continuation]:
+    """The model's own continuations: ``prefill`` (forced ``opener``), ``own``, ``auto`` (prefill on harmful,
+    own on benign prompts) or ``matched``. Batched with left padding on the HF model's cache.
+
+    Prompt + opener + new tokens + the Safety-Token span must fit the model context (so the result can be
+    extracted and guarded): ``too_long`` says what happens otherwise (:mod:`interp.context`); a truncated job
+    generates alone with its own token budget."""
     from tqdm.auto import tqdm
 
+    from interp.context import context_limit, fit
     from interp.templates import derive_safety_spans, encode_response, format_prompt_ids
 
     if mode not in MODES:
@@ -181,8 +192,10 @@ def generate_continuations(model, tokenizer, records: Sequence, *, mode: str = "
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
     if pad_id is None:
         raise UserError("the tokenizer has neither a pad nor an eos token; cannot batch generation")
-    stops = stop_token_ids(model, tokenizer, derive_safety_spans(tokenizer))
+    spans = derive_safety_spans(tokenizer)
+    stops = stop_token_ids(model, tokenizer, spans)
     device = next(model.parameters()).device
+    limit = context_limit(model)
     jobs = []
     for rec in records:
         if mode in ("auto", "matched"):
@@ -192,25 +205,42 @@ def generate_continuations(model, tokenizer, records: Sequence, *, mode: str = "
         prompt_ids = list(format_prompt_ids(tokenizer, rec.prompt, system=system))
         for kind in kinds:
             forced = list(encode_response(tokenizer, prompt_ids, opener)) if kind == "prefill" else []
-            jobs.append((rec, kind, prompt_ids, forced))
-    out: list[Continuation] = []
+            cap = fit(rec.id, len(prompt_ids) + len(forced) + len(spans.span_ids), max_new_tokens, limit, too_long,
+                      "new tokens")
+            if cap is None:
+                if skipped is not None:
+                    skipped.append(rec.id)
+                continue
+            jobs.append((rec, kind, prompt_ids, forced, cap))
+    if too_long == "skip" and skipped:
+        import warnings
+
+        warnings.warn(f"--too-long skip: {len(skipped)} record(s) exceed the model context and were not generated "
+                      f"(e.g. {skipped[0]!r})", stacklevel=2)
+    # full-budget jobs batch together; a truncated job runs alone with its own budget
+    full = [j for j in jobs if j[4] == max_new_tokens]
+    chunks = [full[i:i + batch_size] for i in range(0, len(full), batch_size)] + [
+        [j] for j in jobs if j[4] != max_new_tokens]
+    made: dict[int, Continuation] = {}
+    index = {id(j): i for i, j in enumerate(jobs)}
     bar = tqdm(total=len(jobs), desc="generate", unit="ex", disable=not progress)
-    for start in range(0, len(jobs), batch_size):
-        chunk = jobs[start:start + batch_size]
-        inputs = [p + f for _, _, p, f in chunk]
+    for chunk in chunks:
+        budget = chunk[0][4]
+        start = index[id(chunk[0])]
+        inputs = [p + f for _, _, p, f, _ in chunk]
         width = max(len(x) for x in inputs)
         ids = torch.tensor([[pad_id] * (width - len(x)) + x for x in inputs], device=device)
         mask = torch.tensor([[0] * (width - len(x)) + [1] * len(x) for x in inputs], device=device)
         new = torch.zeros((len(chunk), 0), dtype=torch.long)
-        if max_new_tokens > 0:
+        if budget > 0:
             torch.manual_seed(seed + start)
             kwargs = dict(do_sample=True, temperature=temperature, top_p=top_p) if do_sample else dict(
                 do_sample=False, temperature=None, top_p=None, top_k=None)
             with torch.no_grad():
-                gen = model.generate(input_ids=ids, attention_mask=mask, max_new_tokens=max_new_tokens,
+                gen = model.generate(input_ids=ids, attention_mask=mask, max_new_tokens=budget,
                                      eos_token_id=stops, pad_token_id=pad_id, **kwargs)
             new = gen[:, width:].cpu()
-        for row, (rec, kind, prompt_ids, forced) in enumerate(chunk):
+        for row, (rec, kind, prompt_ids, forced, _) in enumerate(chunk):
             tokens = new[row].tolist()
             cut = next((i for i, t in enumerate(tokens) if t in stops), None)
             generated = tokens if cut is None else tokens[:cut]
@@ -219,11 +249,11 @@ def generate_continuations(model, tokenizer, records: Sequence, *, mode: str = "
             meta.update(max_new_tokens=max_new_tokens, do_sample=do_sample, seed=seed,
                         **({"temperature": temperature, "top_p": top_p} if do_sample else {}))
             suffix = MATCHED_SUFFIX if mode == "matched" and kind == "prefill" and rec.label != "harmful" else ""
-            out.append(Continuation(
+            made[index[id(chunk[row])]] = (Continuation(
                 id=rec.id + suffix, prompt=rec.prompt, label=rec.label, prompt_ids=prompt_ids, response_ids=response_ids,
                 response=tokenizer.decode(response_ids), source=f"{rec.source}:{kind}" if rec.source else kind,
                 category=rec.category, kind=kind, opener=opener if kind == "prefill" else "",
                 finished=cut is not None, meta=meta))
         bar.update(len(chunk))
     bar.close()
-    return out
+    return [made[i] for i in range(len(jobs))]

@@ -26,7 +26,7 @@ from interp.inject import PackedBatch, attention_layout, collate, plan_packed
 from interp.store import ActivationStore, canonical_hook
 
 POSITIONS = ("span", "probe")
-TOO_LONG = ("truncate", "error")
+from interp.context import TOO_LONG, context_limit, fit  # noqa: E402
 
 
 @dataclass
@@ -45,7 +45,8 @@ class ExtractConfig:
         "help": "storage dtype", "choices": ("float32", "float16", "bfloat16")})
     batch_size: int = field(default=4, metadata={"help": "responses per packed forward"})
     too_long: str = field(default="truncate", metadata={
-        "help": "prompt + response longer than the model context: truncate (warn) or error", "choices": TOO_LONG})
+        "help": "prompt + response longer than the model context: truncate (warn), skip (recorded in the store) "
+                "or error", "choices": TOO_LONG})
     out: str | None = field(default=None, metadata={
         "help": "store path (default activations/<model>/<data>-<config hash>.h5)"})
 
@@ -190,15 +191,15 @@ def _model_dtype(model) -> torch.dtype:
 
 
 def _context_limit(model) -> int | None:
-    cfg = model.config.get_text_config() if hasattr(model.config, "get_text_config") else model.config
-    return getattr(cfg, "max_position_embeddings", None)
+    return context_limit(model)
 
 
 def prepare_plans(items: Sequence[Continuation], span_ids: Sequence[int], depths: Sequence[int],
                   max_context: int | None, too_long: str = "truncate"):
-    """Plans for every item (responses cut after the deepest depth and to the context), with warnings."""
+    """Plans for every item (responses cut after the deepest depth and to the context), with warnings. Items
+    that do not fit under ``too_long="skip"`` must be dropped first (:func:`skipped_too_long`)."""
     if too_long not in TOO_LONG:
-        raise UserError(f"--too-long must be one of {TOO_LONG}, got {too_long!r}")
+        raise UserError(f"--too-long must be one of {', '.join(TOO_LONG)}, got {too_long!r}")
     h, deepest = len(span_ids), max(depths)
     plans, n_tokens = [], []
     for item in items:
@@ -206,15 +207,9 @@ def prepare_plans(items: Sequence[Continuation], span_ids: Sequence[int], depths
             raise UserError(f"example {item.id!r} has an empty prompt")
         response = list(item.response_ids)
         n_tokens.append(len(response))
-        if max_context is not None and len(item.prompt_ids) + min(len(response), deepest) + h > max_context:
-            room = max_context - len(item.prompt_ids) - h
-            if too_long == "error" or room < 0:
-                raise UserError(f"example {item.id!r}: prompt + response + span exceed the model context "
-                                f"({max_context} tokens); shorten it or use --too-long truncate")
-            warnings.warn(f"example {item.id!r}: response truncated to {room} tokens to fit the model context",
-                          stacklevel=2)
-            response = response[:room]
-        plans.append(plan_packed(item.prompt_ids, response[:deepest], span_ids, depths))
+        keep = fit(item.id, len(item.prompt_ids) + h, min(len(response), deepest), max_context,
+                   "truncate" if too_long == "skip" else too_long)
+        plans.append(plan_packed(item.prompt_ids, response[:keep], span_ids, depths))
     empty = [it.id for it in items if not it.response_ids]
     if empty:
         warnings.warn(f"{len(empty)} example(s) have an empty response (only depth 0 is valid): {empty[:3]}",
@@ -224,6 +219,14 @@ def prepare_plans(items: Sequence[Continuation], span_ids: Sequence[int], depths
     if never:
         warnings.warn(f"depths {never} exceed every response; they are masked (valid=False)", stacklevel=2)
     return plans, valid, np.asarray(n_tokens, dtype=np.int64)
+
+
+def skipped_too_long(items: Sequence[Continuation], span_ids: Sequence[int], depths: Sequence[int],
+                     max_context: int | None) -> list[str]:
+    """Ids of the items whose prompt + response (to the deepest depth) + span exceed the context."""
+    h, deepest = len(span_ids), max(depths)
+    return [it.id for it in items if fit(it.id, len(it.prompt_ids) + h, min(len(it.response_ids), deepest),
+                                         max_context, "skip") is None]
 
 
 def batch_order(plans: Sequence, batch_size: int) -> list[list[int]]:
@@ -284,13 +287,20 @@ def extract_to_store(model, tokenizer, items: Sequence[Continuation], out: str |
     depths = parse_depths(depths)
     hooks = [canonical_hook(h) for h in hooks]
     pos = list(range(len(span_ids))) if positions == "span" else [int(spans.probe_index)]
+    skipped = skipped_too_long(items, span_ids, depths, _context_limit(model)) if too_long == "skip" else []
+    if skipped:
+        warnings.warn(f"--too-long skip: {len(skipped)} example(s) exceed the model context and are not stored "
+                      f"(e.g. {skipped[0]!r}; all listed in the store's 'skipped_too_long' attribute)", stacklevel=2)
+        items = [it for it in items if it.id not in set(skipped)]
+        if not items:
+            raise UserError("every example exceeds the model context (--too-long skip left none)")
     plans, valid, n_tokens = prepare_plans(items, span_ids, depths, _context_limit(model), too_long)
     cfg = model.config.get_text_config() if hasattr(model.config, "get_text_config") else model.config
     prov = dict(provenance or {})
     span_info = spans.to_dict() if hasattr(spans, "to_dict") else {}
     prov.update(span_text=getattr(spans, "span_text", span_info.get("span_text", "")), span_ids=span_ids,
                 probe_index=int(spans.probe_index), template_hash=getattr(spans, "template_hash", None),
-                spans=span_info, depth_schedule=[int(d) for d in depths])
+                spans=span_info, depth_schedule=[int(d) for d in depths], skipped_too_long=skipped)
     examples = {"id": [it.id for it in items], "label": [1 if it.label == "harmful" else 0 for it in items],
                 "source": [it.source for it in items], "prompt": [it.prompt for it in items],
                 "category": [it.category or "" for it in items], "n_response_tokens": n_tokens, "valid": valid,

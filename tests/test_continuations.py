@@ -139,3 +139,32 @@ def test_matched_mode_adds_a_forced_opener_copy_of_each_benign_record(model_tok)
     own = {c.id: c for c in out}
     assert [own[c.id].response_ids for c in auto] == [c.response_ids for c in auto]  # same text where shared
     assert own["b1#prefill"].response_ids[:3] == encode_response(tok, own["b1"].prompt_ids, "Sure, here is")[:3]
+
+
+def test_generate_respects_the_context_limit():
+    from interp.continuations import GenerateConfig, continuations_for
+
+    model, tok = tiny_model("qwen2", n_layers=2, d_model=64, seed=11)
+    span = len(derive_safety_spans(tok).span_ids)
+    long = Record(id="long", prompt="word " * 60, label="benign", source="t")
+    short = Record(id="short", prompt="Hi", label="benign", source="t")
+    n_long = len(format_prompt_ids(tok, long.prompt))
+    model.config.max_position_embeddings = n_long + span + 5  # room for 5 new tokens after the long prompt
+    cfg = GenerateConfig(mode="own", max_new_tokens=12)
+    with pytest.raises(UserError, match="exceed the model context"):
+        continuations_for(model, tok, [short, long], GenerateConfig(mode="own", max_new_tokens=12, too_long="error"),
+                          progress=False)
+    skipped: list = []
+    with pytest.warns(UserWarning, match="--too-long skip: 1 record"):
+        out = continuations_for(model, tok, [short, long], GenerateConfig(mode="own", max_new_tokens=12,
+                                                                          too_long="skip"), progress=False,
+                                skipped=skipped)
+    assert [c.id for c in out] == ["short"] and skipped == ["long"]
+    with pytest.warns(UserWarning, match="cut from 12 to 5"):
+        out = continuations_for(model, tok, [short, long], cfg, progress=False)
+    assert [c.id for c in out] == ["short", "long"] and len(out[1].response_ids) <= 5
+    alone = continuations_for(model, tok, [short], cfg, progress=False)
+    assert out[0].response_ids == alone[0].response_ids  # the truncated job ran alone; the others are unchanged
+    model.config.max_position_embeddings = n_long - 1  # the prompt alone does not fit
+    with pytest.raises(UserError, match="use --too-long skip"):
+        continuations_for(model, tok, [long], cfg, progress=False)

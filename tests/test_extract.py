@@ -181,10 +181,20 @@ def test_bad_inputs_warn_mask_and_refuse(tmp_path):
     model.config.max_position_embeddings = len(items[0].prompt_ids) + len(spans.span_ids) + 2
     with pytest.raises(UserError, match="context"):
         extract_to_store(model, tok, items, tmp_path / "c.h5", depths=[0, 4], too_long="error", **kw)
-    with pytest.warns(UserWarning, match="truncated"):
+    with pytest.warns(UserWarning, match="cut from 4 to 2"):
         extract_to_store(model, tok, items, tmp_path / "d.h5", depths=[0, 4], too_long="truncate", **kw)
     with ActivationStore.open(tmp_path / "d.h5") as store:
         assert store.examples["valid"].tolist() == [[True, False], [True, False]]
+    # skip: the example that does not fit is left out and named in the store
+    with pytest.warns(UserWarning, match="--too-long skip: 1 example"):
+        extract_to_store(model, tok, items, tmp_path / "s.h5", depths=[0, 4], too_long="skip", **kw)
+    with ActivationStore.open(tmp_path / "s.h5") as store:
+        assert store.examples["id"].tolist() == ["ex1"] and store.provenance["skipped_too_long"] == ["ex0"]
+    # a prompt that alone exceeds the context: truncation cannot help, and the message says so
+    model.config.max_position_embeddings = 3
+    with pytest.raises(UserError, match="use --too-long skip"):
+        extract_to_store(model, tok, items, tmp_path / "e.h5", depths=[0, 4], too_long="truncate", **kw)
+    assert not (tmp_path / "e.h5").exists()
 
 
 def test_response_tokenised_in_context_matches_encode_response():

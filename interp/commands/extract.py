@@ -14,7 +14,7 @@ def register(subparsers) -> None:
 
     p = subparsers.add_parser("extract", help="extract depth-indexed Safety-Token activations to an HDF5 store")
     add_arguments(p, ModelConfig)
-    add_arguments(p, GenerateConfig)
+    add_arguments(p, GenerateConfig, skip=("too_long",))  # --too-long comes from ExtractConfig, same rule
     add_arguments(p, ExtractConfig)
     p.set_defaults(func=run)
 

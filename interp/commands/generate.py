@@ -55,9 +55,17 @@ def run(args) -> int:
     out = Path(args.out) if args.out else Path("activations") / "continuations" / (
         f"{_slug(model_cfg.model)}-{_slug(cfg.data)}-{cfg.mode}-{short_hash(configs)}.jsonl")
     loaded = load_model(model_cfg)
-    items = continuations_for(loaded.model, loaded.tokenizer, records, cfg)
+    skipped: list[str] = []
+    items = continuations_for(loaded.model, loaded.tokenizer, records, cfg, skipped=skipped)
+    if not items:
+        from interp import UserError
+
+        raise UserError(f"no continuations: all {len(skipped)} records exceed the model context (--too-long skip)")
     save_jsonl(items, out)
-    save_json({**configs, "model_provenance": loaded.provenance()}, out.with_suffix(".config.json"))
+    save_json({**configs, "model_provenance": loaded.provenance(), "skipped_too_long": skipped},
+              out.with_suffix(".config.json"))
+    if skipped:
+        print(f"skipped {len(skipped)} record(s) longer than the model context (listed in the config JSON)")
     finished = sum(c.finished for c in items)
     print(f"wrote {len(items)} continuations ({finished} ended their turn) to {out}")
     return 0
