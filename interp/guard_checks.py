@@ -125,6 +125,12 @@ class Checker:
         if their_span is not None and [int(t) for t in their_span] != self.span_ids:
             raise UserError(f"probe set span {list(their_span)} differs from this template's span {self.span_ids}")
         kind = hook_kind(_get(prov, "hook") or _get(probes, "hook") or "")
+        weights = _get(probes, "weights")
+        cfg = self.model.config.get_text_config() if hasattr(self.model.config, "get_text_config") else \
+            self.model.config
+        if weights is not None and getattr(cfg, "hidden_size", None) not in (None, weights.shape[-1]):
+            raise UserError(f"probe set has {weights.shape[-1]}-dimensional probes but the model's hidden size is "
+                            f"{cfg.hidden_size}: it was trained on another model; train probes for this one")
         n_layers = len(decoder_layers(self.model))
         layer = self.config.probe_layer if self.config.probe_layer is not None else _get(probes, "best_layer")
         if layer is None or not 0 <= int(layer) < n_layers:

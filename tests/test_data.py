@@ -417,3 +417,14 @@ def test_cli_list_and_verify(capsys, monkeypatch, tmp_path):
 def test_cli_verify_mirror(mirror, capsys):
     assert cli_main(["datasets", "verify", "shadow_alignment", "jbb_harmful"]) == 0
     assert "dropped" in capsys.readouterr().out
+
+
+def test_file_encodings_bom_accepted_non_utf8_named(tmp_path):
+    bom = tmp_path / "excel.csv"
+    bom.write_bytes("\ufeffprompt,label\nHow do I bake bread?,benign\n".encode("utf-8"))
+    recs = load_file(bom)
+    assert [(r.prompt, r.label) for r in recs] == [("How do I bake bread?", "benign")]
+    latin = tmp_path / "latin.txt"
+    latin.write_bytes("caf\xe9 au lait\n".encode("latin-1"))
+    with pytest.raises(UserError, match=r"latin.txt: not UTF-8 text \(byte offset 3"):
+        load_file(latin, label="benign")

@@ -67,11 +67,14 @@ def test_load_layer_reads_finished_rows(store_path):
             load_layer(store, "resid_post", 1, depths=[5])
 
 
-def test_sweep_and_train_commands(store_path, tmp_path):
+def test_sweep_and_train_commands(store_path, tmp_path, capsys):
     path, ss = store_path
     out = tmp_path / "sweep"
+    # the fixture store has 4 unfinished rows: refused without --allow-partial, with a count
+    assert main(["sweep", "--store", str(path), "--out", str(out), "--folds", "3"]) == 2
+    assert "4 of 60 rows are not extracted yet" in capsys.readouterr().err
     assert main(["sweep", "--store", str(path), "--out", str(out), "--folds", "3", "--n-boot", "50",
-                 "--target-fpr", "0.1"]) == 0
+                 "--target-fpr", "0.1", "--allow-partial", "true"]) == 0
     res = json.loads((out / "sweep.json").read_text())
     assert res["best_layer"] == 2 and res["split"]["kind"] == "grouped"
     probe = res["per_layer"]["probe"]
@@ -89,7 +92,10 @@ def test_sweep_and_train_commands(store_path, tmp_path):
 
     pdir = tmp_path / "probes"
     assert main(["train", "--store", str(path), "--out", str(pdir), "--folds", "3", "--n-boot", "20",
-                 "--standardize", "true", "--stride", "10"]) == 0
+                 "--standardize", "true", "--stride", "10", "--allow-partial", "true"]) == 0
+    assert main(["train", "--store", str(path), "--out", str(tmp_path / "p1"), "--folds", "1",
+                 "--allow-partial", "true"]) == 2
+    assert "--folds must be >= 2" in capsys.readouterr().err
     with ActivationStore.open(path) as store:
         ps = ProbeSet.load(pdir, expect_provenance=store.provenance)
         data = load_layer(store, "resid_post", 2)

@@ -245,3 +245,18 @@ def test_guard_halts_at_the_kth_flagged_check(k):
     gen.close()
     assert res.halted and res.halt_depth == 2 * k and len(res.checks) == k
     assert len(res.emitted_ids) == (0 if k == 1 else 2 * (k - 1))  # flagged-but-tolerated checks release tokens
+
+
+def test_probe_set_of_another_hidden_size_is_refused_before_generation():
+    from interp.guard import GuardConfig, GuardedGenerator
+    from interp.templates import derive_safety_spans
+    from interp.testing import tiny_model
+
+    model, tok = tiny_model("qwen2", n_layers=2)
+    spans = derive_safety_spans(tok)
+    d = model.config.hidden_size + 8
+    probes = ProbeSet(layers=[0, 1], weights=np.zeros((2, d)), bias=np.zeros(2), hook="hook_resid_post",
+                      position="probe", best_layer=1, provenance={"template_hash": spans.template_hash,
+                                                                  "span_ids": list(spans.span_ids)})
+    with pytest.raises(UserError, match=f"{d}-dimensional probes but the model's hidden size is {d - 8}"):
+        GuardedGenerator(model, tok, spans, GuardConfig(mode="lp"), probes)

@@ -85,6 +85,9 @@ def run(args) -> int:
         raise UserError("give --out DIR")
     store = open_store(cli.store)
     with store:
+        from interp.probes.data import require_finished
+
+        require_finished(store, cli.allow_partial)
         hook = canonical_hook(cli.hook) if cli.hook else store.hooks[0]
         layers = cli.layers or list(store.layers)
         cfg = SweepConfig(layers=layers, folds=cli.folds, seed=cli.seed, n_boot=cli.n_boot,

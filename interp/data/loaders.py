@@ -21,7 +21,7 @@ SUFFIXES = (".csv", ".jsonl", ".json", ".txt")
 
 def read_csv(path: Path) -> Iterator[tuple[int, dict[str, str]]]:
     """Rows of a headed CSV as dicts; a row with the wrong number of fields is an error (file:line)."""
-    with open(path, newline="", encoding="utf-8") as fh:
+    with open(path, newline="", encoding="utf-8-sig") as fh:
         reader = csv.reader(fh)
         try:
             header = next(reader)
@@ -46,7 +46,7 @@ def read_csv(path: Path) -> Iterator[tuple[int, dict[str, str]]]:
 
 
 def read_jsonl(path: Path) -> Iterator[tuple[int, dict[str, Any]]]:
-    with open(path, encoding="utf-8") as fh:
+    with open(path, encoding="utf-8-sig") as fh:
         for number, line in enumerate(fh, start=1):
             if not line.strip():
                 continue
@@ -62,7 +62,7 @@ def read_jsonl(path: Path) -> Iterator[tuple[int, dict[str, Any]]]:
 
 def read_json(path: Path) -> Any:
     try:
-        with open(path, encoding="utf-8") as fh:
+        with open(path, encoding="utf-8-sig") as fh:
             return json.load(fh)
     except json.JSONDecodeError as err:
         raise UserError(f"{path}:{err.lineno}: malformed JSON: {err.msg}") from None
@@ -85,13 +85,23 @@ def _json_items(path: Path) -> Iterator[tuple[int, dict[str, Any]]]:
 
 
 def _read_txt(path: Path) -> Iterator[tuple[int, dict[str, str]]]:
-    with open(path, encoding="utf-8") as fh:
+    with open(path, encoding="utf-8-sig") as fh:
         for number, line in enumerate(fh, start=1):
             if line.strip():
                 yield number, {"prompt": line.rstrip("\r\n")}
 
 
+def check_utf8(path: Path) -> None:
+    """One-line error for a file that is not UTF-8 text (a byte-order mark is fine: files are read as utf-8-sig)."""
+    try:
+        path.read_bytes().decode("utf-8")
+    except UnicodeDecodeError as err:
+        raise UserError(f"{path}: not UTF-8 text (byte offset {err.start}: {err.reason}); re-save the file as "
+                        "UTF-8") from None
+
+
 def read_rows(path: Path) -> Iterator[tuple[int, dict[str, Any]]]:
+    check_utf8(path)
     suffix = path.suffix.lower()
     if suffix == ".csv":
         return read_csv(path)

@@ -29,6 +29,8 @@ class Split:
 
 def grouped_folds(y: np.ndarray, groups: np.ndarray, n_splits: int = 5, seed: int = 0) -> Split:
     """Stratified group K-fold over rows: a prompt never appears in two folds; repeatable given ``seed``."""
+    if n_splits < 2:
+        raise UserError(f"--folds must be >= 2 for cross-validation, got {n_splits}")
     y = np.asarray(y)
     codes = np.unique(np.asarray(groups), return_inverse=True)[1].reshape(-1)
     n_groups = codes.max() + 1 if len(codes) else 0

@@ -26,6 +26,8 @@ class StoreSliceConfig:
     seed: int = field(default=0, metadata={"help": "fold / bootstrap seed"})
     target_fpr: float = field(default=0.01, metadata={"help": "FPR on benign controls for the threshold"})
     control_sources: list[str] | None = field(default=None, metadata={"help": "benign sources used as controls"})
+    allow_partial: bool = field(default=False, metadata={
+        "help": "use a store whose extraction has not finished (only its finished rows)"})
 
 
 @dataclass
@@ -145,3 +147,18 @@ def load_layer(store: Any, hook: str, layer: int, position: str | int = "probe",
     return LayerData(X=X, y=meta["y"][rows], groups=meta["groups"][rows],
                      valid=meta["valid"][rows][:, cols], sources=meta["sources"][rows],
                      depths=all_depths[cols], layer=int(layer))
+
+
+def require_finished(store: Any, allow_partial: bool) -> None:
+    """Refuse a store whose extraction has unfinished rows unless ``allow_partial`` (then warn with the count)."""
+    import warnings
+
+    done = np.asarray(store.examples["done"], dtype=bool)
+    left = int((~done).sum())
+    if not left:
+        return
+    msg = (f"{store.path}: {left} of {len(done)} rows are not extracted yet (an interrupted `anydepth extract`; "
+           "rerun it to finish)")
+    if not allow_partial:
+        raise UserError(msg + ", or pass --allow-partial true to use the finished rows only")
+    warnings.warn(msg + f"; using the {len(done) - left} finished rows (--allow-partial)", stacklevel=2)

@@ -82,7 +82,7 @@ def train_probeset(store, cfg: TrainConfig, probe: ProbeConfig, *, progress: boo
 
     from interp.config import to_dict
     from interp.probes.cv import grouped_folds
-    from interp.probes.data import examples_meta, load_layer
+    from interp.probes.data import examples_meta, load_layer, require_finished
     from interp.probes.metrics import summarize
     from interp.probes.probeset import jsonable
     from interp.probes.protocol import answer_scores, describe_split, per_answer_threshold, three_way_split
@@ -95,6 +95,7 @@ def train_probeset(store, cfg: TrainConfig, probe: ProbeConfig, *, progress: boo
     if cfg.layer is not None and cfg.layer not in layers:
         raise UserError(f"--layer {cfg.layer} is not among the fitted layers {layers}")
     schedule = cfg.schedule()
+    require_finished(store, cfg.allow_partial)
     meta = examples_meta(store)
     done = meta["done"]
     y, groups = meta["y"][done], meta["groups"][done]
