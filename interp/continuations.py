@@ -52,6 +52,19 @@ class GenerateConfig:
         "help": "prompt + opener + new tokens + span beyond the model context: truncate (generate fewer tokens), "
                 "skip (recorded in the config) or error", "choices": ("truncate", "skip", "error")})
 
+    def validate(self) -> None:
+        """One-line errors for options that cannot work (called by every command that takes them)."""
+        if self.limit is not None and self.limit < 1:
+            raise UserError(f"--limit must be >= 1 (omit it to use every record), got {self.limit}")
+        if self.max_new_tokens < 0:
+            raise UserError(f"--max-new-tokens must be >= 0, got {self.max_new_tokens}")
+        if self.gen_batch_size < 1:
+            raise UserError(f"--gen-batch-size must be >= 1, got {self.gen_batch_size}")
+        if self.sample and not self.temperature > 0:
+            raise UserError(f"--temperature must be > 0 when sampling, got {self.temperature}")
+        if not 0 < self.top_p <= 1:
+            raise UserError(f"--top-p must be in (0, 1], got {self.top_p}")
+
 
 @dataclass
 class Continuation:

@@ -61,3 +61,21 @@ def test_user_error_is_one_line(capsys):
     code = main(["datasets", "verify", "no_such_dataset"])
     err = capsys.readouterr().err.strip().splitlines()
     assert code == 2 and len(err) == 1 and "no_such_dataset" in err[0]
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["generate", "--model", "tiny", "--gen-batch-size", "0"], "--gen-batch-size must be >= 1"),
+    (["generate", "--model", "tiny", "--sample", "true", "--temperature", "0"], "--temperature must be > 0"),
+    (["generate", "--model", "tiny", "--top-p", "2"], "--top-p must be in (0, 1]"),
+    (["generate", "--model", "tiny", "--limit", "0"], "--limit must be >= 1"),
+    (["evaluate", "over-refusal", "--model", "tiny", "--batch-size", "0"], "--batch-size must be >= 1"),
+    (["evaluate", "over-refusal", "--model", "tiny", "--limit", "0"], "--limit must be >= 1"),
+    (["evaluate", "over-refusal", "--model", "tiny", "--threshold", "2"], "--threshold is a probability"),
+    (["evaluate", "deep-prefill", "--model", "tiny", "--k-of-n", "0"], "--k-of-n must be >= 1"),
+])
+def test_numeric_options_get_one_line_errors(argv, message, capsys):
+    from interp.cli import main
+
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert message in err and "Traceback" not in err

@@ -39,6 +39,7 @@ def _summary(result: dict) -> dict:
 
 def run(args) -> int:
     cfg = from_namespace(EvalConfig, args)
+    cfg.validate()
     if args.eval_mode == "deep-prefill":
         from interp.evaluate.deep_prefill import run_deep_prefill as fn
     elif args.eval_mode == "over-refusal":

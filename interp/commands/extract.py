@@ -65,8 +65,9 @@ def run(args) -> int:
     from interp.extract import ExtractConfig
     from interp.models import ModelConfig
 
-    result = run_extract(from_namespace(ModelConfig, args), from_namespace(GenerateConfig, args),
-                         from_namespace(ExtractConfig, args))
+    gen_cfg = from_namespace(GenerateConfig, args)
+    gen_cfg.validate()
+    result = run_extract(from_namespace(ModelConfig, args), gen_cfg, from_namespace(ExtractConfig, args))
     rate = result.n_tokens / max(result.seconds, 1e-9)
     print(f"wrote {result.path}: {result.n_examples} examples ({result.n_computed} computed now, "
           f"{rate:.0f} tok/s)")

@@ -50,6 +50,7 @@ def run(args) -> int:
     from interp.models import ModelConfig, load_model
 
     model_cfg, cfg = from_namespace(ModelConfig, args), from_namespace(GenerateConfig, args)
+    cfg.validate()
     records = load_records(cfg.data, cfg.split, cfg.limit, cfg.seed)
     configs = run_config(model=model_cfg, generate=cfg)
     out = Path(args.out) if args.out else Path("activations") / "continuations" / (

@@ -147,6 +147,17 @@ class EvalConfig:
     control_arm: bool = field(default=True, metadata={
         "help": "deep-prefill: also force the same openers on benign prompts (matched-style control)"})
 
+    def validate(self) -> None:
+        """One-line errors for options that cannot work."""
+        for name in ("limit", "batch_size", "stride", "lookahead", "base_lookahead", "max_new_tokens", "k_of_n"):
+            if getattr(self, name) < 1:
+                hint = " (it is per dataset; there is no 'all')" if name == "limit" else ""
+                raise UserError(f"--{name.replace('_', '-')} must be >= 1, got {getattr(self, name)}{hint}")
+        if self.threshold is not None and not 0 <= self.threshold < 1:
+            raise UserError(f"--threshold is a probability: it must be in [0, 1) to ever fire, got {self.threshold}")
+        if any(d < 0 for d in self.depths):
+            raise UserError(f"--depths must be >= 0, got {list(self.depths)}")
+
 
 def setup_run(cfg: EvalConfig):
     """``(GuardModel, spans, probes-or-None)`` for an evaluation config."""
