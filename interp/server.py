@@ -354,6 +354,9 @@ class _Handler(BaseHTTPRequestHandler):
 class GuardServer(ThreadingHTTPServer):
     daemon_threads = True
     allow_reuse_address = True
+    # listen backlog: socketserver's default of 5 drops connections when a burst of clients connects at once
+    # (they then wait for SYN retransmits, seconds each, and can time out on a busy machine)
+    request_queue_size = 128
 
     def __init__(self, address, handler, service: GuardService, verbose: bool = False):
         super().__init__(address, handler)

@@ -207,7 +207,7 @@ def test_sixteen_concurrent_clients_get_their_own_stream(env):
         deadline = time.monotonic() + 120
         while service.active < len(jobs) and time.monotonic() < deadline:
             time.sleep(0.01)
-        assert service.active == len(jobs)  # all queued concurrently
+        assert service.active == len(jobs), errors  # all queued concurrently
         gate.set()
         for t in threads:
             t.join(60)
