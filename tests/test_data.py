@@ -428,3 +428,13 @@ def test_file_encodings_bom_accepted_non_utf8_named(tmp_path):
     latin.write_bytes("caf\xe9 au lait\n".encode("latin-1"))
     with pytest.raises(UserError, match=r"latin.txt: not UTF-8 text \(byte offset 3"):
         load_file(latin, label="benign")
+
+
+def test_missing_dataset_file_is_reported_as_a_missing_file(tmp_path):
+    from interp.data import load_dataset
+
+    for name in (str(tmp_path / "prompts.csv"), f"harmful:{tmp_path / 'prompts.csv'}"):
+        with pytest.raises(UserError, match="no such file: .*prompts.csv"):
+            load_dataset(name)
+    with pytest.raises(UserError, match="unknown dataset 'nope'"):
+        load_dataset("nope")

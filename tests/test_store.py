@@ -159,3 +159,34 @@ def test_hook_names():
     assert tl_name("ln1", 3) == "blocks.3.ln1.hook_normalized"
     with pytest.raises(UserError):
         canonical_hook("mlp_out")
+
+
+def test_store_locked_by_another_writer_says_in_use(tmp_path):
+    import subprocess
+    import sys
+    import time
+
+    import h5py
+
+    from interp import UserError
+    from interp.store import ActivationStore
+
+    path = tmp_path / "locked.h5"
+    h5py.File(path, "w").close()
+    holder = subprocess.Popen([sys.executable, "-c", "import h5py, sys, time\n"
+                               f"f = h5py.File({str(path)!r}, 'a'); print('open', flush=True); time.sleep(60)"],
+                              stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline().strip() == "open"
+        time.sleep(0.2)
+        try:
+            ActivationStore.open(path, "r+")
+        except UserError as err:
+            assert "in use by another process" in str(err)
+        else:
+            import pytest
+
+            pytest.skip("HDF5 file locking is disabled on this filesystem")
+    finally:
+        holder.kill()
+        holder.wait()

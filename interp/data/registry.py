@@ -149,7 +149,12 @@ def load_dataset(name: str, *, split: str | None = None, limit: int | None = Non
     """
     if name not in _DATASETS and (target := _file_target(name)) is not None:
         label, path = target
+        if not path.is_file():
+            raise UserError(f"no such file: {path}")
         records = load_file(path, label=label)
+    elif name not in _DATASETS and (Path(name).suffix.lower() in SUFFIXES or "/" in name):
+        raise UserError(f"no such file: {Path(name).expanduser()} (a dataset is a file path, label:path, or one of "
+                        f"{', '.join(_DATASETS)})")
     else:
         ds = _get(name)
         records = ds.build([(spec, resolve(spec)) for spec in ds.files])
