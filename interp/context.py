@@ -13,10 +13,14 @@ from interp import UserError
 TOO_LONG = ("truncate", "skip", "error")
 
 
+def text_config(model):
+    """The config of a model's language part (multimodal wrappers nest it; plain LMs are their own)."""
+    return model.config.get_text_config() if hasattr(model.config, "get_text_config") else model.config
+
+
 def context_limit(model) -> int | None:
     """The model's position limit (``max_position_embeddings`` of its text config), or None when it has none."""
-    cfg = model.config.get_text_config() if hasattr(model.config, "get_text_config") else model.config
-    return getattr(cfg, "max_position_embeddings", None)
+    return getattr(text_config(model), "max_position_embeddings", None)
 
 
 def fit(example_id: str, n_fixed: int, n_wanted: int, max_context: int | None, too_long: str,

@@ -23,6 +23,7 @@ from typing import Any
 import torch
 
 from interp import UserError
+from interp.context import TOO_LONG
 
 MODES = ("auto", "prefill", "own", "matched")
 DEFAULT_OPENER = "Sure, here is"
@@ -50,7 +51,7 @@ class GenerateConfig:
     system: str | None = field(default=None, metadata={"help": "system prompt (default: the template's own)"})
     too_long: str = field(default="truncate", metadata={
         "help": "prompt + opener + new tokens + span beyond the model context: truncate (generate fewer tokens), "
-                "skip (recorded in the config) or error", "choices": ("truncate", "skip", "error")})
+                "skip (recorded in the config) or error", "choices": TOO_LONG})
 
     def validate(self) -> None:
         """One-line errors for options that cannot work (called by every command that takes them)."""

@@ -26,7 +26,7 @@ from interp.inject import PackedBatch, attention_layout, collate, plan_packed
 from interp.store import ActivationStore, canonical_hook
 
 POSITIONS = ("span", "probe")
-from interp.context import TOO_LONG, context_limit, fit  # noqa: E402
+from interp.context import TOO_LONG, context_limit, fit, text_config  # noqa: E402
 
 
 @dataclass
@@ -190,10 +190,6 @@ def _model_dtype(model) -> torch.dtype:
     return next(model.parameters()).dtype
 
 
-def _context_limit(model) -> int | None:
-    return context_limit(model)
-
-
 def prepare_plans(items: Sequence[Continuation], span_ids: Sequence[int], depths: Sequence[int],
                   max_context: int | None, too_long: str = "truncate"):
     """Plans for every item (responses cut after the deepest depth and to the context), with warnings. Items
@@ -287,15 +283,15 @@ def extract_to_store(model, tokenizer, items: Sequence[Continuation], out: str |
     depths = parse_depths(depths)
     hooks = [canonical_hook(h) for h in hooks]
     pos = list(range(len(span_ids))) if positions == "span" else [int(spans.probe_index)]
-    skipped = skipped_too_long(items, span_ids, depths, _context_limit(model)) if too_long == "skip" else []
+    skipped = skipped_too_long(items, span_ids, depths, context_limit(model)) if too_long == "skip" else []
     if skipped:
         warnings.warn(f"--too-long skip: {len(skipped)} example(s) exceed the model context and are not stored "
                       f"(e.g. {skipped[0]!r}; all listed in the store's 'skipped_too_long' attribute)", stacklevel=2)
         items = [it for it in items if it.id not in set(skipped)]
         if not items:
             raise UserError("every example exceeds the model context (--too-long skip left none)")
-    plans, valid, n_tokens = prepare_plans(items, span_ids, depths, _context_limit(model), too_long)
-    cfg = model.config.get_text_config() if hasattr(model.config, "get_text_config") else model.config
+    plans, valid, n_tokens = prepare_plans(items, span_ids, depths, context_limit(model), too_long)
+    cfg = text_config(model)
     prov = dict(provenance or {})
     span_info = spans.to_dict() if hasattr(spans, "to_dict") else {}
     prov.update(span_text=getattr(spans, "span_text", span_info.get("span_text", "")), span_ids=span_ids,

@@ -13,6 +13,7 @@ from typing import Any
 import torch
 
 from interp import UserError
+from interp.context import text_config
 from interp.inject import attention_layout, piggyback_inputs, span_over_cache_inputs
 from interp.kvcache import cache_kwarg, mark, rollback
 from interp.refusal import KeywordMatcher, ProbabilityMatcher
@@ -126,8 +127,7 @@ class Checker:
             raise UserError(f"probe set span {list(their_span)} differs from this template's span {self.span_ids}")
         kind = hook_kind(_get(prov, "hook") or _get(probes, "hook") or "")
         weights = _get(probes, "weights")
-        cfg = self.model.config.get_text_config() if hasattr(self.model.config, "get_text_config") else \
-            self.model.config
+        cfg = text_config(self.model)
         if weights is not None and getattr(cfg, "hidden_size", None) not in (None, weights.shape[-1]):
             raise UserError(f"probe set has {weights.shape[-1]}-dimensional probes but the model's hidden size is "
                             f"{cfg.hidden_size}: it was trained on another model; train probes for this one")

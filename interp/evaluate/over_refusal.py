@@ -29,7 +29,7 @@ def summarise(rows: list[dict], detectors: list[str], keys: dict[str, str]) -> d
     own = [r for r in rows if not r["dataset"].endswith(" + forced opener")]
     groups = {"all": own}
     if len(own) < len(rows):
-        groups["all + forced opener"] = [r for r in rows if r not in own]
+        groups["all + forced opener"] = [r for r in rows if r["dataset"].endswith(" + forced opener")]
     for r in rows:
         groups.setdefault(r["dataset"], []).append(r)
     return {g: {label: wilson(sum(bool(r[key]) for r in rs), len(rs)) for label, key in keys.items()}

@@ -111,7 +111,6 @@ def examples_meta(store: Any) -> dict[str, np.ndarray]:
         "sources": np.array([_attr(s) for s in np.asarray(ex["source"])]).astype(str),
         "valid": np.asarray(ex["valid"], dtype=bool) & done[:, None],
         "done": done,
-        "ids": np.array([_attr(i) for i in np.asarray(ex["id"])]).astype(str),
         "prompts": np.array([_attr(p) for p in np.asarray(prompts)] if prompts is not None else [""] * n),
         "n_tokens": np.asarray(ex.get("n_response_tokens", np.zeros(n)), np.int64),
     }
@@ -153,7 +152,7 @@ def require_finished(store: Any, allow_partial: bool) -> None:
     """Refuse a store whose extraction has unfinished rows unless ``allow_partial`` (then warn with the count)."""
     import warnings
 
-    done = np.asarray(store.examples["done"], dtype=bool)
+    done = store.done
     left = int((~done).sum())
     if not left:
         return

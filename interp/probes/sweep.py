@@ -149,7 +149,8 @@ def run_sweep(loader: Callable[[int, str | int], LayerData], layers: list[int], 
     if "ngram" in cfg.baselines and texts is None:
         res["notes"].append("baseline ngram skipped: the store records no response text (re-extract)")
     oof: dict[str, list[np.ndarray]] = {m: [] for m in methods}
-    split = data0 = None
+    split = data0 = best_data = None
+    best_auc = -np.inf
     for layer in tqdm(layers, desc="layers", unit="layer"):
         data = loader(layer, position)
         if split is None:
@@ -177,6 +178,9 @@ def run_sweep(loader: Callable[[int, str | int], LayerData], layers: list[int], 
             oof[m].append(p.astype(np.float32))
             res["per_layer"][m].append(_summ(p, data, np.isfinite(p), cfg.n_boot, cfg.seed))
             res["per_depth"][m].append(_per_depth(p, data, cfg.n_boot if m == "probe" else 0, cfg.seed))
+        auc = res["per_layer"]["probe"][-1]["auroc"]["value"]
+        if auc > best_auc:  # the best layer so far (first of ties, as nanargmax below): kept for leave-one-source-out
+            best_auc, best_data = auc, data
     aurocs = [s["auroc"]["value"] for s in res["per_layer"]["probe"]]
     best_i = int(np.nanargmax(aurocs))
     res["best_layer"] = int(layers[best_i])
@@ -190,7 +194,7 @@ def run_sweep(loader: Callable[[int, str | int], LayerData], layers: list[int], 
                                                                    data0.groups[rows], n_boot=cfg.n_boot,
                                                                    seed=cfg.seed)
     if split.kind == "grouped":
-        res["loso"] = leave_one_source_out(loader(layers[best_i], position), split, probe, cfg, texts)
+        res["loso"] = leave_one_source_out(best_data, split, probe, cfg, texts)
     res["_oof"] = {m: np.stack(v) for m, v in oof.items()}
     res["_labels"] = data0.y
     res["notes"] = sorted(set(res["notes"]))
@@ -292,8 +296,8 @@ def leave_one_source_out(data: LayerData, split: Split, probe: ProbeConfig, cfg:
     out = []
     for s in tqdm(names, desc="leave-one-source-out", unit="source"):
         in_s = data.sources == s
-        drop = in_s  # the fold structure already keeps a test prompt out of training, whatever its source
-        train = split.train & ~drop[None]
+        # the fold structure already keeps a test prompt (and its twin) out of training, whatever its source
+        train = split.train & ~in_s[None]
         bad = [f for f in range(split.n_folds) if len(np.unique(data.y[train[f] & data.valid.any(1)])) < 2]
         labels = sorted(set(data.y[in_s].tolist()))
         row = {"source": s, "labels": ["benign" if v == 0 else "harmful" for v in labels],
@@ -309,13 +313,13 @@ def leave_one_source_out(data: LayerData, split: Split, probe: ProbeConfig, cfg:
         if len(labels) == 2:
             cmp_rows = in_s
         else:
-            cmp_rows = in_s | (~drop & (data.y != labels[0]))
+            cmp_rows = in_s | (~in_s & (data.y != labels[0]))
         for name, p in scored.items():
             m = np.zeros_like(data.valid)
             m[cmp_rows] = np.isfinite(p[cmp_rows])
             summ = _summ(p, data, m, cfg.n_boot, cfg.seed) if m.any() else None
             ans = _answer_max(p)
-            others = ~drop & (data.y == 0) & np.isfinite(ans)
+            others = ~in_s & (data.y == 0) & np.isfinite(ans)
             entry = {"auroc": None if summ is None else summ["auroc"]}
             if others.any():
                 thr = threshold_at_fpr(ans[others], cfg.target_fpr)

@@ -104,22 +104,21 @@ def train_probeset(store, cfg: TrainConfig, probe: ProbeConfig, *, progress: boo
     train_m, cal_m, test_m = (roles == r for r in ("train", "calibration", "test"))
     split = grouped_folds(y[train_m], groups[train_m], cfg.folds, cfg.seed)
 
-    params, metrics, oofs, full = [], [], [], []
+    params, metrics, oofs = [], [], []
     for layer in tqdm(layers, desc="layers (CV on train prompts)", unit="layer", disable=not progress):
-        data = load_layer(store, hook, layer, position, cfg.depths)
-        tr = _subset(data, train_m)
+        tr = _subset(load_layer(store, hook, layer, position, cfg.depths), train_m)
         p = oof_scores(tr, split, probe)
         rows, cols = np.nonzero(np.isfinite(p))
         metrics.append(summarize(p[rows, cols], tr.y[rows], tr.groups[rows], n_boot=cfg.n_boot, seed=cfg.seed))
         oofs.append(p)
         X, yy, _, _ = tr.flat()
         params.append(fit_probes(X, yy, np.ones((1, len(yy)), bool), probe)[0])
-        full.append(_scores(params[-1], data.X, data.valid))
-        depths = data.depths
     aurocs = [m["auroc"]["value"] for m in metrics]
     best = cfg.layer if cfg.layer is not None else layers[int(np.nanargmax(aurocs))]
     bi = layers.index(best)
-    scores = full[bi]
+    best_data = load_layer(store, hook, best, position, cfg.depths)  # all rows: calibration and test are scored
+    depths = best_data.depths
+    scores = _scores(params[bi], best_data.X, best_data.valid)
     control = y == 0
     if cfg.control_sources:
         control &= np.isin(sources, cfg.control_sources)
@@ -149,8 +148,7 @@ def train_probeset(store, cfg: TrainConfig, probe: ProbeConfig, *, progress: boo
                       stacklevel=2)
     thr = calib["threshold"]
 
-    test = held_out_report(store, hook, best, position, cfg, probe, meta, roles, scores, thr, schedule, depths,
-                           progress=progress) if test_m.any() else None
+    test = held_out_report(store, best_data, cfg, probe, meta, roles, scores, thr, schedule) if test_m.any() else None
     split_record = describe_split(roles, groups, prompts, y, sources)
     return ProbeSet(
         layers=layers, weights=np.stack([pp.coef.reshape(-1) for pp in params]),
@@ -159,8 +157,9 @@ def train_probeset(store, cfg: TrainConfig, probe: ProbeConfig, *, progress: boo
         mean=None if params[0].scale is None else np.stack([pp.mean.reshape(-1) for pp in params]),
         std=None if params[0].scale is None else np.stack([pp.scale.reshape(-1) for pp in params]),
         kind=probe.method,
-        thresholds={"target_fpr": cfg.target_fpr, "rule": "per answer: fires when any scheduled check's score "
-                    "> threshold", "control_sources": cfg.control_sources, "calibration": calib},
+        thresholds={"target_fpr": cfg.target_fpr,
+                    "rule": f"per answer ({schedule.aggregation}): fires when {schedule.k_of_n} scheduled check(s) "
+                            "score > threshold", "control_sources": cfg.control_sources, "calibration": calib},
         metrics={"cv_train": {str(layer): m for layer, m in zip(layers, metrics)},
                  "selected_by": "--layer" if cfg.layer is not None else "grouped-CV AUROC on the training prompts",
                  "test": test},
@@ -168,38 +167,37 @@ def train_probeset(store, cfg: TrainConfig, probe: ProbeConfig, *, progress: boo
         split=split_record, schedule=schedule.to_dict())
 
 
-def held_out_report(store, hook, layer, position, cfg: TrainConfig, probe: ProbeConfig, meta: dict,
-                    roles: np.ndarray, scores: np.ndarray, threshold: float, schedule: Schedule, depths,
-                    progress: bool = True) -> dict:
-    """Numbers on the test prompts only: the probe beside its baselines (fitted on the training prompts), per
-    check (pooled and per depth) and per answer at the frozen threshold."""
+def held_out_report(store, best: LayerData, cfg: TrainConfig, probe: ProbeConfig, meta: dict, roles: np.ndarray,
+                    scores: np.ndarray, threshold: float, schedule: Schedule) -> dict:
+    """Numbers on the test prompts only: the probe (``scores`` at the layer of ``best``) beside its baselines
+    (fitted on the training prompts), per check (pooled and per depth) and per answer at the frozen threshold."""
     from interp.evaluate.common import wilson
     from interp.probes.data import load_layer
     from interp.probes.metrics import paired_auroc_diff
     from interp.probes.protocol import answer_scores, assert_disjoint
     from interp.probes.sweep import fit_probes, shuffled_labels
+    from interp.store import canonical_hook
 
     done = meta["done"]
     y, groups, n_tokens = meta["y"][done], meta["groups"][done], meta["n_tokens"][done]
     train_m, test_m = roles == "train", roles == "test"
     assert_disjoint(groups[test_m], groups[roles != "test"], "test prompts")
+    depths, hook = best.depths, canonical_hook(cfg.hook) if cfg.hook else store.hooks[0]
     valid = np.isfinite(scores)
     methods = {"probe": scores}
     notes = []
     for pos in ("last_token", "prompt"):
         try:
-            other = load_layer(store, hook, layer, pos, cfg.depths)
+            other = load_layer(store, hook, best.layer, pos, cfg.depths)
         except (UserError, KeyError, ValueError) as err:
             notes.append(f"baseline {pos} skipped: {err}")
             continue
-        X, yy, rows, cols = _subset(other, train_m & True).flat()
-        mask = np.ones((1, len(yy)), bool)
         if pos == "prompt":  # one row per prompt: the last prompt token
             X, yy = other.X[train_m][:, 0], other.y[train_m]
-            mask = np.ones((1, len(yy)), bool)
-        pp = fit_probes(X, yy, mask, probe)[0]
+        else:
+            X, yy, _, _ = _subset(other, train_m).flat()
+        pp = fit_probes(X, yy, np.ones((1, len(yy)), bool), probe)[0]
         methods[pos] = np.where(valid, _scores(pp, other.X, np.ones_like(valid)), np.nan)
-    best = load_layer(store, hook, layer, position, cfg.depths)
     tr = _subset(best, train_m)
     X, _, rows, _ = tr.flat()
     fake = shuffled_labels(tr.y, tr.groups, cfg.seed + 1)[rows]  # prompt-level permutation of the labels
