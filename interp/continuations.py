@@ -127,7 +127,7 @@ def load_jsonl(path: str | Path) -> list[Continuation]:
 
 def from_records(records: Sequence, tokenizer, system: str | None = None) -> list[Continuation]:
     """Dataset responses (``Record.response``) tokenised in context; records without a response are an error."""
-    from interp.templates import encode_response, format_prompt_ids
+    from interp.spans.derive import encode_response, format_prompt_ids
 
     out = []
     for rec in records:
@@ -195,7 +195,7 @@ def generate_continuations(model, tokenizer, records: Sequence, *, mode: str = "
     from tqdm.auto import tqdm
 
     from interp.context import context_limit, fit
-    from interp.templates import derive_safety_spans, encode_response, format_prompt_ids
+    from interp.spans.derive import derive_safety_spans, encode_response, format_prompt_ids
 
     if mode not in MODES:
         raise UserError(f"generation mode must be one of {', '.join(MODES)}, got {mode!r}")

@@ -270,7 +270,7 @@ def extract_main(cfg: DistExtractConfig, model_cfg) -> Path | None:
     from interp.continuations import load_jsonl
     from interp.extract import parse_layers
     from interp.models import load_model
-    from interp.templates import derive_safety_spans
+    from interp.spans.derive import derive_safety_spans
 
     if not cfg.continuations or not cfg.out:
         raise UserError("--continuations and --out are required")

@@ -268,7 +268,7 @@ def extract_to_store(model, tokenizer, items: Sequence[Continuation], out: str |
                      on_batch=None) -> ExtractResult:
     """Extract every item at every depth into the HDF5 store at ``out`` (resuming rows not yet done).
 
-    ``spans`` is a :class:`interp.templates.SafetySpans` (``span_ids``, ``probe_index``, ``to_dict()``).
+    ``spans`` is a :class:`interp.spans.derive.SafetySpans` (``span_ids``, ``probe_index``, ``to_dict()``).
     ``on_batch(n_done)`` is called after each written batch (tests use it to crash mid-run).
     """
     from tqdm.auto import tqdm

@@ -67,7 +67,7 @@ def quick_probeset(loaded: LoadedModel, workdir: str | Path, records: list, *, m
     from interp.continuations import GenerateConfig, continuations_for, save_jsonl
     from interp.extract import extract_to_store
     from interp.probes import ProbeSet
-    from interp.templates import derive_safety_spans
+    from interp.spans.derive import derive_safety_spans
 
     workdir = Path(workdir)
     items = continuations_for(loaded.model, loaded.tokenizer, records,

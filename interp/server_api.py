@@ -124,7 +124,7 @@ def build_request(body: dict, tokenizer, *, served_model: str, max_tokens_limit:
     prompt_ids = list(tokenizer(text, add_special_tokens=False)["input_ids"])
     prefill_ids: list[int] = []
     if prefill:
-        from interp.templates import encode_response
+        from interp.spans.derive import encode_response
 
         prefill_ids = [int(t) for t in encode_response(tokenizer, prompt_ids, prefill)]
     max_tokens = body.get("max_completion_tokens", body.get("max_tokens"))

@@ -3,7 +3,7 @@
 ``tiny_tokenizer(family)`` builds a small byte-level BPE tokenizer (trained in milliseconds on a
 fixed corpus) with the special tokens and a Jinja chat template in the style of a real model family.
 ``tiny_model(arch)`` pairs it with a 2–4 layer random Llama, Qwen2 or Gemma-2 causal LM in float32.
-The templates under ``interp/templates_data/`` are our own renditions of each family's published format.
+The templates under ``interp/spans/templates_data/`` are our own renditions of each family's published format.
 """
 
 from __future__ import annotations
@@ -40,7 +40,7 @@ _CORPUS = [
 
 def chat_template(family: str) -> str:
     """The Jinja chat template text of a test family."""
-    return resources.files("interp.templates_data").joinpath(f"{family}.jinja").read_text()
+    return resources.files("interp.spans.templates_data").joinpath(f"{family}.jinja").read_text()
 
 
 @cache

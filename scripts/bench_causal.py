@@ -72,7 +72,7 @@ def main() -> None:
     from interp.causal.metrics import opener_tokens
     from interp.causal.patching import pair_up, patch_hook
     from interp.causal.runner import SpanRunner, read
-    from interp.templates import derive_safety_spans
+    from interp.spans.derive import derive_safety_spans
 
     model, tok, examples, probe = _tiny(args) if args.model == "tiny" else _real(args)
     spans = derive_safety_spans(tok)

@@ -47,7 +47,7 @@ def timed(fn, repeats: int) -> float:
 
 def main() -> None:
     from interp.models import DEFAULT_MODEL
-    from interp.templates import derive_safety_spans
+    from interp.spans.derive import derive_safety_spans
 
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--model", default=DEFAULT_MODEL, help="model spec, or 'tiny'")

@@ -95,7 +95,7 @@ def main() -> None:
     from interp.inject import attention_layout, collate, plan_packed
     from interp.kvcache import cache_kwarg, mark, new_cache, rollback
     from interp.probes.probeset import ProbeSet
-    from interp.templates import derive_safety_spans
+    from interp.spans.derive import derive_safety_spans
     from interp.testing import tiny_tokenizer
 
     cuda = torch.cuda.is_available() and args.device in ("auto", "cuda") or args.device.startswith("cuda")

@@ -63,7 +63,7 @@ print(WORK)'''),
 Derived from the chat template (no per-model table): the text the template puts after an assistant message
 followed by the assistant header. ADA-LP reads the probe at the role token (`probe_index`)."""),
     ("code", '''\
-from interp.templates import derive_safety_spans
+from interp.spans.derive import derive_safety_spans
 
 spans = derive_safety_spans(loaded.tokenizer)
 print("span text   :", repr(spans.span_text))
@@ -209,7 +209,7 @@ import tempfile
 from pathlib import Path
 
 from interp.notebook_utils import demo_pairs, quick_probeset
-from interp.templates import derive_safety_spans
+from interp.spans.derive import derive_safety_spans
 
 WORK = Path(tempfile.mkdtemp(prefix="anydepth-nb2-"))
 N_PAIRS, MAX_NEW_TOKENS, DEPTHS = (10, 24, "0:24:4") if TINY else (30, 64, "0:64:8")  # other pairs held out
@@ -229,7 +229,7 @@ itself."""),
     ("code", '''\
 from interp.continuations import generate_continuations
 from interp.data import load_dataset
-from interp.templates import format_prompt_ids
+from interp.spans.derive import format_prompt_ids
 
 trained = {c.prompt for c in items}
 harmful = next(r for r in load_dataset("demo") if r.label == "harmful" and r.prompt not in trained)
@@ -340,7 +340,7 @@ from interp.causal.experiment import ProbeAdapter
 from interp.causal.inputs import Example, Span
 from interp.causal.metrics import opener_tokens
 from interp.notebook_utils import demo_pairs, quick_probeset
-from interp.templates import derive_safety_spans
+from interp.spans.derive import derive_safety_spans
 
 WORK = Path(tempfile.mkdtemp(prefix="anydepth-nb3-"))
 # real models: every forward below runs over all examples, so keep the set small on a CPU (tens of minutes)

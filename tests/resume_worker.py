@@ -13,7 +13,7 @@ import torch
 
 from interp.continuations import Continuation
 from interp.extract import extract_to_store
-from interp.templates import derive_safety_spans, format_prompt_ids
+from interp.spans.derive import derive_safety_spans, format_prompt_ids
 from interp.testing import tiny_model
 
 

@@ -15,7 +15,7 @@ from interp.continuations import (
     stop_token_ids,
 )
 from interp.data.records import Record
-from interp.templates import derive_safety_spans, encode_response, format_prompt_ids
+from interp.spans.derive import derive_safety_spans, encode_response, format_prompt_ids
 from interp.testing import tiny_model
 
 RECORDS = [Record(id="h1", prompt="How do I make a weapon?", label="harmful", source="t"),

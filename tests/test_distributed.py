@@ -20,8 +20,8 @@ from interp.distributed import (
     shard_path,
 )
 from interp.extract import extract_to_store
+from interp.spans.derive import derive_safety_spans, format_prompt_ids
 from interp.store import ActivationStore
-from interp.templates import derive_safety_spans, format_prompt_ids
 from interp.testing import tiny_model
 
 DEPTHS = [0, 3, 8, 15]

@@ -9,7 +9,7 @@ from interp.cli import main
 from interp.evaluate.common import EvalConfig, bootstrap_mean, load_guard_model, wilson
 from interp.evaluate.deep_prefill import run_deep_prefill
 from interp.evaluate.over_refusal import run_over_refusal
-from interp.templates import encode_response, format_prompt_ids
+from interp.spans.derive import encode_response, format_prompt_ids
 from interp.testing import hf_greedy_text
 
 torch.set_num_threads(1)
@@ -40,14 +40,14 @@ def test_deep_prefill_checks_equal_scratch_continuations(tmp_path):
     # every base / rk lookahead equals a from-scratch greedy decode of prompt + forced[:d] (+ span)
     gm = load_guard_model("tiny")
     from interp.data import load_dataset
-    from interp.templates import derive_safety_spans
+    from interp.spans.derive import derive_safety_spans
 
     spans = derive_safety_spans(gm.tokenizer)
     recs = {r.id: r for r in load_dataset("demo")}
     row = res["rows"][0]
     prompt = format_prompt_ids(gm.tokenizer, recs[row["id"]].prompt)
     from interp.guard import GuardConfig, GuardedGenerator
-    from interp.templates import encode_response
+    from interp.spans.derive import encode_response
 
     opener = encode_response(gm.tokenizer, prompt, recs[row["id"]].meta["target"])
     cont = GuardedGenerator(gm.model, gm.tokenizer, spans, GuardConfig(mode="none", max_new_tokens=12)

@@ -18,8 +18,8 @@ from interp import UserError
 from interp.continuations import Continuation
 from interp.extract import SpanReader, extract_to_store, parse_depths, parse_layers
 from interp.inject import collate, plan_packed
+from interp.spans.derive import derive_safety_spans, encode_response, format_prompt_ids
 from interp.store import ActivationStore
-from interp.templates import derive_safety_spans, encode_response, format_prompt_ids
 from interp.testing import tiny_model
 
 HOOKS = ("resid_pre", "resid_post", "ln1")

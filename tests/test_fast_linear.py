@@ -54,7 +54,7 @@ def test_install_is_a_no_op_off_float32():
 def test_guard_check_state_is_the_same_with_and_without_fast_linear():
     from interp.evaluate.common import random_probes
     from interp.guard import GuardConfig, GuardedGenerator
-    from interp.templates import derive_safety_spans, format_prompt_ids
+    from interp.spans.derive import derive_safety_spans, format_prompt_ids
     from interp.testing import tiny_model
 
     model, tok = tiny_model("qwen2", n_layers=2, d_model=64, d_mlp=128)

@@ -9,7 +9,7 @@ from interp.guard import GuardConfig, GuardedGenerator
 from interp.guard_checks import decoder_layers
 from interp.kvcache import cache_kwarg
 from interp.probes.probeset import ProbeSet
-from interp.templates import derive_safety_spans, format_prompt_ids
+from interp.spans.derive import derive_safety_spans, format_prompt_ids
 from interp.testing import tiny_model
 
 torch.set_num_threads(1)  # tiny models: threads only add overhead on shared CI cores

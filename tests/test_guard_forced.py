@@ -7,7 +7,7 @@ import torch
 from interp.guard import GuardConfig, GuardedGenerator
 from interp.guard_checks import decoder_layers
 from interp.probes.probeset import ProbeSet
-from interp.templates import derive_safety_spans, format_prompt_ids
+from interp.spans.derive import derive_safety_spans, format_prompt_ids
 from interp.testing import hf_greedy_text, tiny_model
 
 torch.set_num_threads(1)

@@ -20,7 +20,7 @@ WINDOW = 32
 
 def _span_ids(tok) -> list[int]:
     try:
-        from interp.templates import derive_safety_spans
+        from interp.spans.derive import derive_safety_spans
         return list(derive_safety_spans(tok).span_ids)
     except ImportError:  # foundation not landed yet: any special-token span exercises the mask
         return tok.convert_tokens_to_ids([tok.eos_token])[:1] + tok("\nmodel\n", add_special_tokens=False)["input_ids"]

@@ -12,8 +12,8 @@ import torch
 
 from interp.continuations import Continuation
 from interp.extract import extract_to_store
+from interp.spans.derive import derive_safety_spans, encode_response, format_prompt_ids
 from interp.store import ActivationStore
-from interp.templates import derive_safety_spans, encode_response, format_prompt_ids
 
 pytestmark = pytest.mark.integration
 

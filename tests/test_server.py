@@ -15,7 +15,7 @@ from interp.guard_checks import decoder_layers
 from interp.probes.probeset import ProbeSet
 from interp.server import ServerConfig, make_server
 from interp.server_api import ApiError, TextStream
-from interp.templates import derive_safety_spans, encode_response, format_prompt_ids
+from interp.spans.derive import derive_safety_spans, encode_response, format_prompt_ids
 from interp.testing import tiny_model
 
 openai = pytest.importorskip("openai")

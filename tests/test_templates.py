@@ -1,4 +1,4 @@
-"""Safety-Token spans derived from chat templates (interp.templates). No downloads."""
+"""Safety-Token spans derived from chat templates (interp.spans.derive). No downloads."""
 
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from interp import UserError
-from interp.templates import (
+from interp.spans.derive import (
     SafetySpans,
     derive_safety_spans,
     encode_response,

@@ -3,7 +3,7 @@
 from types import SimpleNamespace
 
 from interp.commands.transcoders import TranscoderDataConfig, token_rows
-from interp.templates import derive_safety_spans
+from interp.spans.derive import derive_safety_spans
 from interp.testing import tiny_model
 
 

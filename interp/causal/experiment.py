@@ -103,7 +103,7 @@ def _hash(values: list) -> str:
 def setup(cfg: CausalConfig, model_cfg, sub: str) -> Context:
     """Load everything an experiment needs; outputs go to ``<out>/<sub>``."""
     from interp.models import load_model
-    from interp.templates import derive_safety_spans
+    from interp.spans.derive import derive_safety_spans
 
     loaded = load_model(model_cfg)
     out = Path(cfg.out) / sub

@@ -15,7 +15,7 @@ _WORDS = ("Sure", "here", "is", "how", "to", "do", "it", "step", "by", "the", "f
 
 
 def chat_prompt_ids(tokenizer, prompt: str) -> list[int]:
-    """Chat-formatted prompt through the generation header (fallback when ``interp.templates`` is absent)."""
+    """Chat-formatted prompt through the generation header (fallback when ``interp.spans.derive`` is absent)."""
     text = tokenizer.apply_chat_template([{"role": "user", "content": prompt}], tokenize=False,
                                          add_generation_prompt=True)
     return list(tokenizer(text, add_special_tokens=False)["input_ids"])

@@ -27,7 +27,7 @@ def run_extract(model_cfg, gen_cfg, cfg, progress: bool = True):
     from interp.continuations import continuations_for, load_jsonl, load_records, save_jsonl
     from interp.extract import parse_depths, parse_layers
     from interp.models import load_model
-    from interp.templates import derive_safety_spans
+    from interp.spans.derive import derive_safety_spans
 
     depths = parse_depths(cfg.depths)
     configs = run_config(model=model_cfg, generate=gen_cfg, extract=cfg)

@@ -34,7 +34,7 @@ def register(subparsers) -> None:
 
 def run(args) -> int:
     from interp.evaluate.common import load_guard_model, load_probes
-    from interp.templates import derive_safety_spans, encode_response, format_prompt_ids
+    from interp.spans.derive import derive_safety_spans, encode_response, format_prompt_ids
 
     rc = from_namespace(GuardRunConfig, args)
     cfg = from_namespace(GuardConfig, args)

@@ -31,7 +31,7 @@ def build_server(server_cfg: ServerConfig, model_cfg: ModelConfig, guard_cfg: Gu
     from interp.models import load_model
     from interp.probes import ProbeSet
     from interp.server import make_server
-    from interp.templates import derive_safety_spans
+    from interp.spans.derive import derive_safety_spans
 
     guard_cfg.validate()
     if guard_cfg.mode == "lp" and not server_cfg.probes:

@@ -161,7 +161,7 @@ class EvalConfig:
 
 def setup_run(cfg: EvalConfig):
     """``(GuardModel, spans, probes-or-None)`` for an evaluation config."""
-    from interp.templates import derive_safety_spans
+    from interp.spans.derive import derive_safety_spans
 
     gm = load_guard_model(cfg.model, device=cfg.device, dtype=cfg.dtype)
     spans = derive_safety_spans(gm.tokenizer)

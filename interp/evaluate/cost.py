@@ -138,7 +138,7 @@ def slowdown(model, tokenizer, spans, probes, prompts: Sequence[Sequence[int]], 
 def run_cost(cfg) -> dict:
     """``anydepth evaluate cost``: latency ratios at each context, slowdown at each stride, leak window."""
     from interp.evaluate.common import plot_path, random_probes, setup_run, write_result
-    from interp.templates import format_prompt_ids
+    from interp.spans.derive import format_prompt_ids
 
     gm, spans, probes = setup_run(cfg)
     probes = probes or random_probes(gm.model, spans)

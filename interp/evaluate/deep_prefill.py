@@ -29,7 +29,7 @@ from interp.evaluate.common import (
     write_result,
 )
 from interp.guard import GuardConfig, GuardedGenerator
-from interp.templates import encode_response, format_prompt_ids
+from interp.spans.derive import encode_response, format_prompt_ids
 
 DEFAULT_DATASETS = ("demo",)
 

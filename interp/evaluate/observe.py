@@ -8,14 +8,14 @@ from tqdm import tqdm
 
 from interp.evaluate.common import EvalConfig, batches
 from interp.guard import GuardConfig, GuardedGenerator
-from interp.templates import format_prompt_ids
+from interp.spans.derive import format_prompt_ids
 
 
 def observe(gm, spans, probes, cfg: EvalConfig, recs, desc: str, opener: bool = False) -> tuple[list[dict], dict]:
     """Per record: answer, base refusal (keyword rule), and per defence whether/when it fired. With ``opener``
     the answer starts with a forced opener (the record's ``target``, else ``cfg.opener``) that the model then
     continues: the matched-style control for a probe trained on prefill attacks."""
-    from interp.templates import encode_response
+    from interp.spans.derive import encode_response
 
     detectors = ("rk",) + (("lp",) if probes is not None else ())
     gcfg = GuardConfig(mode="rk", stride=cfg.stride, lookahead=cfg.lookahead, matcher=cfg.matcher,

@@ -1,4 +1,4 @@
-"""Chat-template plumbing for :mod:`interp.templates`: template text and hash, rendering, in-context tokenizing.
+"""Chat-template plumbing for :mod:`interp.spans.derive`: template text and hash, rendering, in-context tokenizing.
 
 Tokenizers may tokenize a string differently at the start of a text than after other text, so
 :func:`_token_range` locates a segment *inside* a whole rendered text (prefix tokenization, then offsets).
@@ -153,5 +153,5 @@ def _common_prefix_len(a, b) -> int:
 def _find_once(tokenizer, text: str, marker: str, what: str) -> int:
     if text.count(marker) != 1:
         raise UserError(f"chat template of {_name(tokenizer)!r} does not render the {what} content verbatim; "
-                        "give the span in a YAML override (interp/span_overrides.yaml or overrides=)")
+                        "give the span in a YAML override (interp/spans/span_overrides.yaml or overrides=)")
     return text.index(marker)

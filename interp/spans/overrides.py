@@ -1,6 +1,6 @@
-"""YAML span overrides for chat templates the derivation in :mod:`interp.templates` cannot handle.
+"""YAML span overrides for chat templates the derivation in :mod:`interp.spans.derive` cannot handle.
 
-``interp/span_overrides.yaml`` ships with the package; a user file (``derive_safety_spans(tok, overrides=path)``)
+``interp/spans/span_overrides.yaml`` ships with the package; a user file (``derive_safety_spans(tok, overrides=path)``)
 is searched first. Keys are a template hash (``sha256:<hex>``) or a substring of the tokenizer's name.
 """
 
@@ -12,11 +12,11 @@ from pathlib import Path
 from typing import Any
 
 from interp import UserError
-from interp.chat_render import _name, _one_line
+from interp.spans.render import _name, _one_line
 
 __all__ = ["PACKAGED_OVERRIDES", "load_overrides"]
 
-PACKAGED_OVERRIDES = "span_overrides.yaml"  # inside the ``interp`` package
+PACKAGED_OVERRIDES = "span_overrides.yaml"  # inside the ``interp.spans`` package
 
 _OVERRIDE_FIELDS = {"end_of_turn", "header", "probe_position", "fallback", "note"}
 
@@ -26,7 +26,7 @@ def load_overrides(path: str | Path | None = None) -> dict[str, dict]:
     import yaml
 
     if path is None:
-        src = resources.files("interp").joinpath(PACKAGED_OVERRIDES)
+        src = resources.files("interp.spans").joinpath(PACKAGED_OVERRIDES)
         where, text = f"interp/{PACKAGED_OVERRIDES}", src.read_text(encoding="utf-8")
     else:
         p = Path(path)

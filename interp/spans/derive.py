@@ -8,10 +8,10 @@ with marker messages and diffing the renders, then tokenized *in context* (insid
 because some tokenizers tokenize a string differently at the start of a text than after other text.
 
 Templates the derivation cannot handle (Mistral's ``[INST] … [/INST]`` format has no assistant header) are
-covered by YAML overrides: ``interp/span_overrides.yaml`` (shipped) and an optional user file
+covered by YAML overrides: ``interp/spans/span_overrides.yaml`` (shipped) and an optional user file
 (``derive_safety_spans(tok, overrides=path)``), which is searched first.
-Rendering and in-context tokenizing live in :mod:`interp.chat_render`, override files in
-:mod:`interp.span_overrides`; their public names are importable from here.
+Rendering and in-context tokenizing live in :mod:`interp.spans.render`, override files in
+:mod:`interp.spans.overrides`; their public names are importable from here.
 """
 
 from __future__ import annotations
@@ -23,7 +23,8 @@ from pathlib import Path
 from typing import Any
 
 from interp import UserError
-from interp.chat_render import (
+from interp.spans.overrides import PACKAGED_OVERRIDES, _check_overrides, _match_override, load_overrides
+from interp.spans.render import (
     _back_off,
     _common_prefix_len,
     _decode,
@@ -38,7 +39,6 @@ from interp.chat_render import (
     _token_range,
     template_hash,
 )
-from interp.span_overrides import PACKAGED_OVERRIDES, _check_overrides, _match_override, load_overrides
 
 __all__ = [
     "PACKAGED_OVERRIDES",
@@ -132,7 +132,7 @@ def _derive_header(tokenizer, r: _Renders) -> str:
     header = r.ug[b:]
     if not header or b < _find_once(tokenizer, r.ug, _U, "user") + len(_U):
         raise UserError(f"chat template of {_name(tokenizer)!r} has no assistant header (add_generation_prompt "
-                        "adds nothing); give end_of_turn/header in a YAML override: see interp/span_overrides.yaml "
+                        "adds nothing); give end_of_turn/header in a YAML override: see interp/spans/span_overrides.yaml "
                         "or pass derive_safety_spans(..., overrides=FILE)")
     return header
 
@@ -142,7 +142,7 @@ def _derive_end_of_turn(tokenizer, r: _Renders, header: str) -> str:
     if not r.uag.endswith(header) or len(r.uag) - len(header) < a_end:
         raise UserError(f"chat template of {_name(tokenizer)!r} does not end a conversation with the assistant "
                         "header when asked for a generation prompt after an assistant message; give the span in "
-                        "a YAML override (interp/span_overrides.yaml or overrides=)")
+                        "a YAML override (interp/spans/span_overrides.yaml or overrides=)")
     eot = r.uag[a_end: len(r.uag) - len(header)]
     # Cross-check with the next turn: [U, A, V] must continue A with eot and then the same user opener that
     # precedes U in [U] (after any default system prompt).
@@ -153,7 +153,7 @@ def _derive_end_of_turn(tokenizer, r: _Renders, header: str) -> str:
         if not between.startswith(eot) or not opener or not prefix_u.endswith(opener):
             raise UserError(f"chat template of {_name(tokenizer)!r}: the text after an assistant message "
                             f"({between!r}) does not match the end of turn before a generation prompt ({eot!r}); "
-                            "give the span in a YAML override (interp/span_overrides.yaml or overrides=)")
+                            "give the span in a YAML override (interp/spans/span_overrides.yaml or overrides=)")
     return eot
 
 
@@ -211,7 +211,7 @@ def derive_safety_spans(tokenizer, *, probe_position: str | int = "role",
     ``probe_position``: ``"role"`` (the last token of the header's role, e.g. ``assistant``; an override entry
     may say where that is for its template), ``"last"`` (last span token) or an index into the span ids
     (negative allowed). ``overrides``: a YAML file (or an already loaded mapping) searched before the packaged
-    ``interp/span_overrides.yaml``.
+    ``interp/spans/span_overrides.yaml``.
     """
     thash = template_hash(tokenizer)  # raises when there is no template
     tables = []
