@@ -23,7 +23,7 @@ from typing import Any
 import torch
 
 from interp import UserError
-from interp.context import TOO_LONG
+from interp.model.context import TOO_LONG
 
 MODES = ("auto", "prefill", "own", "matched")
 DEFAULT_OPENER = "Sure, here is"
@@ -190,11 +190,11 @@ def generate_continuations(model, tokenizer, records: Sequence, *, mode: str = "
     own on benign prompts) or ``matched``. Batched with left padding on the HF model's cache.
 
     Prompt + opener + new tokens + the Safety-Token span must fit the model context (so the result can be
-    extracted and guarded): ``too_long`` says what happens otherwise (:mod:`interp.context`); a truncated job
+    extracted and guarded): ``too_long`` says what happens otherwise (:mod:`interp.model.context`); a truncated job
     generates alone with its own token budget."""
     from tqdm.auto import tqdm
 
-    from interp.context import context_limit, fit
+    from interp.model.context import context_limit, fit
     from interp.spans.derive import derive_safety_spans, encode_response, format_prompt_ids
 
     if mode not in MODES:

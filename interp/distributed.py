@@ -250,7 +250,7 @@ def _parser():
     import argparse
 
     from interp.config import add_arguments
-    from interp.models import ModelConfig
+    from interp.model.loading import ModelConfig
 
     p = argparse.ArgumentParser(prog="python -m interp.distributed",
                                 description="Data-parallel extraction under torchrun, and merging its shards.")
@@ -269,7 +269,7 @@ def extract_main(cfg: DistExtractConfig, model_cfg) -> Path | None:
     from interp.config import save_config
     from interp.continuations import load_jsonl
     from interp.extract import parse_layers
-    from interp.models import load_model
+    from interp.model.loading import load_model
     from interp.spans.derive import derive_safety_spans
 
     if not cfg.continuations or not cfg.out:
@@ -301,7 +301,7 @@ def main(argv: list[str] | None = None) -> int:
     import sys
 
     from interp.config import from_namespace
-    from interp.models import ModelConfig
+    from interp.model.loading import ModelConfig
 
     args = _parser().parse_args(argv)
     try:

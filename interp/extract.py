@@ -26,7 +26,7 @@ from interp.inject import PackedBatch, attention_layout, collate, plan_packed
 from interp.store import ActivationStore, canonical_hook
 
 POSITIONS = ("span", "probe")
-from interp.context import TOO_LONG, context_limit, fit, text_config  # noqa: E402
+from interp.model.context import TOO_LONG, context_limit, fit, text_config  # noqa: E402
 
 
 @dataclass

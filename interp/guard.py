@@ -1,7 +1,7 @@
 """ADA guard: streaming generation on the HF model's own KV cache with Safety-Token checks.
 
 Every ``stride`` generated tokens (plus an optional early schedule) a check runs over the live cache
-and the cache is rolled back exactly (:mod:`interp.kvcache`), so the stream is unchanged:
+and the cache is rolled back exactly (:mod:`interp.model.kvcache`), so the stream is unchanged:
 - ADA-LP forwards the probe span (``span_ids[:probe_index+1]``), reads the probe layer at the role
   token through a hook registered once, and scores it with a ``ProbeSet``; ``early_exit`` stops the
   forward after the probe layer; ``piggyback`` rides the span on the next decode step.
@@ -26,9 +26,10 @@ from typing import Any
 
 import torch
 
-from interp import UserError, fast_linear
+from interp import UserError
 from interp.guard_checks import Checker, CheckOutcome
-from interp.kvcache import cache_kwarg, new_cache
+from interp.model import fast_linear
+from interp.model.kvcache import cache_kwarg, new_cache
 
 MODES = ("lp", "rk", "none")
 
@@ -147,7 +148,7 @@ class GuardedGenerator:
         if mismatch and config.threshold is None:
             warnings.warn(mismatch, stacklevel=2)
         self._cache_kw = cache_kwarg(model)
-        # True while this generator routes the model's few-row linears through interp.fast_linear
+        # True while this generator routes the model's few-row linears through interp.model.fast_linear
         self.fast_linear_installed = config.fast_linear and fast_linear.install(model)
         self.eos_ids = self._eos_ids()
         limit = getattr(model.config, "max_position_embeddings", None)

@@ -1,6 +1,6 @@
 """The guard's checks over a live KV cache: ADA-LP (probe), ADA-RK (re-inject + refusal), base lookahead.
 
-Each check forwards over the caller's cache and rolls it back exactly with :mod:`interp.kvcache`.
+Each check forwards over the caller's cache and rolls it back exactly with :mod:`interp.model.kvcache`.
 The probe layer is read through one hook registered at construction (armed only during a check);
 early exit raises a private exception from that hook, so the layers after the probe layer never run.
 """
@@ -13,9 +13,9 @@ from typing import Any
 import torch
 
 from interp import UserError
-from interp.context import text_config
 from interp.inject import attention_layout, piggyback_inputs, span_over_cache_inputs
-from interp.kvcache import cache_kwarg, mark, rollback
+from interp.model.context import text_config
+from interp.model.kvcache import cache_kwarg, mark, rollback
 from interp.refusal import KeywordMatcher, ProbabilityMatcher
 
 

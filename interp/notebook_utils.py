@@ -15,7 +15,7 @@ from pathlib import Path
 import torch
 
 from interp import UserError
-from interp.models import LoadedModel
+from interp.model.loading import LoadedModel
 
 MODEL_ENV = "ANYDEPTH_NOTEBOOK_MODEL"
 TINY = "tiny"
@@ -32,10 +32,10 @@ def is_tiny(name: str) -> bool:
 
 def pick_model(name: str | None = None, **load_options) -> LoadedModel:
     """``"tiny"``: a random 4-layer Qwen2-style model with a ChatML template (no download, float32, CPU);
-    anything else goes to :func:`interp.models.load_model` with ``load_options`` (device, dtype, ...)."""
+    anything else goes to :func:`interp.model.loading.load_model` with ``load_options`` (device, dtype, ...)."""
     name = model_name() if name is None else name
     if not is_tiny(name):
-        from interp.models import load_model
+        from interp.model.loading import load_model
 
         return load_model(name, **load_options)
     from interp.testing import tiny_model

@@ -33,7 +33,7 @@ def _real(args):
     from interp.causal.experiment import ProbeAdapter
     from interp.causal.inputs import Example
     from interp.continuations import load_jsonl
-    from interp.models import load_model
+    from interp.model.loading import load_model
 
     if not args.continuations:
         raise SystemExit("--continuations JSONL is needed with a real model")
@@ -52,7 +52,7 @@ def _real(args):
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--model", default="tiny", help="tiny or a model spec for interp.models.load_model")
+    ap.add_argument("--model", default="tiny", help="tiny or a model spec for interp.model.loading.load_model")
     ap.add_argument("--continuations", default=None, help="continuations JSONL (real models)")
     ap.add_argument("--probes", default=None, help="ProbeSet folder (adds the probe readout)")
     ap.add_argument("--pairs", type=int, default=8, help="harmful/benign pairs (at most)")
@@ -67,11 +67,11 @@ def main() -> None:
     if args.threads:
         torch.set_num_threads(args.threads)
 
-    from interp.causal.hooks import n_layers, resid_post
     from interp.causal.inputs import Span, build_batch
     from interp.causal.metrics import opener_tokens
     from interp.causal.patching import pair_up, patch_hook
     from interp.causal.runner import SpanRunner, read
+    from interp.model.hooks import n_layers, resid_post
     from interp.spans.derive import derive_safety_spans
 
     model, tok, examples, probe = _tiny(args) if args.model == "tiny" else _real(args)

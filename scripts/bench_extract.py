@@ -28,7 +28,7 @@ def load(name: str, attn: str, device: str, dtype: str):
         model.set_attn_implementation(attn)
         device = device if device != "auto" else ("cuda" if torch.cuda.is_available() else "cpu")
         return model.to(device), tok, "tiny-qwen2 (4 layers, d 256)"
-    from interp.models import load_model
+    from interp.model.loading import load_model
 
     loaded = load_model(name, attn_implementation=attn, device=device, dtype=dtype)
     return loaded.model, loaded.tokenizer, loaded.model_id
@@ -46,7 +46,7 @@ def timed(fn, repeats: int) -> float:
 
 
 def main() -> None:
-    from interp.models import DEFAULT_MODEL
+    from interp.model.loading import DEFAULT_MODEL
     from interp.spans.derive import derive_safety_spans
 
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])

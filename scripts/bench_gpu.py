@@ -93,7 +93,7 @@ def main() -> None:
     from interp.guard import GuardConfig
     from interp.guard_checks import Checker
     from interp.inject import attention_layout, collate, plan_packed
-    from interp.kvcache import cache_kwarg, mark, new_cache, rollback
+    from interp.model.kvcache import cache_kwarg, mark, new_cache, rollback
     from interp.probes.probeset import ProbeSet
     from interp.spans.derive import derive_safety_spans
     from interp.testing import tiny_tokenizer

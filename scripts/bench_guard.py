@@ -4,7 +4,7 @@
 Usage: python scripts/bench_guard.py [--model tiny:llama | qwen2.5-coder-0.5b-instruct | ...] [--device cuda]
 The last line is ``check_vs_decode=<x> early_exit_vs_decode=<y> slowdown_at_stride25=<z>`` (ratios at the
 largest context; early exit at the middle layer; slowdown = guarded / unguarded time - 1, checks never fire).
-On CPU float32 the guard computes few-row linears as W·xᵀ (:mod:`interp.fast_linear`, the default); the
+On CPU float32 the guard computes few-row linears as W·xᵀ (:mod:`interp.model.fast_linear`, the default); the
 script also prints the check ratios without it.
 """
 

@@ -23,7 +23,7 @@ import time
 _CHILD = """
 import json, sys, time
 start = time.perf_counter()
-from interp.models import load_model
+from interp.model.loading import load_model
 imported = time.perf_counter()
 lm = load_model(sys.argv[1], device="cpu")
 done = time.perf_counter()

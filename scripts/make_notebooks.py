@@ -22,7 +22,7 @@ from interp.notebook_utils import is_tiny, pick_model
 
 MODEL = os.environ.get("ANYDEPTH_NOTEBOOK_MODEL", "tiny")
 # "tiny": interp.testing.tiny_model("qwen2", n_layers=4), random weights (CI);
-# anything else: interp.models.load_model(MODEL), e.g. "qwen2.5-coder-0.5b-instruct"
+# anything else: interp.model.loading.load_model(MODEL), e.g. "qwen2.5-coder-0.5b-instruct"
 loaded = pick_model(MODEL)
 TINY = is_tiny(MODEL)
 print(f"{loaded.model_id}: {loaded.n_layers} layers, d_model {loaded.d_model}, {loaded.dtype} on {loaded.device}")

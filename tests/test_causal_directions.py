@@ -6,10 +6,10 @@ import pytest
 import torch
 
 from interp.causal.directions import diff_of_means, direction_effects, direction_hooks, random_directions
-from interp.causal.hooks import resid_post, resid_pre, run_with_hooks
 from interp.causal.inputs import build_batch
 from interp.causal.metrics import opener_tokens
 from interp.causal.synthetic import chatml_span, toy_examples
+from interp.model.hooks import resid_post, resid_pre, run_with_hooks
 from interp.testing import tiny_model
 
 

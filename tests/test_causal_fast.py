@@ -16,13 +16,13 @@ import torch
 from interp.causal import runner as runner_mod
 from interp.causal.directions import diff_of_means, direction_effects
 from interp.causal.features import span_features, topk_ablation
-from interp.causal.hooks import Inputs, mlp_in, resid_post, resid_pre, run_with_hooks
 from interp.causal.inputs import build_batch
 from interp.causal.metrics import opener_tokens, refusal_logodds
 from interp.causal.patching import knockout_effects, patch_hook, patching_sweep
 from interp.causal.runner import SpanRunner, read
 from interp.causal.synthetic import chatml_span, toy_examples
 from interp.causal.transcoders import new_transcoder
+from interp.model.hooks import Inputs, mlp_in, resid_post, resid_pre, run_with_hooks
 from interp.testing import tiny_model
 
 WINDOW = 12

@@ -12,11 +12,11 @@ from interp.causal.features import (
     span_features,
     topk_ablation,
 )
-from interp.causal.hooks import mlp_in, run_with_hooks
 from interp.causal.inputs import build_batch
 from interp.causal.metrics import opener_tokens
 from interp.causal.synthetic import chatml_span, toy_examples
 from interp.causal.transcoders import new_transcoder
+from interp.model.hooks import mlp_in, run_with_hooks
 from interp.testing import tiny_model
 
 

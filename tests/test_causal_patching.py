@@ -5,12 +5,12 @@ from __future__ import annotations
 import pytest
 import torch
 
-from interp.causal.hooks import Inputs, mlp_in, mlp_out, resid_post, resid_pre, run_with_hooks
 from interp.causal.inputs import Example, build_batch, knockout_inputs
 from interp.causal.metrics import mean_ci, opener_tokens
 from interp.causal.patching import heatmap_matrix, knockout_effects, patch_hook, patching_sweep
 from interp.causal.runner import SpanRunner, read
 from interp.causal.synthetic import chatml_span, toy_examples
+from interp.model.hooks import Inputs, mlp_in, mlp_out, resid_post, resid_pre, run_with_hooks
 from interp.testing import tiny_model
 
 

@@ -178,7 +178,7 @@ def test_torchrun_two_processes_equal_one(setup, tmp_path):
     assert_same_store(one, two)  # bit-identical, examples in the original order, same provenance
     assert (one.parent / "store.h5.config.json").exists()
     # and equal (up to float32 thread-count noise) to an in-process extraction of the same saved model
-    from interp.models import load_model
+    from interp.model.loading import load_model
 
     loaded = load_model(str(model_dir), device="cpu")
     ref = tmp_path / "ref.h5"

@@ -5,7 +5,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from interp import fast_linear
+from interp.model import fast_linear
 
 
 @pytest.mark.parametrize("bias", [True, False])

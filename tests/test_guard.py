@@ -7,7 +7,7 @@ import torch
 from interp import UserError
 from interp.guard import GuardConfig, GuardedGenerator
 from interp.guard_checks import decoder_layers
-from interp.kvcache import cache_kwarg
+from interp.model.kvcache import cache_kwarg
 from interp.probes.probeset import ProbeSet
 from interp.spans.derive import derive_safety_spans, format_prompt_ids
 from interp.testing import tiny_model
@@ -141,7 +141,7 @@ def test_early_exit_stops_after_probe_layer():
     hooks = [m.register_forward_hook(lambda m, a, o, i=i: calls.append(i)) for i, m in enumerate(decoder_layers(model))]
     gen = GuardedGenerator(model, tok, spans, GuardConfig(mode="lp", early_exit=True), probes)
     try:
-        from interp.kvcache import new_cache
+        from interp.model.kvcache import new_cache
         cache = new_cache(model)
         ids = torch.tensor([prompts[0]])
         with torch.no_grad():

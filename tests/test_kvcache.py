@@ -3,7 +3,7 @@
 import pytest
 import torch
 
-from interp.kvcache import cache_kwarg, cache_length, mark, new_cache, rollback
+from interp.model.kvcache import cache_kwarg, cache_length, mark, new_cache, rollback
 from interp.testing import tiny_model
 
 

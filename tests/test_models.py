@@ -12,9 +12,11 @@ from pathlib import Path
 import pytest
 import torch
 
-from interp import UserError, catalogue, models
-from interp.catalogue import CatalogueEntry, atomic_dir, resolve_catalogue_file
-from interp.models import ModelConfig, load_model, load_tokenizer, resolve_spec, to_bridge
+from interp import UserError
+from interp.model import catalogue
+from interp.model import loading as models
+from interp.model.catalogue import CatalogueEntry, atomic_dir, resolve_catalogue_file
+from interp.model.loading import ModelConfig, load_model, load_tokenizer, resolve_spec, to_bridge
 from interp.testing import tiny_model
 
 N_PARTS = 11  # > 9 so that a lexicographic sort (part10 before part2) would scramble the order
@@ -271,7 +273,7 @@ def test_unknown_model_lists_known_names(spec):
 
 
 def test_hub_id_offline_is_a_user_error():
-    code = ("from interp import UserError\nfrom interp.models import load_model\n"
+    code = ("from interp import UserError\nfrom interp.model.loading import load_model\n"
             "try:\n    load_model('someone/no-such-model-xyz')\nexcept UserError as e:\n    print('USERERROR', e)\n")
     env = {**os.environ, "HF_HUB_OFFLINE": "1"}
     out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=120).stdout

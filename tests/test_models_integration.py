@@ -12,9 +12,9 @@ import time
 import pytest
 import torch
 
-from interp import models
-from interp.catalogue import CATALOGUE, gguf_path, sha256_file
-from interp.models import load_model, to_bridge
+from interp.model import loading as models
+from interp.model.catalogue import CATALOGUE, gguf_path, sha256_file
+from interp.model.loading import load_model, to_bridge
 
 pytestmark = pytest.mark.integration
 

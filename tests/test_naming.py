@@ -9,9 +9,9 @@ from pathlib import Path
 
 import pytest
 
-from interp.catalogue import CATALOGUE
 from interp.commands.generate import _slug as generate_slug
 from interp.data.registry import dataset_names
+from interp.model.catalogue import CATALOGUE
 from interp.naming import slug
 from interp.pipeline import _slug as demo_slug
 

@@ -20,7 +20,7 @@ pytestmark = pytest.mark.integration
 
 @pytest.fixture(scope="module")
 def qwen():
-    from interp.models import DEFAULT_MODEL, load_model
+    from interp.model.loading import DEFAULT_MODEL, load_model
 
     return load_model(DEFAULT_MODEL, device="cpu", dtype="float32")
 

@@ -334,7 +334,7 @@ def test_serve_command_options_and_refusals():
     from interp.cli import build_parser
     from interp.commands.serve import build_server
     from interp.config import from_namespace
-    from interp.models import ModelConfig
+    from interp.model.loading import ModelConfig
 
     args = build_parser().parse_args(["serve", "--model", "x", "--port", "0", "--mode", "rk", "--stride", "5",
                                       "--max-tokens-limit", "32", "--queue-size", "3"])

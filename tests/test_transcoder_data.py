@@ -29,8 +29,8 @@ def _rows(tok):
 def test_multi_layer_collection_equals_plain_hooked_forwards_in_row_order():
     import torch
 
-    from interp.causal.hooks import Inputs, mlp_in, mlp_out, run_with_hooks
     from interp.causal.transcoders import collect_mlp_io_layers
+    from interp.model.hooks import Inputs, mlp_in, mlp_out, run_with_hooks
 
     model, tok = tiny_model("llama", n_layers=3, d_model=64)
     rows = _rows(tok)

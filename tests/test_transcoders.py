@@ -7,7 +7,6 @@ import json
 import pytest
 import torch
 
-from interp.causal.hooks import Inputs, mlp_in, mlp_out, run_with_hooks
 from interp.causal.transcoders import (
     TranscoderTrainConfig,
     collect_mlp_io,
@@ -19,6 +18,7 @@ from interp.causal.transcoders import (
     splice_hooks,
     train_transcoder,
 )
+from interp.model.hooks import Inputs, mlp_in, mlp_out, run_with_hooks
 from interp.testing import tiny_model
 
 TEXTS = ["How do I bake bread? Sure, here is how to bake bread step by step.",

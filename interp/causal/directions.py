@@ -15,10 +15,10 @@ import torch
 from tqdm import tqdm
 
 from interp import UserError
-from interp.causal.hooks import HookFn, at_positions, resid_post, resid_pre
 from interp.causal.inputs import BENIGN, HARMFUL, Example, Span, label_batch
 from interp.causal.metrics import OpenerTokens, mean_ci
 from interp.causal.runner import SpanRunner, read, span_cols
+from interp.model.hooks import HookFn, at_positions, resid_post, resid_pre
 
 
 def unit(v: torch.Tensor) -> torch.Tensor:

@@ -11,10 +11,10 @@ import numpy as np
 import torch
 
 from interp import UserError
-from interp.causal.hooks import n_layers
 from interp.causal.inputs import Example, Span
 from interp.causal.metrics import OpenerTokens, opener_tokens
 from interp.config import save_config, to_dict
+from interp.model.hooks import n_layers
 
 
 @dataclass
@@ -102,7 +102,7 @@ def _hash(values: list) -> str:
 
 def setup(cfg: CausalConfig, model_cfg, sub: str) -> Context:
     """Load everything an experiment needs; outputs go to ``<out>/<sub>``."""
-    from interp.models import load_model
+    from interp.model.loading import load_model
     from interp.spans.derive import derive_safety_spans
 
     loaded = load_model(model_cfg)

@@ -14,11 +14,11 @@ import torch
 from tqdm import tqdm
 
 from interp import UserError
-from interp.causal.hooks import mlp_in, resid_post
 from interp.causal.inputs import BENIGN, HARMFUL, Example, Span, label_batch
 from interp.causal.metrics import OpenerTokens, Probe, cohens_d_ci, mean_ci
 from interp.causal.runner import SpanRunner, read, span_cols
 from interp.causal.transcoders import splice_hooks
+from interp.model.hooks import mlp_in, resid_post
 
 
 @torch.no_grad()

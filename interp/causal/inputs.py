@@ -15,8 +15,8 @@ from dataclasses import dataclass
 import torch
 
 from interp import UserError
-from interp.causal.hooks import Inputs
 from interp.inject import plan_packed
+from interp.model.hooks import Inputs
 
 HARMFUL, BENIGN = "harmful", "benign"
 

@@ -15,10 +15,10 @@ import torch
 from tqdm import tqdm
 
 from interp import UserError
-from interp.causal.hooks import HookFn, at_positions, resid_post
 from interp.causal.inputs import BENIGN, HARMFUL, Example, Span, SpanBatch, build_batch, label_batch
 from interp.causal.metrics import OpenerTokens, Probe, mean_ci
 from interp.causal.runner import Readout, SiteFn, SpanRunner, read, span_cols
+from interp.model.hooks import HookFn, at_positions, resid_post
 
 __all__ = ["Readout", "heatmap_matrix", "knockout_effects", "pair_up", "patch_hook", "patching_sweep", "read",
            "span_cols"]

@@ -5,7 +5,7 @@ the span (the last ``h`` columns of a left-padded :class:`SpanBatch`) and every 
 the last span token, probe scores at the probe token, site values at span tokens) is read there. By
 causality ``prompt ‖ response[:d]`` is the same in the clean and every edited run, so :class:`SpanRunner`
 forwards it once (``use_cache=True``), then forwards the ``h`` span tokens over that cache for each run and
-rolls the cache back to the prefix afterwards (:func:`interp.kvcache.rollback`, no copy).
+rolls the cache back to the prefix afterwards (:func:`interp.model.kvcache.rollback`, no copy).
 
 Positions for hooks are span offsets written as negative columns (``j - h``, see :func:`span_cols`): they
 address the same tokens in the span-only site tensors ``[B, h, d]`` and in the full ones ``[B, S, d]``, so
@@ -21,11 +21,11 @@ from dataclasses import dataclass, field
 import torch
 
 from interp import UserError
-from interp.causal.hooks import HookFn, hf_model, hooks_attached, resid_post
 from interp.causal.inputs import SpanBatch, knockout_inputs, response_columns
 from interp.causal.metrics import OpenerTokens, Probe, probe_scores, refusal_logodds
 from interp.inject import attention_layout
-from interp.kvcache import cache_kwarg, mark, new_cache, rollback
+from interp.model.hooks import HookFn, hf_model, hooks_attached, resid_post
+from interp.model.kvcache import cache_kwarg, mark, new_cache, rollback
 
 SiteFn = Callable[[int], str]
 

@@ -19,7 +19,7 @@ import torch
 from tqdm import tqdm
 
 from interp import UserError
-from interp.causal.hooks import Inputs, hf_model, hooks_attached, mlp_in, mlp_out, run_with_hooks
+from interp.model.hooks import Inputs, hf_model, hooks_attached, mlp_in, mlp_out, run_with_hooks
 
 WEIGHTS, CFG, TRAINING = "sae_weights.safetensors", "cfg.json", "training.json"
 

@@ -34,7 +34,7 @@ class AblateConfig:
 
 def register(subparsers) -> None:
     from interp.causal.experiment import CausalConfig
-    from interp.models import ModelConfig
+    from interp.model.loading import ModelConfig
 
     p = subparsers.add_parser("ablate", help="direction / transcoder-feature ablation at the Safety-Token span "
                                              "with random controls")
@@ -58,7 +58,7 @@ def _directions(ctx, cfg, acfg) -> tuple[dict, int]:
 
 
 def _probe_site(ctx):
-    from interp.causal.hooks import resid_post
+    from interp.model.hooks import resid_post
 
     return ctx.probe.site if ctx.probe else resid_post
 
@@ -135,7 +135,7 @@ def _run_features(ctx, cfg, acfg) -> dict:
 
 def run(args) -> int:
     from interp.causal.experiment import CausalConfig, setup, write_result
-    from interp.models import ModelConfig
+    from interp.model.loading import ModelConfig
 
     model_cfg, cfg, acfg = (from_namespace(ModelConfig, args), from_namespace(CausalConfig, args),
                             from_namespace(AblateConfig, args))

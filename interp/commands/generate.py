@@ -35,7 +35,7 @@ def save_json(payload: dict, path: Path) -> Path:
 
 def register(subparsers) -> None:
     from interp.continuations import GenerateConfig
-    from interp.models import ModelConfig
+    from interp.model.loading import ModelConfig
 
     p = subparsers.add_parser("generate", help="generate continuations (prefill attack / own answers) as JSONL")
     add_arguments(p, ModelConfig)
@@ -47,7 +47,7 @@ def register(subparsers) -> None:
 
 def run(args) -> int:
     from interp.continuations import GenerateConfig, continuations_for, load_records, save_jsonl
-    from interp.models import ModelConfig, load_model
+    from interp.model.loading import ModelConfig, load_model
 
     model_cfg, cfg = from_namespace(ModelConfig, args), from_namespace(GenerateConfig, args)
     cfg.validate()

@@ -19,7 +19,7 @@ class PatchConfig:
 
 def register(subparsers) -> None:
     from interp.causal.experiment import CausalConfig
-    from interp.models import ModelConfig
+    from interp.model.loading import ModelConfig
 
     p = subparsers.add_parser("patch", help="activation patching at the Safety-Token span (layer x depth heatmap)")
     add_arguments(p, ModelConfig)
@@ -31,9 +31,9 @@ def register(subparsers) -> None:
 def run(args) -> int:
     from interp.causal import plots
     from interp.causal.experiment import CausalConfig, setup, write_result
-    from interp.causal.hooks import resid_post, resid_pre
     from interp.causal.patching import knockout_effects, patching_sweep
-    from interp.models import ModelConfig
+    from interp.model.hooks import resid_post, resid_pre
+    from interp.model.loading import ModelConfig
 
     model_cfg, cfg, pcfg = (from_namespace(ModelConfig, args), from_namespace(CausalConfig, args),
                             from_namespace(PatchConfig, args))

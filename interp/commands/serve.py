@@ -8,7 +8,7 @@ import sys
 from interp import UserError
 from interp.config import add_arguments, from_namespace, to_dict
 from interp.guard import GuardConfig
-from interp.models import ModelConfig
+from interp.model.loading import ModelConfig
 from interp.server import ServerConfig
 
 _GUARD_SKIP = ("max_new_tokens",)  # per request: max_tokens, capped by --max-tokens-limit
@@ -28,7 +28,7 @@ def register(subparsers) -> None:
 def build_server(server_cfg: ServerConfig, model_cfg: ModelConfig, guard_cfg: GuardConfig, verbose: bool = False):
     """Load the model and probes, and return a :class:`interp.server.GuardServer` (not yet serving)."""
     from interp.guard import GuardedGenerator
-    from interp.models import load_model
+    from interp.model.loading import load_model
     from interp.probes import ProbeSet
     from interp.server import make_server
     from interp.spans.derive import derive_safety_spans

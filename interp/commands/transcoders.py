@@ -75,13 +75,13 @@ def default_layers(n: int, probes: str | None) -> list[int]:
 
 def train_layers(loaded, dcfg: TranscoderDataConfig, tcfg) -> list[dict]:
     """Train, evaluate and save one transcoder per layer; returns their summaries."""
-    from interp.causal.hooks import mlp_in, mlp_out, n_layers
     from interp.causal.transcoders import (
         collect_mlp_io_layers,
         evaluate_transcoders,
         save_transcoder,
         train_transcoder,
     )
+    from interp.model.hooks import mlp_in, mlp_out, n_layers
 
     n = n_layers(loaded.model)
     layers = list(dcfg.layers) or default_layers(n, dcfg.probes)
@@ -118,7 +118,7 @@ def train_layers(loaded, dcfg: TranscoderDataConfig, tcfg) -> list[dict]:
 
 def register(subparsers) -> None:
     from interp.causal.transcoders import TranscoderTrainConfig
-    from interp.models import ModelConfig
+    from interp.model.loading import ModelConfig
 
     p = subparsers.add_parser("transcoders", help="train / evaluate / list MLP transcoders (sae-lens format)")
     sub = p.add_subparsers(dest="action", metavar="ACTION", required=True)
@@ -139,7 +139,7 @@ def register(subparsers) -> None:
 
 def run_train(args) -> int:
     from interp.causal.transcoders import TranscoderTrainConfig
-    from interp.models import ModelConfig, load_model
+    from interp.model.loading import ModelConfig, load_model
 
     loaded = load_model(from_namespace(ModelConfig, args))
     train_layers(loaded, from_namespace(TranscoderDataConfig, args), from_namespace(TranscoderTrainConfig, args))
@@ -149,7 +149,7 @@ def run_train(args) -> int:
 def run_evaluate(args) -> int:
     from interp.causal.transcoders import evaluate_transcoder, load_transcoder
     from interp.commands.ablate import _layer_of
-    from interp.models import ModelConfig, load_model
+    from interp.model.loading import ModelConfig, load_model
 
     loaded = load_model(from_namespace(ModelConfig, args))
     dcfg = from_namespace(TranscoderDataConfig, args)

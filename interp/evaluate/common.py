@@ -50,14 +50,14 @@ class GuardModel:
 
 
 def load_guard_model(spec: str, device: str = "auto", dtype: str = "auto") -> GuardModel:
-    """``tiny[:arch]`` (random test model, no download) or anything :func:`interp.models.load_model` takes."""
+    """``tiny[:arch]`` (random test model, no download) or anything :func:`interp.model.loading.load_model` takes."""
     if spec == "tiny" or spec.startswith("tiny:"):
         from interp.testing import tiny_model
 
         arch = spec.partition(":")[2] or "qwen2"
         model, tok = tiny_model(arch, n_layers=4, d_model=128, d_mlp=256)
         return GuardModel(model, tok, f"tiny-{arch}", None, {"model_id": f"tiny-{arch}", "source": "tiny"})
-    from interp.models import load_model
+    from interp.model.loading import load_model
 
     loaded = load_model(spec, device=device, dtype=dtype)
     return GuardModel(loaded.model, loaded.tokenizer, loaded.model_id, loaded.weights_sha256, loaded.provenance())

@@ -1,7 +1,7 @@
 """Cost of the guard: per-check latency vs a decode step, early exit, memory, end-to-end slowdown.
 
 All timings hold the cache at a fixed context length: each measured forward is rolled back with
-:mod:`interp.kvcache` (O(1)), so a decode step and a check see the same cache. Medians over repeats.
+:mod:`interp.model.kvcache` (O(1)), so a decode step and a check see the same cache. Medians over repeats.
 """
 
 from __future__ import annotations
@@ -15,7 +15,7 @@ import torch
 from tqdm.auto import tqdm
 
 from interp.guard import GuardConfig, GuardedGenerator
-from interp.kvcache import cache_kwarg, mark, new_cache, rollback
+from interp.model.kvcache import cache_kwarg, mark, new_cache, rollback
 
 
 def _sync(device) -> None:

