@@ -267,8 +267,8 @@ def _parser():
 def extract_main(cfg: DistExtractConfig, model_cfg) -> Path | None:
     """Load the model on this rank's device, extract its shard, merge on rank 0."""
     from interp.config import save_config
-    from interp.continuations import load_jsonl
     from interp.extract import parse_layers
+    from interp.generate.continuations import load_jsonl
     from interp.model.loading import load_model
     from interp.spans.derive import derive_safety_spans
 

@@ -21,7 +21,7 @@ import numpy as np
 import torch
 
 from interp import UserError
-from interp.continuations import Continuation
+from interp.generate.continuations import Continuation
 from interp.inject import PackedBatch, attention_layout, collate, plan_packed
 from interp.store import ActivationStore, canonical_hook
 

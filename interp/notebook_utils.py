@@ -64,8 +64,8 @@ def quick_probeset(loaded: LoadedModel, workdir: str | Path, records: list, *, m
     """Continuations → packed extraction → ``anydepth train`` in ``workdir`` (what notebook 1 walks through
     step by step). Returns ``(ProbeSet, continuations, store path)``."""
     from interp.cli import main as anydepth
-    from interp.continuations import GenerateConfig, continuations_for, save_jsonl
     from interp.extract import extract_to_store
+    from interp.generate.continuations import GenerateConfig, continuations_for, save_jsonl
     from interp.probes import ProbeSet
     from interp.spans.derive import derive_safety_spans
 

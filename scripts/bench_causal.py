@@ -32,7 +32,7 @@ def _tiny(args):
 def _real(args):
     from interp.causal.experiment import ProbeAdapter
     from interp.causal.inputs import Example
-    from interp.continuations import load_jsonl
+    from interp.generate.continuations import load_jsonl
     from interp.model.loading import load_model
 
     if not args.continuations:

@@ -77,7 +77,7 @@ A seeded subset of the built-in demo set: harmful requests, each with a topic-ma
 attack); benign prompts get the model's own answer. (Watch the style confound: the forced opener alone could
 separate the classes — the `last_token` and `prompt` baselines below help to see it.)"""),
     ("code", '''\
-from interp.continuations import GenerateConfig, continuations_for, save_jsonl
+from interp.generate.continuations import GenerateConfig, continuations_for, save_jsonl
 from interp.notebook_utils import demo_pairs
 
 records = demo_pairs(N_PAIRS, seed=0)
@@ -227,7 +227,7 @@ A held-out harmful demo prompt (its topic pair was not used for training). The f
 opener plus the model's own prefill-attack continuation, `FORCED` tokens in all; after that the model goes on by
 itself."""),
     ("code", '''\
-from interp.continuations import generate_continuations
+from interp.generate.continuations import generate_continuations
 from interp.data import load_dataset
 from interp.spans.derive import format_prompt_ids
 

@@ -11,8 +11,8 @@ import sys
 
 import torch
 
-from interp.continuations import Continuation
 from interp.extract import extract_to_store
+from interp.generate.continuations import Continuation
 from interp.spans.derive import derive_safety_spans, format_prompt_ids
 from interp.testing import tiny_model
 

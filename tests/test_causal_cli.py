@@ -12,7 +12,7 @@ from interp.cli import main
 @pytest.fixture(scope="module")
 def workdir(tmp_path_factory):
     from interp.causal.synthetic import toy_examples
-    from interp.continuations import Continuation, save_jsonl
+    from interp.generate.continuations import Continuation, save_jsonl
     from interp.testing import tiny_model
 
     root = tmp_path_factory.mktemp("causal_cli")

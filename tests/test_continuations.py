@@ -6,7 +6,8 @@ import pytest
 import torch
 
 from interp import UserError
-from interp.continuations import (
+from interp.data.records import Record
+from interp.generate.continuations import (
     Continuation,
     from_records,
     generate_continuations,
@@ -14,7 +15,6 @@ from interp.continuations import (
     save_jsonl,
     stop_token_ids,
 )
-from interp.data.records import Record
 from interp.spans.derive import derive_safety_spans, encode_response, format_prompt_ids
 from interp.testing import tiny_model
 
@@ -128,7 +128,7 @@ def test_cli_generate_then_extract(tmp_path, monkeypatch):
 
 
 def test_matched_mode_adds_a_forced_opener_copy_of_each_benign_record(model_tok):
-    from interp.continuations import GenerateConfig, continuations_for
+    from interp.generate.continuations import GenerateConfig, continuations_for
 
     model, tok = model_tok
     out = continuations_for(model, tok, RECORDS, GenerateConfig(mode="matched", max_new_tokens=6), progress=False)
@@ -142,7 +142,7 @@ def test_matched_mode_adds_a_forced_opener_copy_of_each_benign_record(model_tok)
 
 
 def test_generate_respects_the_context_limit():
-    from interp.continuations import GenerateConfig, continuations_for
+    from interp.generate.continuations import GenerateConfig, continuations_for
 
     model, tok = tiny_model("qwen2", n_layers=2, d_model=64, seed=11)
     span = len(derive_safety_spans(tok).span_ids)

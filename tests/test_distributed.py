@@ -10,7 +10,6 @@ import pytest
 import torch
 
 from interp import UserError
-from interp.continuations import Continuation, save_jsonl
 from interp.distributed import (
     extract_shard,
     finalize,
@@ -20,6 +19,7 @@ from interp.distributed import (
     shard_path,
 )
 from interp.extract import extract_to_store
+from interp.generate.continuations import Continuation, save_jsonl
 from interp.spans.derive import derive_safety_spans, format_prompt_ids
 from interp.store import ActivationStore
 from interp.testing import tiny_model

@@ -10,8 +10,8 @@ import numpy as np
 import pytest
 import torch
 
-from interp.continuations import Continuation
 from interp.extract import extract_to_store
+from interp.generate.continuations import Continuation
 from interp.spans.derive import derive_safety_spans, encode_response, format_prompt_ids
 from interp.store import ActivationStore
 

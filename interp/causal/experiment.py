@@ -75,8 +75,8 @@ class Context:
 
 
 def _continuations(cfg: CausalConfig, loaded, out: Path) -> list:
-    from interp import continuations as cont
     from interp.data import load_dataset
+    from interp.generate import continuations as cont
 
     if cfg.continuations:
         return cont.load_jsonl(cfg.continuations)

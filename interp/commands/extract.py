@@ -8,8 +8,8 @@ from interp.config import add_arguments, from_namespace
 
 
 def register(subparsers) -> None:
-    from interp.continuations import GenerateConfig
     from interp.extract import ExtractConfig
+    from interp.generate.continuations import GenerateConfig
     from interp.model.loading import ModelConfig
 
     p = subparsers.add_parser("extract", help="extract depth-indexed Safety-Token activations to an HDF5 store")
@@ -24,8 +24,8 @@ def run_extract(model_cfg, gen_cfg, cfg, progress: bool = True):
     import interp
     from interp import distributed
     from interp.commands.generate import _slug, run_config, save_json, short_hash
-    from interp.continuations import continuations_for, load_jsonl, load_records, save_jsonl
     from interp.extract import parse_depths, parse_layers
+    from interp.generate.continuations import continuations_for, load_jsonl, load_records, save_jsonl
     from interp.model.loading import load_model
     from interp.spans.derive import derive_safety_spans
 
@@ -61,8 +61,8 @@ def run_extract(model_cfg, gen_cfg, cfg, progress: bool = True):
 
 
 def run(args) -> int:
-    from interp.continuations import GenerateConfig
     from interp.extract import ExtractConfig
+    from interp.generate.continuations import GenerateConfig
     from interp.model.loading import ModelConfig
 
     gen_cfg = from_namespace(GenerateConfig, args)

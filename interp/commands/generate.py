@@ -34,7 +34,7 @@ def save_json(payload: dict, path: Path) -> Path:
 
 
 def register(subparsers) -> None:
-    from interp.continuations import GenerateConfig
+    from interp.generate.continuations import GenerateConfig
     from interp.model.loading import ModelConfig
 
     p = subparsers.add_parser("generate", help="generate continuations (prefill attack / own answers) as JSONL")
@@ -46,7 +46,7 @@ def register(subparsers) -> None:
 
 
 def run(args) -> int:
-    from interp.continuations import GenerateConfig, continuations_for, load_records, save_jsonl
+    from interp.generate.continuations import GenerateConfig, continuations_for, load_records, save_jsonl
     from interp.model.loading import ModelConfig, load_model
 
     model_cfg, cfg = from_namespace(ModelConfig, args), from_namespace(GenerateConfig, args)

@@ -38,8 +38,8 @@ def _safe(name: str) -> str:
 
 def token_rows(loaded, dcfg: TranscoderDataConfig) -> list[list[int]]:
     """Chat-formatted prompt ‖ response ‖ Safety-Token span rows (so the span is in the training distribution)."""
-    from interp import continuations as cont
     from interp.data import load_dataset
+    from interp.generate import continuations as cont
     from interp.spans.derive import derive_safety_spans, encode_response, format_prompt_ids
 
     span = list(derive_safety_spans(loaded.tokenizer).span_ids)
