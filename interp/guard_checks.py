@@ -13,7 +13,7 @@ from typing import Any
 import torch
 
 from interp import UserError
-from interp.inject import attention_layout, piggyback_inputs, span_over_cache_inputs
+from interp.extract.masks import attention_layout, piggyback_inputs, span_over_cache_inputs
 from interp.model.context import text_config
 from interp.model.kvcache import cache_kwarg, mark, rollback
 from interp.refusal import KeywordMatcher, ProbabilityMatcher

@@ -64,7 +64,7 @@ def quick_probeset(loaded: LoadedModel, workdir: str | Path, records: list, *, m
     """Continuations → packed extraction → ``anydepth train`` in ``workdir`` (what notebook 1 walks through
     step by step). Returns ``(ProbeSet, continuations, store path)``."""
     from interp.cli import main as anydepth
-    from interp.extract import extract_to_store
+    from interp.extract.packed import extract_to_store
     from interp.generate.continuations import GenerateConfig, continuations_for, save_jsonl
     from interp.probes import ProbeSet
     from interp.spans.derive import derive_safety_spans
@@ -79,7 +79,7 @@ def quick_probeset(loaded: LoadedModel, workdir: str | Path, records: list, *, m
                      progress=False)
     import numpy as np
 
-    from interp.extract import parse_depths
+    from interp.extract.packed import parse_depths
     from interp.probes.protocol import SplitConfig, group_key, three_way_split
 
     # the guard checks every `stride` tokens: calibrate for the store's depth step; few pairs → fewer folds

@@ -16,8 +16,8 @@ import time
 
 import torch
 
-from interp.extract import SpanReader, parse_depths
-from interp.inject import attention_layout, collate, plan_packed
+from interp.extract.masks import attention_layout, collate, plan_packed
+from interp.extract.packed import SpanReader, parse_depths
 
 
 def load(name: str, attn: str, device: str, dtype: str):

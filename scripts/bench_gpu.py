@@ -62,7 +62,7 @@ def build_model(shape: str, dtype: torch.dtype, device: str, device_map: str | N
             model = AutoModelForCausalLM.from_config(cfg, dtype=dtype, attn_implementation=attn)
         model.to_empty(device="cpu")
         model.apply(model._init_weights)
-        from interp.distributed import dispatch_across_gpus
+        from interp.extract.distributed import dispatch_across_gpus
 
         model = dispatch_across_gpus(model, dtype=dtype)
     else:
@@ -89,10 +89,10 @@ def main() -> None:
     ap.add_argument("--json", default=None, help="also write the numbers here")
     args = ap.parse_args()
 
-    from interp.extract import SpanReader, parse_depths
+    from interp.extract.masks import attention_layout, collate, plan_packed
+    from interp.extract.packed import SpanReader, parse_depths
     from interp.guard import GuardConfig
     from interp.guard_checks import Checker
-    from interp.inject import attention_layout, collate, plan_packed
     from interp.model.kvcache import cache_kwarg, mark, new_cache, rollback
     from interp.probes.probeset import ProbeSet
     from interp.spans.derive import derive_safety_spans

@@ -93,7 +93,7 @@ for c in items[:4]:
 One forward per response: `prompt ‖ response ‖ span(d₁) ‖ … ‖ span(d_D)` with a tree attention mask, so each span
 copy sees exactly `prompt ‖ response[:d]`. Responses shorter than a depth are marked invalid (never duplicated)."""),
     ("code", '''\
-from interp.extract import extract_to_store, parse_depths
+from interp.extract.packed import extract_to_store, parse_depths
 
 store_path = WORK / "store.h5"
 result = extract_to_store(loaded.model, loaded.tokenizer, items, store_path, spans=spans,
@@ -102,7 +102,7 @@ result = extract_to_store(loaded.model, loaded.tokenizer, items, store_path, spa
                           provenance=loaded.provenance(), progress=False)
 print(f"{result.n_examples} examples, {result.n_tokens} tokens in {result.seconds:.1f} s -> {result.path}")'''),
     ("code", '''\
-from interp.store import ActivationStore
+from interp.extract.store import ActivationStore
 
 with ActivationStore.open(store_path) as store:
     ex = store.examples

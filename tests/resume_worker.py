@@ -11,7 +11,7 @@ import sys
 
 import torch
 
-from interp.extract import extract_to_store
+from interp.extract.packed import extract_to_store
 from interp.generate.continuations import Continuation
 from interp.spans.derive import derive_safety_spans, format_prompt_ids
 from interp.testing import tiny_model

@@ -102,7 +102,7 @@ def test_cli_generate_then_extract(tmp_path, monkeypatch):
     import json
 
     from interp.cli import main
-    from interp.store import ActivationStore
+    from interp.extract.store import ActivationStore
 
     model, tok = tiny_model("qwen2", n_layers=2, d_model=64, seed=12)
     model.save_pretrained(tmp_path / "tiny")

@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from interp import UserError
-from interp.distributed import (
+from interp.extract.distributed import (
     extract_shard,
     finalize,
     read_manifest,
@@ -18,10 +18,10 @@ from interp.distributed import (
     shard_dir,
     shard_path,
 )
-from interp.extract import extract_to_store
+from interp.extract.packed import extract_to_store
+from interp.extract.store import ActivationStore
 from interp.generate.continuations import Continuation, save_jsonl
 from interp.spans.derive import derive_safety_spans, format_prompt_ids
-from interp.store import ActivationStore
 from interp.testing import tiny_model
 
 DEPTHS = [0, 3, 8, 15]
@@ -154,7 +154,7 @@ def test_more_ranks_than_examples(setup, tmp_path):
 def _torchrun(nproc, model_dir, items_path, out, timeout=150):
     env = dict(os.environ, OMP_NUM_THREADS="1", MKL_NUM_THREADS="1", PYTHONWARNINGS="ignore")
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", str(nproc),
-           "-m", "interp.distributed", "extract", "--model", str(model_dir),
+           "-m", "interp.extract.distributed", "extract", "--model", str(model_dir),
            "--continuations", str(items_path), "--out", str(out), "--depths", ",".join(map(str, DEPTHS)),
            "--layers", "all", "--hooks", "resid_post", "resid_pre", "--storage-dtype", "float32",
            "--batch-size", "1", "--device", "cpu"]

@@ -13,13 +13,13 @@ import h5py
 import numpy as np
 import pytest
 import torch
-from interp.inject import collate, plan_packed
 
 from interp import UserError
-from interp.extract import SpanReader, extract_to_store, parse_depths, parse_layers
+from interp.extract.masks import collate, plan_packed
+from interp.extract.packed import SpanReader, extract_to_store, parse_depths, parse_layers
+from interp.extract.store import ActivationStore
 from interp.generate.continuations import Continuation
 from interp.spans.derive import derive_safety_spans, encode_response, format_prompt_ids
-from interp.store import ActivationStore
 from interp.testing import tiny_model
 
 HOOKS = ("resid_pre", "resid_post", "ln1")

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from interp.inject import (
+from interp.extract.masks import (
     attention_layout,
     collate,
     piggyback_inputs,

@@ -9,11 +9,11 @@ import pytest
 
 from interp import UserError
 from interp.cli import main
+from interp.extract.store import ActivationStore
 from interp.probes import ProbeSet
 from interp.probes.data import load_layer
 from interp.probes.protocol import group_key
 from interp.probes.synthetic import SyntheticSet, SyntheticSpec
-from interp.store import ActivationStore
 
 LAYERS = [0, 1, 2]
 H, PROBE = 3, 2  # span length, probe index inside the span

@@ -10,10 +10,10 @@ import numpy as np
 import pytest
 import torch
 
-from interp.extract import extract_to_store
+from interp.extract.packed import extract_to_store
+from interp.extract.store import ActivationStore
 from interp.generate.continuations import Continuation
 from interp.spans.derive import derive_safety_spans, encode_response, format_prompt_ids
-from interp.store import ActivationStore
 
 pytestmark = pytest.mark.integration
 

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from interp import UserError
-from interp.store import ActivationStore, canonical_hook, from_storage, tl_name, to_storage
+from interp.extract.store import ActivationStore, canonical_hook, from_storage, tl_name, to_storage
 
 N, D, H, DM = 5, 3, 4, 8
 DEPTHS = [0, 10, 20]
@@ -130,7 +130,7 @@ def test_corrupt_and_truncated_files_are_user_errors(tmp_path):
 
 
 def test_disk_full_leaves_a_readable_store(tmp_path, monkeypatch):
-    import interp.store as store_mod
+    import interp.extract.store as store_mod
 
     path = tmp_path / "s.h5"
     store = _create(path)
@@ -169,7 +169,7 @@ def test_store_locked_by_another_writer_says_in_use(tmp_path):
     import h5py
 
     from interp import UserError
-    from interp.store import ActivationStore
+    from interp.extract.store import ActivationStore
 
     path = tmp_path / "locked.h5"
     h5py.File(path, "w").close()

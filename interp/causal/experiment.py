@@ -41,7 +41,7 @@ class ProbeAdapter:
     """A :class:`interp.probes.ProbeSet` seen by the causal code: logits, torch directions, its hook site."""
 
     def __init__(self, probes) -> None:
-        from interp.store import tl_name
+        from interp.extract.store import tl_name
 
         self.probes = probes
         self.layers = list(probes.layers)

@@ -1,7 +1,7 @@
 """Examples and single-depth batches for the causal experiments: ``prompt ‖ response[:d] ‖ span``.
 
 The span after ``d`` response tokens is what the packed extraction reads for depth ``d`` (there the span copy
-sees ``prompt ‖ response[:d]`` and itself); here :func:`interp.inject.plan_packed` lays it out with the response
+sees ``prompt ‖ response[:d]`` and itself); here :func:`interp.extract.masks.plan_packed` lays it out with the response
 cut at ``d`` (one plain causal sequence per example) so that hooks can edit positions without a tree mask. Rows
 are left-padded so the span is the last ``h`` columns of every row; a row whose response is shorter than ``d``
 is left out (never duplicated), as in the extraction.
@@ -15,7 +15,7 @@ from dataclasses import dataclass
 import torch
 
 from interp import UserError
-from interp.inject import plan_packed
+from interp.extract.masks import plan_packed
 from interp.model.hooks import Inputs
 
 HARMFUL, BENIGN = "harmful", "benign"
@@ -130,7 +130,7 @@ def knockout_inputs(batch: SpanBatch, dtype: torch.dtype = torch.float32, slidin
 
     The reference for the cached path (which masks the response columns of the span forward instead). Rows
     stay causal over the prompt and the span; padding columns are masked, padding rows see themselves only.
-    With ``sliding_window`` (from :func:`interp.inject.attention_layout`) sliding layers also get the window
+    With ``sliding_window`` (from :func:`interp.extract.masks.attention_layout`) sliding layers also get the window
     (a ``{layer_type: mask}`` dict when the model names its layer types). With nothing to block (depth 0) the
     mask equals the plain causal + padding mask.
     """

@@ -23,7 +23,7 @@ import torch
 from interp import UserError
 from interp.causal.inputs import SpanBatch, knockout_inputs, response_columns
 from interp.causal.metrics import OpenerTokens, Probe, probe_scores, refusal_logodds
-from interp.inject import attention_layout
+from interp.extract.masks import attention_layout
 from interp.model.hooks import HookFn, hf_model, hooks_attached, resid_post
 from interp.model.kvcache import cache_kwarg, mark, new_cache, rollback
 

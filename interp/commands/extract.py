@@ -8,7 +8,7 @@ from interp.config import add_arguments, from_namespace
 
 
 def register(subparsers) -> None:
-    from interp.extract import ExtractConfig
+    from interp.extract.packed import ExtractConfig
     from interp.generate.continuations import GenerateConfig
     from interp.model.loading import ModelConfig
 
@@ -22,9 +22,9 @@ def register(subparsers) -> None:
 def run_extract(model_cfg, gen_cfg, cfg, progress: bool = True):
     """Load the model, get continuations (file, dataset responses or generated), extract, save the config."""
     import interp
-    from interp import distributed
     from interp.commands.generate import _slug, run_config, save_json, short_hash
-    from interp.extract import parse_depths, parse_layers
+    from interp.extract import distributed
+    from interp.extract.packed import parse_depths, parse_layers
     from interp.generate.continuations import continuations_for, load_jsonl, load_records, save_jsonl
     from interp.model.loading import load_model
     from interp.spans.derive import derive_safety_spans
@@ -61,7 +61,7 @@ def run_extract(model_cfg, gen_cfg, cfg, progress: bool = True):
 
 
 def run(args) -> int:
-    from interp.extract import ExtractConfig
+    from interp.extract.packed import ExtractConfig
     from interp.generate.continuations import GenerateConfig
     from interp.model.loading import ModelConfig
 

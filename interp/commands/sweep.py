@@ -39,7 +39,7 @@ def position_arg(text: str) -> str | int:
 
 def open_store(path: str):
     from interp import UserError
-    from interp.store import ActivationStore
+    from interp.extract.store import ActivationStore
 
     if not path:
         raise UserError("give --store PATH (an activation store from `anydepth extract`)")
@@ -68,6 +68,7 @@ def run(args) -> int:
 
     from interp import UserError
     from interp.config import save_config, to_dict
+    from interp.extract.store import canonical_hook
     from interp.plots import (
         plot_depth_curve,
         plot_layer_depth_heatmap,
@@ -78,7 +79,6 @@ def run(args) -> int:
     from interp.probes.data import load_layer
     from interp.probes.probeset import jsonable
     from interp.probes.sweep import ProbeConfig, SweepConfig, run_sweep
-    from interp.store import canonical_hook
 
     cli, probe = from_namespace(SweepCliConfig, args), from_namespace(ProbeConfig, args)
     if not cli.out:

@@ -2,7 +2,7 @@
 
 At depth d a Safety-Token probe has seen the prompt and the first d response tokens, so the baseline reads
 ``prompt + "\\n" + response[:chars[i, d]]`` (``chars`` is recorded at extraction, see
-:func:`interp.extract.text_at_depths`). It is fitted on the same training pairs and scored on the same held-out
+:func:`interp.extract.packed.text_at_depths`). It is fitted on the same training pairs and scored on the same held-out
 pairs as the probe; if it matches the probe, the probe number is not evidence of a Safety-Token signal.
 """
 

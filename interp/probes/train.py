@@ -77,17 +77,17 @@ def _pairs_summary(p: np.ndarray, y: np.ndarray, groups: np.ndarray, n_boot: int
 
 
 def train_probeset(store, cfg: TrainConfig, probe: ProbeConfig, *, progress: bool = True) -> ProbeSet:
-    """Fit ``probe`` on every selected layer of an open :class:`~interp.store.ActivationStore` (see module doc)."""
+    """Fit ``probe`` on every selected layer of an open :class:`~interp.extract.store.ActivationStore` (see module doc)."""
     from tqdm.auto import tqdm
 
     from interp.config import to_dict
+    from interp.extract.store import canonical_hook
     from interp.probes.cv import grouped_folds
     from interp.probes.data import examples_meta, load_layer, require_finished
     from interp.probes.metrics import summarize
     from interp.probes.probeset import jsonable
     from interp.probes.protocol import answer_scores, describe_split, per_answer_threshold, three_way_split
     from interp.probes.sweep import fit_probes, oof_scores
-    from interp.store import canonical_hook
 
     position = int(cfg.position) if str(cfg.position).lstrip("-").isdigit() else cfg.position
     hook = canonical_hook(cfg.hook) if cfg.hook else store.hooks[0]
@@ -172,11 +172,11 @@ def held_out_report(store, best: LayerData, cfg: TrainConfig, probe: ProbeConfig
     """Numbers on the test prompts only: the probe (``scores`` at the layer of ``best``) beside its baselines
     (fitted on the training prompts), per check (pooled and per depth) and per answer at the frozen threshold."""
     from interp.evaluate.common import wilson
+    from interp.extract.store import canonical_hook
     from interp.probes.data import load_layer
     from interp.probes.metrics import paired_auroc_diff
     from interp.probes.protocol import answer_scores, assert_disjoint
     from interp.probes.sweep import fit_probes, shuffled_labels
-    from interp.store import canonical_hook
 
     done = meta["done"]
     y, groups, n_tokens = meta["y"][done], meta["groups"][done], meta["n_tokens"][done]

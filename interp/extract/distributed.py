@@ -2,8 +2,8 @@
 
 Each rank extracts one *contiguous* block of the examples (block edges balance the token count, fixed by the
 data, so every rank and every rerun computes the same split) into its own :class:`ActivationStore` shard
-(``<out>.shards/rank-00000-of-00002.h5``, layout in :mod:`interp.shards`). Shards resume like any store (rows
-marked ``done`` are skipped). :func:`finalize` (from :mod:`interp.shards`, re-exported here) then merges them into
+(``<out>.shards/rank-00000-of-00002.h5``, layout in :mod:`interp.extract.shards`). Shards resume like any store (rows
+marked ``done`` are skipped). :func:`finalize` (from :mod:`interp.extract.shards`, re-exported here) then merges them into
 ``<out>``: an HDF5 virtual dataset file over the shards, or a standalone merged copy.
 
 Ranks only coordinate (a barrier before rank 0 finalizes), so the process group is gloo on CPU and NCCL on
@@ -24,7 +24,7 @@ from pathlib import Path
 import numpy as np
 
 from interp import UserError
-from interp.shards import (
+from interp.extract.shards import (
     MERGE_MODES,
     SHARD_KEYS,
     finalize,
@@ -78,10 +78,10 @@ def extract_shard(model, tokenizer, items: Sequence, out: str | Path, *, rank: i
                   depths: Sequence[int], provenance: dict | None = None, **extract_kwargs) -> ShardResult:
     """Extract this rank's block of ``items`` into its shard of ``out`` (resuming finished rows).
 
-    ``extract_kwargs`` go to :func:`interp.extract.extract_to_store` (layers, hooks, positions, storage_dtype,
+    ``extract_kwargs`` go to :func:`interp.extract.packed.extract_to_store` (layers, hooks, positions, storage_dtype,
     batch_size, too_long, progress, on_batch). Works without torch.distributed (tests, manual splits).
     """
-    from interp.extract import extract_to_store, parse_depths
+    from interp.extract.packed import extract_to_store, parse_depths
 
     if not 0 <= rank < world_size:
         raise UserError(f"rank {rank} outside world size {world_size}")
@@ -181,13 +181,13 @@ def rank_model_config(model_cfg):
 
 def extract_auto(model, tokenizer, items: Sequence, out: str | Path, *, spans, depths, merge: str = "virtual",
                  **kwargs):
-    """:func:`interp.extract.extract_to_store`, or its data-parallel version when launched by torchrun.
+    """:func:`interp.extract.packed.extract_to_store`, or its data-parallel version when launched by torchrun.
 
-    Returns an :class:`interp.extract.ExtractResult` for ``out`` on every rank (counts are this rank's).
+    Returns an :class:`interp.extract.packed.ExtractResult` for ``out`` on every rank (counts are this rank's).
     """
     import torch.distributed as dist
 
-    from interp.extract import ExtractResult, extract_to_store
+    from interp.extract.packed import ExtractResult, extract_to_store
 
     if not launched_by_torchrun():
         return extract_to_store(model, tokenizer, items, out, spans=spans, depths=depths, **kwargs)
@@ -222,7 +222,7 @@ def dispatch_across_gpus(model, max_memory: dict | None = None, dtype=None):
 # ------------------------------------------------------------------------------------------------ entry point
 @dataclass
 class DistExtractConfig:
-    """Data-parallel extraction of a continuations file (``torchrun ... -m interp.distributed extract``)."""
+    """Data-parallel extraction of a continuations file (``torchrun ... -m interp.extract.distributed extract``)."""
 
     continuations: str = ""
     out: str = ""
@@ -252,7 +252,7 @@ def _parser():
     from interp.config import add_arguments
     from interp.model.loading import ModelConfig
 
-    p = argparse.ArgumentParser(prog="python -m interp.distributed",
+    p = argparse.ArgumentParser(prog="python -m interp.extract.distributed",
                                 description="Data-parallel extraction under torchrun, and merging its shards.")
     sub = p.add_subparsers(dest="command", required=True)
     ex = sub.add_parser("extract", help="extract this rank's shard; rank 0 merges when every rank is done")
@@ -267,7 +267,7 @@ def _parser():
 def extract_main(cfg: DistExtractConfig, model_cfg) -> Path | None:
     """Load the model on this rank's device, extract its shard, merge on rank 0."""
     from interp.config import save_config
-    from interp.extract import parse_layers
+    from interp.extract.packed import parse_layers
     from interp.generate.continuations import load_jsonl
     from interp.model.loading import load_model
     from interp.spans.derive import derive_safety_spans
@@ -313,7 +313,7 @@ def main(argv: list[str] | None = None) -> int:
             print(merged)
         return 0
     except UserError as err:
-        print(f"interp.distributed: error: {err}", file=sys.stderr)
+        print(f"interp.extract.distributed: error: {err}", file=sys.stderr)
         return 2
 
 

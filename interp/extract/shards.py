@@ -1,4 +1,4 @@
-"""On-disk shards of a data-parallel extraction (:mod:`interp.distributed`): layout, manifest and merging.
+"""On-disk shards of a data-parallel extraction (:mod:`interp.extract.distributed`): layout, manifest and merging.
 
 ::
 
@@ -38,7 +38,7 @@ def shard_path(out: str | Path, rank: int, world_size: int) -> Path:
     return shard_dir(out) / f"rank-{rank:05d}-of-{world_size:05d}.h5"
 
 
-def _ids_hash(ids: Sequence[str]) -> str:  # same digest as interp.store
+def _ids_hash(ids: Sequence[str]) -> str:  # same digest as interp.extract.store
     return hashlib.sha256("\n".join(ids).encode()).hexdigest()
 
 
@@ -88,7 +88,7 @@ def finalize(out: str | Path, mode: str = "virtual", *, dest: str | Path | None 
 
     ``mode="virtual"`` maps the shards (keep the ``.shards`` folder beside ``dest``); ``"copy"`` copies them.
     """
-    from interp.store import ActivationStore
+    from interp.extract.store import ActivationStore
 
     if mode not in MERGE_MODES:
         raise UserError(f"merge mode must be one of {MERGE_MODES}, got {mode!r}")

@@ -21,9 +21,9 @@ import numpy as np
 import torch
 
 from interp import UserError
+from interp.extract.masks import PackedBatch, attention_layout, collate, plan_packed
+from interp.extract.store import ActivationStore, canonical_hook
 from interp.generate.continuations import Continuation
-from interp.inject import PackedBatch, attention_layout, collate, plan_packed
-from interp.store import ActivationStore, canonical_hook
 
 POSITIONS = ("span", "probe")
 from interp.model.context import TOO_LONG, context_limit, fit, text_config  # noqa: E402
