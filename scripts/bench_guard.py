@@ -33,7 +33,7 @@ def main() -> None:
 
     from interp.evaluate.common import load_guard_model, random_probes
     from interp.evaluate.cost import check_latency, slowdown
-    from interp.guard import GuardConfig, GuardedGenerator
+    from interp.guard.generator import GuardConfig, GuardedGenerator
     from interp.spans.derive import derive_safety_spans, format_prompt_ids
 
     gm = load_guard_model(args.model, device=args.device, dtype=args.dtype)

@@ -4,8 +4,8 @@ import numpy as np
 import pytest
 import torch
 
-from interp.guard import GuardConfig, GuardedGenerator
-from interp.guard_checks import decoder_layers
+from interp.guard.checks import decoder_layers
+from interp.guard.generator import GuardConfig, GuardedGenerator
 from interp.probes.probeset import ProbeSet
 from interp.spans.derive import derive_safety_spans, format_prompt_ids
 from interp.testing import hf_greedy_text, tiny_model
@@ -104,7 +104,7 @@ def test_piggyback_falls_back_to_separate_check_in_chunks(mode, monkeypatch):
     kw = dict(mode=mode, matcher="prob", refusal_prob=2.0, stride=4, early_checks=(1,), max_new_tokens=30,
               buffer=True)
     det = (mode,)
-    from interp.guard_checks import Checker
+    from interp.guard.checks import Checker
 
     calls = {"piggyback": 0, "run": 0}
     for name in calls:

@@ -5,7 +5,13 @@ from pathlib import Path
 
 import pytest
 
-from interp.refusal import COMMON_REFUSALS, FAMILY_REFUSALS, KeywordMatcher, judge_agreement, load_judge_set
+from interp.guard.refusal import (
+    COMMON_REFUSALS,
+    FAMILY_REFUSALS,
+    KeywordMatcher,
+    judge_agreement,
+    load_judge_set,
+)
 
 JUDGE_SET = Path(__file__).parent / "data" / "judge_set.jsonl"
 FAMILIES = ("default", "qwen2", "llama", "gemma2", "mistral")
@@ -88,7 +94,7 @@ def test_agreement_on_replies_the_lists_were_not_tuned_on():
     "I can't help you bypass…", "I can not give you…"). Changing the lists to catch these makes this set in-sample."""
     from pathlib import Path
 
-    from interp.refusal import KeywordMatcher, judge_agreement, load_judge_set
+    from interp.guard.refusal import KeywordMatcher, judge_agreement, load_judge_set
 
     items = load_judge_set(Path(__file__).parent / "data" / "judge_holdout.jsonl")
     res = judge_agreement(KeywordMatcher("qwen2"), items)

@@ -10,11 +10,11 @@ import numpy as np
 import pytest
 import torch
 
-from interp.guard import GuardConfig, GuardedGenerator
-from interp.guard_checks import decoder_layers
+from interp.guard.checks import decoder_layers
+from interp.guard.generator import GuardConfig, GuardedGenerator
 from interp.probes.probeset import ProbeSet
-from interp.server import ServerConfig, make_server
-from interp.server_api import ApiError, TextStream
+from interp.serve.api import ApiError, TextStream
+from interp.serve.server import ServerConfig, make_server
 from interp.spans.derive import derive_safety_spans, encode_response, format_prompt_ids
 from interp.testing import tiny_model
 

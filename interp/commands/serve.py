@@ -7,9 +7,9 @@ import sys
 
 from interp import UserError
 from interp.config import add_arguments, from_namespace, to_dict
-from interp.guard import GuardConfig
+from interp.guard.generator import GuardConfig
 from interp.model.loading import ModelConfig
-from interp.server import ServerConfig
+from interp.serve.server import ServerConfig
 
 _GUARD_SKIP = ("max_new_tokens",)  # per request: max_tokens, capped by --max-tokens-limit
 
@@ -26,11 +26,11 @@ def register(subparsers) -> None:
 
 
 def build_server(server_cfg: ServerConfig, model_cfg: ModelConfig, guard_cfg: GuardConfig, verbose: bool = False):
-    """Load the model and probes, and return a :class:`interp.server.GuardServer` (not yet serving)."""
-    from interp.guard import GuardedGenerator
+    """Load the model and probes, and return a :class:`interp.serve.server.GuardServer` (not yet serving)."""
+    from interp.guard.generator import GuardedGenerator
     from interp.model.loading import load_model
     from interp.probes import ProbeSet
-    from interp.server import make_server
+    from interp.serve.server import make_server
     from interp.spans.derive import derive_safety_spans
 
     guard_cfg.validate()

@@ -14,7 +14,7 @@ from dataclasses import replace
 import torch
 from tqdm.auto import tqdm
 
-from interp.guard import GuardConfig, GuardedGenerator
+from interp.guard.generator import GuardConfig, GuardedGenerator
 from interp.model.kvcache import cache_kwarg, mark, new_cache, rollback
 
 

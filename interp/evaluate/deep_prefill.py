@@ -2,7 +2,7 @@
 
 For every harmful prompt a continuation is forced (the records' own responses, or the model's own text
 after a prefill-attack opener); the guard feeds the forced tokens between two check depths in one forward
-(:mod:`interp.guard`), so the cost is the checks, not the depth. At each depth d of the grid the same cache is probed by
+(:mod:`interp.guard.generator`), so the cost is the checks, not the depth. At each depth d of the grid the same cache is probed by
 three detectors (each rolled back): ``base`` (the undefended model continues greedily for
 ``base_lookahead`` tokens; refusal by the keyword rule), ``rk`` (ADA-RK re-injection) and ``lp`` (ADA-LP).
 Depths beyond a continuation's end are not measured (n shrinks; reported per depth).
@@ -28,7 +28,7 @@ from interp.evaluate.common import (
     wilson,
     write_result,
 )
-from interp.guard import GuardConfig, GuardedGenerator
+from interp.guard.generator import GuardConfig, GuardedGenerator
 from interp.spans.derive import encode_response, format_prompt_ids
 
 DEFAULT_DATASETS = ("demo",)

@@ -121,7 +121,7 @@ class Schedule:
 
     @classmethod
     def of(cls, cfg) -> Schedule:
-        """The schedule of a :class:`interp.guard.GuardConfig` (or any object with the same fields)."""
+        """The schedule of a :class:`interp.guard.generator.GuardConfig` (or any object with the same fields)."""
         return cls(int(cfg.stride), tuple(sorted(int(d) for d in cfg.early_checks)), bool(cfg.check_at_start),
                    bool(cfg.final_check), int(getattr(cfg, "k_of_n", 1)))
 

@@ -27,7 +27,7 @@ from typing import Any
 import torch
 
 from interp import UserError
-from interp.guard_checks import Checker, CheckOutcome
+from interp.guard.checks import Checker, CheckOutcome
 from interp.model import fast_linear
 from interp.model.kvcache import cache_kwarg, new_cache
 

@@ -14,9 +14,9 @@ import torch
 
 from interp import UserError
 from interp.extract.masks import attention_layout, piggyback_inputs, span_over_cache_inputs
+from interp.guard.refusal import KeywordMatcher, ProbabilityMatcher
 from interp.model.context import text_config
 from interp.model.kvcache import cache_kwarg, mark, rollback
-from interp.refusal import KeywordMatcher, ProbabilityMatcher
 
 
 class _StopForward(Exception):
@@ -81,7 +81,7 @@ class CheckOutcome:
         return any(bool(f[b]) for f in self.flags.values())
 
     def events(self, b: int, depth: int) -> list:
-        from interp.guard import CheckEvent
+        from interp.guard.generator import CheckEvent
 
         out = []
         for name, f in self.flags.items():

@@ -1,7 +1,7 @@
 """``anydepth serve``: an OpenAI-compatible chat endpoint whose every answer runs under the ADA guard.
 
 Standard library only (``http.server.ThreadingHTTPServer``). One model worker thread takes requests from a
-bounded queue and runs :class:`interp.guard.GuardedGenerator` on each in turn; each request owns its event queue,
+bounded queue and runs :class:`interp.guard.generator.GuardedGenerator` on each in turn; each request owns its event queue,
 so concurrent clients never see each other's tokens. Handler threads parse and tokenize (under one lock shared
 with the worker's detokenizer), then stream server-sent events or wait for the whole answer.
 
@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
-from interp.server_api import (
+from interp.serve.api import (
     FINISH,
     ApiError,
     ChatRequest,
