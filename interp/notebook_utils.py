@@ -63,7 +63,7 @@ def quick_probeset(loaded: LoadedModel, workdir: str | Path, records: list, *, m
                    depths: str = "0:24:4", folds: int = 5):
     """Continuations → packed extraction → ``anydepth train`` in ``workdir`` (what notebook 1 walks through
     step by step). Returns ``(ProbeSet, continuations, store path)``."""
-    from interp.cli import main as anydepth
+    from interp.cli.main import main as anydepth
     from interp.extract.packed import extract_to_store
     from interp.generate.continuations import GenerateConfig, continuations_for, save_jsonl
     from interp.probes import ProbeSet

@@ -136,7 +136,7 @@ for note in res["notes"]:
     print("note:", note)'''),
     ("code", '''\
 from interp.notebook_utils import show_png
-from interp.plots import plot_depth_curve, plot_layer_depth_heatmap, plot_layer_sweep
+from interp.probes.plots import plot_depth_curve, plot_layer_depth_heatmap, plot_layer_sweep
 
 show_png(plot_layer_sweep(res, WORK / "layer_sweep"))
 show_png(plot_layer_depth_heatmap(res, WORK / "layer_depth_auroc"))
@@ -151,7 +151,7 @@ baseline, and writes `probeset.safetensors` + `probeset.json` (no pickle; the JS
 evaluations skip the prompts it was trained and calibrated on).
 The same files drive the guard (notebook 2) and the causal experiments (notebook 3)."""),
     ("code", '''\
-from interp.cli import main as anydepth
+from interp.cli.main import main as anydepth
 
 probe_dir = WORK / "probes"
 stride = DEPTHS.split(":")[2]  # calibrate the threshold for a guard that checks at the stored depth step
@@ -410,7 +410,7 @@ rows of our continuations, train with our loop (sae-lens has no transcoder train
 next-token loss) and save in sae-lens format."""),
     ("code", '''\
 from interp.causal.transcoders import TranscoderTrainConfig, load_transcoder
-from interp.commands.transcoders import TranscoderDataConfig, train_layers
+from interp.cli.commands.transcoders import TranscoderDataConfig, train_layers
 
 TC_LAYER = probe.best_layer
 summary = train_layers(loaded, TranscoderDataConfig(layers=(TC_LAYER,), continuations=str(WORK / "continuations.jsonl"),

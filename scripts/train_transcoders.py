@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import sys
 
-from interp.cli import main
+from interp.cli.main import main
 
 CPU_DEFAULTS = ["--steps", "600", "--batch-tokens", "512", "--max-tokens", "20000"]
 

@@ -6,7 +6,7 @@ import json
 
 import pytest
 
-from interp.cli import main
+from interp.cli.main import main
 
 
 @pytest.fixture(scope="module")

@@ -4,7 +4,7 @@ import dataclasses
 
 import pytest
 
-from interp.cli import build_parser, main
+from interp.cli.main import build_parser, main
 from interp.config import add_arguments, config_hash, from_namespace, load_config, save_config
 
 EXPECTED = {"generate", "extract", "train", "sweep", "guard", "evaluate", "patch", "ablate", "transcoders", "demo",
@@ -74,7 +74,7 @@ def test_user_error_is_one_line(capsys):
     (["evaluate", "deep-prefill", "--model", "tiny", "--k-of-n", "0"], "--k-of-n must be >= 1"),
 ])
 def test_numeric_options_get_one_line_errors(argv, message, capsys):
-    from interp.cli import main
+    from interp.cli.main import main
 
     assert main(argv) == 2
     err = capsys.readouterr().err

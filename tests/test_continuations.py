@@ -101,7 +101,7 @@ def test_bad_generation_options(model_tok):
 def test_cli_generate_then_extract(tmp_path, monkeypatch):
     import json
 
-    from interp.cli import main
+    from interp.cli.main import main
     from interp.extract.store import ActivationStore
 
     model, tok = tiny_model("qwen2", n_layers=2, d_model=64, seed=12)

@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 
 from interp import UserError
-from interp.cli import main as cli_main
+from interp.cli.main import main as cli_main
 from interp.data import (
     DATA_ENV,
     FileSpec,

@@ -3,7 +3,7 @@ rerun reuses the finished stages (config-addressed folders)."""
 
 import json
 
-from interp.cli import main
+from interp.cli.main import main
 
 ARGS = ["--limit", "40", "--max-new-tokens", "12", "--depths", "0:12:4", "--eval-depths", "0", "4", "12",
         "--eval-limit", "3", "--lookahead", "3", "--batch-size", "6"]

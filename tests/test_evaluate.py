@@ -5,7 +5,7 @@ import json
 import pytest
 import torch
 
-from interp.cli import main
+from interp.cli.main import main
 from interp.evaluate.common import EvalConfig, bootstrap_mean, load_guard_model, wilson
 from interp.evaluate.deep_prefill import run_deep_prefill
 from interp.evaluate.over_refusal import run_over_refusal

@@ -289,7 +289,7 @@ def test_bad_dtype_and_device():
 
 
 def test_models_command_list(tmp_path, capsys):
-    from interp.cli import main
+    from interp.cli.main import main
 
     assert main(["models", "list", "--cache-dir", str(tmp_path)]) == 0
     out = capsys.readouterr().out

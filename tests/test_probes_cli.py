@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from interp import UserError
-from interp.cli import main
+from interp.cli.main import main
 from interp.extract.store import ActivationStore
 from interp.probes import ProbeSet
 from interp.probes.data import load_layer

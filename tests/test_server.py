@@ -331,8 +331,8 @@ def test_text_stream_holds_back_split_utf8(env):
 
 def test_serve_command_options_and_refusals():
     from interp import UserError
-    from interp.cli import build_parser
-    from interp.commands.serve import build_server
+    from interp.cli.commands.serve import build_server
+    from interp.cli.main import build_parser
     from interp.config import from_namespace
     from interp.model.loading import ModelConfig
 

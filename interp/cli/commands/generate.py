@@ -6,8 +6,8 @@ import hashlib
 import json
 from pathlib import Path
 
+from interp.cli.naming import slug
 from interp.config import add_arguments, from_namespace, to_dict
-from interp.naming import slug
 
 
 def _slug(text: str) -> str:

@@ -148,7 +148,7 @@ def run_train(args) -> int:
 
 def run_evaluate(args) -> int:
     from interp.causal.transcoders import evaluate_transcoder, load_transcoder
-    from interp.commands.ablate import _layer_of
+    from interp.cli.commands.ablate import _layer_of
     from interp.model.loading import ModelConfig, load_model
 
     loaded = load_model(from_namespace(ModelConfig, args))

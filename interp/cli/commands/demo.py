@@ -6,7 +6,7 @@ from interp.config import add_arguments, from_namespace
 
 
 def register(subparsers) -> None:
-    from interp.pipeline import DemoConfig
+    from interp.cli.pipeline import DemoConfig
 
     p = subparsers.add_parser("demo", help="run the whole study on a model and dataset(s), with a report")
     add_arguments(p, DemoConfig)
@@ -16,8 +16,8 @@ def register(subparsers) -> None:
 def run(args) -> int:
     from pathlib import Path
 
+    from interp.cli.pipeline import DemoConfig, _slug, run_demo
     from interp.config import save_config
-    from interp.pipeline import DemoConfig, _slug, run_demo
 
     cfg = from_namespace(DemoConfig, args)
     save_config(cfg, Path(cfg.out) / _slug(cfg.model) / "demo_config.json")

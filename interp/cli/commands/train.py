@@ -20,7 +20,7 @@ def register(subparsers) -> None:
 
 def run(args) -> int:
     from interp import UserError
-    from interp.commands.sweep import open_store
+    from interp.cli.commands.sweep import open_store
     from interp.probes.sweep import ProbeConfig
     from interp.probes.train import TrainConfig, save_probeset, train_probeset
 

@@ -22,7 +22,7 @@ def register(subparsers) -> None:
 def run_extract(model_cfg, gen_cfg, cfg, progress: bool = True):
     """Load the model, get continuations (file, dataset responses or generated), extract, save the config."""
     import interp
-    from interp.commands.generate import _slug, run_config, save_json, short_hash
+    from interp.cli.commands.generate import _slug, run_config, save_json, short_hash
     from interp.extract import distributed
     from interp.extract.packed import parse_depths, parse_layers
     from interp.generate.continuations import continuations_for, load_jsonl, load_records, save_jsonl

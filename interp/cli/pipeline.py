@@ -17,7 +17,7 @@ from pathlib import Path
 
 import interp
 from interp import UserError
-from interp.naming import slug
+from interp.cli.naming import slug
 
 
 @dataclass
@@ -78,7 +78,7 @@ class Runner:
         return self.root / f"{stage.name}-{stage.key()}"
 
     def run(self, stage: Stage) -> Path:
-        from interp.cli import main
+        from interp.cli.main import main
 
         self.done += 1
         head = f"[{self.done}/{self.total}] {stage.name}"
@@ -119,7 +119,7 @@ def _merge_jsonl(parts: Sequence[Path], out: Path) -> None:
 
 def run_demo(cfg: DemoConfig) -> Path:
     """Run every stage; returns the path of the report."""
-    from interp.report import write_report
+    from interp.cli.report import write_report
 
     if not cfg.data:
         raise UserError("give at least one dataset with --data")

@@ -1,4 +1,4 @@
-"""The ``anydepth`` console script: discovers subcommands in :mod:`interp.commands`."""
+"""The ``anydepth`` console script: discovers subcommands in :mod:`interp.cli.commands`."""
 
 from __future__ import annotations
 
@@ -8,7 +8,8 @@ import os
 import pkgutil
 import sys
 
-from interp import UserError, __version__, commands
+from interp import UserError, __version__
+from interp.cli import commands
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -69,14 +69,14 @@ def run(args) -> int:
     from interp import UserError
     from interp.config import save_config, to_dict
     from interp.extract.store import canonical_hook
-    from interp.plots import (
+    from interp.probes.data import load_layer
+    from interp.probes.plots import (
         plot_depth_curve,
         plot_layer_depth_heatmap,
         plot_layer_sweep,
         plot_reliability,
         plot_score_histograms,
     )
-    from interp.probes.data import load_layer
     from interp.probes.probeset import jsonable
     from interp.probes.sweep import ProbeConfig, SweepConfig, run_sweep
 

@@ -1,4 +1,0 @@
-"""CLI subcommands. Each module here defines ``register(subparsers)``; :mod:`interp.cli` finds them.
-
-A module registers its subcommand only once it works: no stubs.
-"""
