@@ -67,7 +67,7 @@ def main() -> None:
     if args.threads:
         torch.set_num_threads(args.threads)
 
-    from interp.causal.inputs import Span, build_batch
+    from interp.causal.inputs import build_batch
     from interp.causal.metrics import opener_tokens
     from interp.causal.patching import pair_up, patch_hook
     from interp.causal.runner import SpanRunner, read
@@ -76,13 +76,13 @@ def main() -> None:
 
     model, tok, examples, probe = _tiny(args) if args.model == "tiny" else _real(args)
     spans = derive_safety_spans(tok)
-    span = Span(tuple(spans.span_ids), spans.probe_index)
+    span = spans
     pad = tok.pad_token_id if tok.pad_token_id is not None else tok.eos_token_id
     openers = opener_tokens(tok)
     layer = args.layer if args.layer is not None else n_layers(model) // 2
     probe_kw = {"probe": probe, "probe_layers": [probe.best_layer], "probe_site": probe.site} if probe else {}
-    lens = [len(e.prompt_ids) + args.depth + len(span.ids) for e in examples if len(e.response_ids) >= args.depth]
-    print(f"model {args.model}: {len(pair_up(examples, args.depth)[0])} pairs at depth {args.depth}, layer {layer}, span {len(span.ids)} tokens, "
+    lens = [len(e.prompt_ids) + args.depth + len(span.span_ids) for e in examples if len(e.response_ids) >= args.depth]
+    print(f"model {args.model}: {len(pair_up(examples, args.depth)[0])} pairs at depth {args.depth}, layer {layer}, span {len(span.span_ids)} tokens, "
           f"rows {min(lens)}-{max(lens)} tokens, threads {torch.get_num_threads()}")
 
     harm, ben = pair_up(examples, args.depth)

@@ -337,7 +337,7 @@ import tempfile
 from pathlib import Path
 
 from interp.causal.experiment import ProbeAdapter
-from interp.causal.inputs import Example, Span
+from interp.causal.inputs import Example
 from interp.causal.metrics import opener_tokens
 from interp.notebook_utils import demo_pairs, quick_probeset
 from interp.spans.derive import derive_safety_spans
@@ -353,7 +353,7 @@ probes, items, _ = quick_probeset(loaded, WORK, demo_pairs(N_PAIRS, seed=0), max
 probe = ProbeAdapter(probes)  # the probe set as the causal code sees it (logits, directions, hook site)
 
 # glue: the causal code takes plain (prompt ids, response ids) examples and the span ids
-span = Span(tuple(spans.span_ids), spans.probe_index)
+span = spans
 examples = [Example(c.id, c.label, tuple(c.prompt_ids), tuple(c.response_ids), c.source) for c in items]
 tok = loaded.tokenizer
 pad_id = tok.pad_token_id if tok.pad_token_id is not None else tok.eos_token_id

@@ -8,15 +8,16 @@ import torch
 from interp.causal.directions import diff_of_means, direction_effects, direction_hooks, random_directions
 from interp.causal.inputs import build_batch
 from interp.causal.metrics import opener_tokens
-from interp.causal.synthetic import chatml_span, toy_examples
+from interp.causal.synthetic import toy_examples
 from interp.model.hooks import resid_post, resid_pre, run_with_hooks
+from interp.spans.derive import derive_safety_spans
 from interp.testing import tiny_model
 
 
 @pytest.fixture(scope="module")
 def setup():
     model, tok = tiny_model("llama", family="qwen2", n_layers=2)
-    return model, tok, chatml_span(tok), toy_examples(tok), opener_tokens(tok)
+    return model, tok, derive_safety_spans(tok), toy_examples(tok), opener_tokens(tok)
 
 
 @pytest.mark.parametrize("site", [resid_pre(1), resid_post(0)])

@@ -20,9 +20,10 @@ from interp.causal.inputs import build_batch
 from interp.causal.metrics import opener_tokens, refusal_logodds
 from interp.causal.patching import knockout_effects, patch_hook, patching_sweep
 from interp.causal.runner import SpanRunner, read
-from interp.causal.synthetic import chatml_span, toy_examples
+from interp.causal.synthetic import toy_examples
 from interp.causal.transcoders import new_transcoder
 from interp.model.hooks import Inputs, mlp_in, resid_post, resid_pre, run_with_hooks
+from interp.spans.derive import derive_safety_spans
 from interp.testing import tiny_model
 
 WINDOW = 12
@@ -52,7 +53,7 @@ ARCHS = {"qwen2": {}, "llama": {"family": "qwen2"}, "gemma2": {"family": "qwen2"
 def setup(request):
     model, tok = tiny_model(request.param, n_layers=3, **ARCHS[request.param])
     examples = toy_examples(tok)
-    span = chatml_span(tok)
+    span = derive_safety_spans(tok)
     batch = build_batch(examples, DEPTHS[1], span, tok.pad_token_id)
     assert batch.width > 4 * WINDOW and len(set(batch.lengths.tolist())) > 2  # window matters; padding varies
     return model, tok, span, examples, opener_tokens(tok), ToyProbe(model.config.hidden_size)
@@ -100,7 +101,7 @@ def test_clean_and_knockout_readout_cached_equals_full(setup, knockout):
         full = readouts(SpanRunner(model, batch, cached=False), openers, probe, knockout=knockout)
         fast_runner = SpanRunner(model, batch)
         fast = readouts(fast_runner, openers, probe, knockout=knockout)
-        assert fast[2][resid_pre(1)].shape == (len(examples), len(span.ids), model.config.hidden_size)
+        assert fast[2][resid_pre(1)].shape == (len(examples), len(span.span_ids), model.config.hidden_size)
         assert_same_readout(fast, full)
         # the same runner again after other runs: the rollback left exactly the prefix in the cache
         readouts(fast_runner, openers, probe, knockout=not knockout)
@@ -180,7 +181,7 @@ def test_batched_left_padded_rows_equal_one_at_a_time(setup, knockout):
         for L in probe.layers:
             close(together[1][L][i], alone[1][L][0])
         if not knockout:  # and the plain unpadded forward of the row (no explicit positions, no cache)
-            ids = torch.tensor([list(ex.prompt_ids + ex.response_ids[:6] + span.ids)])
+            ids = torch.tensor([list(ex.prompt_ids + ex.response_ids[:6] + span.span_ids)])
             logits, _ = run_with_hooks(model, Inputs(ids, torch.ones_like(ids)))
             close(together[0][i], refusal_logodds(logits[:, -1], openers)[0])
 

@@ -14,9 +14,10 @@ from interp.causal.features import (
 )
 from interp.causal.inputs import build_batch
 from interp.causal.metrics import opener_tokens
-from interp.causal.synthetic import chatml_span, toy_examples
+from interp.causal.synthetic import toy_examples
 from interp.causal.transcoders import new_transcoder
 from interp.model.hooks import mlp_in, run_with_hooks
+from interp.spans.derive import derive_safety_spans
 from interp.testing import tiny_model
 
 
@@ -55,7 +56,7 @@ def test_planted_feature_is_ranked_first_synthetic():
 @pytest.fixture(scope="module")
 def setup():
     model, tok = tiny_model("qwen2", n_layers=2)
-    return model, tok, chatml_span(tok), toy_examples(tok, n_per_label=6), opener_tokens(tok)
+    return model, tok, derive_safety_spans(tok), toy_examples(tok, n_per_label=6), opener_tokens(tok)
 
 
 def test_planted_feature_recovered_through_the_model(setup):

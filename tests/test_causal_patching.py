@@ -9,15 +9,16 @@ from interp.causal.inputs import Example, build_batch, knockout_inputs
 from interp.causal.metrics import mean_ci, opener_tokens
 from interp.causal.patching import heatmap_matrix, knockout_effects, patch_hook, patching_sweep
 from interp.causal.runner import SpanRunner, read
-from interp.causal.synthetic import chatml_span, toy_examples
+from interp.causal.synthetic import toy_examples
 from interp.model.hooks import Inputs, mlp_in, mlp_out, resid_post, resid_pre, run_with_hooks
+from interp.spans.derive import derive_safety_spans
 from interp.testing import tiny_model
 
 
 @pytest.fixture(scope="module")
 def setup():
     model, tok = tiny_model("qwen2", n_layers=3)
-    return model, tok, chatml_span(tok), toy_examples(tok), opener_tokens(tok)
+    return model, tok, derive_safety_spans(tok), toy_examples(tok), opener_tokens(tok)
 
 
 def test_sites_match_transformer_bridge(setup):
@@ -113,11 +114,11 @@ def test_knockout_mask(setup):
     assert (ko[rows, b.last_pos] - plain[rows, b.last_pos]).abs().amax(-1).min() > 1e-3
     # Reference: the span re-encoded right after the prompt with the response's positions skipped.
     ex: Example = b.examples[0]
-    ids = torch.tensor([list(ex.prompt_ids) + list(span.ids)])
-    pos = torch.tensor([list(range(len(ex.prompt_ids))) + [len(ex.prompt_ids) + 6 + i for i in range(len(span.ids))]])
+    ids = torch.tensor([list(ex.prompt_ids) + list(span.span_ids)])
+    pos = torch.tensor([list(range(len(ex.prompt_ids))) + [len(ex.prompt_ids) + 6 + i for i in range(len(span.span_ids))]])
     # (an explicit mask is needed: with position_ids alone transformers 5.x guesses packed sequences)
     ref, _ = run_with_hooks(model, Inputs(ids, torch.ones_like(ids), pos))
-    torch.testing.assert_close(ko[0, b.span_pos[0]], ref[0, -len(span.ids):], rtol=0, atol=1e-4)
+    torch.testing.assert_close(ko[0, b.span_pos[0]], ref[0, -len(span.span_ids):], rtol=0, atol=1e-4)
     rows_out = knockout_effects(model, examples, span, tok.pad_token_id, openers, depths=(0, 6))
     assert {r["label"] for r in rows_out} == {"harmful", "benign"}
     assert all(abs(r["d_refusal"]["mean"]) < 1e-5 for r in rows_out if r["depth"] == 0)

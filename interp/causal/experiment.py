@@ -11,10 +11,11 @@ import numpy as np
 import torch
 
 from interp import UserError
-from interp.causal.inputs import Example, Span
+from interp.causal.inputs import Example
 from interp.causal.metrics import OpenerTokens, opener_tokens
 from interp.config import save_config, to_dict
 from interp.model.hooks import n_layers
+from interp.spans.derive import SafetySpans, derive_safety_spans
 
 
 @dataclass
@@ -64,7 +65,7 @@ class ProbeAdapter:
 class Context:
     model: Any
     tokenizer: Any
-    span: Span
+    span: SafetySpans
     examples: list[Example]
     openers: OpenerTokens
     pad_id: int
@@ -103,13 +104,10 @@ def _hash(values: list) -> str:
 def setup(cfg: CausalConfig, model_cfg, sub: str) -> Context:
     """Load everything an experiment needs; outputs go to ``<out>/<sub>``."""
     from interp.model.loading import load_model
-    from interp.spans.derive import derive_safety_spans
-
     loaded = load_model(model_cfg)
     out = Path(cfg.out) / sub
     out.mkdir(parents=True, exist_ok=True)
     spans = derive_safety_spans(loaded.tokenizer)
-    span = Span(tuple(spans.span_ids), spans.probe_index)
     items = _continuations(cfg, loaded, Path(cfg.out))
     examples = [Example(c.id, c.label, tuple(c.prompt_ids), tuple(c.response_ids), c.source) for c in items]
     if not any(e.label == "harmful" for e in examples) or not any(e.label == "benign" for e in examples):
@@ -127,7 +125,7 @@ def setup(cfg: CausalConfig, model_cfg, sub: str) -> Context:
         probe = ProbeAdapter(ProbeSet.load(cfg.probes))
     prov = {"model": loaded.provenance(), "span": spans.to_dict(), "n_examples": len(examples),
             "n_harmful": sum(e.label == "harmful" for e in examples), "config": to_dict(cfg)}
-    return Context(loaded.model, tok, span, examples, opener_tokens(tok), int(pad), layers, probe, out, prov)
+    return Context(loaded.model, tok, spans, examples, opener_tokens(tok), int(pad), layers, probe, out, prov)
 
 
 def write_result(out: Path, name: str, payload: dict, *configs) -> Path:

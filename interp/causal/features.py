@@ -14,15 +14,16 @@ import torch
 from tqdm import tqdm
 
 from interp import UserError
-from interp.causal.inputs import BENIGN, HARMFUL, Example, Span, label_batch
+from interp.causal.inputs import BENIGN, HARMFUL, Example, label_batch
 from interp.causal.metrics import OpenerTokens, Probe, cohens_d_ci, mean_ci
 from interp.causal.runner import SpanRunner, read, span_cols
 from interp.causal.transcoders import splice_hooks
 from interp.model.hooks import mlp_in, resid_post
+from interp.spans.derive import SafetySpans
 
 
 @torch.no_grad()
-def span_features(model, tc, layer: int, examples: Sequence[Example], span: Span, pad_id: int,
+def span_features(model, tc, layer: int, examples: Sequence[Example], span: SafetySpans, pad_id: int,
                   depths: Sequence[int], where: str = "probe", cached: bool = True) -> dict[str, torch.Tensor]:
     """``{label: [N, d_sae]}`` feature activations per (example, depth) at the span (probe token or mean)."""
     out: dict[str, list[torch.Tensor]] = {HARMFUL: [], BENIGN: []}
@@ -87,7 +88,7 @@ def feature_edit(features: torch.Tensor, mode: str, means: torch.Tensor | None =
     return edit
 
 
-def topk_ablation(model, tc, layer: int, examples: Sequence[Example], span: Span, pad_id: int,
+def topk_ablation(model, tc, layer: int, examples: Sequence[Example], span: SafetySpans, pad_id: int,
                   openers: OpenerTokens, depths: Sequence[int], ranked: Sequence[int], ks: Sequence[int],
                   mode: str = "zero", means: torch.Tensor | None = None, n_random: int = 10,
                   candidates: Sequence[int] | None = None, probe: Probe | None = None,

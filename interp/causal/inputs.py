@@ -14,9 +14,9 @@ from dataclasses import dataclass
 
 import torch
 
-from interp import UserError
 from interp.extract.masks import plan_packed
 from interp.model.hooks import Inputs
+from interp.spans.derive import SafetySpans
 
 HARMFUL, BENIGN = "harmful", "benign"
 
@@ -30,18 +30,6 @@ class Example:
     prompt_ids: tuple[int, ...]
     response_ids: tuple[int, ...]
     source: str = ""
-
-
-@dataclass(frozen=True)
-class Span:
-    """The re-injected span's in-context token ids and the index of the probe (role) token in it."""
-
-    ids: tuple[int, ...]
-    probe_index: int
-
-    def __post_init__(self) -> None:
-        if not self.ids or not 0 <= self.probe_index < len(self.ids):
-            raise UserError(f"bad span: probe index {self.probe_index} outside span of {len(self.ids)} tokens")
 
 
 @dataclass
@@ -94,13 +82,14 @@ class SpanBatch:
         return torch.arange(len(self.examples))
 
 
-def build_batch(examples: Sequence[Example], depth: int, span: Span, pad_id: int) -> SpanBatch | None:
-    """The batch for ``depth`` over the examples long enough for it (``None`` if none is)."""
+def build_batch(examples: Sequence[Example], depth: int, span: SafetySpans, pad_id: int) -> SpanBatch | None:
+    """The batch for ``depth`` over the examples long enough for it (``None`` if none is); ``span`` gives the
+    re-injected ids (``span_ids``) and the probe token (``probe_index``)."""
     kept = [ex for ex in examples if len(ex.response_ids) >= depth]
     if not kept:
         return None
     # The injection routine with the response cut at ``depth``: one copy, contiguous positions, plain causal.
-    seqs = [list(plan_packed(ex.prompt_ids, ex.response_ids[:depth], span.ids, [depth]).input_ids) for ex in kept]
+    seqs = [list(plan_packed(ex.prompt_ids, ex.response_ids[:depth], span.span_ids, [depth]).input_ids) for ex in kept]
     width = max(len(s) for s in seqs)
     ids = torch.full((len(seqs), width), pad_id, dtype=torch.long)
     mask = torch.zeros((len(seqs), width), dtype=torch.long)
@@ -110,10 +99,10 @@ def build_batch(examples: Sequence[Example], depth: int, span: Span, pad_id: int
     pos = (mask.cumsum(1) - 1).clamp_min(0)
     lengths = mask.sum(1)
     cont_start = (width - lengths) + torch.tensor([len(ex.prompt_ids) for ex in kept])
-    return SpanBatch(Inputs(ids, mask, pos), kept, depth, tuple(span.ids), cont_start, lengths, span.probe_index)
+    return SpanBatch(Inputs(ids, mask, pos), kept, depth, tuple(span.span_ids), cont_start, lengths, span.probe_index)
 
 
-def label_batch(examples: Sequence[Example], label: str, depth: int, span: Span, pad_id: int) -> SpanBatch | None:
+def label_batch(examples: Sequence[Example], label: str, depth: int, span: SafetySpans, pad_id: int) -> SpanBatch | None:
     """:func:`build_batch` over the examples of one label."""
     return build_batch([e for e in examples if e.label == label], depth, span, pad_id)
 

@@ -15,10 +15,11 @@ import torch
 from tqdm import tqdm
 
 from interp import UserError
-from interp.causal.inputs import BENIGN, HARMFUL, Example, Span, SpanBatch, build_batch, label_batch
+from interp.causal.inputs import BENIGN, HARMFUL, Example, SpanBatch, build_batch, label_batch
 from interp.causal.metrics import OpenerTokens, Probe, mean_ci
 from interp.causal.runner import Readout, SiteFn, SpanRunner, read, span_cols
 from interp.model.hooks import HookFn, at_positions, resid_post
+from interp.spans.derive import SafetySpans
 
 __all__ = ["Readout", "heatmap_matrix", "knockout_effects", "pair_up", "patch_hook", "patching_sweep", "read",
            "span_cols"]
@@ -52,7 +53,7 @@ def _delta(patched: Readout, clean: Readout, dst: slice, src: slice, probe_layer
     return out
 
 
-def patching_sweep(model, examples: Sequence[Example], span: Span, pad_id: int, openers: OpenerTokens,
+def patching_sweep(model, examples: Sequence[Example], span: SafetySpans, pad_id: int, openers: OpenerTokens,
                    depths: Sequence[int], layers: Sequence[int], where: str = "span",
                    site: SiteFn = resid_post, probe: Probe | None = None, probe_layers: Sequence[int] = (),
                    probe_site: SiteFn = resid_post, min_pairs: int = 2, cached: bool = True) -> dict:
@@ -92,7 +93,7 @@ def patching_sweep(model, examples: Sequence[Example], span: Span, pad_id: int, 
     return {"layers": list(layers), "depths": list(depths), "where": where, "n_pairs": n_pairs, "cells": cells}
 
 
-def knockout_effects(model, examples: Sequence[Example], span: Span, pad_id: int, openers: OpenerTokens,
+def knockout_effects(model, examples: Sequence[Example], span: SafetySpans, pad_id: int, openers: OpenerTokens,
                      depths: Sequence[int], probe: Probe | None = None, probe_layers: Sequence[int] = (),
                      probe_site: SiteFn = resid_post, cached: bool = True) -> list[dict]:
     """Block the span's attention to the response tokens (every layer); Δ refusal / Δ probe by depth & label."""
