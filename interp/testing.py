@@ -134,3 +134,20 @@ def hf_greedy_text(model, tokenizer, ids: list[int], n: int) -> str:
     if tokenizer.eos_token_id in new:
         new = new[: new.index(tokenizer.eos_token_id)]
     return tokenizer.decode(new, skip_special_tokens=True)
+
+
+def tiny_wrapped_model(family: str = "llama3", **spec_kwargs):
+    """``(wrapped, plain, tokenizer)``: a random Llama language model and the same weights inside a tiny
+    Llava (decoder layers at ``model.language_model.layers``), for tests of vision-language wrappers."""
+    from transformers import CLIPVisionConfig, LlavaConfig, LlavaForConditionalGeneration
+
+    plain, tok = tiny_model("llama", family, **spec_kwargs)
+    vision = CLIPVisionConfig(hidden_size=16, intermediate_size=32, num_hidden_layers=1, num_attention_heads=2,
+                              image_size=8, patch_size=4)
+    cfg = LlavaConfig(text_config=plain.config, vision_config=vision, image_token_index=len(tok))
+    cfg._attn_implementation = "eager"
+    wrapped = LlavaForConditionalGeneration(cfg).eval()
+    wrapped.model.language_model.load_state_dict(plain.model.state_dict())
+    wrapped.lm_head.load_state_dict(plain.lm_head.state_dict())
+    wrapped.generation_config.pad_token_id = tok.pad_token_id
+    return wrapped, plain, tok

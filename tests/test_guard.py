@@ -5,8 +5,8 @@ import pytest
 import torch
 
 from interp import UserError
-from interp.guard.checks import decoder_layers
 from interp.guard.generator import GuardConfig, GuardedGenerator
+from interp.model.hooks import decoder_layers
 from interp.model.kvcache import cache_kwarg
 from interp.probes.probeset import ProbeSet
 from interp.spans.derive import derive_safety_spans, format_prompt_ids

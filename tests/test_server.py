@@ -10,8 +10,8 @@ import numpy as np
 import pytest
 import torch
 
-from interp.guard.checks import decoder_layers
 from interp.guard.generator import GuardConfig, GuardedGenerator
+from interp.model.hooks import decoder_layers
 from interp.probes.probeset import ProbeSet
 from interp.serve.api import ApiError, TextStream
 from interp.serve.server import ServerConfig, make_server

@@ -19,7 +19,16 @@ import torch
 from tqdm import tqdm
 
 from interp import UserError
-from interp.model.hooks import Inputs, hf_model, hooks_attached, mlp_in, mlp_out, run_with_hooks
+from interp.model.hooks import (
+    Inputs,
+    body,
+    forward_until_stop,
+    hooks_attached,
+    mlp_in,
+    mlp_out,
+    run_with_hooks,
+    stop,
+)
 
 WEIGHTS, CFG, TRAINING = "sae_weights.safetensors", "cfg.json", "training.json"
 
@@ -48,10 +57,6 @@ def _right_padded(model, rows: list[list[int]]) -> Inputs:
     return Inputs(ids.to(device), mask.to(device))
 
 
-class _Stop(Exception):
-    """Raised after the deepest collected site: the rest of the model (and its LM head) never runs."""
-
-
 def _budget(rows: list[list[int]], max_tokens: int | None) -> list[list[int]]:
     """Rows in order until ``max_tokens`` tokens (the last row cut to fit)."""
     if not max_tokens:
@@ -77,7 +82,7 @@ def collect_mlp_io_layers(model, token_rows: Iterable[list[int]], layers: Sequen
     if not rows:
         raise UserError("no tokens to collect MLP activations from")
     layers = sorted(set(int(L) for L in layers))
-    base = hf_model(model)
+    base = body(model)
     per_row: dict[str, list] = {s: [None] * len(rows) for L in layers for s in (mlp_in(L), mlp_out(L))}
     order = sorted(range(len(rows)), key=lambda i: len(rows[i]))
     for start in tqdm(range(0, len(rows), batch_size), desc=f"collect layers {layers}", leave=False):
@@ -90,15 +95,9 @@ def collect_mlp_io_layers(model, token_rows: Iterable[list[int]], layers: Sequen
                 cache[name] = x.detach()
             return fn
 
-        def stop(_x: torch.Tensor) -> None:
-            raise _Stop
-
         hooks = [(name, saver(name)) for name in per_row] + [(mlp_out(layers[-1]), stop)]
         with hooks_attached(base, hooks):
-            try:
-                base(**inp.kwargs(), use_cache=False)
-            except _Stop:
-                pass
+            forward_until_stop(base, **inp.kwargs(), use_cache=False)
         for j, i in enumerate(idx):
             for name in per_row:
                 per_row[name][i] = cache[name][j, : len(rows[i])].float().cpu()

@@ -74,9 +74,11 @@ def load_probes(path: str | None):
 
 def random_probes(model, spans, layer: int | None = None, seed: int = 0, threshold: float = 0.5):
     """A random-direction ProbeSet (for timing only: its scores mean nothing)."""
+    from interp.model.context import text_config
     from interp.probes.probeset import ProbeSet
 
-    n, d = model.config.num_hidden_layers, model.config.hidden_size
+    cfg = text_config(model)
+    n, d = cfg.num_hidden_layers, cfg.hidden_size
     layer = n // 2 if layer is None else layer
     w = np.random.default_rng(seed).normal(size=(1, d)) / math.sqrt(d)
     return ProbeSet(layers=[layer], weights=w, bias=np.zeros(1), hook="blocks.{layer}.hook_resid_post",

@@ -24,9 +24,10 @@ from interp import UserError
 from interp.extract.masks import PackedBatch, attention_layout, collate, plan_packed
 from interp.extract.store import ActivationStore, canonical_hook
 from interp.generate.continuations import Continuation
+from interp.model import hooks as mh
+from interp.model.context import TOO_LONG, context_limit, fit, text_config
 
 POSITIONS = ("span", "probe")
-from interp.model.context import TOO_LONG, context_limit, fit, text_config  # noqa: E402
 
 
 @dataclass
@@ -99,19 +100,6 @@ def parse_layers(spec: str | Sequence[int], n_layers: int) -> list[int]:
     return layers
 
 
-def decoder_layers(model) -> torch.nn.ModuleList:
-    """The decoder blocks of a causal LM (``model.model.layers``)."""
-    base = getattr(model, "model", model)
-    layers = getattr(base, "layers", None)
-    if layers is None:
-        raise UserError(f"cannot find decoder layers on {type(model).__name__}")
-    return layers
-
-
-class _StopForward(Exception):
-    pass
-
-
 class SpanReader:
     """Hooks that gather span / last-token / prompt activations of the current :class:`PackedBatch`."""
 
@@ -121,35 +109,22 @@ class SpanReader:
         self.batch: PackedBatch | None = None
         self.out: dict[str, dict[tuple[str, int], np.ndarray]] = {}
         self._handles = []
-        blocks = decoder_layers(model)
-        for layer in self.layers:
-            block = blocks[layer]
-            if "hook_resid_pre" in self.hooks:
-                self._handles.append(block.register_forward_pre_hook(self._pre(layer), with_kwargs=True))
-            if "ln1.hook_normalized" in self.hooks:
-                norm = getattr(block, "input_layernorm", None)
-                if norm is None:
-                    raise UserError(f"{type(block).__name__} has no input_layernorm; drop the ln1 hook")
-                self._handles.append(norm.register_forward_hook(self._post("ln1.hook_normalized", layer)))
-            if "hook_resid_post" in self.hooks:
-                self._handles.append(block.register_forward_hook(self._post("hook_resid_post", layer)))
-        last = self.layers[-1]
-        if last < len(blocks) - 1:  # nothing deeper is read: stop the forward there
-            self._handles.append(blocks[last].register_forward_hook(self._stop))
+        order = [k for k in ("hook_resid_pre", "ln1.hook_normalized", "hook_resid_post") if k in self.hooks]
+        try:
+            for layer in self.layers:
+                for kind in order:
+                    self._handles.append(mh.register(model, mh.site(kind, layer), self._reader(kind, layer)))
+            last = self.layers[-1]
+            if last < mh.n_layers(model) - 1:  # nothing deeper is read: stop the forward there
+                self._handles.append(mh.register(model, mh.resid_post(last), mh.stop))
+        except BaseException:
+            self.remove()
+            raise
 
-    def _pre(self, layer: int):
-        def hook(module, args, kwargs):
-            self._gather("hook_resid_pre", layer, args[0] if args else kwargs["hidden_states"])
-        return hook
-
-    def _post(self, name: str, layer: int):
-        def hook(module, args, output):
-            self._gather(name, layer, output[0] if isinstance(output, tuple) else output)
-        return hook
-
-    @staticmethod
-    def _stop(module, args, output):
-        raise _StopForward
+    def _reader(self, kind: str, layer: int) -> mh.HookFn:
+        def read(x: torch.Tensor) -> None:
+            self._gather(kind, layer, x)
+        return read
 
     def _gather(self, hook: str, layer: int, x: torch.Tensor) -> None:
         b = self.batch
@@ -169,13 +144,11 @@ class SpanReader:
         """One forward of the packed batch; returns float32 arrays keyed by (hook, layer)."""
         self.batch = batch
         self.out = {"acts": {}, "last_token": {}, "prompt": {}}
-        base = getattr(self.model, "model", self.model)
         try:
             with torch.no_grad():
-                base(input_ids=batch.input_ids, position_ids=batch.position_ids,
-                     attention_mask=batch.attention_mask, use_cache=False)
-        except _StopForward:
-            pass
+                mh.forward_until_stop(mh.body(self.model), input_ids=batch.input_ids,
+                                      position_ids=batch.position_ids, attention_mask=batch.attention_mask,
+                                      use_cache=False)
         finally:
             self.batch = None
         return self.out

@@ -15,12 +15,9 @@ import torch
 from interp import UserError
 from interp.extract.masks import attention_layout, piggyback_inputs, span_over_cache_inputs
 from interp.guard.refusal import KeywordMatcher, ProbabilityMatcher
+from interp.model import hooks as mh
 from interp.model.context import text_config
 from interp.model.kvcache import cache_kwarg, mark, rollback
-
-
-class _StopForward(Exception):
-    """Raised from the probe-layer hook to end a check's forward early."""
 
 
 def _get(obj: Any, key: str, default=None):
@@ -35,38 +32,6 @@ def hook_kind(hook: str) -> str:
         if kind in str(hook):
             return kind
     raise UserError(f"probe hook {hook!r} is not a residual-stream hook (hook_resid_pre / hook_resid_post)")
-
-
-def decoder_layers(model) -> Any:
-    base = getattr(model, model.base_model_prefix, model)
-    for owner in (base, getattr(base, "language_model", None)):
-        if owner is not None and hasattr(owner, "layers"):
-            return owner.layers
-    raise UserError(f"cannot find the decoder layers of {type(model).__name__}")
-
-
-class _Tap:
-    """Forward (pre-)hook on one decoder layer: stores the hidden state at ``index`` while armed."""
-
-    def __init__(self, module: torch.nn.Module, pre: bool):
-        self.armed, self.stop, self.index, self.value = False, False, -1, None
-        if pre:
-            self.handle = module.register_forward_pre_hook(self._pre, with_kwargs=True)
-        else:
-            self.handle = module.register_forward_hook(self._post)
-
-    def _take(self, hidden: torch.Tensor) -> None:
-        self.value = hidden[:, self.index]
-        if self.stop:
-            raise _StopForward
-
-    def _pre(self, module, args, kwargs):
-        if self.armed:
-            self._take(args[0] if args else kwargs["hidden_states"])
-
-    def _post(self, module, args, output):
-        if self.armed:
-            self._take(output[0] if isinstance(output, tuple) else output)
 
 
 @dataclass
@@ -99,7 +64,7 @@ class Checker:
     def __init__(self, model, tokenizer, spans, config, probes=None, *, model_id: str | None = None,
                  weights_sha256: str | None = None, base_lookahead: int | None = None):
         self.model, self.tokenizer, self.spans, self.config = model, tokenizer, spans, config
-        self.base = getattr(model, model.base_model_prefix, model)
+        self.base = mh.body(model)
         self._kw_model, self._kw_base = cache_kwarg(model), cache_kwarg(self.base)
         self.span_ids = [int(t) for t in spans.span_ids]
         self.probe_ids = self.span_ids[: int(spans.probe_index) + 1]
@@ -131,7 +96,7 @@ class Checker:
         if weights is not None and getattr(cfg, "hidden_size", None) not in (None, weights.shape[-1]):
             raise UserError(f"probe set has {weights.shape[-1]}-dimensional probes but the model's hidden size is "
                             f"{cfg.hidden_size}: it was trained on another model; train probes for this one")
-        n_layers = len(decoder_layers(self.model))
+        n_layers = mh.n_layers(self.model)
         layer = self.config.probe_layer if self.config.probe_layer is not None else _get(probes, "best_layer")
         if layer is None or not 0 <= int(layer) < n_layers:
             raise UserError(f"probe layer {layer} is outside the model's {n_layers} layers (0..{n_layers - 1})")
@@ -141,11 +106,11 @@ class Checker:
         self.layer = int(layer)
         self.threshold = float(self.config.threshold if self.config.threshold is not None
                                else _get(probes, "threshold", 0.5))
-        self.tap = _Tap(decoder_layers(self.model)[self.layer], pre=(kind == "resid_pre"))
+        self.tap = mh.Tap(self.model, mh.resid_pre(self.layer) if kind == "resid_pre" else mh.resid_post(self.layer))
 
     def close(self) -> None:
         if self.tap is not None:
-            self.tap.handle.remove()
+            self.tap.remove()
             self.tap = None
 
     def score(self, hidden: torch.Tensor) -> torch.Tensor:
@@ -164,12 +129,10 @@ class Checker:
         ids, pos, full = self._span_inputs(self.probe_ids, mask, pos_next)
         before = mark(cache)
         tap = self.tap
-        tap.armed, tap.stop, tap.index, tap.value = True, bool(self.config.early_exit), -1, None
+        tap.arm(-1, stop=self.config.early_exit)
         try:
-            self.base(input_ids=ids, position_ids=pos, attention_mask=full, use_cache=True,
-                      **{self._kw_base: cache})
-        except _StopForward:
-            pass
+            mh.forward_until_stop(self.base, input_ids=ids, position_ids=pos, attention_mask=full, use_cache=True,
+                                  **{self._kw_base: cache})
         finally:
             tap.armed = False
             rollback(cache, before)
@@ -253,7 +216,7 @@ class Checker:
         outcome = CheckOutcome()
         tap = self.tap if name == "lp" else None
         if tap is not None:
-            tap.armed, tap.stop, tap.index, tap.value = True, False, len(span), None
+            tap.arm(len(span))
         try:
             logits = self.model(input_ids=ids, position_ids=pos, attention_mask=m4, use_cache=True,
                                 logits_to_keep=keep, **{self._kw_model: cache}).logits
