@@ -14,7 +14,7 @@ from dataclasses import dataclass
 
 import torch
 
-from interp.extract.masks import plan_packed
+from interp.extract.masks import additive_masks, left_pad, plan_packed
 from interp.model.hooks import Inputs
 from interp.spans.derive import SafetySpans
 
@@ -90,13 +90,8 @@ def build_batch(examples: Sequence[Example], depth: int, span: SafetySpans, pad_
         return None
     # The injection routine with the response cut at ``depth``: one copy, contiguous positions, plain causal.
     seqs = [list(plan_packed(ex.prompt_ids, ex.response_ids[:depth], span.span_ids, [depth]).input_ids) for ex in kept]
-    width = max(len(s) for s in seqs)
-    ids = torch.full((len(seqs), width), pad_id, dtype=torch.long)
-    mask = torch.zeros((len(seqs), width), dtype=torch.long)
-    for i, s in enumerate(seqs):
-        ids[i, width - len(s):] = torch.tensor(s)
-        mask[i, width - len(s):] = 1
-    pos = (mask.cumsum(1) - 1).clamp_min(0)
+    ids, mask, pos = left_pad(seqs, pad_id)
+    width = ids.shape[1]
     lengths = mask.sum(1)
     cont_start = (width - lengths) + torch.tensor([len(ex.prompt_ids) for ex in kept])
     return SpanBatch(Inputs(ids, mask, pos), kept, depth, tuple(span.span_ids), cont_start, lengths, span.probe_index)
@@ -130,16 +125,6 @@ def knockout_inputs(batch: SpanBatch, dtype: torch.dtype = torch.float32, slidin
     span_rows[:, batch.prefix_width:] = True
     allowed &= ~(span_rows[:, :, None] & response_columns(batch)[:, None, :])
     allowed |= torch.diag_embed(~real)                                 # padding rows see themselves
-    masks = {"full_attention": allowed}
-    if sliding_window is not None:
-        idx = torch.arange(s)
-        masks["sliding_attention"] = allowed & ((idx[:, None] - idx[None, :]) < sliding_window)[None]
-        if layer_types is None:  # one window for every layer
-            masks = {"full_attention": masks["sliding_attention"]}
-
-    def additive(a: torch.Tensor) -> torch.Tensor:
-        return torch.zeros(a.shape, dtype=dtype).masked_fill_(~a, torch.finfo(dtype).min)[:, None]
-
-    out = {k: additive(v) for k, v in masks.items()}
-    mask = out if len(out) > 1 else out["full_attention"]
+    pos = batch.inputs.position_ids
+    mask = additive_masks(allowed, pos, pos, dtype, sliding_window, layer_types)
     return Inputs(batch.inputs.input_ids, mask, batch.inputs.position_ids)

@@ -14,6 +14,7 @@ from dataclasses import replace
 import torch
 from tqdm.auto import tqdm
 
+from interp.extract.masks import span_over_cache
 from interp.guard.generator import GuardConfig, GuardedGenerator
 from interp.model.kvcache import cache_kwarg, mark, new_cache, rollback
 
@@ -68,10 +69,7 @@ def check_latency(gen: GuardedGenerator, context_len: int, repeats: int = 20, ba
         return fn
 
     def rk_span() -> None:
-        span = chk.span_ids
-        s_ids = torch.tensor([span] * batch, device=device)
-        s_pos = pos[:, None] + torch.arange(len(span), device=device)[None]
-        s_mask = torch.cat([mask, torch.ones_like(s_ids)], dim=1)
+        s_ids, s_pos, s_mask = span_over_cache(chk.span_ids, mask, pos)
         model(input_ids=s_ids, position_ids=s_pos, attention_mask=s_mask, use_cache=True, logits_to_keep=1, **kw)
         rollback(cache, before)
 

@@ -1,10 +1,12 @@
-"""The one Safety-Token injection routine: token ids, position ids and tree masks.
+"""The one builder of injected inputs: token ids, position ids and attention masks for every forward.
 
 "Inject the span after d response tokens" means: the model sees ``prompt ‖ response[:d] ‖ span`` with
 positions ``0 … P+d+h-1``. Extraction packs every depth of one response into a single row
 (``prompt ‖ response ‖ span(d_1) ‖ … ‖ span(d_D)``) whose attention mask makes span copy k see only the first
 ``P + d_k`` tokens and itself. The guard forwards the span over a KV cache
-(:func:`span_over_cache_inputs`) or rides it on the next decode step (:func:`piggyback_inputs`).
+(:func:`span_over_cache`) or rides it on the next decode step (:func:`piggyback_inputs`). The causal code and
+the guard left-pad their batches with :func:`left_pad`, and the causal knockout builds its mask with
+:func:`additive_masks`, the same rule the packed mask uses.
 
 Masks are additive float masks (0 where attention is allowed, ``finfo(dtype).min`` elsewhere), which
 transformers passes through unchanged when they are 4-D. Models with sliding-window layers get a dict
@@ -111,9 +113,11 @@ def _additive(allowed: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
     return mask.unsqueeze(1)
 
 
-def _masks(allowed: torch.Tensor, q_pos: torch.Tensor, k_pos: torch.Tensor, dtype: torch.dtype,
+def additive_masks(allowed: torch.Tensor, q_pos: torch.Tensor, k_pos: torch.Tensor, dtype: torch.dtype,
            sliding_window: int | None, layer_types: Sequence[str] | None):
-    """Full mask, or per-layer-type dict / windowed mask when the model has sliding layers."""
+    """Additive ``[B, 1, Q, K]`` mask from a boolean ``allowed [B, Q, K]``; with ``sliding_window`` the window is
+    applied on the logical positions ``q_pos [B, Q]`` / ``k_pos [B, K]``: a per-layer-type dict, or one windowed
+    mask when the config names no layer types (Mistral-style)."""
     if sliding_window is None:
         return _additive(allowed, dtype)
     in_window = (q_pos[:, :, None] - k_pos[:, None, :]) < sliding_window
@@ -162,7 +166,7 @@ def collate(plans: Sequence[PackedPlan], pad_id: int, *, dtype: torch.dtype = to
     col_main = (copy == MAIN)[:, None, :] & (idx[None, None, :] < visible[:, :, None])
     same_copy = (copy[:, :, None] == copy[:, None, :]) & (copy[:, :, None] >= 0)
     allowed = (causal[None] & (col_main | same_copy)) | torch.eye(S, dtype=torch.bool)[None]
-    mask = _masks(allowed, pos, pos, dtype, sliding_window, layer_types)
+    mask = additive_masks(allowed, pos, pos, dtype, sliding_window, layer_types)
     last = torch.tensor([p.last_token_index for p in plans], dtype=torch.long).reshape(B, D)
     batch = PackedBatch(
         input_ids=ids, position_ids=pos, attention_mask=mask, span_index=span_index,
@@ -195,6 +199,35 @@ def span_over_cache_inputs(span_ids: Sequence[int], cache_len: int | torch.Tenso
     start = torch.as_tensor(cache_len, dtype=torch.long, device=device).reshape(-1, 1)
     pos = (start + torch.arange(h, device=device)[None]).expand(batch, h).contiguous()
     return ids, pos
+
+
+def span_over_cache(span_ids: Sequence[int], prefix_mask: torch.Tensor, positions: torch.Tensor
+                    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """``(input_ids, position_ids, attention_mask)`` to forward the span over a cache whose rows have the 2-D
+    ``prefix_mask [B, n]`` (1 = real) and continue at ``positions [B]``; the mask is the prefix's plus the span's."""
+    B, dev = prefix_mask.shape[0], prefix_mask.device
+    ids, pos = span_over_cache_inputs(span_ids, positions, batch=B, device=dev)
+    mask = torch.cat([prefix_mask, torch.ones((B, len(span_ids)), dtype=prefix_mask.dtype, device=dev)], dim=1)
+    return ids, pos, mask
+
+
+def left_pad(rows: Sequence[Sequence[int]], pad_id: int, device: torch.device | str | None = None
+             ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """``(input_ids, attention_mask, position_ids)`` of token rows left-padded to one width: the mask is 1 on
+    real tokens and positions count real tokens only (``cumsum(mask) - 1``), so padding never shifts a row."""
+    if not rows:
+        raise ValueError("no rows to pad")
+    width = max(len(r) for r in rows)
+    ids = torch.full((len(rows), width), int(pad_id), dtype=torch.long)
+    mask = torch.zeros((len(rows), width), dtype=torch.long)
+    for i, r in enumerate(rows):
+        if len(r):
+            ids[i, width - len(r):] = torch.tensor([int(t) for t in r])
+            mask[i, width - len(r):] = 1
+    pos = (mask.cumsum(-1) - 1).clamp_min(0)
+    if device is not None:
+        ids, mask, pos = ids.to(device), mask.to(device), pos.to(device)
+    return ids, mask, pos
 
 
 def piggyback_inputs(next_tokens: torch.Tensor, span_ids: Sequence[int], cache_len: int, *,
@@ -236,7 +269,7 @@ def piggyback_inputs(next_tokens: torch.Tensor, span_ids: Sequence[int], cache_l
     else:
         m = min(n, sliding_window - 1) if sliding_cache_len is None else int(sliding_cache_len)
         k_logical = torch.cat([torch.arange(n - m, n), n + offs])[None].expand(B, -1)
-        sliding = _masks(build(m), q_logical, k_logical, dtype, sliding_window, None)
+        sliding = additive_masks(build(m), q_logical, k_logical, dtype, sliding_window, None)
         if layer_types is None:
             mask = sliding
         else:

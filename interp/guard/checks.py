@@ -13,7 +13,7 @@ from typing import Any
 import torch
 
 from interp import UserError
-from interp.extract.masks import attention_layout, piggyback_inputs, span_over_cache_inputs
+from interp.extract.masks import attention_layout, piggyback_inputs, span_over_cache
 from interp.guard.refusal import KeywordMatcher, ProbabilityMatcher
 from interp.model import hooks as mh
 from interp.model.context import text_config
@@ -118,15 +118,9 @@ class Checker:
         return torch.as_tensor(out, dtype=torch.float32).reshape(-1).cpu()
 
     # -- checks ----------------------------------------------------------------------------------
-    def _span_inputs(self, span: list[int], mask: torch.Tensor, pos_next: torch.Tensor):
-        B, dev = mask.shape[0], mask.device
-        ids, pos = span_over_cache_inputs(span, pos_next, batch=B, device=dev)
-        full = torch.cat([mask, torch.ones((B, len(span)), dtype=mask.dtype, device=dev)], dim=1)
-        return ids, pos, full
-
     def lp_hidden(self, cache, mask: torch.Tensor, pos_next: torch.Tensor) -> torch.Tensor:
         """Probe-layer state at the role token, forwarded over ``cache`` (rolled back afterwards)."""
-        ids, pos, full = self._span_inputs(self.probe_ids, mask, pos_next)
+        ids, pos, full = span_over_cache(self.probe_ids, mask, pos_next)
         before = mark(cache)
         tap = self.tap
         tap.arm(-1, stop=self.config.early_exit)
@@ -160,7 +154,7 @@ class Checker:
         return texts
 
     def _rk(self, cache, mask, pos_next, outcome: CheckOutcome) -> None:
-        ids, pos, full = self._span_inputs(self.span_ids, mask, pos_next)
+        ids, pos, full = span_over_cache(self.span_ids, mask, pos_next)
         before = mark(cache)
         try:
             logits = self.model(input_ids=ids, position_ids=pos, attention_mask=full, use_cache=True,

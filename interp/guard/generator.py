@@ -27,6 +27,7 @@ from typing import Any
 import torch
 
 from interp import UserError
+from interp.extract.masks import left_pad
 from interp.guard.checks import Checker, CheckOutcome
 from interp.model import fast_linear
 from interp.model.kvcache import cache_kwarg, new_cache
@@ -241,12 +242,7 @@ class GuardedGenerator:
         if P + 1 + chk.room > self.max_context:
             raise UserError(f"prompt of {P} tokens leaves no room in the context of {self.max_context}")
         pad = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else 0
-        ids = torch.full((B, P), int(pad), dtype=torch.long, device=device)
-        mask = torch.zeros((B, P), dtype=torch.long, device=device)
-        for b, p in enumerate(prompts):
-            ids[b, P - len(p):] = torch.tensor(list(p), device=device)
-            mask[b, P - len(p):] = 1
-        pos = (mask.cumsum(-1) - 1).clamp(min=0)
+        ids, mask, pos = left_pad(prompts, pad, device=device)
         cache = new_cache(self.model)
         logits = self._forward(ids, pos, mask, cache)[:, -1]
         rng = torch.Generator().manual_seed(cfg.seed)
