@@ -51,7 +51,7 @@ ARCHS = {"qwen2": {}, "llama": {"family": "qwen2"}, "gemma2": {"family": "qwen2"
 
 @pytest.fixture(scope="module", params=list(ARCHS))
 def setup(request):
-    model, tok = tiny_model(request.param, n_layers=3, **ARCHS[request.param])
+    model, tok = tiny_model(request.param, n_layers=3, seed=2, **ARCHS[request.param])
     examples = toy_examples(tok)
     span = derive_safety_spans(tok)
     batch = build_batch(examples, DEPTHS[1], span, tok.pad_token_id)

@@ -14,11 +14,7 @@ import numpy as np
 import torch
 
 from interp import UserError
-
-REFUSAL_OPENERS = ("I'm sorry", "I am sorry", "I cannot", "I can't", "Sorry", "I apologize", "As an AI",
-                   "Unfortunately", "I won't", "No")
-COMPLIANCE_OPENERS = ("Sure", "Here", "Certainly", "Of course", "To", "Step", "1", "The", "Yes", "Absolutely",
-                      "First", "Okay")
+from interp.guard.refusal import COMPLIANCE_OPENERS, REFUSAL_OPENERS, opener_ids
 
 
 @dataclass(frozen=True)
@@ -31,17 +27,9 @@ class OpenerTokens:
 
 def opener_tokens(tokenizer, refusal: Sequence[str] = REFUSAL_OPENERS,
                   compliance: Sequence[str] = COMPLIANCE_OPENERS) -> OpenerTokens:
-    """First token of each opener as the start of a message; ids shared by both sides are dropped."""
-
-    def firsts(texts: Sequence[str]) -> set[int]:
-        out = set()
-        for t in texts:
-            ids = tokenizer(t, add_special_tokens=False)["input_ids"]
-            if ids:
-                out.add(int(ids[0]))
-        return out
-
-    r, c = firsts(refusal), firsts(compliance)
+    """First tokens of the refusal and compliance openers (:func:`interp.guard.refusal.opener_ids`, the judge's
+    own tokenization); ids that open both are dropped."""
+    r, c = set(opener_ids(tokenizer, tuple(refusal))), set(opener_ids(tokenizer, tuple(compliance)))
     both = r & c
     r, c = sorted(r - both), sorted(c - both)
     if not r or not c:
