@@ -92,7 +92,7 @@ def main() -> None:
     from interp.extract.masks import attention_layout, collate, plan_packed
     from interp.extract.packed import SpanReader, parse_depths
     from interp.guard.checks import Checker
-    from interp.guard.generator import GuardConfig
+    from interp.guard.types import GuardConfig
     from interp.model.kvcache import cache_kwarg, mark, new_cache, rollback
     from interp.probes.probeset import ProbeSet
     from interp.spans.derive import derive_safety_spans

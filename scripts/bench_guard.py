@@ -33,7 +33,8 @@ def main() -> None:
 
     from interp.evaluate.common import load_guard_model, random_probes
     from interp.evaluate.cost import check_latency, slowdown
-    from interp.guard.generator import GuardConfig, GuardedGenerator
+    from interp.guard.generator import GuardedGenerator
+    from interp.guard.types import GuardConfig
     from interp.spans.derive import derive_safety_spans, format_prompt_ids
 
     gm = load_guard_model(args.model, device=args.device, dtype=args.dtype)

@@ -248,7 +248,8 @@ false positives on held-out benign scores) and with ADA's fixed 0.5. With `buffe
 reaches the caller before a check covering it has passed, so a halt leaks nothing; the forced tokens count as
 generated (the attacker wrote them), and a halt replaces the rest with a refusal message."""),
     ("code", '''\
-from interp.guard.generator import GuardConfig, GuardedGenerator
+from interp.guard.generator import GuardedGenerator
+from interp.guard.types import GuardConfig
 
 
 def run_guard(mode, **options):

@@ -46,7 +46,8 @@ def test_deep_prefill_checks_equal_scratch_continuations(tmp_path):
     recs = {r.id: r for r in load_dataset("demo")}
     row = res["rows"][0]
     prompt = format_prompt_ids(gm.tokenizer, recs[row["id"]].prompt)
-    from interp.guard.generator import GuardConfig, GuardedGenerator
+    from interp.guard.generator import GuardedGenerator
+    from interp.guard.types import GuardConfig
     from interp.spans.derive import encode_response
 
     opener = encode_response(gm.tokenizer, prompt, recs[row["id"]].meta["target"])

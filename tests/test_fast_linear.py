@@ -53,7 +53,8 @@ def test_install_is_a_no_op_off_float32():
 
 def test_guard_check_state_is_the_same_with_and_without_fast_linear():
     from interp.evaluate.common import random_probes
-    from interp.guard.generator import GuardConfig, GuardedGenerator
+    from interp.guard.generator import GuardedGenerator
+    from interp.guard.types import GuardConfig
     from interp.spans.derive import derive_safety_spans, format_prompt_ids
     from interp.testing import tiny_model
 

@@ -5,7 +5,8 @@ import pytest
 import torch
 
 from interp import UserError
-from interp.guard.generator import GuardConfig, GuardedGenerator
+from interp.guard.generator import GuardedGenerator
+from interp.guard.types import GuardConfig
 from interp.model.hooks import decoder_layers
 from interp.model.kvcache import cache_kwarg
 from interp.probes.probeset import ProbeSet

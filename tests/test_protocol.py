@@ -97,7 +97,8 @@ def test_schedule_depths_and_store_coverage():
 def test_guard_checks_each_answer_on_its_own_schedule():
     """What the guard does in a batch of answers of different lengths equals Schedule.depths per answer (a
     neighbour's final check must not add a check to the other rows)."""
-    from interp.guard.generator import GuardConfig, GuardedGenerator
+    from interp.guard.generator import GuardedGenerator
+    from interp.guard.types import GuardConfig
     from interp.spans.derive import derive_safety_spans, format_prompt_ids
     from interp.testing import tiny_model
 
@@ -148,7 +149,7 @@ def test_evaluation_excludes_training_prompts_and_their_twins():
 
 
 def test_probeset_round_trips_split_and_warns_on_other_schedule(tmp_path):
-    from interp.guard.generator import GuardConfig
+    from interp.guard.types import GuardConfig
 
     recs = load_dataset("demo")
     probes = _probeset_with_split(recs, ["train"] * 40 + ["test"] * 40)
@@ -182,7 +183,8 @@ def test_ngram_baseline_runs_on_the_probes_folds_and_equals_per_fold_fits():
 
 
 def test_guard_warns_when_run_on_another_schedule_than_calibrated():
-    from interp.guard.generator import GuardConfig, GuardedGenerator
+    from interp.guard.generator import GuardedGenerator
+    from interp.guard.types import GuardConfig
     from interp.spans.derive import derive_safety_spans
     from interp.testing import tiny_model
 
@@ -227,7 +229,8 @@ def test_k_of_n_threshold_meets_target_on_known_distribution():
 
 @pytest.mark.parametrize("k", [1, 3])
 def test_guard_halts_at_the_kth_flagged_check(k):
-    from interp.guard.generator import GuardConfig, GuardedGenerator
+    from interp.guard.generator import GuardedGenerator
+    from interp.guard.types import GuardConfig
     from interp.spans.derive import derive_safety_spans, format_prompt_ids
     from interp.testing import tiny_model
 
@@ -248,7 +251,8 @@ def test_guard_halts_at_the_kth_flagged_check(k):
 
 
 def test_probe_set_of_another_hidden_size_is_refused_before_generation():
-    from interp.guard.generator import GuardConfig, GuardedGenerator
+    from interp.guard.generator import GuardedGenerator
+    from interp.guard.types import GuardConfig
     from interp.spans.derive import derive_safety_spans
     from interp.testing import tiny_model
 

@@ -68,7 +68,8 @@ def test_packed_extraction_equals_reencoding_on_real_weights(qwen, tmp_path):
 def test_guard_check_reads_what_extraction_stored(qwen, tmp_path):
     """One injection routine, two consumers: the ADA-LP check over the live KV cache scores exactly the vector
     that packed extraction stored for the same depth (real weights, float32)."""
-    from interp.guard.generator import GuardConfig, GuardedGenerator
+    from interp.guard.generator import GuardedGenerator
+    from interp.guard.types import GuardConfig
     from interp.probes.probeset import ProbeSet
 
     tok, model = qwen.tokenizer, qwen.model

@@ -10,7 +10,8 @@ import numpy as np
 import pytest
 import torch
 
-from interp.guard.generator import GuardConfig, GuardedGenerator
+from interp.guard.generator import GuardedGenerator
+from interp.guard.types import GuardConfig
 from interp.model.hooks import decoder_layers
 from interp.probes.probeset import ProbeSet
 from interp.serve.api import ApiError, TextStream

@@ -13,7 +13,8 @@ from interp.evaluate.common import random_probes
 from interp.extract.packed import extract_to_store
 from interp.extract.store import ActivationStore
 from interp.generate.continuations import Continuation
-from interp.guard.generator import GuardConfig, GuardedGenerator
+from interp.guard.generator import GuardedGenerator
+from interp.guard.types import GuardConfig
 from interp.model.hooks import body, decoder_layers, resid_post, run_with_hooks
 from interp.spans.derive import derive_safety_spans, encode_response, format_prompt_ids
 from interp.testing import tiny_wrapped_model

@@ -15,7 +15,8 @@ import torch
 from tqdm.auto import tqdm
 
 from interp.extract.masks import span_over_cache
-from interp.guard.generator import GuardConfig, GuardedGenerator
+from interp.guard.generator import GuardedGenerator
+from interp.guard.types import GuardConfig
 from interp.model.kvcache import cache_kwarg, mark, new_cache, rollback
 
 

@@ -28,7 +28,8 @@ from interp.evaluate.common import (
     wilson,
     write_result,
 )
-from interp.guard.generator import GuardConfig, GuardedGenerator
+from interp.guard.generator import GuardedGenerator
+from interp.guard.types import GuardConfig
 from interp.spans.derive import encode_response, format_prompt_ids
 
 DEFAULT_DATASETS = ("demo",)

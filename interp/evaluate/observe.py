@@ -7,7 +7,8 @@ from __future__ import annotations
 from tqdm import tqdm
 
 from interp.evaluate.common import EvalConfig, batches
-from interp.guard.generator import GuardConfig, GuardedGenerator
+from interp.guard.generator import GuardedGenerator
+from interp.guard.types import GuardConfig
 from interp.spans.derive import format_prompt_ids
 
 

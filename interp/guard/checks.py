@@ -15,6 +15,7 @@ import torch
 from interp import UserError
 from interp.extract.masks import attention_layout, piggyback_inputs, span_over_cache
 from interp.guard.refusal import KeywordMatcher, ProbabilityMatcher
+from interp.guard.types import CheckEvent
 from interp.model import hooks as mh
 from interp.model.context import text_config
 from interp.model.kvcache import cache_kwarg, mark, rollback
@@ -46,8 +47,6 @@ class CheckOutcome:
         return any(bool(f[b]) for f in self.flags.values())
 
     def events(self, b: int, depth: int) -> list:
-        from interp.guard.generator import CheckEvent
-
         out = []
         for name, f in self.flags.items():
             score = self.scores.get(name)

@@ -7,7 +7,8 @@ from dataclasses import dataclass, field
 
 from interp import UserError
 from interp.config import add_arguments, from_namespace
-from interp.guard.generator import GuardConfig, GuardedGenerator
+from interp.guard.generator import GuardedGenerator
+from interp.guard.types import GuardConfig
 
 
 @dataclass

@@ -7,7 +7,7 @@ import sys
 
 from interp import UserError
 from interp.config import add_arguments, from_namespace, to_dict
-from interp.guard.generator import GuardConfig
+from interp.guard.types import GuardConfig
 from interp.model.loading import ModelConfig
 from interp.serve.server import ServerConfig
 
