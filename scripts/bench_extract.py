@@ -46,7 +46,7 @@ def timed(fn, repeats: int) -> float:
 
 
 def main() -> None:
-    from interp.model.loading import DEFAULT_MODEL
+    from interp.model.catalogue import DEFAULT_MODEL
     from interp.spans.derive import derive_safety_spans
 
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])

@@ -10,15 +10,9 @@ import pytest
 import torch
 
 from interp import UserError
-from interp.extract.distributed import (
-    extract_shard,
-    finalize,
-    read_manifest,
-    shard_bounds,
-    shard_dir,
-    shard_path,
-)
+from interp.extract.distributed import extract_shard, shard_bounds
 from interp.extract.packed import extract_to_store
+from interp.extract.shards import finalize, read_manifest, shard_dir, shard_path
 from interp.extract.store import ActivationStore
 from interp.generate.continuations import Continuation, save_jsonl
 from interp.spans.derive import derive_safety_spans, format_prompt_ids

@@ -9,9 +9,9 @@ from pathlib import Path
 
 import pytest
 
-from interp.cli.commands.generate import _slug as generate_slug
+from interp.cli.naming import file_slug as generate_slug
+from interp.cli.naming import run_slug as demo_slug
 from interp.cli.naming import slug
-from interp.cli.pipeline import _slug as demo_slug
 from interp.data.registry import dataset_names
 from interp.model.catalogue import CATALOGUE
 

@@ -20,7 +20,8 @@ pytestmark = pytest.mark.integration
 
 @pytest.fixture(scope="module")
 def qwen():
-    from interp.model.loading import DEFAULT_MODEL, load_model
+    from interp.model.catalogue import DEFAULT_MODEL
+    from interp.model.loading import load_model
 
     return load_model(DEFAULT_MODEL, device="cpu", dtype="float32")
 

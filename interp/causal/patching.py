@@ -21,8 +21,7 @@ from interp.causal.runner import Readout, SiteFn, SpanRunner, read, span_cols
 from interp.model.hooks import HookFn, at_positions, resid_post
 from interp.spans.derive import SafetySpans
 
-__all__ = ["Readout", "heatmap_matrix", "knockout_effects", "pair_up", "patch_hook", "patching_sweep", "read",
-           "span_cols"]
+__all__ = ["heatmap_matrix", "knockout_effects", "pair_up", "patch_hook", "patching_sweep"]
 
 
 def patch_hook(dst: SpanBatch, src: SpanBatch, src_site_values: torch.Tensor, where: str) -> HookFn:

@@ -9,6 +9,7 @@ sum_f a_f * ||W_dec[f]|| / rms(output). Files are exactly what ``SAE.load_from_d
 from __future__ import annotations
 
 import json
+import re
 import shutil
 import time
 from collections.abc import Iterable, Sequence
@@ -278,6 +279,14 @@ def evaluate_transcoder(model, tc, layer: int, token_rows: list[list[int]], batc
                         max_tokens: int | None = None) -> dict:
     """:func:`evaluate_transcoders` for one transcoder."""
     return evaluate_transcoders(model, {layer: tc}, token_rows, batch_size, max_tokens)[layer]
+
+
+def transcoder_layer(tc) -> int:
+    """The layer a transcoder reads, from its sae-lens ``hook_name`` (``blocks.L.mlp.hook_in``)."""
+    m = re.match(r"blocks\.(\d+)\.", str(tc.cfg.metadata.hook_name or ""))
+    if not m:
+        raise UserError("transcoder metadata has no hook_name like blocks.L.mlp.hook_in")
+    return int(m.group(1))
 
 
 def list_transcoders(root: str | Path) -> list[dict]:

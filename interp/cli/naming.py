@@ -6,7 +6,7 @@ import os
 import re
 from pathlib import Path
 
-__all__ = ["slug"]
+__all__ = ["file_slug", "run_slug", "slug"]
 
 _ASCII_UNSAFE_RUN = re.compile(r"[^A-Za-z0-9._-]+")
 
@@ -24,3 +24,13 @@ def slug(text: str, *, unicode: bool = False) -> str:
         return "".join(c if c.isalnum() or c in "._-" else "-" for c in name).strip("-")
     name = Path(text).name if "/" in text else text
     return _ASCII_UNSAFE_RUN.sub("-", name).strip("-")
+
+
+def file_slug(text: str) -> str:
+    """Output file name part for a model or dataset name (``anydepth generate`` / ``extract``)."""
+    return slug(text) or "data"
+
+
+def run_slug(text: str) -> str:
+    """The demo's run folder name part (lower case, at most 60 characters) for a model name."""
+    return slug(text, unicode=True).lower()[:60]

@@ -17,7 +17,7 @@ from pathlib import Path
 
 import interp
 from interp import UserError
-from interp.cli.naming import slug
+from interp.cli.naming import run_slug
 
 
 @dataclass
@@ -60,11 +60,6 @@ class Stage:
     def key(self) -> str:
         blob = json.dumps({"argv": self.argv, "inputs": self.inputs, "version": interp.__version__})
         return hashlib.sha256(blob.encode()).hexdigest()[:10]
-
-
-def _slug(text: str) -> str:
-    """Run folder name part (lower case, at most 60 characters) for a model or dataset name."""
-    return slug(text, unicode=True).lower()[:60]
 
 
 class Runner:
@@ -123,12 +118,12 @@ def run_demo(cfg: DemoConfig) -> Path:
 
     if not cfg.data:
         raise UserError("give at least one dataset with --data")
-    root = Path(cfg.out) / _slug(cfg.model)
+    root = Path(cfg.out) / run_slug(cfg.model)
     runner = Runner(root, total=len(cfg.data) + 4 + (0 if cfg.skip_eval else 3))
     common = ["--model", cfg.model, "--device", cfg.device]
     limit = ["--limit", str(cfg.limit)] if cfg.limit else []
     generated = [runner.run(Stage(
-        f"generate-{_slug(name)}",
+        f"generate-{run_slug(name)}",
         ["generate", *common, "--data", name, *limit, "--mode", "matched", "--max-new-tokens", str(cfg.max_new_tokens),
          "--gen-batch-size", str(cfg.batch_size)],
         outputs=lambda f: ["--out", str(f / "continuations.jsonl")])) for name in cfg.data]

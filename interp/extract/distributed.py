@@ -26,20 +26,12 @@ import numpy as np
 from interp import UserError
 from interp.extract.shards import (
     MERGE_MODES,
-    SHARD_KEYS,
     finalize,
-    read_manifest,
-    shard_dir,
     shard_path,
     write_manifest,
 )
 
-__all__ = [
-    "MERGE_MODES", "SHARD_KEYS", "DistExtractConfig", "ShardResult", "barrier", "dispatch_across_gpus", "dist_env",
-    "example_cost", "extract_auto", "extract_main", "extract_shard", "finalize", "init_process_group",
-    "is_main_rank", "launched_by_torchrun", "main", "rank_device", "rank_model_config", "read_manifest",
-    "run_distributed_extract", "shard_bounds", "shard_dir", "shard_path", "write_manifest",
-]
+__all__ = ["DistExtractConfig", "ShardResult", "barrier", "dispatch_across_gpus", "dist_env", "example_cost", "extract_auto", "extract_main", "extract_shard", "init_process_group", "is_main_rank", "launched_by_torchrun", "main", "rank_device", "rank_model_config", "run_distributed_extract", "shard_bounds"]
 
 
 # ------------------------------------------------------------------------------------------------ sharding

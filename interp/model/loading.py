@@ -45,8 +45,7 @@ from interp.model.catalogue import (
     write_manifest,
 )
 
-__all__ = ["CATALOGUE", "DEFAULT_MODEL", "CatalogueEntry", "ModelConfig", "LoadedModel", "load_model",
-           "load_tokenizer", "resolve_catalogue_file", "to_bridge", "verify_catalogue", "resolve_spec"]
+__all__ = ["ModelConfig", "LoadedModel", "load_model", "load_tokenizer", "to_bridge", "verify_catalogue", "resolve_spec"]
 
 _DTYPES = {"float32": torch.float32, "fp32": torch.float32, "bfloat16": torch.bfloat16, "bf16": torch.bfloat16,
            "float16": torch.float16, "fp16": torch.float16}

@@ -23,34 +23,31 @@ from pathlib import Path
 from typing import Any
 
 from interp import UserError
-from interp.spans.overrides import PACKAGED_OVERRIDES, _check_overrides, _match_override, load_overrides
+from interp.spans.overrides import check_overrides, load_overrides, match_override
 from interp.spans.render import (
-    _back_off,
-    _common_prefix_len,
-    _decode,
-    _decodes_to,
-    _encode,
-    _find_once,
-    _messages,
-    _name,
-    _offsets,
-    _render,
-    _special_strings,
-    _token_range,
+    back_off,
+    char_offsets,
+    chat_messages,
+    common_prefix_len,
+    decode_ids,
+    decodes_to,
+    encode_text,
+    find_once,
+    render_chat,
+    special_strings,
     template_hash,
+    token_range,
+    tokenizer_name,
 )
 
 __all__ = [
-    "PACKAGED_OVERRIDES",
     "SafetySpans",
     "derive_safety_spans",
     "encode_response",
     "format_conversation_ids",
     "format_prompt_ids",
     "format_prompt_text",
-    "load_overrides",
     "spans_json",
-    "template_hash",
 ]
 
 # Marker contents: letters only (so templates that ``trim`` content leave them alone), unlikely in any template.
@@ -116,42 +113,42 @@ class _Renders:
 
 
 def _renders(tokenizer) -> _Renders:
-    u = _render(tokenizer, _messages(_U), False)
-    ug = _render(tokenizer, _messages(_U), True)
-    uag = _render(tokenizer, _messages(_U, None, ("assistant", _A)), True)
+    u = render_chat(tokenizer, chat_messages(_U), False)
+    ug = render_chat(tokenizer, chat_messages(_U), True)
+    uag = render_chat(tokenizer, chat_messages(_U, None, ("assistant", _A)), True)
     try:
-        uav = _render(tokenizer, _messages(_U, None, ("assistant", _A), ("user", _V)), False)
+        uav = render_chat(tokenizer, chat_messages(_U, None, ("assistant", _A), ("user", _V)), False)
     except UserError:
         uav = None
     return _Renders(u, ug, uag, uav)
 
 
 def _derive_header(tokenizer, r: _Renders) -> str:
-    b = _common_prefix_len(r.u, r.ug)
-    b = _back_off(r.ug, b, _special_strings(tokenizer))  # e.g. phi3 renders eos '<|end|>' vs '<|assistant|>'
+    b = common_prefix_len(r.u, r.ug)
+    b = back_off(r.ug, b, special_strings(tokenizer))  # e.g. phi3 renders eos '<|end|>' vs '<|assistant|>'
     header = r.ug[b:]
-    if not header or b < _find_once(tokenizer, r.ug, _U, "user") + len(_U):
-        raise UserError(f"chat template of {_name(tokenizer)!r} has no assistant header (add_generation_prompt "
+    if not header or b < find_once(tokenizer, r.ug, _U, "user") + len(_U):
+        raise UserError(f"chat template of {tokenizer_name(tokenizer)!r} has no assistant header (add_generation_prompt "
                         "adds nothing); give end_of_turn/header in a YAML override: see interp/spans/span_overrides.yaml "
                         "or pass derive_safety_spans(..., overrides=FILE)")
     return header
 
 
 def _derive_end_of_turn(tokenizer, r: _Renders, header: str) -> str:
-    a_end = _find_once(tokenizer, r.uag, _A, "assistant") + len(_A)
+    a_end = find_once(tokenizer, r.uag, _A, "assistant") + len(_A)
     if not r.uag.endswith(header) or len(r.uag) - len(header) < a_end:
-        raise UserError(f"chat template of {_name(tokenizer)!r} does not end a conversation with the assistant "
+        raise UserError(f"chat template of {tokenizer_name(tokenizer)!r} does not end a conversation with the assistant "
                         "header when asked for a generation prompt after an assistant message; give the span in "
                         "a YAML override (interp/spans/span_overrides.yaml or overrides=)")
     eot = r.uag[a_end: len(r.uag) - len(header)]
     # Cross-check with the next turn: [U, A, V] must continue A with eot and then the same user opener that
     # precedes U in [U] (after any default system prompt).
     if r.uav is not None:
-        between = r.uav[_find_once(tokenizer, r.uav, _A, "assistant") + len(_A): r.uav.index(_V)]
+        between = r.uav[find_once(tokenizer, r.uav, _A, "assistant") + len(_A): r.uav.index(_V)]
         opener = between[len(eot):]
         prefix_u = r.u[: r.u.index(_U)]
         if not between.startswith(eot) or not opener or not prefix_u.endswith(opener):
-            raise UserError(f"chat template of {_name(tokenizer)!r}: the text after an assistant message "
+            raise UserError(f"chat template of {tokenizer_name(tokenizer)!r}: the text after an assistant message "
                             f"({between!r}) does not match the end of turn before a generation prompt ({eot!r}); "
                             "give the span in a YAML override (interp/spans/span_overrides.yaml or overrides=)")
     return eot
@@ -164,14 +161,14 @@ def _user_opener_ids(tokenizer, r: _Renders, eot: str) -> list[int] | None:
     v = r.uav.find(_V)
     if a_end < len(_A) or v < a_end or not r.uav[a_end:v].startswith(eot) or v - a_end == len(eot):
         return None
-    loc = _token_range(tokenizer, r.uav, a_end + len(eot), v)
+    loc = token_range(tokenizer, r.uav, a_end + len(eot), v)
     return None if loc is None else loc[0][loc[1]: loc[2]]
 
 
 def _role_range(header_ids: list[int], opener_ids: list[int]) -> tuple[int, int] | None:
     """``[p, q)``: the header tokens that differ from the user opener (the role), or None."""
     h, o = list(header_ids), list(opener_ids)
-    p = _common_prefix_len(h, o)
+    p = common_prefix_len(h, o)
     if p >= len(h):
         return None
     # the opener is  pre + role_user + post ; the header is  pre + role_assistant + post (+ extras such as
@@ -191,7 +188,7 @@ def _resolve_index(pp: str | int, n: int, role_index: int | None, tokenizer) -> 
         raise UserError(f"probe_position must be 'role', 'last' or an integer, not {pp!r}")
     if pp == "role":
         if role_index is None:
-            raise UserError(f"cannot find the role token in the assistant header of {_name(tokenizer)!r}; pass "
+            raise UserError(f"cannot find the role token in the assistant header of {tokenizer_name(tokenizer)!r}; pass "
                             "probe_position='last' or an index, or set probe_position in a YAML override")
         return role_index
     if pp == "last":
@@ -216,10 +213,10 @@ def derive_safety_spans(tokenizer, *, probe_position: str | int = "role",
     thash = template_hash(tokenizer)  # raises when there is no template
     tables = []
     if overrides is not None:
-        tables.append(_check_overrides(overrides, "overrides=") if isinstance(overrides, Mapping)
+        tables.append(check_overrides(overrides, "overrides=") if isinstance(overrides, Mapping)
                       else load_overrides(overrides))
     tables.append(load_overrides(None))
-    matches = _match_override(tokenizer, thash, tables)
+    matches = match_override(tokenizer, thash, tables)
 
     r = _renders(tokenizer)
     derive_error: UserError | None = None
@@ -248,7 +245,7 @@ def derive_safety_spans(tokenizer, *, probe_position: str | int = "role",
             raise UserError(f"span override {key!r}: header must not be empty")
         if not r.ug.endswith(header):
             raise UserError(f"span override {key!r}: header {header!r} does not end the prompt the chat template "
-                            f"of {_name(tokenizer)!r} renders ({r.ug[-40:]!r}); fix the override")
+                            f"of {tokenizer_name(tokenizer)!r} renders ({r.ug[-40:]!r}); fix the override")
         if probe_position == "role" and "probe_position" in entry:
             probe_position = entry["probe_position"]
     elif derive_error is not None:
@@ -257,18 +254,18 @@ def derive_safety_spans(tokenizer, *, probe_position: str | int = "role",
 
     span_text = eot + header
     # the span in context: right after an assistant response
-    a_end = _find_once(tokenizer, r.uag, _A, "assistant") + len(_A)
+    a_end = find_once(tokenizer, r.uag, _A, "assistant") + len(_A)
     ctx = r.uag[:a_end] + span_text
-    loc = _token_range(tokenizer, ctx, a_end)
-    hloc = _token_range(tokenizer, ctx, len(ctx) - len(header)) if loc is not None else None
+    loc = token_range(tokenizer, ctx, a_end)
+    hloc = token_range(tokenizer, ctx, len(ctx) - len(header)) if loc is not None else None
     if loc is None or hloc is None or not loc[1] <= hloc[1] < loc[2]:
-        raise UserError(f"span {span_text!r} not found in the tokenized conversation of {_name(tokenizer)!r} "
+        raise UserError(f"span {span_text!r} not found in the tokenized conversation of {tokenizer_name(tokenizer)!r} "
                         "(a token crosses its boundary); give the span in a YAML override")
     ids, i, j = loc
     span_ids = ids[i:j]
     h0 = hloc[1] - i  # header's first token inside the span
     # the header as it ends a formatted prompt
-    ploc = _token_range(tokenizer, r.ug, len(r.ug) - len(header)) if r.ug.endswith(header) else None
+    ploc = token_range(tokenizer, r.ug, len(r.ug) - len(header)) if r.ug.endswith(header) else None
     header_ids = ploc[0][ploc[1]: ploc[2]] if ploc is not None else span_ids[h0:]
 
     role_index, role_text = None, ""
@@ -277,10 +274,10 @@ def derive_safety_spans(tokenizer, *, probe_position: str | int = "role",
         rr = _role_range(span_ids[h0:], opener_ids)
         if rr is not None:
             role_index = h0 + rr[1] - 1
-            role_text = _decode(tokenizer, span_ids[h0 + rr[0]: h0 + rr[1]])
+            role_text = decode_ids(tokenizer, span_ids[h0 + rr[0]: h0 + rr[1]])
     probe_index = _resolve_index(probe_position, len(span_ids), role_index, tokenizer)
     if not role_text:
-        role_text = _decode(tokenizer, span_ids[probe_index: probe_index + 1])
+        role_text = decode_ids(tokenizer, span_ids[probe_index: probe_index + 1])
 
     return SafetySpans(header=header, end_of_turn=eot, span_text=span_text, span_ids=tuple(span_ids),
                        header_ids=tuple(header_ids), probe_index=probe_index, role_text=role_text,
@@ -293,7 +290,7 @@ def derive_safety_spans(tokenizer, *, probe_position: str | int = "role",
 
 def format_prompt_text(tokenizer, prompt: str, system: str | None = None) -> str:
     """The chat-formatted user turn through the assistant header, as text."""
-    return _render(tokenizer, _messages(prompt, system), True)
+    return render_chat(tokenizer, chat_messages(prompt, system), True)
 
 
 def format_prompt_ids(tokenizer, prompt: str, system: str | None = None) -> list[int]:
@@ -302,7 +299,7 @@ def format_prompt_ids(tokenizer, prompt: str, system: str | None = None) -> list
     The rendered text already holds any BOS the template writes, so it is encoded without adding special
     tokens (no double BOS).
     """
-    return _encode(tokenizer, format_prompt_text(tokenizer, prompt, system))
+    return encode_text(tokenizer, format_prompt_text(tokenizer, prompt, system))
 
 
 def encode_response(tokenizer, prompt_ids: list[int], response: str) -> list[int]:
@@ -310,21 +307,21 @@ def encode_response(tokenizer, prompt_ids: list[int], response: str) -> list[int
     if not response:
         return []
     prompt_ids = [int(i) for i in prompt_ids]
-    prompt_text = _decode(tokenizer, prompt_ids)
+    prompt_text = decode_ids(tokenizer, prompt_ids)
     text = prompt_text + response
-    ids, offs = _offsets(tokenizer, text)
+    ids, offs = char_offsets(tokenizer, text)
     n = len(prompt_ids)
-    if ids[:n] == prompt_ids and _decodes_to(tokenizer, ids, n, len(ids), response):
+    if ids[:n] == prompt_ids and decodes_to(tokenizer, ids, n, len(ids), response):
         return ids[n:]
     if offs is not None:  # a token merges across the boundary: keep what starts after it, re-encode the rest
         b = len(prompt_text)
         k = next((t for t, (s, _) in enumerate(offs) if s >= b), len(ids))
         cut = max([e for s, e in offs[:k] if s < b < e] or [b])
-        head = _encode(tokenizer, text[b:cut]) if cut > b else []
+        head = encode_text(tokenizer, text[b:cut]) if cut > b else []
         tail = [t for t, (s, _) in zip(ids, offs) if s >= cut]
-        if _decode(tokenizer, head + tail) == response:
+        if decode_ids(tokenizer, head + tail) == response:
             return head + tail
-    return _encode(tokenizer, response)
+    return encode_text(tokenizer, response)
 
 
 def format_conversation_ids(tokenizer, prompt: str, response_ids: list[int] | str,

@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from interp import UserError
-from interp.spans.render import _name, _one_line
+from interp.spans.render import one_line, tokenizer_name
 
 __all__ = ["PACKAGED_OVERRIDES", "load_overrides"]
 
@@ -36,11 +36,11 @@ def load_overrides(path: str | Path | None = None) -> dict[str, dict]:
     try:
         data = yaml.safe_load(text)
     except yaml.YAMLError as err:
-        raise UserError(f"span override file {where}: invalid YAML: {_one_line(err)}") from err
-    return _check_overrides(data or {}, where)
+        raise UserError(f"span override file {where}: invalid YAML: {one_line(err)}") from err
+    return check_overrides(data or {}, where)
 
 
-def _check_overrides(data: Any, where: str) -> dict[str, dict]:
+def check_overrides(data: Any, where: str) -> dict[str, dict]:
     if not isinstance(data, Mapping):
         raise UserError(f"span override file {where}: expected a mapping of keys to entries")
     out: dict[str, dict] = {}
@@ -63,9 +63,9 @@ def _check_overrides(data: Any, where: str) -> dict[str, dict]:
     return out
 
 
-def _match_override(tokenizer, thash: str, tables: list[dict[str, dict]]) -> list[tuple[str, dict]]:
+def match_override(tokenizer, thash: str, tables: list[dict[str, dict]]) -> list[tuple[str, dict]]:
     """Matching entries, best first: earlier tables first; in a table hash keys, then longer name keys."""
-    name = _name(tokenizer).lower()
+    name = tokenizer_name(tokenizer).lower()
     found: list[tuple[str, dict]] = []
     for table in tables:
         by_hash, by_name = [], []

@@ -1,7 +1,7 @@
 """Chat-template plumbing for :mod:`interp.spans.derive`: template text and hash, rendering, in-context tokenizing.
 
 Tokenizers may tokenize a string differently at the start of a text than after other text, so
-:func:`_token_range` locates a segment *inside* a whole rendered text (prefix tokenization, then offsets).
+:func:`token_range` locates a segment *inside* a whole rendered text (prefix tokenization, then offsets).
 """
 
 from __future__ import annotations
@@ -14,11 +14,11 @@ from interp import UserError
 __all__ = ["template_hash"]
 
 
-def _name(tokenizer) -> str:
+def tokenizer_name(tokenizer) -> str:
     return getattr(tokenizer, "name_or_path", "") or type(tokenizer).__name__
 
 
-def _one_line(err: BaseException | str) -> str:
+def one_line(err: BaseException | str) -> str:
     return " ".join(str(err).split())
 
 
@@ -27,7 +27,7 @@ def _template_text(tokenizer) -> str:
     if isinstance(tpl, Mapping):  # named templates: transformers uses "default" when none is asked for
         tpl = tpl.get("default")
     if not tpl or not isinstance(tpl, str):
-        raise UserError(f"tokenizer {_name(tokenizer)!r} has no chat template; load a chat (instruct) model's "
+        raise UserError(f"tokenizer {tokenizer_name(tokenizer)!r} has no chat template; load a chat (instruct) model's "
                         "tokenizer or set tokenizer.chat_template")
     return tpl
 
@@ -37,63 +37,63 @@ def template_hash(tokenizer) -> str:
     return hashlib.sha256(_template_text(tokenizer).encode("utf-8")).hexdigest()
 
 
-def _render(tokenizer, messages: list[dict], gen: bool) -> str:
+def render_chat(tokenizer, messages: list[dict], gen: bool) -> str:
     tpl = _template_text(tokenizer)
     try:
         out = tokenizer.apply_chat_template(messages, chat_template=tpl, tokenize=False,
                                             add_generation_prompt=gen)
     except Exception as err:  # jinja errors, raise_exception() in templates, …
         roles = "/".join(m["role"] for m in messages)
-        raise UserError(f"chat template of {_name(tokenizer)!r} failed to render a {roles} conversation: "
-                        f"{_one_line(err)}") from err
+        raise UserError(f"chat template of {tokenizer_name(tokenizer)!r} failed to render a {roles} conversation: "
+                        f"{one_line(err)}") from err
     if not isinstance(out, str):
-        raise UserError(f"chat template of {_name(tokenizer)!r} did not render to text")
+        raise UserError(f"chat template of {tokenizer_name(tokenizer)!r} did not render to text")
     return out
 
 
-def _messages(prompt: str, system: str | None = None, *rest: tuple[str, str]) -> list[dict]:
+def chat_messages(prompt: str, system: str | None = None, *rest: tuple[str, str]) -> list[dict]:
     msgs = [{"role": "system", "content": system}] if system is not None else []
     msgs.append({"role": "user", "content": prompt})
     msgs.extend({"role": r, "content": c} for r, c in rest)
     return msgs
 
 
-def _encode(tokenizer, text: str) -> list[int]:
+def encode_text(tokenizer, text: str) -> list[int]:
     return list(tokenizer(text, add_special_tokens=False)["input_ids"])
 
 
-def _decode(tokenizer, ids) -> str:
+def decode_ids(tokenizer, ids) -> str:
     return tokenizer.decode(list(ids), skip_special_tokens=False, clean_up_tokenization_spaces=False)
 
 
-def _offsets(tokenizer, text: str) -> tuple[list[int], list[tuple[int, int]] | None]:
+def char_offsets(tokenizer, text: str) -> tuple[list[int], list[tuple[int, int]] | None]:
     try:
         enc = tokenizer(text, add_special_tokens=False, return_offsets_mapping=True)
         return list(enc["input_ids"]), [tuple(o) for o in enc["offset_mapping"]]
     except (NotImplementedError, ValueError, TypeError, KeyError):  # slow tokenizers have no offsets
-        return _encode(tokenizer, text), None
+        return encode_text(tokenizer, text), None
 
 
-def _decodes_to(tokenizer, ids: list[int], i: int, j: int, segment: str) -> bool:
-    if _decode(tokenizer, ids[i:j]) == segment:
+def decodes_to(tokenizer, ids: list[int], i: int, j: int, segment: str) -> bool:
+    if decode_ids(tokenizer, ids[i:j]) == segment:
         return True
     # decoders that drop a leading space at the start of a text (SentencePiece) decode a piece on its own
     # differently; what counts is that the piece adds exactly ``segment`` to what precedes it.
-    return i > 0 and _decode(tokenizer, ids[:j]) == _decode(tokenizer, ids[:i]) + segment
+    return i > 0 and decode_ids(tokenizer, ids[:j]) == decode_ids(tokenizer, ids[:i]) + segment
 
 
-def _token_range(tokenizer, text: str, cs: int, ce: int | None = None) -> tuple[list[int], int, int] | None:
+def token_range(tokenizer, text: str, cs: int, ce: int | None = None) -> tuple[list[int], int, int] | None:
     """Token ids of ``text`` and the token range ``[i, j)`` that covers exactly ``text[cs:ce]`` in context.
 
     ``None`` when no such range exists (a token crosses a boundary) or it does not decode back to the segment.
     """
     ce = len(text) if ce is None else ce
     segment = text[cs:ce]
-    ids, offs = _offsets(tokenizer, text)
+    ids, offs = char_offsets(tokenizer, text)
     candidates: list[tuple[int, int]] = []
     # (1) prefix tokenization: the ids of text[:cs] (and text[:ce]) are a prefix of the ids of text
-    pre = _encode(tokenizer, text[:cs]) if cs else []
-    upto = ids if ce == len(text) else _encode(tokenizer, text[:ce])
+    pre = encode_text(tokenizer, text[:cs]) if cs else []
+    upto = ids if ce == len(text) else encode_text(tokenizer, text[:ce])
     if ids[: len(pre)] == pre and ids[: len(upto)] == upto:
         candidates.append((len(pre), len(upto)))
     # (2) offsets: first token starting at/after each boundary, no token straddling it
@@ -112,12 +112,12 @@ def _token_range(tokenizer, text: str, cs: int, ce: int | None = None) -> tuple[
         if i is not None and j is not None and (i, j) not in candidates:
             candidates.append((i, j))
     for i, j in candidates:
-        if i < j and _decodes_to(tokenizer, ids, i, j, segment):
+        if i < j and decodes_to(tokenizer, ids, i, j, segment):
             return ids, i, j
     return None
 
 
-def _special_strings(tokenizer) -> list[str]:
+def special_strings(tokenizer) -> list[str]:
     out = set(getattr(tokenizer, "all_special_tokens", []) or [])
     try:
         out |= set(tokenizer.get_added_vocab())
@@ -126,7 +126,7 @@ def _special_strings(tokenizer) -> list[str]:
     return [s for s in out if s]
 
 
-def _back_off(text: str, b: int, specials: list[str]) -> int:
+def back_off(text: str, b: int, specials: list[str]) -> int:
     """Move boundary ``b`` to the start of any special-token string in ``text`` that it cuts through."""
     moved = True
     while moved:
@@ -141,7 +141,7 @@ def _back_off(text: str, b: int, specials: list[str]) -> int:
     return b
 
 
-def _common_prefix_len(a, b) -> int:
+def common_prefix_len(a, b) -> int:
     n = 0
     for x, y in zip(a, b):
         if x != y:
@@ -150,8 +150,8 @@ def _common_prefix_len(a, b) -> int:
     return n
 
 
-def _find_once(tokenizer, text: str, marker: str, what: str) -> int:
+def find_once(tokenizer, text: str, marker: str, what: str) -> int:
     if text.count(marker) != 1:
-        raise UserError(f"chat template of {_name(tokenizer)!r} does not render the {what} content verbatim; "
+        raise UserError(f"chat template of {tokenizer_name(tokenizer)!r} does not render the {what} content verbatim; "
                         "give the span in a YAML override (interp/spans/span_overrides.yaml or overrides=)")
     return text.index(marker)

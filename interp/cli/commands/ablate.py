@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import re
 from dataclasses import dataclass, field
 
 import torch
@@ -80,13 +79,6 @@ def _run_directions(ctx, cfg, acfg) -> dict:
     return res
 
 
-def _layer_of(tc) -> int:
-    m = re.match(r"blocks\.(\d+)\.", str(tc.cfg.metadata.hook_name or ""))
-    if not m:
-        raise UserError("transcoder metadata has no hook_name like blocks.L.mlp.hook_in")
-    return int(m.group(1))
-
-
 def _run_features(ctx, cfg, acfg) -> dict:
     from interp.causal import plots
     from interp.causal.features import (
@@ -96,12 +88,12 @@ def _run_features(ctx, cfg, acfg) -> dict:
         span_features,
         topk_ablation,
     )
-    from interp.causal.transcoders import load_transcoder
+    from interp.causal.transcoders import load_transcoder, transcoder_layer
 
     if not acfg.transcoder:
         raise UserError("--kind features needs --transcoder FOLDER (train one with `anydepth transcoders train`)")
     tc = load_transcoder(acfg.transcoder)
-    layer = _layer_of(tc)
+    layer = transcoder_layer(tc)
     acts = span_features(ctx.model, tc, layer, ctx.examples, ctx.span, ctx.pad_id, cfg.depths, acfg.where)
     ranked = rank_features(acts["harmful"], acts["benign"], top=acfg.top, seed=cfg.seed)
     res: dict = {"transcoder": acfg.transcoder, "layer": layer, "ranked": ranked}

@@ -16,10 +16,11 @@ def register(subparsers) -> None:
 def run(args) -> int:
     from pathlib import Path
 
-    from interp.cli.pipeline import DemoConfig, _slug, run_demo
+    from interp.cli.naming import run_slug
+    from interp.cli.pipeline import DemoConfig, run_demo
     from interp.config import save_config
 
     cfg = from_namespace(DemoConfig, args)
-    save_config(cfg, Path(cfg.out) / _slug(cfg.model) / "demo_config.json")
+    save_config(cfg, Path(cfg.out) / run_slug(cfg.model) / "demo_config.json")
     run_demo(cfg)
     return 0

@@ -22,7 +22,8 @@ def register(subparsers) -> None:
 def run_extract(model_cfg, gen_cfg, cfg, progress: bool = True):
     """Load the model, get continuations (file, dataset responses or generated), extract, save the config."""
     import interp
-    from interp.cli.commands.generate import _slug, run_config, save_json, short_hash
+    from interp.cli.commands.generate import run_config, save_json, short_hash
+    from interp.cli.naming import file_slug
     from interp.extract import distributed
     from interp.extract.packed import parse_depths, parse_layers
     from interp.generate.continuations import continuations_for, load_jsonl, load_records, save_jsonl
@@ -32,8 +33,8 @@ def run_extract(model_cfg, gen_cfg, cfg, progress: bool = True):
     depths = parse_depths(cfg.depths)
     configs = run_config(model=model_cfg, generate=gen_cfg, extract=cfg)
     data_name = Path(cfg.continuations).stem if cfg.continuations else gen_cfg.data
-    out = Path(cfg.out) if cfg.out else Path("activations") / _slug(model_cfg.model) / (
-        f"{_slug(data_name)}-{short_hash(configs)}.h5")
+    out = Path(cfg.out) if cfg.out else Path("activations") / file_slug(model_cfg.model) / (
+        f"{file_slug(data_name)}-{short_hash(configs)}.h5")
     records = None if cfg.continuations else load_records(gen_cfg.data, gen_cfg.split, gen_cfg.limit, gen_cfg.seed)
     loaded = load_model(distributed.rank_model_config(model_cfg))
     spans = derive_safety_spans(loaded.tokenizer)

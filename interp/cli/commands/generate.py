@@ -6,13 +6,8 @@ import hashlib
 import json
 from pathlib import Path
 
-from interp.cli.naming import slug
+from interp.cli.naming import file_slug
 from interp.config import add_arguments, from_namespace, to_dict
-
-
-def _slug(text: str) -> str:
-    """Output file name part for a model or dataset name (also used by ``anydepth extract``)."""
-    return slug(text) or "data"
 
 
 def run_config(**configs) -> dict:
@@ -54,7 +49,7 @@ def run(args) -> int:
     records = load_records(cfg.data, cfg.split, cfg.limit, cfg.seed)
     configs = run_config(model=model_cfg, generate=cfg)
     out = Path(args.out) if args.out else Path("activations") / "continuations" / (
-        f"{_slug(model_cfg.model)}-{_slug(cfg.data)}-{cfg.mode}-{short_hash(configs)}.jsonl")
+        f"{file_slug(model_cfg.model)}-{file_slug(cfg.data)}-{cfg.mode}-{short_hash(configs)}.jsonl")
     loaded = load_model(model_cfg)
     skipped: list[str] = []
     items = continuations_for(loaded.model, loaded.tokenizer, records, cfg, skipped=skipped)

@@ -34,13 +34,8 @@ def _print_table(rows: list[dict], cache: str) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from interp.model.loading import (
-        CATALOGUE,
-        DEFAULT_MODEL,
-        catalogue_status,
-        describe_cache,
-        verify_catalogue,
-    )
+    from interp.model.catalogue import CATALOGUE, DEFAULT_MODEL
+    from interp.model.loading import catalogue_status, describe_cache, verify_catalogue
 
     action = getattr(args, "action", None) or "list"
     cache_dir, as_json = getattr(args, "cache_dir", None), getattr(args, "json", False)

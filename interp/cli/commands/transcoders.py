@@ -147,8 +147,7 @@ def run_train(args) -> int:
 
 
 def run_evaluate(args) -> int:
-    from interp.causal.transcoders import evaluate_transcoder, load_transcoder
-    from interp.cli.commands.ablate import _layer_of
+    from interp.causal.transcoders import evaluate_transcoder, load_transcoder, transcoder_layer
     from interp.model.loading import ModelConfig, load_model
 
     loaded = load_model(from_namespace(ModelConfig, args))
@@ -157,7 +156,7 @@ def run_evaluate(args) -> int:
     device = str(next(loaded.model.parameters()).device)
     for path in args.paths:
         tc = load_transcoder(path, device=device)
-        metrics = evaluate_transcoder(loaded.model, tc, _layer_of(tc), eval_rows, max_tokens=dcfg.eval_max_tokens)
+        metrics = evaluate_transcoder(loaded.model, tc, transcoder_layer(tc), eval_rows, max_tokens=dcfg.eval_max_tokens)
         print(json.dumps({"path": path, **metrics}))
     return 0
 
