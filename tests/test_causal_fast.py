@@ -39,7 +39,7 @@ class ToyProbe:
         self.layers = list(layers)
         self.w = {L: torch.randn(d, generator=g, dtype=torch.float64) for L in layers}
 
-    def score(self, hidden: torch.Tensor, layer: int) -> torch.Tensor:
+    def logit(self, hidden: torch.Tensor, layer: int) -> torch.Tensor:
         return hidden.double() @ self.w[layer]
 
     def direction(self, layer: int) -> torch.Tensor:

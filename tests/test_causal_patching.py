@@ -127,3 +127,20 @@ def test_knockout_mask(setup):
 def test_mean_ci_covers_mean():
     ci = mean_ci([1.0, 2.0, 3.0, 4.0])
     assert ci["lo"] <= ci["mean"] <= ci["hi"] and ci["n"] == 4 and ci["mean"] == 2.5
+
+
+def test_causal_probe_readout_is_the_probe_logit():
+    """The causal code reads a ProbeSet as logits (ProbeSet.score is a probability; mixing them was a defect)."""
+    import numpy as np
+
+    from interp.causal.experiment import ProbeAdapter
+    from interp.causal.metrics import probe_logits
+    from interp.probes.probeset import ProbeSet
+
+    rng = np.random.default_rng(0)
+    ps = ProbeSet(layers=[1], weights=rng.normal(size=(1, 8)), bias=np.array([0.3]),
+                  hook="blocks.{layer}.hook_resid_post", position="probe", best_layer=1, threshold=0.5)
+    h = torch.randn(5, 8)
+    got = probe_logits(ProbeAdapter(ps), h, 1)
+    torch.testing.assert_close(got, torch.as_tensor(ps.logit(h.numpy(), 1), dtype=torch.float64), rtol=1e-6, atol=1e-6)
+    assert (got < 0).any() and (got > 0).any()  # logits, not probabilities in (0, 1)

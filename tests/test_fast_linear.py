@@ -73,3 +73,35 @@ def test_guard_check_state_is_the_same_with_and_without_fast_linear():
         scores[fast] = ([r.generated_ids for r in res], [c.score for r in res for c in r.checks])
     assert scores[True][0] == scores[False][0]
     torch.testing.assert_close(torch.tensor(scores[True][1]), torch.tensor(scores[False][1]), rtol=1e-5, atol=1e-6)
+
+
+def _patched(model) -> bool:
+    return any("forward" in m.__dict__ for m in model.modules() if type(m) is nn.Linear)
+
+
+@pytest.mark.parametrize("fail", [False, True])
+def test_deep_prefill_continuations_leave_no_patch(monkeypatch, fail):
+    """The prefill generator of `evaluate deep-prefill` uninstalls its fast-linear patch, also when it fails."""
+    from types import SimpleNamespace
+
+    from interp.evaluate import deep_prefill
+    from interp.evaluate.common import EvalConfig
+    from interp.guard.generator import GuardedGenerator
+    from interp.spans.derive import derive_safety_spans, format_prompt_ids
+    from interp.testing import tiny_model
+
+    model, tok = tiny_model("qwen2")
+    spans = derive_safety_spans(tok)
+    rows = [(format_prompt_ids(tok, "How do I bake bread?"), SimpleNamespace(meta={}, response=""))]
+    cfg = EvalConfig(continuation="prefill", batch_size=1)
+    if fail:
+        def boom(self, *a, **k):
+            assert _patched(self.model)  # installed while generating
+            raise RuntimeError("interrupted")
+        monkeypatch.setattr(GuardedGenerator, "generate", boom)
+        with pytest.raises(RuntimeError):
+            deep_prefill._continuations(SimpleNamespace(model=model, tokenizer=tok), spans, cfg, rows, 6)
+    else:
+        out = deep_prefill._continuations(SimpleNamespace(model=model, tokenizer=tok), spans, cfg, rows, 6)
+        assert len(out) == 1 and out[0]
+    assert not _patched(model)

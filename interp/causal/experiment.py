@@ -51,7 +51,7 @@ class ProbeAdapter:
         if not probes.hook.endswith(("resid_pre", "resid_post")):
             raise UserError(f"probes read {probes.hook!r}; causal runs support resid_pre / resid_post probes")
 
-    def score(self, hidden: torch.Tensor, layer: int) -> torch.Tensor:
+    def logit(self, hidden: torch.Tensor, layer: int) -> torch.Tensor:
         return self.probes.logit(hidden.float(), layer)
 
     def direction(self, layer: int) -> torch.Tensor:

@@ -46,18 +46,19 @@ def refusal_logodds(logits: torch.Tensor, openers: OpenerTokens) -> torch.Tensor
 
 
 class Probe(Protocol):
-    """What the experiments need from a probe set (``interp.probes.ProbeSet`` provides it)."""
+    """What the experiments need from a probe set: logits (not probabilities) and unit directions per layer
+    (``interp.probes.ProbeSet.logit`` / ``direction``, adapted by :class:`interp.causal.experiment.ProbeAdapter`)."""
 
     layers: Sequence[int]
 
-    def score(self, hidden: torch.Tensor, layer: int) -> torch.Tensor: ...
+    def logit(self, hidden: torch.Tensor, layer: int) -> torch.Tensor: ...
 
     def direction(self, layer: int) -> torch.Tensor: ...
 
 
-def probe_scores(probe: Probe, hidden: torch.Tensor, layer: int) -> torch.Tensor:
+def probe_logits(probe: Probe, hidden: torch.Tensor, layer: int) -> torch.Tensor:
     """Probe logit for ``[N, d]`` hidden states at ``layer`` as a float64 CPU tensor."""
-    out = probe.score(hidden, layer)
+    out = probe.logit(hidden, layer)
     return torch.as_tensor(np.asarray(out.detach().cpu() if torch.is_tensor(out) else out), dtype=torch.float64)
 
 

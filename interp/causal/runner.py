@@ -22,7 +22,7 @@ import torch
 
 from interp import UserError
 from interp.causal.inputs import SpanBatch, knockout_inputs, response_columns
-from interp.causal.metrics import OpenerTokens, Probe, probe_scores, refusal_logodds
+from interp.causal.metrics import OpenerTokens, Probe, probe_logits, refusal_logodds
 from interp.extract.masks import attention_layout
 from interp.model.hooks import HookFn, hf_model, hooks_attached, resid_post
 from interp.model.kvcache import cache_kwarg, mark, new_cache, rollback
@@ -144,5 +144,5 @@ def read(runner: SpanRunner, openers: OpenerTokens | None, probe: Probe | None =
     if probe is not None:
         rows, cols = span_cols(runner.batch, "probe")
         for L in probe_layers:
-            out.probe[L] = probe_scores(probe, cache[probe_site(L)][rows, cols], L)
+            out.probe[L] = probe_logits(probe, cache[probe_site(L)][rows, cols], L)
     return out

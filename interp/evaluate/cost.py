@@ -146,10 +146,10 @@ def run_cost(cfg) -> dict:
     bar = tqdm(total=len(cfg.contexts) + 1 + 2 * len(cfg.strides), desc="cost (latency, then slowdown)",
                unit="run")
     latency = []
-    for n in cfg.contexts:
-        latency.append(check_latency(gen, n))
-        bar.update(1)
-    gen.close()
+    with gen:
+        for n in cfg.contexts:
+            latency.append(check_latency(gen, n))
+            bar.update(1)
     prompts = [format_prompt_ids(gm.tokenizer, "Write a short story about a lighthouse keeper.")]
     slow = slowdown(gm.model, gm.tokenizer, spans, probes, prompts, cfg.strides, max_new_tokens=cfg.max_new_tokens,
                     bar=bar)

@@ -41,16 +41,16 @@ def _continuations(gm, spans, cfg: EvalConfig, rows, max_depth: int) -> list[lis
         out = [encode_response(gm.tokenizer, p, r.response or "") for p, r in rows]
         require(any(out), "the records have no responses; use --continuation prefill")
         return out
-    gen = GuardedGenerator(gm.model, gm.tokenizer, spans, GuardConfig(mode="none", max_new_tokens=max_depth))
     openers = []
     for p, r in rows:
         text = (r.meta or {}).get("target") or cfg.opener
         openers.append(encode_response(gm.tokenizer, p, text))
     out = []
-    for chunk in tqdm(list(batches(list(range(len(rows))), cfg.batch_size)), desc="prefill continuations"):
-        res = gen.generate([rows[i][0] for i in chunk], forced=[openers[i] for i in chunk])
-        out += [r.generated_ids for r in res]
-    gen.close()  # uninstalls its fast-linear patch from the model
+    # the generator installs its fast-linear patch on the model; leaving the block uninstalls it, also on error
+    with GuardedGenerator(gm.model, gm.tokenizer, spans, GuardConfig(mode="none", max_new_tokens=max_depth)) as gen:
+        for chunk in tqdm(list(batches(list(range(len(rows))), cfg.batch_size)), desc="prefill continuations"):
+            res = gen.generate([rows[i][0] for i in chunk], forced=[openers[i] for i in chunk])
+            out += [r.generated_ids for r in res]
     return out
 
 
@@ -123,13 +123,13 @@ def run_deep_prefill(cfg: EvalConfig) -> dict:
                            weights_sha256=gm.weights_sha256, detectors=detectors, halt=False,
                            base_lookahead=cfg.base_lookahead, per_answer=False)
     arms = {}
-    for arm, part in (("harmful", harm), ("benign_control", ben)):
-        if not part:
-            continue
-        rows = [(format_prompt_ids(gm.tokenizer, r.prompt), r) for _, r in part]
-        conts = _continuations(gm, spans, cfg, rows, max(depths))
-        arms[arm] = _run_arm(gen, rows, conts, part, cfg, f"deep-prefill ({arm})")
-    gen.close()
+    with gen:
+        for arm, part in (("harmful", harm), ("benign_control", ben)):
+            if not part:
+                continue
+            rows = [(format_prompt_ids(gm.tokenizer, r.prompt), r) for _, r in part]
+            conts = _continuations(gm, spans, cfg, rows, max(depths))
+            arms[arm] = _run_arm(gen, rows, conts, part, cfg, f"deep-prefill ({arm})")
     prob_thr = gen.checker.prob.threshold
     curves = _curves(arms["harmful"], detectors, depths, prob_thr)
     result = {"mode": "deep-prefill", "model": gm.provenance, "spans": spans.to_dict(), "depths": depths,

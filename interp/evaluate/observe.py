@@ -24,23 +24,23 @@ def observe(gm, spans, probes, cfg: EvalConfig, recs, desc: str, opener: bool = 
                        k_of_n=cfg.k_of_n)
     gen = GuardedGenerator(gm.model, gm.tokenizer, spans, gcfg, probes, model_id=gm.model_id,
                            weights_sha256=gm.weights_sha256, detectors=detectors, halt=False)
-    rows = []
-    for chunk in tqdm(list(batches(recs, cfg.batch_size)), desc=desc):
-        prompts = [format_prompt_ids(gm.tokenizer, r.prompt) for _, r in chunk]
-        forced = [encode_response(gm.tokenizer, p, (r.meta or {}).get("target") or cfg.opener) if opener else []
-                  for p, (_, r) in zip(prompts, chunk)]
-        for (name, rec), res in zip(chunk, gen.generate(prompts, forced=forced)):
-            answer = gm.tokenizer.decode(res.generated_ids, skip_special_tokens=True)
-            row = {"id": rec.id, "dataset": f"{name} + forced opener" if opener else name,
-                   "n_tokens": len(res.generated_ids), "answer": answer,
-                   "base_refused": gen.checker.keyword(answer), "stop_reason": res.stop_reason}
-            for det in detectors:
-                fired = [c.depth for c in res.checks if c.detector == det and c.flagged]
-                row[f"{det}_fired"] = len(fired) >= cfg.k_of_n  # the k-of-n rule (1: any check)
-                row[f"{det}_first_depth"] = fired[cfg.k_of_n - 1] if row[f"{det}_fired"] else None
-                row[f"{det}_checks"] = sum(c.detector == det for c in res.checks)
-            rows.append(row)
-    meta = {"detectors": list(detectors), "judge": gen.checker.keyword.describe(),
-            "lp_threshold": getattr(gen.checker, "threshold", None), "guard_config": gcfg.__dict__}
-    gen.close()
+    with gen:
+        rows = []
+        for chunk in tqdm(list(batches(recs, cfg.batch_size)), desc=desc):
+            prompts = [format_prompt_ids(gm.tokenizer, r.prompt) for _, r in chunk]
+            forced = [encode_response(gm.tokenizer, p, (r.meta or {}).get("target") or cfg.opener) if opener else []
+                      for p, (_, r) in zip(prompts, chunk)]
+            for (name, rec), res in zip(chunk, gen.generate(prompts, forced=forced)):
+                answer = gm.tokenizer.decode(res.generated_ids, skip_special_tokens=True)
+                row = {"id": rec.id, "dataset": f"{name} + forced opener" if opener else name,
+                       "n_tokens": len(res.generated_ids), "answer": answer,
+                       "base_refused": gen.checker.keyword(answer), "stop_reason": res.stop_reason}
+                for det in detectors:
+                    fired = [c.depth for c in res.checks if c.detector == det and c.flagged]
+                    row[f"{det}_fired"] = len(fired) >= cfg.k_of_n  # the k-of-n rule (1: any check)
+                    row[f"{det}_first_depth"] = fired[cfg.k_of_n - 1] if row[f"{det}_fired"] else None
+                    row[f"{det}_checks"] = sum(c.detector == det for c in res.checks)
+                rows.append(row)
+        meta = {"detectors": list(detectors), "judge": gen.checker.keyword.describe(),
+                "lp_threshold": getattr(gen.checker, "threshold", None), "guard_config": gcfg.__dict__}
     return rows, meta

@@ -71,6 +71,12 @@ class GuardedGenerator:
                 ids.update(int(x) for x in src)
         return ids
 
+    def __enter__(self) -> GuardedGenerator:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
     def close(self) -> None:
         self.checker.close()
         if self.fast_linear_installed:

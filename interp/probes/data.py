@@ -60,11 +60,6 @@ class LayerData:
         if not set(np.unique(self.y)) <= {0, 1}:
             raise UserError("labels must be 0 (benign) or 1 (harmful)")
 
-    @property
-    def group_codes(self) -> np.ndarray:
-        """Integer code per row for its prompt id (0..G-1)."""
-        return np.unique(self.groups, return_inverse=True)[1].reshape(-1)
-
     def pairs(self) -> tuple[np.ndarray, np.ndarray]:
         """(row index, depth index) of every valid pair, row-major."""
         rows, cols = np.nonzero(self.valid)
