@@ -289,7 +289,7 @@ def test_run_sweep_per_depth_fit_and_by_source(planted):
     p = res["_oof"]["prompt"][1]
     assert np.allclose(np.nanmax(p, 1), np.nanmin(p, 1))
     th = res["best"]["threshold"]
-    assert th["fpr"] <= 0.05 and th["n_controls"] == int((planted.y[np.nonzero(planted.valid)[0]] == 0).sum())
+    assert th["fpr"] <= 0.05 and th["n_controls"] == int((planted.y[planted.valid.any(1)] == 0).sum())  # answers
     cfg = SweepConfig(n_boot=0, baselines=(), train_sources=["src0"], test_sources=["src1"])
     res = run_sweep(loader, [1], ProbeConfig(), cfg)
     tested = np.isfinite(res["_oof"]["probe"][0]).any(1)

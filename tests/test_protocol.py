@@ -264,3 +264,25 @@ def test_probe_set_of_another_hidden_size_is_refused_before_generation():
                                                                   "span_ids": list(spans.span_ids)})
     with pytest.raises(UserError, match=f"{d}-dimensional probes but the model's hidden size is {d - 8}"):
         GuardedGenerator(model, tok, spans, GuardConfig(mode="lp"), probes)
+
+
+def test_select_layer_and_every_stored_depth_threshold():
+    """The shared selection: first of tied AUROCs, NaN never wins, a fixed layer is kept; the sweep's
+    every-stored-depth answer score is the max over an answer's finite depths (brute force)."""
+    from interp.probes.calibration import threshold_at_fpr
+    from interp.probes.select import answer_threshold, choose_layer
+
+    assert choose_layer([3, 5, 7], [0.8, 0.9, 0.9]) == 5
+    assert choose_layer([3, 5, 7], [np.nan, 0.6, 0.5]) == 5
+    assert choose_layer([3, 5, 7], [0.8, 0.9, 0.9], fixed=7) == 7
+    with pytest.raises(UserError):
+        choose_layer([3], [np.nan])
+    rng = np.random.default_rng(0)
+    p = rng.random((50, 6))
+    p[rng.random((50, 6)) < 0.3] = np.nan
+    p[0] = np.nan  # an answer with no stored check
+    depths = [0, 8, 16, 25, 50, 75]
+    res = answer_threshold(p, depths, np.full(50, 75), 0.1)
+    brute = np.array([np.nanmax(r) if np.isfinite(r).any() else np.nan for r in p])
+    np.testing.assert_array_equal(res["answer_scores"], brute)
+    assert res["threshold"] == threshold_at_fpr(brute[np.isfinite(brute)], 0.1) and res["n_answers"] == 49

@@ -135,9 +135,10 @@ def _sweep_section(sweep: dict, figures: Path, sweep_dir: Path) -> list[str]:
         lines.append(f"| {d} | {_ci(s.get('auroc')) if s else '– (one class)'} | {s['n'] if s else 0} |")
     th = sweep.get("best", {}).get("threshold", {})
     if th:
-        lines += ["", f"Per-check threshold at target FPR {sweep['best'].get('target_fpr')} on out-of-fold benign "
-                      f"controls: {th.get('threshold', float('nan')):.4f} (TPR {th.get('tpr', float('nan')):.3f}; "
-                      f"its FPR {th.get('fpr', float('nan')):.3f} is in-sample, measured on the scores that chose it). "
+        lines += ["", f"Per-answer threshold (answer = max over stored depths) at target FPR "
+                      f"{sweep['best'].get('target_fpr')} on {th.get('n_controls', '?')} out-of-fold benign answers: "
+                      f"{th.get('threshold', float('nan')):.4f} (per-answer TPR {th.get('tpr', float('nan')):.3f}; "
+                      f"its FPR {th.get('fpr', float('nan')):.3f} is in-sample, measured on the answers that chose it). "
                       "The guard's threshold and held-out rates are in the section above."]
     d = sweep.get("best", {}).get("probe_minus_ngram_auroc")
     if d:

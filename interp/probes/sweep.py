@@ -17,12 +17,13 @@ from interp.probes.calibration import (
     expected_calibration_error,
     rates_at_threshold,
     reliability_curve,
-    threshold_at_fpr,
 )
 from interp.probes.cv import Split, grouped_folds, source_split
 from interp.probes.data import LayerData
 from interp.probes.fit import LinearParams, fit_diff_of_means, fit_logreg_torch, fit_sklearn
 from interp.probes.metrics import summarize
+from interp.probes.protocol import answer_scores, per_answer_threshold
+from interp.probes.select import EVERY_STORED_DEPTH, answer_threshold, choose_layer, control_rows
 
 BASELINES = ("last_token", "prompt", "diffmeans", "shuffled", "ngram")
 
@@ -179,11 +180,10 @@ def run_sweep(loader: Callable[[int, str | int], LayerData], layers: list[int], 
             res["per_layer"][m].append(_summ(p, data, np.isfinite(p), cfg.n_boot, cfg.seed))
             res["per_depth"][m].append(_per_depth(p, data, cfg.n_boot if m == "probe" else 0, cfg.seed))
         auc = res["per_layer"]["probe"][-1]["auroc"]["value"]
-        if auc > best_auc:  # the best layer so far (first of ties, as nanargmax below): kept for leave-one-source-out
+        if auc > best_auc:  # the best layer so far (first of ties, as choose_layer): kept for leave-one-source-out
             best_auc, best_data = auc, data
-    aurocs = [s["auroc"]["value"] for s in res["per_layer"]["probe"]]
-    best_i = int(np.nanargmax(aurocs))
-    res["best_layer"] = int(layers[best_i])
+    res["best_layer"] = choose_layer(layers, [s["auroc"]["value"] for s in res["per_layer"]["probe"]])
+    best_i = list(layers).index(res["best_layer"])
     res["best"] = _best_layer_report(oof, best_i, data0, cfg)
     if "ngram" in methods:
         from interp.probes.metrics import paired_auroc_diff
@@ -246,16 +246,20 @@ def _prompt_baseline(loader, layer, data, split, probe, res) -> np.ndarray:
 def _best_layer_report(oof: dict, best_i: int, data: LayerData, cfg: SweepConfig) -> dict:
     """Threshold at the target FPR on held-out benign controls, rates, calibration, per-source and per-depth
     curves with CIs for every method, all at the best layer."""
-    p = oof["probe"][best_i]
-    tested = np.isfinite(p)
-    rows, cols = np.nonzero(tested)
+    p = oof["probe"][best_i].astype(np.float64)
+    rows, cols = np.nonzero(np.isfinite(p))
     probs, y, src = p[rows, cols], data.y[rows], data.sources[rows]
-    control = y == 0
-    if cfg.control_sources:
-        control &= np.isin(src, cfg.control_sources)
+    control = control_rows(data.y, data.sources, cfg.control_sources) & np.isfinite(p).any(1)
     if not control.any():
-        raise UserError("no benign control rows to set the threshold on (check --control-sources)")
-    thr = threshold_at_fpr(probs[control], cfg.target_fpr)
+        raise UserError("no benign control answers to set the threshold on (check --control-sources)")
+    ans = _answer_max(p)
+    calib = answer_threshold(p[control], data.depths, _deepest(data, control), cfg.target_fpr)
+    thr = calib["threshold"]
+    answered = np.isfinite(ans)
+    per_answer = rates_at_threshold(ans[answered], data.y[answered], thr) | {
+        "n_controls": int(control.sum()), "resolved": calib["resolved"], "resolution": calib["resolution"],
+        "rule": "per answer = max over stored depths; threshold at the target FPR on these out-of-fold benign "
+                "answers (so the FPR is in-sample; `anydepth train` reports held-out rates)"}
     per_source = {}
     for s in np.unique(src):
         m = src == s
@@ -264,17 +268,22 @@ def _best_layer_report(oof: dict, best_i: int, data: LayerData, cfg: SweepConfig
                               "flagged_at_0.5": float((probs[m] > 0.5).mean())}
     depth_ci = {m: _per_depth(v[best_i].astype(np.float64), data, cfg.n_boot, cfg.seed) for m, v in oof.items()}
     return {"target_fpr": cfg.target_fpr, "control_sources": cfg.control_sources,
-            "threshold": rates_at_threshold(probs, y, thr) | {"n_controls": int(control.sum())},
+            "threshold": per_answer,
             "at_0.5": rates_at_threshold(probs, y, 0.5),
             "reliability": reliability_curve(probs, y), "ece": expected_calibration_error(probs, y),
             "per_source": per_source, "per_depth": depth_ci}
 
 
+def _deepest(data: LayerData, rows: np.ndarray) -> np.ndarray:
+    """An answer length that schedules every stored depth (invalid depths are NaN and never scored)."""
+    return np.full(int(np.count_nonzero(rows)), int(np.max(data.depths)), dtype=np.int64)
+
+
 def _answer_max(p: np.ndarray) -> np.ndarray:
     """Per answer: the maximum score over its scored depths (NaN when none): the guard's "any check" rule with
-    a check at every stored depth."""
-    with np.errstate(all="ignore"):
-        return np.where(np.isfinite(p).any(1), np.nanmax(np.where(np.isfinite(p), p, -np.inf), axis=1), np.nan)
+    a check at every stored depth (:data:`~interp.probes.select.EVERY_STORED_DEPTH`)."""
+    n = p.shape[1]  # columns as depths 0..n-1: the schedule then checks every column
+    return answer_scores(p, range(n), np.full(len(p), n - 1), EVERY_STORED_DEPTH)[0]
 
 
 def leave_one_source_out(data: LayerData, split: Split, probe: ProbeConfig, cfg: SweepConfig,
@@ -322,7 +331,7 @@ def leave_one_source_out(data: LayerData, split: Split, probe: ProbeConfig, cfg:
             others = ~in_s & (data.y == 0) & np.isfinite(ans)
             entry = {"auroc": None if summ is None else summ["auroc"]}
             if others.any():
-                thr = threshold_at_fpr(ans[others], cfg.target_fpr)
+                thr = per_answer_threshold(ans[others], cfg.target_fpr)["threshold"]
                 rate = {}
                 for lab in labels:
                     sel = in_s & (data.y == lab) & np.isfinite(ans)

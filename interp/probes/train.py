@@ -86,7 +86,8 @@ def train_probeset(store, cfg: TrainConfig, probe: ProbeConfig, *, progress: boo
     from interp.probes.data import examples_meta, load_layer, require_finished
     from interp.probes.metrics import summarize
     from interp.probes.probeset import jsonable
-    from interp.probes.protocol import answer_scores, describe_split, per_answer_threshold, three_way_split
+    from interp.probes.protocol import describe_split, three_way_split
+    from interp.probes.select import answer_threshold, choose_layer, control_rows
     from interp.probes.sweep import fit_probes, oof_scores
 
     position = int(cfg.position) if str(cfg.position).lstrip("-").isdigit() else cfg.position
@@ -113,15 +114,12 @@ def train_probeset(store, cfg: TrainConfig, probe: ProbeConfig, *, progress: boo
         oofs.append(p)
         X, yy, _, _ = tr.flat()
         params.append(fit_probes(X, yy, np.ones((1, len(yy)), bool), probe)[0])
-    aurocs = [m["auroc"]["value"] for m in metrics]
-    best = cfg.layer if cfg.layer is not None else layers[int(np.nanargmax(aurocs))]
+    best = choose_layer(layers, [m["auroc"]["value"] for m in metrics], cfg.layer)
     bi = layers.index(best)
     best_data = load_layer(store, hook, best, position, cfg.depths)  # all rows: calibration and test are scored
     depths = best_data.depths
     scores = _scores(params[bi], best_data.X, best_data.valid)
-    control = y == 0
-    if cfg.control_sources:
-        control &= np.isin(sources, cfg.control_sources)
+    control = control_rows(y, sources, cfg.control_sources)
 
     # ---- threshold: per benign calibration answer, its score under the schedule (max, or k-th largest)
     if cal_m.any():
@@ -136,11 +134,9 @@ def train_probeset(store, cfg: TrainConfig, probe: ProbeConfig, *, progress: boo
     if not cal_rows.any():
         raise UserError("no benign calibration answers for the threshold (check --control-sources and "
                         "--calib-fraction)")
-    ans, coverage = answer_scores(cal_scores[cal_rows], depths, n_tokens[cal_rows], schedule)
-    if not np.isfinite(ans).any():
-        raise UserError(f"none of the checks the guard schedule makes ({schedule.to_dict()}) falls on a stored depth "
-                        f"({[int(d) for d in depths]}); pass a --stride / --early-checks the store holds")
-    calib = per_answer_threshold(ans, cfg.target_fpr) | {"basis": basis, "schedule_coverage": coverage}
+    calib = answer_threshold(cal_scores[cal_rows], depths, n_tokens[cal_rows], cfg.target_fpr, schedule)
+    calib.pop("answer_scores")
+    calib["basis"] = basis
     if not calib["resolved"]:
         warnings.warn(f"{calib['n_answers']} benign calibration answers cannot resolve a per-answer FPR of "
                       f"{cfg.target_fpr} (that needs ≥ {calib['answers_needed']}); the threshold sits above every "

@@ -162,8 +162,8 @@ def _report(res: dict) -> None:
         print(f"layer {best} {m:>10s}: AUROC {a['value']:.3f} [{a['lo']:.3f}, {a['hi']:.3f}]")
     th = res["best"]["threshold"]
     print(f"threshold {th['threshold']:.4f} at target FPR {res['best']['target_fpr']}: TPR {th['tpr']:.3f}, "
-          f"FPR {th['fpr']:.3f} per check (out-of-fold; the threshold was chosen on these same scores, so the FPR "
-          "is in-sample: `anydepth train` reports held-out per-answer rates)")
+          f"FPR {th['fpr']:.3f} per answer on {th['n_controls']} benign answers (out-of-fold; the threshold was "
+          "chosen on these same answers, so the FPR is in-sample: `anydepth train` reports held-out rates)")
     d = res["best"].get("probe_minus_ngram_auroc")
     if d:
         print(f"probe − n-gram AUROC {d['value']:+.3f} [{d['lo']:+.3f}, {d['hi']:+.3f}]: "
