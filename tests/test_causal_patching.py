@@ -6,12 +6,13 @@ import pytest
 import torch
 
 from interp.causal.inputs import Example, build_batch, knockout_inputs
-from interp.causal.metrics import mean_ci, opener_tokens
+from interp.causal.metrics import opener_tokens
 from interp.causal.patching import heatmap_matrix, knockout_effects, patch_hook, patching_sweep
 from interp.causal.runner import SpanRunner, read
 from interp.causal.synthetic import toy_examples
 from interp.model.hooks import Inputs, mlp_in, mlp_out, resid_post, resid_pre, run_with_hooks
 from interp.spans.derive import derive_safety_spans
+from interp.stats import mean_ci
 from interp.testing import tiny_model
 
 

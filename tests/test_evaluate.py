@@ -6,10 +6,11 @@ import pytest
 import torch
 
 from interp.cli.main import main
-from interp.evaluate.common import EvalConfig, bootstrap_mean, load_guard_model, wilson
+from interp.evaluate.common import EvalConfig, load_guard_model
 from interp.evaluate.deep_prefill import run_deep_prefill
 from interp.evaluate.over_refusal import run_over_refusal
 from interp.spans.derive import encode_response, format_prompt_ids
+from interp.stats import mean_ci, wilson
 from interp.testing import hf_greedy_text
 
 torch.set_num_threads(1)
@@ -21,7 +22,7 @@ def test_wilson_known_values():
     w = wilson(0, 10)
     assert w["rate"] == 0 and w["lo"] == 0 and w["hi"] == pytest.approx(0.2775, abs=1e-4)
     assert wilson(0, 0)["rate"] is None
-    b = bootstrap_mean([1.0, 2.0, 3.0, 4.0], n_boot=500)
+    b = mean_ci([1.0, 2.0, 3.0, 4.0], n_boot=500)
     assert b["mean"] == 2.5 and 1.0 <= b["lo"] < 2.5 < b["hi"] <= 4.0
 
 

@@ -16,10 +16,11 @@ from tqdm import tqdm
 
 from interp import UserError
 from interp.causal.inputs import BENIGN, HARMFUL, Example, label_batch
-from interp.causal.metrics import OpenerTokens, mean_ci
+from interp.causal.metrics import OpenerTokens
 from interp.causal.runner import SpanRunner, read, span_cols
 from interp.model.hooks import HookFn, at_positions, resid_post, resid_pre
 from interp.spans.derive import SafetySpans
+from interp.stats import mean_ci
 
 
 def unit(v: torch.Tensor) -> torch.Tensor:

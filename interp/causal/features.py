@@ -15,11 +15,12 @@ from tqdm import tqdm
 
 from interp import UserError
 from interp.causal.inputs import BENIGN, HARMFUL, Example, label_batch
-from interp.causal.metrics import OpenerTokens, Probe, cohens_d_ci, mean_ci
+from interp.causal.metrics import OpenerTokens, Probe, cohens_d_ci
 from interp.causal.runner import SpanRunner, read, span_cols
 from interp.causal.transcoders import splice_hooks
 from interp.model.hooks import mlp_in, resid_post
 from interp.spans.derive import SafetySpans
+from interp.stats import mean_ci
 
 
 @torch.no_grad()

@@ -62,21 +62,6 @@ def probe_logits(probe: Probe, hidden: torch.Tensor, layer: int) -> torch.Tensor
     return torch.as_tensor(np.asarray(out.detach().cpu() if torch.is_tensor(out) else out), dtype=torch.float64)
 
 
-def mean_ci(values, n_boot: int = 2000, level: float = 0.95, seed: int = 0) -> dict[str, float]:
-    """Mean with a percentile-bootstrap CI over the values (one value per prompt/pair)."""
-    x = np.asarray(values, dtype=np.float64).ravel()
-    x = x[np.isfinite(x)]
-    if x.size == 0:
-        return {"mean": float("nan"), "lo": float("nan"), "hi": float("nan"), "n": 0}
-    if x.size == 1:
-        return {"mean": float(x[0]), "lo": float("nan"), "hi": float("nan"), "n": 1}
-    rng = np.random.default_rng(seed)
-    means = x[rng.integers(0, x.size, size=(n_boot, x.size))].mean(axis=1)
-    a = (1 - level) / 2
-    return {"mean": float(x.mean()), "lo": float(np.quantile(means, a)), "hi": float(np.quantile(means, 1 - a)),
-            "n": int(x.size)}
-
-
 def cohens_d_ci(a, b, n_boot: int = 1000, level: float = 0.95, seed: int = 0) -> np.ndarray:
     """Cohen's d (a vs b) per column of ``[Na, F]`` / ``[Nb, F]`` with bootstrap CIs -> ``[F, 3]`` (d, lo, hi)."""
     a, b = np.asarray(a, np.float64), np.asarray(b, np.float64)

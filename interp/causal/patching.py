@@ -16,10 +16,11 @@ from tqdm import tqdm
 
 from interp import UserError
 from interp.causal.inputs import BENIGN, HARMFUL, Example, SpanBatch, build_batch, label_batch
-from interp.causal.metrics import OpenerTokens, Probe, mean_ci
+from interp.causal.metrics import OpenerTokens, Probe
 from interp.causal.runner import Readout, SiteFn, SpanRunner, read, span_cols
 from interp.model.hooks import HookFn, at_positions, resid_post
 from interp.spans.derive import SafetySpans
+from interp.stats import mean_ci
 
 __all__ = ["heatmap_matrix", "knockout_effects", "pair_up", "patch_hook", "patching_sweep"]
 

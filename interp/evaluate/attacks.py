@@ -9,9 +9,10 @@ reply). Leak window: tokens a caller would have received before the firing check
 
 from __future__ import annotations
 
-from interp.evaluate.common import EvalConfig, bootstrap_mean, records_for, setup_run, write_result
+from interp.evaluate.common import EvalConfig, records_for, setup_run, write_result
 from interp.evaluate.observe import observe
 from interp.evaluate.over_refusal import bar_plot, summarise
+from interp.stats import mean_ci
 
 DEFAULT_DATASETS = ("jbb_artifacts",)
 
@@ -33,9 +34,9 @@ def run_attacks(cfg: EvalConfig) -> dict:
         r["source_dataset"], r["dataset"] = r["dataset"], r["id"].split(":", 1)[-1].split("/")[0]
     keys = {"no guard": "success_none", **{f"ADA-{d.upper()}": f"success_{d}" for d in meta["detectors"]}}
     rates = summarise(rows, meta["detectors"], keys)
-    leak = {det: {"buffered": bootstrap_mean([max(0, r[f"{det}_leak_buffered"]) for r in rows
+    leak = {det: {"buffered": mean_ci([max(0, r[f"{det}_leak_buffered"]) for r in rows
                                               if f"{det}_leak_buffered" in r]),
-                  "unbuffered": bootstrap_mean([r[f"{det}_leak_unbuffered"] for r in rows
+                  "unbuffered": mean_ci([r[f"{det}_leak_unbuffered"] for r in rows
                                                 if f"{det}_leak_unbuffered" in r])}
             for det in meta["detectors"]}
     result = {"mode": "attacks", "model": gm.provenance, **meta, "attack_success": rates, "leak_window": leak,

@@ -13,30 +13,6 @@ import numpy as np
 from interp import UserError
 from interp.config import save_config
 
-Z95 = 1.959963984540054
-
-
-def wilson(k: int, n: int, z: float = Z95) -> dict:
-    """Rate ``k/n`` with its Wilson score interval (95% by default); n = 0 gives NaN-free nulls."""
-    if n == 0:
-        return {"k": 0, "n": 0, "rate": None, "lo": None, "hi": None}
-    p = k / n
-    denom = 1 + z * z / n
-    centre = (p + z * z / (2 * n)) / denom
-    half = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / denom
-    return {"k": int(k), "n": int(n), "rate": p, "lo": max(0.0, centre - half), "hi": min(1.0, centre + half)}
-
-
-def bootstrap_mean(values, n_boot: int = 2000, seed: int = 0) -> dict:
-    """Mean with a percentile bootstrap 95% interval."""
-    x = np.asarray(values, dtype=np.float64)
-    if x.size == 0:
-        return {"mean": None, "lo": None, "hi": None, "n": 0}
-    rng = np.random.default_rng(seed)
-    means = x[rng.integers(0, x.size, size=(n_boot, x.size))].mean(axis=1)
-    return {"mean": float(x.mean()), "lo": float(np.quantile(means, 0.025)), "hi": float(np.quantile(means, 0.975)),
-            "n": int(x.size)}
-
 
 @dataclass
 class GuardModel:

@@ -25,12 +25,12 @@ from interp.evaluate.common import (
     records_for,
     require,
     setup_run,
-    wilson,
     write_result,
 )
 from interp.guard.generator import GuardedGenerator
 from interp.guard.types import GuardConfig
 from interp.spans.derive import encode_response, format_prompt_ids
+from interp.stats import wilson
 
 DEFAULT_DATASETS = ("demo",)
 

@@ -15,10 +15,10 @@ from interp.evaluate.common import (
     records_for,
     require,
     setup_run,
-    wilson,
     write_result,
 )
 from interp.evaluate.observe import observe
+from interp.stats import wilson
 
 DEFAULT_DATASETS = ("xstest_safe", "jbb_benign", "alpaca_eval")
 

@@ -167,12 +167,12 @@ def held_out_report(store, best: LayerData, cfg: TrainConfig, probe: ProbeConfig
                     scores: np.ndarray, threshold: float, schedule: Schedule) -> dict:
     """Numbers on the test prompts only: the probe (``scores`` at the layer of ``best``) beside its baselines
     (fitted on the training prompts), per check (pooled and per depth) and per answer at the frozen threshold."""
-    from interp.evaluate.common import wilson
     from interp.extract.store import canonical_hook
     from interp.probes.data import load_layer
     from interp.probes.metrics import paired_auroc_diff
     from interp.probes.protocol import answer_scores, assert_disjoint
     from interp.probes.sweep import fit_probes, shuffled_labels
+    from interp.stats import wilson
 
     done = meta["done"]
     y, groups, n_tokens = meta["y"][done], meta["groups"][done], meta["n_tokens"][done]
