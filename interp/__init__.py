@@ -1,4 +1,8 @@
-"""Safety-Token probing, the Any-Depth Alignment guard and causal analysis for chat LLMs."""
+"""Safety-Token probing, the Any-Depth Alignment guard and causal analysis for chat LLMs.
+
+The subpackages follow the data path: ``data`` → ``spans`` → ``model`` → ``generate`` → ``extract`` → ``probes`` →
+``guard`` / ``evaluate`` → ``causal`` → ``serve``, with ``cli`` on top (see docs/design.md in the repository).
+"""
 
 __version__ = "0.1.0"
 

@@ -79,3 +79,17 @@ def test_no_reexport_shims():
             if isinstance(node, ast.Assign) and any(getattr(t, "id", "") == "__all__" for t in node.targets):
                 bad += [f"{m}.__all__ re-exports {e.value}" for e in node.value.elts if e.value in imported]
     assert not bad, "\n".join(bad)
+
+
+def test_readme_layout_matches_the_tree():
+    """Every package of interp/ (and every top-level module) is in the README's layout block, and nothing else."""
+    import re
+
+    text = (ROOT / "README.md").read_text(encoding="utf-8")
+    block = text[text.index("## Layout"):]
+    block = block[block.index("```\n") + 4:]
+    block = block[:block.index("```")]
+    listed = set(re.findall(r"^  (\w+(?:/|\.py))", block, re.M))
+    actual = {f"{p.name}/" for p in PKG.iterdir() if p.is_dir() and (p / "__init__.py").exists()}
+    actual |= {p.name for p in PKG.glob("*.py") if p.name not in ("__init__.py", "notebook_utils.py")}
+    assert listed == actual, f"README layout lists {sorted(listed - actual)} extra, misses {sorted(actual - listed)}"

@@ -1,4 +1,4 @@
-"""Dataset registry: named benchmark datasets, generic files and the built-in demo set → :class:`Record` s.
+"""Stage 0 of the data path, prompts. The dataset registry: named benchmark datasets, generic files and the built-in demo set → :class:`Record` s.
 
 Files come from the mirror directory in ``$ANYDEPTH_DATA`` (layout ``<mirror>/<folder>/<file>``) or are
 downloaded from their pinned public URL into ``$ANYDEPTH_CACHE/datasets`` (default ``~/.cache/anydepth``),

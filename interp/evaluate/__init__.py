@@ -1,1 +1,1 @@
-"""Evaluation harness of the ADA guard: deep-prefill, over-refusal, attacks, cost (JSON + plots, 95% CIs)."""
+"""Stage 7: the evaluation harness of the ADA guard: deep-prefill, over-refusal, attacks, cost (JSON + plots, 95% CIs)."""

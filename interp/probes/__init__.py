@@ -1,4 +1,5 @@
-"""Linear probes on Safety-Token activations: trainers, grouped CV, metrics, calibration, ProbeSet, sweeps."""
+"""Stage 5: linear probes on Safety-Token activations: the batched solver, grouped CV, sweeps, the layer and
+threshold rule (``select``), training under the held-out protocol, metrics, calibration, ``ProbeSet``."""
 
 from interp.probes.data import LayerData, load_layer
 from interp.probes.probeset import ProbeSet
