@@ -23,7 +23,7 @@ import torch
 from interp import UserError
 from interp.causal.inputs import SpanBatch, knockout_inputs, response_columns
 from interp.causal.metrics import OpenerTokens, Probe, probe_logits, refusal_logodds
-from interp.extract.masks import attention_layout
+from interp.extract.masks import attention_layout, span_over_cache
 from interp.model.hooks import HookFn, hf_model, hooks_attached, resid_post
 from interp.model.kvcache import cache_kwarg, mark, new_cache, rollback
 
@@ -88,10 +88,9 @@ class SpanRunner:
         prefix_mask = inp.attention_mask[:, :w]
         if knockout:  # the span's queries see the response columns as padding
             prefix_mask = prefix_mask.masked_fill(response_columns(b)[:, :w], 0)
-        mask = torch.cat([prefix_mask, inp.attention_mask[:, w:]], dim=1)
-        return {"input_ids": self._to(inp.input_ids[:, w:]), "attention_mask": self._to(mask),
-                "position_ids": self._to(inp.position_ids[:, w:]), "use_cache": True,
-                self._cache_kw: self._prefix()}
+        ids, pos, mask = span_over_cache(b.span_ids, prefix_mask, inp.position_ids[:, w])
+        return {"input_ids": self._to(ids), "attention_mask": self._to(mask), "position_ids": self._to(pos),
+                "use_cache": True, self._cache_kw: self._prefix()}
 
     @torch.no_grad()
     def run(self, hooks: dict[str, HookFn] | None = None, capture: Sequence[str] = (), knockout: bool = False
