@@ -239,3 +239,58 @@ def test_resume_after_sigkill_equals_uninterrupted(tmp_path):
         for n in names:
             assert np.array_equal(a[n][()], b[n][()]), n
         assert a["examples/done"][()].all()
+
+
+def test_kernels_without_custom_masks_are_refused(tmp_path):
+    """flash-attention / flex kernels cannot take the packed tree mask or the piggyback mask: one-line error at
+    every custom-mask entry point, and nothing written."""
+    from interp.guard.generator import GuardedGenerator
+    from interp.guard.types import GuardConfig
+
+    model, tok = tiny_model("qwen2", n_layers=2)
+    spans = derive_safety_spans(tok)
+    p = format_prompt_ids(tok, "Hi")
+    items = [Continuation(id="a", prompt="Hi", label="benign", prompt_ids=p, response_ids=encode_response(tok, p, "Hello"))]
+    for impl in ("flash_attention_2", "flex_attention"):
+        model.config._attn_implementation = impl
+        with pytest.raises(UserError, match="attn_implementation='sdpa'"):
+            extract_to_store(model, tok, items, tmp_path / "s.h5", spans=spans, depths=[0, 1], layers=[0],
+                             progress=False)
+        assert not (tmp_path / "s.h5").exists()
+        with pytest.raises(UserError, match="--piggyback"):
+            GuardedGenerator(model, tok, spans, GuardConfig(mode="rk", matcher="prob", piggyback=True))
+    model.config._attn_implementation = "sdpa"
+    GuardedGenerator(model, tok, spans, GuardConfig(mode="rk", matcher="prob", piggyback=True)).close()
+
+
+def test_float16_overflow_is_refused_and_bfloat16_stores_it(tmp_path):
+    """Massive activations (past float16's 65504) are not written as inf: a one-line error names the hook and
+    layer, the run leaves no file, and --store-dtype bfloat16 stores them."""
+    model, tok = tiny_model("qwen2", n_layers=2)
+    with torch.no_grad():
+        model.model.embed_tokens.weight.mul_(1e7)
+    spans = derive_safety_spans(tok)
+    p = format_prompt_ids(tok, "Hi")
+    items = [Continuation(id="a", prompt="Hi", label="benign", prompt_ids=p,
+                          response_ids=encode_response(tok, p, "Hello there"))]
+    kw = dict(spans=spans, depths=[0, 2], layers=[0, 1], progress=False, hooks=("resid_pre", "resid_post"))
+    with pytest.raises(UserError, match="overflow float16"):
+        extract_to_store(model, tok, items, tmp_path / "h.h5", storage_dtype="float16", **kw)
+    assert not (tmp_path / "h.h5").exists()
+    extract_to_store(model, tok, items, tmp_path / "b.h5", storage_dtype="bfloat16", **kw)
+    with ActivationStore.open(tmp_path / "b.h5") as store:
+        x = store.read("resid_pre", 0)
+    assert np.isfinite(x).all() and np.abs(x).max() > 65504
+
+
+def test_a_run_that_fails_before_its_first_row_leaves_no_file(tmp_path):
+    """Token ids from another tokenizer (past this vocabulary) fail in the first forward; no half-written store
+    is left behind (there was nothing to resume)."""
+    model, tok = tiny_model("qwen2", n_layers=2)
+    spans = derive_safety_spans(tok)
+    p = format_prompt_ids(tok, "Hi")
+    items = [Continuation(id="a", prompt="Hi", label="benign", prompt_ids=p, response_ids=[len(tok) + 50] * 4)]
+    with pytest.raises((IndexError, RuntimeError)):
+        extract_to_store(model, tok, items, tmp_path / "s.h5", spans=spans, depths=[0, 2], layers=[0],
+                         progress=False)
+    assert not (tmp_path / "s.h5").exists()

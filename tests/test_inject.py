@@ -12,6 +12,7 @@ from interp.extract.masks import (
     plan_packed,
     span_over_cache_inputs,
 )
+from interp.spans.derive import derive_safety_spans
 from interp.testing import tiny_model
 
 ARCHS = ["llama", "qwen2", "gemma2"]
@@ -19,11 +20,7 @@ WINDOW = 32
 
 
 def _span_ids(tok) -> list[int]:
-    try:
-        from interp.spans.derive import derive_safety_spans
-        return list(derive_safety_spans(tok).span_ids)
-    except ImportError:  # foundation not landed yet: any special-token span exercises the mask
-        return tok.convert_tokens_to_ids([tok.eos_token])[:1] + tok("\nmodel\n", add_special_tokens=False)["input_ids"]
+    return list(derive_safety_spans(tok).span_ids)
 
 
 @pytest.fixture(scope="module", params=ARCHS)
@@ -228,3 +225,24 @@ def test_packed_equals_reencoding_with_sdpa():
     for k, d in enumerate(plan.depths):
         ref = _reencode(model, prompt, response, span, d)
         assert _rel(outs[-1][0, batch.span_index[0, k]], ref[-1]) < 1e-5
+
+
+def test_inputs_are_built_on_the_device_of_their_tensors():
+    """GPU defect class, checked on the 'meta' device (mixing it with CPU tensors fails like cuda:0 + cpu):
+    piggyback inputs follow the tokens' device, and extraction's gather follows the site tensor's device
+    (with device_map the layers sit on other GPUs than the batch)."""
+    from interp.extract.packed import gather_rows
+
+    meta = torch.device("meta")
+    t = torch.tensor([5, 6], device=meta)
+    prefix = torch.ones((2, 7), dtype=torch.long, device=meta)
+    for window, types in ((None, None), (4, ["sliding_attention", "full_attention"])):
+        ids, pos, mask = piggyback_inputs(t, [1, 2, 3], 7, prefix_mask=prefix, positions=torch.tensor([7, 6]),
+                                          sliding_window=window, layer_types=types)
+        masks = mask.values() if isinstance(mask, dict) else [mask]
+        assert ids.device == pos.device == meta and all(m.device == meta for m in masks)
+    plan = plan_packed([1, 2, 3], [4, 5, 6, 7], [8, 9], [0, 2, 4])
+    batch = collate([plan, plan], 0)  # on the CPU
+    acts, last, prompt = gather_rows(torch.zeros((2, plan.length, 16), device=meta), batch, torch.tensor([0, 1]))
+    assert acts.device == last.device == prompt.device == meta
+    assert acts.shape == (2, 3, 2, 16) and last.shape == (2, 3, 16) and prompt.shape == (2, 16)

@@ -64,3 +64,18 @@ def test_rollback_rejects_bad_keep():
             rollback(cache, m, keep=3)
         with pytest.raises(ValueError):
             rollback(cache, m, keep=-1)
+
+
+def test_unknown_cache_layers_are_refused():
+    """mark() refuses cache layers whose internals the rollback was not written for (fails loudly, never corrupts)."""
+    from types import SimpleNamespace
+
+    from interp.model.kvcache import mark
+
+    class StaticLayer:  # stands in for a cache type the rollback does not know
+        pass
+
+    with pytest.raises(TypeError, match="StaticLayer"):
+        mark(SimpleNamespace(layers=[StaticLayer()]))
+    with pytest.raises(TypeError, match="no .layers"):
+        mark(object())

@@ -23,7 +23,7 @@ import torch
 from interp import UserError
 from interp.causal.inputs import SpanBatch, knockout_inputs, response_columns
 from interp.causal.metrics import OpenerTokens, Probe, probe_logits, refusal_logodds
-from interp.extract.masks import attention_layout, span_over_cache
+from interp.extract.masks import attention_layout, require_mask_kernel, span_over_cache
 from interp.model.hooks import HookFn, hf_model, hooks_attached, resid_post
 from interp.model.kvcache import cache_kwarg, mark, new_cache, rollback
 
@@ -80,6 +80,7 @@ class SpanRunner:
         inp = b.inputs
         if not self.cached:
             if knockout:
+                require_mask_kernel(self.model, "attention knockout (cached=False)")
                 inp = knockout_inputs(b, self.dtype, *attention_layout(self.model.config))
             mask = inp.attention_mask
             mask = {k: self._to(v) for k, v in mask.items()} if isinstance(mask, dict) else self._to(mask)

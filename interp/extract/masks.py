@@ -21,6 +21,8 @@ from dataclasses import dataclass
 
 import torch
 
+from interp import UserError
+
 MAIN = -1  # copy index of prompt/response tokens
 PAD = -2  # copy index of padding tokens
 
@@ -105,6 +107,19 @@ def attention_layout(config) -> tuple[int | None, list[str] | None]:
         if "sliding_attention" not in types:
             window = None
     return window, types
+
+
+MASK_KERNELS = ("eager", "sdpa")  # attention implementations that take an arbitrary additive 4-D mask
+
+
+def require_mask_kernel(model, what: str) -> None:
+    """Refuse, in one line, a model loaded with an attention kernel that cannot take our custom 4-D masks
+    (``flash_attention_2``/``_3`` and ``flex_attention`` build their own masks and would ignore or reject it)."""
+    cfg = getattr(model, "config", None)
+    impl = getattr(cfg, "_attn_implementation", None)
+    if impl is not None and impl not in MASK_KERNELS:
+        raise UserError(f"{what} needs an attention kernel that takes an arbitrary 4-D mask, but the model uses "
+                        f"{impl!r}; load it with attn_implementation='sdpa' or 'eager' (--attn-implementation sdpa)")
 
 
 def _additive(allowed: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
@@ -243,20 +258,26 @@ def piggyback_inputs(next_tokens: torch.Tensor, span_ids: Sequence[int], cache_l
     ``positions`` [B] overrides t's position (default n; use ``cache_len - n_pad`` with left padding).
     Sliding layers of a transformers sliding-window cache hold only their last
     ``sliding_cache_len`` (default ``min(n, window-1)``) prefix entries; their mask is sized to that.
-    Returns ``(input_ids [B,1+h], position_ids [B,1+h], attention_mask)``.
+    Returns ``(input_ids [B,1+h], position_ids [B,1+h], attention_mask)``, all on ``device`` (default: the
+    device of ``next_tokens``).
     """
     next_tokens = torch.as_tensor(next_tokens, dtype=torch.long).reshape(-1)
+    # everything is built on the device of the tokens (the model's), so the concatenations never mix devices
+    dev = next_tokens.device if device is None else torch.device(device)
+    next_tokens = next_tokens.to(dev)
     B, h, n = next_tokens.shape[0], len(span_ids), int(cache_len)
-    ids = torch.cat([next_tokens[:, None], torch.tensor([list(span_ids)] * B, dtype=torch.long)], dim=1)
-    start = torch.full((B,), n, dtype=torch.long) if positions is None else torch.as_tensor(positions).long()
-    offs = torch.cat([torch.zeros(1, dtype=torch.long), torch.arange(h)])
+    ids = torch.cat([next_tokens[:, None], torch.tensor([list(span_ids)] * B, dtype=torch.long, device=dev)], dim=1)
+    start = (torch.full((B,), n, dtype=torch.long, device=dev) if positions is None
+             else torch.as_tensor(positions).long().to(dev))
+    offs = torch.cat([torch.zeros(1, dtype=torch.long, device=dev), torch.arange(h, device=dev)])
     pos = start[:, None] + offs[None]
     # logical indices (cache index space, span shifted back onto t's slot) for the window rule
     q_logical = (n + offs)[None].expand(B, -1)
-    new_allowed = torch.zeros((1 + h, 1 + h), dtype=torch.bool)
+    new_allowed = torch.zeros((1 + h, 1 + h), dtype=torch.bool, device=dev)
     new_allowed[0, 0] = True
-    new_allowed[1:, 1:] = torch.tril(torch.ones((h, h), dtype=torch.bool))
-    prefix = torch.ones((B, n), dtype=torch.bool) if prefix_mask is None else prefix_mask.to(torch.bool).cpu()
+    new_allowed[1:, 1:] = torch.tril(torch.ones((h, h), dtype=torch.bool, device=dev))
+    prefix = (torch.ones((B, n), dtype=torch.bool, device=dev) if prefix_mask is None
+              else prefix_mask.to(device=dev, dtype=torch.bool))
 
     def build(m: int) -> torch.Tensor:  # mask over the last m prefix entries + the 1+h new ones
         allowed = torch.cat([prefix[:, n - m:, None].transpose(1, 2).expand(B, 1 + h, m),
@@ -268,7 +289,7 @@ def piggyback_inputs(next_tokens: torch.Tensor, span_ids: Sequence[int], cache_l
         mask = _additive(full, dtype)
     else:
         m = min(n, sliding_window - 1) if sliding_cache_len is None else int(sliding_cache_len)
-        k_logical = torch.cat([torch.arange(n - m, n), n + offs])[None].expand(B, -1)
+        k_logical = torch.cat([torch.arange(n - m, n, device=dev), n + offs])[None].expand(B, -1)
         sliding = additive_masks(build(m), q_logical, k_logical, dtype, sliding_window, None)
         if layer_types is None:
             mask = sliding
@@ -276,7 +297,4 @@ def piggyback_inputs(next_tokens: torch.Tensor, span_ids: Sequence[int], cache_l
             mask = {"full_attention": _additive(full, dtype)}
             if "sliding_attention" in layer_types:
                 mask["sliding_attention"] = sliding
-    if device is not None:
-        ids, pos = ids.to(device), pos.to(device)
-        mask = {k: v.to(device) for k, v in mask.items()} if isinstance(mask, dict) else mask.to(device)
     return ids, pos, mask

@@ -21,7 +21,7 @@ import numpy as np
 import torch
 
 from interp import UserError
-from interp.extract.masks import PackedBatch, attention_layout, collate, plan_packed
+from interp.extract.masks import PackedBatch, attention_layout, collate, plan_packed, require_mask_kernel
 from interp.extract.store import ActivationStore, canonical_hook
 from interp.generate.continuations import Continuation
 from interp.model import hooks as mh
@@ -100,6 +100,22 @@ def parse_layers(spec: str | Sequence[int], n_layers: int) -> list[int]:
     return layers
 
 
+def gather_rows(x: torch.Tensor, b: PackedBatch, positions: torch.Tensor
+                ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """From a site tensor ``x [B, S, d]`` of a packed forward: the span positions at every depth
+    ``[B, D, n_pos, d]``, the last token before each depth ``[B, D, d]`` and the last prompt token ``[B, d]``
+    (zero where a depth is invalid). Every index moves to ``x``'s device first: with ``device_map`` the layers
+    live on different GPUs while the batch lives on the first."""
+    dev = x.device
+    rows = torch.arange(x.shape[0], device=dev)
+    valid = b.valid.to(dev)
+    span_idx = b.span_index.to(dev)[:, :, positions.to(dev)]  # [B, D, n_pos]
+    acts = x[rows[:, None, None], span_idx.clamp_min(0)] * valid[:, :, None, None].to(x.dtype)
+    last = x[rows[:, None], b.last_token_index.to(dev).clamp_min(0)] * valid[:, :, None].to(x.dtype)
+    prompt = x[rows, b.prompt_last_index.to(dev)]
+    return acts, last, prompt
+
+
 class SpanReader:
     """Hooks that gather span / last-token / prompt activations of the current :class:`PackedBatch`."""
 
@@ -127,14 +143,7 @@ class SpanReader:
         return read
 
     def _gather(self, hook: str, layer: int, x: torch.Tensor) -> None:
-        b = self.batch
-        B = x.shape[0]
-        rows = torch.arange(B, device=x.device)
-        span_idx = b.span_index[:, :, self.positions.to(x.device)]  # [B, D, n_pos]
-        acts = x[rows[:, None, None], span_idx.clamp_min(0)]
-        acts = acts * b.valid[:, :, None, None].to(acts.dtype)
-        last = x[rows[:, None], b.last_token_index.clamp_min(0)] * b.valid[:, :, None].to(x.dtype)
-        prompt = x[rows, b.prompt_last_index]
+        acts, last, prompt = gather_rows(x, self.batch, self.positions)
         key = (hook, layer)
         self.out["acts"][key] = acts.float().cpu().numpy()
         self.out["last_token"][key] = last.float().cpu().numpy()
@@ -248,6 +257,7 @@ def extract_to_store(model, tokenizer, items: Sequence[Continuation], out: str |
 
     if not items:
         raise UserError("no examples to extract")
+    require_mask_kernel(model, "packed extraction")
     if batch_size < 1:
         raise UserError("batch size must be ≥ 1")
     if positions not in POSITIONS:
@@ -281,6 +291,7 @@ def extract_to_store(model, tokenizer, items: Sequence[Continuation], out: str |
     device = next(model.parameters()).device
     reader = SpanReader(model, hooks, layers, pos)
     done = store.done
+    empty_at_start = not done.any()
     batches = [b for b in batch_order(plans, batch_size) if not done[b].all()]
     start, computed, tokens = time.perf_counter(), 0, 0
     bar = tqdm(total=len(items), initial=int(done.sum()), desc="extract", unit="ex", disable=not progress)
@@ -297,6 +308,12 @@ def extract_to_store(model, tokenizer, items: Sequence[Continuation], out: str |
             bar.set_postfix_str(f"{computed / elapsed:.2f} ex/s, {tokens / elapsed:.0f} tok/s")
             if on_batch is not None:
                 on_batch(computed)
+    except BaseException:
+        # a run that fails before its first row is done leaves no file behind (there is nothing to resume)
+        if empty_at_start and not store.done.any():
+            store.close()
+            Path(out).unlink(missing_ok=True)
+        raise
     finally:
         bar.close()
         reader.remove()

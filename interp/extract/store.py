@@ -314,10 +314,21 @@ class ActivationStore:
         order = np.argsort(rows)
         sorted_rows = rows[order]
         try:
+            converted = []  # every array is checked before any is written: a bad batch writes nothing
             for group, arrays in (("acts", acts), ("baselines/last_token", last_token), ("baselines/prompt", prompt)):
                 for (hook, layer), value in arrays.items():
-                    ds = self._dataset(group, hook, layer)
-                    ds[sorted_rows] = to_storage(value[order], self.storage_dtype)
+                    value = value[order]
+                    if not np.isfinite(value).all():
+                        raise UserError(f"{hook} layer {layer}: the model produced NaN/inf activations (rows "
+                                        f"{sorted_rows[:4].tolist()}…); check the model's dtype (--dtype float32)")
+                    stored = to_storage(value, self.storage_dtype)
+                    if self.storage_dtype == "float16" and not np.isfinite(stored).all():
+                        raise UserError(f"{hook} layer {layer}: activations up to {float(np.abs(value).max()):.4g} "
+                                        f"overflow float16 (largest 65504); nothing of this batch was written to "
+                                        f"{self.path}: delete it and rerun with --store-dtype bfloat16 (or float32)")
+                    converted.append((group, hook, layer, stored))
+            for group, hook, layer, stored in converted:
+                self._dataset(group, hook, layer)[sorted_rows] = stored
             self.h5.flush()
             done = self.h5["examples/done"]
             done[sorted_rows] = True

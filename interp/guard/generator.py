@@ -25,7 +25,7 @@ from collections.abc import Sequence
 import torch
 
 from interp import UserError
-from interp.extract.masks import left_pad
+from interp.extract.masks import left_pad, require_mask_kernel
 from interp.guard.checks import Checker, CheckOutcome
 from interp.guard.types import Callback, GuardConfig, GuardResult
 from interp.model import fast_linear
@@ -45,6 +45,8 @@ class GuardedGenerator:
         self.config = config = config or GuardConfig()
         self.chunk_forced = chunk_forced  # False: feed forced tokens one per step (the reference path)
         config.validate()
+        if config.piggyback:
+            require_mask_kernel(model, "--piggyback")
         self.model, self.tokenizer = model, tokenizer
         self.halt = halt
         self.detectors = tuple(detectors) if detectors is not None else (

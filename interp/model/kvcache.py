@@ -59,8 +59,28 @@ class CacheMark:
     initialized: tuple[bool, ...]
 
 
+# The cache classes whose internals (keys, values, cumulative_length, is_initialized) mark/rollback read and
+# write; tested with transformers 5.17-5.24 (the range pyproject.toml allows). Anything else fails loudly.
+KNOWN_LAYERS = ("DynamicLayer", "DynamicSlidingWindowLayer")
+
+
+def check_cache(cache: Any) -> None:
+    """Refuse a cache whose layer types the exact rollback was not written for (an upstream change or a
+    static / quantized cache) instead of silently corrupting the stream."""
+    layers = getattr(cache, "layers", None)
+    if layers is None:
+        raise TypeError(f"{type(cache).__name__} has no .layers: interp.model.kvcache supports transformers' "
+                        "DynamicCache (transformers 5.17-5.24)")
+    for i, layer in enumerate(layers):
+        name = type(layer).__name__
+        if name not in KNOWN_LAYERS:
+            raise TypeError(f"cache layer {i} is a {name}; the exact rollback supports {', '.join(KNOWN_LAYERS)} "
+                            "(transformers 5.17-5.24)")
+
+
 def mark(cache: Any) -> CacheMark:
     """Record the cache's state in O(layers) without copying any tensor."""
+    check_cache(cache)
     layers = cache.layers
     return CacheMark(
         lengths=tuple(int(layer.get_seq_length()) for layer in layers),
