@@ -190,3 +190,25 @@ def test_store_locked_by_another_writer_says_in_use(tmp_path):
     finally:
         holder.kill()
         holder.wait()
+
+
+def test_damaged_activations_are_refused_at_read(tmp_path):
+    """Random bytes in the data region (here an inf) give a one-line error naming the layer, not a LinAlgError
+    deep inside a fit; invalid (masked) cells are not checked."""
+    import h5py
+
+    from interp.probes.data import load_layer
+
+    path = tmp_path / "s.h5"
+    store = _create(path)
+    store.write_rows(list(range(N)), *_batch(list(range(N)), seed=1))
+    store.close()
+    with ActivationStore.open(path) as s:
+        assert np.isfinite(load_layer(s, "resid_post", 2).X).all()
+    with h5py.File(path, "r+") as f:
+        f["acts/hook_resid_post/layer_2"][1, 1, 2, 0] = np.inf  # row 1 (5 tokens): depth 10 is invalid
+        f["acts/hook_resid_post/layer_0"][2, 1, 2, 0] = np.nan  # row 2: valid at depth 10
+    with ActivationStore.open(path) as s:
+        load_layer(s, "resid_post", 2)  # the damaged cell is masked
+        with pytest.raises(UserError, match="layer 0 holds non-finite activations in 1 row"):
+            load_layer(s, "resid_post", 0)

@@ -138,8 +138,15 @@ def load_layer(store: Any, hook: str, layer: int, position: str | int = "probe",
     X = np.asarray(X, dtype=np.float32)
     if X.ndim == 2:
         X = np.broadcast_to(X[:, None, :], (len(rows), len(cols), X.shape[-1]))
+    valid = meta["valid"][rows][:, cols]
+    bad = ~np.isfinite(X).all(axis=-1) & valid
+    if bad.any():
+        r = np.nonzero(bad.any(axis=1))[0]
+        raise UserError(f"{getattr(store, 'path', 'store')}: {hook} layer {layer} holds non-finite activations in "
+                        f"{len(r)} row(s) (first: row {int(rows[r[0]])}); "
+                        "the file is damaged or was written with an overflowing dtype: re-extract it")
     return LayerData(X=X, y=meta["y"][rows], groups=meta["groups"][rows],
-                     valid=meta["valid"][rows][:, cols], sources=meta["sources"][rows],
+                     valid=valid, sources=meta["sources"][rows],
                      depths=all_depths[cols], layer=int(layer))
 
 
