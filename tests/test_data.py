@@ -438,3 +438,17 @@ def test_missing_dataset_file_is_reported_as_a_missing_file(tmp_path):
             load_dataset(name)
     with pytest.raises(UserError, match="unknown dataset 'nope'"):
         load_dataset("nope")
+
+
+def test_missing_column_messages_name_the_cli_way(tmp_path):
+    """The hints say what to do on the command line (harmful:FILE, a column name), not a Python keyword."""
+    txt = tmp_path / "mine.txt"
+    txt.write_text("one\n")
+    with pytest.raises(UserError, match=re.escape(f"--data harmful:{txt}")) as err:
+        load_dataset(str(txt))
+    assert "label=" not in str(err.value).replace("label column", "")
+    no_prompt = tmp_path / "n.csv"
+    no_prompt.write_text("foo,label\na,benign\n")
+    with pytest.raises(UserError, match="name it one of prompt, goal") as err:
+        load_file(no_prompt)
+    assert "pass prompt_field" not in str(err.value)

@@ -145,13 +145,15 @@ def load_file(path: str | Path, *, prompt_field: str | None = None, response_fie
             columns = list(row)
             p = _pick_field(columns, prompt_field, PROMPT_FIELDS, path, "prompt")
             if p is None:
-                raise UserError(f"{path}: no prompt field among {', '.join(columns)}; pass prompt_field=")
+                raise UserError(f"{path}: no prompt field among {', '.join(columns)}; name it one of "
+                                f"{', '.join(PROMPT_FIELDS)} (from Python: load_file(path, prompt_field=...))")
             r = _pick_field(columns, response_field, RESPONSE_FIELDS, path, "response")
             lab = None
             if fixed is None:
                 lab = _pick_field(columns, label_field, ("label",), path, "label")
                 if lab is None:
-                    raise UserError(f"{path}: no label column; pass label='harmful'|'benign' or label_field=")
+                    raise UserError(f"{path}: no label column; label every row with --data harmful:{path} or "
+                                    f"benign:{path}, or add a 'label' column (harmful/benign, 1/0)")
             fields = (p, r, lab)
         p, r, lab = fields
         where = f"{path}:{line}"
