@@ -277,7 +277,7 @@ def test_hub_id_offline_is_a_user_error():
             "try:\n    load_model('someone/no-such-model-xyz')\nexcept UserError as e:\n    print('USERERROR', e)\n")
     env = {**os.environ, "HF_HUB_OFFLINE": "1"}
     out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=120).stdout
-    assert "USERERROR could not load 'someone/no-such-model-xyz' from the Hugging Face hub" in out
+    assert "USERERROR 'someone/no-such-model-xyz' is not in the local Hugging Face cache" in out and "HF_HUB_OFFLINE" in out
 
 
 def test_bad_dtype_and_device():
@@ -296,3 +296,23 @@ def test_models_command_list(tmp_path, capsys):
     assert "qwen2.5-coder-0.5b-instruct *" in out and "smollm2-135m-instruct" in out
     assert main(["models", "verify", "nope"]) == 2
     assert "unknown catalogue model" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("how", ["offline-env", "unreachable"])
+def test_hub_id_fails_fast_when_the_hub_cannot_be_used(monkeypatch, tmp_path, how):
+    """Offline mode or an unreachable hub: one line within seconds (it used to retry for ~50 s), saying why."""
+    import time
+
+    monkeypatch.setenv("HF_HOME", str(tmp_path))  # an empty cache
+    for var in ("HTTPS_PROXY", "https_proxy", "ALL_PROXY", "all_proxy"):
+        monkeypatch.delenv(var, raising=False)
+    if how == "offline-env":
+        monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    else:
+        monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
+        monkeypatch.delenv("TRANSFORMERS_OFFLINE", raising=False)
+        monkeypatch.setenv("HF_ENDPOINT", "http://127.0.0.1:9")  # the discard port: nothing listens
+    start = time.perf_counter()
+    with pytest.raises(UserError, match="not in the local Hugging Face cache.*(OFFLINE is set|unreachable)"):
+        models.load_model("someone/no-such-model")
+    assert time.perf_counter() - start < 20

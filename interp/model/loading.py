@@ -236,7 +236,40 @@ def _load_tokenizer_from(source: str, model_id: str, trust_remote_code: bool = F
     return tok
 
 
-def _hub_error(hub_id: str, err: Exception) -> UserError:
+def _hub_offline() -> str | None:
+    """Why the hub cannot be used now (offline mode set, or its host does not answer in 3 s), else ``None``.
+
+    Behind an HTTP(S) proxy the direct probe says nothing, so it is skipped and transformers decides."""
+    import os
+    import socket
+    from urllib.parse import urlparse
+
+    for var in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE"):
+        if os.environ.get(var, "").strip().lower() in ("1", "true", "yes", "on"):
+            return f"{var} is set"
+    if any(os.environ.get(v) for v in ("HTTPS_PROXY", "https_proxy", "ALL_PROXY", "all_proxy")):
+        return None
+    url = urlparse(os.environ.get("HF_ENDPOINT", "https://huggingface.co"))
+    host, port = url.hostname or "huggingface.co", url.port or (443 if url.scheme != "http" else 80)
+    try:
+        socket.create_connection((host, port), timeout=3.0).close()
+    except OSError:
+        return f"{host} is unreachable from here"
+    return None
+
+
+def _hub_kwargs(hub_id: str) -> tuple[dict, str | None]:
+    """``local_files_only`` when the hub cannot be reached (a cached copy still loads; nothing retries for a
+    minute), with the reason for the error message."""
+    why = _hub_offline()
+    return ({"local_files_only": True}, why) if why else ({}, None)
+
+
+def _hub_error(hub_id: str, err: Exception, offline: str | None = None) -> UserError:
+    if offline:
+        return UserError(f"{hub_id!r} is not in the local Hugging Face cache and the hub cannot be used ({offline}); "
+                         f"download it where the hub is reachable and pass the folder, or use a catalogue model "
+                         f"({known_names()})")
     return UserError(f"could not load {hub_id!r} from the Hugging Face hub ({type(err).__name__}); check the id and "
                      f"network, or use a catalogue model ({known_names()})")
 
@@ -246,11 +279,13 @@ def load_tokenizer(spec: str | ModelConfig):
     cfg = spec if isinstance(spec, ModelConfig) else ModelConfig(model=spec)
     resolved = resolve_spec(cfg.model, cfg.gguf_file)
     if resolved.kind == "hub":
+        kwargs, offline = _hub_kwargs(resolved.hub_id)
         try:
-            kwargs = {"gguf_file": resolved.gguf_file} if resolved.gguf_file else {}
+            if resolved.gguf_file:
+                kwargs["gguf_file"] = resolved.gguf_file
             return _load_tokenizer_from(resolved.hub_id, resolved.model_id, cfg.trust_remote_code, **kwargs)
         except OSError as err:
-            raise _hub_error(resolved.hub_id, err) from err
+            raise _hub_error(resolved.hub_id, err, offline) from err
     if resolved.kind == "local":
         return _load_tokenizer_from(str(resolved.path), _local_model_id(resolved.path), cfg.trust_remote_code)
     if resolved.kind == "catalogue":
@@ -302,14 +337,16 @@ def load_model(spec: str | ModelConfig = DEFAULT_MODEL, **overrides) -> LoadedMo
         source = resolved.hub_id
         if resolved.gguf_file:
             kwargs["gguf_file"] = resolved.gguf_file
+        hub_extra, offline = _hub_kwargs(resolved.hub_id)
+        kwargs.update(hub_extra)
     model_id = _local_model_id(folder) if resolved.kind == "local" else resolved.model_id
     try:
-        tok_kwargs = {"gguf_file": kwargs["gguf_file"]} if "gguf_file" in kwargs else {}
+        tok_kwargs = {k: kwargs[k] for k in ("gguf_file", "local_files_only") if k in kwargs}
         tokenizer = _load_tokenizer_from(source, model_id, cfg.trust_remote_code, **tok_kwargs)
         model = AutoModelForCausalLM.from_pretrained(source, **kwargs)
     except OSError as err:
         if resolved.kind == "hub":
-            raise _hub_error(resolved.hub_id, err) from err
+            raise _hub_error(resolved.hub_id, err, offline) from err
         raise UserError(f"could not load model from {source}: {err}") from err
     if cfg.device_map:
         device = str(next(model.parameters()).device)
