@@ -72,6 +72,11 @@ def test_user_error_is_one_line(capsys):
     (["evaluate", "over-refusal", "--model", "tiny", "--limit", "0"], "--limit must be >= 1"),
     (["evaluate", "over-refusal", "--model", "tiny", "--threshold", "2"], "--threshold is a probability"),
     (["evaluate", "deep-prefill", "--model", "tiny", "--k-of-n", "0"], "--k-of-n must be >= 1"),
+    (["guard", "--model", "tiny", "--mode", "rk", "--prompt", "hi", "--top-p", "2"], "--top-p must be in (0, 1]"),
+    (["guard", "--model", "tiny", "--mode", "rk", "--prompt", "hi", "--do-sample", "true", "--temperature", "0"],
+     "--temperature must be > 0"),
+    (["serve", "--model", "tiny", "--mode", "rk", "--port", "70000"], "--port must be in 0..65535"),
+    (["serve", "--model", "tiny", "--mode", "rk", "--queue-size", "0"], "--queue-size must be >= 1"),
 ])
 def test_numeric_options_get_one_line_errors(argv, message, capsys):
     from interp.cli.main import main

@@ -115,3 +115,34 @@ def test_sweep_and_train_commands(store_path, tmp_path, capsys):
     with pytest.raises(UserError):
         ProbeSet.load(pdir, expect_provenance={**store.provenance, "template_hash": "other"})
     assert main(["sweep", "--store", str(tmp_path / "nope.h5"), "--out", str(out)]) == 2
+
+
+@pytest.mark.parametrize("extra, message", [
+    (["--folds", "1"], "--folds must be >= 2"),
+    (["--target-fpr", "0"], "--target-fpr must be in (0, 1)"),
+    (["--calib-fraction", "0.6", "--test-fraction", "0.5"], "must leave prompts to train on"),
+    (["--layers", "7"], "layer 7 is not in the store (it holds [0, 1, 2])"),
+    (["--layers", "-1"], "does not record the model's layer count"),
+    (["--k-of-n", "0"], "--k-of-n must be >= 1"),
+])
+def test_train_and_sweep_options_get_one_line_errors(store_path, tmp_path, capsys, extra, message):
+    path, _ = store_path
+    for cmd in (["train", "--out", str(tmp_path / "p")], ["sweep", "--out", str(tmp_path / "s")]):
+        if cmd[0] == "sweep" and extra[0] in ("--calib-fraction", "--k-of-n"):
+            continue  # train-only options
+        assert main([*cmd, "--store", str(path), "--allow-partial", "true", *extra]) == 2
+        err = capsys.readouterr().err
+        assert message in err and "Traceback" not in err, (cmd[0], err)
+
+
+def test_negative_layers_count_from_the_models_last_layer(tmp_path):
+    """--layers -1 means the model's last layer, as in `anydepth extract --layers` (the store records n_layers)."""
+    from interp.probes.data import StoreSliceConfig
+
+    class Store:
+        layers, provenance = [0, 5, 11], {"n_layers": 12}
+
+    assert StoreSliceConfig(layers=[-1, 5]).resolve_layers(Store()) == [5, 11]
+    assert StoreSliceConfig().resolve_layers(Store()) == [0, 5, 11]
+    with pytest.raises(UserError, match="layer 10 is not in the store"):
+        StoreSliceConfig(layers=[-2]).resolve_layers(Store())

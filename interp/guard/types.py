@@ -60,6 +60,16 @@ class GuardConfig:
                             "would see the piggybacked token)")
         if self.piggyback and self.early_exit:
             raise UserError("--piggyback and --early-exit exclude each other (the decode step needs all layers)")
+        if self.do_sample and not self.temperature > 0:
+            raise UserError(f"--temperature must be > 0 when sampling, got {self.temperature}")
+        if not 0 < self.top_p <= 1:
+            raise UserError(f"--top-p must be in (0, 1], got {self.top_p}")
+        if not 0 < self.refusal_prob <= 1:
+            raise UserError(f"--refusal-prob must be in (0, 1], got {self.refusal_prob}")
+        if self.max_context is not None and self.max_context < 2:
+            raise UserError(f"--max-context must be >= 2, got {self.max_context}")
+        if self.probe_layer is not None and self.probe_layer < 0:
+            raise UserError(f"--probe-layer must be >= 0 (a layer the probe set holds), got {self.probe_layer}")
 
     def is_due(self, depth: int) -> bool:
         if depth == 0:

@@ -29,6 +29,33 @@ class StoreSliceConfig:
     allow_partial: bool = field(default=False, metadata={
         "help": "use a store whose extraction has not finished (only its finished rows)"})
 
+    def validate(self) -> None:
+        if self.folds < 2:
+            raise UserError(f"--folds must be >= 2 for cross-validation, got {self.folds}")
+        if not 0 < self.target_fpr < 1:
+            raise UserError(f"--target-fpr must be in (0, 1), got {self.target_fpr}")
+        if self.depths is not None and any(d < 0 for d in self.depths):
+            raise UserError(f"--depths are depth values >= 0, got {list(self.depths)}")
+
+    def resolve_layers(self, store: Any) -> list[int]:
+        """The layers to probe: all stored by default; a negative layer counts from the model's last layer, as in
+        ``anydepth extract --layers`` (-1 = the last); each must be in the store."""
+        stored = [int(x) for x in store.layers]
+        if not self.layers:
+            return stored
+        n = (getattr(store, "provenance", None) or {}).get("n_layers")
+        out = []
+        for x in self.layers:
+            if x < 0:
+                if n is None:
+                    raise UserError(f"--layers {x}: this store does not record the model's layer count; give "
+                                    f"layers >= 0 (it holds {stored})")
+                x += int(n)
+            if x not in stored:
+                raise UserError(f"layer {x} is not in the store (it holds {stored})")
+            out.append(x)
+        return sorted(set(out))
+
 
 @dataclass
 class LayerData:

@@ -52,6 +52,21 @@ class TrainConfig(StoreSliceConfig, SplitConfig, ScheduleConfig):
     layer: int | None = field(default=None, metadata={"help": "fix the best layer instead of choosing by CV AUROC"})
     n_boot: int = field(default=200, metadata={"help": "bootstrap resamples for the CIs stored with the probes"})
 
+    def validate(self) -> None:
+        """Every option of ``anydepth train`` (store slice, split, schedule, layer), one line per problem."""
+        StoreSliceConfig.validate(self)
+        SplitConfig.validate(self)
+        if self.stride < 1:
+            raise UserError(f"--stride must be >= 1, got {self.stride}")
+        if any(d < 1 for d in self.early_checks):
+            raise UserError(f"--early-checks depths must be >= 1, got {list(self.early_checks)}")
+        if self.k_of_n < 1:
+            raise UserError(f"--k-of-n must be >= 1, got {self.k_of_n}")
+        if self.layer is not None and self.layer < 0:
+            raise UserError(f"--layer must be a stored layer >= 0, got {self.layer}")
+        if self.n_boot < 0:
+            raise UserError(f"--n-boot must be >= 0, got {self.n_boot}")
+
 
 def _subset(data: LayerData, m: np.ndarray) -> LayerData:
     return LayerData(X=data.X[m], y=data.y[m], groups=data.groups[m], valid=data.valid[m], sources=data.sources[m],
@@ -92,7 +107,8 @@ def train_probeset(store, cfg: TrainConfig, probe: ProbeConfig, *, progress: boo
 
     position = int(cfg.position) if str(cfg.position).lstrip("-").isdigit() else cfg.position
     hook = canonical_hook(cfg.hook) if cfg.hook else store.hooks[0]
-    layers = cfg.layers or list(store.layers)
+    cfg.validate()
+    layers = cfg.resolve_layers(store)
     if cfg.layer is not None and cfg.layer not in layers:
         raise UserError(f"--layer {cfg.layer} is not among the fitted layers {layers}")
     schedule = cfg.schedule()

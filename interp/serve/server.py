@@ -20,6 +20,7 @@ from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
+from interp import UserError
 from interp.serve.api import (
     FINISH,
     ApiError,
@@ -48,6 +49,15 @@ class ServerConfig:
     max_tokens_limit: int = field(default=512, metadata={"help": "cap on max_tokens (also its default)"})
     queue_size: int = field(default=64, metadata={"help": "requests waiting for the model before 429"})
     request_timeout_s: float = field(default=600.0, metadata={"help": "give up on a request after this long"})
+
+    def validate(self) -> None:
+        if not 0 <= self.port <= 65535:
+            raise UserError(f"--port must be in 0..65535, got {self.port}")
+        for name in ("max_body_bytes", "max_tokens_limit", "queue_size"):
+            if getattr(self, name) < 1:
+                raise UserError(f"--{name.replace('_', '-')} must be >= 1, got {getattr(self, name)}")
+        if not self.request_timeout_s > 0:
+            raise UserError(f"--request-timeout-s must be > 0, got {self.request_timeout_s}")
 
 
 DRAIN_LIMIT = 16 << 20  # bodies over the limit but under this are read and dropped before the 413

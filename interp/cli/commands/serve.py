@@ -33,11 +33,10 @@ def build_server(server_cfg: ServerConfig, model_cfg: ModelConfig, guard_cfg: Gu
     from interp.serve.server import make_server
     from interp.spans.derive import derive_safety_spans
 
+    server_cfg.validate()
     guard_cfg.validate()
     if guard_cfg.mode == "lp" and not server_cfg.probes:
         raise UserError("--mode lp needs --probes (a probe set from `anydepth train`); or use --mode rk")
-    if server_cfg.max_tokens_limit < 1 or server_cfg.queue_size < 1 or server_cfg.max_body_bytes < 1:
-        raise UserError("--max-tokens-limit, --queue-size and --max-body-bytes must be >= 1")
     loaded = load_model(model_cfg)
     spans = derive_safety_spans(loaded.tokenizer)
     probes = ProbeSet.load(server_cfg.probes) if guard_cfg.mode == "lp" else None

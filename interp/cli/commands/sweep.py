@@ -89,7 +89,8 @@ def run(args) -> int:
 
         require_finished(store, cli.allow_partial)
         hook = canonical_hook(cli.hook) if cli.hook else store.hooks[0]
-        layers = cli.layers or list(store.layers)
+        cli.validate()
+        layers = cli.resolve_layers(store)
         cfg = SweepConfig(layers=layers, folds=cli.folds, seed=cli.seed, n_boot=cli.n_boot,
                           per_depth_fit=cli.per_depth_fit, baselines=tuple(cli.baselines), target_fpr=cli.target_fpr,
                           control_sources=cli.control_sources, train_sources=cli.train_sources,
