@@ -327,3 +327,17 @@ def test_store_equals_reencoding_bf16_and_sdpa(tmp_path, arch, dtype, attn, tol)
                     assert _rel(X[i, k, j], r[-h + j]) < tol, (arch, str(dtype), attn, d, j)
                 checked += 1
     assert checked >= 8
+
+
+def test_resume_refuses_other_tokens_under_the_same_ids(tmp_path):
+    """The store's resume identity covers the token ids of every row, not only the example ids."""
+    model, tok = tiny_model("qwen2", n_layers=2)
+    spans = derive_safety_spans(tok)
+    items = make_items(tok, lengths=(6, 9))
+    kw = dict(spans=spans, depths=[0, 4], layers=[0], progress=False, storage_dtype="float32")
+    extract_to_store(model, tok, items, tmp_path / "s.h5", **kw)
+    extract_to_store(model, tok, items, tmp_path / "s.h5", **kw)  # the same rows: a no-op resume
+    other = [Continuation(id=it.id, prompt=it.prompt, label=it.label, prompt_ids=it.prompt_ids,
+                          response_ids=list(reversed(it.response_ids)), source=it.source) for it in items]
+    with pytest.raises(UserError, match="token_ids_sha256"):
+        extract_to_store(model, tok, other, tmp_path / "s.h5", **kw)

@@ -218,7 +218,7 @@ def test_local_folder_round_trip(tmp_path, tied):
     model.save_pretrained(tmp_path / "m")
     tok.save_pretrained(tmp_path / "m")
     lm = load_model(str(tmp_path / "m"))
-    assert lm.source == "local" and lm.weights_sha256 is None and lm.n_layers == 2 and lm.d_model == 64
+    assert lm.source == "local" and len(lm.weights_sha256) == 64 and lm.n_layers == 2 and lm.d_model == 64
     assert lm.tokenizer.chat_template == tok.chat_template
     assert torch.equal(_logits(lm.model, IDS), _logits(model, IDS))
     bf16 = load_model(str(tmp_path / "m"), dtype="bf16")
@@ -316,3 +316,29 @@ def test_hub_id_fails_fast_when_the_hub_cannot_be_used(monkeypatch, tmp_path, ho
     with pytest.raises(UserError, match="not in the local Hugging Face cache.*(OFFLINE is set|unreachable)"):
         models.load_model("someone/no-such-model")
     assert time.perf_counter() - start < 20
+
+
+def test_local_folder_identity_is_its_weights(tmp_path, monkeypatch):
+    """A local folder is identified by a hash of its weight files: a copy elsewhere has the same id, new weights
+    saved into the same folder a new one (so a probe set or store trained on the old weights is refused)."""
+    import shutil
+
+    from interp.probes.probeset import identity_mismatch
+
+    monkeypatch.setenv("ANYDEPTH_CACHE", str(tmp_path / "cache"))
+    model, tok = tiny_model("llama")
+    model.save_pretrained(tmp_path / "a")
+    tok.save_pretrained(tmp_path / "a")
+    first = models.load_model(str(tmp_path / "a"))
+    shutil.copytree(tmp_path / "a", tmp_path / "b")
+    copy = models.load_model(str(tmp_path / "b"))
+    assert copy.weights_sha256 == first.weights_sha256 and copy.model_id != first.model_id
+    assert identity_mismatch(first.provenance(), copy.provenance()) is None  # the same model elsewhere
+    with torch.no_grad():
+        model.lm_head.weight.add_(1.0)
+    model.save_pretrained(tmp_path / "a")
+    changed = models.load_model(str(tmp_path / "a"))
+    assert changed.weights_sha256 != first.weights_sha256 and changed.model_id == first.model_id
+    why = identity_mismatch(first.provenance(), changed.provenance())
+    assert why and first.weights_sha256 in why and changed.weights_sha256 in why  # full ids, not cut
+    assert (tmp_path / "cache" / "weight_hashes.json").exists()

@@ -264,10 +264,14 @@ def test_probeset_refuses_mismatched_provenance(tmp_path):
     ok = {"model_id": "m", "weights_sha256": "abc", "template_hash": "t1", "span_ids": np.array([1, 2, 3]),
           "hooks": ["blocks.{}.hook_resid_post"], "other": "ignored"}
     ProbeSet.load(tmp_path, expect_provenance=ok)
-    for key, bad in [("model_id", "x"), ("weights_sha256", "zzz"), ("template_hash", "t2"),
+    for key, bad in [("weights_sha256", "zzz"), ("template_hash", "t2"),
                      ("span_ids", [1, 2]), ("hooks", ["blocks.{}.hook_resid_pre"])]:
         with pytest.raises(UserError):
             ProbeSet.load(tmp_path, expect_provenance={**ok, key: bad})
+    # identity by content: the model id decides only when a side has no weights hash
+    ProbeSet.load(tmp_path, expect_provenance={**ok, "model_id": "x"})  # same weights under another name
+    with pytest.raises(UserError, match="model_id 'm'"):
+        ProbeSet.load(tmp_path, expect_provenance={**ok, "model_id": "x", "weights_sha256": None})
     with pytest.raises(UserError):
         ProbeSet.load(tmp_path / "missing")
 

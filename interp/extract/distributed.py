@@ -73,7 +73,7 @@ def extract_shard(model, tokenizer, items: Sequence, out: str | Path, *, rank: i
     ``extract_kwargs`` go to :func:`interp.extract.packed.extract_to_store` (layers, hooks, positions, storage_dtype,
     batch_size, too_long, progress, on_batch). Works without torch.distributed (tests, manual splits).
     """
-    from interp.extract.packed import extract_to_store, parse_depths
+    from interp.extract.packed import extract_to_store, parse_depths, token_ids_sha256
 
     if not 0 <= rank < world_size:
         raise UserError(f"rank {rank} outside world size {world_size}")
@@ -83,7 +83,7 @@ def extract_shard(model, tokenizer, items: Sequence, out: str | Path, *, rank: i
     h = len(spans.span_ids)
     costs = [example_cost(len(it.prompt_ids), len(it.response_ids), depths, h) for it in items]
     bounds = shard_bounds(costs, world_size)
-    write_manifest(out, [it.id for it in items], bounds, rank)
+    write_manifest(out, [it.id for it in items], bounds, rank, token_ids_sha256=token_ids_sha256(items))
     start, stop = bounds[rank]
     path = shard_path(out, rank, world_size)
     if start == stop:

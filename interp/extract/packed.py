@@ -207,6 +207,17 @@ def skipped_too_long(items: Sequence[Continuation], span_ids: Sequence[int], dep
                                          max_context, "skip") is None]
 
 
+def token_ids_sha256(items: Sequence[Continuation]) -> str:
+    """One hash over every row's id, prompt ids and response ids: a resume must see the same tokens, not only
+    the same example ids (continuations from another tokenizer reuse the ids)."""
+    import hashlib
+
+    h = hashlib.sha256()
+    for it in items:
+        h.update(f"{it.id}\0{list(it.prompt_ids)}\0{list(it.response_ids)}\n".encode())
+    return h.hexdigest()
+
+
 def batch_order(plans: Sequence, batch_size: int) -> list[list[int]]:
     """Deterministic batches of similar length (longest first), fixed by the data so a resume recomputes
     exactly the same batches."""
@@ -279,7 +290,8 @@ def extract_to_store(model, tokenizer, items: Sequence[Continuation], out: str |
     span_info = spans.to_dict() if hasattr(spans, "to_dict") else {}
     prov.update(span_text=getattr(spans, "span_text", span_info.get("span_text", "")), span_ids=span_ids,
                 probe_index=int(spans.probe_index), template_hash=getattr(spans, "template_hash", None),
-                spans=span_info, depth_schedule=[int(d) for d in depths], skipped_too_long=skipped)
+                spans=span_info, depth_schedule=[int(d) for d in depths], skipped_too_long=skipped,
+                token_ids_sha256=token_ids_sha256(items))
     examples = {"id": [it.id for it in items], "label": [1 if it.label == "harmful" else 0 for it in items],
                 "source": [it.source for it in items], "prompt": [it.prompt for it in items],
                 "category": [it.category or "" for it in items], "n_response_tokens": n_tokens, "valid": valid,

@@ -38,6 +38,9 @@ def shard_path(out: str | Path, rank: int, world_size: int) -> Path:
     return shard_dir(out) / f"rank-{rank:05d}-of-{world_size:05d}.h5"
 
 
+ROW_KEYS = ("example_ids_sha256", "token_ids_sha256")  # hashes over a shard's own rows: the merged file's cover all
+
+
 def _ids_hash(ids: Sequence[str]) -> str:  # same digest as interp.extract.store
     return hashlib.sha256("\n".join(ids).encode()).hexdigest()
 
@@ -48,12 +51,14 @@ def _write_json_atomic(path: Path, data: dict, suffix: str) -> None:
     os.replace(tmp, path)
 
 
-def write_manifest(out: str | Path, ids: Sequence[str], bounds: Sequence[tuple[int, int]], rank: int = 0) -> Path:
-    """Record the split (refuses to mix with shards of another example list or world size)."""
+def write_manifest(out: str | Path, ids: Sequence[str], bounds: Sequence[tuple[int, int]], rank: int = 0,
+                   token_ids_sha256: str | None = None) -> Path:
+    """Record the split (refuses to mix with shards of another example list, token ids or world size)."""
     path = shard_dir(out) / "manifest.json"
     path.parent.mkdir(parents=True, exist_ok=True)
     data = {"format": 1, "world_size": len(bounds), "n_examples": len(ids), "bounds": [list(b) for b in bounds],
-            "ids": [str(i) for i in ids], "example_ids_sha256": _ids_hash([str(i) for i in ids])}
+            "ids": [str(i) for i in ids], "example_ids_sha256": _ids_hash([str(i) for i in ids]),
+            "token_ids_sha256": token_ids_sha256}
     if path.exists():
         old = json.loads(path.read_text())
         if {k: old.get(k) for k in data} != data:
@@ -109,9 +114,9 @@ def finalize(out: str | Path, mode: str = "virtual", *, dest: str | Path | None 
             if left or s.n_examples != b - a:
                 raise UserError(f"shard {path.name} has {left} of {s.n_examples} rows unfinished; rerun the same "
                                 "torchrun command to resume it")
-        ref = {k: v for k, v in stores[0].h5.attrs.items() if k not in SHARD_KEYS and k != "example_ids_sha256"}
+        ref = {k: v for k, v in stores[0].h5.attrs.items() if k not in SHARD_KEYS and k not in ROW_KEYS}
         for s in stores[1:]:
-            other = {k: v for k, v in s.h5.attrs.items() if k not in SHARD_KEYS and k != "example_ids_sha256"}
+            other = {k: v for k, v in s.h5.attrs.items() if k not in SHARD_KEYS and k not in ROW_KEYS}
             if set(other) != set(ref) or any(not np.array_equal(other[k], ref[k]) for k in ref):
                 raise UserError(f"{s.path.name} was written with another provenance than {stores[0].path.name}")
         ids = [str(x) for s in stores for x in s.examples["id"]]
@@ -134,6 +139,8 @@ def _merge(tmp: Path, stores, parts, ref: dict, man: dict, mode: str, dest: Path
             for k, v in ref.items():
                 f.attrs[k] = v
             f.attrs["example_ids_sha256"] = man["example_ids_sha256"]
+            if man.get("token_ids_sha256"):
+                f.attrs["token_ids_sha256"] = man["token_ids_sha256"]
             f.create_dataset("depths", data=stores[0].h5["depths"][()])
             ex = f.create_group("examples")
             for key in stores[0].h5["examples"]:

@@ -79,13 +79,13 @@ class Checker:
 
     # -- probe set -------------------------------------------------------------------------------
     def _attach_probes(self, probes, model_id, weights_sha256) -> None:
+        from interp.probes.probeset import identity_mismatch
+
         prov = _get(probes, "provenance", {}) or {}
-        for key, mine in (("model_id", model_id), ("weights_sha256", weights_sha256),
-                          ("template_hash", _get(self.spans, "template_hash"))):
-            theirs = _get(prov, key)
-            if theirs and mine and str(theirs) != str(mine):
-                raise UserError(f"probe set was trained with {key}={theirs!s:.16}…, this model/template has "
-                                f"{mine!s:.16}…; train probes for this model (anydepth train)")
+        why = identity_mismatch(prov, {"model_id": model_id, "weights_sha256": weights_sha256,
+                                       "template_hash": _get(self.spans, "template_hash")})
+        if why:
+            raise UserError(f"probe set was trained with {why}; train probes for this model (anydepth train)")
         their_span = _get(prov, "span_ids")
         if their_span is not None and [int(t) for t in their_span] != self.span_ids:
             raise UserError(f"probe set span {list(their_span)} differs from this template's span {self.span_ids}")

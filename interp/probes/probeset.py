@@ -19,6 +19,24 @@ FORMAT_VERSION = 1
 CHECKED_KEYS = ("model_id", "weights_sha256", "template_hash", "span_ids")
 
 
+def identity_mismatch(trained: Any, target: Any) -> str | None:
+    """Why something made with provenance ``trained`` must not be used on ``target`` (``None`` when it may).
+
+    Identity is by content: when both sides record a weights hash, the hashes decide (a copy of the same weights
+    in another folder is the same model; new weights saved under the same path are not); otherwise the model ids
+    must agree. The chat-template hash and the span ids must agree too. Ids are printed in full."""
+    t, m = jsonable(dict(trained or {})), jsonable(dict(target or {}))
+    if t.get("weights_sha256") and m.get("weights_sha256"):
+        if t["weights_sha256"] != m["weights_sha256"]:
+            return f"weights_sha256 {t['weights_sha256']} (this model: {m['weights_sha256']})"
+    elif t.get("model_id") and m.get("model_id") and t["model_id"] != m["model_id"]:
+        return f"model_id {t['model_id']!r} (this model: {m['model_id']!r})"
+    for key in ("template_hash", "span_ids"):
+        if t.get(key) is not None and m.get(key) is not None and t[key] != m[key]:
+            return f"{key} {t[key]!r} (this template: {m[key]!r})"
+    return None
+
+
 def jsonable(value: Any) -> Any:
     """Convert numpy / bytes values (e.g. HDF5 attributes) into plain JSON types."""
     if isinstance(value, bytes):
@@ -160,11 +178,10 @@ class ProbeSet:
     def check_provenance(self, expect: dict[str, Any]) -> None:
         """Raise ``UserError`` if ``expect`` (a store's or model's provenance) disagrees on model, weights,
         template, span ids or hook."""
-        mine, theirs = jsonable(self.provenance), jsonable(dict(expect))
-        for key in CHECKED_KEYS:
-            if key in mine and key in theirs and mine[key] != theirs[key]:
-                raise UserError(f"probe set was trained with {key}={mine[key]!r} but the target has "
-                                f"{theirs[key]!r}; retrain the probe for this model/template")
+        theirs = jsonable(dict(expect))
+        why = identity_mismatch(self.provenance, theirs)
+        if why:
+            raise UserError(f"probe set was trained with {why}; retrain the probe for this model/template")
         if "hook" in theirs and theirs["hook"] != self.hook:
             raise UserError(f"probe set reads hook {self.hook!r} but the target uses {theirs['hook']!r}")
         if "hooks" in theirs and self.hook not in list(theirs["hooks"]):
