@@ -145,3 +145,15 @@ def test_causal_probe_readout_is_the_probe_logit():
     got = probe_logits(ProbeAdapter(ps), h, 1)
     torch.testing.assert_close(got, torch.as_tensor(ps.logit(h.numpy(), 1), dtype=torch.float64), rtol=1e-6, atol=1e-6)
     assert (got < 0).any() and (got > 0).any()  # logits, not probabilities in (0, 1)
+
+
+def test_full_forward_knockout_refuses_kernels_without_custom_masks():
+    """The full-forward knockout passes a 4-D mask: with a flash / flex kernel it is a one-line error."""
+    from interp import UserError
+    from interp.spans.derive import derive_safety_spans
+
+    model, tok = tiny_model("qwen2", n_layers=2)
+    batch = build_batch(toy_examples(tok)[:2], 4, derive_safety_spans(tok), tok.pad_token_id)
+    model.config._attn_implementation = "flash_attention_2"
+    with pytest.raises(UserError, match="attention knockout"):
+        SpanRunner(model, batch, cached=False).run(knockout=True)

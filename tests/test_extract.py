@@ -284,15 +284,30 @@ def test_float16_overflow_is_refused_and_bfloat16_stores_it(tmp_path):
 
 
 def test_a_run_that_fails_before_its_first_row_leaves_no_file(tmp_path):
-    """Token ids from another tokenizer (past this vocabulary) fail in the first forward; no half-written store
-    is left behind (there was nothing to resume)."""
+    """Token ids from another tokenizer (past this vocabulary) are refused in one line before anything is written,
+    and a failure in the first forward leaves no half-written store behind (there was nothing to resume)."""
     model, tok = tiny_model("qwen2", n_layers=2)
     spans = derive_safety_spans(tok)
     p = format_prompt_ids(tok, "Hi")
     items = [Continuation(id="a", prompt="Hi", label="benign", prompt_ids=p, response_ids=[len(tok) + 50] * 4)]
-    with pytest.raises((IndexError, RuntimeError)):
+    with pytest.raises(UserError, match="another tokenizer"):
         extract_to_store(model, tok, items, tmp_path / "s.h5", spans=spans, depths=[0, 2], layers=[0],
                          progress=False)
+    assert not (tmp_path / "s.h5").exists()
+    # a failure inside the first forward (here: the model itself raises) leaves no file either
+    good = [Continuation(id="a", prompt="Hi", label="benign", prompt_ids=p, response_ids=[5, 6, 7, 8])]
+
+    def broken(*a, **k):
+        raise RuntimeError("CUDA error: device-side assert triggered")
+
+    block = model.model.layers[0]
+    block.forward, original = broken, block.forward
+    try:
+        with pytest.raises(RuntimeError, match="device-side"):
+            extract_to_store(model, tok, good, tmp_path / "s.h5", spans=spans, depths=[0, 2], layers=[0],
+                             progress=False)
+    finally:
+        block.forward = original
     assert not (tmp_path / "s.h5").exists()
 
 

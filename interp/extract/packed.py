@@ -269,6 +269,13 @@ def extract_to_store(model, tokenizer, items: Sequence[Continuation], out: str |
     if not items:
         raise UserError("no examples to extract")
     require_mask_kernel(model, "packed extraction")
+    vocab = getattr(text_config(model), "vocab_size", None)
+    if vocab:
+        for it in items:
+            top = max([*it.prompt_ids, *it.response_ids], default=0)
+            if top >= vocab:
+                raise UserError(f"example {it.id!r} holds token id {top}, past this model's vocabulary of {vocab}: "
+                                "the continuations were made with another tokenizer; regenerate them for this model")
     if batch_size < 1:
         raise UserError("batch size must be ≥ 1")
     if positions not in POSITIONS:

@@ -326,7 +326,8 @@ class ActivationStore:
                     if self.storage_dtype == "float16" and not np.isfinite(stored).all():
                         raise UserError(f"{hook} layer {layer}: activations up to {float(np.abs(value).max()):.4g} "
                                         f"overflow float16 (largest 65504); nothing of this batch was written to "
-                                        f"{self.path}: delete it and rerun with --store-dtype bfloat16 (or float32)")
+                                        f"{self.path}: extract into a new file with --store-dtype bfloat16 (or "
+                                        "float32)")
                     converted.append((group, hook, layer, stored))
             for group, hook, layer, stored in converted:
                 self._dataset(group, hook, layer)[sorted_rows] = stored
