@@ -168,3 +168,25 @@ def test_generate_respects_the_context_limit():
     model.config.max_position_embeddings = n_long - 1  # the prompt alone does not fit
     with pytest.raises(UserError, match="use --too-long skip"):
         continuations_for(model, tok, [long], cfg, progress=False)
+
+
+def test_extract_refuses_continuations_made_with_another_tokenizer(tmp_path, capsys):
+    """`anydepth generate` records the tokenizer's fingerprint beside the JSONL; `anydepth extract` with another
+    model's tokenizer refuses the file (its ids would silently mean other tokens), the same model accepts it."""
+    from interp.cli.main import main
+    from interp.testing import tiny_model
+
+    for name, (arch, family) in {"a": ("qwen2", "qwen2"), "b": ("llama", "llama3")}.items():
+        model, tok = tiny_model(arch, family, n_layers=2)
+        model.save_pretrained(tmp_path / name)
+        tok.save_pretrained(tmp_path / name)
+    cont = tmp_path / "c.jsonl"
+    assert main(["generate", "--model", str(tmp_path / "a"), "--data", "demo", "--limit", "2",
+                 "--max-new-tokens", "4", "--out", str(cont)]) == 0
+    capsys.readouterr()
+    common = ["--continuations", str(cont), "--depths", "0,2", "--layers", "0"]
+    assert main(["extract", "--model", str(tmp_path / "b"), *common, "--out", str(tmp_path / "b.h5")]) == 2
+    err = capsys.readouterr().err
+    assert "generated with another tokenizer" in err and "Traceback" not in err
+    assert not (tmp_path / "b.h5").exists()
+    assert main(["extract", "--model", str(tmp_path / "a"), *common, "--out", str(tmp_path / "a.h5")]) == 0

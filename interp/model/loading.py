@@ -85,12 +85,18 @@ class LoadedModel:
     dtype: torch.dtype
     path: str | None = None  # folder the weights were loaded from
     load_seconds: float = 0.0
+    _tokenizer_sha256: str | None = field(default=None, repr=False)
 
     def provenance(self) -> dict:
         """JSON-ready record of the model, for saving beside results."""
         import transformers
 
+        from interp.spans.render import tokenizer_sha256
+
+        if self._tokenizer_sha256 is None:
+            self._tokenizer_sha256 = tokenizer_sha256(self.tokenizer)
         return {"model_id": self.model_id, "weights_sha256": self.weights_sha256, "source": self.source,
+                "tokenizer_sha256": self._tokenizer_sha256,
                 "dtype": str(self.dtype).removeprefix("torch."), "device": self.device, "n_layers": self.n_layers,
                 "d_model": self.d_model, "architecture": type(self.model).__name__,
                 "transformers_version": transformers.__version__}

@@ -11,7 +11,7 @@ from collections.abc import Mapping
 
 from interp import UserError
 
-__all__ = ["template_hash"]
+__all__ = ["template_hash", "tokenizer_sha256"]
 
 
 def tokenizer_name(tokenizer) -> str:
@@ -30,6 +30,17 @@ def _template_text(tokenizer) -> str:
         raise UserError(f"tokenizer {tokenizer_name(tokenizer)!r} has no chat template; load a chat (instruct) model's "
                         "tokenizer or set tokenizer.chat_template")
     return tpl
+
+
+def tokenizer_sha256(tokenizer) -> str:
+    """A fingerprint of how ``tokenizer`` maps text to ids: its vocabulary (with added tokens) and chat template.
+    Continuations made with another tokenizer give other ids for the same text, and are refused on it."""
+    import hashlib
+    import json
+
+    vocab = sorted(tokenizer.get_vocab().items(), key=lambda kv: kv[1])
+    blob = json.dumps([vocab, _template_text(tokenizer) if getattr(tokenizer, "chat_template", None) else ""])
+    return hashlib.sha256(blob.encode()).hexdigest()
 
 
 def template_hash(tokenizer) -> str:

@@ -39,6 +39,7 @@ def run_extract(model_cfg, gen_cfg, cfg, progress: bool = True):
     loaded = load_model(distributed.rank_model_config(model_cfg))
     spans = derive_safety_spans(loaded.tokenizer)
     if cfg.continuations:
+        _check_made_with(Path(cfg.continuations), loaded)
         items, source = load_jsonl(cfg.continuations), str(cfg.continuations)
     else:
         cont_path = out.with_suffix(".continuations.jsonl")
@@ -59,6 +60,26 @@ def run_extract(model_cfg, gen_cfg, cfg, progress: bool = True):
         save_json({**configs, "model_provenance": loaded.provenance(), "store": str(out),
                    "continuations": source}, out.with_suffix(".config.json"))
     return result
+
+
+def _check_made_with(path: Path, loaded) -> None:
+    """Refuse continuations whose config (``<file>.config.json`` from ``anydepth generate``) records another
+    tokenizer: their ids would be read as other tokens, silently."""
+    import json
+
+    from interp import UserError
+
+    side = path.with_suffix(".config.json")
+    if not side.exists():
+        return
+    try:
+        made = (json.loads(side.read_text()).get("model_provenance") or {}).get("tokenizer_sha256")
+    except (OSError, ValueError):
+        return
+    mine = loaded.provenance().get("tokenizer_sha256")
+    if made and mine and made != mine:
+        raise UserError(f"{path} was generated with another tokenizer (tokenizer_sha256 {made}, this model's is "
+                        f"{mine}); regenerate the continuations with this model (anydepth generate)")
 
 
 def run(args) -> int:
