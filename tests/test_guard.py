@@ -63,11 +63,8 @@ def scratch_state(model, ids, layer, pre):
     return store["h"][0, -1]
 
 
-@pytest.mark.parametrize("arch", ["llama", "qwen2", "gemma2"])
-@pytest.mark.parametrize("hook", ["resid_post", "resid_pre"])
-def test_check_state_equals_scratch_forward(arch, hook):
-    model, tok, spans, prompts = setup(arch)
-    probes = make_probes(model, spans, hook=hook, threshold=2.0)  # never fires
+def spied_lp_run(model, tok, spans, prompt, probes):
+    """One guarded generation (ADA-LP every 7 tokens, 22 tokens) and the probe-layer states its checks read."""
     seen = []
     gen = GuardedGenerator(model, tok, spans, GuardConfig(mode="lp", stride=7, max_new_tokens=22), probes)
     orig = gen.checker.lp_hidden
@@ -78,8 +75,18 @@ def test_check_state_equals_scratch_forward(arch, hook):
         return h
 
     gen.checker.lp_hidden = spy
-    res = gen.generate([prompts[0]])[0]
-    gen.close()
+    try:
+        return seen, gen.generate([prompt])[0]
+    finally:
+        gen.close()
+
+
+@pytest.mark.parametrize("arch", ["llama", "qwen2", "gemma2"])
+@pytest.mark.parametrize("hook", ["resid_post", "resid_pre"])
+def test_check_state_equals_scratch_forward(arch, hook):
+    model, tok, spans, prompts = setup(arch)
+    probes = make_probes(model, spans, hook=hook, threshold=2.0)  # never fires
+    seen, res = spied_lp_run(model, tok, spans, prompts[0], probes)
     depths = [c.depth for c in res.checks]
     assert depths == [7, 14, 21, 22]  # stride + final check
     for h, d in zip(seen, depths):
@@ -299,18 +306,7 @@ def test_check_state_equals_scratch_forward_bf16(arch, attn):
     model = model.to(torch.bfloat16)
     model.set_attn_implementation(attn)
     probes = make_probes(model, spans, threshold=2.0)
-    seen = []
-    gen = GuardedGenerator(model, tok, spans, GuardConfig(mode="lp", stride=7, max_new_tokens=22), probes)
-    orig = gen.checker.lp_hidden
-
-    def spy(cache, mask, pos):
-        h = orig(cache, mask, pos)
-        seen.append(h.clone())
-        return h
-
-    gen.checker.lp_hidden = spy
-    res = gen.generate([prompts[0]])[0]
-    gen.close()
+    seen, res = spied_lp_run(model, tok, spans, prompts[0], probes)
     assert len(seen) == len(res.checks) >= 3
     for h, c in zip(seen, res.checks):
         ids = res.prompt_ids + res.generated_ids[:c.depth] + list(spans.probe_ids)

@@ -7,6 +7,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from interp import UserError
+from interp.probes.protocol import check_schedule
 
 MODES = ("lp", "rk", "none")
 
@@ -45,12 +46,7 @@ class GuardConfig:
     def validate(self) -> None:
         if self.mode not in MODES:
             raise UserError(f"guard mode must be one of {', '.join(MODES)}, got {self.mode!r}")
-        if self.stride < 1:
-            raise UserError(f"--stride must be >= 1, got {self.stride}")
-        if any(d < 1 for d in self.early_checks):
-            raise UserError(f"--early-checks depths must be >= 1, got {list(self.early_checks)}")
-        if self.k_of_n < 1:
-            raise UserError(f"--k-of-n must be >= 1, got {self.k_of_n}")
+        check_schedule(self.stride, self.early_checks, self.k_of_n)
         if self.lookahead < 1:
             raise UserError(f"--lookahead must be >= 1, got {self.lookahead}")
         if self.max_new_tokens < 1:

@@ -103,6 +103,16 @@ def describe_split(roles: np.ndarray, groups: np.ndarray, prompts: np.ndarray, y
     return out
 
 
+def check_schedule(stride: int, early_checks, k_of_n: int) -> None:
+    """One-line errors for a guard schedule that cannot run (shared by the guard's and train's options)."""
+    if stride < 1:
+        raise UserError(f"--stride must be >= 1, got {stride}")
+    if any(d < 1 for d in early_checks):
+        raise UserError(f"--early-checks depths must be >= 1, got {list(early_checks)}")
+    if k_of_n < 1:
+        raise UserError(f"--k-of-n must be >= 1, got {k_of_n}")
+
+
 @dataclass(frozen=True)
 class Schedule:
     """When the guard checks an answer: every ``stride`` tokens, at ``early_checks``, at depth 0 if

@@ -25,7 +25,7 @@ import numpy as np
 from interp import UserError
 from interp.probes.data import LayerData, StoreSliceConfig
 from interp.probes.probeset import ProbeSet
-from interp.probes.protocol import Schedule, SplitConfig
+from interp.probes.protocol import Schedule, SplitConfig, check_schedule
 from interp.probes.sweep import ProbeConfig
 
 
@@ -56,12 +56,7 @@ class TrainConfig(StoreSliceConfig, SplitConfig, ScheduleConfig):
         """Every option of ``anydepth train`` (store slice, split, schedule, layer), one line per problem."""
         StoreSliceConfig.validate(self)
         SplitConfig.validate(self)
-        if self.stride < 1:
-            raise UserError(f"--stride must be >= 1, got {self.stride}")
-        if any(d < 1 for d in self.early_checks):
-            raise UserError(f"--early-checks depths must be >= 1, got {list(self.early_checks)}")
-        if self.k_of_n < 1:
-            raise UserError(f"--k-of-n must be >= 1, got {self.k_of_n}")
+        check_schedule(self.stride, self.early_checks, self.k_of_n)
         if self.layer is not None and self.layer < 0:
             raise UserError(f"--layer must be a stored layer >= 0, got {self.layer}")
         if self.n_boot < 0:
