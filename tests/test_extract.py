@@ -356,3 +356,17 @@ def test_resume_refuses_other_tokens_under_the_same_ids(tmp_path):
                           response_ids=list(reversed(it.response_ids)), source=it.source) for it in items]
     with pytest.raises(UserError, match="token_ids_sha256"):
         extract_to_store(model, tok, other, tmp_path / "s.h5", **kw)
+
+
+def test_a_store_without_given_provenance_refuses_another_model(tmp_path):
+    """extract_to_store(..., provenance=None) records the model itself, so another model cannot append."""
+    a, tok = tiny_model("qwen2", n_layers=2, seed=0)
+    b, _ = tiny_model("qwen2", n_layers=3, seed=1)
+    spans = derive_safety_spans(tok)
+    items = make_items(tok, lengths=(6, 9))
+    kw = dict(spans=spans, depths=[0, 4], layers=[0], progress=False, storage_dtype="float32")
+    extract_to_store(a, tok, items[:1], tmp_path / "s.h5", **kw)
+    with ActivationStore.open(tmp_path / "s.h5") as store:
+        assert store.provenance["n_layers"] == 2 and store.provenance["tokenizer_sha256"]
+    with pytest.raises(UserError, match="n_layers"):
+        extract_to_store(b, tok, items[:1], tmp_path / "s.h5", **kw)

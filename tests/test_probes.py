@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 import numpy as np
 import pytest
 import torch
@@ -298,3 +300,26 @@ def test_run_sweep_per_depth_fit_and_by_source(planted):
     res = run_sweep(loader, [1], ProbeConfig(), cfg)
     tested = np.isfinite(res["_oof"]["probe"][0]).any(1)
     assert res["split"]["kind"] == "by-source" and np.array_equal(tested, planted.sources == "src1")
+
+
+def test_damaged_probe_set_files_are_one_line_errors(tmp_path):
+    """Truncated JSON or safetensors, missing fields and non-finite weights: one line naming the file."""
+    ps = _probeset(np.random.default_rng(1), standardize=False)
+    js = ps.save(tmp_path)
+    st = js.with_suffix(".safetensors")
+    text, blob = js.read_text(), st.read_bytes()
+    js.write_text(text[: len(text) // 2])
+    with pytest.raises(UserError, match="damaged or truncated"):
+        ProbeSet.load(tmp_path)
+    js.write_text(text)
+    st.write_bytes(blob[: len(blob) // 2])
+    with pytest.raises(UserError, match="damaged or truncated"):
+        ProbeSet.load(tmp_path)
+    st.write_bytes(blob)
+    meta = json.loads(text)
+    del meta["threshold"]
+    js.write_text(json.dumps(meta))
+    with pytest.raises(UserError, match="missing threshold"):
+        ProbeSet.load(tmp_path)
+    js.write_text(text)
+    ProbeSet.load(tmp_path)  # restored: loads again

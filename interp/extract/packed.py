@@ -207,6 +207,17 @@ def skipped_too_long(items: Sequence[Continuation], span_ids: Sequence[int], dep
                                          max_context, "skip") is None]
 
 
+def model_provenance(model, tokenizer) -> dict:
+    """What every store records about the model that wrote it: its name, shape and tokenizer fingerprint (the
+    CLI adds the loader's provenance, with the weights hash)."""
+    from interp.spans.render import tokenizer_sha256
+
+    cfg = text_config(model)
+    return {"model_id": str(getattr(model.config, "_name_or_path", "") or type(model).__name__),
+            "architecture": type(model).__name__, "n_layers": int(cfg.num_hidden_layers),
+            "d_model": int(cfg.hidden_size), "tokenizer_sha256": tokenizer_sha256(tokenizer)}
+
+
 def token_ids_sha256(items: Sequence[Continuation]) -> str:
     """One hash over every row's id, prompt ids and response ids: a resume must see the same tokens, not only
     the same example ids (continuations from another tokenizer reuse the ids)."""
@@ -293,7 +304,9 @@ def extract_to_store(model, tokenizer, items: Sequence[Continuation], out: str |
             raise UserError("every example exceeds the model context (--too-long skip left none)")
     plans, valid, n_tokens = prepare_plans(items, span_ids, depths, context_limit(model), too_long)
     cfg = text_config(model)
-    prov = dict(provenance or {})
+    # the store always records the model it saw (a given provenance, e.g. the loader's with the weights hash,
+    # adds to it and wins), so another model cannot append to it
+    prov = {**model_provenance(model, tokenizer), **(provenance or {})}
     span_info = spans.to_dict() if hasattr(spans, "to_dict") else {}
     prov.update(span_text=getattr(spans, "span_text", span_info.get("span_text", "")), span_ids=span_ids,
                 probe_index=int(spans.probe_index), template_hash=getattr(spans, "template_hash", None),

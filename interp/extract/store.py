@@ -39,7 +39,7 @@ STORAGE_DTYPES = ("float32", "float16", "bfloat16")
 # provenance keys that must match to append to an existing store
 IDENTITY_KEYS = ("format_version", "model_id", "weights_sha256", "dtype", "template_hash", "span_ids",
                  "probe_index", "hooks", "layers", "depths", "storage_dtype", "positions", "example_ids_sha256",
-                 "token_ids_sha256")
+                 "token_ids_sha256", "tokenizer_sha256", "n_layers", "d_model")
 _STR = h5py.string_dtype("utf-8")
 
 

@@ -215,12 +215,27 @@ class ProbeSet:
         st_path, js_path = _paths(path)
         if not js_path.exists() or not st_path.exists():
             raise UserError(f"no probe set at {path} (expected {js_path} and {st_path})")
-        meta = json.loads(js_path.read_text())
-        if meta.get("format_version") != FORMAT_VERSION:
-            raise UserError(f"{js_path}: unsupported probe-set format {meta.get('format_version')}")
-        t = load_file(str(st_path))
+        try:
+            meta = json.loads(js_path.read_text(encoding="utf-8"))
+        except (ValueError, UnicodeDecodeError) as err:
+            raise UserError(f"{js_path} is damaged or truncated ({err}); retrain or restore the probe set") from err
+        if not isinstance(meta, dict) or meta.get("format_version") != FORMAT_VERSION:
+            got = meta.get("format_version") if isinstance(meta, dict) else type(meta).__name__
+            raise UserError(f"{js_path}: unsupported probe-set format {got}")
+        try:
+            t = load_file(str(st_path))
+        except Exception as err:  # safetensors raises its own error type for a damaged header or body
+            raise UserError(f"{st_path} is damaged or truncated ({type(err).__name__}: {err}); retrain or restore "
+                            "the probe set") from err
+        missing = [k for k in ("layers", "weights", "bias") if k not in t]
+        missing += [k for k in ("layers", "hook", "position", "best_layer", "threshold", "kind", "thresholds",
+                                "metrics", "provenance", "config") if k not in meta]
+        if missing:
+            raise UserError(f"probe set {js_path.parent}: missing {', '.join(missing)}; retrain or restore it")
         if t["layers"].tolist() != meta["layers"]:
             raise UserError(f"{st_path} does not belong to {js_path} (layers differ)")
+        if not all(np.isfinite(t[k]).all() for k in ("weights", "bias")):
+            raise UserError(f"{st_path} holds non-finite probe weights; retrain the probe set")
         probes = cls(layers=meta["layers"], weights=t["weights"], bias=t["bias"], hook=meta["hook"],
                      position=meta["position"], best_layer=meta["best_layer"], threshold=meta["threshold"],
                      mean=t.get("mean"), std=t.get("std"), kind=meta["kind"], thresholds=meta["thresholds"],
