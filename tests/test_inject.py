@@ -165,7 +165,10 @@ def test_span_over_cache_equals_reencoding(model_tok):
 
 @pytest.mark.parametrize("n_prefix", [20, 50])
 def test_piggyback_equals_decode_step_plus_check(model_tok, n_prefix):
-    model, tok = model_tok
+    _check_piggyback(*model_tok, n_prefix)
+
+
+def _check_piggyback(model, tok, n_prefix: int) -> None:
     span = _span_ids(tok)
     prefix = _random_ids(tok, n_prefix, 4)
     t = _random_ids(tok, 1, 5)
@@ -246,3 +249,11 @@ def test_inputs_are_built_on_the_device_of_their_tensors():
     acts, last, prompt = gather_rows(torch.zeros((2, plan.length, 16), device=meta), batch, torch.tensor([0, 1]))
     assert acts.device == last.device == prompt.device == meta
     assert acts.shape == (2, 3, 2, 16) and last.shape == (2, 3, 16) and prompt.shape == (2, 16)
+
+
+@pytest.mark.parametrize("arch", ["llama", "qwen2"])  # transformers has no sdpa path for Gemma-2
+def test_piggyback_equals_decode_step_plus_check_sdpa(arch):
+    """The piggyback mask under the sdpa kernel (float32): the same as a decode step and a separate check."""
+    model, tok = tiny_model(arch, n_layers=2, d_model=64, seed=1, sliding_window=WINDOW)
+    model.set_attn_implementation("sdpa")
+    _check_piggyback(model, tok, 50)
