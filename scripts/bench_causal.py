@@ -6,7 +6,8 @@ Usage:
   python scripts/bench_causal.py --model qwen2.5-coder-0.5b-instruct --continuations RUN/continuations.jsonl \\
       [--probes TRAIN_DIR] --pairs 8 --layer 12 --depth 32
 The steps of one patching cell (one layer x one depth, both directions in one batch as in patching_sweep)
-are timed apart for each path: the clean run (which a sweep shares across layers; on the cached path it
+are timed apart for each path (one untimed warm-up per path, then ``--repeats`` rounds in alternating order;
+the ratios use the fastest round, the spread is printed): the clean run (which a sweep shares across layers; on the cached path it
 includes the prefix forward), the patched run, and a knockout run. Prints each, a one-layer cell, the
 per-cell time of a sweep over every layer (clean run shared), the largest difference between the paths'
 refusal log-odds, and last ``cached_vs_full=<ratio>`` (cached / full per-cell time in that sweep; < 1 is faster).
@@ -15,6 +16,7 @@ refusal log-odds, and last ``cached_vs_full=<ratio>`` (cached / full per-cell ti
 from __future__ import annotations
 
 import argparse
+import statistics
 import time
 
 import torch
@@ -59,7 +61,7 @@ def main() -> None:
     ap.add_argument("--layer", type=int, default=None, help="layer to patch (default: middle)")
     ap.add_argument("--depth", type=int, default=32)
     ap.add_argument("--where", default="span", choices=("span", "probe"))
-    ap.add_argument("--repeats", type=int, default=1)
+    ap.add_argument("--repeats", type=int, default=3, help="timed repeats per path, after one warm-up each")
     ap.add_argument("--tiny-layers", type=int, default=8)
     ap.add_argument("--tiny-d-model", type=int, default=256)
     ap.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: leave the default)")
@@ -91,8 +93,9 @@ def main() -> None:
     site = resid_post(layer)
     times: dict[str, dict[bool, list[float]]] = {k: {True: [], False: []} for k in ("clean", "patch", "knockout")}
     results: dict[bool, list[torch.Tensor]] = {}
-    for _ in range(args.repeats):
-        for cached in (False, True):
+    for rep in range(-1, args.repeats):  # rep -1: one untimed warm-up of each path
+        # alternate which path runs first, so neither always gets the warmer caches
+        for cached in ((False, True) if rep % 2 == 0 else (True, False)):
             # the steps of patching_sweep for one (layer, depth) cell and a knockout run, timed apart
             t0 = time.perf_counter()
             runner = SpanRunner(model, both, cached)
@@ -103,17 +106,21 @@ def main() -> None:
             t2 = time.perf_counter()
             ko = read(runner, openers, knockout=True, **probe_kw)
             t3 = time.perf_counter()
+            results[cached] = [x.refusal for x in (clean, patched, ko)]
+            if rep < 0:
+                continue
             times["clean"][cached].append(t1 - t0)
             times["patch"][cached].append(t2 - t1)
             times["knockout"][cached].append(t3 - t2)
-            results[cached] = [x.refusal for x in (clean, patched, ko)]
     diff = max(float((a - b).abs().max()) for a, b in zip(results[True], results[False]))
     best = {k: {c: min(v[c]) for c in v} for k, v in times.items()}
     for name, label in (("clean", "clean run (prefix + readout, both labels; once per depth)"),
                         ("patch", "patched run (both directions; per layer)"),
                         ("knockout", "knockout run (both labels; per depth, after the clean run)")):
         t = best[name]
-        print(f"{label}: full {t[False]:.2f} s, cached {t[True]:.2f} s, ratio {t[True] / t[False]:.3f}")
+        spread = "; ".join(f"{'cached' if c else 'full'} min/median/max {min(v):.3f}/{statistics.median(v):.3f}/"
+                           f"{max(v):.3f} s" for c, v in sorted(times[name].items()))
+        print(f"{label}: full {t[False]:.2f} s, cached {t[True]:.2f} s, ratio {t[True] / t[False]:.3f} ({spread})")
     one = {c: best["clean"][c] + best["patch"][c] for c in (True, False)}
     print(f"one-layer cell (clean + patched): full {one[False]:.2f} s, cached {one[True]:.2f} s, "
           f"ratio {one[True] / one[False]:.3f}")
