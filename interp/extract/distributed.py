@@ -3,7 +3,7 @@
 Each rank extracts one *contiguous* block of the examples (block edges balance the token count, fixed by the
 data, so every rank and every rerun computes the same split) into its own :class:`ActivationStore` shard
 (``<out>.shards/rank-00000-of-00002.h5``, layout in :mod:`interp.extract.shards`). Shards resume like any store (rows
-marked ``done`` are skipped). :func:`finalize` (from :mod:`interp.extract.shards`, re-exported here) then merges them into
+marked ``done`` are skipped). :func:`interp.extract.shards.finalize` then merges them into
 ``<out>``: an HDF5 virtual dataset file over the shards, or a standalone merged copy.
 
 Ranks only coordinate (a barrier before rank 0 finalizes), so the process group is gloo on CPU and NCCL on
@@ -31,7 +31,12 @@ from interp.extract.shards import (
     write_manifest,
 )
 
-__all__ = ["DistExtractConfig", "ShardResult", "barrier", "dispatch_across_gpus", "dist_env", "example_cost", "extract_auto", "extract_main", "extract_shard", "init_process_group", "is_main_rank", "launched_by_torchrun", "main", "rank_device", "rank_model_config", "run_distributed_extract", "shard_bounds"]
+__all__ = [
+    "DistExtractConfig", "ShardResult", "barrier", "dispatch_across_gpus", "dist_env", "example_cost",
+    "extract_auto", "extract_main", "extract_shard", "init_process_group", "is_main_rank",
+    "launched_by_torchrun", "main", "rank_device", "rank_model_config", "run_distributed_extract",
+    "shard_bounds",
+]
 
 
 # ------------------------------------------------------------------------------------------------ sharding

@@ -129,7 +129,7 @@ def _additive(allowed: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
 
 
 def additive_masks(allowed: torch.Tensor, q_pos: torch.Tensor, k_pos: torch.Tensor, dtype: torch.dtype,
-           sliding_window: int | None, layer_types: Sequence[str] | None):
+                   sliding_window: int | None, layer_types: Sequence[str] | None):
     """Additive ``[B, 1, Q, K]`` mask from a boolean ``allowed [B, Q, K]``; with ``sliding_window`` the window is
     applied on the logical positions ``q_pos [B, Q]`` / ``k_pos [B, K]``: a per-layer-type dict, or one windowed
     mask when the config names no layer types (Mistral-style)."""

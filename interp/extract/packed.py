@@ -207,15 +207,21 @@ def skipped_too_long(items: Sequence[Continuation], span_ids: Sequence[int], dep
                                          max_context, "skip") is None]
 
 
-def model_provenance(model, tokenizer) -> dict:
-    """What every store records about the model that wrote it: its name, shape and tokenizer fingerprint (the
-    CLI adds the loader's provenance, with the weights hash)."""
+def model_provenance(model, tokenizer, given: dict | None = None) -> dict:
+    """What a store records about the model that wrote it, so another model cannot append to it: ``given`` (the
+    loader's provenance, with the weights hash) completed with the model's name, shape and tokenizer fingerprint
+    where it lacks them (the fingerprint is only computed then)."""
     from interp.spans.render import tokenizer_sha256
 
+    prov = dict(given or {})
     cfg = text_config(model)
-    return {"model_id": str(getattr(model.config, "_name_or_path", "") or type(model).__name__),
-            "architecture": type(model).__name__, "n_layers": int(cfg.num_hidden_layers),
-            "d_model": int(cfg.hidden_size), "tokenizer_sha256": tokenizer_sha256(tokenizer)}
+    prov.setdefault("model_id", str(getattr(model.config, "_name_or_path", "") or type(model).__name__))
+    prov.setdefault("architecture", type(model).__name__)
+    prov.setdefault("n_layers", int(cfg.num_hidden_layers))
+    prov.setdefault("d_model", int(cfg.hidden_size))
+    if "tokenizer_sha256" not in prov:
+        prov["tokenizer_sha256"] = tokenizer_sha256(tokenizer)
+    return prov
 
 
 def token_ids_sha256(items: Sequence[Continuation]) -> str:
@@ -280,7 +286,8 @@ def extract_to_store(model, tokenizer, items: Sequence[Continuation], out: str |
     if not items:
         raise UserError("no examples to extract")
     require_mask_kernel(model, "packed extraction")
-    vocab = getattr(text_config(model), "vocab_size", None)
+    cfg, max_context = text_config(model), context_limit(model)
+    vocab = getattr(cfg, "vocab_size", None)
     if vocab:
         for it in items:
             top = max([*it.prompt_ids, *it.response_ids], default=0)
@@ -295,18 +302,15 @@ def extract_to_store(model, tokenizer, items: Sequence[Continuation], out: str |
     depths = parse_depths(depths)
     hooks = [canonical_hook(h) for h in hooks]
     pos = list(range(len(span_ids))) if positions == "span" else [int(spans.probe_index)]
-    skipped = skipped_too_long(items, span_ids, depths, context_limit(model)) if too_long == "skip" else []
+    skipped = skipped_too_long(items, span_ids, depths, max_context) if too_long == "skip" else []
     if skipped:
         warnings.warn(f"--too-long skip: {len(skipped)} example(s) exceed the model context and are not stored "
                       f"(e.g. {skipped[0]!r}; all listed in the store's 'skipped_too_long' attribute)", stacklevel=2)
         items = [it for it in items if it.id not in set(skipped)]
         if not items:
             raise UserError("every example exceeds the model context (--too-long skip left none)")
-    plans, valid, n_tokens = prepare_plans(items, span_ids, depths, context_limit(model), too_long)
-    cfg = text_config(model)
-    # the store always records the model it saw (a given provenance, e.g. the loader's with the weights hash,
-    # adds to it and wins), so another model cannot append to it
-    prov = {**model_provenance(model, tokenizer), **(provenance or {})}
+    plans, valid, n_tokens = prepare_plans(items, span_ids, depths, max_context, too_long)
+    prov = model_provenance(model, tokenizer, provenance)
     span_info = spans.to_dict() if hasattr(spans, "to_dict") else {}
     prov.update(span_text=getattr(spans, "span_text", span_info.get("span_text", "")), span_ids=span_ids,
                 probe_index=int(spans.probe_index), template_hash=getattr(spans, "template_hash", None),

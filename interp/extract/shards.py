@@ -13,7 +13,6 @@ in the original order, with the same provenance as a one-process run.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 from collections.abc import Sequence
@@ -23,6 +22,7 @@ import h5py
 import numpy as np
 
 from interp import UserError
+from interp.extract.store import ActivationStore, ids_sha256
 
 SHARD_KEYS = ("shard_rank", "shard_world_size", "shard_start", "shard_stop", "n_examples_total")
 MERGE_MODES = ("virtual", "copy")
@@ -41,10 +41,6 @@ def shard_path(out: str | Path, rank: int, world_size: int) -> Path:
 ROW_KEYS = ("example_ids_sha256", "token_ids_sha256")  # hashes over a shard's own rows: the merged file's cover all
 
 
-def _ids_hash(ids: Sequence[str]) -> str:  # same digest as interp.extract.store
-    return hashlib.sha256("\n".join(ids).encode()).hexdigest()
-
-
 def _write_json_atomic(path: Path, data: dict, suffix: str) -> None:
     tmp = path.with_name(f"{path.name}.{suffix}.tmp")
     tmp.write_text(json.dumps(data, indent=1, sort_keys=True) + "\n")
@@ -57,7 +53,7 @@ def write_manifest(out: str | Path, ids: Sequence[str], bounds: Sequence[tuple[i
     path = shard_dir(out) / "manifest.json"
     path.parent.mkdir(parents=True, exist_ok=True)
     data = {"format": 1, "world_size": len(bounds), "n_examples": len(ids), "bounds": [list(b) for b in bounds],
-            "ids": [str(i) for i in ids], "example_ids_sha256": _ids_hash([str(i) for i in ids]),
+            "ids": [str(i) for i in ids], "example_ids_sha256": ids_sha256([str(i) for i in ids]),
             "token_ids_sha256": token_ids_sha256}
     if path.exists():
         old = json.loads(path.read_text())
@@ -93,8 +89,6 @@ def finalize(out: str | Path, mode: str = "virtual", *, dest: str | Path | None 
 
     ``mode="virtual"`` maps the shards (keep the ``.shards`` folder beside ``dest``); ``"copy"`` copies them.
     """
-    from interp.extract.store import ActivationStore
-
     if mode not in MERGE_MODES:
         raise UserError(f"merge mode must be one of {MERGE_MODES}, got {mode!r}")
     out = Path(out)

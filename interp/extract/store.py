@@ -169,7 +169,7 @@ class ActivationStore:
         prov = dict(provenance)
         prov.update(format_version=FORMAT_VERSION, hooks=hooks, layers=[int(x) for x in layers],
                     depths=[int(d) for d in depths], storage_dtype=storage_dtype,
-                    positions=[int(p) for p in positions], example_ids_sha256=_ids_hash(ids))
+                    positions=[int(p) for p in positions], example_ids_sha256=ids_sha256(ids))
         if path.exists():
             store = cls.open(path, "r+")
             store._check_identity(prov)
@@ -355,7 +355,8 @@ def _take_rows(ds: h5py.Dataset, rows: np.ndarray | None) -> np.ndarray:
     return out
 
 
-def _ids_hash(ids: Sequence[str]) -> str:
+def ids_sha256(ids: Sequence[str]) -> str:
+    """The example-id digest a store's resume identity and a shard manifest both record."""
     import hashlib
 
     return hashlib.sha256("\n".join(ids).encode()).hexdigest()

@@ -16,9 +16,6 @@ from interp import UserError, __version__
 
 FORMAT_VERSION = 1
 # Provenance keys that must agree between a ProbeSet and the store / model it is applied to.
-CHECKED_KEYS = ("model_id", "weights_sha256", "template_hash", "span_ids")
-
-
 def identity_mismatch(trained: Any, target: Any) -> str | None:
     """Why something made with provenance ``trained`` must not be used on ``target`` (``None`` when it may).
 
