@@ -303,3 +303,36 @@ def timed(fn: Callable[[], object]) -> tuple[object, float]:
     start = time.perf_counter()
     result = fn()
     return result, time.perf_counter() - start
+
+
+WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pt", ".gguf")
+
+
+def folder_weights_sha256(folder: Path, cache_dir: str | None = None) -> str | None:
+    """One sha256 over a local model folder's weight files (names and contents, in name order), so a probe set
+    or store is tied to the weights, not the path. Cached by (path, size, mtime) of every file, so a reload costs
+    a stat; new weights saved into the folder change the hash."""
+    files = sorted(f for f in Path(folder).iterdir() if f.is_file() and f.suffix in WEIGHT_SUFFIXES)
+    if not files:
+        return None
+    key = json.dumps([[str(f.resolve()), f.stat().st_size, f.stat().st_mtime_ns] for f in files])
+    store = cache_root(cache_dir) / "weight_hashes.json"
+    try:
+        known = json.loads(store.read_text())
+    except (OSError, ValueError):
+        known = {}
+    digest = hashlib.sha256(key.encode()).hexdigest()
+    if digest in known:
+        return known[digest]
+    h = hashlib.sha256()
+    for f in files:
+        h.update(f.name.encode() + b"\0" + sha256_file(f).encode() + b"\n")
+    known[digest] = h.hexdigest()
+    try:
+        store.parent.mkdir(parents=True, exist_ok=True)
+        tmp = store.with_suffix(".tmp")
+        tmp.write_text(json.dumps(known))
+        tmp.replace(store)
+    except OSError:
+        pass  # a read-only cache only costs a rehash next time
+    return known[digest]

@@ -35,6 +35,7 @@ from interp.model.catalogue import (
     cache_root,
     converted_dir,
     find_entry,
+    folder_weights_sha256,
     get_entry,
     gguf_path,
     is_converted,
@@ -44,6 +45,7 @@ from interp.model.catalogue import (
     sha256_file,
     write_manifest,
 )
+from interp.model.hub import hub_error, hub_load_kwargs
 
 __all__ = ["ModelConfig", "LoadedModel", "load_model", "load_tokenizer", "to_bridge", "verify_catalogue", "resolve_spec"]
 
@@ -242,56 +244,18 @@ def _load_tokenizer_from(source: str, model_id: str, trust_remote_code: bool = F
     return tok
 
 
-def _hub_offline() -> str | None:
-    """Why the hub cannot be used now (offline mode set, or its host does not answer in 3 s), else ``None``.
-
-    Behind an HTTP(S) proxy the direct probe says nothing, so it is skipped and transformers decides."""
-    import os
-    import socket
-    from urllib.parse import urlparse
-
-    for var in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE"):
-        if os.environ.get(var, "").strip().lower() in ("1", "true", "yes", "on"):
-            return f"{var} is set"
-    if any(os.environ.get(v) for v in ("HTTPS_PROXY", "https_proxy", "ALL_PROXY", "all_proxy")):
-        return None
-    url = urlparse(os.environ.get("HF_ENDPOINT", "https://huggingface.co"))
-    host, port = url.hostname or "huggingface.co", url.port or (443 if url.scheme != "http" else 80)
-    try:
-        socket.create_connection((host, port), timeout=3.0).close()
-    except OSError:
-        return f"{host} is unreachable from here"
-    return None
-
-
-def _hub_kwargs(hub_id: str) -> tuple[dict, str | None]:
-    """``local_files_only`` when the hub cannot be reached (a cached copy still loads; nothing retries for a
-    minute), with the reason for the error message."""
-    why = _hub_offline()
-    return ({"local_files_only": True}, why) if why else ({}, None)
-
-
-def _hub_error(hub_id: str, err: Exception, offline: str | None = None) -> UserError:
-    if offline:
-        return UserError(f"{hub_id!r} is not in the local Hugging Face cache and the hub cannot be used ({offline}); "
-                         f"download it where the hub is reachable and pass the folder, or use a catalogue model "
-                         f"({known_names()})")
-    return UserError(f"could not load {hub_id!r} from the Hugging Face hub ({type(err).__name__}); check the id and "
-                     f"network, or use a catalogue model ({known_names()})")
-
-
 def load_tokenizer(spec: str | ModelConfig):
     """The tokenizer of ``spec``, without loading or converting the model weights where possible."""
     cfg = spec if isinstance(spec, ModelConfig) else ModelConfig(model=spec)
     resolved = resolve_spec(cfg.model, cfg.gguf_file)
     if resolved.kind == "hub":
-        kwargs, offline = _hub_kwargs(resolved.hub_id)
+        kwargs, offline = hub_load_kwargs()
         try:
             if resolved.gguf_file:
                 kwargs["gguf_file"] = resolved.gguf_file
             return _load_tokenizer_from(resolved.hub_id, resolved.model_id, cfg.trust_remote_code, **kwargs)
         except OSError as err:
-            raise _hub_error(resolved.hub_id, err, offline) from err
+            raise hub_error(resolved.hub_id, err, offline) from err
     if resolved.kind == "local":
         return _load_tokenizer_from(str(resolved.path), _local_model_id(resolved.path), cfg.trust_remote_code)
     if resolved.kind == "catalogue":
@@ -303,42 +267,6 @@ def load_tokenizer(spec: str | ModelConfig):
     else:
         gguf = resolved.path
     return _load_tokenizer_from(str(gguf.parent), resolved.model_id, gguf_file=gguf.name)
-
-
-WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pt", ".gguf")
-
-
-def folder_weights_sha256(folder: Path, cache_dir: str | None = None) -> str | None:
-    """One sha256 over a local model folder's weight files (names and contents, in name order), so a probe set
-    or store is tied to the weights, not the path. Cached by (path, size, mtime) of every file, so a reload costs
-    a stat; new weights saved into the folder change the hash."""
-    import hashlib
-    import json
-
-    files = sorted(f for f in Path(folder).iterdir() if f.is_file() and f.suffix in WEIGHT_SUFFIXES)
-    if not files:
-        return None
-    key = json.dumps([[str(f.resolve()), f.stat().st_size, f.stat().st_mtime_ns] for f in files])
-    store = cache_root(cache_dir) / "weight_hashes.json"
-    try:
-        known = json.loads(store.read_text())
-    except (OSError, ValueError):
-        known = {}
-    digest = hashlib.sha256(key.encode()).hexdigest()
-    if digest in known:
-        return known[digest]
-    h = hashlib.sha256()
-    for f in files:
-        h.update(f.name.encode() + b"\0" + sha256_file(f).encode() + b"\n")
-    known[digest] = h.hexdigest()
-    try:
-        store.parent.mkdir(parents=True, exist_ok=True)
-        tmp = store.with_suffix(".tmp")
-        tmp.write_text(json.dumps(known))
-        tmp.replace(store)
-    except OSError:
-        pass  # a read-only cache only costs a rehash next time
-    return known[digest]
 
 
 def _local_model_id(path: Path) -> str:
@@ -379,7 +307,7 @@ def load_model(spec: str | ModelConfig = DEFAULT_MODEL, **overrides) -> LoadedMo
         source = resolved.hub_id
         if resolved.gguf_file:
             kwargs["gguf_file"] = resolved.gguf_file
-        hub_extra, offline = _hub_kwargs(resolved.hub_id)
+        hub_extra, offline = hub_load_kwargs()
         kwargs.update(hub_extra)
     model_id = _local_model_id(folder) if resolved.kind == "local" else resolved.model_id
     try:
@@ -388,7 +316,7 @@ def load_model(spec: str | ModelConfig = DEFAULT_MODEL, **overrides) -> LoadedMo
         model = AutoModelForCausalLM.from_pretrained(source, **kwargs)
     except OSError as err:
         if resolved.kind == "hub":
-            raise _hub_error(resolved.hub_id, err, offline) from err
+            raise hub_error(resolved.hub_id, err, offline) from err
         raise UserError(f"could not load model from {source}: {err}") from err
     if cfg.device_map:
         device = str(next(model.parameters()).device)
