@@ -23,7 +23,7 @@ from interp.probes.data import LayerData
 from interp.probes.fit import LinearParams, fit_diff_of_means, fit_logreg_torch, fit_sklearn
 from interp.probes.metrics import summarize
 from interp.probes.protocol import answer_scores, per_answer_threshold
-from interp.probes.select import EVERY_STORED_DEPTH, answer_threshold, choose_layer, control_rows
+from interp.probes.select import EVERY_STORED_DEPTH, choose_layer, control_rows
 
 BASELINES = ("last_token", "prompt", "diffmeans", "shuffled", "ngram")
 
@@ -253,7 +253,7 @@ def _best_layer_report(oof: dict, best_i: int, data: LayerData, cfg: SweepConfig
     if not control.any():
         raise UserError("no benign control answers to set the threshold on (check --control-sources)")
     ans = _answer_max(p)
-    calib = answer_threshold(p[control], data.depths, _deepest(data, control), cfg.target_fpr)
+    calib = per_answer_threshold(ans[control], cfg.target_fpr)
     thr = calib["threshold"]
     answered = np.isfinite(ans)
     per_answer = rates_at_threshold(ans[answered], data.y[answered], thr) | {
@@ -272,11 +272,6 @@ def _best_layer_report(oof: dict, best_i: int, data: LayerData, cfg: SweepConfig
             "at_0.5": rates_at_threshold(probs, y, 0.5),
             "reliability": reliability_curve(probs, y), "ece": expected_calibration_error(probs, y),
             "per_source": per_source, "per_depth": depth_ci}
-
-
-def _deepest(data: LayerData, rows: np.ndarray) -> np.ndarray:
-    """An answer length that schedules every stored depth (invalid depths are NaN and never scored)."""
-    return np.full(int(np.count_nonzero(rows)), int(np.max(data.depths)), dtype=np.int64)
 
 
 def _answer_max(p: np.ndarray) -> np.ndarray:
