@@ -31,9 +31,12 @@ from interp.spans.render import (
     common_prefix_len,
     decode_ids,
     decodes_to,
+    encode_plain,
     encode_text,
     find_once,
+    holds_special,
     render_chat,
+    render_chat_ids,
     special_strings,
     template_hash,
     token_range,
@@ -293,19 +296,23 @@ def format_prompt_text(tokenizer, prompt: str, system: str | None = None) -> str
     return render_chat(tokenizer, chat_messages(prompt, system), True)
 
 
-def format_prompt_ids(tokenizer, prompt: str, system: str | None = None) -> list[int]:
+def format_prompt_ids(tokenizer, prompt: str, system: str | None = None, allow_special: bool = False) -> list[int]:
     """Ids of the chat-formatted user turn through the assistant header, exactly as the template renders it.
 
     The rendered text already holds any BOS the template writes, so it is encoded without adding special
-    tokens (no double BOS).
+    tokens (no double BOS). Special-token strings inside ``prompt`` / ``system`` are encoded as plain text
+    unless ``allow_special`` (:func:`interp.spans.render.render_chat_ids`).
     """
-    return encode_text(tokenizer, format_prompt_text(tokenizer, prompt, system))
+    return render_chat_ids(tokenizer, chat_messages(prompt, system), True, allow_special)
 
 
-def encode_response(tokenizer, prompt_ids: list[int], response: str) -> list[int]:
-    """Ids of ``response`` as it tokenizes in context right after ``prompt_ids`` (the prompt ids are kept)."""
+def encode_response(tokenizer, prompt_ids: list[int], response: str, allow_special: bool = True) -> list[int]:
+    """Ids of ``response`` as it tokenizes in context right after ``prompt_ids`` (the prompt ids are kept).
+    ``allow_special=False`` encodes special-token strings in ``response`` as plain text."""
     if not response:
         return []
+    if not allow_special and holds_special(tokenizer, response):
+        return encode_plain(tokenizer, response)
     prompt_ids = [int(i) for i in prompt_ids]
     prompt_text = decode_ids(tokenizer, prompt_ids)
     text = prompt_text + response

@@ -73,6 +73,43 @@ def encode_text(tokenizer, text: str) -> list[int]:
     return list(tokenizer(text, add_special_tokens=False)["input_ids"])
 
 
+def encode_plain(tokenizer, text: str) -> list[int]:
+    """Ids of ``text`` with any special-token strings in it encoded as ordinary text (escaped)."""
+    return list(tokenizer(text, add_special_tokens=False, split_special_tokens=True)["input_ids"])
+
+
+def holds_special(tokenizer, text: str) -> bool:
+    """Whether ``text`` contains the string of one of the tokenizer's special or added tokens."""
+    return any(s in text for s in special_strings(tokenizer))
+
+
+def render_chat_ids(tokenizer, messages: list[dict], gen: bool, allow_special: bool = False) -> list[int]:
+    """Ids of the rendered conversation. Special-token strings inside message contents are encoded as plain
+    text unless ``allow_special`` (so a message cannot forge turns or the Safety-Token span); the template's
+    own special tokens stay special. Contents without special strings encode exactly as the whole text does."""
+    text = render_chat(tokenizer, messages, gen)
+    forged = [i for i, m in enumerate(messages) if not allow_special and holds_special(tokenizer, m["content"])]
+    if not forged:
+        return encode_text(tokenizer, text)
+    marks = {i: f"\ue000anydepth{i}\ue001" for i in forged}  # private-use marks: no template writes them
+    marked = render_chat(tokenizer, [{**m, "content": marks.get(i, m["content"])} for i, m in enumerate(messages)],
+                         gen)
+    ids, cursor, rebuilt = [], 0, []
+    for i in forged:
+        at = marked.find(marks[i], cursor)
+        if at < 0 or marked.count(marks[i]) != 1:
+            at = -1
+            break
+        ids += encode_text(tokenizer, marked[cursor:at]) + encode_plain(tokenizer, messages[i]["content"])
+        rebuilt += [marked[cursor:at], messages[i]["content"]]
+        cursor = at + len(marks[i])
+    rebuilt.append(marked[cursor:])
+    if at < 0 or "".join(rebuilt) != text:
+        raise UserError(f"chat template of {tokenizer_name(tokenizer)!r} rewrites message content, so the special "
+                        "tokens in it cannot be escaped; remove them, or allow them (--allow-special-tokens)")
+    return ids + encode_text(tokenizer, marked[cursor:])
+
+
 def decode_ids(tokenizer, ids) -> str:
     return tokenizer.decode(list(ids), skip_special_tokens=False, clean_up_tokenization_spaces=False)
 
