@@ -20,7 +20,7 @@ cannot carry a piggybacked span). ``chunk_forced=False`` keeps the one-token-per
 from __future__ import annotations
 
 import warnings
-from collections.abc import Sequence
+from collections.abc import Callable, Collection, Sequence
 
 import torch
 
@@ -140,11 +140,14 @@ class GuardedGenerator:
 
     @torch.no_grad()
     def generate(self, prompts: Sequence[Sequence[int]], forced: Sequence[Sequence[int]] | None = None,
-                 forced_only: bool = False, on_event: Callback | None = None) -> list[GuardResult]:
+                 forced_only: bool = False, on_event: Callback | None = None,
+                 cancelled: Callable[[], Collection[int]] | None = None) -> list[GuardResult]:
         """Generate for each prompt (token ids, chat-formatted through the header) under the guard.
 
         ``forced[b]`` tokens are used instead of the model's choice while they last (teacher forcing /
         prefill attacks); with ``forced_only`` a row stops (reason ``forced_end``) when they run out.
+        ``cancelled()``, asked before every step, names rows to stop now (reason ``cancelled``, nothing more
+        released); generation returns as soon as no row is left.
         """
         cfg, chk = self.config, self.checker
         if not prompts or any(len(p) == 0 for p in prompts):
@@ -197,7 +200,12 @@ class GuardedGenerator:
 
         depth = 0
         while any(active):
+            for b in cancelled() if cancelled is not None else ():
+                if active[b]:
+                    active[b], results[b].stop_reason = False, "cancelled"
             rows = [b for b in range(B) if active[b]]
+            if not rows:
+                break
             n = mask.shape[1]
             at_limit = depth >= cfg.max_new_tokens or n + 1 + chk.room > self.max_context
             if at_limit:
