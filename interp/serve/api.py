@@ -1,11 +1,13 @@
-"""OpenAI chat-completions wire format for ``anydepth serve``: request validation, prompt building, JSON bodies.
+"""OpenAI chat-completions wire format for ``anydepth serve``: pydantic request models, prompt building, bodies.
 
-Pure functions (no sockets, no threads), so the rules are testable on their own:
+No sockets and no threads, so the rules are testable on their own:
 - ``messages`` holds ``system`` / ``user`` / ``assistant`` turns; a final ``assistant`` message is a **prefill**
   the model continues (that is how a deep-prefill attack reaches the guard); its text is not repeated in the
   answer. Content is a string or a list of ``{"type": "text", "text": ...}`` parts.
 - ``max_tokens`` / ``max_completion_tokens`` count new tokens after the prefill and may not exceed the server's
   limit; ``n`` must be 1; ``temperature`` 0 (or absent with a greedy server) decodes greedily.
+- Special-token strings in message content are encoded as plain text unless the server allows them, so a user
+  cannot forge a system turn or the Safety-Token span. No field names a file or a model to load.
 """
 
 from __future__ import annotations
@@ -14,7 +16,18 @@ import json
 import time
 import uuid
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Literal
+
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    StrictBool,
+    StrictFloat,
+    StrictInt,
+    StrictStr,
+    ValidationError,
+)
 
 ROLES = ("system", "user", "assistant")
 FINISH = {"eos": "stop", "max_new_tokens": "length", "context_limit": "length", "forced_end": "stop",
@@ -35,6 +48,55 @@ class ApiError(Exception):
         return {"error": {"message": self.message, "type": self.type, "param": self.param, "code": self.code}}
 
 
+# ------------------------------------------------------------------------------------------------ request models
+class TextPart(BaseModel):
+    model_config = ConfigDict(extra="ignore")
+    type: Literal["text"]
+    text: StrictStr
+
+
+class Message(BaseModel):
+    model_config = ConfigDict(extra="ignore")
+    role: Literal["system", "user", "assistant"]
+    content: StrictStr | list[TextPart]
+    name: StrictStr | None = None
+
+    def text(self) -> str:
+        return self.content if isinstance(self.content, str) else "".join(p.text for p in self.content)
+
+
+class StreamOptions(BaseModel):
+    model_config = ConfigDict(extra="ignore")
+    include_usage: StrictBool = False
+
+
+class ChatCompletionRequest(BaseModel):
+    """The fields of an OpenAI chat-completions request this server reads (others are ignored)."""
+
+    model_config = ConfigDict(extra="ignore")
+    model: StrictStr = Field(min_length=1)
+    messages: list[Message] = Field(min_length=1)
+    max_tokens: StrictInt | None = None
+    max_completion_tokens: StrictInt | None = None
+    n: Literal[1] | None = None
+    stream: StrictBool = False
+    stream_options: StreamOptions | None = None
+    temperature: StrictFloat | StrictInt | None = Field(default=None, ge=0, le=2)
+    top_p: StrictFloat | StrictInt | None = Field(default=None, ge=0, le=1)
+    seed: StrictInt | None = Field(default=None, ge=-(2 ** 63), le=2 ** 63 - 1)
+    user: StrictStr | None = None
+    # accepted only when empty, so a client relying on them gets a clear 400 instead of silence
+    tools: Any = None
+    functions: Any = None
+    tool_choice: Any = None
+    function_call: Any = None
+    logprobs: Any = None
+    top_logprobs: Any = None
+    stop: Any = None
+    response_format: Any = None
+    logit_bias: Any = None
+
+
 @dataclass
 class ChatRequest:
     """A validated chat-completions request, tokenized."""
@@ -51,86 +113,75 @@ class ChatRequest:
     id: str = field(default_factory=lambda: f"chatcmpl-{uuid.uuid4().hex[:24]}")
     created: int = field(default_factory=lambda: int(time.time()))
 
+    @property
+    def greedy(self) -> bool:
+        return self.temperature == 0
 
-def _text(content: Any, where: str) -> str:
-    if isinstance(content, str):
-        return content
-    if isinstance(content, list):
-        parts = []
-        for part in content:
-            if not isinstance(part, dict) or part.get("type") != "text" or not isinstance(part.get("text"), str):
-                raise ApiError(400, f"{where}: only text content parts are supported", param="messages")
-            parts.append(part["text"])
-        return "".join(parts)
-    raise ApiError(400, f"{where}: content must be a string or a list of text parts", param="messages")
+    def batch_key(self, greedy_server: bool) -> tuple | None:
+        """Requests with equal keys may share one batched generation (greedy, same length budget); None: alone."""
+        greedy = self.greedy or (self.temperature is None and greedy_server)
+        if not greedy:
+            return None  # sampled rows would draw from one generator and change each other's samples
+        return (len(self.prefill_ids) + self.max_tokens,)
 
 
-def _number(body: dict, key: str, lo: float, hi: float, integer: bool = False):
-    value = body.get(key)
-    if value is None:
-        return None
-    ok = isinstance(value, int) if integer else isinstance(value, (int, float))
-    if isinstance(value, bool) or not ok or not lo <= value <= hi:
-        kind = "an integer" if integer else "a number"
-        raise ApiError(400, f"{key} must be {kind} in [{lo}, {hi}], got {value!r}", param=key)
-    return value
+def validation_message(err: ValidationError) -> tuple[str, str | None]:
+    """One line (first problem, with its location) and the top-level field it concerns."""
+    first = err.errors()[0]
+    loc = [str(p) for p in first.get("loc", ()) if not str(p).startswith(("function-", "list[", "str"))]
+    where = ".".join(loc) if loc else "request body"
+    value = first.get("input")
+    shown = "" if isinstance(value, (dict, list)) or first["type"] == "missing" else f", got {value!r:.60}"
+    return f"{where}: {first['msg']}{shown}", (loc[0] if loc else None)
 
 
-def parse_body(raw: bytes) -> dict:
+def parse_body(raw: bytes) -> ChatCompletionRequest:
+    """The request model of a JSON body, or a 400 naming the first problem."""
     try:
-        body = json.loads(raw.decode("utf-8"))
+        data = json.loads(raw.decode("utf-8"))
     except (UnicodeDecodeError, json.JSONDecodeError) as err:
         raise ApiError(400, f"request body is not valid JSON: {err}") from err
-    if not isinstance(body, dict):
+    if not isinstance(data, dict):
         raise ApiError(400, "request body must be a JSON object")
-    return body
+    try:
+        return ChatCompletionRequest.model_validate(data)
+    except ValidationError as err:
+        message, param = validation_message(err)
+        raise ApiError(400, message, param=param) from None
 
 
-def build_request(body: dict, tokenizer, *, served_model: str, max_tokens_limit: int,
-                  context_room: int | None = None) -> ChatRequest:
-    """Validate ``body`` and render its messages with the tokenizer's chat template.
+def build_request(body: ChatCompletionRequest, tokenizer, *, served_model: str, max_tokens_limit: int,
+                  context_room: int | None = None, allow_special: bool = False) -> ChatRequest:
+    """Check ``body`` against this server and render its messages with the tokenizer's chat template.
 
     ``context_room``: tokens the model may hold for prompt + prefill + new tokens (its context minus the guard's
-    span and lookahead); longer requests are refused here rather than mid-stream.
+    span and lookahead); longer requests are refused here rather than mid-stream. ``allow_special``: encode
+    special-token strings in message content as special tokens (research only; default: plain text).
     """
-    model = body.get("model")
-    if not isinstance(model, str) or not model:
-        raise ApiError(400, "model is required (a string)", param="model")
-    if model != served_model:
-        raise ApiError(404, f"model {model!r} is not served here; use {served_model!r}", param="model",
+    from interp import UserError
+    from interp.spans.derive import encode_response
+    from interp.spans.render import one_line, render_chat_ids
+
+    if body.model != served_model:
+        raise ApiError(404, f"model {body.model!r} is not served here; use {served_model!r}", param="model",
                        code="model_not_found")
     for key in UNSUPPORTED:
-        if body.get(key) not in (None, [], {}):
+        if getattr(body, key) not in (None, [], {}):
             raise ApiError(400, f"{key} is not supported by this server", param=key)
-    n = _number(body, "n", 1, 1, integer=True)
-    del n
-    messages = body.get("messages")
-    if not isinstance(messages, list) or not messages:
-        raise ApiError(400, "messages must be a non-empty list", param="messages")
-    turns = []
-    for i, m in enumerate(messages):
-        if not isinstance(m, dict) or m.get("role") not in ROLES:
-            raise ApiError(400, f"messages[{i}]: role must be one of {', '.join(ROLES)}", param="messages")
-        turns.append({"role": m["role"], "content": _text(m.get("content"), f"messages[{i}]")})
+    turns = [{"role": m.role, "content": m.text()} for m in body.messages]
     prefill = turns.pop()["content"] if turns[-1]["role"] == "assistant" else None
     if not turns or turns[-1]["role"] != "user":
         raise ApiError(400, "the conversation must end with a user message (optionally followed by one assistant "
                             "message to continue)", param="messages")
     try:
-        text = tokenizer.apply_chat_template(turns, tokenize=False, add_generation_prompt=True)
-    except Exception as err:  # jinja errors and raise_exception() in templates
-        raise ApiError(400, f"the chat template rejected these messages: {' '.join(str(err).split())}",
-                       param="messages") from err
-    prompt_ids = list(tokenizer(text, add_special_tokens=False)["input_ids"])
-    prefill_ids: list[int] = []
-    if prefill:
-        from interp.spans.derive import encode_response
-
-        prefill_ids = [int(t) for t in encode_response(tokenizer, prompt_ids, prefill)]
-    max_tokens = body.get("max_completion_tokens", body.get("max_tokens"))
+        prompt_ids = render_chat_ids(tokenizer, turns, True, allow_special)
+    except UserError as err:  # jinja errors, raise_exception() in templates, content the template rewrites
+        raise ApiError(400, f"the chat template rejected these messages: {one_line(err)}", param="messages") from err
+    prefill_ids = [int(t) for t in encode_response(tokenizer, prompt_ids, prefill, allow_special)] if prefill else []
+    max_tokens = body.max_completion_tokens if body.max_completion_tokens is not None else body.max_tokens
     if max_tokens is None:
         max_tokens = max_tokens_limit
-    if isinstance(max_tokens, bool) or not isinstance(max_tokens, int) or not 1 <= max_tokens <= max_tokens_limit:
+    if not 1 <= max_tokens <= max_tokens_limit:
         raise ApiError(400, f"max_tokens must be an integer in [1, {max_tokens_limit}], got {max_tokens!r}",
                        param="max_tokens")
     total = len(prompt_ids) + len(prefill_ids) + max_tokens
@@ -138,17 +189,11 @@ def build_request(body: dict, tokenizer, *, served_model: str, max_tokens_limit:
         raise ApiError(400, f"prompt ({len(prompt_ids) + len(prefill_ids)} tokens) + max_tokens ({max_tokens}) "
                             f"exceed the {context_room} tokens this model and guard allow",
                        param="messages", code="context_length_exceeded")
-    stream = body.get("stream", False)
-    if not isinstance(stream, bool):
-        raise ApiError(400, "stream must be true or false", param="stream")
-    options = body.get("stream_options") or {}
-    if not isinstance(options, dict):
-        raise ApiError(400, "stream_options must be an object", param="stream_options")
-    return ChatRequest(model=model, prompt_ids=prompt_ids, prefill_ids=prefill_ids, max_tokens=max_tokens,
-                       stream=stream, include_usage=bool(options.get("include_usage", False)),
-                       temperature=_number(body, "temperature", 0.0, 2.0),
-                       top_p=_number(body, "top_p", 0.0, 1.0),
-                       seed=_number(body, "seed", -(2 ** 63), 2 ** 63 - 1, integer=True))
+    options = body.stream_options or StreamOptions()
+    return ChatRequest(model=body.model, prompt_ids=prompt_ids, prefill_ids=prefill_ids, max_tokens=max_tokens,
+                       stream=body.stream, include_usage=options.include_usage,
+                       temperature=None if body.temperature is None else float(body.temperature),
+                       top_p=None if body.top_p is None else float(body.top_p), seed=body.seed)
 
 
 # ------------------------------------------------------------------------------------------------ responses
@@ -174,9 +219,8 @@ def usage_chunk(req: ChatRequest, n_completion: int) -> dict:
             "choices": [], "usage": usage(req, n_completion)}
 
 
-def sse(data: dict | str) -> bytes:
-    text = data if isinstance(data, str) else json.dumps(data, ensure_ascii=False)
-    return f"data: {text}\n\n".encode()
+def dumps(data: dict) -> str:
+    return json.dumps(data, ensure_ascii=False)
 
 
 class TextStream:

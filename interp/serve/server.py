@@ -1,402 +1,365 @@
 """``anydepth serve``: an OpenAI-compatible chat endpoint whose every answer runs under the ADA guard.
 
-Standard library only (``http.server.ThreadingHTTPServer``). One model worker thread takes requests from a
-bounded queue and runs :class:`interp.guard.generator.GuardedGenerator` on each in turn; each request owns its event queue,
-so concurrent clients never see each other's tokens. Handler threads parse and tokenize (under one lock shared
-with the worker's detokenizer), then stream server-sent events or wait for the whole answer.
+FastAPI routes on uvicorn (h11), server-sent events through sse-starlette, request bodies validated by the pydantic
+models of :mod:`interp.serve.api`, and one model worker that runs queued requests in batches
+(:mod:`interp.serve.worker`).
 
-Endpoints: ``POST /v1/chat/completions`` (``stream`` true/false), ``GET /v1/models``, ``GET /healthz``.
-Limits: request body size (413), ``max_tokens`` cap (400), queue length (429 when full), shutting down or a dead
-worker (503), no answer within ``request_timeout_s`` (504). Errors are OpenAI-style JSON.
+Endpoints: ``POST /v1/chat/completions`` (``stream`` true/false), ``GET /v1/models``, ``GET /healthz``,
+``GET /metrics`` (Prometheus). With API keys configured, ``/v1/*`` and ``/metrics`` need ``Authorization: Bearer
+<key>`` (401 otherwise). Limits: body size (413, checked before the body is read), body not sent in time (408),
+``max_tokens`` cap (400), queue length (429), open connections (503), shutting down or a dead worker (503), no
+answer within ``request_timeout_s`` (504). Errors are OpenAI-style JSON; every answer carries ``x-request-id``.
 """
 
 from __future__ import annotations
 
+import asyncio
+import hmac
 import json
-import queue
+import logging
+import re
+import socket
 import threading
 import time
-from dataclasses import dataclass, field
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from typing import Any
+import uuid
 
-from interp import UserError
+import anyio
+import h11
+from fastapi import FastAPI, Request
+from fastapi.responses import JSONResponse, Response
+from sse_starlette.sse import EventSourceResponse
+from starlette.exceptions import HTTPException as StarletteHTTPException
+from uvicorn.protocols.http.h11_impl import H11Protocol
+
 from interp.serve.api import (
-    FINISH,
     ApiError,
-    ChatRequest,
-    TextStream,
     build_request,
     chunk_body,
     completion_body,
-    guarded_content,
+    dumps,
     parse_body,
-    sse,
     usage_chunk,
 )
+from interp.serve.metrics import CONTENT_TYPE, ServerMetrics
+from interp.serve.options import ServerConfig
+from interp.serve.worker import GuardService, Job
+
+DRAIN_LIMIT = 64 << 20  # an oversized body up to this is read and dropped, so the client sees the 413
+access_log = logging.getLogger("anydepth.serve.access")
 
 
-@dataclass
-class ServerConfig:
-    """Where and how ``anydepth serve`` listens."""
+# ------------------------------------------------------------------------------------------------ connections
+class GuardH11Protocol(H11Protocol):
+    """uvicorn's h11 protocol with a deadline for request headers and a cap on open connections."""
 
-    host: str = field(default="127.0.0.1", metadata={"help": "bind address (0.0.0.0 exposes it on the network)"})
-    port: int = field(default=8000, metadata={"help": "TCP port (0 picks a free one)"})
-    probes: str | None = field(default=None, metadata={"help": "probe set for ADA-LP (`anydepth train` output)"})
-    served_model_name: str | None = field(default=None, metadata={"help": "model name clients send "
-                                                                           "(default: the model id)"})
-    max_body_bytes: int = field(default=1_000_000, metadata={"help": "largest request body accepted"})
-    max_tokens_limit: int = field(default=512, metadata={"help": "cap on max_tokens (also its default)"})
-    queue_size: int = field(default=64, metadata={"help": "requests waiting for the model before 429"})
-    request_timeout_s: float = field(default=600.0, metadata={"help": "give up on a request after this long"})
+    header_timeout_s = 10.0
+    max_connections = 512
 
-    def validate(self) -> None:
-        if not 0 <= self.port <= 65535:
-            raise UserError(f"--port must be in 0..65535, got {self.port}")
-        for name in ("max_body_bytes", "max_tokens_limit", "queue_size"):
-            if getattr(self, name) < 1:
-                raise UserError(f"--{name.replace('_', '-')} must be >= 1, got {getattr(self, name)}")
-        if not self.request_timeout_s > 0:
-            raise UserError(f"--request-timeout-s must be > 0, got {self.request_timeout_s}")
-
-
-DRAIN_LIMIT = 16 << 20  # bodies over the limit but under this are read and dropped before the 413
-
-
-class _Cancelled(Exception):
-    pass
-
-
-class Job:
-    """One request in flight: the worker writes events, the handler thread reads them."""
-
-    def __init__(self, req: ChatRequest):
-        self.req = req
-        self.events: queue.Queue = queue.Queue()
-        self.cancelled = threading.Event()
-
-
-class GuardService:
-    """The model worker: a bounded queue of :class:`Job` and one thread running the guard."""
-
-    def __init__(self, generator, tokenizer, model_name: str, config: ServerConfig):
-        self.generator, self.tokenizer, self.model_name, self.config = generator, tokenizer, model_name, config
-        self.tok_lock = threading.Lock()
-        self.jobs: queue.Queue = queue.Queue(maxsize=max(1, config.queue_size))
-        self.active = 0  # jobs submitted and not yet finished (for /healthz and tests)
-        self._count_lock = threading.Lock()
-        self._stop = threading.Event()
-        self._base = {k: getattr(generator.config, k) for k in ("max_new_tokens", "do_sample", "temperature",
-                                                                 "top_p", "seed")}
-        self.context_room = int(generator.max_context) - int(generator.checker.room) - 1
-        self.thread = threading.Thread(target=self._loop, name="anydepth-model-worker", daemon=True)
-        self.thread.start()
-
-    # -- handler side ------------------------------------------------------------------------------
-    @property
-    def alive(self) -> bool:
-        return self.thread.is_alive() and not self._stop.is_set()
-
-    def parse(self, body: dict) -> ChatRequest:
-        with self.tok_lock:
-            return build_request(body, self.tokenizer, served_model=self.model_name,
-                                 max_tokens_limit=self.config.max_tokens_limit, context_room=self.context_room)
-
-    def submit(self, req: ChatRequest) -> Job:
-        if not self.alive:
-            raise ApiError(503, "the model worker is not running", "server_error", code="unavailable")
-        job = Job(req)
-        try:
-            self.jobs.put_nowait(job)
-        except queue.Full:
-            raise ApiError(429, f"server busy: {self.jobs.maxsize} requests already waiting; retry later",
-                           "rate_limit_error", code="queue_full") from None
-        with self._count_lock:
-            self.active += 1
-        return job
-
-    def close(self, timeout: float = 30.0) -> None:
-        self._stop.set()
-        try:
-            self.jobs.put_nowait(None)
-        except queue.Full:
-            pass
-        self.thread.join(timeout)
-        self.generator.close()
-
-    # -- worker side -------------------------------------------------------------------------------
-    def _loop(self) -> None:
-        while not self._stop.is_set():
-            job = self.jobs.get()
-            if job is None:
-                break
-            try:
-                if not job.cancelled.is_set():
-                    self._run(job)
-                else:
-                    job.events.put(("error", ApiError(499, "cancelled")))
-            except _Cancelled:
-                job.events.put(("error", ApiError(499, "cancelled")))
-            except Exception as err:  # a bad request must not kill the worker
-                status = 400 if isinstance(err, ValueError) else 500
-                job.events.put(("error", ApiError(status, f"{type(err).__name__}: {err}",
-                                                  "invalid_request_error" if status == 400 else "server_error")))
-            finally:
-                with self._count_lock:
-                    self.active -= 1
-        # fail whatever is still queued
-        while True:
-            try:
-                job = self.jobs.get_nowait()
-            except queue.Empty:
-                break
-            if job is not None:
-                job.events.put(("error", ApiError(503, "server shutting down", "server_error")))
-
-    def _configure(self, req: ChatRequest) -> None:
-        cfg = self.generator.config
-        for k, v in self._base.items():
-            setattr(cfg, k, v)
-        cfg.max_new_tokens = len(req.prefill_ids) + req.max_tokens
-        if req.temperature is not None:
-            cfg.do_sample = req.temperature > 0
-            cfg.temperature = req.temperature if req.temperature > 0 else 1.0
-        if req.top_p is not None:
-            cfg.top_p = req.top_p
-        if req.seed is not None:
-            cfg.seed = req.seed
-
-    def _run(self, job: Job) -> None:
-        req, n_prefill = job.req, len(job.req.prefill_ids)
-        stream = TextStream(self.tokenizer)
-        seen = [0]
-
-        def on_event(row: int, kind: str, payload: Any) -> None:
-            if job.cancelled.is_set():
-                raise _Cancelled
-            if kind != "tokens":
-                return
-            start = max(0, n_prefill - seen[0])
-            seen[0] += len(payload)
-            new = payload[start:]
-            if new:
-                with self.tok_lock:
-                    delta = stream.push(new)
-                if delta:
-                    job.events.put(("delta", delta))
-
-        self._configure(req)
-        result = self.generator.generate([req.prompt_ids], forced=[req.prefill_ids], on_event=on_event)[0]
-        with self.tok_lock:
-            tail = stream.finish()
-        if tail:
-            job.events.put(("delta", tail))
-        refusal = self.generator.config.refusal_message
-        if result.halted and refusal:
-            job.events.put(("delta", ("\n" if stream.sent else "") + refusal))
-        scores = [c.score for c in result.checks if c.score is not None]
-        guard = {"mode": self.generator.config.mode, "halted": result.halted, "halt_depth": result.halt_depth,
-                 "stop_reason": result.stop_reason, "n_checks": len(result.checks),
-                 "max_score": max(scores) if scores else None}
-        job.events.put(("final", {"content": guarded_content(stream.sent, result.halted, refusal),
-                                  "finish_reason": FINISH.get(result.stop_reason, "stop"),
-                                  "n_completion": max(0, len(result.generated_ids) - n_prefill), "guard": guard}))
-
-
-# ------------------------------------------------------------------------------------------------ HTTP
-class _Handler(BaseHTTPRequestHandler):
-    protocol_version = "HTTP/1.1"
-    server_version = "anydepth"
-    service: GuardService  # set on the subclass made by make_server
-
-    def log_message(self, format: str, *args) -> None:  # noqa: A002 - quiet by default
-        if getattr(self.server, "verbose", False):
-            super().log_message(format, *args)
-
-    # -- plumbing ----------------------------------------------------------------------------------
-    def _json(self, status: int, body: dict, close: bool = False) -> None:
-        data = json.dumps(body, ensure_ascii=False).encode()
-        self.send_response(status)
-        self.send_header("Content-Type", "application/json")
-        self.send_header("Content-Length", str(len(data)))
-        if close:
-            self.send_header("Connection", "close")
-            self.close_connection = True
-        self.end_headers()
-        self.wfile.write(data)
-
-    def _error(self, err: ApiError, close: bool = False) -> None:
-        self._json(err.status, err.body(), close=close)
-
-    def _chunk(self, data: bytes) -> None:
-        self.wfile.write(f"{len(data):x}\r\n".encode() + data + b"\r\n")
-        self.wfile.flush()
-
-    # -- routes ------------------------------------------------------------------------------------
-    def do_GET(self) -> None:  # noqa: N802
-        svc = self.service
-        path = self.path.split("?")[0]
-        if path == "/healthz":
-            ok = svc.alive
-            self._json(200 if ok else 503, {"status": "ok" if ok else "unavailable", "model": svc.model_name,
-                                            "guard": svc.generator.config.mode, "queued": svc.jobs.qsize(),
-                                            "queue_limit": svc.jobs.maxsize, "active": svc.active})
-        elif path == "/v1/models":
-            self._json(200, {"object": "list", "data": [{"id": svc.model_name, "object": "model",
-                                                         "created": 0, "owned_by": "anydepth"}]})
-        else:
-            self._error(ApiError(404, f"no route GET {path}", code="not_found"))
-
-    def do_POST(self) -> None:  # noqa: N802
-        path = self.path.split("?")[0]
-        if path != "/v1/chat/completions":
-            self._drain_or_close()
-            self._error(ApiError(404, f"no route POST {path}", code="not_found"), close=self.close_connection)
+    def connection_made(self, transport) -> None:
+        super().connection_made(transport)
+        if len(self.connections) > self.max_connections:
+            body = dumps(ApiError(503, f"server busy: {self.max_connections} connections open; retry later",
+                                  "server_error", code="too_many_connections").body()).encode()
+            transport.write(b"HTTP/1.1 503 Service Unavailable\r\ncontent-type: application/json\r\n"
+                            b"connection: close\r\ncontent-length: " + str(len(body)).encode() + b"\r\n\r\n" + body)
+            transport.close()
             return
+        self._arm_header_deadline()
+
+    def on_response_complete(self) -> None:
+        super().on_response_complete()
+        self._arm_header_deadline()
+
+    def _arm_header_deadline(self) -> None:
+        cycle = self.cycle
+        self.loop.call_later(self.header_timeout_s, self._header_deadline, cycle)
+
+    def _header_deadline(self, cycle) -> None:
+        """No new request started since the deadline was armed: drop the connection (idle or slow headers)."""
+        if self.cycle is cycle and not self.transport.is_closing():
+            if self.conn.our_state in (h11.IDLE, h11.DONE) or cycle is None or cycle.response_complete:
+                self.transport.close()
+
+
+# ------------------------------------------------------------------------------------------------ app
+REQUEST_ID = re.compile(r"^[A-Za-z0-9._:-]{1,64}$")
+ROUTES = ("/v1/chat/completions", "/v1/models", "/healthz", "/metrics")
+
+
+class AccessLog:
+    """ASGI middleware: a request id on every answer (``x-request-id``, the client's if it sent a sane one),
+    per-route request counts and one JSON log line per request."""
+
+    def __init__(self, app, metrics: ServerMetrics, enabled: bool):
+        self.app, self.metrics, self.enabled = app, metrics, enabled
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] != "http":
+            return await self.app(scope, receive, send)
+        sent = dict((k.decode("latin-1").lower(), v.decode("latin-1")) for k, v in scope.get("headers", []))
+        rid = sent.get("x-request-id", "")
+        rid = rid if REQUEST_ID.match(rid) else uuid.uuid4().hex
+        scope.setdefault("state", {}).update(request_id=rid, t0=time.monotonic())
+        status, start = [0], time.perf_counter()
+
+        async def send_with_id(message):
+            if message["type"] == "http.response.start":
+                status[0] = message["status"]
+                message = {**message, "headers": [*message.get("headers", []), (b"x-request-id", rid.encode())]}
+            await send(message)
+
         try:
-            raw = self._read_body()
-            req = self.service.parse(parse_body(raw))
-            job = self.service.submit(req)
-        except ApiError as err:
-            self._error(err, close=self.close_connection)
+            await self.app(scope, receive, send_with_id)
+        finally:
+            path = scope.get("path", "")
+            route = path if path in ROUTES else "other"
+            self.metrics.requests.labels(route=route, status=str(status[0] or 499)).inc()
+            if self.enabled:
+                client = scope.get("client") or ("", 0)
+                access_log.info(json.dumps({
+                    "ts": round(time.time(), 3), "request_id": rid, "client": f"{client[0]}:{client[1]}",
+                    "method": scope.get("method"), "path": path, "status": status[0] or 499,
+                    "ms": round(1000 * (time.perf_counter() - start), 1), **scope["state"].get("log", {})}))
+
+
+def error_response(err: ApiError, close: bool = False) -> JSONResponse:
+    headers = {"connection": "close"} if close else {}
+    if err.status == 401:
+        headers["www-authenticate"] = "Bearer"
+    return JSONResponse(err.body(), status_code=err.status, headers=headers)
+
+
+async def read_body(request: Request, limit: int, timeout_s: float) -> bytes:
+    """The body, read only while it stays within ``limit`` bytes (413 past it, after dropping the rest up to
+    DRAIN_LIMIT so the client reads the answer) and arrives within ``timeout_s`` (408)."""
+    length = request.headers.get("content-length")
+    if length is not None and not length.isdigit():
+        raise ApiError(400, "Content-Length must be a number of bytes")
+    declared = int(length) if length is not None else None
+    too_large = ApiError(413, f"request body of {declared if declared is not None else 'more than ' + str(limit)} "
+                              f"bytes exceeds the limit of {limit}", code="body_too_large")
+    if declared is not None and declared > DRAIN_LIMIT:
+        raise too_large
+    parts, size = [], 0
+    try:
+        with anyio.fail_after(timeout_s):
+            async for chunk in request.stream():
+                size += len(chunk)
+                if size <= limit and (declared is None or declared <= limit):
+                    parts.append(chunk)
+                elif size > DRAIN_LIMIT:
+                    break
+    except TimeoutError:
+        raise ApiError(408, f"request body not received within {timeout_s:g} s", code="body_timeout") from None
+    if size > limit or (declared is not None and declared > limit):
+        raise too_large
+    return b"".join(parts)
+
+
+def create_app(service: GuardService, config: ServerConfig) -> FastAPI:
+    """The FastAPI application over a running :class:`GuardService`."""
+    keys = [k.encode() for k in config.keys()]
+    metrics = service.metrics
+    app = FastAPI(title="anydepth serve", docs_url=None, redoc_url=None, openapi_url=None)
+
+    def authorize(request: Request) -> None:
+        if not keys:
             return
-        except Exception as err:  # tokenizer or template surprises: answer, do not drop the connection
+        scheme, _, token = request.headers.get("authorization", "").partition(" ")
+        given = token.strip().encode() if scheme.lower() == "bearer" else b""
+        ok = False
+        for key in keys:  # compare with every key, in constant time each
+            ok |= hmac.compare_digest(given, key)
+        if not ok:
+            raise ApiError(401, "missing or wrong API key: send `Authorization: Bearer <key>`",
+                           "authentication_error", code="invalid_api_key")
+
+    @app.exception_handler(ApiError)
+    async def on_api_error(request: Request, err: ApiError):
+        return error_response(err, close=err.status in (408, 413))
+
+    @app.exception_handler(StarletteHTTPException)
+    async def on_http_error(request: Request, err: StarletteHTTPException):
+        path, method = request.url.path, request.method
+        if err.status_code == 405:
+            return error_response(ApiError(405, f"method {method} not allowed on {path}"))
+        if err.status_code == 404:
+            return error_response(ApiError(404, f"no route {method} {path}", code="not_found"))
+        return error_response(ApiError(err.status_code, str(err.detail)))
+
+    @app.exception_handler(Exception)
+    async def on_crash(request: Request, err: Exception):
+        return error_response(ApiError(500, f"{type(err).__name__}: {' '.join(str(err).split())}", "server_error"))
+
+    @app.get("/healthz")
+    async def healthz():
+        ok = service.alive
+        return JSONResponse({"status": "ok" if ok else "unavailable", "model": service.model_name,
+                             "guard": service.generator.config.mode, "queued": service.queued,
+                             "queue_limit": service.queue_size, "active": service.active,
+                             "max_batch": service.max_batch, "auth": bool(keys)}, status_code=200 if ok else 503)
+
+    @app.get("/metrics")
+    async def get_metrics(request: Request):
+        authorize(request)
+        return Response(metrics.render(), media_type=CONTENT_TYPE)
+
+    @app.get("/v1/models")
+    async def models(request: Request):
+        authorize(request)
+        return {"object": "list", "data": [{"id": service.model_name, "object": "model", "created": 0,
+                                            "owned_by": "anydepth"}]}
+
+    def parse(raw: bytes):
+        body = parse_body(raw)
+        with service.tok_lock:
+            return build_request(body, service.tokenizer, served_model=service.model_name,
+                                 max_tokens_limit=config.max_tokens_limit, context_room=service.context_room,
+                                 allow_special=config.allow_special_tokens)
+
+    @app.post("/v1/chat/completions")
+    async def chat(request: Request):
+        authorize(request)
+        raw = await read_body(request, config.max_body_bytes, config.body_timeout_s)
+        try:
+            req = await anyio.to_thread.run_sync(parse, raw)
+        except ApiError:
+            raise
+        except Exception as err:  # tokenizer surprises: answer, do not drop the connection
             status = 400 if isinstance(err, ValueError) else 500
-            self._error(ApiError(status, f"{type(err).__name__}: {err}",
-                                 "invalid_request_error" if status == 400 else "server_error"))
-            return
+            raise ApiError(status, f"{type(err).__name__}: {' '.join(str(err).split())}",
+                           "invalid_request_error" if status == 400 else "server_error") from err
+        rid = request.scope["state"]["request_id"]
+        job = service.submit(req, asyncio.get_running_loop(), rid)
+        request.scope["state"]["log"] = {"stream": req.stream, "prompt_tokens": len(req.prompt_ids)}
+        deadline = job.arrived + config.request_timeout_s
         if req.stream:
-            self._stream(job)
-        else:
-            self._complete(job)
+            return EventSourceResponse(stream_events(request, job, deadline), sep="\n", ping=15,
+                                       headers={"cache-control": "no-cache"})
+        return await complete(request, job, deadline)
 
-    def do_PUT(self) -> None:  # noqa: N802
-        self._drain_or_close()
-        self._error(ApiError(405, f"method {self.command} not allowed on {self.path.split('?')[0]}"),
-                    close=self.close_connection)
+    async def next_event(request: Request, job: Job, deadline: float, watch: bool):
+        """The job's next event; ("gone", None) when the client left; a 504 error past the deadline."""
+        while True:
+            left = deadline - time.monotonic()
+            if left <= 0:
+                job.cancel()
+                return "error", ApiError(504, "no answer within the request timeout", "server_error",
+                                         code="timeout")
+            try:
+                return await asyncio.wait_for(job.events.get(), timeout=min(left, 0.1 if watch else left))
+            except asyncio.TimeoutError:
+                if watch and await request.is_disconnected():
+                    job.cancel()
+                    return "gone", None
 
-    do_DELETE = do_PATCH = do_PUT  # noqa: N815
+    def note(request: Request, payload: dict) -> None:
+        request.scope["state"].setdefault("log", {}).update(
+            finish_reason=payload["finish_reason"], completion_tokens=payload["n_completion"],
+            halted=payload["guard"]["halted"])
+        metrics.request_latency.observe(time.monotonic() - request.scope["state"].get("t0", time.monotonic()))
 
-    def _drain_or_close(self) -> None:
-        length = self.headers.get("Content-Length")
-        if length and length.isdigit() and int(length) <= self.service.config.max_body_bytes:
-            self.rfile.read(int(length))
-        elif length or self.headers.get("Transfer-Encoding"):
-            self.close_connection = True
-
-    def _read_body(self) -> bytes:
-        if self.headers.get("Transfer-Encoding", "").lower() == "chunked":
-            self.close_connection = True
-            raise ApiError(411, "send the body with a Content-Length header")
-        length = self.headers.get("Content-Length")
-        if length is None or not length.isdigit():
-            self.close_connection = True
-            raise ApiError(411, "a Content-Length header is required")
-        if int(length) > self.service.config.max_body_bytes:
-            self.close_connection = True
-            if int(length) <= DRAIN_LIMIT:  # read and drop it, so the client sees our answer, not a reset
-                left = int(length)
-                while left > 0:
-                    got = len(self.rfile.read(min(left, 1 << 16)))
-                    if not got:
-                        break
-                    left -= got
-            raise ApiError(413, f"request body of {length} bytes exceeds the limit of "
-                                f"{self.service.config.max_body_bytes}", code="body_too_large")
-        return self.rfile.read(int(length))
-
-    def _next(self, job: Job, deadline: float):
-        left = deadline - time.monotonic()
-        if left <= 0:
-            raise queue.Empty
-        return job.events.get(timeout=left)
-
-    def _complete(self, job: Job) -> None:
-        deadline = time.monotonic() + self.service.config.request_timeout_s
+    async def complete(request: Request, job: Job, deadline: float):
         try:
             while True:
-                kind, payload = self._next(job, deadline)
+                kind, payload = await next_event(request, job, deadline, watch=True)
                 if kind == "final":
-                    body = completion_body(job.req, payload["content"], payload["finish_reason"],
+                    note(request, payload)
+                    return completion_body(job.req, payload["content"], payload["finish_reason"],
                                            payload["n_completion"], payload["guard"])
-                    self._json(200, body)
-                    return
                 if kind == "error":
-                    self._error(payload)
-                    return
-        except queue.Empty:
-            job.cancelled.set()
-            self._error(ApiError(504, "no answer within the request timeout", "server_error", code="timeout"))
+                    return error_response(payload)
+                if kind == "gone":
+                    return Response(status_code=499)
+        finally:
+            job.cancel()  # no-op once finished; stops the row if this handler is torn down early
 
-    def _stream(self, job: Job) -> None:
+    async def stream_events(request: Request, job: Job, deadline: float):
         req = job.req
-        deadline = time.monotonic() + self.service.config.request_timeout_s
         try:
-            self.send_response(200)
-            self.send_header("Content-Type", "text/event-stream")
-            self.send_header("Cache-Control", "no-cache")
-            self.send_header("Transfer-Encoding", "chunked")
-            self.end_headers()
-            self._chunk(sse(chunk_body(req, {"role": "assistant", "content": ""})))
+            yield {"data": dumps(chunk_body(req, {"role": "assistant", "content": ""}))}
             while True:
-                try:
-                    kind, payload = self._next(job, deadline)
-                except queue.Empty:
-                    job.cancelled.set()
-                    kind, payload = "error", ApiError(504, "no answer within the request timeout", "server_error")
+                kind, payload = await next_event(request, job, deadline, watch=False)
                 if kind == "delta":
-                    self._chunk(sse(chunk_body(req, {"content": payload})))
+                    yield {"data": dumps(chunk_body(req, {"content": payload}))}
                     continue
                 if kind == "final":
-                    self._chunk(sse(chunk_body(req, {}, payload["finish_reason"], guard=payload["guard"])))
+                    note(request, payload)
+                    yield {"data": dumps(chunk_body(req, {}, payload["finish_reason"], guard=payload["guard"]))}
                     if req.include_usage:
-                        self._chunk(sse(usage_chunk(req, payload["n_completion"])))
+                        yield {"data": dumps(usage_chunk(req, payload["n_completion"]))}
                 else:
-                    self._chunk(sse(payload.body()))
-                self._chunk(sse("[DONE]"))
-                self._chunk(b"")
+                    yield {"data": dumps(payload.body())}
+                yield {"data": "[DONE]"}
                 return
-        except (BrokenPipeError, ConnectionResetError):
-            job.cancelled.set()
-            self.close_connection = True
+        finally:
+            job.cancel()  # the client left (sse-starlette cancels this generator) or the stream ended
+
+    return app
 
 
-class GuardServer(ThreadingHTTPServer):
-    daemon_threads = True
-    allow_reuse_address = True
-    # listen backlog: socketserver's default of 5 drops connections when a burst of clients connects at once
-    # (they then wait for SYN retransmits, seconds each, and can time out on a busy machine)
-    request_queue_size = 128
+# ------------------------------------------------------------------------------------------------ server
+class GuardServer:
+    """uvicorn serving :func:`create_app` on a socket bound at construction."""
 
-    def __init__(self, address, handler, service: GuardService, verbose: bool = False):
-        super().__init__(address, handler)
-        self.service, self.verbose = service, verbose
+    def __init__(self, service: GuardService, config: ServerConfig, sock: socket.socket):
+        import uvicorn
+
+        self.service, self.config, self.sock = service, config, sock
+        protocol = type("Protocol", (GuardH11Protocol,), {"header_timeout_s": config.header_timeout_s,
+                                                          "max_connections": config.max_connections})
+        app = AccessLog(create_app(service, config), service.metrics, config.access_log)
+        self.uvicorn = uvicorn.Server(uvicorn.Config(
+            app, http=protocol, lifespan="off", access_log=False, log_level="warning", log_config=None,
+            timeout_keep_alive=config.keep_alive_s, timeout_graceful_shutdown=5, backlog=2048,
+            h11_max_incomplete_event_size=64 * 1024))
+        self.thread: threading.Thread | None = None
+
+    @property
+    def server_address(self) -> tuple[str, int]:
+        return self.sock.getsockname()[:2]
 
     @property
     def url(self) -> str:
-        host, port = self.server_address[:2]
+        host, port = self.server_address
         return f"http://{host}:{port}"
+
+    def serve_forever(self) -> None:
+        """Serve in this thread until SIGINT / SIGTERM (uvicorn's handlers) or :meth:`stop`."""
+        self.uvicorn.run(sockets=[self.sock])
 
     def start(self) -> threading.Thread:
         """Serve in a background thread (tests, notebooks); stop with :meth:`stop`."""
-        thread = threading.Thread(target=self.serve_forever, name="anydepth-http", daemon=True)
-        thread.start()
-        return thread
+        self.thread = threading.Thread(target=self.serve_forever, name="anydepth-http", daemon=True)
+        self.thread.start()
+        deadline = time.monotonic() + 30
+        while not self.uvicorn.started and self.thread.is_alive() and time.monotonic() < deadline:
+            time.sleep(0.01)
+        if not self.uvicorn.started:
+            raise RuntimeError("the HTTP server did not start")
+        return self.thread
 
     def stop(self) -> None:
-        self.shutdown()
-        self.server_close()
+        self.uvicorn.should_exit = True
+        if self.thread is not None:
+            self.thread.join(30)
         self.service.close()
+        self.sock.close()
 
 
-def make_server(generator, tokenizer, model_name: str, config: ServerConfig | None = None,
-                verbose: bool = False) -> GuardServer:
+def make_server(generator, tokenizer, model_name: str, config: ServerConfig | None = None) -> GuardServer:
     """A server (not yet serving) over a :class:`GuardedGenerator`; ``config.port`` 0 picks a free port."""
     config = config or ServerConfig()
-    service = GuardService(generator, tokenizer, model_name, config)
-    handler = type("Handler", (_Handler,), {"service": service})
+    config.validate()
+    family = socket.AF_INET6 if ":" in config.host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
     try:
-        return GuardServer((config.host, config.port), handler, service, verbose)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.bind((config.host, config.port))
+        sock.listen(2048)
     except OSError:
-        service.close()
+        sock.close()
         raise
+    service = GuardService(generator, tokenizer, model_name, queue_size=config.queue_size,
+                           max_batch=config.max_batch, batch_window_s=config.batch_window_ms / 1000)
+    return GuardServer(service, config, sock)

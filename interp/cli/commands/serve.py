@@ -2,14 +2,14 @@
 
 from __future__ import annotations
 
-import signal
+import logging
 import sys
 
 from interp import UserError
 from interp.config import add_arguments, from_namespace, to_dict
 from interp.guard.types import GuardConfig
 from interp.model.loading import ModelConfig
-from interp.serve.server import ServerConfig
+from interp.serve.options import LOOPBACK, ServerConfig
 
 _GUARD_SKIP = ("max_new_tokens",)  # per request: max_tokens, capped by --max-tokens-limit
 
@@ -17,15 +17,16 @@ _GUARD_SKIP = ("max_new_tokens",)  # per request: max_tokens, capped by --max-to
 def register(subparsers) -> None:
     p = subparsers.add_parser("serve", help="serve /v1/chat/completions (OpenAI-compatible) under the ADA guard",
                               description="OpenAI-compatible chat server whose answers run under the ADA guard. "
-                                          "A final assistant message is continued (prefill). Loopback by default.")
+                                          "A final assistant message is continued (prefill). Loopback by default; "
+                                          "API keys with --api-key, $ANYDEPTH_API_KEY or --api-keys-file.")
     add_arguments(p, ServerConfig)
     add_arguments(p, ModelConfig)
     add_arguments(p, GuardConfig, skip=_GUARD_SKIP)
-    p.add_argument("--verbose", action="store_true", help="log every request")
+    p.add_argument("--verbose", action="store_true", help="also log uvicorn's own messages at INFO")
     p.set_defaults(func=run)
 
 
-def build_server(server_cfg: ServerConfig, model_cfg: ModelConfig, guard_cfg: GuardConfig, verbose: bool = False):
+def build_server(server_cfg: ServerConfig, model_cfg: ModelConfig, guard_cfg: GuardConfig):
     """Load the model and probes, and return a :class:`interp.serve.server.GuardServer` (not yet serving)."""
     from interp.guard.generator import GuardedGenerator
     from interp.model.loading import load_model
@@ -44,30 +45,37 @@ def build_server(server_cfg: ServerConfig, model_cfg: ModelConfig, guard_cfg: Gu
                                  model_id=loaded.model_id, weights_sha256=loaded.weights_sha256)
     name = server_cfg.served_model_name or loaded.model_id
     try:
-        return make_server(generator, loaded.tokenizer, name, server_cfg, verbose=verbose)
+        return make_server(generator, loaded.tokenizer, name, server_cfg)
     except OSError as err:
         generator.close()
         raise UserError(f"cannot listen on {server_cfg.host}:{server_cfg.port}: {err}") from err
+
+
+def exposure_warning(server_cfg: ServerConfig) -> str | None:
+    """The warning printed when the server is reachable beyond loopback without an API key."""
+    if server_cfg.host in LOOPBACK or server_cfg.keys():
+        return None
+    return (f"anydepth serve: WARNING: listening on {server_cfg.host} with NO API KEY: anyone who can reach "
+            f"this port can use the model. Set --api-key, $ANYDEPTH_API_KEY or --api-keys-file.")
 
 
 def run(args) -> int:
     server_cfg = from_namespace(ServerConfig, args)
     guard_cfg = from_namespace(GuardConfig, args)
     guard_cfg.max_new_tokens = server_cfg.max_tokens_limit
-    server = build_server(server_cfg, from_namespace(ModelConfig, args), guard_cfg, verbose=args.verbose)
-    settings = {"server": to_dict(server_cfg), "guard": to_dict(guard_cfg)}
-    print(f"anydepth serve: {server.service.model_name} on {server.url} (guard {guard_cfg.mode}); "
-          f"settings {settings}", file=sys.stderr)
-    if server_cfg.host not in ("127.0.0.1", "localhost", "::1"):
-        print("anydepth serve: warning: listening beyond loopback; there is no authentication", file=sys.stderr)
-    def _terminate(signum, frame):
-        raise KeyboardInterrupt
-
-    signal.signal(signal.SIGTERM, _terminate)  # stop cleanly under process managers too
+    logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING, stream=sys.stderr,
+                        format="%(message)s")
+    logging.getLogger("anydepth.serve.access").setLevel(logging.INFO)
+    server = build_server(server_cfg, from_namespace(ModelConfig, args), guard_cfg)
+    settings = {"server": server_cfg.redacted(), "guard": to_dict(guard_cfg)}
+    print(f"anydepth serve: {server.service.model_name} on {server.url} (guard {guard_cfg.mode}, "
+          f"{'API keys required' if server_cfg.keys() else 'no API key'}); settings {settings}", file=sys.stderr)
+    warning = exposure_warning(server_cfg)
+    if warning:
+        print("!" * 100 + "\n" + warning + "\n" + "!" * 100, file=sys.stderr)
     try:
-        server.serve_forever()
-    except KeyboardInterrupt:
-        print("shutting down", file=sys.stderr)
+        server.serve_forever()  # uvicorn stops on SIGINT / SIGTERM
     finally:
+        print("shutting down", file=sys.stderr)
         server.stop()
     return 0
