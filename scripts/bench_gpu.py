@@ -5,21 +5,23 @@
     python scripts/bench_gpu.py --shape tiny          # 2-layer toy shape on CPU (a smoke test, not a benchmark)
     python scripts/bench_gpu.py --device-map auto     # split the model over all visible GPUs (accelerate)
 
-Extraction of B responses (prompt P, response R, D depths, span h), each method timed as the median of
-``--repeats`` runs after one warm-up: re-encoding every depth separately; ADA's scheme (grow a KV cache through
-the response, deep-copy it at each depth, forward the span on the copy); packed (one tree-masked forward with
-hooks reading every layer at the span positions); a plain forward over the same tokens (no mask, no hooks).
-Guard (batch 1): one decode step, an ADA-LP check (span forward + exact rollback), the same with early exit at
-the middle layer, and a piggybacked decode+check step, over caches of the given context lengths.
+Extraction of B responses (prompt P, response R, D depths, span h) by the paths of
+:mod:`interp.extract.baselines` (tested equal to packed): a plain causal re-encode per depth; ADA's scheme (grow
+a KV cache through the response, deep-copy it at each depth, forward the span on the copy) and the same with the
+exact O(1) rollback; packed (one tree-masked forward with hooks reading every layer at the span positions); and
+a truly plain forward over the packed token ids (no mask, no position ids, no hooks). Guard (batch 1): one decode
+step, an ADA-LP check (span forward + exact rollback), the same with early exit at the middle layer, and a
+piggybacked decode+check step, over caches of the given context lengths. Every path is warmed once and timed in
+``--repeats`` rounds of alternating order (:mod:`interp.bench`); the fastest round counts, min/median/max is
+printed. The last line is ``packed_vs_plain=<x> reencode_vs_packed=<y> ada_scheme_vs_packed=<z>
+ada_rollback_vs_packed=<w>``.
 """
 
 from __future__ import annotations
 
 import argparse
-import copy
 import dataclasses
 import json
-import statistics
 import time
 
 import torch
@@ -33,23 +35,6 @@ SHAPES = {  # name -> LlamaConfig kwargs
                  num_key_value_heads=2, vocab_size=512, max_position_embeddings=4096),
 }
 TINY_DEFAULTS = dict(batch=4, prompt_len=16, response_len=64, depths="0:60:10", contexts=[64, 256], repeats=2)
-
-
-def sync(device) -> None:
-    if torch.device(device).type == "cuda":
-        torch.cuda.synchronize()
-
-
-def timed(fn, device, repeats: int) -> tuple[float, object]:
-    out = fn()  # warm-up
-    times = []
-    for _ in range(repeats):
-        sync(device)
-        t = time.perf_counter()
-        out = fn()
-        sync(device)
-        times.append(time.perf_counter() - t)
-    return statistics.median(times), out
 
 
 def build_model(shape: str, dtype: torch.dtype, device: str, device_map: str | None, attn: str):
@@ -89,6 +74,8 @@ def main() -> None:
     ap.add_argument("--json", default=None, help="also write the numbers here")
     args = ap.parse_args()
 
+    from interp.bench import spread, time_paths
+    from interp.extract import baselines
     from interp.extract.masks import attention_layout, collate, plan_packed
     from interp.extract.packed import SpanReader, parse_depths
     from interp.guard.checks import Checker
@@ -135,74 +122,47 @@ def main() -> None:
     n_tok = batch.n_tokens
     print(f"extraction: B={B}, P={P}, R={R}, {len(depths)} depths {depths[0]}..{depths[-1]}, h={h}: "
           f"{n_tok} packed tokens; re-encoding forwards {B * sum(P + d + h for d in valid)} tokens")
-    base = model.model
     results: dict = {"device": name, "shape": shape, "dtype": str(dtype), "B": B, "P": P, "R": R,
                      "depths": depths, "h": h, "packed_tokens": n_tok}
 
-    @torch.no_grad()
-    def plain():
-        return base(input_ids=batch.input_ids, position_ids=batch.position_ids, use_cache=False).last_hidden_state
+    def packed():  # hooks attached for this path only (the baselines hook the same model)
+        reader = SpanReader(model, ["resid_post"], list(range(n_layers)), list(range(h)))
+        try:
+            return reader.run(batch)
+        finally:
+            reader.remove()
 
-    reader = SpanReader(model, ["resid_post"], list(range(n_layers)), list(range(h)))
-    t_packed, packed_out = timed(lambda: reader.run(batch), dev, args.repeats)
-    reader.remove()
-    t_plain, _ = timed(plain, dev, args.repeats)
-
+    paths = {
+        "plain": lambda: baselines.plain_forward(model, batch.input_ids),
+        "packed": packed,
+        "ada_scheme": lambda: baselines.ada_scheme(model, rows, span, depths, copy=True),
+        "ada_rollback": lambda: baselines.ada_scheme(model, rows, span, depths, copy=False),
+    }
+    if not args.skip_reencode:
+        paths["reencode"] = lambda: baselines.reencode(model, rows, span, depths)
+    times = time_paths(paths, args.repeats, device=dev, log=lambda s: print(s, flush=True))
+    # agreement at the last layer (float32 should be ~1e-6; bf16 drifts through many layers)
     last = n_layers - 1
-    grab: dict = {}
-    hook = base.layers[last].register_forward_hook(
-        lambda m, a, o: grab.__setitem__("x", (o[0] if isinstance(o, tuple) else o)[:, -h:].float().cpu()))
-
-    @torch.no_grad()
-    def reencode():
-        out = []
-        for d in valid:
-            ids = torch.tensor([p + r[:d] + span for p, r in rows], device=dev)
-            base(input_ids=ids, use_cache=False)
-            out.append(grab["x"])
-        return out
-
-    kw = cache_kwarg(base)
-
-    @torch.no_grad()
-    def ada_scheme():
-        cache = new_cache(model)
-        ids = torch.tensor([p for p, _ in rows], device=dev)
-        base(input_ids=ids, use_cache=True, **{kw: cache})
-        done, out = 0, []
-        for d in valid:
-            if d > done:
-                chunk = torch.tensor([r[done:d] for _, r in rows], device=dev)
-                pos = torch.arange(P + done, P + d, device=dev).expand(B, -1)
-                base(input_ids=chunk, position_ids=pos, use_cache=True, **{kw: cache})
-                done = d
-            fork = copy.deepcopy(cache)
-            sid = torch.tensor([span] * B, device=dev)
-            pos = torch.arange(P + d, P + d + h, device=dev).expand(B, -1)
-            base(input_ids=sid, position_ids=pos, use_cache=True, **{kw: fork})
-            out.append(grab["x"])
-            del fork
-        return out
-
-    t_ada, ada_out = timed(ada_scheme, dev, args.repeats)
-    t_re, re_out = (float("nan"), None) if args.skip_reencode else timed(reencode, dev, args.repeats)
-    hook.remove()
-    # agreement at the last layer, valid depths (float32 should be ~1e-6; bf16 drifts through many layers)
-    packed_last = torch.from_numpy(packed_out["acts"][("hook_resid_post", last)])  # [B, D, h, d]
     idx = [depths.index(d) for d in valid]
-    ref = torch.stack(ada_out, 1)  # [B, D_valid, h, d]
-    err = ((packed_last[:, idx] - ref).norm() / ref.norm()).item()
+    packed_last = torch.from_numpy(packed()["acts"][("hook_resid_post", last)])[:, idx]  # [B, D_valid, h, d]
+    ref = baselines.ada_scheme(model, rows, span, depths, copy=False)[last]
+    err = ((packed_last - ref).norm() / ref.norm()).item()
+    best = {k: min(v) for k, v in times.items()}
     flops = 2 * n_params * n_tok
-    table = [("re-encode per depth", t_re), ("ADA scheme (grow cache, deep-copy per depth)", t_ada),
-             ("packed (tree mask, hooks on all layers)", t_packed), ("plain forward, same tokens", t_plain)]
-    print("\n| extraction method | time (s) | tokens/s (packed-equivalent) | vs packed |")
-    print("|---|---:|---:|---:|")
-    for label, t in table:
-        print(f"| {label} | {t:.4g} | {n_tok / t:,.0f} | {t / t_packed:.2f}x |")
-    print(f"\nplain forward ≈ {flops / t_plain / 1e12:.2f} TFLOP/s (2·params·tokens); packed vs ADA scheme at layer "
-          f"{last}: relative error {err:.2e} ({str(dtype).removeprefix('torch.')})")
-    results.update(reencode_s=t_re, ada_s=t_ada, packed_s=t_packed, plain_s=t_plain,
-                   plain_tflops=flops / t_plain / 1e12, packed_vs_ada_rel_err=err)
+    table = [("reencode", "re-encode: plain causal forward per depth"),
+             ("ada_scheme", "ADA scheme (grow cache, deep-copy per depth)"),
+             ("ada_rollback", "ADA scheme with exact O(1) rollback"),
+             ("packed", "packed (tree mask, hooks on all layers)"), ("plain", "plain forward, same tokens, no mask")]
+    print("\n| extraction method | fastest (s) | min/median/max | tokens/s (packed-equivalent) | vs packed |")
+    print("|---|---:|---|---:|---:|")
+    for key, label in table:
+        if key in times:
+            print(f"| {label} | {best[key]:.4g} | {spread(times[key])} | {n_tok / best[key]:,.0f} | "
+                  f"{best[key] / best['packed']:.2f}x |")
+    print(f"\nplain forward ≈ {flops / best['plain'] / 1e12:.2f} TFLOP/s (2·params·tokens); packed vs ADA scheme at "
+          f"layer {last}: relative error {err:.2e} ({str(dtype).removeprefix('torch.')})")
+    results.update({f"{k}_s": v for k, v in best.items()}, times=times, plain_tflops=flops / best["plain"] / 1e12,
+                   packed_vs_ada_rel_err=err)
 
     # ---------------------------------------------------------------- guard checks (batch 1)
     mid = n_layers // 2
@@ -235,13 +195,8 @@ def main() -> None:
             rollback(cache, before)
             return out.logits
 
-        t_dec, _ = timed(decode, dev, max(args.repeats, 10))
-
         def check(kind, checkers=checkers, cache=cache, mask=mask, pos=pos):
             return lambda: checkers[kind].lp_hidden(cache, mask, pos)
-
-        t_chk, _ = timed(check("full"), dev, max(args.repeats, 10))
-        t_early, _ = timed(check("early"), dev, max(args.repeats, 10))
 
         @torch.no_grad()
         def pig(c=checkers["pig"], cache=cache, mask=mask, pos=pos, nxt=nxt, before=before):
@@ -249,11 +204,13 @@ def main() -> None:
             rollback(cache, before)
             return out
 
-        t_pig, _ = timed(pig, dev, max(args.repeats, 10))
+        step_times = time_paths({"decode": decode, "check": check("full"), "early": check("early"), "pig": pig},
+                                max(args.repeats, 10), device=dev)
+        t_dec, t_chk, t_early, t_pig = (min(step_times[k]) for k in ("decode", "check", "early", "pig"))
         for c in checkers.values():
             c.close()
         row = {"context": n, "decode_ms": 1e3 * t_dec, "check_ms": 1e3 * t_chk, "early_exit_ms": 1e3 * t_early,
-               "piggyback_ms": 1e3 * t_pig}
+               "piggyback_ms": 1e3 * t_pig, "times": step_times}
         rows_out.append(row)
         print(f"| {n} | {row['decode_ms']:.2f} | {row['check_ms']:.2f} | {row['early_exit_ms']:.2f} | "
               f"{row['piggyback_ms']:.2f} | {t_chk / t_dec:.2f}x |")
@@ -263,6 +220,10 @@ def main() -> None:
     if args.json:
         with open(args.json, "w") as fh:
             json.dump(results, fh, indent=2)
+    reenc = f"{best['reencode'] / best['packed']:.3f}" if "reencode" in best else "nan"
+    print(f"packed_vs_plain={best['packed'] / best['plain']:.3f} reencode_vs_packed={reenc} "
+          f"ada_scheme_vs_packed={best['ada_scheme'] / best['packed']:.3f} "
+          f"ada_rollback_vs_packed={best['ada_rollback'] / best['packed']:.3f}")
 
 
 if __name__ == "__main__":
