@@ -3,7 +3,9 @@
 
 Usage: python scripts/bench_guard.py [--model tiny:llama | qwen2.5-coder-0.5b-instruct | ...] [--device cuda]
 The last line is ``check_vs_decode=<x> early_exit_vs_decode=<y> slowdown_at_stride25=<z>`` (ratios at the
-largest context; early exit at the middle layer; slowdown = guarded / unguarded time - 1, checks never fire).
+largest context; early exit at the middle layer; slowdown = guarded / unguarded time - 1 from medians, checks
+never fire). Every path is warmed once and timed in rounds of alternating order; the slowdown is printed with its
+per-round spread beside the slowdown predicted from the per-check cost (checks x check ms / unguarded ms).
 On CPU float32 the guard computes few-row linears as W·xᵀ (:mod:`interp.model.fast_linear`, the default); the
 script also prints the check ratios without it.
 """
@@ -25,6 +27,7 @@ def main() -> None:
     ap.add_argument("--repeats", type=int, default=20)
     ap.add_argument("--max-new-tokens", type=int, default=200)
     ap.add_argument("--strides", type=int, nargs="+", default=[25])
+    ap.add_argument("--repeats-e2e", type=int, default=5, help="timed generations per configuration (slowdown)")
     ap.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: leave the default)")
     ap.add_argument("--json", default=None, help="also write all measurements here")
     args = ap.parse_args()
@@ -63,10 +66,21 @@ def main() -> None:
               f"{row['check_ms']:.2f} ms ({row['check_vs_decode']:.2f}x), early exit {row['early_exit_ms']:.2f} ms "
               f"({row['early_exit_vs_decode']:.2f}x)")
     prompts = [format_prompt_ids(gm.tokenizer, "Write a short story about a lighthouse keeper.")]
-    slow = slowdown(gm.model, gm.tokenizer, spans, probes, prompts, args.strides, max_new_tokens=args.max_new_tokens)
+    slow = slowdown(gm.model, gm.tokenizer, spans, probes, prompts, args.strides, max_new_tokens=args.max_new_tokens,
+                    repeats=args.repeats_e2e)
     for row in slow:
-        print(f"stride={row['stride']} piggyback={row['piggyback']}: {row['tokens']} tokens, unguarded "
-              f"{row['unguarded_s']:.3f} s, guarded {row['guarded_s']:.3f} s, slowdown {100 * row['slowdown']:.1f}%")
+        lo, _, hi = row["slowdown_spread"]
+        line = (f"stride={row['stride']} piggyback={row['piggyback']}: {row['tokens']} tokens, {row['checks']} checks, "
+                f"unguarded {row['unguarded_s']:.3f} s, guarded {row['guarded_s']:.3f} s (medians of "
+                f"{args.repeats_e2e}), slowdown {100 * row['slowdown']:.1f}% (per round {100 * lo:.1f}..{100 * hi:.1f}%)")
+        if row["predicted_slowdown"] is not None:
+            pred = row["predicted_slowdown"]
+            agree = max(row["slowdown"], 1e-9) / max(pred, 1e-9)
+            line += (f"; predicted {100 * pred:.1f}% = {row['checks']} x {row['check_ms']:.2f} ms check at context "
+                     f"{row['mean_context']} / unguarded; measured/predicted {agree:.2f}"
+                     + (" (disagree by more than 1.5x: noise, or a cost the check benchmark misses)"
+                        if not 1 / 1.5 <= agree <= 1.5 else ""))
+        print(line)
     if args.json:
         with open(args.json, "w") as f:
             json.dump({"model": gm.model_id, "latency": latency, "slowdown": slow}, f, indent=2)

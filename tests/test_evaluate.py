@@ -123,6 +123,16 @@ def test_cli_evaluate_cost_writes_ratios(tmp_path, capsys):
     lat = data["latency"][0]
     assert lat["context_len"] == 32 and lat["check_ms"] > 0 and lat["decode_ms"] > 0
     assert {r["piggyback"] for r in data["slowdown"]} == {False, True}
+    lo, med, hi = lat["decode_spread_ms"]
+    assert lo <= med == lat["decode_ms"] <= hi
+    for row in data["slowdown"]:
+        # stride 5 over 12 tokens (unless the model stops early): a check at 5 and 10, none at the end
+        assert row["checks"] == row["tokens"] // 5
+        assert row["slowdown_spread"][0] <= row["slowdown_spread"][2]
+        if row["piggyback"]:
+            assert row["predicted_slowdown"] is None
+        else:
+            assert row["predicted_slowdown"] == pytest.approx(row["checks"] * row["check_ms"] / (1e3 * row["unguarded_s"]))
     assert "wrote" in capsys.readouterr().out
 
 

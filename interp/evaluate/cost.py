@@ -1,40 +1,31 @@
 """Cost of the guard: per-check latency vs a decode step, early exit, memory, end-to-end slowdown.
 
 All timings hold the cache at a fixed context length: each measured forward is rolled back with
-:mod:`interp.model.kvcache` (O(1)), so a decode step and a check see the same cache. Medians over repeats.
+:mod:`interp.model.kvcache` (O(1)), so a decode step and a check see the same cache. Every path is warmed once
+and timed in rounds of alternating order (:func:`interp.bench.time_paths`); medians are reported with
+min/median/max beside them. The end-to-end slowdown is checked against the per-check cost: predicted =
+checks run × check time / unguarded time.
 """
 
 from __future__ import annotations
 
 import statistics
-import time
 from collections.abc import Callable, Sequence
 from dataclasses import replace
 
 import torch
 from tqdm.auto import tqdm
 
+from interp.bench import time_paths
 from interp.extract.masks import span_over_cache
 from interp.guard.generator import GuardedGenerator
 from interp.guard.types import GuardConfig
 from interp.model.kvcache import cache_kwarg, mark, new_cache, rollback
 
 
-def _sync(device) -> None:
-    if torch.device(device).type == "cuda":
-        torch.cuda.synchronize()
-
-
-def _median_ms(fn: Callable[[], None], repeats: int, device) -> float:
-    fn()  # warm-up
-    times = []
-    for _ in range(repeats):
-        _sync(device)
-        t = time.perf_counter()
-        fn()
-        _sync(device)
-        times.append((time.perf_counter() - t) * 1e3)
-    return statistics.median(times)
+def _ms(times: list[float]) -> list[float]:
+    """min/median/max in milliseconds."""
+    return [1e3 * min(times), 1e3 * statistics.median(times), 1e3 * max(times)]
 
 
 @torch.no_grad()
@@ -77,13 +68,16 @@ def check_latency(gen: GuardedGenerator, context_len: int, repeats: int = 20, ba
     out = {"context_len": context_len, "batch": batch, "probe_layer": chk.layer,
            "n_layers": model.config.num_hidden_layers, "probe_span_len": len(chk.probe_ids),
            "rk_span_len": len(chk.span_ids)}
-    out["decode_ms"] = _median_ms(decode, repeats, device)
+    paths = {"decode": decode, "rk_span": rk_span}
     if chk.probes is not None:
-        out["check_ms"] = _median_ms(lp(False), repeats, device)
-        out["early_exit_ms"] = _median_ms(lp(True), repeats, device)
+        paths.update(check=lp(False), early_exit=lp(True))
+    times = time_paths(paths, repeats, device=device)
+    for name, t in times.items():
+        out[f"{name}_ms"] = _ms(t)[1]
+        out[f"{name}_spread_ms"] = _ms(t)
+    if chk.probes is not None:
         out["check_vs_decode"] = out["check_ms"] / out["decode_ms"]
         out["early_exit_vs_decode"] = out["early_exit_ms"] / out["decode_ms"]
-    out["rk_span_ms"] = _median_ms(rk_span, repeats, device)
     kv = sum(layer.keys.numel() + layer.values.numel() for layer in cache.layers) * ids.new_zeros(
         (), dtype=next(model.parameters()).dtype).element_size()
     out["cache_bytes"] = int(kv)
@@ -104,33 +98,53 @@ def check_latency(gen: GuardedGenerator, context_len: int, repeats: int = 20, ba
 def slowdown(model, tokenizer, spans, probes, prompts: Sequence[Sequence[int]], strides: Sequence[int],
              max_new_tokens: int = 200, repeats: int = 3, base_config: GuardConfig | None = None,
              bar=None) -> list[dict]:
-    """End-to-end generation time with ADA-LP at each stride vs unguarded (checks never fire); ``bar`` (a tqdm)
-    advances once per timed configuration."""
+    """End-to-end generation time with ADA-LP at each stride (plain and piggybacked) vs unguarded, checks never
+    firing; every configuration warmed once, then ``repeats`` rounds in alternating order. Each row gives the
+    measured slowdown (medians; per-round min/max beside it) and, without piggyback, the slowdown predicted from
+    the per-check cost at the run's mean context (checks run × check ms / unguarded ms). ``bar`` (a tqdm)
+    advances once per generation call: (``repeats`` + 1) × (1 + 2 × strides)."""
     base_config = base_config or GuardConfig()
     common = replace(base_config, max_new_tokens=max_new_tokens, threshold=2.0, do_sample=False, final_check=False)
-
-    def timed(cfg: GuardConfig) -> tuple[float, int]:
-        gen = GuardedGenerator(model, tokenizer, spans, cfg, probes if cfg.mode == "lp" else None)
-        try:
-            gen.generate(prompts)  # warm-up
-            best = []
-            for _ in range(repeats):
-                t = time.perf_counter()
-                res = gen.generate(prompts)
-                best.append(time.perf_counter() - t)
-            return statistics.median(best), sum(len(r.generated_ids) for r in res)
-        finally:
-            gen.close()
-            if bar is not None:
-                bar.update(1)
-
-    plain, n_tokens = timed(replace(common, mode="none"))
-    rows = []
+    configs = {"none": replace(common, mode="none")}
     for stride in strides:
         for piggyback in (False, True):
-            t, _ = timed(replace(common, mode="lp", stride=stride, piggyback=piggyback))
-            rows.append({"stride": stride, "piggyback": piggyback, "unguarded_s": plain, "guarded_s": t,
-                         "tokens": n_tokens, "slowdown": t / plain - 1.0})
+            configs[f"lp{stride}{'p' if piggyback else ''}"] = replace(common, mode="lp", stride=stride,
+                                                                        piggyback=piggyback)
+    gens = {k: GuardedGenerator(model, tokenizer, spans, c, probes if c.mode == "lp" else None)
+            for k, c in configs.items()}
+    done: dict[str, list] = {}
+    try:
+        def run(key: str) -> Callable[[], None]:
+            def fn() -> None:
+                done[key] = gens[key].generate(prompts)
+                if bar is not None:
+                    bar.update(1)
+            return fn
+
+        times = time_paths({k: run(k) for k in gens}, repeats)
+        n_tokens = sum(len(r.generated_ids) for r in done["none"])
+        mean_context = round(statistics.mean(len(p) for p in prompts) + n_tokens / len(prompts) / 2)
+        check_ms = check_latency(gens[f"lp{strides[0]}"], mean_context, repeats=max(repeats, 10))["check_ms"] \
+            if strides else float("nan")
+    finally:
+        for g in gens.values():
+            g.close()
+    plain = statistics.median(times["none"])
+    rows = []
+    for key, cfg in configs.items():
+        if key == "none":
+            continue
+        t = statistics.median(times[key])
+        per_round = [g / u - 1.0 for g, u in zip(times[key], times["none"])]
+        n_checks = sum(len(r.checks) for r in done[key])
+        predicted = None if cfg.piggyback else n_checks * check_ms / (1e3 * plain)
+        rows.append({"stride": cfg.stride, "piggyback": cfg.piggyback, "unguarded_s": plain, "guarded_s": t,
+                     "tokens": n_tokens, "slowdown": t / plain - 1.0,
+                     "slowdown_spread": [min(per_round), statistics.median(per_round), max(per_round)],
+                     "checks": n_checks, "check_ms": check_ms, "mean_context": mean_context,
+                     "predicted_slowdown": predicted, "unguarded_spread_s": [min(times["none"]), plain,
+                                                                            max(times["none"])],
+                     "guarded_spread_s": [min(times[key]), t, max(times[key])]})
     return rows
 
 
@@ -143,8 +157,8 @@ def run_cost(cfg) -> dict:
     probes = probes or random_probes(gm.model, spans)
     gen = GuardedGenerator(gm.model, gm.tokenizer, spans, GuardConfig(mode="lp", threshold=2.0), probes,
                            model_id=gm.model_id, weights_sha256=gm.weights_sha256)
-    bar = tqdm(total=len(cfg.contexts) + 1 + 2 * len(cfg.strides), desc="cost (latency, then slowdown)",
-               unit="run")
+    bar = tqdm(total=len(cfg.contexts) + 4 * (1 + 2 * len(cfg.strides)), desc="cost (latency, then slowdown)",
+               unit="run")  # slowdown: a warm-up and 3 timed generations per configuration
     latency = []
     with gen:
         for n in cfg.contexts:
