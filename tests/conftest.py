@@ -12,6 +12,15 @@ import torch  # noqa: E402
 
 torch.set_num_threads(1)
 
+TEST_DEVICE = torch.device(os.environ.get("ANYDEPTH_TEST_DEVICE", "cpu"))
+
+
+@pytest.fixture
+def device() -> torch.device:
+    """Where the tests marked ``device`` run: ``ANYDEPTH_TEST_DEVICE`` (default cpu; scripts/gpu_check.py sets
+    cuda). Those tests move their tiny model there and are written device-agnostic."""
+    return TEST_DEVICE
+
 
 @pytest.fixture(autouse=True)
 def _threads_for_real_models(request):

@@ -40,7 +40,7 @@ class ToyProbe:
         self.w = {L: torch.randn(d, generator=g, dtype=torch.float64) for L in layers}
 
     def logit(self, hidden: torch.Tensor, layer: int) -> torch.Tensor:
-        return hidden.double() @ self.w[layer]
+        return hidden.double() @ self.w[layer].to(hidden.device)
 
     def direction(self, layer: int) -> torch.Tensor:
         return self.w[layer]
@@ -215,9 +215,10 @@ def test_missing_rollback_would_fail(setup, monkeypatch):
 @pytest.mark.parametrize("arch,attn", [("qwen2", "eager"), ("qwen2", "sdpa"), ("llama", "eager"), ("llama", "sdpa"),
                                        ("gemma2", "eager")])
 @pytest.mark.parametrize("knockout", [False, True])
-def test_cached_equals_full_bf16(arch, attn, knockout):
+@pytest.mark.device
+def test_cached_equals_full_bf16(arch, attn, knockout, device):
     model, tok = tiny_model(arch, n_layers=3, seed=2, **ARCHS[arch])
-    model = model.to(torch.bfloat16)
+    model = model.to(device=device, dtype=torch.bfloat16)
     model.set_attn_implementation(attn)
     examples, span, openers = toy_examples(tok), derive_safety_spans(tok), opener_tokens(tok)
     probe = ToyProbe(model.config.hidden_size)

@@ -186,3 +186,41 @@ def test_torchrun_two_processes_equal_one(setup, tmp_path):
                      layers=[0, 1], hooks=["resid_post", "resid_pre"], storage_dtype="float32", batch_size=1,
                      progress=False)
     assert_same_store(ref, two, exact=False)
+
+
+@pytest.mark.device
+@pytest.mark.skipif(torch.cuda.device_count() < 2, reason="needs two CUDA devices (scripts/gpu_check.py)")
+def test_device_map_across_two_gpus_equals_one_device(setup, tmp_path):
+    """Layer 0 on cuda:0, layer 1 and the head on cuda:1 (as --device-map auto splits a large model): the store
+    and the guard's check scores equal those of the model on one device."""
+    import copy
+
+    from accelerate import dispatch_model
+
+    from interp.guard.generator import GuardedGenerator
+    from interp.guard.types import GuardConfig
+    from interp.probes.probeset import ProbeSet
+
+    model, tok, spans, items = setup
+    one = copy.deepcopy(model).to("cuda:0")
+    device_map = {f"model.{n}": (1 if n == "norm" else 0) for n, _ in model.model.named_children() if n != "layers"}
+    device_map.update({"model.layers.0": 0, "model.layers.1": 1, "lm_head": 1})
+    split = dispatch_model(copy.deepcopy(model), device_map=device_map)
+    kw = dict(spans=spans, depths=DEPTHS, **KW)
+    extract_to_store(one, tok, items, tmp_path / "one.h5", **kw)
+    extract_to_store(split, tok, items, tmp_path / "split.h5", **kw)
+    with ActivationStore.open(tmp_path / "one.h5") as a, ActivationStore.open(tmp_path / "split.h5") as b:
+        for layer in (0, 1):
+            np.testing.assert_allclose(b.read("resid_post", layer), a.read("resid_post", layer), rtol=1e-5, atol=1e-5)
+    d = model.config.hidden_size
+    probes = ProbeSet(layers=[1], weights=np.random.default_rng(0).normal(size=(1, d)) * 0.05, bias=[0.0],
+                      hook="resid_post", position="probe", best_layer=1, threshold=2.0)
+    prompts = [it.prompt_ids for it in items[:3]]
+    cfg = dict(mode="lp", stride=4, max_new_tokens=12)
+    res = []
+    for m in (one, split):
+        with GuardedGenerator(m, tok, spans, GuardConfig(**cfg), probes) as gen:
+            res.append(gen.generate(prompts))
+    for a, b in zip(*res):
+        assert a.generated_ids == b.generated_ids
+        np.testing.assert_allclose([c.score for c in b.checks], [c.score for c in a.checks], rtol=1e-4)

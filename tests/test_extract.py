@@ -48,7 +48,7 @@ def reference(model, ids: list[int]) -> dict[tuple[str, int], torch.Tensor]:
         handles.append(block.register_forward_hook(
             lambda m, a, o, L=L: out.__setitem__(("hook_resid_post", L), o[0])))
     with torch.no_grad():
-        hs = model(input_ids=torch.tensor([ids]), output_hidden_states=True).hidden_states
+        hs = model(input_ids=torch.tensor([ids], device=model.device), output_hidden_states=True).hidden_states
     for hd in handles:
         hd.remove()
     for L in range(len(model.model.layers)):
@@ -319,9 +319,10 @@ def test_a_run_that_fails_before_its_first_row_leaves_no_file(tmp_path):
     for dtype, attn, tol in ((torch.float32, "sdpa", 1e-5), (torch.bfloat16, "eager", 2e-2),
                              (torch.bfloat16, "sdpa", 2e-2))
     if not (arch == "gemma2" and attn == "sdpa")])
-def test_store_equals_reencoding_bf16_and_sdpa(tmp_path, arch, dtype, attn, tol):
+@pytest.mark.device
+def test_store_equals_reencoding_bf16_and_sdpa(tmp_path, arch, dtype, attn, tol, device):
     model, tok = tiny_model(arch, n_layers=2, d_model=64, seed=4, sliding_window=32)
-    model = model.to(dtype)
+    model = model.to(device=device, dtype=dtype)
     model.set_attn_implementation(attn)
     spans = derive_safety_spans(tok)
     items = make_items(tok)
@@ -338,7 +339,7 @@ def test_store_equals_reencoding_bf16_and_sdpa(tmp_path, arch, dtype, attn, tol)
         for k, d in enumerate(DEPTHS):
             if valid[i, k]:
                 r = reference(model, it.prompt_ids + it.response_ids[:d] + list(spans.span_ids))
-                r = r[("hook_resid_post", 1)].float().numpy()
+                r = r[("hook_resid_post", 1)].float().cpu().numpy()
                 for j in range(h):
                     assert _rel(X[i, k, j], r[-h + j]) < tol, (arch, str(dtype), attn, d, j)
                 checked += 1

@@ -57,7 +57,7 @@ def scratch_state(model, ids, layer, pre):
         h = mod.register_forward_hook(post_hook)
     try:
         with torch.no_grad():
-            model(input_ids=torch.tensor([ids]))
+            model(input_ids=torch.tensor([ids], device=model.device))
     finally:
         h.remove()
     return store["h"][0, -1]
@@ -165,8 +165,10 @@ def test_early_exit_stops_after_probe_layer():
 
 
 @pytest.mark.parametrize("arch", ["qwen2", "gemma2"])
-def test_piggyback_equals_separate(arch):
+@pytest.mark.device
+def test_piggyback_equals_separate(arch, device):
     model, tok, spans, prompts = setup(arch)
+    model = model.to(device)
     probes = make_probes(model, spans, threshold=2.0)
     kw = dict(stride=4, early_checks=(1,), max_new_tokens=26)
     sep = run(model, tok, spans, prompts, probes, mode="lp", **kw)
@@ -301,9 +303,10 @@ def test_context_overflow_stops_cleanly():
 # bf16 (how a GPU runs it): measured worst 0.008 with sdpa, 0 with eager; span positions off by one give 0.036-0.13
 @pytest.mark.parametrize("arch,attn", [("llama", "eager"), ("llama", "sdpa"), ("qwen2", "eager"), ("qwen2", "sdpa"),
                                        ("gemma2", "eager")])
-def test_check_state_equals_scratch_forward_bf16(arch, attn):
+@pytest.mark.device
+def test_check_state_equals_scratch_forward_bf16(arch, attn, device):
     model, tok, spans, prompts = setup(arch)
-    model = model.to(torch.bfloat16)
+    model = model.to(device=device, dtype=torch.bfloat16)
     model.set_attn_implementation(attn)
     probes = make_probes(model, spans, threshold=2.0)
     seen, res = spied_lp_run(model, tok, spans, prompts[0], probes)
