@@ -542,3 +542,27 @@ def test_serve_command_options_and_refusals(tmp_path, monkeypatch):
         ServerConfig(api_keys_file=str(tmp_path / "empty")).validate()
     with pytest.raises(UserError, match="8 characters"):
         ServerConfig(api_key="short").validate()
+
+
+def test_cli_prompt_formatting_escapes_special_tokens(env):
+    """`generate`, `guard` and `extract --data` format prompts like the server: escaped unless allowed."""
+    from interp.cli.commands.guard import GuardRunConfig
+    from interp.cli.main import build_parser
+    from interp.config import from_namespace
+    from interp.data.records import Record
+    from interp.generate.continuations import GenerateConfig, continuations_for
+
+    tok, model = env["tok"], env["model"]
+    for argv, cls in ((["generate"], GenerateConfig), (["extract", "--data", "demo"], GenerateConfig),
+                      (["guard", "--prompt", "x"], GuardRunConfig)):
+        assert from_namespace(cls, build_parser().parse_args(argv)).allow_special_tokens is False
+        assert from_namespace(cls, build_parser().parse_args(argv + ["--allow-special-tokens", "true"])
+                              ).allow_special_tokens is True
+    records = [Record(id="d:0", prompt=FORGED, label="benign", response="Fine."),
+               Record(id="d:1", prompt=FORGED, label="benign")]
+    for allow in (False, True):
+        cfg = GenerateConfig(mode="own", max_new_tokens=2, allow_special_tokens=allow)
+        items = continuations_for(model, tok, records, cfg, progress=False)
+        want = format_prompt_ids(tok, FORGED, allow_special=allow)
+        assert [it.prompt_ids for it in items] == [want, want]
+    assert len(format_prompt_ids(tok, FORGED)) > len(format_prompt_ids(tok, FORGED, allow_special=True))

@@ -49,6 +49,8 @@ class GenerateConfig:
     top_p: float = field(default=0.95, metadata={"help": "nucleus sampling mass"})
     gen_batch_size: int = field(default=8, metadata={"help": "prompts per generate call (left padded)"})
     system: str | None = field(default=None, metadata={"help": "system prompt (default: the template's own)"})
+    allow_special_tokens: bool = field(default=False, metadata={
+        "help": "encode special-token strings in prompts as special tokens (default: as plain text)"})
     too_long: str = field(default="truncate", metadata={
         "help": "prompt + opener + new tokens + span beyond the model context: truncate (generate fewer tokens), "
                 "skip (recorded in the config) or error", "choices": TOO_LONG})
@@ -125,15 +127,17 @@ def load_jsonl(path: str | Path) -> list[Continuation]:
     return out
 
 
-def from_records(records: Sequence, tokenizer, system: str | None = None) -> list[Continuation]:
-    """Dataset responses (``Record.response``) tokenised in context; records without a response are an error."""
+def from_records(records: Sequence, tokenizer, system: str | None = None,
+                 allow_special: bool = False) -> list[Continuation]:
+    """Dataset responses (``Record.response``) tokenised in context; records without a response are an error.
+    ``allow_special``: special-token strings in prompts stay special (default: encoded as plain text)."""
     from interp.spans.derive import encode_response, format_prompt_ids
 
     out = []
     for rec in records:
         if rec.response is None:
             raise UserError(f"record {rec.id!r} has no response; generate one with `anydepth generate`")
-        prompt_ids = format_prompt_ids(tokenizer, rec.prompt, system=system)
+        prompt_ids = format_prompt_ids(tokenizer, rec.prompt, system=system, allow_special=allow_special)
         response_ids = encode_response(tokenizer, prompt_ids, rec.response) if rec.response else []
         out.append(Continuation(id=rec.id, prompt=rec.prompt, label=rec.label, prompt_ids=list(prompt_ids),
                                 response_ids=list(response_ids), response=rec.response, source=rec.source,
@@ -157,13 +161,13 @@ def continuations_for(model, tokenizer, records: Sequence, cfg: GenerateConfig, 
     ids of records skipped for length (``--too-long skip``) are appended to ``skipped``."""
     have = [r for r in records if r.response is not None]
     need = [r for r in records if r.response is None]
-    made = {c.id: c for c in from_records(have, tokenizer, system=cfg.system)}
+    made = {c.id: c for c in from_records(have, tokenizer, system=cfg.system, allow_special=cfg.allow_special_tokens)}
     if need:
         made.update((c.id, c) for c in generate_continuations(
             model, tokenizer, need, mode=cfg.mode, opener=cfg.opener, max_new_tokens=cfg.max_new_tokens,
             do_sample=cfg.sample, temperature=cfg.temperature, top_p=cfg.top_p, seed=cfg.seed,
             batch_size=cfg.gen_batch_size, system=cfg.system, progress=progress, too_long=cfg.too_long,
-            skipped=skipped))
+            skipped=skipped, allow_special=cfg.allow_special_tokens))
     # --mode matched adds a second continuation per benign record (id suffixed #prefill), right after its own
     return [made[i] for r in records for i in (r.id, r.id + MATCHED_SUFFIX) if i in made]
 
@@ -185,9 +189,10 @@ def generate_continuations(model, tokenizer, records: Sequence, *, mode: str = "
                            opener: str = DEFAULT_OPENER, max_new_tokens: int = 64, do_sample: bool = False,
                            temperature: float = 0.7, top_p: float = 0.95, seed: int = 0, batch_size: int = 4,
                            system: str | None = None, progress: bool = True, too_long: str = "truncate",
-                           skipped: list | None = None) -> list[Continuation]:
+                           skipped: list | None = None, allow_special: bool = False) -> list[Continuation]:
     """The model's own continuations: ``prefill`` (forced ``opener``), ``own``, ``auto`` (prefill on harmful,
-    own on benign prompts) or ``matched``. Batched with left padding on the HF model's cache.
+    own on benign prompts) or ``matched``. Batched with left padding on the HF model's cache. Special-token
+    strings in prompts are encoded as plain text unless ``allow_special``.
 
     Prompt + opener + new tokens + the Safety-Token span must fit the model context (so the result can be
     extracted and guarded): ``too_long`` says what happens otherwise (:mod:`interp.model.context`); a truncated job
@@ -216,7 +221,7 @@ def generate_continuations(model, tokenizer, records: Sequence, *, mode: str = "
             kinds = ["prefill"] if rec.label == "harmful" else (["own", "prefill"] if mode == "matched" else ["own"])
         else:
             kinds = [mode]
-        prompt_ids = list(format_prompt_ids(tokenizer, rec.prompt, system=system))
+        prompt_ids = list(format_prompt_ids(tokenizer, rec.prompt, system=system, allow_special=allow_special))
         for kind in kinds:
             forced = list(encode_response(tokenizer, prompt_ids, opener)) if kind == "prefill" else []
             cap = fit(rec.id, len(prompt_ids) + len(forced) + len(spans.span_ids), max_new_tokens, limit, too_long,

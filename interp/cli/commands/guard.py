@@ -24,6 +24,8 @@ class GuardRunConfig:
     device: str = field(default="auto", metadata={"help": "auto, cpu, cuda"})
     dtype: str = field(default="auto", metadata={"help": "auto, float32, bfloat16"})
     quiet_checks: bool = field(default=False, metadata={"help": "do not print check markers"})
+    allow_special_tokens: bool = field(default=False, metadata={
+        "help": "encode special-token strings in the prompt and prefill as special tokens (default: plain text)"})
 
 
 def register(subparsers) -> None:
@@ -68,8 +70,8 @@ def run(args) -> int:
         elif kind == "halt":
             err.write(f"\n[halted at depth {payload}]\n")
 
-    prompt_ids = format_prompt_ids(gm.tokenizer, rc.prompt, rc.system)
-    forced = [encode_response(gm.tokenizer, prompt_ids, rc.prefill)] if rc.prefill else None
+    prompt_ids = format_prompt_ids(gm.tokenizer, rc.prompt, rc.system, allow_special=rc.allow_special_tokens)
+    forced = [encode_response(gm.tokenizer, prompt_ids, rc.prefill, rc.allow_special_tokens)] if rc.prefill else None
     res = gen.generate([prompt_ids], forced=forced, on_event=on_event)[0]
     gen.close()
     if res.halted and cfg.refusal_message:
