@@ -8,7 +8,7 @@ from interp.cli.main import build_parser, main
 from interp.config import add_arguments, config_hash, from_namespace, load_config, save_config
 
 EXPECTED = {"generate", "extract", "train", "sweep", "guard", "evaluate", "patch", "ablate", "transcoders", "demo",
-            "serve", "models", "datasets"}
+            "serve", "models", "datasets", "corpus"}
 
 
 def _subcommands():

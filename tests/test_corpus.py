@@ -148,6 +148,16 @@ def test_count_beyond_source_says_how_many_it_has(tmp_path):
         plan_corpus(spec_from_dict(data))
 
 
+def test_overlapping_splits_are_refused(tmp_path):
+    path = tmp_path / "split.jsonl"
+    path.write_text("".join(json.dumps({"prompt": f"question {i}",
+                                        "response": "answer", "split": f"a/{i % 2}"}) + "\n" for i in range(4)))
+    entry = {"source": f"benign:{path}", "kind": "dataset", "label": "benign"}
+    spec = spec_from_dict({"name": "x", "entries": [{**entry, "split": "a"}, {**entry, "split": "a/1"}]}, "s.yaml")
+    with pytest.raises(UserError, match=r"s.yaml: entries 1 and 2 both make row .*#dataset' \(overlapping splits"):
+        plan_corpus(spec, where="s.yaml")
+
+
 @needs_mirror
 def test_shipped_specs_plan_within_the_mirror(monkeypatch):
     monkeypatch.setenv(DATA_ENV, str(MIRROR))

@@ -27,13 +27,13 @@ def run(args) -> int:
     from interp.cli.naming import file_slug
     from interp.corpus.build import CorpusConfig, build_corpus
     from interp.corpus.plan import plan_corpus
-    from interp.corpus.spec import load_spec
+    from interp.corpus.spec import load_spec, spec_path
     from interp.model.loading import ModelConfig, load_model
 
     model_cfg, cfg = from_namespace(ModelConfig, args), from_namespace(CorpusConfig, args)
     cfg.validate()
     spec = load_spec(cfg.spec)
-    tasks = plan_corpus(spec)  # every source read and every count checked before the model loads
+    tasks = plan_corpus(spec, where=str(spec_path(cfg.spec)))  # sources and counts checked before the model loads
     out = Path(cfg.out) if cfg.out else Path("runs") / "corpus" / (
         f"{file_slug(model_cfg.model)}-{file_slug(spec.name)}-{spec.sha256()[:12]}")
     loaded = load_model(model_cfg)
