@@ -566,3 +566,16 @@ def test_cli_prompt_formatting_escapes_special_tokens(env):
         want = format_prompt_ids(tok, FORGED, allow_special=allow)
         assert [it.prompt_ids for it in items] == [want, want]
     assert len(format_prompt_ids(tok, FORGED)) > len(format_prompt_ids(tok, FORGED, allow_special=True))
+
+
+def test_request_timeout_answers_504_and_cancels(env):
+    with side_server(env, request_timeout_s=0.5, max_tokens_limit=64) as server, slowed(env["model"], 0.1):
+        service = server.service
+        body = {"model": NAME, "messages": messages("Hi"), "max_tokens": 64}
+        status, payload, _ = raw(server, "POST", "/v1/chat/completions", body)
+        assert status == 504 and payload["error"]["code"] == "timeout"
+        client = openai.OpenAI(base_url=server.url + "/v1", api_key="none", max_retries=0, timeout=30)
+        with pytest.raises(openai.APIError, match="request timeout"):
+            stream_text(client, messages("Hi"), 64)
+        client.close()
+        assert wait_until(lambda: not service.busy and service.active == 0, 5)  # both generations cancelled

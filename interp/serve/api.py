@@ -27,6 +27,7 @@ from pydantic import (
     StrictInt,
     StrictStr,
     ValidationError,
+    field_validator,
 )
 
 ROLES = ("system", "user", "assistant")
@@ -60,6 +61,17 @@ class Message(BaseModel):
     role: Literal["system", "user", "assistant"]
     content: StrictStr | list[TextPart]
     name: StrictStr | None = None
+
+    @field_validator("content", mode="before")
+    @classmethod
+    def _text_only(cls, value: Any) -> Any:
+        if isinstance(value, list):
+            if not all(isinstance(p, dict) and p.get("type") == "text" and isinstance(p.get("text"), str)
+                       for p in value):
+                raise ValueError('only text content parts are supported ({"type": "text", "text": "..."})')
+        elif not isinstance(value, str):
+            raise ValueError("content must be a string or a list of text parts")
+        return value
 
     def text(self) -> str:
         return self.content if isinstance(self.content, str) else "".join(p.text for p in self.content)
@@ -125,14 +137,19 @@ class ChatRequest:
         return (len(self.prefill_ids) + self.max_tokens,)
 
 
+BRANCHES = ("str", "int", "float", "bool", "TextPart", "StreamOptions")  # union-branch tags in error locations
+
+
 def validation_message(err: ValidationError) -> tuple[str, str | None]:
     """One line (first problem, with its location) and the top-level field it concerns."""
     first = err.errors()[0]
-    loc = [str(p) for p in first.get("loc", ()) if not str(p).startswith(("function-", "list[", "str"))]
-    where = ".".join(loc) if loc else "request body"
-    value = first.get("input")
-    shown = "" if isinstance(value, (dict, list)) or first["type"] == "missing" else f", got {value!r:.60}"
-    return f"{where}: {first['msg']}{shown}", (loc[0] if loc else None)
+    loc = [p for p in first.get("loc", ()) if not (isinstance(p, str) and (
+        p in BRANCHES or p.startswith(("function-", "list[", "union[", "literal["))))]
+    where = "".join(f"[{p}]" if isinstance(p, int) else f".{p}" for p in loc).lstrip(".") or "request body"
+    value, message = first.get("input"), first["msg"].removeprefix("Value error, ")
+    shown = "" if isinstance(value, (dict, list)) or first["type"] in ("missing", "value_error") else (
+        f", got {value!r:.60}")
+    return f"{where}: {message}{shown}", (str(loc[0]) if loc else None)
 
 
 def parse_body(raw: bytes) -> ChatCompletionRequest:
