@@ -6,8 +6,9 @@ Three sources (mix them, so that probes cannot separate harmful from benign by s
 * ``prefill``: a forced affirmative opener (``"Sure, here is"``) that the model then continues (prefill attack);
 * ``own``: the model's own answer with nothing forced.
 
-Generation runs on the Hugging Face model with its own KV cache (never the TransformerLens bridge: its KV-cached generate is unreliable),
-batched with left padding; greedy by default, sampling seeded per batch. The end-of-turn token is not part of
+Generation runs on the Hugging Face model with its own KV cache (never the TransformerLens bridge: its KV-cached
+generate is unreliable), continuously batched (:mod:`interp.generate.decode`: finished rows leave the batch,
+waiting prompts join it); greedy by default, sampling seeded per example. The end-of-turn token is not part of
 the response (the Safety-Token span starts with it); ``finished`` records that the model ended its turn.
 """
 
@@ -19,8 +20,6 @@ from collections.abc import Iterable, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
-
-import torch
 
 from interp import UserError
 from interp.model.context import TOO_LONG
@@ -191,7 +190,8 @@ def generate_continuations(model, tokenizer, records: Sequence, *, mode: str = "
                            system: str | None = None, progress: bool = True, too_long: str = "truncate",
                            skipped: list | None = None, allow_special: bool = False) -> list[Continuation]:
     """The model's own continuations: ``prefill`` (forced ``opener``), ``own``, ``auto`` (prefill on harmful,
-    own on benign prompts) or ``matched``. Batched with left padding on the HF model's cache. Special-token
+    own on benign prompts) or ``matched``. Continuously batched on the HF model's cache (``batch_size`` rows in
+    flight), each job with its own token budget. Special-token
     strings in prompts are encoded as plain text unless ``allow_special``.
 
     Prompt + opener + new tokens + the Safety-Token span must fit the model context (so the result can be
@@ -199,6 +199,7 @@ def generate_continuations(model, tokenizer, records: Sequence, *, mode: str = "
     generates alone with its own token budget."""
     from tqdm.auto import tqdm
 
+    from interp.generate.decode import Sampling, decode
     from interp.model.context import context_limit, fit
     from interp.spans.derive import derive_safety_spans, encode_response, format_prompt_ids
 
@@ -213,7 +214,6 @@ def generate_continuations(model, tokenizer, records: Sequence, *, mode: str = "
         raise UserError("the tokenizer has neither a pad nor an eos token; cannot batch generation")
     spans = derive_safety_spans(tokenizer)
     stops = stop_token_ids(model, tokenizer, spans)
-    device = next(model.parameters()).device
     limit = context_limit(model)
     jobs = []
     for rec in records:
@@ -236,43 +236,23 @@ def generate_continuations(model, tokenizer, records: Sequence, *, mode: str = "
 
         warnings.warn(f"--too-long skip: {len(skipped)} record(s) exceed the model context and were not generated "
                       f"(e.g. {skipped[0]!r})", stacklevel=2)
-    # full-budget jobs batch together; a truncated job runs alone with its own budget
-    full = [j for j in jobs if j[4] == max_new_tokens]
-    chunks = [full[i:i + batch_size] for i in range(0, len(full), batch_size)] + [
-        [j] for j in jobs if j[4] != max_new_tokens]
-    made: dict[int, Continuation] = {}
-    index = {id(j): i for i, j in enumerate(jobs)}
+    # continuous batching: each job has its own budget, a finished row leaves the batch and the next job joins
     bar = tqdm(total=len(jobs), desc="generate", unit="ex", disable=not progress)
-    for chunk in chunks:
-        budget = chunk[0][4]
-        start = index[id(chunk[0])]
-        inputs = [p + f for _, _, p, f, _ in chunk]
-        width = max(len(x) for x in inputs)
-        ids = torch.tensor([[pad_id] * (width - len(x)) + x for x in inputs], device=device)
-        mask = torch.tensor([[0] * (width - len(x)) + [1] * len(x) for x in inputs], device=device)
-        new = torch.zeros((len(chunk), 0), dtype=torch.long)
-        if budget > 0:
-            torch.manual_seed(seed + start)
-            kwargs = dict(do_sample=True, temperature=temperature, top_p=top_p) if do_sample else dict(
-                do_sample=False, temperature=None, top_p=None, top_k=None)
-            with torch.no_grad():
-                gen = model.generate(input_ids=ids, attention_mask=mask, max_new_tokens=budget,
-                                     eos_token_id=stops, pad_token_id=pad_id, **kwargs)
-            new = gen[:, width:].cpu()
-        for row, (rec, kind, prompt_ids, forced, _) in enumerate(chunk):
-            tokens = new[row].tolist()
-            cut = next((i for i, t in enumerate(tokens) if t in stops), None)
-            generated = tokens if cut is None else tokens[:cut]
-            response_ids = forced + generated
-            meta = dict(rec.meta)
-            meta.update(max_new_tokens=max_new_tokens, do_sample=do_sample, seed=seed,
-                        **({"temperature": temperature, "top_p": top_p} if do_sample else {}))
-            suffix = MATCHED_SUFFIX if mode == "matched" and kind == "prefill" and rec.label != "harmful" else ""
-            made[index[id(chunk[row])]] = (Continuation(
-                id=rec.id + suffix, prompt=rec.prompt, label=rec.label, prompt_ids=prompt_ids, response_ids=response_ids,
-                response=tokenizer.decode(response_ids), source=f"{rec.source}:{kind}" if rec.source else kind,
-                category=rec.category, kind=kind, opener=opener if kind == "prefill" else "",
-                finished=cut is not None, meta=meta))
-        bar.update(len(chunk))
+    news = decode(model, [p + f for _, _, p, f, _ in jobs], [j[4] for j in jobs], stops=stops, pad_id=pad_id,
+                  batch_size=batch_size, sampling=Sampling(do_sample, temperature, top_p, seed), bar=bar)
     bar.close()
-    return [made[i] for i in range(len(jobs))]
+    out = []
+    for (rec, kind, prompt_ids, forced, _), tokens in zip(jobs, news):
+        cut = next((i for i, t in enumerate(tokens) if t in stops), None)
+        generated = tokens if cut is None else tokens[:cut]
+        response_ids = forced + generated
+        meta = dict(rec.meta)
+        meta.update(max_new_tokens=max_new_tokens, do_sample=do_sample, seed=seed,
+                    **({"temperature": temperature, "top_p": top_p} if do_sample else {}))
+        suffix = MATCHED_SUFFIX if mode == "matched" and kind == "prefill" and rec.label != "harmful" else ""
+        out.append(Continuation(
+            id=rec.id + suffix, prompt=rec.prompt, label=rec.label, prompt_ids=prompt_ids, response_ids=response_ids,
+            response=tokenizer.decode(response_ids), source=f"{rec.source}:{kind}" if rec.source else kind,
+            category=rec.category, kind=kind, opener=opener if kind == "prefill" else "",
+            finished=cut is not None, meta=meta))
+    return out

@@ -17,7 +17,8 @@ from typing import Any
 
 import torch
 
-__all__ = ["CacheMark", "cache_kwarg", "cache_length", "mark", "new_cache", "rollback", "sliding_windows"]
+__all__ = ["CacheMark", "cache_kwarg", "cache_length", "concat_rows", "drop_left", "mark", "new_cache", "rollback",
+           "select_rows", "sliding_windows"]
 
 
 def cache_kwarg(model: Any) -> str:
@@ -137,3 +138,47 @@ def rollback(cache: Any, to: CacheMark, keep: int = 0) -> None:
         window = layer.sliding_window - 1
         layer.keys, layer.values = new_k[..., -window:, :], new_v[..., -window:, :]
         layer.cumulative_length = before + keep
+
+
+# --------------------------------------------------------------------------- rows of a batch (continuous batching)
+def _full_layers(cache: Any) -> list:
+    check_cache(cache)
+    if any(_is_sliding(layer) for layer in cache.layers):
+        raise ValueError("row operations need full-attention layers only (a sliding-window cache drops entries)")
+    return list(cache.layers)
+
+
+def select_rows(cache: Any, keep: torch.Tensor) -> None:
+    """Keep only the batch rows ``keep`` (indices, in that order) of every layer (sliding layers too: only the
+    batch dimension changes)."""
+    check_cache(cache)
+    for layer in cache.layers:
+        if layer.is_initialized:
+            layer.keys, layer.values = layer.keys[keep], layer.values[keep]
+
+
+def drop_left(cache: Any, n: int) -> None:
+    """Drop the first ``n`` positions of every row (columns that every row masks out)."""
+    if n > 0:
+        for layer in _full_layers(cache):
+            if layer.is_initialized:
+                layer.keys, layer.values = layer.keys[..., n:, :], layer.values[..., n:, :]
+
+
+def concat_rows(cache: Any, other: Any) -> None:
+    """Append ``other``'s rows to ``cache``, left-padding the shorter one with zero entries (which the caller
+    masks out) so both hold the same number of positions."""
+    mine, theirs = _full_layers(cache), _full_layers(other)
+    if len(mine) != len(theirs):
+        raise ValueError(f"caches have {len(mine)} and {len(theirs)} layers")
+    for a, b in zip(mine, theirs):
+        width = max(a.keys.shape[-2], b.keys.shape[-2])
+        a.keys, a.values = (torch.cat([_pad_left(a.keys, width), _pad_left(b.keys, width)]),
+                            torch.cat([_pad_left(a.values, width), _pad_left(b.values, width)]))
+
+
+def _pad_left(x: torch.Tensor, width: int) -> torch.Tensor:
+    missing = width - x.shape[-2]
+    if missing == 0:
+        return x
+    return torch.cat([x.new_zeros(*x.shape[:-2], missing, x.shape[-1]), x], dim=-2)

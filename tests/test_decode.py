@@ -1,0 +1,68 @@
+"""Continuous-batched decoding equals ``model.generate`` on each prompt alone (float32, tiny models)."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from interp.generate.decode import Sampling, decode
+from interp.spans.derive import format_prompt_ids
+from interp.testing import tiny_model
+
+PROMPTS = ["Hi", "How do I bake bread at home?", "Write a poem about the sea and the wind.", "Explain vaccines.",
+           "def main(): print", "The quick brown fox jumps over the lazy dog, twice."]
+
+
+def hf_alone(model, prompt, budget, stops):
+    with torch.no_grad():
+        out = model.generate(input_ids=torch.tensor([prompt]), attention_mask=torch.ones(1, len(prompt), dtype=torch.long),
+                             max_new_tokens=budget, eos_token_id=list(stops) or None, do_sample=False, temperature=None,
+                             top_p=None, top_k=None, pad_token_id=0)[0, len(prompt):].tolist()
+    cut = next((i for i, t in enumerate(out) if t in stops), None)
+    return out if cut is None else out[:cut + 1]
+
+
+def setup(arch, **kw):
+    model, tok = tiny_model(arch, n_layers=2, **kw)
+    prompts = [format_prompt_ids(tok, p) for p in PROMPTS]
+    return model, tok, prompts
+
+
+@pytest.mark.parametrize("arch,kw", [("qwen2", {}), ("llama", {}), ("gemma2", {"sliding_window": 8})])
+def test_greedy_equals_generate_alone_with_rows_leaving_and_joining(arch, kw):
+    """Budgets differ and a stop token ends some rows early, so rows leave mid-batch and waiting prompts join
+    (gemma2's sliding-window cache is decoded in fixed batches instead)."""
+    model, tok, prompts = setup(arch, **kw)
+    budgets = [3, 12, 7, 15, 1, 9]
+    free = [hf_alone(model, p, b, set()) for p, b in zip(prompts, budgets)]
+    stop = free[1][4]  # a token greedy decoding really produces: ends row 1 (and maybe others) early
+    stops = {stop}
+    ref = [hf_alone(model, p, b, stops) for p, b in zip(prompts, budgets)]
+    assert any(len(r) < b for r, b in zip(ref, budgets)), "the stop token should end a row early"
+    for batch_size in (1, 2, 4, 8):
+        got = decode(model, prompts, budgets, stops=stops, pad_id=tok.pad_token_id or 0, batch_size=batch_size)
+        assert got == ref, (arch, batch_size)
+
+
+def test_sampled_tokens_do_not_depend_on_the_batch():
+    model, tok, prompts = setup("qwen2")
+    budgets = [6, 10, 4, 8, 5, 7]
+    s = Sampling(do_sample=True, temperature=1.0, top_p=0.9, seed=3)
+    runs = [decode(model, prompts, budgets, stops=[], pad_id=0, batch_size=b, sampling=s) for b in (1, 3, 6)]
+    assert runs[0] == runs[1] == runs[2]
+    assert [len(r) for r in runs[0]] == budgets
+    other = decode(model, prompts, budgets, stops=[], pad_id=0, batch_size=3, sampling=Sampling(True, 1.0, 0.9, 4))
+    assert other != runs[0]  # the seed matters
+
+
+def test_zero_budget_fast_linear_restored_and_bad_input():
+    model, tok, prompts = setup("qwen2")
+    assert decode(model, prompts[:2], [0, 2], stops=[], pad_id=0)[0] == []
+    with pytest.raises(ValueError, match="budgets"):
+        decode(model, prompts[:2], [1], stops=[], pad_id=0)
+    with pytest.raises(ValueError, match="batch_size"):
+        decode(model, prompts[:2], [1, 1], stops=[], pad_id=0, batch_size=0)
+    with pytest.raises(ValueError, match="at least one token"):
+        decode(model, [[]], [1], stops=[], pad_id=0)
+    for m in model.modules():
+        assert "forward" not in m.__dict__ or not isinstance(m, torch.nn.Linear)  # plain nn.Linear again
