@@ -335,6 +335,14 @@ def test_cli_builds_and_resumes_with_a_bad_spec_refused_first(tmp_path, model_to
     assert len(load_jsonl(out / journal.ROWS)) == 14
     config = json.loads((out / journal.CONFIG).read_text())
     assert config["config"]["corpus"]["gen_batch_size"] == 2 and config["model_provenance"]["tokenizer_sha256"]
+    store = tmp_path / "store.h5"  # extraction reads the corpus unchanged
+    assert cli_main(["extract", "--model", str(tmp_path / "tiny"), "--continuations", str(out / journal.ROWS),
+                     "--depths", "0:8:4", "--layers", "0", "--out", str(store)]) == 0
+    from interp.extract.store import ActivationStore
+
+    with ActivationStore.open(store) as st:
+        assert sorted(st.examples["source"]) == sorted(r.source for r in load_jsonl(out / journal.ROWS))
+    capsys.readouterr()
     data["entries"][0]["openers"] = []
     spec.write_text(yaml.safe_dump(data))
     assert cli_main([*argv[:3], "--out", str(tmp_path / "new"), "--model", str(tmp_path / "missing")]) == 2
