@@ -11,6 +11,7 @@ import torch
 
 from interp import UserError
 from interp.data import load_dataset
+from interp.guard.aggregate import Aggregation
 from interp.probes.calibration import threshold_at_fpr
 from interp.probes.cv import grouped_folds
 from interp.probes.ngram import depth_texts, fit_predict, ngram_oof
@@ -209,7 +210,7 @@ def test_k_of_n_threshold_meets_target_on_known_distribution():
     # k = 2 of 5 iid U(0,1) checks must fire: the answer score is the 2nd largest, P(X(4) <= t) = t^5 + 5 t^4 (1 - t)
     rng = np.random.default_rng(1)
     n, a = 40_000, 0.01
-    sched = Schedule(stride=5, final_check=False, k_of_n=2)
+    sched = Schedule(stride=5, final_check=False, rule=Aggregation("k_of_n", 2, 5))  # a window of all 5 checks
     cal = rng.uniform(size=(n, 5))
     ans, _ = answer_scores(cal, [5, 10, 15, 20, 25], [25] * n, sched)
     assert np.allclose(ans, np.sort(cal, 1)[:, -2])
@@ -224,7 +225,7 @@ def test_k_of_n_threshold_meets_target_on_known_distribution():
     # an answer with fewer scheduled checks than k can never fire
     few, _ = answer_scores(np.full((1, 5), 0.9), [5, 10, 15, 20, 25], [5], sched)
     assert few[0] == -np.inf
-    assert Schedule.from_dict(sched.to_dict()) == sched and sched.aggregation == "2-of-n"
+    assert Schedule.from_dict(sched.to_dict()) == sched and sched.aggregation == "2 of the last 5 checks"
 
 
 @pytest.mark.parametrize("k", [1, 3])
@@ -241,7 +242,8 @@ def test_guard_halts_at_the_kth_flagged_check(k):
                       position="probe", best_layer=1, provenance={"template_hash": spans.template_hash,
                                                                   "span_ids": list(spans.span_ids)})
     # threshold 0: every check flags (scores are probabilities), so the guard halts at its k-th check
-    cfg = GuardConfig(mode="lp", stride=2, k_of_n=k, threshold=0.0, max_new_tokens=20, refusal_message="")
+    cfg = GuardConfig(mode="lp", stride=2, aggregate="k_of_n", k_of_n=k, window=k, threshold=0.0, max_new_tokens=20,
+                      refusal_message="")
     gen = GuardedGenerator(model, tok, spans, cfg, probes)
     text = tok("one two three four five six seven eight nine ten", add_special_tokens=False)["input_ids"]
     res = gen.generate([format_prompt_ids(tok, "Hi")], forced=[text[:20]])[0]

@@ -12,6 +12,7 @@ import numpy as np
 
 from interp import UserError
 from interp.config import save_config
+from interp.guard.aggregate import AggregateConfig, Aggregation
 
 
 @dataclass
@@ -90,7 +91,7 @@ def require(cond: bool, message: str) -> None:
 
 
 @dataclass
-class EvalConfig:
+class EvalConfig(AggregateConfig):
     """Options shared by every ``anydepth evaluate`` mode."""
 
     model: str = field(default="qwen2.5-coder-0.5b-instruct", metadata={
@@ -107,7 +108,6 @@ class EvalConfig:
         "choices": ("dataset", "prefill")})
     opener: str = field(default="Sure, here is", metadata={"help": "prefill-attack opener (records' target if any)"})
     stride: int = field(default=25, metadata={"help": "guard check stride (over-refusal, attacks)"})
-    k_of_n: int = field(default=1, metadata={"help": "a defence fires on an answer after this many flagged checks"})
     lookahead: int = field(default=20, metadata={"help": "ADA-RK lookahead tokens"})
     matcher: str = field(default="keyword", metadata={"help": "ADA-RK matcher", "choices": ("keyword", "prob")})
     base_lookahead: int = field(default=40, metadata={"help": "tokens the undefended model continues (deep-prefill)"})
@@ -127,7 +127,7 @@ class EvalConfig:
 
     def validate(self) -> None:
         """One-line errors for options that cannot work."""
-        for name in ("limit", "batch_size", "stride", "lookahead", "base_lookahead", "max_new_tokens", "k_of_n"):
+        for name in ("limit", "batch_size", "stride", "lookahead", "base_lookahead", "max_new_tokens"):
             if getattr(self, name) < 1:
                 hint = " (it is per dataset; there is no 'all')" if name == "limit" else ""
                 raise UserError(f"--{name.replace('_', '-')} must be >= 1, got {getattr(self, name)}{hint}")
@@ -135,6 +135,7 @@ class EvalConfig:
             raise UserError(f"--threshold is a probability: it must be in [0, 1) to ever fire, got {self.threshold}")
         if any(d < 0 for d in self.depths):
             raise UserError(f"--depths must be >= 0, got {list(self.depths)}")
+        Aggregation.of(self)
 
 
 def setup_run(cfg: EvalConfig):

@@ -137,6 +137,8 @@ def run_deep_prefill(cfg: EvalConfig) -> dict:
               "judges": {"keyword": gen.checker.keyword.describe(), "prob": gen.checker.prob.describe()},
               "judge": gen.checker.keyword.describe(),
               "lp_threshold": getattr(gen.checker, "threshold", None), "curves": curves, "rows": arms["harmful"],
+              "rule": "per check at each depth (a curve point is one check; --aggregate applies to per-answer "
+                      "runs: over-refusal, attacks, the guard)",
               "note": "base = undefended model's own continuation after the prefill; <det>_prob = the same check "
                       "judged by the refusal-opener probability rule; lp skipped when no probe set is given; "
                       "control = benign prompts continued after the same kind of forced opener"}

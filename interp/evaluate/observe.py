@@ -1,6 +1,7 @@
 """One greedy pass per prompt with every defence observing (no halting): the shared core of the
 over-refusal and attack evaluations. Checks never change the stream, so each defence's verdict is
-"did it fire at any check", and the answer is the model's own greedy answer."""
+"did its aggregation rule fire at any check" (any flagged check by default), and the answer is the model's own
+greedy answer."""
 
 from __future__ import annotations
 
@@ -21,7 +22,7 @@ def observe(gm, spans, probes, cfg: EvalConfig, recs, desc: str, opener: bool = 
     detectors = ("rk",) + (("lp",) if probes is not None else ())
     gcfg = GuardConfig(mode="rk", stride=cfg.stride, lookahead=cfg.lookahead, matcher=cfg.matcher,
                        threshold=cfg.threshold, max_new_tokens=cfg.max_new_tokens, final_check=True,
-                       k_of_n=cfg.k_of_n)
+                       aggregate=cfg.aggregate, k_of_n=cfg.k_of_n, window=cfg.window, ema_alpha=cfg.ema_alpha)
     gen = GuardedGenerator(gm.model, gm.tokenizer, spans, gcfg, probes, model_id=gm.model_id,
                            weights_sha256=gm.weights_sha256, detectors=detectors, halt=False)
     with gen:
@@ -36,11 +37,12 @@ def observe(gm, spans, probes, cfg: EvalConfig, recs, desc: str, opener: bool = 
                        "n_tokens": len(res.generated_ids), "answer": answer,
                        "base_refused": gen.checker.keyword(answer), "stop_reason": res.stop_reason}
                 for det in detectors:
-                    fired = [c.depth for c in res.checks if c.detector == det and c.flagged]
-                    row[f"{det}_fired"] = len(fired) >= cfg.k_of_n  # the k-of-n rule (1: any check)
-                    row[f"{det}_first_depth"] = fired[cfg.k_of_n - 1] if row[f"{det}_fired"] else None
+                    fired = [c.depth for c in res.checks if c.detector == det and c.fired]  # the guard's rule
+                    row[f"{det}_fired"] = bool(fired)
+                    row[f"{det}_first_depth"] = fired[0] if fired else None
                     row[f"{det}_checks"] = sum(c.detector == det for c in res.checks)
                 rows.append(row)
         meta = {"detectors": list(detectors), "judge": gen.checker.keyword.describe(),
-                "lp_threshold": getattr(gen.checker, "threshold", None), "guard_config": gcfg.__dict__}
+                "lp_threshold": getattr(gen.checker, "threshold", None), "guard_config": gcfg.__dict__,
+                "rule": gen.rule.to_dict()}
     return rows, meta

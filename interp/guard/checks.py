@@ -14,6 +14,7 @@ import torch
 
 from interp import UserError
 from interp.extract.masks import attention_layout, piggyback_inputs, span_over_cache
+from interp.guard.aggregate import FLAG_THRESHOLD
 from interp.guard.refusal import KeywordMatcher, ProbabilityMatcher
 from interp.guard.types import CheckEvent
 from interp.model import hooks as mh
@@ -43,8 +44,17 @@ class CheckOutcome:
     scores: dict[str, torch.Tensor] = field(default_factory=dict)  # detector -> [B] float
     texts: dict[str, list[str]] = field(default_factory=dict)  # detector -> B lookahead texts
 
+    limits: dict[str, float] = field(default_factory=dict)  # detector -> threshold its score is flagged at
+
     def flagged(self, b: int) -> bool:
         return any(bool(f[b]) for f in self.flags.values())
+
+    def value(self, name: str, b: int) -> tuple[float, float]:
+        """``(value, threshold)`` the aggregation rule sees for row ``b``: the score and the threshold it is
+        flagged at, or the flag as 1.0 / 0.0 against 0.5 for a detector flagged by something else (keywords)."""
+        if name in self.limits:
+            return float(self.scores[name][b]), self.limits[name]
+        return float(bool(self.flags[name][b])), FLAG_THRESHOLD
 
     def events(self, b: int, depth: int) -> list:
         out = []
@@ -161,6 +171,7 @@ class Checker:
             if self.config.matcher == "prob":
                 mass = self.prob.mass(logits).cpu()
                 outcome.flags["rk"], outcome.scores["rk"] = mass >= self.prob.threshold, mass
+                outcome.limits["rk"] = self.prob.threshold
             else:
                 texts = self._lookahead(cache, full, pos_next + len(self.span_ids), logits, self.config.lookahead)
                 outcome.flags["rk"] = torch.tensor([self.keyword(t) for t in texts])
@@ -176,6 +187,7 @@ class Checker:
             if name == "lp":
                 scores = self.score(self.lp_hidden(cache, mask, pos_next))
                 outcome.flags["lp"], outcome.scores["lp"] = scores >= self.threshold, scores
+                outcome.limits["lp"] = self.threshold
             elif name == "rk":
                 self._rk(cache, mask, pos_next, outcome)
             elif name == "base":
@@ -220,7 +232,9 @@ class Checker:
         if name == "lp":
             scores = self.score(tap.value)
             outcome.flags["lp"], outcome.scores["lp"] = scores >= self.threshold, scores
+            outcome.limits["lp"] = self.threshold
         else:
             mass = self.prob.mass(logits[:, 1]).cpu()
             outcome.flags["rk"], outcome.scores["rk"] = mass >= self.prob.threshold, mass
+            outcome.limits["rk"] = self.prob.threshold
         return logits[:, 0], outcome

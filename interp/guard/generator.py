@@ -7,8 +7,9 @@ and the cache is rolled back exactly (:mod:`interp.model.kvcache`), so the strea
   forward after the probe layer; ``piggyback`` rides the span on the next decode step.
 - ADA-RK forwards the whole re-injected span, greedily decodes ``lookahead`` tokens and applies a
   refusal matcher (keywords, or probability mass of refusal openers at the first position).
-A flagged row halts (optionally emitting a refusal message); with ``buffer`` nothing reaches the caller
-before the check covering it has passed.
+A row halts when its checks fire under the aggregation rule (:mod:`interp.guard.aggregate`: any flagged check
+by default, k of the last n checks, or an EMA of scores), optionally emitting a refusal message; with ``buffer``
+nothing reaches the caller before the check covering it has passed.
 
 Forced tokens (teacher forcing, prefill attacks) are known in advance, so while every active row is
 forced they are fed in one forward per stretch up to the next due check depth, the end of the
@@ -26,6 +27,7 @@ import torch
 
 from interp import UserError
 from interp.extract.masks import left_pad, require_mask_kernel
+from interp.guard.aggregate import Aggregation, reaches
 from interp.guard.checks import Checker, CheckOutcome
 from interp.guard.types import Callback, GuardConfig, GuardResult
 from interp.model import fast_linear
@@ -57,6 +59,7 @@ class GuardedGenerator:
             per_answer and "lp" in self.detectors and hasattr(probes, "schedule_mismatch")) else None
         if mismatch and config.threshold is None:
             warnings.warn(mismatch, stacklevel=2)
+        self.rule = Aggregation.of(config)  # when a row's checks make it fire (default: any flagged check)
         self._cache_kw = cache_kwarg(model)
         # True while this generator routes the model's few-row linears through interp.model.fast_linear
         self.fast_linear_installed = config.fast_linear and fast_linear.install(model)
@@ -182,15 +185,19 @@ class GuardedGenerator:
             release(b, len(results[b].generated_ids)) if not results[b].halted else None
             emit(b, "done", reason)
 
-        flags = [0] * B  # flagged checks per row (k-of-n aggregation)
+        streams = [{} for _ in range(B)]  # per row and detector: the aggregation rule's running state
 
         def apply(outcome: CheckOutcome, rows: list[int], depth: int) -> None:
             for b in rows:
+                fired = False
                 for event in outcome.events(b, depth):
+                    stream = streams[b].setdefault(event.detector, self.rule.stream())
+                    value, limit = outcome.value(event.detector, b)
+                    event.fired = reaches(stream.push(value), limit)
+                    fired |= event.fired
                     results[b].checks.append(event)
                     emit(b, "check", event)
-                flags[b] += outcome.flagged(b)
-                if flags[b] >= cfg.k_of_n and self.halt:
+                if fired and self.halt:
                     results[b].halted, results[b].halt_depth = True, depth
                     emit(b, "halt", depth)
                     finish(b, "halted")

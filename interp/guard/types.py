@@ -7,14 +7,15 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from interp import UserError
+from interp.guard.aggregate import AggregateConfig
 from interp.probes.protocol import check_schedule
 
 MODES = ("lp", "rk", "none")
 
 
 @dataclass
-class GuardConfig:
-    """How the guard checks a generation."""
+class GuardConfig(AggregateConfig):
+    """How the guard checks a generation (and, through :class:`AggregateConfig`, when its checks make it halt)."""
 
     mode: str = field(default="lp", metadata={"help": "lp (probe), rk (re-inject + keyword) or none",
                                               "choices": MODES})
@@ -22,8 +23,6 @@ class GuardConfig:
     early_checks: tuple[int, ...] = field(default=(), metadata={"help": "extra check depths, e.g. 1 2 4 8 16"})
     check_at_start: bool = field(default=False, metadata={"help": "also check at depth 0 (right after the prompt)"})
     final_check: bool = field(default=True, metadata={"help": "check unchecked tokens when generation ends"})
-    k_of_n: int = field(default=1, metadata={
-        "help": "halt when this many checks of an answer have flagged (1: the first flagged check)"})
     lookahead: int = field(default=20, metadata={"help": "ADA-RK: greedy tokens decoded after the span"})
     matcher: str = field(default="keyword", metadata={"help": "ADA-RK refusal matcher", "choices": ("keyword", "prob")})
     refusal_prob: float = field(default=0.5, metadata={"help": "ADA-RK prob matcher: opener mass threshold"})
@@ -46,7 +45,7 @@ class GuardConfig:
     def validate(self) -> None:
         if self.mode not in MODES:
             raise UserError(f"guard mode must be one of {', '.join(MODES)}, got {self.mode!r}")
-        check_schedule(self.stride, self.early_checks, self.k_of_n)
+        check_schedule(self)
         if self.lookahead < 1:
             raise UserError(f"--lookahead must be >= 1, got {self.lookahead}")
         if self.max_new_tokens < 1:
@@ -81,6 +80,7 @@ class CheckEvent:
     flagged: bool
     detector: str
     score: float | None = None  # ADA-LP probability / prob-matcher mass
+    fired: bool | None = None  # the aggregation rule fired at this check (set by the generator; = flagged for "any")
     lookahead: str | None = None  # ADA-RK / base decoded text
 
 

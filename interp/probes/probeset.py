@@ -152,7 +152,7 @@ class ProbeSet:
         return ("the probe threshold was calibrated per answer for another guard schedule ("
                 + ", ".join(f"{k}: calibrated {a}, running {b}" for k, (a, b) in diff.items())
                 + "); its false-alarm rate per answer will differ: retrain with the same --stride/--early-checks/"
-                "--check-at-start/--final-check/--k-of-n")
+                "--check-at-start/--final-check/--aggregate/--k-of-n/--window/--ema-alpha")
 
     def direction(self, layer: int | None = None) -> np.ndarray:
         """Unit vector in the residual basis along which the logit grows (scaler folded in)."""

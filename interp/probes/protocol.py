@@ -9,9 +9,9 @@ calibrated on. The pieces that make this hold by construction live here:
 * :func:`three_way_split`: groups → ``train`` (fit, layer choice), ``calibration`` (only the threshold) and
   ``test`` (only reported numbers), stratified by the labels a group holds.
 * :class:`Schedule`: the depths at which the guard checks an answer of ``n`` tokens (stride, early checks,
-  depth 0, final check) and how many flagged checks make it fire (``k_of_n``); :func:`answer_scores` gives
-  each answer the score whose crossing makes the guard fire on it (the maximum for "any check", the k-th
-  largest for k-of-n).
+  depth 0, final check) and the aggregation rule that makes it fire (:mod:`interp.guard.aggregate`: any check,
+  k of the last n, an EMA); :func:`answer_scores` gives each answer the score whose crossing makes the guard
+  fire on it.
 * :func:`per_answer_threshold`: the threshold at which at most ``target_fpr`` of the calibration benign *answers*
   fire at least once, with the resolution the calibration set allows.
 * :func:`assert_disjoint`: refuses to report a rate on answers that set the threshold.
@@ -28,6 +28,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from interp import UserError
+from interp.guard.aggregate import Aggregation
 
 ROLES = ("train", "calibration", "test")
 
@@ -103,46 +104,53 @@ def describe_split(roles: np.ndarray, groups: np.ndarray, prompts: np.ndarray, y
     return out
 
 
-def check_schedule(stride: int, early_checks, k_of_n: int) -> None:
-    """One-line errors for a guard schedule that cannot run (shared by the guard's and train's options)."""
-    if stride < 1:
-        raise UserError(f"--stride must be >= 1, got {stride}")
-    if any(d < 1 for d in early_checks):
-        raise UserError(f"--early-checks depths must be >= 1, got {list(early_checks)}")
-    if k_of_n < 1:
-        raise UserError(f"--k-of-n must be >= 1, got {k_of_n}")
+def check_schedule(cfg) -> None:
+    """One-line errors for a guard schedule (stride, early checks, aggregation rule) that cannot run (shared by
+    the guard's, train's and evaluate's options)."""
+    if cfg.stride < 1:
+        raise UserError(f"--stride must be >= 1, got {cfg.stride}")
+    if any(d < 1 for d in cfg.early_checks):
+        raise UserError(f"--early-checks depths must be >= 1, got {list(cfg.early_checks)}")
+    Aggregation.of(cfg)
 
 
 @dataclass(frozen=True)
 class Schedule:
     """When the guard checks an answer: every ``stride`` tokens, at ``early_checks``, at depth 0 if
     ``check_at_start``, and at the answer's end if ``final_check`` and the end was not checked already. The guard
-    fires on an answer when ``k_of_n`` of its checks have fired (1: any check)."""
+    fires on an answer when its aggregation ``rule`` fires (:mod:`interp.guard.aggregate`; default: any check)."""
 
     stride: int = 25
     early_checks: tuple[int, ...] = ()
     check_at_start: bool = False
     final_check: bool = True
-    k_of_n: int = 1
+    rule: Aggregation = Aggregation()
 
     @property
     def aggregation(self) -> str:
-        return "any" if self.k_of_n == 1 else f"{self.k_of_n}-of-n"
+        return self.rule.describe()
 
     @classmethod
     def of(cls, cfg) -> Schedule:
-        """The schedule of a :class:`interp.guard.generator.GuardConfig` (or any object with the same fields)."""
+        """The schedule of a :class:`interp.guard.types.GuardConfig` (or any object with the same fields)."""
         return cls(int(cfg.stride), tuple(sorted(int(d) for d in cfg.early_checks)), bool(cfg.check_at_start),
-                   bool(cfg.final_check), int(getattr(cfg, "k_of_n", 1)))
+                   bool(cfg.final_check), Aggregation.of(cfg))
 
     @classmethod
     def from_dict(cls, d: dict) -> Schedule:
+        if "aggregate" in d:
+            rule = Aggregation.from_dict(d["aggregate"])
+        elif int(d.get("k_of_n", 1)) == 1:  # saved before the aggregation options: the single-check rule
+            rule = Aggregation()
+        else:
+            raise UserError(f"this probe set was calibrated for the unwindowed {d['k_of_n']}-of-n rule of an earlier "
+                            "version; retrain it with --aggregate k_of_n --k-of-n K --window N")
         return cls(int(d["stride"]), tuple(int(x) for x in d.get("early_checks", ())),
-                   bool(d.get("check_at_start", False)), bool(d.get("final_check", True)), int(d.get("k_of_n", 1)))
+                   bool(d.get("check_at_start", False)), bool(d.get("final_check", True)), rule)
 
     def to_dict(self) -> dict:
         return {"stride": self.stride, "early_checks": list(self.early_checks), "check_at_start": self.check_at_start,
-                "final_check": self.final_check, "k_of_n": self.k_of_n, "aggregation": self.aggregation}
+                "final_check": self.final_check, "aggregate": self.rule.to_dict(), "aggregation": self.aggregation}
 
     def depths(self, n_tokens: int) -> list[int]:
         """Depths checked on an answer of ``n_tokens`` generated tokens, ascending."""
@@ -157,13 +165,16 @@ class Schedule:
 
 def answer_scores(scores: np.ndarray, depths: Sequence[int], n_tokens: Sequence[int], schedule: Schedule
                   ) -> tuple[np.ndarray, dict]:
-    """Each answer's score under ``schedule``: the guard fires on the answer exactly when this score exceeds
-    the threshold. With ``k_of_n`` = 1 it is the maximum over the checks made on the answer; with k it is the k-th
-    largest (k checks must fire). Scores are per depth ``[N, D]`` at stored ``depths``.
+    """Each answer's score under ``schedule``: the guard fires on the answer exactly when this score reaches
+    the threshold. It is the maximum over the answer's checks of the rule's statistic
+    (:meth:`interp.guard.aggregate.Aggregation.answer_statistic`): for "any check" the maximum check score, for
+    k of the last n checks the largest k-th largest score in a window of n checks, for the EMA its maximum.
+    Scores are per depth ``[N, D]`` at stored ``depths``; the checks are taken in depth order.
 
     Checks at depths the store does not hold cannot be scored; ``coverage`` says how many scheduled checks
-    were scored (``missing_depths`` lists the first few absent ones). Answers with no scored check get NaN; an
-    answer with fewer than k scheduled checks can never fire and gets -inf.
+    were scored (``missing_depths`` lists the first few absent ones); a window then spans the scored checks.
+    Answers with fewer than k scored checks get NaN; an answer with fewer than k scheduled checks can never fire
+    and gets -inf.
     """
     scores = np.asarray(scores, np.float64)
     col = {int(d): k for k, d in enumerate(depths)}
@@ -176,11 +187,11 @@ def answer_scores(scores: np.ndarray, depths: Sequence[int], n_tokens: Sequence[
         missing.update(d for d in want if d not in col)
         n_sched += len(want)
         n_scored += len(got)
-        k = schedule.k_of_n
+        k = schedule.rule.k
         if len(want) < k:
             out[i] = -np.inf
         elif len(got) >= k:
-            out[i] = np.sort(scores[i, got])[-k]
+            out[i] = schedule.rule.answer_statistic(scores[i, got])
     return out, {"scheduled_checks": n_sched, "scored_checks": n_scored,
                  "coverage": n_scored / n_sched if n_sched else None, "missing_depths": sorted(missing)[:20]}
 

@@ -5,8 +5,9 @@ The store's prompt groups are split three ways (:func:`interp.probes.protocol.th
 * **train**: grouped CV over these prompts picks the layer (unless ``layer`` is given); the saved probes are
   refitted on all of them, and on nothing else;
 * **calibration**: only the threshold. Each benign calibration answer is scored at the depths the guard's
-  schedule would check it (:class:`~interp.probes.protocol.Schedule`), and the threshold is set so that at most
-  ``target_fpr`` of these answers fire at least once, the event the guard's false alarm is;
+  schedule would check it (:class:`~interp.probes.protocol.Schedule`), aggregated by the schedule's rule (any
+  check, k of the last n, an EMA), and the threshold is set so that at most ``target_fpr`` of these answers
+  fire, the event the guard's false alarm is;
 * **test**: every number reported (AUROC per check, per-answer TPR and FPR at the frozen threshold), beside the
   n-gram, last-token and prompt-only baselines fitted on the same training prompts.
 
@@ -23,6 +24,7 @@ from pathlib import Path
 import numpy as np
 
 from interp import UserError
+from interp.guard.aggregate import AggregateConfig
 from interp.probes.data import LayerData, StoreSliceConfig
 from interp.probes.probeset import ProbeSet
 from interp.probes.protocol import Schedule, SplitConfig, check_schedule
@@ -30,7 +32,7 @@ from interp.probes.sweep import ProbeConfig
 
 
 @dataclass
-class ScheduleConfig:
+class ScheduleConfig(AggregateConfig):
     """The guard schedule a threshold is calibrated for (use the same options with ``anydepth guard`` /
     ``evaluate``)."""
 
@@ -38,7 +40,6 @@ class ScheduleConfig:
     early_checks: list[int] = field(default_factory=list, metadata={"help": "guard's extra early check depths"})
     check_at_start: bool = field(default=False, metadata={"help": "the guard also checks at depth 0"})
     final_check: bool = field(default=True, metadata={"help": "the guard checks an answer's unchecked tail"})
-    k_of_n: int = field(default=1, metadata={"help": "the guard halts after this many flagged checks (1: any)"})
 
     def schedule(self) -> Schedule:
         return Schedule.of(self)
@@ -56,7 +57,7 @@ class TrainConfig(StoreSliceConfig, SplitConfig, ScheduleConfig):
         """Every option of ``anydepth train`` (store slice, split, schedule, layer), one line per problem."""
         StoreSliceConfig.validate(self)
         SplitConfig.validate(self)
-        check_schedule(self.stride, self.early_checks, self.k_of_n)
+        check_schedule(self)
         if self.layer is not None and self.layer < 0:
             raise UserError(f"--layer must be a stored layer >= 0, got {self.layer}")
         if self.n_boot < 0:
@@ -132,7 +133,7 @@ def train_probeset(store, cfg: TrainConfig, probe: ProbeConfig, *, progress: boo
     scores = _scores(params[bi], best_data.X, best_data.valid)
     control = control_rows(y, sources, cfg.control_sources)
 
-    # ---- threshold: per benign calibration answer, its score under the schedule (max, or k-th largest)
+    # ---- threshold: per benign calibration answer, its score under the schedule and its aggregation rule
     if cal_m.any():
         cal_rows = control & cal_m
         basis = "calibration prompts (held out from training)"
@@ -165,8 +166,10 @@ def train_probeset(store, cfg: TrainConfig, probe: ProbeConfig, *, progress: boo
         std=None if params[0].scale is None else np.stack([pp.scale.reshape(-1) for pp in params]),
         kind=probe.method,
         thresholds={"target_fpr": cfg.target_fpr,
-                    "rule": f"per answer ({schedule.aggregation}): fires when {schedule.k_of_n} scheduled check(s) "
-                            "score > threshold", "control_sources": cfg.control_sources, "calibration": calib},
+                    "rule": f"per answer ({schedule.aggregation}): fires when the maximum over the answer's "
+                            "scheduled checks of the rule's statistic exceeds the threshold",
+                    "aggregate": schedule.rule.to_dict(), "control_sources": cfg.control_sources,
+                    "calibration": calib},
         metrics={"cv_train": {str(layer): m for layer, m in zip(layers, metrics)},
                  "selected_by": "--layer" if cfg.layer is not None else "grouped-CV AUROC on the training prompts",
                  "test": test},
