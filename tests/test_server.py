@@ -579,3 +579,16 @@ def test_request_timeout_answers_504_and_cancels(env):
             stream_text(client, messages("Hi"), 64)
         client.close()
         assert wait_until(lambda: not service.busy and service.active == 0, 5)  # both generations cancelled
+
+
+def test_chat_templates_render_sandboxed():
+    """A template that reaches for Python internals is stopped by the sandbox and answered 400."""
+    from interp.serve.api import build_request, parse_body
+    from interp.testing import tiny_tokenizer
+
+    tok = tiny_tokenizer("qwen2")
+    tok.chat_template = "{{ ''.__class__.__mro__[1].__subclasses__() }}"
+    body = parse_body(json.dumps({"model": NAME, "messages": messages("Hi")}).encode())
+    with pytest.raises(ApiError) as info:
+        build_request(body, tok, served_model=NAME, max_tokens_limit=8)
+    assert info.value.status == 400 and "unsafe" in info.value.message

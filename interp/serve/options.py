@@ -30,8 +30,9 @@ class ServerConfig:
     api_keys_file: str | None = field(default=None, metadata={"help": "file of accepted keys, one per line "
                                                                       "(# comments)"})
     max_batch: int = field(default=8, metadata={"help": "queued requests the worker generates as one batch"})
-    batch_window_ms: float = field(default=5.0, metadata={
-        "help": "wait this long for more requests before starting a batch that is not full"})
+    batch_window_ms: float = field(default=20.0, metadata={
+        "help": "before a batch that is not full, wait while requests keep arriving this close together "
+                "(at most 10 windows)"})
     allow_special_tokens: bool = field(default=False, metadata={
         "help": "encode special-token strings in message content as special tokens (research; default: text)"})
     max_body_bytes: int = field(default=1_000_000, metadata={"help": "largest request body accepted"})

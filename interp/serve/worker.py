@@ -51,6 +51,7 @@ class GuardService:
         self.cond = threading.Condition()
         self.active = 0  # jobs accepted and not yet finished
         self.busy = False  # a batch is running
+        self.running: list[Job] = []  # that batch
         self.metrics = metrics or ServerMetrics(lambda: len(self.pending), lambda: self.active)
         self._stop = threading.Event()
         cfg = generator.config
@@ -100,7 +101,7 @@ class GuardService:
     def close(self, timeout: float = 30.0) -> None:
         with self.cond:
             self._stop.set()
-            for job in self.pending:
+            for job in [*self.pending, *self.running]:  # the running batch stops at its next step
                 job.cancel()
             self.cond.notify_all()
         self.thread.join(timeout)
@@ -114,9 +115,7 @@ class GuardService:
                 self.cond.wait()
             if self._stop.is_set():
                 return None
-            if self.batch_window_s > 0 and len(self.pending) < self.max_batch:
-                self.cond.wait_for(lambda: len(self.pending) >= self.max_batch or self._stop.is_set(),
-                                   self.batch_window_s)  # let a burst of clients arrive together
+            self._gather()
             first = self.pending.popleft()
             batch, key = [first], first.req.batch_key(self.greedy_server)
             if key is not None:
@@ -126,8 +125,19 @@ class GuardService:
                     if job.req.batch_key(self.greedy_server) == key:
                         self.pending.remove(job)
                         batch.append(job)
-            self.busy = True
+            self.busy, self.running = True, batch
             return batch
+
+    def _gather(self) -> None:
+        """Let a burst of clients arrive together: while requests keep coming less than ``batch_window_s``
+        apart (at most 10 windows in all) and the batch is not full, wait for the next one."""
+        if self.batch_window_s <= 0:
+            return
+        deadline = time.monotonic() + 10 * self.batch_window_s
+        while len(self.pending) < self.max_batch and not self._stop.is_set():
+            n, left = len(self.pending), min(self.batch_window_s, deadline - time.monotonic())
+            if left <= 0 or not self.cond.wait_for(lambda n=n: len(self.pending) > n or self._stop.is_set(), left):
+                return
 
     def _done(self, job: Job) -> None:
         with self.cond:
@@ -157,7 +167,8 @@ class GuardService:
             finally:
                 for job in live:
                     self._done(job)
-                self.busy = False
+                with self.cond:
+                    self.busy, self.running = False, []
         with self.cond:  # fail whatever is still queued
             left, self.pending = list(self.pending), deque()
             self.active -= len(left)
@@ -217,7 +228,8 @@ class GuardService:
             n_tokens += n_completion
             if result.stop_reason == "cancelled" or job.cancelled.is_set():
                 m.cancelled.inc()
-                job.put("error", ApiError(499, "cancelled", code="cancelled"))
+                job.put("error", ApiError(503, "server shutting down", "server_error", code="unavailable")
+                        if self._stop.is_set() else ApiError(499, "cancelled", code="cancelled"))
                 continue
             with self.tok_lock:
                 tail = stream.finish()
