@@ -214,6 +214,9 @@ def test_k_of_n_guard_halts_at_the_predicted_check():
         assert res.halted and res.halt_depth == depths[hit[0]] and len(res.checks) == hit[0] + 1
         assert [c.fired for c in res.checks] == [False] * hit[0] + [True]
         assert res.checks[first_any].flagged  # flagged but tolerated: the rule needs a second one
+        # observing without halting (over-refusal, attacks): every check says whether the rule fired there
+        seen = _run(setup, halt=False, threshold=float(thr), aggregate="k_of_n", k_of_n=2, window=3)
+        assert [c.fired for c in seen.checks] == [t in hit for t in range(len(flags))]
         found += 1
     assert found >= 2  # the crafted probe gives thresholds where the k-of-n rule halts later than any-check
     never = _run(setup, threshold=float(max(scores)), aggregate="k_of_n", k_of_n=2, window=3)

@@ -1,8 +1,9 @@
 """The guard's checks over a live KV cache: ADA-LP (probe), ADA-RK (re-inject + refusal), base lookahead.
 
 Each check forwards over the caller's cache and rolls it back exactly with :mod:`interp.model.kvcache`.
-The probe layer is read through one hook registered at construction (armed only during a check);
-early exit raises a private exception from that hook, so the layers after the probe layer never run.
+The probe layer (every layer of a multi-layer probe) is read through one hook per layer registered at
+construction (armed only during a check); early exit raises a private exception from the deepest of them, so the
+layers after the last layer read never run.
 """
 
 from __future__ import annotations
@@ -83,7 +84,7 @@ class Checker:
         self.dtype = next(model.parameters()).dtype
         self.keyword = KeywordMatcher(getattr(model.config, "model_type", "default"))
         self.prob = ProbabilityMatcher(tokenizer, config.refusal_prob)
-        self.probes, self.tap, self.layer = probes, None, None
+        self.probes, self.tap, self.taps, self.layer, self.layers = probes, None, [], None, []
         if probes is not None:
             self._attach_probes(probes, model_id, weights_sha256)
 
@@ -106,40 +107,63 @@ class Checker:
             raise UserError(f"probe set has {weights.shape[-1]}-dimensional probes but the model's hidden size is "
                             f"{cfg.hidden_size}: it was trained on another model; train probes for this one")
         n_layers = mh.n_layers(self.model)
-        layer = self.config.probe_layer if self.config.probe_layer is not None else _get(probes, "best_layer")
-        if layer is None or not 0 <= int(layer) < n_layers:
-            raise UserError(f"probe layer {layer} is outside the model's {n_layers} layers (0..{n_layers - 1})")
-        layers = _get(probes, "layers")
-        if layers is not None and int(layer) not in [int(x) for x in layers]:
-            raise UserError(f"probe set has no probe for layer {layer}; it has layers {list(layers)}")
-        self.layer = int(layer)
+        fixed = self.config.probe_layer
+        readout = [fixed] if fixed is not None else (_get(probes, "combine") or [_get(probes, "best_layer")])
+        have = _get(probes, "layers")
+        for layer in readout:
+            if layer is None or not 0 <= int(layer) < n_layers:
+                raise UserError(f"probe layer {layer} is outside the model's {n_layers} layers (0..{n_layers - 1})")
+            if have is not None and int(layer) not in [int(x) for x in have]:
+                raise UserError(f"probe set has no probe for layer {layer}; it has layers {list(have)}")
+        self.layers = sorted(int(x) for x in readout)  # every layer the check reads (a multi-layer probe: several)
+        self.layer = self.layers[-1]  # the deepest: early exit stops the forward after it
         self.threshold = float(self.config.threshold if self.config.threshold is not None
                                else _get(probes, "threshold", 0.5))
-        self.tap = mh.Tap(self.model, mh.resid_pre(self.layer) if kind == "resid_pre" else mh.resid_post(self.layer))
+        site = mh.resid_pre if kind == "resid_pre" else mh.resid_post
+        self.taps = [mh.Tap(self.model, site(layer)) for layer in self.layers]
+        self.tap = self.taps[-1]
 
     def close(self) -> None:
-        if self.tap is not None:
-            self.tap.remove()
-            self.tap = None
+        for tap in self.taps:
+            tap.remove()
+        self.tap, self.taps = None, []
+
+    def _arm(self, index: int, stop: bool = False) -> None:
+        for tap in self.taps:
+            tap.arm(index, stop=stop and tap is self.tap)  # only the deepest read layer may stop the forward
+
+    def _disarm(self) -> None:
+        for tap in self.taps:
+            tap.armed = False
+
+    def _states(self) -> torch.Tensor:
+        """What the taps read: ``[B, d]`` for one layer, ``[B, L, d]`` (layers ascending) for a multi-layer probe."""
+        if len(self.taps) == 1:
+            return self.tap.value
+        return torch.stack([tap.value for tap in self.taps], dim=1)
 
     def score(self, hidden: torch.Tensor) -> torch.Tensor:
-        out = self.probes.score(hidden.float(), layer=self.layer)
+        """Probe score per row of :meth:`lp_hidden`'s states (the combined score of a multi-layer probe)."""
+        if hidden.dim() == 2:
+            out = self.probes.score(hidden.float(), layer=self.layer)
+        else:
+            out = self.probes.combined_score({layer: hidden[:, i].float() for i, layer in enumerate(self.layers)})
         return torch.as_tensor(out, dtype=torch.float32).reshape(-1).cpu()
 
     # -- checks ----------------------------------------------------------------------------------
     def lp_hidden(self, cache, mask: torch.Tensor, pos_next: torch.Tensor) -> torch.Tensor:
-        """Probe-layer state at the role token, forwarded over ``cache`` (rolled back afterwards)."""
+        """Probe-layer state(s) at the role token, forwarded over ``cache`` (rolled back afterwards): ``[B, d]``, or
+        ``[B, L, d]`` for a multi-layer probe; early exit stops after the deepest layer read."""
         ids, pos, full = span_over_cache(self.probe_ids, mask, pos_next)
         before = mark(cache)
-        tap = self.tap
-        tap.arm(-1, stop=self.config.early_exit)
+        self._arm(-1, stop=self.config.early_exit)
         try:
             mh.forward_until_stop(self.base, input_ids=ids, position_ids=pos, attention_mask=full, use_cache=True,
                                   **{self._kw_base: cache})
         finally:
-            tap.armed = False
+            self._disarm()
             rollback(cache, before)
-        return tap.value
+        return self._states()
 
     def _lookahead(self, cache, mask, pos_next, first_logits, n_tokens: int) -> list[str]:
         """Greedy ``n_tokens`` from ``first_logits`` over the cache (the caller rolls back)."""
@@ -219,18 +243,16 @@ class Checker:
                                                                                                   device=mask.device)
         before = mark(cache)
         outcome = CheckOutcome()
-        tap = self.tap if name == "lp" else None
-        if tap is not None:
-            tap.arm(len(span))
+        if name == "lp":
+            self._arm(len(span))
         try:
             logits = self.model(input_ids=ids, position_ids=pos, attention_mask=m4, use_cache=True,
                                 logits_to_keep=keep, **{self._kw_model: cache}).logits
         finally:
-            if tap is not None:
-                tap.armed = False
+            self._disarm()
             rollback(cache, before, keep=1)
         if name == "lp":
-            scores = self.score(tap.value)
+            scores = self.score(self._states())
             outcome.flags["lp"], outcome.scores["lp"] = scores >= self.threshold, scores
             outcome.limits["lp"] = self.threshold
         else:

@@ -62,7 +62,8 @@ def _paths(path: str | Path) -> tuple[Path, Path]:
 class ProbeSet:
     """Linear probes per layer: ``logit = ((h - mean) / std) @ weights[l] + bias[l]``; score = sigmoid(logit).
 
-    ``threshold`` applies to the score of ``best_layer``: flag when score > threshold. It is calibrated per
+    ``threshold`` applies to the score of ``best_layer`` or, for a multi-layer probe (``combine``), to the sigmoid of
+    the mean of the ``combine`` layers' logits (:meth:`combined_score`): flag when score > threshold. It is calibrated per
     answer for the guard ``schedule`` on calibration prompts; ``split`` records which prompts trained and
     calibrated the set, so that evaluations can exclude them (:meth:`seen`).
     """
@@ -83,6 +84,7 @@ class ProbeSet:
     config: dict[str, Any] = field(default_factory=dict)
     split: dict[str, Any] = field(default_factory=dict)  # role -> prompt keys, groups, counts (protocol)
     schedule: dict[str, Any] = field(default_factory=dict)  # guard schedule the threshold is calibrated for
+    combine: list[int] = field(default_factory=list)  # a multi-layer probe: layers whose logits are averaged
 
     def __post_init__(self) -> None:
         self.layers = [int(v) for v in self.layers]
@@ -94,6 +96,15 @@ class ProbeSet:
             raise UserError("ProbeSet: weights rows must match layers")
         if self.best_layer not in self.layers:
             raise UserError(f"best layer {self.best_layer} is not among the probed layers {self.layers}")
+        self.combine = sorted({int(v) for v in self.combine})
+        if set(self.combine) - set(self.layers):
+            raise UserError(f"multi-layer probe names layers {sorted(set(self.combine) - set(self.layers))} that the "
+                            f"probe set has no probe for (it has {self.layers})")
+
+    @property
+    def readout(self) -> list[int]:
+        """The layers the guard's score reads: the combined layers of a multi-layer probe, else the best layer."""
+        return list(self.combine) or [self.best_layer]
 
     def _index(self, layer: int | None) -> int:
         layer = self.best_layer if layer is None else int(layer)
@@ -126,6 +137,18 @@ class ProbeSet:
         if isinstance(z, torch.Tensor):
             return torch.sigmoid(z.float()).to(z.dtype)
         return 1.0 / (1.0 + np.exp(-z))
+
+    def combined_score(self, states: dict[int, torch.Tensor | np.ndarray]) -> torch.Tensor | np.ndarray:
+        """The score ``threshold`` applies to: sigmoid of the mean over :attr:`readout` layers of each layer's
+        probe logit, ``states[layer] [..., d_model]`` → ``[...]`` (one layer: exactly :meth:`score`)."""
+        missing = [layer for layer in self.readout if layer not in states]
+        if missing:
+            raise UserError(f"the probe set reads layers {self.readout}; no activations given for {missing}")
+        z = [self.logit(states[layer], layer) for layer in self.readout]
+        if isinstance(z[0], torch.Tensor):
+            m = torch.stack(z).mean(0)
+            return torch.sigmoid(m.float()).to(m.dtype)
+        return 1.0 / (1.0 + np.exp(-np.mean(np.stack(z), 0)))
 
     def seen(self) -> tuple[set[str], set[str]] | None:
         """``(prompt keys, groups)`` of the training and calibration prompts; None when the set records no split
@@ -198,7 +221,7 @@ class ProbeSet:
                 "layers": self.layers, "hook": self.hook, "position": self.position,
                 "best_layer": self.best_layer, "threshold": self.threshold, "thresholds": self.thresholds,
                 "metrics": self.metrics, "provenance": self.provenance, "config": self.config,
-                "split": self.split, "schedule": self.schedule, "tensors": st_path.name}
+                "split": self.split, "schedule": self.schedule, "combine": self.combine, "tensors": st_path.name}
         tmp_st, tmp_js = st_path.with_name(st_path.name + ".tmp"), js_path.with_name(js_path.name + ".tmp")
         save_file({k: np.ascontiguousarray(v) for k, v in tensors.items()}, str(tmp_st))
         tmp_js.write_text(json.dumps(jsonable(meta), indent=2, sort_keys=True) + "\n")
@@ -237,7 +260,8 @@ class ProbeSet:
                      position=meta["position"], best_layer=meta["best_layer"], threshold=meta["threshold"],
                      mean=t.get("mean"), std=t.get("std"), kind=meta["kind"], thresholds=meta["thresholds"],
                      metrics=meta["metrics"], provenance=meta["provenance"], config=meta["config"],
-                     split=meta.get("split") or {}, schedule=meta.get("schedule") or {})
+                     split=meta.get("split") or {}, schedule=meta.get("schedule") or {},
+                     combine=meta.get("combine") or [])
         if expect_provenance is not None:
             probes.check_provenance(expect_provenance)
         return probes

@@ -51,6 +51,9 @@ class TrainConfig(StoreSliceConfig, SplitConfig, ScheduleConfig):
 
     out: str = field(default="", metadata={"help": "output directory for probeset.{safetensors,json}"})
     layer: int | None = field(default=None, metadata={"help": "fix the best layer instead of choosing by CV AUROC"})
+    combine_layers: list[int] = field(default_factory=list, metadata={
+        "help": "a multi-layer probe: the guard scores the mean of these layers' probe logits (each probe fitted "
+                "on the training prompts; the threshold calibrated per answer on the combined score)"})
     n_boot: int = field(default=200, metadata={"help": "bootstrap resamples for the CIs stored with the probes"})
 
     def validate(self) -> None:
@@ -76,6 +79,39 @@ def _scores(params, X: np.ndarray, valid: np.ndarray) -> np.ndarray:
     if len(rows):
         out[rows, cols] = 1.0 / (1.0 + np.exp(-params.logit(np.ascontiguousarray(X[rows, cols], np.float32))))
     return out
+
+
+def _combined_scores(params: list, Xs: list[np.ndarray], valid: np.ndarray) -> np.ndarray:
+    """A multi-layer probe's probability per (row, depth): sigmoid of the mean of the layers' logits, NaN on
+    invalid pairs (:meth:`interp.probes.probeset.ProbeSet.combined_score` on the saved probes)."""
+    out = np.full(valid.shape, np.nan)
+    rows, cols = np.nonzero(valid)
+    if len(rows):
+        z = np.mean([pp.logit(np.ascontiguousarray(X[rows, cols], np.float32)) for pp, X in zip(params, Xs)], 0)
+        out[rows, cols] = 1.0 / (1.0 + np.exp(-z))
+    return out
+
+
+def combined_layers(cfg: TrainConfig, store, layers: list[int]) -> list[int]:
+    """``--combine-layers`` checked against the fitted ``layers`` (one-line errors); [] for a single-layer probe."""
+    combine = sorted(set(int(x) for x in cfg.combine_layers))
+    if not combine:
+        return []
+    stored = [int(x) for x in store.layers]
+    for layer in combine:
+        if layer not in stored:
+            raise UserError(f"--combine-layers {layer}: the store has no layer {layer} (it holds {stored}); "
+                            "re-extract with it or combine stored layers")
+        if layer not in layers:
+            raise UserError(f"--combine-layers {layer} is not among the fitted --layers {layers}; add it to --layers")
+    if len(combine) < 2:
+        raise UserError(f"--combine-layers needs two or more layers (for one, use --layer {combine[0]})")
+    if cfg.layer is not None:
+        raise UserError("--layer and --combine-layers exclude each other (the combined probe reads its own layers)")
+    if cfg.calib_fraction == 0:
+        raise UserError("--combine-layers needs a calibration split (--calib-fraction > 0): out-of-fold scores of "
+                        "the combined probe are not computed")
+    return combine
 
 
 def _pairs_summary(p: np.ndarray, y: np.ndarray, groups: np.ndarray, n_boot: int, seed: int) -> dict | None:
@@ -107,6 +143,7 @@ def train_probeset(store, cfg: TrainConfig, probe: ProbeConfig, *, progress: boo
     layers = cfg.resolve_layers(store)
     if cfg.layer is not None and cfg.layer not in layers:
         raise UserError(f"--layer {cfg.layer} is not among the fitted layers {layers}")
+    combine = combined_layers(cfg, store, layers)
     schedule = cfg.schedule()
     require_finished(store, cfg.allow_partial)
     meta = examples_meta(store)
@@ -128,9 +165,16 @@ def train_probeset(store, cfg: TrainConfig, probe: ProbeConfig, *, progress: boo
         params.append(fit_probes(X, yy, np.ones((1, len(yy)), bool), probe)[0])
     best = choose_layer(layers, [m["auroc"]["value"] for m in metrics], cfg.layer)
     bi = layers.index(best)
-    best_data = load_layer(store, hook, best, position, cfg.depths)  # all rows: calibration and test are scored
+    if combine:  # the guard's score: the mean of the combined layers' logits; baselines at the deepest of them
+        read = {layer: load_layer(store, hook, layer, position, cfg.depths) for layer in combine}
+        best_data = read[combine[-1]]
+        scores = _combined_scores([params[layers.index(layer)] for layer in combine],
+                                  [read[layer].X for layer in combine], best_data.valid)
+        del read
+    else:
+        best_data = load_layer(store, hook, best, position, cfg.depths)  # all rows: calibration and test are scored
+        scores = _scores(params[bi], best_data.X, best_data.valid)
     depths = best_data.depths
-    scores = _scores(params[bi], best_data.X, best_data.valid)
     control = control_rows(y, sources, cfg.control_sources)
 
     # ---- threshold: per benign calibration answer, its score under the schedule and its aggregation rule
@@ -172,9 +216,11 @@ def train_probeset(store, cfg: TrainConfig, probe: ProbeConfig, *, progress: boo
                     "calibration": calib},
         metrics={"cv_train": {str(layer): m for layer, m in zip(layers, metrics)},
                  "selected_by": "--layer" if cfg.layer is not None else "grouped-CV AUROC on the training prompts",
+                 "readout": {"layers": combine or [int(best)],
+                             "rule": "mean of the layers' probe logits" if combine else "the best layer's probe"},
                  "test": test},
         provenance=jsonable(store.provenance), config={"train": to_dict(cfg), "probe": to_dict(probe)},
-        split=split_record, schedule=schedule.to_dict())
+        split=split_record, schedule=schedule.to_dict(), combine=combine)
 
 
 def held_out_report(store, best: LayerData, cfg: TrainConfig, probe: ProbeConfig, meta: dict, roles: np.ndarray,

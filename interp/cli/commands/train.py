@@ -44,7 +44,10 @@ def summary_lines(probes) -> list[str]:
     lines = [f"split (prompt groups): train {len(sp['train']['groups'])}, calibration "
              f"{len(sp['calibration']['groups'])}, test {len(sp['test']['groups'])}",
              f"best layer {best}: grouped-CV AUROC on the training prompts {a['value']:.3f} "
-             f"[{a['lo']:.3f}, {a['hi']:.3f}]",
+             f"[{a['lo']:.3f}, {a['hi']:.3f}]"
+             + (f"; the guard reads a multi-layer probe: mean of the logits at layers {probes.combine}"
+                if probes.combine else ""),
+             f"rule: {probes.thresholds.get('rule', 'per answer (any check)')}",
              f"threshold {cal['threshold']:.4f}: per-answer target FPR {cal['target_fpr']} on {cal['n_answers']} "
              f"benign answers from {cal['basis']}" + ("" if cal["resolved"] else
                                                       f" (unresolved: finest FPR {cal['resolution']:.3f})")]
