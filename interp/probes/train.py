@@ -12,7 +12,9 @@ The store's prompt groups are split three ways (:func:`interp.probes.protocol.th
   n-gram, last-token and prompt-only baselines fitted on the same training prompts.
 
 The ProbeSet records the split (prompt keys and groups per role) so that evaluations exclude its training and
-calibration prompts, and the schedule it was calibrated for.
+calibration prompts, and the schedule (with its aggregation rule) it was calibrated for. With ``combine_layers``
+the guard's score is the mean of those layers' probe logits (a multi-layer probe), and the threshold and the test
+numbers are computed on that combined score.
 """
 
 from __future__ import annotations
