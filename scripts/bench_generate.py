@@ -5,12 +5,14 @@
     python scripts/bench_generate.py --model tiny --n 8       # quick run on a tiny random model
 
 Both paths decode the same chat-formatted prompts greedily to the same per-prompt budget and stop tokens, with
-``--batch`` rows at a time. The baseline is what a careful user writes with transformers: prompts sorted by
-length (less padding), ``model.generate`` on each batch with left padding and the model's KV cache. Ours keeps
+``--batch`` rows at a time, in each dtype of ``--dtypes`` (a cast copy of the model, as ``--gen-dtype`` makes).
+The baseline is what a careful user writes with transformers: prompts sorted by length (less padding),
+``model.generate`` on each batch with left padding and the model's KV cache, in the same dtype. Ours keeps
 ``--batch`` rows in flight (a finished row leaves, the next prompt joins) with few-row CPU linears. Each path is
 warmed once on two prompts, then timed in ``--repeats`` rounds of alternating order; tokens/s counts the tokens
-each path returns (the same prompts, so the same count when outputs agree). The last line is
-``tokens_per_s=<x> vs_hf_generate=<y>`` (ours, and ours / generate's tokens per second, fastest rounds).
+each path returns. The last line is ``tokens_per_s=<x> vs_hf_generate=<y>``: our fastest configuration's tokens/s
+and its ratio to ``model.generate`` in the same dtype (fastest rounds); the ratio to float32 ``model.generate``
+(what the pipeline ran before) is printed above it.
 """
 
 from __future__ import annotations
@@ -36,7 +38,7 @@ def load(name: str):
 
 def main() -> None:
     from interp.data import load_demo_set
-    from interp.generate.continuations import stop_token_ids
+    from interp.generate.continuations import generation_model, stop_token_ids
     from interp.generate.decode import decode
     from interp.model.catalogue import DEFAULT_MODEL
     from interp.spans.derive import derive_safety_spans, format_prompt_ids
@@ -46,6 +48,7 @@ def main() -> None:
     ap.add_argument("--n", type=int, default=16, help="prompts (the built-in demo set, harmful and benign mixed)")
     ap.add_argument("--max-new-tokens", type=int, default=128)
     ap.add_argument("--batch", type=int, default=8)
+    ap.add_argument("--dtypes", nargs="+", default=["float32", "bfloat16"], choices=["float32", "bfloat16"])
     ap.add_argument("--repeats", type=int, default=2, help="timed rounds per path, after one warm-up each")
     ap.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: leave the default)")
     args = ap.parse_args()
@@ -64,7 +67,7 @@ def main() -> None:
         return tokens if end is None else tokens[: end + 1]
 
     @torch.no_grad()
-    def hf(rows: list[list[int]]) -> list[list[int]]:
+    def hf(model, rows: list[list[int]]) -> list[list[int]]:
         order = sorted(range(len(rows)), key=lambda i: len(rows[i]))
         out: dict[int, list[int]] = {}
         for s in range(0, len(order), args.batch):
@@ -78,30 +81,38 @@ def main() -> None:
                 out[i] = cut(gen[k, width:].tolist())
         return [out[i] for i in range(len(rows))]
 
-    def ours(rows: list[list[int]]) -> list[list[int]]:
+    def ours(model, rows: list[list[int]]) -> list[list[int]]:
         return decode(model, rows, [budget] * len(rows), stops=stops, pad_id=pad, batch_size=args.batch)
 
     results: dict[str, list[list[int]]] = {}
 
-    def path(name, fn):
+    def path(name, fn, m):
         def run():
-            results[name] = fn(prompts)
+            results[name] = fn(m, prompts)
         return run
 
     print(f"model {label}, {len(prompts)} prompts ({min(map(len, prompts))}-{max(map(len, prompts))} tokens), "
           f"{budget} new tokens, batch {args.batch}, {torch.get_num_threads()} threads", flush=True)
-    warm = prompts[:2]
-    hf(warm), ours(warm)  # warm-up of both paths (one-off allocations, kernel choice)
-    times = time_paths({"hf_generate": path("hf_generate", hf), "continuous": path("continuous", ours)},
-                       args.repeats, warmup=False, log=lambda s: print(s, flush=True))
+    paths = {}
+    for dt in args.dtypes:
+        m = generation_model(model, dt)
+        hf(m, prompts[:2]), ours(m, prompts[:2])  # warm-up of both paths (one-off allocations, kernel choice)
+        paths[f"hf_generate_{dt}"] = path(f"hf_generate_{dt}", hf, m)
+        paths[f"continuous_{dt}"] = path(f"continuous_{dt}", ours, m)
+    times = time_paths(paths, args.repeats, warmup=False, log=lambda s: print(s, flush=True))
     n_tok = {k: sum(len(r) for r in v) for k, v in results.items()}
-    same = sum(a == b for a, b in zip(results["hf_generate"], results["continuous"]))
     tps = {k: n_tok[k] / min(times[k]) for k in times}
     for k in times:
-        print(f"{k:>12}: {n_tok[k]} tokens, fastest {min(times[k]):.2f} s (min/median/max {spread(times[k])}), "
+        print(f"{k:>22}: {n_tok[k]} tokens, fastest {min(times[k]):.2f} s (min/median/max {spread(times[k])}), "
               f"{tps[k]:.1f} tokens/s")
-    print(f"identical outputs: {same}/{len(prompts)} prompts (batched generate pads rows, which can flip a near-tie)")
-    print(f"tokens_per_s={tps['continuous']:.2f} vs_hf_generate={tps['continuous'] / tps['hf_generate']:.3f}")
+    for dt in args.dtypes:
+        same = sum(a == b for a, b in zip(results[f"hf_generate_{dt}"], results[f"continuous_{dt}"]))
+        print(f"{dt}: identical outputs {same}/{len(prompts)} prompts (batched generate pads rows, which can flip a "
+              "near-tie)")
+    best = max(args.dtypes, key=lambda dt: tps[f"continuous_{dt}"])
+    if "float32" in args.dtypes:
+        print(f"continuous {best} vs float32 model.generate: {tps[f'continuous_{best}'] / tps['hf_generate_float32']:.3f}x")
+    print(f"tokens_per_s={tps[f'continuous_{best}']:.2f} vs_hf_generate={tps[f'continuous_{best}'] / tps[f'hf_generate_{best}']:.3f}")
 
 
 if __name__ == "__main__":

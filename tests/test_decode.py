@@ -66,3 +66,23 @@ def test_zero_budget_fast_linear_restored_and_bad_input():
         decode(model, [[]], [1], stops=[], pad_id=0)
     for m in model.modules():
         assert "forward" not in m.__dict__ or not isinstance(m, torch.nn.Linear)  # plain nn.Linear again
+
+
+def test_generation_in_bfloat16_uses_one_cast_copy():
+    from interp import UserError
+    from interp.data.records import Record
+    from interp.generate.continuations import generate_continuations, generation_model, stop_token_ids
+    from interp.spans.derive import derive_safety_spans
+
+    model, tok, prompts = setup("qwen2")
+    assert generation_model(model) is model and generation_model(model, "float32") is model
+    bf = generation_model(model, "bfloat16")
+    assert bf is generation_model(model, "bfloat16") and bf is not model
+    assert next(bf.parameters()).dtype == torch.bfloat16 and next(model.parameters()).dtype == torch.float32
+    with pytest.raises(UserError, match="gen-dtype"):
+        generation_model(model, "int8")
+    recs = [Record(id=f"r{i}", prompt=p, label="benign") for i, p in enumerate(PROMPTS[:3])]
+    out = generate_continuations(model, tok, recs, mode="own", max_new_tokens=5, dtype="bfloat16", progress=False)
+    stops = stop_token_ids(model, tok, derive_safety_spans(tok))
+    ref = decode(bf, [c.prompt_ids for c in out], [5] * 3, stops=stops, pad_id=tok.pad_token_id or 0)
+    assert [c.response_ids for c in out] == [r[:-1] if r and r[-1] in stops else r for r in ref]

@@ -21,6 +21,7 @@ from interp.corpus.journal import ROWS, Journal, read_lines
 from interp.corpus.plan import Task, plan_corpus
 from interp.corpus.spec import CorpusSpec
 from interp.data.records import BENIGN, HARMFUL
+from interp.generate.continuations import GEN_DTYPES
 from interp.model.context import TOO_LONG
 
 IDENTITY_KEYS = ("model_id", "weights_sha256", "tokenizer_sha256", "dtype")
@@ -34,7 +35,10 @@ class CorpusConfig:
         "help": "corpus spec (YAML/JSON file) or a shipped one: default (the full recipe), demo (CPU size)"})
     out: str | None = field(default=None, metadata={
         "help": "output folder (default runs/corpus/<model>-<spec name>-<spec hash>); rerun to resume"})
-    gen_batch_size: int = field(default=8, metadata={"help": "prompts per generate call (left padded)"})
+    gen_batch_size: int = field(default=8, metadata={"help": "prompts per generate call (continuous batching)"})
+    gen_dtype: str = field(default="model", metadata={
+        "help": "dtype to decode in: model (as loaded), bfloat16 or float32 (a cast copy; bf16 decodes faster on "
+                "CPUs with AVX-512 BF16 or AMX, and the continuations are then the bf16 model's)", "choices": GEN_DTYPES})
     too_long: str = field(default="truncate", metadata={
         "help": "prompt + opener + new tokens + span beyond the model context: truncate, skip or error",
         "choices": TOO_LONG})
@@ -42,6 +46,8 @@ class CorpusConfig:
     def validate(self) -> None:
         if self.gen_batch_size < 1:
             raise UserError(f"--gen-batch-size must be >= 1, got {self.gen_batch_size}")
+        if self.gen_dtype not in GEN_DTYPES:
+            raise UserError(f"--gen-dtype must be one of {', '.join(GEN_DTYPES)}, got {self.gen_dtype!r}")
 
 
 @dataclass(frozen=True)
@@ -62,7 +68,8 @@ def batches(tasks: list[Task], batch_size: int, seed: int) -> list[Batch]:
     return out
 
 
-def _rows(model, tokenizer, spec: CorpusSpec, batch: Batch, too_long: str, judge) -> list[dict[str, Any]]:
+def _rows(model, tokenizer, spec: CorpusSpec, batch: Batch, too_long: str, judge, gen_dtype: str = "model"
+          ) -> list[dict[str, Any]]:
     from interp.generate.continuations import from_records, generate_continuations
 
     task, entry = batch.task, batch.task.entry
@@ -73,7 +80,7 @@ def _rows(model, tokenizer, spec: CorpusSpec, batch: Batch, too_long: str, judge
             model, tokenizer, batch.records, mode="prefill" if entry.kind == "prefill" else "own",
             opener=task.opener, max_new_tokens=spec.tokens_for(entry), do_sample=spec.sample,
             temperature=spec.temperature, top_p=spec.top_p, seed=batch.seed, batch_size=len(batch.records),
-            system=spec.system, progress=False, too_long=too_long, skipped=[])
+            system=spec.system, progress=False, too_long=too_long, skipped=[], dtype=gen_dtype)
     rows = []
     for item in made:
         if entry.kind == "refusal":
@@ -104,7 +111,8 @@ def _summary(spec: CorpusSpec, tasks: list[Task], out: Path) -> dict[str, Any]:
 
 
 def build_corpus(model, tokenizer, spec: CorpusSpec, out: str | Path, *, model_provenance: dict[str, Any],
-                 batch_size: int = 8, too_long: str = "truncate", run_config: dict[str, Any] | None = None,
+                 batch_size: int = 8, too_long: str = "truncate", gen_dtype: str = "model",
+                 run_config: dict[str, Any] | None = None,
                  progress: bool = True, judge: Callable[[str], bool] | None = None,
                  tasks: list[Task] | None = None) -> dict[str, Any]:
     """Build (or resume) the corpus of ``spec`` into folder ``out``; returns its provenance and row counts.
@@ -121,7 +129,7 @@ def build_corpus(model, tokenizer, spec: CorpusSpec, out: str | Path, *, model_p
     plan = batches(tasks, batch_size, spec.seed)
     order = {t.row_id(r.id): n for n, (t, r) in enumerate((t, r) for t in tasks for r in t.records)}
     identity = {**{k: model_provenance.get(k) for k in IDENTITY_KEYS}, "gen_batch_size": batch_size,
-                "too_long": too_long, "package_version": interp.__version__}
+                "gen_dtype": gen_dtype, "too_long": too_long, "package_version": interp.__version__}
     provenance = {"spec": spec.to_dict(), "model_provenance": model_provenance, "config": run_config or {}}
     journal = Journal.open(out, spec.canonical_json(), spec.sha256(), identity, provenance, order)
     if journal.complete:
@@ -134,7 +142,7 @@ def build_corpus(model, tokenizer, spec: CorpusSpec, out: str | Path, *, model_p
                    unit="row", disable=not progress)
         for batch in mine:
             if batch.key not in journal.done:
-                journal.append(batch.key, _rows(model, tokenizer, spec, batch, too_long, judge))
+                journal.append(batch.key, _rows(model, tokenizer, spec, batch, too_long, judge, gen_dtype))
             bar.update(len(batch.records))
         bar.close()
     journal.finish(_summary(spec, tasks, out))

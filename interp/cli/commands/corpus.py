@@ -38,7 +38,7 @@ def run(args) -> int:
         f"{file_slug(model_cfg.model)}-{file_slug(spec.name)}-{spec.sha256()[:12]}")
     loaded = load_model(model_cfg)
     result = build_corpus(loaded.model, loaded.tokenizer, spec, out, model_provenance=loaded.provenance(),
-                          batch_size=cfg.gen_batch_size, too_long=cfg.too_long,
+                          batch_size=cfg.gen_batch_size, too_long=cfg.too_long, gen_dtype=cfg.gen_dtype,
                           run_config=run_config(model=model_cfg, corpus=cfg), tasks=tasks)
     for e in result["entries"]:
         print(f"  {e['entry']:>2} {e['name']} ({e['label']}): {e['rows']}/{e['planned']} rows")
