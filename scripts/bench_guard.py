@@ -4,7 +4,7 @@
 Usage: python scripts/bench_guard.py [--model tiny:llama | qwen2.5-coder-0.5b-instruct | ...] [--device cuda]
 The last line is ``check_vs_decode=<x> early_exit_vs_decode=<y> slowdown_at_stride25=<z>`` (ratios at the
 largest context; early exit at the middle layer; slowdown = guarded / unguarded time - 1 from medians, checks
-never fire). Every path is warmed once and timed in rounds of alternating order; the slowdown is printed with its
+never fire; separate checks, the default). Every path is warmed once and timed in rounds of alternating order; the slowdown is printed with its
 per-round spread beside the slowdown predicted from the per-check cost (checks x check ms / unguarded ms).
 On CPU float32 the guard computes few-row linears as W·xᵀ (:mod:`interp.model.fast_linear`, the default); the
 script also prints the check ratios without it.
@@ -70,7 +70,8 @@ def main() -> None:
                     repeats=args.repeats_e2e)
     for row in slow:
         lo, _, hi = row["slowdown_spread"]
-        line = (f"stride={row['stride']} piggyback={row['piggyback']}: {row['tokens']} tokens, {row['checks']} checks, "
+        line = (f"stride={row['stride']} piggyback={row['piggyback']} early_exit={row['early_exit']}: {row['tokens']} "
+                f"tokens, {row['checks']} checks, "
                 f"unguarded {row['unguarded_s']:.3f} s, guarded {row['guarded_s']:.3f} s (medians of "
                 f"{args.repeats_e2e}), slowdown {100 * row['slowdown']:.1f}% (per round {100 * lo:.1f}..{100 * hi:.1f}%)")
         if row["predicted_slowdown"] is not None:
@@ -85,7 +86,8 @@ def main() -> None:
         with open(args.json, "w") as f:
             json.dump({"model": gm.model_id, "latency": latency, "slowdown": slow}, f, indent=2)
     last = [r for r in latency if r.get("fast_linear", True)][-1]
-    s25 = [r for r in slow if r["stride"] == 25 and not r["piggyback"]] or [r for r in slow if not r["piggyback"]]
+    plain = [r for r in slow if not r["piggyback"] and not r["early_exit"]]
+    s25 = [r for r in plain if r["stride"] == 25] or plain
     print(f"check_vs_decode={last['check_vs_decode']:.3f} early_exit_vs_decode={last['early_exit_vs_decode']:.3f} "
           f"slowdown_at_stride25={s25[0]['slowdown']:.4f}")
 

@@ -122,7 +122,8 @@ def test_cli_evaluate_cost_writes_ratios(tmp_path, capsys):
     data = json.loads((tmp_path / "cost.json").read_text())
     lat = data["latency"][0]
     assert lat["context_len"] == 32 and lat["check_ms"] > 0 and lat["decode_ms"] > 0
-    assert {r["piggyback"] for r in data["slowdown"]} == {False, True}
+    assert [(r["piggyback"], r["early_exit"]) for r in data["slowdown"]] == [(False, False), (True, False),
+                                                                             (False, True)]
     lo, med, hi = lat["decode_spread_ms"]
     assert lo <= med == lat["decode_ms"] <= hi
     for row in data["slowdown"]:
@@ -133,6 +134,7 @@ def test_cli_evaluate_cost_writes_ratios(tmp_path, capsys):
             assert row["predicted_slowdown"] is None
         else:
             assert row["predicted_slowdown"] == pytest.approx(row["checks"] * row["check_ms"] / (1e3 * row["unguarded_s"]))
+            assert row["check_ms"] > 0
     assert "wrote" in capsys.readouterr().out
 
 

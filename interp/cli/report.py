@@ -221,9 +221,9 @@ def _eval_sections(eval_dirs: dict[str, Path], figures: Path) -> list[str]:
         for r in cost.get("latency", []):
             lines.append(f"| {r['context_len']} | {r['decode_ms']:.1f} | {r['check_vs_decode']:.2f} | "
                          f"{r['early_exit_vs_decode']:.2f} |")
-        lines += ["", "| stride | piggyback | end-to-end slowdown |", "|---|---|---|"]
+        lines += ["", "| stride | piggyback | early exit | end-to-end slowdown |", "|---|---|---|---|"]
         for r in cost.get("slowdown", []):
-            lines.append(f"| {r['stride']} | {r['piggyback']} | {r['slowdown']:+.1%} |")
+            lines.append(f"| {r['stride']} | {r['piggyback']} | {r.get('early_exit', False)} | {r['slowdown']:+.1%} |")
         lines.append("")
     return lines
 

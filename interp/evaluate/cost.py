@@ -98,18 +98,19 @@ def check_latency(gen: GuardedGenerator, context_len: int, repeats: int = 20, ba
 def slowdown(model, tokenizer, spans, probes, prompts: Sequence[Sequence[int]], strides: Sequence[int],
              max_new_tokens: int = 200, repeats: int = 3, base_config: GuardConfig | None = None,
              bar=None) -> list[dict]:
-    """End-to-end generation time with ADA-LP at each stride (plain and piggybacked) vs unguarded, checks never
+    """End-to-end generation time with ADA-LP at each stride (separate checks, piggybacked, early exit) vs
+    unguarded, checks never
     firing; every configuration warmed once, then ``repeats`` rounds in alternating order. Each row gives the
     measured slowdown (medians; per-round min/max beside it) and, without piggyback, the slowdown predicted from
     the per-check cost at the run's mean context (checks run × check ms / unguarded ms). ``bar`` (a tqdm)
-    advances once per generation call: (``repeats`` + 1) × (1 + 2 × strides)."""
+    advances once per generation call: (``repeats`` + 1) × (1 + 3 × strides)."""
     base_config = base_config or GuardConfig()
     common = replace(base_config, max_new_tokens=max_new_tokens, threshold=2.0, do_sample=False, final_check=False)
     configs = {"none": replace(common, mode="none")}
     for stride in strides:
-        for piggyback in (False, True):
-            configs[f"lp{stride}{'p' if piggyback else ''}"] = replace(common, mode="lp", stride=stride,
-                                                                        piggyback=piggyback)
+        for kind in ("", "p", "e"):  # separate check, piggybacked, early exit at the probe layer
+            configs[f"lp{stride}{kind}"] = replace(common, mode="lp", stride=stride, piggyback=kind == "p",
+                                                   early_exit=kind == "e")
     gens = {k: GuardedGenerator(model, tokenizer, spans, c, probes if c.mode == "lp" else None)
             for k, c in configs.items()}
     done: dict[str, list] = {}
@@ -124,8 +125,7 @@ def slowdown(model, tokenizer, spans, probes, prompts: Sequence[Sequence[int]], 
         times = time_paths({k: run(k) for k in gens}, repeats)
         n_tokens = sum(len(r.generated_ids) for r in done["none"])
         mean_context = round(statistics.mean(len(p) for p in prompts) + n_tokens / len(prompts) / 2)
-        check_ms = check_latency(gens[f"lp{strides[0]}"], mean_context, repeats=max(repeats, 10))["check_ms"] \
-            if strides else float("nan")
+        lat = check_latency(gens[f"lp{strides[0]}"], mean_context, repeats=max(repeats, 10)) if strides else {}
     finally:
         for g in gens.values():
             g.close()
@@ -137,8 +137,10 @@ def slowdown(model, tokenizer, spans, probes, prompts: Sequence[Sequence[int]], 
         t = statistics.median(times[key])
         per_round = [g / u - 1.0 for g, u in zip(times[key], times["none"])]
         n_checks = sum(len(r.checks) for r in done[key])
+        check_ms = lat.get("early_exit_ms" if cfg.early_exit else "check_ms", float("nan"))
         predicted = None if cfg.piggyback else n_checks * check_ms / (1e3 * plain)
-        rows.append({"stride": cfg.stride, "piggyback": cfg.piggyback, "unguarded_s": plain, "guarded_s": t,
+        rows.append({"stride": cfg.stride, "piggyback": cfg.piggyback, "early_exit": cfg.early_exit,
+                     "unguarded_s": plain, "guarded_s": t,
                      "tokens": n_tokens, "slowdown": t / plain - 1.0,
                      "slowdown_spread": [min(per_round), statistics.median(per_round), max(per_round)],
                      "checks": n_checks, "check_ms": check_ms, "mean_context": mean_context,
@@ -157,7 +159,7 @@ def run_cost(cfg) -> dict:
     probes = probes or random_probes(gm.model, spans)
     gen = GuardedGenerator(gm.model, gm.tokenizer, spans, GuardConfig(mode="lp", threshold=2.0), probes,
                            model_id=gm.model_id, weights_sha256=gm.weights_sha256)
-    bar = tqdm(total=len(cfg.contexts) + 4 * (1 + 2 * len(cfg.strides)), desc="cost (latency, then slowdown)",
+    bar = tqdm(total=len(cfg.contexts) + 4 * (1 + 3 * len(cfg.strides)), desc="cost (latency, then slowdown)",
                unit="run")  # slowdown: a warm-up and 3 timed generations per configuration
     latency = []
     with gen:

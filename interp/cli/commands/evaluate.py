@@ -34,7 +34,7 @@ def _summary(result: dict) -> dict:
         return {g: {k: v["rate"] for k, v in r.items()} for g, r in result["attack_success"].items()}
     return {"latency": [{k: r[k] for k in ("context_len", "decode_ms", "check_vs_decode", "early_exit_vs_decode")}
                         for r in result["latency"]],
-            "slowdown": [{k: r[k] for k in ("stride", "piggyback", "slowdown")} for r in result["slowdown"]]}
+            "slowdown": [{k: r[k] for k in ("stride", "piggyback", "early_exit", "slowdown")} for r in result["slowdown"]]}
 
 
 def run(args) -> int:
