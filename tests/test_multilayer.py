@@ -11,7 +11,7 @@ from interp import UserError
 from interp.cli.main import main
 from interp.extract.store import ActivationStore
 from interp.probes.probeset import ProbeSet
-from interp.probes.synthetic import SyntheticSet, SyntheticSpec
+from interp.probes.synthetic import SyntheticSet, SyntheticSpec, write_store
 
 LAYERS, H, PROBE = [0, 1, 2], 3, 2
 
@@ -21,26 +21,7 @@ def store_path(tmp_path_factory):
     """A synthetic store (signal grows with the layer) written through ActivationStore, float32."""
     ss = SyntheticSet(SyntheticSpec(n_prompts=160, n_depths=4, d_model=16, n_layers=3, signal=(0.5, 1.5, 2.5),
                                     margin_noise=0.5, invalid_frac=0.25, seed=5))
-    n, dd, d = ss.spec.n_prompts, ss.spec.n_depths, ss.spec.d_model
-    path = tmp_path_factory.mktemp("store") / "s.h5"
-    prov = {"model_id": "synthetic", "weights_sha256": "w0", "template_hash": "t0", "span_ids": [7, 8, 9],
-            "probe_index": PROBE}
-    examples = {"id": [f"e{i}" for i in range(n)], "label": ss.y.tolist(), "source": ss.sources.tolist(),
-                "prompt": ss.groups.tolist(), "category": [""] * n,
-                "n_response_tokens": (ss.valid.sum(1) * 10).tolist(), "valid": ss.valid}
-    store = ActivationStore.create(path, prov, examples, ss.depths.tolist(), ["resid_post"], LAYERS, range(H), d,
-                                   "float32")
-    rng = np.random.default_rng(0)
-    acts, last, prompt = {}, {}, {}
-    for layer in LAYERS:
-        span = rng.normal(size=(n, dd, H, d)).astype(np.float32)
-        span[:, :, PROBE] = ss.layer_array(layer)
-        acts[("hook_resid_post", layer)] = span
-        last[("hook_resid_post", layer)] = rng.normal(size=(n, dd, d)).astype(np.float32)
-        prompt[("hook_resid_post", layer)] = rng.normal(size=(n, d)).astype(np.float32)
-    store.write_rows(list(range(n)), acts, last, prompt)
-    store.close()
-    return path
+    return write_store(ss, tmp_path_factory.mktemp("store") / "s.h5", LAYERS, H, PROBE)
 
 
 def test_train_a_multi_layer_probe_calibrated_per_answer(store_path, tmp_path):

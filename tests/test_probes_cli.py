@@ -13,7 +13,7 @@ from interp.extract.store import ActivationStore
 from interp.probes import ProbeSet
 from interp.probes.data import load_layer
 from interp.probes.protocol import group_key
-from interp.probes.synthetic import SyntheticSet, SyntheticSpec
+from interp.probes.synthetic import SyntheticSet, SyntheticSpec, write_store
 
 LAYERS = [0, 1, 2]
 H, PROBE = 3, 2  # span length, probe index inside the span
@@ -27,27 +27,10 @@ def _spec():
 @pytest.fixture(scope="module")
 def store_path(tmp_path_factory):
     ss = SyntheticSet(_spec())
-    n, dd, d = ss.spec.n_prompts, ss.spec.n_depths, ss.spec.d_model
-    path = tmp_path_factory.mktemp("store") / "s.h5"
-    prov = {"model_id": "synthetic", "weights_sha256": "w0", "template_hash": "t0", "span_ids": [7, 8, 9],
-            "probe_index": PROBE}
-    examples = {"id": [f"e{i}" for i in range(n)], "label": ss.y.tolist(), "source": ss.sources.tolist(),
-                "prompt": ss.groups.tolist(), "category": [""] * n,
-                "n_response_tokens": (ss.valid.sum(1) * 10).tolist(), "valid": ss.valid,
-                "response": [f"plain words number {i} " * 4 for i in range(n)],  # text carries no label
-                "response_chars": np.tile(np.arange(dd) * 20, (n, 1))}
-    store = ActivationStore.create(path, prov, examples, ss.depths.tolist(), ["resid_post"], LAYERS, range(H), d,
-                                   "float32")
-    rng = np.random.default_rng(0)
-    acts, last, prompt = {}, {}, {}
-    for layer in LAYERS:
-        span = rng.normal(size=(n, dd, H, d)).astype(np.float32)
-        span[:, :, PROBE] = ss.layer_array(layer)
-        acts[("hook_resid_post", layer)] = span
-        last[("hook_resid_post", layer)] = rng.normal(size=(n, dd, d)).astype(np.float32)
-        prompt[("hook_resid_post", layer)] = rng.normal(size=(n, d)).astype(np.float32)
-    store.write_rows(list(range(n - 4)), *({k: v[: n - 4] for k, v in x.items()} for x in (acts, last, prompt)))
-    store.close()
+    n, dd = ss.spec.n_prompts, ss.spec.n_depths
+    path = write_store(ss, tmp_path_factory.mktemp("store") / "s.h5", LAYERS, H, PROBE, rows=n - 4, extra_examples={
+        "response": [f"plain words number {i} " * 4 for i in range(n)],  # text carries no label
+        "response_chars": np.tile(np.arange(dd) * 20, (n, 1))})
     return path, ss
 
 

@@ -69,3 +69,31 @@ class SyntheticSet:
     def layer(self, layer: int) -> LayerData:
         return LayerData(X=self.layer_array(layer), y=self.y, groups=self.groups, valid=self.valid,
                          sources=self.sources, depths=self.depths, layer=layer)
+
+
+def write_store(ss: SyntheticSet, path, layers, span_len: int, probe_index: int, *, rows: int | None = None,
+                extra_examples: dict | None = None):
+    """Write ``ss`` as a float32 activation store at ``path`` (the planted layer vectors at ``probe_index`` of a
+    ``span_len`` span, noise elsewhere); only the first ``rows`` examples are written (a partial store)."""
+    from interp.extract.store import ActivationStore
+
+    n, dd, d = ss.spec.n_prompts, ss.spec.n_depths, ss.spec.d_model
+    prov = {"model_id": "synthetic", "weights_sha256": "w0", "template_hash": "t0", "span_ids": [7, 8, 9],
+            "probe_index": probe_index}
+    examples = {"id": [f"e{i}" for i in range(n)], "label": ss.y.tolist(), "source": ss.sources.tolist(),
+                "prompt": ss.groups.tolist(), "category": [""] * n,
+                "n_response_tokens": (ss.valid.sum(1) * 10).tolist(), "valid": ss.valid, **(extra_examples or {})}
+    store = ActivationStore.create(path, prov, examples, ss.depths.tolist(), ["resid_post"], layers,
+                                   range(span_len), d, "float32")
+    rng = np.random.default_rng(0)
+    acts, last, prompt = {}, {}, {}
+    for layer in layers:
+        span = rng.normal(size=(n, dd, span_len, d)).astype(np.float32)
+        span[:, :, probe_index] = ss.layer_array(layer)
+        acts[("hook_resid_post", layer)] = span
+        last[("hook_resid_post", layer)] = rng.normal(size=(n, dd, d)).astype(np.float32)
+        prompt[("hook_resid_post", layer)] = rng.normal(size=(n, d)).astype(np.float32)
+    k = n if rows is None else rows
+    store.write_rows(list(range(k)), *({key: v[:k] for key, v in x.items()} for x in (acts, last, prompt)))
+    store.close()
+    return path
