@@ -49,9 +49,14 @@ def time_paths(paths: Mapping[str, Callable[[], object]], repeats: int = 3, *, w
     return times
 
 
+def min_median_max(values: list[float], scale: float = 1.0) -> list[float]:
+    """``[min, median, max]`` of ``values``, each times ``scale``."""
+    return [scale * min(values), scale * statistics.median(values), scale * max(values)]
+
+
 def spread(times: list[float]) -> str:
     """``min/median/max`` of a path's rounds, in seconds."""
-    return f"{min(times):.4g}/{statistics.median(times):.4g}/{max(times):.4g} s"
+    return "/".join(f"{t:.4g}" for t in min_median_max(times)) + " s"
 
 
 def ratio(times: Mapping[str, list[float]], a: str, b: str) -> float:

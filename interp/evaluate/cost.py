@@ -16,16 +16,11 @@ from dataclasses import replace
 import torch
 from tqdm.auto import tqdm
 
-from interp.bench import time_paths
+from interp.bench import min_median_max, time_paths
 from interp.extract.masks import span_over_cache
 from interp.guard.generator import GuardedGenerator
 from interp.guard.types import GuardConfig
 from interp.model.kvcache import cache_kwarg, mark, new_cache, rollback
-
-
-def _ms(times: list[float]) -> list[float]:
-    """min/median/max in milliseconds."""
-    return [1e3 * min(times), 1e3 * statistics.median(times), 1e3 * max(times)]
 
 
 @torch.no_grad()
@@ -73,8 +68,8 @@ def check_latency(gen: GuardedGenerator, context_len: int, repeats: int = 20, ba
         paths.update(check=lp(False), early_exit=lp(True))
     times = time_paths(paths, repeats, device=device)
     for name, t in times.items():
-        out[f"{name}_ms"] = _ms(t)[1]
-        out[f"{name}_spread_ms"] = _ms(t)
+        out[f"{name}_spread_ms"] = min_median_max(t, 1e3)
+        out[f"{name}_ms"] = out[f"{name}_spread_ms"][1]
     if chk.probes is not None:
         out["check_vs_decode"] = out["check_ms"] / out["decode_ms"]
         out["early_exit_vs_decode"] = out["early_exit_ms"] / out["decode_ms"]
@@ -99,8 +94,7 @@ def slowdown(model, tokenizer, spans, probes, prompts: Sequence[Sequence[int]], 
              max_new_tokens: int = 200, repeats: int = 3, base_config: GuardConfig | None = None,
              bar=None) -> list[dict]:
     """End-to-end generation time with ADA-LP at each stride (separate checks, piggybacked, early exit) vs
-    unguarded, checks never
-    firing; every configuration warmed once, then ``repeats`` rounds in alternating order. Each row gives the
+    unguarded, checks never firing; every configuration warmed once, then ``repeats`` rounds in alternating order. Each row gives the
     measured slowdown (medians; per-round min/max beside it) and, without piggyback, the slowdown predicted from
     the per-check cost at the run's mean context (checks run × check ms / unguarded ms). ``bar`` (a tqdm)
     advances once per generation call: (``repeats`` + 1) × (1 + 3 × strides)."""
@@ -142,11 +136,10 @@ def slowdown(model, tokenizer, spans, probes, prompts: Sequence[Sequence[int]], 
         rows.append({"stride": cfg.stride, "piggyback": cfg.piggyback, "early_exit": cfg.early_exit,
                      "unguarded_s": plain, "guarded_s": t,
                      "tokens": n_tokens, "slowdown": t / plain - 1.0,
-                     "slowdown_spread": [min(per_round), statistics.median(per_round), max(per_round)],
+                     "slowdown_spread": min_median_max(per_round),
                      "checks": n_checks, "check_ms": check_ms, "mean_context": mean_context,
-                     "predicted_slowdown": predicted, "unguarded_spread_s": [min(times["none"]), plain,
-                                                                            max(times["none"])],
-                     "guarded_spread_s": [min(times[key]), t, max(times[key])]})
+                     "predicted_slowdown": predicted, "unguarded_spread_s": min_median_max(times["none"]),
+                     "guarded_spread_s": min_median_max(times[key])})
     return rows
 
 

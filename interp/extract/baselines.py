@@ -37,26 +37,26 @@ def _check_rows(rows: Rows) -> tuple[int, int]:
 
 
 class _SpanGrab:
-    """Hooks that keep the last ``h`` positions of every layer's output of the current forward."""
+    """One :class:`interp.model.hooks.Tap` per layer, armed to keep the last ``h`` positions of a forward."""
 
     def __init__(self, model, h: int):
-        self.h, self.active, self.got = h, True, {}
-        n = mh.n_layers(model)
-        self._handles = [mh.register(model, mh.resid_post(i), self._keep(i)) for i in range(n)]
+        self.h = h
+        self.taps = [mh.Tap(model, mh.resid_post(i)) for i in range(mh.n_layers(model))]
 
-    def _keep(self, layer: int) -> mh.HookFn:
-        def keep(x: torch.Tensor) -> None:
-            if self.active:
-                self.got[layer] = x[:, -self.h:].float().cpu()
-        return keep
+    def reading(self, on: bool) -> None:
+        """Keep (``on``) or ignore the next forwards' span positions."""
+        for tap in self.taps:
+            if on:
+                tap.arm(slice(-self.h, None))
+            else:
+                tap.armed = False
 
     def take(self) -> dict[int, torch.Tensor]:
-        got, self.got = self.got, {}
-        return got
+        return {i: tap.value.float().cpu() for i, tap in enumerate(self.taps)}
 
     def remove(self) -> None:
-        for handle in self._handles:
-            handle.remove()
+        for tap in self.taps:
+            tap.remove()
 
 
 def _stack(per_depth: list[dict[int, torch.Tensor]]) -> dict[int, torch.Tensor]:
@@ -69,6 +69,7 @@ def reencode(model, rows: Rows, span: Sequence[int], depths: Sequence[int]) -> d
     _, R = _check_rows(rows)
     dev = next(model.parameters()).device
     grab, out = _SpanGrab(model, len(span)), []
+    grab.reading(True)
     try:
         for d in (d for d in depths if d <= R):
             ids = torch.tensor([list(p) + list(r[:d]) + list(span) for p, r in rows], device=dev)
@@ -92,18 +93,18 @@ def ada_scheme(model, rows: Rows, span: Sequence[int], depths: Sequence[int], *,
     cache = new_cache(model)
     grab = _SpanGrab(model, h)
     try:
-        grab.active = False  # the prompt and response chunks are not read
+        # the taps start disarmed: the prompt and response chunks are not read
         base(input_ids=torch.tensor([list(p) for p, _ in rows], device=dev), use_cache=True, **{kw: cache})
         done, out = 0, []
         for d in (d for d in depths if d <= R):
             if d > done:
                 chunk = torch.tensor([list(r[done:d]) for _, r in rows], device=dev)
                 pos = torch.arange(P + done, P + d, device=dev).expand(B, -1)
-                grab.active = False
+                grab.reading(False)
                 base(input_ids=chunk, position_ids=pos, use_cache=True, **{kw: cache})
                 done = d
             pos = torch.arange(P + d, P + d + h, device=dev).expand(B, -1)
-            grab.active = True
+            grab.reading(True)
             if copy:
                 fork = copying.deepcopy(cache)
                 base(input_ids=span_ids, position_ids=pos, use_cache=True, **{kw: fork})

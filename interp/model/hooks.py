@@ -179,8 +179,10 @@ class Tap:
         self.armed, self.stop, self.index, self.value = False, False, -1, None
         self.handle = register(model, site, self._take)
 
-    def arm(self, index: int, stop: bool = False) -> None:
-        self.armed, self.stop, self.index, self.value = True, bool(stop), int(index), None
+    def arm(self, index: int | slice, stop: bool = False) -> None:
+        """Keep column ``index`` (or the columns of a slice) at the next forwards."""
+        index = index if isinstance(index, slice) else int(index)
+        self.armed, self.stop, self.index, self.value = True, bool(stop), index, None
 
     def _take(self, hidden: torch.Tensor) -> None:
         if self.armed:
