@@ -36,18 +36,23 @@ class Sampling:
     seed: int = 0
 
 
+def nucleus_probs(logits: torch.Tensor, temperature: float, top_p: float) -> torch.Tensor:
+    """Sampling distribution over the last dimension: softmax at ``temperature``, restricted to the smallest set
+    of tokens holding ``top_p`` of the mass (unnormalised; ``torch.multinomial`` accepts that)."""
+    probs = torch.softmax(logits.float() / max(temperature, 1e-6), dim=-1)
+    if top_p < 1.0:
+        sorted_p, order = probs.sort(dim=-1, descending=True)
+        drop = sorted_p.cumsum(-1) - sorted_p > top_p
+        probs = torch.zeros_like(probs).scatter(-1, order, sorted_p.masked_fill(drop, 0.0))
+    return probs
+
+
 def _choose(logits: torch.Tensor, jobs: list[int], sampling: Sampling, gens: dict[int, torch.Generator]
             ) -> list[int]:
     if not sampling.do_sample:
         return logits.argmax(-1).tolist()
-    out = []
-    for row, job in enumerate(jobs):
-        probs = torch.softmax(logits[row].float() / sampling.temperature, -1).cpu()
-        p, idx = probs.sort(descending=True)
-        keep = (p.cumsum(0) - p) < sampling.top_p  # the smallest set holding top_p of the mass
-        p = p * keep
-        out.append(int(idx[torch.multinomial(p / p.sum(), 1, generator=gens[job])]))
-    return out
+    probs = nucleus_probs(logits, sampling.temperature, sampling.top_p).cpu()
+    return [int(torch.multinomial(probs[row], 1, generator=gens[job])) for row, job in enumerate(jobs)]
 
 
 def _drop_unused_columns(cache, mask: torch.Tensor) -> torch.Tensor:

@@ -27,6 +27,7 @@ import torch
 
 from interp import UserError
 from interp.extract.masks import left_pad, require_mask_kernel
+from interp.generate.decode import nucleus_probs
 from interp.guard.aggregate import Aggregation, reaches
 from interp.guard.checks import Checker, CheckOutcome
 from interp.guard.types import Callback, GuardConfig, GuardResult
@@ -93,12 +94,7 @@ class GuardedGenerator:
         cfg = self.config
         if not cfg.do_sample:
             return logits.argmax(-1)
-        probs = torch.softmax(logits.float() / max(cfg.temperature, 1e-6), dim=-1)
-        if cfg.top_p < 1.0:
-            sorted_p, order = probs.sort(dim=-1, descending=True)
-            drop = sorted_p.cumsum(-1) - sorted_p > cfg.top_p
-            sorted_p = sorted_p.masked_fill(drop, 0.0)
-            probs = torch.zeros_like(probs).scatter(-1, order, sorted_p)
+        probs = nucleus_probs(logits, cfg.temperature, cfg.top_p)
         return torch.multinomial(probs.cpu(), 1, generator=gen).squeeze(-1).to(logits.device)
 
     def _next_due(self, depth: int) -> int:
