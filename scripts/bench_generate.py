@@ -38,6 +38,7 @@ def load(name: str):
 
 def main() -> None:
     from interp.data import load_demo_set
+    from interp.extract.masks import left_pad
     from interp.generate.continuations import generation_model, stop_token_ids
     from interp.generate.decode import decode
     from interp.model.catalogue import DEFAULT_MODEL
@@ -72,9 +73,8 @@ def main() -> None:
         out: dict[int, list[int]] = {}
         for s in range(0, len(order), args.batch):
             chunk = order[s: s + args.batch]
-            width = max(len(rows[i]) for i in chunk)
-            ids = torch.tensor([[pad] * (width - len(rows[i])) + rows[i] for i in chunk])
-            mask = (torch.arange(width)[None] >= torch.tensor([width - len(rows[i]) for i in chunk])[:, None]).long()
+            ids, mask, _ = left_pad([rows[i] for i in chunk], pad)
+            width = ids.shape[1]
             gen = model.generate(input_ids=ids, attention_mask=mask, max_new_tokens=budget, eos_token_id=stops,
                                  pad_token_id=pad, do_sample=False, temperature=None, top_p=None, top_k=None)
             for k, i in enumerate(chunk):
