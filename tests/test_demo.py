@@ -2,10 +2,13 @@
 rerun reuses the finished stages (config-addressed folders)."""
 
 import json
+import os
+
+import pytest
 
 from interp.cli.main import main
 
-ARGS = ["--limit", "40", "--max-new-tokens", "12", "--depths", "0:12:4", "--eval-depths", "0", "4", "12",
+ARGS = ["--spec", "none", "--limit", "40", "--max-new-tokens", "12", "--depths", "0:12:4", "--eval-depths", "0", "4", "12",
         "--eval-limit", "3", "--lookahead", "3", "--batch-size", "6"]
 
 
@@ -39,7 +42,8 @@ def test_demo_runs_every_stage_and_reuses_them(tmp_path, capsys):
         assert (run / "figures" / fig).stat().st_size > 0
     results = json.loads((run / "results.json").read_text())
     assert (run / results["store"]).exists() and (run / results["probes"] / "probeset.json").exists()
-    assert json.loads((run / "demo_config.json").read_text())["eval_limit"] == 3
+    saved = json.loads((run / "demo_config.json").read_text())
+    assert saved["eval_limit"] == 3 and saved["spec"] == "none" and saved["stride"] == 16  # resolved, as it ran
     capsys.readouterr()
     assert main(["demo", "--model", str(tmp_path / "tiny"), "--out", str(out), *ARGS]) == 0
     rerun = capsys.readouterr().out
@@ -47,3 +51,61 @@ def test_demo_runs_every_stage_and_reuses_them(tmp_path, capsys):
     # a changed option reruns only the stages it feeds
     assert main(["demo", "--model", str(tmp_path / "tiny"), "--out", str(out), *ARGS, "--skip-eval", "true"]) == 0
     assert "anydepth generate" not in capsys.readouterr().out
+
+
+@pytest.fixture
+def tiny_dir(tmp_path):
+    from interp.testing import tiny_model
+
+    model, tok = tiny_model("qwen2", n_layers=2)
+    model.save_pretrained(tmp_path / "tiny")
+    tok.save_pretrained(tmp_path / "tiny")
+    return tmp_path / "tiny"
+
+
+def test_demo_falls_back_to_the_built_in_set_and_says_so(tiny_dir, tmp_path, monkeypatch, capsys):
+    """With the public sets neither mirrored nor downloadable the demo runs the built-in twin set, and the
+    report and the saved config say why."""
+    monkeypatch.setenv("ANYDEPTH_DATA", str(tmp_path / "empty-mirror"))
+    (tmp_path / "empty-mirror").mkdir()
+    out = tmp_path / "runs"
+    assert main(["demo", "--model", str(tiny_dir), "--out", str(out), *ARGS[2:], "--skip-eval", "true"]) == 0
+    assert "falling back to the built-in set" in capsys.readouterr().out
+    run = out / "tiny"
+    saved = json.loads((run / "demo_config.json").read_text())
+    assert saved["spec"] == "none" and "dataset file missing" in saved["fallback"]
+    assert "this run used the built-in 80-prompt twin set" in (run / "report.md").read_text()
+
+
+SPEC = """name: tiny
+seed: 0
+max_new_tokens: 40
+entries:
+  - {source: advbench, kind: prefill, label: harmful, count: 6, openers: ["Sure, here is", "Certainly! Here's"]}
+  - {source: shadow_alignment, kind: dataset, label: harmful, count: 8}
+  - {source: jbb_benign, kind: own, label: benign, count: 6}
+  - {source: jbb_benign, kind: prefill, label: benign, count: 6, openers: ["Sure, here is", "Certainly! Here's"]}
+  - {source: alpaca_eval, kind: dataset, label: benign, count: 10}
+"""
+
+
+@pytest.mark.skipif(not os.environ.get("ANYDEPTH_DATA"), reason="needs the public sets ($ANYDEPTH_DATA mirror)")
+def test_demo_on_a_corpus_spec_reports_the_targets(tiny_dir, tmp_path):
+    """The corpus path end to end: corpus → extract (depths to 100) → sweep → train with --combine-top → report
+    with the targets table (pooled leave-one-source-out and held-out test numbers per depth)."""
+    spec = tmp_path / "tiny.yaml"
+    spec.write_text(SPEC)
+    out = tmp_path / "runs"
+    assert main(["demo", "--model", str(tiny_dir), "--out", str(out), "--spec", str(spec), "--depths", "0,8,25:100:25",
+                 "--combine-top", "2", "--target-fpr", "0.1", "--skip-eval", "true", "--gen-dtype", "model"]) == 0
+    run = out / "tiny"
+    report = (run / "report.md").read_text()
+    assert "## Targets at depths 25..500" in report and "LOSO probe AUROC ≥ 0.99 at every depth" in report
+    results = json.loads((run / "results.json").read_text())
+    t = results["targets"]
+    assert sorted(map(int, t["depths"])) == [25, 50, 75, 100]
+    row = t["depths"]["25"]
+    assert {"loso_probe", "loso_ngram", "test_probe", "test_ngram", "tpr"} <= set(row)
+    probes = json.loads((run / results["probes"] / "probeset.json").read_text())
+    assert len(probes["combine"]) == 2
+    assert next(run.glob("corpus-*/continuations.jsonl")).stat().st_size > 0

@@ -146,9 +146,10 @@ def test_early_exit_layers_subset_equals_full(tmp_path):
 def test_depth_and_layer_parsing():
     assert parse_depths("0:500:25") == list(range(0, 501, 25)) and len(parse_depths("0:500:25")) == 21
     assert parse_depths("40,0,10") == [0, 10, 40]
+    assert parse_depths("0,8,16,25:100:25") == [0, 8, 16, 25, 50, 75, 100]
     assert parse_layers("all", 4) == [0, 1, 2, 3] and parse_layers("-1,0", 4) == [0, 3]
     assert parse_layers("1:2", 4) == [1, 2]
-    for bad in ("a:b", "10:0:5", "0:10:0", "", "-5", "1,1"):
+    for bad in ("a:b", "10:0:5", "0:10:0", "", "-5", "1,1", "0,0:10:5", "0,1:2:3:4"):
         with pytest.raises(UserError):
             parse_depths(bad)
     with pytest.raises(UserError):

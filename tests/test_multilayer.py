@@ -51,7 +51,29 @@ def test_train_a_multi_layer_probe_calibrated_per_answer(store_path, tmp_path):
     assert ps.metrics["test"]["per_answer"]["schedule"]["aggregate"]["kind"] == "k_of_n"
 
 
+def test_combine_top_takes_the_best_layers_by_training_cv(store_path, tmp_path):
+    """--combine-top K combines the K layers with the best CV AUROC on the training prompts (here the signal grows
+    with the layer, so 1 and 2), and the held-out test numbers carry per-depth CIs, TPRs and per-source rates."""
+    out = tmp_path / "p"
+    assert main(["train", "--store", str(store_path), "--out", str(out), "--folds", "3", "--n-boot", "50",
+                 "--stride", "10", "--combine-top", "2", "--target-fpr", "0.1"]) == 0
+    ps = ProbeSet.load(out)
+    cv = {int(k): v["auroc"]["value"] for k, v in ps.metrics["cv_train"].items()}
+    assert ps.combine == sorted(sorted(cv, key=lambda k: -cv[k])[:2]) == [1, 2]
+    assert "top 2 layers combined" in ps.metrics["selected_by"]
+    test = ps.metrics["test"]
+    row = next(r for r in test["per_depth"]["probe"] if r["n"])
+    assert row["auroc_ci"]["lo"] <= row["auroc"] <= row["auroc_ci"]["hi"]
+    assert 0 <= row["tpr_at_threshold"]["rate"] <= 1 and row["tpr_at_threshold"]["n"] > 0
+    assert "auroc_ci" not in test["per_depth"]["last_token"][0]  # CIs only where the targets table reads them
+    by_src = test["per_answer"]["fpr_by_source"]
+    assert sum(v["n"] for v in by_src.values()) == test["per_answer"]["fpr"]["n"]
+
+
 @pytest.mark.parametrize("extra, message", [
+    (["--combine-top", "1"], "--combine-top needs 2 or more layers"),
+    (["--combine-top", "2", "--layer", "1"], "--combine-top excludes --combine-layers and --layer"),
+    (["--combine-top", "4"], "--combine-top 4 exceeds the 3 fitted layers"),
     (["--combine-layers", "1", "7"], "--combine-layers 7: the store has no layer 7 (it holds [0, 1, 2])"),
     (["--combine-layers", "2"], "--combine-layers needs two or more layers"),
     (["--layers", "0", "1", "--combine-layers", "1", "2"], "--combine-layers 2 is not among the fitted --layers"),

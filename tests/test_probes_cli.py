@@ -72,6 +72,11 @@ def test_sweep_and_train_commands(store_path, tmp_path, capsys):
     assert res["best"]["probe_minus_ngram_auroc"]["beats"]
     loso = {r["source"]: r for r in res["loso"]["rows"]}
     assert set(loso) == {"src0", "src1"} and loso["src0"]["probe"]["auroc"]["value"] > 0.9
+    pooled = res["loso"]["per_depth"]  # every row scored by the probe that never saw its source, per depth
+    assert [r["depth"] for r in pooled["probe"]] == res["depths"]
+    assert all(r["auroc"]["lo"] <= r["auroc"]["value"] <= r["auroc"]["hi"] for r in pooled["probe"])
+    assert min(r["auroc"]["value"] for r in pooled["probe"]) > 0.9
+    assert max(abs(r["auroc"]["value"] - 0.5) for r in pooled["ngram"]) < 0.3  # the text carries no label
 
     pdir = tmp_path / "probes"
     assert main(["train", "--store", str(path), "--out", str(pdir), "--folds", "3", "--n-boot", "20",

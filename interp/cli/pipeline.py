@@ -20,31 +20,85 @@ from interp import UserError
 from interp.cli.naming import run_slug
 
 
+# What each preset fills in for the options left unset (None). ``demo``: the corpus recipe at CPU size (≤ 20
+# minutes on 2 cores); ``study``: the full recipe (the shipped default spec; about 2 hours on 2 cores with the
+# embedded model, minutes on a GPU). With ``--spec none`` both generate from ``--data`` (the 0.2 demo).
+PRESETS: dict[str, dict] = {
+    "demo": {"spec": "demo", "depths": "0,8,16,25:500:25", "gen_batch_size": 8, "gen_dtype": "bfloat16",
+             "stride": 25, "target_fpr": 0.05, "combine_top": 0, "evaluations": ("deep-prefill", "over-refusal", "cost"),
+             "eval_depths": (0, 25, 100, 250, 500), "eval_limit": 20},
+    "study": {"spec": "default", "depths": "0,8,16,25:500:25", "gen_batch_size": 16, "gen_dtype": "bfloat16",
+              "stride": 25, "target_fpr": 0.02, "combine_top": 3, "evaluations": ("deep-prefill", "over-refusal"),
+              "eval_depths": (0, 25, 100, 250, 500), "eval_limit": 20},
+}
+# --spec none (or no public data): the built-in twin set, generated with a forced opener (the 0.2 demo)
+BUILT_IN = {"depths": "0:64:8", "stride": 16, "eval_depths": (0, 8, 16, 32, 64), "target_fpr": 0.01, "combine_top": 0}
+# corpus runs evaluate on these (prompts the probe set saw are excluded): third-party harmful responses as deep
+# prefills, benign prompts for over-refusal
+CORPUS_EVAL = {"deep-prefill": ("shadow_alignment",), "over-refusal": ("xstest_safe", "jbb_benign")}
+
+
 @dataclass
 class DemoConfig:
-    """Options of ``anydepth demo`` (defaults fit ≤ 20 minutes on 2 CPU cores with the embedded default)."""
+    """Options of ``anydepth demo``; those left unset take the ``--preset``'s value (saved resolved beside the run)."""
 
     model: str = field(default="qwen2.5-coder-0.5b-instruct", metadata={
         "help": "catalogue name, local path or hub id"})
+    preset: str = field(default="demo", metadata={
+        "help": "demo: the corpus recipe at CPU size (<= 20 min on 2 cores); study: the full recipe (default spec, "
+                "multi-layer probe, 2% per-answer FPR)", "choices": tuple(PRESETS)})
+    spec: str | None = field(default=None, metadata={
+        "help": "corpus spec (demo, default or a YAML/JSON file), or none: generate from --data instead"})
     data: tuple[str, ...] = field(default=("demo",), metadata={
-        "help": "datasets (need harmful and benign prompts between them; see `anydepth datasets list`)"})
-    limit: int | None = field(default=None, metadata={"help": "seeded sample of prompts per dataset"})
-    max_new_tokens: int = field(default=64, metadata={"help": "continuation length (after a forced opener)"})
-    depths: str = field(default="0:64:8", metadata={"help": "extraction depth schedule start:end:step"})
-    eval_depths: tuple[int, ...] = field(default=(0, 8, 16, 32, 64), metadata={
-        "help": "deep-prefill evaluation depths"})
-    eval_limit: int = field(default=20, metadata={"help": "prompts per dataset in the guard evaluation"})
+        "help": "datasets for --spec none and for the fallback when the public sets are unavailable"})
+    limit: int | None = field(default=None, metadata={"help": "seeded sample of prompts per dataset (--spec none)"})
+    max_new_tokens: int = field(default=64, metadata={
+        "help": "continuation length for --spec none, and the answer length of the over-refusal evaluation"})
+    depths: str | None = field(default=None, metadata={"help": "extraction depth schedule, e.g. 0,8,16,25:500:25"})
+    eval_depths: tuple[int, ...] | None = field(default=None, metadata={"help": "deep-prefill evaluation depths"})
+    eval_limit: int | None = field(default=None, metadata={"help": "prompts per dataset in the guard evaluations"})
+    evaluations: tuple[str, ...] | None = field(default=None, metadata={
+        "help": "evaluations to run after training: deep-prefill, over-refusal, cost"})
     lookahead: int = field(default=12, metadata={"help": "ADA-RK / base refusal lookahead tokens"})
-    stride: int = field(default=16, metadata={
+    stride: int | None = field(default=None, metadata={
         "help": "guard check stride: the threshold is calibrated per answer for it, and over-refusal runs with it"})
-    batch_size: int = field(default=8, metadata={"help": "prompts per batch (generation and evaluation)"})
+    target_fpr: float | None = field(default=None, metadata={"help": "per-answer false-alarm target of the threshold"})
+    combine_top: int | None = field(default=None, metadata={
+        "help": "multi-layer probe over the K best layers by CV on the training prompts (0: the best layer alone)"})
+    batch_size: int = field(default=8, metadata={"help": "prompts per batch in the evaluations"})
+    gen_batch_size: int | None = field(default=None, metadata={"help": "prompts per generation batch"})
+    gen_dtype: str | None = field(default=None, metadata={
+        "help": "dtype the corpus generations decode in: model, bfloat16, float32"})
     device: str = field(default="auto", metadata={"help": "auto, cpu, cuda"})
     out: str = field(default="runs/demo", metadata={"help": "output root (stages live in hashed subfolders)"})
-    skip_eval: bool = field(default=False, metadata={"help": "stop after the probe sweep"})
+    skip_eval: bool = field(default=False, metadata={"help": "stop after training the probe set"})
     calib_fraction: float = field(default=0.25, metadata={
         "help": "prompt groups (twin pairs) kept for the threshold only"})
     test_fraction: float = field(default=0.25, metadata={
         "help": "prompt groups kept for held-out numbers (every evaluation runs on these only)"})
+    fallback: str | None = field(default=None, metadata={"cli": False})  # why the built-in set replaced the spec
+
+    def resolved(self) -> DemoConfig:
+        """A copy with every unset option filled from the preset (and the built-in set's schedule for
+        ``--spec none``)."""
+        from dataclasses import replace
+
+        if self.preset not in PRESETS:
+            raise UserError(f"--preset must be one of {', '.join(PRESETS)}, got {self.preset!r}")
+        values = dict(PRESETS[self.preset])
+        spec = self.spec if self.spec is not None else values["spec"]
+        if str(spec).lower() == "none":
+            values |= BUILT_IN | {"spec": "none"}
+        mine = {k: getattr(self, k) for k in values if getattr(self, k) is not None}
+        out = replace(self, **(values | mine))
+        unknown = sorted(set(out.evaluations) - {"deep-prefill", "over-refusal", "cost"})
+        if unknown:
+            raise UserError(f"--evaluations: unknown {', '.join(unknown)} (choose deep-prefill, over-refusal, cost)")
+        return out
+
+    @property
+    def uses_corpus(self) -> bool:
+        return str(self.spec).lower() != "none"
 
 
 @dataclass
@@ -112,46 +166,92 @@ def _merge_jsonl(parts: Sequence[Path], out: Path) -> None:
     os.replace(tmp, out)
 
 
-def run_demo(cfg: DemoConfig) -> Path:
-    """Run every stage; returns the path of the report."""
-    from interp.cli.report import write_report
+def corpus_fallback(cfg: DemoConfig) -> str | None:
+    """Why the corpus spec cannot be planned here (its public sets are neither mirrored nor downloadable), or None."""
+    from interp.corpus.plan import plan_corpus
+    from interp.corpus.spec import load_spec
 
+    spec = load_spec(cfg.spec)  # a bad spec is the user's error, not a reason to fall back
+    try:
+        plan_corpus(spec)
+    except UserError as err:
+        return str(err)
+    return None
+
+
+def prepare(cfg: DemoConfig) -> DemoConfig:
+    """``cfg`` resolved from its preset, switched to the built-in set (with the reason recorded) when the public
+    sets its corpus spec names are unavailable. Idempotent."""
+    from dataclasses import replace
+
+    given, cfg = cfg, cfg.resolved()
     if not cfg.data:
         raise UserError("give at least one dataset with --data")
-    root = Path(cfg.out) / run_slug(cfg.model)
-    runner = Runner(root, total=len(cfg.data) + 4 + (0 if cfg.skip_eval else 3))
-    common = ["--model", cfg.model, "--device", cfg.device]
+    if cfg.uses_corpus and cfg.fallback is None:
+        reason = corpus_fallback(cfg)
+        if reason:
+            print(f"the public sets of corpus spec {cfg.spec!r} are unavailable ({reason}); falling back to the "
+                  "built-in set (--spec none --data demo)", flush=True)
+            cfg = replace(given, spec="none", data=("demo",), fallback=reason).resolved()
+    return cfg
+
+
+def _continuation_stages(runner: Runner, cfg: DemoConfig, common: list[str]) -> Path:
+    """The continuations JSONL: the corpus spec built (``anydepth corpus``), or ``--data`` generated and merged."""
+    if cfg.uses_corpus:
+        folder = runner.run(Stage(
+            "corpus", ["corpus", *common, "--spec", cfg.spec, "--gen-batch-size", str(cfg.gen_batch_size),
+                       "--gen-dtype", cfg.gen_dtype], outputs=lambda f: ["--out", str(f)]))
+        return folder / "continuations.jsonl"
     limit = ["--limit", str(cfg.limit)] if cfg.limit else []
     generated = [runner.run(Stage(
         f"generate-{run_slug(name)}",
         ["generate", *common, "--data", name, *limit, "--mode", "matched", "--max-new-tokens", str(cfg.max_new_tokens),
-         "--gen-batch-size", str(cfg.batch_size)],
+         "--gen-batch-size", str(cfg.gen_batch_size)],
         outputs=lambda f: ["--out", str(f / "continuations.jsonl")])) for name in cfg.data]
     parts = [g / "continuations.jsonl" for g in generated]
     cont_dir = runner.run(Stage("continuations", ["merge"], [g.name for g in generated],
                                 fn=lambda f: _merge_jsonl(parts, f / "continuations.jsonl")))
+    return cont_dir / "continuations.jsonl"
+
+
+def run_demo(cfg: DemoConfig) -> Path:
+    """Run every stage of ``cfg`` (resolved from its preset); returns the path of the report."""
+    from interp.cli.report import write_report
+
+    cfg = prepare(cfg)
+    root = Path(cfg.out) / run_slug(cfg.model)
+    evaluations = () if cfg.skip_eval else cfg.evaluations
+    n_gen = 1 if cfg.uses_corpus else len(cfg.data) + 1
+    runner = Runner(root, total=n_gen + 3 + len(evaluations))
+    common = ["--model", cfg.model, "--device", cfg.device]
+    continuations = _continuation_stages(runner, cfg, common)
+    cont_stage = continuations.parent.name
     ext_dir = runner.run(Stage(
-        "extract", ["extract", *common, "--continuations", str(cont_dir / "continuations.jsonl"),
-                    "--depths", cfg.depths, "--layers", "all", "--hooks", "resid_post", "--positions", "span"],
-        [cont_dir.name], outputs=lambda f: ["--out", str(f / "store.h5")]))
+        "extract", ["extract", *common, "--continuations", str(continuations), "--depths", cfg.depths,
+                    "--layers", "all", "--hooks", "resid_post", "--positions", "probe"],
+        [cont_stage], outputs=lambda f: ["--out", str(f / "store.h5")]))
     store = ext_dir / "store.h5"
-    sweep_dir = runner.run(Stage("sweep", ["sweep", "--store", str(store)], [ext_dir.name],
+    fpr = ["--target-fpr", str(cfg.target_fpr)]
+    sweep_dir = runner.run(Stage("sweep", ["sweep", "--store", str(store), *fpr], [ext_dir.name],
                                  outputs=lambda f: ["--out", str(f)]))
-    probes_dir = runner.run(Stage("train", ["train", "--store", str(store), "--stride", str(cfg.stride),
-                                            "--calib-fraction", str(cfg.calib_fraction),
+    combine = ["--combine-top", str(cfg.combine_top)] if cfg.combine_top else []
+    probes_dir = runner.run(Stage("train", ["train", "--store", str(store), "--stride", str(cfg.stride), *fpr,
+                                            *combine, "--calib-fraction", str(cfg.calib_fraction),
                                             "--test-fraction", str(cfg.test_fraction)], [ext_dir.name],
                                   outputs=lambda f: ["--out", str(f)]))
     eval_dirs: dict[str, Path] = {}
-    if not cfg.skip_eval:
-        shared = [*common, "--probes", str(probes_dir), "--datasets", *cfg.data, "--limit", str(cfg.eval_limit),
+    for mode in evaluations:
+        data = CORPUS_EVAL.get(mode, cfg.data) if cfg.uses_corpus else cfg.data
+        shared = [*common, "--probes", str(probes_dir), "--datasets", *data, "--limit", str(cfg.eval_limit),
                   "--lookahead", str(cfg.lookahead), "--base-lookahead", str(cfg.lookahead),
                   "--batch-size", str(cfg.batch_size)]
-        modes = {"deep-prefill": ["--depths", *map(str, cfg.eval_depths), "--continuation", "prefill"],
+        extra = {"deep-prefill": ["--depths", *map(str, cfg.eval_depths), "--continuation",
+                                  "dataset" if cfg.uses_corpus else "prefill"],
                  "over-refusal": ["--stride", str(cfg.stride), "--max-new-tokens", str(cfg.max_new_tokens)],
-                 "cost": ["--contexts", "128", "512", "--strides", "25", "--max-new-tokens", "50"]}
-        for mode, extra in modes.items():
-            eval_dirs[mode] = runner.run(Stage(f"evaluate-{mode}", ["evaluate", mode, *shared, *extra],
-                                               [probes_dir.name], outputs=lambda f: ["--out", str(f)]))
+                 "cost": ["--contexts", "128", "512", "--strides", "25", "--max-new-tokens", "50"]}[mode]
+        eval_dirs[mode] = runner.run(Stage(f"evaluate-{mode}", ["evaluate", mode, *shared, *extra],
+                                           [probes_dir.name], outputs=lambda f: ["--out", str(f)]))
     report = write_report(root, cfg, store=store, sweep_dir=sweep_dir, probes_dir=probes_dir, eval_dirs=eval_dirs,
                           timings=runner.timings)
     print(f"report: {report}")

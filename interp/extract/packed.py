@@ -53,24 +53,29 @@ class ExtractConfig:
 
 
 def parse_depths(spec: str | Sequence[int]) -> list[int]:
-    """``"0:500:25"`` (inclusive end), ``"0,10,40"`` or a list → sorted distinct depths."""
+    """``"0:500:25"`` (inclusive end), ``"0,10,40"``, a union of both (``"0,8,16,25:500:25"``) or a list →
+    sorted distinct depths."""
     if not isinstance(spec, str):
         depths = [int(d) for d in spec]
     else:
-        text = spec.strip()
+        depths = []
         try:
-            if ":" in text:
-                parts = [int(p) for p in text.split(":")]
-                if len(parts) not in (2, 3):
+            for part in spec.replace(" ", "").split(","):
+                if not part:
+                    continue
+                if ":" not in part:
+                    depths.append(int(part))
+                    continue
+                bounds = [int(p) for p in part.split(":")]
+                if len(bounds) not in (2, 3):
                     raise ValueError
-                start, end, step = parts[0], parts[1], parts[2] if len(parts) == 3 else 1
+                start, end, step = bounds[0], bounds[1], bounds[2] if len(bounds) == 3 else 1
                 if step <= 0 or end < start:
                     raise ValueError
-                depths = list(range(start, end + 1, step))
-            else:
-                depths = [int(p) for p in text.replace(" ", "").split(",") if p]
+                depths += range(start, end + 1, step)
         except ValueError as err:
-            raise UserError(f"bad depth schedule {spec!r}; use start:end:step (end inclusive) or 0,25,50") from err
+            raise UserError(f"bad depth schedule {spec!r}; use start:end:step (end inclusive), 0,25,50 or a "
+                            "union such as 0,8,16,25:500:25") from err
     if not depths or any(d < 0 for d in depths):
         raise UserError(f"depth schedule {spec!r} must give at least one depth ≥ 0")
     if len(set(depths)) != len(depths):

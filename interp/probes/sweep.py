@@ -298,6 +298,9 @@ def leave_one_source_out(data: LayerData, split: Split, probe: ProbeConfig, cfg:
     if len(names) < 2:
         return {"rows": [], "note": f"one source ({names[0] if names else '-'}): leave-one-source-out needs two"}
     out = []
+    pooled = {"probe": np.full(data.valid.shape, np.nan)}
+    if texts is not None:
+        pooled["ngram"] = np.full(data.valid.shape, np.nan)
     for s in tqdm(names, desc="leave-one-source-out", unit="source"):
         in_s = data.sources == s
         # the fold structure already keeps a test prompt (and its twin) out of training, whatever its source
@@ -314,6 +317,8 @@ def leave_one_source_out(data: LayerData, split: Split, probe: ProbeConfig, cfg:
         scored = {"probe": oof_scores(data, lsplit, probe)}
         if texts is not None:
             scored["ngram"] = ngram_oof(texts, data.y, data.valid, lsplit)
+        for name, p in scored.items():
+            pooled[name][in_s] = p[in_s]
         if len(labels) == 2:
             cmp_rows = in_s
         else:
@@ -336,6 +341,11 @@ def leave_one_source_out(data: LayerData, split: Split, probe: ProbeConfig, cfg:
         out.append(row)
     scored_rows = [r for r in out if "probe" in r and r["probe"]["auroc"] is not None]
     worst = min(scored_rows, key=lambda r: r["probe"]["auroc"]["value"], default=None)
-    return {"rows": out, "worst": None if worst is None else worst["source"],
+    per_depth = {name: [None if s is None else {"depth": int(d), "auroc": s["auroc"], "n": s["n"]}
+                        for d, s in zip(data.depths, _per_depth(p, data, cfg.n_boot, cfg.seed))]
+                 for name, p in pooled.items()}
+    return {"rows": out, "worst": None if worst is None else worst["source"], "per_depth": per_depth,
             "rule": "per answer = max over stored depths; threshold at the target FPR on the other sources' "
-                    "benign answers"}
+                    "benign answers",
+            "per_depth_rule": "every row scored by the probe trained without its source (and its prompt), pooled "
+                              "over sources; AUROC per depth with a bootstrap CI over prompts"}

@@ -56,6 +56,9 @@ class TrainConfig(StoreSliceConfig, SplitConfig, ScheduleConfig):
     combine_layers: list[int] = field(default_factory=list, metadata={
         "help": "a multi-layer probe: the guard scores the mean of these layers' probe logits (each probe fitted "
                 "on the training prompts; the threshold calibrated per answer on the combined score)"})
+    combine_top: int = field(default=0, metadata={
+        "help": "a multi-layer probe over the K layers with the best grouped-CV AUROC on the training prompts "
+                "(chosen without the calibration or test prompts; 0: off)"})
     n_boot: int = field(default=200, metadata={"help": "bootstrap resamples for the CIs stored with the probes"})
 
     def validate(self) -> None:
@@ -67,6 +70,13 @@ class TrainConfig(StoreSliceConfig, SplitConfig, ScheduleConfig):
             raise UserError(f"--layer must be a stored layer >= 0, got {self.layer}")
         if self.n_boot < 0:
             raise UserError(f"--n-boot must be >= 0, got {self.n_boot}")
+        if self.combine_top:
+            if self.combine_top < 2:
+                raise UserError(f"--combine-top needs 2 or more layers, got {self.combine_top} (0 turns it off)")
+            if self.combine_layers or self.layer is not None:
+                raise UserError("--combine-top excludes --combine-layers and --layer (it chooses the layers itself)")
+            if self.calib_fraction == 0:
+                raise UserError("--combine-top needs a calibration split (--calib-fraction > 0)")
 
 
 def _subset(data: LayerData, m: np.ndarray) -> LayerData:
@@ -146,6 +156,8 @@ def train_probeset(store, cfg: TrainConfig, probe: ProbeConfig, *, progress: boo
     if cfg.layer is not None and cfg.layer not in layers:
         raise UserError(f"--layer {cfg.layer} is not among the fitted layers {layers}")
     combine = combined_layers(cfg, store, layers)
+    if cfg.combine_top > len(layers):
+        raise UserError(f"--combine-top {cfg.combine_top} exceeds the {len(layers)} fitted layers")
     schedule = cfg.schedule()
     require_finished(store, cfg.allow_partial)
     meta = examples_meta(store)
@@ -167,6 +179,9 @@ def train_probeset(store, cfg: TrainConfig, probe: ProbeConfig, *, progress: boo
         params.append(fit_probes(X, yy, np.ones((1, len(yy)), bool), probe)[0])
     best = choose_layer(layers, [m["auroc"]["value"] for m in metrics], cfg.layer)
     bi = layers.index(best)
+    if cfg.combine_top:  # the K best layers by CV on the training prompts (ties: the shallower first)
+        order = np.argsort([-m["auroc"]["value"] for m in metrics], kind="stable")
+        combine = sorted(int(layers[i]) for i in order[:cfg.combine_top])
     if combine:  # the guard's score: the mean of the combined layers' logits; baselines at the deepest of them
         read = {layer: load_layer(store, hook, layer, position, cfg.depths) for layer in combine}
         best_data = read[combine[-1]]
@@ -217,7 +232,8 @@ def train_probeset(store, cfg: TrainConfig, probe: ProbeConfig, *, progress: boo
                     "aggregate": schedule.rule.to_dict(), "control_sources": cfg.control_sources,
                     "calibration": calib},
         metrics={"cv_train": {str(layer): m for layer, m in zip(layers, metrics)},
-                 "selected_by": "--layer" if cfg.layer is not None else "grouped-CV AUROC on the training prompts",
+                 "selected_by": "--layer" if cfg.layer is not None else "grouped-CV AUROC on the training prompts"
+                 + (f" (the top {cfg.combine_top} layers combined)" if cfg.combine_top else ""),
                  "readout": {"layers": combine or [int(best)],
                              "rule": "mean of the layers' probe logits" if combine else "the best layer's probe"},
                  "test": test},
@@ -279,12 +295,18 @@ def held_out_report(store, best: LayerData, cfg: TrainConfig, probe: ProbeConfig
         pt = p * tested
         out["per_check"][name] = _pairs_summary(pt, y, groups, cfg.n_boot, cfg.seed)
         out["per_depth"][name] = []
+        n_boot = cfg.n_boot if name in ("probe", "ngram") else 0  # CIs where the targets table reads them
         for k, d in enumerate(depths):
             col = np.full_like(pt, np.nan)
             col[:, k] = pt[:, k]
-            s = _pairs_summary(col, y, groups, 0, cfg.seed)
-            out["per_depth"][name].append({"depth": int(d), "auroc": None if s is None else s["auroc"]["value"],
-                                           "n": 0 if s is None else s["n"]})
+            s = _pairs_summary(col, y, groups, n_boot, cfg.seed)
+            row = {"depth": int(d), "auroc": None if s is None else s["auroc"]["value"], "n": 0 if s is None else s["n"]}
+            if s is not None and n_boot:
+                row["auroc_ci"] = s["auroc"]
+            if name == "probe":  # the check at this depth alone, at the frozen per-answer threshold
+                h = test_m & (y == 1) & np.isfinite(scores[:, k])
+                row["tpr_at_threshold"] = wilson(int((scores[h, k] > threshold).sum()), int(h.sum()))
+            out["per_depth"][name].append(row)
     out["probe_minus_baseline_auroc"] = {}
     for name, p in methods.items():
         if name == "probe":
@@ -302,6 +324,13 @@ def held_out_report(store, best: LayerData, cfg: TrainConfig, probe: ProbeConfig
     out["per_answer"] = {"threshold": threshold, "schedule": schedule.to_dict(), "schedule_coverage": coverage,
                          "tpr": wilson(int(fired[yt == 1].sum()), int((yt == 1).sum())),
                          "fpr": wilson(int(fired[yt == 0].sum()), int((yt == 0).sum()))}
+    src_t = np.asarray(meta["sources"][done])[test_m].astype(str)
+    out["per_answer"]["fpr_by_source"] = {
+        str(s): wilson(int(fired[(yt == 0) & (src_t == s)].sum()), int(((yt == 0) & (src_t == s)).sum()))
+        for s in sorted(set(src_t[yt == 0].tolist()))}
+    out["per_answer"]["tpr_by_source"] = {
+        str(s): wilson(int(fired[(yt == 1) & (src_t == s)].sum()), int(((yt == 1) & (src_t == s)).sum()))
+        for s in sorted(set(src_t[yt == 1].tolist()))}
     return out
 
 

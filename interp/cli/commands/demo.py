@@ -1,4 +1,5 @@
-"""``anydepth demo``: the whole study (generate → extract → sweep → train → evaluate → report) in one command."""
+"""``anydepth demo``: the whole study (corpus → extract → sweep → train → evaluate → report) in one command;
+``--preset study`` runs the full recipe."""
 
 from __future__ import annotations
 
@@ -17,10 +18,10 @@ def run(args) -> int:
     from pathlib import Path
 
     from interp.cli.naming import run_slug
-    from interp.cli.pipeline import DemoConfig, run_demo
+    from interp.cli.pipeline import DemoConfig, prepare, run_demo
     from interp.config import save_config
 
-    cfg = from_namespace(DemoConfig, args)
+    cfg = prepare(from_namespace(DemoConfig, args))  # the preset filled in: the saved config is what ran
     save_config(cfg, Path(cfg.out) / run_slug(cfg.model) / "demo_config.json")
     run_demo(cfg)
     return 0
