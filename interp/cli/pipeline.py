@@ -19,7 +19,6 @@ import interp
 from interp import UserError
 from interp.cli.naming import run_slug
 
-
 # What each preset fills in for the options left unset (None). ``demo``: the corpus recipe at CPU size (≤ 20
 # minutes on 2 cores); ``study``: the full recipe (the shipped default spec; about 2 hours on 2 cores with the
 # embedded model, minutes on a GPU). With ``--spec none`` both generate from ``--data`` (the 0.2 demo).
