@@ -110,7 +110,8 @@ def _targets_section(t: dict) -> list[str]:
         return []
     lines = ["## Targets at depths 25..500", "",
              "Leave-one-source-out: every row scored by the probe trained without its source (and its prompt), "
-             "pooled over sources, at the sweep's best layer. Held-out test: the probe set (its readout layers) on "
+             "pooled over sources, at the sweep's best layer (chosen by out-of-fold AUROC over all rows: a mild "
+             "selection over the layers). Held-out test: the probe set (its readout layers) on "
              "the test prompts, which set neither the probe nor the threshold. ADA-LP TPR: harmful test answers "
              "whose check at that depth crosses the threshold calibrated per answer on the calibration prompts. "
              "95% CIs (bootstrap over prompts; Wilson for rates).", "",
