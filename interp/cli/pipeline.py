@@ -25,7 +25,7 @@ from interp.cli.naming import run_slug
 PRESETS: dict[str, dict] = {
     "demo": {"spec": "demo", "depths": "0,8,16,25:500:25", "gen_batch_size": 8, "gen_dtype": "bfloat16",
              "stride": 25, "target_fpr": 0.05, "combine_top": 0, "evaluations": ("deep-prefill", "over-refusal", "cost"),
-             "eval_depths": (0, 25, 100, 250, 500), "eval_limit": 20},
+             "eval_depths": (0, 25, 100, 250, 500), "eval_limit": 12},
     "study": {"spec": "default", "depths": "0,8,16,25:500:25", "gen_batch_size": 16, "gen_dtype": "bfloat16",
               "stride": 25, "target_fpr": 0.02, "combine_top": 3, "evaluations": ("deep-prefill", "over-refusal"),
               "eval_depths": (0, 25, 100, 250, 500), "eval_limit": 20},
@@ -33,8 +33,8 @@ PRESETS: dict[str, dict] = {
 # --spec none (or no public data): the built-in twin set, generated with a forced opener (the 0.2 demo)
 BUILT_IN = {"depths": "0:64:8", "stride": 16, "eval_depths": (0, 8, 16, 32, 64), "target_fpr": 0.01, "combine_top": 0}
 # corpus runs evaluate on these (prompts the probe set saw are excluded): third-party harmful responses as deep
-# prefills, benign prompts for over-refusal
-CORPUS_EVAL = {"deep-prefill": ("shadow_alignment",), "over-refusal": ("xstest_safe", "jbb_benign")}
+# prefills, third-party benign answers forced the same way as the control arm, benign prompts for over-refusal
+CORPUS_EVAL = {"deep-prefill": ("shadow_alignment", "alpaca_eval"), "over-refusal": ("xstest_safe", "jbb_benign")}
 
 
 @dataclass
