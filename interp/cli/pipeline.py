@@ -19,19 +19,21 @@ import interp
 from interp import UserError
 from interp.cli.naming import run_slug
 
-# What each preset fills in for the options left unset (None). ``demo``: the corpus recipe at CPU size (≤ 20
-# minutes on 2 cores); ``study``: the full recipe (the shipped default spec; about 2 hours on 2 cores with the
-# embedded model, minutes on a GPU). With ``--spec none`` both generate from ``--data`` (the 0.2 demo).
+# What each preset fills in for the options left unset (None). ``demo``: the corpus recipe at CPU size (about 19
+# minutes on 2 cores with the embedded model; add ``--evaluations deep-prefill over-refusal cost`` for the guard's
+# cost, 3 more); ``study``: the full recipe (the shipped default spec; about an hour on 2 cores with the embedded
+# model, minutes on a GPU). With ``--spec none`` both generate from ``--data`` (the 0.2 demo).
 PRESETS: dict[str, dict] = {
     "demo": {"spec": "demo", "depths": "0,8,16,25:500:25", "gen_batch_size": 8, "gen_dtype": "bfloat16",
-             "stride": 25, "target_fpr": 0.05, "combine_top": 0, "evaluations": ("deep-prefill", "over-refusal", "cost"),
+             "stride": 25, "target_fpr": 0.05, "combine_top": 0, "evaluations": ("deep-prefill", "over-refusal"),
              "eval_depths": (0, 25, 100, 250, 500), "eval_limit": 12},
     "study": {"spec": "default", "depths": "0,8,16,25:500:25", "gen_batch_size": 16, "gen_dtype": "bfloat16",
               "stride": 25, "target_fpr": 0.02, "combine_top": 3, "evaluations": ("deep-prefill", "over-refusal"),
               "eval_depths": (0, 25, 100, 250, 500), "eval_limit": 20},
 }
 # --spec none (or no public data): the built-in twin set, generated with a forced opener (the 0.2 demo)
-BUILT_IN = {"depths": "0:64:8", "stride": 16, "eval_depths": (0, 8, 16, 32, 64), "target_fpr": 0.01, "combine_top": 0}
+BUILT_IN = {"depths": "0:64:8", "stride": 16, "eval_depths": (0, 8, 16, 32, 64), "target_fpr": 0.01, "combine_top": 0,
+            "evaluations": ("deep-prefill", "over-refusal", "cost")}
 # corpus runs evaluate on these (prompts the probe set saw are excluded): third-party harmful responses as deep
 # prefills, third-party benign answers forced the same way as the control arm, benign prompts for over-refusal
 CORPUS_EVAL = {"deep-prefill": ("shadow_alignment", "alpaca_eval"), "over-refusal": ("xstest_safe", "jbb_benign")}
