@@ -89,7 +89,8 @@ entries:
 """
 
 
-@pytest.mark.skipif(not os.environ.get("ANYDEPTH_DATA"), reason="needs the public sets ($ANYDEPTH_DATA mirror)")
+@pytest.mark.skipif(not os.path.isdir(os.environ.get("ANYDEPTH_DATA") or "/nonexistent"),
+                    reason="needs the public sets ($ANYDEPTH_DATA mirror)")
 def test_demo_on_a_corpus_spec_reports_the_targets(tiny_dir, tmp_path):
     """The corpus path end to end: corpus → extract (depths to 100) → sweep → train with --combine-top → report
     with the targets table (pooled leave-one-source-out and held-out test numbers per depth)."""
