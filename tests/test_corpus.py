@@ -230,6 +230,31 @@ def test_build_writes_the_planned_rows(tmp_path, model_tok):
     assert result["rows"] == len(rows)
 
 
+def test_waves_are_plan_slices_that_share_the_decoder(tmp_path, model_tok, monkeypatch):
+    """Own-generation batches of several entries decode in one pass (small entries fill the batch); the slices
+    are consecutive, closed at the row count, and the rows equal a build that decodes each batch alone."""
+    from interp.corpus import build
+    from interp.generate import decode as dec
+
+    spec = load_spec(str(_write_spec(tmp_path)))
+    plan = build.batches(plan_corpus(spec), 2, spec.seed)
+    for rows in (1, 4, 6, 100):
+        cut = build.waves(plan, rows)
+        assert [b for w in cut for b in w] == plan
+        own = [sum(len(b.records) for b in w if b.task.entry.kind != "dataset") for w in cut]
+        assert all(n >= rows for n in own[:-1]) and (rows > 1 or all(n <= 2 for n in own))
+    calls = []
+    real = dec.decode
+    monkeypatch.setattr(dec, "decode", lambda model, prompts, *a, **k: calls.append(len(prompts)) or real(
+        model, prompts, *a, **k))
+    _build(model_tok, spec, tmp_path / "together", wave_rows=100)
+    assert calls == [8 + 3 + 4 + 4]  # prefill x2 openers, own, prefill x2 on benign, refusal prompts
+    calls.clear()
+    _build(model_tok, spec, tmp_path / "alone", wave_rows=1)  # each batch decoded alone, as before waves
+    assert max(calls) <= 2
+    assert (tmp_path / "alone" / journal.ROWS).read_bytes() == (tmp_path / "together" / journal.ROWS).read_bytes()
+
+
 def _interrupt(monkeypatch, after: int, where: str):
     """Make the ``after``-th write to ``where`` (rows or progress file) be the last: raise right after it."""
     append, calls = journal.append_lines, [0]

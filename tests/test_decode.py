@@ -86,3 +86,51 @@ def test_generation_in_bfloat16_uses_one_cast_copy():
     stops = stop_token_ids(model, tok, derive_safety_spans(tok))
     ref = decode(bf, [c.prompt_ids for c in out], [5] * 3, stops=stops, pad_id=tok.pad_token_id or 0)
     assert [c.response_ids for c in out] == [r[:-1] if r and r[-1] in stops else r for r in ref]
+
+
+@pytest.mark.parametrize("do_sample", [False, True], ids=["greedy", "sampled"])
+def test_requests_decoded_together_equal_each_request_alone(do_sample):
+    """Requests of different modes, openers, budgets and seeds in one pass give what each gives alone."""
+    from interp.data.records import Record
+    from interp.generate.continuations import Request, generate_continuations, generate_requests
+
+    model, tok, _ = setup("qwen2")
+    recs = [Record(id=f"r{i}", prompt=p, label="harmful" if i % 2 else "benign") for i, p in enumerate(PROMPTS)]
+    kw = {"do_sample": do_sample, "temperature": 1.0, "top_p": 0.9}
+    requests = [Request(recs[:3], mode="prefill", opener="Sure, here is", max_new_tokens=6, seed=1, **kw),
+                Request(recs[3:], mode="own", max_new_tokens=9, seed=7, **kw),
+                Request(recs[1:4], mode="matched", opener="Of course:", max_new_tokens=4, seed=2, **kw)]
+    together = generate_requests(model, tok, requests, batch_size=4, progress=False)
+    alone = [generate_continuations(model, tok, r.records, mode=r.mode, opener=r.opener, max_new_tokens=r.max_new_tokens,
+                                    seed=r.seed, batch_size=1, progress=False, **kw) for r in requests]
+    assert [[c.to_dict() for c in cs] for cs in together] == [[c.to_dict() for c in cs] for cs in alone]
+    assert [len(cs) for cs in together] == [3, 3, 4]  # matched: a second (#prefill) copy of the benign record
+    if do_sample:  # the per-request seed reaches its jobs: another seed for request 2 changes only request 2
+        requests[1].seed = 8
+        moved = generate_requests(model, tok, requests, batch_size=4, progress=False)
+        assert moved[0] == together[0] and moved[2] == together[2] and moved[1] != together[1]
+    mixed = [requests[0], Request(recs[:1], mode="own", do_sample=not do_sample)]
+    from interp import UserError
+
+    with pytest.raises(UserError, match="share do_sample"):
+        generate_requests(model, tok, mixed, progress=False)
+
+
+def test_auto_generation_dtype_picks_bf16_only_with_native_support(monkeypatch):
+    from interp import UserError
+    from interp.generate import continuations as c
+
+    avx2 = "processor\t: 0\nflags\t\t: fpu sse2 avx avx2 fma\n"
+    assert not c.cpu_has_native_bf16(avx2) and not c.cpu_has_native_bf16("no flags line")
+    assert c.cpu_has_native_bf16(avx2.replace("fma", "fma avx512f avx512_bf16"))
+    assert c.cpu_has_native_bf16(avx2.replace("fma", "fma amx_tile amx_bf16"))
+    monkeypatch.setattr(c, "cpu_has_native_bf16", lambda cpuinfo=None: False)
+    assert c.resolve_gen_dtype("auto", "cpu") == "float32" and c.resolve_gen_dtype("auto", "cuda:1") == "bfloat16"
+    assert c.resolve_gen_dtype("bfloat16", "cpu") == "bfloat16" and c.resolve_gen_dtype("model", "cpu") == "model"
+    model, _, _ = setup("qwen2")
+    assert c.generation_model(model, "auto") is model  # float32 here: the model itself
+    monkeypatch.setattr(c, "cpu_has_native_bf16", lambda cpuinfo=None: True)
+    assert c.resolve_gen_dtype("auto", "cpu") == "bfloat16"
+    assert next(c.generation_model(model, "auto").parameters()).dtype == torch.bfloat16
+    with pytest.raises(UserError, match="gen-dtype must be one of model, auto, bfloat16, float32"):
+        c.resolve_gen_dtype("fp8", "cpu")

@@ -24,10 +24,10 @@ from interp.cli.naming import run_slug
 # cost, 3 more); ``study``: the full recipe (the shipped default spec; about an hour on 2 cores with the embedded
 # model, minutes on a GPU). With ``--spec none`` both generate from ``--data`` (the 0.2 demo).
 PRESETS: dict[str, dict] = {
-    "demo": {"spec": "demo", "depths": "0,8,16,25:500:25", "gen_batch_size": 8, "gen_dtype": "bfloat16",
+    "demo": {"spec": "demo", "depths": "0,8,16,25:500:25", "gen_batch_size": 32, "gen_dtype": "auto",
              "stride": 25, "target_fpr": 0.05, "combine_top": 0, "evaluations": ("deep-prefill", "over-refusal"),
              "eval_depths": (0, 25, 100, 250, 500), "eval_limit": 12},
-    "study": {"spec": "default", "depths": "0,8,16,25:500:25", "gen_batch_size": 16, "gen_dtype": "bfloat16",
+    "study": {"spec": "default", "depths": "0,8,16,25:500:25", "gen_batch_size": 32, "gen_dtype": "auto",
               "stride": 25, "target_fpr": 0.02, "combine_top": 3, "evaluations": ("deep-prefill", "over-refusal"),
               "eval_depths": (0, 25, 100, 250, 500), "eval_limit": 20},
 }
@@ -67,9 +67,10 @@ class DemoConfig:
     combine_top: int | None = field(default=None, metadata={
         "help": "multi-layer probe over the K best layers by CV on the training prompts (0: the best layer alone)"})
     batch_size: int = field(default=8, metadata={"help": "prompts per batch in the evaluations"})
-    gen_batch_size: int | None = field(default=None, metadata={"help": "prompts per generation batch"})
+    gen_batch_size: int | None = field(default=None, metadata={"help": "rows in flight when generating"})
     gen_dtype: str | None = field(default=None, metadata={
-        "help": "dtype the corpus generations decode in: model, bfloat16, float32"})
+        "help": "dtype the corpus generations decode in: model, auto (bf16 on CUDA or CPUs with native bf16, else "
+                "float32), bfloat16, float32"})
     device: str = field(default="auto", metadata={"help": "auto, cpu, cuda"})
     out: str = field(default="runs/demo", metadata={"help": "output root (stages live in hashed subfolders)"})
     skip_eval: bool = field(default=False, metadata={"help": "stop after training the probe set"})

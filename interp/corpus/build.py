@@ -1,11 +1,13 @@
 """Build a corpus: every task of the plan in batches, own generations through the one batched generator
-(:func:`interp.generate.continuations.generate_continuations`), rows written through the :class:`Journal`.
+(:func:`interp.generate.continuations.generate_requests`), rows written through the :class:`Journal`.
 
 The rows are :class:`~interp.generate.continuations.Continuation` records, so ``anydepth extract`` reads the
 JSONL unchanged; each carries its ``source`` (``<dataset>:<kind>`` for own generations, as ``anydepth generate``
 names them; the dataset for third-party responses), ``kind``, ``opener`` and ``label``, and ``meta`` adds
 ``corpus_entry`` (1-based) and ``corpus_source``. Batches are fixed by the plan and the batch size and each is
-seeded by its position, so a resumed build regenerates a torn batch exactly as before.
+seeded by its position; own-generation batches are decoded together in fixed waves of at least ``4 x
+--gen-batch-size`` rows (so entries of a few prompts still fill the batch), and a resumed build decodes a torn
+wave with the same rows as before and writes only the batches the journal lacks.
 """
 
 from __future__ import annotations
@@ -37,8 +39,9 @@ class CorpusConfig:
         "help": "output folder (default runs/corpus/<model>-<spec name>-<spec hash>); rerun to resume"})
     gen_batch_size: int = field(default=8, metadata={"help": "prompts per generate call (continuous batching)"})
     gen_dtype: str = field(default="model", metadata={
-        "help": "dtype to decode in: model (as loaded), bfloat16 or float32 (a cast copy; bf16 decodes faster on "
-                "CPUs with AVX-512 BF16 or AMX, and the continuations are then the bf16 model's)", "choices": GEN_DTYPES})
+        "help": "dtype to decode in: model (as loaded), bfloat16 or float32 (a cast copy; the continuations are then "
+                "that copy's), or auto: bfloat16 on CUDA and on CPUs with AVX-512 BF16/AMX, else float32",
+        "choices": GEN_DTYPES})
     too_long: str = field(default="truncate", metadata={
         "help": "prompt + opener + new tokens + span beyond the model context: truncate, skip or error",
         "choices": TOO_LONG})
@@ -68,19 +71,19 @@ def batches(tasks: list[Task], batch_size: int, seed: int) -> list[Batch]:
     return out
 
 
-def _rows(model, tokenizer, spec: CorpusSpec, batch: Batch, too_long: str, judge, gen_dtype: str = "model"
-          ) -> list[dict[str, Any]]:
-    from interp.generate.continuations import from_records, generate_continuations
+def _request(spec: CorpusSpec, batch: Batch, too_long: str):
+    """The generation request of one own-generation batch (seeded by the batch's position, as if decoded alone)."""
+    from interp.generate.continuations import Request
 
     task, entry = batch.task, batch.task.entry
-    if entry.kind == "dataset":
-        made = from_records(batch.records, tokenizer, system=spec.system)
-    else:
-        made = generate_continuations(
-            model, tokenizer, batch.records, mode="prefill" if entry.kind == "prefill" else "own",
-            opener=task.opener, max_new_tokens=spec.tokens_for(entry), do_sample=spec.sample,
-            temperature=spec.temperature, top_p=spec.top_p, seed=batch.seed, batch_size=len(batch.records),
-            system=spec.system, progress=False, too_long=too_long, skipped=[], dtype=gen_dtype)
+    return Request(batch.records, mode="prefill" if entry.kind == "prefill" else "own", opener=task.opener,
+                   max_new_tokens=spec.tokens_for(entry), do_sample=spec.sample, temperature=spec.temperature,
+                   top_p=spec.top_p, seed=batch.seed, system=spec.system, too_long=too_long, skipped=[])
+
+
+def _rows(batch: Batch, made: list, judge) -> list[dict[str, Any]]:
+    """The journal rows of one batch from its continuations (own refusals kept only when the judge says so)."""
+    task, entry = batch.task, batch.task.entry
     rows = []
     for item in made:
         if entry.kind == "refusal":
@@ -94,6 +97,26 @@ def _rows(model, tokenizer, spec: CorpusSpec, batch: Batch, too_long: str, judge
         item.id = task.row_id(item.id)
         rows.append(item.to_dict())
     return rows
+
+
+def waves(plan: list[Batch], rows: int) -> list[list[Batch]]:
+    """The plan cut into consecutive slices, each closed once it holds ``rows`` own-generation rows (the last may
+    hold fewer); a slice's own generations are decoded together, so entries of a few prompts share full batches,
+    and its batches are journaled in plan order. Slices depend only on the plan, so a resumed build decodes a torn
+    slice with the same rows beside each other."""
+    out: list[list[Batch]] = []
+    wave: list[Batch] = []
+    generated = 0
+    for batch in plan:
+        wave.append(batch)
+        if batch.task.entry.kind != "dataset":
+            generated += len(batch.records)
+        if generated >= rows:
+            out.append(wave)
+            wave, generated = [], 0
+    if wave:
+        out.append(wave)
+    return out
 
 
 def _summary(spec: CorpusSpec, tasks: list[Task], out: Path) -> dict[str, Any]:
@@ -112,7 +135,7 @@ def _summary(spec: CorpusSpec, tasks: list[Task], out: Path) -> dict[str, Any]:
 
 def build_corpus(model, tokenizer, spec: CorpusSpec, out: str | Path, *, model_provenance: dict[str, Any],
                  batch_size: int = 8, too_long: str = "truncate", gen_dtype: str = "model",
-                 run_config: dict[str, Any] | None = None,
+                 run_config: dict[str, Any] | None = None, wave_rows: int | None = None,
                  progress: bool = True, judge: Callable[[str], bool] | None = None,
                  tasks: list[Task] | None = None) -> dict[str, Any]:
     """Build (or resume) the corpus of ``spec`` into folder ``out``; returns its provenance and row counts.
@@ -122,28 +145,40 @@ def build_corpus(model, tokenizer, spec: CorpusSpec, out: str | Path, *, model_p
     """
     from tqdm.auto import tqdm
 
+    from interp.generate.continuations import from_records, generate_requests, resolve_gen_dtype
     from interp.guard.refusal import KeywordMatcher
 
     out = Path(out)
+    gen_dtype = resolve_gen_dtype(gen_dtype, next(model.parameters()).device)
     tasks = plan_corpus(spec) if tasks is None else tasks
     plan = batches(tasks, batch_size, spec.seed)
     order = {t.row_id(r.id): n for n, (t, r) in enumerate((t, r) for t in tasks for r in t.records)}
+    wave_rows = wave_rows or 4 * batch_size
     identity = {**{k: model_provenance.get(k) for k in IDENTITY_KEYS}, "gen_batch_size": batch_size,
-                "gen_dtype": gen_dtype, "too_long": too_long, "package_version": interp.__version__}
+                "gen_wave_rows": wave_rows, "gen_dtype": gen_dtype, "too_long": too_long, "package_version": interp.__version__}
     provenance = {"spec": spec.to_dict(), "model_provenance": model_provenance, "config": run_config or {}}
     journal = Journal.open(out, spec.canonical_json(), spec.sha256(), identity, provenance, order)
     if journal.complete:
         return journal.config
     if judge is None:
         judge = KeywordMatcher(getattr(model.config, "model_type", None) or "default")
-    for i, entry in enumerate(spec.entries):
-        mine = [b for b in plan if b.task.entry_index == i]
-        bar = tqdm(total=sum(len(b.records) for b in mine), desc=f"corpus {i + 1}/{len(spec.entries)} {entry.name}",
-                   unit="row", disable=not progress)
-        for batch in mine:
+    todo = [w for w in waves(plan, wave_rows) if any(b.key not in journal.done for b in w)]
+    bar = tqdm(total=sum(len(b.records) for b in plan), desc=f"corpus {spec.name}", unit="row",
+               disable=not progress)
+    bar.update(sum(len(b.records) for b in plan) - sum(len(b.records) for w in todo for b in w))
+    for wave in todo:
+        own = [b for b in wave if b.task.entry.kind != "dataset"]  # all of them: a torn wave decodes as before
+        names = sorted({b.task.entry.name for b in own})
+        bar.set_postfix_str(", ".join(names) if len(names) <= 3 else f"{len(names)} entries", refresh=True)
+        made = dict(zip((b.key for b in own), generate_requests(
+            model, tokenizer, [_request(spec, b, too_long) for b in own], batch_size=batch_size, progress=False,
+            dtype=gen_dtype))) if own else {}
+        for batch in wave:
             if batch.key not in journal.done:
-                journal.append(batch.key, _rows(model, tokenizer, spec, batch, too_long, judge, gen_dtype))
+                items = made[batch.key] if batch.key in made else from_records(batch.records, tokenizer,
+                                                                                 system=spec.system)
+                journal.append(batch.key, _rows(batch, items, judge))
             bar.update(len(batch.records))
-        bar.close()
+    bar.close()
     journal.finish(_summary(spec, tasks, out))
     return journal.config

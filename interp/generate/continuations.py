@@ -28,14 +28,40 @@ import torch
 from interp import UserError
 from interp.model.context import TOO_LONG
 
-GEN_DTYPES = ("model", "bfloat16", "float32")
+GEN_DTYPES = ("model", "auto", "bfloat16", "float32")
 _CAST: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()  # model -> {dtype: its cast copy}
+_BF16_CPU_FLAGS = ("avx512_bf16", "amx_bf16")  # /proc/cpuinfo flags of CPUs with native bf16 matmuls
+
+
+def cpu_has_native_bf16(cpuinfo: str | None = None) -> bool:
+    """Whether this CPU multiplies bf16 natively (AVX-512 BF16 or AMX); read from ``/proc/cpuinfo`` (Linux).
+
+    Without them torch converts bf16 in software: on an AVX2-only CPU a bf16 matmul ran ~100x slower than float32
+    and bf16 decoding 2.7x slower, so ``auto`` must not pick bf16 there."""
+    if cpuinfo is None:
+        try:
+            with open("/proc/cpuinfo", encoding="utf-8") as fh:
+                cpuinfo = fh.read()
+        except OSError:
+            return False
+    flags = next((line.split(":", 1)[1].split() for line in cpuinfo.splitlines() if line.startswith("flags")), [])
+    return any(f in flags for f in _BF16_CPU_FLAGS)
+
+
+def resolve_gen_dtype(dtype: str, device: torch.device | str) -> str:
+    """``auto`` -> ``bfloat16`` on CUDA or a CPU with native bf16, else ``float32``; other values unchanged."""
+    if dtype not in GEN_DTYPES:
+        raise UserError(f"--gen-dtype must be one of {', '.join(GEN_DTYPES)}, got {dtype!r}")
+    if dtype != "auto":
+        return dtype
+    kind = torch.device(device).type
+    return "bfloat16" if kind == "cuda" or (kind == "cpu" and cpu_has_native_bf16()) else "float32"
 
 
 def generation_model(model, dtype: str = "model"):
-    """``model`` itself, or a copy cast to ``dtype`` for decoding (made once per model and dtype)."""
-    if dtype not in GEN_DTYPES:
-        raise UserError(f"--gen-dtype must be one of {', '.join(GEN_DTYPES)}, got {dtype!r}")
+    """``model`` itself, or a copy cast to ``dtype`` for decoding (made once per model and dtype; ``auto``: see
+    :func:`resolve_gen_dtype`)."""
+    dtype = resolve_gen_dtype(dtype, next(model.parameters()).device)
     want = None if dtype == "model" else getattr(torch, dtype)
     if want is None or next(model.parameters()).dtype == want:
         return model
@@ -68,8 +94,9 @@ class GenerateConfig:
     top_p: float = field(default=0.95, metadata={"help": "nucleus sampling mass"})
     gen_batch_size: int = field(default=8, metadata={"help": "rows decoded at once (continuous batching)"})
     gen_dtype: str = field(default="model", metadata={
-        "help": "dtype to decode in: model (as loaded), bfloat16 or float32 (a cast copy; bf16 decodes faster on "
-                "CPUs with AVX-512 BF16 or AMX, and the continuations are then the bf16 model's)", "choices": GEN_DTYPES})
+        "help": "dtype to decode in: model (as loaded), bfloat16 or float32 (a cast copy; the continuations are then "
+                "that copy's), or auto: bfloat16 on CUDA and on CPUs with AVX-512 BF16/AMX, else float32",
+        "choices": GEN_DTYPES})
     system: str | None = field(default=None, metadata={"help": "system prompt (default: the template's own)"})
     allow_special_tokens: bool = field(default=False, metadata={
         "help": "encode special-token strings in prompts as special tokens (default: as plain text)"})
@@ -209,6 +236,25 @@ def stop_token_ids(model, tokenizer, spans=None) -> list[int]:
     return sorted(ids)
 
 
+@dataclass
+class Request:
+    """One call's worth of continuations (the options of :func:`generate_continuations`), for
+    :func:`generate_requests`, which decodes several requests in one continuously batched pass."""
+
+    records: Sequence
+    mode: str = "auto"
+    opener: str = DEFAULT_OPENER
+    max_new_tokens: int = 64
+    do_sample: bool = False
+    temperature: float = 0.7
+    top_p: float = 0.95
+    seed: int = 0
+    system: str | None = None
+    too_long: str = "truncate"
+    allow_special: bool = False
+    skipped: list | None = None
+
+
 def generate_continuations(model, tokenizer, records: Sequence, *, mode: str = "auto",
                            opener: str = DEFAULT_OPENER, max_new_tokens: int = 64, do_sample: bool = False,
                            temperature: float = 0.7, top_p: float = 0.95, seed: int = 0, batch_size: int = 4,
@@ -223,62 +269,99 @@ def generate_continuations(model, tokenizer, records: Sequence, *, mode: str = "
     Prompt + opener + new tokens + the Safety-Token span must fit the model context (so the result can be
     extracted and guarded): ``too_long`` says what happens otherwise (:mod:`interp.model.context`); a truncated job
     generates alone with its own token budget."""
-    from tqdm.auto import tqdm
+    request = Request(records, mode=mode, opener=opener, max_new_tokens=max_new_tokens, do_sample=do_sample,
+                      temperature=temperature, top_p=top_p, seed=seed, system=system, too_long=too_long,
+                      allow_special=allow_special, skipped=skipped)
+    return generate_requests(model, tokenizer, [request], batch_size=batch_size, progress=progress, dtype=dtype)[0]
 
-    from interp.generate.decode import Sampling, decode
-    from interp.model.context import context_limit, fit
-    from interp.spans.derive import derive_safety_spans, encode_response, format_prompt_ids
 
-    if mode not in MODES:
-        raise UserError(f"generation mode must be one of {', '.join(MODES)}, got {mode!r}")
-    if max_new_tokens < 0:
+def _jobs(tokenizer, req: Request, spans, limit: int | None) -> list[tuple]:
+    """(record, kind, prompt ids, forced ids, token budget) of each continuation ``req`` asks for."""
+    from interp.model.context import fit
+    from interp.spans.derive import encode_response, format_prompt_ids
+
+    if req.mode not in MODES:
+        raise UserError(f"generation mode must be one of {', '.join(MODES)}, got {req.mode!r}")
+    if req.max_new_tokens < 0:
         raise UserError("max_new_tokens must be ≥ 0")
-    if mode != "own" and not opener:
+    if req.mode != "own" and not req.opener:
         raise UserError("prefill mode needs a non-empty --opener")
-    pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
-    if pad_id is None:
-        raise UserError("the tokenizer has neither a pad nor an eos token; cannot batch generation")
-    spans = derive_safety_spans(tokenizer)
-    stops = stop_token_ids(model, tokenizer, spans)
-    limit = context_limit(model)
-    jobs = []
-    for rec in records:
-        if mode in ("auto", "matched"):
-            kinds = ["prefill"] if rec.label == "harmful" else (["own", "prefill"] if mode == "matched" else ["own"])
+    jobs, skipped = [], []
+    for rec in req.records:
+        if req.mode in ("auto", "matched"):
+            kinds = ["prefill"] if rec.label == "harmful" else (["own", "prefill"] if req.mode == "matched" else ["own"])
         else:
-            kinds = [mode]
-        prompt_ids = list(format_prompt_ids(tokenizer, rec.prompt, system=system, allow_special=allow_special))
+            kinds = [req.mode]
+        prompt_ids = list(format_prompt_ids(tokenizer, rec.prompt, system=req.system, allow_special=req.allow_special))
         for kind in kinds:
-            forced = list(encode_response(tokenizer, prompt_ids, opener)) if kind == "prefill" else []
-            cap = fit(rec.id, len(prompt_ids) + len(forced) + len(spans.span_ids), max_new_tokens, limit, too_long,
-                      "new tokens")
+            forced = list(encode_response(tokenizer, prompt_ids, req.opener)) if kind == "prefill" else []
+            cap = fit(rec.id, len(prompt_ids) + len(forced) + len(spans.span_ids), req.max_new_tokens, limit,
+                      req.too_long, "new tokens")
             if cap is None:
-                if skipped is not None:
-                    skipped.append(rec.id)
+                skipped.append(rec.id)
                 continue
             jobs.append((rec, kind, prompt_ids, forced, cap))
-    if too_long == "skip" and skipped:
+    if req.skipped is not None:
+        req.skipped.extend(skipped)
+    if req.too_long == "skip" and skipped:
         import warnings
 
         warnings.warn(f"--too-long skip: {len(skipped)} record(s) exceed the model context and were not generated "
-                      f"(e.g. {skipped[0]!r})", stacklevel=2)
-    # continuous batching: each job has its own budget, a finished row leaves the batch and the next job joins
-    bar = tqdm(total=len(jobs), desc="generate", unit="ex", disable=not progress)
-    news = decode(generation_model(model, dtype), [p + f for _, _, p, f, _ in jobs], [j[4] for j in jobs], stops=stops, pad_id=pad_id,
-                  batch_size=batch_size, sampling=Sampling(do_sample, temperature, top_p, seed), bar=bar)
-    bar.close()
+                      f"(e.g. {skipped[0]!r})", stacklevel=3)
+    return jobs
+
+
+def _assemble(tokenizer, req: Request, jobs: list[tuple], news: list[list[int]], stops) -> list[Continuation]:
     out = []
     for (rec, kind, prompt_ids, forced, _), tokens in zip(jobs, news):
         cut = next((i for i, t in enumerate(tokens) if t in stops), None)
         generated = tokens if cut is None else tokens[:cut]
         response_ids = forced + generated
         meta = dict(rec.meta)
-        meta.update(max_new_tokens=max_new_tokens, do_sample=do_sample, seed=seed,
-                    **({"temperature": temperature, "top_p": top_p} if do_sample else {}))
-        suffix = MATCHED_SUFFIX if mode == "matched" and kind == "prefill" and rec.label != "harmful" else ""
+        meta.update(max_new_tokens=req.max_new_tokens, do_sample=req.do_sample, seed=req.seed,
+                    **({"temperature": req.temperature, "top_p": req.top_p} if req.do_sample else {}))
+        suffix = MATCHED_SUFFIX if req.mode == "matched" and kind == "prefill" and rec.label != "harmful" else ""
         out.append(Continuation(
             id=rec.id + suffix, prompt=rec.prompt, label=rec.label, prompt_ids=prompt_ids, response_ids=response_ids,
             response=tokenizer.decode(response_ids), source=f"{rec.source}:{kind}" if rec.source else kind,
-            category=rec.category, kind=kind, opener=opener if kind == "prefill" else "",
+            category=rec.category, kind=kind, opener=req.opener if kind == "prefill" else "",
             finished=cut is not None, meta=meta))
+    return out
+
+
+def generate_requests(model, tokenizer, requests: Sequence[Request], *, batch_size: int = 4, progress: bool = True,
+                      dtype: str = "model", desc: str = "generate") -> list[list[Continuation]]:
+    """The continuations of each request, all decoded in one continuously batched pass (``batch_size`` rows in
+    flight, a finished row leaves and the next job joins), so small requests share full batches.
+
+    Each job samples from its own generator, seeded as if its request were decoded alone
+    (``request.seed * 1_000_003 + position in the request``); requests may differ in mode, opener and budget."""
+    from tqdm.auto import tqdm
+
+    from interp.generate.decode import Sampling, decode
+    from interp.model.context import context_limit
+    from interp.spans.derive import derive_safety_spans
+
+    pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+    if pad_id is None:
+        raise UserError("the tokenizer has neither a pad nor an eos token; cannot batch generation")
+    samplings = {(r.do_sample, r.temperature, r.top_p) for r in requests}
+    if len(samplings) > 1:
+        raise UserError("requests decoded together must share do_sample, temperature and top_p")
+    spans = derive_safety_spans(tokenizer)
+    stops = stop_token_ids(model, tokenizer, spans)
+    limit = context_limit(model)
+    plans = [_jobs(tokenizer, req, spans, limit) for req in requests]
+    flat = [job for jobs in plans for job in jobs]
+    seeds = [req.seed * 1_000_003 + k for req, jobs in zip(requests, plans) for k in range(len(jobs))]
+    do_sample, temperature, top_p = samplings.pop() if samplings else (False, 0.7, 0.95)
+    bar = tqdm(total=len(flat), desc=desc, unit="ex", disable=not progress)
+    news = decode(generation_model(model, dtype), [p + f for _, _, p, f, _ in flat], [j[4] for j in flat],
+                  stops=stops, pad_id=pad_id, batch_size=batch_size,
+                  sampling=Sampling(do_sample, temperature, top_p), seeds=seeds, bar=bar)
+    bar.close()
+    out, start = [], 0
+    for req, jobs in zip(requests, plans):
+        out.append(_assemble(tokenizer, req, jobs, news[start:start + len(jobs)], stops))
+        start += len(jobs)
     return out

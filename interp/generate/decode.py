@@ -67,11 +67,15 @@ def _drop_unused_columns(cache, mask: torch.Tensor) -> torch.Tensor:
 
 @torch.no_grad()
 def decode(model, prompts: Sequence[Sequence[int]], budgets: Sequence[int], *, stops: Sequence[int], pad_id: int,
-           batch_size: int = 8, sampling: Sampling | None = None, bar=None) -> list[list[int]]:
+           batch_size: int = 8, sampling: Sampling | None = None, seeds: Sequence[int] | None = None,
+           bar=None) -> list[list[int]]:
     """New tokens for each prompt (chat-formatted ids, a forced prefix included): at most ``budgets[i]``, ending
-    with the first stop token if one came. ``bar`` (a tqdm) advances once per finished prompt."""
+    with the first stop token if one came. When sampling, prompt ``i`` draws from a generator seeded with
+    ``seeds[i]`` (default ``sampling.seed * 1_000_003 + i``). ``bar`` (a tqdm) advances once per finished prompt."""
     if len(prompts) != len(budgets):
         raise ValueError(f"{len(prompts)} prompts but {len(budgets)} budgets")
+    if seeds is not None and len(seeds) != len(prompts):
+        raise ValueError(f"{len(prompts)} prompts but {len(seeds)} seeds")
     if batch_size < 1:
         raise ValueError(f"batch_size must be >= 1, got {batch_size}")
     if any(len(p) == 0 for p in prompts):
@@ -82,8 +86,9 @@ def decode(model, prompts: Sequence[Sequence[int]], budgets: Sequence[int], *, s
     waiting = deque(i for i, b in enumerate(budgets) if b > 0)
     if bar is not None:
         bar.update(len(prompts) - len(waiting))
-    gens = {i: torch.Generator().manual_seed(sampling.seed * 1_000_003 + i) for i in waiting} if sampling.do_sample \
-        else {}
+    if seeds is None:
+        seeds = [sampling.seed * 1_000_003 + i for i in range(len(prompts))]
+    gens = {i: torch.Generator().manual_seed(int(seeds[i])) for i in waiting} if sampling.do_sample else {}
     device = next(model.parameters()).device
     kw = cache_kwarg(model)
     continuous = not any(w is not None for w in sliding_windows(new_cache(model)))
