@@ -82,6 +82,31 @@ class SpanBatch:
         return torch.arange(len(self.examples))
 
 
+def split_by_prompt(examples: Sequence[Example], fraction: float, seed: int = 0
+                    ) -> tuple[list[Example], list[Example]]:
+    """``(select, measure)``: about ``fraction`` of each label's prompts (all rows of a prompt on one side,
+    seeded) to choose features or directions on, the rest to measure their effect on. ``fraction == 0``: both
+    are every example (selection and measurement in-sample)."""
+    import hashlib
+
+    from interp import UserError
+
+    if not 0 <= fraction < 1:
+        raise UserError(f"--select-fraction must lie in [0, 1), got {fraction}")
+    if fraction == 0:
+        return list(examples), list(examples)
+    chosen: set[tuple] = set()
+    for label in (HARMFUL, BENIGN):
+        prompts = sorted({e.prompt_ids for e in examples if e.label == label},
+                         key=lambda p: hashlib.sha256(f"{seed}:{p}".encode()).hexdigest())
+        k = round(fraction * len(prompts))
+        if len(prompts) < 4 or not 2 <= k <= len(prompts) - 2:
+            raise UserError(f"--select-fraction {fraction} leaves fewer than 2 {label} prompts on one side "
+                            f"({len(prompts)} {label} prompts); use more examples or --select-fraction 0")
+        chosen.update(prompts[:k])
+    return [e for e in examples if e.prompt_ids in chosen], [e for e in examples if e.prompt_ids not in chosen]
+
+
 def build_batch(examples: Sequence[Example], depth: int, span: SafetySpans, pad_id: int) -> SpanBatch | None:
     """The batch for ``depth`` over the examples long enough for it (``None`` if none is); ``span`` gives the
     re-injected ids (``span_ids``) and the probe token (``probe_index``)."""

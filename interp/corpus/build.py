@@ -170,15 +170,16 @@ def build_corpus(model, tokenizer, spec: CorpusSpec, out: str | Path, *, model_p
         own = [b for b in wave if b.task.entry.kind != "dataset"]  # all of them: a torn wave decodes as before
         names = sorted({b.task.entry.name for b in own})
         bar.set_postfix_str(", ".join(names) if len(names) <= 3 else f"{len(names)} entries", refresh=True)
-        made = dict(zip((b.key for b in own), generate_requests(
+        made = dict(zip((b.key for b in own), generate_requests(  # the bar advances as each answer finishes
             model, tokenizer, [_request(spec, b, too_long) for b in own], batch_size=batch_size, progress=False,
-            dtype=gen_dtype))) if own else {}
+            dtype=gen_dtype, bar=bar))) if own else {}
         for batch in wave:
             if batch.key not in journal.done:
                 items = made[batch.key] if batch.key in made else from_records(batch.records, tokenizer,
                                                                                  system=spec.system)
                 journal.append(batch.key, _rows(batch, items, judge))
-            bar.update(len(batch.records))
+            if batch.key not in made:
+                bar.update(len(batch.records))
     bar.close()
     journal.finish(_summary(spec, tasks, out))
     return journal.config

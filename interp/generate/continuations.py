@@ -330,12 +330,13 @@ def _assemble(tokenizer, req: Request, jobs: list[tuple], news: list[list[int]],
 
 
 def generate_requests(model, tokenizer, requests: Sequence[Request], *, batch_size: int = 4, progress: bool = True,
-                      dtype: str = "model", desc: str = "generate") -> list[list[Continuation]]:
+                      dtype: str = "model", desc: str = "generate", bar=None) -> list[list[Continuation]]:
     """The continuations of each request, all decoded in one continuously batched pass (``batch_size`` rows in
     flight, a finished row leaves and the next job joins), so small requests share full batches.
 
     Each job samples from its own generator, seeded as if its request were decoded alone
-    (``request.seed * 1_000_003 + position in the request``); requests may differ in mode, opener and budget."""
+    (``request.seed * 1_000_003 + position in the request``); requests may differ in mode, opener and budget.
+    ``bar``: a tqdm to advance per finished job instead of a bar of its own."""
     from tqdm.auto import tqdm
 
     from interp.generate.decode import Sampling, decode
@@ -355,11 +356,14 @@ def generate_requests(model, tokenizer, requests: Sequence[Request], *, batch_si
     flat = [job for jobs in plans for job in jobs]
     seeds = [req.seed * 1_000_003 + k for req, jobs in zip(requests, plans) for k in range(len(jobs))]
     do_sample, temperature, top_p = samplings.pop() if samplings else (False, 0.7, 0.95)
-    bar = tqdm(total=len(flat), desc=desc, unit="ex", disable=not progress)
+    own_bar = bar is None
+    if own_bar:
+        bar = tqdm(total=len(flat), desc=desc, unit="ex", disable=not progress)
     news = decode(generation_model(model, dtype), [p + f for _, _, p, f, _ in flat], [j[4] for j in flat],
                   stops=stops, pad_id=pad_id, batch_size=batch_size,
                   sampling=Sampling(do_sample, temperature, top_p), seeds=seeds, bar=bar)
-    bar.close()
+    if own_bar:
+        bar.close()
     out, start = [], 0
     for req, jobs in zip(requests, plans):
         out.append(_assemble(tokenizer, req, jobs, news[start:start + len(jobs)], stops))

@@ -7,6 +7,7 @@ from dataclasses import dataclass, field
 import torch
 
 from interp import UserError
+from interp.causal.inputs import split_by_prompt
 from interp.config import add_arguments, from_namespace
 
 
@@ -29,6 +30,9 @@ class AblateConfig:
     feature_ablation: str = field(default="zero", metadata={"help": "features: zero or mean",
                                                             "choices": ("zero", "mean")})
     top: int = field(default=50, metadata={"help": "features: ranked features reported with CIs"})
+    select_fraction: float = field(default=0.5, metadata={
+        "help": "share of each label's prompts that rank the features / give the diff-of-means direction; effects "
+                "are measured on the other prompts (0: both on every example, in-sample)"})
 
 
 def register(subparsers) -> None:
@@ -43,13 +47,13 @@ def register(subparsers) -> None:
     p.set_defaults(func=run)
 
 
-def _directions(ctx, cfg, acfg) -> tuple[dict, int]:
+def _directions(ctx, cfg, acfg, select) -> tuple[dict, int]:
     from interp.causal.directions import diff_of_means
 
     layer = acfg.direction_layer
     if layer is None:
         layer = ctx.probe.best_layer if ctx.probe else len(ctx.layers) // 2
-    dirs = {"diff_of_means": diff_of_means(ctx.model, ctx.examples, ctx.span, ctx.pad_id, ctx.openers,
+    dirs = {"diff_of_means": diff_of_means(ctx.model, select, ctx.span, ctx.pad_id, ctx.openers,
                                            cfg.depths, layer, _probe_site(ctx))}
     if ctx.probe:
         dirs["probe"] = ctx.probe.direction(layer)
@@ -66,10 +70,12 @@ def _run_directions(ctx, cfg, acfg) -> dict:
     from interp.causal import plots
     from interp.causal.directions import direction_effects
 
-    dirs, layer = _directions(ctx, cfg, acfg)
-    res = direction_effects(ctx.model, ctx.examples, ctx.span, ctx.pad_id, ctx.openers, dirs, cfg.depths,
+    select, measure = split_by_prompt(ctx.examples, acfg.select_fraction, cfg.seed)
+    dirs, layer = _directions(ctx, cfg, acfg, select)
+    res = direction_effects(ctx.model, measure, ctx.span, ctx.pad_id, ctx.openers, dirs, cfg.depths,
                             ctx.layers, acfg.mode, acfg.alphas, acfg.n_random, acfg.where, seed=cfg.seed)
     res["direction_layer"] = layer
+    res["n_select"], res["n_measure"] = len(select), len(measure)
     plots.controls_plot(res["rows"], ctx.out / f"directions_{acfg.mode}.png", f"direction {acfg.mode}")
     for r in res["rows"]:
         ci = r["real"]
@@ -94,9 +100,11 @@ def _run_features(ctx, cfg, acfg) -> dict:
         raise UserError("--kind features needs --transcoder FOLDER (train one with `anydepth transcoders train`)")
     tc = load_transcoder(acfg.transcoder)
     layer = transcoder_layer(tc)
-    acts = span_features(ctx.model, tc, layer, ctx.examples, ctx.span, ctx.pad_id, cfg.depths, acfg.where)
+    select, measure = split_by_prompt(ctx.examples, acfg.select_fraction, cfg.seed)
+    acts = span_features(ctx.model, tc, layer, select, ctx.span, ctx.pad_id, cfg.depths, acfg.where)
     ranked = rank_features(acts["harmful"], acts["benign"], top=acfg.top, seed=cfg.seed)
-    res: dict = {"transcoder": acfg.transcoder, "layer": layer, "ranked": ranked}
+    res: dict = {"transcoder": acfg.transcoder, "layer": layer, "ranked": ranked, "n_select": len(select),
+                 "n_measure": len(measure)}
     if ctx.probe:
         pl = ctx.probe.best_layer
         w = ctx.probe.direction(pl)
@@ -113,7 +121,7 @@ def _run_features(ctx, cfg, acfg) -> dict:
     order = [r["feature"] for r in ranked if r["d"] > 0]  # features firing more after harmful prefixes
     ks = tuple(k for k in acfg.ks if k <= len(order))
     probe_layers = [ctx.probe.best_layer] if ctx.probe else []
-    res["ablation"] = topk_ablation(ctx.model, tc, layer, ctx.examples, ctx.span, ctx.pad_id, ctx.openers,
+    res["ablation"] = topk_ablation(ctx.model, tc, layer, measure, ctx.span, ctx.pad_id, ctx.openers,
                                     cfg.depths, order, ks, acfg.feature_ablation, all_acts.mean(0).float(),
                                     acfg.n_random, candidates or None, ctx.probe, probe_layers,
                                     _probe_site(ctx), acfg.where, cfg.seed)
