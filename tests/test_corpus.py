@@ -170,6 +170,12 @@ def test_shipped_specs_plan_within_the_mirror(monkeypatch):
         harmful_openers = {t.opener for t in tasks if t.entry.kind == "prefill" and t.entry.label == "harmful"}
         benign_openers = {t.opener for t in tasks if t.entry.kind == "prefill" and t.entry.label == "benign"}
         assert len(harmful_openers) >= 2 and harmful_openers <= benign_openers  # matched style
+    causal = plan_corpus(load_spec("causal"))  # matched pairs only: the same openers on both labels
+    assert {(t.entry.kind, t.entry.label) for t in causal} == {("prefill", "harmful"), ("prefill", "benign")}
+    assert {t.opener for t in causal if t.entry.label == "harmful"} == {t.opener for t in causal
+                                                                          if t.entry.label == "benign"}
+    demo_prompts = {r.prompt for t in plan_corpus(load_spec("demo")) for r in t.records}
+    assert len(demo_prompts & {r.prompt for t in causal for r in t.records}) <= 2  # dropped before use (README)
     bad = spec_from_dict({"name": "x", "entries": [{"source": "advbench", "kind": "prefill", "label": "harmful",
                                                      "count": 600, "openers": ["Sure"]}]})
     with pytest.raises(UserError, match="'advbench' has 520 distinct harmful prompts"):
