@@ -242,7 +242,8 @@ def evaluate_transcoders(model, transcoders: dict[int, object], token_rows: list
         variants[f"zero_{L}"] = {mlp_out(L): lambda o: torch.zeros_like(o)}
     losses: dict[str, list[float]] = {k: [] for k in variants}
     weights = []
-    for i in range(0, len(rows), batch_size):
+    for i in tqdm(range(0, len(rows), batch_size), desc=f"evaluate transcoders {list(transcoders)} "
+                  f"({len(variants)} forwards per batch)", leave=False):
         inp = _right_padded(model, rows[i: i + batch_size])
         real = inp.attention_mask.bool()
         for name, hooks in variants.items():
