@@ -9,11 +9,13 @@ is left out (never duplicated), as in the extraction.
 
 from __future__ import annotations
 
+import hashlib
 from collections.abc import Sequence
 from dataclasses import dataclass
 
 import torch
 
+from interp import UserError
 from interp.extract.masks import additive_masks, left_pad, plan_packed
 from interp.model.hooks import Inputs
 from interp.spans.derive import SafetySpans
@@ -87,10 +89,6 @@ def split_by_prompt(examples: Sequence[Example], fraction: float, seed: int = 0
     """``(select, measure)``: about ``fraction`` of each label's prompts (all rows of a prompt on one side,
     seeded) to choose features or directions on, the rest to measure their effect on. ``fraction == 0``: both
     are every example (selection and measurement in-sample)."""
-    import hashlib
-
-    from interp import UserError
-
     if not 0 <= fraction < 1:
         raise UserError(f"--select-fraction must lie in [0, 1), got {fraction}")
     if fraction == 0:
@@ -100,7 +98,7 @@ def split_by_prompt(examples: Sequence[Example], fraction: float, seed: int = 0
         prompts = sorted({e.prompt_ids for e in examples if e.label == label},
                          key=lambda p: hashlib.sha256(f"{seed}:{p}".encode()).hexdigest())
         k = round(fraction * len(prompts))
-        if len(prompts) < 4 or not 2 <= k <= len(prompts) - 2:
+        if not 2 <= k <= len(prompts) - 2:
             raise UserError(f"--select-fraction {fraction} leaves fewer than 2 {label} prompts on one side "
                             f"({len(prompts)} {label} prompts); use more examples or --select-fraction 0")
         chosen.update(prompts[:k])
