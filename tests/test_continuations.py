@@ -113,7 +113,11 @@ def test_cli_generate_then_extract(tmp_path, monkeypatch):
     assert main(["generate", *common, "--mode", "prefill", "--max-new-tokens", "6", "--out", str(cont)]) == 0
     items = load_jsonl(cont)
     assert len(items) == 4 and all(c.kind == "prefill" for c in items)
-    assert json.loads(cont.with_suffix(".config.json").read_text())["generate"]["mode"] == "prefill"
+    saved = json.loads(cont.with_suffix(".config.json").read_text())
+    assert saved["generate"]["mode"] == "prefill" and saved["gen_dtype_resolved"] == "float32"  # `model`, resolved
+    assert main(["generate", *common, "--mode", "prefill", "--max-new-tokens", "2", "--gen-dtype", "bfloat16",
+                 "--out", str(tmp_path / "b.jsonl")]) == 0
+    assert json.loads((tmp_path / "b.config.json").read_text())["gen_dtype_resolved"] == "bfloat16"
     args = ["extract", *common, "--continuations", str(cont), "--depths", "0:8:4", "--layers", "1",
             "--store-dtype", "float32"]
     assert main(args) == 0

@@ -51,6 +51,18 @@ def test_demo_runs_every_stage_and_reuses_them(tmp_path, capsys):
     # a changed option reruns only the stages it feeds
     assert main(["demo", "--model", str(tmp_path / "tiny"), "--out", str(out), *ARGS, "--skip-eval", "true"]) == 0
     assert "anydepth generate" not in capsys.readouterr().out
+    # --dtype reaches the forward passes from extraction on; the generations are reused (their keys never had it)
+    assert main(["demo", "--model", str(tmp_path / "tiny"), "--out", str(out), *ARGS, "--skip-eval", "true",
+                 "--dtype", "bfloat16"]) == 0
+    log = capsys.readouterr().out
+    assert "anydepth generate" not in log and "anydepth extract" in log and "--dtype bfloat16" in log
+    from interp.extract.store import ActivationStore
+
+    dtypes = set()
+    for path in run.glob("extract-*/store.h5"):
+        with ActivationStore.open(path) as store:
+            dtypes.add(store.provenance["dtype"])
+    assert dtypes == {"float32", "bfloat16"}
 
 
 @pytest.fixture

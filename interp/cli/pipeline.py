@@ -72,6 +72,10 @@ class DemoConfig:
         "help": "dtype the corpus generations decode in: model, auto (bf16 on CUDA or CPUs with native bf16, else "
                 "float32), bfloat16, float32"})
     device: str = field(default="auto", metadata={"help": "auto, cpu, cuda"})
+    dtype: str = field(default="auto", metadata={
+        "help": "model dtype of extraction and the evaluations: auto (float32 on CPU, bfloat16 on CUDA), float32, "
+                "bfloat16 (about 3x faster than float32 on CPUs with native bf16)",
+        "choices": ("auto", "float32", "bfloat16")})
     out: str = field(default="runs/demo", metadata={"help": "output root (stages live in hashed subfolders)"})
     skip_eval: bool = field(default=False, metadata={"help": "stop after training the probe set"})
     calib_fraction: float = field(default=0.25, metadata={
@@ -229,6 +233,8 @@ def run_demo(cfg: DemoConfig) -> Path:
     common = ["--model", cfg.model, "--device", cfg.device]
     continuations = _continuation_stages(runner, cfg, common)
     cont_stage = continuations.parent.name
+    # the forward passes' dtype; left out at its default so the stage keys of runs made before the option stay
+    common += [] if cfg.dtype == "auto" else ["--dtype", cfg.dtype]
     ext_dir = runner.run(Stage(
         "extract", ["extract", *common, "--continuations", str(continuations), "--depths", cfg.depths,
                     "--layers", "all", "--hooks", "resid_post", "--positions", "probe"],

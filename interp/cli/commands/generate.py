@@ -41,7 +41,13 @@ def register(subparsers) -> None:
 
 
 def run(args) -> int:
-    from interp.generate.continuations import GenerateConfig, continuations_for, load_records, save_jsonl
+    from interp.generate.continuations import (
+        GenerateConfig,
+        continuations_for,
+        load_records,
+        resolve_gen_dtype,
+        save_jsonl,
+    )
     from interp.model.loading import ModelConfig, load_model
 
     model_cfg, cfg = from_namespace(ModelConfig, args), from_namespace(GenerateConfig, args)
@@ -58,7 +64,10 @@ def run(args) -> int:
 
         raise UserError(f"no continuations: all {len(skipped)} records exceed the model context (--too-long skip)")
     save_jsonl(items, out)
-    save_json({**configs, "model_provenance": loaded.provenance(), "skipped_too_long": skipped},
+    decoded = resolve_gen_dtype(cfg.gen_dtype, loaded.device)  # what `auto` / `model` came to on this machine
+    decoded = str(loaded.dtype).removeprefix("torch.") if decoded == "model" else decoded
+    save_json({**configs, "model_provenance": loaded.provenance(), "gen_dtype_resolved": decoded,
+               "skipped_too_long": skipped},
               out.with_suffix(".config.json"))
     if skipped:
         print(f"skipped {len(skipped)} record(s) longer than the model context (listed in the config JSON)")
