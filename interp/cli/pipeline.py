@@ -234,7 +234,7 @@ def run_demo(cfg: DemoConfig) -> Path:
     continuations = _continuation_stages(runner, cfg, common)
     cont_stage = continuations.parent.name
     # the forward passes' dtype; left out at its default so the stage keys of runs made before the option stay
-    common += [] if cfg.dtype == "auto" else ["--dtype", cfg.dtype]
+    common = common if cfg.dtype == "auto" else [*common, "--dtype", cfg.dtype]
     ext_dir = runner.run(Stage(
         "extract", ["extract", *common, "--continuations", str(continuations), "--depths", cfg.depths,
                     "--layers", "all", "--hooks", "resid_post", "--positions", "probe"],
