@@ -122,3 +122,22 @@ def test_demo_on_a_corpus_spec_reports_the_targets(tiny_dir, tmp_path):
     probes = json.loads((run / results["probes"] / "probeset.json").read_text())
     assert len(probes["combine"]) == 2
     assert next(run.glob("corpus-*/continuations.jsonl")).stat().st_size > 0
+
+
+def test_presets_fill_only_the_options_left_unset():
+    from interp.cli.pipeline import DemoConfig
+
+    demo = DemoConfig().resolved()
+    assert (demo.spec, demo.eval_limit, demo.batch_size, demo.gen_dtype) == ("demo", 8, 16, "auto")
+    assert DemoConfig(preset="study").resolved().batch_size == 8
+    given = DemoConfig(batch_size=4, eval_limit=2).resolved()
+    assert (given.batch_size, given.eval_limit, given.stride) == (4, 2, 25)
+
+
+def test_demo_spec_stays_cpu_sized_and_reaches_depth_256():
+    from interp.corpus.spec import load_spec
+
+    spec = load_spec("demo")
+    assert spec.max_new_tokens >= 256  # own generations reach the depth-256 checks
+    assert sum(e.count * max(1, len(e.openers)) for e in spec.entries) <= 70  # the 20-minute budget (README)
+    assert len({e.source for e in spec.entries}) >= 6

@@ -19,17 +19,19 @@ import interp
 from interp import UserError
 from interp.cli.naming import run_slug
 
-# What each preset fills in for the options left unset (None). ``demo``: the corpus recipe at CPU size (about 19
-# minutes on 2 cores with the embedded model; add ``--evaluations deep-prefill over-refusal cost`` for the guard's
-# cost, 3 more); ``study``: the full recipe (the shipped default spec; about an hour on 2 cores with the embedded
-# model, minutes on a GPU). With ``--spec none`` both generate from ``--data`` (the 0.2 demo).
+# What each preset fills in for the options left unset (None). ``demo``: the corpus recipe at CPU size (68 rows,
+# 8 prompts per dataset in the evaluations, 16 per batch; with the embedded model on 2 cores about 12 min where
+# decoding runs in float32, projected about 22 on an AVX2-only CPU; add ``--evaluations deep-prefill over-refusal
+# cost`` for the guard's cost);
+# ``study``: the full recipe (the shipped default spec; about an hour on 2 cores with the embedded model, minutes
+# on a GPU). With ``--spec none`` both generate from ``--data`` (the 0.2 demo).
 PRESETS: dict[str, dict] = {
     "demo": {"spec": "demo", "depths": "0,8,16,25:500:25", "gen_batch_size": 32, "gen_dtype": "auto",
              "stride": 25, "target_fpr": 0.05, "combine_top": 0, "evaluations": ("deep-prefill", "over-refusal"),
-             "eval_depths": (0, 25, 100, 250, 500), "eval_limit": 12},
+             "eval_depths": (0, 25, 100, 250, 500), "eval_limit": 8, "batch_size": 16},
     "study": {"spec": "default", "depths": "0,8,16,25:500:25", "gen_batch_size": 32, "gen_dtype": "auto",
               "stride": 25, "target_fpr": 0.02, "combine_top": 3, "evaluations": ("deep-prefill", "over-refusal"),
-              "eval_depths": (0, 25, 100, 250, 500), "eval_limit": 20},
+              "eval_depths": (0, 25, 100, 250, 500), "eval_limit": 20, "batch_size": 8},
 }
 # --spec none (or no public data): the built-in twin set, generated with a forced opener (the 0.2 demo)
 BUILT_IN = {"depths": "0:64:8", "stride": 16, "eval_depths": (0, 8, 16, 32, 64), "target_fpr": 0.01, "combine_top": 0,
@@ -46,7 +48,7 @@ class DemoConfig:
     model: str = field(default="qwen2.5-coder-0.5b-instruct", metadata={
         "help": "catalogue name, local path or hub id"})
     preset: str = field(default="demo", metadata={
-        "help": "demo: the corpus recipe at CPU size (<= 20 min on 2 cores); study: the full recipe (default spec, "
+        "help": "demo: the corpus recipe at CPU size (12-22 min on 2 cores, by CPU); study: the full recipe (default spec, "
                 "multi-layer probe, 2% per-answer FPR)", "choices": tuple(PRESETS)})
     spec: str | None = field(default=None, metadata={
         "help": "corpus spec (demo, default or a YAML/JSON file), or none: generate from --data instead"})
@@ -66,7 +68,7 @@ class DemoConfig:
     target_fpr: float | None = field(default=None, metadata={"help": "per-answer false-alarm target of the threshold"})
     combine_top: int | None = field(default=None, metadata={
         "help": "multi-layer probe over the K best layers by CV on the training prompts (0: the best layer alone)"})
-    batch_size: int = field(default=8, metadata={"help": "prompts per batch in the evaluations"})
+    batch_size: int | None = field(default=None, metadata={"help": "prompts per batch in the evaluations"})
     gen_batch_size: int | None = field(default=None, metadata={"help": "rows in flight when generating"})
     gen_dtype: str | None = field(default=None, metadata={
         "help": "dtype the corpus generations decode in: model, auto (bf16 on CUDA or CPUs with native bf16, else "
