@@ -170,6 +170,8 @@ def test_shipped_specs_plan_within_the_mirror(monkeypatch):
         harmful_openers = {t.opener for t in tasks if t.entry.kind == "prefill" and t.entry.label == "harmful"}
         benign_openers = {t.opener for t in tasks if t.entry.kind == "prefill" and t.entry.label == "benign"}
         assert len(harmful_openers) >= 2 and harmful_openers <= benign_openers  # matched style
+        if name == "demo":
+            assert len(rows) <= 70  # the CPU budget of `make demo` (README, "The demo")
     causal = plan_corpus(load_spec("causal"))  # matched pairs only: the same openers on both labels
     assert {(t.entry.kind, t.entry.label) for t in causal} == {("prefill", "harmful"), ("prefill", "benign")}
     assert {t.opener for t in causal if t.entry.label == "harmful"} == {t.opener for t in causal

@@ -134,10 +134,9 @@ def test_presets_fill_only_the_options_left_unset():
     assert (given.batch_size, given.eval_limit, given.stride) == (4, 2, 25)
 
 
-def test_demo_spec_stays_cpu_sized_and_reaches_depth_256():
+def test_demo_spec_reaches_depth_256_from_several_sources():
     from interp.corpus.spec import load_spec
 
     spec = load_spec("demo")
     assert spec.max_new_tokens >= 256  # own generations reach the depth-256 checks
-    assert sum(e.count * max(1, len(e.openers)) for e in spec.entries) <= 70  # the 20-minute budget (README)
     assert len({e.source for e in spec.entries}) >= 6
