@@ -73,13 +73,12 @@ def diff_of_means(model, examples: Sequence[Example], span: SafetySpans, pad_id:
                   depths: Sequence[int], layer: int, site=resid_post, cached: bool = True) -> torch.Tensor:
     """Mean harmful minus mean benign residual at the probe token (pooled over depths), at ``site(layer)``."""
     sums = {HARMFUL: [], BENIGN: []}
-    for d in depths:
-        for label in sums:
-            batch = label_batch(examples, label, d, span, pad_id)
-            if batch is None:
-                continue
-            r = read(SpanRunner(model, batch, cached), None, capture=(site(layer),))
-            sums[label].append(r.cache[site(layer)][span_cols(batch, "probe")].double())
+    for d, label in tqdm([(d, lab) for d in depths for lab in sums], desc="diff-of-means direction", leave=False):
+        batch = label_batch(examples, label, d, span, pad_id)
+        if batch is None:
+            continue
+        r = read(SpanRunner(model, batch, cached), None, capture=(site(layer),))
+        sums[label].append(r.cache[site(layer)][span_cols(batch, "probe")].double())
     if not sums[HARMFUL] or not sums[BENIGN]:
         raise UserError("diff-of-means needs harmful and benign examples long enough for the depths")
     return torch.cat(sums[HARMFUL]).mean(0) - torch.cat(sums[BENIGN]).mean(0)
