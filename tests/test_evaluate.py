@@ -89,27 +89,6 @@ def test_deep_prefill_chunked_forcing_equals_stepwise(tmp_path, monkeypatch):
         assert [c["score"] for c in a["checks"] if c["score"] is not None] == pytest.approx(scores, rel=1e-5)
 
 
-def test_deep_prefill_arms_in_one_batch_equal_rows_run_alone(tmp_path):
-    """Harmful and control rows share batches; every row's checks equal the same row run alone (float32)."""
-    kw = dict(model="tiny", probes="random", datasets=("demo",), limit=3, depths=(0, 3, 9), lookahead=4,
-              base_lookahead=4)
-    merged = run_deep_prefill(EvalConfig(out=str(tmp_path / "merged"), batch_size=6, **kw))  # 3 + 3: one batch
-    alone = run_deep_prefill(EvalConfig(out=str(tmp_path / "alone"), batch_size=1, **kw))
-    assert [r["label"] for r in merged["rows"]] == ["harmful"] * 3
-    assert [r["label"] for r in merged["control_rows"]] == ["benign"] * 3
-    for key in ("rows", "control_rows"):
-        assert [r["id"] for r in merged[key]] == [r["id"] for r in alone[key]]
-        for a, b in zip(merged[key], alone[key]):
-            assert a["n_tokens"] == b["n_tokens"]
-            assert [(c["depth"], c["detector"], c["flagged"], c["lookahead"]) for c in a["checks"]] == [
-                (c["depth"], c["detector"], c["flagged"], c["lookahead"]) for c in b["checks"]]
-            scores = [c["score"] for c in b["checks"] if c["score"] is not None]
-            assert len(scores) >= 3
-            assert [c["score"] for c in a["checks"] if c["score"] is not None] == pytest.approx(
-                scores, rel=1e-5, abs=1e-6)
-    assert merged["curves"] == alone["curves"] and merged["control_curves"] == alone["control_curves"]
-
-
 def test_over_refusal_answers_are_the_models_own(tmp_path):
     cfg = EvalConfig(model="tiny", probes="random", datasets=("demo",), limit=2, stride=7, lookahead=4,
                      max_new_tokens=16, out=str(tmp_path))

@@ -122,16 +122,14 @@ def run_deep_prefill(cfg: EvalConfig) -> dict:
     gen = GuardedGenerator(gm.model, gm.tokenizer, spans, gcfg, probes, model_id=gm.model_id,
                            weights_sha256=gm.weights_sha256, detectors=detectors, halt=False,
                            base_lookahead=cfg.base_lookahead, per_answer=False)
-    # both arms share one row list, so their batches fill up together (harmful rows first; a batch of 16 decodes
-    # far faster than two of 8 on CPU); the rows are split back by arm afterwards
-    part = harm + ben
-    rows = [(format_prompt_ids(gm.tokenizer, r.prompt), r) for _, r in part]
+    arms = {}
     with gen:
-        conts = _continuations(gm, spans, cfg, rows, max(depths))
-        per_row = _run_arm(gen, rows, conts, part, cfg, "deep-prefill (harmful + control)" if ben else "deep-prefill")
-    arms = {"harmful": per_row[:len(harm)]}
-    if ben:
-        arms["benign_control"] = per_row[len(harm):]
+        for arm, part in (("harmful", harm), ("benign_control", ben)):
+            if not part:
+                continue
+            rows = [(format_prompt_ids(gm.tokenizer, r.prompt), r) for _, r in part]
+            conts = _continuations(gm, spans, cfg, rows, max(depths))
+            arms[arm] = _run_arm(gen, rows, conts, part, cfg, f"deep-prefill ({arm})")
     prob_thr = gen.checker.prob.threshold
     curves = _curves(arms["harmful"], detectors, depths, prob_thr)
     result = {"mode": "deep-prefill", "model": gm.provenance, "spans": spans.to_dict(), "depths": depths,

@@ -5,8 +5,6 @@ greedy answer."""
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-
 from tqdm import tqdm
 
 from interp.evaluate.common import EvalConfig, batches
@@ -15,12 +13,10 @@ from interp.guard.types import GuardConfig
 from interp.spans.derive import format_prompt_ids
 
 
-def observe(gm, spans, probes, cfg: EvalConfig, recs, desc: str, opener: bool | Sequence[bool] = False
-            ) -> tuple[list[dict], dict]:
+def observe(gm, spans, probes, cfg: EvalConfig, recs, desc: str, opener: bool = False) -> tuple[list[dict], dict]:
     """Per record: answer, base refusal (keyword rule), and per defence whether/when it fired. With ``opener``
     the answer starts with a forced opener (the record's ``target``, else ``cfg.opener``) that the model then
-    continues: the matched-style control for a probe trained on prefill attacks. ``opener`` may be one flag per
-    record, so plain and forced rows share batches."""
+    continues: the matched-style control for a probe trained on prefill attacks."""
     from interp.spans.derive import encode_response
 
     detectors = ("rk",) + (("lp",) if probes is not None else ())
@@ -29,18 +25,15 @@ def observe(gm, spans, probes, cfg: EvalConfig, recs, desc: str, opener: bool | 
                        aggregate=cfg.aggregate, k_of_n=cfg.k_of_n, window=cfg.window, ema_alpha=cfg.ema_alpha)
     gen = GuardedGenerator(gm.model, gm.tokenizer, spans, gcfg, probes, model_id=gm.model_id,
                            weights_sha256=gm.weights_sha256, detectors=detectors, halt=False)
-    flags = [bool(opener)] * len(recs) if isinstance(opener, bool) else [bool(f) for f in opener]
-    if len(flags) != len(recs):
-        raise ValueError(f"{len(flags)} opener flags for {len(recs)} records")
     with gen:
         rows = []
-        for chunk in tqdm(list(batches(list(zip(recs, flags)), cfg.batch_size)), desc=desc):
-            prompts = [format_prompt_ids(gm.tokenizer, r.prompt) for (_, r), _ in chunk]
-            forced = [encode_response(gm.tokenizer, p, (r.meta or {}).get("target") or cfg.opener) if flag else []
-                      for p, ((_, r), flag) in zip(prompts, chunk)]
-            for ((name, rec), flag), res in zip(chunk, gen.generate(prompts, forced=forced)):
+        for chunk in tqdm(list(batches(recs, cfg.batch_size)), desc=desc):
+            prompts = [format_prompt_ids(gm.tokenizer, r.prompt) for _, r in chunk]
+            forced = [encode_response(gm.tokenizer, p, (r.meta or {}).get("target") or cfg.opener) if opener else []
+                      for p, (_, r) in zip(prompts, chunk)]
+            for (name, rec), res in zip(chunk, gen.generate(prompts, forced=forced)):
                 answer = gm.tokenizer.decode(res.generated_ids, skip_special_tokens=True)
-                row = {"id": rec.id, "dataset": f"{name} + forced opener" if flag else name,
+                row = {"id": rec.id, "dataset": f"{name} + forced opener" if opener else name,
                        "n_tokens": len(res.generated_ids), "answer": answer,
                        "base_refused": gen.checker.keyword(answer), "stop_reason": res.stop_reason}
                 for det in detectors:

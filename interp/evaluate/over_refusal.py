@@ -40,11 +40,9 @@ def run_over_refusal(cfg: EvalConfig) -> dict:
     gm, spans, probes = setup_run(cfg)
     recs, split = records_for(cfg, DEFAULT_DATASETS, "benign", probes)
     require(bool(recs), "no benign records in the chosen datasets")
-    # the control arm (matched style): the same prompts answered again after a forced affirmative opener; both
-    # arms share one row list so their batches fill up together
-    flags = [False] * len(recs) + ([True] * len(recs) if cfg.control_arm else [])
-    rows, meta = observe(gm, spans, probes, cfg, recs * (1 + cfg.control_arm), "over-refusal" +
-                         (" (+ forced opener)" if cfg.control_arm else ""), opener=flags)
+    rows, meta = observe(gm, spans, probes, cfg, recs, "over-refusal")
+    if cfg.control_arm:  # matched style: the same prompts, answered after a forced affirmative opener
+        rows += observe(gm, spans, probes, cfg, recs, "over-refusal (forced opener)", opener=True)[0]
     meta["split"] = split
     keys = {"base": "base_refused", **{d: f"{d}_fired" for d in meta["detectors"]}}
     rates = summarise(rows, meta["detectors"], keys)
