@@ -80,11 +80,11 @@ def quick_probeset(loaded: LoadedModel, workdir: str | Path, records: list, *, m
     import numpy as np
 
     from interp.extract.packed import parse_depths
-    from interp.probes.protocol import SplitConfig, group_key, three_way_split
+    from interp.probes.protocol import SplitConfig, content_groups, three_way_split
 
     # the guard checks every `stride` tokens: calibrate for the store's depth step; few pairs → fewer folds
     stride = min([d for d in parse_depths(depths) if d > 0] or [1])
-    groups = np.array([group_key(r.prompt, (r.meta or {}).get("pair_id")) for r in records])
+    groups = content_groups([r.prompt for r in records], [(r.meta or {}).get("pair_id") for r in records])
     y = np.array([r.label == "harmful" for r in records], int)
     train = three_way_split(groups, y, SplitConfig(), seed=0) == "train"
     folds = max(2, min(folds, *(len(set(groups[train & (y == v)])) for v in (0, 1))))

@@ -8,8 +8,9 @@ import pytest
 
 from interp import UserError
 from interp.guard.aggregate import AggregateConfig, Aggregation, reaches
-from interp.probes.protocol import Schedule, answer_scores
-from interp.probes.select import answer_threshold
+from interp.probes.answers import Deployed, answer_scores
+from interp.probes.calibration import fires
+from interp.probes.protocol import Schedule, per_answer_threshold
 
 INF = -np.inf
 
@@ -61,11 +62,15 @@ def test_answer_scores_use_the_rule_in_depth_order():
     scores = np.array([[0.9, 0.1, 0.95, 0.2, 0.3],
                        [0.1, 0.8, 0.85, 0.2, 0.1]])
     sched = Schedule(stride=5, final_check=False, rule=Aggregation("k_of_n", 2, 2))
-    ans, cov = answer_scores(scores, depths, [25, 25], sched)
-    np.testing.assert_array_equal(ans, [0.2, 0.8])  # row 0: no two adjacent checks above 0.2; row 1: 0.8 and 0.85
-    assert cov["coverage"] == 1.0
-    ans, _ = answer_scores(scores, depths, [5, 25], sched)
-    assert ans[0] == INF  # one scheduled check can never make 2 of 2
+    ans = answer_scores(scores, depths, _deployed([25, 25]), sched)
+    np.testing.assert_array_equal(ans.score, [0.2, 0.8])  # row 0: no two adjacent checks above 0.2; row 1: 0.8, 0.85
+    assert ans.info()["coverage"] == 1.0 and ans.n_checks.tolist() == [5, 5]
+    ans = answer_scores(scores, depths, _deployed([5, 25]), sched)
+    assert ans.score[0] == INF  # one scheduled check can never make 2 of 2
+
+
+def _deployed(lengths):
+    return Deployed(np.asarray(lengths), np.ones(len(lengths), bool), None)
 
 
 @pytest.mark.parametrize("rule", [Aggregation("k_of_n", 2, 3), Aggregation("ema", alpha=0.3)])
@@ -85,7 +90,7 @@ def test_per_answer_calibration_of_an_aggregated_rule_meets_its_target(rule):
 
     sched = Schedule(stride=10, final_check=False, rule=rule)
     cal, cal_len = answers(4000)
-    thr = answer_threshold(cal, depths, cal_len, target, sched)
+    thr = per_answer_threshold(answer_scores(cal, depths, _deployed(cal_len), sched).score, target)
     assert thr["resolved"] and thr["n_answers"] == 4000
     test, test_len = answers(4000)
     fired = 0
@@ -95,8 +100,8 @@ def test_per_answer_calibration_of_an_aggregated_rule_meets_its_target(rule):
     rate, sd = fired / len(test), np.sqrt(target * (1 - target) / len(test))
     assert abs(rate - target) < 4 * sd
     # the offline statistic agrees with the live rule on every test answer
-    ans, _ = answer_scores(test, depths, test_len, sched)
-    assert fired == int((ans > thr["threshold"]).sum())
+    ans = answer_scores(test, depths, _deployed(test_len), sched)
+    assert fired == int(fires(ans.score, thr["threshold"]).sum())
 
 
 @pytest.mark.parametrize("kw, message", [

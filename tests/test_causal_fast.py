@@ -160,7 +160,8 @@ def test_features_cached_equals_full(setup):
     for where in ("probe", "span"):
         fast = span_features(model, tc, 1, examples, span, tok.pad_token_id, DEPTHS, where=where)
         full = span_features(model, tc, 1, examples, span, tok.pad_token_id, DEPTHS, where=where, cached=False)
-        for label in fast:
+        assert fast["groups"] == full["groups"]
+        for label in ("harmful", "benign"):
             close(fast[label], full[label])
     kw = dict(depths=DEPTHS, ranked=list(range(32)), ks=(0, 4), n_random=2, probe=probe, probe_layers=probe.layers)
     fast = topk_ablation(model, tc, 1, examples, span, tok.pad_token_id, openers, **kw)

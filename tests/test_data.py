@@ -99,7 +99,7 @@ def test_verify_all_against_mirror(mirror):
 def test_jbb_twins_share_pair_id_and_behavior(mirror):
     harmful = {r.meta["pair_id"]: r for r in load_dataset("jbb_harmful")}
     benign = {r.meta["pair_id"]: r for r in load_dataset("jbb_benign")}
-    assert set(harmful) == set(benign) == set(range(100))
+    assert set(harmful) == set(benign) == {f"jbb:{i}" for i in range(100)}  # namespaced by the JBB family
     for k, h in harmful.items():
         assert " ".join(h.meta["behavior"].split()) == " ".join(benign[k].meta["behavior"].split())
         assert h.category == benign[k].category and h.prompt != benign[k].prompt

@@ -29,15 +29,16 @@ def test_demo_runs_every_stage_and_reuses_them(tmp_path, capsys):
     assert "| ngram |" in report and "on benign control" in report
     # every evaluation ran on held-out prompts only and says so
     probes = json.loads((next(run.glob("train-*")) / "probeset.json").read_text())
-    seen = set(probes["split"]["train"]["groups"]) | set(probes["split"]["calibration"]["groups"])
+    from interp.probes.protocol import seen_in
+
+    seen = seen_in(probes["split"])
     dp = json.loads((next(run.glob("evaluate-deep-prefill-*")) / "deep_prefill.json").read_text())
     assert dp["split"]["harmful"]["in_sample"] is False and dp["split"]["harmful"]["excluded"] > 0
     from interp.data import load_dataset
-    from interp.probes.protocol import group_key
 
-    by_id = {r.id: group_key(r.prompt, r.meta.get("pair_id")) for r in load_dataset("demo")}
-    evaluated = {by_id[r["id"]] for r in dp["rows"] + dp["control_rows"]}
-    assert evaluated and not evaluated & seen
+    by_id = {r.id: r for r in load_dataset("demo")}
+    evaluated = [by_id[r["id"]] for r in dp["rows"] + dp["control_rows"]]
+    assert evaluated and not [r for r in evaluated if (r.prompt, r.meta.get("pair_id")) in seen]
     for fig in ("layer_depth_auroc.png", "layer_sweep.png", "deep_prefill.png", "over_refusal.png"):
         assert (run / "figures" / fig).stat().st_size > 0
     results = json.loads((run / "results.json").read_text())

@@ -69,8 +69,9 @@ def test_store_equals_reencoding(tmp_path, arch):
     with warnings.catch_warnings(record=True):
         warnings.simplefilter("always")
         res = extract_to_store(model, tok, items, tmp_path / "s.h5", spans=spans, depths=DEPTHS, layers=[0, 1],
-                               hooks=HOOKS, storage_dtype="float32", batch_size=3, progress=False)
+                               hooks=HOOKS, storage_dtype="float32", batch_size=3, progress=False, answer_length=41)
     assert res.n_computed == len(items)
+    ends = [min(len(it.response_ids), 41) for it in items]  # 41 (cut at the answer length), 12, 0, 30: off the grid
     h = len(spans.span_ids)
     with ActivationStore.open(tmp_path / "s.h5") as store:
         ex = store.examples
@@ -94,6 +95,40 @@ def test_store_equals_reencoding(tmp_path, arch):
                     assert _rel(data[(name, L, "prompt")][i, k], prompt_ref[(hook, L)][-1]) < 1e-5
         probe = store.read("resid_post", 1)
         assert np.array_equal(probe, data[("resid_post", 1, spans.probe_index)])
+        # the end slot: the span after each answer's final check depth, as if re-encoded there
+        assert ex["end_depth"].tolist() == ends and store.answer_length == 41
+        for i, it in enumerate(items):
+            ref = reference(model, it.prompt_ids + it.response_ids[:ends[i]] + list(spans.span_ids))
+            last = len(it.prompt_ids) + ends[i] - 1
+            for (hook, L), r in ref.items():
+                name = {"hook_resid_pre": "resid_pre", "hook_resid_post": "resid_post",
+                        "ln1.hook_normalized": "ln1"}[hook]
+                for j in range(h):
+                    assert _rel(store.read_end(name, L, position=j)[i], r[-h + j]) < 1e-5, (arch, hook, L, i, j)
+                if ends[i]:
+                    assert _rel(store.read_end(name, L, position="last_token")[i], r[last]) < 1e-5
+
+
+def test_end_slot_on_a_grid_depth_equals_that_column_and_text_with_nul_stores(tmp_path):
+    """An answer ending on a grid depth has its end slot equal to that column; a response holding NUL characters
+    (random tiny-model text can; so can scraped text) round-trips exactly through the store."""
+    model, tok = tiny_model("qwen2", n_layers=2, d_model=64, seed=4)
+    spans = derive_safety_spans(tok)
+    items = make_items(tok, lengths=(10, 25))
+    items[0].response_ids[2:7] = tok("\x00 \\0 c\\", add_special_tokens=False)["input_ids"][:5]  # NUL + escapes
+    items[1].prompt = "weird\x00prompt"
+    items[1].prompt_ids = format_prompt_ids(tok, "weird prompt")
+    extract_to_store(model, tok, items, tmp_path / "s.h5", spans=spans, depths=[0, 10, 20], layers=[1],
+                     storage_dtype="float32", batch_size=2, progress=False, answer_length=30)
+    with ActivationStore.open(tmp_path / "s.h5") as store:
+        grid, end = store.read("resid_post", 1), store.read_end("resid_post", 1)
+        assert store.examples["end_depth"].tolist() == [10, 25]
+        assert _rel(end[0], grid[0, 1]) < 1e-5 and _rel(end[1], grid[1, 2]) > 1e-3
+        assert store.examples["prompt"][1] == "weird\x00prompt"
+        text = tok.decode(items[0].response_ids, skip_special_tokens=True)
+        assert "\x00" in text and store.examples["response"][0] == text
+    with h5py.File(tmp_path / "s.h5") as f:
+        assert f["examples/prompt"].attrs["escaped"] == 1 and "escaped" not in f["examples/id"].attrs
 
 
 def test_bridge_hook_values_equal_hf_hooks():

@@ -25,8 +25,12 @@ def store_path(tmp_path_factory):
 
 
 def test_train_a_multi_layer_probe_calibrated_per_answer(store_path, tmp_path):
+    """The saved probes' combined score, recomputed on the stored activations (grid and end slots) on the guard's
+    checks, reproduces the calibration threshold and the held-out per-answer rates the probe set reports."""
+    from interp.probes.answers import Deployed, answer_scores
+    from interp.probes.calibration import fires
     from interp.probes.data import examples_meta
-    from interp.probes.protocol import Schedule, answer_scores, per_answer_threshold
+    from interp.probes.protocol import Schedule, per_answer_threshold
 
     out = tmp_path / "p"
     assert main(["train", "--store", str(store_path), "--out", str(out), "--folds", "3", "--n-boot", "0",
@@ -35,20 +39,26 @@ def test_train_a_multi_layer_probe_calibrated_per_answer(store_path, tmp_path):
     with ActivationStore.open(store_path) as store:
         ps = ProbeSet.load(out, expect_provenance=store.provenance)
         states = {layer: store.read(ps.hook, layer, position="probe") for layer in LAYERS}
+        ends = {layer: store.read_end(ps.hook, layer, position="probe") for layer in LAYERS}
         meta, depths = examples_meta(store), list(store.depths)
     assert ps.combine == [1, 2] and ps.readout == [1, 2]
     assert ps.metrics["readout"] == {"layers": [1, 2], "rule": "mean of the layers' probe logits"}
     sched = Schedule.from_dict(ps.schedule)
     assert sched.rule.describe() == "2 of the last 3 checks" and ps.thresholds["aggregate"]["k"] == 2
-    # the saved probes' combined score on the stored activations reproduces the per-answer calibration
+    assert sched.answer_length == int(meta["n_tokens"].max())  # the store's answer length
     scores = np.where(meta["valid"], ps.combined_score(states), np.nan)
-    cal = np.isin(meta["groups"], ps.split["calibration"]["groups"]) & (meta["y"] == 0)
-    ans, _ = answer_scores(scores[cal], depths, meta["n_tokens"][cal], sched)
+    ans = answer_scores(scores, depths, Deployed.of(meta, sched.answer_length), sched, ps.combined_score(ends))
+    assert not ans.excluded.any() and (ans.n_checks > 0).all()  # every answer, every check scored
+    roles = {r: np.isin(meta["groups"], ps.split[r]["groups"]) for r in ("calibration", "test")}
+    cal = roles["calibration"] & (meta["y"] == 0)
     cal_info = ps.thresholds["calibration"]
-    assert cal_info["n_answers"] == int(np.isfinite(ans).sum()) > 0
-    assert cal_info["resolved"] and abs(per_answer_threshold(ans, 0.1)["threshold"] - ps.threshold) < 1e-6  # float32 weights
-    assert (ans[np.isfinite(ans)] > ps.threshold).mean() <= 0.1  # the target, on the answers that set it
-    assert ps.metrics["test"]["per_answer"]["schedule"]["aggregate"]["kind"] == "k_of_n"
+    assert cal_info["n_answers"] == int(cal.sum()) > 0
+    assert cal_info["resolved"] and abs(per_answer_threshold(ans.score[cal], 0.1)["threshold"] - ps.threshold) < 1e-6
+    pa = ps.metrics["test"]["per_answer"]
+    assert pa["schedule"]["aggregate"]["kind"] == "k_of_n"
+    for lab, key in ((1, "tpr"), (0, "fpr")):
+        held = roles["test"] & (meta["y"] == lab)
+        assert pa[key]["n"] == int(held.sum()) and pa[key]["k"] == int(fires(ans.score[held], ps.threshold).sum())
 
 
 def test_combine_top_takes_the_best_layers_by_training_cv(store_path, tmp_path):

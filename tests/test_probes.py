@@ -15,7 +15,7 @@ from interp.probes.calibration import expected_calibration_error, rates_at_thres
 from interp.probes.cv import check_grouping, grouped_folds, source_split, ungrouped_pair_folds
 from interp.probes.fit import LinearParams, fit_diff_of_means, fit_logreg_torch, fit_sklearn
 from interp.probes.metrics import accuracy, auroc, bootstrap_weights, summarize, tpr_at_fpr
-from interp.probes.sweep import ProbeConfig, oof_scores
+from interp.probes.oof import ProbeConfig, oof_scores
 from interp.probes.synthetic import SyntheticSet, SyntheticSpec
 
 
@@ -290,16 +290,54 @@ def test_run_sweep_per_depth_fit_and_by_source(planted):
     assert res["per_layer"]["probe"][1]["auroc"]["value"] > 0.98
     assert abs(res["per_layer"]["probe"][0]["auroc"]["value"] - 0.5) < 0.15
     per_depth = res["per_depth"]["probe"][1]
-    assert all(s is None or s["auroc"]["value"] > 0.95 for s in per_depth)
+    assert len(per_depth) == 5 and min(s["auroc"]["value"] for s in per_depth) > 0.95  # every depth has both labels
     # prompt-only baseline: one score per prompt, identical across its depths
     p = res["_oof"]["prompt"][1]
     assert np.allclose(np.nanmax(p, 1), np.nanmin(p, 1))
-    th = res["best"]["threshold"]
-    assert th["fpr"] <= 0.05 and th["n_controls"] == int((planted.y[planted.valid.any(1)] == 0).sum())  # answers
+    assert "threshold" not in res["best"]  # arrays alone: no answer lengths, so no per-answer numbers
     cfg = SweepConfig(n_boot=0, baselines=(), train_sources=["src0"], test_sources=["src1"])
     res = run_sweep(loader, [1], ProbeConfig(), cfg)
     tested = np.isfinite(res["_oof"]["probe"][0]).any(1)
     assert res["split"]["kind"] == "by-source" and np.array_equal(tested, planted.sources == "src1")
+
+
+def test_auroc_within_compares_only_pairs_scored_by_one_model():
+    """Two fold models that rank perfectly on their own scales: within-fold AUROC is 1; pooling the folds (two
+    models' scores on one axis) gives a number about neither. Weights resample rows as elsewhere."""
+    from interp.probes.metrics import auroc_within
+
+    y = np.array([1, 1, 0, 0, 1, 1, 0, 0])
+    s = np.array([0.9, 0.8, 0.7, 0.6, 0.2, 0.15, 0.1, 0.05])  # fold 1's model scores everything low
+    fold = np.array([0, 0, 0, 0, 1, 1, 1, 1])
+    assert auroc_within(s, y, fold) == 1.0 and auroc(s, y) == pytest.approx(0.75)
+    w = np.array([[1, 1, 1, 1, 1, 1, 1, 1], [2, 0, 1, 1, 0, 0, 1, 1]], float)
+    np.testing.assert_allclose(auroc_within(s, y, fold, w), [1.0, 1.0])  # block 1 has no positives in row 2
+    assert auroc_within(s, 1 - y, fold) == 0.0
+
+
+def test_sweep_per_answer_threshold_is_set_on_own_benign_answers_only(planted):
+    """With answer information the sweep's threshold is set on the model's own benign answers (not third-party
+    text), on the guard's checks including each answer's end slot."""
+    from interp.probes.answers import Deployed
+    from interp.probes.loso import AnswerInfo
+    from interp.probes.protocol import Schedule
+    from interp.probes.sweep import SweepConfig, run_sweep
+
+    def loader(layer, position):
+        data = planted.layer(layer)
+        data.X_end = planted.end_array(layer)
+        return data
+
+    kinds = np.where(planted.sources == "src0", "own", "dataset")  # src1 plays third-party text
+    answers = AnswerInfo(Deployed(planted.n_tokens, np.ones(240, bool), None), kinds)
+    cfg = SweepConfig(folds=3, n_boot=20, baselines=(), target_fpr=0.05, schedule=Schedule(stride=10))
+    res = run_sweep(loader, [1], ProbeConfig(), cfg, answers=answers)
+    th = res["best"]["threshold"]
+    own_benign = int(((planted.y == 0) & (kinds == "own")).sum())
+    assert th["n_controls"] == own_benign < int((planted.y == 0).sum())
+    assert th["fpr"]["n"] == own_benign and th["answers"]["coverage"] == 1.0
+    assert list(th["fpr_by_source"]) == ["src0", "src1"]  # own answers first
+    assert th["answers"]["checks"] == sum(len(cfg.schedule.depths(n)) for n in planted.n_tokens)
 
 
 def test_damaged_probe_set_files_are_one_line_errors(tmp_path):

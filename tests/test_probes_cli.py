@@ -12,7 +12,7 @@ from interp.cli.main import main
 from interp.extract.store import ActivationStore
 from interp.probes import ProbeSet
 from interp.probes.data import load_layer
-from interp.probes.protocol import group_key
+from interp.probes.protocol import content_groups
 from interp.probes.synthetic import SyntheticSet, SyntheticSpec, write_store
 
 LAYERS = [0, 1, 2]
@@ -42,7 +42,7 @@ def test_load_layer_reads_finished_rows(store_path):
         assert np.array_equal(data.X, ss.layer_array(2)[:56][:, [1, 3]])
         assert np.array_equal(data.valid, ss.valid[:56][:, [1, 3]])
         assert np.array_equal(data.y, ss.y[:56])
-        assert list(data.groups[:3]) == [group_key(g) for g in ss.groups[:3]]  # prompt text hashes
+        assert list(data.groups) == list(content_groups(ss.groups[:56]))  # prompt content groups
         assert load_layer(store, "resid_post", 1, "prompt").X.shape == (56, 4, 16)
         with pytest.raises(UserError):
             load_layer(store, "resid_post", 9)
@@ -57,7 +57,10 @@ def test_sweep_and_train_commands(store_path, tmp_path, capsys):
     assert main(["sweep", "--store", str(path), "--out", str(out), "--folds", "3"]) == 2
     assert "4 of 60 rows are not extracted yet" in capsys.readouterr().err
     assert main(["sweep", "--store", str(path), "--out", str(out), "--folds", "3", "--n-boot", "50",
-                 "--target-fpr", "0.1", "--allow-partial", "true"]) == 0
+                 "--target-fpr", "0.1", "--allow-partial", "true"]) == 2  # default stride 25: the store lacks 25
+    assert "at depth 25, which the store does not hold" in capsys.readouterr().err
+    assert main(["sweep", "--store", str(path), "--out", str(out), "--folds", "3", "--n-boot", "50",
+                 "--target-fpr", "0.1", "--allow-partial", "true", "--stride", "10"]) == 0
     res = json.loads((out / "sweep.json").read_text())
     assert res["best_layer"] == 2 and res["split"]["kind"] == "grouped"
     probe = res["per_layer"]["probe"]
@@ -72,11 +75,13 @@ def test_sweep_and_train_commands(store_path, tmp_path, capsys):
     assert res["best"]["probe_minus_ngram_auroc"]["beats"]
     loso = {r["source"]: r for r in res["loso"]["rows"]}
     assert set(loso) == {"src0", "src1"} and loso["src0"]["probe"]["auroc"]["value"] > 0.9
-    pooled = res["loso"]["per_depth"]  # every row scored by the probe that never saw its source, per depth
-    assert [r["depth"] for r in pooled["probe"]] == res["depths"]
-    assert all(r["auroc"]["lo"] <= r["auroc"]["value"] <= r["auroc"]["hi"] for r in pooled["probe"])
-    assert min(r["auroc"]["value"] for r in pooled["probe"]) > 0.9
-    assert max(abs(r["auroc"]["value"] - 0.5) for r in pooled["ngram"]) < 0.3  # the text carries no label
+    assert loso["src0"]["probe_minus_ngram"]["beats"]  # the text carries no label; the planted direction does
+    macro = res["loso"]["macro"]["probe"]  # the mean over held-out sources, with a CI over prompt groups
+    assert macro["n_sources"] == 2 and macro["lo"] <= macro["value"] <= macro["hi"] and macro["value"] > 0.9
+    per_depth = res["loso"]["per_depth"]["probe"]
+    assert [r["depth"] for r in per_depth] == res["depths"] and min(r["macro"]["value"] for r in per_depth) > 0.9
+    assert max(abs(r["macro"]["value"] - 0.5) for r in res["loso"]["per_depth"]["ngram"]) < 0.3
+    assert "probe" in res["loso"]["pooled_calibration_diagnostic"]  # kept, named as what it is
 
     pdir = tmp_path / "probes"
     assert main(["train", "--store", str(path), "--out", str(pdir), "--folds", "3", "--n-boot", "20",
@@ -88,9 +93,11 @@ def test_sweep_and_train_commands(store_path, tmp_path, capsys):
         ps = ProbeSet.load(pdir, expect_provenance=store.provenance)
         data = load_layer(store, "resid_post", 2)
     assert ps.best_layer == 2 and ps.hook == "hook_resid_post" and ps.layers == LAYERS
-    X, y, _, _ = data.flat()
-    s = ps.score(X)
-    assert ((s > 0.5) == (y == 1)).mean() > 0.9
+    test_rows = np.isin(data.groups, ps.split["test"]["groups"])
+    assert test_rows.any() and not np.isin(data.groups, ps.split["train"]["groups"])[test_rows].any()
+    X, y, rows, _ = data.flat()
+    held = test_rows[rows]
+    assert ((ps.score(X[held]) > 0.5) == (y[held] == 1)).mean() > 0.9  # on prompts the probe never saw
     assert ps.config["probe"]["standardize"] is True and ps.mean is not None
     roles = {r: set(ps.split[r]["groups"]) for r in ("train", "calibration", "test")}
     assert not (roles["train"] & roles["test"]) and not (roles["calibration"] & roles["test"])

@@ -12,18 +12,18 @@ import torch
 from interp import UserError
 from interp.data import load_dataset
 from interp.guard.aggregate import Aggregation
-from interp.probes.calibration import threshold_at_fpr
+from interp.probes.answers import Deployed, answer_scores
+from interp.probes.calibration import fires, threshold_at_fpr
 from interp.probes.cv import grouped_folds
 from interp.probes.ngram import depth_texts, fit_predict, ngram_oof
 from interp.probes.probeset import ProbeSet
 from interp.probes.protocol import (
     Schedule,
     SplitConfig,
-    answer_scores,
-    assert_disjoint,
+    assert_held_out,
+    content_groups,
     describe_split,
     exclude_seen,
-    group_key,
     per_answer_threshold,
     prompt_key,
     three_way_split,
@@ -36,12 +36,15 @@ def test_prompt_identity_normalises_spelling():
     assert prompt_key("How do I  bake\nbread?") == prompt_key("  how do i bake bread? ")
     assert prompt_key("It’s fine") == prompt_key("it's fine")
     assert prompt_key("bake bread") != prompt_key("bake cake")
-    assert group_key("x", "w-1") == "pair:w-1" and group_key("x") == f"prompt:{prompt_key('x')}"
+
+
+def _groups(recs):
+    return content_groups([r.prompt for r in recs], [r.meta.get("pair_id") for r in recs])
 
 
 def test_three_way_split_keeps_twins_together_and_is_stratified():
     recs = load_dataset("demo")
-    groups = np.array([group_key(r.prompt, r.meta.get("pair_id")) for r in recs])
+    groups = _groups(recs)
     y = np.array([r.label == "harmful" for r in recs], int)
     roles = three_way_split(groups, y, SplitConfig(0.25, 0.25), seed=0)
     for g in np.unique(groups):
@@ -61,15 +64,21 @@ def test_per_answer_threshold_meets_target_on_known_distribution():
     depths = [5, 10, 15, 20, 25]
     sched = Schedule(stride=5, final_check=False)
     cal = rng.uniform(size=(n, k))
-    ans, cov = answer_scores(cal, depths, [25] * n, sched)
-    assert cov["coverage"] == 1.0 and np.allclose(ans, cal.max(1))
-    res = per_answer_threshold(ans, a)
+    ans = answer_scores(cal, depths, _deployed([25] * n), sched)
+    assert ans.info()["coverage"] == 1.0 and np.allclose(ans.score, cal.max(1))
+    res = per_answer_threshold(ans.score, a)
     assert res["resolved"] and abs(res["threshold"] - (1 - a) ** (1 / k)) < 5e-4
     test = rng.uniform(size=(n, k)).max(1)  # fresh answers: the held-out per-answer FPR is on target
-    assert abs((test > res["threshold"]).mean() - a) < 0.002
+    assert abs(fires(test, res["threshold"]).mean() - a) < 0.002
     # the former rule (threshold over single checks) lets ~5x more answers fire
     per_check = threshold_at_fpr(cal.reshape(-1), a)
-    assert (test > per_check).mean() > 4 * a
+    assert fires(test, per_check).mean() > 4 * a
+
+
+def _deployed(lengths, complete=None, answer_length=None):
+    n = np.asarray(lengths)
+    return Deployed(n if answer_length is None else np.minimum(n, answer_length),
+                    np.ones(len(n), bool) if complete is None else np.asarray(complete), answer_length)
 
 
 def test_small_calibration_set_reports_its_resolution():
@@ -78,21 +87,61 @@ def test_small_calibration_set_reports_its_resolution():
     assert res["threshold"] > 1.0 - 1e-6 and "calibration_fpr" not in res  # no in-sample rate is reported
 
 
-def test_feeding_calibration_answers_as_test_answers_is_caught():
-    ids = ["a", "b", "c"]
-    assert_disjoint(["d", "e"], ids)
-    with pytest.raises(UserError, match="also used for calibration"):
-        assert_disjoint(ids, ids)
+def test_feeding_calibration_prompts_as_test_prompts_is_caught():
+    from interp.probes.groups import SeenPrompts
+
+    seen = SeenPrompts.of(["How do I bake bread at home?", "Tell me a joke"], [None, "demo:x"])
+    assert_held_out(["Explain tides", "Write a poem"], None, seen)
+    for prompt, pair, why in (("how do I  bake bread at home?", None, "same prompt"),
+                              ("Something else", "demo:x", "same pair"),
+                              ("How do I bake bread at home quickly?", None, "same near duplicate")):
+        with pytest.raises(UserError, match=why):
+            assert_held_out(["Write a poem", prompt], [None, pair], seen)
 
 
-def test_schedule_depths_and_store_coverage():
+def test_schedule_depths_and_the_answer_length():
     s = Schedule(stride=8, early_checks=(2,), check_at_start=True, final_check=True)
     assert s.depths(20) == [0, 2, 8, 16, 20] and s.depths(16) == [0, 2, 8, 16] and s.depths(0) == [0]
-    scores = np.array([[0.1, 0.9, 0.2], [0.3, np.nan, np.nan]])
-    ans, cov = answer_scores(scores, [0, 8, 16], [16, 5], Schedule(stride=8, check_at_start=True))
-    # row 1 (5 tokens): checks at 0 and 5 (final); depth 5 is not stored
-    assert ans.tolist() == [0.9, 0.3] and cov["scheduled_checks"] == 5 and cov["scored_checks"] == 4
-    assert cov["missing_depths"] == [5]
+    capped = Schedule(stride=8, answer_length=20)
+    assert capped.depths(50) == [8, 16, 20] and Schedule.from_dict(capped.to_dict()) == capped
+
+
+def test_every_check_the_guard_makes_is_scored():
+    """An answer shorter than the stride, a ragged end, an answer cut at the answer length: each is scored on
+    its final check (the end slot), never counted as silent. The former code scored only stored grid depths,
+    so the first answer had no check (NaN: "did not fire") and the others lost their final check."""
+    depths = [0, 25, 50, 75, 100]
+    grid = np.array([[0.1, np.nan, np.nan, np.nan, np.nan],  # 10 tokens: no stride multiple
+                     [0.1, 0.2, 0.3, np.nan, np.nan],  # 60 tokens: 25, 50 and the end at 60
+                     [0.1, 0.2, 0.2, 0.3, 0.2]])  # 300 tokens, answer length 100: cut, final check at 100
+    end = np.array([0.95, 0.9, 0.2])
+    sched = Schedule(stride=25, answer_length=100)
+    ans = answer_scores(grid, depths, _deployed([10, 60, 300], answer_length=100), sched, end)
+    np.testing.assert_array_equal(ans.score, [0.95, 0.9, 0.3])
+    assert ans.n_checks.tolist() == [1, 3, 4] and ans.info()["coverage"] == 1.0
+    assert fires(ans.score, 0.5).tolist() == [True, True, False]
+
+
+def test_a_check_the_store_lacks_is_an_error_and_an_incomplete_answer_is_excluded():
+    depths = [0, 25, 50]
+    grid = np.array([[0.1, 0.2, 0.3], [0.1, 0.2, 0.3]])
+    sched = Schedule(stride=25, answer_length=600)
+    with pytest.raises(UserError, match=r"at depth 75, which the store does not hold.*--depths covering every "
+                                        r"multiple of 25"):
+        answer_scores(grid, depths, _deployed([600, 50], answer_length=600), sched, np.array([0.5, 0.5]))
+    # an answer that stopped at 50 without ending is not what the guard sees at 600 tokens: excluded, counted
+    ans = answer_scores(grid[1:], depths, _deployed([50], complete=[False], answer_length=600), sched,
+                        np.array([0.9]))
+    assert np.isnan(ans.score[0]) and ans.info() == {"answers": 1, "scored": 0, "excluded_incomplete": 1,
+                                                      "checks": 0, "coverage": None}
+    assert not fires(ans.score, 0.0)[0]  # an excluded answer is never a "fire", and never enters a denominator
+
+
+def test_deployed_answers_from_the_store_fields():
+    meta = {"n_tokens": np.array([10, 256, 300, 120]), "end_depth": np.array([10, 256, 256, 120]),
+            "finished": np.array([True, False, False, False])}
+    d = Deployed.of(meta, 256)
+    assert d.complete.tolist() == [True, True, True, False]  # ended; reached 256; cut at 256; stopped short
 
 
 def test_guard_checks_each_answer_on_its_own_schedule():
@@ -120,9 +169,9 @@ def test_guard_checks_each_answer_on_its_own_schedule():
 
 
 def _probeset_with_split(recs, roles):
-    groups = np.array([group_key(r.prompt, r.meta.get("pair_id")) for r in recs])
-    split = describe_split(np.array(roles), groups, np.array([r.prompt for r in recs]),
-                           np.array([r.label == "harmful" for r in recs], int), np.array(["demo"] * len(recs)))
+    split = describe_split(np.array(roles), _groups(recs), np.array([r.prompt for r in recs]),
+                           np.array([r.label == "harmful" for r in recs], int), np.array(["demo"] * len(recs)),
+                           np.array([r.meta.get("pair_id") for r in recs], dtype=object))
     return ProbeSet(layers=[0], weights=np.zeros((1, 4)), bias=np.zeros(1), hook="hook_resid_post",
                     position="probe", best_layer=0, split=split, schedule=Schedule().to_dict())
 
@@ -156,8 +205,13 @@ def test_probeset_round_trips_split_and_warns_on_other_schedule(tmp_path):
     probes = _probeset_with_split(recs, ["train"] * 40 + ["test"] * 40)
     loaded = ProbeSet.load(probes.save(tmp_path / "p"))
     assert loaded.split == json.loads(json.dumps(probes.split)) and loaded.seen() == probes.seen()
+    assert loaded.seen().pair_ids == {r.meta["pair_id"] for r in recs[:40]}
     assert loaded.schedule_mismatch(GuardConfig(stride=25)) is None
     assert "stride: calibrated 25, running 10" in loaded.schedule_mismatch(GuardConfig(stride=10))
+    probes.schedule = Schedule(answer_length=256).to_dict()  # calibrated on answers of up to 256 tokens
+    assert probes.schedule_mismatch(GuardConfig(max_new_tokens=256)) is None
+    msg = probes.schedule_mismatch(GuardConfig(max_new_tokens=128))
+    assert "answer length (max_new_tokens): calibrated 256, running 128" in msg and "--max-new-tokens 256" in msg
 
 
 def test_ngram_baseline_runs_on_the_probes_folds_and_equals_per_fold_fits():
@@ -212,7 +266,7 @@ def test_k_of_n_threshold_meets_target_on_known_distribution():
     n, a = 40_000, 0.01
     sched = Schedule(stride=5, final_check=False, rule=Aggregation("k_of_n", 2, 5))  # a window of all 5 checks
     cal = rng.uniform(size=(n, 5))
-    ans, _ = answer_scores(cal, [5, 10, 15, 20, 25], [25] * n, sched)
+    ans = answer_scores(cal, [5, 10, 15, 20, 25], _deployed([25] * n), sched).score
     assert np.allclose(ans, np.sort(cal, 1)[:, -2])
     lo, hi = 0.0, 1.0
     for _ in range(60):  # bisection for the exact quantile
@@ -221,9 +275,9 @@ def test_k_of_n_threshold_meets_target_on_known_distribution():
     res = per_answer_threshold(ans, a)
     assert abs(res["threshold"] - lo) < 2e-3
     test = np.sort(rng.uniform(size=(n, 5)), 1)[:, -2]
-    assert abs((test > res["threshold"]).mean() - a) < 0.002
+    assert abs(fires(test, res["threshold"]).mean() - a) < 0.002
     # an answer with fewer scheduled checks than k can never fire
-    few, _ = answer_scores(np.full((1, 5), 0.9), [5, 10, 15, 20, 25], [5], sched)
+    few = answer_scores(np.full((1, 5), 0.9), [5, 10, 15, 20, 25], _deployed([5]), sched).score
     assert few[0] == -np.inf
     assert Schedule.from_dict(sched.to_dict()) == sched and sched.aggregation == "2 of the last 5 checks"
 
@@ -268,11 +322,10 @@ def test_probe_set_of_another_hidden_size_is_refused_before_generation():
         GuardedGenerator(model, tok, spans, GuardConfig(mode="lp"), probes)
 
 
-def test_select_layer_and_every_stored_depth_threshold():
-    """The shared selection: first of tied AUROCs, NaN never wins, a fixed layer is kept; the sweep's
-    every-stored-depth answer score is the max over an answer's finite depths (brute force)."""
-    from interp.probes.calibration import threshold_at_fpr
-    from interp.probes.select import answer_threshold, choose_layer
+def test_select_layer_and_answer_scores_equal_brute_force():
+    """The shared selection: first of tied AUROCs, NaN never wins, a fixed layer is kept. Answer scores equal a
+    brute-force walk over each answer's scheduled checks (grid columns, the end slot for the final check)."""
+    from interp.probes.select import choose_layer
 
     assert choose_layer([3, 5, 7], [0.8, 0.9, 0.9]) == 5
     assert choose_layer([3, 5, 7], [np.nan, 0.6, 0.5]) == 5
@@ -280,11 +333,13 @@ def test_select_layer_and_every_stored_depth_threshold():
     with pytest.raises(UserError):
         choose_layer([3], [np.nan])
     rng = np.random.default_rng(0)
-    p = rng.random((50, 6))
-    p[rng.random((50, 6)) < 0.3] = np.nan
-    p[0] = np.nan  # an answer with no stored check
     depths = [0, 8, 16, 25, 50, 75]
-    res = answer_threshold(p, depths, np.full(50, 75), 0.1)
-    brute = np.array([np.nanmax(r) if np.isfinite(r).any() else np.nan for r in p])
-    np.testing.assert_array_equal(res["answer_scores"], brute)
-    assert res["threshold"] == threshold_at_fpr(brute[np.isfinite(brute)], 0.1) and res["n_answers"] == 49
+    lengths = rng.integers(1, 90, 50)
+    p = rng.random((50, 6))
+    p[np.asarray(depths)[None] > lengths[:, None]] = np.nan
+    end = rng.random(50)
+    sched = Schedule(stride=25, early_checks=(8, 16), answer_length=75)
+    ans = answer_scores(p, depths, _deployed(lengths, answer_length=75), sched, end)
+    for i, n in enumerate(np.minimum(lengths, 75)):
+        want = [p[i, depths.index(d)] if d in depths else end[i] for d in sched.depths(n)]
+        assert ans.score[i] == max(want) and ans.n_checks[i] == len(want)

@@ -15,12 +15,12 @@ import torch
 from tqdm import tqdm
 
 from interp import UserError
-from interp.causal.inputs import BENIGN, HARMFUL, Example, label_batch
+from interp.causal.inputs import BENIGN, HARMFUL, Example, example_groups, label_batch
 from interp.causal.metrics import OpenerTokens
 from interp.causal.runner import SpanRunner, read, span_cols
 from interp.model.hooks import HookFn, at_positions, resid_post, resid_pre
 from interp.spans.derive import SafetySpans
-from interp.stats import mean_ci
+from interp.stats import grouped_mean_ci
 
 
 def unit(v: torch.Tensor) -> torch.Tensor:
@@ -84,10 +84,10 @@ def diff_of_means(model, examples: Sequence[Example], span: SafetySpans, pad_id:
     return torch.cat(sums[HARMFUL]).mean(0) - torch.cat(sums[BENIGN]).mean(0)
 
 
-def _summary(real: np.ndarray, controls: np.ndarray) -> dict:
-    """Real per-example deltas vs the per-direction mean deltas of the random controls."""
+def _summary(real: np.ndarray, controls: np.ndarray, groups: Sequence[str]) -> dict:
+    """Real per-example deltas (CI over prompt groups) vs the per-direction mean deltas of the random controls."""
     m = float(real.mean())
-    out = {"real": mean_ci(real), "random_mean": float(controls.mean()) if controls.size else float("nan"),
+    out = {"real": grouped_mean_ci(real, groups), "random_mean": float(controls.mean()) if controls.size else float("nan"),
            "random_q025": float(np.quantile(controls, 0.025)) if controls.size else float("nan"),
            "random_q975": float(np.quantile(controls, 0.975)) if controls.size else float("nan"),
            "random_means": controls.tolist()}
@@ -124,6 +124,7 @@ def direction_effects(model, examples: Sequence[Example], span: SafetySpans, pad
             continue
         runner = SpanRunner(model, batch, cached)
         clean = read(runner, openers, capture=sites[:1])
+        groups = example_groups(batch.examples)
         r, c = span_cols(batch, where)
         scale = float(clean.cache[sites[0]][r, c].norm(dim=-1).mean())
         for alpha in alphas:
@@ -131,9 +132,9 @@ def direction_effects(model, examples: Sequence[Example], span: SafetySpans, pad
                 batch, sites, u, mode, alpha, scale, where)).mean() for u in randoms])
             for name, vec in directions.items():
                 row = {"direction": name, "alpha": alpha, "label": label, "depth": d, "n": len(batch.examples),
-                       "scale": scale, "refusal_clean": mean_ci(clean.refusal.numpy())}
+                       "scale": scale, "refusal_clean": grouped_mean_ci(clean.refusal.numpy(), groups)}
                 hooks = direction_hooks(batch, sites, vec, mode, alpha, scale, where)
-                row.update(_summary(_delta(runner, openers, clean.refusal, hooks), controls))
+                row.update(_summary(_delta(runner, openers, clean.refusal, hooks), controls, groups))
                 rows.append(row)
     return {"mode": mode, "layers": list(layers), "site": site_kind, "where": where, "n_random": n_random,
             "rows": rows}

@@ -109,7 +109,11 @@ def setup(cfg: CausalConfig, model_cfg, sub: str) -> Context:
     out.mkdir(parents=True, exist_ok=True)
     spans = derive_safety_spans(loaded.tokenizer)
     items = _continuations(cfg, loaded, Path(cfg.out))
-    examples = [Example(c.id, c.label, tuple(c.prompt_ids), tuple(c.response_ids), c.source) for c in items]
+    from interp.probes.groups import content_groups
+
+    groups = content_groups([c.prompt for c in items], [(c.meta or {}).get("pair_id") for c in items])
+    examples = [Example(c.id, c.label, tuple(c.prompt_ids), tuple(c.response_ids), c.source, str(g))
+                for c, g in zip(items, groups)]
     if not any(e.label == "harmful" for e in examples) or not any(e.label == "benign" for e in examples):
         raise UserError("causal experiments need harmful and benign examples")
     tok = loaded.tokenizer

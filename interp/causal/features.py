@@ -14,44 +14,51 @@ import torch
 from tqdm import tqdm
 
 from interp import UserError
-from interp.causal.inputs import BENIGN, HARMFUL, Example, label_batch
+from interp.causal.inputs import BENIGN, HARMFUL, Example, example_groups, label_batch
 from interp.causal.metrics import OpenerTokens, Probe, cohens_d_ci
 from interp.causal.runner import SpanRunner, read, span_cols
 from interp.causal.transcoders import splice_hooks
 from interp.model.hooks import mlp_in, resid_post
 from interp.spans.derive import SafetySpans
-from interp.stats import mean_ci
+from interp.stats import grouped_mean_ci
 
 
 @torch.no_grad()
 def span_features(model, tc, layer: int, examples: Sequence[Example], span: SafetySpans, pad_id: int,
-                  depths: Sequence[int], where: str = "probe", cached: bool = True) -> dict[str, torch.Tensor]:
-    """``{label: [N, d_sae]}`` feature activations per (example, depth) at the span (probe token or mean)."""
+                  depths: Sequence[int], where: str = "probe", cached: bool = True) -> dict:
+    """``{label: [N, d_sae]}`` feature activations per (example, depth) at the span (probe token or mean), and
+    ``"groups"``: ``{label: [N]}`` each row's prompt group (rows of one prompt at several depths share one)."""
     out: dict[str, list[torch.Tensor]] = {HARMFUL: [], BENIGN: []}
+    groups: dict[str, list[str]] = {HARMFUL: [], BENIGN: []}
     for d in depths:
         for label in out:
             batch = label_batch(examples, label, d, span, pad_id)
             if batch is None:
                 continue
+            groups[label] += example_groups(batch.examples)
             r = read(SpanRunner(model, batch, cached), None, capture=(mlp_in(layer),))
             rows, cols = span_cols(batch, where)
             acts = tc.encode(r.cache[mlp_in(layer)][rows, cols].to(tc.W_enc.dtype))
             if where == "span":
                 acts = acts.reshape(len(batch.examples), -1, acts.shape[-1]).mean(1)
             out[label].append(acts.double().cpu())
-    return {k: torch.cat(v) if v else torch.zeros(0, tc.cfg.d_sae, dtype=torch.float64) for k, v in out.items()}
+    acts = {k: torch.cat(v) if v else torch.zeros(0, tc.cfg.d_sae, dtype=torch.float64) for k, v in out.items()}
+    return {**acts, "groups": groups}
 
 
 
 def rank_features(acts_harmful: torch.Tensor, acts_benign: torch.Tensor, top: int = 50, n_boot: int = 1000,
-                  seed: int = 0) -> list[dict]:
-    """Features ranked by |Cohen's d| (harmful vs benign), bootstrap 95% CIs for the ``top`` ones."""
+                  seed: int = 0, groups: dict | None = None) -> list[dict]:
+    """Features ranked by |Cohen's d| (harmful vs benign), bootstrap 95% CIs for the ``top`` ones (resampling the
+    prompt ``groups`` of each side's rows, as :func:`span_feature_acts` returns them)."""
     a, b = acts_harmful.double().numpy(), acts_benign.double().numpy()
     if len(a) < 2 or len(b) < 2:
         raise UserError("feature ranking needs at least two harmful and two benign rows")
     point = cohens_d_ci(a, b, n_boot=1)[:, 0]
     order = np.argsort(-np.abs(point), kind="stable")[:top]
-    ci = cohens_d_ci(a[:, order], b[:, order], n_boot=n_boot, seed=seed)
+    g = groups or {}
+    ci = cohens_d_ci(a[:, order], b[:, order], n_boot=n_boot, seed=seed, groups_a=g.get(HARMFUL),
+                     groups_b=g.get(BENIGN))
     out = []
     for i, f in enumerate(order):
         out.append({"feature": int(f), "d": float(ci[i, 0]), "lo": float(ci[i, 1]), "hi": float(ci[i, 2]),
@@ -111,6 +118,7 @@ def topk_ablation(model, tc, layer: int, examples: Sequence[Example], span: Safe
         runner = SpanRunner(model, batch, cached)
         clean = read(runner, openers, probe, probe_layers, probe_site)
         r, c = span_cols(batch, where)
+        groups = example_groups(batch.examples)
 
         def effect(feats, runner=runner, clean=clean, r=r, c=c) -> dict[str, np.ndarray]:
             hooks = splice_hooks(tc, layer, feature_edit(torch.as_tensor(np.asarray(feats), dtype=torch.long),
@@ -127,7 +135,7 @@ def topk_ablation(model, tc, layer: int, examples: Sequence[Example], span: Safe
             row = {"label": label, "depth": d, "k": k, "n": len(batch.examples)}
             for key, vals in real.items():
                 ctrl = np.array([c_[key].mean() for c_ in controls])
-                row[key] = mean_ci(vals)
+                row[key] = grouped_mean_ci(vals, groups)
                 row[f"{key}_random_mean"] = float(ctrl.mean()) if ctrl.size else float("nan")
                 row[f"{key}_random_q025"] = float(np.quantile(ctrl, 0.025)) if ctrl.size else float("nan")
                 row[f"{key}_random_q975"] = float(np.quantile(ctrl, 0.975)) if ctrl.size else float("nan")

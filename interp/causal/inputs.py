@@ -32,6 +32,12 @@ class Example:
     prompt_ids: tuple[int, ...]
     response_ids: tuple[int, ...]
     source: str = ""
+    group: str = ""  # prompt group (:func:`interp.probes.groups.content_groups`); default: the prompt's tokens
+
+
+def example_groups(examples: Sequence[Example]) -> list[str]:
+    """The unit every causal interval resamples: each example's prompt group (its prompt tokens when unset)."""
+    return [e.group or hashlib.sha256(str(e.prompt_ids).encode()).hexdigest()[:16] for e in examples]
 
 
 @dataclass

@@ -62,22 +62,32 @@ def probe_logits(probe: Probe, hidden: torch.Tensor, layer: int) -> torch.Tensor
     return torch.as_tensor(np.asarray(out.detach().cpu() if torch.is_tensor(out) else out), dtype=torch.float64)
 
 
-def cohens_d_ci(a, b, n_boot: int = 1000, level: float = 0.95, seed: int = 0) -> np.ndarray:
-    """Cohen's d (a vs b) per column of ``[Na, F]`` / ``[Nb, F]`` with bootstrap CIs -> ``[F, 3]`` (d, lo, hi)."""
+def cohens_d_ci(a, b, n_boot: int = 1000, level: float = 0.95, seed: int = 0, groups_a=None, groups_b=None
+                ) -> np.ndarray:
+    """Cohen's d (a vs b) per column of ``[Na, F]`` / ``[Nb, F]`` with bootstrap CIs -> ``[F, 3]`` (d, lo, hi).
+
+    The bootstrap resamples each side's rows by group (``groups_a`` / ``groups_b``: rows of one prompt at several
+    depths move together; default each row its own group), through :func:`interp.stats.bootstrap_weights`."""
+    from interp.stats import bootstrap_weights
+
     a, b = np.asarray(a, np.float64), np.asarray(b, np.float64)
 
-    def d(x: np.ndarray, y: np.ndarray) -> np.ndarray:
-        nx, ny = x.shape[-2], y.shape[-2]
-        vx, vy = x.var(axis=-2, ddof=1), y.var(axis=-2, ddof=1)
-        pooled = np.sqrt(((nx - 1) * vx + (ny - 1) * vy) / max(nx + ny - 2, 1))
-        diff = x.mean(axis=-2) - y.mean(axis=-2)
+    def stats(x: np.ndarray, w: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        n = w.sum(1, keepdims=True)  # [B, 1]
+        mean = (w @ x) / n
+        var = np.maximum((w @ (x * x)) - n * mean * mean, 0.0) / np.maximum(n - 1, 1)
+        return n, mean, var
+
+    def d(wa: np.ndarray, wb: np.ndarray) -> np.ndarray:
+        (na, ma, va), (nb, mb, vb) = stats(a, wa), stats(b, wb)
+        pooled = np.sqrt(((na - 1) * va + (nb - 1) * vb) / np.maximum(na + nb - 2, 1))
+        diff = ma - mb
         # zero pooled variance: a constant feature; d is +-1e6 if the means differ, else 0
         return np.where(pooled > 0, diff / np.where(pooled > 0, pooled, 1.0), np.sign(diff) * 1e6)
 
-    point = d(a, b)
-    rng = np.random.default_rng(seed)
-    boots = np.empty((n_boot, a.shape[1]))
-    for i in range(n_boot):
-        boots[i] = d(a[rng.integers(0, len(a), len(a))], b[rng.integers(0, len(b), len(b))])
+    point = d(np.ones((1, len(a))), np.ones((1, len(b))))[0]
+    ga = np.arange(len(a)) if groups_a is None else np.asarray(groups_a)
+    gb = np.arange(len(b)) if groups_b is None else np.asarray(groups_b)
+    boots = d(bootstrap_weights(ga, n_boot, seed), bootstrap_weights(gb, n_boot, seed + 1))
     q = (1 - level) / 2
     return np.stack([point, np.quantile(boots, q, axis=0), np.quantile(boots, 1 - q, axis=0)], axis=1)

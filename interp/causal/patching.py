@@ -15,12 +15,12 @@ import torch
 from tqdm import tqdm
 
 from interp import UserError
-from interp.causal.inputs import BENIGN, HARMFUL, Example, SpanBatch, build_batch, label_batch
+from interp.causal.inputs import BENIGN, HARMFUL, Example, SpanBatch, build_batch, example_groups, label_batch
 from interp.causal.metrics import OpenerTokens, Probe
 from interp.causal.runner import Readout, SiteFn, SpanRunner, read, span_cols
 from interp.model.hooks import HookFn, at_positions, resid_post
 from interp.spans.derive import SafetySpans
-from interp.stats import mean_ci
+from interp.stats import grouped_mean_ci
 
 __all__ = ["heatmap_matrix", "knockout_effects", "pair_up", "patch_hook", "patching_sweep"]
 
@@ -57,7 +57,8 @@ def patching_sweep(model, examples: Sequence[Example], span: SafetySpans, pad_id
                    depths: Sequence[int], layers: Sequence[int], where: str = "span",
                    site: SiteFn = resid_post, probe: Probe | None = None, probe_layers: Sequence[int] = (),
                    probe_site: SiteFn = resid_post, min_pairs: int = 2, cached: bool = True) -> dict:
-    """Patch benign -> harmful and harmful -> benign at every (layer, depth); mean effects with 95% CIs.
+    """Patch benign -> harmful and harmful -> benign at every (layer, depth); mean effects with 95% CIs over the
+    receiving rows' prompt groups.
 
     Returns ``{"layers", "depths", "n_pairs": [D], "cells": [{layer, depth, direction, metric: ci}, ...]}``
     where ``direction`` names the run that receives the patch (``harmful<-benign`` or ``benign<-harmful``).
@@ -77,6 +78,7 @@ def patching_sweep(model, examples: Sequence[Example], span: SafetySpans, pad_id
         runner = SpanRunner(model, build_batch(harm + ben, d, span, pad_id), cached)
         clean = read(runner, openers, probe, probe_layers, probe_site, capture=[site(L) for L in layers])
         partner = torch.cat([torch.arange(n, 2 * n), torch.arange(n)])  # row i's pair in the other label
+        groups = np.asarray(example_groups(runner.batch.examples))
         rows = {HARMFUL: slice(0, n), BENIGN: slice(n, 2 * n)}
         for L in layers:
             hook = patch_hook(runner.batch, runner.batch, clean.cache[site(L)][partner], where)
@@ -84,7 +86,7 @@ def patching_sweep(model, examples: Sequence[Example], span: SafetySpans, pad_id
             for dst, src in ((HARMFUL, BENIGN), (BENIGN, HARMFUL)):
                 deltas = _delta(patched, clean, rows[dst], rows[src], probe_layers)
                 cell = {"layer": L, "depth": d, "direction": f"{dst}<-{src}", "n": len(harm)}
-                cell.update({k: mean_ci(v) for k, v in deltas.items()})
+                cell.update({k: grouped_mean_ci(v, groups[rows[dst]]) for k, v in deltas.items()})
                 gap = float(np.mean(deltas["gap_refusal"]))
                 cell["fraction_of_gap"] = float(np.mean(deltas["d_refusal"])) / gap if gap else float("nan")
                 cells.append(cell)
@@ -106,12 +108,13 @@ def knockout_effects(model, examples: Sequence[Example], span: SafetySpans, pad_
             runner = SpanRunner(model, batch, cached)
             clean = read(runner, openers, probe, probe_layers, probe_site)
             ko = read(runner, openers, probe, probe_layers, probe_site, knockout=True)
+            groups = example_groups(batch.examples)
             row = {"depth": d, "label": label, "n": len(batch.examples),
-                   "refusal_clean": mean_ci(clean.refusal.numpy()),
-                   "refusal_knockout": mean_ci(ko.refusal.numpy()),
-                   "d_refusal": mean_ci((ko.refusal - clean.refusal).numpy())}
+                   "refusal_clean": grouped_mean_ci(clean.refusal.numpy(), groups),
+                   "refusal_knockout": grouped_mean_ci(ko.refusal.numpy(), groups),
+                   "d_refusal": grouped_mean_ci((ko.refusal - clean.refusal).numpy(), groups)}
             for L in probe_layers:
-                row[f"d_probe_{L}"] = mean_ci((ko.probe[L] - clean.probe[L]).numpy())
+                row[f"d_probe_{L}"] = grouped_mean_ci((ko.probe[L] - clean.probe[L]).numpy(), groups)
             out.append(row)
     return out
 

@@ -22,7 +22,8 @@ class Record:
     """One prompt (optionally with a response) and its harmful/benign label.
 
     ``id`` is stable across runs (``<dataset>:<key>``); ``meta`` holds JSON-serialisable extras such as
-    ``pair_id`` (topic-matched twins), the source file, judge flags or affirmative openers.
+    ``pair_id`` (topic-matched twins, namespaced by the family of datasets that shares it: ``jbb:12``,
+    ``demo:weapons-1``), the source file, judge flags or affirmative openers.
     """
 
     id: str

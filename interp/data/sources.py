@@ -74,7 +74,7 @@ def jbb_behaviors(label: str):
             records.append(Record(
                 id=f"{name}:{index}", prompt=row["goal"], label=label, source=name,
                 category=row["category"],
-                meta={"pair_id": index, "behavior": row["behavior"].strip(), "target": row["target"],
+                meta={"pair_id": f"jbb:{index}", "behavior": row["behavior"].strip(), "target": row["target"],
                       "origin": row["source"], "split": row["category"]}))
         return records
     return build
@@ -152,7 +152,7 @@ def jbb_artifacts(files: Files) -> list[Record]:
         records.append(Record(
             id=f"jbb_artifacts:{key}/{item['index']}", prompt=item["prompt"], label=HARMFUL,
             response=item["response"], source="jbb_artifacts", category=item["category"],
-            meta={"goal": item["goal"], "behavior": item["behavior"], "pair_id": item["index"],
+            meta={"goal": item["goal"], "behavior": item["behavior"], "pair_id": f"jbb:{item['index']}",
                   "jailbroken": bool(item["jailbroken"]),
                   "jailbroken_llama_guard1": item.get("jailbroken_llama_guard1"),
                   "method": method, "attack_type": attack_type, "target_model": model, "split": key}))
@@ -169,7 +169,7 @@ def jbb_jailbroken(files: Files) -> list[Record]:
         records.append(Record(
             id=f"jbb_jailbroken:{key}/{item['index']}", prompt=item["goal"], label=HARMFUL,
             response=item["response"], source="jbb_jailbroken", category=item["category"],
-            meta={"jailbreak_prompt": item["prompt"], "behavior": item["behavior"], "pair_id": item["index"],
+            meta={"jailbreak_prompt": item["prompt"], "behavior": item["behavior"], "pair_id": f"jbb:{item['index']}",
                   "method": method, "attack_type": attack_type, "target_model": model, "split": key}))
     return records
 
@@ -205,5 +205,5 @@ def demo(files: Files) -> list[Record]:
         rows = list(read_jsonl(Path(local)))
     return [Record(id=row["id"], prompt=row["prompt"], label=normalize_label(row["label"]), source="demo",
                    category=row["category"],
-                   meta={"pair_id": row["pair_id"], "target": row["target"], "split": row["category"]})
+                   meta={"pair_id": f"demo:{row['pair_id']}", "target": row["target"], "split": row["category"]})
             for _, row in rows]

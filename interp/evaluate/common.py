@@ -112,7 +112,9 @@ class EvalConfig(AggregateConfig):
     matcher: str = field(default="keyword", metadata={"help": "ADA-RK matcher", "choices": ("keyword", "prob")})
     base_lookahead: int = field(default=40, metadata={"help": "tokens the undefended model continues (deep-prefill)"})
     threshold: float | None = field(default=None, metadata={"help": "ADA-LP threshold (default: the probe set's)"})
-    max_new_tokens: int = field(default=128, metadata={"help": "answer length (over-refusal, attacks)"})
+    max_new_tokens: int | None = field(default=None, metadata={
+        "help": "answer length (over-refusal, attacks; default: the answer length the probe set's threshold was "
+                "calibrated at, else 128)"})
     batch_size: int = field(default=4, metadata={"help": "prompts per batch"})
     contexts: tuple[int, ...] = field(default=(256, 1024), metadata={"help": "cost: context lengths"})
     strides: tuple[int, ...] = field(default=(5, 25, 50), metadata={"help": "cost: strides for the slowdown"})
@@ -128,7 +130,7 @@ class EvalConfig(AggregateConfig):
     def validate(self) -> None:
         """One-line errors for options that cannot work."""
         for name in ("limit", "batch_size", "stride", "lookahead", "base_lookahead", "max_new_tokens"):
-            if getattr(self, name) < 1:
+            if getattr(self, name) is not None and getattr(self, name) < 1:
                 hint = " (it is per dataset; there is no 'all')" if name == "limit" else ""
                 raise UserError(f"--{name.replace('_', '-')} must be >= 1, got {getattr(self, name)}{hint}")
         if self.threshold is not None and not 0 <= self.threshold < 1:
@@ -138,13 +140,20 @@ class EvalConfig(AggregateConfig):
         Aggregation.of(self)
 
 
+DEFAULT_ANSWER_LENGTH = 128
+
+
 def setup_run(cfg: EvalConfig):
-    """``(GuardModel, spans, probes-or-None)`` for an evaluation config."""
+    """``(GuardModel, spans, probes-or-None)`` for an evaluation config; an unset ``max_new_tokens`` becomes the
+    answer length the probe set was calibrated at (the deployed one), else :data:`DEFAULT_ANSWER_LENGTH`."""
     from interp.spans.derive import derive_safety_spans
 
     gm = load_guard_model(cfg.model, device=cfg.device, dtype=cfg.dtype)
     spans = derive_safety_spans(gm.tokenizer)
     probes = random_probes(gm.model, spans) if cfg.probes == "random" else load_probes(cfg.probes)
+    if cfg.max_new_tokens is None:
+        calibrated = ((getattr(probes, "schedule", None) or {}).get("answer_length") if probes is not None else None)
+        cfg.max_new_tokens = int(calibrated or DEFAULT_ANSWER_LENGTH)
     return gm, spans, probes
 
 
@@ -155,9 +164,10 @@ def batches(items: list, size: int):
 
 def records_for(cfg: EvalConfig, default: tuple[str, ...], label: str | None = None, probes=None
                 ) -> tuple[list, dict]:
-    """``([(dataset, record)], split)``: up to ``limit`` records of ``label`` per dataset (seeded sample, order
-    kept), drawn from the prompts ``probes`` was neither trained nor calibrated on
-    (:func:`interp.probes.protocol.exclude_seen`); ``split`` says how many were excluded."""
+    """``([(dataset, record)], split)``: up to ``limit`` prompts of ``label`` per dataset, one record each (a seeded
+    sample of distinct prompt groups, so no prompt is drawn twice through its copies), drawn from the prompts
+    ``probes`` was neither trained nor calibrated on (:func:`interp.probes.protocol.exclude_seen`); ``split`` says
+    how many were excluded."""
     import random
 
     from interp.data import load_dataset
@@ -174,16 +184,49 @@ def records_for(cfg: EvalConfig, default: tuple[str, ...], label: str | None = N
             info[k] += part.get(k, 0)
         statuses.add(part["status"])
         info["in_sample"] = info.get("in_sample") or part["in_sample"]
-        if cfg.limit and len(recs) > cfg.limit:
-            keep = set(random.Random(cfg.seed).sample(range(len(recs)), cfg.limit))
-            recs = [r for i, r in enumerate(recs) if i in keep]
-        out += recs
+        out += sample_by_prompt(recs, cfg.limit, random.Random(cfg.seed))
     require(bool(out), f"no {label or ''} records in {', '.join(cfg.datasets or default)}")
     info["n_eval"] = len(out)
     info["status"] = "; ".join(sorted(statuses))
     print(f"evaluation prompts: {info['n_eval']} ({info['excluded']} of {info['n_candidates']} excluded as seen in "
           f"training/calibration; {info['status']})", flush=True)
     return out, info
+
+
+def sample_by_prompt(recs: list, limit: int | None, rng) -> list:
+    """Up to ``limit`` records, one per prompt group (:func:`interp.probes.groups.content_groups`), groups drawn
+    with ``rng`` and the record of each drawn with it too; dataset order kept."""
+    from interp.probes.groups import content_groups
+
+    groups = content_groups([r.prompt for _, r in recs], [(r.meta or {}).get("pair_id") for _, r in recs])
+    members: dict[str, list[int]] = {}
+    for i, g in enumerate(groups):
+        members.setdefault(str(g), []).append(i)
+    names = sorted(members)
+    if limit and len(names) > limit:
+        names = rng.sample(names, limit)
+    keep = sorted(rng.choice(members[g]) for g in sorted(names))
+    return [recs[i] for i in keep]
+
+
+def eval_groups(recs: list) -> list[str]:
+    """Content group of each evaluated ``(dataset, record)``: the unit every rate's interval resamples."""
+    from interp.probes.groups import content_groups
+
+    return [str(g) for g in content_groups([r.prompt for _, r in recs],
+                                           [(r.meta or {}).get("pair_id") for _, r in recs])]
+
+
+def generators(recs: list, continuation: str) -> list[str]:
+    """Who wrote the forced text of each record: the evaluated model itself (``prefill``), else the generator its
+    dataset records (AlpacaEval ``generator``, ShadowAlignment ``model``, JailbreakBench ``target_model``)."""
+    if continuation == "prefill":
+        return ["the evaluated model (its own continuation after the opener)"] * len(recs)
+    out = []
+    for name, r in recs:
+        meta = r.meta or {}
+        out.append(str(meta.get("generator") or meta.get("model") or meta.get("target_model") or f"{name} (unknown)"))
+    return out
 
 
 def plot_path(out_dir: str | Path, name: str) -> Path:

@@ -5,12 +5,17 @@ after a prefill-attack opener); the guard feeds the forced tokens between two ch
 (:mod:`interp.guard.generator`), so the cost is the checks, not the depth. At each depth d of the grid the same cache is probed by
 three detectors (each rolled back): ``base`` (the undefended model continues greedily for
 ``base_lookahead`` tokens; refusal by the keyword rule), ``rk`` (ADA-RK re-injection) and ``lp`` (ADA-LP).
-Depths beyond a continuation's end are not measured (n shrinks; reported per depth).
+
+Every rate's denominator is every evaluated prompt: a continuation that ended before depth d counts as what it
+did at its end (its final check), and each point says how many such rows it holds (``ended_before``). Intervals
+resample prompt groups (:func:`interp.stats.grouped_rate`).
 
 Only prompts the probe set was neither trained nor calibrated on are used (their count and the split are
-recorded). The matched-style control arm continues the benign prompts of the same datasets after the same kind
-of forced opener: its LP rate is a false-alarm rate, and ``lp_auroc_vs_control`` says whether the probe separates
-harmfulness rather than the forced style. Refusal is judged by both rules (keyword, refusal-opener probability).
+recorded; one record per prompt). The matched-style control arm continues the benign prompts of the same
+datasets after the same kind of forced opener: its LP rate is a false-alarm rate per check, and
+``lp_auroc_vs_control`` says whether the probe separates harmfulness rather than the forced style. The result
+says whether the two arms' forced text comes from the same generator (``control_matched``); text written by
+another model is labelled not matched. Refusal is judged by both rules (keyword, refusal-opener probability).
 """
 
 from __future__ import annotations
@@ -21,6 +26,8 @@ from interp import UserError
 from interp.evaluate.common import (
     EvalConfig,
     batches,
+    eval_groups,
+    generators,
     plot_path,
     records_for,
     require,
@@ -30,7 +37,7 @@ from interp.evaluate.common import (
 from interp.guard.generator import GuardedGenerator
 from interp.guard.types import GuardConfig
 from interp.spans.derive import encode_response, format_prompt_ids
-from interp.stats import wilson
+from interp.stats import grouped_rate
 
 DEFAULT_DATASETS = ("demo",)
 
@@ -56,32 +63,57 @@ def _continuations(gm, spans, cfg: EvalConfig, rows, max_depth: int) -> list[lis
 
 def _run_arm(gen, rows, conts, recs, cfg: EvalConfig, desc: str) -> list[dict]:
     per_row = []
+    groups = eval_groups(recs)
     for chunk in tqdm(list(batches(list(range(len(rows))), cfg.batch_size)), desc=desc):
         res = gen.generate([rows[i][0] for i in chunk], forced=[conts[i] for i in chunk], forced_only=True)
         for i, r in zip(chunk, res):
             per_row.append({"id": rows[i][1].id, "dataset": recs[i][0], "label": rows[i][1].label,
-                            "n_tokens": len(conts[i]),
+                            "group": groups[i], "n_tokens": len(conts[i]),
                             "checks": [{"depth": c.depth, "detector": c.detector, "flagged": c.flagged,
                                         "score": c.score, "lookahead": c.lookahead} for c in r.checks]})
     return per_row
 
 
+def check_at(row: dict, detector: str, depth: int) -> tuple[dict | None, bool]:
+    """The ``detector`` check of a row that stands for ``depth``: the check at that depth, or, when the
+    continuation ended before it, the final check at its end (what the row did); and whether it ended before."""
+    checks = [c for c in row["checks"] if c["detector"] == detector]
+    at = [c for c in checks if c["depth"] == depth]
+    if at:
+        return at[0], False
+    if row["n_tokens"] < depth:
+        end = [c for c in checks if c["depth"] == row["n_tokens"]]
+        return (end[0] if end else None), True
+    return None, False
+
+
 def _curves(per_row: list[dict], detectors, depths, prob_threshold: float) -> dict:
-    """Rate per detector and depth (Wilson CIs); ``<det>_prob`` = the same check judged by the probability rule."""
+    """Rate per detector and depth over every row (grouped CIs); ``<det>_prob`` = the same check judged by the
+    probability rule. A row that ended before a depth counts with its final check (``ended_before``)."""
     curves = {}
     for det in detectors:
         for judge in ("keyword", "prob") if det in ("base", "rk") else ("probe",):
             name = det if judge != "prob" else f"{det}_prob"
             curves[name] = []
             for d in depths:
-                cs = [c for row in per_row for c in row["checks"] if c["depth"] == d and c["detector"] == det]
-                hits = [c["flagged"] if judge != "prob" else (c["score"] or 0.0) >= prob_threshold for c in cs]
-                curves[name].append({"depth": d, **wilson(sum(hits), len(hits))})
+                hits, groups, ended, missing = [], [], 0, 0
+                for row in per_row:
+                    c, before = check_at(row, det, d)
+                    if c is None:
+                        missing += 1
+                        continue
+                    ended += before
+                    hits.append(c["flagged"] if judge != "prob" else (c["score"] or 0.0) >= prob_threshold)
+                    groups.append(row["group"])
+                require(missing == 0, f"{missing} row(s) have no {det} check standing for depth {d}: the guard's "
+                                      "final check did not run (an internal error: please report it)")
+                curves[name].append({"depth": d, **grouped_rate(hits, groups), "ended_before": ended})
     return curves
 
 
 def _lp_auroc(harmful: list[dict], benign: list[dict], depths) -> list[dict]:
-    """Per depth: AUROC of the ADA-LP score, harmful deep prefills vs matched-style benign ones (bootstrap CI)."""
+    """Per depth: AUROC of the ADA-LP score, harmful deep prefills vs matched-style benign ones (CI over prompt
+    groups); rows that ended before the depth enter with their final check."""
     import numpy as np
 
     from interp.probes.metrics import summarize
@@ -91,9 +123,9 @@ def _lp_auroc(harmful: list[dict], benign: list[dict], depths) -> list[dict]:
         s, y, g = [], [], []
         for lab, rows in ((1, harmful), (0, benign)):
             for row in rows:
-                for c in row["checks"]:
-                    if c["depth"] == d and c["detector"] == "lp" and c["score"] is not None:
-                        s.append(c["score"]), y.append(lab), g.append(row["id"])
+                c, _ = check_at(row, "lp", d)
+                if c is not None and c["score"] is not None:
+                    s.append(c["score"]), y.append(lab), g.append(row["group"])
         if len(set(y)) < 2:
             out.append({"depth": d, "auroc": None, "lo": None, "hi": None, "n": len(y)})
             continue
@@ -101,6 +133,16 @@ def _lp_auroc(harmful: list[dict], benign: list[dict], depths) -> list[dict]:
         out.append({"depth": d, "auroc": m["auroc"]["value"], "lo": m["auroc"]["lo"], "hi": m["auroc"]["hi"],
                     "n": len(y)})
     return out
+
+
+def _matching(harm: list, ben: list, cfg: EvalConfig) -> dict:
+    """Whether the control arm's forced text has the harmful arm's generator(s)."""
+    h, b = sorted(set(generators(harm, cfg.continuation))), sorted(set(generators(ben, cfg.continuation)))
+    matched = h == b and not any("unknown" in x for x in h)
+    return {"control_matched": matched, "harmful_generators": h, "control_generators": b,
+            "control_note": "same generator as the harmful arm" if matched else
+            "NOT MATCHED: the control arm's text comes from another generator, so a difference between the arms "
+            "may be the writer's style rather than harmfulness"}
 
 
 def run_deep_prefill(cfg: EvalConfig) -> dict:
@@ -117,7 +159,7 @@ def run_deep_prefill(cfg: EvalConfig) -> dict:
             split = {"harmful": split, "benign_control": f"skipped: {err}"}
     detectors = ("base", "rk") + (("lp",) if probes is not None else ())
     gcfg = GuardConfig(mode="rk", stride=10**9, early_checks=tuple(d for d in depths if d > 0),
-                       check_at_start=0 in depths, final_check=False, lookahead=cfg.lookahead, matcher=cfg.matcher,
+                       check_at_start=0 in depths, final_check=True, lookahead=cfg.lookahead, matcher=cfg.matcher,
                        threshold=cfg.threshold, max_new_tokens=max(max(depths), 1), buffer=False)
     gen = GuardedGenerator(gm.model, gm.tokenizer, spans, gcfg, probes, model_id=gm.model_id,
                            weights_sha256=gm.weights_sha256, detectors=detectors, halt=False,
@@ -133,12 +175,13 @@ def run_deep_prefill(cfg: EvalConfig) -> dict:
     prob_thr = gen.checker.prob.threshold
     curves = _curves(arms["harmful"], detectors, depths, prob_thr)
     result = {"mode": "deep-prefill", "model": gm.provenance, "spans": spans.to_dict(), "depths": depths,
-              "detectors": list(detectors), "split": split,
+              "detectors": list(detectors), "split": split, **(_matching(harm, ben, cfg) if ben else {}),
               "judges": {"keyword": gen.checker.keyword.describe(), "prob": gen.checker.prob.describe()},
               "judge": gen.checker.keyword.describe(),
               "lp_threshold": getattr(gen.checker, "threshold", None), "curves": curves, "rows": arms["harmful"],
-              "rule": "per check at each depth (a curve point is one check; --aggregate applies to per-answer "
-                      "runs: over-refusal, attacks, the guard)",
+              "rule": "per check at each depth over every prompt (a curve point is one check; a continuation that "
+                      "ended before the depth counts with its final check; --aggregate applies to per-answer runs: "
+                      "over-refusal, attacks, the guard); 95% CIs over prompt groups",
               "note": "base = undefended model's own continuation after the prefill; <det>_prob = the same check "
                       "judged by the refusal-opener probability rule; lp skipped when no probe set is given; "
                       "control = benign prompts continued after the same kind of forced opener"}
@@ -171,7 +214,7 @@ def _plot(curves: dict, out_dir, control: dict | None = None) -> None:
         ax.fill_between(x, [p["lo"] for p in pts], [p["hi"] for p in pts], alpha=0.2)
     ax.set_xscale("symlog", linthresh=10)
     ax.set_xlabel("prefilled harmful tokens (depth)")
-    ax.set_ylabel("refusal / detection rate (95% Wilson CI)")
+    ax.set_ylabel("refusal / detection rate (95% CI over prompts)")
     ax.set_ylim(-0.02, 1.02)
     ax.legend()
     fig.tight_layout()

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from tqdm import tqdm
 
-from interp.evaluate.common import EvalConfig, batches
+from interp.evaluate.common import EvalConfig, batches, eval_groups
 from interp.guard.generator import GuardedGenerator
 from interp.guard.types import GuardConfig
 from interp.spans.derive import format_prompt_ids
@@ -25,6 +25,7 @@ def observe(gm, spans, probes, cfg: EvalConfig, recs, desc: str, opener: bool = 
                        aggregate=cfg.aggregate, k_of_n=cfg.k_of_n, window=cfg.window, ema_alpha=cfg.ema_alpha)
     gen = GuardedGenerator(gm.model, gm.tokenizer, spans, gcfg, probes, model_id=gm.model_id,
                            weights_sha256=gm.weights_sha256, detectors=detectors, halt=False)
+    groups = dict(zip((id(r) for _, r in recs), eval_groups(recs)))
     with gen:
         rows = []
         for chunk in tqdm(list(batches(recs, cfg.batch_size)), desc=desc):
@@ -34,13 +35,14 @@ def observe(gm, spans, probes, cfg: EvalConfig, recs, desc: str, opener: bool = 
             for (name, rec), res in zip(chunk, gen.generate(prompts, forced=forced)):
                 answer = gm.tokenizer.decode(res.generated_ids, skip_special_tokens=True)
                 row = {"id": rec.id, "dataset": f"{name} + forced opener" if opener else name,
-                       "n_tokens": len(res.generated_ids), "answer": answer,
+                       "group": groups[id(rec)], "n_tokens": len(res.generated_ids), "answer": answer,
                        "base_refused": gen.checker.keyword(answer), "stop_reason": res.stop_reason}
                 for det in detectors:
                     fired = [c.depth for c in res.checks if c.detector == det and c.fired]  # the guard's rule
                     row[f"{det}_fired"] = bool(fired)
                     row[f"{det}_first_depth"] = fired[0] if fired else None
                     row[f"{det}_checks"] = sum(c.detector == det for c in res.checks)
+                    row[f"{det}_scores"] = [[c.depth, c.score] for c in res.checks if c.detector == det]
                 rows.append(row)
         meta = {"detectors": list(detectors), "judge": gen.checker.keyword.describe(),
                 "lp_threshold": getattr(gen.checker, "threshold", None), "guard_config": gcfg.__dict__,

@@ -1,10 +1,11 @@
 """Over-refusal: how often each defence fires on benign prompts while the model gives its own answer.
 
-Reports, per dataset and overall (Wilson 95% CIs): the undefended model's own refusal rate (keyword rule on
-its answer) and the rate at which ADA-RK / ADA-LP fire at any check (every ``stride`` tokens + at the end), i.e.
-each defence's per-answer false-alarm rate. The control arm (on by default) answers the same prompts again after
-a forced affirmative opener, the style a probe trained on prefill attacks may have learned: its rows are
-reported as ``<dataset> + forced opener``.
+Reports, per dataset and overall (95% CIs over prompt groups): the undefended model's own refusal rate (keyword
+rule on its answer) and the rate at which ADA-RK / ADA-LP fire under the guard's rule (every ``stride`` tokens +
+at the end, answers of up to ``max_new_tokens``: by default the answer length the probe set was calibrated at),
+i.e. each defence's per-answer false-alarm rate as deployed. The control arm (on by default) answers the same
+prompts again after a forced affirmative opener, the style a probe trained on prefill attacks may have learned:
+its rows are reported as ``<dataset> + forced opener``.
 """
 
 from __future__ import annotations
@@ -18,7 +19,7 @@ from interp.evaluate.common import (
     write_result,
 )
 from interp.evaluate.observe import observe
-from interp.stats import wilson
+from interp.stats import grouped_rate
 
 DEFAULT_DATASETS = ("xstest_safe", "jbb_benign", "alpaca_eval")
 
@@ -32,7 +33,7 @@ def summarise(rows: list[dict], detectors: list[str], keys: dict[str, str]) -> d
         groups["all + forced opener"] = [r for r in rows if r["dataset"].endswith(" + forced opener")]
     for r in rows:
         groups.setdefault(r["dataset"], []).append(r)
-    return {g: {label: wilson(sum(bool(r[key]) for r in rs), len(rs)) for label, key in keys.items()}
+    return {g: {label: grouped_rate([bool(r[key]) for r in rs], [r["group"] for r in rs]) for label, key in keys.items()}
             for g, rs in groups.items()}
 
 
@@ -49,7 +50,7 @@ def run_over_refusal(cfg: EvalConfig) -> dict:
     result = {"mode": "over-refusal", "model": gm.provenance, "spans": spans.to_dict(), **meta, "rates": rates,
               "rows": rows}
     path = write_result(cfg.out, "over_refusal", result, cfg)
-    bar_plot(rates, "over_refusal", "fires on benign prompts (95% Wilson CI)", cfg.out)
+    bar_plot(rates, "over_refusal", "fires on benign prompts (95% CI over prompts)", cfg.out)
     result["path"] = str(path)
     return result
 

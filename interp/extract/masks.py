@@ -34,7 +34,7 @@ class PackedPlan:
     input_ids: tuple[int, ...]
     position_ids: tuple[int, ...]
     copy_index: tuple[int, ...]  # MAIN for prompt/response tokens, k for tokens of the copy at depths[k]
-    depths: tuple[int, ...]
+    depths: tuple[int, ...]  # the shared depths, then the row's end depth when planned with one
     valid: tuple[bool, ...]  # valid[k] = depths[k] <= response length
     span_start: tuple[int, ...]  # sequence index of copy k's first token, -1 if invalid
     prompt_len: int
@@ -56,8 +56,9 @@ class PackedPlan:
 
 
 def plan_packed(prompt_ids: Sequence[int], response_ids: Sequence[int], span_ids: Sequence[int],
-                depths: Sequence[int]) -> PackedPlan:
-    """Lay out one response with a span copy after each valid depth (invalid depths get no copy)."""
+                depths: Sequence[int], end: int | None = None) -> PackedPlan:
+    """Lay out one response with a span copy after each valid depth (invalid depths get no copy), and with
+    ``end`` one more copy after that many tokens (the answer's final check; it may equal a shared depth)."""
     depths = tuple(int(d) for d in depths)
     if not prompt_ids:
         raise ValueError("prompt_ids is empty")
@@ -65,6 +66,10 @@ def plan_packed(prompt_ids: Sequence[int], response_ids: Sequence[int], span_ids
         raise ValueError("span_ids is empty")
     if any(d < 0 for d in depths) or list(depths) != sorted(set(depths)):
         raise ValueError(f"depths must be distinct, non-negative and increasing, got {depths}")
+    if end is not None:
+        if not 0 <= int(end) <= len(response_ids):
+            raise ValueError(f"end depth {end} is outside the response of {len(response_ids)} tokens")
+        depths += (int(end),)
     P, R, h = len(prompt_ids), len(response_ids), len(span_ids)
     ids = [int(t) for t in prompt_ids] + [int(t) for t in response_ids]
     pos = list(range(P + R))
@@ -155,10 +160,10 @@ def collate(plans: Sequence[PackedPlan], pad_id: int, *, dtype: torch.dtype = to
     """Right-pad plans into one batch with the tree mask (pad rows see only themselves)."""
     if not plans:
         raise ValueError("no plans to collate")
-    depths = plans[0].depths
-    if any(p.depths != depths or p.span_len != plans[0].span_len for p in plans):
-        raise ValueError("all plans in a batch need the same depths and span length")
-    B, S, D, h = len(plans), max(p.length for p in plans), len(depths), plans[0].span_len
+    D = len(plans[0].depths)
+    if any(len(p.depths) != D or p.span_len != plans[0].span_len for p in plans):
+        raise ValueError("all plans in a batch need as many depth slots and the same span length")
+    B, S, h = len(plans), max(p.length for p in plans), plans[0].span_len
     ids = torch.full((B, S), int(pad_id), dtype=torch.long)
     pos = torch.zeros((B, S), dtype=torch.long)
     copy = torch.full((B, S), PAD, dtype=torch.long)

@@ -42,6 +42,9 @@ class ExtractConfig:
         "help": "resid_pre, resid_post and/or ln1 (the block's normalised input)"})
     positions: str = field(default="span", metadata={
         "help": "store every Safety-Token position or only the probe token", "choices": POSITIONS})
+    answer_length: int | None = field(default=None, metadata={
+        "help": "the deployed guard's max_new_tokens: each answer is checked up to min(its length, this), and its "
+                "final check (at that depth) is stored beside the depth grid (default: the deepest depth)"})
     store_dtype: str = field(default="float16", metadata={
         "help": "storage dtype", "choices": ("float32", "float16", "bfloat16")})
     batch_size: int = field(default=4, metadata={"help": "responses per packed forward"})
@@ -177,14 +180,27 @@ def _model_dtype(model) -> torch.dtype:
     return next(model.parameters()).dtype
 
 
+def resolve_answer_length(depths: Sequence[int], answer_length: int | None) -> int:
+    """The horizon answers are checked to: ``answer_length``, or the deepest depth when it is None."""
+    if answer_length is None:
+        return int(max(depths))
+    if int(answer_length) < 1:
+        raise UserError(f"--answer-length must be >= 1 (the guard's max_new_tokens), got {answer_length}")
+    return int(answer_length)
+
+
 def prepare_plans(items: Sequence[Continuation], span_ids: Sequence[int], depths: Sequence[int],
-                  max_context: int | None, too_long: str = "truncate"):
-    """Plans for every item (responses cut after the deepest depth and to the context), with warnings. Items
-    that do not fit under ``too_long="skip"`` must be dropped first (:func:`skipped_too_long`)."""
+                  max_context: int | None, too_long: str = "truncate", answer_length: int | None = None):
+    """Plans for every item (responses cut after the deepest depth or the answer length, and to the context),
+    each with its end slot at ``min(length, answer_length)``, with warnings. Items that do not fit under
+    ``too_long="skip"`` must be dropped first (:func:`skipped_too_long`).
+
+    Returns ``(plans, valid [N, D], n_tokens [N], end_depths [N])``."""
     if too_long not in TOO_LONG:
         raise UserError(f"--too-long must be one of {', '.join(TOO_LONG)}, got {too_long!r}")
-    h, deepest = len(span_ids), max(depths)
-    plans, n_tokens = [], []
+    h, horizon = len(span_ids), resolve_answer_length(depths, answer_length)
+    deepest = max(max(depths), horizon)
+    plans, n_tokens, ends = [], [], []
     for item in items:
         if not item.prompt_ids:
             raise UserError(f"example {item.id!r} has an empty prompt")
@@ -192,22 +208,25 @@ def prepare_plans(items: Sequence[Continuation], span_ids: Sequence[int], depths
         n_tokens.append(len(response))
         keep = fit(item.id, len(item.prompt_ids) + h, min(len(response), deepest), max_context,
                    "truncate" if too_long == "skip" else too_long)
-        plans.append(plan_packed(item.prompt_ids, response[:keep], span_ids, depths))
+        end = min(len(response), horizon, keep)
+        ends.append(end)
+        plans.append(plan_packed(item.prompt_ids, response[:keep], span_ids, depths, end=end))
     empty = [it.id for it in items if not it.response_ids]
     if empty:
         warnings.warn(f"{len(empty)} example(s) have an empty response (only depth 0 is valid): {empty[:3]}",
                       stacklevel=2)
-    valid = np.array([p.valid for p in plans], dtype=bool).reshape(len(plans), len(depths))
+    valid = np.array([p.valid[:len(depths)] for p in plans], dtype=bool).reshape(len(plans), len(depths))
     never = [d for d, col in zip(depths, valid.T) if not col.any()]
     if never:
         warnings.warn(f"depths {never} exceed every response; they are masked (valid=False)", stacklevel=2)
-    return plans, valid, np.asarray(n_tokens, dtype=np.int64)
+    return plans, valid, np.asarray(n_tokens, dtype=np.int64), np.asarray(ends, dtype=np.int64)
 
 
 def skipped_too_long(items: Sequence[Continuation], span_ids: Sequence[int], depths: Sequence[int],
-                     max_context: int | None) -> list[str]:
-    """Ids of the items whose prompt + response (to the deepest depth) + span exceed the context."""
-    h, deepest = len(span_ids), max(depths)
+                     max_context: int | None, answer_length: int | None = None) -> list[str]:
+    """Ids of the items whose prompt + response (to the deepest depth or the answer length) + span exceed the
+    context."""
+    h, deepest = len(span_ids), max(max(depths), resolve_answer_length(depths, answer_length))
     return [it.id for it in items if fit(it.id, len(it.prompt_ids) + h, min(len(it.response_ids), deepest),
                                          max_context, "skip") is None]
 
@@ -247,24 +266,31 @@ def batch_order(plans: Sequence, batch_size: int) -> list[list[int]]:
     return [order[i:i + batch_size] for i in range(0, len(order), batch_size)]
 
 
-def text_at_depths(tokenizer, items: Sequence[Continuation], depths: Sequence[int], progress: bool = False
-                   ) -> dict[str, list]:
+def text_at_depths(tokenizer, items: Sequence[Continuation], depths: Sequence[int], progress: bool = False,
+                   ends: Sequence[int] | None = None) -> dict[str, list]:
     """The response text of each item and, per depth, how many of its characters the first ``d`` response
-    tokens decode to (the text a probe at depth d has seen; text-only baselines read exactly this)."""
+    tokens decode to (the text a probe at depth d has seen; text-only baselines read exactly this); with
+    ``ends`` also ``end_chars``, the characters at each item's end depth."""
     from tqdm.auto import tqdm
 
-    texts, chars = [], []
-    for it in tqdm(items, desc="decode text at depths", unit="ex", disable=not progress or len(items) < 500):
+    texts, chars, end_chars = [], [], []
+
+    def seen(ids: list[int], full: str, d: int) -> int:
+        part = tokenizer.decode(ids[:min(int(d), len(ids))], skip_special_tokens=True) if d > 0 else ""
+        return len(os.path.commonprefix([part, full]))
+
+    for i, it in enumerate(tqdm(items, desc="decode text at depths", unit="ex",
+                                disable=not progress or len(items) < 500)):
         ids = list(it.response_ids)
         full = tokenizer.decode(ids, skip_special_tokens=True)
-        row = []
-        for d in depths:
-            part = tokenizer.decode(ids[:min(int(d), len(ids))], skip_special_tokens=True) if d > 0 else ""
-            k = len(os.path.commonprefix([part, full]))
-            row.append(k)
         texts.append(full)
-        chars.append(row)
-    return {"response": texts, "response_chars": chars}
+        chars.append([seen(ids, full, d) for d in depths])
+        if ends is not None:
+            end_chars.append(seen(ids, full, int(ends[i])))
+    out = {"response": texts, "response_chars": chars}
+    if ends is not None:
+        out["end_chars"] = end_chars
+    return out
 
 
 @dataclass
@@ -280,8 +306,9 @@ def extract_to_store(model, tokenizer, items: Sequence[Continuation], out: str |
                      depths: Sequence[int], layers: Sequence[int], hooks: Sequence[str] = ("resid_post",),
                      positions: str = "span", storage_dtype: str = "float16", batch_size: int = 4,
                      too_long: str = "truncate", provenance: dict | None = None, progress: bool = True,
-                     on_batch=None) -> ExtractResult:
-    """Extract every item at every depth into the HDF5 store at ``out`` (resuming rows not yet done).
+                     answer_length: int | None = None, on_batch=None) -> ExtractResult:
+    """Extract every item at every depth, and at its end (its final check at ``min(length, answer_length)``,
+    default the deepest depth), into the HDF5 store at ``out`` (resuming rows not yet done).
 
     ``spans`` is a :class:`interp.spans.derive.SafetySpans` (``span_ids``, ``probe_index``, ``to_dict()``).
     ``on_batch(n_done)`` is called after each written batch (tests use it to crash mid-run).
@@ -307,25 +334,28 @@ def extract_to_store(model, tokenizer, items: Sequence[Continuation], out: str |
     depths = parse_depths(depths)
     hooks = [canonical_hook(h) for h in hooks]
     pos = list(range(len(span_ids))) if positions == "span" else [int(spans.probe_index)]
-    skipped = skipped_too_long(items, span_ids, depths, max_context) if too_long == "skip" else []
+    horizon = resolve_answer_length(depths, answer_length)
+    skipped = skipped_too_long(items, span_ids, depths, max_context, horizon) if too_long == "skip" else []
     if skipped:
         warnings.warn(f"--too-long skip: {len(skipped)} example(s) exceed the model context and are not stored "
                       f"(e.g. {skipped[0]!r}; all listed in the store's 'skipped_too_long' attribute)", stacklevel=2)
         items = [it for it in items if it.id not in set(skipped)]
         if not items:
             raise UserError("every example exceeds the model context (--too-long skip left none)")
-    plans, valid, n_tokens = prepare_plans(items, span_ids, depths, max_context, too_long)
+    plans, valid, n_tokens, ends = prepare_plans(items, span_ids, depths, max_context, too_long, horizon)
     prov = model_provenance(model, tokenizer, provenance)
     span_info = spans.to_dict() if hasattr(spans, "to_dict") else {}
     prov.update(span_text=getattr(spans, "span_text", span_info.get("span_text", "")), span_ids=span_ids,
                 probe_index=int(spans.probe_index), template_hash=getattr(spans, "template_hash", None),
                 spans=span_info, depth_schedule=[int(d) for d in depths], skipped_too_long=skipped,
-                token_ids_sha256=token_ids_sha256(items))
+                token_ids_sha256=token_ids_sha256(items), answer_length=horizon)
     examples = {"id": [it.id for it in items], "label": [1 if it.label == "harmful" else 0 for it in items],
-                "source": [it.source for it in items], "prompt": [it.prompt for it in items],
+                "source": [it.source for it in items], "kind": [it.kind or "dataset" for it in items],
+                "prompt": [it.prompt for it in items],
                 "category": [it.category or "" for it in items], "n_response_tokens": n_tokens, "valid": valid,
-                "pair_id": [str((it.meta or {}).get("pair_id") or "") for it in items]}
-    examples.update(text_at_depths(tokenizer, items, depths, progress=progress))
+                "pair_id": [str((it.meta or {}).get("pair_id") or "") for it in items],
+                "end_depth": ends, "finished": [bool(it.finished) for it in items]}
+    examples.update(text_at_depths(tokenizer, items, depths, progress=progress, ends=ends))
     store = ActivationStore.create(out, prov, examples, depths, hooks, layers, pos, cfg.hidden_size,
                                    storage_dtype)
     window, types = attention_layout(model.config)

@@ -22,11 +22,10 @@ import h5py
 import numpy as np
 
 from interp import UserError
-from interp.extract.store import ActivationStore, ids_sha256
+from interp.extract.store import ActivationStore, ids_sha256, read_texts, write_texts
 
 SHARD_KEYS = ("shard_rank", "shard_world_size", "shard_start", "shard_stop", "n_examples_total")
 MERGE_MODES = ("virtual", "copy")
-_STR = h5py.string_dtype("utf-8")
 
 
 def shard_dir(out: str | Path) -> Path:
@@ -139,9 +138,8 @@ def _merge(tmp: Path, stores, parts, ref: dict, man: dict, mode: str, dest: Path
             ex = f.create_group("examples")
             for key in stores[0].h5["examples"]:
                 src = [s.h5["examples"][key] for s in stores]
-                if h5py.check_string_dtype(src[0].dtype) is not None:
-                    data = np.array([x for d in src for x in d.asstr()[()]], dtype=object)
-                    ex.create_dataset(key, data=data, dtype=_STR)
+                if h5py.check_string_dtype(src[0].dtype) is not None:  # re-escaped as a whole (NULs in one shard)
+                    write_texts(ex, key, [x for d in src for x in read_texts(d)])
                 else:
                     ex.create_dataset(key, data=np.concatenate([d[()] for d in src], axis=0))
             for name in _activation_datasets(stores[0].h5):

@@ -2,19 +2,29 @@
 
 Layout::
 
-    /examples/{id, label, source, prompt, category, pair_id, n_response_tokens, valid[N,D], done[N]}
+    /examples/{id, label, source, kind, prompt, category, pair_id, n_response_tokens, valid[N,D], done[N]}
     /examples/{response, response_chars[N,D]}   response text; characters of it the probe has seen at depth d
+    /examples/{end_depth, end_chars, finished}   each answer's final check depth (see below), whether it ended
     /depths[D]
-    /acts/<hook>/layer_<L>                     [N, D, n_pos, d_model]   Safety-Token positions
-    /baselines/last_token/<hook>/layer_<L>     [N, D, d_model]          last response token before depth d
-    /baselines/prompt/<hook>/layer_<L>         [N, d_model]             last prompt token
+    /acts/<hook>/layer_<L>                     [N, D+1, n_pos, d_model]   Safety-Token positions
+    /baselines/last_token/<hook>/layer_<L>     [N, D+1, d_model]          last response token before depth d
+    /baselines/prompt/<hook>/layer_<L>         [N, d_model]               last prompt token
+
+The depth axis of the activation datasets holds the D shared depths and one more slot, the **end** of each
+answer: the span injected after ``end_depth`` tokens, where ``end_depth = min(answer length, answer_length)``
+(the store attribute ``answer_length``: the deployed guard's ``max_new_tokens``). That is where the guard's
+final check runs on the answer, so with a depth grid that holds every stride multiple the store holds every
+check the guard makes (:meth:`ActivationStore.read` returns the D shared depths, :meth:`ActivationStore.read_end`
+the end slot). Stores of format 1 have no end slot.
 
 ``<hook>`` is a TransformerLens hook suffix (``hook_resid_pre``, ``hook_resid_post``, ``ln1.hook_normalized``;
 full name ``blocks.<L>.<hook>``). Every activation dataset is one layer, stored contiguously and allocated when
 the file is created, so reading one layer reads only that layer's bytes, and writing a batch changes raw data
 only (never HDF5 metadata): a writer killed at any moment leaves a readable file whose ``done`` rows are
 complete (``done`` is set after the batch's data is flushed). Storage dtype float32, float16, or bfloat16 kept as
-uint16 (attribute ``storage_dtype`` on every dataset and the root).
+uint16 (attribute ``storage_dtype`` on every dataset and the root). Text is stored as UTF-8 strings; HDF5 strings
+cannot hold NUL, so a text dataset where any value contains one is stored escaped (a backslash doubled, NUL as a
+backslash and a zero; attribute ``escaped``), and read back exactly.
 """
 
 from __future__ import annotations
@@ -22,6 +32,7 @@ from __future__ import annotations
 import errno
 import json
 import os
+import re
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -31,7 +42,7 @@ import numpy as np
 
 from interp import UserError
 
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2  # 2: the end slot (final checks), kind, finished, escaped text
 HOOK_ALIASES = {"resid_pre": "hook_resid_pre", "resid_post": "hook_resid_post", "ln1": "ln1.hook_normalized",
                 "hook_resid_pre": "hook_resid_pre", "hook_resid_post": "hook_resid_post",
                 "ln1.hook_normalized": "ln1.hook_normalized"}
@@ -39,8 +50,41 @@ STORAGE_DTYPES = ("float32", "float16", "bfloat16")
 # provenance keys that must match to append to an existing store
 IDENTITY_KEYS = ("format_version", "model_id", "weights_sha256", "dtype", "template_hash", "span_ids",
                  "probe_index", "hooks", "layers", "depths", "storage_dtype", "positions", "example_ids_sha256",
-                 "token_ids_sha256", "tokenizer_sha256", "n_layers", "d_model")
+                 "token_ids_sha256", "tokenizer_sha256", "n_layers", "d_model", "answer_length", "end_slot")
+TEXT_KEYS = ("id", "source", "kind", "prompt", "category", "pair_id", "response")
 _STR = h5py.string_dtype("utf-8")
+
+
+def encode_texts(values: Sequence) -> tuple[np.ndarray, bool]:
+    """Strings for an HDF5 text dataset and whether they were escaped (only when some value holds a NUL)."""
+    vals = [str("" if x is None else x) for x in values]
+    escaped = any("\x00" in v for v in vals)
+    if escaped:
+        vals = [v.replace("\\", "\\\\").replace("\x00", "\\0") for v in vals]
+    return np.array(vals, dtype=object), escaped
+
+
+_UNESCAPE = re.compile(r"\\(\\|0)")
+
+
+def decode_texts(values: np.ndarray, escaped: bool) -> np.ndarray:
+    """Inverse of :func:`encode_texts`."""
+    if not escaped:
+        return values
+    return np.array([_UNESCAPE.sub(lambda m: "\\" if m.group(1) == "\\" else "\x00", str(v)) for v in values],
+                    dtype=object)
+
+
+def write_texts(group: h5py.Group, name: str, values: Sequence) -> None:
+    """A text dataset, escaped if it must be (the ``escaped`` attribute says so)."""
+    data, escaped = encode_texts(values)
+    ds = group.create_dataset(name, data=data, dtype=_STR)
+    if escaped:
+        ds.attrs["escaped"] = 1
+
+
+def read_texts(ds: h5py.Dataset) -> np.ndarray:
+    return decode_texts(ds.asstr()[()], bool(ds.attrs.get("escaped", 0)))
 
 
 def canonical_hook(name: str) -> str:
@@ -135,6 +179,8 @@ class ActivationStore:
             self.storage_dtype: str = self.provenance["storage_dtype"]
             self.positions: list[int] = [int(x) for x in self.provenance["positions"]]
             self.probe_index: int = int(self.provenance["probe_index"])
+            self.has_end: bool = bool(self.provenance.get("end_slot", False))
+            self.answer_length: int | None = self.provenance.get("answer_length")
             ex = h5["examples"]
             self.n_examples: int = int(ex["done"].shape[0])
             self._ids = ex["id"]
@@ -156,8 +202,10 @@ class ActivationStore:
         """Create a store (atomically: built under a temporary name, then renamed), or reopen a matching one.
 
         ``examples`` holds ``id, label`` (1 harmful / 0 benign), ``source, prompt, category, n_response_tokens``
-        and ``valid`` [N, D]. Reopening an existing file refuses any change of model, template, span, hooks,
-        layers, depths, positions, storage dtype or example list (:class:`UserError`).
+        and ``valid`` [N, D]; with ``end_depth`` [N] (and optionally ``end_chars``, ``finished``, ``kind``) the
+        activation datasets get the end slot (the final check of each answer). Reopening an existing file refuses
+        any change of model, template, span, hooks, layers, depths, positions, storage dtype, answer length or
+        example list (:class:`UserError`).
         """
         path = Path(path)
         if storage_dtype not in STORAGE_DTYPES:
@@ -167,7 +215,9 @@ class ActivationStore:
         if len(set(ids)) != len(ids):
             raise UserError("example ids are not unique")
         prov = dict(provenance)
-        prov.update(format_version=FORMAT_VERSION, hooks=hooks, layers=[int(x) for x in layers],
+        has_end = "end_depth" in examples
+        prov.setdefault("answer_length", None)
+        prov.update(format_version=FORMAT_VERSION, end_slot=has_end, hooks=hooks, layers=[int(x) for x in layers],
                     depths=[int(d) for d in depths], storage_dtype=storage_dtype,
                     positions=[int(p) for p in positions], example_ids_sha256=ids_sha256(ids))
         if path.exists():
@@ -177,17 +227,22 @@ class ActivationStore:
         path.parent.mkdir(parents=True, exist_ok=True)
         tmp = path.with_name(path.name + ".tmp")
         N, D = len(ids), len(depths)
+        slots = D + int(has_end)
         with h5py.File(tmp, "w") as f:
             for key, value in prov.items():
                 f.attrs[key] = _encode_attr(value)
             f.create_dataset("depths", data=np.asarray(depths, dtype=np.int64))
             ex = f.create_group("examples")
-            for key in ("id", "source", "prompt", "category", "pair_id", "response"):
+            for key in TEXT_KEYS:
                 if key in examples or key in ("id", "source", "prompt", "category"):
-                    ex.create_dataset(key, data=np.array([str(x or "") for x in examples.get(key, [""] * N)],
-                                                         dtype=object), dtype=_STR)
+                    write_texts(ex, key, examples.get(key, [""] * N))
             if "response_chars" in examples:
                 ex.create_dataset("response_chars", data=np.asarray(examples["response_chars"], np.int32).reshape(N, D))
+            if has_end:
+                ex.create_dataset("end_depth", data=np.asarray(examples["end_depth"], np.int64).reshape(N))
+                ex.create_dataset("finished", data=np.asarray(examples.get("finished", [True] * N), bool).reshape(N))
+                if "end_chars" in examples:
+                    ex.create_dataset("end_chars", data=np.asarray(examples["end_chars"], np.int32).reshape(N))
             ex.create_dataset("label", data=np.asarray(examples["label"], dtype=np.int8))
             ex.create_dataset("n_response_tokens", data=np.asarray(examples["n_response_tokens"], np.int64))
             ex.create_dataset("valid", data=np.asarray(examples["valid"], dtype=bool).reshape(N, D))
@@ -195,8 +250,8 @@ class ActivationStore:
             disk = _disk_dtype(storage_dtype)
             for hook in hooks:
                 for layer in layers:
-                    for group, shape in ((f"acts/{hook}", (N, D, len(positions), d_model)),
-                                         (f"baselines/last_token/{hook}", (N, D, d_model)),
+                    for group, shape in ((f"acts/{hook}", (N, slots, len(positions), d_model)),
+                                         (f"baselines/last_token/{hook}", (N, slots, d_model)),
                                          (f"baselines/prompt/{hook}", (N, d_model))):
                         ds = _create_preallocated(f.require_group(group), f"layer_{layer}", shape, disk)
                         ds.attrs["storage_dtype"] = storage_dtype
@@ -217,9 +272,10 @@ class ActivationStore:
     def examples(self) -> dict[str, np.ndarray]:
         """Per-example metadata as numpy arrays (strings as ``str`` objects)."""
         ex = self.h5["examples"]
-        out = {k: ex[k].asstr()[()] for k in ("id", "source", "prompt", "category", "pair_id", "response") if k in ex}
-        if "response_chars" in ex:
-            out["response_chars"] = ex["response_chars"][()]
+        out = {k: read_texts(ex[k]) for k in TEXT_KEYS if k in ex}
+        for k in ("response_chars", "end_depth", "end_chars", "finished"):
+            if k in ex:
+                out[k] = ex[k][()]
         out.update(label=ex["label"][()], n_response_tokens=ex["n_response_tokens"][()],
                    valid=ex["valid"][()].astype(bool), done=ex["done"][()].astype(bool))
         return out
@@ -276,17 +332,31 @@ class ActivationStore:
             x = self._dataset("baselines/prompt", hook, layer)
             data = _take_rows(x, row_idx)
             return np.repeat(from_storage(data, self.storage_dtype)[:, None, :], len(d_idx), axis=1)
+        return self._slots(hook, layer, position, d_idx, row_idx)
+
+    def read_end(self, hook: str, layer: int, *, position: str | int = "probe",
+                 rows: Sequence[int] | np.ndarray | None = None) -> np.ndarray:
+        """float32 ``[N, d_model]`` at each answer's end slot (the span after ``examples["end_depth"]`` tokens: the
+        guard's final check); ``position`` as in :meth:`read`."""
+        if not self.has_end:
+            raise UserError(f"{self.path} holds no final checks (written before format 2, or without end depths); "
+                            "re-extract it with `anydepth extract` of this version")
+        row_idx = self._rows(rows)
+        if position == "prompt":
+            return self.read(hook, layer, position="prompt", depths=[int(self.depths[0])], rows=rows)[:, 0]
+        return self._slots(hook, layer, position, np.array([len(self.depths)]), row_idx)[:, 0]
+
+    def _slots(self, hook: str, layer: int, position: str | int, slots: np.ndarray, row_idx) -> np.ndarray:
         if position == "last_token":
             x = self._dataset("baselines/last_token", hook, layer)
-            data = _take_rows(x, row_idx)[:, d_idx]
-            return from_storage(data, self.storage_dtype)
+            return from_storage(_take_rows(x, row_idx)[:, slots], self.storage_dtype)
         span_pos = self.probe_index if position == "probe" else int(position)
         if span_pos not in self.positions:
             raise UserError(f"span position {span_pos} not stored (stored span positions: {self.positions})")
         x = self._dataset("acts", hook, layer)
         p = self.positions.index(span_pos)
         data = x[:, :, p, :] if row_idx is None else _take_rows(x, row_idx)[:, :, p, :]
-        return from_storage(np.asarray(data)[:, d_idx], self.storage_dtype)
+        return from_storage(np.asarray(data)[:, slots], self.storage_dtype)
 
     def select(self, label: str | int | None = None, *, done_only: bool = True) -> np.ndarray:
         """Row indices with ``label`` (``"harmful"``/1, ``"benign"``/0, None = any), finished rows only by default."""
@@ -310,7 +380,8 @@ class ActivationStore:
     # ---------------------------------------------------------------- writing
     def write_rows(self, rows: Sequence[int], acts: dict[tuple[str, int], np.ndarray],
                    last_token: dict[tuple[str, int], np.ndarray], prompt: dict[tuple[str, int], np.ndarray]) -> None:
-        """Write one batch (float32 arrays keyed by (hook, layer)), flush, then mark the rows done."""
+        """Write one batch (float32 arrays keyed by (hook, layer); ``acts``/``last_token`` hold every depth slot, the
+        end slot last when the store has one), flush, then mark the rows done."""
         rows = np.asarray(rows, dtype=np.int64)
         order = np.argsort(rows)
         sorted_rows = rows[order]

@@ -7,27 +7,46 @@ import numpy as np
 from interp import UserError
 
 
+def fires(scores, threshold: float) -> np.ndarray:
+    """The one flag convention, offline and live: ``score >= threshold`` compared in float32 (the guard's scores
+    are float32; :func:`interp.guard.aggregate.reaches` is the scalar form). NaN never fires."""
+    with np.errstate(invalid="ignore"):
+        return np.asarray(scores, np.float64).astype(np.float32) >= np.float32(threshold)
+
+
+def threshold_allowing(scores: np.ndarray, k: int) -> float:
+    """A threshold at which exactly the scores above the ``(n - k)``-th smallest fire (ties never split): a
+    float32 value strictly above that score and at most the next larger distinct score (their midpoint where
+    float32 can hold it), or just above the maximum when ``k = 0``. ``-inf`` scores never fire."""
+    s = np.sort(np.asarray(scores, np.float64).astype(np.float32))
+    if len(s) == 0:
+        raise UserError("no benign control scores to set a threshold on")
+    k = int(min(max(k, 0), len(s) - 1))
+    base = s[len(s) - k - 1]
+    above = s[s > base]
+    if base == -np.inf:  # everything that can fire may fire
+        return float(np.nextafter(above[0], np.float32(-np.inf))) if len(above) else 1.0
+    floor = np.nextafter(base, np.float32(np.inf))
+    if len(above) == 0:
+        return float(floor)
+    return float(max(np.float32((float(base) + float(above[0])) / 2), floor))
+
+
 def threshold_at_fpr(benign_scores: np.ndarray, target_fpr: float) -> float:
-    """Threshold flagging at most ``target_fpr`` of the benign scores, whether the rule is ``score > t`` or
-    ``score >= t``: with k = floor(target * n) and s the sorted scores, t lies halfway between the (n - k)-th
-    smallest score and the next larger distinct score (just above the maximum when there is none)."""
-    s = np.sort(np.asarray(benign_scores, np.float64))
+    """Threshold flagging (:func:`fires`) at most ``target_fpr`` of the benign scores: k = floor(target * n) of them
+    (:func:`threshold_allowing`)."""
+    s = np.asarray(benign_scores, np.float64)
     if len(s) == 0:
         raise UserError("no benign control scores to set a threshold on")
     if not 0 <= target_fpr < 1:
         raise UserError(f"target FPR must be in [0, 1), got {target_fpr}")
-    k = int(np.floor(target_fpr * len(s) + 1e-9))
-    base = s[len(s) - k - 1]
-    above = s[s > base]
-    if len(above):
-        return float((base + above[0]) / 2)
-    return float(np.nextafter(np.float32(base), np.float32(np.inf)))
+    return threshold_allowing(s, int(np.floor(target_fpr * len(s) + 1e-9)))
 
 
 def rates_at_threshold(scores: np.ndarray, y: np.ndarray, threshold: float) -> dict[str, float]:
-    """TPR and FPR of flag = score > threshold."""
+    """TPR and FPR of :func:`fires` at ``threshold``."""
     scores, y = np.asarray(scores), np.asarray(y)
-    flagged = scores > threshold
+    flagged = fires(scores, threshold)
     tpr = float(flagged[y == 1].mean()) if (y == 1).any() else float("nan")
     fpr = float(flagged[y == 0].mean()) if (y == 0).any() else float("nan")
     return {"threshold": float(threshold), "tpr": tpr, "fpr": fpr}

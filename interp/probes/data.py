@@ -25,7 +25,12 @@ class StoreSliceConfig:
     folds: int = field(default=5, metadata={"help": "grouped CV folds (by prompt)"})
     seed: int = field(default=0, metadata={"help": "fold / bootstrap seed"})
     target_fpr: float = field(default=0.01, metadata={"help": "FPR on benign controls for the threshold"})
-    control_sources: list[str] | None = field(default=None, metadata={"help": "benign sources used as controls"})
+    control_sources: list[str] | None = field(default=None, metadata={
+        "help": "restrict the threshold's benign answers to these sources"})
+    calibrate_on: list[str] = field(default_factory=lambda: ["own", "prefill"], metadata={
+        "help": "kinds of benign answers the threshold is set on and the FPR is reported on: own (the model's own "
+                "answers), prefill (its answers after a forced opener), refusal, dataset (third-party text); the "
+                "deployed guard sees own answers"})
     allow_partial: bool = field(default=False, metadata={
         "help": "use a store whose extraction has not finished (only its finished rows)"})
 
@@ -72,6 +77,7 @@ class LayerData:
     sources: np.ndarray  # [N] str
     depths: np.ndarray  # [D]
     layer: int | None = None
+    X_end: np.ndarray | None = None  # [N, d] each answer at its end slot (its final check), if the store has it
 
     def __post_init__(self) -> None:
         if self.X.ndim == 2:
@@ -86,6 +92,8 @@ class LayerData:
             raise UserError("LayerData: X, y, groups, sources, valid and depths disagree in shape")
         if not set(np.unique(self.y)) <= {0, 1}:
             raise UserError("labels must be 0 (benign) or 1 (harmful)")
+        if self.X_end is not None and self.X_end.shape != (n, self.X.shape[-1]):
+            raise UserError("LayerData: X_end must be [N, d] like X's rows")
 
     def pairs(self) -> tuple[np.ndarray, np.ndarray]:
         """(row index, depth index) of every valid pair, row-major."""
@@ -111,20 +119,20 @@ def _attr(value: Any) -> Any:
 def examples_meta(store: Any) -> dict[str, np.ndarray]:
     """Labels, prompt groups, sources, validity and text of a store's examples (strings decoded).
 
-    ``groups`` is the split unit (:func:`interp.probes.protocol.group_key`): a topic-matched twin pair when the
-    store records ``pair_id``, else the normalised prompt text (so one prompt's rows from several sources stay
-    together), else the example id.
+    ``groups`` is the split unit: the content group (:func:`interp.probes.groups.content_groups`: the same
+    prompt, a shared twin pair id or a near duplicate, transitively), or the example id when the store records
+    no prompts.
     """
-    from interp.probes.protocol import group_key
+    from interp.probes.groups import content_groups
 
     ex = store.examples
     n = int(store.n_examples)
     done = np.asarray(ex["done"], dtype=bool) if "done" in ex else np.ones(n, bool)
     prompts = ex.get("prompt")
     pairs = ex.get("pair_id")
+    pair_list = [_attr(q) for q in pairs] if pairs is not None else [""] * n
     if prompts is not None and all(len(str(p)) for p in prompts):
-        groups = [group_key(_attr(p), None if pairs is None else _attr(q)) for p, q in
-                  zip(prompts, pairs if pairs is not None else [None] * n)]
+        groups = content_groups([_attr(p) for p in prompts], pair_list)
     else:
         groups = [f"id:{_attr(i)}" for i in ex["id"]]
     out = {
@@ -135,7 +143,16 @@ def examples_meta(store: Any) -> dict[str, np.ndarray]:
         "done": done,
         "prompts": np.array([_attr(p) for p in np.asarray(prompts)] if prompts is not None else [""] * n),
         "n_tokens": np.asarray(ex.get("n_response_tokens", np.zeros(n)), np.int64),
+        "pair_ids": np.array(pair_list, dtype=object),
     }
+    from interp.probes.answers import row_kinds
+
+    out["kinds"] = row_kinds(out["sources"], [_attr(k) for k in ex["kind"]] if "kind" in ex else None)
+    for key in ("end_depth", "end_chars"):
+        if key in ex:
+            out[key] = np.asarray(ex[key], np.int64)
+    if "finished" in ex:
+        out["finished"] = np.asarray(ex["finished"], bool)
     if "response" in ex and "response_chars" in ex:
         out["response"] = np.array([_attr(r) for r in np.asarray(ex["response"])], dtype=object)
         out["response_chars"] = np.asarray(ex["response_chars"], np.int64)
@@ -172,9 +189,16 @@ def load_layer(store: Any, hook: str, layer: int, position: str | int = "probe",
         raise UserError(f"{getattr(store, 'path', 'store')}: {hook} layer {layer} holds non-finite activations in "
                         f"{len(r)} row(s) (first: row {int(rows[r[0]])}); "
                         "the file is damaged or was written with an overflowing dtype: re-extract it")
+    X_end = None
+    if getattr(store, "has_end", False):
+        X_end = np.asarray(store.read_end(hook, int(layer), position=position,
+                                          rows=None if len(rows) == len(meta["done"]) else rows), np.float32)
+        if not np.isfinite(X_end).all():
+            raise UserError(f"{getattr(store, 'path', 'store')}: {hook} layer {layer} holds non-finite activations at "
+                            "an answer's end; the file is damaged: re-extract it")
     return LayerData(X=X, y=meta["y"][rows], groups=meta["groups"][rows],
                      valid=valid, sources=meta["sources"][rows],
-                     depths=all_depths[cols], layer=int(layer))
+                     depths=all_depths[cols], layer=int(layer), X_end=X_end)
 
 
 def require_finished(store: Any, allow_partial: bool) -> None:

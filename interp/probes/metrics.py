@@ -1,9 +1,12 @@
 """Ranking metrics (AUROC, TPR at fixed FPR, accuracy), all accepting per-row weights so that bootstrap
-replicates (prompt resampling = integer weights per row) run vectorised: ``weights [B, M]`` gives ``[B]``."""
+replicates (prompt-group resampling = integer weights per row, :func:`interp.stats.bootstrap_weights`) run
+vectorised: ``weights [B, M]`` gives ``[B]``."""
 
 from __future__ import annotations
 
 import numpy as np
+
+from interp.stats import bootstrap_weights
 
 
 def _curve(scores: np.ndarray, y: np.ndarray, weights: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -37,6 +40,31 @@ def auroc(scores: np.ndarray, y: np.ndarray, weights: np.ndarray | None = None) 
     return float(out[0]) if single else out
 
 
+def auroc_within(scores: np.ndarray, y: np.ndarray, blocks: np.ndarray, weights: np.ndarray | None = None
+                 ) -> np.ndarray | float:
+    """AUROC over the (positive, negative) pairs that share a block only: ``sum_b U_b / sum_b P_b N_b`` with
+    ``U_b`` the concordant (weighted) pairs of block b. With blocks = CV folds, every pair compared is scored by
+    one fold model, so no comparison mixes two models' scales."""
+    scores, y, blocks = np.asarray(scores, np.float64), np.asarray(y, np.float64), np.asarray(blocks)
+    w, single = _weights(len(y), weights)
+    num, den = np.zeros(len(w)), np.zeros(len(w))
+    for b in np.unique(blocks):
+        m = blocks == b
+        wb = w[:, m]
+        P, N = (wb * y[m]).sum(1), (wb * (1 - y[m])).sum(1)
+        if not ((P > 0) & (N > 0)).any():
+            continue
+        with np.errstate(invalid="ignore"):
+            a = auroc(scores[m], y[m], wb)
+        a = np.atleast_1d(np.asarray(a, np.float64))
+        ok = np.isfinite(a)
+        num += np.where(ok, a * P * N, 0.0)
+        den += np.where(ok, P * N, 0.0)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        out = np.where(den > 0, num / den, np.nan)
+    return float(out[0]) if single else out
+
+
 def tpr_at_fpr(scores: np.ndarray, y: np.ndarray, fpr: float, weights: np.ndarray | None = None
                ) -> np.ndarray | float:
     """Highest TPR over thresholds whose FPR is at most ``fpr`` (flag = score >= threshold)."""
@@ -61,14 +89,6 @@ def accuracy(probs: np.ndarray, y: np.ndarray, threshold: float = 0.5, weights: 
     with np.errstate(invalid="ignore", divide="ignore"):
         out = (w * correct).sum(1) / w.sum(1)
     return float(out[0]) if single else out
-
-
-def bootstrap_weights(groups: np.ndarray, n_boot: int, seed: int = 0) -> np.ndarray:
-    """``[B, M]`` row weights for resampling prompts with replacement (a row weighs its prompt's count)."""
-    codes = np.unique(np.asarray(groups), return_inverse=True)[1].reshape(-1)
-    n_groups = codes.max() + 1
-    counts = np.random.default_rng(seed).multinomial(n_groups, np.full(n_groups, 1.0 / n_groups), size=n_boot)
-    return counts[:, codes].astype(np.float64)
 
 
 def summarize(probs: np.ndarray, y: np.ndarray, groups: np.ndarray, *, n_boot: int = 1000, seed: int = 0,

@@ -63,8 +63,9 @@ class ProbeSet:
     """Linear probes per layer: ``logit = ((h - mean) / std) @ weights[l] + bias[l]``; score = sigmoid(logit).
 
     ``threshold`` applies to the score of ``best_layer`` or, for a multi-layer probe (``combine``), to the sigmoid of
-    the mean of the ``combine`` layers' logits (:meth:`combined_score`): flag when score > threshold. It is calibrated per
-    answer for the guard ``schedule`` on calibration prompts; ``split`` records which prompts trained and
+    the mean of the ``combine`` layers' logits (:meth:`combined_score`): flag when score >= threshold (in float32,
+    :func:`interp.probes.calibration.fires`). It is calibrated per answer for the guard ``schedule`` (its checks,
+    rule and answer length) on the model's own answers to calibration prompts; ``split`` records which prompts trained and
     calibrated the set, so that evaluations can exclude them (:meth:`seen`).
     """
 
@@ -150,32 +151,42 @@ class ProbeSet:
             return torch.sigmoid(m.float()).to(m.dtype)
         return 1.0 / (1.0 + np.exp(-np.mean(np.stack(z), 0)))
 
-    def seen(self) -> tuple[set[str], set[str]] | None:
-        """``(prompt keys, groups)`` of the training and calibration prompts; None when the set records no split
-        (made before the protocol, or by hand): its in-sample status is then unknown."""
+    def seen(self):
+        """The training and calibration prompts (:class:`~interp.probes.groups.SeenPrompts`: keys, pair ids, word
+        fingerprints); None when the set records no split (made before the protocol, or by hand): its in-sample
+        status is then unknown."""
         if not self.split:
             return None
-        keys, groups = set(), set()
-        for role in ("train", "calibration"):
-            part = self.split.get(role) or {}
-            keys.update(part.get("prompt_keys", []))
-            groups.update(part.get("groups", []))
-        return keys, groups
+        from interp.probes.protocol import seen_in
+
+        return seen_in(self.split)
 
     def schedule_mismatch(self, guard_config) -> str | None:
-        """A warning when ``guard_config`` checks on another schedule than the threshold was calibrated for."""
+        """A warning naming both sides when ``guard_config`` checks on another schedule, or answers at another
+        length (``max_new_tokens``), than the threshold was calibrated for (a set that records no answer length
+        is not compared on it)."""
         if not self.schedule:
             return None
         from interp.probes.protocol import Schedule
 
         mine, theirs = Schedule.from_dict(self.schedule), Schedule.of(guard_config)
-        if mine == theirs:
+        a, b = mine.to_dict(), theirs.to_dict()
+        if a["answer_length"] is None:
+            b["answer_length"] = None
+        diff = {k: (v, b[k]) for k, v in a.items() if b[k] != v and k != "aggregation"}
+        if not diff:
             return None
-        diff = {k: (v, theirs.to_dict()[k]) for k, v in mine.to_dict().items() if theirs.to_dict()[k] != v}
+        hint = []
+        if set(diff) - {"answer_length"}:
+            hint.append("retrain with the same --stride/--early-checks/--check-at-start/--final-check/--aggregate/"
+                        "--k-of-n/--window/--ema-alpha")
+        if "answer_length" in diff:
+            hint.append(f"run the guard with --max-new-tokens {a['answer_length']}, or extract and train at "
+                        f"--answer-length {b['answer_length']}")
+        names = {"answer_length": "answer length (max_new_tokens)"}
         return ("the probe threshold was calibrated per answer for another guard schedule ("
-                + ", ".join(f"{k}: calibrated {a}, running {b}" for k, (a, b) in diff.items())
-                + "); its false-alarm rate per answer will differ: retrain with the same --stride/--early-checks/"
-                "--check-at-start/--final-check/--aggregate/--k-of-n/--window/--ema-alpha")
+                + ", ".join(f"{names.get(k, k)}: calibrated {x}, running {y}" for k, (x, y) in diff.items())
+                + "); its false-alarm rate per answer will differ: " + "; ".join(hint))
 
     def direction(self, layer: int | None = None) -> np.ndarray:
         """Unit vector in the residual basis along which the logit grows (scaler folded in)."""

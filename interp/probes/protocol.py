@@ -4,50 +4,31 @@ and the per-answer threshold.
 Every number the toolkit reports about a probe is measured on prompts the probe was neither trained nor
 calibrated on. The pieces that make this hold by construction live here:
 
-* :func:`prompt_key` / :func:`group_key`: a prompt's identity is a hash of its normalised text; topic-matched
-  twins (records sharing a ``pair_id``) form one group, so they always land on the same side of a split.
+* :func:`prompt_key` / :func:`content_groups` (:mod:`interp.probes.groups`): a prompt's identity is a hash of
+  its normalised text; a group is every row linked to it by the same prompt, a shared twin pair id or a near
+  duplicate (transitively), so copies never land on two sides of a split.
 * :func:`three_way_split`: groups → ``train`` (fit, layer choice), ``calibration`` (only the threshold) and
   ``test`` (only reported numbers), stratified by the labels a group holds.
 * :class:`Schedule`: the depths at which the guard checks an answer of ``n`` tokens (stride, early checks,
   depth 0, final check) and the aggregation rule that makes it fire (:mod:`interp.guard.aggregate`: any check,
-  k of the last n, an EMA); :func:`answer_scores` gives each answer the score whose crossing makes the guard
-  fire on it.
+  k of the last n, an EMA); :mod:`interp.probes.answers` scores each stored answer on exactly these checks.
 * :func:`per_answer_threshold`: the threshold at which at most ``target_fpr`` of the calibration benign *answers*
   fire at least once, with the resolution the calibration set allows.
-* :func:`assert_disjoint`: refuses to report a rate on answers that set the threshold.
+* :func:`assert_held_out`: refuses to report a rate on prompts that trained or calibrated the probe.
 """
 
 from __future__ import annotations
 
-import hashlib
-import re
-import unicodedata
-from collections.abc import Iterable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
 
 from interp import UserError
-from interp.guard.aggregate import Aggregation
+from interp.guard.aggregate import AggregateConfig, Aggregation
+from interp.probes.groups import SeenPrompts, content_groups, normalise_prompt, prompt_key  # noqa: F401
 
 ROLES = ("train", "calibration", "test")
-
-
-def normalise_prompt(text: str) -> str:
-    """NFKC, case-folded, curly quotes straightened, whitespace collapsed: two spellings of one prompt agree."""
-    text = unicodedata.normalize("NFKC", str(text)).replace("\u2019", "'").replace("\u2018", "'")
-    text = text.replace("\u201c", '"').replace("\u201d", '"')
-    return re.sub(r"\s+", " ", text.casefold()).strip()
-
-
-def prompt_key(text: str) -> str:
-    """Identity of a prompt: the first 16 hex digits of the sha256 of its normalised text."""
-    return hashlib.sha256(normalise_prompt(text).encode()).hexdigest()[:16]
-
-
-def group_key(prompt: str, pair_id: str | None = None) -> str:
-    """Split unit of a prompt: its twin pair when it has one (``pair:<id>``), else its own text hash."""
-    return f"pair:{pair_id}" if pair_id not in (None, "") else f"prompt:{prompt_key(prompt)}"
 
 
 @dataclass
@@ -90,18 +71,38 @@ def three_way_split(groups: np.ndarray, y: np.ndarray, cfg: SplitConfig, seed: i
 
 
 def describe_split(roles: np.ndarray, groups: np.ndarray, prompts: np.ndarray, y: np.ndarray,
-                   sources: np.ndarray) -> dict:
-    """JSON record of a split: per role the prompt keys, groups, row counts by label and by source."""
+                   sources: np.ndarray, pair_ids: np.ndarray | None = None) -> dict:
+    """JSON record of a split: per role the prompt keys, content groups, pair ids, word fingerprints of the
+    prompts (for near-duplicate exclusion, :class:`~interp.probes.groups.SeenPrompts`), row counts by label and
+    by source."""
     out = {}
+    pair_ids = np.array([""] * len(roles), dtype=object) if pair_ids is None else np.asarray(pair_ids)
     for role in ROLES:
         m = np.asarray(roles) == role
         src, cnt = np.unique(np.asarray(sources)[m].astype(str), return_counts=True)
+        seen = SeenPrompts.of(list(np.asarray(prompts)[m]), list(pair_ids[m]))
         out[role] = {"n_rows": int(m.sum()), "n_harmful": int((np.asarray(y)[m] == 1).sum()),
                      "n_benign": int((np.asarray(y)[m] == 0).sum()),
                      "groups": sorted(set(np.asarray(groups)[m].astype(str).tolist())),
-                     "prompt_keys": sorted({prompt_key(p) for p in np.asarray(prompts)[m]}),
+                     "prompt_keys": sorted(seen.keys), "pair_ids": sorted(seen.pair_ids),
+                     "fingerprints": sorted(sorted(f) for f in seen.fingerprints),
                      "sources": {str(s): int(c) for s, c in zip(src, cnt)}}
     return out
+
+
+def seen_in(split: dict, roles: Sequence[str] = ("train", "calibration")) -> SeenPrompts:
+    """The prompts of ``roles`` in a split record (:func:`describe_split`). Records written before content
+    groups name pair ids only inside their groups (``pair:<id>``)."""
+    from interp.probes.groups import NEAR_DUPLICATE_JACCARD
+
+    keys, pairs, prints = set(), set(), []
+    for role in roles:
+        part = split.get(role) or {}
+        keys.update(part.get("prompt_keys", []))
+        pairs.update(str(p) for p in part.get("pair_ids", []))
+        pairs.update(g.removeprefix("pair:") for g in part.get("groups", []) if str(g).startswith("pair:"))
+        prints.extend(frozenset(int(x) for x in f) for f in part.get("fingerprints", []))
+    return SeenPrompts(keys, pairs, prints, NEAR_DUPLICATE_JACCARD)
 
 
 def check_schedule(cfg) -> None:
@@ -114,10 +115,25 @@ def check_schedule(cfg) -> None:
     Aggregation.of(cfg)
 
 
+@dataclass
+class ScheduleConfig(AggregateConfig):
+    """The guard schedule a threshold is calibrated for and per-answer rates are counted on (use the same options
+    with ``anydepth guard`` / ``evaluate``; the answer length comes from the store's ``answer_length``)."""
+
+    stride: int = field(default=25, metadata={"help": "guard check stride the threshold is calibrated for"})
+    early_checks: list[int] = field(default_factory=list, metadata={"help": "guard's extra early check depths"})
+    check_at_start: bool = field(default=False, metadata={"help": "the guard also checks at depth 0"})
+    final_check: bool = field(default=True, metadata={"help": "the guard checks an answer's unchecked tail"})
+
+    def schedule(self, answer_length: int | None = None) -> Schedule:
+        return Schedule.of(self, answer_length)
+
+
 @dataclass(frozen=True)
 class Schedule:
     """When the guard checks an answer: every ``stride`` tokens, at ``early_checks``, at depth 0 if
-    ``check_at_start``, and at the answer's end if ``final_check`` and the end was not checked already. The guard
+    ``check_at_start``, and at the answer's end if ``final_check`` and the end was not checked already; an answer
+    ends by itself or at ``answer_length`` tokens (the guard's ``max_new_tokens``; None: not recorded). The guard
     fires on an answer when its aggregation ``rule`` fires (:mod:`interp.guard.aggregate`; default: any check)."""
 
     stride: int = 25
@@ -125,16 +141,19 @@ class Schedule:
     check_at_start: bool = False
     final_check: bool = True
     rule: Aggregation = Aggregation()
+    answer_length: int | None = None
 
     @property
     def aggregation(self) -> str:
         return self.rule.describe()
 
     @classmethod
-    def of(cls, cfg) -> Schedule:
-        """The schedule of a :class:`interp.guard.types.GuardConfig` (or any object with the same fields)."""
+    def of(cls, cfg, answer_length: int | None = None) -> Schedule:
+        """The schedule of a :class:`interp.guard.types.GuardConfig` (its ``max_new_tokens`` is the answer length)
+        or of any object with the same fields (then ``answer_length`` says it)."""
+        length = answer_length if answer_length is not None else getattr(cfg, "max_new_tokens", None)
         return cls(int(cfg.stride), tuple(sorted(int(d) for d in cfg.early_checks)), bool(cfg.check_at_start),
-                   bool(cfg.final_check), Aggregation.of(cfg))
+                   bool(cfg.final_check), Aggregation.of(cfg), None if length is None else int(length))
 
     @classmethod
     def from_dict(cls, d: dict) -> Schedule:
@@ -145,16 +164,19 @@ class Schedule:
         else:
             raise UserError(f"this probe set was calibrated for the unwindowed {d['k_of_n']}-of-n rule of an earlier "
                             "version; retrain it with --aggregate k_of_n --k-of-n K --window N")
+        length = d.get("answer_length")
         return cls(int(d["stride"]), tuple(int(x) for x in d.get("early_checks", ())),
-                   bool(d.get("check_at_start", False)), bool(d.get("final_check", True)), rule)
+                   bool(d.get("check_at_start", False)), bool(d.get("final_check", True)), rule,
+                   None if length is None else int(length))
 
     def to_dict(self) -> dict:
         return {"stride": self.stride, "early_checks": list(self.early_checks), "check_at_start": self.check_at_start,
-                "final_check": self.final_check, "aggregate": self.rule.to_dict(), "aggregation": self.aggregation}
+                "final_check": self.final_check, "aggregate": self.rule.to_dict(), "aggregation": self.aggregation,
+                "answer_length": self.answer_length}
 
     def depths(self, n_tokens: int) -> list[int]:
-        """Depths checked on an answer of ``n_tokens`` generated tokens, ascending."""
-        n = int(n_tokens)
+        """Depths checked on an answer of ``n_tokens`` generated tokens (cut at ``answer_length``), ascending."""
+        n = int(n_tokens) if self.answer_length is None else min(int(n_tokens), self.answer_length)
         out = set(range(self.stride, n + 1, self.stride)) | {d for d in self.early_checks if 1 <= d <= n}
         if self.check_at_start:
             out.add(0)
@@ -163,41 +185,10 @@ class Schedule:
         return sorted(out)
 
 
-def answer_scores(scores: np.ndarray, depths: Sequence[int], n_tokens: Sequence[int], schedule: Schedule
-                  ) -> tuple[np.ndarray, dict]:
-    """Each answer's score under ``schedule``: the guard fires on the answer exactly when this score reaches
-    the threshold. It is the maximum over the answer's checks of the rule's statistic
-    (:meth:`interp.guard.aggregate.Aggregation.answer_statistic`): for "any check" the maximum check score, for
-    k of the last n checks the largest k-th largest score in a window of n checks, for the EMA its maximum.
-    Scores are per depth ``[N, D]`` at stored ``depths``; the checks are taken in depth order.
-
-    Checks at depths the store does not hold cannot be scored; ``coverage`` says how many scheduled checks
-    were scored (``missing_depths`` lists the first few absent ones); a window then spans the scored checks.
-    Answers with fewer than k scored checks get NaN; an answer with fewer than k scheduled checks can never fire
-    and gets -inf.
-    """
-    scores = np.asarray(scores, np.float64)
-    col = {int(d): k for k, d in enumerate(depths)}
-    out = np.full(len(scores), np.nan)
-    n_sched = n_scored = 0
-    missing: set[int] = set()
-    for i, n in enumerate(n_tokens):
-        want = schedule.depths(int(n))
-        got = [col[d] for d in want if d in col and np.isfinite(scores[i, col[d]])]
-        missing.update(d for d in want if d not in col)
-        n_sched += len(want)
-        n_scored += len(got)
-        k = schedule.rule.k
-        if len(want) < k:
-            out[i] = -np.inf
-        elif len(got) >= k:
-            out[i] = schedule.rule.answer_statistic(scores[i, got])
-    return out, {"scheduled_checks": n_sched, "scored_checks": n_scored,
-                 "coverage": n_scored / n_sched if n_sched else None, "missing_depths": sorted(missing)[:20]}
-
-
 def per_answer_threshold(benign_answer_scores: np.ndarray, target_fpr: float) -> dict:
-    """Threshold at which at most ``target_fpr`` of these benign answers fire (score > threshold).
+    """Threshold at which at most ``target_fpr`` of these benign answers fire
+    (:func:`~interp.probes.calibration.fires`). NaN answers (excluded: not scorable as deployed) are left out;
+    ``-inf`` answers (too short for the rule ever to fire) count as answers that never fire.
 
     With fewer than ``1 / target_fpr`` answers the target cannot be resolved: the threshold then sits above
     every calibration answer (0 of n fire), ``resolved`` is False and ``resolution`` (= 1/n) is the smallest
@@ -206,7 +197,7 @@ def per_answer_threshold(benign_answer_scores: np.ndarray, target_fpr: float) ->
     from interp.probes.calibration import threshold_at_fpr
 
     s = np.asarray(benign_answer_scores, np.float64)
-    s = s[np.isfinite(s)]
+    s = s[~np.isnan(s)]
     if len(s) == 0:
         raise UserError("no benign calibration answers to set the threshold on")
     thr = threshold_at_fpr(s, target_fpr)
@@ -216,12 +207,16 @@ def per_answer_threshold(benign_answer_scores: np.ndarray, target_fpr: float) ->
             "resolution": 1.0 / len(s), "resolved": need is not None and len(s) >= need, "answers_needed": need}
 
 
-def assert_disjoint(test_ids: Iterable, calibration_ids: Iterable, what: str = "test answers") -> None:
-    """Refuse to report a held-out rate on answers that were used to set the threshold (or to train)."""
-    shared = set(map(str, test_ids)) & set(map(str, calibration_ids))
-    if shared:
-        raise UserError(f"{len(shared)} {what} were also used for calibration/training (e.g. {sorted(shared)[0]!r}); "
-                        "a held-out rate must be measured on other prompts")
+def assert_held_out(test_prompts: Sequence[str], test_pairs: Sequence | None, seen: SeenPrompts,
+                     what: str = "test prompts") -> None:
+    """Refuse to report a held-out rate on prompts that trained or calibrated the probe (the same prompt, its
+    twin, or a near duplicate): checked on the prompts themselves, not on the split's own group labels."""
+    pairs = test_pairs if test_pairs is not None else [None] * len(test_prompts)
+    for prompt, pair in zip(test_prompts, pairs):
+        why = seen.why(prompt, pair)
+        if why:
+            raise UserError(f"{what}: {prompt[:60]!r} was also used for calibration/training (same {why}); "
+                            "a held-out rate must be measured on other prompts")
 
 
 def exclude_seen(records: Sequence, probes, allow_overlap: bool = False) -> tuple[list, dict]:
@@ -242,9 +237,7 @@ def exclude_seen(records: Sequence, probes, allow_overlap: bool = False) -> tupl
                       "in-sample status of these numbers is unknown; retrain with `anydepth train`", stacklevel=2)
         return list(records), {"n_candidates": len(records), "excluded": 0, "n_eval": len(records),
                                "in_sample": None, "status": "unknown: probe set records no split"}
-    keys, groups = seen
-    hit = [prompt_key(r.prompt) in keys or group_key(r.prompt, (r.meta or {}).get("pair_id")) in groups
-           for _, r in records]
+    hit = [seen.why(r.prompt, (r.meta or {}).get("pair_id")) is not None for _, r in records]
     n_hit = int(sum(hit))
     if allow_overlap:
         return list(records), {"n_candidates": len(records), "excluded": 0, "n_eval": len(records),

@@ -1,13 +1,13 @@
 """Cross-validated probing over layers and depths, with baselines on identical splits.
 
-The unit of work is :func:`oof_scores`: out-of-fold probabilities ``[N, D]`` for one layer and method.
-:func:`run_sweep` streams layers one at a time through a ``loader(layer, position) -> LayerData``.
+The unit of work is :func:`interp.probes.oof.oof_scores`: out-of-fold probabilities ``[N, D]`` for one layer and
+method. :func:`run_sweep` streams layers one at a time through a ``loader(layer, position) -> LayerData``.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import numpy as np
 from tqdm.auto import tqdm
@@ -20,76 +20,13 @@ from interp.probes.calibration import (
 )
 from interp.probes.cv import Split, grouped_folds, source_split
 from interp.probes.data import LayerData
-from interp.probes.fit import LinearParams, fit_diff_of_means, fit_logreg_torch, fit_sklearn
+from interp.probes.loso import leave_one_source_out
 from interp.probes.metrics import summarize
-from interp.probes.protocol import answer_scores, per_answer_threshold
-from interp.probes.select import EVERY_STORED_DEPTH, choose_layer, control_rows
+from interp.probes.oof import ProbeConfig, oof_scores, shuffled_labels
+from interp.probes.protocol import Schedule, per_answer_threshold
+from interp.probes.select import choose_layer
 
 BASELINES = ("last_token", "prompt", "diffmeans", "shuffled", "ngram")
-
-
-@dataclass
-class ProbeConfig:
-    """How one probe is fitted."""
-
-    method: str = field(default="logreg", metadata={"help": "logreg or diffmeans",
-                                                    "choices": ["logreg", "diffmeans"]})
-    solver: str = field(default="torch", metadata={"help": "logreg solver: batched torch L-BFGS or sklearn lbfgs",
-                                                   "choices": ["torch", "sklearn"]})
-    C: float = field(default=1.0, metadata={"help": "inverse L2 strength (sklearn's C)"})
-    class_weight: str = field(default="balanced", metadata={"help": "balanced or none",
-                                                            "choices": ["balanced", "none"]})
-    standardize: bool = field(default=False, metadata={"help": "standardise features per training set"})
-    max_iter: int = field(default=1000, metadata={"help": "solver iteration limit"})
-
-
-def _cw(cfg: ProbeConfig) -> str | None:
-    return None if cfg.class_weight == "none" else cfg.class_weight
-
-
-def fit_probes(X: np.ndarray, y: np.ndarray, masks: np.ndarray, cfg: ProbeConfig) -> list[LinearParams]:
-    """One probe per training mask (``masks [P, M]``) on shared rows ``X [M, d]``."""
-    if cfg.method == "diffmeans":
-        return [fit_diff_of_means(X[m], y[m], standardize=cfg.standardize, class_weight=_cw(cfg)) for m in masks]
-    if cfg.solver == "sklearn":
-        return [fit_sklearn(X[m], y[m], C=cfg.C, class_weight=_cw(cfg), standardize=cfg.standardize,
-                            max_iter=cfg.max_iter) for m in masks]
-    params = fit_logreg_torch(X, y, masks, C=cfg.C, class_weight=_cw(cfg), standardize=cfg.standardize,
-                              max_iter=cfg.max_iter)
-    return [params[0, p] for p in range(masks.shape[0])]
-
-
-def oof_scores(data: LayerData, split: Split, cfg: ProbeConfig, *, per_depth: bool = False,
-               labels: np.ndarray | None = None) -> np.ndarray:
-    """Out-of-fold probabilities ``[N, D]`` (NaN for invalid or untested pairs); ``labels`` overrides ``data.y``.
-
-    With ``per_depth`` a separate probe is trained for each depth (on that depth's rows only).
-    """
-    X, _, rows, cols = data.flat()
-    y = (data.y if labels is None else np.asarray(labels))[rows]
-    ps = split.for_pairs(rows)
-    out = np.full(data.valid.shape, np.nan)
-    depth_ids = np.unique(cols) if per_depth else [None]
-    masks, tests = [], []
-    for k in depth_ids:
-        sel = np.ones(len(rows), bool) if k is None else cols == k
-        for f in range(split.n_folds):
-            if (ps.test[f] & sel).any():
-                masks.append(ps.train[f] & sel)
-                tests.append(ps.test[f] & sel)
-    for params, test in zip(fit_probes(X, y, np.array(masks), cfg), tests):
-        out[rows[test], cols[test]] = 1.0 / (1.0 + np.exp(-params.logit(X[test])))
-    return out
-
-
-def shuffled_labels(y: np.ndarray, groups: np.ndarray, seed: int) -> np.ndarray:
-    """Labels permuted across prompts (rows of one prompt keep sharing a label). The unit is (group, label), so
-    a twin-pair group (one harmful and one benign prompt) contributes two units."""
-    units = np.char.add(np.asarray(groups).astype(str), np.char.add("|", np.asarray(y).astype(str)))
-    codes = np.unique(units, return_inverse=True)[1].reshape(-1)
-    per_group = np.zeros(codes.max() + 1, np.int64)
-    per_group[codes] = y
-    return np.random.default_rng(seed).permutation(per_group)[codes]
 
 
 def _summ(p: np.ndarray, data: LayerData, mask: np.ndarray, n_boot: int, seed: int) -> dict:
@@ -121,6 +58,8 @@ class SweepConfig:
     control_sources: list[str] | None = None
     train_sources: list[str] | None = None
     test_sources: list[str] | None = None
+    schedule: Schedule | None = None  # the guard's checks per answer (with answer info: per-answer numbers)
+    calibrate_on: tuple[str, ...] = ("own", "prefill")  # the benign answers a threshold is set on
 
 
 def make_split(data: LayerData, cfg: SweepConfig) -> Split:
@@ -132,13 +71,15 @@ def make_split(data: LayerData, cfg: SweepConfig) -> Split:
 
 
 def run_sweep(loader: Callable[[int, str | int], LayerData], layers: list[int], probe: ProbeConfig,
-              cfg: SweepConfig, position: str | int = "probe", texts: np.ndarray | None = None) -> dict:
+              cfg: SweepConfig, position: str | int = "probe", texts: np.ndarray | None = None,
+              answers=None) -> dict:
     """CV every layer with the probe and the baselines; returns a JSON-ready result dict (plus ``"_oof"``:
     ``{method: [L, N, D]}`` out-of-fold probabilities for plotting).
 
     ``texts [N, D]`` (:func:`interp.probes.ngram.depth_texts`) enables the n-gram baseline, fitted once on the
-    same folds (it does not depend on the layer). ``res["loso"]`` is the leave-one-source-out table at the best
-    layer."""
+    same folds (it does not depend on the layer). ``answers`` (:class:`interp.probes.loso.AnswerInfo`: each
+    answer as deployed, its kind, its end text) with ``cfg.schedule`` enables the per-answer numbers, counted on
+    the guard's checks. ``res["loso"]`` is the leave-one-source-out table at the best layer."""
     unknown = set(cfg.baselines) - set(BASELINES)
     if unknown:
         raise UserError(f"unknown baselines {sorted(unknown)}; choose from {BASELINES}")
@@ -150,6 +91,7 @@ def run_sweep(loader: Callable[[int, str | int], LayerData], layers: list[int], 
     if "ngram" in cfg.baselines and texts is None:
         res["notes"].append("baseline ngram skipped: the store records no response text (re-extract)")
     oof: dict[str, list[np.ndarray]] = {m: [] for m in methods}
+    ends: list[np.ndarray] = []
     split = data0 = best_data = None
     best_auc = -np.inf
     for layer in tqdm(layers, desc="layers", unit="layer"):
@@ -158,7 +100,13 @@ def run_sweep(loader: Callable[[int, str | int], LayerData], layers: list[int], 
             split, data0 = make_split(data, cfg), data
             res.update(depths=data.depths.tolist(), split={"kind": split.kind, "n_folds": split.n_folds},
                        n_examples=int(len(data.y)), n_pairs=int(data.valid.sum()))
-        scores = {"probe": oof_scores(data, split, probe, per_depth=cfg.per_depth_fit)}
+        if cfg.per_depth_fit:
+            scores = {"probe": oof_scores(data, split, probe, per_depth=True)}
+            ends.append(np.full(len(data.y), np.nan))
+        else:
+            grid, end = oof_scores(data, split, probe, end=True)
+            scores = {"probe": grid}
+            ends.append(end)
         if "diffmeans" in cfg.baselines:
             dm = ProbeConfig(**{**probe.__dict__, "method": "diffmeans"})
             scores["diffmeans"] = oof_scores(data, split, dm, per_depth=cfg.per_depth_fit)
@@ -184,7 +132,7 @@ def run_sweep(loader: Callable[[int, str | int], LayerData], layers: list[int], 
             best_auc, best_data = auc, data
     res["best_layer"] = choose_layer(layers, [s["auroc"]["value"] for s in res["per_layer"]["probe"]])
     best_i = list(layers).index(res["best_layer"])
-    res["best"] = _best_layer_report(oof, best_i, data0, cfg)
+    res["best"] = _best_layer_report(oof, ends[best_i], best_i, data0, cfg, answers)
     if "ngram" in methods:
         from interp.probes.metrics import paired_auroc_diff
 
@@ -194,7 +142,7 @@ def run_sweep(loader: Callable[[int, str | int], LayerData], layers: list[int], 
                                                                    data0.groups[rows], n_boot=cfg.n_boot,
                                                                    seed=cfg.seed)
     if split.kind == "grouped":
-        res["loso"] = leave_one_source_out(best_data, split, probe, cfg, texts)
+        res["loso"] = leave_one_source_out(best_data, split, probe, cfg, texts, answers)
     res["_oof"] = {m: np.stack(v) for m, v in oof.items()}
     res["_labels"] = data0.y
     res["notes"] = sorted(set(res["notes"]))
@@ -243,109 +191,44 @@ def _prompt_baseline(loader, layer, data, split, probe, res) -> np.ndarray:
     return np.where(data.valid, np.broadcast_to(p, data.valid.shape), np.nan)
 
 
-def _best_layer_report(oof: dict, best_i: int, data: LayerData, cfg: SweepConfig) -> dict:
-    """Threshold at the target FPR on held-out benign controls, rates, calibration, per-source and per-depth
-    curves with CIs for every method, all at the best layer."""
+def _best_layer_report(oof: dict, end: np.ndarray, best_i: int, data: LayerData, cfg: SweepConfig,
+                       answers=None) -> dict:
+    """At the best layer: calibration (reliability, ECE), per-source scores, per-depth curves with CIs for every
+    method, and, with ``answers``, the per-answer threshold at the target FPR on the out-of-fold own benign
+    answers with the rates there (in-sample: those answers chose it)."""
     p = oof["probe"][best_i].astype(np.float64)
     rows, cols = np.nonzero(np.isfinite(p))
     probs, y, src = p[rows, cols], data.y[rows], data.sources[rows]
-    control = control_rows(data.y, data.sources, cfg.control_sources) & np.isfinite(p).any(1)
-    if not control.any():
-        raise UserError("no benign control answers to set the threshold on (check --control-sources)")
-    ans = _answer_max(p)
-    calib = per_answer_threshold(ans[control], cfg.target_fpr)
-    thr = calib["threshold"]
-    answered = np.isfinite(ans)
-    per_answer = rates_at_threshold(ans[answered], data.y[answered], thr) | {
-        "n_controls": int(control.sum()), "resolved": calib["resolved"], "resolution": calib["resolution"],
-        "rule": "per answer = max over stored depths; threshold at the target FPR on these out-of-fold benign "
-                "answers (so the FPR is in-sample; `anydepth train` reports held-out rates)"}
+    out = {"target_fpr": cfg.target_fpr, "calibrate_on": list(cfg.calibrate_on),
+           "at_0.5": rates_at_threshold(probs, y, 0.5),
+           "reliability": reliability_curve(probs, y), "ece": expected_calibration_error(probs, y),
+           "per_depth": {m: _per_depth(v[best_i].astype(np.float64), data, cfg.n_boot, cfg.seed)
+                         for m, v in oof.items()}}
+    thr = None
+    if answers is not None and cfg.schedule is not None:
+        from interp.probes.answers import answer_scores, calibration_rows, no_calibration_answers, rates
+
+        ans = answer_scores(p, data.depths, answers.deployed, cfg.schedule, end if np.isfinite(end).any() else None)
+        population = calibration_rows(data.y, answers.kinds, data.sources, cfg.calibrate_on, cfg.control_sources)
+        population &= ~np.isnan(ans.score)
+        if not population.any():
+            raise no_calibration_answers(cfg.calibrate_on, answers.kinds, data.y)
+        calib = per_answer_threshold(ans.score[population], cfg.target_fpr)
+        thr = calib["threshold"]
+        out["threshold"] = rates(ans.score, data.y, data.groups, data.sources, answers.kinds, thr,
+                                 cfg.calibrate_on) | {
+            "n_controls": int(population.sum()), "resolved": calib["resolved"], "resolution": calib["resolution"],
+            "schedule": cfg.schedule.to_dict(), "answers": ans.info(),
+            "rule": "per answer on the guard's checks; threshold at the target FPR on these out-of-fold own benign "
+                    "answers (so the FPR is in-sample; `anydepth train` reports held-out rates)"}
     per_source = {}
     for s in np.unique(src):
         m = src == s
         per_source[str(s)] = {"n": int(m.sum()), "label_mean": float(y[m].mean()), "mean_score": float(probs[m].mean()),
-                              "flagged_at_threshold": float((probs[m] > thr).mean()),
-                              "flagged_at_0.5": float((probs[m] > 0.5).mean())}
-    depth_ci = {m: _per_depth(v[best_i].astype(np.float64), data, cfg.n_boot, cfg.seed) for m, v in oof.items()}
-    return {"target_fpr": cfg.target_fpr, "control_sources": cfg.control_sources,
-            "threshold": per_answer,
-            "at_0.5": rates_at_threshold(probs, y, 0.5),
-            "reliability": reliability_curve(probs, y), "ece": expected_calibration_error(probs, y),
-            "per_source": per_source, "per_depth": depth_ci}
+                              "flagged_at_0.5": float((probs[m] >= 0.5).mean())}
+        if thr is not None:
+            from interp.probes.calibration import fires
 
-
-def _answer_max(p: np.ndarray) -> np.ndarray:
-    """Per answer: the maximum score over its scored depths (NaN when none): the guard's "any check" rule with
-    a check at every stored depth (:data:`~interp.probes.select.EVERY_STORED_DEPTH`)."""
-    n = p.shape[1]  # columns as depths 0..n-1: the schedule then checks every column
-    return answer_scores(p, range(n), np.full(len(p), n - 1), EVERY_STORED_DEPTH)[0]
-
-
-def leave_one_source_out(data: LayerData, split: Split, probe: ProbeConfig, cfg: SweepConfig,
-                         texts: np.ndarray | None = None) -> dict:
-    """Per source: probes trained without it, scored on it.
-
-    Folds are the sweep's grouped folds with the held-out source's rows removed from every training part, so
-    every row is scored out-of-fold by a model that saw neither its prompt (nor its twin) nor its source. AUROC compares the source's rows
-    with the other class: within the source if it holds both labels, else the other sources' out-of-fold rows
-    of the other label. The per-answer threshold (target FPR, answer = max over stored depths) is set on the
-    other sources' benign answers only, and the source's answers are flagged at it (TPR if harmful, FPR if
-    benign). With ``texts`` the n-gram baseline runs on the same folds.
-    """
-    from interp.probes.ngram import ngram_oof
-
-    names = sorted(set(data.sources.tolist()))
-    if len(names) < 2:
-        return {"rows": [], "note": f"one source ({names[0] if names else '-'}): leave-one-source-out needs two"}
-    out = []
-    pooled = {"probe": np.full(data.valid.shape, np.nan)}
-    if texts is not None:
-        pooled["ngram"] = np.full(data.valid.shape, np.nan)
-    for s in tqdm(names, desc="leave-one-source-out", unit="source"):
-        in_s = data.sources == s
-        # the fold structure already keeps a test prompt (and its twin) out of training, whatever its source
-        train = split.train & ~in_s[None]
-        bad = [f for f in range(split.n_folds) if len(np.unique(data.y[train[f] & data.valid.any(1)])) < 2]
-        labels = sorted(set(data.y[in_s].tolist()))
-        row = {"source": s, "labels": ["benign" if v == 0 else "harmful" for v in labels],
-               "n_answers": int(in_s.sum())}
-        if bad:
-            row["skipped"] = "holding it out leaves one class to train on"
-            out.append(row)
-            continue
-        lsplit = Split(train, split.test, "leave-one-source-out")
-        scored = {"probe": oof_scores(data, lsplit, probe)}
-        if texts is not None:
-            scored["ngram"] = ngram_oof(texts, data.y, data.valid, lsplit)
-        for name, p in scored.items():
-            pooled[name][in_s] = p[in_s]
-        if len(labels) == 2:
-            cmp_rows = in_s
-        else:
-            cmp_rows = in_s | (~in_s & (data.y != labels[0]))
-        for name, p in scored.items():
-            m = np.zeros_like(data.valid)
-            m[cmp_rows] = np.isfinite(p[cmp_rows])
-            summ = _summ(p, data, m, cfg.n_boot, cfg.seed) if m.any() else None
-            ans = _answer_max(p)
-            others = ~in_s & (data.y == 0) & np.isfinite(ans)
-            entry = {"auroc": None if summ is None else summ["auroc"]}
-            if others.any():
-                thr = per_answer_threshold(ans[others], cfg.target_fpr)["threshold"]
-                rate = {}
-                for lab in labels:
-                    sel = in_s & (data.y == lab) & np.isfinite(ans)
-                    rate["tpr" if lab == 1 else "fpr"] = float((ans[sel] > thr).mean()) if sel.any() else None
-                entry |= {"threshold": thr, "n_benign_for_threshold": int(others.sum()), **rate}
-            row[name] = entry
-        out.append(row)
-    scored_rows = [r for r in out if "probe" in r and r["probe"]["auroc"] is not None]
-    worst = min(scored_rows, key=lambda r: r["probe"]["auroc"]["value"], default=None)
-    per_depth = {name: [None if s is None else {"depth": int(d), "auroc": s["auroc"], "n": s["n"]}
-                        for d, s in zip(data.depths, _per_depth(p, data, cfg.n_boot, cfg.seed))]
-                 for name, p in pooled.items()}
-    return {"rows": out, "worst": None if worst is None else worst["source"], "per_depth": per_depth,
-            "rule": "per answer = max over stored depths; threshold at the target FPR on the other sources' "
-                    "benign answers",
-            "per_depth_rule": "every row scored by the probe trained without its source (and its prompt), pooled "
-                              "over sources; AUROC per depth with a bootstrap CI over prompts"}
+            per_source[str(s)]["flagged_at_threshold"] = float(fires(probs[m], thr).mean())
+    out["per_source"] = per_source
+    return out

@@ -47,6 +47,8 @@ class SyntheticSet:
         early = rng.random(n) < spec.invalid_frac
         ends[early] = rng.integers(1, max(dd, 2), early.sum())
         self.valid = np.arange(dd)[None, :] < ends[:, None]
+        # each answer ends 5 tokens after its last valid depth: its final check falls between grid depths
+        self.n_tokens = self.depths[ends - 1] + 5
         self.scales = np.exp(spec.anisotropy * rng.normal(size=d)).astype(np.float32)
         dirs = rng.normal(size=(spec.n_layers, d))
         self.directions = (dirs / np.linalg.norm(dirs, axis=1, keepdims=True)).astype(np.float32)
@@ -66,6 +68,14 @@ class SyntheticSet:
         X += margin[:, None, None] * self.directions[layer][None, None, :]
         return X.astype(np.float32)
 
+    def end_array(self, layer: int) -> np.ndarray:
+        """``X_end [N, d]``: each answer at its end (the same prompt base and margin, a fresh depth jitter)."""
+        s = self.spec
+        X = self.layer_array(layer)[:, 0]  # prompt base + first jitter + margin ...
+        rng = np.random.default_rng(self._seeds[layer] + 1)
+        X = X + rng.normal(size=X.shape).astype(np.float32) * s.depth_noise * self.scales  # ... re-jittered
+        return X.astype(np.float32)
+
     def layer(self, layer: int) -> LayerData:
         return LayerData(X=self.layer_array(layer), y=self.y, groups=self.groups, valid=self.valid,
                          sources=self.sources, depths=self.depths, layer=layer)
@@ -74,24 +84,28 @@ class SyntheticSet:
 def write_store(ss: SyntheticSet, path, layers, span_len: int, probe_index: int, *, rows: int | None = None,
                 extra_examples: dict | None = None):
     """Write ``ss`` as a float32 activation store at ``path`` (the planted layer vectors at ``probe_index`` of a
-    ``span_len`` span, noise elsewhere); only the first ``rows`` examples are written (a partial store)."""
+    ``span_len`` span, noise elsewhere; each answer's end slot at its length, every row an own answer that
+    ended, answer length = the longest answer); only the first ``rows`` examples are written (a partial store).
+    ``extra_examples`` override or add example fields (``kind``, ``finished``, ...)."""
     from interp.extract.store import ActivationStore
 
     n, dd, d = ss.spec.n_prompts, ss.spec.n_depths, ss.spec.d_model
     prov = {"model_id": "synthetic", "weights_sha256": "w0", "template_hash": "t0", "span_ids": [7, 8, 9],
-            "probe_index": probe_index}
+            "probe_index": probe_index, "answer_length": int(ss.n_tokens.max())}
     examples = {"id": [f"e{i}" for i in range(n)], "label": ss.y.tolist(), "source": ss.sources.tolist(),
-                "prompt": ss.groups.tolist(), "category": [""] * n,
-                "n_response_tokens": (ss.valid.sum(1) * 10).tolist(), "valid": ss.valid, **(extra_examples or {})}
+                "kind": ["own"] * n, "prompt": ss.groups.tolist(), "category": [""] * n,
+                "n_response_tokens": ss.n_tokens.tolist(), "valid": ss.valid, "end_depth": ss.n_tokens.tolist(),
+                "finished": [True] * n, **(extra_examples or {})}
     store = ActivationStore.create(path, prov, examples, ss.depths.tolist(), ["resid_post"], layers,
                                    range(span_len), d, "float32")
     rng = np.random.default_rng(0)
     acts, last, prompt = {}, {}, {}
     for layer in layers:
-        span = rng.normal(size=(n, dd, span_len, d)).astype(np.float32)
-        span[:, :, probe_index] = ss.layer_array(layer)
+        span = rng.normal(size=(n, dd + 1, span_len, d)).astype(np.float32)
+        span[:, :dd, probe_index] = ss.layer_array(layer)
+        span[:, dd, probe_index] = ss.end_array(layer)
         acts[("hook_resid_post", layer)] = span
-        last[("hook_resid_post", layer)] = rng.normal(size=(n, dd, d)).astype(np.float32)
+        last[("hook_resid_post", layer)] = rng.normal(size=(n, dd + 1, d)).astype(np.float32)
         prompt[("hook_resid_post", layer)] = rng.normal(size=(n, d)).astype(np.float32)
     k = n if rows is None else rows
     store.write_rows(list(range(k)), *({key: v[:k] for key, v in x.items()} for x in (acts, last, prompt)))

@@ -1,20 +1,22 @@
 """Fit one probe per layer on a store under the held-out protocol and save a :class:`ProbeSet`.
 
-The store's prompt groups are split three ways (:func:`interp.probes.protocol.three_way_split`):
+The store's prompt groups (content groups: :mod:`interp.probes.groups`) are split three ways
+(:func:`interp.probes.protocol.three_way_split`):
 
 * **train**: grouped CV over these prompts picks the layer (unless ``layer`` is given); the saved probes are
   refitted on all of them, and on nothing else;
-* **calibration**: only the threshold. Each benign calibration answer is scored at the depths the guard's
-  schedule would check it (:class:`~interp.probes.protocol.Schedule`), aggregated by the schedule's rule (any
-  check, k of the last n, an EMA), and the threshold is set so that at most ``target_fpr`` of these answers
-  fire, the event the guard's false alarm is;
-* **test**: every number reported (AUROC per check, per-answer TPR and FPR at the frozen threshold), beside the
-  n-gram, last-token and prompt-only baselines fitted on the same training prompts.
+* **calibration**: only the threshold. Each benign calibration answer of the deployment population (the model's
+  own answers, ``--calibrate-on``) is scored on exactly the checks the guard makes on it at the store's answer
+  length (:mod:`interp.probes.answers`: every stride multiple, the early checks, the final check), aggregated by
+  the schedule's rule, and the threshold is set so that at most ``target_fpr`` of these answers fire;
+* **test**: every number reported (AUROC per check, per-answer TPR and FPR at the frozen threshold with CIs over
+  prompt groups, per source, own answers first), beside the n-gram, last-token and prompt-only baselines fitted
+  on the same training prompts.
 
-The ProbeSet records the split (prompt keys and groups per role) so that evaluations exclude its training and
-calibration prompts, and the schedule (with its aggregation rule) it was calibrated for. With ``combine_layers``
-the guard's score is the mean of those layers' probe logits (a multi-layer probe), and the threshold and the test
-numbers are computed on that combined score.
+The ProbeSet records the split (prompt keys, pair ids and word fingerprints per role) so that evaluations exclude
+its training and calibration prompts, and the schedule (with its aggregation rule and answer length) it was
+calibrated for. With ``combine_layers`` the guard's score is the mean of those layers' probe logits (a
+multi-layer probe), and the threshold and the test numbers are computed on that combined score.
 """
 
 from __future__ import annotations
@@ -26,25 +28,10 @@ from pathlib import Path
 import numpy as np
 
 from interp import UserError
-from interp.guard.aggregate import AggregateConfig
 from interp.probes.data import LayerData, StoreSliceConfig
+from interp.probes.oof import ProbeConfig
 from interp.probes.probeset import ProbeSet
-from interp.probes.protocol import Schedule, SplitConfig, check_schedule
-from interp.probes.sweep import ProbeConfig
-
-
-@dataclass
-class ScheduleConfig(AggregateConfig):
-    """The guard schedule a threshold is calibrated for (use the same options with ``anydepth guard`` /
-    ``evaluate``)."""
-
-    stride: int = field(default=25, metadata={"help": "guard check stride the threshold is calibrated for"})
-    early_checks: list[int] = field(default_factory=list, metadata={"help": "guard's extra early check depths"})
-    check_at_start: bool = field(default=False, metadata={"help": "the guard also checks at depth 0"})
-    final_check: bool = field(default=True, metadata={"help": "the guard checks an answer's unchecked tail"})
-
-    def schedule(self) -> Schedule:
-        return Schedule.of(self)
+from interp.probes.protocol import ScheduleConfig, SplitConfig, check_schedule
 
 
 @dataclass
@@ -81,27 +68,27 @@ class TrainConfig(StoreSliceConfig, SplitConfig, ScheduleConfig):
 
 def _subset(data: LayerData, m: np.ndarray) -> LayerData:
     return LayerData(X=data.X[m], y=data.y[m], groups=data.groups[m], valid=data.valid[m], sources=data.sources[m],
-                     depths=data.depths, layer=data.layer)
+                     depths=data.depths, layer=data.layer, X_end=None if data.X_end is None else data.X_end[m])
 
 
-def _scores(params, X: np.ndarray, valid: np.ndarray) -> np.ndarray:
-    """Probability per (row, depth) of one fitted probe, NaN on invalid pairs."""
-    out = np.full(valid.shape, np.nan)
+def _prob(z: np.ndarray) -> np.ndarray:
+    return 1.0 / (1.0 + np.exp(-z))
+
+
+def _scores(params: list, data: list[LayerData]) -> tuple[np.ndarray, np.ndarray]:
+    """Probability per (row, depth) ``[N, D]`` (NaN on invalid pairs) and per answer end ``[N]`` (NaN without an
+    end slot) of one probe, or of a multi-layer probe: the sigmoid of the mean of the layers' logits
+    (:meth:`interp.probes.probeset.ProbeSet.combined_score` on the saved probes)."""
+    valid = data[-1].valid
+    grid = np.full(valid.shape, np.nan)
     rows, cols = np.nonzero(valid)
     if len(rows):
-        out[rows, cols] = 1.0 / (1.0 + np.exp(-params.logit(np.ascontiguousarray(X[rows, cols], np.float32))))
-    return out
-
-
-def _combined_scores(params: list, Xs: list[np.ndarray], valid: np.ndarray) -> np.ndarray:
-    """A multi-layer probe's probability per (row, depth): sigmoid of the mean of the layers' logits, NaN on
-    invalid pairs (:meth:`interp.probes.probeset.ProbeSet.combined_score` on the saved probes)."""
-    out = np.full(valid.shape, np.nan)
-    rows, cols = np.nonzero(valid)
-    if len(rows):
-        z = np.mean([pp.logit(np.ascontiguousarray(X[rows, cols], np.float32)) for pp, X in zip(params, Xs)], 0)
-        out[rows, cols] = 1.0 / (1.0 + np.exp(-z))
-    return out
+        z = np.mean([pp.logit(np.ascontiguousarray(d.X[rows, cols], np.float32)) for pp, d in zip(params, data)], 0)
+        grid[rows, cols] = _prob(z)
+    end = np.full(len(valid), np.nan)
+    if all(d.X_end is not None for d in data):
+        end = _prob(np.mean([pp.logit(np.ascontiguousarray(d.X_end, np.float32)) for pp, d in zip(params, data)], 0))
+    return grid, end
 
 
 def combined_layers(cfg: TrainConfig, store, layers: list[int]) -> list[int]:
@@ -135,19 +122,32 @@ def _pairs_summary(p: np.ndarray, y: np.ndarray, groups: np.ndarray, n_boot: int
     return summarize(p[rows, cols], y[rows], groups[rows], n_boot=n_boot, seed=seed)
 
 
+def _require_split(roles: np.ndarray, y: np.ndarray, cfg: TrainConfig) -> None:
+    """A split too small for its roles is refused with the real cause (a role that got no prompt group)."""
+    for role, frac in (("calibration", cfg.calib_fraction), ("test", cfg.test_fraction)):
+        if frac > 0 and not (roles == role).any():
+            n = len(np.unique(roles))
+            raise UserError(f"--{'calib' if role == 'calibration' else 'test'}-fraction {frac} of the store's prompt "
+                            f"groups rounds to none: the store holds too few prompt groups for a {role} split "
+                            f"({n} role(s) filled); extract more prompts, or pass --"
+                            f"{'calib' if role == 'calibration' else 'test'}-fraction 0 to go without (numbers are "
+                            "then labelled in-sample)")
+
+
 def train_probeset(store, cfg: TrainConfig, probe: ProbeConfig, *, progress: bool = True) -> ProbeSet:
     """Fit ``probe`` on every selected layer of an open :class:`~interp.extract.store.ActivationStore` (see module doc)."""
     from tqdm.auto import tqdm
 
     from interp.config import to_dict
     from interp.extract.store import canonical_hook
+    from interp.probes.answers import Deployed
     from interp.probes.cv import grouped_folds
     from interp.probes.data import examples_meta, load_layer, require_finished
     from interp.probes.metrics import summarize
+    from interp.probes.oof import fit_probes, oof_scores
     from interp.probes.probeset import jsonable
     from interp.probes.protocol import describe_split, three_way_split
-    from interp.probes.select import answer_threshold, choose_layer, control_rows
-    from interp.probes.sweep import fit_probes, oof_scores
+    from interp.probes.select import choose_layer
 
     position = int(cfg.position) if str(cfg.position).lstrip("-").isdigit() else cfg.position
     hook = canonical_hook(cfg.hook) if cfg.hook else store.hooks[0]
@@ -158,23 +158,25 @@ def train_probeset(store, cfg: TrainConfig, probe: ProbeConfig, *, progress: boo
     combine = combined_layers(cfg, store, layers)
     if cfg.combine_top > len(layers):
         raise UserError(f"--combine-top {cfg.combine_top} exceeds the {len(layers)} fitted layers")
-    schedule = cfg.schedule()
+    schedule = cfg.schedule(getattr(store, "answer_length", None))
     require_finished(store, cfg.allow_partial)
-    meta = examples_meta(store)
-    done = meta["done"]
-    y, groups = meta["y"][done], meta["groups"][done]
-    sources, prompts, n_tokens = meta["sources"][done], meta["prompts"][done], meta["n_tokens"][done]
+    everything = examples_meta(store)
+    meta = {k: (v[everything["done"]] if isinstance(v, np.ndarray) and len(v) == store.n_examples else v)
+            for k, v in everything.items()}
+    y, groups, sources, prompts = meta["y"], meta["groups"], meta["sources"], meta["prompts"]
+    deployed = Deployed.of(meta, schedule.answer_length)
     roles = three_way_split(groups, y, cfg, cfg.seed)
+    _require_split(roles, y, cfg)
     train_m, cal_m, test_m = (roles == r for r in ("train", "calibration", "test"))
     split = grouped_folds(y[train_m], groups[train_m], cfg.folds, cfg.seed)
 
     params, metrics, oofs = [], [], []
     for layer in tqdm(layers, desc="layers (CV on train prompts)", unit="layer", disable=not progress):
         tr = _subset(load_layer(store, hook, layer, position, cfg.depths), train_m)
-        p = oof_scores(tr, split, probe)
+        p, p_end = oof_scores(tr, split, probe, end=True)
         rows, cols = np.nonzero(np.isfinite(p))
         metrics.append(summarize(p[rows, cols], tr.y[rows], tr.groups[rows], n_boot=cfg.n_boot, seed=cfg.seed))
-        oofs.append(p)
+        oofs.append((p, p_end))
         X, yy, _, _ = tr.flat()
         params.append(fit_probes(X, yy, np.ones((1, len(yy)), bool), probe)[0])
     best = choose_layer(layers, [m["auroc"]["value"] for m in metrics], cfg.layer)
@@ -182,43 +184,17 @@ def train_probeset(store, cfg: TrainConfig, probe: ProbeConfig, *, progress: boo
     if cfg.combine_top:  # the K best layers by CV on the training prompts (ties: the shallower first)
         order = np.argsort([-m["auroc"]["value"] for m in metrics], kind="stable")
         combine = sorted(int(layers[i]) for i in order[:cfg.combine_top])
-    if combine:  # the guard's score: the mean of the combined layers' logits; baselines at the deepest of them
-        read = {layer: load_layer(store, hook, layer, position, cfg.depths) for layer in combine}
-        best_data = read[combine[-1]]
-        scores = _combined_scores([params[layers.index(layer)] for layer in combine],
-                                  [read[layer].X for layer in combine], best_data.valid)
-        del read
-    else:
-        best_data = load_layer(store, hook, best, position, cfg.depths)  # all rows: calibration and test are scored
-        scores = _scores(params[bi], best_data.X, best_data.valid)
-    depths = best_data.depths
-    control = control_rows(y, sources, cfg.control_sources)
+    readout = combine or [int(best)]
+    read = [load_layer(store, hook, layer, position, cfg.depths) for layer in readout]  # all rows: cal + test
+    best_data = read[-1]  # baselines read the deepest readout layer
+    scores, end_scores = _scores([params[layers.index(layer)] for layer in readout], read)
+    del read
 
-    # ---- threshold: per benign calibration answer, its score under the schedule and its aggregation rule
-    if cal_m.any():
-        cal_rows = control & cal_m
-        basis = "calibration prompts (held out from training)"
-        cal_scores = scores
-    else:
-        cal_rows = control & train_m
-        basis = "out-of-fold scores of the training prompts (no calibration split: in-sample calibration)"
-        cal_scores = np.full(scores.shape, np.nan)
-        cal_scores[train_m] = oofs[bi]
-    if not cal_rows.any():
-        raise UserError("no benign calibration answers for the threshold (check --control-sources and "
-                        "--calib-fraction)")
-    calib = answer_threshold(cal_scores[cal_rows], depths, n_tokens[cal_rows], cfg.target_fpr, schedule)
-    calib.pop("answer_scores")
-    calib["basis"] = basis
-    if not calib["resolved"]:
-        warnings.warn(f"{calib['n_answers']} benign calibration answers cannot resolve a per-answer FPR of "
-                      f"{cfg.target_fpr} (that needs ≥ {calib['answers_needed']}); the threshold sits above every "
-                      f"calibration answer, and the finest FPR this set resolves is {calib['resolution']:.3f}",
-                      stacklevel=2)
+    calib = _calibrate(cfg, schedule, meta, deployed, roles, scores, end_scores, oofs[bi], best_data.depths)
     thr = calib["threshold"]
-
-    test = held_out_report(store, best_data, cfg, probe, meta, roles, scores, thr, schedule) if test_m.any() else None
-    split_record = describe_split(roles, groups, prompts, y, sources)
+    test = (held_out_report(store, best_data, cfg, probe, meta, roles, scores, thr, schedule, end_scores)
+            if test_m.any() else None)
+    split_record = describe_split(roles, groups, prompts, y, sources, meta["pair_ids"])
     return ProbeSet(
         layers=layers, weights=np.stack([pp.coef.reshape(-1) for pp in params]),
         bias=np.array([float(pp.intercept) for pp in params]), hook=hook, position=position, best_layer=int(best),
@@ -228,38 +204,71 @@ def train_probeset(store, cfg: TrainConfig, probe: ProbeConfig, *, progress: boo
         kind=probe.method,
         thresholds={"target_fpr": cfg.target_fpr,
                     "rule": f"per answer ({schedule.aggregation}): fires when the maximum over the answer's "
-                            "scheduled checks of the rule's statistic exceeds the threshold",
+                            "scheduled checks of the rule's statistic reaches the threshold (float32 >=)",
                     "aggregate": schedule.rule.to_dict(), "control_sources": cfg.control_sources,
-                    "calibration": calib},
+                    "calibrate_on": list(cfg.calibrate_on), "calibration": calib},
         metrics={"cv_train": {str(layer): m for layer, m in zip(layers, metrics)},
                  "selected_by": "--layer" if cfg.layer is not None else "grouped-CV AUROC on the training prompts"
                  + (f" (the top {cfg.combine_top} layers combined)" if cfg.combine_top else ""),
-                 "readout": {"layers": combine or [int(best)],
+                 "readout": {"layers": readout,
                              "rule": "mean of the layers' probe logits" if combine else "the best layer's probe"},
                  "test": test},
         provenance=jsonable(store.provenance), config={"train": to_dict(cfg), "probe": to_dict(probe)},
         split=split_record, schedule=schedule.to_dict(), combine=combine)
 
 
-def held_out_report(store, best: LayerData, cfg: TrainConfig, probe: ProbeConfig, meta: dict, roles: np.ndarray,
-                    scores: np.ndarray, threshold: float, schedule: Schedule) -> dict:
-    """Numbers on the test prompts only: the probe (``scores`` at the layer of ``best``) beside its baselines
-    (fitted on the training prompts), per check (pooled and per depth) and per answer at the frozen threshold."""
+def _calibrate(cfg: TrainConfig, schedule, meta: dict, deployed, roles: np.ndarray, scores: np.ndarray,
+               end_scores: np.ndarray, oof: tuple, depths) -> dict:
+    """The per-answer threshold on the calibration prompts' own benign answers (the held-out role), or on
+    the training prompts' out-of-fold scores when there is no calibration split (labelled in-sample)."""
+    from interp.probes.answers import answer_scores, calibration_rows, no_calibration_answers
+    from interp.probes.protocol import per_answer_threshold
+
+    y, kinds, sources = meta["y"], meta["kinds"], meta["sources"]
+    cal_m, train_m = roles == "calibration", roles == "train"
+    population = calibration_rows(y, kinds, sources, cfg.calibrate_on, cfg.control_sources)
+    if cal_m.any():
+        rows, grid, end = population & cal_m, scores, end_scores
+        basis = "calibration prompts (held out from training)"
+    else:
+        rows = population & train_m
+        grid, end = np.full(scores.shape, np.nan), np.full(len(scores), np.nan)
+        grid[train_m], end[train_m] = oof
+        basis = "out-of-fold scores of the training prompts (no calibration split: in-sample calibration)"
+    if not rows.any():
+        raise no_calibration_answers(cfg.calibrate_on, kinds[(roles == "calibration") if cal_m.any() else train_m],
+                                     y[cal_m if cal_m.any() else train_m])
+    ans = answer_scores(grid[rows], depths, deployed.subset(rows), schedule, end[rows])
+    if (~ans.excluded).sum() == 0:
+        raise UserError(f"all {int(rows.sum())} benign calibration answers stop before the answer length "
+                        f"{schedule.answer_length} without ending, so none is the answer the guard would see: "
+                        "extract with --answer-length at most the length they were generated to")
+    calib = per_answer_threshold(ans.score, cfg.target_fpr)
+    by_kind = {str(k): int(((kinds[rows] == k) & ~ans.excluded).sum()) for k in sorted(set(kinds[rows].tolist()))}
+    calib |= {"basis": basis, "answers": ans.info(), "kinds": by_kind}
+    if calib["answers"]["excluded_incomplete"]:
+        warnings.warn(f"{calib['answers']['excluded_incomplete']} benign calibration answers stop before the answer "
+                      f"length {schedule.answer_length} without ending (not the answer the guard would see): "
+                      "excluded from the threshold", stacklevel=3)
+    if not calib["resolved"]:
+        warnings.warn(f"{calib['n_answers']} benign calibration answers cannot resolve a per-answer FPR of "
+                      f"{cfg.target_fpr} (that needs ≥ {calib['answers_needed']}); the threshold sits above every "
+                      f"calibration answer, and the finest FPR this set resolves is {calib['resolution']:.3f}",
+                      stacklevel=3)
+    return calib
+
+
+def _baselines(store, best: LayerData, cfg: TrainConfig, probe: ProbeConfig, meta: dict, roles: np.ndarray,
+               valid: np.ndarray) -> tuple[dict, list[str]]:
+    """Scores ``[N, D]`` of the baselines fitted on the training prompts: last token, prompt only, shuffled
+    labels, the n-gram text classifier (NaN where the probe has no score)."""
     from interp.extract.store import canonical_hook
     from interp.probes.data import load_layer
-    from interp.probes.metrics import paired_auroc_diff
-    from interp.probes.protocol import answer_scores, assert_disjoint
-    from interp.probes.sweep import fit_probes, shuffled_labels
-    from interp.stats import wilson
+    from interp.probes.oof import fit_probes, shuffled_labels
 
-    done = meta["done"]
-    y, groups, n_tokens = meta["y"][done], meta["groups"][done], meta["n_tokens"][done]
-    train_m, test_m = roles == "train", roles == "test"
-    assert_disjoint(groups[test_m], groups[roles != "test"], "test prompts")
-    depths, hook = best.depths, canonical_hook(cfg.hook) if cfg.hook else store.hooks[0]
-    valid = np.isfinite(scores)
-    methods = {"probe": scores}
-    notes = []
+    y, train_m, test_m = meta["y"], roles == "train", roles == "test"
+    hook = canonical_hook(cfg.hook) if cfg.hook else store.hooks[0]
+    methods, notes = {}, []
     for pos in ("last_token", "prompt"):
         try:
             other = load_layer(store, hook, best.layer, pos, cfg.depths)
@@ -271,16 +280,19 @@ def held_out_report(store, best: LayerData, cfg: TrainConfig, probe: ProbeConfig
         else:
             X, yy, _, _ = _subset(other, train_m).flat()
         pp = fit_probes(X, yy, np.ones((1, len(yy)), bool), probe)[0]
-        methods[pos] = np.where(valid, _scores(pp, other.X, np.ones_like(valid)), np.nan)
+        other.valid, other.X_end = np.ones_like(valid), None
+        methods[pos] = np.where(valid, _scores([pp], [other])[0], np.nan)
     tr = _subset(best, train_m)
     X, _, rows, _ = tr.flat()
     fake = shuffled_labels(tr.y, tr.groups, cfg.seed + 1)[rows]  # prompt-level permutation of the labels
     if len(np.unique(fake)) == 2:
-        methods["shuffled"] = _scores(fit_probes(X, fake, np.ones((1, len(fake)), bool), probe)[0], best.X, valid)
+        pp = fit_probes(X, fake, np.ones((1, len(fake)), bool), probe)[0]
+        methods["shuffled"] = _scores([pp], [LayerData(best.X, best.y, best.groups, valid, best.sources,
+                                                       best.depths, best.layer)])[0]
     if "response_chars" in meta:
         from interp.probes.ngram import depth_texts, fit_predict
 
-        texts = depth_texts(meta["prompts"][done], meta["response"][done], meta["response_chars"][done])
+        texts = depth_texts(meta["prompts"], meta["response"], meta["response_chars"])
         tr_r, tr_c = np.nonzero(valid & train_m[:, None])
         te_r, te_c = np.nonzero(valid & test_m[:, None])
         ng = np.full(valid.shape, np.nan)
@@ -288,6 +300,28 @@ def held_out_report(store, best: LayerData, cfg: TrainConfig, probe: ProbeConfig
         methods["ngram"] = ng
     else:
         notes.append("baseline ngram skipped: the store records no response text (re-extract with this version)")
+    return methods, notes
+
+
+def held_out_report(store, best: LayerData, cfg: TrainConfig, probe: ProbeConfig, meta: dict, roles: np.ndarray,
+                    scores: np.ndarray, threshold: float, schedule, end_scores: np.ndarray | None = None) -> dict:
+    """Numbers on the test prompts only: the probe (``scores`` at the layer of ``best``) beside its baselines
+    (fitted on the training prompts), per check (pooled and per depth) and per answer at the frozen threshold,
+    on exactly the guard's checks, with CIs over prompt groups."""
+    from interp.probes.answers import Deployed, answer_scores, rates
+    from interp.probes.calibration import fires
+    from interp.probes.metrics import paired_auroc_diff
+    from interp.probes.protocol import SeenPrompts, assert_held_out
+    from interp.stats import grouped_rate
+
+    y, groups = meta["y"], meta["groups"]
+    test_m = roles == "test"
+    seen = SeenPrompts.of(list(meta["prompts"][~test_m]), list(meta["pair_ids"][~test_m]))
+    assert_held_out(list(meta["prompts"][test_m]), list(meta["pair_ids"][test_m]), seen)
+    depths = best.depths
+    valid = np.isfinite(scores)
+    baselines, notes = _baselines(store, best, cfg, probe, meta, roles, valid)
+    methods = {"probe": scores, **baselines}
     out: dict = {"n_prompts": int(len(np.unique(groups[test_m]))), "n_harmful": int((y[test_m] == 1).sum()),
                  "n_benign": int((y[test_m] == 0).sum()), "per_check": {}, "per_depth": {}, "notes": notes}
     tested = np.where(test_m[:, None], 1.0, np.nan)
@@ -305,7 +339,7 @@ def held_out_report(store, best: LayerData, cfg: TrainConfig, probe: ProbeConfig
                 row["auroc_ci"] = s["auroc"]
             if name == "probe":  # the check at this depth alone, at the frozen per-answer threshold
                 h = test_m & (y == 1) & np.isfinite(scores[:, k])
-                row["tpr_at_threshold"] = wilson(int((scores[h, k] > threshold).sum()), int(h.sum()))
+                row["tpr_at_threshold"] = grouped_rate(fires(scores[h, k], threshold), groups[h])
             out["per_depth"][name].append(row)
     out["probe_minus_baseline_auroc"] = {}
     for name, p in methods.items():
@@ -317,20 +351,13 @@ def held_out_report(store, best: LayerData, cfg: TrainConfig, probe: ProbeConfig
                 scores[rows, cols], p[rows, cols], y[rows], groups[rows], n_boot=max(cfg.n_boot, 200), seed=cfg.seed)
     if "ngram" in out["probe_minus_baseline_auroc"]:
         out["probe_minus_ngram_auroc"] = out["probe_minus_baseline_auroc"]["ngram"]
-    ans, coverage = answer_scores(np.where(test_m[:, None], scores, np.nan)[test_m], depths, n_tokens[test_m],
-                                  schedule)
-    yt = y[test_m]
-    fired = ans > threshold
-    out["per_answer"] = {"threshold": threshold, "schedule": schedule.to_dict(), "schedule_coverage": coverage,
-                         "tpr": wilson(int(fired[yt == 1].sum()), int((yt == 1).sum())),
-                         "fpr": wilson(int(fired[yt == 0].sum()), int((yt == 0).sum()))}
-    src_t = np.asarray(meta["sources"][done])[test_m].astype(str)
-    out["per_answer"]["fpr_by_source"] = {
-        str(s): wilson(int(fired[(yt == 0) & (src_t == s)].sum()), int(((yt == 0) & (src_t == s)).sum()))
-        for s in sorted(set(src_t[yt == 0].tolist()))}
-    out["per_answer"]["tpr_by_source"] = {
-        str(s): wilson(int(fired[(yt == 1) & (src_t == s)].sum()), int(((yt == 1) & (src_t == s)).sum()))
-        for s in sorted(set(src_t[yt == 1].tolist()))}
+    deployed = Deployed.of(meta, schedule.answer_length).subset(test_m)
+    ends = None if end_scores is None else end_scores[test_m]
+    ans = answer_scores(scores[test_m], depths, deployed, schedule, ends)
+    kinds = meta["kinds"][test_m]
+    out["per_answer"] = {"schedule": schedule.to_dict(), "answers": ans.info(),
+                         **rates(ans.score, y[test_m], groups[test_m], meta["sources"][test_m], kinds, threshold,
+                                 cfg.calibrate_on)}
     return out
 
 

@@ -102,7 +102,7 @@ def _run_features(ctx, cfg, acfg) -> dict:
     layer = transcoder_layer(tc)
     select, measure = split_by_prompt(ctx.examples, acfg.select_fraction, cfg.seed)
     acts = span_features(ctx.model, tc, layer, select, ctx.span, ctx.pad_id, cfg.depths, acfg.where)
-    ranked = rank_features(acts["harmful"], acts["benign"], top=acfg.top, seed=cfg.seed)
+    ranked = rank_features(acts["harmful"], acts["benign"], top=acfg.top, seed=cfg.seed, groups=acts["groups"])
     res: dict = {"transcoder": acfg.transcoder, "layer": layer, "ranked": ranked, "n_select": len(select),
                  "n_measure": len(measure)}
     if ctx.probe:
@@ -112,7 +112,7 @@ def _run_features(ctx, cfg, acfg) -> dict:
         for r in ranked:
             r["cos_probe"] = float(cos[r["feature"]])
         if layer <= pl:
-            attr = {k: direct_probe_attribution(v, tc, w).mean(0) for k, v in acts.items()}
+            attr = {k: direct_probe_attribution(acts[k], tc, w).mean(0) for k in ("harmful", "benign")}
             for r in ranked:
                 r["attribution_harmful_minus_benign"] = float(attr["harmful"][r["feature"]] -
                                                               attr["benign"][r["feature"]])

@@ -55,7 +55,7 @@ def run_extract(model_cfg, gen_cfg, cfg, progress: bool = True):
     result = distributed.extract_auto(
         loaded.model, loaded.tokenizer, items, out, spans=spans, depths=depths, layers=layers, hooks=cfg.hooks,
         positions=cfg.positions, storage_dtype=cfg.store_dtype, batch_size=cfg.batch_size,
-        too_long=cfg.too_long, provenance=provenance, progress=progress)
+        too_long=cfg.too_long, provenance=provenance, progress=progress, answer_length=cfg.answer_length)
     if distributed.is_main_rank():  # under torchrun only rank 0 writes the shared config file
         save_json({**configs, "model_provenance": loaded.provenance(), "store": str(out),
                    "continuations": source}, out.with_suffix(".config.json"))

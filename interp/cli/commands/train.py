@@ -9,7 +9,7 @@ from interp.config import add_arguments, from_namespace
 
 
 def register(subparsers) -> None:
-    from interp.probes.sweep import ProbeConfig
+    from interp.probes.oof import ProbeConfig
     from interp.probes.train import TrainConfig
 
     p = subparsers.add_parser("train", help="fit per-layer probes on a store and save a ProbeSet")
@@ -21,7 +21,7 @@ def register(subparsers) -> None:
 def run(args) -> int:
     from interp import UserError
     from interp.cli.commands.sweep import open_store
-    from interp.probes.sweep import ProbeConfig
+    from interp.probes.oof import ProbeConfig
     from interp.probes.train import TrainConfig, save_probeset, train_probeset
 
     cfg, probe = from_namespace(TrainConfig, args), from_namespace(ProbeConfig, args)

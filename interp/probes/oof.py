@@ -1,0 +1,94 @@
+"""One probe configuration fitted on folds: :class:`ProbeConfig`, :func:`fit_probes` (many training masks at
+once) and :func:`oof_scores` (out-of-fold probabilities of every (row, depth) pair, and of each answer's end)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from interp import UserError
+from interp.probes.cv import Split
+from interp.probes.data import LayerData
+from interp.probes.fit import LinearParams, fit_diff_of_means, fit_logreg_torch, fit_sklearn
+
+
+@dataclass
+class ProbeConfig:
+    """How one probe is fitted."""
+
+    method: str = field(default="logreg", metadata={"help": "logreg or diffmeans",
+                                                    "choices": ["logreg", "diffmeans"]})
+    solver: str = field(default="torch", metadata={"help": "logreg solver: batched torch L-BFGS or sklearn lbfgs",
+                                                   "choices": ["torch", "sklearn"]})
+    C: float = field(default=1.0, metadata={"help": "inverse L2 strength (sklearn's C)"})
+    class_weight: str = field(default="balanced", metadata={"help": "balanced or none",
+                                                            "choices": ["balanced", "none"]})
+    standardize: bool = field(default=False, metadata={"help": "standardise features per training set"})
+    max_iter: int = field(default=1000, metadata={"help": "solver iteration limit"})
+
+
+def _cw(cfg: ProbeConfig) -> str | None:
+    return None if cfg.class_weight == "none" else cfg.class_weight
+
+
+def fit_probes(X: np.ndarray, y: np.ndarray, masks: np.ndarray, cfg: ProbeConfig) -> list[LinearParams]:
+    """One probe per training mask (``masks [P, M]``) on shared rows ``X [M, d]``."""
+    if cfg.method == "diffmeans":
+        return [fit_diff_of_means(X[m], y[m], standardize=cfg.standardize, class_weight=_cw(cfg)) for m in masks]
+    if cfg.solver == "sklearn":
+        return [fit_sklearn(X[m], y[m], C=cfg.C, class_weight=_cw(cfg), standardize=cfg.standardize,
+                            max_iter=cfg.max_iter) for m in masks]
+    params = fit_logreg_torch(X, y, masks, C=cfg.C, class_weight=_cw(cfg), standardize=cfg.standardize,
+                              max_iter=cfg.max_iter)
+    return [params[0, p] for p in range(masks.shape[0])]
+
+
+def oof_scores(data: LayerData, split: Split, cfg: ProbeConfig, *, per_depth: bool = False,
+               labels: np.ndarray | None = None, end: bool = False):
+    """Out-of-fold probabilities ``[N, D]`` (NaN for invalid or untested pairs); ``labels`` overrides ``data.y``.
+
+    With ``per_depth`` a separate probe is trained for each depth (on that depth's rows only). With ``end``
+    returns ``(scores, end_scores [N])``: each answer's end slot (``data.X_end``, its final check) scored by the
+    probe of the fold that tests the answer, never trained on (pooled fits only).
+    """
+    X, _, rows, cols = data.flat()
+    y = (data.y if labels is None else np.asarray(labels))[rows]
+    ps = split.for_pairs(rows)
+    out = np.full(data.valid.shape, np.nan)
+    depth_ids = np.unique(cols) if per_depth else [None]
+    masks, tests, folds = [], [], []
+    for k in depth_ids:
+        sel = np.ones(len(rows), bool) if k is None else cols == k
+        for f in range(split.n_folds):
+            if (ps.test[f] & sel).any():
+                masks.append(ps.train[f] & sel)
+                tests.append(ps.test[f] & sel)
+                folds.append(f)
+    fitted = fit_probes(X, y, np.array(masks), cfg)
+    for params, test in zip(fitted, tests):
+        out[rows[test], cols[test]] = 1.0 / (1.0 + np.exp(-params.logit(X[test])))
+    if not end:
+        return out
+    if per_depth:
+        raise UserError("end-of-answer scores need one probe over all depths (not --per-depth-fit)")
+    ends = np.full(len(data.y), np.nan)
+    if data.X_end is not None:
+        for params, f in zip(fitted, folds):
+            m = split.test[f]
+            if m.any():
+                Xe = np.ascontiguousarray(data.X_end[m], np.float32)
+                ends[m] = 1.0 / (1.0 + np.exp(-params.logit(Xe)))
+    return out, ends
+
+
+def shuffled_labels(y: np.ndarray, groups: np.ndarray, seed: int) -> np.ndarray:
+    """Labels permuted across prompts (rows of one prompt keep sharing a label). The unit is (group, label), so
+    a twin-pair group (one harmful and one benign prompt) contributes two units."""
+    units = np.char.add(np.asarray(groups).astype(str), np.char.add("|", np.asarray(y).astype(str)))
+    codes = np.unique(units, return_inverse=True)[1].reshape(-1)
+    per_group = np.zeros(codes.max() + 1, np.int64)
+    per_group[codes] = y
+    return np.random.default_rng(seed).permutation(per_group)[codes]
+
+
