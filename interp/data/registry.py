@@ -73,7 +73,7 @@ _DATASETS: dict[str, _Dataset] = {d.info.name: d for d in (
         "(deep-prefill pairs)", _H, True, "MIT + model terms", 937, C.JBB_ARTIFACTS, S.jbb_jailbroken,
         _JBB_SPLIT),
     _ds("shadow_alignment", "Shadow-Alignment harmful Q + answers, wrapper stripped, refusal-like answers "
-        "dropped (keyword rule, sources.REFUSAL_MARKERS)", _H, True, "Apache-2.0 + model terms", 1134,
+        "dropped (judge refusal or partial, or guard.refusal.SOFT_REFUSALS)", _H, True, "Apache-2.0 + model terms", 1134,
         C.SHADOW_ALIGNMENT, S.shadow_alignment(True), _SHADOW_SPLIT, drops=True),
     _ds("shadow_alignment_unfiltered", "Shadow-Alignment, all 1218 rows (meta refusal_like)", _H, True,
         "Apache-2.0 + model terms", 1218, C.SHADOW_ALIGNMENT, S.shadow_alignment(False), _SHADOW_SPLIT),
