@@ -120,3 +120,16 @@ def test_agreement_on_replies_the_lists_were_not_tuned_on():
     assert res["n_refusal"] >= 20 and res["n_other"] >= 20
     assert not res["false_refusals"]  # no helpful reply counted as a refusal
     assert res["accuracy"] >= 0.9
+
+
+def test_three_classes_on_the_held_out_set():
+    """62 replies written after the pivot list was frozen and never used to change it (measured once; these are
+    the measured counts, so a change that loses any of them fails): qwen2 family."""
+    items = load_judge_set(Path(__file__).parent / "data" / "judge_partial_holdout.jsonl")
+    judge = KeywordMatcher("qwen2")
+    by = {lab: [judge.classify(i["text"]) for i in items if i["label"] == lab] for lab in ("refusal", "partial", "comply")}
+    assert (len(by["refusal"]), len(by["partial"]), len(by["comply"])) == (20, 22, 20)
+    assert by["comply"].count("refusal") == 0  # no helpful reply judged a refusal
+    assert by["refusal"].count("refusal") >= 18  # 2 missed: phrases the lists lack ("help you access", "write content")
+    assert len(by["partial"]) - by["partial"].count("refusal") >= 20  # partial replies not judged refusals: 20/22
+    assert by["partial"].count("partial") >= 12  # the rest are hedges without a refusal phrase: judged comply
