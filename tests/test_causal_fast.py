@@ -22,7 +22,9 @@ from interp.causal.patching import knockout_effects, patch_hook, patching_sweep
 from interp.causal.runner import SpanRunner, read
 from interp.causal.synthetic import toy_examples
 from interp.causal.transcoders import new_transcoder
-from interp.model.hooks import Inputs, mlp_in, resid_post, resid_pre, run_with_hooks
+from interp.guard.openers import opener_log_masses
+from interp.model.hooks import mlp_in, resid_post, resid_pre
+from interp.model.kvcache import cache_kwarg, new_cache
 from interp.spans.derive import derive_safety_spans
 from interp.testing import tiny_model
 
@@ -181,10 +183,14 @@ def test_batched_left_padded_rows_equal_one_at_a_time(setup, knockout):
         close(together[0][i], alone[0][0])
         for L in probe.layers:
             close(together[1][L][i], alone[1][L][0])
-        if not knockout:  # and the plain unpadded forward of the row (no explicit positions, no cache)
+        if not knockout:  # and the plain unpadded forward of the row (no explicit positions), its openers after it
             ids = torch.tensor([list(ex.prompt_ids + ex.response_ids[:6] + span.span_ids)])
-            logits, _ = run_with_hooks(model, Inputs(ids, torch.ones_like(ids)))
-            close(together[0][i], refusal_logodds(logits[:, -1], openers)[0])
+            cache = new_cache(model)
+            with torch.no_grad():
+                logits = model(input_ids=ids, use_cache=True, **{cache_kwarg(model): cache}).logits[:, -1]
+            masses = opener_log_masses(model, cache, torch.ones_like(ids), torch.tensor([ids.shape[1]]), logits,
+                                       openers)
+            close(together[0][i], refusal_logodds(masses)[0])
 
 
 def test_wrong_positions_would_fail(setup):
@@ -206,13 +212,12 @@ def test_missing_rollback_would_fail(setup, monkeypatch):
     monkeypatch.setattr(runner_mod, "rollback", lambda cache, to: None)
     r = SpanRunner(model, batch)
     readouts(r, openers, probe)
-    second = readouts(r, openers, probe)
-    with pytest.raises(AssertionError):
-        assert_same_readout(second, first)
+    with pytest.raises((AssertionError, RuntimeError)):  # the stale span misreads, or no longer fits the masks
+        assert_same_readout(readouts(r, openers, probe), first)
 
 
-# bf16 (how a GPU runs it): measured worst 0.0047 (sites) / 0.004 (refusal log-odds) with sdpa, 0 with eager;
-# span positions off by one in the cached path give 0.09-0.14 / 0.019-0.11
+# bf16 (how a GPU runs it): measured worst 0.0047 (sites) / 0.018 (whole-opener refusal log-odds, 2026-12-05) with
+# sdpa, 0 with eager; span positions off by one in the cached path give 0.09-0.14 / 0.067-0.31
 @pytest.mark.parametrize("arch,attn", [("qwen2", "eager"), ("qwen2", "sdpa"), ("llama", "eager"), ("llama", "sdpa"),
                                        ("gemma2", "eager")])
 @pytest.mark.parametrize("knockout", [False, True])
@@ -227,7 +232,7 @@ def test_cached_equals_full_bf16(arch, attn, knockout, device):
         batch = build_batch(examples, d, span, tok.pad_token_id)
         full = readouts(SpanRunner(model, batch, cached=False), openers, probe, knockout=knockout)
         fast = readouts(SpanRunner(model, batch), openers, probe, knockout=knockout)
-        assert (fast[0] - full[0]).abs().max().item() < 1e-2
+        assert (fast[0] - full[0]).abs().max().item() < 3e-2
         for site in fast[2]:
             a, b = fast[2][site].float(), full[2][site].float()
             assert ((a - b).norm() / b.norm()).item() < 2e-2, (arch, attn, d, site)

@@ -382,3 +382,29 @@ def test_cli_builds_and_resumes_with_a_bad_spec_refused_first(tmp_path, model_to
     err = capsys.readouterr().err
     assert "a prefill entry needs openers" in err and len(err.strip().splitlines()) == 1
     assert not (tmp_path / "new").exists()
+
+
+def test_harmful_prefills_that_recover_into_refusals_are_dropped_and_counted(tmp_path, model_tok):
+    """Label hygiene: a harmful prefill row whose continuation (after the opener) the judge calls a refusal is
+    dropped, and the corpus config says how many; benign prefill rows are kept whatever they say."""
+    from interp.corpus.build import continuation_text
+
+    spec = load_spec(str(_write_spec(tmp_path)))
+    model, tok = model_tok
+    seen = []
+
+    def refuses(text: str) -> bool:  # every continuation "recovers"; the opener itself is never judged
+        seen.append(text)
+        return True
+
+    config = build_corpus(model, tok, spec, tmp_path / "out", model_provenance={"model_id": "tiny-qwen2"},
+                          batch_size=2, progress=False, judge=refuses)
+    rows = load_jsonl(tmp_path / "out" / "continuations.jsonl")
+    entries = {e["entry"]: e for e in config["entries"]}
+    assert not [r for r in rows if r.meta["corpus_entry"] == 1]  # all 8 harmful prefills dropped ...
+    assert entries[1]["dropped_recovered_refusals"] == 8 == config["dropped_recovered_refusals"]  # ... and counted
+    assert len([r for r in rows if r.meta["corpus_entry"] == 4]) == 4  # benign prefills kept
+    assert entries[6]["rows"] == 4 and entries[6]["dropped_not_refusals"] == 0  # refusal entries: all "refusals"
+    assert not any(t.lstrip().startswith(tuple(o.strip() for o in OPENERS)) for t in seen[:8])
+    row = next(r for r in load_jsonl(tmp_path / "out" / "continuations.jsonl") if r.kind == "prefill")
+    assert continuation_text(row) == row.response.lstrip()[len(row.opener):]

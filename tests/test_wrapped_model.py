@@ -64,7 +64,7 @@ def test_guard_equals_plain_model(models, mode):
     out = []
     for model in (wrapped, plain):
         gen = GuardedGenerator(model, tok, spans, GuardConfig(mode=mode, stride=4, max_new_tokens=12,
-                                                              lookahead=4), probes)
+                                                              lookahead=4), probes, prob_scores=True)
         try:
             out.append(gen.generate(prompts))
         finally:

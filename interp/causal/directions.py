@@ -16,8 +16,8 @@ from tqdm import tqdm
 
 from interp import UserError
 from interp.causal.inputs import BENIGN, HARMFUL, Example, example_groups, label_batch
-from interp.causal.metrics import OpenerTokens
 from interp.causal.runner import SpanRunner, read, span_cols
+from interp.guard.openers import OpenerTree
 from interp.model.hooks import HookFn, at_positions, resid_post, resid_pre
 from interp.spans.derive import SafetySpans
 from interp.stats import grouped_mean_ci
@@ -69,7 +69,7 @@ def random_directions(d_model: int, n: int, seed: int = 0) -> torch.Tensor:
     return v / v.norm(dim=1, keepdim=True)
 
 
-def diff_of_means(model, examples: Sequence[Example], span: SafetySpans, pad_id: int, openers: OpenerTokens,
+def diff_of_means(model, examples: Sequence[Example], span: SafetySpans, pad_id: int, openers: OpenerTree,
                   depths: Sequence[int], layer: int, site=resid_post, cached: bool = True) -> torch.Tensor:
     """Mean harmful minus mean benign residual at the probe token (pooled over depths), at ``site(layer)``."""
     sums = {HARMFUL: [], BENIGN: []}
@@ -95,11 +95,11 @@ def _summary(real: np.ndarray, controls: np.ndarray, groups: Sequence[str]) -> d
     return out
 
 
-def _delta(runner: SpanRunner, openers: OpenerTokens, clean_refusal: torch.Tensor, hooks: dict) -> np.ndarray:
+def _delta(runner: SpanRunner, openers: OpenerTree, clean_refusal: torch.Tensor, hooks: dict) -> np.ndarray:
     return (read(runner, openers, hooks=hooks).refusal - clean_refusal).numpy()
 
 
-def direction_effects(model, examples: Sequence[Example], span: SafetySpans, pad_id: int, openers: OpenerTokens,
+def direction_effects(model, examples: Sequence[Example], span: SafetySpans, pad_id: int, openers: OpenerTree,
                       directions: dict[str, torch.Tensor], depths: Sequence[int], layers: Sequence[int],
                       mode: str = "ablate", alphas: Sequence[float] = (0.0,), n_random: int = 20,
                       where: str = "span", site_kind: str = "resid_pre", seed: int = 0, cached: bool = True

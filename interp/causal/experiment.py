@@ -12,8 +12,9 @@ import torch
 
 from interp import UserError
 from interp.causal.inputs import Example
-from interp.causal.metrics import OpenerTokens, opener_tokens
+from interp.causal.metrics import opener_tokens
 from interp.config import save_config, to_dict
+from interp.guard.openers import OpenerTree
 from interp.model.hooks import n_layers
 from interp.spans.derive import SafetySpans, derive_safety_spans
 
@@ -67,7 +68,7 @@ class Context:
     tokenizer: Any
     span: SafetySpans
     examples: list[Example]
-    openers: OpenerTokens
+    openers: OpenerTree
     pad_id: int
     layers: list[int]
     probe: ProbeAdapter | None

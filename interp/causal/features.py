@@ -15,9 +15,10 @@ from tqdm import tqdm
 
 from interp import UserError
 from interp.causal.inputs import BENIGN, HARMFUL, Example, example_groups, label_batch
-from interp.causal.metrics import OpenerTokens, Probe, cohens_d_ci
+from interp.causal.metrics import Probe, cohens_d_ci
 from interp.causal.runner import SpanRunner, read, span_cols
 from interp.causal.transcoders import splice_hooks
+from interp.guard.openers import OpenerTree
 from interp.model.hooks import mlp_in, resid_post
 from interp.spans.derive import SafetySpans
 from interp.stats import grouped_mean_ci
@@ -97,7 +98,7 @@ def feature_edit(features: torch.Tensor, mode: str, means: torch.Tensor | None =
 
 
 def topk_ablation(model, tc, layer: int, examples: Sequence[Example], span: SafetySpans, pad_id: int,
-                  openers: OpenerTokens, depths: Sequence[int], ranked: Sequence[int], ks: Sequence[int],
+                  openers: OpenerTree, depths: Sequence[int], ranked: Sequence[int], ks: Sequence[int],
                   mode: str = "zero", means: torch.Tensor | None = None, n_random: int = 10,
                   candidates: Sequence[int] | None = None, probe: Probe | None = None,
                   probe_layers: Sequence[int] = (), probe_site=resid_post, where: str = "span",

@@ -1,48 +1,33 @@
-"""Refusal log-odds at the header's next token, probe scores at sites, and bootstrap confidence intervals.
+"""Refusal log-odds of the reply after the re-injected header, probe scores at sites, and bootstrap CIs.
 
-Refusal log-odds = logsumexp of the log-probs of the first tokens of refusal openers minus the same for
-compliance openers, read where the re-injected header predicts the first token of a new assistant turn.
+Refusal log-odds = log P(the reply begins with a refusal opener) − log P(it begins with a compliance opener),
+whole openers teacher-forced (:mod:`interp.guard.openers`: "I'm sorry" and "I'd be happy to" both start with "I"),
+read where the re-injected header predicts the first token of a new assistant turn.
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
 from typing import Protocol
 
 import numpy as np
 import torch
 
-from interp import UserError
-from interp.guard.refusal import COMPLIANCE_OPENERS, REFUSAL_OPENERS, opener_ids
-
-
-@dataclass(frozen=True)
-class OpenerTokens:
-    """First-token ids of refusal and compliance openers (disjoint)."""
-
-    refusal: tuple[int, ...]
-    compliance: tuple[int, ...]
+from interp.guard.openers import OpenerTree, opener_tree
+from interp.guard.refusal import COMPLIANCE_OPENERS, REFUSAL_OPENERS
 
 
 def opener_tokens(tokenizer, refusal: Sequence[str] = REFUSAL_OPENERS,
-                  compliance: Sequence[str] = COMPLIANCE_OPENERS) -> OpenerTokens:
-    """First tokens of the refusal and compliance openers (:func:`interp.guard.refusal.opener_ids`, the judge's
-    own tokenization); ids that open both are dropped."""
-    r, c = set(opener_ids(tokenizer, tuple(refusal))), set(opener_ids(tokenizer, tuple(compliance)))
-    both = r & c
-    r, c = sorted(r - both), sorted(c - both)
-    if not r or not c:
-        raise UserError("refusal and compliance openers share all first tokens; give distinct openers")
-    return OpenerTokens(tuple(r), tuple(c))
+                  compliance: Sequence[str] = COMPLIANCE_OPENERS) -> OpenerTree:
+    """The refusal and compliance openers as whole token sequences, the probability judge's own
+    (:class:`interp.guard.openers.OpenerTree`)."""
+    return opener_tree(tokenizer, tuple(refusal), tuple(compliance))
 
 
-def refusal_logodds(logits: torch.Tensor, openers: OpenerTokens) -> torch.Tensor:
-    """``[N, V]`` next-token logits -> ``[N]`` refusal-vs-compliance log-odds (float64 on CPU)."""
-    logp = torch.log_softmax(logits.double(), dim=-1)
-    r = torch.logsumexp(logp[:, list(openers.refusal)], dim=-1)
-    c = torch.logsumexp(logp[:, list(openers.compliance)], dim=-1)
-    return (r - c).cpu()
+def refusal_logodds(log_masses: dict[str, torch.Tensor]) -> torch.Tensor:
+    """``{"refusal": [N], "compliance": [N]}`` opener log-masses -> ``[N]`` refusal-vs-compliance log-odds (float64
+    on CPU)."""
+    return (log_masses["refusal"].double() - log_masses["compliance"].double()).cpu()
 
 
 class Probe(Protocol):

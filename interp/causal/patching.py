@@ -16,8 +16,9 @@ from tqdm import tqdm
 
 from interp import UserError
 from interp.causal.inputs import BENIGN, HARMFUL, Example, SpanBatch, build_batch, example_groups, label_batch
-from interp.causal.metrics import OpenerTokens, Probe
+from interp.causal.metrics import Probe
 from interp.causal.runner import Readout, SiteFn, SpanRunner, read, span_cols
+from interp.guard.openers import OpenerTree
 from interp.model.hooks import HookFn, at_positions, resid_post
 from interp.spans.derive import SafetySpans
 from interp.stats import grouped_mean_ci
@@ -53,7 +54,7 @@ def _delta(patched: Readout, clean: Readout, dst: slice, src: slice, probe_layer
     return out
 
 
-def patching_sweep(model, examples: Sequence[Example], span: SafetySpans, pad_id: int, openers: OpenerTokens,
+def patching_sweep(model, examples: Sequence[Example], span: SafetySpans, pad_id: int, openers: OpenerTree,
                    depths: Sequence[int], layers: Sequence[int], where: str = "span",
                    site: SiteFn = resid_post, probe: Probe | None = None, probe_layers: Sequence[int] = (),
                    probe_site: SiteFn = resid_post, min_pairs: int = 2, cached: bool = True) -> dict:
@@ -95,7 +96,7 @@ def patching_sweep(model, examples: Sequence[Example], span: SafetySpans, pad_id
     return {"layers": list(layers), "depths": list(depths), "where": where, "n_pairs": n_pairs, "cells": cells}
 
 
-def knockout_effects(model, examples: Sequence[Example], span: SafetySpans, pad_id: int, openers: OpenerTokens,
+def knockout_effects(model, examples: Sequence[Example], span: SafetySpans, pad_id: int, openers: OpenerTree,
                      depths: Sequence[int], probe: Probe | None = None, probe_layers: Sequence[int] = (),
                      probe_site: SiteFn = resid_post, cached: bool = True) -> list[dict]:
     """Block the span's attention to the response tokens (every layer); Δ refusal / Δ probe by depth & label."""

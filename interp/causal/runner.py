@@ -22,8 +22,9 @@ import torch
 
 from interp import UserError
 from interp.causal.inputs import SpanBatch, knockout_inputs, response_columns
-from interp.causal.metrics import OpenerTokens, Probe, probe_logits, refusal_logodds
+from interp.causal.metrics import Probe, probe_logits, refusal_logodds
 from interp.extract.masks import attention_layout, require_mask_kernel, span_over_cache
+from interp.guard.openers import OpenerTree, opener_log_masses
 from interp.model.hooks import HookFn, hf_model, hooks_attached, resid_post
 from interp.model.kvcache import cache_kwarg, mark, new_cache, rollback
 
@@ -94,13 +95,16 @@ class SpanRunner:
                 "use_cache": True, self._cache_kw: self._prefix()}
 
     @torch.no_grad()
-    def run(self, hooks: dict[str, HookFn] | None = None, capture: Sequence[str] = (), knockout: bool = False
-            ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-        """Logits at the last span token ``[B, V]`` and captured site values at the span ``[B, h, d]``.
+    def run(self, hooks: dict[str, HookFn] | None = None, capture: Sequence[str] = (), knockout: bool = False,
+            openers: OpenerTree | None = None) -> tuple[torch.Tensor, dict[str, torch.Tensor], dict | None]:
+        """Logits at the last span token ``[B, V]``, captured site values at the span ``[B, h, d]`` and, with
+        ``openers``, the opener log-masses of the reply after the span (:func:`interp.guard.openers.opener_log_masses`).
 
         ``hooks`` see the site tensor of the forward that runs (span only, or the full sequence) and must
         address span tokens by negative columns (:func:`span_cols`); a capture is taken after any hook on
-        the same site. ``knockout`` blocks the span's attention to the response tokens at every layer.
+        the same site. ``knockout`` blocks the span's attention to the response tokens at every layer (the
+        openers after the span see everything). The opener tree runs without the hooks, over the cache the
+        hooked forward left (the whole sequence's own cache on the reference path).
         """
         h = self.batch.h
         captured: dict[str, torch.Tensor] = {}
@@ -112,13 +116,22 @@ class SpanRunner:
 
         items = list((hooks or {}).items()) + [(name, saver(name)) for name in capture]
         kwargs = self._span_kwargs(knockout)
+        if openers is not None and not self.cached:
+            kwargs.update(use_cache=True, **{self._cache_kw: new_cache(self.model)})
+        masses = None
         try:
             with hooks_attached(self.model, items):
                 out = self.model(**kwargs, logits_to_keep=1)
+            logits = out.logits[:, -1]
+            if openers is not None:
+                inp = self.batch.inputs
+                cache = kwargs[self._cache_kw]
+                masses = opener_log_masses(self.model, cache, self._to(inp.attention_mask),
+                                           self._to(inp.position_ids[:, -1] + 1), logits, openers)
         finally:
             if self.cached:
                 rollback(self._cache, self._mark)
-        return out.logits[:, -1], captured
+        return logits, captured, masses
 
 
 @dataclass
@@ -130,7 +143,7 @@ class Readout:
     cache: dict[str, torch.Tensor] = field(default_factory=dict)
 
 
-def read(runner: SpanRunner, openers: OpenerTokens | None, probe: Probe | None = None,
+def read(runner: SpanRunner, openers: OpenerTree | None, probe: Probe | None = None,
          probe_layers: Sequence[int] = (), probe_site: SiteFn = resid_post,
          hooks: dict[str, HookFn] | None = None, capture: Sequence[str] = (), knockout: bool = False) -> Readout:
     """One (optionally hooked / knocked-out) run and its readout at the span.
@@ -138,8 +151,8 @@ def read(runner: SpanRunner, openers: OpenerTokens | None, probe: Probe | None =
     Without ``openers`` the refusal readout is empty (capture-only runs). ``cache`` values are ``[B, h, d]``.
     """
     sites = tuple(dict.fromkeys([*capture, *(probe_site(L) for L in probe_layers)]))
-    logits, cache = runner.run(hooks, sites, knockout)
-    refusal = refusal_logodds(logits, openers) if openers else torch.zeros(0)
+    _, cache, masses = runner.run(hooks, sites, knockout, openers)
+    refusal = refusal_logodds(masses) if masses is not None else torch.zeros(0)
     out = Readout(refusal, cache=cache)
     if probe is not None:
         rows, cols = span_cols(runner.batch, "probe")

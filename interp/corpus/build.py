@@ -82,14 +82,33 @@ def _request(spec: CorpusSpec, batch: Batch, too_long: str):
                    top_p=spec.top_p, seed=batch.seed, system=spec.system, too_long=too_long, skipped=[])
 
 
+def continuation_text(item) -> str:
+    """What the model wrote after a forced opener (the whole response when nothing was forced)."""
+    text = item.response or ""
+    if item.opener and text.lstrip().startswith(item.opener.strip()):
+        return text.lstrip()[len(item.opener.strip()):]
+    return text
+
+
+def _keep(entry, item, judge) -> bool:
+    """Label hygiene: a refusal entry keeps only the answers the judge calls refusals; a harmful prefill entry
+    drops continuations that recovered into a refusal (a harmful label on a refusal would contradict the own
+    refusals labelled benign). Everything else is kept."""
+    if entry.kind == "refusal":
+        return judge(item.response)
+    if entry.kind == "prefill" and entry.label == HARMFUL:
+        return not judge(continuation_text(item))
+    return True
+
+
 def _rows(batch: Batch, made: list, judge) -> list[dict[str, Any]]:
-    """The journal rows of one batch from its continuations (own refusals kept only when the judge says so)."""
+    """The journal rows of one batch from its continuations (filtered by :func:`_keep`)."""
     task, entry = batch.task, batch.task.entry
     rows = []
     for item in made:
+        if not _keep(entry, item, judge):
+            continue
         if entry.kind == "refusal":
-            if not judge(item.response):
-                continue
             item.kind, item.label = "refusal", BENIGN
             base = item.source.removesuffix("own").removesuffix(":")
             item.source = f"{base}:refusal" if base else "refusal"
@@ -129,9 +148,17 @@ def _summary(spec: CorpusSpec, tasks: list[Task], out: Path) -> dict[str, Any]:
     entries = []
     for i, entry in enumerate(spec.entries):
         planned = sum(len(t.records) for t in tasks if t.entry_index == i)
-        entries.append({"entry": i + 1, "name": entry.name, "label": entry.label, "planned": planned,
-                        "rows": written.get(i + 1, 0)})
-    return {"entries": entries, "rows": sum(written.values())}
+        row = {"entry": i + 1, "name": entry.name, "label": entry.label, "planned": planned,
+               "rows": written.get(i + 1, 0)}
+        if entry.kind == "refusal":
+            row["dropped_not_refusals"] = planned - row["rows"]
+        elif entry.kind == "prefill" and entry.label == HARMFUL:
+            row["dropped_recovered_refusals"] = planned - row["rows"]
+        entries.append(row)
+    return {"entries": entries, "rows": sum(written.values()),
+            "dropped_recovered_refusals": sum(e.get("dropped_recovered_refusals", 0) for e in entries),
+            "label_hygiene": "harmful prefill continuations the refusal judge calls refusals are dropped (the model "
+                             "recovered); refusal entries keep only answers it calls refusals"}
 
 
 def build_corpus(model, tokenizer, spec: CorpusSpec, out: str | Path, *, model_provenance: dict[str, Any],

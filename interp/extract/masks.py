@@ -250,56 +250,91 @@ def left_pad(rows: Sequence[Sequence[int]], pad_id: int, device: torch.device | 
     return ids, mask, pos
 
 
+def tree_over_cache_inputs(tokens: torch.Tensor, parents: Sequence[int], cache_len: int, *,
+                           dtype: torch.dtype = torch.float32, prefix_mask: torch.Tensor | None = None,
+                           positions: torch.Tensor | None = None, sliding_window: int | None = None,
+                           layer_types: Sequence[str] | None = None, sliding_cache_len: int | None = None,
+                           device: torch.device | str | None = None):
+    """Inputs for one forward of a forest of ``T`` new tokens over a cache of ``cache_len`` entries.
+
+    ``tokens [B, T]`` (or ``[T]``, the same for every row); ``parents[i]`` is the index of token i's parent among
+    the new tokens (``-1``: a root, which sits right after the cache). Token i at depth k (a root has depth 0)
+    has position ``positions + k`` (``positions [B]``, default ``cache_len``) and sees the cached prefix
+    (``prefix_mask [B, n]``, 1 = real) and its ancestors and itself, nothing else. After the forward the cache
+    holds ``prefix ‖ tokens``; roll it back to drop them. Sliding layers of a transformers sliding-window cache
+    hold only their last ``sliding_cache_len`` (default ``min(n, window-1)``) prefix entries; their mask is sized
+    to that. Returns ``(input_ids [B, T], position_ids [B, T], attention_mask)`` on ``device`` (default: the
+    device of ``tokens``).
+    """
+    tokens = torch.as_tensor(tokens, dtype=torch.long)
+    dev = tokens.device if device is None else torch.device(device)
+    T = len(parents)
+    if tokens.dim() == 1:
+        B = 1 if prefix_mask is None else prefix_mask.shape[0]
+        tokens = tokens.reshape(1, T).expand(B, T)
+    tokens = tokens.to(dev)
+    B, n = tokens.shape[0], int(cache_len)
+    depth, anc = [0] * T, torch.eye(T, dtype=torch.bool, device=dev)
+    for i, p in enumerate(parents):
+        if not -1 <= p < i:
+            raise ValueError(f"parent {p} of new token {i} must be -1 or an earlier token")
+        if p >= 0:
+            depth[i] = depth[p] + 1
+            anc[i] |= anc[p]
+    offs = torch.tensor(depth, dtype=torch.long, device=dev)
+    start = (torch.full((B,), n, dtype=torch.long, device=dev) if positions is None
+             else torch.as_tensor(positions).long().to(dev))
+    pos = start[:, None] + offs[None]
+    q_logical = (n + offs)[None].expand(B, -1)  # cache index space, for the window rule
+    prefix = (torch.ones((B, n), dtype=torch.bool, device=dev) if prefix_mask is None
+              else prefix_mask.to(device=dev, dtype=torch.bool))
+
+    def build(m: int) -> torch.Tensor:  # mask over the last m prefix entries + the T new ones
+        return torch.cat([prefix[:, n - m:, None].transpose(1, 2).expand(B, T, m), anc[None].expand(B, -1, -1)], dim=2)
+
+    full = build(n)
+    if sliding_window is None:
+        return tokens, pos, _additive(full, dtype)
+    m = min(n, sliding_window - 1) if sliding_cache_len is None else int(sliding_cache_len)
+    k_logical = torch.cat([torch.arange(n - m, n, device=dev), n + offs])[None].expand(B, -1)
+    sliding = additive_masks(build(m), q_logical, k_logical, dtype, sliding_window, None)
+    if layer_types is None:
+        return tokens, pos, sliding
+    mask = {"full_attention": _additive(full, dtype)}
+    if "sliding_attention" in layer_types:
+        mask["sliding_attention"] = sliding
+    return tokens, pos, mask
+
+
 def piggyback_inputs(next_tokens: torch.Tensor, span_ids: Sequence[int], cache_len: int, *,
                      dtype: torch.dtype = torch.float32, prefix_mask: torch.Tensor | None = None,
                      positions: torch.Tensor | None = None, sliding_window: int | None = None,
                      layer_types: Sequence[str] | None = None, sliding_cache_len: int | None = None,
-                     device: torch.device | str | None = None):
-    """Inputs for one forward of ``[t] ‖ span`` over a cache of ``cache_len`` entries.
+                     device: torch.device | str | None = None, tree: tuple | None = None):
+    """Inputs for one forward of ``[t] ‖ span`` over a cache of ``cache_len`` entries (a forest for
+    :func:`tree_over_cache_inputs`: ``t`` alone, and the span as a chain).
 
     Token t (position n) sees the cached prefix and itself; span token i (position n+i) sees the prefix
-    and span tokens ≤ i, never t. After the forward the cache holds ``prefix ‖ t ‖ span``; dropping its last
-    h entries leaves ``prefix ‖ t``. ``prefix_mask`` [B, n] (1 = real) masks left padding in the cache;
-    ``positions`` [B] overrides t's position (default n; use ``cache_len - n_pad`` with left padding).
-    Sliding layers of a transformers sliding-window cache hold only their last
-    ``sliding_cache_len`` (default ``min(n, window-1)``) prefix entries; their mask is sized to that.
-    Returns ``(input_ids [B,1+h], position_ids [B,1+h], attention_mask)``, all on ``device`` (default: the
-    device of ``next_tokens``).
+    and span tokens ≤ i, never t. ``tree = (tokens, parents)`` appends a tree below the last span token (its roots'
+    parent is the span's end; e.g. the refusal openers the probability judge scores), which sees the prefix, the
+    span and its own ancestors. After the forward the cache holds ``prefix ‖ t ‖ span (‖ tree)``; dropping all
+    but the first new entry leaves ``prefix ‖ t``. ``prefix_mask`` [B, n] (1 = real) masks left padding in the
+    cache; ``positions`` [B] overrides t's position (default n; use ``cache_len - n_pad`` with left padding).
+    Returns ``(input_ids [B,1+h(+T)], position_ids, attention_mask)``, all on ``device`` (default: the device of
+    ``next_tokens``).
     """
     next_tokens = torch.as_tensor(next_tokens, dtype=torch.long).reshape(-1)
-    # everything is built on the device of the tokens (the model's), so the concatenations never mix devices
     dev = next_tokens.device if device is None else torch.device(device)
     next_tokens = next_tokens.to(dev)
-    B, h, n = next_tokens.shape[0], len(span_ids), int(cache_len)
-    ids = torch.cat([next_tokens[:, None], torch.tensor([list(span_ids)] * B, dtype=torch.long, device=dev)], dim=1)
-    start = (torch.full((B,), n, dtype=torch.long, device=dev) if positions is None
-             else torch.as_tensor(positions).long().to(dev))
-    offs = torch.cat([torch.zeros(1, dtype=torch.long, device=dev), torch.arange(h, device=dev)])
-    pos = start[:, None] + offs[None]
-    # logical indices (cache index space, span shifted back onto t's slot) for the window rule
-    q_logical = (n + offs)[None].expand(B, -1)
-    new_allowed = torch.zeros((1 + h, 1 + h), dtype=torch.bool, device=dev)
-    new_allowed[0, 0] = True
-    new_allowed[1:, 1:] = torch.tril(torch.ones((h, h), dtype=torch.bool, device=dev))
-    prefix = (torch.ones((B, n), dtype=torch.bool, device=dev) if prefix_mask is None
-              else prefix_mask.to(device=dev, dtype=torch.bool))
-
-    def build(m: int) -> torch.Tensor:  # mask over the last m prefix entries + the 1+h new ones
-        allowed = torch.cat([prefix[:, n - m:, None].transpose(1, 2).expand(B, 1 + h, m),
-                             new_allowed[None].expand(B, -1, -1)], dim=2)
-        return allowed
-
-    full = build(n)
-    if sliding_window is None:
-        mask = _additive(full, dtype)
-    else:
-        m = min(n, sliding_window - 1) if sliding_cache_len is None else int(sliding_cache_len)
-        k_logical = torch.cat([torch.arange(n - m, n, device=dev), n + offs])[None].expand(B, -1)
-        sliding = additive_masks(build(m), q_logical, k_logical, dtype, sliding_window, None)
-        if layer_types is None:
-            mask = sliding
-        else:
-            mask = {"full_attention": _additive(full, dtype)}
-            if "sliding_attention" in layer_types:
-                mask["sliding_attention"] = sliding
-    return ids, pos, mask
+    B, h = next_tokens.shape[0], len(span_ids)
+    parents = [-1, -1] + list(range(1, h))
+    extra = torch.zeros((B, 0), dtype=torch.long, device=dev)
+    if tree is not None:
+        t_tokens, t_parents = tree
+        parents += [h if p < 0 else 1 + h + p for p in t_parents]
+        extra = torch.as_tensor(list(t_tokens), dtype=torch.long, device=dev)[None].expand(B, -1)
+    ids = torch.cat([next_tokens[:, None], torch.tensor([list(span_ids)] * B, dtype=torch.long, device=dev), extra],
+                    dim=1)
+    return tree_over_cache_inputs(ids, parents, cache_len, dtype=dtype, prefix_mask=prefix_mask,
+                                  positions=positions, sliding_window=sliding_window, layer_types=layer_types,
+                                  sliding_cache_len=sliding_cache_len, device=dev)

@@ -16,11 +16,12 @@ import torch
 from interp import UserError
 from interp.extract.masks import attention_layout, piggyback_inputs, span_over_cache
 from interp.guard.aggregate import FLAG_THRESHOLD
+from interp.guard.openers import head_logits, tree_log_probs
 from interp.guard.refusal import KeywordMatcher, ProbabilityMatcher
 from interp.guard.types import CheckEvent
 from interp.model import hooks as mh
 from interp.model.context import text_config
-from interp.model.kvcache import cache_kwarg, mark, rollback
+from interp.model.kvcache import cache_kwarg, mark, rollback, sliding_windows
 
 
 def _get(obj: Any, key: str, default=None):
@@ -72,7 +73,9 @@ class Checker:
     """Runs checks over a cache; validates the probe set against the model and the spans."""
 
     def __init__(self, model, tokenizer, spans, config, probes=None, *, model_id: str | None = None,
-                 weights_sha256: str | None = None, base_lookahead: int | None = None):
+                 weights_sha256: str | None = None, base_lookahead: int | None = None, prob_scores: bool = False):
+        """``prob_scores``: also score every base / RK check with the probability judge (for reports; costs one
+        forward of the opener tree per check); ``--matcher prob`` always does."""
         self.model, self.tokenizer, self.spans, self.config = model, tokenizer, spans, config
         self.base = mh.body(model)
         self._kw_model, self._kw_base = cache_kwarg(model), cache_kwarg(self.base)
@@ -84,6 +87,7 @@ class Checker:
         self.dtype = next(model.parameters()).dtype
         self.keyword = KeywordMatcher(getattr(model.config, "model_type", "default"))
         self.prob = ProbabilityMatcher(tokenizer, config.refusal_prob)
+        self.prob_scores = bool(prob_scores) or config.matcher == "prob"
         self.probes, self.tap, self.taps, self.layer, self.layers = probes, None, [], None, []
         if probes is not None:
             self._attach_probes(probes, model_id, weights_sha256)
@@ -192,15 +196,17 @@ class Checker:
         try:
             logits = self.model(input_ids=ids, position_ids=pos, attention_mask=full, use_cache=True,
                                 logits_to_keep=1, **{self._kw_model: cache}).logits[:, -1]
+            after_span = pos_next + len(self.span_ids)
+            mass = self.prob.mass_over_cache(self.model, cache, full, after_span, logits) if self.prob_scores else None
             if self.config.matcher == "prob":
-                mass = self.prob.mass(logits).cpu()
                 outcome.flags["rk"], outcome.scores["rk"] = mass >= self.prob.threshold, mass
                 outcome.limits["rk"] = self.prob.threshold
             else:
-                texts = self._lookahead(cache, full, pos_next + len(self.span_ids), logits, self.config.lookahead)
+                texts = self._lookahead(cache, full, after_span, logits, self.config.lookahead)
                 outcome.flags["rk"] = torch.tensor([self.keyword(t) for t in texts])
                 outcome.texts["rk"] = texts
-                outcome.scores["rk"] = self.prob.mass(logits).cpu()  # the probability judge, for reports
+                if mass is not None:
+                    outcome.scores["rk"] = mass  # the probability judge, for reports
         finally:
             rollback(cache, before)
 
@@ -223,31 +229,54 @@ class Checker:
                 finally:
                     rollback(cache, before)
                 outcome.flags["base"] = torch.tensor([self.keyword(t) for t in texts])
-                outcome.scores["base"] = self.prob.mass(last_logits).cpu()  # the probability judge
+                if self.prob_scores:  # the probability judge, for reports
+                    outcome.scores["base"] = self.prob.mass_over_cache(self.model, cache, mask, pos_next, last_logits)
                 outcome.texts["base"] = texts
             else:
                 raise ValueError(f"unknown detector {name!r}")
         return outcome
 
+    def _decode_after_check(self, cache, mask: torch.Tensor, pos_next: torch.Tensor, next_tokens: torch.Tensor):
+        """The RK check and then the decode step as two forwards: what :meth:`piggyback` does in one, for a model
+        whose sliding window is too short to roll the opener tree back out of a kept decode step."""
+        outcome = CheckOutcome()
+        self._rk(cache, mask, pos_next, outcome)
+        step = torch.cat([mask, torch.ones((mask.shape[0], 1), dtype=mask.dtype, device=mask.device)], dim=1)
+        logits = self.model(input_ids=next_tokens[:, None], position_ids=pos_next[:, None], attention_mask=step,
+                            use_cache=True, logits_to_keep=1, **{self._kw_model: cache}).logits[:, -1]
+        return logits, outcome
+
     def piggyback(self, cache, mask: torch.Tensor, pos_next: torch.Tensor, next_tokens: torch.Tensor, detectors):
-        """Decode ``next_tokens`` and check the current depth in one forward; returns ``(logits, outcome)``."""
+        """Decode ``next_tokens`` and check the current depth in one forward; returns ``(logits, outcome)``. For RK
+        (probability judge) the opener tree rides behind the span in the same forward."""
         if list(detectors) not in (["lp"], ["rk"]):
             raise ValueError(f"piggyback supports one detector, lp or rk (prob), got {list(detectors)}")
         name = detectors[0]
         span = self.probe_ids if name == "lp" else self.span_ids
+        tree = self.prob.tree if name == "rk" else None
+        if tree is not None and any(w is not None and 1 + len(span) + len(tree.tokens) >= w
+                                    for w in sliding_windows(cache)):
+            return self._decode_after_check(cache, mask, pos_next, next_tokens)  # the forest outgrows a window
         n = mask.shape[1]
         ids, pos, m4 = piggyback_inputs(next_tokens, span, n, dtype=self.dtype, prefix_mask=mask,
                                         positions=pos_next, sliding_window=self.window,
-                                        layer_types=self.layer_types, device=mask.device)
-        keep = torch.tensor([0, len(span)], device=mask.device) if name == "rk" else torch.tensor([0],
-                                                                                                  device=mask.device)
+                                        layer_types=self.layer_types, device=mask.device,
+                                        tree=None if tree is None else (tree.tokens, tree.parents))
         before = mark(cache)
         outcome = CheckOutcome()
         if name == "lp":
             self._arm(len(span))
         try:
-            logits = self.model(input_ids=ids, position_ids=pos, attention_mask=m4, use_cache=True,
-                                logits_to_keep=keep, **{self._kw_model: cache}).logits
+            if name == "lp":
+                logits = self.model(input_ids=ids, position_ids=pos, attention_mask=m4, use_cache=True,
+                                    logits_to_keep=torch.tensor([0], device=mask.device),
+                                    **{self._kw_model: cache}).logits[:, 0]
+            else:  # the decode token, the span's end (first opener token) and the tree, from the final states
+                hidden = self.base(input_ids=ids, position_ids=pos, attention_mask=m4, use_cache=True,
+                                   **{self._kw_base: cache}).last_hidden_state
+                logits = head_logits(self.model, hidden[:, 0])
+                first = torch.log_softmax(head_logits(self.model, hidden[:, len(span)]), dim=-1)
+                nodes = tree_log_probs(self.model, hidden[:, 1 + len(span):]) if tree.tokens else None
         finally:
             self._disarm()
             rollback(cache, before, keep=1)
@@ -256,7 +285,7 @@ class Checker:
             outcome.flags["lp"], outcome.scores["lp"] = scores >= self.threshold, scores
             outcome.limits["lp"] = self.threshold
         else:
-            mass = self.prob.mass(logits[:, 1]).cpu()
+            mass = tree.log_masses(first, nodes)["refusal"].exp().float().cpu()
             outcome.flags["rk"], outcome.scores["rk"] = mass >= self.prob.threshold, mass
             outcome.limits["rk"] = self.prob.threshold
-        return logits[:, 0], outcome
+        return logits, outcome

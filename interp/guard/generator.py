@@ -41,10 +41,10 @@ class GuardedGenerator:
     def __init__(self, model, tokenizer, spans, config: GuardConfig | None = None, probes=None, *,
                  model_id: str | None = None, weights_sha256: str | None = None,
                  detectors: Sequence[str] | None = None, halt: bool = True, base_lookahead: int | None = None,
-                 chunk_forced: bool = True, per_answer: bool = True):
+                 chunk_forced: bool = True, per_answer: bool = True, prob_scores: bool = False):
         """``per_answer``: the run fires per answer on ``config``'s schedule (guarding, over-refusal), so warn
         when the probe set's threshold was calibrated for another schedule; False for per-depth measurements
-        (deep-prefill curves)."""
+        (deep-prefill curves). ``prob_scores``: score base / RK checks with the probability judge too (reports)."""
         self.config = config = config or GuardConfig()
         self.chunk_forced = chunk_forced  # False: feed forced tokens one per step (the reference path)
         config.validate()
@@ -55,7 +55,8 @@ class GuardedGenerator:
         self.detectors = tuple(detectors) if detectors is not None else (
             () if config.mode == "none" else (config.mode,))
         self.checker = Checker(model, tokenizer, spans, config, probes if "lp" in self.detectors else None,
-                               model_id=model_id, weights_sha256=weights_sha256, base_lookahead=base_lookahead)
+                               model_id=model_id, weights_sha256=weights_sha256, base_lookahead=base_lookahead,
+                               prob_scores=prob_scores)
         mismatch = probes.schedule_mismatch(config) if (
             per_answer and "lp" in self.detectors and hasattr(probes, "schedule_mismatch")) else None
         if mismatch and config.threshold is None:
