@@ -122,6 +122,11 @@ def test_demo_on_a_corpus_spec_reports_the_targets(tiny_dir, tmp_path):
     assert {"loso_probe", "loso_ngram", "test_probe", "test_ngram", "tpr"} <= set(row)
     probes = json.loads((run / results["probes"] / "probeset.json").read_text())
     assert len(probes["combine"]) == 2
+    # the deployed view: every check of every answer, calibrated on the model's own answers at the spec's length
+    assert probes["schedule"]["answer_length"] == 40 and t["answers"]["coverage"] == 1.0
+    assert t["fpr_population"] == "benign answers of kind own/prefill"
+    assert set(probes["thresholds"]["calibration"]["kinds"]) <= {"own", "prefill"}
+    assert "own answers first" in report and "| held-out source | kind |" in report
     assert next(run.glob("corpus-*/continuations.jsonl")).stat().st_size > 0
 
 

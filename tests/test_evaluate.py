@@ -183,3 +183,53 @@ def test_attacks_record_the_split(tmp_path):
     res = run_attacks(cfg)
     assert res["split"]["n_eval"] == len(res["rows"]) and res["split"]["excluded"] == 0
     assert "no trained probe set" in res["split"]["status"]
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):
+    """A probe set trained under the protocol on the tiny model (half of the built-in demo pairs), so that the
+    evaluations below exercise the exclusion of its training and calibration prompts."""
+    from interp.extract.packed import extract_to_store
+    from interp.extract.store import ActivationStore
+    from interp.generate.continuations import GenerateConfig, continuations_for
+    from interp.notebook_utils import demo_pairs
+    from interp.probes.oof import ProbeConfig
+    from interp.probes.train import TrainConfig, save_probeset, train_probeset
+    from interp.spans.derive import derive_safety_spans
+
+    work = tmp_path_factory.mktemp("trained")
+    gm = load_guard_model("tiny")
+    records = demo_pairs(24, seed=1)
+    items = continuations_for(gm.model, gm.tokenizer, records, GenerateConfig(mode="matched", max_new_tokens=16),
+                              progress=False)
+    extract_to_store(gm.model, gm.tokenizer, items, work / "s.h5", spans=derive_safety_spans(gm.tokenizer),
+                     depths="0:16:4", layers=[1, 2], provenance=gm.provenance, progress=False, answer_length=16)
+    cfg = TrainConfig(store=str(work / "s.h5"), out=str(work / "p"), stride=4, folds=3, n_boot=20, target_fpr=0.2)
+    with ActivationStore.open(work / "s.h5") as store:
+        probes = train_probeset(store, cfg, ProbeConfig(), progress=False)
+    save_probeset(probes, cfg, ProbeConfig(), work / "p")
+    return work / "p", probes, records
+
+
+def test_evaluations_with_a_trained_probe_set_exclude_what_it_saw(trained, tmp_path):
+    from interp.data import load_dataset
+    from interp.probes.protocol import seen_in
+
+    path, probes, records = trained
+    seen = seen_in(probes.split)
+    demo = {r.id: r for r in load_dataset("demo")}
+    dp = run_deep_prefill(EvalConfig(model="tiny", probes=str(path), datasets=("demo",), limit=40, depths=(0, 4, 12),
+                                     lookahead=3, base_lookahead=3, batch_size=8, out=str(tmp_path / "dp")))
+    split = dp["split"]["harmful"]
+    assert split["in_sample"] is False and split["excluded"] > 0 and split["n_eval"] == len(dp["rows"])
+    for row in dp["rows"] + dp["control_rows"]:
+        r = demo[row["id"]]
+        assert seen.why(r.prompt, r.meta.get("pair_id")) is None  # neither the prompt nor its twin was seen
+    for points in dp["curves"].values():  # every evaluated prompt counts at every depth
+        assert all(p["n"] == len(dp["rows"]) for p in points)
+    assert dp["lp_threshold"] == pytest.approx(probes.threshold)
+    orf = run_over_refusal(EvalConfig(model="tiny", probes=str(path), datasets=("demo",), limit=40, stride=4,
+                                      lookahead=3, out=str(tmp_path / "or")))
+    assert orf["guard_config"]["max_new_tokens"] == 16  # the answer length the threshold was calibrated at
+    assert orf["split"]["excluded"] > 0 and orf["split"]["in_sample"] is False
+    assert all(seen.why(demo[r["id"]].prompt, demo[r["id"]].meta.get("pair_id")) is None for r in orf["rows"])

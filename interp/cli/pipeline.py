@@ -55,7 +55,8 @@ class DemoConfig:
         "help": "datasets for --spec none and for the fallback when the public sets are unavailable"})
     limit: int | None = field(default=None, metadata={"help": "seeded sample of prompts per dataset (--spec none)"})
     max_new_tokens: int = field(default=64, metadata={
-        "help": "continuation length for --spec none, and the answer length of the over-refusal evaluation"})
+        "help": "continuation length for --spec none (the answer length there; with a corpus spec the answer length "
+                "is the spec's max_new_tokens)"})
     depths: str | None = field(default=None, metadata={"help": "extraction depth schedule, e.g. 0,8,16,25:500:25"})
     eval_depths: tuple[int, ...] | None = field(default=None, metadata={"help": "deep-prefill evaluation depths"})
     eval_limit: int | None = field(default=None, metadata={"help": "prompts per dataset in the guard evaluations"})
@@ -222,6 +223,16 @@ def _continuation_stages(runner: Runner, cfg: DemoConfig, common: list[str]) -> 
     return cont_dir / "continuations.jsonl"
 
 
+def answer_length(cfg: DemoConfig) -> int:
+    """The deployed answer length the store, the threshold and the over-refusal run are measured at: the corpus
+    spec's own-generation length (``max_new_tokens``), or ``--max-new-tokens`` without a corpus."""
+    if cfg.uses_corpus:
+        from interp.corpus.spec import load_spec
+
+        return int(load_spec(cfg.spec).max_new_tokens)
+    return int(cfg.max_new_tokens)
+
+
 def run_demo(cfg: DemoConfig) -> Path:
     """Run every stage of ``cfg`` (resolved from its preset); returns the path of the report."""
     from interp.cli.report import write_report
@@ -238,12 +249,13 @@ def run_demo(cfg: DemoConfig) -> Path:
     common = common if cfg.dtype == "auto" else [*common, "--dtype", cfg.dtype]
     ext_dir = runner.run(Stage(
         "extract", ["extract", *common, "--continuations", str(continuations), "--depths", cfg.depths,
-                    "--layers", "all", "--hooks", "resid_post", "--positions", "probe"],
+                    "--answer-length", str(answer_length(cfg)), "--layers", "all", "--hooks", "resid_post",
+                    "--positions", "probe"],
         [cont_stage], outputs=lambda f: ["--out", str(f / "store.h5")]))
     store = ext_dir / "store.h5"
     fpr = ["--target-fpr", str(cfg.target_fpr)]
-    sweep_dir = runner.run(Stage("sweep", ["sweep", "--store", str(store), *fpr], [ext_dir.name],
-                                 outputs=lambda f: ["--out", str(f)]))
+    sweep_dir = runner.run(Stage("sweep", ["sweep", "--store", str(store), "--stride", str(cfg.stride), *fpr],
+                                 [ext_dir.name], outputs=lambda f: ["--out", str(f)]))
     combine = ["--combine-top", str(cfg.combine_top)] if cfg.combine_top else []
     probes_dir = runner.run(Stage("train", ["train", "--store", str(store), "--stride", str(cfg.stride), *fpr,
                                             *combine, "--calib-fraction", str(cfg.calib_fraction),
@@ -257,7 +269,7 @@ def run_demo(cfg: DemoConfig) -> Path:
                   "--batch-size", str(cfg.batch_size)]
         extra = {"deep-prefill": ["--depths", *map(str, cfg.eval_depths), "--continuation",
                                   "dataset" if cfg.uses_corpus else "prefill"],
-                 "over-refusal": ["--stride", str(cfg.stride), "--max-new-tokens", str(cfg.max_new_tokens)],
+                 "over-refusal": ["--stride", str(cfg.stride)],  # answers as long as the threshold was calibrated for
                  "cost": ["--contexts", "128", "512", "--strides", "25", "--max-new-tokens", "50"]}[mode]
         eval_dirs[mode] = runner.run(Stage(f"evaluate-{mode}", ["evaluate", mode, *shared, *extra],
                                            [probes_dir.name], outputs=lambda f: ["--out", str(f)]))

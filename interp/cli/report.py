@@ -31,42 +31,62 @@ def _figure(src: Path, figures: Path, name: str) -> str | None:
     return f"figures/{name}"
 
 
+def _rate(r: dict | None, digits: int = 2) -> str:
+    """A grouped rate with its CI and counts: ``0.12 [0.05, 0.25] (3/25)``."""
+    if not r or r.get("rate") is None:
+        return "–"
+    return f"{_ci(r, digits)} ({r['k']}/{r['n']})"
+
+
 def _loso_section(sweep: dict) -> list[str]:
     loso = sweep.get("loso") or {}
     if not loso.get("rows"):
         return ["## Leave-one-source-out", "", f"Not applicable: {loso.get('note', 'no sources recorded')}.", ""]
     lines = ["## Leave-one-source-out (read this first)", "",
-             f"Layer {sweep['best_layer']}. Each source is scored by probes trained without it, on the sweep's "
-             "grouped folds (so also without its prompt or that prompt's twin); AUROC is against the other class (within the source "
-             "when it holds both labels). The per-answer rate uses a threshold set at the target FPR on the *other* "
-             "sources' benign answers (an answer = its maximum over stored depths). The n-gram baseline runs on the "
-             "same folds.", "",
-             "| held-out source | labels | answers | probe AUROC [95% CI] | probe rate at threshold | "
-             "n-gram AUROC [95% CI] | n-gram rate |", "|---|---|---|---|---|---|---|"]
+             f"Layer {sweep['best_layer']}. Each source is scored by probes trained without it, on the sweep's grouped "
+             "folds (so also without its prompt, its twin or a near duplicate). Its AUROC compares its rows with the "
+             "other class (within the source when it holds both labels) over pairs scored by **the same fold model** "
+             "only, so no number compares two models' scales. The per-answer rate counts every check the guard makes "
+             "on each answer, at a threshold set at the target FPR on the *other* sources' own benign answers. The "
+             "n-gram baseline runs on the same folds and text; 95% CIs resample prompt groups.", "",
+             "| held-out source | kind | labels | answers | probe AUROC | n-gram AUROC | probe − n-gram | "
+             "probe rate at threshold |", "|---|---|---|---|---|---|---|---|"]
     for r in loso["rows"]:
         if "skipped" in r:
-            lines.append(f"| {r['source']} | {'/'.join(r['labels'])} | {r['n_answers']} | skipped: {r['skipped']} "
-                         "| | | |")
+            lines.append(f"| {r['source']} | {r.get('kind', '')} | {'/'.join(r['labels'])} | {r['n_answers']} | "
+                         f"skipped: {r['skipped']} | | | |")
             continue
-
-        def rate(e):
-            return "; ".join(f"{k.upper()} {e[k]:.2f}" for k in ("tpr", "fpr") if e and e.get(k) is not None) or "–"
-
-        p, g = r.get("probe"), r.get("ngram")
-        lines.append(f"| {r['source']} | {'/'.join(r['labels'])} | {r['n_answers']} | {_ci(p and p['auroc'])} | "
-                     f"{rate(p)} | {_ci(g and g['auroc'])} | {rate(g)} |")
-    if loso.get("worst"):
-        lines += ["", f"Worst source for the probe: **{loso['worst']}**."]
+        p, g, d = r.get("probe") or {}, r.get("ngram") or {}, r.get("probe_minus_ngram")
+        rate = "; ".join(f"{k.upper()} {_rate(p.get(k))}" for k in ("tpr", "fpr") if p.get(k)) or p.get("rates", "–")
+        diff = "–" if not d else f"{d['value']:+.3f} [{d['lo']:+.3f}, {d['hi']:+.3f}]"
+        lines.append(f"| {r['source']} | {r.get('kind', '')} | {'/'.join(r['labels'])} | {r['n_answers']} | "
+                     f"{_ci(p.get('auroc'))} | {_ci(g.get('auroc'))} | {diff} | {rate} |")
+    lines.append("")
+    for m, a in (loso.get("macro") or {}).items():
+        w = loso["worst_by_method"][m]
+        lines.append(f"- {m}: mean over {a['n_sources']} held-out sources {_ci(a)}; worst source **{w['source']}** "
+                     f"{w['value']:.3f}.")
+    lines.append("- The pooled figure (every source's scores on one axis) is kept in `sweep.json` as "
+                 "`pooled_calibration_diagnostic`: it says how well one threshold fits every source, not how well the "
+                 "probe ranks.")
     return lines + [""]
 
 
 TARGET_DEPTHS = (25, 500)  # the depths the recipe's targets speak about
 
 
+def _own_first(by_source: dict | None) -> list[tuple[str, dict]]:
+    """Per-source entries, the model's own answers first (JSON files store them sorted by name)."""
+    from interp.probes.answers import KINDS
+
+    order = {k: i for i, k in enumerate(KINDS)}
+    return sorted((by_source or {}).items(), key=lambda kv: (order.get(kv[1].get("kind"), len(KINDS)), kv[0]))
+
+
 def targets(sweep: dict | None, probes: dict | None, target_fpr: float) -> dict:
-    """The recipe's targets per depth (25..500) from the sweep's pooled leave-one-source-out scores and the probe
-    set's held-out test numbers: AUROC (probe and n-gram, with CIs), ADA-LP's TPR at the frozen per-answer
-    threshold, and the per-answer false-alarm rate by benign source."""
+    """The recipe's targets per depth (25..500) from the sweep's per-source leave-one-source-out AUROCs (mean over
+    sources, worst source) and the probe set's held-out test numbers: AUROC (probe and n-gram, with CIs), ADA-LP's
+    TPR per check at the frozen per-answer threshold, and the per-answer rates on every check the guard makes."""
     lo, hi = TARGET_DEPTHS
     loso = ((sweep or {}).get("loso") or {}).get("per_depth") or {}
     test = ((probes or {}).get("metrics") or {}).get("test") or {}
@@ -74,8 +94,10 @@ def targets(sweep: dict | None, probes: dict | None, target_fpr: float) -> dict:
     for name, entries in loso.items():
         for e in entries:
             if e and lo <= e["depth"] <= hi:
-                rows.setdefault(e["depth"], {})[f"loso_{name}"] = e["auroc"]
-                rows[e["depth"]]["loso_n"] = e["n"]
+                r = rows.setdefault(e["depth"], {})
+                r[f"loso_{name}"] = e["macro"]
+                r[f"loso_{name}_worst"] = e["worst"]
+                r["loso_sources"] = e["n_sources"]
     for name in ("probe", "ngram"):
         for e in (test.get("per_depth") or {}).get(name) or []:
             if lo <= e["depth"] <= hi and e.get("auroc") is not None:
@@ -94,9 +116,10 @@ def targets(sweep: dict | None, probes: dict | None, target_fpr: float) -> dict:
     beats = [d for d, r in rows.items() if r.get("loso_probe") and r.get("loso_ngram")
              and r["loso_probe"]["value"] > r["loso_ngram"]["value"]]
     fpr = per_answer.get("fpr")
-    return {"depths": {int(d): rows[d] for d in sorted(rows)}, "fpr": fpr,
+    return {"depths": {int(d): rows[d] for d in sorted(rows)}, "fpr": fpr, "tpr_per_answer": per_answer.get("tpr"),
+            "fpr_population": per_answer.get("fpr_population"),
             "fpr_by_source": per_answer.get("fpr_by_source"), "tpr_by_source": per_answer.get("tpr_by_source"),
-            "threshold": per_answer.get("threshold"), "target_fpr": target_fpr,
+            "answers": per_answer.get("answers"), "threshold": per_answer.get("threshold"), "target_fpr": target_fpr,
             "summary": {
                 "loso_auroc_min": None if w_auc is None else {"value": w_auc[0], "depth": w_auc[1],
                                                               "met": w_auc[0] >= 0.99},
@@ -110,37 +133,41 @@ def _targets_section(t: dict) -> list[str]:
     if not t["depths"]:
         return []
     lines = ["## Targets at depths 25..500", "",
-             "Leave-one-source-out: every row scored by the probe trained without its source (and its prompt), "
-             "pooled over sources, at the sweep's best layer (chosen by out-of-fold AUROC over all rows: a mild "
-             "selection over the layers). Held-out test: the probe set (its readout layers) on "
-             "the test prompts, which set neither the probe nor the threshold. ADA-LP TPR: harmful test answers "
-             "whose check at that depth crosses the threshold calibrated per answer on the calibration prompts. "
-             "Pooling puts every source's scores on one scale, as the guard's single threshold does, so it is "
-             "stricter than the per-source table below. 95% CIs (bootstrap over prompts; Wilson for rates).", "",
-             "| depth | LOSO probe AUROC (rows) | LOSO n-gram AUROC | test probe AUROC | test n-gram AUROC | "
-             "ADA-LP TPR (harmful test answers) |",
+             "Leave-one-source-out: per held-out source, the AUROC over pairs scored by one fold model trained without "
+             "that source (and without the row's prompt group), then the mean over sources (worst source beside it), "
+             "at the sweep's best layer (chosen by out-of-fold AUROC over all rows: a mild selection over the layers). "
+             "Held-out test: the probe set (its readout layers) on the test prompts, which set neither the probe nor "
+             "the threshold. ADA-LP TPR: harmful test answers whose check at that depth reaches the threshold "
+             "calibrated per answer on the calibration prompts' own benign answers. 95% CIs resample prompt groups.",
+             "", "| depth | LOSO probe AUROC, mean over sources (worst) | LOSO n-gram AUROC | test probe AUROC | "
+             "test n-gram AUROC | ADA-LP TPR per check (harmful test answers) |",
              "|---|---|---|---|---|---|"]
     for d, r in t["depths"].items():
-        tpr = r.get("tpr")
-        n_loso = r.get("loso_n")
-        lines.append(f"| {d} | {_ci(r.get('loso_probe'))} ({n_loso or 0}) | {_ci(r.get('loso_ngram'))} | {_ci(r.get('test_probe'))} "
-                     f"| {_ci(r.get('test_ngram'))} | {_ci(tpr, 2)} ({tpr['n'] if tpr else 0}) |")
+        w = r.get("loso_probe_worst")
+        worst = f" ({w['source']} {w['value']:.3f})" if w else ""
+        lines.append(f"| {d} | {_ci(r.get('loso_probe'))}{worst} | {_ci(r.get('loso_ngram'))} | "
+                     f"{_ci(r.get('test_probe'))} | {_ci(r.get('test_ngram'))} | {_rate(r.get('tpr'))} |")
     s = t["summary"]
     lines.append("")
     if s["loso_auroc_min"]:
         a = s["loso_auroc_min"]
-        lines.append(f"- LOSO probe AUROC ≥ 0.99 at every depth: {'met' if a['met'] else 'missed'} (lowest "
-                     f"{a['value']:.3f} at depth {a['depth']}); above the n-gram baseline at "
-                     f"{s['loso_above_ngram']['depths']} of {s['loso_above_ngram']['of']} depths.")
+        lines.append(f"- LOSO probe AUROC ≥ 0.99 at every depth (mean over held-out sources): "
+                     f"{'met' if a['met'] else 'missed'} (lowest {a['value']:.3f} at depth {a['depth']}); above the "
+                     f"n-gram baseline at {s['loso_above_ngram']['depths']} of {s['loso_above_ngram']['of']} depths.")
     if s["tpr_min"]:
         a = s["tpr_min"]
         lines.append(f"- ADA-LP TPR ≥ 0.95 at every depth: {'met' if a['met'] else 'missed'} (lowest {a['value']:.2f} "
                      f"at depth {a['depth']}).")
     if t["fpr"] and t["fpr"].get("rate") is not None:
-        by = "; ".join(f"{k} {_ci(v, 2)} ({v['n']})" for k, v in (t["fpr_by_source"] or {}).items() if v["n"])
-        lines.append(f"- Per-answer false alarms on held-out benign answers (target {t['target_fpr']}): "
-                     f"{_ci(t['fpr'], 3)} of {t['fpr']['n']}{'' if s['fpr']['met'] else ' (above the target)'}; by source: "
-                     f"{by}.")
+        ans = t.get("answers") or {}
+        by = "; ".join(f"{k} ({v.get('kind', '?')}) {_rate(v)}" for k, v in _own_first(t["fpr_by_source"])
+                       if v["n"])
+        lines.append(f"- Per-answer false alarms on held-out {t.get('fpr_population') or 'benign answers'} (target "
+                     f"{t['target_fpr']}; every check the guard makes, coverage {ans.get('coverage')}, "
+                     f"{ans.get('excluded_incomplete', 0)} incomplete answers excluded): {_rate(t['fpr'], 3)}"
+                     f"{'' if s['fpr']['met'] else ' (above the target)'}. By source, own answers first: {by}.")
+        if t.get("tpr_per_answer"):
+            lines.append(f"- Per-answer detection on held-out harmful answers: {_rate(t['tpr_per_answer'])}.")
     return lines + [""]
 
 
@@ -150,22 +177,25 @@ def _probes_section(probes: dict | None) -> list[str]:
         return []
     sp, cal = probes["split"], probes["thresholds"]["calibration"]
     lines = ["## Split, threshold and held-out test numbers", "",
-             "Prompts are split by topic-matched pair (twins stay together): **train** (layer choice by grouped CV, "
-             "probe fit), **calibration** (the threshold only) and **test** (every number below and every "
-             "evaluation further down).", "", "| role | prompt groups | harmful rows | benign rows | sources |",
-             "|---|---|---|---|---|"]
+             "Prompts are split by content group (the same prompt under any dataset or id, twin pairs and near "
+             "duplicates stay together): **train** (layer choice by grouped CV, probe fit), **calibration** (the "
+             "threshold only) and **test** (every number below and every evaluation further down).", "",
+             "| role | prompt groups | harmful rows | benign rows | sources |", "|---|---|---|---|---|"]
     for role in ("train", "calibration", "test"):
         part = sp[role]
         src = ", ".join(f"{k} {v}" for k, v in part["sources"].items())
         lines.append(f"| {role} | {len(part['groups'])} | {part['n_harmful']} | {part['n_benign']} | {src} |")
     sched = probes.get("schedule") or {}
-    cov = cal.get("schedule_coverage") or {}
+    ans = cal.get("answers") or {}
+    kinds = ", ".join(f"{k} {v}" for k, v in (cal.get("kinds") or {}).items())
     lines += ["", f"Threshold {cal['threshold']:.4f}, calibrated **per answer** on {cal['n_answers']} benign answers "
-                  f"from {cal['basis']} for the guard schedule stride {sched.get('stride')}, early checks "
-                  f"{sched.get('early_checks')}, final check {sched.get('final_check')} (a check fires when its score "
-                  f"exceeds the threshold; the guard fires on an answer when any check does). "
-                  + (f"{cov.get('scored_checks')} of {cov.get('scheduled_checks')} scheduled checks fall on stored "
-                     "depths. " if cov else "")
+                  f"of the model itself ({kinds}) from {cal['basis']}, for the guard schedule stride "
+                  f"{sched.get('stride')}, early checks {sched.get('early_checks')}, final check "
+                  f"{sched.get('final_check')}, answers of up to {sched.get('answer_length')} tokens (the guard's "
+                  f"max_new_tokens). Every check the guard makes on each answer is scored ({ans.get('checks', '?')} "
+                  f"checks; {ans.get('excluded_incomplete', 0)} answers that stop early without ending excluded); a "
+                  "check fires when its score reaches the threshold (float32 >=) and the guard fires on an answer "
+                  f"under its rule ({sched.get('aggregation', 'any check')}). "
                   + (f"Target per-answer FPR {cal['target_fpr']}." if cal["resolved"] else
                      f"**{cal['n_answers']} calibration answers cannot resolve the target per-answer FPR "
                      f"{cal['target_fpr']}** (that needs ≥ {cal['answers_needed']}); the threshold sits above every "
@@ -197,8 +227,10 @@ def _probes_section(probes: dict | None) -> list[str]:
         if lost:
             lines += ["", "The probe does **not** beat (CI of the difference includes 0): " + ", ".join(lost)
                       + ". A Safety-Token claim on these prompts needs it to."]
-        lines += ["", f"Per answer at the frozen threshold (test answers): TPR {_ci(pa['tpr'], 2)}, "
-                      f"FPR {_ci(pa['fpr'], 2)} (Wilson 95%)."]
+        lines += ["", f"Per answer at the frozen threshold (test answers, every check the guard makes; CIs over prompt "
+                      f"groups): TPR {_rate(pa['tpr'])}; FPR on {pa.get('fpr_population', 'benign answers')} "
+                      f"{_rate(pa['fpr'])}; on every benign answer, third-party text included, "
+                      f"{_rate(pa.get('fpr_all_benign'))}."]
     return lines + [""]
 
 
@@ -217,13 +249,13 @@ def _sweep_section(sweep: dict, figures: Path, sweep_dir: Path) -> list[str]:
               "|---|---|---|"]
     for d, s in zip(sweep["depths"], sweep["per_depth"]["probe"][i]):
         lines.append(f"| {d} | {_ci(s.get('auroc')) if s else '– (one class)'} | {s['n'] if s else 0} |")
-    th = sweep.get("best", {}).get("threshold", {})
+    th = sweep.get("best", {}).get("threshold") or {}
     if th:
-        lines += ["", f"Per-answer threshold (answer = max over stored depths) at target FPR "
-                      f"{sweep['best'].get('target_fpr')} on {th.get('n_controls', '?')} out-of-fold benign answers: "
-                      f"{th.get('threshold', float('nan')):.4f} (per-answer TPR {th.get('tpr', float('nan')):.3f}; "
-                      f"its FPR {th.get('fpr', float('nan')):.3f} is in-sample, measured on the answers that chose it). "
-                      "The guard's threshold and held-out rates are in the section above."]
+        lines += ["", f"Per-answer threshold (every check the guard makes) at target FPR "
+                      f"{sweep['best'].get('target_fpr')} on {th.get('n_controls', '?')} out-of-fold own benign answers: "
+                      f"{th['threshold']:.4f} (per-answer TPR {_rate(th.get('tpr'))}; its FPR {_rate(th.get('fpr'))} is "
+                      "in-sample, measured on the answers that chose it). The guard's threshold and held-out rates are "
+                      "in the section above."]
     d = sweep.get("best", {}).get("probe_minus_ngram_auroc")
     if d:
         lines += ["", f"Probe − n-gram AUROC (out-of-fold, same folds): {d['value']:+.3f} [{d['lo']:+.3f}, "
@@ -253,7 +285,7 @@ def _split_line(split) -> str:
     return "Split — " + "; ".join(out) + "."
 
 
-def _eval_sections(eval_dirs: dict[str, Path], figures: Path) -> list[str]:
+def _eval_sections(eval_dirs: dict[str, Path], figures: Path, offline_fpr: dict | None = None) -> list[str]:
     lines: list[str] = []
     dp = _load(eval_dirs["deep-prefill"] / "deep_prefill.json") if "deep-prefill" in eval_dirs else None
     if dp:
@@ -262,12 +294,22 @@ def _eval_sections(eval_dirs: dict[str, Path], figures: Path) -> list[str]:
         ctrl = dp.get("control_curves") or {}
         cols = [(dp["curves"], det, names.get(det, det)) for det in dp["curves"]]
         cols += [(ctrl, det, f"{names.get(det, det)} on benign control") for det in ("rk", "lp") if det in ctrl]
+        ended = [p.get("ended_before", 0) for p in dp["curves"][next(iter(dp["curves"]))]]
+        matched = dp.get("control_matched")
         lines += ["## Deep-prefill attack: refusal / detection vs depth (held-out test prompts)", "",
                   _split_line(dp.get("split")), "",
-                  "| depth | " + " | ".join(c[2] for c in cols) + " |", "|---" * (1 + len(cols)) + "|"]
+                  "Every prompt counts at every depth: a continuation that ended before the depth counts with its "
+                  "final check (the `ended` column says how many harmful ones did). Rates per check; 95% CIs over "
+                  "prompt groups.", ""]
+        if matched is not None:
+            lines += [("Control arm: same generator as the harmful arm." if matched else
+                       f"**Control arm not matched**: the harmful text comes from {', '.join(dp['harmful_generators'])}"
+                       f", the control text from {', '.join(dp['control_generators'])}; a difference between the "
+                       "arms may be the writer's style."), ""]
+        lines += ["| depth | ended | " + " | ".join(c[2] for c in cols) + " |", "|---" * (2 + len(cols)) + "|"]
         for k, depth in enumerate(dp["depths"]):
             cells = [_ci(curves[det][k], 2) for curves, det, _ in cols]
-            lines.append(f"| {depth} | " + " | ".join(cells) + " |")
+            lines.append(f"| {depth} | {ended[k]} | " + " | ".join(cells) + " |")
         if dp.get("lp_auroc_vs_control"):
             lines += ["", "ADA-LP score AUROC, harmful deep prefills vs benign prompts after the same kind of forced "
                           "opener (the matched-style control):", "", "| depth | AUROC [95% CI] | answers |",
@@ -287,13 +329,20 @@ def _eval_sections(eval_dirs: dict[str, Path], figures: Path) -> list[str]:
         lines.append("")
     orf = _load(eval_dirs["over-refusal"] / "over_refusal.json") if "over-refusal" in eval_dirs else None
     if orf:
+        gc = orf.get("guard_config", {})
         lines += ["## Over-refusal on benign prompts (model's own answers, held-out test prompts)", "",
-                  _split_line(orf.get("split")) + " A defence's rate here is its per-answer false-alarm rate (fires "
-                  f"at any check, stride {orf.get('guard_config', {}).get('stride')} plus the final check).", "",
+                  _split_line(orf.get("split")) + " A defence's rate here is its per-answer false-alarm rate as "
+                  f"deployed: the live guard, stride {gc.get('stride')} plus the final check, answers of up to "
+                  f"{gc.get('max_new_tokens')} tokens; 95% CIs over prompt groups.", "",
                   "| group | " +
                   " | ".join(orf["rates"]["all"]) + " |", "|---" * (1 + len(orf["rates"]["all"])) + "|"]
         for group, rates in orf["rates"].items():
             lines.append(f"| {group} | " + " | ".join(_ci(rates[k], 2) for k in orf["rates"]["all"]) + " |")
+        live = (orf["rates"].get("all") or {}).get("lp")
+        if live and offline_fpr:
+            lines += ["", f"ADA-LP per-answer false alarms, live on these prompts {_rate(live)} vs offline on the "
+                          f"probe set's held-out own answers {_rate(offline_fpr)} (the same checks and threshold; "
+                          "different prompts, and the corpus answers were decoded in the generation dtype)."]
         fig = _figure(eval_dirs["over-refusal"] / "over_refusal.png", figures, "over_refusal.png")
         if fig:
             lines += ["", f"![Over-refusal]({fig})"]
@@ -333,7 +382,7 @@ def write_report(root: Path, cfg: Any, *, store: Path, sweep_dir: Path, probes_d
     lines += _probes_section(probes)
     if sweep:
         lines += _sweep_section(sweep, figures, sweep_dir)
-    lines += _eval_sections(eval_dirs, figures)
+    lines += _eval_sections(eval_dirs, figures, goal.get("fpr"))
     lines += ["## Stage timings", "", "| stage | seconds |", "|---|---|"]
     for name, t in timings.items():
         lines.append(f"| {name} | {'reused' if t['reused'] else t['seconds']} |")

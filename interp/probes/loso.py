@@ -156,6 +156,15 @@ def leave_one_source_out(data: LayerData, split: Split, probe, cfg, texts: np.nd
                     f"other sources' {'/'.join(calibrate_on)} benign answers; 95% CIs resample prompt groups"}
 
 
+def _nanmean(stack: np.ndarray) -> np.ndarray:
+    """Mean over sources per bootstrap replicate, ignoring sources a replicate left without a class (NaN)."""
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)  # a replicate where every source is NaN stays NaN
+        return np.nanmean(stack, axis=0) if stack.size else np.array([])
+
+
 def _summaries(rows: list[dict], reps: dict, per_depth: dict) -> dict:
     """Macro mean over sources and the worst source, overall and per depth, for each method."""
     out: dict = {"macro": {}, "worst": None, "worst_by_method": {}, "per_depth": {}}
@@ -164,8 +173,7 @@ def _summaries(rows: list[dict], reps: dict, per_depth: dict) -> dict:
         if not got:
             continue
         stack = np.stack([reps[(s, name)] for s, _ in got])
-        with np.errstate(invalid="ignore"):
-            macro_reps = np.nanmean(stack, axis=0) if stack.size else np.array([])
+        macro_reps = _nanmean(stack)
         out["macro"][name] = _ci(float(np.mean([a["value"] for _, a in got])), macro_reps) | {"n_sources": len(got)}
         worst = min(got, key=lambda t: t[1]["value"])
         out["worst_by_method"][name] = {"source": worst[0], **worst[1]}
@@ -177,8 +185,7 @@ def _summaries(rows: list[dict], reps: dict, per_depth: dict) -> dict:
             vals = [v for v, _, _ in cell.values() if np.isfinite(v)]
             if not vals:
                 continue
-            with np.errstate(invalid="ignore"):
-                m_reps = np.nanmean(np.stack([r for _, r, _ in cell.values()]), axis=0)
+            m_reps = _nanmean(np.stack([r for _, r, _ in cell.values()]))
             w = min(cell, key=lambda s: cell[s][0] if np.isfinite(cell[s][0]) else np.inf)
             out["per_depth"][name].append({"depth": d, "macro": _ci(float(np.mean(vals)), m_reps),
                                            "worst": {"source": w, "value": cell[w][0]}, "n_sources": len(vals),

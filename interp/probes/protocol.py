@@ -50,18 +50,25 @@ class SplitConfig:
             raise UserError("--calib-fraction + --test-fraction must leave prompts to train on (sum < 1)")
 
 
-def three_way_split(groups: np.ndarray, y: np.ndarray, cfg: SplitConfig, seed: int = 0) -> np.ndarray:
+def three_way_split(groups: np.ndarray, y: np.ndarray, cfg: SplitConfig, seed: int = 0,
+                    strata: np.ndarray | None = None) -> np.ndarray:
     """Role per row (``"train" | "calibration" | "test"``): whole groups are assigned, stratified by which labels
-    a group holds (harmful only, benign only, both), so each role gets its share of each kind."""
+    a group holds (harmful only, benign only, both) and, with ``strata`` (a tag per row, e.g. "the model's own
+    benign answer"), by which tags it holds, so each role gets its share of each kind."""
     cfg.validate()
     groups, y = np.asarray(groups).astype(str), np.asarray(y)
     names, codes = np.unique(groups, return_inverse=True)
     has_h = np.bincount(codes, weights=(y == 1), minlength=len(names)) > 0
     has_b = np.bincount(codes, weights=(y == 0), minlength=len(names)) > 0
-    kind = has_h.astype(int) + 2 * has_b.astype(int)
+    kind = (has_h.astype(int) + 2 * has_b.astype(int)).astype(object)
+    if strata is not None:
+        tags: dict[int, set] = {}
+        for c, t in zip(codes, np.asarray(strata).astype(str)):
+            tags.setdefault(int(c), set()).add(t)
+        kind = np.array([f"{k}|{','.join(sorted(tags[i]))}" for i, k in enumerate(kind)], dtype=object)
     role = np.full(len(names), "train", dtype=object)
     rng = np.random.default_rng(seed)
-    for k in np.unique(kind):
+    for k in sorted(set(kind.tolist()), key=str):
         members = rng.permutation(np.nonzero(kind == k)[0])
         n_test = int(round(cfg.test_fraction * len(members)))
         n_cal = int(round(cfg.calib_fraction * len(members)))

@@ -140,7 +140,7 @@ def train_probeset(store, cfg: TrainConfig, probe: ProbeConfig, *, progress: boo
 
     from interp.config import to_dict
     from interp.extract.store import canonical_hook
-    from interp.probes.answers import Deployed
+    from interp.probes.answers import Deployed, calibration_rows
     from interp.probes.cv import grouped_folds
     from interp.probes.data import examples_meta, load_layer, require_finished
     from interp.probes.metrics import summarize
@@ -165,7 +165,8 @@ def train_probeset(store, cfg: TrainConfig, probe: ProbeConfig, *, progress: boo
             for k, v in everything.items()}
     y, groups, sources, prompts = meta["y"], meta["groups"], meta["sources"], meta["prompts"]
     deployed = Deployed.of(meta, schedule.answer_length)
-    roles = three_way_split(groups, y, cfg, cfg.seed)
+    own_benign = calibration_rows(y, meta["kinds"], sources, cfg.calibrate_on, cfg.control_sources)
+    roles = three_way_split(groups, y, cfg, cfg.seed, strata=np.where(own_benign, "calibration-kind", "other"))
     _require_split(roles, y, cfg)
     train_m, cal_m, test_m = (roles == r for r in ("train", "calibration", "test"))
     split = grouped_folds(y[train_m], groups[train_m], cfg.folds, cfg.seed)
