@@ -182,6 +182,9 @@ def test_depth_and_layer_parsing():
     assert parse_depths("0:500:25") == list(range(0, 501, 25)) and len(parse_depths("0:500:25")) == 21
     assert parse_depths("40,0,10") == [0, 10, 40]
     assert parse_depths("0,8,16,25:100:25") == [0, 8, 16, 25, 50, 75, 100]
+    assert parse_depths("0,8,16,25:end:25", end=80) == [0, 8, 16, 25, 50, 75]  # every check up to the answer length
+    with pytest.raises(UserError, match="give --answer-length"):
+        parse_depths("0:end:25")
     assert parse_layers("all", 4) == [0, 1, 2, 3] and parse_layers("-1,0", 4) == [0, 3]
     assert parse_layers("1:2", 4) == [1, 2]
     for bad in ("a:b", "10:0:5", "0:10:0", "", "-5", "1,1", "0,0:10:5", "0,1:2:3:4"):

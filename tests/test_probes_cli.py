@@ -141,3 +141,23 @@ def test_negative_layers_count_from_the_models_last_layer(tmp_path):
     assert StoreSliceConfig().resolve_layers(Store()) == [0, 5, 11]
     with pytest.raises(UserError, match="layer 10 is not in the store"):
         StoreSliceConfig(layers=[-2]).resolve_layers(Store())
+
+
+def test_train_refuses_a_calibration_set_without_own_answers_and_a_store_without_splits(tmp_path, capsys):
+    """The threshold is set on the model's own answers: a store whose benign rows are all third-party text is
+    refused with the fix; a store too small for a calibration or test split names the real cause."""
+    ss = SyntheticSet(SyntheticSpec(n_prompts=40, n_depths=3, d_model=8, n_layers=1, seed=2))
+    third = write_store(ss, tmp_path / "third.h5", [0], H, PROBE, extra_examples={"kind": ["dataset"] * 40})
+    assert main(["train", "--store", str(third), "--out", str(tmp_path / "p"), "--stride", "10",
+                 "--folds", "2"]) == 2
+    err = capsys.readouterr().err
+    assert "no benign answers of kind own/prefill to calibrate the threshold on" in err and "--calibrate-on" in err
+    assert not (tmp_path / "p").exists()  # nothing half-written
+    assert main(["train", "--store", str(third), "--out", str(tmp_path / "p"), "--stride", "10", "--folds", "2",
+                 "--calibrate-on", "dataset"]) == 0  # asked for: calibrated on that text, and it says so
+    assert ProbeSet.load(tmp_path / "p").thresholds["calibrate_on"] == ["dataset"]
+    tiny = write_store(SyntheticSet(SyntheticSpec(n_prompts=4, n_depths=3, d_model=8, n_layers=1, seed=2)),
+                       tmp_path / "tiny.h5", [0], H, PROBE)
+    assert main(["train", "--store", str(tiny), "--out", str(tmp_path / "q"), "--stride", "10", "--folds", "2"]) == 2
+    err = capsys.readouterr().err
+    assert "too few prompt groups" in err and "Traceback" not in err

@@ -84,7 +84,7 @@ def extract_shard(model, tokenizer, items: Sequence, out: str | Path, *, rank: i
         raise UserError(f"rank {rank} outside world size {world_size}")
     if not items:
         raise UserError("no examples to extract")
-    depths = parse_depths(depths)
+    depths = parse_depths(depths, extract_kwargs.get("answer_length"))
     h = len(spans.span_ids)
     costs = [example_cost(len(it.prompt_ids), len(it.response_ids), depths, h) for it in items]
     bounds = shard_bounds(costs, world_size)

@@ -36,7 +36,9 @@ class ExtractConfig:
 
     continuations: str | None = field(default=None, metadata={
         "help": "JSONL from `anydepth generate` (default: use --data, generating responses it lacks)"})
-    depths: str = field(default="0:500:25", metadata={"help": "depth schedule start:end:step (inclusive) or 0,25"})
+    depths: str = field(default="0:500:25", metadata={
+        "help": "depth schedule start:end:step (inclusive), 0,25 or a union; 'end' stands for --answer-length "
+                "(0,8,16,25:end:25 stores every check of a stride-25 guard)"})
     layers: str = field(default="all", metadata={"help": "all, 0,5,10 or 10:20 (inclusive)"})
     hooks: tuple[str, ...] = field(default=("resid_post",), metadata={
         "help": "resid_pre, resid_post and/or ln1 (the block's normalised input)"})
@@ -55,9 +57,15 @@ class ExtractConfig:
         "help": "store path (default activations/<model>/<data>-<config hash>.h5)"})
 
 
-def parse_depths(spec: str | Sequence[int]) -> list[int]:
+def parse_depths(spec: str | Sequence[int], end: int | None = None) -> list[int]:
     """``"0:500:25"`` (inclusive end), ``"0,10,40"``, a union of both (``"0,8,16,25:500:25"``) or a list →
-    sorted distinct depths."""
+    sorted distinct depths. ``end`` in a range stands for ``end`` (the answer length: ``"0,8,16,25:end:25"``
+    covers every stride multiple an answer can reach)."""
+    if isinstance(spec, str) and "end" in spec:
+        if end is None:
+            raise UserError(f"depth schedule {spec!r} uses 'end': give --answer-length (the guard's max_new_tokens) "
+                            "or a number")
+        spec = spec.replace("end", str(int(end)))
     if not isinstance(spec, str):
         depths = [int(d) for d in spec]
     else:
@@ -72,10 +80,10 @@ def parse_depths(spec: str | Sequence[int]) -> list[int]:
                 bounds = [int(p) for p in part.split(":")]
                 if len(bounds) not in (2, 3):
                     raise ValueError
-                start, end, step = bounds[0], bounds[1], bounds[2] if len(bounds) == 3 else 1
-                if step <= 0 or end < start:
+                start, stop, step = bounds[0], bounds[1], bounds[2] if len(bounds) == 3 else 1
+                if step <= 0 or stop < start:
                     raise ValueError
-                depths += range(start, end + 1, step)
+                depths += range(start, stop + 1, step)
         except ValueError as err:
             raise UserError(f"bad depth schedule {spec!r}; use start:end:step (end inclusive), 0,25,50 or a "
                             "union such as 0,8,16,25:500:25") from err
@@ -331,7 +339,7 @@ def extract_to_store(model, tokenizer, items: Sequence[Continuation], out: str |
     if positions not in POSITIONS:
         raise UserError(f"--positions must be one of {POSITIONS}, got {positions!r}")
     span_ids = [int(t) for t in spans.span_ids]
-    depths = parse_depths(depths)
+    depths = parse_depths(depths, answer_length)
     hooks = [canonical_hook(h) for h in hooks]
     pos = list(range(len(span_ids))) if positions == "span" else [int(spans.probe_index)]
     horizon = resolve_answer_length(depths, answer_length)

@@ -82,10 +82,10 @@ def tpr_at_fpr(scores: np.ndarray, y: np.ndarray, fpr: float, weights: np.ndarra
 
 def accuracy(probs: np.ndarray, y: np.ndarray, threshold: float = 0.5, weights: np.ndarray | None = None
              ) -> np.ndarray | float:
-    """Fraction correct with flag = prob > threshold."""
+    """Fraction correct with flag = prob >= threshold (the guard's convention)."""
     y = np.asarray(y)
     w, single = _weights(len(y), weights)
-    correct = ((np.asarray(probs) > threshold) == (y == 1)).astype(np.float64)
+    correct = ((np.asarray(probs) >= threshold) == (y == 1)).astype(np.float64)
     with np.errstate(invalid="ignore", divide="ignore"):
         out = (w * correct).sum(1) / w.sum(1)
     return float(out[0]) if single else out

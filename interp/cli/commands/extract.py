@@ -30,7 +30,7 @@ def run_extract(model_cfg, gen_cfg, cfg, progress: bool = True):
     from interp.model.loading import load_model
     from interp.spans.derive import derive_safety_spans
 
-    depths = parse_depths(cfg.depths)
+    depths = parse_depths(cfg.depths, cfg.answer_length)  # 'end' = the answer length; checked before any work
     configs = run_config(model=model_cfg, generate=gen_cfg, extract=cfg)
     data_name = Path(cfg.continuations).stem if cfg.continuations else gen_cfg.data
     out = Path(cfg.out) if cfg.out else Path("activations") / file_slug(model_cfg.model) / (
