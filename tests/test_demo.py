@@ -127,6 +127,7 @@ def test_demo_on_a_corpus_spec_reports_the_targets(tiny_dir, tmp_path):
     assert t["fpr_population"] == "benign answers of kind own/prefill"
     assert set(probes["thresholds"]["calibration"]["kinds"]) <= {"own", "prefill"}
     assert "own answers first" in report and "| held-out source | kind |" in report
+    assert "continuations that recovered into a refusal were dropped" in report
     assert next(run.glob("corpus-*/continuations.jsonl")).stat().st_size > 0
 
 

@@ -274,6 +274,6 @@ def run_demo(cfg: DemoConfig) -> Path:
         eval_dirs[mode] = runner.run(Stage(f"evaluate-{mode}", ["evaluate", mode, *shared, *extra],
                                            [probes_dir.name], outputs=lambda f: ["--out", str(f)]))
     report = write_report(root, cfg, store=store, sweep_dir=sweep_dir, probes_dir=probes_dir, eval_dirs=eval_dirs,
-                          timings=runner.timings)
+                          timings=runner.timings, corpus_dir=continuations.parent if cfg.uses_corpus else None)
     print(f"report: {report}")
     return report

@@ -361,8 +361,26 @@ def _eval_sections(eval_dirs: dict[str, Path], figures: Path, offline_fpr: dict 
     return lines
 
 
+def _corpus_line(corpus_dir: Path | None) -> list[str]:
+    """What the corpus build kept and dropped (label hygiene), from its config."""
+    config = _load(corpus_dir / "continuations.config.json") if corpus_dir else None
+    summary = (config or {}).get("summary") or config or {}
+    entries = summary.get("entries") or []
+    if not entries:
+        return []
+    recovered = sum(e.get("dropped_recovered_refusals", 0) for e in entries)
+    ref = [e for e in entries if "dropped_not_refusals" in e]
+    kept = sum(e["rows"] for e in ref)
+    planned = sum(e["planned"] for e in ref)
+    line = (f"Corpus: {summary.get('rows', sum(e['rows'] for e in entries))} rows; {recovered} harmful prefill "
+            "continuations that recovered into a refusal were dropped (a harmful label on a refusal)")
+    if ref:
+        line += f"; the model refused {kept} of {planned} harmful prompts, kept as hard negatives (benign)"
+    return [line + ".", ""]
+
+
 def write_report(root: Path, cfg: Any, *, store: Path, sweep_dir: Path, probes_dir: Path,
-                 eval_dirs: dict[str, Path], timings: dict[str, dict]) -> Path:
+                 eval_dirs: dict[str, Path], timings: dict[str, dict], corpus_dir: Path | None = None) -> Path:
     """Write ``<root>/report.md`` (+ ``figures/`` and ``results.json``); returns the report path."""
     figures = root / "figures"
     sweep = _load(sweep_dir / "sweep.json")
@@ -375,6 +393,7 @@ def write_report(root: Path, cfg: Any, *, store: Path, sweep_dir: Path, probes_d
     if getattr(cfg, "fallback", None):
         lines += [f"**The public sets were unavailable ({cfg.fallback}); this run used the built-in 80-prompt "
                   "twin set instead of the corpus recipe.**", ""]
+    lines += _corpus_line(corpus_dir)
     goal = targets(sweep, probes, getattr(cfg, "target_fpr", None))
     lines += _targets_section(goal)
     if sweep:
