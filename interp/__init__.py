@@ -4,7 +4,7 @@ The subpackages follow the data path: ``data`` → ``spans`` → ``model`` → `
 ``guard`` / ``evaluate`` → ``causal`` → ``serve``, with ``cli`` on top (see docs/design.md in the repository).
 """
 
-__version__ = "0.4.3"
+__version__ = "0.5.0"
 
 
 class UserError(ValueError):

@@ -9,7 +9,7 @@ independent, so every interval here treats the *group* as the unit. There is one
   the design effect ``deff`` is the ratio of the grouped-bootstrap variance of the rate (times ``G/(G-1)``, the
   bootstrap's bias over ``G`` groups) to the binomial one,
   bounded to ``[1, m_w]`` (``m_w = sum(m_g^2) / n``, the design effect of groups that always agree). A rate of
-  0 or 1 has no bootstrap spread, so it gets the bound ``m_w``; rows that are all their own group get exactly
+  0 or 1 has no bootstrap spread, and one group has no between-group spread, so they get the bound ``m_w``; rows that are all their own group get exactly
   the classical Wilson interval (:func:`wilson`);
 * AUROC and its paired differences (:mod:`interp.probes.metrics`), vectorised over the same weights.
 """
@@ -110,7 +110,7 @@ def grouped_rate(hits, groups=None, *, level: float = 0.95, n_boot: int = 2000, 
     p = k / n
     if bound <= 1.0:
         deff = 1.0
-    elif 0 < k < n:
+    elif 0 < k < n and n_groups > 1:
         w = bootstrap_weights(g, n_boot, seed)
         var = float(np.var((w @ h) / w.sum(1))) * n_groups / (n_groups - 1)  # the bootstrap's (G-1)/G bias
         deff = min(max(var / (p * (1 - p) / n), 1.0), bound)

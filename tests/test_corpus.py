@@ -171,7 +171,10 @@ def test_shipped_specs_plan_within_the_mirror(monkeypatch):
         benign_openers = {t.opener for t in tasks if t.entry.kind == "prefill" and t.entry.label == "benign"}
         assert len(harmful_openers) >= 2 and harmful_openers <= benign_openers  # matched style
         if name == "demo":
-            assert len(rows) <= 70  # the CPU budget of `make demo` (README, "The demo")
+            assert len(rows) <= 110  # the CPU budget of `make demo` (README, "The demo")
+            own = [r for t in tasks if t.entry.label == "benign" and t.entry.kind in ("own", "prefill")
+                   for r in t.records]
+            assert len(own) >= 50  # the population its threshold is calibrated on (~1/4 of it) and tested on
     causal = plan_corpus(load_spec("causal"))  # matched pairs only: the same openers on both labels
     assert {(t.entry.kind, t.entry.label) for t in causal} == {("prefill", "harmful"), ("prefill", "benign")}
     assert {t.opener for t in causal if t.entry.label == "harmful"} == {t.opener for t in causal

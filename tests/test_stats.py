@@ -75,3 +75,5 @@ def test_grouped_rate_independent_rows_inside_groups_stay_near_wilson():
     r = grouped_rate(hits, g, n_boot=4000)
     assert 1.0 <= r["deff"] < 1.5
     assert grouped_rate([], [])["rate"] is None
+    one = grouped_rate([True, False, False], ["g", "g", "g"])  # one group: its rows count as one observation
+    assert one["deff"] == 3.0 and one["n_groups"] == 1 and one["hi"] > wilson(1, 3)["hi"]

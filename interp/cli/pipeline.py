@@ -19,11 +19,10 @@ import interp
 from interp import UserError
 from interp.cli.naming import run_slug
 
-# What each preset fills in for the options left unset (None). ``demo``: the corpus recipe at CPU size (68 rows,
-# 8 prompts per dataset in the evaluations, 16 per batch; embedded model, 2 cores: 12 min with float32 decoding,
-# about 22 projected on an AVX2-only CPU; add ``--evaluations deep-prefill over-refusal cost`` for the guard's
-# cost); ``study``: the full recipe (the shipped default spec; about an hour on 2 cores with the embedded model, minutes
-# on a GPU). With ``--spec none`` both generate from ``--data`` (the 0.2 demo).
+# What each preset fills in for the options left unset (None). ``demo``: the corpus recipe at CPU size (102 rows,
+# answers of 128 tokens, 8 prompts per dataset in the evaluations, 16 per batch; add ``--evaluations deep-prefill
+# over-refusal cost`` for the guard's cost); ``study``: the full recipe (the shipped default spec, answers of 512
+# tokens; about an hour on 2 cores with the embedded model, minutes on a GPU). Measured times: README, "The demo". With ``--spec none`` both generate from ``--data`` (the 0.2 demo).
 PRESETS: dict[str, dict] = {
     "demo": {"spec": "demo", "depths": "0,8,16,25:500:25", "gen_batch_size": 32, "gen_dtype": "auto",
              "stride": 25, "target_fpr": 0.05, "combine_top": 0, "evaluations": ("deep-prefill", "over-refusal"),
@@ -47,7 +46,7 @@ class DemoConfig:
     model: str = field(default="qwen2.5-coder-0.5b-instruct", metadata={
         "help": "catalogue name, local path or hub id"})
     preset: str = field(default="demo", metadata={
-        "help": "demo: the corpus recipe at CPU size (12-22 min on 2 cores, by CPU); study: the full recipe "
+        "help": "demo: the corpus recipe at CPU size (answers of 128 tokens); study: the full recipe "
                 "(default spec, multi-layer probe, 2% per-answer FPR)", "choices": tuple(PRESETS)})
     spec: str | None = field(default=None, metadata={
         "help": "corpus spec (demo, default or a YAML/JSON file), or none: generate from --data instead"})
