@@ -131,6 +131,21 @@ def test_demo_on_a_corpus_spec_reports_the_targets(tiny_dir, tmp_path):
     assert next(run.glob("corpus-*/continuations.jsonl")).stat().st_size > 0
 
 
+def test_an_edited_spec_is_another_corpus_stage(tmp_path):
+    """The corpus stage's key holds the spec's content: editing a spec file (same path, same name) must not reuse
+    the corpus built from the old one (it did: the key held only the argv)."""
+    from interp.cli.pipeline import DemoConfig, Runner, _continuation_stages
+
+    spec = tmp_path / "s.yaml"
+    keys = []
+    for count in (2, 3):
+        spec.write_text(SPEC.replace("count: 6", f"count: {count}"))
+        runner = Runner(tmp_path, total=1)
+        runner.run = lambda stage, keys=keys: keys.append(stage.key()) or tmp_path
+        _continuation_stages(runner, DemoConfig(spec=str(spec)).resolved(), ["--model", "m"])
+    assert len(keys) == 2 and keys[0] != keys[1]
+
+
 def test_presets_fill_only_the_options_left_unset():
     from interp.cli.pipeline import DemoConfig
 

@@ -117,9 +117,11 @@ class Stage:
     inputs: list[str] = field(default_factory=list)  # folder names of the stages it reads
     outputs: Callable[[Path], list[str]] = lambda folder: []  # output options appended at run time
     fn: Callable[[Path], None] | None = None
+    content: str = ""  # what the argv names but does not spell out (a corpus spec's sha256): part of the key
 
     def key(self) -> str:
-        blob = json.dumps({"argv": self.argv, "inputs": self.inputs, "version": interp.__version__})
+        blob = json.dumps({"argv": self.argv, "inputs": self.inputs, "version": interp.__version__,
+                           **({"content": self.content} if self.content else {})})
         return hashlib.sha256(blob.encode()).hexdigest()[:10]
 
 
@@ -206,9 +208,12 @@ def prepare(cfg: DemoConfig) -> DemoConfig:
 def _continuation_stages(runner: Runner, cfg: DemoConfig, common: list[str]) -> Path:
     """The continuations JSONL: the corpus spec built (``anydepth corpus``), or ``--data`` generated and merged."""
     if cfg.uses_corpus:
+        from interp.corpus.spec import load_spec
+
         folder = runner.run(Stage(
             "corpus", ["corpus", *common, "--spec", cfg.spec, "--gen-batch-size", str(cfg.gen_batch_size),
-                       "--gen-dtype", cfg.gen_dtype], outputs=lambda f: ["--out", str(f)]))
+                       "--gen-dtype", cfg.gen_dtype], outputs=lambda f: ["--out", str(f)],
+            content=load_spec(cfg.spec).sha256()))  # an edited spec (same name) is another corpus
         return folder / "continuations.jsonl"
     limit = ["--limit", str(cfg.limit)] if cfg.limit else []
     generated = [runner.run(Stage(
