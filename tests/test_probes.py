@@ -361,3 +361,29 @@ def test_damaged_probe_set_files_are_one_line_errors(tmp_path):
         ProbeSet.load(tmp_path)
     js.write_text(text)
     ProbeSet.load(tmp_path)  # restored: loads again
+
+
+def test_leave_one_source_out_compares_scores_of_one_fold_model(planted, monkeypatch):
+    """Fold models that rank perfectly but sit on different scales (fold f adds 10 f to every score): each
+    held-out source's AUROC must still be 1 (pairs within one fold model); pooling across folds would not be."""
+    import interp.probes.loso as loso
+    from interp.probes.cv import grouped_folds
+    from interp.probes.metrics import auroc
+    from interp.probes.sweep import SweepConfig
+
+    data = planted.layer(1)
+    split = grouped_folds(data.y, data.groups, 3, seed=0)
+    fold = np.argmax(split.test, axis=0)
+
+    def perfect(data, split_, probe, end=False, **kw):
+        p = np.where(data.valid, (data.y + 10.0 * fold)[:, None] + 0.01 * data.depths[None], np.nan)
+        return (p, np.full(len(data.y), np.nan)) if end else p
+
+    monkeypatch.setattr(loso, "oof_scores", perfect)
+    res = loso.leave_one_source_out(data, split, ProbeConfig(), SweepConfig(n_boot=20))
+    assert [r["probe"]["auroc"]["value"] for r in res["rows"]] == [1.0, 1.0]
+    assert res["macro"]["probe"]["value"] == 1.0 and all(e["macro"]["value"] == 1.0
+                                                          for e in res["per_depth"]["probe"])
+    p, _ = perfect(data, split, None, end=True)
+    rows, cols = np.nonzero(np.isfinite(p))
+    assert auroc(p[rows, cols], data.y[rows]) < 0.9  # what a pooled AUROC over the folds reports
