@@ -97,7 +97,7 @@ def targets(sweep: dict | None, probes: dict | None, target_fpr: float) -> dict:
                 r = rows.setdefault(e["depth"], {})
                 r[f"loso_{name}"] = e["macro"]
                 r[f"loso_{name}_worst"] = e["worst"]
-                r["loso_sources"] = e["n_sources"]
+                r[f"loso_{name}_count"] = {"sources": e["n_sources"], "rows": e.get("n_rows")}
     for name in ("probe", "ngram"):
         for e in (test.get("per_depth") or {}).get(name) or []:
             if lo <= e["depth"] <= hi and e.get("auroc") is not None:
@@ -139,12 +139,13 @@ def _targets_section(t: dict) -> list[str]:
              "Held-out test: the probe set (its readout layers) on the test prompts, which set neither the probe nor "
              "the threshold. ADA-LP TPR: harmful test answers whose check at that depth reaches the threshold "
              "calibrated per answer on the calibration prompts' own benign answers. 95% CIs resample prompt groups.",
-             "", "| depth | LOSO probe AUROC, mean over sources (worst) | LOSO n-gram AUROC | test probe AUROC | "
+             "", "| depth | LOSO probe AUROC, mean over sources (worst source; sources and rows at this depth) | "
+             "LOSO n-gram AUROC | test probe AUROC | "
              "test n-gram AUROC | ADA-LP TPR per check (harmful test answers) |",
              "|---|---|---|---|---|---|"]
     for d, r in t["depths"].items():
-        w = r.get("loso_probe_worst")
-        worst = f" ({w['source']} {w['value']:.3f})" if w else ""
+        w, c = r.get("loso_probe_worst"), r.get("loso_probe_count") or {}
+        worst = f" ({w['source']} {w['value']:.3f}; {c.get('sources')} sources, {c.get('rows')} rows)" if w else ""
         lines.append(f"| {d} | {_ci(r.get('loso_probe'))}{worst} | {_ci(r.get('loso_ngram'))} | "
                      f"{_ci(r.get('test_probe'))} | {_ci(r.get('test_ngram'))} | {_rate(r.get('tpr'))} |")
     s = t["summary"]

@@ -28,8 +28,6 @@ from interp.probes.protocol import Schedule
 
 KINDS = ("own", "prefill", "refusal", "dataset")  # report order: the model's own answers first
 CALIBRATION_KINDS = ("own", "prefill")
-KIND_NAMES = {"own": "the model's own answers", "prefill": "the model's answers after a forced opener",
-              "refusal": "the model's own refusals to harmful prompts", "dataset": "third-party text"}
 
 
 def row_kinds(sources: Sequence[str], kinds: Sequence[str] | None = None) -> np.ndarray:

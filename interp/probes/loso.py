@@ -132,8 +132,9 @@ def leave_one_source_out(data: LayerData, split: Split, probe, cfg, texts: np.nd
             entry = {"auroc": None if n_pairs == 0 else _ci(value, r), "n_pairs": n_pairs}
             for k, d in enumerate(data.depths):
                 v, rk, n = _within(p, data.y, cmp_rows, fold, W, col=k)
-                if n:
-                    per_depth.setdefault(name, {}).setdefault(int(d), {})[s] = (v, rk, n)
+                if n:  # counted: the held-out source's own rows at this depth (each row is in one source)
+                    own = int((in_s & np.isfinite(p[:, k])).sum())
+                    per_depth.setdefault(name, {}).setdefault(int(d), {})[s] = (v, rk, own)
             if answers is not None and schedule is not None:
                 try:
                     ans = answer_scores(p, data.depths, answers.deployed, schedule,
@@ -189,7 +190,7 @@ def _summaries(rows: list[dict], reps: dict, per_depth: dict) -> dict:
             w = min(cell, key=lambda s: cell[s][0] if np.isfinite(cell[s][0]) else np.inf)
             out["per_depth"][name].append({"depth": d, "macro": _ci(float(np.mean(vals)), m_reps),
                                            "worst": {"source": w, "value": cell[w][0]}, "n_sources": len(vals),
-                                           "n_pairs": int(sum(n for _, _, n in cell.values()))})
+                                           "n_rows": int(sum(n for _, _, n in cell.values()))})
     return out
 
 
