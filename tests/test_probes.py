@@ -187,7 +187,7 @@ def test_weighted_metrics_match_sklearn_on_repeated_rows():
         fpr, tpr, _ = roc_curve(y[rep], s[rep])
         assert tpr_at_fpr(s, y, 0.05, w[b:b + 1])[0] == pytest.approx(tpr[fpr <= 0.05].max(), abs=1e-12)
         assert accuracy(1 / (1 + np.exp(-s)), y, 0.5, w[b:b + 1])[0] == pytest.approx(
-            ((s[rep] > 0) == (y[rep] == 1)).mean())
+            ((s[rep] >= 0) == (y[rep] == 1)).mean())  # flag = score >= threshold, the guard's convention
 
 
 def test_bootstrap_ci_contains_point_and_shrinks():

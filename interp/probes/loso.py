@@ -92,69 +92,92 @@ def leave_one_source_out(data: LayerData, split: Split, probe, cfg, texts: np.nd
                          answers: AnswerInfo | None = None) -> dict:
     """Per source: probe and n-gram trained without it (see the module doc); ``cfg`` is the sweep's config
     (``n_boot``, ``seed``, ``target_fpr``, ``schedule``, ``calibrate_on``)."""
-    from interp.probes.ngram import ngram_oof
-
     kinds = answers.kinds if answers is not None else np.array(["dataset"] * len(data.y))
     names = source_order(data.sources, kinds)
     if len(names) < 2:
         return {"rows": [], "note": f"one source ({names[0] if names else '-'}): leave-one-source-out needs two"}
-    fold = _fold_of(split)
-    W = bootstrap_weights(data.groups, cfg.n_boot, cfg.seed)
-    calibrate_on = getattr(cfg, "calibrate_on", None) or CALIBRATION_KINDS
-    schedule = getattr(cfg, "schedule", None)
-    out, reps = [], {}
-    pooled = {"probe": np.full(data.valid.shape, np.nan)}
-    if texts is not None:
-        pooled["ngram"] = np.full(data.valid.shape, np.nan)
-    per_depth: dict = {}
+    ctx = _Context(data, split, probe, cfg, texts, answers, kinds, _fold_of(split),
+                   bootstrap_weights(data.groups, cfg.n_boot, cfg.seed))
+    out, reps, per_depth = [], {}, {}
+    pooled = {name: np.full(data.valid.shape, np.nan) for name in (("probe", "ngram") if texts is not None
+                                                                    else ("probe",))}
     for s in tqdm(names, desc="leave-one-source-out", unit="source"):
-        in_s = data.sources == s
-        train = split.train & ~in_s[None]
-        labels = sorted(set(data.y[in_s].tolist()))
-        kind = str(kinds[in_s][0])
-        row = {"source": s, "kind": kind, "labels": ["benign" if v == 0 else "harmful" for v in labels],
-               "n_answers": int(in_s.sum()), "n_prompt_groups": int(len(np.unique(data.groups[in_s])))}
-        if any(len(np.unique(data.y[train[f] & data.valid.any(1)])) < 2 for f in range(split.n_folds)):
-            row["skipped"] = "holding it out leaves one class to train on"
-            out.append(row)
-            continue
-        lsplit = Split(train, split.test, "leave-one-source-out")
-        scored = {"probe": oof_scores(data, lsplit, probe, end=True)}
-        if texts is not None:
-            end_texts = None if answers is None else answers.end_texts
-            got = ngram_oof(texts, data.y, data.valid, lsplit, end_texts=end_texts, progress=False)
-            scored["ngram"] = got if isinstance(got, tuple) else (got, np.full(len(data.y), np.nan))
-        cmp_rows = in_s if len(labels) == 2 else in_s | (~in_s & (data.y != labels[0]))
-        for name, (p, p_end) in scored.items():
-            pooled[name][in_s] = p[in_s]
-            value, r, n_pairs = _within(p, data.y, cmp_rows, fold, W)
-            reps[(s, name)] = r
-            entry = {"auroc": None if n_pairs == 0 else _ci(value, r), "n_pairs": n_pairs}
-            for k, d in enumerate(data.depths):
-                v, rk, n = _within(p, data.y, cmp_rows, fold, W, col=k)
-                if n:  # counted: the held-out source's own rows at this depth (each row is in one source)
-                    own = int((in_s & np.isfinite(p[:, k])).sum())
-                    per_depth.setdefault(name, {}).setdefault(int(d), {})[s] = (v, rk, own)
-            if answers is not None and schedule is not None:
-                try:
-                    ans = answer_scores(p, data.depths, answers.deployed, schedule,
-                                        p_end if np.isfinite(p_end).any() else None)
-                    entry |= _rates(ans.score, data, in_s, kinds, cfg.target_fpr, calibrate_on)
-                except UserError as err:  # a check the store cannot score: no rate, never a silent one
-                    entry["rates"] = f"not computed: {err}"
-            row[name] = entry
-        if "probe" in scored and "ngram" in scored and (s, "ngram") in reps:
-            pv, nv = row["probe"]["auroc"], row["ngram"]["auroc"]
-            if pv and nv:
-                diff = reps[(s, "probe")] - reps[(s, "ngram")]
-                d = _ci(pv["value"] - nv["value"], diff)
-                row["probe_minus_ngram"] = d | {"beats": bool(d["lo"] > 0)}
-        out.append(row)
+        out.append(_held_out_source(ctx, s, reps, per_depth, pooled))
     return {"rows": out, **_summaries(out, reps, per_depth), "pooled_calibration_diagnostic":
             _pooled(pooled, data, cfg),
             "rule": "AUROC over pairs scored by the same fold model (trained without the source and the row's "
                     "prompt); per-answer rates on the guard's checks at a threshold set at the target FPR on the "
-                    f"other sources' {'/'.join(calibrate_on)} benign answers; 95% CIs resample prompt groups"}
+                    f"other sources' {'/'.join(ctx.calibrate_on)} benign answers; 95% CIs resample prompt groups"}
+
+
+@dataclass
+class _Context:
+    """What every held-out source's computation shares."""
+
+    data: LayerData
+    split: Split
+    probe: object
+    cfg: object
+    texts: np.ndarray | None
+    answers: AnswerInfo | None
+    kinds: np.ndarray
+    fold: np.ndarray  # the fold that tests each row
+    W: np.ndarray  # [B, N] bootstrap weights, one set for every source
+
+    @property
+    def calibrate_on(self):
+        return getattr(self.cfg, "calibrate_on", None) or CALIBRATION_KINDS
+
+
+def _held_out_source(ctx: _Context, s: str, reps: dict, per_depth: dict, pooled: dict) -> dict:
+    """The row of one held-out source; its bootstrap replicates go to ``reps``, its per-depth AUROCs to
+    ``per_depth`` and its out-of-fold scores to ``pooled``."""
+    from interp.probes.ngram import ngram_oof
+
+    data = ctx.data
+    in_s = data.sources == s
+    train = ctx.split.train & ~in_s[None]
+    labels = sorted(set(data.y[in_s].tolist()))
+    row = {"source": s, "kind": str(ctx.kinds[in_s][0]), "labels": ["benign" if v == 0 else "harmful" for v in labels],
+           "n_answers": int(in_s.sum()), "n_prompt_groups": int(len(np.unique(data.groups[in_s])))}
+    if any(len(np.unique(data.y[train[f] & data.valid.any(1)])) < 2 for f in range(ctx.split.n_folds)):
+        return row | {"skipped": "holding it out leaves one class to train on"}
+    lsplit = Split(train, ctx.split.test, "leave-one-source-out")
+    scored = {"probe": oof_scores(data, lsplit, ctx.probe, end=True)}
+    if ctx.texts is not None:
+        end_texts = None if ctx.answers is None else ctx.answers.end_texts
+        got = ngram_oof(ctx.texts, data.y, data.valid, lsplit, end_texts=end_texts, progress=False)
+        scored["ngram"] = got if isinstance(got, tuple) else (got, np.full(len(data.y), np.nan))
+    cmp_rows = in_s if len(labels) == 2 else in_s | (~in_s & (data.y != labels[0]))
+    for name, (p, p_end) in scored.items():
+        pooled[name][in_s] = p[in_s]
+        value, r, n_pairs = _within(p, data.y, cmp_rows, ctx.fold, ctx.W)
+        reps[(s, name)] = r
+        row[name] = {"auroc": None if n_pairs == 0 else _ci(value, r), "n_pairs": n_pairs}
+        for k, d in enumerate(data.depths):
+            v, rk, n = _within(p, data.y, cmp_rows, ctx.fold, ctx.W, col=k)
+            if n:  # counted: the held-out source's own rows at this depth (each row is in one source)
+                own = int((in_s & np.isfinite(p[:, k])).sum())
+                per_depth.setdefault(name, {}).setdefault(int(d), {})[s] = (v, rk, own)
+        row[name] |= _answer_rates(ctx, p, p_end, in_s)
+    pv, nv = row["probe"]["auroc"], (row.get("ngram") or {}).get("auroc")
+    if pv and nv:
+        d = _ci(pv["value"] - nv["value"], reps[(s, "probe")] - reps[(s, "ngram")])
+        row["probe_minus_ngram"] = d | {"beats": bool(d["lo"] > 0)}
+    return row
+
+
+def _answer_rates(ctx: _Context, p: np.ndarray, p_end: np.ndarray, in_s: np.ndarray) -> dict:
+    """The held-out source's per-answer rate on the guard's checks (nothing without answer information)."""
+    schedule = getattr(ctx.cfg, "schedule", None)
+    if ctx.answers is None or schedule is None:
+        return {}
+    try:
+        ans = answer_scores(p, ctx.data.depths, ctx.answers.deployed, schedule,
+                            p_end if np.isfinite(p_end).any() else None)
+    except UserError as err:  # a check the store cannot score: no rate, never a silent one
+        return {"rates": f"not computed: {err}"}
+    return _rates(ans.score, ctx.data, in_s, ctx.kinds, ctx.cfg.target_fpr, ctx.calibrate_on)
 
 
 def _nanmean(stack: np.ndarray) -> np.ndarray:
