@@ -160,7 +160,8 @@ def _open_h5(path: Path, mode: str) -> h5py.File:
     except FileNotFoundError as err:
         raise UserError(f"no activation store at {path}") from err
     except OSError as err:  # not HDF5, truncated, or locked by a live writer
-        if "lock" in str(err).lower():
+        msg = str(err).lower()  # "truncated file: ... sblock->base_addr" must not read as a lock
+        if "unable to lock" in msg or "resource temporarily unavailable" in msg:
             raise UserError(f"{path} is in use by another process (an extraction still writing it?); wait for it "
                             "to finish or stop it") from err
         raise UserError(f"{path} is not a readable activation store (corrupt or truncated?): {err}") from err
