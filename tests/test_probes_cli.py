@@ -119,6 +119,7 @@ def test_sweep_and_train_commands(store_path, tmp_path, capsys):
     (["--layers", "7"], "layer 7 is not in the store (it holds [0, 1, 2])"),
     (["--layers", "-1"], "does not record the model's layer count"),
     (["--k-of-n", "0"], "--k-of-n must be >= 1"),
+    (["--depths", "7"], "[7] not in"),  # a depth the store lacks (sweep gave a traceback; issue 33 item 6)
 ])
 def test_train_and_sweep_options_get_one_line_errors(store_path, tmp_path, capsys, extra, message):
     path, _ = store_path
