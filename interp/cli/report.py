@@ -204,9 +204,12 @@ def _probes_section(probes: dict | None) -> list[str]:
     test = (probes.get("metrics") or {}).get("test")
     if test:
         pa = test["per_answer"]
+        combine = probes.get("combine") or []
+        readout = (f"multi-layer probe (mean logit of layers {', '.join(map(str, combine))}; baselines at layer "
+                   f"{combine[-1]})" if combine else f"probe at layer {probes['best_layer']}")
         lines += ["", f"Held-out test prompts ({test['n_prompts']} groups; {test['n_harmful']} harmful and "
-                      f"{test['n_benign']} benign answers), probe at layer {probes['best_layer']} beside baselines "
-                      "fitted on the same training prompts:", "",
+                      f"{test['n_benign']} benign answers), {readout} beside baselines fitted on the same training "
+                      "prompts:", "",
                   "| method | AUROC per check [95% CI] | probe − method [95% CI] |", "|---|---|---|"]
         diffs = test.get("probe_minus_baseline_auroc") or {}
         order = [m for m in ("probe", "ngram", "last_token", "prompt", "shuffled") if m in test["per_check"]]
