@@ -10,8 +10,8 @@
 # 3. **Transcoder features**: train a small MLP transcoder (sae-lens format), rank its features by how differently
 #    they fire after harmful vs benign prefixes, and ablate the top-k at the span (against random k-sets).
 #
-# Effects are refusal log-odds (probability mass of refusal openers at the span's last position) with 95% CIs over
-# prompts.
+# Effects are refusal log-odds (the probability that the reply after the span begins with a refusal opener against a
+# compliance opener, whole openers teacher-forced) with 95% CIs over prompt groups.
 #
 # > **On the tiny model the numbers are meaningless.** By default this notebook runs on a random 4-layer model so that it executes in seconds (it is run in CI). Every number and plot below only shows that the pipeline works. For real results start Jupyter with `ANYDEPTH_NOTEBOOK_MODEL=qwen2.5-coder-0.5b-instruct` (the embedded default; any catalogue name, local folder or hub id works) — on a CPU that takes minutes (notebooks 1–2) to tens of minutes (notebook 3).
 
