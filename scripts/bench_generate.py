@@ -1,18 +1,19 @@
 #!/usr/bin/env python
-"""Benchmark continuation generation: continuous batching (interp.generate.decode) vs batched ``model.generate``.
+"""Benchmark continuation generation: our continuous batching (interp.generate.decode) vs batched ``model.generate``.
 
-    python scripts/bench_generate.py                          # embedded model, 16 demo prompts, 128 new tokens
+    python scripts/bench_generate.py                          # embedded model, 32 demo prompts, 128 new tokens
     python scripts/bench_generate.py --model tiny --n 8       # quick run on a tiny random model
+    python scripts/bench_generate.py --profile-rows 8 64      # also: the top ops of one decode step per engine
 
-Both paths decode the same chat-formatted prompts greedily to the same per-prompt budget and stop tokens, with
-``--batch`` rows at a time, in each dtype of ``--dtypes`` (a cast copy of the model, as ``--gen-dtype`` makes).
+Every path decodes the same chat-formatted prompts greedily to the same budget and stop tokens, in the generation
+dtype (``--dtype auto``: bf16 on a CPU with native bf16, else float32; a cast copy, as ``--gen-dtype`` makes).
 The baseline is what a careful user writes with transformers: prompts sorted by length (less padding),
-``model.generate`` on each batch with left padding and the model's KV cache, in the same dtype. Ours keeps
-``--batch`` rows in flight (a finished row leaves, the next prompt joins) with few-row CPU linears. Each path is
-warmed once on two prompts, then timed in ``--repeats`` rounds of alternating order; tokens/s counts the tokens
-each path returns. The last line is ``tokens_per_s=<x> vs_hf_generate=<y>``: our fastest configuration's tokens/s
-and its ratio to ``model.generate`` in the same dtype (fastest rounds); the ratio to float32 ``model.generate``
-(what the pipeline ran before) is printed above it.
+``model.generate`` on each batch with left padding and its KV cache, at every batch size of ``--batches``; the
+best of them is the reference. Ours runs each engine of ``--engines`` at the same batch sizes: ``slots`` (a
+preallocated per-row cache, interp/generate/slots.py) and ``cache`` (the model's forward over a DynamicCache).
+Every path is warmed once on two prompts, then timed in ``--repeats`` rounds of alternating order; tokens/s counts
+the tokens each path returns. The last line is ``tokens_per_s=<x> vs_hf_generate=<y>``: our fastest path's
+tokens/s and its ratio to the fastest ``model.generate`` batch size (fastest rounds of each).
 """
 
 from __future__ import annotations
@@ -36,43 +37,86 @@ def load(name: str):
     return loaded.model, loaded.tokenizer, loaded.model_id
 
 
+def profile_step(model, prompts, pad, rows: int) -> None:
+    """Print the top ops (self CPU time) of one decode step at ``rows`` rows, for each engine."""
+    from torch.profiler import ProfilerActivity, profile
+
+    from interp.extract.masks import left_pad
+    from interp.generate.slots import SlotDecoder, slot_support
+    from interp.model.kvcache import cache_kwarg, new_cache
+
+    batch = [prompts[i % len(prompts)] for i in range(rows)]
+    ids, mask, pos = left_pad(batch, pad)
+    with torch.no_grad():
+        cache = new_cache(model)
+        kw = cache_kwarg(model)
+        model(input_ids=ids, attention_mask=mask, position_ids=pos, use_cache=True, logits_to_keep=1, **{kw: cache})
+        tok = torch.ones(rows, 1, dtype=torch.long)
+
+        def hf_step():
+            nonlocal mask, pos
+            mask = torch.cat([mask, mask.new_ones(rows, 1)], 1)
+            pos = pos[:, -1:] + 1
+            model(input_ids=tok, position_ids=pos, attention_mask=mask, use_cache=True, logits_to_keep=1,
+                  **{kw: cache})
+
+        steps = {"cache": hf_step}
+        if slot_support(model) is None:
+            dec = SlotDecoder(model, slots=rows, capacity=ids.shape[1] + 16)
+            dec.prefill(*left_pad(batch, pad))
+            steps["slots"] = lambda: dec.step(tok[:, 0])
+        for name, step in steps.items():
+            step()  # warm
+            with profile(activities=[ProfilerActivity.CPU]) as prof:
+                step()
+            total = sum(e.self_cpu_time_total for e in prof.key_averages()) / 1e3
+            print(f"\n--- one decode step, engine {name}, {rows} rows: {total:.1f} ms of op time")
+            print(prof.key_averages().table(sort_by="self_cpu_time_total", row_limit=10))
+
+
 def main() -> None:
     from interp.data import load_demo_set
     from interp.extract.masks import left_pad
-    from interp.generate.continuations import generation_model, stop_token_ids
+    from interp.generate.continuations import generation_model, resolve_gen_dtype, stop_token_ids
     from interp.generate.decode import decode
     from interp.model.catalogue import DEFAULT_MODEL
     from interp.spans.derive import derive_safety_spans, format_prompt_ids
 
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--model", default=DEFAULT_MODEL, help="model spec, or 'tiny'")
-    ap.add_argument("--n", type=int, default=16, help="prompts (the built-in demo set, harmful and benign mixed)")
+    ap.add_argument("--n", type=int, default=32, help="prompts (the built-in demo set, harmful and benign mixed)")
     ap.add_argument("--max-new-tokens", type=int, default=128)
-    ap.add_argument("--batch", type=int, default=8)
-    ap.add_argument("--dtypes", nargs="+", default=["float32", "bfloat16"], choices=["float32", "bfloat16"])
+    ap.add_argument("--batches", type=int, nargs="+", default=[8, 16, 32], help="batch sizes tried by every path")
+    ap.add_argument("--engines", nargs="+", default=["slots", "cache"], choices=["slots", "cache"])
+    ap.add_argument("--dtype", default="auto", choices=["auto", "float32", "bfloat16"])
     ap.add_argument("--repeats", type=int, default=2, help="timed rounds per path, after one warm-up each")
     ap.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: leave the default)")
+    ap.add_argument("--profile-rows", type=int, nargs="*", default=[], help="profile one decode step at these rows")
     args = ap.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
 
-    model, tok, label = load(args.model)
+    base, tok, label = load(args.model)
+    dtype = resolve_gen_dtype(args.dtype, "cpu")
+    model = generation_model(base, dtype)
     records = load_demo_set()[: args.n]
     prompts = [list(format_prompt_ids(tok, r.prompt)) for r in records]
-    stops = stop_token_ids(model, tok, derive_safety_spans(tok))
+    stops = stop_token_ids(base, tok, derive_safety_spans(tok))
     pad = tok.pad_token_id if tok.pad_token_id is not None else tok.eos_token_id
     budget = args.max_new_tokens
+    for rows in args.profile_rows:
+        profile_step(model, prompts, pad, rows)
 
     def cut(tokens: list[int]) -> list[int]:
         end = next((i for i, t in enumerate(tokens) if t in stops), None)
         return tokens if end is None else tokens[: end + 1]
 
     @torch.no_grad()
-    def hf(model, rows: list[list[int]]) -> list[list[int]]:
+    def hf(rows: list[list[int]], batch: int) -> list[list[int]]:
         order = sorted(range(len(rows)), key=lambda i: len(rows[i]))
         out: dict[int, list[int]] = {}
-        for s in range(0, len(order), args.batch):
-            chunk = order[s: s + args.batch]
+        for s in range(0, len(order), batch):
+            chunk = order[s: s + batch]
             ids, mask, _ = left_pad([rows[i] for i in chunk], pad)
             width = ids.shape[1]
             gen = model.generate(input_ids=ids, attention_mask=mask, max_new_tokens=budget, eos_token_id=stops,
@@ -81,38 +125,36 @@ def main() -> None:
                 out[i] = cut(gen[k, width:].tolist())
         return [out[i] for i in range(len(rows))]
 
-    def ours(model, rows: list[list[int]]) -> list[list[int]]:
-        return decode(model, rows, [budget] * len(rows), stops=stops, pad_id=pad, batch_size=args.batch)
+    def ours(rows: list[list[int]], batch: int, engine: str) -> list[list[int]]:
+        return decode(model, rows, [budget] * len(rows), stops=stops, pad_id=pad, batch_size=batch, engine=engine)
 
     results: dict[str, list[list[int]]] = {}
-
-    def path(name, fn, m):
-        def run():
-            results[name] = fn(m, prompts)
-        return run
-
-    print(f"model {label}, {len(prompts)} prompts ({min(map(len, prompts))}-{max(map(len, prompts))} tokens), "
-          f"{budget} new tokens, batch {args.batch}, {torch.get_num_threads()} threads", flush=True)
     paths = {}
-    for dt in args.dtypes:
-        m = generation_model(model, dt)
-        hf(m, prompts[:2]), ours(m, prompts[:2])  # warm-up of both paths (one-off allocations, kernel choice)
-        paths[f"hf_generate_{dt}"] = path(f"hf_generate_{dt}", hf, m)
-        paths[f"continuous_{dt}"] = path(f"continuous_{dt}", ours, m)
+    for b in args.batches:
+        paths[f"hf_generate_b{b}"] = (lambda b=b: results.__setitem__(f"hf_generate_b{b}", hf(prompts, b)))
+        for e in args.engines:
+            paths[f"{e}_b{b}"] = (lambda b=b, e=e: results.__setitem__(f"{e}_b{b}", ours(prompts, b, e)))
+    print(f"model {label}, {dtype}, {len(prompts)} prompts ({min(map(len, prompts))}-{max(map(len, prompts))} "
+          f"tokens), {budget} new tokens, batches {args.batches}, {torch.get_num_threads()} threads", flush=True)
+    hf(prompts[:2], 2)
+    for e in args.engines:
+        ours(prompts[:2], 2, e)  # warm-up of every path (one-off allocations, kernel choice)
     times = time_paths(paths, args.repeats, warmup=False, log=lambda s: print(s, flush=True))
     n_tok = {k: sum(len(r) for r in v) for k, v in results.items()}
     tps = {k: n_tok[k] / min(times[k]) for k in times}
     for k in times:
-        print(f"{k:>22}: {n_tok[k]} tokens, fastest {min(times[k]):.2f} s (min/median/max {spread(times[k])}), "
+        print(f"{k:>16}: {n_tok[k]} tokens, fastest {min(times[k]):.2f} s (min/median/max {spread(times[k])}), "
               f"{tps[k]:.1f} tokens/s")
-    for dt in args.dtypes:
-        same = sum(a == b for a, b in zip(results[f"hf_generate_{dt}"], results[f"continuous_{dt}"]))
-        print(f"{dt}: identical outputs {same}/{len(prompts)} prompts (batched generate pads rows, which can flip a "
-              "near-tie)")
-    best = max(args.dtypes, key=lambda dt: tps[f"continuous_{dt}"])
-    if "float32" in args.dtypes:
-        print(f"continuous {best} vs float32 model.generate: {tps[f'continuous_{best}'] / tps['hf_generate_float32']:.3f}x")
-    print(f"tokens_per_s={tps[f'continuous_{best}']:.2f} vs_hf_generate={tps[f'continuous_{best}'] / tps[f'hf_generate_{best}']:.3f}")
+    ref = f"hf_generate_b{min(args.batches)}"
+    for k in results:
+        if not k.startswith("hf_"):
+            same = sum(a == b for a, b in zip(results[ref], results[k]))
+            print(f"{k}: identical outputs to {ref} on {same}/{len(prompts)} prompts (batched generate pads rows, "
+                  "which can flip a near-tie)")
+    best_hf = max((k for k in tps if k.startswith("hf_")), key=tps.get)
+    best = max((k for k in tps if not k.startswith("hf_")), key=tps.get)
+    print(f"fastest: ours {best} {tps[best]:.1f} tokens/s, model.generate {best_hf} {tps[best_hf]:.1f} tokens/s")
+    print(f"tokens_per_s={tps[best]:.2f} vs_hf_generate={tps[best] / tps[best_hf]:.3f}")
 
 
 if __name__ == "__main__":

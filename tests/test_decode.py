@@ -28,10 +28,11 @@ def setup(arch, **kw):
     return model, tok, prompts
 
 
-@pytest.mark.parametrize("arch,kw", [("qwen2", {}), ("llama", {}), ("gemma2", {"sliding_window": 8})])
-def test_greedy_equals_generate_alone_with_rows_leaving_and_joining(arch, kw):
+@pytest.mark.parametrize("arch,kw,engine", [("qwen2", {}, "slots"), ("qwen2", {}, "cache"), ("llama", {}, "slots"),
+                                             ("llama", {}, "cache"), ("gemma2", {"sliding_window": 8}, "auto")])
+def test_greedy_equals_generate_alone_with_rows_leaving_and_joining(arch, kw, engine):
     """Budgets differ and a stop token ends some rows early, so rows leave mid-batch and waiting prompts join
-    (gemma2's sliding-window cache is decoded in fixed batches instead)."""
+    (gemma2's sliding-window cache is decoded through the model's forward in fixed batches instead)."""
     model, tok, prompts = setup(arch, **kw)
     budgets = [3, 12, 7, 15, 1, 9]
     free = [hf_alone(model, p, b, set()) for p, b in zip(prompts, budgets)]
@@ -40,8 +41,9 @@ def test_greedy_equals_generate_alone_with_rows_leaving_and_joining(arch, kw):
     ref = [hf_alone(model, p, b, stops) for p, b in zip(prompts, budgets)]
     assert any(len(r) < b for r, b in zip(ref, budgets)), "the stop token should end a row early"
     for batch_size in (1, 2, 4, 8):
-        got = decode(model, prompts, budgets, stops=stops, pad_id=tok.pad_token_id or 0, batch_size=batch_size)
-        assert got == ref, (arch, batch_size)
+        got = decode(model, prompts, budgets, stops=stops, pad_id=tok.pad_token_id or 0, batch_size=batch_size,
+                     engine=engine)
+        assert got == ref, (arch, engine, batch_size)
 
 
 def test_sampled_tokens_do_not_depend_on_the_batch():
@@ -64,6 +66,11 @@ def test_zero_budget_fast_linear_restored_and_bad_input():
         decode(model, prompts[:2], [1, 1], stops=[], pad_id=0, batch_size=0)
     with pytest.raises(ValueError, match="at least one token"):
         decode(model, [[]], [1], stops=[], pad_id=0)
+    with pytest.raises(ValueError, match="engine must be one of"):
+        decode(model, prompts[:1], [1], stops=[], pad_id=0, engine="fast")
+    gemma, _, _ = setup("gemma2", sliding_window=8)
+    with pytest.raises(ValueError, match="engine 'slots' cannot run this model: Gemma2ForCausalLM"):
+        decode(gemma, prompts[:1], [1], stops=[], pad_id=0, engine="slots")
     for m in model.modules():
         assert "forward" not in m.__dict__ or not isinstance(m, torch.nn.Linear)  # plain nn.Linear again
 

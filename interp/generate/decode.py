@@ -22,6 +22,7 @@ import torch
 import torch.nn.functional as F
 
 from interp.extract.masks import left_pad
+from interp.generate.slots import SlotDecoder, slot_support
 from interp.model import fast_linear
 from interp.model.kvcache import cache_kwarg, concat_rows, drop_left, new_cache, select_rows, sliding_windows
 
@@ -65,13 +66,19 @@ def _drop_unused_columns(cache, mask: torch.Tensor) -> torch.Tensor:
     return mask
 
 
+ENGINES = ("auto", "slots", "cache")
+
+
 @torch.no_grad()
 def decode(model, prompts: Sequence[Sequence[int]], budgets: Sequence[int], *, stops: Sequence[int], pad_id: int,
            batch_size: int = 8, sampling: Sampling | None = None, seeds: Sequence[int] | None = None,
-           bar=None) -> list[list[int]]:
+           bar=None, engine: str = "auto") -> list[list[int]]:
     """New tokens for each prompt (chat-formatted ids, a forced prefix included): at most ``budgets[i]``, ending
     with the first stop token if one came. When sampling, prompt ``i`` draws from a generator seeded with
-    ``seeds[i]`` (default ``sampling.seed * 1_000_003 + i``). ``bar`` (a tqdm) advances once per finished prompt."""
+    ``seeds[i]`` (default ``sampling.seed * 1_000_003 + i``). ``bar`` (a tqdm) advances once per finished prompt.
+
+    ``engine``: ``"slots"`` decodes over a preallocated cache (:mod:`interp.generate.slots`, Llama and Qwen2
+    models), ``"cache"`` through the model's forward and a ``DynamicCache``; ``"auto"`` picks slots where they run."""
     if len(prompts) != len(budgets):
         raise ValueError(f"{len(prompts)} prompts but {len(budgets)} budgets")
     if seeds is not None and len(seeds) != len(prompts):
@@ -80,70 +87,125 @@ def decode(model, prompts: Sequence[Sequence[int]], budgets: Sequence[int], *, s
         raise ValueError(f"batch_size must be >= 1, got {batch_size}")
     if any(len(p) == 0 for p in prompts):
         raise ValueError("every prompt needs at least one token")
+    if engine not in ENGINES:
+        raise ValueError(f"engine must be one of {ENGINES}, got {engine!r}")
+    why = slot_support(model)
+    if engine == "slots" and why:
+        raise ValueError(f"engine 'slots' cannot run this model: {why}")
     sampling = sampling or Sampling()
-    stop_set = {int(s) for s in stops}
-    out: list[list[int]] = [[] for _ in prompts]
-    waiting = deque(i for i, b in enumerate(budgets) if b > 0)
-    if bar is not None:
-        bar.update(len(prompts) - len(waiting))
-    if seeds is None:
-        seeds = [sampling.seed * 1_000_003 + i for i in range(len(prompts))]
-    gens = {i: torch.Generator().manual_seed(int(seeds[i])) for i in waiting} if sampling.do_sample else {}
-    device = next(model.parameters()).device
-    kw = cache_kwarg(model)
-    continuous = not any(w is not None for w in sliding_windows(new_cache(model)))
+    jobs = _Jobs(prompts, budgets, {int(s) for s in stops}, sampling, seeds, bar)
+    run = _decode_slots if (engine == "slots" or (engine == "auto" and why is None)) else _decode_cache
     installed = fast_linear.install(model)
     try:
-        rows: list[int] = []  # job of each batch row
-        cache = mask = last = pos = None  # per row: mask over the cache, the chosen token not yet forwarded, its position
-
-        def record(job: int, tok: int) -> bool:
-            """Append ``tok`` to ``job``; True when the job is done."""
-            out[job].append(tok)
-            done = tok in stop_set or len(out[job]) >= budgets[job]
-            if done and bar is not None:
-                bar.update(1)
-            return done
-
-        while waiting or rows:
-            if waiting and len(rows) < batch_size and (continuous or not rows):  # prefill newcomers
-                new = [waiting.popleft() for _ in range(min(batch_size - len(rows), len(waiting)))]
-                ids, m, p = left_pad([prompts[j] for j in new], pad_id, device=device)
-                c = new_cache(model)
-                logits = model(input_ids=ids, attention_mask=m, position_ids=p, use_cache=True, logits_to_keep=1,
-                               **{kw: c}).logits[:, -1]
-                chosen = _choose(logits, new, sampling, gens)
-                first = len(rows)
-                if cache is None:
-                    cache, mask, pos = c, m, m.sum(-1)
-                    last = torch.tensor(chosen, device=device)
-                else:
-                    concat_rows(cache, c)
-                    width = max(mask.shape[1], m.shape[1])
-                    mask = torch.cat([F.pad(mask, (width - mask.shape[1], 0)), F.pad(m, (width - m.shape[1], 0))])
-                    last = torch.cat([last, torch.tensor(chosen, device=device)])
-                    pos = torch.cat([pos, m.sum(-1)])
-                rows = rows + new
-                done = {first + k for k, (j, t) in enumerate(zip(new, chosen)) if record(j, t)}
-            else:  # one decode step for every row in flight
-                mask = torch.cat([mask, mask.new_ones(len(rows), 1)], 1)
-                logits = model(input_ids=last[:, None], position_ids=pos[:, None], attention_mask=mask,
-                               use_cache=True, logits_to_keep=1, **{kw: cache}).logits[:, -1]
-                chosen = _choose(logits, rows, sampling, gens)
-                last, pos = torch.tensor(chosen, device=device), pos + 1
-                done = {r for r, (j, t) in enumerate(zip(rows, chosen)) if record(j, t)}
-            if done:  # finished rows leave the batch
-                keep = [r for r in range(len(rows)) if r not in done]
-                if not keep:
-                    rows, cache = [], None
-                    continue
-                idx = torch.tensor(keep, device=device)
-                select_rows(cache, idx)
-                rows = [rows[r] for r in keep]
-                last, pos, mask = last[idx], pos[idx], mask[idx]
-                if continuous:
-                    mask = _drop_unused_columns(cache, mask)
+        run(model, jobs, pad_id, batch_size)
     finally:
         if installed:
             fast_linear.uninstall(model)
-    return out
+    return jobs.out
+
+
+class _Jobs:
+    """The prompts, their budgets and outputs so far, the waiting queue and the sampling state."""
+
+    def __init__(self, prompts, budgets, stop_set, sampling: Sampling, seeds, bar):
+        self.prompts, self.budgets, self.stop_set, self.sampling, self.bar = prompts, budgets, stop_set, sampling, bar
+        self.out: list[list[int]] = [[] for _ in prompts]
+        self.waiting = deque(i for i, b in enumerate(budgets) if b > 0)
+        if bar is not None:
+            bar.update(len(prompts) - len(self.waiting))
+        if seeds is None:
+            seeds = [sampling.seed * 1_000_003 + i for i in range(len(prompts))]
+        self.gens = ({i: torch.Generator().manual_seed(int(seeds[i])) for i in self.waiting}
+                     if sampling.do_sample else {})
+
+    def take(self, n: int) -> list[int]:
+        return [self.waiting.popleft() for _ in range(min(n, len(self.waiting)))]
+
+    def choose(self, logits: torch.Tensor, rows: list[int]) -> list[int]:
+        return _choose(logits, rows, self.sampling, self.gens)
+
+    def record(self, job: int, tok: int) -> bool:
+        """Append ``tok`` to ``job``; True when the job is done."""
+        self.out[job].append(tok)
+        done = tok in self.stop_set or len(self.out[job]) >= self.budgets[job]
+        if done and self.bar is not None:
+            self.bar.update(1)
+        return done
+
+
+def _decode_slots(model, jobs: _Jobs, pad_id: int, batch_size: int) -> None:
+    """Continuous batching over :class:`~interp.generate.slots.SlotDecoder` (rows keep slots ``0..n-1``)."""
+    if not jobs.waiting:
+        return
+    device = next(model.parameters()).device
+    capacity = max(len(jobs.prompts[j]) + jobs.budgets[j] for j in jobs.waiting)
+    dec = SlotDecoder(model, slots=min(batch_size, len(jobs.waiting)), capacity=capacity)
+    rows: list[int] = []  # job of each slot
+    last = torch.zeros(0, dtype=torch.long, device=device)  # per slot: the chosen token not yet forwarded
+    while jobs.waiting or rows:
+        if jobs.waiting and len(rows) < batch_size:  # prefill newcomers
+            new = jobs.take(batch_size - len(rows))
+            ids, m, p = left_pad([jobs.prompts[j] for j in new], pad_id, device=device)
+            chosen = jobs.choose(dec.prefill(ids, m, p), new)
+            first = len(rows)
+            rows = rows + new
+            last = torch.cat([last, torch.tensor(chosen, device=device)])
+            done = [first + k for k, (j, t) in enumerate(zip(new, chosen)) if jobs.record(j, t)]
+        else:  # one decode step for every row in flight
+            chosen = jobs.choose(dec.step(last), rows)
+            last = torch.tensor(chosen, device=device)
+            done = [r for r, (j, t) in enumerate(zip(rows, chosen)) if jobs.record(j, t)]
+        for r in sorted(done, reverse=True):  # the last row moves into a freed slot
+            dec.remove(r)
+            rows[r] = rows[-1]
+            last[r] = last[-1]
+            rows.pop()
+            last = last[:-1]
+
+
+def _decode_cache(model, jobs: _Jobs, pad_id: int, batch_size: int) -> None:
+    """Continuous batching through the model's forward and a ``DynamicCache`` (any model; models with
+    sliding-window layers, whose cache drops entries, in fixed batches)."""
+    device = next(model.parameters()).device
+    kw = cache_kwarg(model)
+    continuous = not any(w is not None for w in sliding_windows(new_cache(model)))
+    rows: list[int] = []  # job of each batch row
+    cache = mask = last = pos = None  # per row: mask over the cache, the chosen token not yet forwarded, its position
+    while jobs.waiting or rows:
+        if jobs.waiting and len(rows) < batch_size and (continuous or not rows):  # prefill newcomers
+            new = jobs.take(batch_size - len(rows))
+            ids, m, p = left_pad([jobs.prompts[j] for j in new], pad_id, device=device)
+            c = new_cache(model)
+            logits = model(input_ids=ids, attention_mask=m, position_ids=p, use_cache=True, logits_to_keep=1,
+                           **{kw: c}).logits[:, -1]
+            chosen = jobs.choose(logits, new)
+            first = len(rows)
+            if cache is None:
+                cache, mask, pos = c, m, m.sum(-1)
+                last = torch.tensor(chosen, device=device)
+            else:
+                concat_rows(cache, c)
+                width = max(mask.shape[1], m.shape[1])
+                mask = torch.cat([F.pad(mask, (width - mask.shape[1], 0)), F.pad(m, (width - m.shape[1], 0))])
+                last = torch.cat([last, torch.tensor(chosen, device=device)])
+                pos = torch.cat([pos, m.sum(-1)])
+            rows = rows + new
+            done = {first + k for k, (j, t) in enumerate(zip(new, chosen)) if jobs.record(j, t)}
+        else:  # one decode step for every row in flight
+            mask = torch.cat([mask, mask.new_ones(len(rows), 1)], 1)
+            logits = model(input_ids=last[:, None], position_ids=pos[:, None], attention_mask=mask,
+                           use_cache=True, logits_to_keep=1, **{kw: cache}).logits[:, -1]
+            chosen = jobs.choose(logits, rows)
+            last, pos = torch.tensor(chosen, device=device), pos + 1
+            done = {r for r, (j, t) in enumerate(zip(rows, chosen)) if jobs.record(j, t)}
+        if done:  # finished rows leave the batch
+            keep = [r for r in range(len(rows)) if r not in done]
+            if not keep:
+                rows, cache = [], None
+                continue
+            idx = torch.tensor(keep, device=device)
+            select_rows(cache, idx)
+            rows = [rows[r] for r in keep]
+            last, pos, mask = last[idx], pos[idx], mask[idx]
+            if continuous:
+                mask = _drop_unused_columns(cache, mask)

@@ -1,0 +1,158 @@
+"""A lean decode step over preallocated row slots, for Llama-family decoders (Llama, Qwen2).
+
+The transformers forward is general: per layer it builds masks, dispatches through attention interfaces, grows a
+``DynamicCache`` by concatenation (a new key/value tensor every step, every layer) and, without SDPA's grouped
+query attention, repeats K/V per head group. For one token per row on CPU these costs are a large share of a
+step. :class:`SlotDecoder` runs the same modules (the model's own norms, projections, rotary embedding and MLPs,
+so the arithmetic is the model's) with
+
+- a key/value cache preallocated once per layer, ``[slots, kv_heads, capacity, head_dim]``: a step writes one
+  entry per row in place; rows in flight occupy slots ``0..n-1`` (a row that leaves is replaced by the last one,
+  so attention reads a view, never a gather);
+- SDPA with ``enable_gqa`` on that view and a boolean mask of each row's length (no repeated K/V).
+
+Prompts are prefilled by the model's own forward (left-padded, as :func:`interp.generate.decode.decode` does) and
+their keys/values copied into their slots, right-aligned padding removed. Float32 results equal the transformers
+path up to float rounding (tests/test_slots.py checks logits and tokens).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+
+from interp.model.kvcache import cache_kwarg, new_cache
+
+SUPPORTED = ("LlamaForCausalLM", "Qwen2ForCausalLM")
+
+
+def slot_support(model) -> str | None:
+    """``None`` when :class:`SlotDecoder` can run ``model``, else why not (one line)."""
+    arch = type(model).__name__
+    if arch not in SUPPORTED:
+        return f"{arch} is not one of {', '.join(SUPPORTED)}"
+    cfg = model.config
+    if any(t != "full_attention" for t in (getattr(cfg, "layer_types", None) or [])):
+        return "sliding-window layers"
+    for layer in model.model.layers:
+        attn = layer.self_attn
+        if getattr(attn, "sliding_window", None) or hasattr(attn, "q_norm"):
+            return "attention with a sliding window or query/key norms"
+    if getattr(cfg, "pretraining_tp", 1) not in (None, 1):
+        return "tensor-parallel pretraining split (pretraining_tp > 1)"
+    return None
+
+
+def _rotate_half(x: torch.Tensor) -> torch.Tensor:
+    half = x.shape[-1] // 2
+    return torch.cat((-x[..., half:], x[..., :half]), dim=-1)
+
+
+@dataclass
+class SlotCache:
+    """Keys and values per layer, ``[slots, kv_heads, capacity, head_dim]``, and each slot's filled length."""
+
+    keys: list[torch.Tensor]
+    values: list[torch.Tensor]
+    lengths: torch.Tensor  # [slots] long
+
+    @property
+    def capacity(self) -> int:
+        return self.keys[0].shape[2]
+
+
+class SlotDecoder:
+    """Prefill rows into slots and decode one token for every row in flight (see the module docstring)."""
+
+    def __init__(self, model, slots: int, capacity: int):
+        why = slot_support(model)
+        if why:
+            raise ValueError(f"the slot decoder cannot run this model: {why}")
+        self.model = model
+        self.inner = model.model
+        cfg = model.config
+        p = next(model.parameters())
+        first = self.inner.layers[0].self_attn
+        self.head_dim = first.head_dim
+        self.n_heads = cfg.num_attention_heads
+        self.kv_heads = cfg.num_key_value_heads
+        self.scale = first.scaling
+        shape = (slots, self.kv_heads, capacity, self.head_dim)
+        n = len(self.inner.layers)
+        self.cache = SlotCache(keys=[p.new_zeros(shape) for _ in range(n)],
+                               values=[p.new_zeros(shape) for _ in range(n)],
+                               lengths=torch.zeros(slots, dtype=torch.long, device=p.device))
+        self.n = 0  # rows in flight, in slots 0..n-1
+        self._kw = cache_kwarg(model)
+
+    # ------------------------------------------------------------------ rows
+    def prefill(self, ids: torch.Tensor, mask: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
+        """Forward left-padded prompts with the model's own forward, copy their keys/values into the next free
+        slots and return each prompt's last-position logits ``[rows, vocab]``."""
+        rows, width = ids.shape
+        if self.n + rows > self.cache.keys[0].shape[0]:
+            raise ValueError(f"{self.n} rows in flight + {rows} new exceed {self.cache.keys[0].shape[0]} slots")
+        lengths = mask.sum(-1)
+        if int(lengths.max()) >= self.cache.capacity:
+            raise ValueError(f"a prompt of {int(lengths.max())} tokens does not fit the cache ({self.cache.capacity})")
+        c = new_cache(self.model)
+        logits = self.model(input_ids=ids, attention_mask=mask, position_ids=positions, use_cache=True,
+                            logits_to_keep=1, **{self._kw: c}).logits[:, -1]
+        for layer, (k, v) in enumerate(zip(self.cache.keys, self.cache.values)):
+            ck, cv = c.layers[layer].keys, c.layers[layer].values
+            for r in range(rows):
+                length = int(lengths[r])
+                k[self.n + r, :, :length] = ck[r, :, width - length:]
+                v[self.n + r, :, :length] = cv[r, :, width - length:]
+        self.cache.lengths[self.n: self.n + rows] = lengths
+        self.n += rows
+        return logits
+
+    def remove(self, row: int) -> None:
+        """Free ``row``'s slot: the last row in flight moves into it (rows keep slots ``0..n-1``)."""
+        last = self.n - 1
+        if not 0 <= row <= last:
+            raise IndexError(f"row {row} not in flight ({self.n} rows)")
+        if row != last:
+            length = int(self.cache.lengths[last])
+            for k, v in zip(self.cache.keys, self.cache.values):
+                k[row, :, :length] = k[last, :, :length]
+                v[row, :, :length] = v[last, :, :length]
+            self.cache.lengths[row] = length
+        self.cache.lengths[last] = 0
+        self.n = last
+
+    # ------------------------------------------------------------------ one step
+    @torch.no_grad()
+    def step(self, tokens: torch.Tensor) -> torch.Tensor:
+        """Forward one token per row in flight (``tokens[i]`` for slot ``i``); logits ``[n, vocab]``."""
+        n = self.n
+        if tokens.shape != (n,):
+            raise ValueError(f"expected {n} tokens, got shape {tuple(tokens.shape)}")
+        pos = self.cache.lengths[:n]
+        if int(pos.max()) >= self.cache.capacity:
+            raise ValueError(f"a row reached the cache capacity ({self.cache.capacity})")
+        span = int(pos.max()) + 1
+        h = self.inner.embed_tokens(tokens[:, None])  # [n, 1, d]
+        cos, sin = self.inner.rotary_emb(h, pos[:, None])
+        cos, sin = cos[:, None], sin[:, None]  # [n, 1, 1, hd]
+        mask = (torch.arange(span, device=pos.device)[None, :] <= pos[:, None])[:, None, None, :]
+        rows = torch.arange(n, device=pos.device)
+        for layer, k_all, v_all in zip(self.inner.layers, self.cache.keys, self.cache.values):
+            attn = layer.self_attn
+            x = layer.input_layernorm(h)
+            q = attn.q_proj(x).view(n, 1, self.n_heads, self.head_dim).transpose(1, 2)
+            k = attn.k_proj(x).view(n, 1, self.kv_heads, self.head_dim).transpose(1, 2)
+            v = attn.v_proj(x).view(n, 1, self.kv_heads, self.head_dim).transpose(1, 2)
+            q = q * cos + _rotate_half(q) * sin
+            k = k * cos + _rotate_half(k) * sin
+            k_all[rows, :, pos] = k[:, :, 0]
+            v_all[rows, :, pos] = v[:, :, 0]
+            o = F.scaled_dot_product_attention(q, k_all[:n, :, :span], v_all[:n, :, :span], attn_mask=mask,
+                                               scale=self.scale, enable_gqa=True)
+            h = h + attn.o_proj(o.transpose(1, 2).reshape(n, 1, -1))
+            h = h + layer.mlp(layer.post_attention_layernorm(h))
+        self.cache.lengths[:n] += 1
+        return self.model.lm_head(self.inner.norm(h))[:, 0]
