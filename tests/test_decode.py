@@ -141,3 +141,17 @@ def test_auto_generation_dtype_picks_bf16_only_with_native_support(monkeypatch):
     assert next(c.generation_model(model, "auto").parameters()).dtype == torch.bfloat16
     with pytest.raises(UserError, match="gen-dtype must be one of model, auto, bfloat16, float32"):
         c.resolve_gen_dtype("fp8", "cpu")
+
+
+def test_auto_engine_falls_back_to_the_dynamic_cache_when_slots_would_not_fit(monkeypatch):
+    from interp.generate import decode as d
+
+    model, tok, prompts = setup("qwen2")
+    used = []
+    for name in ("_decode_slots", "_decode_cache"):
+        real = getattr(d, name)
+        monkeypatch.setattr(d, name, lambda *a, real=real, name=name: (used.append(name), real(*a))[1])
+    ref = decode(model, prompts, [4] * len(prompts), stops=[], pad_id=0, batch_size=3)
+    monkeypatch.setattr(d, "SLOT_CACHE_LIMIT", 0)
+    assert decode(model, prompts, [4] * len(prompts), stops=[], pad_id=0, batch_size=3) == ref
+    assert used == ["_decode_slots", "_decode_cache"]

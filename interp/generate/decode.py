@@ -94,6 +94,8 @@ def decode(model, prompts: Sequence[Sequence[int]], budgets: Sequence[int], *, s
         raise ValueError(f"engine 'slots' cannot run this model: {why}")
     sampling = sampling or Sampling()
     jobs = _Jobs(prompts, budgets, {int(s) for s in stops}, sampling, seeds, bar)
+    if engine == "auto" and why is None and _slot_bytes(model, jobs, batch_size) > SLOT_CACHE_LIMIT:
+        why = "its preallocated cache would exceed SLOT_CACHE_LIMIT"
     run = _decode_slots if (engine == "slots" or (engine == "auto" and why is None)) else _decode_cache
     installed = fast_linear.install(model)
     try:
@@ -102,6 +104,20 @@ def decode(model, prompts: Sequence[Sequence[int]], budgets: Sequence[int], *, s
         if installed:
             fast_linear.uninstall(model)
     return jobs.out
+
+
+SLOT_CACHE_LIMIT = 4 << 30  # bytes: "auto" decodes through the DynamicCache when the slot cache would need more
+
+
+def _slot_bytes(model, jobs: _Jobs, batch_size: int) -> int:
+    """Bytes the slot engine would preallocate for these jobs (keys and values of every layer)."""
+    if not jobs.waiting:
+        return 0
+    cfg, p = model.config, next(model.parameters())
+    head_dim = getattr(cfg, "head_dim", None) or cfg.hidden_size // cfg.num_attention_heads
+    capacity = max(len(jobs.prompts[j]) + jobs.budgets[j] for j in jobs.waiting)
+    slots = min(batch_size, len(jobs.waiting))
+    return 2 * cfg.num_hidden_layers * slots * cfg.num_key_value_heads * capacity * head_dim * p.element_size()
 
 
 class _Jobs:
