@@ -6,7 +6,8 @@
     python scripts/bench_generate.py --profile-rows 8 64      # also: the top ops of one decode step per engine
 
 Every path decodes the same chat-formatted prompts greedily to the same budget and stop tokens, in the generation
-dtype (``--dtype auto``: bf16 on a CPU with native bf16, else float32; a cast copy, as ``--gen-dtype`` makes).
+dtype (``--dtype auto``: bf16 on a CPU with native bf16, else float32; a cast copy, as ``--gen-dtype`` makes;
+``--dtype int8``: int8 linears, also printing how often the tokens agree with the float32 model's).
 The baseline is what a careful user writes with transformers: prompts sorted by length (less padding),
 ``model.generate`` on each batch with left padding and its KV cache, at every batch size of ``--batches``; the
 best of them is the reference. Ours runs each engine of ``--engines`` at the same batch sizes: ``slots`` (a
@@ -88,7 +89,8 @@ def main() -> None:
     ap.add_argument("--max-new-tokens", type=int, default=128)
     ap.add_argument("--batches", type=int, nargs="+", default=[8, 16, 32], help="batch sizes tried by every path")
     ap.add_argument("--engines", nargs="+", default=["slots", "cache"], choices=["slots", "cache"])
-    ap.add_argument("--dtype", default="auto", choices=["auto", "float32", "bfloat16"])
+    ap.add_argument("--dtype", default="auto", choices=["auto", "float32", "bfloat16", "int8"],
+                    help="generation dtype; int8 (opt-in, changes tokens) also prints its agreement with float32")
     ap.add_argument("--repeats", type=int, default=2, help="timed rounds per path, after one warm-up each")
     ap.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: leave the default)")
     ap.add_argument("--profile-rows", type=int, nargs="*", default=[], help="profile one decode step at these rows")
@@ -151,6 +153,15 @@ def main() -> None:
             same = sum(a == b for a, b in zip(results[ref], results[k]))
             print(f"{k}: identical outputs to {ref} on {same}/{len(prompts)} prompts (batched generate pads rows, "
                   "which can flip a near-tie)")
+    if dtype == "int8":  # how far int8 linears move the greedy tokens from the float32 model's
+        ref32 = decode(generation_model(base, "float32"), prompts, [budget] * len(prompts), stops=stops, pad_id=pad,
+                       batch_size=max(args.batches))
+        mine = results[max((k for k in tps if not k.startswith("hf_")), key=tps.get)]
+        same = sum(a == b for a, b in zip(mine, ref32))
+        prefix = [next((i for i, (x, y) in enumerate(zip(a, b)) if x != y), min(len(a), len(b))) / max(len(b), 1)
+                  for a, b in zip(mine, ref32)]
+        print(f"int8 vs float32 greedy: identical outputs on {same}/{len(prompts)} prompts; the float32 answer's "
+              f"first {100 * sum(prefix) / len(prefix):.0f}% of tokens agree on average")
     best_hf = max((k for k in tps if k.startswith("hf_")), key=tps.get)
     best = max((k for k in tps if not k.startswith("hf_")), key=tps.get)
     print(f"fastest: ours {best} {tps[best]:.1f} tokens/s, model.generate {best_hf} {tps[best_hf]:.1f} tokens/s")

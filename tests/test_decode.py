@@ -87,7 +87,7 @@ def test_generation_in_bfloat16_uses_one_cast_copy():
     assert bf is generation_model(model, "bfloat16") and bf is not model
     assert next(bf.parameters()).dtype == torch.bfloat16 and next(model.parameters()).dtype == torch.float32
     with pytest.raises(UserError, match="gen-dtype"):
-        generation_model(model, "int8")
+        generation_model(model, "int4")
     recs = [Record(id=f"r{i}", prompt=p, label="benign") for i, p in enumerate(PROMPTS[:3])]
     out = generate_continuations(model, tok, recs, mode="own", max_new_tokens=5, dtype="bfloat16", progress=False)
     stops = stop_token_ids(model, tok, derive_safety_spans(tok))
@@ -155,3 +155,35 @@ def test_auto_engine_falls_back_to_the_dynamic_cache_when_slots_would_not_fit(mo
     monkeypatch.setattr(d, "SLOT_CACHE_LIMIT", 0)
     assert decode(model, prompts, [4] * len(prompts), stops=[], pad_id=0, batch_size=3) == ref
     assert used == ["_decode_slots", "_decode_cache"]
+
+
+def test_int8_linear_is_close_and_each_row_is_its_own():
+    from interp.model.int8_linear import Int8Linear
+
+    torch.manual_seed(0)
+    lin = torch.nn.Linear(48, 24)
+    q = Int8Linear(lin)
+    x = torch.randn(5, 3, 48)
+    y, ref = q(x), lin(x)
+    assert y.shape == ref.shape and ((y - ref).norm() / ref.norm()) < 0.02
+    assert torch.equal(q(x[2:3]), y[2:3])  # a row's result does not depend on its batch
+    x[0, 0] *= 100  # one large row does not coarsen the others (per-row scales)
+    assert torch.equal(q(x)[1:], y[1:])
+
+
+def test_int8_generation_decodes_each_row_as_if_alone():
+    from interp import UserError
+    from interp.generate.continuations import generation_model
+    from interp.model.int8_linear import Int8Linear
+
+    model, tok, prompts = setup("qwen2")
+    q = generation_model(model, "int8")
+    assert q is generation_model(model, "int8") and q is not model
+    assert isinstance(q.lm_head, Int8Linear) and not any(type(m) is torch.nn.Linear for m in q.modules())
+    budgets = [5, 9, 3, 7, 6, 8]
+    alone = [decode(q, [p], [b], stops=[], pad_id=0, batch_size=1, engine="cache")[0] for p, b in zip(prompts, budgets)]
+    for engine in ("slots", "cache"):
+        assert decode(q, prompts, budgets, stops=[], pad_id=0, batch_size=4, engine=engine) == alone
+    if torch.cuda.is_available():  # pragma: no cover - CPU only
+        with pytest.raises(UserError, match="CPU only"):
+            generation_model(model.cuda(), "int8")

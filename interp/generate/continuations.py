@@ -28,7 +28,7 @@ import torch
 from interp import UserError
 from interp.model.context import TOO_LONG
 
-GEN_DTYPES = ("model", "auto", "bfloat16", "float32")
+GEN_DTYPES = ("model", "auto", "bfloat16", "float32", "int8")
 _CAST: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()  # model -> {dtype: its cast copy}
 _BF16_CPU_FLAGS = ("avx512_bf16", "amx_bf16")  # /proc/cpuinfo flags of CPUs with native bf16 matmuls
 
@@ -61,7 +61,17 @@ def resolve_gen_dtype(dtype: str, device: torch.device | str) -> str:
 def generation_model(model, dtype: str = "model"):
     """``model`` itself, or a copy cast to ``dtype`` for decoding (made once per model and dtype; ``auto``: see
     :func:`resolve_gen_dtype`)."""
-    dtype = resolve_gen_dtype(dtype, next(model.parameters()).device)
+    device = next(model.parameters()).device
+    dtype = resolve_gen_dtype(dtype, device)
+    if dtype == "int8":  # opt-in: int8 linears (interp/model/int8_linear.py); changes the decoded tokens
+        if device.type != "cpu":
+            raise UserError("--gen-dtype int8 runs on CPU only (use bfloat16 on a GPU)")
+        copies = _CAST.setdefault(model, {})
+        if "int8" not in copies:
+            from interp.model.int8_linear import int8_copy
+
+            copies["int8"] = int8_copy(model)
+        return copies["int8"]
     want = None if dtype == "model" else getattr(torch, dtype)
     if want is None or next(model.parameters()).dtype == want:
         return model
@@ -95,7 +105,8 @@ class GenerateConfig:
     gen_batch_size: int = field(default=8, metadata={"help": "rows decoded at once (continuous batching)"})
     gen_dtype: str = field(default="model", metadata={
         "help": "dtype to decode in: model (as loaded), bfloat16 or float32 (a cast copy; the continuations are then "
-                "that copy's), or auto: bfloat16 on CUDA and on CPUs with AVX-512 BF16/AMX, else float32",
+                "that copy's), auto: bfloat16 on CUDA and on CPUs with AVX-512 BF16/AMX, else float32; or int8 (CPU, "
+                "opt-in: int8 weights and per-row int8 activations, faster on CPUs with AVX-512 VNNI; changes tokens)",
         "choices": GEN_DTYPES})
     system: str | None = field(default=None, metadata={"help": "system prompt (default: the template's own)"})
     allow_special_tokens: bool = field(default=False, metadata={
