@@ -331,6 +331,13 @@ def test_resume_refuses_another_spec_or_batch_size(tmp_path, model_tok, monkeypa
     with pytest.raises(UserError, match="was started with gen_batch_size=2, this run has 3"):
         build_corpus(model, tok, spec, out, model_provenance={"model_id": "tiny-qwen2"}, batch_size=3,
                      progress=False, judge=judge)
+    from interp.generate import decode as dec
+
+    with monkeypatch.context() as m:  # another decode engine (bf16 tokens may part at near-ties): not mixed
+        m.setattr(dec, "default_engine", lambda model: "cache")
+        with pytest.raises(UserError, match="was started with gen_engine='slots', this run has 'cache'"):
+            build_corpus(model, tok, spec, out, model_provenance={"model_id": "tiny-qwen2"}, batch_size=2,
+                         progress=False, judge=judge)
     with pytest.raises(UserError, match="was started with model_id='tiny-qwen2', this run has 'other'"):
         build_corpus(model, tok, spec, out, model_provenance={"model_id": "other"}, batch_size=2,
                      progress=False, judge=judge)

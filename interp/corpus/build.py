@@ -174,6 +174,7 @@ def build_corpus(model, tokenizer, spec: CorpusSpec, out: str | Path, *, model_p
     from tqdm.auto import tqdm
 
     from interp.generate.continuations import from_records, generate_requests, resolve_gen_dtype
+    from interp.generate.decode import default_engine
     from interp.guard.refusal import KeywordMatcher
 
     out = Path(out)
@@ -183,7 +184,8 @@ def build_corpus(model, tokenizer, spec: CorpusSpec, out: str | Path, *, model_p
     order = {t.row_id(r.id): n for n, (t, r) in enumerate((t, r) for t in tasks for r in t.records)}
     wave_rows = wave_rows or 4 * batch_size
     identity = {**{k: model_provenance.get(k) for k in IDENTITY_KEYS}, "gen_batch_size": batch_size,
-                "gen_wave_rows": wave_rows, "gen_dtype": gen_dtype, "too_long": too_long, "package_version": interp.__version__}
+                "gen_wave_rows": wave_rows, "gen_dtype": gen_dtype, "gen_engine": default_engine(model),
+                "too_long": too_long, "package_version": interp.__version__}
     provenance = {"spec": spec.to_dict(), "model_provenance": model_provenance, "config": run_config or {}}
     journal = Journal.open(out, spec.canonical_json(), spec.sha256(), identity, provenance, order)
     if journal.complete:

@@ -106,6 +106,12 @@ def decode(model, prompts: Sequence[Sequence[int]], budgets: Sequence[int], *, s
     return jobs.out
 
 
+def default_engine(model) -> str:
+    """The engine ``engine="auto"`` decodes ``model`` with: ``slots`` where it runs, else ``cache`` (a wave whose
+    slot cache would exceed :data:`SLOT_CACHE_LIMIT` also takes ``cache``; float32 tokens are the same)."""
+    return "slots" if slot_support(model) is None else "cache"
+
+
 SLOT_CACHE_LIMIT = 4 << 30  # bytes: "auto" decodes through the DynamicCache when the slot cache would need more
 
 
