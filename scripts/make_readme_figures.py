@@ -2,7 +2,7 @@
 
 Left: out-of-fold probe AUROC per (layer, depth) from the sweep; right: refusal / detection vs prefilled depth on
 the held-out test prompts for the model alone, ADA-RK and ADA-LP, and the defences' false alarms on the
-matched-style benign control (dashed), with 95% Wilson CIs.
+benign control arm (dashed; the report says whether its text is style-matched), with the report's 95% CIs over prompt groups.
 
     python scripts/make_readme_figures.py [--run runs/demo/qwen2.5-coder-0.5b-instruct] [--out docs/demo_overview.png]
 """
@@ -53,7 +53,7 @@ def main() -> int:
     ax1.set_xscale("symlog", linthresh=10)
     ax1.set(xlabel="prefilled harmful tokens (depth)", ylabel="refused / flagged (95% CI)", ylim=(-0.02, 1.02),
             title=f"Deep prefill on {deep['split']['harmful']['n_eval']} held-out harmful prompts\n"
-                  "(dashed: false alarms on matched-style benign)")
+                  "(dashed: false alarms on the benign control arm)")
     ax1.legend(fontsize=7, loc="upper right")
     fig.suptitle(f"{deep['model'].get('model_id', '')}: {sweep.get('n_examples')} responses", fontsize=10)
     fig.tight_layout()
