@@ -1,6 +1,7 @@
 """The CLI: every subcommand is discovered, documents itself and refuses bad input in one line."""
 
 import dataclasses
+import re
 
 import pytest
 
@@ -75,6 +76,10 @@ def test_user_error_is_one_line(capsys):
     (["guard", "--model", "tiny", "--mode", "rk", "--prompt", "hi", "--top-p", "2"], "--top-p must be in (0, 1]"),
     (["guard", "--model", "tiny", "--mode", "rk", "--prompt", "hi", "--do-sample", "true", "--temperature", "0"],
      "--temperature must be > 0"),
+    (["guard", "--model", "tiny", "--mode", "lp", "--prompt", "hi", "--threshold", "2"], "--threshold is a probability"),
+    (["guard", "--model", "tiny", "--mode", "lp", "--prompt", "hi", "--threshold", "nan"],
+     "--threshold is a probability"),
+    (["serve", "--model", "tiny", "--mode", "lp", "--threshold", "1.5"], "--threshold is a probability"),
     (["serve", "--model", "tiny", "--mode", "rk", "--port", "70000"], "--port must be in 0..65535"),
     (["serve", "--model", "tiny", "--mode", "rk", "--queue-size", "0"], "--queue-size must be >= 1"),
 ])
@@ -84,3 +89,25 @@ def test_numeric_options_get_one_line_errors(argv, message, capsys):
     assert main(argv) == 2
     err = capsys.readouterr().err
     assert message in err and "Traceback" not in err
+
+
+@pytest.mark.parametrize("value, message", [(float("nan"), "is a probability"), (2.0, "is a probability"),
+                                            ("abc", "must be a number in [0, 1]"), (None, "must be a number")])
+def test_a_probe_set_whose_threshold_can_never_fire_is_refused(tmp_path, value, message):
+    """NaN, a value above 1 or a non-number in probeset.json would turn the guard off silently (issue 33 item 3)."""
+    import json
+
+    import torch
+
+    from interp import UserError
+    from interp.probes import ProbeSet
+
+    probes = ProbeSet(layers=[0, 1], weights=torch.zeros(2, 4), bias=torch.zeros(2), hook="hook_resid_post",
+                      position="probe", best_layer=1, threshold=0.5)
+    probes.save(tmp_path / "p")
+    assert ProbeSet.load(tmp_path / "p").threshold == 0.5
+    meta = json.loads((tmp_path / "p" / "probeset.json").read_text())
+    meta["threshold"] = value
+    (tmp_path / "p" / "probeset.json").write_text(json.dumps(meta))
+    with pytest.raises(UserError, match=r"probeset.json: threshold " + re.escape(message)):
+        ProbeSet.load(tmp_path / "p")

@@ -13,6 +13,7 @@ import numpy as np
 from interp import UserError
 from interp.config import save_config
 from interp.guard.aggregate import AggregateConfig, Aggregation
+from interp.probes.calibration import check_threshold
 
 
 @dataclass
@@ -133,8 +134,8 @@ class EvalConfig(AggregateConfig):
             if getattr(self, name) is not None and getattr(self, name) < 1:
                 hint = " (it is per dataset; there is no 'all')" if name == "limit" else ""
                 raise UserError(f"--{name.replace('_', '-')} must be >= 1, got {getattr(self, name)}{hint}")
-        if self.threshold is not None and not 0 <= self.threshold < 1:
-            raise UserError(f"--threshold is a probability: it must be in [0, 1) to ever fire, got {self.threshold}")
+        if self.threshold is not None:
+            check_threshold(self.threshold)
         if any(d < 0 for d in self.depths):
             raise UserError(f"--depths must be >= 0, got {list(self.depths)}")
         Aggregation.of(self)

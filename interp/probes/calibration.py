@@ -2,9 +2,22 @@
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 
 from interp import UserError
+
+
+def check_threshold(value, where: str = "--threshold") -> float:
+    """``value`` as a float when a probe threshold can fire with it, else a one-line :class:`UserError`. Scores
+    are float32 probabilities in [0, 1] (a saturated score is exactly 1), so a usable threshold is a finite number
+    in [0, 1]; NaN or anything above 1 would turn the guard off silently."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise UserError(f"{where} must be a number in [0, 1], got {value!r}")
+    if not math.isfinite(value) or not 0 <= value <= 1:
+        raise UserError(f"{where} is a probability: it must be in [0, 1] to ever fire, got {value}")
+    return float(value)
 
 
 def fires(scores, threshold: float) -> np.ndarray:

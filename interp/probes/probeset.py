@@ -13,6 +13,7 @@ import torch
 from safetensors.numpy import load_file, save_file
 
 from interp import UserError, __version__
+from interp.probes.calibration import check_threshold
 
 FORMAT_VERSION = 1
 # Provenance keys that must agree between a ProbeSet and the store / model it is applied to.
@@ -267,6 +268,7 @@ class ProbeSet:
             raise UserError(f"{st_path} does not belong to {js_path} (layers differ)")
         if not all(np.isfinite(t[k]).all() for k in ("weights", "bias")):
             raise UserError(f"{st_path} holds non-finite probe weights; retrain the probe set")
+        check_threshold(meta["threshold"], f"{js_path}: threshold")
         probes = cls(layers=meta["layers"], weights=t["weights"], bias=t["bias"], hook=meta["hook"],
                      position=meta["position"], best_layer=meta["best_layer"], threshold=meta["threshold"],
                      mean=t.get("mean"), std=t.get("std"), kind=meta["kind"], thresholds=meta["thresholds"],

@@ -9,6 +9,7 @@ from interp import UserError
 from interp.config import add_arguments, from_namespace
 from interp.guard.generator import GuardedGenerator
 from interp.guard.types import GuardConfig
+from interp.probes.calibration import check_threshold
 
 
 @dataclass
@@ -42,6 +43,8 @@ def run(args) -> int:
     rc = from_namespace(GuardRunConfig, args)
     cfg = from_namespace(GuardConfig, args)
     cfg.validate()
+    if cfg.threshold is not None:
+        check_threshold(cfg.threshold)
     if not rc.prompt.strip():
         raise UserError("empty prompt: pass --prompt 'your message'")
     if cfg.mode == "lp" and not rc.probes:

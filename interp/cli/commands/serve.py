@@ -9,6 +9,7 @@ from interp import UserError
 from interp.config import add_arguments, from_namespace, to_dict
 from interp.guard.types import GuardConfig
 from interp.model.loading import ModelConfig
+from interp.probes.calibration import check_threshold
 from interp.serve.options import LOOPBACK, ServerConfig
 
 _GUARD_SKIP = ("max_new_tokens",)  # per request: max_tokens, capped by --max-tokens-limit
@@ -36,6 +37,8 @@ def build_server(server_cfg: ServerConfig, model_cfg: ModelConfig, guard_cfg: Gu
 
     server_cfg.validate()
     guard_cfg.validate()
+    if guard_cfg.threshold is not None:
+        check_threshold(guard_cfg.threshold)
     if guard_cfg.mode == "lp" and not server_cfg.probes:
         raise UserError("--mode lp needs --probes (a probe set from `anydepth train`); or use --mode rk")
     loaded = load_model(model_cfg)
