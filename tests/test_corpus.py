@@ -134,6 +134,15 @@ def test_bad_spec_files(tmp_path):
         load_spec(str(tmp_path / "bad.yaml"))
     with pytest.raises(UserError, match="no corpus spec at .*nope.yaml"):
         load_spec(str(tmp_path / "nope.yaml"))
+    (tmp_path / "latin1.yaml").write_bytes("name: café\n".encode("latin-1"))  # issue 33 item 8
+    with pytest.raises(UserError, match=r"latin1.yaml: not UTF-8 text \(byte 9 is 0xe9\); save the spec as UTF-8"):
+        load_spec(str(tmp_path / "latin1.yaml"))
+    (tmp_path / "twice.yaml").write_text("name: x\nentries:\n  - source: advbench\n    count: 3\n    count: 4\n")
+    with pytest.raises(UserError, match=r"twice.yaml:5: .*key 'count' is given twice in one entry \(lines 4 and 5\)"):
+        load_spec(str(tmp_path / "twice.yaml"))
+    (tmp_path / "twice.json").write_text('{"name": "x", "name": "y", "entries": []}')
+    with pytest.raises(UserError, match=r"twice.json: key 'name' is given twice in one object"):
+        load_spec(str(tmp_path / "twice.json"))
 
 
 def test_count_beyond_source_says_how_many_it_has(tmp_path):

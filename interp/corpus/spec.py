@@ -196,14 +196,54 @@ def spec_path(name_or_path: str) -> Path:
     return path
 
 
+def _unique_json_pairs(pairs: list) -> dict:
+    keys = [k for k, _ in pairs]
+    repeated = sorted({k for k in keys if keys.count(k) > 1})
+    if repeated:
+        raise UserError(f"key {repeated[0]!r} is given twice in one object")
+    return dict(pairs)
+
+
+def _strict_yaml_loader():
+    """A safe YAML loader that refuses a key repeated within one mapping (PyYAML keeps the last silently)."""
+    import yaml
+
+    class Strict(yaml.SafeLoader):
+        pass
+
+    def mapping(loader, node, deep=False):
+        seen = {}
+        for key_node, _ in node.value:
+            key = loader.construct_object(key_node, deep=deep)
+            if key in seen:
+                raise yaml.constructor.ConstructorError(
+                    None, None, f"key {key!r} is given twice in one entry (lines {seen[key] + 1} and "
+                    f"{key_node.start_mark.line + 1})", key_node.start_mark)
+            seen[key] = key_node.start_mark.line
+        return yaml.SafeLoader.construct_mapping(loader, node, deep=deep)
+
+    Strict.add_constructor(yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG, mapping)
+    return Strict
+
+
 def load_spec(name_or_path: str) -> CorpusSpec:
-    """Read and check a spec file (YAML or JSON by suffix; shipped names allowed)."""
+    """Read and check a spec file (YAML or JSON by suffix; shipped names allowed). A key repeated within one
+    entry is an error, not the last value silently."""
     import yaml
 
     path = spec_path(name_or_path)
-    text = path.read_text(encoding="utf-8")
     try:
-        data = json.loads(text) if path.suffix.lower() == ".json" else yaml.safe_load(text)
+        text = path.read_text(encoding="utf-8")
+    except UnicodeDecodeError as err:
+        raise UserError(f"{path}: not UTF-8 text (byte {err.start} is 0x{err.object[err.start]:02x}); save the spec "
+                        "as UTF-8") from None
+    try:
+        if path.suffix.lower() == ".json":
+            data = json.loads(text, object_pairs_hook=_unique_json_pairs)
+        else:
+            data = yaml.load(text, Loader=_strict_yaml_loader())  # noqa: S506 - a SafeLoader subclass
+    except UserError as err:
+        raise UserError(f"{path}: {err}") from None
     except json.JSONDecodeError as err:
         raise UserError(f"{path}:{err.lineno}: malformed JSON: {err.msg}") from None
     except yaml.YAMLError as err:
