@@ -376,6 +376,9 @@ def test_malformed_requests_get_json_errors(env):
     ok = {"model": NAME, "messages": [{"role": "user", "content": "Hi"}], "max_tokens": 4}
     cases = [
         (b"{not json", 400), (b"[1, 2]", 400), (b"\xff\xfe", 400),
+        (b"[" * 5000 + b"]" * 5000, 400),  # nested past the parser's recursion limit (issue 33 item 9)
+        (b'{"model": "x", "messages": [{"role": "user", "content": ' + b'{"a": ' * 3000 + b"1" + b"}" * 3000 + b"}]}",
+         400),
         ({**ok, "messages": []}, 400), ({**ok, "messages": "Hi"}, 400),
         ({**ok, "messages": [{"role": "robot", "content": "x"}]}, 400),
         ({**ok, "messages": [{"role": "user", "content": 5}]}, 400),

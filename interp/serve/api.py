@@ -154,14 +154,19 @@ def validation_message(err: ValidationError) -> tuple[str, str | None]:
 
 def parse_body(raw: bytes) -> ChatCompletionRequest:
     """The request model of a JSON body, or a 400 naming the first problem."""
+    too_deep = ApiError(400, "request body is nested too deeply to parse")
     try:
         data = json.loads(raw.decode("utf-8"))
     except (UnicodeDecodeError, json.JSONDecodeError) as err:
         raise ApiError(400, f"request body is not valid JSON: {err}") from err
+    except RecursionError:
+        raise too_deep from None
     if not isinstance(data, dict):
         raise ApiError(400, "request body must be a JSON object")
     try:
         return ChatCompletionRequest.model_validate(data)
+    except RecursionError:
+        raise too_deep from None
     except ValidationError as err:
         message, param = validation_message(err)
         raise ApiError(400, message, param=param) from None
