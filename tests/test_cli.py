@@ -111,3 +111,24 @@ def test_a_probe_set_whose_threshold_can_never_fire_is_refused(tmp_path, value, 
     (tmp_path / "p" / "probeset.json").write_text(json.dumps(meta))
     with pytest.raises(UserError, match=r"probeset.json: threshold " + re.escape(message)):
         ProbeSet.load(tmp_path / "p")
+
+
+def test_out_of_the_wrong_kind_is_refused_before_any_work(tmp_path, capsys):
+    """An existing folder where a file goes, a file where a folder goes: a one-line error before the model loads
+    or the store opens, and nothing written (issue 33 item 5)."""
+    folder, file = tmp_path / "folder", tmp_path / "file.txt"
+    folder.mkdir()
+    file.write_text("keep me")
+    cases = [
+        (["generate", "--model", "tiny", "--data", "demo", "--limit", "1", "--out", str(folder)], "is a folder"),
+        (["corpus", "--model", "tiny", "--spec", "demo", "--out", str(file)], "is a file; give a folder"),
+        (["train", "--store", str(tmp_path / "missing.h5"), "--out", str(file)], "is a file; give a folder"),
+        (["generate", "--model", "tiny", "--data", "demo", "--limit", "1", "--out", str(file / "out.jsonl")],
+         "file.txt is a file, not a folder"),
+    ]
+    for argv, message in cases:
+        assert main(argv) == 2, argv
+        err = capsys.readouterr().err
+        assert message in err and "Traceback" not in err and len(err.strip().splitlines()) == 1, (argv, err)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["file.txt", "folder"] and not any(folder.iterdir())
+    assert file.read_text() == "keep me"

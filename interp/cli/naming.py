@@ -6,7 +6,7 @@ import os
 import re
 from pathlib import Path
 
-__all__ = ["file_slug", "run_slug", "slug"]
+__all__ = ["check_out", "file_slug", "run_slug", "slug"]
 
 _ASCII_UNSAFE_RUN = re.compile(r"[^A-Za-z0-9._-]+")
 
@@ -34,3 +34,20 @@ def file_slug(text: str) -> str:
 def run_slug(text: str) -> str:
     """The demo's run folder name part (lower case, at most 60 characters) for a model name."""
     return slug(text, unicode=True).lower()[:60]
+
+
+def check_out(path: str | Path, kind: str) -> Path:
+    """``path`` when an ``--out`` of ``kind`` (``"file"`` or ``"dir"``) can be written there, else a one-line
+    :class:`~interp.UserError`, raised before any work starts (an existing folder where a file goes, a file where a
+    folder goes, or a parent that is a file)."""
+    from interp import UserError
+
+    p = Path(path)
+    if kind == "file" and p.is_dir():
+        raise UserError(f"--out {p} is a folder; give a file path (e.g. {p / 'out.jsonl'})")
+    if kind == "dir" and p.exists() and not p.is_dir():
+        raise UserError(f"--out {p} is a file; give a folder (a new or an existing one)")
+    parent = next((q for q in p.parents if q.exists()), None)
+    if parent is not None and not parent.is_dir():
+        raise UserError(f"--out {p}: {parent} is a file, not a folder")
+    return p

@@ -24,7 +24,7 @@ def register(subparsers) -> None:
 
 def run(args) -> int:
     from interp.cli.commands.generate import run_config
-    from interp.cli.naming import file_slug
+    from interp.cli.naming import check_out, file_slug
     from interp.corpus.build import CorpusConfig, build_corpus
     from interp.corpus.plan import plan_corpus
     from interp.corpus.spec import load_spec, spec_path
@@ -32,10 +32,13 @@ def run(args) -> int:
 
     model_cfg, cfg = from_namespace(ModelConfig, args), from_namespace(CorpusConfig, args)
     cfg.validate()
+    if cfg.out:
+        check_out(cfg.out, "dir")  # before the spec's data are read
     spec = load_spec(cfg.spec)
     tasks = plan_corpus(spec, where=str(spec_path(cfg.spec)))  # sources and counts checked before the model loads
     out = Path(cfg.out) if cfg.out else Path("runs") / "corpus" / (
         f"{file_slug(model_cfg.model)}-{file_slug(spec.name)}-{spec.sha256()[:12]}")
+    check_out(out, "dir")  # again for the default name
     loaded = load_model(model_cfg)
     result = build_corpus(loaded.model, loaded.tokenizer, spec, out, model_provenance=loaded.provenance(),
                           batch_size=cfg.gen_batch_size, too_long=cfg.too_long, gen_dtype=cfg.gen_dtype,

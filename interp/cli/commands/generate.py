@@ -6,7 +6,7 @@ import hashlib
 import json
 from pathlib import Path
 
-from interp.cli.naming import file_slug
+from interp.cli.naming import check_out, file_slug
 from interp.config import add_arguments, from_namespace, to_dict
 
 
@@ -52,10 +52,11 @@ def run(args) -> int:
 
     model_cfg, cfg = from_namespace(ModelConfig, args), from_namespace(GenerateConfig, args)
     cfg.validate()
-    records = load_records(cfg.data, cfg.split, cfg.limit, cfg.seed)
     configs = run_config(model=model_cfg, generate=cfg)
     out = Path(args.out) if args.out else Path("activations") / "continuations" / (
         f"{file_slug(model_cfg.model)}-{file_slug(cfg.data)}-{cfg.mode}-{short_hash(configs)}.jsonl")
+    check_out(out, "file")  # before the data are read or the model loads
+    records = load_records(cfg.data, cfg.split, cfg.limit, cfg.seed)
     loaded = load_model(model_cfg)
     skipped: list[str] = []
     items = continuations_for(loaded.model, loaded.tokenizer, records, cfg, skipped=skipped)

@@ -5,6 +5,9 @@ The work is :func:`interp.probes.train.train_probeset`; this module only parses 
 
 from __future__ import annotations
 
+from pathlib import Path
+
+from interp.cli.naming import check_out
 from interp.config import add_arguments, from_namespace
 
 
@@ -27,6 +30,7 @@ def run(args) -> int:
     cfg, probe = from_namespace(TrainConfig, args), from_namespace(ProbeConfig, args)
     if not cfg.out:
         raise UserError("give --out DIR")
+    check_out(cfg.out, "file" if Path(cfg.out).suffix in (".json", ".safetensors") else "dir")
     with open_store(cfg.store) as store:
         probes = train_probeset(store, cfg, probe)
     path = save_probeset(probes, cfg, probe, cfg.out)
