@@ -427,3 +427,17 @@ def test_harmful_prefills_that_recover_into_refusals_are_dropped_and_counted(tmp
     assert not any(t.lstrip().startswith(tuple(o.strip() for o in OPENERS)) for t in seen[:8])
     row = next(r for r in load_jsonl(tmp_path / "out" / "continuations.jsonl") if r.kind == "prefill")
     assert continuation_text(row) == row.response.lstrip()[len(row.opener):]
+
+
+def test_a_second_build_into_the_same_folder_is_refused_while_the_first_runs(model_tok, tmp_path):
+    """Two `anydepth corpus` runs into one --out interleaved their rows (issue 33 item 1); the second now stops."""
+    from interp.corpus.journal import LOCK, build_lock
+
+    spec = load_spec(str(_write_spec(tmp_path)))
+    out = tmp_path / "out"
+    with build_lock(out):  # the first build, still running
+        with pytest.raises(UserError, match=rf"{out} is being built by pid {os.getpid()}; wait for it"):
+            _build(model_tok, spec, out)
+        assert sorted(p.name for p in out.iterdir()) == [LOCK]  # the second wrote nothing
+    config = _build(model_tok, spec, out)  # free again: builds, and leaves no lock file behind
+    assert config["status"] == "complete" and not (out / LOCK).exists()

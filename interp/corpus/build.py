@@ -19,7 +19,7 @@ from typing import Any
 
 import interp
 from interp import UserError
-from interp.corpus.journal import ROWS, Journal, read_lines
+from interp.corpus.journal import ROWS, Journal, build_lock, read_lines
 from interp.corpus.plan import Task, plan_corpus
 from interp.corpus.spec import CorpusSpec
 from interp.data.records import BENIGN, HARMFUL
@@ -187,29 +187,30 @@ def build_corpus(model, tokenizer, spec: CorpusSpec, out: str | Path, *, model_p
                 "gen_wave_rows": wave_rows, "gen_dtype": gen_dtype, "gen_engine": default_engine(model),
                 "too_long": too_long, "package_version": interp.__version__}
     provenance = {"spec": spec.to_dict(), "model_provenance": model_provenance, "config": run_config or {}}
-    journal = Journal.open(out, spec.canonical_json(), spec.sha256(), identity, provenance, order)
-    if journal.complete:
+    with build_lock(out):  # a second build into the same folder is refused, not interleaved
+        journal = Journal.open(out, spec.canonical_json(), spec.sha256(), identity, provenance, order)
+        if journal.complete:
+            return journal.config
+        if judge is None:
+            judge = KeywordMatcher(getattr(model.config, "model_type", None) or "default")
+        todo = [w for w in waves(plan, wave_rows) if any(b.key not in journal.done for b in w)]
+        bar = tqdm(total=sum(len(b.records) for b in plan), desc=f"corpus {spec.name}", unit="row",
+                   disable=not progress)
+        bar.update(sum(len(b.records) for b in plan) - sum(len(b.records) for w in todo for b in w))
+        for wave in todo:
+            own = [b for b in wave if b.task.entry.kind != "dataset"]  # all of them: a torn wave decodes as before
+            names = sorted({b.task.entry.name for b in own})
+            bar.set_postfix_str(", ".join(names) if len(names) <= 3 else f"{len(names)} entries", refresh=True)
+            made = dict(zip((b.key for b in own), generate_requests(  # the bar advances as each answer finishes
+                model, tokenizer, [_request(spec, b, too_long) for b in own], batch_size=batch_size, progress=False,
+                dtype=gen_dtype, bar=bar))) if own else {}
+            for batch in wave:
+                if batch.key not in journal.done:
+                    items = made[batch.key] if batch.key in made else from_records(batch.records, tokenizer,
+                                                                                     system=spec.system)
+                    journal.append(batch.key, _rows(batch, items, judge))
+                if batch.key not in made:
+                    bar.update(len(batch.records))
+        bar.close()
+        journal.finish(_summary(spec, tasks, out))
         return journal.config
-    if judge is None:
-        judge = KeywordMatcher(getattr(model.config, "model_type", None) or "default")
-    todo = [w for w in waves(plan, wave_rows) if any(b.key not in journal.done for b in w)]
-    bar = tqdm(total=sum(len(b.records) for b in plan), desc=f"corpus {spec.name}", unit="row",
-               disable=not progress)
-    bar.update(sum(len(b.records) for b in plan) - sum(len(b.records) for w in todo for b in w))
-    for wave in todo:
-        own = [b for b in wave if b.task.entry.kind != "dataset"]  # all of them: a torn wave decodes as before
-        names = sorted({b.task.entry.name for b in own})
-        bar.set_postfix_str(", ".join(names) if len(names) <= 3 else f"{len(names)} entries", refresh=True)
-        made = dict(zip((b.key for b in own), generate_requests(  # the bar advances as each answer finishes
-            model, tokenizer, [_request(spec, b, too_long) for b in own], batch_size=batch_size, progress=False,
-            dtype=gen_dtype, bar=bar))) if own else {}
-        for batch in wave:
-            if batch.key not in journal.done:
-                items = made[batch.key] if batch.key in made else from_records(batch.records, tokenizer,
-                                                                                 system=spec.system)
-                journal.append(batch.key, _rows(batch, items, judge))
-            if batch.key not in made:
-                bar.update(len(batch.records))
-    bar.close()
-    journal.finish(_summary(spec, tasks, out))
-    return journal.config

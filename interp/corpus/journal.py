@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import os
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -61,6 +62,40 @@ def read_lines(path: Path) -> list[dict[str, Any]]:
             raise UserError(f"{path}:{n}: not a JSON line ({err.msg}); the corpus folder is damaged, "
                             "build into a fresh --out") from None
     return out
+
+
+LOCK = ".lock"
+
+
+@contextmanager
+def build_lock(out: Path):
+    """Hold an exclusive lock on corpus folder ``out`` while building it: a second build into the same folder
+    gets a one-line error instead of writing duplicate rows (an advisory ``flock`` on ``out/.lock``, released by
+    the OS if the process dies; no lock where ``fcntl`` is missing)."""
+    try:
+        import fcntl
+    except ImportError:  # pragma: no cover - not POSIX
+        yield
+        return
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    with open(out / LOCK, "a+", encoding="utf-8") as fh:
+        try:
+            fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            fh.seek(0)
+            holder = fh.read().strip() or "another process"
+            raise UserError(f"{out} is being built by {holder}; wait for it to finish (rerunning then resumes or "
+                            "returns the finished corpus) or use another --out") from None
+        fh.seek(0)
+        fh.truncate()
+        fh.write(f"pid {os.getpid()}")
+        fh.flush()
+        try:
+            yield
+        finally:  # the folder ends as it would without the lock (a finished build leaves no .lock)
+            (out / LOCK).unlink(missing_ok=True)
+            fcntl.flock(fh, fcntl.LOCK_UN)
 
 
 class Journal:
