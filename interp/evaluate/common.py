@@ -134,8 +134,7 @@ class EvalConfig(AggregateConfig):
             if getattr(self, name) is not None and getattr(self, name) < 1:
                 hint = " (it is per dataset; there is no 'all')" if name == "limit" else ""
                 raise UserError(f"--{name.replace('_', '-')} must be >= 1, got {getattr(self, name)}{hint}")
-        if self.threshold is not None:
-            check_threshold(self.threshold)
+        check_threshold(self.threshold, optional=True)
         if any(d < 0 for d in self.depths):
             raise UserError(f"--depths must be >= 0, got {list(self.depths)}")
         Aggregation.of(self)

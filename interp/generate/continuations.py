@@ -29,7 +29,7 @@ from interp import UserError
 from interp.model.context import TOO_LONG
 
 GEN_DTYPES = ("model", "auto", "bfloat16", "float32", "int8")
-_CAST: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()  # model -> {dtype: its cast copy}
+_CAST: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()  # model -> {dtype name: its decoding copy}
 _BF16_CPU_FLAGS = ("avx512_bf16", "amx_bf16")  # /proc/cpuinfo flags of CPUs with native bf16 matmuls
 
 
@@ -59,26 +59,25 @@ def resolve_gen_dtype(dtype: str, device: torch.device | str) -> str:
 
 
 def generation_model(model, dtype: str = "model"):
-    """``model`` itself, or a copy cast to ``dtype`` for decoding (made once per model and dtype; ``auto``: see
-    :func:`resolve_gen_dtype`)."""
+    """``model`` itself, or a copy for decoding (made once per model and dtype): cast to ``bfloat16`` /
+    ``float32``, or with int8 linears for ``int8`` (opt-in, CPU; :mod:`interp.model.int8_linear`; changes the
+    decoded tokens). ``auto``: see :func:`resolve_gen_dtype`."""
     device = next(model.parameters()).device
     dtype = resolve_gen_dtype(dtype, device)
-    if dtype == "int8":  # opt-in: int8 linears (interp/model/int8_linear.py); changes the decoded tokens
-        if device.type != "cpu":
-            raise UserError("--gen-dtype int8 runs on CPU only (use bfloat16 on a GPU)")
-        copies = _CAST.setdefault(model, {})
-        if "int8" not in copies:
+    if dtype == "model" or (dtype != "int8" and next(model.parameters()).dtype == getattr(torch, dtype)):
+        return model
+    if dtype == "int8" and device.type != "cpu":
+        raise UserError("--gen-dtype int8 runs on CPU only (use bfloat16 on a GPU)")
+    copies = _CAST.setdefault(model, {})
+    if dtype not in copies:
+        if dtype == "int8":
             from interp.model.int8_linear import int8_copy
 
-            copies["int8"] = int8_copy(model)
-        return copies["int8"]
-    want = None if dtype == "model" else getattr(torch, dtype)
-    if want is None or next(model.parameters()).dtype == want:
-        return model
-    copies = _CAST.setdefault(model, {})
-    if want not in copies:
-        copies[want] = copy.deepcopy(model).to(want).eval()
-    return copies[want]
+            copies[dtype] = int8_copy(model)
+        else:
+            copies[dtype] = copy.deepcopy(model).to(getattr(torch, dtype)).eval()
+    return copies[dtype]
+
 
 MODES = ("auto", "prefill", "own", "matched")
 DEFAULT_OPENER = "Sure, here is"

@@ -89,14 +89,14 @@ def decode(model, prompts: Sequence[Sequence[int]], budgets: Sequence[int], *, s
         raise ValueError("every prompt needs at least one token")
     if engine not in ENGINES:
         raise ValueError(f"engine must be one of {ENGINES}, got {engine!r}")
-    why = slot_support(model)
-    if engine == "slots" and why:
+    if engine == "slots" and (why := slot_support(model)):
         raise ValueError(f"engine 'slots' cannot run this model: {why}")
-    sampling = sampling or Sampling()
-    jobs = _Jobs(prompts, budgets, {int(s) for s in stops}, sampling, seeds, bar)
-    if engine == "auto" and why is None and _slot_bytes(model, jobs, batch_size) > SLOT_CACHE_LIMIT:
-        why = "its preallocated cache would exceed SLOT_CACHE_LIMIT"
-    run = _decode_slots if (engine == "slots" or (engine == "auto" and why is None)) else _decode_cache
+    jobs = _Jobs(prompts, budgets, {int(s) for s in stops}, sampling or Sampling(), seeds, bar)
+    if engine == "auto":
+        engine = default_engine(model)
+        if engine == "slots" and SlotDecoder.cache_bytes(model, *_slot_shape(jobs, batch_size)) > SLOT_CACHE_LIMIT:
+            engine = "cache"
+    run = _decode_slots if engine == "slots" else _decode_cache
     installed = fast_linear.install(model)
     try:
         run(model, jobs, pad_id, batch_size)
@@ -115,15 +115,13 @@ def default_engine(model) -> str:
 SLOT_CACHE_LIMIT = 4 << 30  # bytes: "auto" decodes through the DynamicCache when the slot cache would need more
 
 
-def _slot_bytes(model, jobs: _Jobs, batch_size: int) -> int:
-    """Bytes the slot engine would preallocate for these jobs (keys and values of every layer)."""
+def _slot_shape(jobs: _Jobs, batch_size: int) -> tuple[int, int]:
+    """``(slots, capacity)`` the slot engine needs for the waiting jobs: one slot per row in flight, room for the
+    longest prompt plus its budget."""
     if not jobs.waiting:
-        return 0
-    cfg, p = model.config, next(model.parameters())
-    head_dim = getattr(cfg, "head_dim", None) or cfg.hidden_size // cfg.num_attention_heads
-    capacity = max(len(jobs.prompts[j]) + jobs.budgets[j] for j in jobs.waiting)
-    slots = min(batch_size, len(jobs.waiting))
-    return 2 * cfg.num_hidden_layers * slots * cfg.num_key_value_heads * capacity * head_dim * p.element_size()
+        return 0, 0
+    return (min(batch_size, len(jobs.waiting)),
+            max(len(jobs.prompts[j]) + jobs.budgets[j] for j in jobs.waiting))
 
 
 class _Jobs:
@@ -160,8 +158,8 @@ def _decode_slots(model, jobs: _Jobs, pad_id: int, batch_size: int) -> None:
     if not jobs.waiting:
         return
     device = next(model.parameters()).device
-    capacity = max(len(jobs.prompts[j]) + jobs.budgets[j] for j in jobs.waiting)
-    dec = SlotDecoder(model, slots=min(batch_size, len(jobs.waiting)), capacity=capacity)
+    slots, capacity = _slot_shape(jobs, batch_size)
+    dec = SlotDecoder(model, slots=slots, capacity=capacity)
     rows: list[int] = []  # job of each slot
     last = torch.zeros(0, dtype=torch.long, device=device)  # per slot: the chosen token not yet forwarded
     while jobs.waiting or rows:

@@ -1,10 +1,10 @@
 """A lean decode step over preallocated row slots, for Llama-family decoders (Llama, Qwen2).
 
-The transformers forward is general: per layer it builds masks, dispatches through attention interfaces, grows a
-``DynamicCache`` by concatenation (a new key/value tensor every step, every layer) and, without SDPA's grouped
-query attention, repeats K/V per head group (transformers 5.24 packs the heads for one query token too). For one token per row on CPU these costs are a large share of a
-step. :class:`SlotDecoder` runs the same modules (the model's own norms, projections, rotary embedding and MLPs,
-so the arithmetic is the model's) with
+The transformers forward grows a ``DynamicCache`` by concatenation (a new key/value tensor every step, every
+layer), and continuous batching over it copies every layer's cache when a row leaves or joins. A step's time is
+mostly its matrix products (75-80% of op time on CPU, bf16, 8-64 rows), so what a leaner step buys is those copies
+and the per-layer dispatch. :class:`SlotDecoder` runs the same modules (the model's own norms, projections, rotary
+embedding and MLPs, so the arithmetic is the model's) with
 
 - a key/value cache preallocated once per layer, ``[slots, kv_heads, capacity, head_dim]``: a step writes one
   entry per row in place; rows in flight occupy slots ``0..n-1`` (a row that leaves is replaced by the last one,
@@ -20,6 +20,8 @@ path up to float rounding (tests/test_slots.py checks logits and tokens).
 
 from __future__ import annotations
 
+import math
+import sys
 from dataclasses import dataclass
 
 import torch
@@ -45,11 +47,6 @@ def slot_support(model) -> str | None:
     if getattr(cfg, "pretraining_tp", 1) not in (None, 1):
         return "tensor-parallel pretraining split (pretraining_tp > 1)"
     return None
-
-
-def _rotate_half(x: torch.Tensor) -> torch.Tensor:
-    half = x.shape[-1] // 2
-    return torch.cat((-x[..., half:], x[..., :half]), dim=-1)
 
 
 @dataclass
@@ -82,13 +79,25 @@ class SlotDecoder:
         self.kv_heads = cfg.num_key_value_heads
         self.group = self.n_heads // self.kv_heads
         self.scale = first.scaling
-        shape = (slots, self.kv_heads, capacity, self.head_dim)
+        shape = self.layer_shape(model, slots, capacity)
         n = len(self.inner.layers)
         self.cache = SlotCache(keys=[p.new_zeros(shape) for _ in range(n)],
                                values=[p.new_zeros(shape) for _ in range(n)],
                                lengths=torch.zeros(slots, dtype=torch.long, device=p.device))
         self.n = 0  # rows in flight, in slots 0..n-1
         self._kw = cache_kwarg(model)
+        self._rope = sys.modules[type(model).__module__].apply_rotary_pos_emb  # the model's own rotary arithmetic
+
+    @staticmethod
+    def layer_shape(model, slots: int, capacity: int) -> tuple[int, int, int, int]:
+        """The shape of one layer's keys (and of its values): ``[slots, kv_heads, capacity, head_dim]``."""
+        return (slots, model.config.num_key_value_heads, capacity, model.model.layers[0].self_attn.head_dim)
+
+    @classmethod
+    def cache_bytes(cls, model, slots: int, capacity: int) -> int:
+        """Bytes the cache of ``slots`` rows of ``capacity`` positions takes (keys and values, every layer)."""
+        per_layer = 2 * next(model.parameters()).element_size() * math.prod(cls.layer_shape(model, slots, capacity))
+        return per_layer * len(model.model.layers)
 
     # ------------------------------------------------------------------ rows
     def prefill(self, ids: torch.Tensor, mask: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
@@ -139,8 +148,7 @@ class SlotDecoder:
             raise ValueError(f"a row reached the cache capacity ({self.cache.capacity})")
         span = int(pos.max()) + 1
         h = self.inner.embed_tokens(tokens[:, None])  # [n, 1, d]
-        cos, sin = self.inner.rotary_emb(h, pos[:, None])
-        cos, sin = cos[:, None], sin[:, None]  # [n, 1, 1, hd]
+        cos, sin = self.inner.rotary_emb(h, pos[:, None])  # [n, 1, hd]
         mask = (torch.arange(span, device=pos.device)[None, :] <= pos[:, None])[:, None, None, :]
         rows = torch.arange(n, device=pos.device)
         for layer, k_all, v_all in zip(self.inner.layers, self.cache.keys, self.cache.values):
@@ -149,8 +157,7 @@ class SlotDecoder:
             q = attn.q_proj(x).view(n, 1, self.n_heads, self.head_dim).transpose(1, 2)
             k = attn.k_proj(x).view(n, 1, self.kv_heads, self.head_dim).transpose(1, 2)
             v = attn.v_proj(x).view(n, 1, self.kv_heads, self.head_dim).transpose(1, 2)
-            q = q * cos + _rotate_half(q) * sin
-            k = k * cos + _rotate_half(k) * sin
+            q, k = self._rope(q, k, cos, sin)
             k_all[rows, :, pos] = k[:, :, 0]
             v_all[rows, :, pos] = v[:, :, 0]
             # the query heads sharing a key/value head are one length-`group` query of it (no repeated K/V)

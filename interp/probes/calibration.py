@@ -9,10 +9,13 @@ import numpy as np
 from interp import UserError
 
 
-def check_threshold(value, where: str = "--threshold") -> float:
+def check_threshold(value, where: str = "--threshold", *, optional: bool = False) -> float | None:
     """``value`` as a float when a probe threshold can fire with it, else a one-line :class:`UserError`. Scores
     are float32 probabilities in [0, 1] (a saturated score is exactly 1), so a usable threshold is a finite number
-    in [0, 1]; NaN or anything above 1 would turn the guard off silently."""
+    in [0, 1]; NaN or anything above 1 would turn the guard off silently. ``optional``: ``None`` (an option left
+    unset) passes as ``None``."""
+    if value is None and optional:
+        return None
     if isinstance(value, bool) or not isinstance(value, (int, float)):
         raise UserError(f"{where} must be a number in [0, 1], got {value!r}")
     if not math.isfinite(value) or not 0 <= value <= 1:

@@ -36,9 +36,8 @@ def run(args) -> int:
         check_out(cfg.out, "dir")  # before the spec's data are read
     spec = load_spec(cfg.spec)
     tasks = plan_corpus(spec, where=str(spec_path(cfg.spec)))  # sources and counts checked before the model loads
-    out = Path(cfg.out) if cfg.out else Path("runs") / "corpus" / (
-        f"{file_slug(model_cfg.model)}-{file_slug(spec.name)}-{spec.sha256()[:12]}")
-    check_out(out, "dir")  # again for the default name
+    out = Path(cfg.out) if cfg.out else check_out(Path("runs") / "corpus" / (
+        f"{file_slug(model_cfg.model)}-{file_slug(spec.name)}-{spec.sha256()[:12]}"), "dir")
     loaded = load_model(model_cfg)
     result = build_corpus(loaded.model, loaded.tokenizer, spec, out, model_provenance=loaded.provenance(),
                           batch_size=cfg.gen_batch_size, too_long=cfg.too_long, gen_dtype=cfg.gen_dtype,

@@ -43,8 +43,7 @@ def run(args) -> int:
     rc = from_namespace(GuardRunConfig, args)
     cfg = from_namespace(GuardConfig, args)
     cfg.validate()
-    if cfg.threshold is not None:
-        check_threshold(cfg.threshold)
+    check_threshold(cfg.threshold, optional=True)
     if not rc.prompt.strip():
         raise UserError("empty prompt: pass --prompt 'your message'")
     if cfg.mode == "lp" and not rc.probes:

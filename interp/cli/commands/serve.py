@@ -37,8 +37,7 @@ def build_server(server_cfg: ServerConfig, model_cfg: ModelConfig, guard_cfg: Gu
 
     server_cfg.validate()
     guard_cfg.validate()
-    if guard_cfg.threshold is not None:
-        check_threshold(guard_cfg.threshold)
+    check_threshold(guard_cfg.threshold, optional=True)
     if guard_cfg.mode == "lp" and not server_cfg.probes:
         raise UserError("--mode lp needs --probes (a probe set from `anydepth train`); or use --mode rk")
     loaded = load_model(model_cfg)
