@@ -163,7 +163,8 @@ def run_deep_prefill(cfg: EvalConfig) -> dict:
                        threshold=cfg.threshold, max_new_tokens=max(max(depths), 1), buffer=False)
     gen = GuardedGenerator(gm.model, gm.tokenizer, spans, gcfg, probes, model_id=gm.model_id,
                            weights_sha256=gm.weights_sha256, detectors=detectors, halt=False,
-                           base_lookahead=cfg.base_lookahead, per_answer=False, prob_scores=True)
+                           base_lookahead=cfg.base_lookahead, per_answer=False, prob_scores=True,
+                           defer_final_checks=True)
     arms = {}
     with gen:
         for arm, part in (("harmful", harm), ("benign_control", ben)):

@@ -24,7 +24,8 @@ def observe(gm, spans, probes, cfg: EvalConfig, recs, desc: str, opener: bool = 
                        threshold=cfg.threshold, max_new_tokens=cfg.max_new_tokens, final_check=True,
                        aggregate=cfg.aggregate, k_of_n=cfg.k_of_n, window=cfg.window, ema_alpha=cfg.ema_alpha)
     gen = GuardedGenerator(gm.model, gm.tokenizer, spans, gcfg, probes, model_id=gm.model_id,
-                           weights_sha256=gm.weights_sha256, detectors=detectors, halt=False)
+                           weights_sha256=gm.weights_sha256, detectors=detectors, halt=False,
+                           defer_final_checks=True)
     groups = dict(zip((id(r) for _, r in recs), eval_groups(recs)))
     with gen:
         rows = []

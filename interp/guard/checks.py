@@ -276,7 +276,7 @@ class Checker:
                                    **{self._kw_base: cache}).last_hidden_state
                 logits = head_logits(self.model, hidden[:, 0])
                 first = torch.log_softmax(head_logits(self.model, hidden[:, len(span)]), dim=-1)
-                nodes = tree_log_probs(self.model, hidden[:, 1 + len(span):]) if tree.tokens else None
+                nodes = tree_log_probs(self.model, hidden[:, 1 + len(span):], tree) if tree.tokens else None
         finally:
             self._disarm()
             rollback(cache, before, keep=1)

@@ -28,6 +28,7 @@ import torch
 from interp import UserError
 from interp.extract.masks import left_pad, require_mask_kernel
 from interp.generate.decode import nucleus_probs
+from interp.guard import deferred
 from interp.guard.aggregate import Aggregation, reaches
 from interp.guard.checks import Checker, CheckOutcome
 from interp.guard.types import Callback, GuardConfig, GuardResult
@@ -41,11 +42,15 @@ class GuardedGenerator:
     def __init__(self, model, tokenizer, spans, config: GuardConfig | None = None, probes=None, *,
                  model_id: str | None = None, weights_sha256: str | None = None,
                  detectors: Sequence[str] | None = None, halt: bool = True, base_lookahead: int | None = None,
-                 chunk_forced: bool = True, per_answer: bool = True, prob_scores: bool = False):
+                 chunk_forced: bool = True, per_answer: bool = True, prob_scores: bool = False,
+                 defer_final_checks: bool = False):
         """``per_answer``: the run fires per answer on ``config``'s schedule (guarding, over-refusal), so warn
         when the probe set's threshold was calibrated for another schedule; False for per-depth measurements
-        (deep-prefill curves). ``prob_scores``: score base / RK checks with the probability judge too (reports)."""
+        (deep-prefill curves). ``prob_scores``: score base / RK checks with the probability judge too (reports).
+        ``defer_final_checks``: check rows that end between scheduled depths together after the loop
+        (:mod:`interp.guard.deferred`; evaluations: the same checks, one batch instead of one per ending row)."""
         self.config = config = config or GuardConfig()
+        self.defer_final_checks = defer_final_checks
         self.chunk_forced = chunk_forced  # False: feed forced tokens one per step (the reference path)
         config.validate()
         if config.piggyback:
@@ -133,6 +138,15 @@ class GuardedGenerator:
                     break
         return max(0, end - depth)
 
+    def _defer(self, pending: list, due: list[int], depth: int, cache, mask, pos_next, logits, reason) -> set[int]:
+        """Keep the final checks of ``due`` for after the loop (:mod:`interp.guard.deferred`) when that is on and
+        ``depth`` is no scheduled depth; returns the rows kept (their check and their end wait)."""
+        if not (self.defer_final_checks and due and not self.config.is_due(depth) and deferred.can_defer(cache)):
+            return set()
+        for b in due:
+            pending.append(deferred.snapshot(cache, b, mask, pos_next[b], logits, depth, reason(b)))
+        return set(due)
+
     def _forward(self, ids, pos, mask, cache, logits_to_keep=1):
         out = self.model(input_ids=ids, position_ids=pos, attention_mask=mask, use_cache=True,
                          logits_to_keep=logits_to_keep, **{self._cache_kw: cache})
@@ -184,12 +198,13 @@ class GuardedGenerator:
 
         streams = [{} for _ in range(B)]  # per row and detector: the aggregation rule's running state
 
-        def apply(outcome: CheckOutcome, rows: list[int], depth: int) -> None:
+        def apply(outcome: CheckOutcome, rows: list[int], depth: int, at: dict[int, int] | None = None) -> None:
             for b in rows:
                 fired = False
-                for event in outcome.events(b, depth):
+                i = b if at is None else at[b]  # the row's index in the outcome's batch
+                for event in outcome.events(i, depth):
                     stream = streams[b].setdefault(event.detector, self.rule.stream())
-                    value, limit = outcome.value(event.detector, b)
+                    value, limit = outcome.value(event.detector, i)
                     event.fired = reaches(stream.push(value), limit)
                     fired |= event.fired
                     results[b].checks.append(event)
@@ -202,6 +217,7 @@ class GuardedGenerator:
                     checked[b] = depth
                     release(b, depth)
 
+        pending: list[deferred.PendingCheck] = []  # final checks kept for one batch after the loop
         depth = 0
         while any(active):
             for b in cancelled() if cancelled is not None else ():
@@ -213,12 +229,16 @@ class GuardedGenerator:
             n = mask.shape[1]
             at_limit = depth >= cfg.max_new_tokens or n + 1 + chk.room > self.max_context
             if at_limit:
+                reason = "max_new_tokens" if depth >= cfg.max_new_tokens else "context_limit"
                 due = self._due_rows(rows, rows, checked, depth)
-                if due:
+                held = self._defer(pending, due, depth, cache, mask, lens + depth, logits, lambda b: reason)
+                if due and not held:
                     apply(chk.run(cache, mask, lens + depth, self.detectors, logits), due, depth)
                 for b in rows:
                     if active[b]:
-                        finish(b, "max_new_tokens" if depth >= cfg.max_new_tokens else "context_limit")
+                        active[b] = False
+                        if b not in held:
+                            finish(b, reason)
                 break
             run = self._forced_run(rows, forced, depth, P) if self.chunk_forced else 0
             if run >= 2:  # one forward for the whole forced stretch (a single token takes the step path)
@@ -252,6 +272,9 @@ class GuardedGenerator:
                 if int(nxt[b]) in self.eos_ids:
                     ending.append(b)
             due = self._due_rows(rows, ending, checked, depth)
+            held = self._defer(pending, due, depth, cache, mask, lens + depth, logits,
+                               lambda b: "forced_end" if depth >= len(forced[b]) and forced_only else "eos")
+            due = [b for b in due if b not in held]
             step_mask = torch.cat([mask, torch.ones((B, 1), dtype=mask.dtype, device=device)], dim=1)
             step_pos = (lens + depth)[:, None]
             if len(ending) == len(rows):  # every row stops here: check, but decode nothing
@@ -269,12 +292,21 @@ class GuardedGenerator:
                 if not active[b]:
                     continue
                 if b in ending:
-                    finish(b, "forced_end" if depth >= len(forced[b]) and forced_only else "eos")
+                    active[b] = False
+                    if b not in held:
+                        finish(b, "forced_end" if depth >= len(forced[b]) and forced_only else "eos")
                     continue
                 results[b].generated_ids.append(int(nxt[b]))
                 if not (cfg.buffer and self.detectors):
                     release(b, depth + 1)
             depth += 1
+        if pending:  # the kept final checks, as one batch
+            cache_p, mask_p, pos_p, logits_p = deferred.stack(pending, self.model)
+            outcome = chk.run(cache_p, mask_p, pos_p, self.detectors, logits_p)
+            for i, p in enumerate(pending):
+                apply(outcome, [p.row], p.depth, at={p.row: i})
+                if not results[p.row].halted:
+                    finish(p.row, p.reason)
         for r in results:
             r.text = self.tokenizer.decode(r.emitted_ids, skip_special_tokens=True)
             if r.halted and cfg.refusal_message:

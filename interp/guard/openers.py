@@ -47,6 +47,9 @@ class OpenerTree:
     tokens: tuple[int, ...]  # one per tree node (a proper prefix of some opener: its last token)
     parents: tuple[int, ...]  # parent node index, -1 for a prefix of length 1
     node: dict[tuple[int, ...], int]  # prefix -> node index
+    # per node, the next tokens some opener continues it with (padded with the first one): the only log-probs
+    # the masses read, so the head's vocabulary-wide output is reduced to them (:func:`tree_log_probs`)
+    wanted: tuple[tuple[int, ...], ...] = ()
 
     @classmethod
     def build(cls, tokenizer, refusal: Sequence[str], compliance: Sequence[str]) -> OpenerTree:
@@ -69,18 +72,30 @@ class OpenerTree:
                     node[prefix] = len(tokens)
                     tokens.append(prefix[-1])
                     parents.append(node[prefix[:-1]] if k > 1 else -1)
-        return cls(minimal, tuple(tokens), tuple(parents), node)
+        nxt: list[list[int]] = [[] for _ in tokens]
+        for s in {s for group in minimal.values() for s in group}:
+            for k in range(1, len(s)):
+                if s[k] not in nxt[node[s[:k]]]:
+                    nxt[node[s[:k]]].append(s[k])
+        width = max((len(w) for w in nxt), default=0)
+        wanted = tuple(tuple(sorted(w)) + (min(w),) * (width - len(w)) for w in nxt)
+        return cls(minimal, tuple(tokens), tuple(parents), node, wanted)
+
+    def column(self, prefix: tuple[int, ...], token: int) -> int:
+        """Where the log-prob of ``token`` after ``prefix`` sits in its node's row of :func:`tree_log_probs`."""
+        return self.wanted[self.node[prefix]].index(token)
 
     def log_masses(self, first: torch.Tensor, nodes: torch.Tensor | None) -> dict[str, torch.Tensor]:
         """``{class: [B]}`` log of the summed opener probabilities from the first-token log-probs ``first [B, V]``
-        and the tree nodes' next-token log-probs ``nodes [B, T, V]`` (float64)."""
+        and the tree nodes' log-probs of their wanted next tokens ``nodes [B, T, W]`` (:func:`tree_log_probs`),
+        summed in float64."""
         out = {}
         for name, seqs in self.sequences.items():
             terms = []
             for s in seqs:
                 lp = first[:, s[0]].double()
                 for k in range(1, len(s)):
-                    lp = lp + nodes[:, self.node[s[:k]], s[k]].double()
+                    lp = lp + nodes[:, self.node[s[:k]], self.column(s[:k], s[k])].double()
                 terms.append(lp)
             out[name] = torch.logsumexp(torch.stack(terms, 1), dim=1)
         return out
@@ -99,11 +114,17 @@ def head_logits(model, hidden: torch.Tensor) -> torch.Tensor:
     return torch.tanh(logits / softcap) * softcap if softcap else logits
 
 
-def tree_log_probs(model, hidden: torch.Tensor, chunk: int = 8) -> torch.Tensor:
-    """Next-token log-probs ``[B, T, V]`` of the tree nodes' final hidden states ``[B, T, d]``, a few nodes at a
-    time (bounded memory)."""
-    return torch.cat([torch.log_softmax(head_logits(model, hidden[:, i:i + chunk]), dim=-1)
-                      for i in range(0, hidden.shape[1], chunk)], dim=1)
+def tree_log_probs(model, hidden: torch.Tensor, tree: OpenerTree, chunk: int = 8) -> torch.Tensor:
+    """Log-probs ``[B, T, W]`` of each tree node's wanted next tokens (``tree.wanted``) from the nodes' final
+    hidden states ``[B, T, d]``: the head's logits at those tokens minus their log-sum-exp over the vocabulary,
+    a few nodes at a time (bounded memory; no vocabulary-wide log-softmax is kept)."""
+    wanted = torch.tensor(tree.wanted, device=hidden.device)
+    out = []
+    for i in range(0, hidden.shape[1], chunk):
+        logits = head_logits(model, hidden[:, i:i + chunk])
+        picked = logits.gather(-1, wanted[i:i + chunk].expand(logits.shape[0], -1, -1))
+        out.append(picked - torch.logsumexp(logits, dim=-1, keepdim=True))
+    return torch.cat(out, dim=1)
 
 
 @torch.no_grad()
@@ -129,4 +150,4 @@ def opener_log_masses(model, cache, prefix_mask: torch.Tensor, positions: torch.
                       **{cache_kwarg(base): cache}).last_hidden_state
     finally:
         rollback(cache, before)
-    return tree.log_masses(first, tree_log_probs(model, hidden))
+    return tree.log_masses(first, tree_log_probs(model, hidden, tree))
