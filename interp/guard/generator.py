@@ -138,13 +138,14 @@ class GuardedGenerator:
                     break
         return max(0, end - depth)
 
-    def _defer(self, pending: list, due: list[int], depth: int, cache, mask, pos_next, logits, reason) -> set[int]:
+    def _defer(self, pending: list, due: list[int], depth: int, cache, mask, pos_next, logits,
+               reasons: dict[int, str]) -> set[int]:
         """Keep the final checks of ``due`` for after the loop (:mod:`interp.guard.deferred`) when that is on and
         ``depth`` is no scheduled depth; returns the rows kept (their check and their end wait)."""
         if not (self.defer_final_checks and due and not self.config.is_due(depth) and deferred.can_defer(cache)):
             return set()
         for b in due:
-            pending.append(deferred.snapshot(cache, b, mask, pos_next[b], logits, depth, reason(b)))
+            pending.append(deferred.snapshot(cache, b, mask, pos_next[b], logits, depth, reasons[b]))
         return set(due)
 
     def _forward(self, ids, pos, mask, cache, logits_to_keep=1):
@@ -231,7 +232,7 @@ class GuardedGenerator:
             if at_limit:
                 reason = "max_new_tokens" if depth >= cfg.max_new_tokens else "context_limit"
                 due = self._due_rows(rows, rows, checked, depth)
-                held = self._defer(pending, due, depth, cache, mask, lens + depth, logits, lambda b: reason)
+                held = self._defer(pending, due, depth, cache, mask, lens + depth, logits, dict.fromkeys(due, reason))
                 if due and not held:
                     apply(chk.run(cache, mask, lens + depth, self.detectors, logits), due, depth)
                 for b in rows:
@@ -272,8 +273,8 @@ class GuardedGenerator:
                 if int(nxt[b]) in self.eos_ids:
                     ending.append(b)
             due = self._due_rows(rows, ending, checked, depth)
-            held = self._defer(pending, due, depth, cache, mask, lens + depth, logits,
-                               lambda b: "forced_end" if depth >= len(forced[b]) and forced_only else "eos")
+            reasons = {b: "forced_end" if depth >= len(forced[b]) and forced_only else "eos" for b in due}
+            held = self._defer(pending, due, depth, cache, mask, lens + depth, logits, reasons)
             due = [b for b in due if b not in held]
             step_mask = torch.cat([mask, torch.ones((B, 1), dtype=mask.dtype, device=device)], dim=1)
             step_pos = (lens + depth)[:, None]
