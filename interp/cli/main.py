@@ -8,7 +8,7 @@ import os
 import pkgutil
 import sys
 
-from interp import UserError, __version__
+from interp import UserError, __version__, threads
 from interp.cli import commands
 
 
@@ -29,6 +29,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     os.environ.setdefault("MPLBACKEND", "Agg")  # the CLI only writes figures to files
+    if threads.configure().get("OMP_WAIT_POLICY"):  # before anything imports torch
+        print("other processes keep a CPU busy: torch threads wait passively (set OMP_WAIT_POLICY to choose)",
+              file=sys.stderr)
     parser = build_parser()
     args = parser.parse_args(argv)
     if not getattr(args, "func", None):
