@@ -9,7 +9,8 @@ import pytest
 from interp.cli.main import main
 
 ARGS = ["--spec", "none", "--limit", "40", "--max-new-tokens", "12", "--depths", "0:12:4", "--eval-depths", "0", "4", "12",
-        "--eval-limit", "3", "--lookahead", "3", "--batch-size", "6"]
+        "--eval-limit", "3", "--over-refusal-limit", "3", "--lookahead", "3", "--batch-size", "6",
+        "--dtype", "float32"]  # explicit: auto is bf16 on CPUs with native bf16
 
 
 def test_demo_runs_every_stage_and_reuses_them(tmp_path, capsys):
@@ -53,7 +54,7 @@ def test_demo_runs_every_stage_and_reuses_them(tmp_path, capsys):
     assert main(["demo", "--model", str(tmp_path / "tiny"), "--out", str(out), *ARGS, "--skip-eval", "true"]) == 0
     assert "anydepth generate" not in capsys.readouterr().out
     # --dtype reaches the forward passes from extraction on; the generations are reused (their keys never had it)
-    assert main(["demo", "--model", str(tmp_path / "tiny"), "--out", str(out), *ARGS, "--skip-eval", "true",
+    assert main(["demo", "--model", str(tmp_path / "tiny"), "--out", str(out), *ARGS[:-2], "--skip-eval", "true",
                  "--dtype", "bfloat16"]) == 0
     log = capsys.readouterr().out
     assert "anydepth generate" not in log and "anydepth extract" in log and "--dtype bfloat16" in log
@@ -150,7 +151,8 @@ def test_presets_fill_only_the_options_left_unset():
     from interp.cli.pipeline import DemoConfig
 
     demo = DemoConfig().resolved()
-    assert (demo.spec, demo.eval_limit, demo.batch_size, demo.gen_dtype) == ("demo", 8, 16, "auto")
+    assert (demo.spec, demo.eval_limit, demo.over_refusal_limit, demo.batch_size, demo.gen_dtype) == ("demo", 50, 25, 64, "auto")
+    assert (demo.calib_fraction, demo.test_fraction, demo.target_fpr) == (0.4, 0.2, 0.01)
     assert DemoConfig(preset="study").resolved().batch_size == 8
     given = DemoConfig(batch_size=4, eval_limit=2).resolved()
     assert (given.batch_size, given.eval_limit, given.stride) == (4, 2, 25)
@@ -163,3 +165,13 @@ def test_demo_spec_answers_at_its_length_and_reaches_depth_256_from_third_party_
     assert spec.max_new_tokens == 128  # the demo's deployed answer length (calibration, over-refusal)
     assert len({e.source for e in spec.entries}) >= 6
     assert {e.source for e in spec.entries if e.kind == "dataset"} >= {"shadow_alignment", "alpaca_eval"}
+
+
+def test_forward_dtype_auto_is_bf16_only_where_the_cpu_has_it(monkeypatch):
+    import interp.generate.continuations as cont
+    from interp.cli.pipeline import DemoConfig, forward_dtype
+
+    for native, want in ((True, "bfloat16"), (False, "float32")):
+        monkeypatch.setattr(cont, "cpu_has_native_bf16", lambda native=native: native)
+        assert forward_dtype(DemoConfig(device="cpu")) == want
+    assert forward_dtype(DemoConfig(device="cpu", dtype="float32")) == "float32"

@@ -19,18 +19,23 @@ import interp
 from interp import UserError
 from interp.cli.naming import run_slug
 
-# What each preset fills in for the options left unset (None). ``demo``: the corpus recipe at CPU size (102 rows,
-# answers of 128 tokens, 8 prompts per dataset in the evaluations, 16 per batch; add ``--evaluations deep-prefill
-# over-refusal cost`` for the guard's cost); ``study``: the full recipe (the shipped default spec, answers of 512
-# tokens; about an hour on 2 cores with the embedded model, minutes on a GPU). Measured times: README, "The demo". With ``--spec none`` both generate from ``--data`` (the 0.2 demo).
+# What each preset fills in for the options left unset (None). ``demo``: the corpus recipe at CPU size (answers of
+# 128 tokens, 260 of them the model's own benign answers; 40% of the prompt groups calibrate the threshold, so about
+# 100 own answers set it), evaluated on 50 held-out harmful prompts (+ 50 benign control prompts) in deep-prefill
+# to depth 250 and 2 x 25 held-out benign prompts in over-refusal, all prompts of an evaluation in one batch;
+# ``study``: the full recipe (the shipped default spec, answers of 512 tokens; about 40 minutes on 2 cores with the
+# embedded model, minutes on a GPU). Measured times: README, "The demo". With ``--spec none`` both generate from
+# ``--data`` (the 0.2 demo).
 PRESETS: dict[str, dict] = {
-    "demo": {"spec": "demo", "depths": "0,8,16,25:500:25", "gen_batch_size": 32, "gen_dtype": "auto",
-             "stride": 25, "target_fpr": 0.05, "combine_top": 0, "evaluations": ("deep-prefill", "over-refusal"),
-             "eval_depths": (0, 25, 100, 250, 500), "eval_limit": 8, "batch_size": 16},
+    "demo": {"spec": "demo", "depths": "0,8,16,25:500:25", "gen_batch_size": 64, "gen_dtype": "auto",
+             "stride": 25, "target_fpr": 0.01, "combine_top": 0, "evaluations": ("deep-prefill", "over-refusal"),
+             "eval_depths": (0, 25, 100, 250), "eval_limit": 50, "over_refusal_limit": 25, "batch_size": 64,
+             "calib_fraction": 0.4, "test_fraction": 0.2},
     # 64 rows in flight: the slot engine decoded the study corpus in 9.6 min at 64 rows (22.6 at 32, DynamicCache)
     "study": {"spec": "default", "depths": "0,8,16,25:500:25", "gen_batch_size": 64, "gen_dtype": "auto",
               "stride": 25, "target_fpr": 0.02, "combine_top": 3, "evaluations": ("deep-prefill", "over-refusal"),
-              "eval_depths": (0, 25, 100, 250, 500), "eval_limit": 20, "batch_size": 8},
+              "eval_depths": (0, 25, 100, 250, 500), "eval_limit": 20, "over_refusal_limit": 20, "batch_size": 8,
+              "calib_fraction": 0.25, "test_fraction": 0.25},
 }
 # --spec none (or no public data): the built-in twin set, generated with a forced opener (the 0.2 demo)
 BUILT_IN = {"depths": "0:64:8", "stride": 16, "eval_depths": (0, 8, 16, 32, 64), "target_fpr": 0.01, "combine_top": 0,
@@ -59,7 +64,9 @@ class DemoConfig:
                 "is the spec's max_new_tokens)"})
     depths: str | None = field(default=None, metadata={"help": "extraction depth schedule, e.g. 0,8,16,25:500:25"})
     eval_depths: tuple[int, ...] | None = field(default=None, metadata={"help": "deep-prefill evaluation depths"})
-    eval_limit: int | None = field(default=None, metadata={"help": "prompts per dataset in the guard evaluations"})
+    eval_limit: int | None = field(default=None, metadata={"help": "prompts per dataset in deep-prefill (and cost)"})
+    over_refusal_limit: int | None = field(default=None, metadata={
+        "help": "prompts per dataset in over-refusal"})
     evaluations: tuple[str, ...] | None = field(default=None, metadata={
         "help": "evaluations to run after training: deep-prefill, over-refusal, cost"})
     lookahead: int = field(default=12, metadata={"help": "ADA-RK / base refusal lookahead tokens"})
@@ -75,15 +82,15 @@ class DemoConfig:
                 "float32), bfloat16, float32"})
     device: str = field(default="auto", metadata={"help": "auto, cpu, cuda"})
     dtype: str = field(default="auto", metadata={
-        "help": "model dtype of extraction and the evaluations: auto (float32 on CPU, bfloat16 on CUDA), float32, "
-                "bfloat16 (about 3x faster than float32 on CPUs with native bf16)",
+        "help": "model dtype of extraction and the evaluations: auto (bfloat16 on CUDA and on CPUs with native bf16 "
+                "(AVX-512 BF16, AMX), where it is 2-3x faster than float32; else float32), float32, bfloat16",
         "choices": ("auto", "float32", "bfloat16")})
     out: str = field(default="runs/demo", metadata={"help": "output root (stages live in hashed subfolders)"})
     skip_eval: bool = field(default=False, metadata={"help": "stop after training the probe set"})
-    calib_fraction: float = field(default=0.25, metadata={
-        "help": "prompt groups (twin pairs) kept for the threshold only"})
-    test_fraction: float = field(default=0.25, metadata={
-        "help": "prompt groups kept for held-out numbers (every evaluation runs on these only)"})
+    calib_fraction: float | None = field(default=None, metadata={
+        "help": "share of the prompt groups (twin pairs) kept for the threshold only"})
+    test_fraction: float | None = field(default=None, metadata={
+        "help": "share of the prompt groups kept for held-out numbers (every evaluation runs on these only)"})
     fallback: str | None = field(default=None, metadata={"cli": False})  # why the built-in set replaced the spec
 
     def resolved(self) -> DemoConfig:
@@ -203,7 +210,7 @@ def prepare(cfg: DemoConfig) -> DemoConfig:
             print(f"the public sets of corpus spec {cfg.spec!r} are unavailable ({reason}); falling back to the "
                   "built-in set (--spec none --data demo)", flush=True)
             cfg = replace(given, spec="none", data=("demo",), fallback=reason).resolved()
-    return cfg
+    return replace(cfg, dtype=forward_dtype(cfg))
 
 
 def _continuation_stages(runner: Runner, cfg: DemoConfig, common: list[str]) -> Path:
@@ -238,6 +245,23 @@ def answer_length(cfg: DemoConfig) -> int:
     return int(cfg.max_new_tokens)
 
 
+def forward_dtype(cfg: DemoConfig) -> str:
+    """The dtype extraction and the evaluations run in: ``auto`` is bfloat16 on CUDA and on CPUs with native bf16
+    (the store, the threshold and the guard then all see bf16 activations), else float32."""
+    if cfg.dtype != "auto":
+        return cfg.dtype
+    from interp.generate.continuations import cpu_has_native_bf16
+
+    cuda = cfg.device.startswith("cuda") or (cfg.device == "auto" and _cuda_available())
+    return "bfloat16" if cuda or cpu_has_native_bf16() else "float32"
+
+
+def _cuda_available() -> bool:
+    import torch
+
+    return torch.cuda.is_available()
+
+
 def run_demo(cfg: DemoConfig) -> Path:
     """Run every stage of ``cfg`` (resolved from its preset); returns the path of the report."""
     from interp.cli.report import write_report
@@ -250,8 +274,7 @@ def run_demo(cfg: DemoConfig) -> Path:
     common = ["--model", cfg.model, "--device", cfg.device]
     continuations = _continuation_stages(runner, cfg, common)
     cont_stage = continuations.parent.name
-    # the forward passes' dtype; left out at its default so the stage keys of runs made before the option stay
-    common = common if cfg.dtype == "auto" else [*common, "--dtype", cfg.dtype]
+    common = [*common, "--dtype", cfg.dtype]  # extraction and the evaluations: one dtype (resolved by prepare)
     ext_dir = runner.run(Stage(
         "extract", ["extract", *common, "--continuations", str(continuations), "--depths", cfg.depths,
                     "--answer-length", str(answer_length(cfg)), "--layers", "all", "--hooks", "resid_post",
@@ -269,7 +292,8 @@ def run_demo(cfg: DemoConfig) -> Path:
     eval_dirs: dict[str, Path] = {}
     for mode in evaluations:
         data = CORPUS_EVAL.get(mode, cfg.data) if cfg.uses_corpus else cfg.data
-        shared = [*common, "--probes", str(probes_dir), "--datasets", *data, "--limit", str(cfg.eval_limit),
+        limit = cfg.over_refusal_limit if mode == "over-refusal" else cfg.eval_limit
+        shared = [*common, "--probes", str(probes_dir), "--datasets", *data, "--limit", str(limit),
                   "--lookahead", str(cfg.lookahead), "--base-lookahead", str(cfg.lookahead),
                   "--batch-size", str(cfg.batch_size)]
         extra = {"deep-prefill": ["--depths", *map(str, cfg.eval_depths), "--continuation",

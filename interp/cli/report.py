@@ -392,8 +392,8 @@ def write_report(root: Path, cfg: Any, *, store: Path, sweep_dir: Path, probes_d
     uses_corpus = getattr(cfg, "uses_corpus", False)
     data = f"corpus spec {cfg.spec}" if uses_corpus else f"data: {', '.join(cfg.data)}"
     lines = [f"# Safety-Token study: {cfg.model}", "",
-             f"anydepth {interp.__version__}, preset {getattr(cfg, 'preset', '-')}; {data}; store `{store}`; "
-             f"probes `{probes_dir}`.", ""]
+             f"anydepth {interp.__version__}, preset {getattr(cfg, 'preset', '-')}; {data}; forward dtype "
+             f"{getattr(cfg, 'dtype', '-')} (extraction and evaluations); store `{store}`; probes `{probes_dir}`.", ""]
     if getattr(cfg, "fallback", None):
         lines += [f"**The public sets were unavailable ({cfg.fallback}); this run used the built-in 80-prompt "
                   "twin set instead of the corpus recipe.**", ""]
