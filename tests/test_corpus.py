@@ -180,16 +180,17 @@ def test_shipped_specs_plan_within_the_mirror(monkeypatch):
         benign_openers = {t.opener for t in tasks if t.entry.kind == "prefill" and t.entry.label == "benign"}
         assert len(harmful_openers) >= 2 and harmful_openers <= benign_openers  # matched style
         if name == "demo":
-            assert len(rows) <= 110  # the CPU budget of `make demo` (README, "The demo")
-            own = [r for t in tasks if t.entry.label == "benign" and t.entry.kind in ("own", "prefill")
-                   for r in t.records]
-            assert len(own) >= 50  # the population its threshold is calibrated on (~1/4 of it) and tested on
+            assert len(rows) <= 420  # the CPU budget of `make demo` (README, "The demo": 17 min on 2 cores)
+            own = [r for t in tasks if t.entry.label == "benign" and t.entry.kind == "own" for r in t.records]
+            # the population its threshold is calibrated on: the demo preset's 40% of it is >= 100 own answers
+            assert len(own) >= 250
     causal = plan_corpus(load_spec("causal"))  # matched pairs only: the same openers on both labels
     assert {(t.entry.kind, t.entry.label) for t in causal} == {("prefill", "harmful"), ("prefill", "benign")}
     assert {t.opener for t in causal if t.entry.label == "harmful"} == {t.opener for t in causal
                                                                           if t.entry.label == "benign"}
     demo_prompts = {r.prompt for t in plan_corpus(load_spec("demo")) for r in t.records}
-    assert len(demo_prompts & {r.prompt for t in causal for r in t.records}) <= 2  # dropped before use (README)
+    # 9 since the demo grew to 410 rows (README, Causality: a rerun against a newer demo probe set drops them)
+    assert len(demo_prompts & {r.prompt for t in causal for r in t.records}) <= 9
     bad = spec_from_dict({"name": "x", "entries": [{"source": "advbench", "kind": "prefill", "label": "harmful",
                                                      "count": 600, "openers": ["Sure"]}]})
     with pytest.raises(UserError, match="'advbench' has 520 distinct harmful prompts"):
