@@ -153,7 +153,7 @@ def test_presets_fill_only_the_options_left_unset():
     demo = DemoConfig().resolved()
     assert (demo.spec, demo.eval_limit, demo.over_refusal_limit, demo.batch_size, demo.gen_dtype) == ("demo", 50, 25, 64, "auto")
     assert (demo.calib_fraction, demo.test_fraction, demo.target_fpr) == (0.4, 0.2, 0.01)
-    assert DemoConfig(preset="study").resolved().batch_size == 8
+    assert DemoConfig(preset="study").resolved().batch_size == 64
     given = DemoConfig(batch_size=4, eval_limit=2).resolved()
     assert (given.batch_size, given.eval_limit, given.stride) == (4, 2, 25)
 

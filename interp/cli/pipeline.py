@@ -34,7 +34,7 @@ PRESETS: dict[str, dict] = {
     # 64 rows in flight: the slot engine decoded the study corpus in 9.6 min at 64 rows (22.6 at 32, DynamicCache)
     "study": {"spec": "default", "depths": "0,8,16,25:500:25", "gen_batch_size": 64, "gen_dtype": "auto",
               "stride": 25, "target_fpr": 0.02, "combine_top": 3, "evaluations": ("deep-prefill", "over-refusal"),
-              "eval_depths": (0, 25, 100, 250, 500), "eval_limit": 20, "over_refusal_limit": 20, "batch_size": 8,
+              "eval_depths": (0, 25, 100, 250, 500), "eval_limit": 20, "over_refusal_limit": 20, "batch_size": 64,
               "calib_fraction": 0.25, "test_fraction": 0.25},
 }
 # --spec none (or no public data): the built-in twin set, generated with a forced opener (the 0.2 demo)
