@@ -595,3 +595,36 @@ def test_chat_templates_render_sandboxed():
     with pytest.raises(ApiError) as info:
         build_request(body, tok, served_model=NAME, max_tokens_limit=8)
     assert info.value.status == 400 and "unsafe" in info.value.message
+
+
+@pytest.mark.parametrize("stream", [True, False])
+def test_sigterm_ends_open_requests_with_a_shutdown_error(env, stream):
+    """SIGTERM (uvicorn's exit handler) while a request is open: a stream gets an error chunk (code shutdown) and
+    ``[DONE]``, a plain request a 503; before, a stream just stopped and a client could not tell it was cut."""
+    import signal
+
+    with side_server(env, max_tokens_limit=64) as server, slowed(env["model"], 0.25):
+        service = server.service
+        body = json.dumps({"model": NAME, "messages": messages(PROMPTS[1]), "max_tokens": 64, "stream": stream})
+        sock = socket.create_connection(server.server_address, timeout=10)
+        sock.sendall(f"POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+                     f"Content-Length: {len(body)}\r\n\r\n{body}".encode())
+        assert wait_until(lambda: service.busy, 10)
+        time.sleep(0.6)  # a few steps into the generation
+        server.uvicorn.handle_exit(signal.SIGTERM, None)
+        received = b""
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline:
+            part = sock.recv(65536)
+            if not part:
+                break
+            received += part
+            if (b"[DONE]" in received) if stream else (b'"shutdown"' in received):
+                break
+        sock.close()
+    text = received.decode(errors="replace")
+    assert '"code":"shutdown"' in text.replace(" ", "")
+    if stream:
+        assert "chat.completion.chunk" in text and text.rstrip().endswith("[DONE]")
+    else:
+        assert text.startswith("HTTP/1.1 503")

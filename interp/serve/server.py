@@ -22,9 +22,11 @@ import socket
 import threading
 import time
 import uuid
+from collections.abc import Callable
 
 import anyio
 import h11
+import uvicorn
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse, Response
 from sse_starlette.sse import EventSourceResponse
@@ -156,8 +158,10 @@ async def read_body(request: Request, limit: int, timeout_s: float) -> bytes:
     return b"".join(parts)
 
 
-def create_app(service: GuardService, config: ServerConfig) -> FastAPI:
-    """The FastAPI application over a running :class:`GuardService`."""
+def create_app(service: GuardService, config: ServerConfig, stopping: Callable[[], bool] = lambda: False) -> FastAPI:
+    """The FastAPI application over a running :class:`GuardService`. ``stopping()`` turns true when the server
+    is asked to stop (SIGTERM / SIGINT): open requests then end with a 503 ``shutdown`` error (a stream: an error
+    chunk and ``[DONE]``) instead of being cut, so a client can tell."""
     keys = [k.encode() for k in config.keys()]
     metrics = service.metrics
     app = FastAPI(title="anydepth serve", docs_url=None, redoc_url=None, openapi_url=None)
@@ -246,8 +250,12 @@ def create_app(service: GuardService, config: ServerConfig) -> FastAPI:
                 job.cancel()
                 return "error", ApiError(504, "no answer within the request timeout", "server_error",
                                          code="timeout")
+            if stopping():
+                job.cancel()
+                return "error", ApiError(503, "the server is shutting down; retry the request", "server_error",
+                                         code="shutdown")
             try:
-                return await asyncio.wait_for(job.events.get(), timeout=min(left, 0.1 if watch else left))
+                return await asyncio.wait_for(job.events.get(), timeout=min(left, 0.1))
             except asyncio.TimeoutError:
                 if watch and await request.is_disconnected():
                     job.cancel()
@@ -299,17 +307,29 @@ def create_app(service: GuardService, config: ServerConfig) -> FastAPI:
 
 
 # ------------------------------------------------------------------------------------------------ server
+class _Uvicorn(uvicorn.Server):
+    """uvicorn's server that also raises the app's stop flag on SIGTERM / SIGINT, so open streams end with an error
+    chunk and ``[DONE]`` within the graceful-shutdown window instead of being cut."""
+
+    def __init__(self, stopping: threading.Event, config: uvicorn.Config) -> None:
+        super().__init__(config)
+        self.stopping = stopping
+
+    def handle_exit(self, sig, frame) -> None:
+        self.stopping.set()
+        super().handle_exit(sig, frame)
+
+
 class GuardServer:
     """uvicorn serving :func:`create_app` on a socket bound at construction."""
 
     def __init__(self, service: GuardService, config: ServerConfig, sock: socket.socket):
-        import uvicorn
-
         self.service, self.config, self.sock = service, config, sock
         protocol = type("Protocol", (GuardH11Protocol,), {"header_timeout_s": config.header_timeout_s,
                                                           "max_connections": config.max_connections})
-        app = AccessLog(create_app(service, config), service.metrics, config.access_log)
-        self.uvicorn = uvicorn.Server(uvicorn.Config(
+        self.stopping = threading.Event()  # set by SIGTERM / SIGINT or stop(): open requests end with an error
+        app = AccessLog(create_app(service, config, self.stopping.is_set), service.metrics, config.access_log)
+        self.uvicorn = _Uvicorn(self.stopping, uvicorn.Config(
             app, http=protocol, lifespan="off", access_log=False, log_level="warning", log_config=None,
             timeout_keep_alive=config.keep_alive_s, timeout_graceful_shutdown=5, backlog=2048,
             h11_max_incomplete_event_size=64 * 1024))
@@ -340,6 +360,7 @@ class GuardServer:
         return self.thread
 
     def stop(self) -> None:
+        self.stopping.set()
         self.uvicorn.should_exit = True
         if self.thread is not None:
             self.thread.join(30)

@@ -1,0 +1,128 @@
+"""Paper-scale probe sweep: time per layer and peak memory of ``run_sweep`` on synthetic stores of growing size.
+
+The paper's corpus is about 30k responses x 20 depths, 32 layers, d_model 4096 (a bf16 store of ~160 GB for one
+position: more disk than a laptop has), so this writes smaller stores of the same shape (bf16 storage, one span
+position, an end slot, a planted direction per layer) and sweeps each in a fresh process, which reports its peak
+resident memory. Cost linear in rows shows as a flat ``pairs/s``; peak memory independent of layer count as the
+same peak for two layer counts at the largest size.
+
+    python scripts/bench_scale.py                       # quick: 1k, 2k, 4k responses, d 1024, 4 layers
+    python scripts/bench_scale.py --responses 2000 4000 8000 --d-model 4096
+
+Last line: ``rows_per_s=<x> peak_gib=<y>`` ((response, depth) rows per second per layer, and peak GiB, of the
+largest size).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+
+def write_store(path: Path, n: int, depths: int, layers: int, d: int, chunk: int = 256, seed: int = 0) -> None:
+    """A bf16 store of ``n`` responses, written ``chunk`` rows at a time (memory bounded by one chunk)."""
+    from interp.extract.store import ActivationStore
+
+    rng = np.random.default_rng(seed)
+    y = rng.permutation(np.arange(n) % 2)
+    ends = np.where(rng.random(n) < 0.2, rng.integers(1, depths, n), depths)
+    valid = np.arange(depths)[None, :] < ends[:, None]
+    grid = np.arange(depths) * 25
+    n_tokens = grid[ends - 1] + 5
+    prov = {"model_id": "synthetic-scale", "weights_sha256": "w0", "template_hash": "t0", "span_ids": [7],
+            "probe_index": 0, "answer_length": int(n_tokens.max())}
+    examples = {"id": [f"e{i}" for i in range(n)], "label": y.tolist(), "source": [f"src{i % 4}" for i in range(n)],
+                "kind": ["own"] * n, "prompt": [f"p{i}" for i in range(n)], "category": [""] * n,
+                "n_response_tokens": n_tokens.tolist(), "valid": valid, "end_depth": n_tokens.tolist(),
+                "finished": [True] * n}
+    dirs = rng.normal(size=(layers, d)).astype(np.float32)
+    dirs /= np.linalg.norm(dirs, axis=1, keepdims=True)
+    store = ActivationStore.create(path, prov, examples, grid.tolist(), ["resid_post"], list(range(layers)), [0], d,
+                                   "bfloat16")
+    with store:
+        for start in range(0, n, chunk):
+            rows = np.arange(start, min(n, start + chunk))
+            sign = (2 * y[rows] - 1).astype(np.float32)
+            acts, last, prompt = {}, {}, {}
+            for layer in range(layers):
+                base = rng.normal(size=(len(rows), 1, d)).astype(np.float32)
+                x = base + 0.3 * rng.normal(size=(len(rows), depths + 1, d)).astype(np.float32)
+                x += (0.15 * (layer + 1) * sign + rng.normal(size=len(rows)).astype(np.float32))[:, None, None] * dirs[layer]
+                acts[("hook_resid_post", layer)] = x[:, :, None, :]
+                last[("hook_resid_post", layer)] = np.zeros((len(rows), depths + 1, d), np.float32)
+                prompt[("hook_resid_post", layer)] = np.zeros((len(rows), d), np.float32)
+            store.write_rows(rows.tolist(), acts, last, prompt)
+
+
+def sweep_once(path: str, layers: int) -> dict:
+    """Run in a fresh process: the probe sweep (no baselines) over the first ``layers`` layers."""
+    import resource
+
+    from interp.extract.store import ActivationStore
+    from interp.probes.data import load_layer
+    from interp.probes.oof import ProbeConfig
+    from interp.probes.sweep import SweepConfig, run_sweep
+
+    times = []
+    with ActivationStore.open(path) as store:
+        def loader(layer, position):
+            times.append(time.perf_counter())
+            return load_layer(store, "hook_resid_post", layer, position)
+
+        start = time.perf_counter()
+        res = run_sweep(loader, list(range(layers)), ProbeConfig(), SweepConfig(baselines=(), n_boot=0))
+        total = time.perf_counter() - start
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20  # KiB -> GiB
+    auc = [r["auroc"]["value"] for r in res["per_layer"]["probe"]]
+    return {"seconds": total, "per_layer": total / layers, "peak_gib": peak, "pairs": res["n_pairs"], "auroc": auc}
+
+
+def run_child(path: Path, layers: int) -> dict:
+    code = (f"import json, sys; sys.path.insert(0, {str(Path(__file__).parent)!r}); import bench_scale; "
+            f"print(json.dumps(bench_scale.sweep_once({str(path)!r}, {layers})))")
+    out = subprocess.run([sys.executable, "-c", code], check=True, capture_output=True, text=True).stdout
+    return json.loads(out.strip().splitlines()[-1])
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--responses", type=int, nargs="+", default=[1000, 2000, 4000])
+    ap.add_argument("--depths", type=int, default=20)
+    ap.add_argument("--layers", type=int, default=4, help="layers in each store (the largest is also swept at half)")
+    ap.add_argument("--d-model", type=int, default=1024)
+    ap.add_argument("--tmp", default=None, help="folder for the synthetic stores (default: a temporary folder)")
+    args = ap.parse_args()
+    sizes = sorted(args.responses)
+    print(f"synthetic bf16 stores: {args.depths} depths, {args.layers} layers, d_model {args.d_model}; "
+          f"sweep = probe only, grouped 5-fold CV, one fresh process per run", flush=True)
+    with tempfile.TemporaryDirectory(dir=args.tmp) as tmp:
+        rows = []
+        for n in sizes:
+            path = Path(tmp) / f"scale-{n}.h5"
+            t = time.perf_counter()
+            write_store(path, n, args.depths, args.layers, args.d_model)
+            written = time.perf_counter() - t
+            runs = [(args.layers, run_child(path, args.layers))]
+            if n == sizes[-1] and args.layers > 1:
+                runs.append((args.layers // 2, run_child(path, args.layers // 2)))
+            for layers, r in runs:
+                layer_gib = r["pairs"] * args.d_model * 4 / 2**30
+                rows.append((n, layers, r))
+                print(f"responses {n:6d} ({r['pairs']} rows) layers {layers}: {r['per_layer']:.1f} s/layer, "
+                      f"{r['pairs'] / r['per_layer']:.0f} rows/s per layer, peak {r['peak_gib']:.2f} GiB "
+                      f"(one layer's rows as float32: {layer_gib:.2f} GiB; store written in {written:.0f} s; "
+                      f"AUROC {min(r['auroc']):.3f}-{max(r['auroc']):.3f})", flush=True)
+            path.unlink()
+    n, layers, r = next(x for x in rows if x[0] == sizes[-1] and x[1] == args.layers)
+    print(f"rows_per_s={r['pairs'] / r['per_layer']:.1f} peak_gib={r['peak_gib']:.2f}")
+
+
+if __name__ == "__main__":
+    main()
