@@ -215,3 +215,26 @@ def test_limits_inside_a_forced_run(limit):
         assert_same(x, y)
         assert x.stop_reason == ("max_new_tokens" if limit == "max_new_tokens" else "context_limit")
         assert x.checks[-1].depth == len(x.generated_ids) == (27 if limit == "max_new_tokens" else 23)
+
+
+@pytest.mark.parametrize("chunk", [False, True])
+def test_forced_rows_skip_the_lm_head_and_change_nothing(chunk):
+    """A row whose next token is forced (and is not checked there) does not go through the LM head; the streams,
+    checks and scores equal the run that computes every row's logits."""
+    model, tok, spans, prompts, text = setup("qwen2")
+    probes = make_probes(model, spans)
+    forced = [text[:30], text[5:12], text[9:20] + [tok.eos_token_id]]
+    seen = []
+    hook = model.get_output_embeddings().register_forward_hook(lambda m, inp, out: seen.append(inp[0].shape[0]))
+    runs = {}
+    try:
+        for skip in (True, False):
+            seen.clear()
+            runs[skip] = (generate(model, tok, spans, prompts, forced, probes, chunk=chunk, forced_only=False,
+                                   stride=10, early_checks=(3,), max_new_tokens=40, skip_forced_head=skip),
+                          sum(seen))
+    finally:
+        hook.remove()
+    for a, b in zip(runs[True][0], runs[False][0]):
+        assert_same(a, b)
+    assert runs[True][1] < runs[False][1]  # head rows: forced, unchecked steps skipped it

@@ -625,6 +625,7 @@ def test_sigterm_ends_open_requests_with_a_shutdown_error(env, stream):
     text = received.decode(errors="replace")
     assert '"code":"shutdown"' in text.replace(" ", "")
     if stream:
-        assert "chat.completion.chunk" in text and text.rstrip().endswith("[DONE]")
+        events = [line for line in text.splitlines() if line.startswith("data:")]
+        assert "chat.completion.chunk" in events[0] and '"shutdown"' in events[-2] and events[-1] == "data: [DONE]"
     else:
         assert text.startswith("HTTP/1.1 503")

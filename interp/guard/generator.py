@@ -31,6 +31,7 @@ from interp.generate.decode import nucleus_probs
 from interp.guard import deferred
 from interp.guard.aggregate import Aggregation, reaches
 from interp.guard.checks import Checker, CheckOutcome
+from interp.guard.openers import head_logits
 from interp.guard.types import Callback, GuardConfig, GuardResult
 from interp.model import fast_linear
 from interp.model.kvcache import cache_kwarg, new_cache
@@ -71,6 +72,8 @@ class GuardedGenerator:
         # True while this generator routes the model's few-row linears through interp.model.fast_linear
         self.fast_linear_installed = config.fast_linear and fast_linear.install(model)
         self.eos_ids = self._eos_ids()
+        head = model.get_output_embeddings()
+        self.vocab, self.logits_dtype = head.weight.shape[0], head.weight.dtype
         limit = getattr(model.config, "max_position_embeddings", None)
         self.max_context = config.max_context or limit or 1 << 30
 
@@ -148,10 +151,30 @@ class GuardedGenerator:
             pending.append(deferred.snapshot(cache, b, mask, pos_next[b], logits, depth, reasons[b]))
         return set(due)
 
-    def _forward(self, ids, pos, mask, cache, logits_to_keep=1):
-        out = self.model(input_ids=ids, position_ids=pos, attention_mask=mask, use_cache=True,
-                         logits_to_keep=logits_to_keep, **{self._cache_kw: cache})
-        return out.logits
+    def _forward(self, ids, pos, mask, cache, logits_to_keep=1, need: list[int] | None = None):
+        """Next-token logits ``[B, 1, V]`` after ``ids``; with ``need`` only those rows go through the LM head (the
+        others' logits are zeros that nothing reads: rows whose next token is forced, rows that finished)."""
+        if need is None or len(need) == ids.shape[0]:
+            out = self.model(input_ids=ids, position_ids=pos, attention_mask=mask, use_cache=True,
+                             logits_to_keep=logits_to_keep, **{self._cache_kw: cache})
+            return out.logits
+        body = self.checker.base
+        hidden = body(input_ids=ids, position_ids=pos, attention_mask=mask, use_cache=True,
+                      **{self.checker._kw_base: cache}).last_hidden_state[:, -1:]
+        logits = hidden.new_zeros(ids.shape[0], 1, self.vocab, dtype=self.logits_dtype)
+        if need:
+            logits[need] = head_logits(self.model, hidden[need]).to(self.logits_dtype)
+        return logits
+
+    def _need_logits(self, rows: list[int], forced: list[list[int]], depth: int, width: int) -> list[int] | None:
+        """Active rows whose logits at ``depth`` something reads (None: every row): a free or ending row, a forced
+        EOS (its final check), every row at a scheduled check or a limit. A row whose next token is forced and
+        is not checked there skips the LM head (``config.skip_forced_head``)."""
+        cfg = self.config
+        if not cfg.skip_forced_head or (self.detectors and cfg.is_due(depth)) or depth >= cfg.max_new_tokens or (
+                width + 1 + self.checker.room > self.max_context):
+            return None
+        return [b for b in rows if depth >= len(forced[b]) or forced[b][depth] in self.eos_ids]
 
     @torch.no_grad()
     def generate(self, prompts: Sequence[Sequence[int]], forced: Sequence[Sequence[int]] | None = None,
@@ -253,7 +276,8 @@ class GuardedGenerator:
                     ids[b] = torch.tensor(forced[b][depth:depth + run], device=device)
                 mask = torch.cat([mask, torch.ones((B, run), dtype=mask.dtype, device=device)], dim=1)
                 pos = (lens + depth)[:, None] + torch.arange(run, device=device)[None]
-                logits = self._forward(ids, pos, mask, cache)[:, -1]
+                need = self._need_logits(rows, forced, depth + run, mask.shape[1])
+                logits = self._forward(ids, pos, mask, cache, need=need)[:, -1]
                 for b in rows:
                     results[b].generated_ids.extend(forced[b][depth:depth + run])
                     if not (cfg.buffer and self.detectors):
@@ -287,7 +311,9 @@ class GuardedGenerator:
             else:
                 if due:
                     apply(chk.run(cache, mask, lens + depth, self.detectors, logits), due, depth)
-                logits = self._forward(nxt[:, None], step_pos, step_mask, cache)[:, -1]
+                going = [b for b in rows if b not in ending]
+                need = self._need_logits(going, forced, depth + 1, step_mask.shape[1])
+                logits = self._forward(nxt[:, None], step_pos, step_mask, cache, need=need)[:, -1]
             mask = step_mask
             for b in rows:
                 if not active[b]:

@@ -37,6 +37,8 @@ class GuardConfig(AggregateConfig):
     piggyback: bool = field(default=False, metadata={"help": "ride each check on the next decode step"})
     fast_linear: bool = field(default=True, metadata={
         "help": "CPU float32: few-row linears as W·xᵀ (2.5-5x faster for checks and small batches)"})
+    skip_forced_head: bool = field(default=True, metadata={
+        "help": "rows whose next token is forced (and not checked there) skip the LM head"})
     do_sample: bool = field(default=False, metadata={"help": "sample instead of greedy decoding"})
     temperature: float = field(default=1.0, metadata={"help": "sampling temperature"})
     top_p: float = field(default=1.0, metadata={"help": "nucleus sampling mass"})
