@@ -54,7 +54,7 @@ def write_store(path: Path, n: int, depths: int, layers: int, d: int, chunk: int
             for layer in range(layers):
                 base = rng.normal(size=(len(rows), 1, d)).astype(np.float32)
                 x = base + 0.3 * rng.normal(size=(len(rows), depths + 1, d)).astype(np.float32)
-                x += (0.15 * (layer + 1) * sign + rng.normal(size=len(rows)).astype(np.float32))[:, None, None] * dirs[layer]
+                x += (0.5 * (layer + 1) * sign + rng.normal(size=len(rows)).astype(np.float32))[:, None, None] * dirs[layer]
                 acts[("hook_resid_post", layer)] = x[:, :, None, :]
                 last[("hook_resid_post", layer)] = np.zeros((len(rows), depths + 1, d), np.float32)
                 prompt[("hook_resid_post", layer)] = np.zeros((len(rows), d), np.float32)
