@@ -194,3 +194,35 @@ def test_extract_refuses_continuations_made_with_another_tokenizer(tmp_path, cap
     assert "generated with another tokenizer" in err and "Traceback" not in err
     assert not (tmp_path / "b.h5").exists()
     assert main(["extract", "--model", str(tmp_path / "a"), *common, "--out", str(tmp_path / "a.h5")]) == 0
+
+
+def test_rows_carry_their_tokenizer_so_a_copied_file_is_refused(tmp_path, capsys):
+    """Each row records the tokenizer it was made with, so a file without its sidecar (copied, or the
+    ``<out>.continuations.jsonl`` extract --data writes) is refused on another model's tokenizer too."""
+    import shutil
+
+    from interp.cli.main import main
+    from interp.generate.continuations import load_jsonl
+    from interp.spans.render import tokenizer_sha256
+    from interp.testing import tiny_model
+
+    toks = {}
+    for name, (arch, family) in {"a": ("qwen2", "qwen2"), "b": ("llama", "llama3")}.items():
+        model, tok = tiny_model(arch, family, n_layers=2)
+        model.save_pretrained(tmp_path / name)
+        tok.save_pretrained(tmp_path / name)
+        toks[name] = tok
+    made = tmp_path / "a.h5"
+    assert main(["extract", "--model", str(tmp_path / "a"), "--data", "demo", "--limit", "2", "--depths", "0,2",
+                 "--layers", "0", "--out", str(made)]) == 0
+    written = made.with_suffix(".continuations.jsonl")
+    rows = load_jsonl(written)
+    assert rows and {r.tokenizer_sha256 for r in rows} == {tokenizer_sha256(toks["a"])}
+    copied = tmp_path / "copied.jsonl"  # no sidecar beside it
+    shutil.copy(written, copied)
+    capsys.readouterr()
+    assert main(["extract", "--model", str(tmp_path / "b"), "--continuations", str(copied), "--depths", "0,2",
+                 "--layers", "0", "--out", str(tmp_path / "b.h5")]) == 2
+    err = capsys.readouterr().err
+    assert "was made with another tokenizer" in err and "Traceback" not in err
+    assert not (tmp_path / "b.h5").exists()

@@ -146,6 +146,9 @@ class Continuation:
     opener: str = ""
     finished: bool = False
     meta: dict[str, Any] = field(default_factory=dict)
+    # the tokenizer the ids were made with (:func:`interp.spans.render.tokenizer_sha256`): extraction refuses a
+    # row made with another one (its ids would be read as other tokens); empty in files written before 0.5.1
+    tokenizer_sha256: str = ""
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -193,8 +196,9 @@ def from_records(records: Sequence, tokenizer, system: str | None = None,
     """Dataset responses (``Record.response``) tokenised in context; records without a response are an error.
     ``allow_special``: special-token strings in prompts stay special (default: encoded as plain text)."""
     from interp.spans.derive import encode_response, format_prompt_ids
+    from interp.spans.render import tokenizer_sha256
 
-    out = []
+    out, made_with = [], tokenizer_sha256(tokenizer)
     for rec in records:
         if rec.response is None:
             raise UserError(f"record {rec.id!r} has no response; generate one with `anydepth generate`")
@@ -202,7 +206,8 @@ def from_records(records: Sequence, tokenizer, system: str | None = None,
         response_ids = encode_response(tokenizer, prompt_ids, rec.response) if rec.response else []
         out.append(Continuation(id=rec.id, prompt=rec.prompt, label=rec.label, prompt_ids=list(prompt_ids),
                                 response_ids=list(response_ids), response=rec.response, source=rec.source,
-                                category=rec.category, kind="dataset", finished=True, meta=dict(rec.meta)))
+                                category=rec.category, kind="dataset", finished=True, meta=dict(rec.meta),
+                                tokenizer_sha256=made_with))
     return out
 
 
@@ -322,7 +327,9 @@ def _jobs(tokenizer, req: Request, spans, limit: int | None) -> list[tuple]:
 
 
 def _assemble(tokenizer, req: Request, jobs: list[tuple], news: list[list[int]], stops) -> list[Continuation]:
-    out = []
+    from interp.spans.render import tokenizer_sha256
+
+    out, made_with = [], tokenizer_sha256(tokenizer)
     for (rec, kind, prompt_ids, forced, _), tokens in zip(jobs, news):
         cut = next((i for i, t in enumerate(tokens) if t in stops), None)
         generated = tokens if cut is None else tokens[:cut]
@@ -335,7 +342,7 @@ def _assemble(tokenizer, req: Request, jobs: list[tuple], news: list[list[int]],
             id=rec.id + suffix, prompt=rec.prompt, label=rec.label, prompt_ids=prompt_ids, response_ids=response_ids,
             response=tokenizer.decode(response_ids), source=f"{rec.source}:{kind}" if rec.source else kind,
             category=rec.category, kind=kind, opener=req.opener if kind == "prefill" else "",
-            finished=cut is not None, meta=meta))
+            finished=cut is not None, meta=meta, tokenizer_sha256=made_with))
     return out
 
 

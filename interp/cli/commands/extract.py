@@ -49,6 +49,7 @@ def run_extract(model_cfg, gen_cfg, cfg, progress: bool = True):
             items = continuations_for(loaded.model, loaded.tokenizer, records, gen_cfg, progress=progress)
             save_jsonl(items, cont_path)
         source = str(cont_path)
+    _check_rows_made_with(items, source, loaded)
     layers = parse_layers(cfg.layers, loaded.n_layers)
     provenance = {**loaded.provenance(), "package_version": interp.__version__, "continuations": source,
                   "config": configs}
@@ -80,6 +81,19 @@ def _check_made_with(path: Path, loaded) -> None:
     if made and mine and made != mine:
         raise UserError(f"{path} was generated with another tokenizer (tokenizer_sha256 {made}, this model's is "
                         f"{mine}); regenerate the continuations with this model (anydepth generate)")
+
+
+def _check_rows_made_with(items, source: str, loaded) -> None:
+    """Refuse rows that record another tokenizer (``Continuation.tokenizer_sha256``: written by generate, corpus
+    and extract itself), wherever the file came from; rows without it (older files) rely on the sidecar check."""
+    from interp import UserError
+
+    mine = loaded.provenance().get("tokenizer_sha256")
+    other = next((c for c in items if c.tokenizer_sha256 and mine and c.tokenizer_sha256 != mine), None)
+    if other is not None:
+        raise UserError(f"{source}: row {other.id!r} was made with another tokenizer (tokenizer_sha256 "
+                        f"{other.tokenizer_sha256[:12]}…, this model's is {mine[:12]}…); its token ids would be read "
+                        "as other tokens: regenerate the continuations with this model")
 
 
 def run(args) -> int:
