@@ -7,7 +7,7 @@ method. :func:`run_sweep` streams layers one at a time through a ``loader(layer,
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 from tqdm.auto import tqdm
@@ -92,12 +92,13 @@ def run_sweep(loader: Callable[[int, str | int], LayerData], layers: list[int], 
         res["notes"].append("baseline ngram skipped: the store records no response text (re-extract)")
     oof: dict[str, list[np.ndarray]] = {m: [] for m in methods}
     ends: list[np.ndarray] = []
-    split = data0 = best_data = None
+    split = data0 = best_layer = None
     best_auc = -np.inf
     for layer in tqdm(layers, desc="layers", unit="layer"):
         data = loader(layer, position)
-        if split is None:
-            split, data0 = make_split(data, cfg), data
+        if split is None:  # data0: the rows' labels, groups and validity (no activations kept across layers)
+            split, data0 = make_split(data, cfg), replace(data, X=np.empty(data.X.shape[:2] + (0,), np.float32),
+                                                          X_end=None)
             res.update(depths=data.depths.tolist(), split={"kind": split.kind, "n_folds": split.n_folds},
                        n_examples=int(len(data.y)), n_pairs=int(data.valid.sum()))
         if cfg.per_depth_fit:
@@ -128,8 +129,9 @@ def run_sweep(loader: Callable[[int, str | int], LayerData], layers: list[int], 
             res["per_layer"][m].append(_summ(p, data, np.isfinite(p), cfg.n_boot, cfg.seed))
             res["per_depth"][m].append(_per_depth(p, data, cfg.n_boot if m == "probe" else 0, cfg.seed))
         auc = res["per_layer"]["probe"][-1]["auroc"]["value"]
-        if auc > best_auc:  # the best layer so far (first of ties, as choose_layer): kept for leave-one-source-out
-            best_auc, best_data = auc, data
+        if auc > best_auc:  # the best layer so far (first of ties, as choose_layer): read again for LOSO
+            best_auc, best_layer = auc, layer
+        del data  # one layer's activations in memory at a time
     res["best_layer"] = choose_layer(layers, [s["auroc"]["value"] for s in res["per_layer"]["probe"]])
     best_i = list(layers).index(res["best_layer"])
     res["best"] = _best_layer_report(oof, ends[best_i], best_i, data0, cfg, answers)
@@ -142,7 +144,7 @@ def run_sweep(loader: Callable[[int, str | int], LayerData], layers: list[int], 
                                                                    data0.groups[rows], n_boot=cfg.n_boot,
                                                                    seed=cfg.seed)
     if split.kind == "grouped":
-        res["loso"] = leave_one_source_out(best_data, split, probe, cfg, texts, answers)
+        res["loso"] = leave_one_source_out(loader(best_layer, position), split, probe, cfg, texts, answers)
     res["_oof"] = {m: np.stack(v) for m, v in oof.items()}
     res["_labels"] = data0.y
     res["notes"] = sorted(set(res["notes"]))
