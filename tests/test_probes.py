@@ -387,3 +387,24 @@ def test_leave_one_source_out_compares_scores_of_one_fold_model(planted, monkeyp
     p, _ = perfect(data, split, None, end=True)
     rows, cols = np.nonzero(np.isfinite(p))
     assert auroc(p[rows, cols], data.y[rows]) < 0.9  # what a pooled AUROC over the folds reports
+
+
+def test_sweep_holds_one_layers_activations_at_a_time():
+    """The sweep streams layers: when it reads a layer (or the best one again for leave-one-source-out), no
+    earlier layer's data is alive, so peak memory does not grow with the layer count (scripts/bench_scale.py)."""
+    import weakref
+
+    from interp.probes.sweep import SweepConfig, run_sweep
+
+    ss = SyntheticSet(SyntheticSpec(n_prompts=80, n_depths=3, d_model=8, n_layers=4, signal=(0.5, 1.0, 3.0, 2.0)))
+    refs, alive_at_read = [], []
+
+    def loader(layer, position):
+        alive_at_read.append(sum(r() is not None for r in refs))
+        data = ss.layer(layer)
+        refs.append(weakref.ref(data))
+        return data
+
+    res = run_sweep(loader, [0, 1, 2, 3], ProbeConfig(), SweepConfig(baselines=(), n_boot=0))
+    assert len(alive_at_read) == 5 and alive_at_read == [0] * 5  # four layers, then the best again for LOSO
+    assert res["best_layer"] == 2 and res["loso"]
