@@ -250,16 +250,10 @@ def forward_dtype(cfg: DemoConfig) -> str:
     (the store, the threshold and the guard then all see bf16 activations), else float32."""
     if cfg.dtype != "auto":
         return cfg.dtype
-    from interp.generate.continuations import cpu_has_native_bf16
+    from interp.generate.continuations import resolve_gen_dtype
+    from interp.model.loading import _resolve_device
 
-    cuda = cfg.device.startswith("cuda") or (cfg.device == "auto" and _cuda_available())
-    return "bfloat16" if cuda or cpu_has_native_bf16() else "float32"
-
-
-def _cuda_available() -> bool:
-    import torch
-
-    return torch.cuda.is_available()
+    return resolve_gen_dtype("auto", _resolve_device(cfg.device))  # the decoding rule, for the forwards too
 
 
 def run_demo(cfg: DemoConfig) -> Path:

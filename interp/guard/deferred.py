@@ -16,7 +16,7 @@ from dataclasses import dataclass
 
 import torch
 
-from interp.model.kvcache import check_cache, new_cache
+from interp.model.kvcache import check_cache, new_cache, pad_left, sliding_windows
 
 
 @dataclass
@@ -36,7 +36,7 @@ class PendingCheck:
 def can_defer(cache) -> bool:
     """Whether rows of ``cache`` can be copied out whole (full-attention layers; a sliding layer drops entries)."""
     check_cache(cache)
-    return not any(getattr(layer, "is_sliding", False) for layer in cache.layers)
+    return all(window is None for window in sliding_windows(cache))
 
 
 def snapshot(cache, row: int, mask: torch.Tensor, pos: int, logits: torch.Tensor, depth: int,
@@ -49,22 +49,13 @@ def snapshot(cache, row: int, mask: torch.Tensor, pos: int, logits: torch.Tensor
                         pos=int(pos), logits=logits[row].clone())
 
 
-def _pad_left(x: torch.Tensor, width: int, dim: int) -> torch.Tensor:
-    missing = width - x.shape[dim]
-    if missing == 0:
-        return x
-    shape = list(x.shape)
-    shape[dim] = missing
-    return torch.cat([x.new_zeros(shape), x], dim=dim)
-
-
 def stack(pending: list[PendingCheck], model):
     """``(cache, mask, pos_next, logits)`` of the pending rows as one batch, right-aligned (left-padded, masked)."""
     width = max(p.mask.shape[0] for p in pending)
     cache = new_cache(model)
     for i, layer in enumerate(cache.layers):
-        layer.update(torch.cat([_pad_left(p.keys[i], width, -2) for p in pending]),
-                     torch.cat([_pad_left(p.values[i], width, -2) for p in pending]))
-    mask = torch.stack([_pad_left(p.mask, width, 0) for p in pending])
+        layer.update(torch.cat([pad_left(p.keys[i], width, -2) for p in pending]),
+                     torch.cat([pad_left(p.values[i], width, -2) for p in pending]))
+    mask = torch.stack([pad_left(p.mask, width, 0) for p in pending])
     pos = torch.tensor([p.pos for p in pending], device=mask.device)
     return cache, mask, pos, torch.stack([p.logits for p in pending])

@@ -68,7 +68,7 @@ class GuardedGenerator:
         if mismatch and config.threshold is None:
             warnings.warn(mismatch, stacklevel=2)
         self.rule = Aggregation.of(config)  # when a row's checks make it fire (default: any flagged check)
-        self._cache_kw = cache_kwarg(model)
+        self._cache_kw, self._cache_kw_body = cache_kwarg(model), cache_kwarg(self.checker.base)
         # True while this generator routes the model's few-row linears through interp.model.fast_linear
         self.fast_linear_installed = config.fast_linear and fast_linear.install(model)
         self.eos_ids = self._eos_ids()
@@ -158,9 +158,8 @@ class GuardedGenerator:
             out = self.model(input_ids=ids, position_ids=pos, attention_mask=mask, use_cache=True,
                              logits_to_keep=logits_to_keep, **{self._cache_kw: cache})
             return out.logits
-        body = self.checker.base
-        hidden = body(input_ids=ids, position_ids=pos, attention_mask=mask, use_cache=True,
-                      **{self.checker._kw_base: cache}).last_hidden_state[:, -1:]
+        hidden = self.checker.base(input_ids=ids, position_ids=pos, attention_mask=mask, use_cache=True,
+                                   **{self._cache_kw_body: cache}).last_hidden_state[:, -1:]
         logits = hidden.new_zeros(ids.shape[0], 1, self.vocab, dtype=self.logits_dtype)
         if need:
             logits[need] = head_logits(self.model, hidden[need]).to(self.logits_dtype)

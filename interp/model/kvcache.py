@@ -17,8 +17,8 @@ from typing import Any
 
 import torch
 
-__all__ = ["CacheMark", "cache_kwarg", "cache_length", "concat_rows", "drop_left", "mark", "new_cache", "rollback",
-           "select_rows", "sliding_windows"]
+__all__ = ["CacheMark", "cache_kwarg", "cache_length", "concat_rows", "drop_left", "mark", "new_cache", "pad_left",
+           "rollback", "select_rows", "sliding_windows"]
 
 
 def cache_kwarg(model: Any) -> str:
@@ -173,12 +173,15 @@ def concat_rows(cache: Any, other: Any) -> None:
         raise ValueError(f"caches have {len(mine)} and {len(theirs)} layers")
     for a, b in zip(mine, theirs):
         width = max(a.keys.shape[-2], b.keys.shape[-2])
-        a.keys, a.values = (torch.cat([_pad_left(a.keys, width), _pad_left(b.keys, width)]),
-                            torch.cat([_pad_left(a.values, width), _pad_left(b.values, width)]))
+        a.keys, a.values = (torch.cat([pad_left(a.keys, width), pad_left(b.keys, width)]),
+                            torch.cat([pad_left(a.values, width), pad_left(b.values, width)]))
 
 
-def _pad_left(x: torch.Tensor, width: int) -> torch.Tensor:
-    missing = width - x.shape[-2]
+def pad_left(x: torch.Tensor, width: int, dim: int = -2) -> torch.Tensor:
+    """``x`` with zeros prepended along ``dim`` up to ``width`` (cache positions by default; the caller masks them)."""
+    missing = width - x.shape[dim]
     if missing == 0:
         return x
-    return torch.cat([x.new_zeros(*x.shape[:-2], missing, x.shape[-1]), x], dim=-2)
+    shape = list(x.shape)
+    shape[dim] = missing
+    return torch.cat([x.new_zeros(shape), x], dim=dim)

@@ -7,6 +7,7 @@ Tokenizers may tokenize a string differently at the start of a text than after o
 from __future__ import annotations
 
 import hashlib
+import weakref
 from collections.abc import Mapping
 
 from interp import UserError
@@ -32,15 +33,31 @@ def _template_text(tokenizer) -> str:
     return tpl
 
 
+_FINGERPRINTS: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()  # tokenizer -> (state, digest)
+
+
 def tokenizer_sha256(tokenizer) -> str:
     """A fingerprint of how ``tokenizer`` maps text to ids: its vocabulary (with added tokens) and chat template.
-    Continuations made with another tokenizer give other ids for the same text, and are refused on it."""
-    import hashlib
+    Continuations made with another tokenizer give other ids for the same text, and are refused on it. Hashing a
+    large vocabulary takes ~0.3 s, so the digest is kept per tokenizer while its size and template stay the same
+    (every generation batch stamps its rows with it)."""
     import json
 
+    template = _template_text(tokenizer) if getattr(tokenizer, "chat_template", None) else ""
+    state = (len(tokenizer), template)
+    try:
+        kept = _FINGERPRINTS.get(tokenizer)
+    except TypeError:  # an object that cannot be weakly referenced: no memo
+        kept = None
+    if kept is not None and kept[0] == state:
+        return kept[1]
     vocab = sorted(tokenizer.get_vocab().items(), key=lambda kv: kv[1])
-    blob = json.dumps([vocab, _template_text(tokenizer) if getattr(tokenizer, "chat_template", None) else ""])
-    return hashlib.sha256(blob.encode()).hexdigest()
+    digest = hashlib.sha256(json.dumps([vocab, template]).encode()).hexdigest()
+    try:
+        _FINGERPRINTS[tokenizer] = (state, digest)
+    except TypeError:
+        pass
+    return digest
 
 
 def template_hash(tokenizer) -> str:

@@ -38,9 +38,10 @@ def run_extract(model_cfg, gen_cfg, cfg, progress: bool = True):
     records = None if cfg.continuations else load_records(gen_cfg.data, gen_cfg.split, gen_cfg.limit, gen_cfg.seed)
     loaded = load_model(distributed.rank_model_config(model_cfg))
     spans = derive_safety_spans(loaded.tokenizer)
+    sidecar = None
     if cfg.continuations:
-        _check_made_with(Path(cfg.continuations), loaded)
         items, source = load_jsonl(cfg.continuations), str(cfg.continuations)
+        sidecar = Path(cfg.continuations).with_suffix(".config.json")
     else:
         cont_path = out.with_suffix(".continuations.jsonl")
         if cont_path.exists():  # a resumed run reuses the continuations it generated
@@ -49,7 +50,7 @@ def run_extract(model_cfg, gen_cfg, cfg, progress: bool = True):
             items = continuations_for(loaded.model, loaded.tokenizer, records, gen_cfg, progress=progress)
             save_jsonl(items, cont_path)
         source = str(cont_path)
-    _check_rows_made_with(items, source, loaded)
+    _check_made_with(items, source, loaded, sidecar)
     layers = parse_layers(cfg.layers, loaded.n_layers)
     provenance = {**loaded.provenance(), "package_version": interp.__version__, "continuations": source,
                   "config": configs}
@@ -63,33 +64,28 @@ def run_extract(model_cfg, gen_cfg, cfg, progress: bool = True):
     return result
 
 
-def _check_made_with(path: Path, loaded) -> None:
-    """Refuse continuations whose config (``<file>.config.json`` from ``anydepth generate``) records another
-    tokenizer: their ids would be read as other tokens, silently."""
+def _check_made_with(items, source: str, loaded, sidecar: Path | None = None) -> None:
+    """Refuse continuations made with another tokenizer (their ids would be read as other tokens, silently): a
+    ``sidecar`` config (``<file>.config.json`` from ``anydepth generate``) that records another one, or a row that
+    does (``Continuation.tokenizer_sha256``, written by generate, corpus and extract itself; rows of older files
+    have none), wherever the file came from."""
     import json
 
     from interp import UserError
 
-    side = path.with_suffix(".config.json")
-    if not side.exists():
-        return
-    try:
-        made = (json.loads(side.read_text()).get("model_provenance") or {}).get("tokenizer_sha256")
-    except (OSError, ValueError):
-        return
     mine = loaded.provenance().get("tokenizer_sha256")
-    if made and mine and made != mine:
-        raise UserError(f"{path} was generated with another tokenizer (tokenizer_sha256 {made}, this model's is "
+    if not mine:
+        return
+    made = None
+    if sidecar is not None and sidecar.exists():
+        try:
+            made = (json.loads(sidecar.read_text()).get("model_provenance") or {}).get("tokenizer_sha256")
+        except (OSError, ValueError):
+            made = None
+    if made and made != mine:
+        raise UserError(f"{source} was generated with another tokenizer (tokenizer_sha256 {made}, this model's is "
                         f"{mine}); regenerate the continuations with this model (anydepth generate)")
-
-
-def _check_rows_made_with(items, source: str, loaded) -> None:
-    """Refuse rows that record another tokenizer (``Continuation.tokenizer_sha256``: written by generate, corpus
-    and extract itself), wherever the file came from; rows without it (older files) rely on the sidecar check."""
-    from interp import UserError
-
-    mine = loaded.provenance().get("tokenizer_sha256")
-    other = next((c for c in items if c.tokenizer_sha256 and mine and c.tokenizer_sha256 != mine), None)
+    other = next((c for c in items if c.tokenizer_sha256 and c.tokenizer_sha256 != mine), None)
     if other is not None:
         raise UserError(f"{source}: row {other.id!r} was made with another tokenizer (tokenizer_sha256 "
                         f"{other.tokenizer_sha256[:12]}…, this model's is {mine[:12]}…); its token ids would be read "
