@@ -251,9 +251,9 @@ def forward_dtype(cfg: DemoConfig) -> str:
     if cfg.dtype != "auto":
         return cfg.dtype
     from interp.generate.continuations import resolve_gen_dtype
-    from interp.model.loading import _resolve_device
+    from interp.model.loading import resolve_device
 
-    return resolve_gen_dtype("auto", _resolve_device(cfg.device))  # the decoding rule, for the forwards too
+    return resolve_gen_dtype("auto", resolve_device(cfg.device))  # the decoding rule, for the forwards too
 
 
 def run_demo(cfg: DemoConfig) -> Path:

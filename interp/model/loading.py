@@ -151,7 +151,8 @@ def resolve_spec(spec: str, gguf_file: str | None = None) -> ResolvedSpec:
                     f"known catalogue models: {known_names()}")
 
 
-def _resolve_device(device: str) -> str:
+def resolve_device(device: str) -> str:
+    """``auto`` -> cuda when available, else cpu; a CUDA device without CUDA is a one-line error."""
     if device == "auto":
         return "cuda" if torch.cuda.is_available() else "cpu"
     if device.startswith("cuda") and not torch.cuda.is_available():
@@ -286,7 +287,7 @@ def load_model(spec: str | ModelConfig = DEFAULT_MODEL, **overrides) -> LoadedMo
             raise TypeError(f"unknown ModelConfig fields: {sorted(unknown)}")
         cfg = dataclasses.replace(cfg, **overrides)
     start = time.perf_counter()
-    device = _resolve_device(cfg.device)
+    device = resolve_device(cfg.device)
     dtype = _resolve_dtype(cfg.dtype, device)
     resolved = resolve_spec(cfg.model, cfg.gguf_file)
     sha: str | None = None
