@@ -121,3 +121,23 @@ def load_config(cls: type[T], path: str | Path) -> T:
         if typing.get_origin(tp) is tuple and isinstance(v, list):
             data[k] = tuple(v)
     return cls(**data)
+
+
+def run_config(**configs: Any) -> dict[str, Any]:
+    """JSON-ready record of several dataclass configs (saved beside results), each with its class name."""
+    return {name: {"config_class": type(cfg).__name__, **to_dict(cfg)} for name, cfg in configs.items()}
+
+
+def short_hash(payload: dict, length: int = 12) -> str:
+    """Stable short hash of a JSON-ready payload (config-addressed file names)."""
+    return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()[:length]
+
+
+def save_json(payload: dict, path: str | Path) -> Path:
+    """Write ``payload`` as JSON atomically (sorted keys), creating the folder."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(json.dumps(payload, indent=2, sort_keys=True) + "\n")
+    tmp.replace(path)
+    return path

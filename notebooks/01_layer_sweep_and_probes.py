@@ -103,12 +103,12 @@ print("valid (row, depth) pairs:", int(ex["valid"].sum()), "of", ex["valid"].siz
 
 # %%
 from interp.probes import load_layer
-from interp.probes.sweep import ProbeConfig, SweepConfig, run_sweep
+from interp.probes.sweep import ProbeConfig, SweepPlan, run_sweep
 
 store = ActivationStore.open(store_path)
 layers = list(store.layers)
 res = run_sweep(lambda layer, position: load_layer(store, "resid_post", layer, position), layers,
-                ProbeConfig(), SweepConfig(layers=layers, folds=5, n_boot=200))
+                ProbeConfig(), SweepPlan(layers=layers, folds=5, n_boot=200))
 store.close()
 
 print("AUROC (out-of-fold) per layer:")

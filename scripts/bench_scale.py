@@ -68,7 +68,7 @@ def sweep_once(path: str, layers: int) -> dict:
     from interp.extract.store import ActivationStore
     from interp.probes.data import load_layer
     from interp.probes.oof import ProbeConfig
-    from interp.probes.sweep import SweepConfig, run_sweep
+    from interp.probes.sweep import SweepPlan, run_sweep
 
     times = []
     with ActivationStore.open(path) as store:
@@ -77,7 +77,7 @@ def sweep_once(path: str, layers: int) -> dict:
             return load_layer(store, "hook_resid_post", layer, position)
 
         start = time.perf_counter()
-        res = run_sweep(loader, list(range(layers)), ProbeConfig(), SweepConfig(baselines=(), n_boot=0))
+        res = run_sweep(loader, list(range(layers)), ProbeConfig(), SweepPlan(baselines=(), n_boot=0))
         total = time.perf_counter() - start
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20  # KiB -> GiB
     auc = [r["auroc"]["value"] for r in res["per_layer"]["probe"]]

@@ -70,7 +70,7 @@ def test_direction_effects_with_controls(setup):
     model, tok, span, examples, openers = setup
     dom = diff_of_means(model, examples, span, tok.pad_token_id, openers, depths=(0, 4), layer=0)
     assert dom.shape == (model.config.hidden_size,) and torch.isfinite(dom).all()
-    res = direction_effects(model, examples, span, tok.pad_token_id, openers, {"dom": dom}, depths=(4,),
+    res = direction_effects(model, examples, span, tok.pad_token_id, openers, directions={"dom": dom}, depths=(4,),
                             layers=(0, 1), mode="steer", alphas=(0.0, 0.5), n_random=3)
     rows = res["rows"]
     assert len(rows) == 2 * 2  # labels x alphas
@@ -81,6 +81,6 @@ def test_direction_effects_with_controls(setup):
             assert r["real"]["mean"] == 0.0 and r["random_means"] == [0.0, 0.0, 0.0]
         else:
             assert r["real"]["mean"] != 0.0
-    abl = direction_effects(model, examples, span, tok.pad_token_id, openers, {"dom": dom}, depths=(4,),
+    abl = direction_effects(model, examples, span, tok.pad_token_id, openers, directions={"dom": dom}, depths=(4,),
                             layers=(1,), mode="ablate", n_random=2)
     assert {r["label"] for r in abl["rows"]} == {"harmful", "benign"}

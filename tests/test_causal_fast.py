@@ -145,8 +145,8 @@ def test_directions_cached_equals_full(setup):
     close(dom, diff_of_means(model, examples, span, pad, openers, DEPTHS, layer=1, cached=False))
     for mode, alphas in (("ablate", (0.0,)), ("steer", (0.5,))):
         kw = dict(depths=DEPTHS, layers=(0, 1), mode=mode, alphas=alphas, n_random=2)
-        fast = direction_effects(model, examples, span, pad, openers, {"dom": dom}, **kw)
-        full = direction_effects(model, examples, span, pad, openers, {"dom": dom}, cached=False, **kw)
+        fast = direction_effects(model, examples, span, pad, openers, directions={"dom": dom}, **kw)
+        full = direction_effects(model, examples, span, pad, openers, directions={"dom": dom}, cached=False, **kw)
         same_cells(fast["rows"], full["rows"])
         assert any(abs(r["real"]["mean"]) > 1e-4 for r in fast["rows"])
 

@@ -1,4 +1,4 @@
-"""interp.cli.naming.slug: run and output file names stay what the two former _slug helpers gave (no downloads)."""
+"""interp.naming.slug: run and output file names stay what the two former _slug helpers gave (no downloads)."""
 
 from __future__ import annotations
 
@@ -9,14 +9,14 @@ from pathlib import Path
 
 import pytest
 
-from interp.cli.naming import file_slug as generate_slug
-from interp.cli.naming import run_slug as demo_slug
-from interp.cli.naming import slug
 from interp.data.registry import dataset_names
 from interp.model.catalogue import CATALOGUE
+from interp.naming import file_slug as generate_slug
+from interp.naming import run_slug as demo_slug
+from interp.naming import slug
 
 
-# The helpers as they were before interp.cli.naming (copied verbatim): the reference the new code must match.
+# The helpers as they were before interp.naming (copied verbatim): the reference the new code must match.
 def old_generate_slug(text: str) -> str:
     return re.sub(r"[^A-Za-z0-9._-]+", "-", Path(text).name if "/" in text else text).strip("-") or "data"
 

@@ -279,12 +279,12 @@ def test_probeset_refuses_mismatched_provenance(tmp_path):
 
 
 def test_run_sweep_per_depth_fit_and_by_source(planted):
-    from interp.probes.sweep import SweepConfig, run_sweep
+    from interp.probes.sweep import SweepPlan, run_sweep
 
     def loader(layer, position):
         return planted.layer(layer)
 
-    cfg = SweepConfig(folds=3, n_boot=30, per_depth_fit=True, baselines=("prompt", "shuffled"), target_fpr=0.05)
+    cfg = SweepPlan(folds=3, n_boot=30, per_depth_fit=True, baselines=("prompt", "shuffled"), target_fpr=0.05)
     res = run_sweep(loader, [0, 1], ProbeConfig(), cfg)
     assert res["best_layer"] == 1 and res["_oof"]["probe"].shape == (2, 240, 5)
     assert res["per_layer"]["probe"][1]["auroc"]["value"] > 0.98
@@ -295,7 +295,7 @@ def test_run_sweep_per_depth_fit_and_by_source(planted):
     p = res["_oof"]["prompt"][1]
     assert np.allclose(np.nanmax(p, 1), np.nanmin(p, 1))
     assert "threshold" not in res["best"]  # arrays alone: no answer lengths, so no per-answer numbers
-    cfg = SweepConfig(n_boot=0, baselines=(), train_sources=["src0"], test_sources=["src1"])
+    cfg = SweepPlan(n_boot=0, baselines=(), train_sources=["src0"], test_sources=["src1"])
     res = run_sweep(loader, [1], ProbeConfig(), cfg)
     tested = np.isfinite(res["_oof"]["probe"][0]).any(1)
     assert res["split"]["kind"] == "by-source" and np.array_equal(tested, planted.sources == "src1")
@@ -321,7 +321,7 @@ def test_sweep_per_answer_threshold_is_set_on_own_benign_answers_only(planted):
     from interp.probes.answers import Deployed
     from interp.probes.loso import AnswerInfo
     from interp.probes.protocol import Schedule
-    from interp.probes.sweep import SweepConfig, run_sweep
+    from interp.probes.sweep import SweepPlan, run_sweep
 
     def loader(layer, position):
         data = planted.layer(layer)
@@ -330,7 +330,7 @@ def test_sweep_per_answer_threshold_is_set_on_own_benign_answers_only(planted):
 
     kinds = np.where(planted.sources == "src0", "own", "dataset")  # src1 plays third-party text
     answers = AnswerInfo(Deployed(planted.n_tokens, np.ones(240, bool), None), kinds)
-    cfg = SweepConfig(folds=3, n_boot=20, baselines=(), target_fpr=0.05, schedule=Schedule(stride=10))
+    cfg = SweepPlan(folds=3, n_boot=20, baselines=(), target_fpr=0.05, schedule=Schedule(stride=10))
     res = run_sweep(loader, [1], ProbeConfig(), cfg, answers=answers)
     th = res["best"]["threshold"]
     own_benign = int(((planted.y == 0) & (kinds == "own")).sum())
@@ -369,7 +369,7 @@ def test_leave_one_source_out_compares_scores_of_one_fold_model(planted, monkeyp
     import interp.probes.loso as loso
     from interp.probes.cv import grouped_folds
     from interp.probes.metrics import auroc
-    from interp.probes.sweep import SweepConfig
+    from interp.probes.sweep import SweepPlan
 
     data = planted.layer(1)
     split = grouped_folds(data.y, data.groups, 3, seed=0)
@@ -380,7 +380,7 @@ def test_leave_one_source_out_compares_scores_of_one_fold_model(planted, monkeyp
         return (p, np.full(len(data.y), np.nan)) if end else p
 
     monkeypatch.setattr(loso, "oof_scores", perfect)
-    res = loso.leave_one_source_out(data, split, ProbeConfig(), SweepConfig(n_boot=20))
+    res = loso.leave_one_source_out(data, split, ProbeConfig(), SweepPlan(n_boot=20))
     assert [r["probe"]["auroc"]["value"] for r in res["rows"]] == [1.0, 1.0]
     assert res["macro"]["probe"]["value"] == 1.0 and all(e["macro"]["value"] == 1.0
                                                           for e in res["per_depth"]["probe"])
@@ -394,7 +394,7 @@ def test_sweep_holds_one_layers_activations_at_a_time():
     earlier layer's data is alive, so peak memory does not grow with the layer count (scripts/bench_scale.py)."""
     import weakref
 
-    from interp.probes.sweep import SweepConfig, run_sweep
+    from interp.probes.sweep import SweepPlan, run_sweep
 
     ss = SyntheticSet(SyntheticSpec(n_prompts=80, n_depths=3, d_model=8, n_layers=4, signal=(0.5, 1.0, 3.0, 2.0)))
     refs, alive_at_read = [], []
@@ -405,6 +405,6 @@ def test_sweep_holds_one_layers_activations_at_a_time():
         refs.append(weakref.ref(data))
         return data
 
-    res = run_sweep(loader, [0, 1, 2, 3], ProbeConfig(), SweepConfig(baselines=(), n_boot=0))
+    res = run_sweep(loader, [0, 1, 2, 3], ProbeConfig(), SweepPlan(baselines=(), n_boot=0))
     assert len(alive_at_read) == 5 and alive_at_read == [0] * 5  # four layers, then the best again for LOSO
     assert res["best_layer"] == 2 and res["loso"]

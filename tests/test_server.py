@@ -515,10 +515,10 @@ def test_text_stream_holds_back_split_utf8(env):
 
 def test_serve_command_options_and_refusals(tmp_path, monkeypatch):
     from interp import UserError
-    from interp.cli.commands.serve import build_server, exposure_warning
     from interp.cli.main import build_parser
     from interp.config import from_namespace
     from interp.model.loading import ModelConfig
+    from interp.serve.launch import build_server, exposure_warning
 
     monkeypatch.delenv("ANYDEPTH_API_KEY", raising=False)
     args = build_parser().parse_args(["serve", "--model", "x", "--port", "0", "--mode", "rk", "--stride", "5",
@@ -549,11 +549,11 @@ def test_serve_command_options_and_refusals(tmp_path, monkeypatch):
 
 def test_cli_prompt_formatting_escapes_special_tokens(env):
     """`generate`, `guard` and `extract --data` format prompts like the server: escaped unless allowed."""
-    from interp.cli.commands.guard import GuardRunConfig
     from interp.cli.main import build_parser
     from interp.config import from_namespace
     from interp.data.records import Record
     from interp.generate.continuations import GenerateConfig, continuations_for
+    from interp.guard.session import GuardRunConfig
 
     tok, model = env["tok"], env["model"]
     for argv, cls in ((["generate"], GenerateConfig), (["extract", "--data", "demo"], GenerateConfig),

@@ -2,7 +2,7 @@
 
 from types import SimpleNamespace
 
-from interp.cli.commands.transcoders import TranscoderDataConfig, token_rows
+from interp.causal.transcoder_run import TranscoderDataConfig, token_rows
 from interp.spans.derive import derive_safety_spans
 from interp.testing import tiny_model
 

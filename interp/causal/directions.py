@@ -99,7 +99,7 @@ def _delta(runner: SpanRunner, openers: OpenerTree, clean_refusal: torch.Tensor,
     return (read(runner, openers, hooks=hooks).refusal - clean_refusal).numpy()
 
 
-def direction_effects(model, examples: Sequence[Example], span: SafetySpans, pad_id: int, openers: OpenerTree,
+def direction_effects(model, examples: Sequence[Example], span: SafetySpans, pad_id: int, openers: OpenerTree, *,
                       directions: dict[str, torch.Tensor], depths: Sequence[int], layers: Sequence[int],
                       mode: str = "ablate", alphas: Sequence[float] = (0.0,), n_random: int = 20,
                       where: str = "span", site_kind: str = "resid_pre", seed: int = 0, cached: bool = True

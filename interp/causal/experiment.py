@@ -1,4 +1,4 @@
-"""Shared setup of the causal CLI experiments: model, span, examples (continuations), openers, probes, output."""
+"""Shared setup of the causal experiments (patching, ablations): model, span, examples (continuations), openers, probes, output."""
 
 from __future__ import annotations
 
@@ -102,10 +102,12 @@ def _hash(values: list) -> str:
     return hashlib.sha256(json.dumps(values, sort_keys=True).encode()).hexdigest()[:12]
 
 
-def setup(cfg: CausalConfig, model_cfg, sub: str) -> Context:
-    """Load everything an experiment needs; outputs go to ``<out>/<sub>``."""
-    from interp.model.loading import load_model
-    loaded = load_model(model_cfg)
+def setup(cfg: CausalConfig, model, sub: str) -> Context:
+    """Load everything an experiment needs (``model``: a spec, a ModelConfig or a loaded model); outputs go to
+    ``<out>/<sub>``."""
+    from interp.model.loading import as_loaded
+
+    loaded = as_loaded(model)
     out = Path(cfg.out) / sub
     out.mkdir(parents=True, exist_ok=True)
     spans = derive_safety_spans(loaded.tokenizer)

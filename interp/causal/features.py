@@ -98,7 +98,7 @@ def feature_edit(features: torch.Tensor, mode: str, means: torch.Tensor | None =
 
 
 def topk_ablation(model, tc, layer: int, examples: Sequence[Example], span: SafetySpans, pad_id: int,
-                  openers: OpenerTree, depths: Sequence[int], ranked: Sequence[int], ks: Sequence[int],
+                  openers: OpenerTree, *, depths: Sequence[int], ranked: Sequence[int], ks: Sequence[int],
                   mode: str = "zero", means: torch.Tensor | None = None, n_random: int = 10,
                   candidates: Sequence[int] | None = None, probe: Probe | None = None,
                   probe_layers: Sequence[int] = (), probe_site=resid_post, where: str = "span",

@@ -54,7 +54,7 @@ def _delta(patched: Readout, clean: Readout, dst: slice, src: slice, probe_layer
     return out
 
 
-def patching_sweep(model, examples: Sequence[Example], span: SafetySpans, pad_id: int, openers: OpenerTree,
+def patching_sweep(model, examples: Sequence[Example], span: SafetySpans, pad_id: int, openers: OpenerTree, *,
                    depths: Sequence[int], layers: Sequence[int], where: str = "span",
                    site: SiteFn = resid_post, probe: Probe | None = None, probe_layers: Sequence[int] = (),
                    probe_site: SiteFn = resid_post, min_pairs: int = 2, cached: bool = True) -> dict:
@@ -96,7 +96,7 @@ def patching_sweep(model, examples: Sequence[Example], span: SafetySpans, pad_id
     return {"layers": list(layers), "depths": list(depths), "where": where, "n_pairs": n_pairs, "cells": cells}
 
 
-def knockout_effects(model, examples: Sequence[Example], span: SafetySpans, pad_id: int, openers: OpenerTree,
+def knockout_effects(model, examples: Sequence[Example], span: SafetySpans, pad_id: int, openers: OpenerTree, *,
                      depths: Sequence[int], probe: Probe | None = None, probe_layers: Sequence[int] = (),
                      probe_site: SiteFn = resid_post, cached: bool = True) -> list[dict]:
     """Block the span's attention to the response tokens (every layer); Δ refusal / Δ probe by depth & label."""

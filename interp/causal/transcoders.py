@@ -304,3 +304,16 @@ def list_transcoders(root: str | Path) -> list[dict]:
                     "d_sae": cfg.get("d_sae"), "hook_name": meta.get("hook_name"), "model": meta.get("model_name"),
                     "metrics": train.get("metrics", {})})
     return out
+
+
+def describe_transcoders(root: str | Path) -> str:
+    """:func:`list_transcoders` as lines (what ``anydepth transcoders list`` prints)."""
+    items = list_transcoders(root)
+    if not items:
+        return f"no transcoders under {root} (train some with `anydepth transcoders train`)"
+    lines = []
+    for it in items:
+        m = it["metrics"]
+        fv = f"FVU {m['fvu']:.3f} L0 {m['l0']:.1f} Δloss {m['delta_loss']:+.4f}" if m else "no metrics"
+        lines.append(f"{it['path']}: {it['architecture']} {it['hook_name']} d_in {it['d_in']} d_sae {it['d_sae']}; {fv}")
+    return "\n".join(lines)

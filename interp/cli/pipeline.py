@@ -17,7 +17,7 @@ from pathlib import Path
 
 import interp
 from interp import UserError
-from interp.cli.naming import run_slug
+from interp.naming import run_slug
 
 # What each preset fills in for the options left unset (None). ``demo``: the corpus recipe at CPU size (answers of
 # 128 tokens, 260 of them the model's own benign answers; 40% of the prompt groups calibrate the threshold, so about

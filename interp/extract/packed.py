@@ -26,6 +26,7 @@ from interp.extract.store import ActivationStore, canonical_hook
 from interp.generate.continuations import Continuation
 from interp.model import hooks as mh
 from interp.model.context import TOO_LONG, context_limit, fit, text_config
+from interp.results import Result
 
 POSITIONS = ("span", "probe")
 
@@ -302,12 +303,23 @@ def text_at_depths(tokenizer, items: Sequence[Continuation], depths: Sequence[in
 
 
 @dataclass
-class ExtractResult:
+class ExtractResult(Result):
+    """Where the store is and what this run computed (rows done earlier were kept)."""
+
+    kind = "extract"
     path: Path
     n_examples: int
     n_computed: int
     n_tokens: int
     seconds: float
+
+    def open(self) -> ActivationStore:
+        """The store, read-only (use it in a ``with`` block)."""
+        return ActivationStore.open(self.path)
+
+    def summary(self) -> str:
+        rate = self.n_tokens / max(self.seconds, 1e-9)
+        return f"wrote {self.path}: {self.n_examples} examples ({self.n_computed} computed now, {rate:.0f} tok/s)"
 
 
 def extract_to_store(model, tokenizer, items: Sequence[Continuation], out: str | Path, *, spans,

@@ -47,7 +47,7 @@ from interp.model.catalogue import (
 )
 from interp.model.hub import hub_error, hub_load_kwargs
 
-__all__ = ["ModelConfig", "LoadedModel", "load_model", "load_tokenizer", "to_bridge", "verify_catalogue", "resolve_spec"]
+__all__ = ["ModelConfig", "LoadedModel", "as_loaded", "load_model", "model_config_of", "load_tokenizer", "to_bridge", "verify_catalogue", "resolve_spec"]
 
 _DTYPES = {"float32": torch.float32, "fp32": torch.float32, "bfloat16": torch.bfloat16, "bf16": torch.bfloat16,
            "float16": torch.float16, "fp16": torch.float16}
@@ -87,6 +87,7 @@ class LoadedModel:
     dtype: torch.dtype
     path: str | None = None  # folder the weights were loaded from
     load_seconds: float = 0.0
+    config: ModelConfig | None = None  # the options it was loaded with (recorded beside results)
     _tokenizer_sha256: str | None = field(default=None, repr=False)
 
     def provenance(self) -> dict:
@@ -331,7 +332,7 @@ def load_model(spec: str | ModelConfig = DEFAULT_MODEL, **overrides) -> LoadedMo
     return LoadedModel(model=model, tokenizer=tokenizer, model_id=model_id, weights_sha256=sha,
                        source=resolved.kind, n_layers=text_cfg.num_hidden_layers, d_model=text_cfg.hidden_size,
                        device=device, dtype=dtype, path=str(folder) if folder else None,
-                       load_seconds=time.perf_counter() - start)
+                       load_seconds=time.perf_counter() - start, config=cfg)
 
 
 def to_bridge(loaded: LoadedModel):
@@ -388,3 +389,18 @@ def catalogue_status(cache_dir: str | None = None) -> list[dict]:
 
 def describe_cache(cache_dir: str | None = None) -> str:
     return str(cache_root(cache_dir))
+
+
+def as_loaded(model: str | ModelConfig | LoadedModel) -> LoadedModel:
+    """``model`` itself when already loaded, else :func:`load_model` of the spec or config (stage functions take
+    either, so a notebook loads once and the CLI passes its options)."""
+    return model if isinstance(model, LoadedModel) else load_model(model)
+
+
+def model_config_of(model: str | ModelConfig | LoadedModel) -> ModelConfig:
+    """The :class:`ModelConfig` behind ``model`` (what results record as the model options)."""
+    if isinstance(model, ModelConfig):
+        return model
+    if isinstance(model, LoadedModel):
+        return model.config or ModelConfig(model=model.model_id, device=model.device)
+    return ModelConfig(model=model)

@@ -189,6 +189,30 @@ class ProbeSet:
                 + ", ".join(f"{names.get(k, k)}: calibrated {x}, running {y}" for k, (x, y) in diff.items())
                 + "); its false-alarm rate per answer will differ: " + "; ".join(hint))
 
+    def summary(self) -> str:
+        """What ``anydepth train`` prints: CV on the training prompts, the calibration, held-out test numbers."""
+        from interp.formatting import ci, rate
+
+        best, cal, test = self.best_layer, self.thresholds["calibration"], self.metrics.get("test")
+        sp = self.split
+        lines = [f"split (prompt groups): train {len(sp['train']['groups'])}, calibration "
+                 f"{len(sp['calibration']['groups'])}, test {len(sp['test']['groups'])}",
+                 f"best layer {best}: grouped-CV AUROC on the training prompts "
+                 f"{ci(self.metrics['cv_train'][str(best)]['auroc'])}"
+                 + (f"; the guard reads a multi-layer probe: mean of the logits at layers {self.combine}"
+                    if self.combine else ""),
+                 f"rule: {self.thresholds.get('rule', 'per answer (any check)')}",
+                 f"threshold {cal['threshold']:.4f}: per-answer target FPR {cal['target_fpr']} on {cal['n_answers']} "
+                 f"benign answers from {cal['basis']}" + ("" if cal["resolved"] else
+                                                          f" (unresolved: finest FPR {cal['resolution']:.3f})")]
+        if not test:
+            return "\n".join([*lines, "no test split (--test-fraction 0): no held-out numbers"])
+        pa = test["per_answer"]
+        parts = [f"{m} {ci(s['auroc'])}" for m, s in test["per_check"].items() if s is not None]
+        lines.append(f"held-out test ({test['n_prompts']} prompt groups) AUROC per check: " + "; ".join(parts))
+        lines.append(f"held-out test per answer at the threshold: TPR {rate(pa['tpr'])}, FPR {rate(pa['fpr'])}")
+        return "\n".join(lines)
+
     def direction(self, layer: int | None = None) -> np.ndarray:
         """Unit vector in the residual basis along which the logit grows (scaler folded in)."""
         w, _ = self.folded(layer)

@@ -45,7 +45,7 @@ def _per_depth(p: np.ndarray, data: LayerData, n_boot: int, seed: int) -> list[d
 
 
 @dataclass
-class SweepConfig:
+class SweepPlan:
     """Layer/depth sweep settings (beside :class:`ProbeConfig`)."""
 
     layers: list[int] | None = None
@@ -62,7 +62,7 @@ class SweepConfig:
     calibrate_on: tuple[str, ...] = ("own", "prefill")  # the benign answers a threshold is set on
 
 
-def make_split(data: LayerData, cfg: SweepConfig) -> Split:
+def make_split(data: LayerData, cfg: SweepPlan) -> Split:
     if cfg.train_sources or cfg.test_sources:
         if not (cfg.train_sources and cfg.test_sources):
             raise UserError("give both --train-sources and --test-sources")
@@ -71,7 +71,7 @@ def make_split(data: LayerData, cfg: SweepConfig) -> Split:
 
 
 def run_sweep(loader: Callable[[int, str | int], LayerData], layers: list[int], probe: ProbeConfig,
-              cfg: SweepConfig, position: str | int = "probe", texts: np.ndarray | None = None,
+              cfg: SweepPlan, position: str | int = "probe", texts: np.ndarray | None = None,
               answers=None) -> dict:
     """CV every layer with the probe and the baselines; returns a JSON-ready result dict (plus ``"_oof"``:
     ``{method: [L, N, D]}`` out-of-fold probabilities for plotting).
@@ -151,7 +151,7 @@ def run_sweep(loader: Callable[[int, str | int], LayerData], layers: list[int], 
     return res
 
 
-def _shuffled_baseline(data: LayerData, split: Split, probe: ProbeConfig, cfg: SweepConfig, res: dict
+def _shuffled_baseline(data: LayerData, split: Split, probe: ProbeConfig, cfg: SweepPlan, res: dict
                        ) -> np.ndarray:
     """Probe trained on prompt-shuffled labels (same split); redraws permutations that leave a training fold
     with one class (possible on tiny sets)."""
@@ -193,7 +193,7 @@ def _prompt_baseline(loader, layer, data, split, probe, res) -> np.ndarray:
     return np.where(data.valid, np.broadcast_to(p, data.valid.shape), np.nan)
 
 
-def _best_layer_report(oof: dict, end: np.ndarray, best_i: int, data: LayerData, cfg: SweepConfig,
+def _best_layer_report(oof: dict, end: np.ndarray, best_i: int, data: LayerData, cfg: SweepPlan,
                        answers=None) -> dict:
     """At the best layer: calibration (reliability, ECE), per-source scores, per-depth curves with CIs for every
     method, and, with ``answers``, the per-answer threshold at the target FPR on the out-of-fold own benign

@@ -17,9 +17,9 @@ def register(subparsers) -> None:
 def run(args) -> int:
     from pathlib import Path
 
-    from interp.cli.naming import run_slug
     from interp.cli.pipeline import DemoConfig, prepare, run_demo
     from interp.config import save_config
+    from interp.naming import run_slug
 
     cfg = prepare(from_namespace(DemoConfig, args))  # the preset filled in: the saved config is what ran
     save_config(cfg, Path(cfg.out) / run_slug(cfg.model) / "demo_config.json")

@@ -1,0 +1,27 @@
+"""How numbers with confidence intervals are written, everywhere (CLI lines, the report, summaries)."""
+
+from __future__ import annotations
+
+__all__ = ["ci", "diff", "rate"]
+
+
+def ci(d: dict | None, digits: int = 3) -> str:
+    """``0.912 [0.850, 0.960]`` from ``{"value" | "rate", "lo", "hi"}``; ``–`` when there is no number."""
+    if not d or d.get("value", d.get("rate")) is None:
+        return "–"
+    v = d.get("value", d.get("rate"))
+    return f"{v:.{digits}f} [{d['lo']:.{digits}f}, {d['hi']:.{digits}f}]"
+
+
+def rate(r: dict | None, digits: int = 2) -> str:
+    """A grouped rate with its CI and counts: ``0.12 [0.05, 0.25] (3/25)``."""
+    if not r or r.get("rate") is None:
+        return "–"
+    return f"{ci(r, digits)} ({r['k']}/{r['n']})"
+
+
+def diff(d: dict | None, digits: int = 3) -> str:
+    """A signed difference with its CI: ``+0.041 [-0.010, +0.090]``."""
+    if not d:
+        return "–"
+    return f"{d['value']:+.{digits}f} [{d['lo']:+.{digits}f}, {d['hi']:+.{digits}f}]"

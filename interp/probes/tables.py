@@ -1,0 +1,46 @@
+"""The probe tables as Markdown lines, written once: the CLI prints them and the study report embeds them."""
+
+from __future__ import annotations
+
+from interp.formatting import ci, diff, rate
+
+__all__ = ["METHOD_NAMES", "heldout_table", "loso_table"]
+
+METHOD_NAMES = {"probe": "Safety-Token probe", "ngram": "n-gram text (TF-IDF 1–2-grams, prompt + response prefix)",
+                "last_token": "last generated token", "prompt": "last prompt token",
+                "shuffled": "probe on prompt-shuffled labels"}
+
+
+def loso_table(loso: dict | None) -> list[str]:
+    """Leave-one-source-out rows (probe and n-gram AUROC, their difference, the per-answer rate at the threshold)
+    and the mean / worst source per method; one line when it does not apply."""
+    if not loso or not loso.get("rows"):
+        return [f"Not applicable: {(loso or {}).get('note', 'no sources recorded')}."]
+    lines = ["| held-out source | kind | labels | answers | probe AUROC | n-gram AUROC | probe − n-gram | "
+             "probe rate at threshold |", "|---|---|---|---|---|---|---|---|"]
+    for r in loso["rows"]:
+        head = f"| {r['source']} | {r.get('kind', '')} | {'/'.join(r['labels'])} | {r['n_answers']} |"
+        if "skipped" in r:
+            lines.append(f"{head} skipped: {r['skipped']} | | | |")
+            continue
+        p, g = r.get("probe") or {}, r.get("ngram") or {}
+        at = "; ".join(f"{k.upper()} {rate(p.get(k))}" for k in ("tpr", "fpr") if p.get(k)) or p.get("rates", "–")
+        lines.append(f"{head} {ci(p.get('auroc'))} | {ci(g.get('auroc'))} | {diff(r.get('probe_minus_ngram'))} | "
+                     f"{at} |")
+    lines.append("")
+    for m, a in (loso.get("macro") or {}).items():
+        w = loso["worst_by_method"][m]
+        lines.append(f"- {m}: mean over {a['n_sources']} held-out sources {ci(a)}; worst source **{w['source']}** "
+                     f"{w['value']:.3f}.")
+    return lines
+
+
+def heldout_table(test: dict) -> list[str]:
+    """AUROC per check of the probe and each baseline on the held-out test prompts, with the paired difference."""
+    lines = ["| method | AUROC per check [95% CI] | probe − method [95% CI] |", "|---|---|---|"]
+    diffs = test.get("probe_minus_baseline_auroc") or {}
+    for m in [m for m in ("probe", "ngram", "last_token", "prompt", "shuffled") if m in test["per_check"]]:
+        summ, d = test["per_check"][m], diffs.get(m)
+        cell = "" if d is None else diff(d) + (" (probe better)" if d["beats"] else "")
+        lines.append(f"| {METHOD_NAMES[m]} | {ci(summ and summ['auroc'])} | {cell} |")
+    return lines
