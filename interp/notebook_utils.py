@@ -61,9 +61,8 @@ def demo_pairs(n_pairs: int, seed: int = 0) -> list:
 
 def quick_probeset(loaded: LoadedModel, workdir: str | Path, records: list, *, max_new_tokens: int = 24,
                    depths: str = "0:24:4", folds: int = 5):
-    """Continuations → packed extraction → ``anydepth train`` in ``workdir`` (what notebook 1 walks through
+    """Continuations → packed extraction → :func:`interp.train` in ``workdir`` (what notebook 1 walks through
     step by step). Returns ``(ProbeSet, continuations, store path)``."""
-    from interp.cli.main import main as anydepth
     from interp.extract.packed import extract_to_store
     from interp.generate.continuations import GenerateConfig, continuations_for, save_jsonl
     from interp.probes import ProbeSet
@@ -88,11 +87,23 @@ def quick_probeset(loaded: LoadedModel, workdir: str | Path, records: list, *, m
     y = np.array([r.label == "harmful" for r in records], int)
     train = three_way_split(groups, y, SplitConfig(), seed=0) == "train"
     folds = max(2, min(folds, *(len(set(groups[train & (y == v)])) for v in (0, 1))))
-    code = anydepth(["train", "--store", str(store), "--out", str(workdir / "probes"), "--folds", str(folds),
-                     "--n-boot", "50", "--stride", str(stride)])
-    if code:
-        raise UserError(f"anydepth train failed (exit {code})")
+    from interp.probes.run import train
+    from interp.probes.train import TrainConfig
+
+    train(store, TrainConfig(folds=folds, n_boot=50, stride=stride), out=workdir / "probes", progress=False)
     return ProbeSet.load(workdir / "probes", expect_provenance=loaded.provenance()), items, store
+
+
+def tiny_model_dir(workdir: str | Path) -> Path:
+    """The tiny model saved as a model folder under ``workdir`` (what the study's stages load by path)."""
+    from interp.testing import tiny_model
+
+    folder = Path(workdir) / "tiny"
+    if not (folder / "config.json").exists():
+        model, tok = tiny_model("qwen2", n_layers=2)
+        model.save_pretrained(folder)
+        tok.save_pretrained(folder)
+    return folder
 
 
 def show(fig) -> None:

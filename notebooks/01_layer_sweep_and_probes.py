@@ -102,23 +102,17 @@ print("valid (row, depth) pairs:", int(ex["valid"].sum()), "of", ex["valid"].siz
 # probe trained on prompt-shuffled labels (should sit near AUROC 0.5).
 
 # %%
-from interp.probes import load_layer
-from interp.probes.sweep import ProbeConfig, SweepPlan, run_sweep
+import interp as ad
 
-store = ActivationStore.open(store_path)
-layers = list(store.layers)
-res = run_sweep(lambda layer, position: load_layer(store, "resid_post", layer, position), layers,
-                ProbeConfig(), SweepPlan(layers=layers, folds=5, n_boot=200))
-store.close()
-
+sweep = ad.sweep(store_path, ad.SweepConfig(folds=5, n_boot=200))  # a SweepResult (typed; sweep.to_json() for JSON)
 print("AUROC (out-of-fold) per layer:")
-print("layer " + " ".join(f"{m:>11}" for m in res["methods"]))
-for i, layer in enumerate(res["layers"]):
-    print(f"{layer:5d} " + " ".join(f"{res['per_layer'][m][i]['auroc']['value']:11.3f}" for m in res["methods"]))
-a = res["per_layer"]["probe"][layers.index(res["best_layer"])]["auroc"]
-print(f"best layer {res['best_layer']}: AUROC {a['value']:.3f} [{a['lo']:.3f}, {a['hi']:.3f}] (95% CI by prompt)")
-for note in res["notes"]:
+print("layer " + " ".join(f"{m:>11}" for m in sweep.methods))
+for layer in sweep.layers:
+    print(f"{layer:5d} " + " ".join(f"{sweep.auroc(m, layer)['value']:11.3f}" for m in sweep.methods))
+print(sweep.summary())
+for note in sweep.notes:
     print("note:", note)
+res = sweep.to_json()
 
 # %%
 from interp.notebook_utils import show_png
@@ -131,7 +125,7 @@ show_png(plot_depth_curve(res, WORK / "depth_curve"))
 # %% [markdown]
 # ## Fit, save and reload a `ProbeSet`
 #
-# `anydepth train` (run here in-process) splits the prompt pairs into train / calibration / test, picks the layer by
+# `ad.train` (the library call behind `anydepth train`) splits the prompt pairs into train / calibration / test, picks the layer by
 # grouped-CV AUROC on the training prompts, fits the probes on them, sets the threshold per answer on the calibration
 # prompts (for the guard's check schedule, `--stride`), reports held-out numbers on the test prompts beside an n-gram
 # baseline, and writes `probeset.safetensors` + `probeset.json` (no pickle; the JSON records the split, so
@@ -139,12 +133,10 @@ show_png(plot_depth_curve(res, WORK / "depth_curve"))
 # The same files drive the guard (notebook 2) and the causal experiments (notebook 3).
 
 # %%
-from interp.cli.main import main as anydepth
-
 probe_dir = WORK / "probes"
-stride = DEPTHS.split(":")[2]  # calibrate the threshold for a guard that checks at the stored depth step
-assert anydepth(["train", "--store", str(store_path), "--out", str(probe_dir), "--n-boot", "100",
-                 "--stride", stride]) == 0
+stride = int(DEPTHS.split(":")[2])  # calibrate the threshold for a guard that checks at the stored depth step
+trained = ad.train(store_path, ad.TrainConfig(n_boot=100, stride=stride), out=probe_dir)
+print(trained.summary())
 print(sorted(p.name for p in probe_dir.iterdir()))
 
 # %%

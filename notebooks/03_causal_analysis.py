@@ -69,7 +69,7 @@ import numpy as np
 from interp.causal import plots
 from interp.causal.patching import heatmap_matrix, patching_sweep
 
-patch = patching_sweep(loaded.model, examples, span, pad_id, openers, DEPTHS, layers, where="span",
+patch = patching_sweep(loaded.model, examples, span, pad_id, openers, depths=DEPTHS, layers=layers, where="span",
                        probe=probe, probe_layers=[probe.best_layer], probe_site=probe.site)
 print("pairs per depth:", dict(zip(patch["depths"], patch["n_pairs"])))
 for direction in ("harmful<-benign", "benign<-harmful"):
@@ -95,8 +95,8 @@ from interp.causal.directions import diff_of_means, direction_effects
 directions = {"probe": probe.direction(probe.best_layer),
               "diff_of_means": diff_of_means(loaded.model, examples, span, pad_id, openers, DEPTHS,
                                              probe.best_layer, probe.site)}
-ablation = direction_effects(loaded.model, examples, span, pad_id, openers, directions, DEPTHS, layers,
-                             mode="ablate", n_random=N_RANDOM, where="span")
+ablation = direction_effects(loaded.model, examples, span, pad_id, openers, directions=directions, depths=DEPTHS,
+                             layers=layers, mode="ablate", n_random=N_RANDOM, where="span")
 for r in ablation["rows"]:
     ci = r["real"]
     print(f"{r['direction']:>13} {r['label']:>7} d={r['depth']:>2}: Δ refusal {ci['mean']:+.3f} "
@@ -107,20 +107,21 @@ show_png(plots.controls_plot(ablation["rows"], WORK / "directions.png", "directi
 # %% [markdown]
 # ## 3 · A tiny transcoder and a top-k feature-ablation curve
 #
-# `anydepth transcoders train` in Python: collect the MLP input/output at one layer over `prompt ‖ response ‖ span`
-# rows of our continuations, train with our loop (sae-lens has no transcoder trainer), evaluate (FVU, L0, spliced
+# `ad.train_transcoders` (the library call behind `anydepth transcoders train`): collect the MLP input/output at
+# one layer over `prompt ‖ response ‖ span` rows of our continuations, train with our loop (sae-lens has no transcoder trainer), evaluate (FVU, L0, spliced
 # next-token loss) and save in sae-lens format.
 
 # %%
-from interp.causal.transcoders import TranscoderTrainConfig, load_transcoder
-from interp.cli.commands.transcoders import TranscoderDataConfig, train_layers
+import interp as ad
+from interp.causal.transcoders import load_transcoder
 
 TC_LAYER = probe.best_layer
-summary = train_layers(loaded, TranscoderDataConfig(layers=(TC_LAYER,), continuations=str(WORK / "continuations.jsonl"),
-                                                    root=str(WORK / "transcoders")),
-                       TranscoderTrainConfig(steps=TC_STEPS, expansion=4, batch_tokens=256))
-tc = load_transcoder(summary[0]["path"])
-print(f"d_sae {tc.cfg.d_sae}; FVU {summary[0]['fvu']:.3f}, L0 {summary[0]['l0']:.1f}")
+trained = ad.train_transcoders(loaded, ad.TranscoderDataConfig(layers=(TC_LAYER,), root=str(WORK / "transcoders"),
+                                                               continuations=str(WORK / "continuations.jsonl")),
+                               ad.TranscoderTrainConfig(steps=TC_STEPS, expansion=4, batch_tokens=256))
+print(trained.summary())
+tc = load_transcoder(trained.layers[0]["path"])
+print(f"d_sae {tc.cfg.d_sae}")
 
 # %%
 import torch
@@ -137,7 +138,7 @@ order = [r["feature"] for r in ranked if r["d"] > 0]  # features firing more aft
 all_acts = torch.cat([acts["harmful"], acts["benign"]])
 candidates = torch.nonzero((all_acts > 0).any(0)).flatten().tolist() or None  # random sets: live features
 ks = [k for k in (0, 1, 2, 5, 10) if k <= len(order)]
-topk = topk_ablation(loaded.model, tc, TC_LAYER, examples, span, pad_id, openers, DEPTHS, order, ks,
+topk = topk_ablation(loaded.model, tc, TC_LAYER, examples, span, pad_id, openers, depths=DEPTHS, ranked=order, ks=ks,
                      mode="zero", n_random=N_RANDOM, candidates=candidates, probe=probe,
                      probe_layers=[probe.best_layer], probe_site=probe.site)
 show_png(plots.topk_plot(topk, WORK / "features_topk.png"))

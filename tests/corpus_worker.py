@@ -13,7 +13,7 @@ import sys
 import torch
 
 from interp.corpus import journal
-from interp.corpus.build import build_corpus
+from interp.corpus.build import write_corpus
 from interp.corpus.spec import load_spec
 from interp.testing import tiny_model
 
@@ -36,7 +36,7 @@ def build(spec_path: str, out: str, kill_after: int | None = None, batch_size: i
                     os.kill(os.getpid(), signal.SIGKILL)
 
         journal.append_lines = killing_append
-    return build_corpus(model, tok, load_spec(spec_path), out, model_provenance={"model_id": "tiny-qwen2"},
+    return write_corpus(model, tok, load_spec(spec_path), out, model_provenance={"model_id": "tiny-qwen2"},
                         batch_size=batch_size, progress=False, judge=judge)
 
 

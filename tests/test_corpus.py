@@ -13,7 +13,7 @@ import pytest
 from interp import UserError
 from interp.cli.main import main as cli_main
 from interp.corpus import journal
-from interp.corpus.build import build_corpus
+from interp.corpus.build import write_corpus
 from interp.corpus.plan import plan_corpus
 from interp.corpus.spec import load_spec, spec_from_dict
 from interp.data import DATA_ENV
@@ -74,7 +74,7 @@ def _files(folder: Path) -> dict[str, bytes]:
 
 def _build(model_tok, spec, out: Path, **kw) -> dict:
     model, tok = model_tok
-    return build_corpus(model, tok, spec, out, model_provenance={"model_id": "tiny-qwen2"}, batch_size=2,
+    return write_corpus(model, tok, spec, out, model_provenance={"model_id": "tiny-qwen2"}, batch_size=2,
                         progress=False, judge=judge, **kw)
 
 
@@ -339,17 +339,17 @@ def test_resume_refuses_another_spec_or_batch_size(tmp_path, model_tok, monkeypa
         _build(model_tok, changed, out)
     model, tok = model_tok
     with pytest.raises(UserError, match="was started with gen_batch_size=2, this run has 3"):
-        build_corpus(model, tok, spec, out, model_provenance={"model_id": "tiny-qwen2"}, batch_size=3,
+        write_corpus(model, tok, spec, out, model_provenance={"model_id": "tiny-qwen2"}, batch_size=3,
                      progress=False, judge=judge)
     from interp.generate import decode as dec
 
     with monkeypatch.context() as m:  # another decode engine (bf16 tokens may part at near-ties): not mixed
         m.setattr(dec, "default_engine", lambda model: "cache")
         with pytest.raises(UserError, match="was started with gen_engine='slots', this run has 'cache'"):
-            build_corpus(model, tok, spec, out, model_provenance={"model_id": "tiny-qwen2"}, batch_size=2,
+            write_corpus(model, tok, spec, out, model_provenance={"model_id": "tiny-qwen2"}, batch_size=2,
                          progress=False, judge=judge)
     with pytest.raises(UserError, match="was started with model_id='tiny-qwen2', this run has 'other'"):
-        build_corpus(model, tok, spec, out, model_provenance={"model_id": "other"}, batch_size=2,
+        write_corpus(model, tok, spec, out, model_provenance={"model_id": "other"}, batch_size=2,
                      progress=False, judge=judge)
     assert _files(out) == before  # nothing written by a refused resume
     _build(model_tok, spec, out)
@@ -417,7 +417,7 @@ def test_harmful_prefills_that_recover_into_refusals_are_dropped_and_counted(tmp
         seen.append(text)
         return True
 
-    config = build_corpus(model, tok, spec, tmp_path / "out", model_provenance={"model_id": "tiny-qwen2"},
+    config = write_corpus(model, tok, spec, tmp_path / "out", model_provenance={"model_id": "tiny-qwen2"},
                           batch_size=2, progress=False, judge=refuses)
     rows = load_jsonl(tmp_path / "out" / "continuations.jsonl")
     entries = {e["entry"]: e for e in config["entries"]}

@@ -52,12 +52,13 @@ def test_demo_runs_every_stage_and_reuses_them(tmp_path, capsys):
     assert rerun.count("finished earlier, reusing") == 8
     # a changed option reruns only the stages it feeds
     assert main(["demo", "--model", str(tmp_path / "tiny"), "--out", str(out), *ARGS, "--skip-eval", "true"]) == 0
-    assert "anydepth generate" not in capsys.readouterr().out
+    assert "generate-demo: finished earlier" in capsys.readouterr().out
     # --dtype reaches the forward passes from extraction on; the generations are reused (their keys never had it)
     assert main(["demo", "--model", str(tmp_path / "tiny"), "--out", str(out), *ARGS[:-2], "--skip-eval", "true",
                  "--dtype", "bfloat16"]) == 0
     log = capsys.readouterr().out
-    assert "anydepth generate" not in log and "anydepth extract" in log and "--dtype bfloat16" in log
+    extract_line = next(line for line in log.splitlines() if "] extract" in line)
+    assert "generate-demo: finished earlier" in log and "dtype=bfloat16" in extract_line
     from interp.extract.store import ActivationStore
 
     dtypes = set()
@@ -135,7 +136,9 @@ def test_demo_on_a_corpus_spec_reports_the_targets(tiny_dir, tmp_path):
 def test_an_edited_spec_is_another_corpus_stage(tmp_path):
     """The corpus stage's key holds the spec's content: editing a spec file (same path, same name) must not reuse
     the corpus built from the old one (it did: the key held only the argv)."""
-    from interp.cli.pipeline import DemoConfig, Runner, _continuation_stages
+    from interp.study.config import StudyConfig
+    from interp.study.pipeline import continuations_stage
+    from interp.study.stages import Runner
 
     spec = tmp_path / "s.yaml"
     keys = []
@@ -143,18 +146,18 @@ def test_an_edited_spec_is_another_corpus_stage(tmp_path):
         spec.write_text(SPEC.replace("count: 6", f"count: {count}"))
         runner = Runner(tmp_path, total=1)
         runner.run = lambda stage, keys=keys: keys.append(stage.key()) or tmp_path
-        _continuation_stages(runner, DemoConfig(spec=str(spec)).resolved(), ["--model", "m"])
+        continuations_stage(runner, StudyConfig(spec=str(spec), model="m").resolved())
     assert len(keys) == 2 and keys[0] != keys[1]
 
 
 def test_presets_fill_only_the_options_left_unset():
-    from interp.cli.pipeline import DemoConfig
+    from interp.study.config import StudyConfig
 
-    demo = DemoConfig().resolved()
+    demo = StudyConfig().resolved()
     assert (demo.spec, demo.eval_limit, demo.over_refusal_limit, demo.batch_size, demo.gen_dtype) == ("demo", 50, 25, 64, "auto")
     assert (demo.calib_fraction, demo.test_fraction, demo.target_fpr) == (0.4, 0.2, 0.01)
-    assert DemoConfig(preset="study").resolved().batch_size == 64
-    given = DemoConfig(batch_size=4, eval_limit=2).resolved()
+    assert StudyConfig(preset="study").resolved().batch_size == 64
+    given = StudyConfig(batch_size=4, eval_limit=2).resolved()
     assert (given.batch_size, given.eval_limit, given.stride) == (4, 2, 25)
 
 
@@ -169,9 +172,9 @@ def test_demo_spec_answers_at_its_length_and_reaches_depth_256_from_third_party_
 
 def test_forward_dtype_auto_is_bf16_only_where_the_cpu_has_it(monkeypatch):
     import interp.generate.continuations as cont
-    from interp.cli.pipeline import DemoConfig, forward_dtype
+    from interp.study.config import StudyConfig, forward_dtype
 
     for native, want in ((True, "bfloat16"), (False, "float32")):
         monkeypatch.setattr(cont, "cpu_has_native_bf16", lambda native=native: native)
-        assert forward_dtype(DemoConfig(device="cpu")) == want
-    assert forward_dtype(DemoConfig(device="cpu", dtype="float32")) == "float32"
+        assert forward_dtype(StudyConfig(device="cpu")) == want
+    assert forward_dtype(StudyConfig(device="cpu", dtype="float32")) == "float32"

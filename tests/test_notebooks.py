@@ -11,7 +11,7 @@ from nbclient import NotebookClient
 
 ROOT = Path(__file__).resolve().parents[1]
 NOTEBOOKS = sorted((ROOT / "notebooks").glob("*.ipynb"))
-NAMES = ["01_layer_sweep_and_probes.ipynb", "02_guard_deep_prefill.ipynb", "03_causal_analysis.ipynb"]
+NAMES = ["00_whole_study.ipynb", "01_layer_sweep_and_probes.ipynb", "02_guard_deep_prefill.ipynb", "03_causal_analysis.ipynb"]
 
 
 def test_all_notebooks_present():
@@ -61,3 +61,51 @@ def test_notebook_executes(path, tmp_path, monkeypatch):
     assert not errors
     images = [o for c in code for o in c.outputs if "image/png" in o.get("data", {})]
     assert images, "the notebook shows its plots inline"
+
+
+def _argv(config: dict) -> list[str]:
+    """``anydepth demo`` options that reproduce a saved (resolved) study config."""
+    import dataclasses
+
+    from interp.study.config import StudyConfig
+
+    argv = []
+    for f in dataclasses.fields(StudyConfig):
+        value = config.get(f.name)
+        if f.metadata.get("cli", True) is False or value is None:
+            continue
+        flag = "--" + f.name.replace("_", "-")
+        argv += [flag, *map(str, value)] if isinstance(value, list) else [flag, str(value)]
+    return argv
+
+
+def test_the_study_notebook_and_the_demo_command_give_identical_results(tmp_path, monkeypatch):
+    """Notebook 0 runs the study through the top-level API alone; `anydepth demo` with the same options writes the
+    same results.json (everything but the stage timings and the output folder)."""
+    import json
+
+    from interp.cli.main import main
+
+    path = ROOT / "notebooks" / "00_whole_study.ipynb"
+    monkeypatch.delenv("ANYDEPTH_NOTEBOOK_MODEL", raising=False)
+    monkeypatch.setenv("MPLBACKEND", "Agg")
+    monkeypatch.setenv("TMPDIR", str(tmp_path))
+    monkeypatch.setenv("OMP_NUM_THREADS", os.environ.get("OMP_NUM_THREADS", "1"))
+    nb = nbformat.read(str(path), as_version=4)
+    NotebookClient(nb, timeout=180, kernel_name="python3", resources={"metadata": {"path": str(tmp_path)}}).execute()
+    (notebook_results,) = tmp_path.rglob("results.json")
+    run = notebook_results.parent
+    config = json.loads((run / "demo_config.json").read_text())
+    out = tmp_path / "cli-runs"
+    assert main(["demo", *_argv({**config, "out": str(out)})]) == 0
+    (cli_results,) = out.rglob("results.json")
+
+    def numbers(p):
+        data = json.loads(p.read_text())
+        data.pop("timings")
+        data["config"].pop("out")
+        return data
+
+    mine, theirs = numbers(notebook_results), numbers(cli_results)
+    assert mine["targets"]["fpr"] is not None and mine["best_layer"] is not None
+    assert mine == theirs

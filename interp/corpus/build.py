@@ -161,7 +161,7 @@ def _summary(spec: CorpusSpec, tasks: list[Task], out: Path) -> dict[str, Any]:
                              "recovered); refusal entries keep only answers it calls refusals"}
 
 
-def build_corpus(model, tokenizer, spec: CorpusSpec, out: str | Path, *, model_provenance: dict[str, Any],
+def write_corpus(model, tokenizer, spec: CorpusSpec, out: str | Path, *, model_provenance: dict[str, Any],
                  batch_size: int = 8, too_long: str = "truncate", gen_dtype: str = "model",
                  run_config: dict[str, Any] | None = None, wave_rows: int | None = None,
                  progress: bool = True, judge: Callable[[str], bool] | None = None,

@@ -6,7 +6,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from interp.config import run_config
-from interp.corpus.build import CorpusConfig, build_corpus
+from interp.corpus.build import CorpusConfig, write_corpus
 from interp.corpus.plan import plan_corpus
 from interp.corpus.spec import load_spec, spec_path
 from interp.model.loading import LoadedModel, ModelConfig, as_loaded, model_config_of
@@ -35,7 +35,7 @@ class CorpusResult(Result):
                                   f"in {self.path}"])
 
 
-def make_corpus(model: ModelConfig | LoadedModel | str, cfg: CorpusConfig, *, progress: bool = True) -> CorpusResult:
+def build_corpus(model: ModelConfig | LoadedModel | str, cfg: CorpusConfig, *, progress: bool = True) -> CorpusResult:
     """Build ``cfg.spec``'s corpus with ``model`` into ``cfg.out`` (default ``runs/corpus/<model>-<spec>-<hash>``);
     rerun to resume. The output folder, the spec and its sources are checked before the model loads."""
     cfg.validate()
@@ -47,7 +47,7 @@ def make_corpus(model: ModelConfig | LoadedModel | str, cfg: CorpusConfig, *, pr
     out = Path(cfg.out) if cfg.out else check_out(Path("runs") / "corpus" / (
         f"{file_slug(model_cfg.model)}-{file_slug(spec.name)}-{spec.sha256()[:12]}"), "dir")
     loaded = as_loaded(model)
-    built = build_corpus(loaded.model, loaded.tokenizer, spec, out, model_provenance=loaded.provenance(),
+    built = write_corpus(loaded.model, loaded.tokenizer, spec, out, model_provenance=loaded.provenance(),
                          batch_size=cfg.gen_batch_size, too_long=cfg.too_long, gen_dtype=cfg.gen_dtype,
                          run_config=run_config(model=model_cfg, corpus=cfg), tasks=tasks, progress=progress)
     return CorpusResult(out, spec.name, spec.sha256(), int(built["rows"]), list(built["entries"]))

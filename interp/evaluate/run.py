@@ -13,8 +13,8 @@ from interp import UserError
 from interp.evaluate.common import EvalConfig
 from interp.results import Result
 
-__all__ = ["MODES", "EvaluationResult", "evaluate", "evaluate_attacks", "evaluate_cost", "evaluate_deep_prefill",
-           "evaluate_over_refusal"]
+__all__ = ["MODES", "EvaluationResult", "evaluate_attacks", "evaluate_cost", "evaluate_deep_prefill",
+           "evaluate_guard", "evaluate_over_refusal"]
 
 MODES = {
     "deep-prefill": "refusal vs prefilled depth for base, ADA-RK and ADA-LP",
@@ -65,7 +65,7 @@ def _runner(mode: str) -> Callable[[EvalConfig], dict]:
     return fn
 
 
-def evaluate(mode: str, cfg: EvalConfig) -> EvaluationResult:
+def evaluate_guard(mode: str, cfg: EvalConfig) -> EvaluationResult:
     """Run the ``mode`` harness (deep-prefill, over-refusal, attacks or cost) with ``cfg``; written to ``cfg.out``."""
     cfg.validate()
     data = _runner(mode)(cfg)
@@ -75,19 +75,19 @@ def evaluate(mode: str, cfg: EvalConfig) -> EvaluationResult:
 def evaluate_deep_prefill(cfg: EvalConfig) -> EvaluationResult:
     """Refusal / detection per check vs prefilled depth: base model, ADA-RK, ADA-LP, on harmful deep prefills and
     a benign control arm forced the same way."""
-    return evaluate("deep-prefill", cfg)
+    return evaluate_guard("deep-prefill", cfg)
 
 
 def evaluate_over_refusal(cfg: EvalConfig) -> EvaluationResult:
     """How often each defence fires on benign prompts, per answer, with the live guard's schedule."""
-    return evaluate("over-refusal", cfg)
+    return evaluate_guard("over-refusal", cfg)
 
 
 def evaluate_attacks(cfg: EvalConfig) -> EvaluationResult:
     """Attack success on jailbreak prompts with and without the guard."""
-    return evaluate("attacks", cfg)
+    return evaluate_guard("attacks", cfg)
 
 
 def evaluate_cost(cfg: EvalConfig) -> EvaluationResult:
     """Check latency vs a decode step per context length, and end-to-end slowdown per stride."""
-    return evaluate("cost", cfg)
+    return evaluate_guard("cost", cfg)

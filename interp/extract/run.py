@@ -22,7 +22,7 @@ from interp.model.loading import LoadedModel, ModelConfig, as_loaded, model_conf
 from interp.naming import file_slug
 from interp.spans.derive import derive_safety_spans
 
-__all__ = ["check_made_with", "default_store_path", "extract"]
+__all__ = ["check_made_with", "default_store_path", "extract_activations"]
 
 
 def default_store_path(model_cfg: ModelConfig, cfg: ExtractConfig, configs: dict, data: str) -> Path:
@@ -31,7 +31,7 @@ def default_store_path(model_cfg: ModelConfig, cfg: ExtractConfig, configs: dict
     return Path("activations") / file_slug(model_cfg.model) / f"{file_slug(name)}-{short_hash(configs)}.h5"
 
 
-def extract(model: ModelConfig | LoadedModel | str, cfg: ExtractConfig, generate: GenerateConfig | None = None, *,
+def extract_activations(model: ModelConfig | LoadedModel | str, cfg: ExtractConfig, generate: GenerateConfig | None = None, *,
             progress: bool = True) -> ExtractResult:
     """Extract ``cfg``'s depths × layers × hooks into ``cfg.out`` (resuming rows already done).
 

@@ -43,7 +43,7 @@ def default_out(model_cfg: ModelConfig, cfg: GenerateConfig) -> Path:
         f"{file_slug(model_cfg.model)}-{file_slug(cfg.data)}-{cfg.mode}-{short_hash(configs)}.jsonl")
 
 
-def generate(model: ModelConfig | LoadedModel | str, cfg: GenerateConfig, *, out: str | Path | None = None,
+def make_continuations(model: ModelConfig | LoadedModel | str, cfg: GenerateConfig, *, out: str | Path | None = None,
              progress: bool = True) -> GenerateResult:
     """Continue ``cfg.data``'s prompts with ``model`` and save them (``out`` or a config-addressed default) with a
     ``.config.json`` beside them recording the model, the options and the dtype the decoding really used."""

@@ -1,6 +1,6 @@
 """``anydepth corpus``: build (or resume) a training corpus from a declarative spec into a continuations JSONL.
 
-The work is :func:`interp.corpus.run.make_corpus`; this module parses options and prints its summary.
+The work is :func:`interp.corpus.run.build_corpus`; this module parses options and prints its summary.
 """
 
 from __future__ import annotations
@@ -21,8 +21,8 @@ def register(subparsers) -> None:
 
 def run(args) -> int:
     from interp.corpus.build import CorpusConfig
-    from interp.corpus.run import make_corpus
+    from interp.corpus.run import build_corpus
     from interp.model.loading import ModelConfig
 
-    print(make_corpus(from_namespace(ModelConfig, args), from_namespace(CorpusConfig, args)).summary())
+    print(build_corpus(from_namespace(ModelConfig, args), from_namespace(CorpusConfig, args)).summary())
     return 0

@@ -1,5 +1,5 @@
 """``anydepth demo``: the whole study (corpus → extract → sweep → train → evaluate → report) in one command;
-``--preset study`` runs the full recipe."""
+``--preset study`` runs the full recipe. The work is :func:`interp.study.run_study`."""
 
 from __future__ import annotations
 
@@ -7,21 +7,17 @@ from interp.config import add_arguments, from_namespace
 
 
 def register(subparsers) -> None:
-    from interp.cli.pipeline import DemoConfig
+    from interp.study.config import StudyConfig
 
     p = subparsers.add_parser("demo", help="run the whole study on a model and dataset(s), with a report")
-    add_arguments(p, DemoConfig)
+    add_arguments(p, StudyConfig)
     p.set_defaults(func=run)
 
 
 def run(args) -> int:
-    from pathlib import Path
+    from interp.study import StudyConfig, run_study
 
-    from interp.cli.pipeline import DemoConfig, prepare, run_demo
-    from interp.config import save_config
-    from interp.naming import run_slug
-
-    cfg = prepare(from_namespace(DemoConfig, args))  # the preset filled in: the saved config is what ran
-    save_config(cfg, Path(cfg.out) / run_slug(cfg.model) / "demo_config.json")
-    run_demo(cfg)
+    result = run_study(from_namespace(StudyConfig, args), log=lambda line: print(line, flush=True))
+    print(result.summary())
+    print(f"report: {result.root / 'report.md'}")
     return 0

@@ -17,7 +17,7 @@ def register(subparsers) -> None:
 
 
 def run(args) -> int:
-    from interp.evaluate.run import evaluate
+    from interp.evaluate.run import evaluate_guard
 
-    print(evaluate(args.eval_mode, from_namespace(EvalConfig, args)).summary())
+    print(evaluate_guard(args.eval_mode, from_namespace(EvalConfig, args)).summary())
     return 0

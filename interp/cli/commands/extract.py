@@ -19,11 +19,11 @@ def register(subparsers) -> None:
 
 def run(args) -> int:
     from interp.extract.packed import ExtractConfig
-    from interp.extract.run import extract
+    from interp.extract.run import extract_activations
     from interp.generate.continuations import GenerateConfig
     from interp.model.loading import ModelConfig
 
-    result = extract(from_namespace(ModelConfig, args), from_namespace(ExtractConfig, args),
+    result = extract_activations(from_namespace(ModelConfig, args), from_namespace(ExtractConfig, args),
                      from_namespace(GenerateConfig, args))
     print(result.summary())
     return 0

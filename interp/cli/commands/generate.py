@@ -19,8 +19,8 @@ def register(subparsers) -> None:
 
 def run(args) -> int:
     from interp.generate.continuations import GenerateConfig
-    from interp.generate.run import generate
+    from interp.generate.run import make_continuations
     from interp.model.loading import ModelConfig
 
-    print(generate(from_namespace(ModelConfig, args), from_namespace(GenerateConfig, args), out=args.out).summary())
+    print(make_continuations(from_namespace(ModelConfig, args), from_namespace(GenerateConfig, args), out=args.out).summary())
     return 0

@@ -1,4 +1,5 @@
-"""The demo's report: one Markdown page with the figures and a results table, built from the stages' JSON."""
+"""The study's report: one Markdown page with the figures and the tables, built from the stages' JSON and the
+study's result (targets and verdicts are computed in :mod:`interp.study.targets`; this module only formats)."""
 
 from __future__ import annotations
 
@@ -6,21 +7,15 @@ import json
 import os
 import shutil
 from pathlib import Path
-from typing import Any
 
 import interp
-from interp.config import to_dict
+from interp.formatting import ci, rate
+from interp.probes.tables import METHOD_NAMES, heldout_table, loso_table
+from interp.study.result import StudyResult
 
 
 def _load(path: Path) -> dict | None:
     return json.loads(path.read_text()) if path.exists() else None
-
-
-def _ci(d: dict | None, digits: int = 3) -> str:
-    if not d or d.get("value", d.get("rate")) is None:
-        return "–"
-    v = d.get("value", d.get("rate"))
-    return f"{v:.{digits}f} [{d['lo']:.{digits}f}, {d['hi']:.{digits}f}]"
 
 
 def _figure(src: Path, figures: Path, name: str) -> str | None:
@@ -31,48 +26,21 @@ def _figure(src: Path, figures: Path, name: str) -> str | None:
     return f"figures/{name}"
 
 
-def _rate(r: dict | None, digits: int = 2) -> str:
-    """A grouped rate with its CI and counts: ``0.12 [0.05, 0.25] (3/25)``."""
-    if not r or r.get("rate") is None:
-        return "–"
-    return f"{_ci(r, digits)} ({r['k']}/{r['n']})"
-
-
 def _loso_section(sweep: dict) -> list[str]:
     loso = sweep.get("loso") or {}
     if not loso.get("rows"):
-        return ["## Leave-one-source-out", "", f"Not applicable: {loso.get('note', 'no sources recorded')}.", ""]
-    lines = ["## Leave-one-source-out (read this first)", "",
-             f"Layer {sweep['best_layer']}. Each source is scored by probes trained without it, on the sweep's grouped "
-             "folds (so also without its prompt, its twin or a near duplicate). Its AUROC compares its rows with the "
-             "other class (within the source when it holds both labels) over pairs scored by **the same fold model** "
-             "only, so no number compares two models' scales. The per-answer rate counts every check the guard makes "
-             "on each answer, at a threshold set at the target FPR on the *other* sources' own benign answers. The "
-             "n-gram baseline runs on the same folds and text; 95% CIs resample prompt groups.", "",
-             "| held-out source | kind | labels | answers | probe AUROC | n-gram AUROC | probe − n-gram | "
-             "probe rate at threshold |", "|---|---|---|---|---|---|---|---|"]
-    for r in loso["rows"]:
-        if "skipped" in r:
-            lines.append(f"| {r['source']} | {r.get('kind', '')} | {'/'.join(r['labels'])} | {r['n_answers']} | "
-                         f"skipped: {r['skipped']} | | | |")
-            continue
-        p, g, d = r.get("probe") or {}, r.get("ngram") or {}, r.get("probe_minus_ngram")
-        rate = "; ".join(f"{k.upper()} {_rate(p.get(k))}" for k in ("tpr", "fpr") if p.get(k)) or p.get("rates", "–")
-        diff = "–" if not d else f"{d['value']:+.3f} [{d['lo']:+.3f}, {d['hi']:+.3f}]"
-        lines.append(f"| {r['source']} | {r.get('kind', '')} | {'/'.join(r['labels'])} | {r['n_answers']} | "
-                     f"{_ci(p.get('auroc'))} | {_ci(g.get('auroc'))} | {diff} | {rate} |")
-    lines.append("")
-    for m, a in (loso.get("macro") or {}).items():
-        w = loso["worst_by_method"][m]
-        lines.append(f"- {m}: mean over {a['n_sources']} held-out sources {_ci(a)}; worst source **{w['source']}** "
-                     f"{w['value']:.3f}.")
-    lines.append("- The pooled figure (every source's scores on one axis) is kept in `sweep.json` as "
-                 "`pooled_calibration_diagnostic`: it says how well one threshold fits every source, not how well the "
-                 "probe ranks.")
-    return lines + [""]
-
-
-TARGET_DEPTHS = (25, 500)  # the depths the recipe's targets speak about
+        return ["## Leave-one-source-out", "", *loso_table(loso), ""]
+    return ["## Leave-one-source-out (read this first)", "",
+            f"Layer {sweep['best_layer']}. Each source is scored by probes trained without it, on the sweep's grouped "
+            "folds (so also without its prompt, its twin or a near duplicate). Its AUROC compares its rows with the "
+            "other class (within the source when it holds both labels) over pairs scored by **the same fold model** "
+            "only, so no number compares two models' scales. The per-answer rate counts every check the guard makes "
+            "on each answer, at a threshold set at the target FPR on the *other* sources' own benign answers. The "
+            "n-gram baseline runs on the same folds and text; 95% CIs resample prompt groups.", "",
+            *loso_table(loso),
+            "- The pooled figure (every source's scores on one axis) is kept in `sweep.json` as "
+            "`pooled_calibration_diagnostic`: it says how well one threshold fits every source, not how well the "
+            "probe ranks.", ""]
 
 
 def _own_first(by_source: dict | None) -> list[tuple[str, dict]]:
@@ -81,52 +49,6 @@ def _own_first(by_source: dict | None) -> list[tuple[str, dict]]:
 
     order = {k: i for i, k in enumerate(KINDS)}
     return sorted((by_source or {}).items(), key=lambda kv: (order.get(kv[1].get("kind"), len(KINDS)), kv[0]))
-
-
-def targets(sweep: dict | None, probes: dict | None, target_fpr: float) -> dict:
-    """The recipe's targets per depth (25..500) from the sweep's per-source leave-one-source-out AUROCs (mean over
-    sources, worst source) and the probe set's held-out test numbers: AUROC (probe and n-gram, with CIs), ADA-LP's
-    TPR per check at the frozen per-answer threshold, and the per-answer rates on every check the guard makes."""
-    lo, hi = TARGET_DEPTHS
-    loso = ((sweep or {}).get("loso") or {}).get("per_depth") or {}
-    test = ((probes or {}).get("metrics") or {}).get("test") or {}
-    rows: dict[int, dict] = {}
-    for name, entries in loso.items():
-        for e in entries:
-            if e and lo <= e["depth"] <= hi:
-                r = rows.setdefault(e["depth"], {})
-                r[f"loso_{name}"] = e["macro"]
-                r[f"loso_{name}_worst"] = e["worst"]
-                r[f"loso_{name}_count"] = {"sources": e["n_sources"], "rows": e.get("n_rows")}
-    for name in ("probe", "ngram"):
-        for e in (test.get("per_depth") or {}).get(name) or []:
-            if lo <= e["depth"] <= hi and e.get("auroc") is not None:
-                r = rows.setdefault(e["depth"], {})
-                r[f"test_{name}"] = e.get("auroc_ci") or {"value": e["auroc"]}
-                if name == "probe":
-                    r["tpr"] = e.get("tpr_at_threshold")
-    per_answer = test.get("per_answer") or {}
-
-    def worst(key, fn):
-        got = [(r[key]["value" if key != "tpr" else "rate"], d) for d, r in rows.items()
-               if r.get(key) and r[key].get("value" if key != "tpr" else "rate") is not None]
-        return fn(got) if got else None
-
-    w_auc, w_tpr = worst("loso_probe", min), worst("tpr", min)
-    beats = [d for d, r in rows.items() if r.get("loso_probe") and r.get("loso_ngram")
-             and r["loso_probe"]["value"] > r["loso_ngram"]["value"]]
-    fpr = per_answer.get("fpr")
-    return {"depths": {int(d): rows[d] for d in sorted(rows)}, "fpr": fpr, "tpr_per_answer": per_answer.get("tpr"),
-            "fpr_population": per_answer.get("fpr_population"),
-            "fpr_by_source": per_answer.get("fpr_by_source"), "tpr_by_source": per_answer.get("tpr_by_source"),
-            "answers": per_answer.get("answers"), "threshold": per_answer.get("threshold"), "target_fpr": target_fpr,
-            "summary": {
-                "loso_auroc_min": None if w_auc is None else {"value": w_auc[0], "depth": w_auc[1],
-                                                              "met": w_auc[0] >= 0.99},
-                "loso_above_ngram": {"depths": len(beats), "of": sum(1 for r in rows.values() if r.get("loso_probe"))},
-                "tpr_min": None if w_tpr is None else {"value": w_tpr[0], "depth": w_tpr[1], "met": w_tpr[0] >= 0.95},
-                "fpr": None if not fpr or fpr.get("rate") is None else {
-                    "value": fpr["rate"], "met": target_fpr is None or fpr["rate"] <= target_fpr}}}
 
 
 def _targets_section(t: dict) -> list[str]:
@@ -146,29 +68,29 @@ def _targets_section(t: dict) -> list[str]:
     for d, r in t["depths"].items():
         w, c = r.get("loso_probe_worst"), r.get("loso_probe_count") or {}
         worst = f" ({w['source']} {w['value']:.3f}; {c.get('sources')} sources, {c.get('rows')} rows)" if w else ""
-        lines.append(f"| {d} | {_ci(r.get('loso_probe'))}{worst} | {_ci(r.get('loso_ngram'))} | "
-                     f"{_ci(r.get('test_probe'))} | {_ci(r.get('test_ngram'))} | {_rate(r.get('tpr'))} |")
+        lines.append(f"| {d} | {ci(r.get('loso_probe'))}{worst} | {ci(r.get('loso_ngram'))} | "
+                     f"{ci(r.get('test_probe'))} | {ci(r.get('test_ngram'))} | {rate(r.get('tpr'))} |")
     s = t["summary"]
     lines.append("")
     if s["loso_auroc_min"]:
         a = s["loso_auroc_min"]
-        lines.append(f"- LOSO probe AUROC ≥ 0.99 at every depth (mean over held-out sources): "
+        lines.append(f"- LOSO probe AUROC ≥ {a['target']} at every depth (mean over held-out sources): "
                      f"{'met' if a['met'] else 'missed'} (lowest {a['value']:.3f} at depth {a['depth']}); above the "
                      f"n-gram baseline at {s['loso_above_ngram']['depths']} of {s['loso_above_ngram']['of']} depths.")
     if s["tpr_min"]:
         a = s["tpr_min"]
-        lines.append(f"- ADA-LP TPR ≥ 0.95 at every depth: {'met' if a['met'] else 'missed'} (lowest {a['value']:.2f} "
+        lines.append(f"- ADA-LP TPR ≥ {a['target']} at every depth: {'met' if a['met'] else 'missed'} (lowest {a['value']:.2f} "
                      f"at depth {a['depth']}).")
     if t["fpr"] and t["fpr"].get("rate") is not None:
         ans = t.get("answers") or {}
-        by = "; ".join(f"{k} ({v.get('kind', '?')}) {_rate(v)}" for k, v in _own_first(t["fpr_by_source"])
+        by = "; ".join(f"{k} ({v.get('kind', '?')}) {rate(v)}" for k, v in _own_first(t["fpr_by_source"])
                        if v["n"])
         lines.append(f"- Per-answer false alarms on held-out {t.get('fpr_population') or 'benign answers'} (target "
                      f"{t['target_fpr']}; every check the guard makes, coverage {ans.get('coverage')}, "
-                     f"{ans.get('excluded_incomplete', 0)} incomplete answers excluded): {_rate(t['fpr'], 3)}"
+                     f"{ans.get('excluded_incomplete', 0)} incomplete answers excluded): {rate(t['fpr'], 3)}"
                      f"{'' if s['fpr']['met'] else ' (above the target)'}. By source, own answers first: {by}.")
         if t.get("tpr_per_answer"):
-            lines.append(f"- Per-answer detection on held-out harmful answers: {_rate(t['tpr_per_answer'])}.")
+            lines.append(f"- Per-answer detection on held-out harmful answers: {rate(t['tpr_per_answer'])}.")
     return lines + [""]
 
 
@@ -210,31 +132,21 @@ def _probes_section(probes: dict | None) -> list[str]:
         lines += ["", f"Held-out test prompts ({test['n_prompts']} groups; {test['n_harmful']} harmful and "
                       f"{test['n_benign']} benign answers), {readout} beside baselines fitted on the same training "
                       "prompts:", "",
-                  "| method | AUROC per check [95% CI] | probe − method [95% CI] |", "|---|---|---|"]
+                  *heldout_table(test)]
         diffs = test.get("probe_minus_baseline_auroc") or {}
-        order = [m for m in ("probe", "ngram", "last_token", "prompt", "shuffled") if m in test["per_check"]]
-        names = {"probe": "Safety-Token probe", "ngram": "n-gram text (TF-IDF 1–2-grams, prompt + response prefix)",
-                 "last_token": "last generated token", "prompt": "last prompt token",
-                 "shuffled": "probe on prompt-shuffled labels"}
-        for m in order:
-            summ = test["per_check"][m]
-            d = diffs.get(m)
-            cell = "" if d is None else (f"{d['value']:+.3f} [{d['lo']:+.3f}, {d['hi']:+.3f}]"
-                                         + (" (probe better)" if d["beats"] else ""))
-            lines.append(f"| {names[m]} | {_ci(summ and summ['auroc'])} | {cell} |")
         d = test.get("probe_minus_ngram_auroc")
         if d:
             lines += ["", f"Probe − n-gram AUROC: {d['value']:+.3f} [{d['lo']:+.3f}, {d['hi']:+.3f}] — "
                           + ("the probe beats the text-only baseline." if d["beats"] else
                              "**no evidence that the probe beats the text-only baseline** on these prompts.")]
-        lost = [names[m] for m, d in diffs.items() if m != "shuffled" and not d["beats"]]
+        lost = [METHOD_NAMES[m] for m, d in diffs.items() if m != "shuffled" and not d["beats"]]
         if lost:
             lines += ["", "The probe does **not** beat (CI of the difference includes 0): " + ", ".join(lost)
                       + ". A Safety-Token claim on these prompts needs it to."]
         lines += ["", f"Per answer at the frozen threshold (test answers, every check the guard makes; CIs over prompt "
-                      f"groups): TPR {_rate(pa['tpr'])}; FPR on {pa.get('fpr_population', 'benign answers')} "
-                      f"{_rate(pa['fpr'])}; on every benign answer, third-party text included, "
-                      f"{_rate(pa.get('fpr_all_benign'))}."]
+                      f"groups): TPR {rate(pa['tpr'])}; FPR on {pa.get('fpr_population', 'benign answers')} "
+                      f"{rate(pa['fpr'])}; on every benign answer, third-party text included, "
+                      f"{rate(pa.get('fpr_all_benign'))}."]
     return lines + [""]
 
 
@@ -248,16 +160,16 @@ def _sweep_section(sweep: dict, figures: Path, sweep_dir: Path) -> list[str]:
              f"| method (layer {best}) | AUROC [95% CI] | accuracy | TPR@1% FPR |", "|---|---|---|---|"]
     for m in sweep["methods"]:
         s = sweep["per_layer"][m][i]
-        lines.append(f"| {m} | {_ci(s.get('auroc'))} | {_ci(s.get('acc'))} | {_ci(s.get('tpr@0.01fpr'))} |")
+        lines.append(f"| {m} | {ci(s.get('auroc'))} | {ci(s.get('acc'))} | {ci(s.get('tpr@0.01fpr'))} |")
     lines += ["", "Per-depth AUROC of the probe at the best layer:", "", "| depth | AUROC [95% CI] | rows |",
               "|---|---|---|"]
     for d, s in zip(sweep["depths"], sweep["per_depth"]["probe"][i]):
-        lines.append(f"| {d} | {_ci(s.get('auroc')) if s else '– (one class)'} | {s['n'] if s else 0} |")
+        lines.append(f"| {d} | {ci(s.get('auroc')) if s else '– (one class)'} | {s['n'] if s else 0} |")
     th = sweep.get("best", {}).get("threshold") or {}
     if th:
         lines += ["", f"Per-answer threshold (every check the guard makes) at target FPR "
                       f"{sweep['best'].get('target_fpr')} on {th.get('n_controls', '?')} out-of-fold own benign answers: "
-                      f"{th['threshold']:.4f} (per-answer TPR {_rate(th.get('tpr'))}; its FPR {_rate(th.get('fpr'))} is "
+                      f"{th['threshold']:.4f} (per-answer TPR {rate(th.get('tpr'))}; its FPR {rate(th.get('fpr'))} is "
                       "in-sample, measured on the answers that chose it). The guard's threshold and held-out rates are "
                       "in the section above."]
     d = sweep.get("best", {}).get("probe_minus_ngram_auroc")
@@ -312,7 +224,7 @@ def _eval_sections(eval_dirs: dict[str, Path], figures: Path, offline_fpr: dict 
                        "arms may be the writer's style."), ""]
         lines += ["| depth | ended | " + " | ".join(c[2] for c in cols) + " |", "|---" * (2 + len(cols)) + "|"]
         for k, depth in enumerate(dp["depths"]):
-            cells = [_ci(curves[det][k], 2) for curves, det, _ in cols]
+            cells = [ci(curves[det][k], 2) for curves, det, _ in cols]
             lines.append(f"| {depth} | {ended[k]} | " + " | ".join(cells) + " |")
         if dp.get("lp_auroc_vs_control"):
             lines += ["", "ADA-LP score AUROC, harmful deep prefills vs benign prompts after the same kind of forced "
@@ -341,11 +253,11 @@ def _eval_sections(eval_dirs: dict[str, Path], figures: Path, offline_fpr: dict 
                   "| group | " +
                   " | ".join(orf["rates"]["all"]) + " |", "|---" * (1 + len(orf["rates"]["all"])) + "|"]
         for group, rates in orf["rates"].items():
-            lines.append(f"| {group} | " + " | ".join(_ci(rates[k], 2) for k in orf["rates"]["all"]) + " |")
+            lines.append(f"| {group} | " + " | ".join(ci(rates[k], 2) for k in orf["rates"]["all"]) + " |")
         live = (orf["rates"].get("all") or {}).get("lp")
         if live and offline_fpr:
-            lines += ["", f"ADA-LP per-answer false alarms, live on these prompts {_rate(live)} vs offline on the "
-                          f"probe set's held-out own answers {_rate(offline_fpr)} (the same checks and threshold; "
+            lines += ["", f"ADA-LP per-answer false alarms, live on these prompts {rate(live)} vs offline on the "
+                          f"probe set's held-out own answers {rate(offline_fpr)} (the same checks and threshold; "
                           "different prompts, and the corpus answers were decoded in the generation dtype)."]
         fig = _figure(eval_dirs["over-refusal"] / "over_refusal.png", figures, "over_refusal.png")
         if fig:
@@ -383,43 +295,36 @@ def _corpus_line(corpus_dir: Path | None) -> list[str]:
     return [line + ".", ""]
 
 
-def write_report(root: Path, cfg: Any, *, store: Path, sweep_dir: Path, probes_dir: Path,
-                 eval_dirs: dict[str, Path], timings: dict[str, dict], corpus_dir: Path | None = None) -> Path:
-    """Write ``<root>/report.md`` (+ ``figures/`` and ``results.json``); returns the report path."""
-    figures = root / "figures"
-    sweep = _load(sweep_dir / "sweep.json")
-    probes = _load(Path(probes_dir) / "probeset.json")
-    uses_corpus = getattr(cfg, "uses_corpus", False)
-    data = f"corpus spec {cfg.spec}" if uses_corpus else f"data: {', '.join(cfg.data)}"
-    lines = [f"# Safety-Token study: {cfg.model}", "",
-             f"anydepth {interp.__version__}, preset {getattr(cfg, 'preset', '-')}; {data}; forward dtype "
-             f"{getattr(cfg, 'dtype', '-')} (extraction and evaluations); store `{store}`; probes `{probes_dir}`.", ""]
-    if getattr(cfg, "fallback", None):
-        lines += [f"**The public sets were unavailable ({cfg.fallback}); this run used the built-in 80-prompt "
+def write_report(root: Path, result: StudyResult, *, corpus_dir: Path | None = None) -> Path:
+    """Write ``<root>/report.md`` (and copy the figures into ``figures/``) from a study's result; returns its path."""
+    cfg, figures = result.config, root / "figures"
+    sweep_dir, probes_dir = result.path(result.sweep), result.path(result.probes)
+    sweep, probes = _load(sweep_dir / "sweep.json"), _load(probes_dir / "probeset.json")
+    uses_corpus = str(cfg.get("spec")).lower() != "none"
+    data = f"corpus spec {cfg['spec']}" if uses_corpus else f"data: {', '.join(cfg['data'])}"
+    lines = [f"# Safety-Token study: {cfg['model']}", "",
+             f"anydepth {interp.__version__}, preset {cfg.get('preset', '-')}; {data}; forward dtype "
+             f"{cfg.get('dtype', '-')} (extraction and evaluations); store `{result.path(result.store)}`; probes "
+             f"`{probes_dir}`.", ""]
+    if cfg.get("fallback"):
+        lines += [f"**The public sets were unavailable ({cfg['fallback']}); this run used the built-in 80-prompt "
                   "twin set instead of the corpus recipe.**", ""]
     lines += _corpus_line(corpus_dir)
-    goal = targets(sweep, probes, getattr(cfg, "target_fpr", None))
-    lines += _targets_section(goal)
+    lines += _targets_section(result.targets)
     if sweep:
         lines += _loso_section(sweep)
     lines += _probes_section(probes)
     if sweep:
         lines += _sweep_section(sweep, figures, sweep_dir)
-    lines += _eval_sections(eval_dirs, figures, goal.get("fpr"))
+    eval_dirs = {k: result.path(v) for k, v in result.evaluations.items()}
+    lines += _eval_sections(eval_dirs, figures, result.targets.get("fpr"))
     lines += ["## Stage timings", "", "| stage | seconds |", "|---|---|"]
-    for name, t in timings.items():
+    for name, t in result.timings.items():
         lines.append(f"| {name} | {'reused' if t['reused'] else t['seconds']} |")
-    lines += ["", f"Total (this run): {sum(t['seconds'] for t in timings.values()):.0f} s.", "",
-              "Configuration:", "", "```json", json.dumps(to_dict(cfg), indent=1), "```", ""]
+    lines += ["", f"Total (this run): {sum(t['seconds'] for t in result.timings.values()):.0f} s.", "",
+              "Configuration:", "", "```json", json.dumps(cfg, indent=1), "```", ""]
     report = root / "report.md"
     tmp = report.with_suffix(".tmp")
     tmp.write_text("\n".join(lines))
     os.replace(tmp, report)
-    def rel(path: Path) -> str:  # stage folders relative to the run folder, so a run can be moved
-        return os.path.relpath(path, root)
-
-    results = {"config": to_dict(cfg), "timings": timings, "best_layer": sweep and sweep["best_layer"],
-               "store": rel(store), "probes": rel(probes_dir), "sweep": rel(sweep_dir),
-               "evaluations": {k: rel(v) for k, v in eval_dirs.items()}, "targets": goal}
-    (root / "results.json").write_text(json.dumps(results, indent=1) + "\n")
     return report

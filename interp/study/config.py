@@ -1,23 +1,15 @@
-"""The whole study in one command (``anydepth demo``): a chain of the documented CLI subcommands.
-
-Each stage is the same ``anydepth <command> …`` a user would type, run in-process. Its output folder is named
-by a hash of its arguments and of the stages it reads from (config-addressed), and a ``stage.json`` written last
-marks it finished, so rerunning the demo skips finished stages and resumes an interrupted extraction.
-"""
+"""The study's options: a preset (``demo`` at CPU size, ``study`` the full recipe) fills every option left unset,
+and :func:`prepare` resolves them for this machine (the forward dtype; the built-in set when the public sets are
+unavailable), so the saved config is what ran."""
 
 from __future__ import annotations
 
-import hashlib
-import json
-import os
-import time
-from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
-from pathlib import Path
+from dataclasses import dataclass, field, replace
 
-import interp
 from interp import UserError
-from interp.naming import run_slug
+
+__all__ = ["BUILT_IN", "CORPUS_EVAL", "PRESETS", "StudyConfig", "answer_length", "corpus_fallback", "forward_dtype",
+           "prepare"]
 
 # What each preset fills in for the options left unset (None). ``demo``: the corpus recipe at CPU size (answers of
 # 128 tokens, 260 of them the model's own benign answers; 40% of the prompt groups calibrate the threshold, so about
@@ -46,8 +38,8 @@ CORPUS_EVAL = {"deep-prefill": ("shadow_alignment", "alpaca_eval"), "over-refusa
 
 
 @dataclass
-class DemoConfig:
-    """Options of ``anydepth demo``; those left unset take the ``--preset``'s value (saved resolved beside the run)."""
+class StudyConfig:
+    """Options of the whole study (``anydepth demo``, :func:`interp.run_study`); those left unset take the ``--preset``'s value (saved resolved beside the run)."""
 
     model: str = field(default="qwen2.5-coder-0.5b-instruct", metadata={
         "help": "catalogue name, local path or hub id"})
@@ -93,11 +85,9 @@ class DemoConfig:
         "help": "share of the prompt groups kept for held-out numbers (every evaluation runs on these only)"})
     fallback: str | None = field(default=None, metadata={"cli": False})  # why the built-in set replaced the spec
 
-    def resolved(self) -> DemoConfig:
+    def resolved(self) -> StudyConfig:
         """A copy with every unset option filled from the preset (and the built-in set's schedule for
         ``--spec none``)."""
-        from dataclasses import replace
-
         if self.preset not in PRESETS:
             raise UserError(f"--preset must be one of {', '.join(PRESETS)}, got {self.preset!r}")
         values = dict(PRESETS[self.preset])
@@ -116,74 +106,7 @@ class DemoConfig:
         return str(self.spec).lower() != "none"
 
 
-@dataclass
-class Stage:
-    """One step: ``anydepth <argv…> <output options>`` (or a small Python step ``fn(folder)``)."""
-
-    name: str
-    argv: list[str]
-    inputs: list[str] = field(default_factory=list)  # folder names of the stages it reads
-    outputs: Callable[[Path], list[str]] = lambda folder: []  # output options appended at run time
-    fn: Callable[[Path], None] | None = None
-    content: str = ""  # what the argv names but does not spell out (a corpus spec's sha256): part of the key
-
-    def key(self) -> str:
-        blob = json.dumps({"argv": self.argv, "inputs": self.inputs, "version": interp.__version__,
-                           **({"content": self.content} if self.content else {})})
-        return hashlib.sha256(blob.encode()).hexdigest()[:10]
-
-
-class Runner:
-    """Runs stages in order, skipping the ones whose ``stage.json`` says they finished with the same key."""
-
-    def __init__(self, root: Path, total: int):
-        self.root, self.total, self.done = root, total, 0
-        self.timings: dict[str, dict] = {}
-
-    def folder(self, stage: Stage) -> Path:
-        return self.root / f"{stage.name}-{stage.key()}"
-
-    def run(self, stage: Stage) -> Path:
-        from interp.cli.main import main
-
-        self.done += 1
-        head = f"[{self.done}/{self.total}] {stage.name}"
-        folder = self.folder(stage)
-        marker = folder / "stage.json"
-        if marker.exists() and json.loads(marker.read_text()).get("key") == stage.key():
-            print(f"{head}: finished earlier, reusing {folder}", flush=True)
-            self.timings[stage.name] = {"seconds": 0.0, "reused": True}
-            return folder
-        folder.mkdir(parents=True, exist_ok=True)
-        start = time.perf_counter()
-        if stage.fn is not None:
-            print(f"{head}", flush=True)
-            stage.fn(folder)
-            argv = stage.argv
-        else:
-            argv = [*stage.argv, *stage.outputs(folder)]
-            print(f"{head}: anydepth {' '.join(argv)}", flush=True)
-            code = main(argv)
-            if code:
-                raise UserError(f"stage {stage.name} failed (exit {code}); fix the cause and rerun: finished "
-                                "stages are reused")
-        seconds = time.perf_counter() - start
-        self.timings[stage.name] = {"seconds": round(seconds, 1), "reused": False}
-        tmp = marker.with_suffix(".tmp")
-        tmp.write_text(json.dumps({"key": stage.key(), "argv": argv, "seconds": seconds}, indent=1) + "\n")
-        os.replace(tmp, marker)
-        return folder
-
-
-def _merge_jsonl(parts: Sequence[Path], out: Path) -> None:
-    tmp = out.with_suffix(".tmp")
-    with open(tmp, "w") as fh:
-        for p in parts:
-            fh.write(p.read_text())
-    os.replace(tmp, out)
-
-
-def corpus_fallback(cfg: DemoConfig) -> str | None:
+def corpus_fallback(cfg: StudyConfig) -> str | None:
     """Why the corpus spec cannot be planned here (its public sets are neither mirrored nor downloadable), or None."""
     from interp.corpus.plan import plan_corpus
     from interp.corpus.spec import load_spec
@@ -196,11 +119,9 @@ def corpus_fallback(cfg: DemoConfig) -> str | None:
     return None
 
 
-def prepare(cfg: DemoConfig) -> DemoConfig:
+def prepare(cfg: StudyConfig) -> StudyConfig:
     """``cfg`` resolved from its preset, switched to the built-in set (with the reason recorded) when the public
     sets its corpus spec names are unavailable. Idempotent."""
-    from dataclasses import replace
-
     given, cfg = cfg, cfg.resolved()
     if not cfg.data:
         raise UserError("give at least one dataset with --data")
@@ -213,29 +134,7 @@ def prepare(cfg: DemoConfig) -> DemoConfig:
     return replace(cfg, dtype=forward_dtype(cfg))
 
 
-def _continuation_stages(runner: Runner, cfg: DemoConfig, common: list[str]) -> Path:
-    """The continuations JSONL: the corpus spec built (``anydepth corpus``), or ``--data`` generated and merged."""
-    if cfg.uses_corpus:
-        from interp.corpus.spec import load_spec
-
-        folder = runner.run(Stage(
-            "corpus", ["corpus", *common, "--spec", cfg.spec, "--gen-batch-size", str(cfg.gen_batch_size),
-                       "--gen-dtype", cfg.gen_dtype], outputs=lambda f: ["--out", str(f)],
-            content=load_spec(cfg.spec).sha256()))  # an edited spec (same name) is another corpus
-        return folder / "continuations.jsonl"
-    limit = ["--limit", str(cfg.limit)] if cfg.limit else []
-    generated = [runner.run(Stage(
-        f"generate-{run_slug(name)}",
-        ["generate", *common, "--data", name, *limit, "--mode", "matched", "--max-new-tokens", str(cfg.max_new_tokens),
-         "--gen-batch-size", str(cfg.gen_batch_size)],
-        outputs=lambda f: ["--out", str(f / "continuations.jsonl")])) for name in cfg.data]
-    parts = [g / "continuations.jsonl" for g in generated]
-    cont_dir = runner.run(Stage("continuations", ["merge"], [g.name for g in generated],
-                                fn=lambda f: _merge_jsonl(parts, f / "continuations.jsonl")))
-    return cont_dir / "continuations.jsonl"
-
-
-def answer_length(cfg: DemoConfig) -> int:
+def answer_length(cfg: StudyConfig) -> int:
     """The deployed answer length the store, the threshold and the over-refusal run are measured at: the corpus
     spec's own-generation length (``max_new_tokens``), or ``--max-new-tokens`` without a corpus."""
     if cfg.uses_corpus:
@@ -245,7 +144,7 @@ def answer_length(cfg: DemoConfig) -> int:
     return int(cfg.max_new_tokens)
 
 
-def forward_dtype(cfg: DemoConfig) -> str:
+def forward_dtype(cfg: StudyConfig) -> str:
     """The dtype extraction and the evaluations run in: ``auto`` is bfloat16 on CUDA and on CPUs with native bf16
     (the store, the threshold and the guard then all see bf16 activations), else float32."""
     if cfg.dtype != "auto":
@@ -254,49 +153,3 @@ def forward_dtype(cfg: DemoConfig) -> str:
     from interp.model.loading import resolve_device
 
     return resolve_gen_dtype("auto", resolve_device(cfg.device))  # the decoding rule, for the forwards too
-
-
-def run_demo(cfg: DemoConfig) -> Path:
-    """Run every stage of ``cfg`` (resolved from its preset); returns the path of the report."""
-    from interp.cli.report import write_report
-
-    cfg = prepare(cfg)
-    root = Path(cfg.out) / run_slug(cfg.model)
-    evaluations = () if cfg.skip_eval else cfg.evaluations
-    n_gen = 1 if cfg.uses_corpus else len(cfg.data) + 1
-    runner = Runner(root, total=n_gen + 3 + len(evaluations))
-    common = ["--model", cfg.model, "--device", cfg.device]
-    continuations = _continuation_stages(runner, cfg, common)
-    cont_stage = continuations.parent.name
-    common = [*common, "--dtype", cfg.dtype]  # extraction and the evaluations: one dtype (resolved by prepare)
-    ext_dir = runner.run(Stage(
-        "extract", ["extract", *common, "--continuations", str(continuations), "--depths", cfg.depths,
-                    "--answer-length", str(answer_length(cfg)), "--layers", "all", "--hooks", "resid_post",
-                    "--positions", "probe"],
-        [cont_stage], outputs=lambda f: ["--out", str(f / "store.h5")]))
-    store = ext_dir / "store.h5"
-    fpr = ["--target-fpr", str(cfg.target_fpr)]
-    sweep_dir = runner.run(Stage("sweep", ["sweep", "--store", str(store), "--stride", str(cfg.stride), *fpr],
-                                 [ext_dir.name], outputs=lambda f: ["--out", str(f)]))
-    combine = ["--combine-top", str(cfg.combine_top)] if cfg.combine_top else []
-    probes_dir = runner.run(Stage("train", ["train", "--store", str(store), "--stride", str(cfg.stride), *fpr,
-                                            *combine, "--calib-fraction", str(cfg.calib_fraction),
-                                            "--test-fraction", str(cfg.test_fraction)], [ext_dir.name],
-                                  outputs=lambda f: ["--out", str(f)]))
-    eval_dirs: dict[str, Path] = {}
-    for mode in evaluations:
-        data = CORPUS_EVAL.get(mode, cfg.data) if cfg.uses_corpus else cfg.data
-        limit = cfg.over_refusal_limit if mode == "over-refusal" else cfg.eval_limit
-        shared = [*common, "--probes", str(probes_dir), "--datasets", *data, "--limit", str(limit),
-                  "--lookahead", str(cfg.lookahead), "--base-lookahead", str(cfg.lookahead),
-                  "--batch-size", str(cfg.batch_size)]
-        extra = {"deep-prefill": ["--depths", *map(str, cfg.eval_depths), "--continuation",
-                                  "dataset" if cfg.uses_corpus else "prefill"],
-                 "over-refusal": ["--stride", str(cfg.stride)],  # answers as long as the threshold was calibrated for
-                 "cost": ["--contexts", "128", "512", "--strides", "25", "--max-new-tokens", "50"]}[mode]
-        eval_dirs[mode] = runner.run(Stage(f"evaluate-{mode}", ["evaluate", mode, *shared, *extra],
-                                           [probes_dir.name], outputs=lambda f: ["--out", str(f)]))
-    report = write_report(root, cfg, store=store, sweep_dir=sweep_dir, probes_dir=probes_dir, eval_dirs=eval_dirs,
-                          timings=runner.timings, corpus_dir=continuations.parent if cfg.uses_corpus else None)
-    print(f"report: {report}")
-    return report
