@@ -43,7 +43,7 @@ _API: dict[str, str] = {
     # probes
     "ProbeConfig": "interp.probes.oof", "SweepConfig": "interp.probes.run", "sweep": "interp.probes.run",
     "SweepResult": "interp.probes.run", "TrainConfig": "interp.probes.train", "train": "interp.probes.run",
-    "ProbeSet": "interp.probes.probeset",
+    "ProbeSet": "interp.probes.probeset", "HeldOutReport": "interp.probes.heldout",
     # the guard and its evaluations
     "GuardConfig": "interp.guard.types", "GuardedGenerator": "interp.guard.generator",
     "GuardResult": "interp.guard.types",

@@ -10,6 +10,8 @@ def ci(d: dict | None, digits: int = 3) -> str:
     if not d or d.get("value", d.get("rate")) is None:
         return "–"
     v = d.get("value", d.get("rate"))
+    if d.get("lo") is None or d.get("hi") is None:  # no interval (no resamples)
+        return f"{v:.{digits}f}"
     return f"{v:.{digits}f} [{d['lo']:.{digits}f}, {d['hi']:.{digits}f}]"
 
 

@@ -322,6 +322,34 @@ class ExtractResult(Result):
         return f"wrote {self.path}: {self.n_examples} examples ({self.n_computed} computed now, {rate:.0f} tok/s)"
 
 
+def _check_inputs(model, items: Sequence[Continuation], batch_size: int, positions: str) -> None:
+    """One-line errors before any work: no rows, token ids past the vocabulary, bad sizes."""
+    if not items:
+        raise UserError("no examples to extract")
+    require_mask_kernel(model, "packed extraction")
+    vocab = getattr(text_config(model), "vocab_size", None)
+    if vocab:
+        for it in items:
+            top = max([*it.prompt_ids, *it.response_ids], default=0)
+            if top >= vocab:
+                raise UserError(f"example {it.id!r} holds token id {top}, past this model's vocabulary of {vocab}: "
+                                "the continuations were made with another tokenizer; regenerate them for this model")
+    if batch_size < 1:
+        raise UserError("batch size must be ≥ 1")
+    if positions not in POSITIONS:
+        raise UserError(f"--positions must be one of {POSITIONS}, got {positions!r}")
+
+
+def _examples(items: Sequence[Continuation], n_tokens, valid, ends) -> dict[str, list]:
+    """The store's per-row table (everything but the texts at each depth)."""
+    return {"id": [it.id for it in items], "label": [1 if it.label == "harmful" else 0 for it in items],
+            "source": [it.source for it in items], "kind": [it.kind or "dataset" for it in items],
+            "prompt": [it.prompt for it in items],
+            "category": [it.category or "" for it in items], "n_response_tokens": n_tokens, "valid": valid,
+            "pair_id": [str((it.meta or {}).get("pair_id") or "") for it in items],
+            "end_depth": ends, "finished": [bool(it.finished) for it in items]}
+
+
 def extract_to_store(model, tokenizer, items: Sequence[Continuation], out: str | Path, *, spans,
                      depths: Sequence[int], layers: Sequence[int], hooks: Sequence[str] = ("resid_post",),
                      positions: str = "span", storage_dtype: str = "float16", batch_size: int = 4,
@@ -335,21 +363,8 @@ def extract_to_store(model, tokenizer, items: Sequence[Continuation], out: str |
     """
     from tqdm.auto import tqdm
 
-    if not items:
-        raise UserError("no examples to extract")
-    require_mask_kernel(model, "packed extraction")
+    _check_inputs(model, items, batch_size, positions)
     cfg, max_context = text_config(model), context_limit(model)
-    vocab = getattr(cfg, "vocab_size", None)
-    if vocab:
-        for it in items:
-            top = max([*it.prompt_ids, *it.response_ids], default=0)
-            if top >= vocab:
-                raise UserError(f"example {it.id!r} holds token id {top}, past this model's vocabulary of {vocab}: "
-                                "the continuations were made with another tokenizer; regenerate them for this model")
-    if batch_size < 1:
-        raise UserError("batch size must be ≥ 1")
-    if positions not in POSITIONS:
-        raise UserError(f"--positions must be one of {POSITIONS}, got {positions!r}")
     span_ids = [int(t) for t in spans.span_ids]
     depths = parse_depths(depths, answer_length)
     hooks = [canonical_hook(h) for h in hooks]
@@ -369,12 +384,7 @@ def extract_to_store(model, tokenizer, items: Sequence[Continuation], out: str |
                 probe_index=int(spans.probe_index), template_hash=getattr(spans, "template_hash", None),
                 spans=span_info, depth_schedule=[int(d) for d in depths], skipped_too_long=skipped,
                 token_ids_sha256=token_ids_sha256(items), answer_length=horizon)
-    examples = {"id": [it.id for it in items], "label": [1 if it.label == "harmful" else 0 for it in items],
-                "source": [it.source for it in items], "kind": [it.kind or "dataset" for it in items],
-                "prompt": [it.prompt for it in items],
-                "category": [it.category or "" for it in items], "n_response_tokens": n_tokens, "valid": valid,
-                "pair_id": [str((it.meta or {}).get("pair_id") or "") for it in items],
-                "end_depth": ends, "finished": [bool(it.finished) for it in items]}
+    examples = _examples(items, n_tokens, valid, ends)
     examples.update(text_at_depths(tokenizer, items, depths, progress=progress, ends=ends))
     store = ActivationStore.create(out, prov, examples, depths, hooks, layers, pos, cfg.hidden_size,
                                    storage_dtype)

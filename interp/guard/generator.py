@@ -22,6 +22,8 @@ from __future__ import annotations
 
 import warnings
 from collections.abc import Callable, Collection, Sequence
+from dataclasses import dataclass, field
+from typing import Any
 
 import torch
 
@@ -186,155 +188,238 @@ class GuardedGenerator:
         ``cancelled()``, asked before every step, names rows to stop now (reason ``cancelled``, nothing more
         released); generation returns as soon as no row is left.
         """
-        cfg, chk = self.config, self.checker
+        loop = self._start(prompts, forced)
+        rows = _Rows(prompts, self, on_event or (lambda *a: None))
+        while True:
+            rows.cancel(cancelled() if cancelled is not None else ())
+            live = rows.live()
+            if not live:
+                break
+            if self._at_limit(loop):
+                self._stop_at_limit(loop, rows, live)
+                break
+            run = self._forced_run(live, loop.forced, loop.depth, loop.prompt_len) if self.chunk_forced else 0
+            if run >= 2:  # one forward for the whole forced stretch (a single token takes the step path)
+                if not self._forced_chunk(loop, rows, live, run):
+                    break
+                continue
+            self._step(loop, rows, live, forced_only)
+        self._run_pending(loop, rows)
+        return self._finish_texts(rows.results)
+
+    def _start(self, prompts: Sequence[Sequence[int]], forced: Sequence[Sequence[int]] | None) -> _Loop:
+        """Check the prompts, left-pad them and prefill the cache: the loop's state at depth 0."""
         if not prompts or any(len(p) == 0 for p in prompts):
             raise UserError("empty prompt: every prompt needs at least one token")
-        B = len(prompts)
-        forced = [list(f) for f in forced] if forced is not None else [[] for _ in range(B)]
         device = next(self.model.parameters()).device
         lens = torch.tensor([len(p) for p in prompts], device=device)
         P = int(lens.max())
-        if P + 1 + chk.room > self.max_context:
+        if P + 1 + self.checker.room > self.max_context:
             raise UserError(f"prompt of {P} tokens leaves no room in the context of {self.max_context}")
         pad = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else 0
         ids, mask, pos = left_pad(prompts, pad, device=device)
         cache = new_cache(self.model)
         logits = self._forward(ids, pos, mask, cache)[:, -1]
-        rng = torch.Generator().manual_seed(cfg.seed)
-        results = [GuardResult(prompt_ids=list(p)) for p in prompts]
-        active = [True] * B
-        checked = [0] * B  # depth covered by the last passed check
-        emit = on_event or (lambda *a: None)
+        forced = [list(f) for f in forced] if forced is not None else [[] for _ in prompts]
+        return _Loop(cache, mask, logits, lens, P, int(pad), device, forced,
+                     torch.Generator().manual_seed(self.config.seed))
 
-        def release(b: int, upto: int) -> None:
-            r = results[b]
-            new = r.generated_ids[len(r.emitted_ids):upto]
-            if new:
-                r.emitted_ids.extend(new)
-                emit(b, "tokens", new)
+    def _at_limit(self, loop: _Loop) -> bool:
+        return (loop.depth >= self.config.max_new_tokens
+                or loop.mask.shape[1] + 1 + self.checker.room > self.max_context)
 
-        def finish(b: int, reason: str) -> None:
-            active[b] = False
-            results[b].stop_reason = reason
-            release(b, len(results[b].generated_ids)) if not results[b].halted else None
-            emit(b, "done", reason)
+    def _check(self, loop: _Loop, rows: _Rows, due: list[int]) -> None:
+        """Run the detectors on the live cache at the loop's depth and give ``due`` rows the outcome."""
+        rows.apply(self.checker.run(loop.cache, loop.mask, loop.pos, self.detectors, loop.logits), due, loop.depth)
 
-        streams = [{} for _ in range(B)]  # per row and detector: the aggregation rule's running state
+    def _stop_at_limit(self, loop: _Loop, rows: _Rows, live: list[int]) -> None:
+        """Every live row stops at ``max_new_tokens`` or the context limit, after its final check."""
+        depth = loop.depth
+        reason = "max_new_tokens" if depth >= self.config.max_new_tokens else "context_limit"
+        due = self._due_rows(live, live, rows.checked, depth)
+        held = self._defer(loop.pending, due, depth, loop.cache, loop.mask, loop.pos, loop.logits,
+                           dict.fromkeys(due, reason))
+        if due and not held:
+            self._check(loop, rows, due)
+        for b in live:
+            if rows.active[b]:
+                rows.active[b] = False
+                if b not in held:
+                    rows.finish(b, reason)
 
-        def apply(outcome: CheckOutcome, rows: list[int], depth: int, at: dict[int, int] | None = None) -> None:
-            for b in rows:
-                fired = False
-                i = b if at is None else at[b]  # the row's index in the outcome's batch
-                for event in outcome.events(i, depth):
-                    stream = streams[b].setdefault(event.detector, self.rule.stream())
-                    value, limit = outcome.value(event.detector, i)
-                    event.fired = reaches(stream.push(value), limit)
-                    fired |= event.fired
-                    results[b].checks.append(event)
-                    emit(b, "check", event)
-                if fired and self.halt:
-                    results[b].halted, results[b].halt_depth = True, depth
-                    emit(b, "halt", depth)
-                    finish(b, "halted")
-                else:
-                    checked[b] = depth
-                    release(b, depth)
+    def _forced_chunk(self, loop: _Loop, rows: _Rows, live: list[int], run: int) -> bool:
+        """Feed the next ``run`` forced tokens of every live row in one forward (after the check due at this
+        depth, if any); False when that check stopped every row."""
+        cfg, depth, B = self.config, loop.depth, len(loop.forced)
+        if self.detectors and cfg.is_due(depth):
+            self._check(loop, rows, live)
+            live = [b for b in live if rows.active[b]]
+            if not live:
+                return False
+        ids = torch.full((B, run), loop.pad, dtype=torch.long, device=loop.device)
+        for b in live:
+            ids[b] = torch.tensor(loop.forced[b][depth:depth + run], device=loop.device)
+        loop.mask = torch.cat([loop.mask, torch.ones((B, run), dtype=loop.mask.dtype, device=loop.device)], dim=1)
+        pos = loop.pos[:, None] + torch.arange(run, device=loop.device)[None]
+        need = self._need_logits(live, loop.forced, depth + run, loop.mask.shape[1])
+        loop.logits = self._forward(ids, pos, loop.mask, loop.cache, need=need)[:, -1]
+        for b in live:
+            rows.results[b].generated_ids.extend(loop.forced[b][depth:depth + run])
+            if not (cfg.buffer and self.detectors):
+                rows.release(b, depth + run)
+        loop.depth += run
+        return True
 
-        pending: list[deferred.PendingCheck] = []  # final checks kept for one batch after the loop
-        depth = 0
-        while any(active):
-            for b in cancelled() if cancelled is not None else ():
-                if active[b]:
-                    active[b], results[b].stop_reason = False, "cancelled"
-            rows = [b for b in range(B) if active[b]]
-            if not rows:
-                break
-            n = mask.shape[1]
-            at_limit = depth >= cfg.max_new_tokens or n + 1 + chk.room > self.max_context
-            if at_limit:
-                reason = "max_new_tokens" if depth >= cfg.max_new_tokens else "context_limit"
-                due = self._due_rows(rows, rows, checked, depth)
-                held = self._defer(pending, due, depth, cache, mask, lens + depth, logits, dict.fromkeys(due, reason))
-                if due and not held:
-                    apply(chk.run(cache, mask, lens + depth, self.detectors, logits), due, depth)
-                for b in rows:
-                    if active[b]:
-                        active[b] = False
-                        if b not in held:
-                            finish(b, reason)
-                break
-            run = self._forced_run(rows, forced, depth, P) if self.chunk_forced else 0
-            if run >= 2:  # one forward for the whole forced stretch (a single token takes the step path)
-                if self.detectors and cfg.is_due(depth):
-                    apply(chk.run(cache, mask, lens + depth, self.detectors, logits), rows, depth)
-                    rows = [b for b in rows if active[b]]
-                    if not rows:
-                        break
-                ids = torch.full((B, run), int(pad), dtype=torch.long, device=device)
-                for b in rows:
-                    ids[b] = torch.tensor(forced[b][depth:depth + run], device=device)
-                mask = torch.cat([mask, torch.ones((B, run), dtype=mask.dtype, device=device)], dim=1)
-                pos = (lens + depth)[:, None] + torch.arange(run, device=device)[None]
-                need = self._need_logits(rows, forced, depth + run, mask.shape[1])
-                logits = self._forward(ids, pos, mask, cache, need=need)[:, -1]
-                for b in rows:
-                    results[b].generated_ids.extend(forced[b][depth:depth + run])
-                    if not (cfg.buffer and self.detectors):
-                        release(b, depth + run)
-                depth += run
+    def _next_tokens(self, loop: _Loop, live: list[int], forced_only: bool) -> tuple[torch.Tensor, list[int]]:
+        """Each row's next token (forced, or chosen from the logits) and the rows that end here."""
+        depth, forced = loop.depth, loop.forced
+        # forced steps draw nothing from the sampler, so chunked and stepwise streams agree
+        free = any(depth >= len(forced[b]) and not forced_only for b in live)
+        nxt = self._choose(loop.logits, loop.rng) if free else torch.full(
+            (len(forced),), loop.pad, dtype=torch.long, device=loop.device)
+        ending = []
+        for b in live:
+            if depth < len(forced[b]):
+                nxt[b] = forced[b][depth]
+            elif forced_only:
+                ending.append(b)
                 continue
-            # forced steps draw nothing from the sampler, so chunked and stepwise streams agree
-            free = any(depth >= len(forced[b]) and not forced_only for b in rows)
-            nxt = self._choose(logits, rng) if free else torch.full((B,), int(pad), dtype=torch.long, device=device)
-            ending = []
-            for b in rows:
-                if depth < len(forced[b]):
-                    nxt[b] = forced[b][depth]
-                elif forced_only:
-                    ending.append(b)
-                    continue
-                if int(nxt[b]) in self.eos_ids:
-                    ending.append(b)
-            due = self._due_rows(rows, ending, checked, depth)
-            reasons = {b: "forced_end" if depth >= len(forced[b]) and forced_only else "eos" for b in due}
-            held = self._defer(pending, due, depth, cache, mask, lens + depth, logits, reasons)
-            due = [b for b in due if b not in held]
-            step_mask = torch.cat([mask, torch.ones((B, 1), dtype=mask.dtype, device=device)], dim=1)
-            step_pos = (lens + depth)[:, None]
-            if len(ending) == len(rows):  # every row stops here: check, but decode nothing
-                if due:
-                    apply(chk.run(cache, mask, lens + depth, self.detectors, logits), due, depth)
-            elif due and cfg.piggyback:
-                logits, outcome = chk.piggyback(cache, mask, lens + depth, nxt, self.detectors)
-                apply(outcome, due, depth)
-            else:
-                if due:
-                    apply(chk.run(cache, mask, lens + depth, self.detectors, logits), due, depth)
-                going = [b for b in rows if b not in ending]
-                need = self._need_logits(going, forced, depth + 1, step_mask.shape[1])
-                logits = self._forward(nxt[:, None], step_pos, step_mask, cache, need=need)[:, -1]
-            mask = step_mask
-            for b in rows:
-                if not active[b]:
-                    continue
-                if b in ending:
-                    active[b] = False
-                    if b not in held:
-                        finish(b, "forced_end" if depth >= len(forced[b]) and forced_only else "eos")
-                    continue
-                results[b].generated_ids.append(int(nxt[b]))
-                if not (cfg.buffer and self.detectors):
-                    release(b, depth + 1)
-            depth += 1
-        if pending:  # the kept final checks, as one batch
-            cache_p, mask_p, pos_p, logits_p = deferred.stack(pending, self.model)
-            outcome = chk.run(cache_p, mask_p, pos_p, self.detectors, logits_p)
-            for i, p in enumerate(pending):
-                apply(outcome, [p.row], p.depth, at={p.row: i})
-                if not results[p.row].halted:
-                    finish(p.row, p.reason)
+            if int(nxt[b]) in self.eos_ids:
+                ending.append(b)
+        return nxt, ending
+
+    def _step(self, loop: _Loop, rows: _Rows, live: list[int], forced_only: bool) -> None:
+        """One token for every live row: the checks due at this depth, the decode step, the rows that end."""
+        cfg, depth, B = self.config, loop.depth, len(loop.forced)
+        nxt, ending = self._next_tokens(loop, live, forced_only)
+
+        def reason(b: int) -> str:
+            return "forced_end" if depth >= len(loop.forced[b]) and forced_only else "eos"
+
+        due = self._due_rows(live, ending, rows.checked, depth)
+        held = self._defer(loop.pending, due, depth, loop.cache, loop.mask, loop.pos, loop.logits,
+                           {b: reason(b) for b in due})
+        due = [b for b in due if b not in held]
+        step_mask = torch.cat([loop.mask, torch.ones((B, 1), dtype=loop.mask.dtype, device=loop.device)], dim=1)
+        if len(ending) == len(live):  # every row stops here: check, but decode nothing
+            if due:
+                self._check(loop, rows, due)
+        elif due and cfg.piggyback:
+            loop.logits, outcome = self.checker.piggyback(loop.cache, loop.mask, loop.pos, nxt, self.detectors)
+            rows.apply(outcome, due, depth)
+        else:
+            if due:
+                self._check(loop, rows, due)
+            going = [b for b in live if b not in ending]
+            need = self._need_logits(going, loop.forced, depth + 1, step_mask.shape[1])
+            loop.logits = self._forward(nxt[:, None], loop.pos[:, None], step_mask, loop.cache, need=need)[:, -1]
+        loop.mask = step_mask
+        for b in live:
+            if not rows.active[b]:
+                continue
+            if b in ending:
+                rows.active[b] = False
+                if b not in held:
+                    rows.finish(b, reason(b))
+                continue
+            rows.results[b].generated_ids.append(int(nxt[b]))
+            if not (cfg.buffer and self.detectors):
+                rows.release(b, depth + 1)
+        loop.depth += 1
+
+    def _run_pending(self, loop: _Loop, rows: _Rows) -> None:
+        """The final checks kept back during the loop, as one batch; their rows end after them."""
+        if not loop.pending:
+            return
+        cache, mask, pos, logits = deferred.stack(loop.pending, self.model)
+        outcome = self.checker.run(cache, mask, pos, self.detectors, logits)
+        for i, p in enumerate(loop.pending):
+            rows.apply(outcome, [p.row], p.depth, at={p.row: i})
+            if not rows.results[p.row].halted:
+                rows.finish(p.row, p.reason)
+
+    def _finish_texts(self, results: list[GuardResult]) -> list[GuardResult]:
+        """Each result's emitted text, with the refusal message after a halt."""
         for r in results:
             r.text = self.tokenizer.decode(r.emitted_ids, skip_special_tokens=True)
-            if r.halted and cfg.refusal_message:
-                r.text = (r.text + ("\n" if r.text else "") + cfg.refusal_message)
+            if r.halted and self.config.refusal_message:
+                r.text = (r.text + ("\n" if r.text else "") + self.config.refusal_message)
         return results
+
+
+@dataclass
+class _Loop:
+    """The batch's state between steps: the cache, its mask, the last logits, the depth reached."""
+
+    cache: Any
+    mask: torch.Tensor
+    logits: torch.Tensor
+    lens: torch.Tensor  # prompt lengths
+    prompt_len: int  # the longest prompt (the left-padded width)
+    pad: int
+    device: torch.device
+    forced: list[list[int]]
+    rng: torch.Generator
+    depth: int = 0
+    pending: list[deferred.PendingCheck] = field(default_factory=list)  # final checks kept for after the loop
+
+    @property
+    def pos(self) -> torch.Tensor:
+        """Each row's position of the next token."""
+        return self.lens + self.depth
+
+
+class _Rows:
+    """Per-row state of one :meth:`GuardedGenerator.generate` call: the results, which rows still run, the depth
+    each row's last passed check covers, the aggregation rule's running state per detector, and the events."""
+
+    def __init__(self, prompts: Sequence[Sequence[int]], gen: GuardedGenerator, emit: Callback):
+        self.results = [GuardResult(prompt_ids=list(p)) for p in prompts]
+        self.active = [True] * len(prompts)
+        self.checked = [0] * len(prompts)
+        self.streams: list[dict] = [{} for _ in prompts]
+        self.rule, self.halt, self.emit = gen.rule, gen.halt, emit
+
+    def live(self) -> list[int]:
+        return [b for b, on in enumerate(self.active) if on]
+
+    def cancel(self, rows: Collection[int]) -> None:
+        for b in rows:
+            if self.active[b]:
+                self.active[b], self.results[b].stop_reason = False, "cancelled"
+
+    def release(self, b: int, upto: int) -> None:
+        """Hand row ``b``'s generated tokens up to ``upto`` to the caller."""
+        r = self.results[b]
+        new = r.generated_ids[len(r.emitted_ids):upto]
+        if new:
+            r.emitted_ids.extend(new)
+            self.emit(b, "tokens", new)
+
+    def finish(self, b: int, reason: str) -> None:
+        self.active[b] = False
+        self.results[b].stop_reason = reason
+        if not self.results[b].halted:
+            self.release(b, len(self.results[b].generated_ids))
+        self.emit(b, "done", reason)
+
+    def apply(self, outcome: CheckOutcome, rows: list[int], depth: int, at: dict[int, int] | None = None) -> None:
+        """Record a check's events for ``rows`` (``at``: a row's index in the outcome's batch, default itself);
+        a row whose checks reach the rule halts, the others release what the check covered."""
+        for b in rows:
+            fired = False
+            i = b if at is None else at[b]
+            for event in outcome.events(i, depth):
+                stream = self.streams[b].setdefault(event.detector, self.rule.stream())
+                value, limit = outcome.value(event.detector, i)
+                event.fired = reaches(stream.push(value), limit)
+                fired |= event.fired
+                self.results[b].checks.append(event)
+                self.emit(b, "check", event)
+            if fired and self.halt:
+                self.results[b].halted, self.results[b].halt_depth = True, depth
+                self.emit(b, "halt", depth)
+                self.finish(b, "halted")
+            else:
+                self.checked[b] = depth
+                self.release(b, depth)

@@ -189,9 +189,18 @@ class ProbeSet:
                 + ", ".join(f"{names.get(k, k)}: calibrated {x}, running {y}" for k, (x, y) in diff.items())
                 + "); its false-alarm rate per answer will differ: " + "; ".join(hint))
 
+    @property
+    def held_out(self):
+        """The numbers on the test prompts as an :class:`interp.probes.heldout.HeldOutReport` (None without a test
+        split)."""
+        from interp.probes.heldout import HeldOutReport
+
+        test = self.metrics.get("test")
+        return None if not test else HeldOutReport.from_json(test)
+
     def summary(self) -> str:
         """What ``anydepth train`` prints: CV on the training prompts, the calibration, held-out test numbers."""
-        from interp.formatting import ci, rate
+        from interp.formatting import ci
 
         best, cal, test = self.best_layer, self.thresholds["calibration"], self.metrics.get("test")
         sp = self.split
@@ -207,11 +216,7 @@ class ProbeSet:
                                                           f" (unresolved: finest FPR {cal['resolution']:.3f})")]
         if not test:
             return "\n".join([*lines, "no test split (--test-fraction 0): no held-out numbers"])
-        pa = test["per_answer"]
-        parts = [f"{m} {ci(s['auroc'])}" for m, s in test["per_check"].items() if s is not None]
-        lines.append(f"held-out test ({test['n_prompts']} prompt groups) AUROC per check: " + "; ".join(parts))
-        lines.append(f"held-out test per answer at the threshold: TPR {rate(pa['tpr'])}, FPR {rate(pa['fpr'])}")
-        return "\n".join(lines)
+        return "\n".join([*lines, self.held_out.summary()])
 
     def direction(self, layer: int | None = None) -> np.ndarray:
         """Unit vector in the residual basis along which the logit grows (scaler folded in)."""

@@ -202,20 +202,30 @@ def train_probeset(store, cfg: TrainConfig, probe: ProbeConfig, *, progress: boo
         threshold=thr,
         mean=None if params[0].scale is None else np.stack([pp.mean.reshape(-1) for pp in params]),
         std=None if params[0].scale is None else np.stack([pp.scale.reshape(-1) for pp in params]),
-        kind=probe.method,
-        thresholds={"target_fpr": cfg.target_fpr,
-                    "rule": f"per answer ({schedule.aggregation}): fires when the maximum over the answer's "
-                            "scheduled checks of the rule's statistic reaches the threshold (float32 >=)",
-                    "aggregate": schedule.rule.to_dict(), "control_sources": cfg.control_sources,
-                    "calibrate_on": list(cfg.calibrate_on), "calibration": calib},
-        metrics={"cv_train": {str(layer): m for layer, m in zip(layers, metrics)},
-                 "selected_by": "--layer" if cfg.layer is not None else "grouped-CV AUROC on the training prompts"
-                 + (f" (the top {cfg.combine_top} layers combined)" if cfg.combine_top else ""),
-                 "readout": {"layers": readout,
-                             "rule": "mean of the layers' probe logits" if combine else "the best layer's probe"},
-                 "test": test},
+        kind=probe.method, thresholds=_thresholds_record(cfg, schedule, calib),
+        metrics=_metrics_record(cfg, layers, metrics, readout, combine, test),
         provenance=jsonable(store.provenance), config={"train": to_dict(cfg), "probe": to_dict(probe)},
         split=split_record, schedule=schedule.to_dict(), combine=combine)
+
+
+def _thresholds_record(cfg: TrainConfig, schedule, calib: dict) -> dict:
+    """``ProbeSet.thresholds``: the rule, the target and the calibration behind the threshold."""
+    return {"target_fpr": cfg.target_fpr,
+            "rule": f"per answer ({schedule.aggregation}): fires when the maximum over the answer's scheduled checks "
+                    "of the rule's statistic reaches the threshold (float32 >=)",
+            "aggregate": schedule.rule.to_dict(), "control_sources": cfg.control_sources,
+            "calibrate_on": list(cfg.calibrate_on), "calibration": calib}
+
+
+def _metrics_record(cfg: TrainConfig, layers: list[int], metrics: list[dict], readout: list[int],
+                    combine: list[int], test: dict | None) -> dict:
+    """``ProbeSet.metrics``: CV on the training prompts per layer, how the readout was chosen, held-out numbers."""
+    return {"cv_train": {str(layer): m for layer, m in zip(layers, metrics)},
+            "selected_by": "--layer" if cfg.layer is not None else "grouped-CV AUROC on the training prompts"
+            + (f" (the top {cfg.combine_top} layers combined)" if cfg.combine_top else ""),
+            "readout": {"layers": readout,
+                        "rule": "mean of the layers' probe logits" if combine else "the best layer's probe"},
+            "test": test}
 
 
 def _calibrate(cfg: TrainConfig, schedule, meta: dict, deployed, roles: np.ndarray, scores: np.ndarray,

@@ -162,9 +162,22 @@ def create_app(service: GuardService, config: ServerConfig, stopping: Callable[[
     """The FastAPI application over a running :class:`GuardService`. ``stopping()`` turns true when the server
     is asked to stop (SIGTERM / SIGINT): open requests then end with a 503 ``shutdown`` error (a stream: an error
     chunk and ``[DONE]``) instead of being cut, so a client can tell."""
-    keys = [k.encode() for k in config.keys()]
-    metrics = service.metrics
     app = FastAPI(title="anydepth serve", docs_url=None, redoc_url=None, openapi_url=None)
+    authorize = _authorizer([k.encode() for k in config.keys()])
+    _error_handlers(app)
+    _info_routes(app, service, authorize, bool(config.keys()))
+    chat = _Chat(service, config, stopping)
+
+    @app.post("/v1/chat/completions")
+    async def chat_completions(request: Request):
+        authorize(request)
+        return await chat.handle(request)
+
+    return app
+
+
+def _authorizer(keys: list[bytes]) -> Callable[[Request], None]:
+    """A check that the request carries one of ``keys`` as a bearer token (nothing to check without keys)."""
 
     def authorize(request: Request) -> None:
         if not keys:
@@ -177,6 +190,12 @@ def create_app(service: GuardService, config: ServerConfig, stopping: Callable[[
         if not ok:
             raise ApiError(401, "missing or wrong API key: send `Authorization: Bearer <key>`",
                            "authentication_error", code="invalid_api_key")
+
+    return authorize
+
+
+def _error_handlers(app: FastAPI) -> None:
+    """Every error as an OpenAI-style JSON error body."""
 
     @app.exception_handler(ApiError)
     async def on_api_error(request: Request, err: ApiError):
@@ -195,18 +214,22 @@ def create_app(service: GuardService, config: ServerConfig, stopping: Callable[[
     async def on_crash(request: Request, err: Exception):
         return error_response(ApiError(500, f"{type(err).__name__}: {' '.join(str(err).split())}", "server_error"))
 
+
+def _info_routes(app: FastAPI, service: GuardService, authorize: Callable[[Request], None], auth: bool) -> None:
+    """``/healthz`` (open), ``/metrics`` and ``/v1/models``."""
+
     @app.get("/healthz")
     async def healthz():
         ok = service.alive
         return JSONResponse({"status": "ok" if ok else "unavailable", "model": service.model_name,
                              "guard": service.generator.config.mode, "queued": service.queued,
                              "queue_limit": service.queue_size, "active": service.active,
-                             "max_batch": service.max_batch, "auth": bool(keys)}, status_code=200 if ok else 503)
+                             "max_batch": service.max_batch, "auth": auth}, status_code=200 if ok else 503)
 
     @app.get("/metrics")
     async def get_metrics(request: Request):
         authorize(request)
-        return Response(metrics.render(), media_type=CONTENT_TYPE)
+        return Response(service.metrics.render(), media_type=CONTENT_TYPE)
 
     @app.get("/v1/models")
     async def models(request: Request):
@@ -214,19 +237,25 @@ def create_app(service: GuardService, config: ServerConfig, stopping: Callable[[
         return {"object": "list", "data": [{"id": service.model_name, "object": "model", "created": 0,
                                             "owned_by": "anydepth"}]}
 
-    def parse(raw: bytes):
-        body = parse_body(raw)
-        with service.tok_lock:
-            return build_request(body, service.tokenizer, served_model=service.model_name,
-                                 max_tokens_limit=config.max_tokens_limit, context_room=service.context_room,
-                                 allow_special=config.allow_special_tokens)
 
-    @app.post("/v1/chat/completions")
-    async def chat(request: Request):
-        authorize(request)
-        raw = await read_body(request, config.max_body_bytes, config.body_timeout_s)
+class _Chat:
+    """``/v1/chat/completions``: parse the request off the event loop, queue it, then answer as one JSON body or
+    as a stream of chunks, ending every way (done, error, timeout, shutdown, client gone) with the row stopped."""
+
+    def __init__(self, service: GuardService, config: ServerConfig, stopping: Callable[[], bool]):
+        self.service, self.config, self.stopping = service, config, stopping
+
+    def parse(self, raw: bytes):
+        body = parse_body(raw)
+        with self.service.tok_lock:
+            return build_request(body, self.service.tokenizer, served_model=self.service.model_name,
+                                 max_tokens_limit=self.config.max_tokens_limit, context_room=self.service.context_room,
+                                 allow_special=self.config.allow_special_tokens)
+
+    async def handle(self, request: Request):
+        raw = await read_body(request, self.config.max_body_bytes, self.config.body_timeout_s)
         try:
-            req = await anyio.to_thread.run_sync(parse, raw)
+            req = await anyio.to_thread.run_sync(self.parse, raw)
         except ApiError:
             raise
         except Exception as err:  # tokenizer surprises: answer, do not drop the connection
@@ -234,15 +263,15 @@ def create_app(service: GuardService, config: ServerConfig, stopping: Callable[[
             raise ApiError(status, f"{type(err).__name__}: {' '.join(str(err).split())}",
                            "invalid_request_error" if status == 400 else "server_error") from err
         rid = request.scope["state"]["request_id"]
-        job = service.submit(req, asyncio.get_running_loop(), rid)
+        job = self.service.submit(req, asyncio.get_running_loop(), rid)
         request.scope["state"]["log"] = {"stream": req.stream, "prompt_tokens": len(req.prompt_ids)}
-        deadline = job.arrived + config.request_timeout_s
+        deadline = job.arrived + self.config.request_timeout_s
         if req.stream:
-            return EventSourceResponse(stream_events(request, job, deadline), sep="\n", ping=15,
+            return EventSourceResponse(self.stream_events(request, job, deadline), sep="\n", ping=15,
                                        headers={"cache-control": "no-cache"})
-        return await complete(request, job, deadline)
+        return await self.complete(request, job, deadline)
 
-    async def next_event(request: Request, job: Job, deadline: float, watch: bool):
+    async def next_event(self, request: Request, job: Job, deadline: float, watch: bool):
         """The job's next event; ("gone", None) when the client left; a 504 error past the deadline."""
         while True:
             left = deadline - time.monotonic()
@@ -250,7 +279,7 @@ def create_app(service: GuardService, config: ServerConfig, stopping: Callable[[
                 job.cancel()
                 return "error", ApiError(504, "no answer within the request timeout", "server_error",
                                          code="timeout")
-            if stopping():
+            if self.stopping():
                 job.cancel()
                 return "error", ApiError(503, "the server is shutting down; retry the request", "server_error",
                                          code="shutdown")
@@ -261,18 +290,19 @@ def create_app(service: GuardService, config: ServerConfig, stopping: Callable[[
                     job.cancel()
                     return "gone", None
 
-    def note(request: Request, payload: dict) -> None:
+    def note(self, request: Request, payload: dict) -> None:
         request.scope["state"].setdefault("log", {}).update(
             finish_reason=payload["finish_reason"], completion_tokens=payload["n_completion"],
             halted=payload["guard"]["halted"])
-        metrics.request_latency.observe(time.monotonic() - request.scope["state"].get("t0", time.monotonic()))
+        self.service.metrics.request_latency.observe(
+            time.monotonic() - request.scope["state"].get("t0", time.monotonic()))
 
-    async def complete(request: Request, job: Job, deadline: float):
+    async def complete(self, request: Request, job: Job, deadline: float):
         try:
             while True:
-                kind, payload = await next_event(request, job, deadline, watch=True)
+                kind, payload = await self.next_event(request, job, deadline, watch=True)
                 if kind == "final":
-                    note(request, payload)
+                    self.note(request, payload)
                     return completion_body(job.req, payload["content"], payload["finish_reason"],
                                            payload["n_completion"], payload["guard"])
                 if kind == "error":
@@ -282,17 +312,17 @@ def create_app(service: GuardService, config: ServerConfig, stopping: Callable[[
         finally:
             job.cancel()  # no-op once finished; stops the row if this handler is torn down early
 
-    async def stream_events(request: Request, job: Job, deadline: float):
+    async def stream_events(self, request: Request, job: Job, deadline: float):
         req = job.req
         try:
             yield {"data": dumps(chunk_body(req, {"role": "assistant", "content": ""}))}
             while True:
-                kind, payload = await next_event(request, job, deadline, watch=False)
+                kind, payload = await self.next_event(request, job, deadline, watch=False)
                 if kind == "delta":
                     yield {"data": dumps(chunk_body(req, {"content": payload}))}
                     continue
                 if kind == "final":
-                    note(request, payload)
+                    self.note(request, payload)
                     yield {"data": dumps(chunk_body(req, {}, payload["finish_reason"], guard=payload["guard"]))}
                     if req.include_usage:
                         yield {"data": dumps(usage_chunk(req, payload["n_completion"]))}
@@ -302,8 +332,6 @@ def create_app(service: GuardService, config: ServerConfig, stopping: Callable[[
                 return
         finally:
             job.cancel()  # the client left (sse-starlette cancels this generator) or the stream ended
-
-    return app
 
 
 # ------------------------------------------------------------------------------------------------ server

@@ -229,34 +229,54 @@ def derive_safety_spans(tokenizer, *, probe_position: str | int = "role",
         eot = _derive_end_of_turn(tokenizer, r, header)
     except UserError as err:
         derive_error = err
-
-    key, entry = None, None
-    for k, e in matches:
-        if e.get("fallback") and derive_error is None:
-            continue  # generic entries only stand in where the template itself says nothing
-        key, entry = k, e
-        break
+    key, entry = _pick_override(matches, derive_error)
     if entry is not None:
-        if "header" in entry:
-            header = entry["header"]
-        if "end_of_turn" in entry:
-            eot = entry["end_of_turn"]
-        if header is None or eot is None:
-            assert derive_error is not None
-            raise derive_error
-        if not header:
-            raise UserError(f"span override {key!r}: header must not be empty")
-        if not r.ug.endswith(header):
-            raise UserError(f"span override {key!r}: header {header!r} does not end the prompt the chat template "
-                            f"of {tokenizer_name(tokenizer)!r} renders ({r.ug[-40:]!r}); fix the override")
+        header, eot = _apply_override(tokenizer, r, key, entry, header, eot, derive_error)
         if probe_position == "role" and "probe_position" in entry:
             probe_position = entry["probe_position"]
     elif derive_error is not None:
         raise derive_error
     assert header is not None and eot is not None
 
+    span_ids, h0, header_ids = _locate(tokenizer, r, header, eot)
+    role_index, role_text = _role(tokenizer, r, eot, span_ids, h0)
+    probe_index = _resolve_index(probe_position, len(span_ids), role_index, tokenizer)
+    if not role_text:
+        role_text = decode_ids(tokenizer, span_ids[probe_index: probe_index + 1])
+    return SafetySpans(header=header, end_of_turn=eot, span_text=eot + header, span_ids=tuple(span_ids),
+                       header_ids=tuple(header_ids), probe_index=probe_index, role_text=role_text,
+                       template_hash=thash, source="derived" if entry is None else f"override:{key}")
+
+
+def _pick_override(matches: list, derive_error: UserError | None) -> tuple[str | None, dict | None]:
+    """The first matching override entry; generic (``fallback``) entries only where derivation failed."""
+    for k, e in matches:
+        if e.get("fallback") and derive_error is None:
+            continue  # generic entries only stand in where the template itself says nothing
+        return k, e
+    return None, None
+
+
+def _apply_override(tokenizer, r, key: str, entry: dict, header, eot, derive_error) -> tuple[str, str]:
+    """The header and end of turn with ``entry``'s values in place of the derived ones, checked against the
+    template's rendering."""
+    header = entry.get("header", header)
+    eot = entry.get("end_of_turn", eot)
+    if header is None or eot is None:
+        assert derive_error is not None
+        raise derive_error
+    if not header:
+        raise UserError(f"span override {key!r}: header must not be empty")
+    if not r.ug.endswith(header):
+        raise UserError(f"span override {key!r}: header {header!r} does not end the prompt the chat template "
+                        f"of {tokenizer_name(tokenizer)!r} renders ({r.ug[-40:]!r}); fix the override")
+    return header, eot
+
+
+def _locate(tokenizer, r, header: str, eot: str) -> tuple[list[int], int, list[int]]:
+    """The span's token ids right after an assistant response, where the header starts inside them, and the
+    header's ids as they end a formatted prompt."""
     span_text = eot + header
-    # the span in context: right after an assistant response
     a_end = find_once(tokenizer, r.uag, _A, "assistant") + len(_A)
     ctx = r.uag[:a_end] + span_text
     loc = token_range(tokenizer, ctx, a_end)
@@ -267,24 +287,20 @@ def derive_safety_spans(tokenizer, *, probe_position: str | int = "role",
     ids, i, j = loc
     span_ids = ids[i:j]
     h0 = hloc[1] - i  # header's first token inside the span
-    # the header as it ends a formatted prompt
     ploc = token_range(tokenizer, r.ug, len(r.ug) - len(header)) if r.ug.endswith(header) else None
     header_ids = ploc[0][ploc[1]: ploc[2]] if ploc is not None else span_ids[h0:]
+    return span_ids, h0, header_ids
 
-    role_index, role_text = None, ""
+
+def _role(tokenizer, r, eot: str, span_ids: list[int], h0: int) -> tuple[int | None, str]:
+    """The index of the header's role token (its last token) in the span and the role's text, when the user
+    turn's opener shows where the role sits."""
     opener_ids = _user_opener_ids(tokenizer, r, eot)
     if opener_ids:
         rr = _role_range(span_ids[h0:], opener_ids)
         if rr is not None:
-            role_index = h0 + rr[1] - 1
-            role_text = decode_ids(tokenizer, span_ids[h0 + rr[0]: h0 + rr[1]])
-    probe_index = _resolve_index(probe_position, len(span_ids), role_index, tokenizer)
-    if not role_text:
-        role_text = decode_ids(tokenizer, span_ids[probe_index: probe_index + 1])
-
-    return SafetySpans(header=header, end_of_turn=eot, span_text=span_text, span_ids=tuple(span_ids),
-                       header_ids=tuple(header_ids), probe_index=probe_index, role_text=role_text,
-                       template_hash=thash, source="derived" if entry is None else f"override:{key}")
+            return h0 + rr[1] - 1, decode_ids(tokenizer, span_ids[h0 + rr[0]: h0 + rr[1]])
+    return None, ""
 
 
 # ---------------------------------------------------------------------------------------------------------------

@@ -24,53 +24,16 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.set_defaults(func=run, action="list", json=False)
 
 
-def _list(as_json: bool) -> int:
-    infos = list_datasets()
-    if as_json:
-        print(json.dumps([vars(i) for i in infos], indent=2))
-        return 0
-    rows = [(i.name, str(i.n_rows), "+".join(i.labels), "yes" if i.has_response else "no", i.license)
-            for i in infos]
-    header = ("name", "rows", "labels", "responses", "license")
-    widths = [max(len(r[k]) for r in [header, *rows]) for k in range(len(header) - 1)]
-    for r in [header, *rows]:
-        print("  ".join(c.ljust(w) for c, w in zip(r, widths)) + "  " + r[-1])
-    return 0
-
-
-def _verify(names: list[str], as_json: bool) -> int:
-    results = [verify_dataset(n) for n in (names or dataset_names())]
-    if as_json:
-        print(json.dumps(results, indent=2))
-    else:
-        for res in results:
-            loaded = res["rows_loaded"]
-            dropped = f", {res['rows_dropped']} dropped" if res["rows_dropped"] else ""
-            print(f"{'OK  ' if res['ok'] else 'FAIL'} {res['name']}: {loaded if loaded is not None else '-'}"
-                  f"/{res['rows_expected']} records{dropped}")
-            for f in res["files"]:
-                if not f["present"]:
-                    problem = f"missing ({f['where']})"
-                elif not f["sha256_ok"]:
-                    problem = "sha256 mismatch"
-                elif f["rows"] != f["expected_rows"]:
-                    problem = f"{f['rows']} rows, expected {f['expected_rows']}"
-                else:
-                    continue
-                print(f"     {f['path']}: {problem}")
-    return 0 if all(r["ok"] for r in results) else 1
-
-
-def _fetch(names: list[str]) -> int:
-    for name in names or dataset_names():
-        records = load_dataset(name)
-        print(f"{name}: {len(records)} records")
-    return 0
-
-
 def run(args: argparse.Namespace) -> int:
+    from interp.data.describe import dataset_table, verification_lines
+
     if args.action == "fetch":
-        return _fetch(args.names)
+        for name in args.names or dataset_names():
+            print(f"{name}: {len(load_dataset(name))} records")
+        return 0
     if args.action == "verify":
-        return _verify(args.names, args.json)
-    return _list(args.json)
+        results = [verify_dataset(n) for n in (args.names or dataset_names())]
+        print(json.dumps(results, indent=2) if args.json else "\n".join(verification_lines(results)))
+        return 0 if all(r["ok"] for r in results) else 1
+    print(json.dumps([vars(i) for i in list_datasets()], indent=2) if args.json else "\n".join(dataset_table()))
+    return 0

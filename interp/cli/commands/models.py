@@ -22,40 +22,23 @@ def register(subparsers) -> None:
     p.set_defaults(func=run)
 
 
-def _print_table(rows: list[dict], cache: str) -> None:
-    headers = ("name", "aliases", "params", "layers", "d_model", "cached", "sha256")
-    cells = [(r["name"] + (" *" if r["default"] else ""), r["aliases"], r["params"], str(r["layers"]),
-              str(r["d_model"]), "converted" if r["converted"] else ("gguf" if r["gguf"] else "no"),
-              r["sha256"][:16] + "…") for r in rows]
-    widths = [max(len(h), *(len(c[i]) for c in cells)) for i, h in enumerate(headers)]
-    for line in (headers, *cells):
-        print("  ".join(c.ljust(w) for c, w in zip(line, widths)).rstrip())
-    print(f"(* = embedded default; cache: {cache})")
-
-
 def run(args: argparse.Namespace) -> int:
     from interp.model.catalogue import CATALOGUE, DEFAULT_MODEL
+    from interp.model.describe import catalogue_table, verification_line
     from interp.model.loading import catalogue_status, describe_cache, verify_catalogue
 
     action = getattr(args, "action", None) or "list"
     cache_dir, as_json = getattr(args, "cache_dir", None), getattr(args, "json", False)
     if action == "list":
         rows = catalogue_status(cache_dir)
-        if as_json:
-            print(json.dumps(rows, indent=2))
-        else:
-            _print_table(rows, describe_cache(cache_dir))
+        print(json.dumps(rows, indent=2) if as_json else "\n".join(catalogue_table(rows, describe_cache(cache_dir))))
         return 0
     names = list(CATALOGUE) if getattr(args, "all", False) else (getattr(args, "names", None) or [DEFAULT_MODEL])
     records = []
     for name in names:
-        record = verify_catalogue(name, cache_dir=cache_dir)
-        records.append(record)
+        records.append(verify_catalogue(name, cache_dir=cache_dir))
         if not as_json:
-            print(f"{record['name']}: sha256 OK {record['sha256']} ({record['gguf_bytes']:,} bytes); "
-                  f"assemble {record['assemble_s']} s, hash {record['hash_s']} s, "
-                  f"convert {record['convert_s']} s{' (already cached)' if record['was_converted'] else ''}, "
-                  f"load from cache {record['load_s']} s; {record['n_layers']} layers, d_model {record['d_model']}")
+            print(verification_line(records[-1]))
     if as_json:
         print(json.dumps(records, indent=2))
     return 0
