@@ -42,7 +42,7 @@ _API: dict[str, str] = {
     "ActivationStore": "interp.extract.store",
     # probes
     "ProbeConfig": "interp.probes.oof", "SweepConfig": "interp.probes.run", "sweep": "interp.probes.run",
-    "SweepResult": "interp.probes.run", "TrainConfig": "interp.probes.train", "train": "interp.probes.run",
+    "SweepResult": "interp.probes.sweep", "TrainConfig": "interp.probes.train", "train": "interp.probes.run",
     "ProbeSet": "interp.probes.probeset", "HeldOutReport": "interp.probes.heldout",
     # the guard and its evaluations
     "GuardConfig": "interp.guard.types", "GuardedGenerator": "interp.guard.generator",

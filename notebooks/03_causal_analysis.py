@@ -93,8 +93,8 @@ show_png(plots.patch_heatmaps(patch, WORK / "patch_heatmap_probe.png", f"d_probe
 from interp.causal.directions import diff_of_means, direction_effects
 
 directions = {"probe": probe.direction(probe.best_layer),
-              "diff_of_means": diff_of_means(loaded.model, examples, span, pad_id, openers, DEPTHS,
-                                             probe.best_layer, probe.site)}
+              "diff_of_means": diff_of_means(loaded.model, examples, span, pad_id, openers, depths=DEPTHS,
+                                             layer=probe.best_layer, site=probe.site)}
 ablation = direction_effects(loaded.model, examples, span, pad_id, openers, directions=directions, depths=DEPTHS,
                              layers=layers, mode="ablate", n_random=N_RANDOM, where="span")
 for r in ablation["rows"]:
@@ -128,7 +128,7 @@ import torch
 
 from interp.causal.features import rank_features, span_features, topk_ablation
 
-acts = span_features(loaded.model, tc, TC_LAYER, examples, span, pad_id, DEPTHS, where="span")
+acts = span_features(loaded.model, tc, TC_LAYER, examples, span, pad_id, depths=DEPTHS, where="span")
 ranked = rank_features(acts["harmful"], acts["benign"], top=20)
 for r in ranked[:5]:
     print(f"feature {r['feature']:4d}: Cohen's d {r['d']:+.2f} [{r['lo']:+.2f}, {r['hi']:+.2f}], "

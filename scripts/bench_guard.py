@@ -66,7 +66,7 @@ def main() -> None:
               f"{row['check_ms']:.2f} ms ({row['check_vs_decode']:.2f}x), early exit {row['early_exit_ms']:.2f} ms "
               f"({row['early_exit_vs_decode']:.2f}x)")
     prompts = [format_prompt_ids(gm.tokenizer, "Write a short story about a lighthouse keeper.")]
-    slow = slowdown(gm.model, gm.tokenizer, spans, probes, prompts, args.strides, max_new_tokens=args.max_new_tokens,
+    slow = slowdown(gm.model, gm.tokenizer, spans, probes, prompts, strides=args.strides, max_new_tokens=args.max_new_tokens,
                     repeats=args.repeats_e2e)
     for row in slow:
         lo, _, hi = row["slowdown_spread"]

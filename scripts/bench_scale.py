@@ -80,8 +80,8 @@ def sweep_once(path: str, layers: int) -> dict:
         res = run_sweep(loader, list(range(layers)), ProbeConfig(), SweepPlan(baselines=(), n_boot=0))
         total = time.perf_counter() - start
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20  # KiB -> GiB
-    auc = [r["auroc"]["value"] for r in res["per_layer"]["probe"]]
-    return {"seconds": total, "per_layer": total / layers, "peak_gib": peak, "pairs": res["n_pairs"], "auroc": auc}
+    auc = [r["auroc"]["value"] for r in res.per_layer["probe"]]
+    return {"seconds": total, "per_layer": total / layers, "peak_gib": peak, "pairs": res.n_pairs, "auroc": auc}
 
 
 def run_child(path: Path, layers: int) -> dict:

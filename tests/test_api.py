@@ -78,7 +78,7 @@ def test_results_round_trip_through_json(tmp_path):
     import numpy as np
 
     from interp.evaluate.run import EvaluationResult
-    from interp.probes.run import SweepResult
+    from interp.probes.sweep import SweepResult
     from interp.study.result import StudyResult
 
     sweep = SweepResult(layers=[0, 1], depths=[0, 4], methods=["probe"], best_layer=1,

@@ -141,8 +141,8 @@ def test_knockout_effects_cached_equals_full(setup):
 def test_directions_cached_equals_full(setup):
     model, tok, span, examples, openers, _ = setup
     pad = tok.pad_token_id
-    dom = diff_of_means(model, examples, span, pad, openers, DEPTHS, layer=1)
-    close(dom, diff_of_means(model, examples, span, pad, openers, DEPTHS, layer=1, cached=False))
+    dom = diff_of_means(model, examples, span, pad, openers, depths=DEPTHS, layer=1)
+    close(dom, diff_of_means(model, examples, span, pad, openers, depths=DEPTHS, layer=1, cached=False))
     for mode, alphas in (("ablate", (0.0,)), ("steer", (0.5,))):
         kw = dict(depths=DEPTHS, layers=(0, 1), mode=mode, alphas=alphas, n_random=2)
         fast = direction_effects(model, examples, span, pad, openers, directions={"dom": dom}, **kw)
@@ -160,8 +160,9 @@ def test_features_cached_equals_full(setup):
         tc.W_enc.copy_(torch.randn(d, 32, generator=g) / d**0.5)
         tc.W_dec.copy_(10 * torch.randn(32, d, generator=g) / d**0.5)
     for where in ("probe", "span"):
-        fast = span_features(model, tc, 1, examples, span, tok.pad_token_id, DEPTHS, where=where)
-        full = span_features(model, tc, 1, examples, span, tok.pad_token_id, DEPTHS, where=where, cached=False)
+        fast = span_features(model, tc, 1, examples, span, tok.pad_token_id, depths=DEPTHS, where=where)
+        full = span_features(model, tc, 1, examples, span, tok.pad_token_id, depths=DEPTHS, where=where,
+                             cached=False)
         assert fast["groups"] == full["groups"]
         for label in ("harmful", "benign"):
             close(fast[label], full[label])

@@ -286,19 +286,19 @@ def test_run_sweep_per_depth_fit_and_by_source(planted):
 
     cfg = SweepPlan(folds=3, n_boot=30, per_depth_fit=True, baselines=("prompt", "shuffled"), target_fpr=0.05)
     res = run_sweep(loader, [0, 1], ProbeConfig(), cfg)
-    assert res["best_layer"] == 1 and res["_oof"]["probe"].shape == (2, 240, 5)
-    assert res["per_layer"]["probe"][1]["auroc"]["value"] > 0.98
-    assert abs(res["per_layer"]["probe"][0]["auroc"]["value"] - 0.5) < 0.15
-    per_depth = res["per_depth"]["probe"][1]
+    assert res.best_layer == 1 and res.oof["probe"].shape == (2, 240, 5)
+    assert res.per_layer["probe"][1]["auroc"]["value"] > 0.98
+    assert abs(res.per_layer["probe"][0]["auroc"]["value"] - 0.5) < 0.15
+    per_depth = res.per_depth["probe"][1]
     assert len(per_depth) == 5 and min(s["auroc"]["value"] for s in per_depth) > 0.95  # every depth has both labels
     # prompt-only baseline: one score per prompt, identical across its depths
-    p = res["_oof"]["prompt"][1]
+    p = res.oof["prompt"][1]
     assert np.allclose(np.nanmax(p, 1), np.nanmin(p, 1))
-    assert "threshold" not in res["best"]  # arrays alone: no answer lengths, so no per-answer numbers
+    assert "threshold" not in res.best  # arrays alone: no answer lengths, so no per-answer numbers
     cfg = SweepPlan(n_boot=0, baselines=(), train_sources=["src0"], test_sources=["src1"])
     res = run_sweep(loader, [1], ProbeConfig(), cfg)
-    tested = np.isfinite(res["_oof"]["probe"][0]).any(1)
-    assert res["split"]["kind"] == "by-source" and np.array_equal(tested, planted.sources == "src1")
+    tested = np.isfinite(res.oof["probe"][0]).any(1)
+    assert res.split["kind"] == "by-source" and np.array_equal(tested, planted.sources == "src1")
 
 
 def test_auroc_within_compares_only_pairs_scored_by_one_model():
@@ -332,7 +332,7 @@ def test_sweep_per_answer_threshold_is_set_on_own_benign_answers_only(planted):
     answers = AnswerInfo(Deployed(planted.n_tokens, np.ones(240, bool), None), kinds)
     cfg = SweepPlan(folds=3, n_boot=20, baselines=(), target_fpr=0.05, schedule=Schedule(stride=10))
     res = run_sweep(loader, [1], ProbeConfig(), cfg, answers=answers)
-    th = res["best"]["threshold"]
+    th = res.best["threshold"]
     own_benign = int(((planted.y == 0) & (kinds == "own")).sum())
     assert th["n_controls"] == own_benign < int((planted.y == 0).sum())
     assert th["fpr"]["n"] == own_benign and th["answers"]["coverage"] == 1.0
@@ -407,4 +407,4 @@ def test_sweep_holds_one_layers_activations_at_a_time():
 
     res = run_sweep(loader, [0, 1, 2, 3], ProbeConfig(), SweepPlan(baselines=(), n_boot=0))
     assert len(alive_at_read) == 5 and alive_at_read == [0] * 5  # four layers, then the best again for LOSO
-    assert res["best_layer"] == 2 and res["loso"]
+    assert res.best_layer == 2 and res.loso

@@ -69,7 +69,7 @@ def random_directions(d_model: int, n: int, seed: int = 0) -> torch.Tensor:
     return v / v.norm(dim=1, keepdim=True)
 
 
-def diff_of_means(model, examples: Sequence[Example], span: SafetySpans, pad_id: int, openers: OpenerTree,
+def diff_of_means(model, examples: Sequence[Example], span: SafetySpans, pad_id: int, openers: OpenerTree, *,
                   depths: Sequence[int], layer: int, site=resid_post, cached: bool = True) -> torch.Tensor:
     """Mean harmful minus mean benign residual at the probe token (pooled over depths), at ``site(layer)``."""
     sums = {HARMFUL: [], BENIGN: []}

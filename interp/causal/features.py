@@ -25,7 +25,7 @@ from interp.stats import grouped_mean_ci
 
 
 @torch.no_grad()
-def span_features(model, tc, layer: int, examples: Sequence[Example], span: SafetySpans, pad_id: int,
+def span_features(model, tc, layer: int, examples: Sequence[Example], span: SafetySpans, pad_id: int, *,
                   depths: Sequence[int], where: str = "probe", cached: bool = True) -> dict:
     """``{label: [N, d_sae]}`` feature activations per (example, depth) at the span (probe token or mean), and
     ``"groups"``: ``{label: [N]}`` each row's prompt group (rows of one prompt at several depths share one)."""

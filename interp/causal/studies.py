@@ -137,8 +137,8 @@ def ablate_directions(model: ModelConfig | LoadedModel | str, cfg: CausalConfig 
     layer = acfg.direction_layer
     if layer is None:
         layer = ctx.probe.best_layer if ctx.probe else len(ctx.layers) // 2
-    dirs = {"diff_of_means": diff_of_means(ctx.model, select, ctx.span, ctx.pad_id, ctx.openers, cfg.depths, layer,
-                                           _probe_site(ctx))}
+    dirs = {"diff_of_means": diff_of_means(ctx.model, select, ctx.span, ctx.pad_id, ctx.openers, depths=cfg.depths,
+                                           layer=layer, site=_probe_site(ctx))}
     if ctx.probe:
         dirs["probe"] = ctx.probe.direction(layer)
     res = direction_effects(ctx.model, measure, ctx.span, ctx.pad_id, ctx.openers, directions=dirs, depths=cfg.depths,
@@ -166,7 +166,7 @@ def feature_study(model: ModelConfig | LoadedModel | str, cfg: CausalConfig | No
     tc = load_transcoder(acfg.transcoder)
     layer = transcoder_layer(tc)
     select, measure = split_by_prompt(ctx.examples, acfg.select_fraction, cfg.seed)
-    acts = span_features(ctx.model, tc, layer, select, ctx.span, ctx.pad_id, cfg.depths, acfg.where)
+    acts = span_features(ctx.model, tc, layer, select, ctx.span, ctx.pad_id, depths=cfg.depths, where=acfg.where)
     ranked = rank_features(acts["harmful"], acts["benign"], top=acfg.top, seed=cfg.seed, groups=acts["groups"])
     if ctx.probe:
         _probe_alignment(ctx, tc, layer, acts, ranked)

@@ -90,7 +90,7 @@ def check_latency(gen: GuardedGenerator, context_len: int, repeats: int = 20, ba
 
 
 @torch.no_grad()
-def slowdown(model, tokenizer, spans, probes, prompts: Sequence[Sequence[int]], strides: Sequence[int],
+def slowdown(model, tokenizer, spans, probes, prompts: Sequence[Sequence[int]], *, strides: Sequence[int],
              max_new_tokens: int = 200, repeats: int = 3, base_config: GuardConfig | None = None,
              bar=None) -> list[dict]:
     """End-to-end generation time with ADA-LP at each stride (separate checks, piggybacked, early exit) vs
@@ -160,7 +160,7 @@ def run_cost(cfg) -> dict:
             latency.append(check_latency(gen, n))
             bar.update(1)
     prompts = [format_prompt_ids(gm.tokenizer, "Write a short story about a lighthouse keeper.")]
-    slow = slowdown(gm.model, gm.tokenizer, spans, probes, prompts, cfg.strides, max_new_tokens=cfg.max_new_tokens,
+    slow = slowdown(gm.model, gm.tokenizer, spans, probes, prompts, strides=cfg.strides, max_new_tokens=cfg.max_new_tokens,
                     bar=bar)
     bar.close()
     result = {"mode": "cost", "model": gm.provenance, "device": str(next(gm.model.parameters()).device),

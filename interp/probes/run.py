@@ -5,25 +5,19 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
-
-import numpy as np
 
 from interp import UserError
 from interp.config import save_config, to_dict
 from interp.extract.store import ActivationStore, canonical_hook
-from interp.formatting import ci, diff, rate
 from interp.probes.data import StoreSliceConfig, examples_meta, load_layer, require_finished
 from interp.probes.oof import ProbeConfig
 from interp.probes.probeset import ProbeSet, jsonable
 from interp.probes.protocol import ScheduleConfig, check_schedule
 from interp.probes.stores import check_depths, open_store, position_arg, store_answers, store_texts
-from interp.probes.sweep import SweepPlan, run_sweep
-from interp.probes.tables import loso_table
+from interp.probes.sweep import SweepPlan, SweepResult, run_sweep
 from interp.probes.train import TrainConfig, save_probeset, train_probeset
-from interp.results import Result
 
-__all__ = ["SweepConfig", "SweepResult", "sweep", "train"]
+__all__ = ["SweepConfig", "sweep", "train"]
 
 
 @dataclass
@@ -45,80 +39,6 @@ class SweepConfig(StoreSliceConfig, ScheduleConfig):
                          control_sources=self.control_sources, train_sources=self.train_sources,
                          test_sources=self.test_sources, schedule=self.schedule(getattr(store, "answer_length", None)),
                          calibrate_on=tuple(self.calibrate_on))
-
-
-@dataclass
-class SweepResult(Result):
-    """Out-of-fold numbers per method × layer (× depth), the best layer's report and leave-one-source-out.
-
-    ``per_layer[method][i]`` and ``per_depth[method][i][k]`` are metric summaries (AUROC, accuracy, TPR at 1% FPR
-    with CIs over prompt groups) at ``layers[i]`` and ``depths[k]``; ``oof`` holds the out-of-fold probabilities
-    ``{method: [L, N, D]}`` (saved as ``oof_scores.npz``, not in the JSON).
-    """
-
-    kind = "sweep"
-    layers: list[int]
-    depths: list[int]
-    methods: list[str]
-    best_layer: int
-    per_layer: dict[str, list[dict]]
-    per_depth: dict[str, list[list[dict | None]]]
-    best: dict[str, Any]
-    split: dict[str, Any] = field(default_factory=dict)
-    n_examples: int = 0
-    n_pairs: int = 0
-    loso: dict[str, Any] | None = None
-    notes: list[str] = field(default_factory=list)
-    hook: str = ""
-    position: str | int = "probe"
-    store: str = ""
-    provenance: dict[str, Any] = field(default_factory=dict)
-    config: dict[str, Any] = field(default_factory=dict)
-    oof: dict[str, np.ndarray] | None = field(default=None, repr=False)
-    labels: np.ndarray | None = field(default=None, repr=False)
-
-    def auroc(self, method: str = "probe", layer: int | None = None) -> dict:
-        """``method``'s pooled AUROC summary at ``layer`` (default the best)."""
-        return self.per_layer[method][self.layers.index(self.best_layer if layer is None else layer)]["auroc"]
-
-    def save(self, out: str | Path) -> Path:
-        """``sweep.json``, ``oof_scores.npz`` and the figures into folder ``out``; returns the JSON's path."""
-        from interp.probes import plots
-
-        out = Path(out)
-        path = super().save(out / "sweep.json")
-        if self.oof is None:
-            return path
-        np.savez_compressed(out / "oof_scores.npz", **self.oof)
-        res = self.to_json()
-        p = self.oof["probe"][self.layers.index(self.best_layer)]
-        rows, cols = np.nonzero(np.isfinite(p))
-        thr = (self.best.get("threshold") or {}).get("threshold")
-        plots.plot_layer_sweep(res, out / "layer_sweep")
-        plots.plot_layer_depth_heatmap(res, out / "layer_depth_auroc")
-        plots.plot_depth_curve(res, out / "depth_curve")
-        plots.plot_score_histograms(p[rows, cols], self.labels[rows], out / "score_hist", thr,
-                                    f"out-of-fold scores, layer {self.best_layer}, all depths")
-        plots.plot_reliability(self.best["reliability"], out / "reliability", self.best["ece"])
-        return path
-
-    def summary(self) -> str:
-        lines = ["leave-one-source-out (probe and n-gram trained without the source; AUROC over pairs scored by the "
-                 "same fold model; per-answer rate at a threshold set on the other sources' own benign answers):",
-                 *loso_table(self.loso), ""] if self.loso else []
-        for m in self.methods:
-            lines.append(f"layer {self.best_layer} {m:>10s}: AUROC {ci(self.auroc(m))}")
-        th = self.best.get("threshold")
-        if th:
-            lines.append(f"threshold {th['threshold']:.4f} at target FPR {self.best['target_fpr']} per answer on "
-                         f"{th['n_controls']} own benign answers (out-of-fold; the threshold was chosen on these same "
-                         f"answers, so the FPR is in-sample: `anydepth train` reports held-out rates): TPR "
-                         f"{rate(th['tpr'])}, FPR {rate(th['fpr'])}")
-        d = self.best.get("probe_minus_ngram_auroc")
-        if d:
-            lines.append(f"probe − n-gram AUROC {diff(d)}: " + ("the probe beats the text baseline" if d["beats"] else
-                                                              "no evidence that the probe beats the text baseline"))
-        return "\n".join(lines)
 
 
 def sweep(store: str | Path | ActivationStore | None = None, cfg: SweepConfig | None = None,
@@ -151,13 +71,13 @@ def _sweep_open(store: ActivationStore, cfg: SweepConfig, probe: ProbeConfig) ->
     check_depths(store, cfg.depths)
     meta = examples_meta(store)
     answers = store_answers(store, meta) if not cfg.depths else None  # every check the guard makes: whole grid only
-    res = run_sweep(lambda layer, position: load_layer(store, hook, layer, position, cfg.depths), layers, probe, plan,
-                    position_arg(cfg.position), texts=store_texts(store, cfg.depths, meta), answers=answers)
+    result = run_sweep(lambda layer, position: load_layer(store, hook, layer, position, cfg.depths), layers, probe,
+                       plan, position_arg(cfg.position), texts=store_texts(store, cfg.depths, meta), answers=answers)
     if answers is None:
-        res["notes"].append("per-answer numbers skipped: --depths keeps only some of the checks the guard makes")
-    oof, labels = res.pop("_oof"), res.pop("_labels")
-    return SweepResult(**jsonable(res), hook=hook, position=cfg.position, provenance=jsonable(store.provenance),
-                       config={"sweep": to_dict(cfg), "probe": to_dict(probe)}, oof=oof, labels=labels)
+        result.notes.append("per-answer numbers skipped: --depths keeps only some of the checks the guard makes")
+    result.hook, result.position, result.provenance = hook, cfg.position, jsonable(store.provenance)
+    result.config = {"sweep": to_dict(cfg), "probe": to_dict(probe)}
+    return result
 
 
 def train(store: str | Path | ActivationStore | None = None, cfg: TrainConfig | None = None,

@@ -7,12 +7,15 @@ method. :func:`run_sweep` streams layers one at a time through a ``loader(layer,
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any
 
 import numpy as np
 from tqdm.auto import tqdm
 
 from interp import UserError
+from interp.formatting import ci, diff, rate
 from interp.probes.calibration import (
     expected_calibration_error,
     rates_at_threshold,
@@ -23,8 +26,11 @@ from interp.probes.data import LayerData
 from interp.probes.loso import leave_one_source_out
 from interp.probes.metrics import summarize
 from interp.probes.oof import ProbeConfig, oof_scores, shuffled_labels
+from interp.probes.probeset import jsonable
 from interp.probes.protocol import Schedule, per_answer_threshold
 from interp.probes.select import choose_layer
+from interp.probes.tables import loso_table
+from interp.results import Result
 
 BASELINES = ("last_token", "prompt", "diffmeans", "shuffled", "ngram")
 
@@ -62,6 +68,80 @@ class SweepPlan:
     calibrate_on: tuple[str, ...] = ("own", "prefill")  # the benign answers a threshold is set on
 
 
+@dataclass
+class SweepResult(Result):
+    """Out-of-fold numbers per method × layer (× depth), the best layer's report and leave-one-source-out.
+
+    ``per_layer[method][i]`` and ``per_depth[method][i][k]`` are metric summaries (AUROC, accuracy, TPR at 1% FPR
+    with CIs over prompt groups) at ``layers[i]`` and ``depths[k]``; ``oof`` holds the out-of-fold probabilities
+    ``{method: [L, N, D]}`` (saved as ``oof_scores.npz``, not in the JSON).
+    """
+
+    kind = "sweep"
+    layers: list[int]
+    depths: list[int]
+    methods: list[str]
+    best_layer: int
+    per_layer: dict[str, list[dict]]
+    per_depth: dict[str, list[list[dict | None]]]
+    best: dict[str, Any]
+    split: dict[str, Any] = field(default_factory=dict)
+    n_examples: int = 0
+    n_pairs: int = 0
+    loso: dict[str, Any] | None = None
+    notes: list[str] = field(default_factory=list)
+    hook: str = ""
+    position: str | int = "probe"
+    store: str = ""
+    provenance: dict[str, Any] = field(default_factory=dict)
+    config: dict[str, Any] = field(default_factory=dict)
+    oof: dict[str, np.ndarray] | None = field(default=None, repr=False)
+    labels: np.ndarray | None = field(default=None, repr=False)
+
+    def auroc(self, method: str = "probe", layer: int | None = None) -> dict:
+        """``method``'s pooled AUROC summary at ``layer`` (default the best)."""
+        return self.per_layer[method][self.layers.index(self.best_layer if layer is None else layer)]["auroc"]
+
+    def save(self, out: str | Path) -> Path:
+        """``sweep.json``, ``oof_scores.npz`` and the figures into folder ``out``; returns the JSON's path."""
+        from interp.probes import plots
+
+        out = Path(out)
+        path = super().save(out / "sweep.json")
+        if self.oof is None:
+            return path
+        np.savez_compressed(out / "oof_scores.npz", **self.oof)
+        res = self.to_json()
+        p = self.oof["probe"][self.layers.index(self.best_layer)]
+        rows, cols = np.nonzero(np.isfinite(p))
+        thr = (self.best.get("threshold") or {}).get("threshold")
+        plots.plot_layer_sweep(res, out / "layer_sweep")
+        plots.plot_layer_depth_heatmap(res, out / "layer_depth_auroc")
+        plots.plot_depth_curve(res, out / "depth_curve")
+        plots.plot_score_histograms(p[rows, cols], self.labels[rows], out / "score_hist", thr,
+                                    f"out-of-fold scores, layer {self.best_layer}, all depths")
+        plots.plot_reliability(self.best["reliability"], out / "reliability", self.best["ece"])
+        return path
+
+    def summary(self) -> str:
+        lines = ["leave-one-source-out (probe and n-gram trained without the source; AUROC over pairs scored by the "
+                 "same fold model; per-answer rate at a threshold set on the other sources' own benign answers):",
+                 *loso_table(self.loso), ""] if self.loso else []
+        for m in self.methods:
+            lines.append(f"layer {self.best_layer} {m:>10s}: AUROC {ci(self.auroc(m))}")
+        th = self.best.get("threshold")
+        if th:
+            lines.append(f"threshold {th['threshold']:.4f} at target FPR {self.best['target_fpr']} per answer on "
+                         f"{th['n_controls']} own benign answers (out-of-fold; the threshold was chosen on these same "
+                         f"answers, so the FPR is in-sample: `anydepth train` reports held-out rates): TPR "
+                         f"{rate(th['tpr'])}, FPR {rate(th['fpr'])}")
+        d = self.best.get("probe_minus_ngram_auroc")
+        if d:
+            lines.append(f"probe − n-gram AUROC {diff(d)}: " + ("the probe beats the text baseline" if d["beats"] else
+                                                              "no evidence that the probe beats the text baseline"))
+        return "\n".join(lines)
+
+
 def make_split(data: LayerData, cfg: SweepPlan) -> Split:
     if cfg.train_sources or cfg.test_sources:
         if not (cfg.train_sources and cfg.test_sources):
@@ -72,14 +152,14 @@ def make_split(data: LayerData, cfg: SweepPlan) -> Split:
 
 def run_sweep(loader: Callable[[int, str | int], LayerData], layers: list[int], probe: ProbeConfig,
               cfg: SweepPlan, position: str | int = "probe", texts: np.ndarray | None = None,
-              answers=None) -> dict:
-    """CV every layer with the probe and the baselines; returns a JSON-ready result dict (plus ``"_oof"``:
-    ``{method: [L, N, D]}`` out-of-fold probabilities for plotting).
+              answers=None) -> SweepResult:
+    """CV every layer with the probe and the baselines; the result holds the out-of-fold probabilities
+    ``{method: [L, N, D]}`` in ``oof`` (for plots and ``oof_scores.npz``).
 
     ``texts [N, D]`` (:func:`interp.probes.ngram.depth_texts`) enables the n-gram baseline, fitted once on the
     same folds (it does not depend on the layer). ``answers`` (:class:`interp.probes.loso.AnswerInfo`: each
     answer as deployed, its kind, its end text) with ``cfg.schedule`` enables the per-answer numbers, counted on
-    the guard's checks. ``res["loso"]`` is the leave-one-source-out table at the best layer."""
+    the guard's checks. ``loso`` is the leave-one-source-out table at the best layer."""
     unknown = set(cfg.baselines) - set(BASELINES)
     if unknown:
         raise UserError(f"unknown baselines {sorted(unknown)}; choose from {BASELINES}")
@@ -145,10 +225,8 @@ def run_sweep(loader: Callable[[int, str | int], LayerData], layers: list[int], 
                                                                    seed=cfg.seed)
     if split.kind == "grouped":
         res["loso"] = leave_one_source_out(loader(best_layer, position), split, probe, cfg, texts, answers)
-    res["_oof"] = {m: np.stack(v) for m, v in oof.items()}
-    res["_labels"] = data0.y
     res["notes"] = sorted(set(res["notes"]))
-    return res
+    return SweepResult(**jsonable(res), oof={m: np.stack(v) for m, v in oof.items()}, labels=data0.y)
 
 
 def _shuffled_baseline(data: LayerData, split: Split, probe: ProbeConfig, cfg: SweepPlan, res: dict

@@ -193,8 +193,8 @@ def train_probeset(store, cfg: TrainConfig, probe: ProbeConfig, *, progress: boo
 
     calib = _calibrate(cfg, schedule, meta, deployed, roles, scores, end_scores, oofs[bi], best_data.depths)
     thr = calib["threshold"]
-    test = (held_out_report(store, best_data, cfg, probe, meta, roles, scores, thr, schedule, end_scores)
-            if test_m.any() else None)
+    test = (held_out_report(store, best_data, cfg, probe, meta=meta, roles=roles, scores=scores, threshold=thr,
+                            schedule=schedule, end_scores=end_scores) if test_m.any() else None)
     split_record = describe_split(roles, groups, prompts, y, sources, meta["pair_ids"])
     return ProbeSet(
         layers=layers, weights=np.stack([pp.coef.reshape(-1) for pp in params]),
@@ -314,7 +314,7 @@ def _baselines(store, best: LayerData, cfg: TrainConfig, probe: ProbeConfig, met
     return methods, notes
 
 
-def held_out_report(store, best: LayerData, cfg: TrainConfig, probe: ProbeConfig, meta: dict, roles: np.ndarray,
+def held_out_report(store, best: LayerData, cfg: TrainConfig, probe: ProbeConfig, *, meta: dict, roles: np.ndarray,
                     scores: np.ndarray, threshold: float, schedule, end_scores: np.ndarray | None = None) -> dict:
     """Numbers on the test prompts only: the probe (``scores`` at the layer of ``best``) beside its baselines
     (fitted on the training prompts), per check (pooled and per depth) and per answer at the frozen threshold,

@@ -62,7 +62,7 @@ class StudyResult(Result):
         return (self.root or Path(".")) / relative
 
     def load_sweep(self):
-        from interp.probes.run import SweepResult
+        from interp.probes.sweep import SweepResult
 
         return SweepResult.load(self.path(self.sweep) / "sweep.json")
 
