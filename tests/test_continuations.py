@@ -129,6 +129,9 @@ def test_cli_generate_then_extract(tmp_path, monkeypatch):
     assert stores[0].with_suffix(".config.json").exists()
     assert main(args) == 0  # rerun: resumes, nothing to do
     assert main(args[:-2] + ["--store-dtype", "float16", "--out", str(stores[0])]) == 2  # refused
+    # generating zero tokens makes empty answers and bare openers: refused before the model loads (issue 33)
+    empty = tmp_path / "zero.jsonl"
+    assert main(["generate", *common, "--max-new-tokens", "0", "--out", str(empty)]) == 2 and not empty.exists()
 
 
 def test_matched_mode_adds_a_forced_opener_copy_of_each_benign_record(model_tok):

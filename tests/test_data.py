@@ -440,6 +440,21 @@ def test_missing_dataset_file_is_reported_as_a_missing_file(tmp_path):
         load_dataset("nope")
 
 
+def test_an_existing_file_of_another_type_or_a_folder_is_named_for_what_it_is(tmp_path):
+    """An existing spreadsheet or a folder was reported as "no such file" / "unknown dataset" (issue 33)."""
+    from interp.data import load_dataset
+
+    for name in ("a.xlsx", "a.tsv"):
+        (tmp_path / name).write_bytes(b"prompt\tlabel\n")
+        for given in (str(tmp_path / name), f"harmful:{tmp_path / name}"):
+            with pytest.raises(UserError, match=rf"unsupported file type '{name[1:]}'.*export a spreadsheet as CSV"):
+                load_dataset(given)
+    (tmp_path / "prompts").mkdir()
+    for given in (str(tmp_path / "prompts"), f"benign:{tmp_path / 'prompts'}"):
+        with pytest.raises(UserError, match="is a folder; give a data file"):
+            load_dataset(given)
+
+
 def test_missing_column_messages_name_the_cli_way(tmp_path):
     """The hints say what to do on the command line (harmful:FILE, a column name), not a Python keyword."""
     txt = tmp_path / "mine.txt"

@@ -162,3 +162,15 @@ def test_train_refuses_a_calibration_set_without_own_answers_and_a_store_without
     assert main(["train", "--store", str(tiny), "--out", str(tmp_path / "q"), "--stride", "10", "--folds", "2"]) == 2
     err = capsys.readouterr().err
     assert "too few prompt groups" in err and "Traceback" not in err
+
+
+def test_too_few_training_prompts_for_the_folds_names_the_split_as_the_cause(tmp_path, capsys):
+    """The calibration and test fractions leave the training split too small for the folds: the error says so and
+    what to change (it only said "lower --folds", issue 33)."""
+    ss = SyntheticSet(SyntheticSpec(n_prompts=24, n_depths=3, d_model=8, n_layers=1, seed=2))
+    path = write_store(ss, tmp_path / "s.h5", [0], H, PROBE)
+    assert main(["train", "--store", str(path), "--out", str(tmp_path / "p"), "--stride", "10", "--folds", "5",
+                 "--calib-fraction", "0.4", "--test-fraction", "0.3"]) == 2
+    err = capsys.readouterr().err
+    assert "in the training split (" in err and "after --calib-fraction 0.4 and --test-fraction 0.3" in err
+    assert "lower --calib-fraction / --test-fraction" in err and not (tmp_path / "p").exists()

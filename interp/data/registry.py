@@ -96,12 +96,26 @@ def list_datasets() -> list[DatasetInfo]:
 
 
 def _file_target(name: str) -> tuple[str | None, Path] | None:
+    """``(label, path)`` when ``name`` means a file: ``harmful:PATH`` / ``benign:PATH``, anything that exists on
+    disk, or a name with a data-file suffix; None for a dataset name."""
     label, _, rest = name.partition(":")
     label_value, path_text = (label, rest) if label in (HARMFUL, BENIGN) and rest else (None, name)
     path = Path(path_text).expanduser()
-    if path.suffix.lower() in SUFFIXES and (path.is_file() or label_value is not None):
+    if label_value is not None or path.exists() or path.suffix.lower() in SUFFIXES:
         return label_value, path
     return None
+
+
+def _check_file(path: Path) -> None:
+    """One line for a dataset path that cannot be a data file: missing, a folder, or another file type."""
+    if path.is_dir():
+        raise UserError(f"{path} is a folder; give a data file ({', '.join(SUFFIXES)}) or a dataset name")
+    if not path.exists():
+        raise UserError(f"no such file: {path} (a dataset is a file path, label:path, or one of "
+                        f"{', '.join(_DATASETS)})")
+    if path.suffix.lower() not in SUFFIXES:
+        raise UserError(f"{path}: unsupported file type {path.suffix.lower()!r}; use one of {', '.join(SUFFIXES)} "
+                        "(export a spreadsheet as CSV)")
 
 
 def _matches(record: Record, split: str) -> bool:
@@ -149,12 +163,10 @@ def load_dataset(name: str, *, split: str | None = None, limit: int | None = Non
     """
     if name not in _DATASETS and (target := _file_target(name)) is not None:
         label, path = target
-        if not path.is_file():
-            raise UserError(f"no such file: {path}")
+        _check_file(path)
         records = load_file(path, label=label)
-    elif name not in _DATASETS and (Path(name).suffix.lower() in SUFFIXES or "/" in name):
-        raise UserError(f"no such file: {Path(name).expanduser()} (a dataset is a file path, label:path, or one of "
-                        f"{', '.join(_DATASETS)})")
+    elif name not in _DATASETS and "/" in name:
+        _check_file(Path(name).expanduser())
     else:
         ds = _get(name)
         records = ds.build([(spec, resolve(spec)) for spec in ds.files])

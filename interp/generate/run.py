@@ -48,6 +48,9 @@ def make_continuations(model: ModelConfig | LoadedModel | str, cfg: GenerateConf
     """Continue ``cfg.data``'s prompts with ``model`` and save them (``out`` or a config-addressed default) with a
     ``.config.json`` beside them recording the model, the options and the dtype the decoding really used."""
     cfg.validate()
+    if cfg.max_new_tokens < 1:
+        raise UserError("--max-new-tokens 0 generates nothing: every own answer would be empty and every prefill "
+                        "its opener alone; give --max-new-tokens 1 or more")
     model_cfg = model_config_of(model)
     out = check_out(Path(out) if out else default_out(model_cfg, cfg), "file")  # before the data or the model
     records = load_records(cfg.data, cfg.split, cfg.limit, cfg.seed)

@@ -27,8 +27,11 @@ class Split:
         return Split(self.train[:, rows], self.test[:, rows], self.kind)
 
 
-def grouped_folds(y: np.ndarray, groups: np.ndarray, n_splits: int = 5, seed: int = 0) -> Split:
-    """Stratified group K-fold over rows: a prompt never appears in two folds; repeatable given ``seed``."""
+def grouped_folds(y: np.ndarray, groups: np.ndarray, n_splits: int = 5, seed: int = 0, *, where: str = "",
+                  remedy: str = "lower --folds") -> Split:
+    """Stratified group K-fold over rows: a prompt never appears in two folds; repeatable given ``seed``.
+    ``where`` says which rows these are and ``remedy`` what to change, in the error when they cannot fill the
+    folds."""
     if n_splits < 2:
         raise UserError(f"--folds must be >= 2 for cross-validation, got {n_splits}")
     y = np.asarray(y)
@@ -37,9 +40,10 @@ def grouped_folds(y: np.ndarray, groups: np.ndarray, n_splits: int = 5, seed: in
     for label in (0, 1):
         n_lab = len(np.unique(codes[y == label]))
         if n_lab < n_splits:
-            raise UserError(f"only {n_lab} prompts with label {label} for {n_splits} folds; lower --folds")
+            name = "harmful" if label == 1 else "benign"
+            raise UserError(f"only {n_lab} {name} prompt groups{where} for {n_splits} folds; {remedy}")
     if n_groups < n_splits:
-        raise UserError(f"{n_groups} prompts cannot fill {n_splits} folds")
+        raise UserError(f"{n_groups} prompt groups{where} cannot fill {n_splits} folds; {remedy}")
     sgkf = StratifiedGroupKFold(n_splits=n_splits, shuffle=True, random_state=seed)
     test = np.zeros((n_splits, len(y)), bool)
     for f, (_, te) in enumerate(sgkf.split(np.zeros(len(y)), y, codes)):

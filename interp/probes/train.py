@@ -169,7 +169,8 @@ def train_probeset(store, cfg: TrainConfig, probe: ProbeConfig, *, progress: boo
     roles = three_way_split(groups, y, cfg, cfg.seed, strata=np.where(own_benign, "calibration-kind", "other"))
     _require_split(roles, y, cfg)
     train_m, cal_m, test_m = (roles == r for r in ("train", "calibration", "test"))
-    split = grouped_folds(y[train_m], groups[train_m], cfg.folds, cfg.seed)
+    split = grouped_folds(y[train_m], groups[train_m], cfg.folds, cfg.seed, **_fold_context(cfg, roles, groups,
+                                                                                            store.n_examples))
 
     params, metrics, oofs = [], [], []
     for layer in tqdm(layers, desc="layers (CV on train prompts)", unit="layer", disable=not progress):
@@ -226,6 +227,20 @@ def _metrics_record(cfg: TrainConfig, layers: list[int], metrics: list[dict], re
             "readout": {"layers": readout,
                         "rule": "mean of the layers' probe logits" if combine else "the best layer's probe"},
             "test": test}
+
+
+def _fold_context(cfg: TrainConfig, roles: np.ndarray, groups: np.ndarray, n_rows: int) -> dict[str, str]:
+    """What the error says when the training prompts cannot fill the CV folds: how few of the prompt groups the
+    split left for training (and how many rows were unfinished), and what to change."""
+    n_train, n_all = len(np.unique(groups[roles == "train"])), len(np.unique(groups))
+    unfinished = n_rows - len(groups)
+    where = (f" in the training split ({n_train} of {n_all} prompt groups after --calib-fraction "
+             f"{cfg.calib_fraction} and --test-fraction {cfg.test_fraction}"
+             + (f"; {unfinished} unfinished rows left out" if unfinished else "") + ")")
+    remedy = "lower --folds, lower --calib-fraction / --test-fraction, or extract more prompts"
+    if unfinished:
+        remedy += " (or finish the extraction: rerun `anydepth extract`)"
+    return {"where": where, "remedy": remedy}
 
 
 def _calibrate(cfg: TrainConfig, schedule, meta: dict, deployed, roles: np.ndarray, scores: np.ndarray,
