@@ -11,6 +11,7 @@ import dataclasses
 import json
 import math
 import os
+import types
 import typing
 from pathlib import Path
 from typing import Any, ClassVar, TypeVar
@@ -45,7 +46,7 @@ def _field_value(tp: Any, value: Any) -> Any:
         return None
     args = [a for a in typing.get_args(tp) if a is not type(None)]
     origin = typing.get_origin(tp)
-    if origin in (typing.Union, getattr(__import__("types"), "UnionType", None)) and len(args) == 1:
+    if origin in (typing.Union, types.UnionType) and len(args) == 1:
         return _field_value(args[0], value)
     if isinstance(tp, type) and issubclass(tp, Result):
         return tp.from_json(value)

@@ -74,7 +74,7 @@ def sweep_once(path: str, layers: int) -> dict:
     with ActivationStore.open(path) as store:
         def loader(layer, position):
             times.append(time.perf_counter())
-            return load_layer(store, "hook_resid_post", layer, position)
+            return load_layer(store, "hook_resid_post", layer, position, pairs_only=True)
 
         start = time.perf_counter()
         res = run_sweep(loader, list(range(layers)), ProbeConfig(), SweepPlan(baselines=(), n_boot=0))

@@ -174,3 +174,39 @@ def test_too_few_training_prompts_for_the_folds_names_the_split_as_the_cause(tmp
     err = capsys.readouterr().err
     assert "in the training split (" in err and "after --calib-fraction 0.4 and --test-fraction 0.3" in err
     assert "lower --calib-fraction / --test-fraction" in err and not (tmp_path / "p").exists()
+
+
+def test_reading_only_the_valid_pairs_changes_no_number(store_path, tmp_path, monkeypatch):
+    """`sweep` and `train` read the probe's activations as valid pairs only (`load_layer(pairs_only=True)`, in row
+    chunks): every number equals the dense path's, bit for bit."""
+    import interp.probes.data as data_mod
+    import interp.probes.run as run_mod
+    from interp.probes.data import load_layer as real_load
+    from interp.probes.run import SweepConfig, sweep, train
+    from interp.probes.train import TrainConfig
+
+    path, _ = store_path
+    with ActivationStore.open(path) as store:
+        pairs = real_load(store, "resid_post", 2, pairs_only=True, chunk_rows=7)
+        dense = real_load(store, "resid_post", 2)
+        assert pairs.X is None and pairs.Xv.shape == (int(dense.valid.sum()), 16)
+        assert np.array_equal(pairs.flat()[0], dense.flat()[0])
+        assert np.array_equal(pairs.subset(dense.y == 1).flat()[0], dense.subset(dense.y == 1).flat()[0])
+        ok = dense.valid[:, 1]
+        assert np.array_equal(pairs.column(1)[ok], dense.column(1)[ok])
+    scfg = SweepConfig(folds=3, n_boot=30, stride=10, target_fpr=0.1, allow_partial=True)
+    tcfg = TrainConfig(folds=3, n_boot=30, stride=10, target_fpr=0.1, allow_partial=True)
+    got = (sweep(path, scfg), train(path, tcfg, progress=False))
+
+    def dense_only(*args, pairs_only=False, **kw):
+        return real_load(*args, **kw)
+
+    monkeypatch.setattr(run_mod, "load_layer", dense_only)
+    monkeypatch.setattr(data_mod, "load_layer", dense_only)  # train imports it from here when it runs
+    want = (sweep(path, scfg), train(path, tcfg, progress=False))
+    assert got[0].to_json() == want[0].to_json()
+    for m in want[0].oof:
+        assert np.array_equal(got[0].oof[m], want[0].oof[m], equal_nan=True)
+    a, b = got[1], want[1]
+    assert np.array_equal(a.weights, b.weights) and np.array_equal(a.bias, b.bias) and a.threshold == b.threshold
+    assert json.dumps(a.metrics, sort_keys=True) == json.dumps(b.metrics, sort_keys=True)

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import numpy as np
@@ -67,10 +67,13 @@ class LayerData:
     """Activations of one layer for N examples at D depths.
 
     ``groups`` are prompt ids (all rows of one prompt share a group, so CV keeps them together);
-    ``valid[i, k]`` is False where response i ended before depth k (such pairs are never used).
+    ``valid[i, k]`` is False where response i ended before depth k (such pairs are never used). The activations
+    are either dense, ``X [N, D, d]``, or the valid pairs alone, ``Xv [M, d]`` in row-major order
+    (``load_layer(..., pairs_only=True)``: a probe never reads an invalid pair, and at paper scale the dense grid
+    and a flattened copy beside it do not fit in memory).
     """
 
-    X: np.ndarray  # [N, D, d] float32
+    X: np.ndarray | None  # [N, D, d] float32, or None when Xv holds the valid pairs
     y: np.ndarray  # [N] int, 1 harmful / 0 benign
     groups: np.ndarray  # [N] prompt ids (any hashable)
     valid: np.ndarray  # [N, D] bool
@@ -78,11 +81,14 @@ class LayerData:
     depths: np.ndarray  # [D]
     layer: int | None = None
     X_end: np.ndarray | None = None  # [N, d] each answer at its end slot (its final check), if the store has it
+    Xv: np.ndarray | None = None  # [M, d] float32: the valid pairs (np.nonzero(valid) order) when X is None
 
     def __post_init__(self) -> None:
-        if self.X.ndim == 2:
+        if self.X is None and self.Xv is None:
+            raise UserError("LayerData: give the activations, dense (X) or the valid pairs (Xv)")
+        if self.X is not None and self.X.ndim == 2:
             self.X = self.X[:, None, :]
-        n, d_count = self.X.shape[:2]
+        n, d_count = self.X.shape[:2] if self.X is not None else np.shape(self.valid)
         self.y = np.asarray(self.y).astype(np.int64)
         self.valid = np.asarray(self.valid, dtype=bool).reshape(n, d_count)
         self.groups = np.asarray(self.groups)
@@ -90,10 +96,16 @@ class LayerData:
         self.depths = np.asarray(self.depths)
         if not (len(self.y) == len(self.groups) == len(self.sources) == n) or len(self.depths) != d_count:
             raise UserError("LayerData: X, y, groups, sources, valid and depths disagree in shape")
+        if self.X is None and len(self.Xv) != int(self.valid.sum()):
+            raise UserError("LayerData: Xv must hold one row per valid pair")
         if not set(np.unique(self.y)) <= {0, 1}:
             raise UserError("labels must be 0 (benign) or 1 (harmful)")
-        if self.X_end is not None and self.X_end.shape != (n, self.X.shape[-1]):
+        if self.X_end is not None and self.X_end.shape != (n, self.d_model):
             raise UserError("LayerData: X_end must be [N, d] like X's rows")
+
+    @property
+    def d_model(self) -> int:
+        return int((self.X if self.X is not None else self.Xv).shape[-1])
 
     def pairs(self) -> tuple[np.ndarray, np.ndarray]:
         """(row index, depth index) of every valid pair, row-major."""
@@ -101,9 +113,55 @@ class LayerData:
         return rows, cols
 
     def flat(self) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
-        """Valid pairs flattened: ``X [M, d]``, ``y [M]``, row index ``[M]``, depth index ``[M]``."""
+        """Valid pairs flattened: ``X [M, d]``, ``y [M]``, row index ``[M]``, depth index ``[M]`` (``Xv`` itself,
+        no copy, when only the pairs are held)."""
         rows, cols = self.pairs()
+        if self.X is None:
+            return self.Xv, self.y[rows], rows, cols
         return np.ascontiguousarray(self.X[rows, cols], dtype=np.float32), self.y[rows], rows, cols
+
+    def features(self, rows: np.ndarray, cols: np.ndarray) -> np.ndarray:
+        """float32 ``[m, d]`` of the given valid pairs."""
+        if self.X is not None:
+            return np.ascontiguousarray(self.X[rows, cols], np.float32)
+        index = np.full(self.valid.shape, -1, np.int64)
+        index[self.valid] = np.arange(len(self.Xv))
+        at = index[rows, cols]
+        if (at < 0).any():
+            raise UserError("LayerData: asked for a pair that is not valid (its activations were not read)")
+        return self.Xv if len(at) == len(self.Xv) and np.array_equal(at, np.arange(len(at))) else self.Xv[at]
+
+    def column(self, k: int) -> np.ndarray:
+        """``[N, 1, d]`` float32 at depth index ``k`` (zeros where a row is not valid there, when only the pairs
+        are held)."""
+        if self.X is not None:
+            return np.ascontiguousarray(self.X[:, k:k + 1], np.float32)
+        out = np.zeros((len(self.y), 1, self.d_model), np.float32)
+        ok = self.valid[:, k]
+        out[ok, 0] = self.features(np.nonzero(ok)[0], np.full(int(ok.sum()), k))
+        return out
+
+    def subset(self, m: np.ndarray) -> LayerData:
+        """The rows of mask ``m`` (a copy of their activations)."""
+        common = dict(y=self.y[m], groups=self.groups[m], valid=self.valid[m], sources=self.sources[m],
+                      depths=self.depths, layer=self.layer, X_end=None if self.X_end is None else self.X_end[m])
+        if self.X is not None:
+            return LayerData(X=self.X[m], **common)
+        rows, _ = self.pairs()
+        return LayerData(X=None, Xv=self.Xv[np.asarray(m, bool)[rows]], **common)
+
+    def restrict(self, valid: np.ndarray) -> LayerData:
+        """Only the pairs valid here and in ``valid`` (itself when that drops none)."""
+        keep = self.valid & valid
+        if np.array_equal(keep, self.valid):
+            return self
+        if self.X is not None:
+            return replace(self, valid=keep)
+        return replace(self, valid=keep, Xv=self.Xv[keep[self.valid]])
+
+    def labels_only(self) -> LayerData:
+        """The same rows, depths and labels without activations (``d`` = 0): what a sweep keeps across layers."""
+        return replace(self, X=None, Xv=np.empty((int(self.valid.sum()), 0), np.float32), X_end=None)
 
 
 def _attr(value: Any) -> Any:
@@ -160,10 +218,13 @@ def examples_meta(store: Any) -> dict[str, np.ndarray]:
 
 
 def load_layer(store: Any, hook: str, layer: int, position: str | int = "probe",
-               depths: np.ndarray | list[int] | None = None) -> LayerData:
+               depths: np.ndarray | list[int] | None = None, *, pairs_only: bool = False,
+               chunk_rows: int = 512) -> LayerData:
     """Read one (hook, layer, position) of an ``ActivationStore`` as :class:`LayerData`.
 
-    Only finished rows (``done``) are kept; ``depths`` selects depth values (not indices).
+    Only finished rows (``done``) are kept; ``depths`` selects depth values (not indices). With ``pairs_only`` the
+    valid pairs are read straight into one ``[M, d]`` float32 buffer, ``chunk_rows`` rows at a time (the dense
+    ``[N, D, d]`` grid is never built); the ``prompt`` position (one row per example) is always read dense.
     """
     all_depths = np.asarray(store.depths)
     meta = examples_meta(store)
@@ -177,28 +238,52 @@ def load_layer(store: Any, hook: str, layer: int, position: str | int = "probe",
     rows = np.nonzero(meta["done"])[0]
     if len(rows) == 0:
         raise UserError("the store has no finished rows yet")
-    X = store.read(hook, int(layer), position=position, depths=all_depths[cols].tolist(),
-                   rows=None if len(rows) == len(meta["done"]) else rows)
-    X = np.asarray(X, dtype=np.float32)
-    if X.ndim == 2:
-        X = np.broadcast_to(X[:, None, :], (len(rows), len(cols), X.shape[-1]))
+    every = len(rows) == len(meta["done"])
     valid = meta["valid"][rows][:, cols]
-    bad = ~np.isfinite(X).all(axis=-1) & valid
+    if pairs_only and position != "prompt":
+        X, Xv = None, _read_pairs(store, hook, layer, position, all_depths[cols].tolist(), rows, valid, chunk_rows)
+    else:
+        Xv = None
+        X = np.asarray(store.read(hook, int(layer), position=position, depths=all_depths[cols].tolist(),
+                                  rows=None if every else rows), dtype=np.float32)
+        if X.ndim == 2:
+            X = np.broadcast_to(X[:, None, :], (len(rows), len(cols), X.shape[-1]))
+        _check_finite(store, hook, layer, ~np.isfinite(X).all(axis=-1) & valid, rows)
+    X_end = None
+    if getattr(store, "has_end", False):
+        X_end = np.asarray(store.read_end(hook, int(layer), position=position, rows=None if every else rows),
+                           np.float32)
+        if not np.isfinite(X_end).all():
+            raise UserError(f"{getattr(store, 'path', 'store')}: {hook} layer {layer} holds non-finite activations at "
+                            "an answer's end; the file is damaged: re-extract it")
+    return LayerData(X=X, y=meta["y"][rows], groups=meta["groups"][rows], valid=valid, sources=meta["sources"][rows],
+                     depths=all_depths[cols], layer=int(layer), X_end=X_end, Xv=Xv)
+
+
+def _read_pairs(store: Any, hook: str, layer: int, position: str | int, depths: list[int], rows: np.ndarray,
+                valid: np.ndarray, chunk_rows: int) -> np.ndarray:
+    """The valid pairs of ``rows`` as one float32 ``[M, d]`` buffer, read ``chunk_rows`` rows at a time."""
+    out = None
+    at = 0
+    for start in range(0, len(rows), chunk_rows):
+        part = slice(start, start + chunk_rows)
+        x = np.asarray(store.read(hook, int(layer), position=position, depths=depths, rows=rows[part]), np.float32)
+        ok = valid[part]
+        _check_finite(store, hook, layer, ~np.isfinite(x).all(axis=-1) & ok, rows[part])
+        if out is None:
+            out = np.empty((int(valid.sum()), x.shape[-1]), np.float32)
+        n = int(ok.sum())
+        out[at:at + n] = x[ok]
+        at += n
+    return out
+
+
+def _check_finite(store: Any, hook: str, layer: int, bad: np.ndarray, rows: np.ndarray) -> None:
     if bad.any():
         r = np.nonzero(bad.any(axis=1))[0]
         raise UserError(f"{getattr(store, 'path', 'store')}: {hook} layer {layer} holds non-finite activations in "
                         f"{len(r)} row(s) (first: row {int(rows[r[0]])}); "
                         "the file is damaged or was written with an overflowing dtype: re-extract it")
-    X_end = None
-    if getattr(store, "has_end", False):
-        X_end = np.asarray(store.read_end(hook, int(layer), position=position,
-                                          rows=None if len(rows) == len(meta["done"]) else rows), np.float32)
-        if not np.isfinite(X_end).all():
-            raise UserError(f"{getattr(store, 'path', 'store')}: {hook} layer {layer} holds non-finite activations at "
-                            "an answer's end; the file is damaged: re-extract it")
-    return LayerData(X=X, y=meta["y"][rows], groups=meta["groups"][rows],
-                     valid=valid, sources=meta["sources"][rows],
-                     depths=all_depths[cols], layer=int(layer), X_end=X_end)
 
 
 def require_finished(store: Any, allow_partial: bool) -> None:

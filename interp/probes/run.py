@@ -9,7 +9,13 @@ from pathlib import Path
 from interp import UserError
 from interp.config import save_config, to_dict
 from interp.extract.store import ActivationStore, canonical_hook
-from interp.probes.data import StoreSliceConfig, examples_meta, load_layer, require_finished
+from interp.probes.data import (
+    LayerData,
+    StoreSliceConfig,
+    examples_meta,
+    load_layer,
+    require_finished,
+)
 from interp.probes.oof import ProbeConfig
 from interp.probes.probeset import ProbeSet, jsonable
 from interp.probes.protocol import ScheduleConfig, check_schedule
@@ -71,8 +77,10 @@ def _sweep_open(store: ActivationStore, cfg: SweepConfig, probe: ProbeConfig) ->
     check_depths(store, cfg.depths)
     meta = examples_meta(store)
     answers = store_answers(store, meta) if not cfg.depths else None  # every check the guard makes: whole grid only
-    result = run_sweep(lambda layer, position: load_layer(store, hook, layer, position, cfg.depths), layers, probe,
-                       plan, position_arg(cfg.position), texts=store_texts(store, cfg.depths, meta), answers=answers)
+    def loader(layer: int, position: str | int) -> LayerData:  # valid pairs only (the prompt position: dense)
+        return load_layer(store, hook, layer, position, cfg.depths, pairs_only=True)
+
+    result = run_sweep(loader, layers, probe, plan, position_arg(cfg.position), texts=store_texts(store, cfg.depths, meta), answers=answers)
     if answers is None:
         result.notes.append("per-answer numbers skipped: --depths keeps only some of the checks the guard makes")
     result.hook, result.position, result.provenance = hook, cfg.position, jsonable(store.provenance)

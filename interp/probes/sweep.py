@@ -7,7 +7,7 @@ method. :func:`run_sweep` streams layers one at a time through a ``loader(layer,
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -177,8 +177,7 @@ def run_sweep(loader: Callable[[int, str | int], LayerData], layers: list[int], 
     for layer in tqdm(layers, desc="layers", unit="layer"):
         data = loader(layer, position)
         if split is None:  # data0: the rows' labels, groups and validity (no activations kept across layers)
-            split, data0 = make_split(data, cfg), replace(data, X=np.empty(data.X.shape[:2] + (0,), np.float32),
-                                                          X_end=None)
+            split, data0 = make_split(data, cfg), data.labels_only()
             res.update(depths=data.depths.tolist(), split={"kind": split.kind, "n_folds": split.n_folds},
                        n_examples=int(len(data.y)), n_pairs=int(data.valid.sum()))
         if cfg.per_depth_fit:
@@ -247,8 +246,7 @@ def _baseline(loader, layer, position, data, split, probe, res) -> np.ndarray:
     except (UserError, KeyError, ValueError) as err:
         res["notes"].append(f"baseline {position} skipped: {err}")
         return np.full(data.valid.shape, np.nan)
-    other.valid = other.valid & data.valid
-    return oof_scores(other, split, probe)
+    return oof_scores(other.restrict(data.valid), split, probe)
 
 
 def _prompt_baseline(loader, layer, data, split, probe, res) -> np.ndarray:
@@ -256,7 +254,7 @@ def _prompt_baseline(loader, layer, data, split, probe, res) -> np.ndarray:
     its score broadcast to every valid depth."""
     if 0 in data.depths.tolist():
         k = data.depths.tolist().index(0)
-        X = data.X[:, k:k + 1]
+        X = data.column(k)
         res["notes"].append("prompt baseline = probe position at depth 0")
     else:
         try:

@@ -22,7 +22,7 @@ multi-layer probe), and the threshold and the test numbers are computed on that 
 from __future__ import annotations
 
 import warnings
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
@@ -66,11 +66,6 @@ class TrainConfig(StoreSliceConfig, SplitConfig, ScheduleConfig):
                 raise UserError("--combine-top needs a calibration split (--calib-fraction > 0)")
 
 
-def _subset(data: LayerData, m: np.ndarray) -> LayerData:
-    return LayerData(X=data.X[m], y=data.y[m], groups=data.groups[m], valid=data.valid[m], sources=data.sources[m],
-                     depths=data.depths, layer=data.layer, X_end=None if data.X_end is None else data.X_end[m])
-
-
 def _prob(z: np.ndarray) -> np.ndarray:
     return 1.0 / (1.0 + np.exp(-z))
 
@@ -83,7 +78,7 @@ def _scores(params: list, data: list[LayerData]) -> tuple[np.ndarray, np.ndarray
     grid = np.full(valid.shape, np.nan)
     rows, cols = np.nonzero(valid)
     if len(rows):
-        z = np.mean([pp.logit(np.ascontiguousarray(d.X[rows, cols], np.float32)) for pp, d in zip(params, data)], 0)
+        z = np.mean([pp.logit(d.features(rows, cols)) for pp, d in zip(params, data)], 0)
         grid[rows, cols] = _prob(z)
     end = np.full(len(valid), np.nan)
     if all(d.X_end is not None for d in data):
@@ -174,7 +169,7 @@ def train_probeset(store, cfg: TrainConfig, probe: ProbeConfig, *, progress: boo
 
     params, metrics, oofs = [], [], []
     for layer in tqdm(layers, desc="layers (CV on train prompts)", unit="layer", disable=not progress):
-        tr = _subset(load_layer(store, hook, layer, position, cfg.depths), train_m)
+        tr = load_layer(store, hook, layer, position, cfg.depths, pairs_only=True).subset(train_m)
         p, p_end = oof_scores(tr, split, probe, end=True)
         rows, cols = np.nonzero(np.isfinite(p))
         metrics.append(summarize(p[rows, cols], tr.y[rows], tr.groups[rows], n_boot=cfg.n_boot, seed=cfg.seed))
@@ -187,7 +182,8 @@ def train_probeset(store, cfg: TrainConfig, probe: ProbeConfig, *, progress: boo
         order = np.argsort([-m["auroc"]["value"] for m in metrics], kind="stable")
         combine = sorted(int(layers[i]) for i in order[:cfg.combine_top])
     readout = combine or [int(best)]
-    read = [load_layer(store, hook, layer, position, cfg.depths) for layer in readout]  # all rows: cal + test
+    read = [load_layer(store, hook, layer, position, cfg.depths, pairs_only=True)  # all rows: cal + test
+            for layer in readout]
     best_data = read[-1]  # baselines read the deepest readout layer
     scores, end_scores = _scores([params[layers.index(layer)] for layer in readout], read)
     del read
@@ -297,24 +293,23 @@ def _baselines(store, best: LayerData, cfg: TrainConfig, probe: ProbeConfig, met
     methods, notes = {}, []
     for pos in ("last_token", "prompt"):
         try:
-            other = load_layer(store, hook, best.layer, pos, cfg.depths)
+            other = load_layer(store, hook, best.layer, pos, cfg.depths, pairs_only=pos == "last_token")
         except (UserError, KeyError, ValueError) as err:
             notes.append(f"baseline {pos} skipped: {err}")
             continue
-        if pos == "prompt":  # one row per prompt: the last prompt token
+        if pos == "prompt":  # one row per prompt: the last prompt token, scored at every depth
             X, yy = other.X[train_m][:, 0], other.y[train_m]
+            other.valid = np.ones_like(valid)
         else:
-            X, yy, _, _ = _subset(other, train_m).flat()
+            X, yy, _, _ = other.subset(train_m).flat()
         pp = fit_probes(X, yy, np.ones((1, len(yy)), bool), probe)[0]
-        other.valid, other.X_end = np.ones_like(valid), None
-        methods[pos] = np.where(valid, _scores([pp], [other])[0], np.nan)
-    tr = _subset(best, train_m)
+        methods[pos] = np.where(valid, _scores([pp], [replace(other, X_end=None)])[0], np.nan)
+    tr = best.subset(train_m)
     X, _, rows, _ = tr.flat()
     fake = shuffled_labels(tr.y, tr.groups, cfg.seed + 1)[rows]  # prompt-level permutation of the labels
     if len(np.unique(fake)) == 2:
         pp = fit_probes(X, fake, np.ones((1, len(fake)), bool), probe)[0]
-        methods["shuffled"] = _scores([pp], [LayerData(best.X, best.y, best.groups, valid, best.sources,
-                                                       best.depths, best.layer)])[0]
+        methods["shuffled"] = _scores([pp], [replace(best, valid=valid, X_end=None)])[0]
     if "response_chars" in meta:
         from interp.probes.ngram import depth_texts, fit_predict
 

@@ -4,6 +4,7 @@ unavailable), so the saved config is what ran."""
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 
 from interp import UserError
@@ -119,17 +120,17 @@ def corpus_fallback(cfg: StudyConfig) -> str | None:
     return None
 
 
-def prepare(cfg: StudyConfig) -> StudyConfig:
-    """``cfg`` resolved from its preset, switched to the built-in set (with the reason recorded) when the public
-    sets its corpus spec names are unavailable. Idempotent."""
+def prepare(cfg: StudyConfig, log: Callable[[str], None] = print) -> StudyConfig:
+    """``cfg`` resolved from its preset, switched to the built-in set (with the reason recorded, and ``log``ged)
+    when the public sets its corpus spec names are unavailable. Idempotent."""
     given, cfg = cfg, cfg.resolved()
     if not cfg.data:
         raise UserError("give at least one dataset with --data")
     if cfg.uses_corpus and cfg.fallback is None:
         reason = corpus_fallback(cfg)
         if reason:
-            print(f"the public sets of corpus spec {cfg.spec!r} are unavailable ({reason}); falling back to the "
-                  "built-in set (--spec none --data demo)", flush=True)
+            log(f"the public sets of corpus spec {cfg.spec!r} are unavailable ({reason}); falling back to the "
+                "built-in set (--spec none --data demo)")
             cfg = replace(given, spec="none", data=("demo",), fallback=reason).resolved()
     return replace(cfg, dtype=forward_dtype(cfg))
 

@@ -130,12 +130,12 @@ def run_study(cfg: StudyConfig | None = None, *, log: Callable[[str], None] = pr
     ``results.json`` under :func:`study_root`, and return the result (targets and verdicts included)."""
     from interp.study.report import write_report
 
-    cfg = prepare(cfg or StudyConfig())
+    cfg = prepare(cfg or StudyConfig(), log=log)
     root = study_root(cfg)
     save_config(cfg, root / "demo_config.json")
     evaluations = () if cfg.skip_eval else cfg.evaluations
     n_gen = 1 if cfg.uses_corpus else len(cfg.data) + 1
-    runner = Runner(root, total=n_gen + 3 + len(evaluations), log=lambda line: log(line))
+    runner = Runner(root, total=n_gen + 3 + len(evaluations), log=log)
     continuations = continuations_stage(runner, cfg)
     store, sweep_dir, probes_dir = _probe_stages(runner, cfg, continuations)
     eval_dirs = _evaluations(runner, cfg, probes_dir)
