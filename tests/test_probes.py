@@ -155,6 +155,26 @@ def test_torch_solver_reaches_tolerance_on_correlated_features(standardize):
         assert _cos(fit[0, f].folded()[0], ref.folded()[0]) > 0.9999
 
 
+@pytest.mark.parametrize("standardize", [False, True])
+def test_rows_centred_in_chunks_reach_the_copys_optimum(standardize):
+    """Past ``copy_budget`` the solver centres the rows chunk by chunk inside each product instead of holding a
+    centred copy (paper-scale layers): the same stopping rule, the same optimum, to float32 rounding; under the
+    budget it is the copy, bit for bit the same as before."""
+    X, y = _correlated(3)
+    X = np.stack([X, X[:, ::-1].copy()])  # two layers
+    masks = ungrouped_pair_folds(len(y), 3, seed=2).train
+    kw = dict(C=2.0, standardize=standardize, tol=1e-7, max_iter=2000)
+    copy = fit_logreg_torch(X, y, masks, **kw)
+    chunked = fit_logreg_torch(X, y, masks, copy_budget=0, chunk_rows=333, **kw)
+    assert copy.info["converged"].all() and chunked.info["converged"].all()
+    for idx in np.ndindex(2, 3):
+        (w_a, b_a), (w_b, b_b) = copy[idx].folded(), chunked[idx].folded()
+        assert _cos(w_a, w_b) > 0.999999 and abs(b_a - b_b) < 1e-3 * (1 + abs(b_a))  # both within the tolerance
+        assert _objective_grad_max(X[idx[0]], y, masks[idx[1]], chunked[idx], 2.0, standardize) < 3e-7
+    one_chunk = fit_logreg_torch(X, y, masks, copy_budget=0, chunk_rows=10**6, **kw)
+    assert np.array_equal(one_chunk.coef, copy.coef) and np.array_equal(one_chunk.intercept, copy.intercept)
+
+
 def test_torch_warm_start_reaches_the_same_optimum(planted):
     X = np.stack([planted.layer_array(i)[planted.valid] for i in range(2)])
     y = planted.y[np.nonzero(planted.valid)[0]]

@@ -99,11 +99,46 @@ def fit_diff_of_means(X: np.ndarray, y: np.ndarray, *, standardize: bool = False
                         mean, scale, info={"direction": direction})
 
 
+class _Centred:
+    """The rows centred on their mean, ``X - m0`` (float32, ``[L, M, d]``): one copy made up front when it fits
+    ``budget`` bytes, else centred ``chunk`` rows at a time inside each product, so a paper-scale layer is never
+    held twice (the chunked products agree with the copy's to float32 rounding)."""
+
+    def __init__(self, X: torch.Tensor, m0: torch.Tensor, budget: int, chunk: int = 8192) -> None:
+        self.m0, self.shape = m0, X.shape
+        self.full = (X - m0).contiguous() if X.numel() * 4 <= budget else None  # the only [L, M, d] copy
+        self.X, self.chunk = (None if self.full is not None else X), chunk
+
+    def parts(self):
+        """``(row slice, centred rows)`` covering every row."""
+        if self.full is not None:
+            yield slice(None), self.full
+            return
+        for start in range(0, self.shape[1], self.chunk):
+            sl = slice(start, start + self.chunk)
+            yield sl, self.X[:, sl] - self.m0
+
+    def rows(self, idx: torch.Tensor) -> torch.Tensor:
+        return self.full[:, idx] if self.full is not None else self.X[:, idx] - self.m0
+
+    def matmul(self, u: torch.Tensor) -> torch.Tensor:
+        """``(X - m0) @ u`` for ``u [L, d, P]``: ``[L, M, P]``."""
+        return torch.cat([torch.matmul(xc, u) for _, xc in self.parts()], 1)
+
+    def rmatmul(self, r: torch.Tensor) -> torch.Tensor:
+        """``r @ (X - m0)`` for ``r [L, P, M]``: ``[L, P, d]``."""
+        out = None
+        for sl, xc in self.parts():
+            part = torch.matmul(r[..., sl], xc)
+            out = part if out is None else out + part
+        return out
+
+
 class _Rows:
     """Data term of ``[L, P]`` problems on shared rows: features ``(Xc - mean_c) / std`` plus an intercept,
     labels ``yt [M, 1]``, per-problem row weights ``sw [M, P]`` (C and class weights folded in, 0 = not trained)."""
 
-    def __init__(self, Xc: torch.Tensor, yt: torch.Tensor, sw: torch.Tensor, mean_c: torch.Tensor,
+    def __init__(self, Xc: _Centred, yt: torch.Tensor, sw: torch.Tensor, mean_c: torch.Tensor,
                  std: torch.Tensor) -> None:
         self.Xc, self.yt, self.sw, self.mean_c, self.std = Xc, yt, sw, mean_c, std
         self.d = Xc.shape[-1]
@@ -112,13 +147,13 @@ class _Rows:
         """Logits ``[L, M, P]`` (float64) of ``theta [L, P, d+1]``: one float32 matmul for all problems."""
         u = theta[..., :self.d] / self.std
         c = theta[..., self.d] - (self.mean_c * u).sum(-1)
-        return torch.matmul(self.Xc, u.float().transpose(1, 2)).double() + c[:, None, :]
+        return self.Xc.matmul(u.float().transpose(1, 2)).double() + c[:, None, :]
 
     def gradient(self, theta: torch.Tensor, p: torch.Tensor) -> torch.Tensor:
         """Objective gradient ``[L, P, d+1]`` given ``p = sigmoid(logits)``: one float32 matmul."""
         r = (p - self.yt) * self.sw
         rs = r.sum(1)
-        gu = torch.matmul(r.float().transpose(1, 2), self.Xc).double()
+        gu = self.Xc.rmatmul(r.float().transpose(1, 2)).double()
         return torch.cat([theta[..., :self.d] + (gu - self.mean_c * rs[..., None]) / self.std, rs[..., None]], -1)
 
 
@@ -208,7 +243,7 @@ def _preconditioner(rows: _Rows, n_sub: int, seed: int):
     root = (rows.sw[sub].mean(1) / 4.0 * n_rows / len(sub)).sqrt().float()  # [m] sqrt of row curvature
     inverses = []
     for layer in range(n_layers):
-        Xs = (rows.Xc[layer, sub] - g_mean[layer]) / g_std[layer] * root[:, None]  # [m, d]
+        Xs = (rows.Xc.rows(sub)[layer] - g_mean[layer]) / g_std[layer] * root[:, None]  # [m, d]
         upper = blas.ssyrk(1.0, Xs.numpy().T)  # Xs^T Xs, upper triangle
         A = torch.empty(d + 1, d + 1, dtype=torch.float64)
         A[:d, :d] = torch.from_numpy(np.triu(upper) + np.triu(upper, 1).T)
@@ -223,7 +258,8 @@ def _preconditioner(rows: _Rows, n_sub: int, seed: int):
 def fit_logreg_torch(X: np.ndarray | torch.Tensor, y: np.ndarray, masks: np.ndarray | None = None, *,
                      C: float = 1.0, class_weight: str | None = "balanced", standardize: bool = False,
                      tol: float = 1e-5, max_iter: int = 500, history: int = 30, precond_rows: int = 8192,
-                     seed: int = 0, trace: list | None = None, init: LinearParams | None = None) -> LinearParams:
+                     seed: int = 0, trace: list | None = None, init: LinearParams | None = None,
+                     copy_budget: int = 256 << 20, chunk_rows: int = 8192) -> LinearParams:
     """Fit L x P logistic regressions at once with preconditioned L-BFGS.
 
     ``X [M, d]`` or ``[L, M, d]`` (layers share rows), ``y [M]``, ``masks [P, M]`` bool (training rows of each
@@ -231,7 +267,9 @@ def fit_logreg_torch(X: np.ndarray | torch.Tensor, y: np.ndarray, masks: np.ndar
     ``tol`` bounds the max-abs gradient of the objective divided by ``C * sum(s)`` (scikit-learn's ``gtol``
     scaling, so equal ``tol`` means equal stopping rules). ``init`` (params broadcastable to ``[L, P]``, e.g. the
     previous layer's fit) warm-starts the solver; the optimum does not depend on it. ``trace`` collects, per
-    iteration, ``max|g|`` over the stopping threshold ``[L, P]``.
+    iteration, ``max|g|`` over the stopping threshold ``[L, P]``. Rows up to ``copy_budget`` bytes are centred into
+    one copy; larger ones are centred ``chunk_rows`` at a time inside each product (no second copy of a
+    paper-scale layer).
     """
     Xt = torch.as_tensor(X, dtype=torch.float32)
     if Xt.ndim == 2:
@@ -247,13 +285,13 @@ def fit_logreg_torch(X: np.ndarray | torch.Tensor, y: np.ndarray, masks: np.ndar
             raise UserError("a training set holds only one class; use more prompts or fewer folds")
         s_np[p, rows] = _balanced_weights(y_np[rows]) if class_weight == "balanced" else 1.0
     m0 = Xt.mean(1, keepdim=True)  # [L, 1, d]
-    Xc = (Xt - m0).contiguous()  # centred once, float32: the only [L, M, d] copy
+    Xc = _Centred(Xt, m0, copy_budget, chunk_rows)
     del Xt
     if standardize:
         mf = torch.as_tensor(m_np, dtype=torch.float32)
         cnt = mf.sum(1)[None, :, None]
-        mean_c = torch.matmul(mf, Xc) / cnt  # [L, P, d] mean of centred data
-        var = torch.matmul(mf, Xc * Xc) / cnt - mean_c**2
+        mean_c = Xc.rmatmul(mf.expand(n_layers, -1, -1)) / cnt  # [L, P, d] mean of centred data
+        var = sum(torch.matmul(mf[:, sl], xc * xc) for sl, xc in Xc.parts()) / cnt - mean_c**2
         std = var.clamp_min(0).sqrt()
         std = torch.where(std < 1e-6 * std.amax(-1, keepdim=True).clamp_min(1e-30), torch.ones_like(std), std)
         mean_c, std = mean_c.double(), std.double()
