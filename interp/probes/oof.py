@@ -67,7 +67,7 @@ def oof_scores(data: LayerData, split: Split, cfg: ProbeConfig, *, per_depth: bo
                 folds.append(f)
     fitted = fit_probes(X, y, np.array(masks), cfg)
     for params, test in zip(fitted, tests):
-        out[rows[test], cols[test]] = 1.0 / (1.0 + np.exp(-params.logit(X[test])))
+        out[rows[test], cols[test]] = probabilities(params, X, np.nonzero(test)[0])
     if not end:
         return out
     if per_depth:
@@ -80,6 +80,16 @@ def oof_scores(data: LayerData, split: Split, cfg: ProbeConfig, *, per_depth: bo
                 Xe = np.ascontiguousarray(data.X_end[m], np.float32)
                 ends[m] = 1.0 / (1.0 + np.exp(-params.logit(Xe)))
     return out, ends
+
+
+def probabilities(params: LinearParams, X: np.ndarray, idx: np.ndarray, chunk: int = 1 << 14) -> np.ndarray:
+    """``sigmoid(logit)`` of rows ``idx`` of ``X``, ``chunk`` rows at a time (a fold's test rows of a paper-scale
+    layer are never copied whole, in float64)."""
+    out = np.empty(len(idx))
+    for start in range(0, len(idx), chunk):
+        part = idx[start:start + chunk]
+        out[start:start + len(part)] = 1.0 / (1.0 + np.exp(-params.logit(X[part])))
+    return out
 
 
 def shuffled_labels(y: np.ndarray, groups: np.ndarray, seed: int) -> np.ndarray:
