@@ -10,7 +10,8 @@ same peak for two layer counts at the largest size.
     python scripts/bench_scale.py --responses 2000 4000 8000 --d-model 4096
 
 Last line: ``rows_per_s=<x> peak_gib=<y>`` ((response, depth) rows per second per layer, and peak GiB, of the
-largest size).
+largest size, with the solver's default memory rule: a centred copy of the rows when it fits in half the memory
+available; ``--chunked`` also times the no-copy path a layer takes when it does not).
 """
 
 from __future__ import annotations
@@ -61,15 +62,18 @@ def write_store(path: Path, n: int, depths: int, layers: int, d: int, chunk: int
             store.write_rows(rows.tolist(), acts, last, prompt)
 
 
-def sweep_once(path: str, layers: int) -> dict:
-    """Run in a fresh process: the probe sweep (no baselines) over the first ``layers`` layers."""
+def sweep_once(path: str, layers: int, copy_budget: int | None = None) -> dict:
+    """Run in a fresh process: the probe sweep (no baselines) over the first ``layers`` layers; ``copy_budget``
+    sets the solver's (``interp.probes.fit.COPY_BUDGET``; 0: centre the rows in chunks, never copy them)."""
     import resource
 
+    import interp.probes.fit as fit
     from interp.extract.store import ActivationStore
     from interp.probes.data import load_layer
     from interp.probes.oof import ProbeConfig
     from interp.probes.sweep import SweepPlan, run_sweep
 
+    fit.COPY_BUDGET = copy_budget
     times = []
     with ActivationStore.open(path) as store:
         def loader(layer, position):
@@ -84,9 +88,9 @@ def sweep_once(path: str, layers: int) -> dict:
     return {"seconds": total, "per_layer": total / layers, "peak_gib": peak, "pairs": res.n_pairs, "auroc": auc}
 
 
-def run_child(path: Path, layers: int) -> dict:
+def run_child(path: Path, layers: int, copy_budget: int | None = None) -> dict:
     code = (f"import json, sys; sys.path.insert(0, {str(Path(__file__).parent)!r}); import bench_scale; "
-            f"print(json.dumps(bench_scale.sweep_once({str(path)!r}, {layers})))")
+            f"print(json.dumps(bench_scale.sweep_once({str(path)!r}, {layers}, {copy_budget!r})))")
     out = subprocess.run([sys.executable, "-c", code], check=True, capture_output=True, text=True).stdout
     return json.loads(out.strip().splitlines()[-1])
 
@@ -98,6 +102,9 @@ def main() -> None:
     ap.add_argument("--layers", type=int, default=4, help="layers in each store (the largest is also swept at half)")
     ap.add_argument("--d-model", type=int, default=1024)
     ap.add_argument("--tmp", default=None, help="folder for the synthetic stores (default: a temporary folder)")
+    ap.add_argument("--chunked", action="store_true",
+                    help="also sweep the largest size with the solver centring rows in chunks (the path it takes "
+                         "when a layer does not fit in memory twice)")
     args = ap.parse_args()
     sizes = sorted(args.responses)
     print(f"synthetic bf16 stores: {args.depths} depths, {args.layers} layers, d_model {args.d_model}; "
@@ -109,13 +116,16 @@ def main() -> None:
             t = time.perf_counter()
             write_store(path, n, args.depths, args.layers, args.d_model)
             written = time.perf_counter() - t
-            runs = [(args.layers, run_child(path, args.layers))]
+            runs = [(args.layers, "", run_child(path, args.layers))]
             if n == sizes[-1] and args.layers > 1:
-                runs.append((args.layers // 2, run_child(path, args.layers // 2)))
-            for layers, r in runs:
+                runs.append((args.layers // 2, "", run_child(path, args.layers // 2)))
+            if n == sizes[-1] and args.chunked:
+                runs.append((args.layers, ", rows centred in chunks", run_child(path, args.layers, 0)))
+            for layers, how, r in runs:
                 layer_gib = r["pairs"] * args.d_model * 4 / 2**30
-                rows.append((n, layers, r))
-                print(f"responses {n:6d} ({r['pairs']} rows) layers {layers}: {r['per_layer']:.1f} s/layer, "
+                if not how:
+                    rows.append((n, layers, r))
+                print(f"responses {n:6d} ({r['pairs']} rows) layers {layers}{how}: {r['per_layer']:.1f} s/layer, "
                       f"{r['pairs'] / r['per_layer']:.0f} rows/s per layer, peak {r['peak_gib']:.2f} GiB "
                       f"(one layer's rows as float32: {layer_gib:.2f} GiB; store written in {written:.0f} s; "
                       f"AUROC {min(r['auroc']):.3f}-{max(r['auroc']):.3f})", flush=True)

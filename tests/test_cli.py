@@ -125,6 +125,15 @@ def test_out_of_the_wrong_kind_is_refused_before_any_work(tmp_path, capsys):
         (["train", "--store", str(tmp_path / "missing.h5"), "--out", str(file)], "is a file; give a folder"),
         (["generate", "--model", "tiny", "--data", "demo", "--limit", "1", "--out", str(file / "out.jsonl")],
          "file.txt is a file, not a folder"),
+        # the rest of the commands that write (they gave a traceback after all the work, or wrote first)
+        (["sweep", "--store", str(tmp_path / "missing.h5"), "--out", str(file)], "is a file; give a folder"),
+        (["sweep", "--store", str(tmp_path / "missing.h5"), "--out", str(file / "x")], "is a file, not a folder"),
+        (["extract", "--model", "tiny", "--continuations", str(tmp_path / "c.jsonl"), "--out", str(folder)],
+         "is a folder"),
+        (["extract", "--model", "tiny", "--continuations", str(tmp_path / "c.jsonl"), "--out", str(file / "s.h5")],
+         "is a file, not a folder"),
+        (["evaluate", "over-refusal", "--model", "tiny", "--out", str(file)], "is a file; give a folder"),
+        (["patch", "--model", "tiny", "--out", str(file)], "is a file, not a folder"),
     ]
     for argv, message in cases:
         assert main(argv) == 2, argv

@@ -342,3 +342,20 @@ def test_local_folder_identity_is_its_weights(tmp_path, monkeypatch):
     why = identity_mismatch(first.provenance(), changed.provenance())
     assert why and first.weights_sha256 in why and changed.weights_sha256 in why  # full ids, not cut
     assert (tmp_path / "cache" / "weight_hashes.json").exists()
+
+
+def test_an_attention_kernel_that_cannot_load_is_one_line(tmp_path):
+    """``--attn-implementation flash_attention_2`` without the flash-attn package raised transformers' ImportError
+    as a traceback (issue 33 rerun)."""
+    import importlib.util
+
+    from interp.model.loading import ModelConfig, load_model
+    from interp.testing import tiny_model
+
+    if importlib.util.find_spec("flash_attn") is not None:
+        pytest.skip("flash-attn is installed here")
+    model, tok = tiny_model("qwen2", n_layers=2)
+    model.save_pretrained(tmp_path / "tiny")
+    tok.save_pretrained(tmp_path / "tiny")
+    with pytest.raises(UserError, match=r"--attn-implementation flash_attention_2: .*\(use eager or sdpa\)$"):
+        load_model(ModelConfig(model=str(tmp_path / "tiny"), attn_implementation="flash_attention_2"))

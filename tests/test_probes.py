@@ -360,6 +360,37 @@ def test_sweep_per_answer_threshold_is_set_on_own_benign_answers_only(planted):
     assert th["answers"]["checks"] == sum(len(cfg.schedule.depths(n)) for n in planted.n_tokens)
 
 
+def test_sweep_calibration_names_incomplete_answers_and_an_unresolved_target(planted):
+    """The sweep's threshold follows train's rules (issue 33): every own benign answer incomplete is that error
+    (it named --calibrate-on own, which cannot help); some incomplete warns with the count; a target the answers
+    cannot resolve warns and reports no in-sample FPR."""
+    from interp.probes.answers import Deployed
+    from interp.probes.loso import AnswerInfo
+    from interp.probes.protocol import Schedule
+    from interp.probes.sweep import SweepPlan, run_sweep
+
+    def loader(layer, position):
+        data = planted.layer(layer)
+        data.X_end = planted.end_array(layer)
+        return data
+
+    kinds = np.where(planted.sources == "src0", "own", "dataset")
+    own_benign = (planted.y == 0) & (kinds == "own")
+    cfg = SweepPlan(folds=3, n_boot=0, baselines=(), target_fpr=0.001, schedule=Schedule(stride=10))
+    none_whole = AnswerInfo(Deployed(planted.n_tokens, ~own_benign, None), kinds)
+    with pytest.raises(UserError, match=r"all \d+ benign calibration answers stop before the answer length"):
+        run_sweep(loader, [1], ProbeConfig(), cfg, answers=none_whole)
+    some = own_benign & (np.arange(240) % 3 == 0)
+    with pytest.warns(UserWarning) as caught:
+        res = run_sweep(loader, [1], ProbeConfig(), cfg, answers=AnswerInfo(Deployed(planted.n_tokens, ~some, None),
+                                                                            kinds))
+    said = " ".join(str(w.message) for w in caught)
+    assert f"{int(some.sum())} benign calibration answers stop before the answer length" in said
+    assert "cannot resolve a per-answer FPR of 0.001" in said
+    th = res.best["threshold"]
+    assert th["resolved"] is False and th["fpr"] is None and th["answers"]["excluded_incomplete"] == int(some.sum())
+
+
 def test_damaged_probe_set_files_are_one_line_errors(tmp_path):
     """Truncated JSON or safetensors, missing fields and non-finite weights: one line naming the file."""
     ps = _probeset(np.random.default_rng(1), standardize=False)

@@ -154,6 +154,40 @@ def test_disk_full_leaves_a_readable_store(tmp_path, monkeypatch):
         assert s.read("resid_post", 0).shape == (N, D, DM)
 
 
+def test_a_batch_the_disk_has_no_room_for_is_refused_before_any_of_it_is_written(tmp_path, monkeypatch):
+    """A real ENOSPC inside HDF5 left its caches dirty: rows were marked done over activations never written, and
+    the process crashed on exit (issue 33 rerun). The room for a batch is checked first; a failed flush of a
+    dataset (h5py's RuntimeError naming errno 28) is the same one-line error, and the file closes."""
+    import shutil
+    from collections import namedtuple
+
+
+    path = tmp_path / "s.h5"
+    store = _create(path)
+    store.write_rows([0, 1], *_batch([0, 1], seed=4))
+    before = {L: store.read("resid_post", L) for L in LAYERS}
+    usage = namedtuple("usage", "total used free")
+    monkeypatch.setattr(shutil, "disk_usage", lambda p: usage(1 << 30, 1 << 30, 1 << 20))
+    with pytest.raises(UserError, match=r"disk full: 1.0 MiB free where .* rerun the same command to resume"):
+        store.write_rows([2, 3], *_batch([2, 3], seed=5))
+    monkeypatch.undo()
+    import h5py
+
+    def failing_flush(self):
+        raise RuntimeError("Unable to flush dataset (file write failed: errno = 28, error message = 'No space left "
+                           "on device')")
+
+    monkeypatch.setattr(h5py.Dataset, "flush", failing_flush)
+    with pytest.raises(UserError, match="disk full while writing"):
+        store.write_rows([2, 3], *_batch([2, 3], seed=5))
+    monkeypatch.undo()
+    store.close()
+    with ActivationStore.open(path) as s:
+        assert s.done.tolist() == [True, True, False, False, False]
+        for L in LAYERS:
+            assert np.array_equal(s.read("resid_post", L)[:2], before[L][:2])
+
+
 def test_hook_names():
     assert canonical_hook("resid_pre") == "hook_resid_pre" and canonical_hook("ln1") == "ln1.hook_normalized"
     assert canonical_hook("blocks.11.hook_resid_post") == "hook_resid_post"

@@ -106,7 +106,9 @@ def setup(cfg: CausalConfig, model, sub: str) -> Context:
     """Load everything an experiment needs (``model``: a spec, a ModelConfig or a loaded model); outputs go to
     ``<out>/<sub>``."""
     from interp.model.loading import as_loaded
+    from interp.naming import check_out
 
+    check_out(Path(cfg.out) / sub, "dir")  # before the model loads
     loaded = as_loaded(model)
     out = Path(cfg.out) / sub
     out.mkdir(parents=True, exist_ok=True)

@@ -65,6 +65,13 @@ class AblateConfig:
         "help": "share of each label's prompts that rank the features / give the diff-of-means direction; effects "
                 "are measured on the other prompts (0: both on every example, in-sample)"})
 
+    def validate(self) -> None:
+        """The options checked before the model loads."""
+        if not 0 <= self.select_fraction < 1:
+            raise UserError(f"--select-fraction must lie in [0, 1), got {self.select_fraction}")
+        if self.kind == "features" and not self.transcoder:
+            raise UserError("--kind features needs --transcoder FOLDER (train one with `anydepth transcoders train`)")
+
 
 @dataclass
 class CausalResult(Result):
@@ -124,6 +131,7 @@ def ablate(model: ModelConfig | LoadedModel | str, cfg: CausalConfig | None = No
            acfg: AblateConfig | None = None) -> CausalResult:
     """:func:`ablate_directions` or :func:`feature_study`, as ``acfg.kind`` says (``anydepth ablate``)."""
     acfg = acfg or AblateConfig()
+    acfg.validate()
     return (ablate_directions if acfg.kind == "directions" else feature_study)(model, cfg, acfg)
 
 
@@ -132,6 +140,7 @@ def ablate_directions(model: ModelConfig | LoadedModel | str, cfg: CausalConfig 
     """Ablate (or steer along) the diff-of-means direction, chosen on some prompts, and the probe's direction, at
     the span of the other prompts; ``n_random`` random directions as the control."""
     cfg, acfg = cfg or CausalConfig(), acfg or AblateConfig()
+    acfg.validate()
     ctx = setup(cfg, model, "ablate")
     select, measure = split_by_prompt(ctx.examples, acfg.select_fraction, cfg.seed)
     layer = acfg.direction_layer
@@ -160,6 +169,7 @@ def feature_study(model: ModelConfig | LoadedModel | str, cfg: CausalConfig | No
     their alignment to the probe), then ablate the top k at the span of the measurement prompts against random
     feature sets of the same size."""
     cfg, acfg = cfg or CausalConfig(), acfg or AblateConfig(kind="features")
+    acfg.validate()
     if not acfg.transcoder:
         raise UserError("--kind features needs --transcoder FOLDER (train one with `anydepth transcoders train`)")
     ctx = setup(cfg, model, "ablate")

@@ -11,6 +11,7 @@ from typing import Any
 
 from interp import UserError
 from interp.evaluate.common import EvalConfig
+from interp.naming import check_out
 from interp.results import Result
 
 __all__ = ["MODES", "EvaluationResult", "evaluate_attacks", "evaluate_cost", "evaluate_deep_prefill",
@@ -68,6 +69,7 @@ def _runner(mode: str) -> Callable[[EvalConfig], dict]:
 def evaluate_guard(mode: str, cfg: EvalConfig) -> EvaluationResult:
     """Run the ``mode`` harness (deep-prefill, over-refusal, attacks or cost) with ``cfg``; written to ``cfg.out``."""
     cfg.validate()
+    check_out(cfg.out, "dir")  # before the model loads
     data = _runner(mode)(cfg)
     return EvaluationResult(mode, Path(data.pop("path")), data)
 

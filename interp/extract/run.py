@@ -19,7 +19,7 @@ from interp.generate.continuations import (
     save_jsonl,
 )
 from interp.model.loading import LoadedModel, ModelConfig, as_loaded, model_config_of
-from interp.naming import file_slug
+from interp.naming import check_out, file_slug
 from interp.spans.derive import derive_safety_spans
 
 __all__ = ["check_made_with", "default_store_path", "extract_activations"]
@@ -44,7 +44,7 @@ def extract_activations(model: ModelConfig | LoadedModel | str, cfg: ExtractConf
     depths = parse_depths(cfg.depths, cfg.answer_length)  # 'end' = the answer length; checked before any work
     model_cfg = model_config_of(model)
     configs = run_config(model=model_cfg, generate=generate, extract=cfg)
-    out = Path(cfg.out) if cfg.out else default_store_path(model_cfg, cfg, configs, generate.data)
+    out = check_out(Path(cfg.out) if cfg.out else default_store_path(model_cfg, cfg, configs, generate.data), "file")
     records = None if cfg.continuations else load_records(generate.data, generate.split, generate.limit,
                                                           generate.seed)
     loaded = model if isinstance(model, LoadedModel) else as_loaded(distributed.rank_model_config(model_config_of(model)))

@@ -33,6 +33,7 @@ import errno
 import json
 import os
 import re
+import shutil
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -290,8 +291,13 @@ class ActivationStore:
         return len(self.positions)
 
     def close(self) -> None:
-        if self.h5.id.valid:
+        if not self.h5.id.valid:
+            return
+        try:
             self.h5.close()
+        except RuntimeError:
+            if not getattr(self, "_write_failed", False):
+                raise  # after a failed write HDF5 cannot flush its caches; the rows marked done are on disk
 
     def __enter__(self) -> ActivationStore:
         return self
@@ -401,17 +407,33 @@ class ActivationStore:
                                         f"{self.path}: extract into a new file with --store-dtype bfloat16 (or "
                                         "float32)")
                     converted.append((group, hook, layer, stored))
+            self._require_room(sum(stored.nbytes for *_, stored in converted))
+            written = []
             for group, hook, layer, stored in converted:
-                self._dataset(group, hook, layer)[sorted_rows] = stored
+                ds = self._dataset(group, hook, layer)
+                ds[sorted_rows] = stored
+                written.append(ds)
+            for ds in written:  # each dataset's chunk cache to the file now: a failed write raises here, before any
+                ds.flush()      # row is marked done (closing the dataset later would only log it)
             self.h5.flush()
             done = self.h5["examples/done"]
             done[sorted_rows] = True
             self.h5.flush()
-        except OSError as err:
-            if getattr(err, "errno", None) == errno.ENOSPC or "No space" in str(err):
+        except (OSError, RuntimeError) as err:  # h5py reports a failed write as RuntimeError(... errno = 28 ...)
+            if getattr(err, "errno", None) == errno.ENOSPC or "No space" in str(err) or "errno = 28" in str(err):
+                self._write_failed = True
                 raise UserError(f"disk full while writing {self.path}; rows marked done are complete, "
                                 "free space and rerun the same command to resume") from err
             raise
+
+    def _require_room(self, nbytes: int, slack: int = 4 << 20) -> None:
+        """Refuse a batch the disk has no room for before writing any of it: HDF5 cannot take back a write that
+        failed half-way (the file's caches stay dirty), so the store is kept as the last complete batch left it."""
+        free = shutil.disk_usage(self.path.parent).free
+        if free < 2 * nbytes + slack:
+            raise UserError(f"disk full: {free / 2**20:.1f} MiB free where {self.path} is written, and a batch needs "
+                            f"about {nbytes / 2**20:.1f} MiB; rows marked done are complete, free space and rerun the "
+                            "same command to resume")
 
 
 def _take_rows(ds: h5py.Dataset, rows: np.ndarray | None) -> np.ndarray:

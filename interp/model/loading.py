@@ -320,6 +320,9 @@ def load_model(spec: str | ModelConfig = DEFAULT_MODEL, **overrides) -> LoadedMo
         if resolved.kind == "hub":
             raise hub_error(resolved.hub_id, err, offline) from err
         raise UserError(f"could not load model from {source}: {err}") from err
+    except ImportError as err:  # e.g. --attn-implementation flash_attention_2 without the flash-attn package
+        first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        raise UserError(f"--attn-implementation {cfg.attn_implementation}: {first} (use eager or sdpa)") from err
     if cfg.device_map:
         device = str(next(model.parameters()).device)
     else:

@@ -154,6 +154,29 @@ def no_calibration_answers(calibrate_on: Sequence[str], kinds: np.ndarray, y: np
         f"{' '.join(have) or 'dataset'} to calibrate on these rows instead (the rates then describe that text)")
 
 
+def require_complete_answers(excluded: np.ndarray, answer_length: int | None) -> None:
+    """Refuse a calibration set whose every answer stops before the answer length without ending."""
+    if len(excluded) and excluded.all():
+        raise UserError(f"all {len(excluded)} benign calibration answers stop before the answer length "
+                        f"{answer_length} without ending, so none is the answer the guard would see: "
+                        "extract with --answer-length at most the length they were generated to")
+
+
+def warn_calibration(calib: dict, n_incomplete: int, answer_length: int | None, target_fpr: float) -> None:
+    """The two warnings a threshold comes with: answers left out as incomplete, a target the set cannot resolve."""
+    import warnings
+
+    if n_incomplete:
+        warnings.warn(f"{n_incomplete} benign calibration answers stop before the answer length {answer_length} "
+                      "without ending (not the answer the guard would see): excluded from the threshold",
+                      stacklevel=3)
+    if not calib["resolved"]:
+        warnings.warn(f"{calib['n_answers']} benign calibration answers cannot resolve a per-answer FPR of "
+                      f"{target_fpr} (that needs ≥ {calib['answers_needed']}); the threshold sits above every "
+                      f"calibration answer, and the finest FPR this set resolves is {calib['resolution']:.3f}",
+                      stacklevel=3)
+
+
 def rates(score: np.ndarray, y: np.ndarray, groups: np.ndarray, sources: np.ndarray, kinds: np.ndarray,
           threshold: float, fpr_kinds: Sequence[str] = CALIBRATION_KINDS) -> dict:
     """Per-answer rates at ``threshold`` over the scored answers (excluded ones counted), with CIs over prompt

@@ -41,6 +41,8 @@ def grouped_folds(y: np.ndarray, groups: np.ndarray, n_splits: int = 5, seed: in
         n_lab = len(np.unique(codes[y == label]))
         if n_lab < n_splits:
             name = "harmful" if label == 1 else "benign"
+            if n_lab == 0:
+                raise UserError(f"no {name} prompts{where}: a probe needs prompts of both labels")
             raise UserError(f"only {n_lab} {name} prompt groups{where} for {n_splits} folds; {remedy}")
     if n_groups < n_splits:
         raise UserError(f"{n_groups} prompt groups{where} cannot fill {n_splits} folds; {remedy}")

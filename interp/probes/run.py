@@ -9,6 +9,7 @@ from pathlib import Path
 from interp import UserError
 from interp.config import save_config, to_dict
 from interp.extract.store import ActivationStore, canonical_hook
+from interp.naming import check_out
 from interp.probes.data import (
     LayerData,
     StoreSliceConfig,
@@ -53,6 +54,8 @@ def sweep(store: str | Path | ActivationStore | None = None, cfg: SweepConfig | 
     (default ``cfg.store``); saved into ``out`` (default ``cfg.out``) when one is given."""
     cfg, probe = cfg or SweepConfig(), probe or ProbeConfig()
     out = out if out is not None else (cfg.out or None)
+    if out:
+        check_out(out, "dir")  # before the store is read
     opened = open_store(store if store is not None else cfg.store)
     try:
         result = _sweep_open(opened, cfg, probe)
@@ -93,8 +96,6 @@ def train(store: str | Path | ActivationStore | None = None, cfg: TrainConfig | 
     """Fit the held-out probe set on ``store`` (default ``cfg.store``): layer choice by grouped CV on the training
     prompts, the threshold on the calibration prompts' own answers, every number on the test prompts
     (``probes.metrics["test"]``). Saved with its configs into ``out`` (default ``cfg.out``) when one is given."""
-    from interp.naming import check_out
-
     cfg, probe = cfg or TrainConfig(), probe or ProbeConfig()
     out = out if out is not None else (cfg.out or None)
     if out:

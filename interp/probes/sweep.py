@@ -284,14 +284,24 @@ def _best_layer_report(oof: dict, end: np.ndarray, best_i: int, data: LayerData,
                          for m, v in oof.items()}}
     thr = None
     if answers is not None and cfg.schedule is not None:
-        from interp.probes.answers import answer_scores, calibration_rows, no_calibration_answers, rates
+        from interp.probes.answers import (
+            answer_scores,
+            calibration_rows,
+            no_calibration_answers,
+            rates,
+            require_complete_answers,
+            warn_calibration,
+        )
 
         ans = answer_scores(p, data.depths, answers.deployed, cfg.schedule, end if np.isfinite(end).any() else None)
         population = calibration_rows(data.y, answers.kinds, data.sources, cfg.calibrate_on, cfg.control_sources)
-        population &= ~np.isnan(ans.score)
         if not population.any():
             raise no_calibration_answers(cfg.calibrate_on, answers.kinds, data.y)
+        require_complete_answers(ans.excluded[population], cfg.schedule.answer_length)
+        incomplete = int((population & ans.excluded).sum())
+        population &= ~np.isnan(ans.score)
         calib = per_answer_threshold(ans.score[population], cfg.target_fpr)
+        warn_calibration(calib, incomplete, cfg.schedule.answer_length, cfg.target_fpr)
         thr = calib["threshold"]
         out["threshold"] = rates(ans.score, data.y, data.groups, data.sources, answers.kinds, thr,
                                  cfg.calibrate_on) | {
@@ -299,6 +309,8 @@ def _best_layer_report(oof: dict, end: np.ndarray, best_i: int, data: LayerData,
             "schedule": cfg.schedule.to_dict(), "answers": ans.info(),
             "rule": "per answer on the guard's checks; threshold at the target FPR on these out-of-fold own benign "
                     "answers (so the FPR is in-sample; `anydepth train` reports held-out rates)"}
+        if not calib["resolved"]:  # the threshold sits above every answer: its in-sample FPR of 0 says nothing
+            out["threshold"]["fpr"] = None
     per_source = {}
     for s in np.unique(src):
         m = src == s

@@ -21,7 +21,6 @@ multi-layer probe), and the threshold and the test numbers are computed on that 
 
 from __future__ import annotations
 
-import warnings
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
@@ -243,7 +242,13 @@ def _calibrate(cfg: TrainConfig, schedule, meta: dict, deployed, roles: np.ndarr
                end_scores: np.ndarray, oof: tuple, depths) -> dict:
     """The per-answer threshold on the calibration prompts' own benign answers (the held-out role), or on
     the training prompts' out-of-fold scores when there is no calibration split (labelled in-sample)."""
-    from interp.probes.answers import answer_scores, calibration_rows, no_calibration_answers
+    from interp.probes.answers import (
+        answer_scores,
+        calibration_rows,
+        no_calibration_answers,
+        require_complete_answers,
+        warn_calibration,
+    )
     from interp.probes.protocol import per_answer_threshold
 
     y, kinds, sources = meta["y"], meta["kinds"], meta["sources"]
@@ -261,22 +266,11 @@ def _calibrate(cfg: TrainConfig, schedule, meta: dict, deployed, roles: np.ndarr
         raise no_calibration_answers(cfg.calibrate_on, kinds[(roles == "calibration") if cal_m.any() else train_m],
                                      y[cal_m if cal_m.any() else train_m])
     ans = answer_scores(grid[rows], depths, deployed.subset(rows), schedule, end[rows])
-    if (~ans.excluded).sum() == 0:
-        raise UserError(f"all {int(rows.sum())} benign calibration answers stop before the answer length "
-                        f"{schedule.answer_length} without ending, so none is the answer the guard would see: "
-                        "extract with --answer-length at most the length they were generated to")
+    require_complete_answers(ans.excluded, schedule.answer_length)
     calib = per_answer_threshold(ans.score, cfg.target_fpr)
     by_kind = {str(k): int(((kinds[rows] == k) & ~ans.excluded).sum()) for k in sorted(set(kinds[rows].tolist()))}
     calib |= {"basis": basis, "answers": ans.info(), "kinds": by_kind}
-    if calib["answers"]["excluded_incomplete"]:
-        warnings.warn(f"{calib['answers']['excluded_incomplete']} benign calibration answers stop before the answer "
-                      f"length {schedule.answer_length} without ending (not the answer the guard would see): "
-                      "excluded from the threshold", stacklevel=3)
-    if not calib["resolved"]:
-        warnings.warn(f"{calib['n_answers']} benign calibration answers cannot resolve a per-answer FPR of "
-                      f"{cfg.target_fpr} (that needs ≥ {calib['answers_needed']}); the threshold sits above every "
-                      f"calibration answer, and the finest FPR this set resolves is {calib['resolution']:.3f}",
-                      stacklevel=3)
+    warn_calibration(calib, calib["answers"]["excluded_incomplete"], schedule.answer_length, cfg.target_fpr)
     return calib
 
 
