@@ -10,8 +10,8 @@ same peak for two layer counts at the largest size.
     python scripts/bench_scale.py --responses 2000 4000 8000 --d-model 4096
 
 Last line: ``rows_per_s=<x> peak_gib=<y>`` ((response, depth) rows per second per layer, and peak GiB, of the
-largest size, with the solver's default memory rule: a centred copy of the rows when it fits in half the memory
-available; ``--chunked`` also times the no-copy path a layer takes when it does not).
+largest size, with the solver's default memory rule: a centred copy of the rows when it fits in the memory available
+less a reserve; ``--chunked`` also times the no-copy path a layer takes when it does not).
 """
 
 from __future__ import annotations

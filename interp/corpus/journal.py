@@ -138,15 +138,19 @@ class Journal:
                 raise UserError(f"{out / ROWS}:{n}: row {row.get('id')!r} {problem}; the folder is damaged, "
                                 "build into a fresh --out")
             last = position
-        done = {str(p["batch"]) for p in read_lines(out / PROGRESS)}
-        return cls(out, config, {r["id"] for r in rows}, done)
+        on_disk = {r["id"] for r in rows}
+        # a batch is done when its progress line says so and its rows are on disk (a rows file cut back by hand or
+        # by a failing disk would otherwise lose them silently; lines of older builds carry no ids)
+        done = {str(p["batch"]) for p in read_lines(out / PROGRESS) if set(p.get("ids", ())) <= on_disk}
+        return cls(out, config, on_disk, done)
 
     def append(self, key: str, rows: list[dict[str, Any]]) -> int:
         """Write the batch's rows not yet on disk, then mark batch ``key`` done; returns rows written now."""
         new = [r for r in rows if r["id"] not in self.row_ids]
         append_lines(self.out / ROWS, [json.dumps(r, ensure_ascii=False) + "\n" for r in new])
         self.row_ids.update(r["id"] for r in new)
-        append_lines(self.out / PROGRESS, [json.dumps({"batch": key, "rows": len(rows)}) + "\n"])
+        append_lines(self.out / PROGRESS, [json.dumps({"batch": key, "rows": len(rows),
+                                                       "ids": [r["id"] for r in rows]}) + "\n"])
         self.done.add(key)
         return len(new)
 

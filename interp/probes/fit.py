@@ -99,7 +99,7 @@ def fit_diff_of_means(X: np.ndarray, y: np.ndarray, *, standardize: bool = False
                         mean, scale, info={"direction": direction})
 
 
-COPY_BUDGET: int | None = None  # bytes the solver's centred copy of the rows may take; None: half the free memory
+COPY_BUDGET: int | None = None  # bytes the solver's centred copy of the rows may take; None: see default_copy_budget
 
 
 def available_memory() -> int | None:
@@ -123,11 +123,12 @@ def available_memory() -> int | None:
 
 
 def default_copy_budget() -> int:
-    """:data:`COPY_BUDGET`, or half the memory available now (256 MiB when that is unknown)."""
+    """:data:`COPY_BUDGET`, or the memory available now less a reserve (a fifth of it, at least 2 GiB) for the
+    solver's other arrays; 256 MiB when the available memory is unknown."""
     if COPY_BUDGET is not None:
         return COPY_BUDGET
     free = available_memory()
-    return 256 << 20 if free is None else free // 2
+    return 256 << 20 if free is None else max(0, free - max(2 << 30, free // 5))
 
 
 class _Centred:
@@ -299,7 +300,7 @@ def fit_logreg_torch(X: np.ndarray | torch.Tensor, y: np.ndarray, masks: np.ndar
     scaling, so equal ``tol`` means equal stopping rules). ``init`` (params broadcastable to ``[L, P]``, e.g. the
     previous layer's fit) warm-starts the solver; the optimum does not depend on it. ``trace`` collects, per
     iteration, ``max|g|`` over the stopping threshold ``[L, P]``. Rows up to ``copy_budget`` bytes (default
-    :func:`default_copy_budget`: half the memory available) are centred into one copy; larger ones are centred
+    :func:`default_copy_budget`: the memory available less a reserve) are centred into one copy; larger ones are centred
     ``chunk_rows`` at a time inside each product (no second copy of a layer that does not fit twice).
     """
     Xt = torch.as_tensor(X, dtype=torch.float32)
