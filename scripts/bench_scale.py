@@ -45,8 +45,8 @@ def write_store(path: Path, n: int, depths: int, layers: int, d: int, chunk: int
                 "finished": [True] * n}
     dirs = rng.normal(size=(layers, d)).astype(np.float32)
     dirs /= np.linalg.norm(dirs, axis=1, keepdims=True)
-    store = ActivationStore.create(path, prov, examples, grid.tolist(), ["resid_post"], list(range(layers)), [0], d,
-                                   "bfloat16")
+    store = ActivationStore.create(path, prov, examples, depths=grid.tolist(), hooks=["resid_post"],
+                                   layers=list(range(layers)), positions=[0], d_model=d, storage_dtype="bfloat16")
     with store:
         for start in range(0, n, chunk):
             rows = np.arange(start, min(n, start + chunk))

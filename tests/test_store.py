@@ -26,8 +26,8 @@ def _create(path, dtype="float32", **over):
     prov = {"model_id": "tiny", "weights_sha256": None, "template_hash": "abc", "span_ids": [1, 2, 3, 4],
             "probe_index": 2, "config": {"batch_size": 2}}
     prov.update(over)
-    return ActivationStore.create(path, prov, _examples(), DEPTHS, ["resid_post", "ln1"], LAYERS, range(H), DM,
-                                  dtype)
+    return ActivationStore.create(path, prov, _examples(), depths=DEPTHS, hooks=["resid_post", "ln1"], layers=LAYERS,
+                                  positions=range(H), d_model=DM, storage_dtype=dtype)
 
 
 def _batch(rows, seed):
@@ -103,8 +103,9 @@ def test_reopen_refuses_a_different_run(tmp_path):
         _create(path, "float16")
     with pytest.raises(UserError, match="depths"):
         ActivationStore.create(path, {"model_id": "tiny", "template_hash": "abc", "span_ids": [1, 2, 3, 4],
-                                      "probe_index": 2, "weights_sha256": None}, _examples(), [0, 10],
-                               ["resid_post", "ln1"], LAYERS, range(H), DM, "float32")
+                                      "probe_index": 2, "weights_sha256": None}, _examples(), depths=[0, 10],
+                               hooks=["resid_post", "ln1"], layers=LAYERS, positions=range(H), d_model=DM,
+                               storage_dtype="float32")
 
 
 def test_corrupt_and_truncated_files_are_user_errors(tmp_path):

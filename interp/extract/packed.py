@@ -386,8 +386,8 @@ def extract_to_store(model, tokenizer, items: Sequence[Continuation], out: str |
                 token_ids_sha256=token_ids_sha256(items), answer_length=horizon)
     examples = _examples(items, n_tokens, valid, ends)
     examples.update(text_at_depths(tokenizer, items, depths, progress=progress, ends=ends))
-    store = ActivationStore.create(out, prov, examples, depths, hooks, layers, pos, cfg.hidden_size,
-                                   storage_dtype)
+    store = ActivationStore.create(out, prov, examples, depths=depths, hooks=hooks, layers=layers, positions=pos,
+                                   d_model=cfg.hidden_size, storage_dtype=storage_dtype)
     window, types = attention_layout(model.config)
     device = next(model.parameters()).device
     reader = SpanReader(model, hooks, layers, pos)

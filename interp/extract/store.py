@@ -198,7 +198,7 @@ class ActivationStore:
         return cls(path, _open_h5(path, mode))
 
     @classmethod
-    def create(cls, path: str | Path, provenance: dict, examples: dict[str, Sequence], depths: Sequence[int],
+    def create(cls, path: str | Path, provenance: dict, examples: dict[str, Sequence], *, depths: Sequence[int],
                hooks: Sequence[str], layers: Sequence[int], positions: Sequence[int], d_model: int,
                storage_dtype: str = "float16") -> ActivationStore:
         """Create a store (atomically: built under a temporary name, then renamed), or reopen a matching one.

@@ -96,8 +96,8 @@ def write_store(ss: SyntheticSet, path, layers, span_len: int, probe_index: int,
                 "kind": ["own"] * n, "prompt": ss.groups.tolist(), "category": [""] * n,
                 "n_response_tokens": ss.n_tokens.tolist(), "valid": ss.valid, "end_depth": ss.n_tokens.tolist(),
                 "finished": [True] * n, **(extra_examples or {})}
-    store = ActivationStore.create(path, prov, examples, ss.depths.tolist(), ["resid_post"], layers,
-                                   range(span_len), d, "float32")
+    store = ActivationStore.create(path, prov, examples, depths=ss.depths.tolist(), hooks=["resid_post"],
+                                   layers=layers, positions=range(span_len), d_model=d, storage_dtype="float32")
     rng = np.random.default_rng(0)
     acts, last, prompt = {}, {}, {}
     for layer in layers:

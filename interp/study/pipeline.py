@@ -53,6 +53,15 @@ def _keyed(**configs) -> dict:
     return {name: {k: v for k, v in to_dict(c).items() if k != "out"} for name, c in configs.items()}
 
 
+def _changed(*configs) -> str:
+    """The options of ``configs`` that differ from their class defaults, for the log (paths as given)."""
+    parts = []
+    for cfg in configs:
+        default = to_dict(type(cfg)())
+        parts += [f"{k}={v}" for k, v in to_dict(cfg).items() if k != "out" and v != default.get(k)]
+    return ", ".join(parts)
+
+
 def continuations_stage(runner: Runner, cfg: StudyConfig) -> Path:
     """1. The continuations JSONL: the corpus spec built, or each of ``cfg.data`` generated and merged."""
     from interp.corpus.run import build_corpus
@@ -64,14 +73,16 @@ def continuations_stage(runner: Runner, cfg: StudyConfig) -> Path:
         corpus = CorpusConfig(spec=cfg.spec, gen_batch_size=cfg.gen_batch_size, gen_dtype=cfg.gen_dtype)
         folder = runner.run(Stage("corpus", _keyed(model=model, corpus=corpus),
                                   lambda f: build_corpus(model, replace(corpus, out=str(f))),
-                                  content=load_spec(cfg.spec).sha256()))  # an edited spec is another corpus
+                                  content=load_spec(cfg.spec).sha256(),  # an edited spec is another corpus
+                                  note=_changed(model, corpus)))
         return folder / "continuations.jsonl"
     folders = []
     for name in cfg.data:
         gen = GenerateConfig(data=name, limit=cfg.limit or None, mode="matched", max_new_tokens=cfg.max_new_tokens,
                              gen_batch_size=cfg.gen_batch_size)
         folders.append(runner.run(Stage(f"generate-{run_slug(name)}", _keyed(model=model, generate=gen),
-                                        lambda f, gen=gen: make_continuations(model, gen, out=f / "continuations.jsonl"))))
+                                        lambda f, gen=gen: make_continuations(model, gen, out=f / "continuations.jsonl"),
+                                        note=_changed(model, gen))))
     parts = [g / "continuations.jsonl" for g in folders]
     merged = runner.run(Stage("continuations", {"merge": [p.name for p in parts]},
                               lambda f: _merge_jsonl(parts, f / "continuations.jsonl"), [g.name for g in folders]))
@@ -88,13 +99,15 @@ def _probe_stages(runner: Runner, cfg: StudyConfig, continuations: Path) -> tupl
                         layers="all", hooks=("resid_post",), positions="probe")
     ext_dir = runner.run(Stage("extract", _keyed(model=model, extract=ext),
                                lambda f: extract_activations(model, replace(ext, out=str(f / "store.h5"))),
-                               [continuations.parent.name]))
+                               [continuations.parent.name], note=_changed(model, ext)))
     store = str(ext_dir / "store.h5")
     swp = SweepConfig(store=store, stride=cfg.stride, target_fpr=cfg.target_fpr)
-    sweep_dir = runner.run(Stage("sweep", _keyed(sweep=swp), lambda f: sweep(store, swp, out=f), [ext_dir.name]))
+    sweep_dir = runner.run(Stage("sweep", _keyed(sweep=swp), lambda f: sweep(store, swp, out=f), [ext_dir.name],
+                                 note=_changed(swp)))
     trn = TrainConfig(store=store, stride=cfg.stride, target_fpr=cfg.target_fpr, combine_top=cfg.combine_top,
                       calib_fraction=cfg.calib_fraction, test_fraction=cfg.test_fraction)
-    probes_dir = runner.run(Stage("train", _keyed(train=trn), lambda f: train(store, trn, out=f), [ext_dir.name]))
+    probes_dir = runner.run(Stage("train", _keyed(train=trn), lambda f: train(store, trn, out=f), [ext_dir.name],
+                                  note=_changed(trn)))
     return ext_dir / "store.h5", sweep_dir, probes_dir
 
 
@@ -121,7 +134,7 @@ def _evaluations(runner: Runner, cfg: StudyConfig, probes_dir: Path) -> dict[str
         ecfg = eval_config(cfg, mode, probes_dir)
         out[mode] = runner.run(Stage(f"evaluate-{mode}", _keyed(evaluate=ecfg),
                                      lambda f, m=mode, e=ecfg: evaluate_guard(m, replace(e, out=str(f))),
-                                     [probes_dir.name]))
+                                     [probes_dir.name], note=_changed(ecfg)))
     return out
 
 

@@ -29,6 +29,7 @@ class Stage:
     run: Callable[[Path], Any]
     inputs: list[str] = field(default_factory=list)
     content: str = ""
+    note: str = ""  # what the log shows (default: every option set)
 
     def key(self, root: Path | None = None) -> str:
         """A hash of what the stage depends on; paths inside ``root`` count relative to it (a run folder can be
@@ -40,9 +41,9 @@ class Stage:
         return hashlib.sha256(blob.encode()).hexdigest()[:10]
 
     def describe(self) -> str:
-        """The options that set it apart (one line for the log)."""
-        return ", ".join(f"{k}={v}" for part in self.config.values() if isinstance(part, dict)
-                         for k, v in part.items() if v not in (None, "", [], ()))
+        """One line for the log: ``note``, or every option that is set."""
+        return self.note or ", ".join(f"{k}={v}" for part in self.config.values() if isinstance(part, dict)
+                                      for k, v in part.items() if v not in (None, "", [], ()))
 
 
 class Runner:
