@@ -69,8 +69,6 @@ class AblateConfig:
         """The options checked before the model loads."""
         if not 0 <= self.select_fraction < 1:
             raise UserError(f"--select-fraction must lie in [0, 1), got {self.select_fraction}")
-        if self.kind == "features" and not self.transcoder:
-            raise UserError("--kind features needs --transcoder FOLDER (train one with `anydepth transcoders train`)")
 
 
 @dataclass
@@ -131,7 +129,6 @@ def ablate(model: ModelConfig | LoadedModel | str, cfg: CausalConfig | None = No
            acfg: AblateConfig | None = None) -> CausalResult:
     """:func:`ablate_directions` or :func:`feature_study`, as ``acfg.kind`` says (``anydepth ablate``)."""
     acfg = acfg or AblateConfig()
-    acfg.validate()
     return (ablate_directions if acfg.kind == "directions" else feature_study)(model, cfg, acfg)
 
 

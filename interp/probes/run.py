@@ -20,7 +20,7 @@ from interp.probes.data import (
 from interp.probes.oof import ProbeConfig
 from interp.probes.probeset import ProbeSet, jsonable
 from interp.probes.protocol import ScheduleConfig, check_schedule
-from interp.probes.stores import check_depths, open_store, position_arg, store_answers, store_texts
+from interp.probes.stores import check_depths, position_arg, store_answers, store_texts, using_store
 from interp.probes.sweep import SweepPlan, SweepResult, run_sweep
 from interp.probes.train import TrainConfig, save_probeset, train_probeset
 
@@ -56,12 +56,8 @@ def sweep(store: str | Path | ActivationStore | None = None, cfg: SweepConfig | 
     out = out if out is not None else (cfg.out or None)
     if out:
         check_out(out, "dir")  # before the store is read
-    opened = open_store(store if store is not None else cfg.store)
-    try:
+    with using_store(store if store is not None else cfg.store) as opened:
         result = _sweep_open(opened, cfg, probe)
-    finally:
-        if opened is not store:
-            opened.close()
     result.store = str(store if isinstance(store, (str, Path)) else cfg.store or opened.path)
     if out:
         result.save(out)
@@ -100,12 +96,8 @@ def train(store: str | Path | ActivationStore | None = None, cfg: TrainConfig | 
     out = out if out is not None else (cfg.out or None)
     if out:
         check_out(out, "file" if Path(out).suffix in (".json", ".safetensors") else "dir")
-    opened = open_store(store if store is not None else cfg.store)
-    try:
+    with using_store(store if store is not None else cfg.store) as opened:
         probes = train_probeset(opened, cfg, probe, progress=progress)
-    finally:
-        if opened is not store:
-            opened.close()
     if out:
         save_probeset(probes, cfg, probe, out)
     return probes

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 from interp import UserError
@@ -11,7 +13,7 @@ from interp.probes.data import examples_meta
 from interp.probes.loso import AnswerInfo
 from interp.probes.ngram import depth_texts
 
-__all__ = ["check_depths", "open_store", "position_arg", "store_answers", "store_texts"]
+__all__ = ["check_depths", "open_store", "position_arg", "store_answers", "store_texts", "using_store"]
 
 
 def open_store(path: str | Path | ActivationStore) -> ActivationStore:
@@ -23,6 +25,17 @@ def open_store(path: str | Path | ActivationStore) -> ActivationStore:
     if not Path(path).exists():
         raise UserError(f"no store at {path}")
     return ActivationStore.open(path)
+
+
+@contextmanager
+def using_store(store: str | Path | ActivationStore) -> Iterator[ActivationStore]:
+    """The store open for a ``with`` block: opened (and closed after) when given as a path, as is otherwise."""
+    opened = open_store(store)
+    try:
+        yield opened
+    finally:
+        if opened is not store:
+            opened.close()
 
 
 def position_arg(text: str | int) -> str | int:

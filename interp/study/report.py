@@ -9,21 +9,18 @@ import shutil
 from pathlib import Path
 
 import interp
-from interp.formatting import ci, rate
+from interp.formatting import ci, diff, rate
 from interp.probes.tables import METHOD_NAMES, heldout_table, loso_table
-from interp.study.result import StudyResult
+from interp.study.result import StudyResult, read_json
 
 
-def _load(path: Path) -> dict | None:
-    return json.loads(path.read_text()) if path.exists() else None
-
-
-def _figure(src: Path, figures: Path, name: str) -> str | None:
+def _figure(src: Path, figures: Path, caption: str) -> list[str]:
+    """The figure ``src`` copied into ``figures/`` and its Markdown lines; none when the stage made no such file."""
     if not src.exists():
-        return None
+        return []
     figures.mkdir(parents=True, exist_ok=True)
-    shutil.copyfile(src, figures / name)
-    return f"figures/{name}"
+    shutil.copyfile(src, figures / src.name)
+    return ["", f"![{caption}](figures/{src.name})"]
 
 
 def _loso_section(sweep: dict) -> list[str]:
@@ -136,7 +133,7 @@ def _probes_section(probes: dict | None) -> list[str]:
         diffs = test.get("probe_minus_baseline_auroc") or {}
         d = test.get("probe_minus_ngram_auroc")
         if d:
-            lines += ["", f"Probe − n-gram AUROC: {d['value']:+.3f} [{d['lo']:+.3f}, {d['hi']:+.3f}] — "
+            lines += ["", f"Probe − n-gram AUROC: {diff(d)} — "
                           + ("the probe beats the text-only baseline." if d["beats"] else
                              "**no evidence that the probe beats the text-only baseline** on these prompts.")]
         lost = [METHOD_NAMES[m] for m, d in diffs.items() if m != "shuffled" and not d["beats"]]
@@ -174,16 +171,13 @@ def _sweep_section(sweep: dict, figures: Path, sweep_dir: Path) -> list[str]:
                       "in the section above."]
     d = sweep.get("best", {}).get("probe_minus_ngram_auroc")
     if d:
-        lines += ["", f"Probe − n-gram AUROC (out-of-fold, same folds): {d['value']:+.3f} [{d['lo']:+.3f}, "
-                      f"{d['hi']:+.3f}]."]
+        lines += ["", f"Probe − n-gram AUROC (out-of-fold, same folds): {diff(d)}."]
     for note in sweep.get("notes", []):
         lines.append(f"- note: {note}")
     for name, caption in (("layer_depth_auroc.png", "Layer × depth AUROC"), ("layer_sweep.png", "Layer sweep"),
                           ("depth_curve.png", "Depth curve at the best layer"),
                           ("score_hist.png", "Out-of-fold scores")):
-        fig = _figure(sweep_dir / name, figures, name)
-        if fig:
-            lines += ["", f"![{caption}]({fig})"]
+        lines += _figure(sweep_dir / name, figures, caption)
     return lines + [""]
 
 
@@ -203,7 +197,7 @@ def _split_line(split) -> str:
 
 def _eval_sections(eval_dirs: dict[str, Path], figures: Path, offline_fpr: dict | None = None) -> list[str]:
     lines: list[str] = []
-    dp = _load(eval_dirs["deep-prefill"] / "deep_prefill.json") if "deep-prefill" in eval_dirs else None
+    dp = read_json(eval_dirs["deep-prefill"] / "deep_prefill.json") if "deep-prefill" in eval_dirs else None
     if dp:
         names = {"base": "base (keyword)", "base_prob": "base (prob)", "rk": "ADA-RK (keyword)",
                  "rk_prob": "ADA-RK (prob)", "lp": "ADA-LP"}
@@ -239,11 +233,8 @@ def _eval_sections(eval_dirs: dict[str, Path], figures: Path, offline_fpr: dict 
                      f"{judge.get('family', '?')}) in the first {judge.get('window', '?')} characters")
         lines += ["", f"Refusal judge: {judge}. Base = the model continuing the prefill by itself; ADA-RK = "
                       "re-injected header + greedy lookahead; ADA-LP = probe at the best layer, its threshold."]
-        fig = _figure(eval_dirs["deep-prefill"] / "deep_prefill.png", figures, "deep_prefill.png")
-        if fig:
-            lines += ["", f"![Refusal vs depth]({fig})"]
-        lines.append("")
-    orf = _load(eval_dirs["over-refusal"] / "over_refusal.json") if "over-refusal" in eval_dirs else None
+        lines += [*_figure(eval_dirs["deep-prefill"] / "deep_prefill.png", figures, "Refusal vs depth"), ""]
+    orf = read_json(eval_dirs["over-refusal"] / "over_refusal.json") if "over-refusal" in eval_dirs else None
     if orf:
         gc = orf.get("guard_config", {})
         lines += ["## Over-refusal on benign prompts (model's own answers, held-out test prompts)", "",
@@ -259,11 +250,8 @@ def _eval_sections(eval_dirs: dict[str, Path], figures: Path, offline_fpr: dict 
             lines += ["", f"ADA-LP per-answer false alarms, live on these prompts {rate(live)} vs offline on the "
                           f"probe set's held-out own answers {rate(offline_fpr)} (the same checks and threshold; "
                           "different prompts, and the corpus answers were decoded in the generation dtype)."]
-        fig = _figure(eval_dirs["over-refusal"] / "over_refusal.png", figures, "over_refusal.png")
-        if fig:
-            lines += ["", f"![Over-refusal]({fig})"]
-        lines.append("")
-    cost = _load(eval_dirs["cost"] / "cost.json") if "cost" in eval_dirs else None
+        lines += [*_figure(eval_dirs["over-refusal"] / "over_refusal.png", figures, "Over-refusal"), ""]
+    cost = read_json(eval_dirs["cost"] / "cost.json") if "cost" in eval_dirs else None
     if cost:
         lines += ["## Cost", "", "| context | decode step (ms) | check / decode | early-exit check / decode |",
                   "|---|---|---|---|"]
@@ -279,7 +267,7 @@ def _eval_sections(eval_dirs: dict[str, Path], figures: Path, offline_fpr: dict 
 
 def _corpus_line(corpus_dir: Path | None) -> list[str]:
     """What the corpus build kept and dropped (label hygiene), from its config."""
-    config = _load(corpus_dir / "continuations.config.json") if corpus_dir else None
+    config = read_json(corpus_dir / "continuations.config.json") if corpus_dir else None
     summary = (config or {}).get("summary") or config or {}
     entries = summary.get("entries") or []
     if not entries:
@@ -299,7 +287,7 @@ def write_report(root: Path, result: StudyResult, *, corpus_dir: Path | None = N
     """Write ``<root>/report.md`` (and copy the figures into ``figures/``) from a study's result; returns its path."""
     cfg, figures = result.config, root / "figures"
     sweep_dir, probes_dir = result.path(result.sweep), result.path(result.probes)
-    sweep, probes = _load(sweep_dir / "sweep.json"), _load(probes_dir / "probeset.json")
+    sweep, probes = read_json(sweep_dir / "sweep.json"), read_json(probes_dir / "probeset.json")
     uses_corpus = str(cfg.get("spec")).lower() != "none"
     data = f"corpus spec {cfg['spec']}" if uses_corpus else f"data: {', '.join(cfg['data'])}"
     lines = [f"# Safety-Token study: {cfg['model']}", "",

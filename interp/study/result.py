@@ -13,10 +13,11 @@ from interp.config import to_dict
 from interp.results import Result
 from interp.study.targets import targets
 
-__all__ = ["StudyResult"]
+__all__ = ["StudyResult", "read_json"]
 
 
-def _load(path: Path) -> dict | None:
+def read_json(path: Path) -> dict | None:
+    """A stage's JSON output, or None when the stage wrote none (skipped evaluations)."""
     return json.loads(path.read_text()) if path.exists() else None
 
 
@@ -39,8 +40,8 @@ class StudyResult(Result):
     def collect(cls, root: Path, cfg, *, store: Path, sweep_dir: Path, probes_dir: Path,
                 eval_dirs: dict[str, Path], timings: dict[str, dict]) -> StudyResult:
         """Read the stages' outputs under ``root`` and compute the targets."""
-        sweep = _load(sweep_dir / "sweep.json")
-        probes = _load(Path(probes_dir) / "probeset.json")
+        sweep = read_json(sweep_dir / "sweep.json")
+        probes = read_json(Path(probes_dir) / "probeset.json")
 
         def rel(path: Path) -> str:
             return os.path.relpath(path, root)
