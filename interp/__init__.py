@@ -44,6 +44,7 @@ _API: dict[str, str] = {
     "ProbeConfig": "interp.probes.oof", "SweepConfig": "interp.probes.run", "sweep": "interp.probes.run",
     "SweepResult": "interp.probes.sweep", "TrainConfig": "interp.probes.train", "train": "interp.probes.run",
     "ProbeSet": "interp.probes.probeset", "HeldOutReport": "interp.probes.heldout",
+    "LeverConfig": "interp.probes.levers", "LeverResult": "interp.probes.levers", "levers": "interp.probes.run",
     # the guard and its evaluations
     "GuardConfig": "interp.guard.types", "GuardedGenerator": "interp.guard.generator",
     "GuardResult": "interp.guard.types",

@@ -54,6 +54,8 @@ def _field_value(tp: Any, value: Any) -> Any:
         return Path(value)
     if origin is tuple:
         return tuple(value)
+    if origin is list and len(args) == 1 and isinstance(args[0], type) and issubclass(args[0], Result):
+        return [args[0].from_json(v) for v in value]
     if origin is dict and len(args) == 2 and isinstance(args[1], type) and issubclass(args[1], Result):
         return {k: args[1].from_json(v) for k, v in value.items()}
     return value

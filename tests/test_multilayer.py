@@ -42,7 +42,7 @@ def test_train_a_multi_layer_probe_calibrated_per_answer(store_path, tmp_path):
         ends = {layer: store.read_end(ps.hook, layer, position="probe") for layer in LAYERS}
         meta, depths = examples_meta(store), list(store.depths)
     assert ps.combine == [1, 2] and ps.readout == [1, 2]
-    assert ps.metrics["readout"] == {"layers": [1, 2], "rule": "mean of the layers' probe logits"}
+    assert ps.metrics["readout"] == {"layers": [1, 2], "rule": "mean of the layers' probe logits", "stacked": False}
     sched = Schedule.from_dict(ps.schedule)
     assert sched.rule.describe() == "2 of the last 3 checks" and ps.thresholds["aggregate"]["k"] == 2
     assert sched.answer_length == int(meta["n_tokens"].max())  # the store's answer length

@@ -26,21 +26,30 @@ class ProbeConfig:
                                                             "choices": ["balanced", "none"]})
     standardize: bool = field(default=False, metadata={"help": "standardise features per training set"})
     max_iter: int = field(default=1000, metadata={"help": "solver iteration limit"})
+    balance_sources: bool = field(default=False, metadata={
+        "help": "logreg: each source of a class carries the same total weight (a large source cannot set a class)"})
 
 
 def _cw(cfg: ProbeConfig) -> str | None:
     return None if cfg.class_weight == "none" else cfg.class_weight
 
 
-def fit_probes(X: np.ndarray, y: np.ndarray, masks: np.ndarray, cfg: ProbeConfig) -> list[LinearParams]:
-    """One probe per training mask (``masks [P, M]``) on shared rows ``X [M, d]``."""
+def fit_probes(X: np.ndarray, y: np.ndarray, masks: np.ndarray, cfg: ProbeConfig,
+               sources: np.ndarray | None = None) -> list[LinearParams]:
+    """One probe per training mask (``masks [P, M]``) on shared rows ``X [M, d]``; ``sources [M]`` (each row's
+    source) is needed with ``cfg.balance_sources``."""
+    if cfg.balance_sources and cfg.method != "logreg":
+        raise UserError("--balance-sources weights the logistic regression's rows; it does not apply to diffmeans")
+    if cfg.balance_sources and sources is None:
+        raise UserError("--balance-sources needs each row's source")
+    src = np.asarray(sources) if cfg.balance_sources else None
     if cfg.method == "diffmeans":
         return [fit_diff_of_means(X[m], y[m], standardize=cfg.standardize, class_weight=_cw(cfg)) for m in masks]
     if cfg.solver == "sklearn":
         return [fit_sklearn(X[m], y[m], C=cfg.C, class_weight=_cw(cfg), standardize=cfg.standardize,
-                            max_iter=cfg.max_iter) for m in masks]
+                            max_iter=cfg.max_iter, sources=None if src is None else src[m]) for m in masks]
     params = fit_logreg_torch(X, y, masks, C=cfg.C, class_weight=_cw(cfg), standardize=cfg.standardize,
-                              max_iter=cfg.max_iter)
+                              max_iter=cfg.max_iter, sources=src)
     return [params[0, p] for p in range(masks.shape[0])]
 
 
@@ -65,7 +74,7 @@ def oof_scores(data: LayerData, split: Split, cfg: ProbeConfig, *, per_depth: bo
                 masks.append(ps.train[f] & sel)
                 tests.append(ps.test[f] & sel)
                 folds.append(f)
-    fitted = fit_probes(X, y, np.array(masks), cfg)
+    fitted = fit_probes(X, y, np.array(masks), cfg, data.sources[rows])
     for params, test in zip(fitted, tests):
         out[rows[test], cols[test]] = probabilities(params, X, np.nonzero(test)[0])
     if not end:

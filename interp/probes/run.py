@@ -24,7 +24,7 @@ from interp.probes.stores import check_depths, position_arg, store_answers, stor
 from interp.probes.sweep import SweepPlan, SweepResult, run_sweep
 from interp.probes.train import TrainConfig, save_probeset, train_probeset
 
-__all__ = ["SweepConfig", "sweep", "train"]
+__all__ = ["SweepConfig", "levers", "sweep", "train"]
 
 
 @dataclass
@@ -101,6 +101,27 @@ def train(store: str | Path | ActivationStore | None = None, cfg: TrainConfig | 
     if out:
         save_probeset(probes, cfg, probe, out)
     return probes
+
+
+def levers(store: str | Path | ActivationStore | None = None, cfg=None, probe: ProbeConfig | None = None, *,
+           out: str | Path | None = None, progress: bool = True):
+    """Measure ``cfg.levers`` (:class:`interp.probes.levers.LeverConfig`) against the base recipe on ``store``
+    (default ``cfg.store``): a :class:`~interp.probes.levers.LeverResult`, saved with its configs into ``out``
+    (default ``cfg.out``) when one is given."""
+    from interp.probes.levers import LeverConfig, compare_levers
+
+    cfg, probe = cfg or LeverConfig(), probe or ProbeConfig()
+    out = out if out is not None else (cfg.out or None)
+    if out:
+        check_out(out, "dir")
+    cfg.validate()  # every lever name before the store is read
+    with using_store(store if store is not None else cfg.store) as opened:
+        result = compare_levers(opened, cfg, probe, progress=progress)
+    if out:
+        result.save(out)
+        save_config(cfg, Path(out) / "config.json")
+        save_config(probe, Path(out) / "probe_config.json")
+    return result
 
 
 def require_out(out: str | None) -> str:

@@ -188,7 +188,7 @@ def run_sweep(loader: Callable[[int, str | int], LayerData], layers: list[int], 
             scores = {"probe": grid}
             ends.append(end)
         if "diffmeans" in cfg.baselines:
-            dm = ProbeConfig(**{**probe.__dict__, "method": "diffmeans"})
+            dm = ProbeConfig(**{**probe.__dict__, "method": "diffmeans", "balance_sources": False})
             scores["diffmeans"] = oof_scores(data, split, dm, per_depth=cfg.per_depth_fit)
         if "shuffled" in cfg.baselines:
             scores["shuffled"] = _shuffled_baseline(data, split, probe, cfg, res)

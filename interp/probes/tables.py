@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from interp.formatting import ci, diff, rate
 
-__all__ = ["METHOD_NAMES", "heldout_table", "loso_table"]
+__all__ = ["METHOD_NAMES", "heldout_table", "lever_table", "loso_table"]
 
 METHOD_NAMES = {"probe": "Safety-Token probe", "ngram": "n-gram text (TF-IDF 1–2-grams, prompt + response prefix)",
                 "last_token": "last generated token", "prompt": "last prompt token",
@@ -44,3 +44,34 @@ def heldout_table(test: dict) -> list[str]:
         cell = "" if d is None else diff(d) + (" (probe better)" if d["beats"] else "")
         lines.append(f"| {METHOD_NAMES[m]} | {ci(summ and summ['auroc'])} | {cell} |")
     return lines
+
+
+def lever_table(result) -> list[str]:
+    """One row per lever of a :class:`interp.probes.levers.LeverResult`, then what each lever changes."""
+    lines = ["| lever | readout | LOSO AUROC, mean over sources | worst source | lowest per-depth mean (≥ 25) | "
+             "sources probe > n-gram / < / of | test AUROC per check | test probe − n-gram | "
+             "per-answer TPR, test | per-answer FPR, test own | per-answer TPR, calibration prompts |",
+             "|---|---|---|---|---|---|---|---|---|---|---|"]
+    for r in result.rows:
+        layers = ",".join(str(x) for x in r.readout["layers"])
+        shape = " stacked" if r.readout["stacked"] else " mean" if len(r.readout["layers"]) > 1 else ""
+        read = f"{r.readout['hook'].replace('hook_', '')} L{layers}{shape}"
+        lines.append(f"| {r.lever} | {read} | {_loso_cells(r.loso)} | {ci(r.test_auroc)} | "
+                     f"{diff(r.test_minus_ngram)} | {rate(r.test_tpr)} | {rate(r.test_fpr)} | "
+                     f"{rate(r.calibration_tpr)} |")
+    lines += ["", *(f"- **{r.lever}**: {r.changes}; threshold {r.threshold:.5f} ({r.readout['rule']})."
+                    for r in result.rows)]
+    return lines
+
+
+def _loso_cells(loso: dict) -> str:
+    """The four leave-one-source-out cells of a lever row."""
+    from interp.probes.levers import min_macro
+
+    if "note" in loso:
+        return f"{loso['note']} | – | – | –"
+    worst, low = loso.get("worst") or {}, min_macro(loso)
+    worst_cell = f"{worst['source']} {worst['value']:.3f}" if worst else "–"
+    low_cell = "–" if low is None else f"{low['value']:.3f} (depth {low['depth']})"
+    return (f"{ci(loso.get('macro'))} | {worst_cell} | {low_cell} | "
+            f"{loso['beats_ngram']} / {loso['loses_to_ngram']} / {loso['n_sources']}")

@@ -45,6 +45,9 @@ class TrainConfig(StoreSliceConfig, SplitConfig, ScheduleConfig):
     combine_top: int = field(default=0, metadata={
         "help": "a multi-layer probe over the K layers with the best grouped-CV AUROC on the training prompts "
                 "(chosen without the calibration or test prompts; 0: off)"})
+    stack: bool = field(default=False, metadata={
+        "help": "with --combine-top / --combine-layers: one logistic regression on the layers' concatenated "
+                "standardised features (fitted on the training prompts) instead of the mean of per-layer probes"})
     n_boot: int = field(default=200, metadata={"help": "bootstrap resamples for the CIs stored with the probes"})
 
     def validate(self) -> None:
@@ -56,6 +59,8 @@ class TrainConfig(StoreSliceConfig, SplitConfig, ScheduleConfig):
             raise UserError(f"--layer must be a stored layer >= 0, got {self.layer}")
         if self.n_boot < 0:
             raise UserError(f"--n-boot must be >= 0, got {self.n_boot}")
+        if self.stack and not (self.combine_top or self.combine_layers):
+            raise UserError("--stack true stacks the layers of --combine-top K or --combine-layers L1 L2 ...; give one")
         if self.combine_top:
             if self.combine_top < 2:
                 raise UserError(f"--combine-top needs 2 or more layers, got {self.combine_top} (0 turns it off)")
@@ -173,35 +178,61 @@ def train_probeset(store, cfg: TrainConfig, probe: ProbeConfig, *, progress: boo
         rows, cols = np.nonzero(np.isfinite(p))
         metrics.append(summarize(p[rows, cols], tr.y[rows], tr.groups[rows], n_boot=cfg.n_boot, seed=cfg.seed))
         oofs.append((p, p_end))
-        X, yy, _, _ = tr.flat()
-        params.append(fit_probes(X, yy, np.ones((1, len(yy)), bool), probe)[0])
+        X, yy, r, _ = tr.flat()
+        params.append(fit_probes(X, yy, np.ones((1, len(yy)), bool), probe, tr.sources[r])[0])
     best = choose_layer(layers, [m["auroc"]["value"] for m in metrics], cfg.layer)
     bi = layers.index(best)
     if cfg.combine_top:  # the K best layers by CV on the training prompts (ties: the shallower first)
         order = np.argsort([-m["auroc"]["value"] for m in metrics], kind="stable")
         combine = sorted(int(layers[i]) for i in order[:cfg.combine_top])
     readout = combine or [int(best)]
+    readout_params = ([params[layers.index(layer)] for layer in readout] if not cfg.stack else
+                      _fit_stacked(store, hook, readout, position, cfg, probe, train_m))
     read = [load_layer(store, hook, layer, position, cfg.depths, pairs_only=True)  # all rows: cal + test
             for layer in readout]
     best_data = read[-1]  # baselines read the deepest readout layer
-    scores, end_scores = _scores([params[layers.index(layer)] for layer in readout], read)
+    scores, end_scores = _scores(readout_params, read)
     del read
 
     calib = _calibrate(cfg, schedule, meta, deployed, roles, scores, end_scores, oofs[bi], best_data.depths)
     thr = calib["threshold"]
     test = (held_out_report(store, best_data, cfg, probe, meta=meta, roles=roles, scores=scores, threshold=thr,
                             schedule=schedule, end_scores=end_scores) if test_m.any() else None)
-    split_record = describe_split(roles, groups, prompts, y, sources, meta["pair_ids"])
+    # a stacked probe set holds the stacked probe's parts only (no per-layer probe beside them)
+    kept = _arrays(readout, readout_params) if cfg.stack else _arrays(layers, params)
     return ProbeSet(
-        layers=layers, weights=np.stack([pp.coef.reshape(-1) for pp in params]),
-        bias=np.array([float(pp.intercept) for pp in params]), hook=hook, position=position, best_layer=int(best),
-        threshold=thr,
-        mean=None if params[0].scale is None else np.stack([pp.mean.reshape(-1) for pp in params]),
-        std=None if params[0].scale is None else np.stack([pp.scale.reshape(-1) for pp in params]),
-        kind=probe.method, thresholds=_thresholds_record(cfg, schedule, calib),
-        metrics=_metrics_record(cfg, layers, metrics, readout, combine, test),
+        **kept, hook=hook, position=position, threshold=thr, kind=probe.method,
+        best_layer=int(best if best in kept["layers"] else readout[-1]),
+        thresholds=_thresholds_record(cfg, schedule, calib),
+        metrics=_metrics_record(cfg, metrics, readout, combine, test, cv_layers=layers),
         provenance=jsonable(store.provenance), config={"train": to_dict(cfg), "probe": to_dict(probe)},
-        split=split_record, schedule=schedule.to_dict(), combine=combine)
+        split=describe_split(roles, groups, prompts, y, sources, meta["pair_ids"]), schedule=schedule.to_dict(),
+        combine=combine)
+
+
+def _arrays(layers: list[int], params: list) -> dict:
+    """ProbeSet's per-layer arrays from fitted probes (the scaler kept when they have one)."""
+    scaled = params[0].scale is not None
+    return {"layers": [int(x) for x in layers], "weights": np.stack([pp.coef.reshape(-1) for pp in params]),
+            "bias": np.array([float(pp.intercept) for pp in params]),
+            "mean": np.stack([pp.mean.reshape(-1) for pp in params]) if scaled else None,
+            "std": np.stack([pp.scale.reshape(-1) for pp in params]) if scaled else None}
+
+
+def _fit_stacked(store, hook: str, layers: list[int], position, cfg: TrainConfig, probe: ProbeConfig,
+                 train_m: np.ndarray) -> list:
+    """The stacked probe (:mod:`interp.probes.stack`) on the training prompts' pairs of ``layers``, standardised,
+    as per-layer parts the multi-layer readout averages."""
+    from interp.probes.data import load_layer
+    from interp.probes.oof import fit_probes
+    from interp.probes.stack import split_stacked, stack_layers, warn_if_wide
+
+    tr = stack_layers([load_layer(store, hook, layer, position, cfg.depths, pairs_only=True).subset(train_m)
+                       for layer in layers])
+    X, yy, rows, _ = tr.flat()
+    warn_if_wide(X.shape[1], len(yy), probe.C)
+    fitted = fit_probes(X, yy, np.ones((1, len(yy)), bool), replace(probe, standardize=True), tr.sources[rows])[0]
+    return split_stacked(fitted, len(layers))
 
 
 def _thresholds_record(cfg: TrainConfig, schedule, calib: dict) -> dict:
@@ -213,15 +244,16 @@ def _thresholds_record(cfg: TrainConfig, schedule, calib: dict) -> dict:
             "calibrate_on": list(cfg.calibrate_on), "calibration": calib}
 
 
-def _metrics_record(cfg: TrainConfig, layers: list[int], metrics: list[dict], readout: list[int],
-                    combine: list[int], test: dict | None) -> dict:
+def _metrics_record(cfg: TrainConfig, metrics: list[dict], readout: list[int], combine: list[int],
+                    test: dict | None, *, cv_layers: list[int]) -> dict:
     """``ProbeSet.metrics``: CV on the training prompts per layer, how the readout was chosen, held-out numbers."""
-    return {"cv_train": {str(layer): m for layer, m in zip(layers, metrics)},
+    rule = ("the best layer's probe" if not combine else "mean of the layers' probe logits" if not cfg.stack else
+            "one logistic regression on the layers' concatenated standardised features (saved as per-layer parts "
+            "whose mean logit is the stacked logit)")
+    return {"cv_train": {str(layer): m for layer, m in zip(cv_layers, metrics)},
             "selected_by": "--layer" if cfg.layer is not None else "grouped-CV AUROC on the training prompts"
             + (f" (the top {cfg.combine_top} layers combined)" if cfg.combine_top else ""),
-            "readout": {"layers": readout,
-                        "rule": "mean of the layers' probe logits" if combine else "the best layer's probe"},
-            "test": test}
+            "readout": {"layers": readout, "rule": rule, "stacked": bool(cfg.stack and combine)}, "test": test}
 
 
 def _fold_context(cfg: TrainConfig, roles: np.ndarray, groups: np.ndarray, n_rows: int) -> dict[str, str]:
@@ -270,6 +302,13 @@ def _calibrate(cfg: TrainConfig, schedule, meta: dict, deployed, roles: np.ndarr
     calib = per_answer_threshold(ans.score, cfg.target_fpr)
     by_kind = {str(k): int(((kinds[rows] == k) & ~ans.excluded).sum()) for k in sorted(set(kinds[rows].tolist()))}
     calib |= {"basis": basis, "answers": ans.info(), "kinds": by_kind}
+    harmful = (y == 1) & (cal_m if cal_m.any() else train_m)
+    if harmful.any():  # what the threshold catches on prompts that are not test prompts (to choose recipes by)
+        got = answer_scores(grid[harmful], depths, deployed.subset(harmful), schedule, end[harmful])
+        from interp.probes.answers import rates
+
+        calib["tpr_harmful"] = rates(got.score, y[harmful], meta["groups"][harmful], sources[harmful],
+                                     kinds[harmful], calib["threshold"])["tpr"]
     warn_calibration(calib, calib["answers"]["excluded_incomplete"], schedule.answer_length, cfg.target_fpr)
     return calib
 
@@ -292,17 +331,19 @@ def _baselines(store, best: LayerData, cfg: TrainConfig, probe: ProbeConfig, met
             notes.append(f"baseline {pos} skipped: {err}")
             continue
         if pos == "prompt":  # one row per prompt: the last prompt token, scored at every depth
-            X, yy = other.X[train_m][:, 0], other.y[train_m]
+            X, yy, src = other.X[train_m][:, 0], other.y[train_m], other.sources[train_m]
             other.valid = np.ones_like(valid)
         else:
-            X, yy, _, _ = other.subset(train_m).flat()
-        pp = fit_probes(X, yy, np.ones((1, len(yy)), bool), probe)[0]
+            sub = other.subset(train_m)
+            X, yy, r, _ = sub.flat()
+            src = sub.sources[r]
+        pp = fit_probes(X, yy, np.ones((1, len(yy)), bool), probe, src)[0]
         methods[pos] = np.where(valid, _scores([pp], [replace(other, X_end=None)])[0], np.nan)
     tr = best.subset(train_m)
     X, _, rows, _ = tr.flat()
     fake = shuffled_labels(tr.y, tr.groups, cfg.seed + 1)[rows]  # prompt-level permutation of the labels
     if len(np.unique(fake)) == 2:
-        pp = fit_probes(X, fake, np.ones((1, len(fake)), bool), probe)[0]
+        pp = fit_probes(X, fake, np.ones((1, len(fake)), bool), probe, tr.sources[rows])[0]
         methods["shuffled"] = _scores([pp], [replace(best, valid=valid, X_end=None)])[0]
     if "response_chars" in meta:
         from interp.probes.ngram import depth_texts, fit_predict

@@ -1,0 +1,220 @@
+"""Recipe levers measured one at a time against the base recipe, on one store, under the held-out protocol.
+
+A lever is a named change of the probe recipe (:data:`LEVERS`): the readout hook, source-balanced weights, a
+multi-layer readout (mean of logits or one stacked regression), the aggregation rule. ``a+b`` combines levers.
+Every lever is fitted by :func:`interp.probes.train.train_probeset` on the **same** three-way split and seeds, so
+its row reads:
+
+* **held out** (test prompts, which neither fitted nor calibrated it): AUROC per check and probe − n-gram, and the
+  guard's per-answer TPR and FPR on every check it makes, at the threshold set on the calibration prompts' own
+  benign answers (coverage 1);
+* **calibration** (not test): the per-answer TPR on the calibration prompts' harmful answers at that threshold,
+  the number a recipe may be chosen by without touching the test prompts;
+* **leave one source out** at the lever's readout (single layer or stacked): macro and worst-source AUROC over
+  grouped folds of every row, and on how many sources the probe beats the n-gram baseline (CI above 0).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from interp import UserError
+from interp.probes.oof import ProbeConfig
+from interp.probes.train import TrainConfig
+from interp.results import Result
+
+__all__ = ["LEVERS", "LeverConfig", "LeverResult", "compare_levers", "resolve_lever"]
+
+# name -> (what it changes, TrainConfig overrides, ProbeConfig overrides)
+LEVERS: dict[str, tuple[str, dict, dict]] = {
+    "base": ("the base recipe as given", {}, {}),
+    "ln1": ("the ADA readout: the block's normalised input (ln1) instead of resid_post", {"hook": "ln1"}, {}),
+    "balance": ("each source carries the same weight within its class", {}, {"balance_sources": True}),
+    "standardize": ("features standardised per training set", {}, {"standardize": True}),
+    "mean3": ("mean of the logits of the 3 best layers' probes", {"combine_top": 3}, {}),
+    "stack3": ("one regression on the 3 best layers' standardised features", {"combine_top": 3, "stack": True}, {}),
+    "stack5": ("one regression on the 5 best layers' standardised features", {"combine_top": 5, "stack": True}, {}),
+    "c0.1": ("stronger L2 regularisation: C = 0.1 instead of the base's C", {}, {"C": 0.1}),
+    "ema": ("moving average of check scores (alpha 0.5) instead of any check", {"aggregate": "ema",
+                                                                                 "ema_alpha": 0.5}, {}),
+    "2of3": ("2 of the last 3 checks instead of any check", {"aggregate": "k_of_n", "k_of_n": 2, "window": 3}, {}),
+}
+
+
+def resolve_lever(name: str) -> tuple[str, dict, dict]:
+    """``a+b+...`` as one lever: its description and the merged overrides (one-line error on an unknown name or
+    two levers that set one option differently)."""
+    parts = [p for p in name.split("+") if p]
+    unknown = [p for p in parts if p not in LEVERS]
+    if not parts or unknown:
+        raise UserError(f"unknown lever {(unknown or [name])[0]!r}; levers: {', '.join(LEVERS)} (combine with +)")
+    train: dict = {}
+    probe: dict = {}
+    for p in parts:
+        for merged, add in ((train, LEVERS[p][1]), (probe, LEVERS[p][2])):
+            for k, v in add.items():
+                if k in merged and merged[k] != v:
+                    raise UserError(f"lever {name!r}: {p} sets {k}={v!r} where another lever set {merged[k]!r}")
+                merged[k] = v
+    return "; ".join(LEVERS[p][0] for p in parts), train, probe
+
+
+@dataclass
+class LeverConfig(TrainConfig):
+    """The base recipe (every ``anydepth train`` option) and the levers to measure against it."""
+
+    levers: list[str] = field(default_factory=lambda: ["base", "ln1", "balance", "stack3", "mean3", "ema"],
+                              metadata={"help": f"levers to measure ({', '.join(LEVERS)}; combine with +)"})
+
+    def validate(self) -> None:
+        TrainConfig.validate(self)
+        if not self.levers:
+            raise UserError("--levers needs at least one lever (base is the recipe as given)")
+        for name in self.levers:
+            resolve_lever(name)
+
+
+@dataclass
+class LeverRow(Result):
+    """One lever's numbers (module doc); dict payloads are ``{value, lo, hi}`` summaries and grouped rates."""
+
+    kind = "lever"
+    lever: str
+    changes: str
+    readout: dict[str, Any]
+    threshold: float
+    test_auroc: dict | None
+    test_minus_ngram: dict | None
+    test_tpr: dict | None
+    test_fpr: dict | None
+    test_tpr_by_depth: list[dict]
+    calibration_tpr: dict | None
+    loso: dict[str, Any]
+
+
+@dataclass
+class LeverResult(Result):
+    """Every lever's row on one store and split (see the module doc)."""
+
+    kind = "levers"
+    rows: list[LeverRow]
+    store: str = ""
+    config: dict[str, Any] = field(default_factory=dict)
+    provenance: dict[str, Any] = field(default_factory=dict)
+    notes: list[str] = field(default_factory=list)
+
+    def row(self, lever: str) -> LeverRow:
+        return next(r for r in self.rows if r.lever == lever)
+
+    def summary(self) -> str:
+        from interp.probes.tables import lever_table
+
+        return "\n".join(lever_table(self))
+
+    def save(self, out: str | Path) -> Path:
+        """``levers.json`` and ``levers.md`` into folder ``out``."""
+        out = Path(out)
+        path = super().save(out / "levers.json")
+        (out / "levers.md").write_text(self.summary() + "\n")
+        return path
+
+
+def compare_levers(store, cfg: LeverConfig, probe: ProbeConfig | None = None, *, progress: bool = True
+                   ) -> LeverResult:
+    """Each of ``cfg.levers`` fitted and measured on an open store (module doc)."""
+    from tqdm.auto import tqdm
+
+    from interp.config import to_dict
+    from interp.probes.probeset import jsonable
+    from interp.probes.stores import store_answers, store_texts
+
+    probe = probe or ProbeConfig()
+    cfg.validate()
+    plans = _plans(store, cfg, probe)  # every lever checked before any is fitted
+    texts, answers = store_texts(store, cfg.depths), store_answers(store)
+    rows = [_measure(store, *plan, texts, answers)
+            for plan in tqdm(plans, desc="levers", unit="lever", disable=not progress)]
+    return LeverResult(rows=rows, store=str(getattr(store, "path", "")), provenance=jsonable(store.provenance),
+                       config={"levers": to_dict(cfg), "probe": to_dict(probe)},
+                       notes=["every lever on the same three-way split and seeds; held-out numbers on the test "
+                              "prompts, calibration TPR on the calibration prompts (choose recipes by it, never "
+                              "by the test columns)"])
+
+
+def _plans(store, cfg: LeverConfig, probe: ProbeConfig) -> list[tuple[str, str, TrainConfig, ProbeConfig]]:
+    """Each lever's (name, changes, train config, probe config), checked against the store (one-line errors)."""
+    from interp.extract.store import canonical_hook
+
+    base = TrainConfig(**{k: v for k, v in cfg.__dict__.items() if k != "levers"})
+    n_layers = len(base.resolve_layers(store))
+    plans = []
+    for name in cfg.levers:
+        changes, t_over, p_over = resolve_lever(name)
+        t_cfg, p_cfg = replace(base, **t_over), replace(probe, **p_over)
+        t_cfg.validate()
+        if t_cfg.hook and canonical_hook(t_cfg.hook) not in store.hooks:
+            raise UserError(f"lever {name!r} reads hook {canonical_hook(t_cfg.hook)}, which the store lacks (it "
+                            f"holds {list(store.hooks)}); re-extract with --hooks resid_post {t_cfg.hook}")
+        if t_cfg.combine_top > n_layers:
+            raise UserError(f"lever {name!r}: --combine-top {t_cfg.combine_top} exceeds the {n_layers} fitted layers")
+        plans.append((name, changes, t_cfg, p_cfg))
+    return plans
+
+
+def _measure(store, name: str, changes: str, t_cfg: TrainConfig, p_cfg: ProbeConfig, texts, answers) -> LeverRow:
+    from interp.probes.train import train_probeset
+
+    ps = train_probeset(store, t_cfg, p_cfg, progress=False)
+    test = ps.metrics.get("test") or {}
+    pa = test.get("per_answer") or {}
+    by_depth = [{"depth": r["depth"], **r["tpr_at_threshold"]} for r in (test.get("per_depth") or {}).get("probe", [])
+                if r.get("tpr_at_threshold", {}).get("n")]
+    readout = {"layers": ps.readout, "hook": ps.hook, "stacked": bool(ps.metrics["readout"].get("stacked")),
+               "rule": ps.metrics["readout"]["rule"], "aggregate": ps.thresholds["aggregate"]}
+    return LeverRow(lever=name, changes=changes, readout=readout, threshold=float(ps.threshold),
+                    test_auroc=((test.get("per_check") or {}).get("probe") or {}).get("auroc"),
+                    test_minus_ngram=test.get("probe_minus_ngram_auroc"), test_tpr=pa.get("tpr"),
+                    test_fpr=pa.get("fpr"), test_tpr_by_depth=by_depth,
+                    calibration_tpr=ps.thresholds["calibration"].get("tpr_harmful"),
+                    loso=_loso(store, ps, t_cfg, p_cfg, texts, answers))
+
+
+def _loso(store, ps, t_cfg: TrainConfig, p_cfg: ProbeConfig, texts, answers) -> dict[str, Any]:
+    """Leave one source out at the lever's readout over grouped folds of every row: the macro and worst-source
+    AUROC and the per-source probe − n-gram calls (a mean of per-layer probes has no single fold model: skipped)."""
+    from interp.probes.cv import grouped_folds
+    from interp.probes.data import load_layer
+    from interp.probes.loso import leave_one_source_out
+    from interp.probes.stack import stack_layers
+    from interp.probes.sweep import SweepPlan
+
+    stacked = bool(ps.metrics["readout"].get("stacked"))
+    if len(ps.readout) > 1 and not stacked:
+        return {"note": "not computed for a mean of per-layer probes (no single fold model to score a source)"}
+    datas = [load_layer(store, ps.hook, layer, ps.position, t_cfg.depths, pairs_only=True) for layer in ps.readout]
+    data = stack_layers(datas) if stacked else datas[0]
+    probe = replace(p_cfg, standardize=True) if stacked else p_cfg
+    split = grouped_folds(data.y, data.groups, t_cfg.folds, t_cfg.seed)
+    plan = SweepPlan(folds=t_cfg.folds, seed=t_cfg.seed, n_boot=t_cfg.n_boot, target_fpr=t_cfg.target_fpr,
+                     schedule=t_cfg.schedule(getattr(store, "answer_length", None)),
+                     calibrate_on=tuple(t_cfg.calibrate_on))
+    got = leave_one_source_out(data, split, probe, plan, texts, answers)
+    calls = [r.get("probe_minus_ngram") for r in got.get("rows", []) if r.get("probe_minus_ngram")]
+    return {"macro": (got.get("macro") or {}).get("probe"), "worst": (got.get("worst_by_method") or {}).get("probe"),
+            "ngram_macro": (got.get("macro") or {}).get("ngram"),
+            "per_depth": (got.get("per_depth") or {}).get("probe", []),
+            "beats_ngram": sum(c["lo"] > 0 for c in calls), "loses_to_ngram": sum(c["hi"] < 0 for c in calls),
+            "n_sources": len(calls), "rows": got.get("rows", [])}
+
+
+def min_macro(loso: dict, min_depth: int = 25) -> dict | None:
+    """The lowest per-depth macro LOSO AUROC at depths >= ``min_depth`` (with its depth), or None."""
+    cells = [c for c in loso.get("per_depth", []) if c["depth"] >= min_depth]
+    if not cells:
+        return None
+    low = min(cells, key=lambda c: c["macro"]["value"] if np.isfinite(c["macro"]["value"]) else np.inf)
+    return {"depth": low["depth"], **low["macro"]}

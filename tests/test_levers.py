@@ -1,0 +1,86 @@
+"""`anydepth levers`: each recipe lever fitted on the same split as `train`, its rows and bad input."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from interp import UserError
+from interp.cli.main import main
+from interp.probes.levers import LeverConfig, LeverResult, resolve_lever
+from interp.probes.synthetic import SyntheticSet, SyntheticSpec, write_store
+
+LAYERS, H, PROBE = [0, 1, 2], 3, 2
+COMMON = ["--folds", "3", "--n-boot", "50", "--stride", "10", "--target-fpr", "0.1"]
+
+
+@pytest.fixture(scope="module")
+def store_path(tmp_path_factory):
+    ss = SyntheticSet(SyntheticSpec(n_prompts=160, n_depths=4, d_model=16, n_layers=3, signal=(0.5, 1.5, 2.5),
+                                    margin_noise=0.5, invalid_frac=0.25, n_sources=3, seed=5))
+    return write_store(ss, tmp_path_factory.mktemp("store") / "s.h5", LAYERS, H, PROBE)
+
+
+def test_levers_merge_and_conflicts_are_named():
+    changes, train, probe = resolve_lever("stack3+balance+ema")
+    assert train == {"combine_top": 3, "stack": True, "aggregate": "ema", "ema_alpha": 0.5}
+    assert probe == {"balance_sources": True} and changes.count(";") == 2
+    with pytest.raises(UserError, match="mean3 sets combine_top=3 where another lever set 5"):
+        resolve_lever("stack5+mean3")
+    with pytest.raises(UserError, match="unknown lever 'deep'; levers: base, ln1"):
+        resolve_lever("base+deep")
+
+
+def test_each_lever_row_is_the_probe_set_train_fits_with_that_lever(store_path, tmp_path):
+    """The base row and the stacked row carry exactly the threshold and held-out rates `train` saves for the same
+    options; the stacked readout gets a leave-one-source-out row, a mean of probes a note; JSON round trip."""
+    from interp.probes.probeset import ProbeSet
+
+    out = tmp_path / "levers"
+    assert main(["levers", "--store", str(store_path), "--out", str(out), "--levers", "base", "stack3", "mean3",
+                 *COMMON]) == 0
+    res = LeverResult.load(out / "levers.json")
+    assert [r.lever for r in res.rows] == ["base", "stack3", "mean3"] and (out / "levers.md").exists()
+    for lever, extra in (("base", []), ("stack3", ["--combine-top", "3", "--stack", "true"])):
+        assert main(["train", "--store", str(store_path), "--out", str(tmp_path / lever), *COMMON, *extra]) == 0
+        ps, row = ProbeSet.load(tmp_path / lever), res.row(lever)
+        assert row.threshold == ps.threshold and row.readout["layers"] == ps.readout
+        assert row.test_tpr == ps.metrics["test"]["per_answer"]["tpr"]
+        assert row.test_fpr == ps.metrics["test"]["per_answer"]["fpr"]
+        assert row.calibration_tpr == ps.thresholds["calibration"]["tpr_harmful"]
+    stacked = res.row("stack3")
+    assert stacked.readout["stacked"] and stacked.loso["n_sources"] == 0  # no text: no n-gram calls
+    assert 0.5 < stacked.loso["macro"]["value"] <= 1 and len(stacked.loso["rows"]) == 3
+    assert "not computed for a mean" in res.row("mean3").loso["note"]
+    assert "| stack3 | resid_post L0,1,2 stacked |" in res.summary()
+
+
+def test_calibration_tpr_counts_the_calibration_prompts_harmful_answers(store_path, tmp_path):
+    from interp.extract.store import ActivationStore
+    from interp.probes.data import examples_meta
+    from interp.probes.probeset import ProbeSet
+
+    assert main(["train", "--store", str(store_path), "--out", str(tmp_path / "p"), *COMMON]) == 0
+    ps = ProbeSet.load(tmp_path / "p")
+    with ActivationStore.open(store_path) as store:
+        meta = examples_meta(store)
+    cal_harmful = np.isin(meta["groups"], ps.split["calibration"]["groups"]) & (meta["y"] == 1)
+    assert ps.thresholds["calibration"]["tpr_harmful"]["n"] == int(cal_harmful.sum()) > 0
+
+
+@pytest.mark.parametrize("levers, message", [
+    (["base", "ln1"], "lever 'ln1' reads hook ln1.hook_normalized, which the store lacks"),
+    (["base", "stack5"], "lever 'stack5': --combine-top 5 exceeds the 3 fitted layers"),
+    (["nope"], "unknown lever 'nope'"),
+])
+def test_bad_levers_are_one_line_and_write_nothing(store_path, tmp_path, capsys, levers, message):
+    out = tmp_path / "levers"
+    assert main(["levers", "--store", str(store_path), "--out", str(out), "--levers", *levers, *COMMON]) == 2
+    err = capsys.readouterr().err
+    assert message in err and len(err.strip().splitlines()) == 1 and not out.exists()
+    assert "lever/s" not in err  # refused before the first lever is fitted (no progress bar)
+
+
+def test_lever_config_refuses_an_empty_list():
+    with pytest.raises(UserError, match="--levers needs at least one lever"):
+        LeverConfig(levers=[]).validate()
