@@ -84,3 +84,29 @@ def test_bad_levers_are_one_line_and_write_nothing(store_path, tmp_path, capsys,
 def test_lever_config_refuses_an_empty_list():
     with pytest.raises(UserError, match="--levers needs at least one lever"):
         LeverConfig(levers=[]).validate()
+
+
+def test_a_fixed_threshold_is_kept_and_its_calibration_false_alarms_reported(store_path, tmp_path):
+    from interp.probes.probeset import ProbeSet
+
+    assert main(["train", "--store", str(store_path), "--out", str(tmp_path / "p"), *COMMON,
+                 "--fixed-threshold", "0.5"]) == 0
+    ps = ProbeSet.load(tmp_path / "p")
+    cal = ps.thresholds["calibration"]
+    assert ps.threshold == 0.5 and cal["fixed"] and cal["fpr_at_fixed"]["n"] == cal["n_answers"] > 0
+    assert ps.metrics["test"]["per_answer"]["threshold"] == 0.5
+    assert main(["train", "--store", str(store_path), "--out", str(tmp_path / "q"), "--fixed-threshold", "1.5"]) == 2
+
+
+def test_the_paper_lever_reads_the_papers_layer_fraction_and_depths():
+    from types import SimpleNamespace
+
+    from interp.probes.levers import LEVERS, _per_store
+
+    store = SimpleNamespace(provenance={"n_layers": 24}, layers=list(range(8, 24)), depths=[0, 8, 16, 25, 50, 75])
+    over = _per_store(store, LEVERS["paper"][1])
+    assert over["layer"] == 16 and over["depths"] == [25, 50, 75] and over["fixed_threshold"] == 0.5
+    assert over["hook"] == "ln1" and LEVERS["paper"][2] == {"C": 1.0, "class_weight": "balanced",
+                                                            "standardize": False, "balance_sources": False}
+    with pytest.raises(UserError, match="reads layer 16 .* which the store lacks"):
+        _per_store(SimpleNamespace(provenance={"n_layers": 24}, layers=[0, 1], depths=[25]), LEVERS["paper"][1])

@@ -29,7 +29,10 @@ from interp.results import Result
 
 __all__ = ["LEVERS", "LeverConfig", "LeverResult", "compare_levers", "resolve_lever"]
 
-# name -> (what it changes, TrainConfig overrides, ProbeConfig overrides)
+PAPER_LAYER_FRACTION = 19 / 28  # ADA's probe layer on Qwen2.5-7B (the Qwen family, as the embedded model)
+
+# name -> (what it changes, TrainConfig overrides (plus layer_fraction and min_depth, resolved per store),
+# ProbeConfig overrides)
 LEVERS: dict[str, tuple[str, dict, dict]] = {
     "base": ("the base recipe as given", {}, {}),
     "ln1": ("the ADA readout: the block's normalised input (ln1) instead of resid_post", {"hook": "ln1"}, {}),
@@ -38,6 +41,12 @@ LEVERS: dict[str, tuple[str, dict, dict]] = {
     "mean3": ("mean of the logits of the 3 best layers' probes", {"combine_top": 3}, {}),
     "stack3": ("one regression on the 3 best layers' standardised features", {"combine_top": 3, "stack": True}, {}),
     "stack5": ("one regression on the 5 best layers' standardised features", {"combine_top": 5, "stack": True}, {}),
+    # ADA's own protocol: logistic regression (C=1, balanced, raw features) on ln1 at the paper's layer fraction
+    # (Qwen2.5-7B: layer 19 of 28), trained on depths 25 and deeper, threshold 0.5
+    "paper": ("ADA's protocol: ln1 at the paper's layer fraction 19/28, C=1, balanced, no standardisation, trained "
+              "on depths >= 25, threshold 0.5 (not calibrated)",
+              {"hook": "ln1", "layer_fraction": PAPER_LAYER_FRACTION, "min_depth": 25, "fixed_threshold": 0.5},
+              {"C": 1.0, "class_weight": "balanced", "standardize": False, "balance_sources": False}),
     "c0.1": ("stronger L2 regularisation: C = 0.1 instead of the base's C", {}, {"C": 0.1}),
     "ema": ("moving average of check scores (alpha 0.5) instead of any check", {"aggregate": "ema",
                                                                                  "ema_alpha": 0.5}, {}),
@@ -135,8 +144,8 @@ def compare_levers(store, cfg: LeverConfig, probe: ProbeConfig | None = None, *,
     probe = probe or ProbeConfig()
     cfg.validate()
     plans = _plans(store, cfg, probe)  # every lever checked before any is fitted
-    texts, answers = store_texts(store, cfg.depths), store_answers(store)
-    rows = [_measure(store, *plan, texts, answers)
+    answers = store_answers(store)
+    rows = [_measure(store, *plan, store_texts(store, plan[2].depths), answers)
             for plan in tqdm(plans, desc="levers", unit="lever", disable=not progress)]
     return LeverResult(rows=rows, store=str(getattr(store, "path", "")), provenance=jsonable(store.provenance),
                        config={"levers": to_dict(cfg), "probe": to_dict(probe)},
@@ -154,7 +163,7 @@ def _plans(store, cfg: LeverConfig, probe: ProbeConfig) -> list[tuple[str, str, 
     plans = []
     for name in cfg.levers:
         changes, t_over, p_over = resolve_lever(name)
-        t_cfg, p_cfg = replace(base, **t_over), replace(probe, **p_over)
+        t_cfg, p_cfg = replace(base, **_per_store(store, t_over)), replace(probe, **p_over)
         t_cfg.validate()
         if t_cfg.hook and canonical_hook(t_cfg.hook) not in store.hooks:
             raise UserError(f"lever {name!r} reads hook {canonical_hook(t_cfg.hook)}, which the store lacks (it "
@@ -163,6 +172,24 @@ def _plans(store, cfg: LeverConfig, probe: ProbeConfig) -> list[tuple[str, str, 
             raise UserError(f"lever {name!r}: --combine-top {t_cfg.combine_top} exceeds the {n_layers} fitted layers")
         plans.append((name, changes, t_cfg, p_cfg))
     return plans
+
+
+def _per_store(store, over: dict) -> dict:
+    """Overrides with ``layer_fraction`` (of the model's layers, rounded) and ``min_depth`` (the stored depths at
+    or below it dropped) turned into the store's ``layer`` and ``depths``."""
+    over = dict(over)
+    if "layer_fraction" in over:
+        n = int((getattr(store, "provenance", None) or {}).get("n_layers") or 0)
+        if not n:
+            raise UserError("the paper lever needs the model's layer count, which this store does not record")
+        over["layer"] = int(round(over.pop("layer_fraction") * n))
+        if over["layer"] not in [int(x) for x in store.layers]:
+            raise UserError(f"the paper lever reads layer {over['layer']} ({PAPER_LAYER_FRACTION:.3f} of {n}), which "
+                            f"the store lacks (it holds {[int(x) for x in store.layers]}); re-extract with it")
+    if "min_depth" in over:
+        floor = over.pop("min_depth")
+        over["depths"] = [int(d) for d in store.depths if int(d) >= floor]
+    return over
 
 
 def _measure(store, name: str, changes: str, t_cfg: TrainConfig, p_cfg: ProbeConfig, texts, answers) -> LeverRow:

@@ -35,6 +35,18 @@ def identity_mismatch(trained: Any, target: Any) -> str | None:
     return None
 
 
+def _threshold_line(cal: dict) -> str:
+    """How the threshold was set: calibrated at a target FPR, or fixed (with the calibration answers' FPR at it)."""
+    from interp.formatting import rate
+
+    if cal.get("fixed"):
+        return (f"threshold {cal['threshold']:.4f}, fixed (not calibrated); per-answer FPR at it on the "
+                f"{cal['n_answers']} benign answers from {cal['basis']}: {rate(cal['fpr_at_fixed'])}")
+    return (f"threshold {cal['threshold']:.4f}: per-answer target FPR {cal['target_fpr']} on {cal['n_answers']} "
+            f"benign answers from {cal['basis']}" + ("" if cal["resolved"] else
+                                                     f" (unresolved: finest FPR {cal['resolution']:.3f})"))
+
+
 def jsonable(value: Any) -> Any:
     """Convert numpy / bytes values (e.g. HDF5 attributes) into plain JSON types."""
     if isinstance(value, bytes):
@@ -208,12 +220,9 @@ class ProbeSet:
                  f"{len(sp['calibration']['groups'])}, test {len(sp['test']['groups'])}",
                  f"best layer {best}: grouped-CV AUROC on the training prompts "
                  f"{ci(self.metrics['cv_train'][str(best)]['auroc'])}"
-                 + (f"; the guard reads a multi-layer probe: mean of the logits at layers {self.combine}"
-                    if self.combine else ""),
-                 f"rule: {self.thresholds.get('rule', 'per answer (any check)')}",
-                 f"threshold {cal['threshold']:.4f}: per-answer target FPR {cal['target_fpr']} on {cal['n_answers']} "
-                 f"benign answers from {cal['basis']}" + ("" if cal["resolved"] else
-                                                          f" (unresolved: finest FPR {cal['resolution']:.3f})")]
+                 + (f"; the guard reads a multi-layer probe at layers {self.combine}: "
+                    f"{self.metrics.get('readout', {}).get('rule', 'mean of the logits')}" if self.combine else ""),
+                 f"rule: {self.thresholds.get('rule', 'per answer (any check)')}", _threshold_line(cal)]
         if not test:
             return "\n".join([*lines, "no test split (--test-fraction 0): no held-out numbers"])
         return "\n".join([*lines, self.held_out.summary()])

@@ -45,6 +45,9 @@ class TrainConfig(StoreSliceConfig, SplitConfig, ScheduleConfig):
     combine_top: int = field(default=0, metadata={
         "help": "a multi-layer probe over the K layers with the best grouped-CV AUROC on the training prompts "
                 "(chosen without the calibration or test prompts; 0: off)"})
+    fixed_threshold: float | None = field(default=None, metadata={
+        "help": "use this threshold (ADA's 0.5) instead of calibrating one at --target-fpr; the calibration "
+                "prompts' own benign answers still report their false-alarm rate at it"})
     stack: bool = field(default=False, metadata={
         "help": "with --combine-top / --combine-layers: one logistic regression on the layers' concatenated "
                 "standardised features (fitted on the training prompts) instead of the mean of per-layer probes"})
@@ -57,6 +60,8 @@ class TrainConfig(StoreSliceConfig, SplitConfig, ScheduleConfig):
         check_schedule(self)
         if self.layer is not None and self.layer < 0:
             raise UserError(f"--layer must be a stored layer >= 0, got {self.layer}")
+        if self.fixed_threshold is not None and not 0 < self.fixed_threshold < 1:
+            raise UserError(f"--fixed-threshold is a probability in (0, 1), got {self.fixed_threshold}")
         if self.n_boot < 0:
             raise UserError(f"--n-boot must be >= 0, got {self.n_boot}")
         if self.stack and not (self.combine_top or self.combine_layers):
@@ -299,18 +304,31 @@ def _calibrate(cfg: TrainConfig, schedule, meta: dict, deployed, roles: np.ndarr
                                      y[cal_m if cal_m.any() else train_m])
     ans = answer_scores(grid[rows], depths, deployed.subset(rows), schedule, end[rows])
     require_complete_answers(ans.excluded, schedule.answer_length)
-    calib = per_answer_threshold(ans.score, cfg.target_fpr)
+    calib = (per_answer_threshold(ans.score, cfg.target_fpr) if cfg.fixed_threshold is None else
+             _fixed(cfg, ans.score, meta, rows))
     by_kind = {str(k): int(((kinds[rows] == k) & ~ans.excluded).sum()) for k in sorted(set(kinds[rows].tolist()))}
     calib |= {"basis": basis, "answers": ans.info(), "kinds": by_kind}
     harmful = (y == 1) & (cal_m if cal_m.any() else train_m)
     if harmful.any():  # what the threshold catches on prompts that are not test prompts (to choose recipes by)
         got = answer_scores(grid[harmful], depths, deployed.subset(harmful), schedule, end[harmful])
-        from interp.probes.answers import rates
-
-        calib["tpr_harmful"] = rates(got.score, y[harmful], meta["groups"][harmful], sources[harmful],
-                                     kinds[harmful], calib["threshold"])["tpr"]
+        calib["tpr_harmful"] = _rates(got.score, meta, harmful, calib["threshold"], cfg.calibrate_on)["tpr"]
     warn_calibration(calib, calib["answers"]["excluded_incomplete"], schedule.answer_length, cfg.target_fpr)
     return calib
+
+
+def _rates(score: np.ndarray, meta: dict, rows: np.ndarray, threshold: float, calibrate_on) -> dict:
+    from interp.probes.answers import rates
+
+    return rates(score, meta["y"][rows], meta["groups"][rows], meta["sources"][rows], meta["kinds"][rows],
+                 threshold, calibrate_on)
+
+
+def _fixed(cfg: TrainConfig, score: np.ndarray, meta: dict, rows: np.ndarray) -> dict:
+    """A threshold fixed by ``--fixed-threshold`` (not calibrated): the calibration answers' false-alarm rate at
+    it is then a held-out number, reported beside it."""
+    thr = float(cfg.fixed_threshold)
+    return {"threshold": thr, "fixed": True, "resolved": True, "n_answers": int((~np.isnan(score)).sum()),
+            "fpr_at_fixed": _rates(score, meta, rows, thr, cfg.calibrate_on)["fpr"]}
 
 
 def _baselines(store, best: LayerData, cfg: TrainConfig, probe: ProbeConfig, meta: dict, roles: np.ndarray,
