@@ -446,3 +446,19 @@ def test_a_second_build_into_the_same_folder_is_refused_while_the_first_runs(mod
         assert sorted(p.name for p in out.iterdir()) == [LOCK]  # the second wrote nothing
     config = _build(model_tok, spec, out)  # free again: builds, and leaves no lock file behind
     assert config["status"] == "complete" and not (out / LOCK).exists()
+
+
+def test_an_opener_forced_on_one_class_only_is_warned_about():
+    import warnings
+
+    entries = [{"source": "advbench", "kind": "prefill", "label": "harmful", "count": 2,
+                "openers": ["Sure, here is", "1."]},
+               {"source": "alpaca_eval", "kind": "prefill", "label": "benign", "count": 2, "openers": ["Sure, here is"]}]
+    with pytest.warns(UserWarning, match=r"opener\(s\) '1\.' appear only on harmful prefill rows"):
+        spec_from_dict({"name": "s", "entries": entries})
+    entries[1]["openers"] = ["Sure, here is", "1."]
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        spec_from_dict({"name": "s", "entries": entries})
+        for name in ("demo", "default"):  # the shipped recipes force the same openers on both classes
+            load_spec(name)

@@ -123,7 +123,7 @@ def test_demo_on_a_corpus_spec_reports_the_targets(tiny_dir, tmp_path):
     row = t["depths"]["25"]
     assert {"loso_probe", "loso_ngram", "test_probe", "test_ngram", "tpr"} <= set(row)
     probes = json.loads((run / results["probes"] / "probeset.json").read_text())
-    assert len(probes["combine"]) == 2
+    assert len(probes["combine"]) == 2 and probes["metrics"]["readout"]["stacked"]  # the presets' stacked readout
     # the deployed view: every check of every answer, calibrated on the model's own answers at the spec's length
     assert probes["schedule"]["answer_length"] == 40 and t["answers"]["coverage"] == 1.0
     assert t["fpr_population"] == "benign answers of kind own/prefill"
@@ -156,6 +156,8 @@ def test_presets_fill_only_the_options_left_unset():
     demo = StudyConfig().resolved()
     assert (demo.spec, demo.eval_limit, demo.over_refusal_limit, demo.batch_size, demo.gen_dtype) == ("demo", 50, 25, 64, "auto")
     assert (demo.calib_fraction, demo.test_fraction, demo.target_fpr) == (0.4, 0.2, 0.01)
+    assert (demo.combine_top, demo.stack) == (3, True)
+    assert StudyConfig(spec="none").resolved().stack is False  # the built-in set: one layer, nothing to stack
     assert StudyConfig(preset="study").resolved().batch_size == 64
     given = StudyConfig(batch_size=4, eval_limit=2).resolved()
     assert (given.batch_size, given.eval_limit, given.stride) == (4, 2, 25)

@@ -170,6 +170,7 @@ def spec_from_dict(data: Any, where: str = "corpus spec") -> CorpusSpec:
             raise UserError(f"{where}: entry {i + 1} repeats entry {seen[key] + 1} ({e.name}); merge them "
                             "(list several openers in one prefill entry)")
         seen[key] = i
+    _warn_one_sided_openers(parsed, where)
     tokens = _typed(data.get("max_new_tokens", 512), int, "max_new_tokens", where)
     if tokens < 0:
         raise UserError(f"{where}: max_new_tokens must be >= 0, got {tokens}")
@@ -184,6 +185,24 @@ def spec_from_dict(data: Any, where: str = "corpus spec") -> CorpusSpec:
     if not 0 < spec.top_p <= 1:
         raise UserError(f"{where}: top_p must be in (0, 1], got {spec.top_p}")
     return spec
+
+
+def _warn_one_sided_openers(entries: tuple[Entry, ...], where: str) -> None:
+    """A forced opener that only one class carries lets a probe read the opener instead of the content: warn."""
+    import warnings
+
+    by_label: dict[str, set[str]] = {}
+    for e in entries:
+        if e.kind == "prefill":
+            by_label.setdefault(e.label, set()).update(e.openers)
+    one_sided = {lab: sorted(o for o in ops if not any(o in other for k, other in by_label.items() if k != lab))
+                 for lab, ops in by_label.items()}
+    for lab, openers in one_sided.items():
+        if openers:
+            warnings.warn(f"{where}: opener(s) {', '.join(repr(o) for o in openers[:3])}"
+                          f"{' and more' if len(openers) > 3 else ''} appear only on {lab} prefill rows: the probe "
+                          "can learn the opener instead of the content; force the same openers on both classes",
+                          stacklevel=3)
 
 
 def spec_path(name_or_path: str) -> Path:

@@ -16,23 +16,26 @@ __all__ = ["BUILT_IN", "CORPUS_EVAL", "PRESETS", "StudyConfig", "answer_length",
 # 128 tokens, 260 of them the model's own benign answers; 40% of the prompt groups calibrate the threshold, so about
 # 100 own answers set it), evaluated on 50 held-out harmful prompts (+ 50 benign control prompts) in deep-prefill
 # to depth 250 and 2 x 25 held-out benign prompts in over-refusal, all prompts of an evaluation in one batch;
+# both read the stacked probe on the 3 best layers by CV on the training prompts (`anydepth levers`: the lever with
+# the highest leave-one-source-out AUROC and calibration-prompt TPR on the demo store; README, "Recipe levers");
 # ``study``: the full recipe (the shipped default spec, answers of 512 tokens; about 40 minutes on 2 cores with the
 # embedded model, minutes on a GPU). Measured times: README, "The demo". With ``--spec none`` both generate from
 # ``--data`` (the 0.2 demo).
 PRESETS: dict[str, dict] = {
     "demo": {"spec": "demo", "depths": "0,8,16,25:500:25", "gen_batch_size": 64, "gen_dtype": "auto",
-             "stride": 25, "target_fpr": 0.01, "combine_top": 0, "evaluations": ("deep-prefill", "over-refusal"),
-             "eval_depths": (0, 25, 100, 250), "eval_limit": 50, "over_refusal_limit": 25, "batch_size": 64,
-             "calib_fraction": 0.4, "test_fraction": 0.2},
+             "stride": 25, "target_fpr": 0.01, "combine_top": 3, "stack": True,
+             "evaluations": ("deep-prefill", "over-refusal"), "eval_depths": (0, 25, 100, 250), "eval_limit": 50,
+             "over_refusal_limit": 25, "batch_size": 64, "calib_fraction": 0.4, "test_fraction": 0.2},
     # 64 rows in flight: the slot engine decoded the study corpus in 9.6 min at 64 rows (22.6 at 32, DynamicCache)
     "study": {"spec": "default", "depths": "0,8,16,25:500:25", "gen_batch_size": 64, "gen_dtype": "auto",
-              "stride": 25, "target_fpr": 0.02, "combine_top": 3, "evaluations": ("deep-prefill", "over-refusal"),
-              "eval_depths": (0, 25, 100, 250, 500), "eval_limit": 20, "over_refusal_limit": 20, "batch_size": 64,
-              "calib_fraction": 0.25, "test_fraction": 0.25},
+              "stride": 25, "target_fpr": 0.02, "combine_top": 3, "stack": True,
+              "evaluations": ("deep-prefill", "over-refusal"), "eval_depths": (0, 25, 100, 250, 500),
+              "eval_limit": 20, "over_refusal_limit": 20, "batch_size": 64, "calib_fraction": 0.25,
+              "test_fraction": 0.25},
 }
 # --spec none (or no public data): the built-in twin set, generated with a forced opener (the 0.2 demo)
 BUILT_IN = {"depths": "0:64:8", "stride": 16, "eval_depths": (0, 8, 16, 32, 64), "target_fpr": 0.01, "combine_top": 0,
-            "evaluations": ("deep-prefill", "over-refusal", "cost")}
+            "stack": False, "evaluations": ("deep-prefill", "over-refusal", "cost")}
 # corpus runs evaluate on these (prompts the probe set saw are excluded): third-party harmful responses as deep
 # prefills, third-party benign answers forced the same way as the control arm, benign prompts for over-refusal
 CORPUS_EVAL = {"deep-prefill": ("shadow_alignment", "alpaca_eval"), "over-refusal": ("xstest_safe", "jbb_benign")}
@@ -68,6 +71,9 @@ class StudyConfig:
     target_fpr: float | None = field(default=None, metadata={"help": "per-answer false-alarm target of the threshold"})
     combine_top: int | None = field(default=None, metadata={
         "help": "multi-layer probe over the K best layers by CV on the training prompts (0: the best layer alone)"})
+    stack: bool | None = field(default=None, metadata={
+        "help": "the multi-layer probe as one stacked regression on the layers' standardised features (the "
+                "levers study's best recipe), instead of the mean of per-layer probes"})
     batch_size: int | None = field(default=None, metadata={"help": "prompts per batch in the evaluations"})
     gen_batch_size: int | None = field(default=None, metadata={"help": "rows in flight when generating"})
     gen_dtype: str | None = field(default=None, metadata={

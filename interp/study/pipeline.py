@@ -105,7 +105,7 @@ def _probe_stages(runner: Runner, cfg: StudyConfig, continuations: Path) -> tupl
     sweep_dir = runner.run(Stage("sweep", _keyed(sweep=swp), lambda f: sweep(store, swp, out=f), [ext_dir.name],
                                  note=_changed(swp)))
     trn = TrainConfig(store=store, stride=cfg.stride, target_fpr=cfg.target_fpr, combine_top=cfg.combine_top,
-                      calib_fraction=cfg.calib_fraction, test_fraction=cfg.test_fraction)
+                      stack=bool(cfg.stack and cfg.combine_top), calib_fraction=cfg.calib_fraction, test_fraction=cfg.test_fraction)
     probes_dir = runner.run(Stage("train", _keyed(train=trn), lambda f: train(store, trn, out=f), [ext_dir.name],
                                   note=_changed(trn)))
     return ext_dir / "store.h5", sweep_dir, probes_dir

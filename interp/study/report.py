@@ -124,7 +124,9 @@ def _probes_section(probes: dict | None) -> list[str]:
     if test:
         pa = test["per_answer"]
         combine = probes.get("combine") or []
-        readout = (f"multi-layer probe (mean logit of layers {', '.join(map(str, combine))}; baselines at layer "
+        how = ("one stacked regression on layers" if (probes.get("metrics") or {}).get("readout", {}).get("stacked")
+               else "mean logit of layers")
+        readout = (f"multi-layer probe ({how} {', '.join(map(str, combine))}; baselines at layer "
                    f"{combine[-1]})" if combine else f"probe at layer {probes['best_layer']}")
         lines += ["", f"Held-out test prompts ({test['n_prompts']} groups; {test['n_harmful']} harmful and "
                       f"{test['n_benign']} benign answers), {readout} beside baselines fitted on the same training "
