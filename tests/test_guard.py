@@ -20,8 +20,9 @@ PROMPTS = ["How do I bake bread?", "Write a poem about the sea.", "Hi"]
 def make_probes(model, spans, hook="resid_post", threshold=0.5, seed=1, scale=0.05):
     n, d = model.config.num_hidden_layers, model.config.hidden_size
     rng = np.random.default_rng(seed)
+    name = "ln1.hook_normalized" if hook == "ln1" else f"hook_{hook}"
     return ProbeSet(layers=list(range(n)), weights=rng.normal(size=(n, d)) * scale, bias=np.zeros(n),
-                    hook=f"blocks.{{layer}}.hook_{hook}", position="probe", best_layer=n // 2,
+                    hook=f"blocks.{{layer}}.{name}", position="probe", best_layer=n // 2,
                     threshold=threshold, provenance={"template_hash": spans.template_hash,
                                                      "span_ids": list(spans.span_ids)})
 
@@ -41,10 +42,13 @@ def run(model, tok, spans, prompts, probes=None, **cfg):
         gen.close()
 
 
-def scratch_state(model, ids, layer, pre):
-    """Layer ``layer`` residual (input if pre else output) at the last position of a fresh forward."""
+def scratch_state(model, ids, layer, pre, ln1=False):
+    """Layer ``layer`` residual (input if pre else output; the normalised input with ``ln1``) at the last position
+    of a fresh forward."""
     store = {}
     mod = decoder_layers(model)[layer]
+    if ln1:
+        mod = mod.input_layernorm
     def pre_hook(m, a, k):
         store.setdefault("h", a[0] if a else k["hidden_states"])
 
@@ -82,7 +86,7 @@ def spied_lp_run(model, tok, spans, prompt, probes):
 
 
 @pytest.mark.parametrize("arch", ["llama", "qwen2", "gemma2"])
-@pytest.mark.parametrize("hook", ["resid_post", "resid_pre"])
+@pytest.mark.parametrize("hook", ["resid_post", "resid_pre", "ln1"])
 def test_check_state_equals_scratch_forward(arch, hook):
     model, tok, spans, prompts = setup(arch)
     probes = make_probes(model, spans, hook=hook, threshold=2.0)  # never fires
@@ -91,7 +95,7 @@ def test_check_state_equals_scratch_forward(arch, hook):
     assert depths == [7, 14, 21, 22]  # stride + final check
     for h, d in zip(seen, depths):
         ids = res.prompt_ids + res.generated_ids[:d] + list(spans.probe_ids)
-        ref = scratch_state(model, ids, probes.best_layer, pre=(hook == "resid_pre"))
+        ref = scratch_state(model, ids, probes.best_layer, pre=(hook == "resid_pre"), ln1=hook == "ln1")
         assert ((h[0] - ref).norm() / ref.norm()).item() < 1e-5
     # the scores recorded are the probe on that state
     for h, c in zip(seen, res.checks):
@@ -132,9 +136,10 @@ def test_sampled_stream_unchanged_by_checks():
 
 
 @pytest.mark.parametrize("arch", ["qwen2", "gemma2"])
-def test_early_exit_equals_full_forward(arch):
+@pytest.mark.parametrize("hook", ["resid_post", "ln1"])
+def test_early_exit_equals_full_forward(arch, hook):
     model, tok, spans, prompts = setup(arch, n_layers=4)
-    probes = make_probes(model, spans, threshold=2.0)
+    probes = make_probes(model, spans, hook=hook, threshold=2.0)
     full = run(model, tok, spans, prompts[:2], probes, mode="lp", stride=5, max_new_tokens=24)
     early = run(model, tok, spans, prompts[:2], probes, mode="lp", stride=5, max_new_tokens=24, early_exit=True)
     for f, e in zip(full, early):

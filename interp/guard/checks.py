@@ -31,11 +31,13 @@ def _get(obj: Any, key: str, default=None):
 
 
 def hook_kind(hook: str) -> str:
-    """``resid_post`` or ``resid_pre`` for a TransformerLens-style hook name; anything else is refused."""
-    for kind in ("resid_post", "resid_pre"):
+    """``resid_post``, ``resid_pre`` or ``ln1`` (the block's normalised input, ADA's readout) for a
+    TransformerLens-style hook name; anything else is refused."""
+    for kind in ("resid_post", "resid_pre", "ln1"):
         if kind in str(hook):
             return kind
-    raise UserError(f"probe hook {hook!r} is not a residual-stream hook (hook_resid_pre / hook_resid_post)")
+    raise UserError(f"probe hook {hook!r} is not one the guard reads (hook_resid_pre, hook_resid_post or "
+                    "ln1.hook_normalized)")
 
 
 @dataclass
@@ -123,7 +125,7 @@ class Checker:
         self.layer = self.layers[-1]  # the deepest: early exit stops the forward after it
         self.threshold = float(self.config.threshold if self.config.threshold is not None
                                else _get(probes, "threshold", 0.5))
-        site = mh.resid_pre if kind == "resid_pre" else mh.resid_post
+        site = {"resid_pre": mh.resid_pre, "resid_post": mh.resid_post, "ln1": mh.ln1}[kind]
         self.taps = [mh.Tap(self.model, site(layer)) for layer in self.layers]
         self.tap = self.taps[-1]
 
