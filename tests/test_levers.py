@@ -41,6 +41,7 @@ def test_each_lever_row_is_the_probe_set_train_fits_with_that_lever(store_path, 
                  *COMMON]) == 0
     res = LeverResult.load(out / "levers.json")
     assert [r.lever for r in res.rows] == ["base", "stack3", "mean3"] and (out / "levers.md").exists()
+    assert (out / "levers.png").stat().st_size > 0
     for lever, extra in (("base", []), ("stack3", ["--combine-top", "3", "--stack", "true"])):
         assert main(["train", "--store", str(store_path), "--out", str(tmp_path / lever), *COMMON, *extra]) == 0
         ps, row = ProbeSet.load(tmp_path / lever), res.row(lever)

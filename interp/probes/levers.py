@@ -125,10 +125,13 @@ class LeverResult(Result):
         return "\n".join(lever_table(self))
 
     def save(self, out: str | Path) -> Path:
-        """``levers.json`` and ``levers.md`` into folder ``out``."""
+        """``levers.json``, ``levers.md`` and the figure ``levers.png`` / ``.svg`` into folder ``out``."""
+        from interp.probes.plots import plot_levers
+
         out = Path(out)
         path = super().save(out / "levers.json")
         (out / "levers.md").write_text(self.summary() + "\n")
+        plot_levers(self, out / "levers")
         return path
 
 

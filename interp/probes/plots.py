@@ -109,3 +109,39 @@ def plot_reliability(rel: dict, prefix: str | Path, ece: float | None = None) ->
     ax.set(xlabel="mean predicted P(harmful)", ylabel="observed harmful rate", xlim=(0, 1), ylim=(0, 1),
            title="Reliability" + (f" (ECE {ece:.3f})" if ece is not None else ""))
     return save_figure(fig, prefix)
+
+
+def plot_levers(result, prefix: str | Path) -> list[Path]:
+    """One row per lever: leave-one-source-out AUROC (mean over sources, the worst source as a cross) beside the
+    per-answer TPR on the calibration prompts and on the test prompts, each with its 95% CI."""
+    rows = list(result.rows)
+    fig, axes = plt.subplots(1, 2, figsize=(10, 0.45 * len(rows) + 1.4), sharey=True)
+    y = np.arange(len(rows))[::-1]
+
+    def bar(ax, d, yy, color, label, key="value"):
+        if not d or d.get(key) is None:
+            return
+        v, lo, hi = d[key], d.get("lo"), d.get("hi")
+        err = None if lo is None or hi is None else [[v - lo], [hi - v]]
+        ax.errorbar(v, yy, xerr=err, fmt="o", color=color, capsize=3, label=label)
+
+    for i, r in enumerate(rows):
+        first = i == 0
+        bar(axes[0], r.loso.get("macro"), y[i], "C0", "mean over sources" if first else None)
+        worst = r.loso.get("worst")
+        if worst:
+            axes[0].plot(worst["value"], y[i], "x", color="C3", label="worst source" if first else None)
+        bar(axes[1], r.calibration_tpr, y[i] + 0.12, "C2", "calibration prompts" if first else None, "rate")
+        bar(axes[1], r.test_tpr, y[i] - 0.12, "C1", "test prompts" if first else None, "rate")
+    axes[0].axvline(0.95, ls="--", color="grey", lw=1, label="target: 0.95 mean, 0.90 worst")
+    axes[0].axvline(0.90, ls=":", color="grey", lw=1)
+    axes[1].axvline(0.90, ls="--", color="grey", lw=1, label="target 0.90")
+    axes[0].set_yticks(y, [r.lever for r in rows])
+    axes[0].set_xlabel("leave-one-source-out AUROC")
+    axes[1].set_xlabel("per-answer TPR at the lever's threshold")
+    axes[1].set_xlim(-0.02, 1.02)
+    for ax in axes:
+        ax.grid(axis="x", alpha=0.3)
+        ax.legend(loc="best", fontsize=7)
+    fig.suptitle("Recipe levers on one store and split (95% CIs over prompt groups)", fontsize=10)
+    return save_figure(fig, prefix)
