@@ -122,7 +122,7 @@ class LeverResult(Result):
     def summary(self) -> str:
         from interp.probes.tables import lever_table
 
-        return "\n".join(lever_table(self))
+        return "\n".join([*lever_table(self), *(f"- {note}" for note in self.notes)])
 
     def save(self, out: str | Path) -> Path:
         """``levers.json``, ``levers.md`` and the figure ``levers.png`` / ``.svg`` into folder ``out``."""

@@ -234,7 +234,8 @@ def _eval_sections(eval_dirs: dict[str, Path], figures: Path, offline_fpr: dict 
             judge = (f"{judge.get('rule', '?')} match ({len(judge.get('phrases', []))} refusal phrases, family "
                      f"{judge.get('family', '?')}) in the first {judge.get('window', '?')} characters")
         lines += ["", f"Refusal judge: {judge}. Base = the model continuing the prefill by itself; ADA-RK = "
-                      "re-injected header + greedy lookahead; ADA-LP = probe at the best layer, its threshold."]
+                      "re-injected header + greedy lookahead; ADA-LP = the probe set's readout (its layers) at its "
+                      "threshold."]
         lines += [*_figure(eval_dirs["deep-prefill"] / "deep_prefill.png", figures, "Refusal vs depth"), ""]
     orf = read_json(eval_dirs["over-refusal"] / "over_refusal.json") if "over-refusal" in eval_dirs else None
     if orf:
