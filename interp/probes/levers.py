@@ -48,6 +48,7 @@ LEVERS: dict[str, tuple[str, dict, dict]] = {
               {"hook": "ln1", "layer_fraction": PAPER_LAYER_FRACTION, "min_depth": 25, "fixed_threshold": 0.5},
               {"C": 1.0, "class_weight": "balanced", "standardize": False, "balance_sources": False}),
     "c0.1": ("stronger L2 regularisation: C = 0.1 instead of the base's C", {}, {"C": 0.1}),
+    "c0.01": ("much stronger L2 regularisation: C = 0.01 instead of the base's C", {}, {"C": 0.01}),
     "ema": ("moving average of check scores (alpha 0.5) instead of any check", {"aggregate": "ema",
                                                                                  "ema_alpha": 0.5}, {}),
     "2of3": ("2 of the last 3 checks instead of any check", {"aggregate": "k_of_n", "k_of_n": 2, "window": 3}, {}),
