@@ -280,8 +280,16 @@ def test_bad_input_refused():
         GuardedGenerator(model, tok, spans, GuardConfig(), other)
     other = make_probes(model, spans)
     other.hook = "blocks.{layer}.attn.hook_z"
-    with pytest.raises(UserError, match="residual"):
+    with pytest.raises(UserError, match="not one the guard reads"):
         GuardedGenerator(model, tok, spans, GuardConfig(), other)
+    for position in (0, "span_mean"):  # a probe trained on another span token: the guard reads the probe token
+        other = make_probes(model, spans)
+        other.position = position
+        with pytest.raises(UserError, match=f"probe set reads span position {position!r}, but the guard reads"):
+            GuardedGenerator(model, tok, spans, GuardConfig(), other)
+    other = make_probes(model, spans)
+    other.position = int(spans.probe_index)  # the probe token by its index is the same readout
+    GuardedGenerator(model, tok, spans, GuardConfig(), other).close()
     with pytest.raises(UserError, match="outside"):
         GuardedGenerator(model, tok, spans, GuardConfig(probe_layer=5), good)
     gen = GuardedGenerator(model, tok, spans, GuardConfig(), good)

@@ -248,3 +248,20 @@ def test_damaged_activations_are_refused_at_read(tmp_path):
         load_layer(s, "resid_post", 2)  # the damaged cell is masked
         with pytest.raises(UserError, match="layer 0 holds non-finite activations in 1 row"):
             load_layer(s, "resid_post", 0)
+
+
+def test_the_span_mean_is_the_mean_of_every_stored_span_position(tmp_path):
+    from interp.probes.synthetic import SyntheticSet, SyntheticSpec, write_store
+
+    ss = SyntheticSet(SyntheticSpec(n_prompts=12, n_depths=3, d_model=8, n_layers=1, seed=2))
+    path = write_store(ss, tmp_path / "s.h5", [0], 3, 1)
+    with ActivationStore.open(path) as store:
+        each = [store.read("hook_resid_post", 0, position=p) for p in range(3)]
+        np.testing.assert_allclose(store.read("hook_resid_post", 0, position="span_mean"), np.mean(each, 0),
+                                   rtol=0, atol=1e-6)
+        ends = [store.read_end("hook_resid_post", 0, position=p) for p in range(3)]
+        np.testing.assert_allclose(store.read_end("hook_resid_post", 0, position="span_mean"), np.mean(ends, 0),
+                                   rtol=0, atol=1e-6)
+        store.positions = [1]  # as a store extracted with --positions probe
+        with pytest.raises(UserError, match=r"the span mean needs every span position stored \(this store holds \[1\]"):
+            store.read("hook_resid_post", 0, position="span_mean")

@@ -327,7 +327,8 @@ class ActivationStore:
              rows: Sequence[int] | np.ndarray | None = None) -> np.ndarray:
         """float32 ``[N, D, d_model]`` for one hook and layer, reading only that layer's bytes.
 
-        ``position``: ``"probe"`` (the role token), an int index into the Safety-Token span, ``"last_token"``
+        ``position``: ``"probe"`` (the role token), an int index into the Safety-Token span, ``"span_mean"`` (the
+        mean over every span token), ``"last_token"``
         (last response token before each depth) or ``"prompt"`` (last prompt token, broadcast over depths).
         ``rows`` selects examples (indices or a boolean mask, e.g. from :meth:`select`); ``depths`` selects
         depth values.
@@ -357,6 +358,12 @@ class ActivationStore:
         if position == "last_token":
             x = self._dataset("baselines/last_token", hook, layer)
             return from_storage(_take_rows(x, row_idx)[:, slots], self.storage_dtype)
+        if position == "span_mean":  # every span token's state, averaged (a readout the live guard does not make)
+            n_span = len((self.provenance or {}).get("span_ids") or self.positions)
+            if len(self.positions) < n_span:
+                raise UserError(f"the span mean needs every span position stored (this store holds {self.positions} "
+                                f"of {n_span}); re-extract with --positions span")
+            return np.mean([self._slots(hook, layer, p, slots, row_idx) for p in self.positions], axis=0)
         span_pos = self.probe_index if position == "probe" else int(position)
         if span_pos not in self.positions:
             raise UserError(f"span position {span_pos} not stored (stored span positions: {self.positions})")

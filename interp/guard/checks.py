@@ -107,6 +107,10 @@ class Checker:
         if their_span is not None and [int(t) for t in their_span] != self.span_ids:
             raise UserError(f"probe set span {list(their_span)} differs from this template's span {self.span_ids}")
         kind = hook_kind(_get(prov, "hook") or _get(probes, "hook") or "")
+        position = _get(probes, "position", "probe")
+        if position not in ("probe", None) and str(position) != str(self.spans.probe_index):
+            raise UserError(f"probe set reads span position {position!r}, but the guard reads the probe token "
+                            f"(span position {self.spans.probe_index}); train it with --position probe")
         weights = _get(probes, "weights")
         cfg = text_config(self.model)
         if weights is not None and getattr(cfg, "hidden_size", None) not in (None, weights.shape[-1]):

@@ -19,7 +19,9 @@ class StoreSliceConfig:
 
     store: str = field(default="", metadata={"help": "activation store (.h5) written by `anydepth extract`"})
     hook: str = field(default="", metadata={"help": "hook to probe (default: the store's first)"})
-    position: str = field(default="probe", metadata={"help": "'probe' or an index into the Safety-Token span"})
+    position: str = field(default="probe", metadata={
+        "help": "'probe', an index into the Safety-Token span, or span_mean (the mean over the span: measured only, "
+                "the live guard reads the probe token)"})
     layers: list[int] | None = field(default=None, metadata={"help": "layers (default: all stored)"})
     depths: list[int] | None = field(default=None, metadata={"help": "depth values (default: all stored)"})
     folds: int = field(default=5, metadata={"help": "grouped CV folds (by prompt)"})

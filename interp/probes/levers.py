@@ -36,6 +36,8 @@ PAPER_LAYER_FRACTION = 19 / 28  # ADA's probe layer on Qwen2.5-7B (the Qwen fami
 LEVERS: dict[str, tuple[str, dict, dict]] = {
     "base": ("the base recipe as given", {}, {}),
     "ln1": ("the ADA readout: the block's normalised input (ln1) instead of resid_post", {"hook": "ln1"}, {}),
+    "spanmean": ("the mean over every Safety-Token span token instead of the probe token (measured only: the live "
+                 "guard reads the probe token)", {"position": "span_mean"}, {}),
     "balance": ("each source carries the same weight within its class", {}, {"balance_sources": True}),
     "standardize": ("features standardised per training set", {}, {"standardize": True}),
     "mean3": ("mean of the logits of the 3 best layers' probes", {"combine_top": 3}, {}),
