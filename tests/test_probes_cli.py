@@ -178,7 +178,7 @@ def test_too_few_training_prompts_for_the_folds_names_the_split_as_the_cause(tmp
 
 def test_reading_only_the_valid_pairs_changes_no_number(store_path, tmp_path, monkeypatch):
     """`sweep` and `train` read the probe's activations as valid pairs only (`load_layer(pairs_only=True)`, in row
-    chunks): every number equals the dense path's, bit for bit."""
+    chunks; `train` reads the training rows alone): every number equals the dense whole-layer path's, bit for bit."""
     import interp.probes.data as data_mod
     import interp.probes.run as run_mod
     from interp.probes.data import load_layer as real_load
@@ -194,12 +194,17 @@ def test_reading_only_the_valid_pairs_changes_no_number(store_path, tmp_path, mo
         assert np.array_equal(pairs.subset(dense.y == 1).flat()[0], dense.subset(dense.y == 1).flat()[0])
         ok = dense.valid[:, 1]
         assert np.array_equal(pairs.column(1)[ok], dense.column(1)[ok])
+        some = np.arange(len(dense.y)) % 3 != 1  # reading a subset of the rows alone equals subsetting the layer
+        alone = real_load(store, "resid_post", 2, pairs_only=True, chunk_rows=7, select=some)
+        assert np.array_equal(alone.flat()[0], dense.subset(some).flat()[0])
+        assert np.array_equal(alone.X_end, dense.subset(some).X_end) and np.array_equal(alone.y, dense.y[some])
     scfg = SweepConfig(folds=3, n_boot=30, stride=10, target_fpr=0.1, allow_partial=True)
     tcfg = TrainConfig(folds=3, n_boot=30, stride=10, target_fpr=0.1, allow_partial=True)
     got = (sweep(path, scfg), train(path, tcfg, progress=False))
 
-    def dense_only(*args, pairs_only=False, **kw):
-        return real_load(*args, **kw)
+    def dense_only(*args, pairs_only=False, select=None, **kw):  # the whole layer, dense, then its rows
+        whole = real_load(*args, **kw)
+        return whole if select is None else whole.subset(select)
 
     monkeypatch.setattr(run_mod, "load_layer", dense_only)
     monkeypatch.setattr(data_mod, "load_layer", dense_only)  # train imports it from here when it runs

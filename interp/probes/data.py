@@ -221,12 +221,14 @@ def examples_meta(store: Any) -> dict[str, np.ndarray]:
 
 def load_layer(store: Any, hook: str, layer: int, position: str | int = "probe",
                depths: np.ndarray | list[int] | None = None, *, pairs_only: bool = False,
-               chunk_rows: int = 512) -> LayerData:
+               chunk_rows: int = 512, select: np.ndarray | None = None) -> LayerData:
     """Read one (hook, layer, position) of an ``ActivationStore`` as :class:`LayerData`.
 
     Only finished rows (``done``) are kept; ``depths`` selects depth values (not indices). With ``pairs_only`` the
     valid pairs are read straight into one ``[M, d]`` float32 buffer, ``chunk_rows`` rows at a time (the dense
     ``[N, D, d]`` grid is never built); the ``prompt`` position (one row per example) is always read dense.
+    ``select`` (bool over the finished rows) reads only those rows: equal to ``.subset(select)`` of the whole
+    layer, without holding the whole layer.
     """
     all_depths = np.asarray(store.depths)
     meta = examples_meta(store)
@@ -240,6 +242,10 @@ def load_layer(store: Any, hook: str, layer: int, position: str | int = "probe",
     rows = np.nonzero(meta["done"])[0]
     if len(rows) == 0:
         raise UserError("the store has no finished rows yet")
+    if select is not None:  # a subset of the finished rows, read alone (a split role, without the whole layer)
+        if len(select) != len(rows):
+            raise UserError(f"load_layer: select has {len(select)} entries for {len(rows)} finished rows")
+        rows = rows[np.asarray(select, bool)]
     every = len(rows) == len(meta["done"])
     valid = meta["valid"][rows][:, cols]
     if pairs_only and position != "prompt":

@@ -178,7 +178,7 @@ def train_probeset(store, cfg: TrainConfig, probe: ProbeConfig, *, progress: boo
 
     params, metrics, oofs = [], [], []
     for layer in tqdm(layers, desc="layers (CV on train prompts)", unit="layer", disable=not progress):
-        tr = load_layer(store, hook, layer, position, cfg.depths, pairs_only=True).subset(train_m)
+        tr = load_layer(store, hook, layer, position, cfg.depths, pairs_only=True, select=train_m)
         p, p_end = oof_scores(tr, split, probe, end=True)
         rows, cols = np.nonzero(np.isfinite(p))
         metrics.append(summarize(p[rows, cols], tr.y[rows], tr.groups[rows], n_boot=cfg.n_boot, seed=cfg.seed))
@@ -232,7 +232,7 @@ def _fit_stacked(store, hook: str, layers: list[int], position, cfg: TrainConfig
     from interp.probes.oof import fit_probes
     from interp.probes.stack import split_stacked, stack_layers, warn_if_wide
 
-    tr = stack_layers([load_layer(store, hook, layer, position, cfg.depths, pairs_only=True).subset(train_m)
+    tr = stack_layers([load_layer(store, hook, layer, position, cfg.depths, pairs_only=True, select=train_m)
                        for layer in layers])
     X, yy, rows, _ = tr.flat()
     warn_if_wide(X.shape[1], len(yy), probe.C)
