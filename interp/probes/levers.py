@@ -20,8 +20,6 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-
 from interp import UserError
 from interp.probes.oof import ProbeConfig
 from interp.probes.train import TrainConfig
@@ -242,12 +240,3 @@ def _loso(store, ps, t_cfg: TrainConfig, p_cfg: ProbeConfig, texts, answers) -> 
             "per_depth": (got.get("per_depth") or {}).get("probe", []),
             "beats_ngram": sum(c["lo"] > 0 for c in calls), "loses_to_ngram": sum(c["hi"] < 0 for c in calls),
             "n_sources": len(calls), "rows": got.get("rows", [])}
-
-
-def min_macro(loso: dict, min_depth: int = 25) -> dict | None:
-    """The lowest per-depth macro LOSO AUROC at depths >= ``min_depth`` (with its depth), or None."""
-    cells = [c for c in loso.get("per_depth", []) if c["depth"] >= min_depth]
-    if not cells:
-        return None
-    low = min(cells, key=lambda c: c["macro"]["value"] if np.isfinite(c["macro"]["value"]) else np.inf)
-    return {"depth": low["depth"], **low["macro"]}

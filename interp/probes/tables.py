@@ -66,8 +66,6 @@ def lever_table(result) -> list[str]:
 
 def _loso_cells(loso: dict) -> str:
     """The four leave-one-source-out cells of a lever row."""
-    from interp.probes.levers import min_macro
-
     if "note" in loso:
         return f"{loso['note']} | – | – | –"
     worst, low = loso.get("worst") or {}, min_macro(loso)
@@ -75,3 +73,14 @@ def _loso_cells(loso: dict) -> str:
     low_cell = "–" if low is None else f"{low['value']:.3f} (depth {low['depth']})"
     return (f"{ci(loso.get('macro'))} | {worst_cell} | {low_cell} | "
             f"{loso['beats_ngram']} / {loso['loses_to_ngram']} / {loso['n_sources']}")
+
+
+def min_macro(loso: dict, min_depth: int = 25) -> dict | None:
+    """The lowest per-depth mean-over-sources LOSO AUROC at depths >= ``min_depth`` (with its depth), or None."""
+    import math
+
+    cells = [c for c in loso.get("per_depth", []) if c["depth"] >= min_depth]
+    if not cells:
+        return None
+    low = min(cells, key=lambda c: c["macro"]["value"] if math.isfinite(c["macro"]["value"]) else math.inf)
+    return {"depth": low["depth"], **low["macro"]}
