@@ -8,6 +8,7 @@ same peak for two layer counts at the largest size.
 
     python scripts/bench_scale.py                       # quick: 1k, 2k, 4k responses, d 1024, 4 layers
     python scripts/bench_scale.py --responses 2000 4000 8000 --d-model 4096
+    python scripts/bench_scale.py --responses 2000 --d-model 4096 --train   # also `train`'s time and peak
 
 Last line: ``rows_per_s=<x> peak_gib=<y>`` ((response, depth) rows per second per layer, and peak GiB, of the
 largest size, with the solver's default memory rule: a centred copy of the rows when it fits in the memory available
@@ -88,9 +89,27 @@ def sweep_once(path: str, layers: int, copy_budget: int | None = None) -> dict:
     return {"seconds": total, "per_layer": total / layers, "peak_gib": peak, "pairs": res.n_pairs, "auroc": auc}
 
 
-def run_child(path: Path, layers: int, copy_budget: int | None = None) -> dict:
+def train_once(path: str, layers: int) -> dict:
+    """Run in a fresh process: ``train`` (the held-out probe set: CV on the training prompts per layer, the final
+    fits, calibration and the held-out report) over the first ``layers`` layers."""
+    import resource
+
+    from interp.probes.run import train
+    from interp.probes.train import TrainConfig
+
+    cfg = TrainConfig(layers=list(range(layers)), n_boot=0, stride=25, calib_fraction=0.25, test_fraction=0.25)
+    start = time.perf_counter()
+    probes = train(path, cfg, progress=False)
+    total = time.perf_counter() - start
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20  # KiB -> GiB
+    return {"seconds": total, "per_layer": total / layers, "peak_gib": peak, "best_layer": probes.best_layer}
+
+
+def run_child(path: Path, layers: int, copy_budget: int | None = None, what: str = "sweep") -> dict:
+    call = (f"bench_scale.sweep_once({str(path)!r}, {layers}, {copy_budget!r})" if what == "sweep" else
+            f"bench_scale.train_once({str(path)!r}, {layers})")
     code = (f"import json, sys; sys.path.insert(0, {str(Path(__file__).parent)!r}); import bench_scale; "
-            f"print(json.dumps(bench_scale.sweep_once({str(path)!r}, {layers}, {copy_budget!r})))")
+            f"print(json.dumps({call}))")
     out = subprocess.run([sys.executable, "-c", code], check=True, capture_output=True, text=True).stdout
     return json.loads(out.strip().splitlines()[-1])
 
@@ -105,6 +124,8 @@ def main() -> None:
     ap.add_argument("--chunked", action="store_true",
                     help="also sweep the largest size with the solver centring rows in chunks (the path it takes "
                          "when a layer does not fit in memory twice)")
+    ap.add_argument("--train", action="store_true",
+                    help="also run `train` (held-out probe set) on the largest size: time per layer and peak memory")
     args = ap.parse_args()
     sizes = sorted(args.responses)
     print(f"synthetic bf16 stores: {args.depths} depths, {args.layers} layers, d_model {args.d_model}; "
@@ -129,6 +150,10 @@ def main() -> None:
                       f"{r['pairs'] / r['per_layer']:.0f} rows/s per layer, peak {r['peak_gib']:.2f} GiB "
                       f"(one layer's rows as float32: {layer_gib:.2f} GiB; store written in {written:.0f} s; "
                       f"AUROC {min(r['auroc']):.3f}-{max(r['auroc']):.3f})", flush=True)
+            if n == sizes[-1] and args.train:
+                t = run_child(path, args.layers, what="train")
+                print(f"train on responses {n:6d}, layers {args.layers}: {t['per_layer']:.1f} s/layer, peak "
+                      f"{t['peak_gib']:.2f} GiB (one layer's rows as float32: {layer_gib:.2f} GiB)", flush=True)
             path.unlink()
     n, layers, r = next(x for x in rows if x[0] == sizes[-1] and x[1] == args.layers)
     print(f"rows_per_s={r['pairs'] / r['per_layer']:.1f} peak_gib={r['peak_gib']:.2f}")
