@@ -343,19 +343,21 @@ def _baselines(store, best: LayerData, cfg: TrainConfig, probe: ProbeConfig, met
     hook = canonical_hook(cfg.hook) if cfg.hook else store.hooks[0]
     methods, notes = {}, []
     for pos in ("last_token", "prompt"):
-        try:
-            other = load_layer(store, hook, best.layer, pos, cfg.depths, pairs_only=pos == "last_token")
+        try:  # the prompt position is one row per example: read at one depth, never broadcast to [N, D, d]
+            other = load_layer(store, hook, best.layer, pos, cfg.depths if pos == "last_token" else best.depths[:1],
+                               pairs_only=pos == "last_token")
         except (UserError, KeyError, ValueError) as err:
             notes.append(f"baseline {pos} skipped: {err}")
             continue
-        if pos == "prompt":  # one row per prompt: the last prompt token, scored at every depth
-            X, yy, src = other.X[train_m][:, 0], other.y[train_m], other.sources[train_m]
-            other.valid = np.ones_like(valid)
-        else:
-            sub = other.subset(train_m)
-            X, yy, r, _ = sub.flat()
-            src = sub.sources[r]
-        pp = fit_probes(X, yy, np.ones((1, len(yy)), bool), probe, src)[0]
+        if pos == "prompt":  # the last prompt token, fitted once per prompt and its score given to every depth
+            rows = other.X[:, 0]
+            pp = fit_probes(rows[train_m], other.y[train_m], np.ones((1, int(train_m.sum())), bool), probe,
+                            other.sources[train_m])[0]
+            methods[pos] = np.where(valid, _prob(pp.logit(rows))[:, None], np.nan)
+            continue
+        sub = other.subset(train_m)
+        X, yy, r, _ = sub.flat()
+        pp = fit_probes(X, yy, np.ones((1, len(yy)), bool), probe, sub.sources[r])[0]
         methods[pos] = np.where(valid, _scores([pp], [replace(other, X_end=None)])[0], np.nan)
     tr = best.subset(train_m)
     X, _, rows, _ = tr.flat()
