@@ -8,17 +8,14 @@ import pytest
 from interp import UserError
 from interp.cli.main import main
 from interp.probes.levers import LeverConfig, LeverResult, resolve_lever
-from interp.probes.synthetic import SyntheticSet, SyntheticSpec, write_store
+from interp.probes.synthetic import write_layered_store
 
-LAYERS, H, PROBE = [0, 1, 2], 3, 2
 COMMON = ["--folds", "3", "--n-boot", "50", "--stride", "10", "--target-fpr", "0.1"]
 
 
 @pytest.fixture(scope="module")
 def store_path(tmp_path_factory):
-    ss = SyntheticSet(SyntheticSpec(n_prompts=160, n_depths=4, d_model=16, n_layers=3, signal=(0.5, 1.5, 2.5),
-                                    margin_noise=0.5, invalid_frac=0.25, n_sources=3, seed=5))
-    return write_store(ss, tmp_path_factory.mktemp("store") / "s.h5", LAYERS, H, PROBE)
+    return write_layered_store(tmp_path_factory.mktemp("store") / "s.h5", n_sources=3)
 
 
 def test_levers_merge_and_conflicts_are_named():

@@ -11,17 +11,15 @@ from interp import UserError
 from interp.cli.main import main
 from interp.extract.store import ActivationStore
 from interp.probes.probeset import ProbeSet
-from interp.probes.synthetic import SyntheticSet, SyntheticSpec, write_store
+from interp.probes.synthetic import LAYERED, write_layered_store
 
-LAYERS, H, PROBE = [0, 1, 2], 3, 2
+LAYERS = LAYERED["layers"]
 
 
 @pytest.fixture(scope="module")
 def store_path(tmp_path_factory):
     """A synthetic store (signal grows with the layer) written through ActivationStore, float32."""
-    ss = SyntheticSet(SyntheticSpec(n_prompts=160, n_depths=4, d_model=16, n_layers=3, signal=(0.5, 1.5, 2.5),
-                                    margin_noise=0.5, invalid_frac=0.25, seed=5))
-    return write_store(ss, tmp_path_factory.mktemp("store") / "s.h5", LAYERS, H, PROBE)
+    return write_layered_store(tmp_path_factory.mktemp("store") / "s.h5")
 
 
 def test_train_a_multi_layer_probe_calibrated_per_answer(store_path, tmp_path):

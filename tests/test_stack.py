@@ -13,16 +13,12 @@ from interp.extract.store import ActivationStore
 from interp.probes.fit import LinearParams, fit_logreg_torch, fit_sklearn, row_weights
 from interp.probes.probeset import ProbeSet
 from interp.probes.stack import split_stacked, stack_layers
-from interp.probes.synthetic import SyntheticSet, SyntheticSpec, write_store
-
-LAYERS, H, PROBE = [0, 1, 2], 3, 2
+from interp.probes.synthetic import write_layered_store
 
 
 @pytest.fixture(scope="module")
 def store_path(tmp_path_factory):
-    ss = SyntheticSet(SyntheticSpec(n_prompts=160, n_depths=4, d_model=16, n_layers=3, signal=(0.5, 1.5, 2.5),
-                                    margin_noise=0.5, invalid_frac=0.25, seed=5))
-    return write_store(ss, tmp_path_factory.mktemp("store") / "s.h5", LAYERS, H, PROBE)
+    return write_layered_store(tmp_path_factory.mktemp("store") / "s.h5")
 
 
 def test_row_weights_give_each_source_of_a_class_the_same_total():

@@ -111,3 +111,14 @@ def write_store(ss: SyntheticSet, path, layers, span_len: int, probe_index: int,
     store.write_rows(list(range(k)), *({key: v[:k] for key, v in x.items()} for x in (acts, last, prompt)))
     store.close()
     return path
+
+
+LAYERED = {"layers": [0, 1, 2], "span_len": 3, "probe_index": 2}  # the layout of write_layered_store
+
+
+def write_layered_store(path, *, n_sources: int = 2):
+    """The multi-layer test store: 160 prompts, 4 depths, d 16, layers 0-2 whose signal grows with the layer
+    (0.5, 1.5, 2.5), a quarter of the answers ending early; span of 3 with the probe token last (``LAYERED``)."""
+    ss = SyntheticSet(SyntheticSpec(n_prompts=160, n_depths=4, d_model=16, n_layers=3, signal=(0.5, 1.5, 2.5),
+                                    margin_noise=0.5, invalid_frac=0.25, n_sources=n_sources, seed=5))
+    return write_store(ss, path, LAYERED["layers"], LAYERED["span_len"], LAYERED["probe_index"])
