@@ -149,7 +149,9 @@ def compare_levers(store, cfg: LeverConfig, probe: ProbeConfig | None = None, *,
     cfg.validate()
     plans = _plans(store, cfg, probe)  # every lever checked before any is fitted
     answers = store_answers(store)
-    rows = [_measure(store, *plan, store_texts(store, plan[2].depths), answers)
+    texts = {depths: store_texts(store, list(depths) if depths else None)  # read once per depth selection
+             for depths in {tuple(plan[2].depths or ()) for plan in plans}}
+    rows = [_measure(store, *plan, texts[tuple(plan[2].depths or ())], answers)
             for plan in tqdm(plans, desc="levers", unit="lever", disable=not progress)]
     return LeverResult(rows=rows, store=str(getattr(store, "path", "")), provenance=jsonable(store.provenance),
                        config={"levers": to_dict(cfg), "probe": to_dict(probe)},
