@@ -40,6 +40,8 @@ class PackedPlan:
     prompt_len: int
     response_len: int
     span_len: int
+    control_start: tuple[tuple[int, ...], ...] = ()  # [C][depth]: sequence index of control c's copy, -1 if invalid
+    control_len: tuple[int, ...] = ()  # [C] length of each control span
 
     @property
     def length(self) -> int:
@@ -56,9 +58,11 @@ class PackedPlan:
 
 
 def plan_packed(prompt_ids: Sequence[int], response_ids: Sequence[int], span_ids: Sequence[int],
-                depths: Sequence[int], end: int | None = None) -> PackedPlan:
+                depths: Sequence[int], end: int | None = None, controls: Sequence[Sequence[int]] = ()) -> PackedPlan:
     """Lay out one response with a span copy after each valid depth (invalid depths get no copy), and with
-    ``end`` one more copy after that many tokens (the answer's final check; it may equal a shared depth)."""
+    ``end`` one more copy after that many tokens (the answer's final check; it may equal a shared depth).
+    Each of ``controls`` (other spans, e.g. :mod:`interp.spans.controls`) gets a copy at every depth the span
+    gets one, laid out after the span copies and masked the same way."""
     depths = tuple(int(d) for d in depths)
     if not prompt_ids:
         raise ValueError("prompt_ids is empty")
@@ -85,7 +89,22 @@ def plan_packed(prompt_ids: Sequence[int], response_ids: Sequence[int], span_ids
         ids += [int(t) for t in span_ids]
         pos += range(P + d, P + d + h)
         copy += [k] * h
-    return PackedPlan(tuple(ids), tuple(pos), tuple(copy), depths, tuple(valid), tuple(starts), P, R, h)
+    control_start = []
+    for c, cids in enumerate(controls):
+        if not cids:
+            raise ValueError(f"control span {c} is empty")
+        c_starts = []
+        for k, d in enumerate(depths):
+            if not valid[k]:
+                c_starts.append(-1)
+                continue
+            c_starts.append(len(ids))
+            ids += [int(t) for t in cids]
+            pos += range(P + d, P + d + len(cids))
+            copy += [(c + 1) * len(depths) + k] * len(cids)
+        control_start.append(tuple(c_starts))
+    return PackedPlan(tuple(ids), tuple(pos), tuple(copy), depths, tuple(valid), tuple(starts), P, R, h,
+                      tuple(control_start), tuple(len(c) for c in controls))
 
 
 @dataclass
@@ -100,6 +119,7 @@ class PackedBatch:
     prompt_last_index: torch.Tensor  # [B]
     valid: torch.Tensor  # [B, D] bool
     n_tokens: int  # real (non-pad) tokens in the batch
+    control_last: torch.Tensor | None = None  # [B, C, D] sequence index of each control copy's last token, -1 if none
 
 
 def attention_layout(config) -> tuple[int | None, list[str] | None]:
@@ -161,9 +181,12 @@ def collate(plans: Sequence[PackedPlan], pad_id: int, *, dtype: torch.dtype = to
     if not plans:
         raise ValueError("no plans to collate")
     D = len(plans[0].depths)
-    if any(len(p.depths) != D or p.span_len != plans[0].span_len for p in plans):
-        raise ValueError("all plans in a batch need as many depth slots and the same span length")
+    if any(len(p.depths) != D or p.span_len != plans[0].span_len or p.control_len != plans[0].control_len
+           for p in plans):
+        raise ValueError("all plans in a batch need as many depth slots and the same span and control lengths")
     B, S, h = len(plans), max(p.length for p in plans), plans[0].span_len
+    C = len(plans[0].control_len)
+    control_last = torch.full((B, C, D), -1, dtype=torch.long)
     ids = torch.full((B, S), int(pad_id), dtype=torch.long)
     pos = torch.zeros((B, S), dtype=torch.long)
     copy = torch.full((B, S), PAD, dtype=torch.long)
@@ -179,6 +202,11 @@ def collate(plans: Sequence[PackedPlan], pad_id: int, *, dtype: torch.dtype = to
             if start >= 0:
                 visible[b, start:start + h] = p.prompt_len + d
                 span_index[b, k] = torch.arange(start, start + h)
+            for c, n_c in enumerate(p.control_len):
+                c_start = p.control_start[c][k]
+                if c_start >= 0:
+                    visible[b, c_start:c_start + n_c] = p.prompt_len + d
+                    control_last[b, c, k] = c_start + n_c - 1
         pad_pos = torch.arange(n, S) - n  # pad positions: harmless, see only themselves
         pos[b, n:] = pad_pos
     idx = torch.arange(S)
@@ -193,7 +221,7 @@ def collate(plans: Sequence[PackedPlan], pad_id: int, *, dtype: torch.dtype = to
         last_token_index=last,
         prompt_last_index=torch.tensor([p.prompt_len - 1 for p in plans], dtype=torch.long),
         valid=torch.tensor([p.valid for p in plans], dtype=torch.bool).reshape(B, D),
-        n_tokens=sum(p.length for p in plans))
+        n_tokens=sum(p.length for p in plans), control_last=control_last if C else None)
     if device is not None:
         batch = to_device(batch, device)
     return batch
@@ -205,7 +233,8 @@ def to_device(batch: PackedBatch, device) -> PackedBatch:
     mask = {k: v.to(device) for k, v in mask.items()} if isinstance(mask, dict) else mask.to(device)
     return PackedBatch(batch.input_ids.to(device), batch.position_ids.to(device), mask,
                        batch.span_index.to(device), batch.last_token_index.to(device),
-                       batch.prompt_last_index.to(device), batch.valid.to(device), batch.n_tokens)
+                       batch.prompt_last_index.to(device), batch.valid.to(device), batch.n_tokens,
+                       None if batch.control_last is None else batch.control_last.to(device))
 
 
 def span_over_cache_inputs(span_ids: Sequence[int], cache_len: int | torch.Tensor, batch: int = 1,

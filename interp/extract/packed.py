@@ -45,6 +45,10 @@ class ExtractConfig:
         "help": "resid_pre, resid_post and/or ln1 (the block's normalised input)"})
     positions: str = field(default="span", metadata={
         "help": "store every Safety-Token position or only the probe token", "choices": POSITIONS})
+    controls: bool = field(default=False, metadata={
+        "help": "also store the position study's reads (`anydepth positions`): control spans injected like the "
+                "header (user header, newline run, random tokens), the mean over the response so far, and the last "
+                "instruction token"})
     answer_length: int | None = field(default=None, metadata={
         "help": "the deployed guard's max_new_tokens: each answer is checked up to min(its length, this), and its "
                 "final check (at that depth) is stored beside the depth grid (default: the deepest depth)"})
@@ -133,11 +137,46 @@ def gather_rows(x: torch.Tensor, b: PackedBatch, positions: torch.Tensor
     return acts, last, prompt
 
 
-class SpanReader:
-    """Hooks that gather span / last-token / prompt activations of the current :class:`PackedBatch`."""
+def response_mean(x: torch.Tensor, b: PackedBatch) -> torch.Tensor:
+    """``[B, D, d]``: the mean of ``x`` over the response tokens before each depth (zero at depth 0 and where a
+    depth is invalid), from one running sum over the prompt and response (float64)."""
+    dev = x.device
+    last = b.last_token_index.to(dev)  # [B, D]
+    start = b.prompt_last_index.to(dev)[:, None]  # the last prompt token
+    upto = int(last.max().clamp_min(0)) + 1
+    cs = x[:, :upto].double().cumsum(1)
+    rows = torch.arange(x.shape[0], device=dev)[:, None]
+    n = (last - start).clamp_min(0)
+    total = cs[rows, last.clamp_min(0)] - cs[rows, start]
+    mean = total / n.clamp_min(1)[..., None]
+    return (mean * ((n > 0) & b.valid.to(dev))[..., None]).to(x.dtype)
 
-    def __init__(self, model, hooks: Sequence[str], layers: Sequence[int], positions: Sequence[int]):
+
+def gather_study(x: torch.Tensor, b: PackedBatch, read_offset: int, suffix_len: int) -> dict[str, torch.Tensor]:
+    """The position study's reads of a site tensor ``x [B, S, d]``: each control span at every depth
+    ``control_<c> [B, D, d]`` (``read_offset`` tokens before its end), ``response_mean [B, D, d]`` and the last
+    instruction token ``t_inst [B, d]`` (``suffix_len`` template tokens before the prompt's end)."""
+    dev = x.device
+    rows = torch.arange(x.shape[0], device=dev)
+    out = {"response_mean": response_mean(x, b),
+           "t_inst": x[rows, b.prompt_last_index.to(dev) - suffix_len]}
+    if b.control_last is not None:
+        at = b.control_last.to(dev)  # [B, C, D]
+        idx = (at - (read_offset - 1)).clamp_min(0)
+        vals = x[rows[:, None, None], idx] * (at >= 0)[..., None].to(x.dtype)  # [B, C, D, d]
+        for c in range(at.shape[1]):
+            out[f"control_{c}"] = vals[:, c]
+    return out
+
+
+class SpanReader:
+    """Hooks that gather span / last-token / prompt activations of the current :class:`PackedBatch` (and with
+    ``study`` = ``(control names, read offset, prompt suffix length)`` the position study's reads)."""
+
+    def __init__(self, model, hooks: Sequence[str], layers: Sequence[int], positions: Sequence[int],
+                 study: tuple[Sequence[str], int, int] | None = None):
         self.model, self.hooks, self.layers = model, [canonical_hook(h) for h in hooks], list(layers)
+        self.study = study
         self.positions = torch.tensor(list(positions), dtype=torch.long)
         self.batch: PackedBatch | None = None
         self.out: dict[str, dict[tuple[str, int], np.ndarray]] = {}
@@ -165,11 +204,18 @@ class SpanReader:
         self.out["acts"][key] = acts.float().cpu().numpy()
         self.out["last_token"][key] = last.float().cpu().numpy()
         self.out["prompt"][key] = prompt.float().cpu().numpy()
+        if self.study is not None:
+            names, offset, suffix = self.study
+            reads = gather_study(x, self.batch, offset, suffix)
+            for c, name in enumerate(names):
+                reads[name] = reads.pop(f"control_{c}")
+            for name, value in reads.items():
+                self.out["positions"].setdefault(name, {})[key] = value.float().cpu().numpy()
 
     def run(self, batch: PackedBatch) -> dict[str, dict[tuple[str, int], np.ndarray]]:
         """One forward of the packed batch; returns float32 arrays keyed by (hook, layer)."""
         self.batch = batch
-        self.out = {"acts": {}, "last_token": {}, "prompt": {}}
+        self.out = {"acts": {}, "last_token": {}, "prompt": {}, "positions": {}}
         try:
             with torch.no_grad():
                 mh.forward_until_stop(mh.body(self.model), input_ids=batch.input_ids,
@@ -199,7 +245,8 @@ def resolve_answer_length(depths: Sequence[int], answer_length: int | None) -> i
 
 
 def prepare_plans(items: Sequence[Continuation], span_ids: Sequence[int], depths: Sequence[int],
-                  max_context: int | None, too_long: str = "truncate", answer_length: int | None = None):
+                  max_context: int | None, too_long: str = "truncate", answer_length: int | None = None,
+                  controls: Sequence[Sequence[int]] = ()):
     """Plans for every item (responses cut after the deepest depth or the answer length, and to the context),
     each with its end slot at ``min(length, answer_length)``, with warnings. Items that do not fit under
     ``too_long="skip"`` must be dropped first (:func:`skipped_too_long`).
@@ -219,7 +266,7 @@ def prepare_plans(items: Sequence[Continuation], span_ids: Sequence[int], depths
                    "truncate" if too_long == "skip" else too_long)
         end = min(len(response), horizon, keep)
         ends.append(end)
-        plans.append(plan_packed(item.prompt_ids, response[:keep], span_ids, depths, end=end))
+        plans.append(plan_packed(item.prompt_ids, response[:keep], span_ids, depths, end=end, controls=controls))
     empty = [it.id for it in items if not it.response_ids]
     if empty:
         warnings.warn(f"{len(empty)} example(s) have an empty response (only depth 0 is valid): {empty[:3]}",
@@ -340,6 +387,14 @@ def _check_inputs(model, items: Sequence[Continuation], batch_size: int, positio
         raise UserError(f"--positions must be one of {POSITIONS}, got {positions!r}")
 
 
+def _check_suffix(items: Sequence[Continuation], controls) -> None:
+    """Every prompt must end with the template's suffix, or its last instruction token is not defined."""
+    bad = [it.id for it in items if controls.t_inst(it.prompt_ids) is None]
+    if bad:
+        raise UserError(f"{len(bad)} prompt(s) (e.g. {bad[0]!r}) do not end with the chat template's tokens after the "
+                        "user's text, so their last instruction token is unknown; extract them without --controls")
+
+
 def _examples(items: Sequence[Continuation], n_tokens, valid, ends) -> dict[str, list]:
     """The store's per-row table (everything but the texts at each depth)."""
     return {"id": [it.id for it in items], "label": [1 if it.label == "harmful" else 0 for it in items],
@@ -354,11 +409,12 @@ def extract_to_store(model, tokenizer, items: Sequence[Continuation], out: str |
                      depths: Sequence[int], layers: Sequence[int], hooks: Sequence[str] = ("resid_post",),
                      positions: str = "span", storage_dtype: str = "float16", batch_size: int = 4,
                      too_long: str = "truncate", provenance: dict | None = None, progress: bool = True,
-                     answer_length: int | None = None, on_batch=None) -> ExtractResult:
+                     answer_length: int | None = None, on_batch=None, controls=None) -> ExtractResult:
     """Extract every item at every depth, and at its end (its final check at ``min(length, answer_length)``,
     default the deepest depth), into the HDF5 store at ``out`` (resuming rows not yet done).
 
-    ``spans`` is a :class:`interp.spans.derive.SafetySpans` (``span_ids``, ``probe_index``, ``to_dict()``).
+    ``spans`` is a :class:`interp.spans.derive.SafetySpans` (``span_ids``, ``probe_index``, ``to_dict()``);
+    ``controls`` (:class:`interp.spans.controls.ControlSpans`) adds the position study's reads (:func:`gather_study`).
     ``on_batch(n_done)`` is called after each written batch (tests use it to crash mid-run).
     """
     from tqdm.auto import tqdm
@@ -377,20 +433,27 @@ def extract_to_store(model, tokenizer, items: Sequence[Continuation], out: str |
         items = [it for it in items if it.id not in set(skipped)]
         if not items:
             raise UserError("every example exceeds the model context (--too-long skip left none)")
-    plans, valid, n_tokens, ends = prepare_plans(items, span_ids, depths, max_context, too_long, horizon)
+    names = controls.names if controls is not None else []
+    if controls is not None:
+        _check_suffix(items, controls)
+    plans, valid, n_tokens, ends = prepare_plans(items, span_ids, depths, max_context, too_long, horizon,
+                                                 [controls.spans[c] for c in names])
     prov = model_provenance(model, tokenizer, provenance)
     span_info = spans.to_dict() if hasattr(spans, "to_dict") else {}
     prov.update(span_text=getattr(spans, "span_text", span_info.get("span_text", "")), span_ids=span_ids,
                 probe_index=int(spans.probe_index), template_hash=getattr(spans, "template_hash", None),
                 spans=span_info, depth_schedule=[int(d) for d in depths], skipped_too_long=skipped,
                 token_ids_sha256=token_ids_sha256(items), answer_length=horizon)
+    if controls is not None:
+        prov.update(study_positions=[*names, "response_mean", "t_inst"], controls=controls.to_dict())
     examples = _examples(items, n_tokens, valid, ends)
     examples.update(text_at_depths(tokenizer, items, depths, progress=progress, ends=ends))
     store = ActivationStore.create(out, prov, examples, depths=depths, hooks=hooks, layers=layers, positions=pos,
                                    d_model=cfg.hidden_size, storage_dtype=storage_dtype)
     window, types = attention_layout(model.config)
     device = next(model.parameters()).device
-    reader = SpanReader(model, hooks, layers, pos)
+    study = (names, controls.read_offset, len(controls.prompt_suffix_ids)) if controls is not None else None
+    reader = SpanReader(model, hooks, layers, pos, study)
     done = store.done
     empty_at_start = not done.any()
     batches = [b for b in batch_order(plans, batch_size) if not done[b].all()]
@@ -401,7 +464,8 @@ def extract_to_store(model, tokenizer, items: Sequence[Continuation], out: str |
             batch = collate([plans[i] for i in rows], tokenizer.pad_token_id or 0, dtype=_model_dtype(model),
                             sliding_window=window, layer_types=types, device=device)
             out_arrays = reader.run(batch)
-            store.write_rows(rows, out_arrays["acts"], out_arrays["last_token"], out_arrays["prompt"])
+            store.write_rows(rows, out_arrays["acts"], out_arrays["last_token"], out_arrays["prompt"],
+                             out_arrays["positions"])
             computed += len(rows)
             tokens += batch.n_tokens
             elapsed = max(time.perf_counter() - start, 1e-9)

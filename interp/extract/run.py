@@ -56,11 +56,20 @@ def extract_activations(model: ModelConfig | LoadedModel | str, cfg: ExtractConf
         loaded.model, loaded.tokenizer, items, out, spans=derive_safety_spans(loaded.tokenizer), depths=depths,
         layers=parse_layers(cfg.layers, loaded.n_layers), hooks=cfg.hooks, positions=cfg.positions,
         storage_dtype=cfg.store_dtype, batch_size=cfg.batch_size, too_long=cfg.too_long, provenance=provenance,
-        progress=progress, answer_length=cfg.answer_length)
+        progress=progress, answer_length=cfg.answer_length, controls=_controls(loaded, cfg))
     if distributed.is_main_rank():  # under torchrun only rank 0 writes the shared config file
         save_json({**configs, "model_provenance": loaded.provenance(), "store": str(out),
                    "continuations": source}, out.with_suffix(".config.json"))
     return result
+
+
+def _controls(loaded, cfg: ExtractConfig):
+    """The position study's control spans when ``cfg.controls`` asks for them."""
+    if not cfg.controls:
+        return None
+    from interp.spans.controls import derive_controls
+
+    return derive_controls(loaded.tokenizer, derive_safety_spans(loaded.tokenizer))
 
 
 def _items(loaded, cfg: ExtractConfig, generate: GenerateConfig, records, out: Path, progress: bool):

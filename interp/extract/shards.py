@@ -75,7 +75,7 @@ def read_manifest(out: str | Path) -> dict:
 # ------------------------------------------------------------------------------------------------ finalize
 def _activation_datasets(h5: h5py.File) -> list[str]:
     names: list[str] = []
-    for top in ("acts", "baselines"):
+    for top in ("acts", "baselines", "positions"):
         if top in h5:
             h5[top].visititems(lambda name, obj, top=top: names.append(f"{top}/{name}")
                                if isinstance(obj, h5py.Dataset) else None)

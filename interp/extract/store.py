@@ -9,6 +9,8 @@ Layout::
     /acts/<hook>/layer_<L>                     [N, D+1, n_pos, d_model]   Safety-Token positions
     /baselines/last_token/<hook>/layer_<L>     [N, D+1, d_model]          last response token before depth d
     /baselines/prompt/<hook>/layer_<L>         [N, d_model]               last prompt token
+    /positions/<name>/<hook>/layer_<L>         [N, D+1, d_model]          the position study's reads (optional):
+                                                                          control spans, response_mean; t_inst [N, d]
 
 The depth axis of the activation datasets holds the D shared depths and one more slot, the **end** of each
 answer: the span injected after ``end_depth`` tokens, where ``end_depth = min(answer length, answer_length)``
@@ -51,7 +53,9 @@ STORAGE_DTYPES = ("float32", "float16", "bfloat16")
 # provenance keys that must match to append to an existing store
 IDENTITY_KEYS = ("format_version", "model_id", "weights_sha256", "dtype", "template_hash", "span_ids",
                  "probe_index", "hooks", "layers", "depths", "storage_dtype", "positions", "example_ids_sha256",
-                 "token_ids_sha256", "tokenizer_sha256", "n_layers", "d_model", "answer_length", "end_slot")
+                 "token_ids_sha256", "tokenizer_sha256", "n_layers", "d_model", "answer_length", "end_slot",
+                 "study_positions", "controls")
+PROMPT_READS = ("prompt", "t_inst")  # one vector per row, broadcast over depths
 TEXT_KEYS = ("id", "source", "kind", "prompt", "category", "pair_id", "response")
 _STR = h5py.string_dtype("utf-8")
 
@@ -181,6 +185,7 @@ class ActivationStore:
             self.storage_dtype: str = self.provenance["storage_dtype"]
             self.positions: list[int] = [int(x) for x in self.provenance["positions"]]
             self.probe_index: int = int(self.provenance["probe_index"])
+            self.study_positions: list[str] = list(self.provenance.get("study_positions") or [])
             self.has_end: bool = bool(self.provenance.get("end_slot", False))
             self.answer_length: int | None = self.provenance.get("answer_length")
             ex = h5["examples"]
@@ -252,9 +257,11 @@ class ActivationStore:
             disk = _disk_dtype(storage_dtype)
             for hook in hooks:
                 for layer in layers:
+                    study = [(f"positions/{name}/{hook}", (N, d_model) if name in PROMPT_READS else (N, slots, d_model))
+                             for name in prov.get("study_positions") or []]
                     for group, shape in ((f"acts/{hook}", (N, slots, len(positions), d_model)),
                                          (f"baselines/last_token/{hook}", (N, slots, d_model)),
-                                         (f"baselines/prompt/{hook}", (N, d_model))):
+                                         (f"baselines/prompt/{hook}", (N, d_model)), *study):
                         ds = _create_preallocated(f.require_group(group), f"layer_{layer}", shape, disk)
                         ds.attrs["storage_dtype"] = storage_dtype
                         ds.attrs["hook_name"] = tl_name(hook, layer)
@@ -329,15 +336,16 @@ class ActivationStore:
 
         ``position``: ``"probe"`` (the role token), an int index into the Safety-Token span, ``"span_mean"`` (the
         mean over every span token), ``"last_token"``
-        (last response token before each depth) or ``"prompt"`` (last prompt token, broadcast over depths).
+        (last response token before each depth) or ``"prompt"`` (last prompt token, broadcast over depths), and in
+        a store extracted with ``--controls`` any of :attr:`study_positions` (``t_inst`` broadcast like ``prompt``).
         ``rows`` selects examples (indices or a boolean mask, e.g. from :meth:`select`); ``depths`` selects
         depth values.
         Invalid (depth, row) cells hold unspecified values: mask them with ``examples["valid"]``.
         """
         d_idx = self._depth_index(depths)
         row_idx = self._rows(rows)
-        if position == "prompt":
-            x = self._dataset("baselines/prompt", hook, layer)
+        if position in PROMPT_READS:
+            x = self._dataset("baselines/prompt" if position == "prompt" else self._study_group(position), hook, layer)
             data = _take_rows(x, row_idx)
             return np.repeat(from_storage(data, self.storage_dtype)[:, None, :], len(d_idx), axis=1)
         return self._slots(hook, layer, position, d_idx, row_idx)
@@ -350,13 +358,21 @@ class ActivationStore:
             raise UserError(f"{self.path} holds no final checks (written before format 2, or without end depths); "
                             "re-extract it with `anydepth extract` of this version")
         row_idx = self._rows(rows)
-        if position == "prompt":
-            return self.read(hook, layer, position="prompt", depths=[int(self.depths[0])], rows=rows)[:, 0]
+        if position in PROMPT_READS:
+            return self.read(hook, layer, position=position, depths=[int(self.depths[0])], rows=rows)[:, 0]
         return self._slots(hook, layer, position, np.array([len(self.depths)]), row_idx)[:, 0]
 
+    def _study_group(self, position: str) -> str:
+        if position not in self.study_positions:
+            raise UserError(f"position {position!r} is not in {self.path} (its study positions: "
+                            f"{self.study_positions or 'none'}); re-extract with --controls true")
+        return f"positions/{position}"
+
     def _slots(self, hook: str, layer: int, position: str | int, slots: np.ndarray, row_idx) -> np.ndarray:
-        if position == "last_token":
-            x = self._dataset("baselines/last_token", hook, layer)
+        if position == "last_token" or (isinstance(position, str) and position not in ("probe", "span_mean")
+                                        and not position.lstrip("-").isdigit()):
+            group = "baselines/last_token" if position == "last_token" else self._study_group(position)
+            x = self._dataset(group, hook, layer)
             return from_storage(_take_rows(x, row_idx)[:, slots], self.storage_dtype)
         if position == "span_mean":  # every span token's state, averaged (a readout the live guard does not make)
             n_span = len((self.provenance or {}).get("span_ids") or self.positions)
@@ -393,15 +409,22 @@ class ActivationStore:
 
     # ---------------------------------------------------------------- writing
     def write_rows(self, rows: Sequence[int], acts: dict[tuple[str, int], np.ndarray],
-                   last_token: dict[tuple[str, int], np.ndarray], prompt: dict[tuple[str, int], np.ndarray]) -> None:
+                   last_token: dict[tuple[str, int], np.ndarray], prompt: dict[tuple[str, int], np.ndarray],
+                   study: dict[str, dict[tuple[str, int], np.ndarray]] | None = None) -> None:
         """Write one batch (float32 arrays keyed by (hook, layer); ``acts``/``last_token`` hold every depth slot, the
-        end slot last when the store has one), flush, then mark the rows done."""
+        end slot last when the store has one; ``study`` the position study's reads by name), flush, then mark the
+        rows done."""
+        study = study or {}
+        if sorted(study) != sorted(self.study_positions):
+            raise UserError(f"this batch holds study positions {sorted(study)}, the store {sorted(self.study_positions)}")
         rows = np.asarray(rows, dtype=np.int64)
         order = np.argsort(rows)
         sorted_rows = rows[order]
         try:
             converted = []  # every array is checked before any is written: a bad batch writes nothing
-            for group, arrays in (("acts", acts), ("baselines/last_token", last_token), ("baselines/prompt", prompt)):
+            groups = [("acts", acts), ("baselines/last_token", last_token), ("baselines/prompt", prompt),
+                      *((f"positions/{name}", study[name]) for name in self.study_positions)]
+            for group, arrays in groups:
                 for (hook, layer), value in arrays.items():
                     value = value[order]
                     if not np.isfinite(value).all():

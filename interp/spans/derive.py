@@ -54,9 +54,9 @@ __all__ = [
 ]
 
 # Marker contents: letters only (so templates that ``trim`` content leave them alone), unlikely in any template.
-_U = "QzqUserTurnMarkQzq"
-_A = "QzqAssistantTurnMarkQzq"
-_V = "QzqNextUserTurnMarkQzq"
+USER_MARK = "QzqUserTurnMarkQzq"
+ASSISTANT_MARK = "QzqAssistantTurnMarkQzq"
+NEXT_USER_MARK = "QzqNextUserTurnMarkQzq"
 
 
 @dataclass(frozen=True)
@@ -108,37 +108,40 @@ class SafetySpans:
 
 
 @dataclass
-class _Renders:
+class MarkerRenders:
+    """The template rendered around marker messages: the diffs between them locate every template string."""
+
     u: str  # [U]
     ug: str  # [U] + generation prompt
     uag: str  # [U, A] + generation prompt
     uav: str | None  # [U, A, V] (None when the template refuses it)
 
 
-def _renders(tokenizer) -> _Renders:
-    u = render_chat(tokenizer, chat_messages(_U), False)
-    ug = render_chat(tokenizer, chat_messages(_U), True)
-    uag = render_chat(tokenizer, chat_messages(_U, None, ("assistant", _A)), True)
+def marker_renders(tokenizer) -> MarkerRenders:
+    """Renders of [U], [U]+generation prompt, [U, A]+generation prompt and [U, A, V] with the marker contents."""
+    u = render_chat(tokenizer, chat_messages(USER_MARK), False)
+    ug = render_chat(tokenizer, chat_messages(USER_MARK), True)
+    uag = render_chat(tokenizer, chat_messages(USER_MARK, None, ("assistant", ASSISTANT_MARK)), True)
     try:
-        uav = render_chat(tokenizer, chat_messages(_U, None, ("assistant", _A), ("user", _V)), False)
+        uav = render_chat(tokenizer, chat_messages(USER_MARK, None, ("assistant", ASSISTANT_MARK), ("user", NEXT_USER_MARK)), False)
     except UserError:
         uav = None
-    return _Renders(u, ug, uag, uav)
+    return MarkerRenders(u, ug, uag, uav)
 
 
-def _derive_header(tokenizer, r: _Renders) -> str:
+def _derive_header(tokenizer, r: MarkerRenders) -> str:
     b = common_prefix_len(r.u, r.ug)
     b = back_off(r.ug, b, special_strings(tokenizer))  # e.g. phi3 renders eos '<|end|>' vs '<|assistant|>'
     header = r.ug[b:]
-    if not header or b < find_once(tokenizer, r.ug, _U, "user") + len(_U):
+    if not header or b < find_once(tokenizer, r.ug, USER_MARK, "user") + len(USER_MARK):
         raise UserError(f"chat template of {tokenizer_name(tokenizer)!r} has no assistant header (add_generation_prompt "
                         "adds nothing); give end_of_turn/header in a YAML override: see interp/spans/span_overrides.yaml "
                         "or pass derive_safety_spans(..., overrides=FILE)")
     return header
 
 
-def _derive_end_of_turn(tokenizer, r: _Renders, header: str) -> str:
-    a_end = find_once(tokenizer, r.uag, _A, "assistant") + len(_A)
+def _derive_end_of_turn(tokenizer, r: MarkerRenders, header: str) -> str:
+    a_end = find_once(tokenizer, r.uag, ASSISTANT_MARK, "assistant") + len(ASSISTANT_MARK)
     if not r.uag.endswith(header) or len(r.uag) - len(header) < a_end:
         raise UserError(f"chat template of {tokenizer_name(tokenizer)!r} does not end a conversation with the assistant "
                         "header when asked for a generation prompt after an assistant message; give the span in "
@@ -147,9 +150,9 @@ def _derive_end_of_turn(tokenizer, r: _Renders, header: str) -> str:
     # Cross-check with the next turn: [U, A, V] must continue A with eot and then the same user opener that
     # precedes U in [U] (after any default system prompt).
     if r.uav is not None:
-        between = r.uav[find_once(tokenizer, r.uav, _A, "assistant") + len(_A): r.uav.index(_V)]
+        between = r.uav[find_once(tokenizer, r.uav, ASSISTANT_MARK, "assistant") + len(ASSISTANT_MARK): r.uav.index(NEXT_USER_MARK)]
         opener = between[len(eot):]
-        prefix_u = r.u[: r.u.index(_U)]
+        prefix_u = r.u[: r.u.index(USER_MARK)]
         if not between.startswith(eot) or not opener or not prefix_u.endswith(opener):
             raise UserError(f"chat template of {tokenizer_name(tokenizer)!r}: the text after an assistant message "
                             f"({between!r}) does not match the end of turn before a generation prompt ({eot!r}); "
@@ -157,12 +160,12 @@ def _derive_end_of_turn(tokenizer, r: _Renders, header: str) -> str:
     return eot
 
 
-def _user_opener_ids(tokenizer, r: _Renders, eot: str) -> list[int] | None:
+def _user_opener_ids(tokenizer, r: MarkerRenders, eot: str) -> list[int] | None:
     if r.uav is None:
         return None
-    a_end = r.uav.find(_A) + len(_A)
-    v = r.uav.find(_V)
-    if a_end < len(_A) or v < a_end or not r.uav[a_end:v].startswith(eot) or v - a_end == len(eot):
+    a_end = r.uav.find(ASSISTANT_MARK) + len(ASSISTANT_MARK)
+    v = r.uav.find(NEXT_USER_MARK)
+    if a_end < len(ASSISTANT_MARK) or v < a_end or not r.uav[a_end:v].startswith(eot) or v - a_end == len(eot):
         return None
     loc = token_range(tokenizer, r.uav, a_end + len(eot), v)
     return None if loc is None else loc[0][loc[1]: loc[2]]
@@ -221,7 +224,7 @@ def derive_safety_spans(tokenizer, *, probe_position: str | int = "role",
     tables.append(load_overrides(None))
     matches = match_override(tokenizer, thash, tables)
 
-    r = _renders(tokenizer)
+    r = marker_renders(tokenizer)
     derive_error: UserError | None = None
     header = eot = None
     try:
@@ -277,7 +280,7 @@ def _locate(tokenizer, r, header: str, eot: str) -> tuple[list[int], int, list[i
     """The span's token ids right after an assistant response, where the header starts inside them, and the
     header's ids as they end a formatted prompt."""
     span_text = eot + header
-    a_end = find_once(tokenizer, r.uag, _A, "assistant") + len(_A)
+    a_end = find_once(tokenizer, r.uag, ASSISTANT_MARK, "assistant") + len(ASSISTANT_MARK)
     ctx = r.uag[:a_end] + span_text
     loc = token_range(tokenizer, ctx, a_end)
     hloc = token_range(tokenizer, ctx, len(ctx) - len(header)) if loc is not None else None
