@@ -45,6 +45,8 @@ _API: dict[str, str] = {
     "SweepResult": "interp.probes.sweep", "TrainConfig": "interp.probes.train", "train": "interp.probes.run",
     "ProbeSet": "interp.probes.probeset", "HeldOutReport": "interp.probes.heldout",
     "LeverConfig": "interp.probes.levers", "LeverResult": "interp.probes.levers", "levers": "interp.probes.run",
+    "PositionsConfig": "interp.probes.positions", "PositionsResult": "interp.probes.positions",
+    "positions": "interp.probes.run",
     # the guard and its evaluations
     "GuardConfig": "interp.guard.types", "GuardedGenerator": "interp.guard.generator",
     "GuardResult": "interp.guard.types",

@@ -145,3 +145,40 @@ def plot_levers(result, prefix: str | Path) -> list[Path]:
         ax.legend(loc="best", fontsize=7)
     fig.suptitle("Recipe levers on one store and split (95% CIs over prompt groups)", fontsize=10)
     return save_figure(fig, prefix)
+
+
+def plot_positions(result, prefix: str | Path) -> list[Path]:
+    """Per layer: a positions × depth heatmap of out-of-fold AUROC, and the per-position AUROC curves over depth
+    (the header bold, injected controls dashed)."""
+    from interp.probes.position_names import HEADER, LABELS
+
+    layers = list(result.layers)
+    fig, axes = plt.subplots(len(layers), 2, figsize=(13, 0.32 * len(result.rows) / len(layers) * len(layers) + 2.5),
+                             squeeze=False)
+    depths = [str(d) for d in result.depths] + ["end"]
+    for i, layer in enumerate(layers):
+        rows = [r for r in result.rows if r.layer == layer]
+        grid = np.array([[np.nan if c is None else c["value"] for c in r.per_depth] for r in rows])
+        ax = axes[i, 0]
+        im = ax.imshow(grid, aspect="auto", vmin=0.5, vmax=1.0, cmap="viridis")
+        ax.set_yticks(range(len(rows)), [LABELS.get(r.position, r.position) for r in rows], fontsize=7)
+        ax.set_xticks(range(grid.shape[1]), depths[:grid.shape[1]], fontsize=7, rotation=90)
+        ax.set_title(f"layer {layer}: out-of-fold AUROC", fontsize=9)
+        fig.colorbar(im, ax=ax, fraction=0.03)
+        ax = axes[i, 1]
+        for r in rows:
+            if r.position.startswith("header["):
+                continue
+            v = np.array([np.nan if c is None else c["value"] for c in r.per_depth])
+            style = {"lw": 2.5, "color": "k"} if r.position == HEADER else {"lw": 1}
+            if r.position in ("user_header", "newlines", "random"):
+                style["ls"] = "--"
+            ax.plot(range(len(v)), v, marker=".", label=LABELS.get(r.position, r.position), **style)
+        ax.set_xticks(range(grid.shape[1]), depths[:grid.shape[1]], fontsize=7, rotation=90)
+        ax.set_ylim(0.4, 1.02)
+        ax.set_xlabel("depth (response tokens before the read)")
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=6, loc="lower right")
+    fig.suptitle("Is the Safety Token special? AUROC per read position (grouped folds)", fontsize=10)
+    fig.tight_layout()
+    return save_figure(fig, prefix)

@@ -124,6 +124,27 @@ def levers(store: str | Path | ActivationStore | None = None, cfg=None, probe: P
     return result
 
 
+def positions(store: str | Path | ActivationStore | None = None, cfg=None, probe: ProbeConfig | None = None, *,
+              out: str | Path | None = None, progress: bool = True):
+    """Compare read positions on ``store`` (default ``cfg.store``; :class:`interp.probes.positions.PositionsConfig`):
+    a :class:`~interp.probes.positions.PositionsResult`, saved with its configs into ``out`` (default ``cfg.out``)
+    when one is given."""
+    from interp.probes.positions import PositionsConfig, compare_positions
+
+    cfg, probe = cfg or PositionsConfig(), probe or ProbeConfig()
+    out = out if out is not None else (cfg.out or None)
+    if out:
+        check_out(out, "dir")
+    cfg.validate()
+    with using_store(store if store is not None else cfg.store) as opened:
+        result = compare_positions(opened, cfg, probe, progress=progress)
+    if out:
+        result.save(out)
+        save_config(cfg, Path(out) / "config.json")
+        save_config(probe, Path(out) / "probe_config.json")
+    return result
+
+
 def require_out(out: str | None) -> str:
     """The CLI's ``--out``, which the library leaves optional."""
     if not out:

@@ -122,3 +122,56 @@ def write_layered_store(path, *, n_sources: int = 2):
     ss = SyntheticSet(SyntheticSpec(n_prompts=160, n_depths=4, d_model=16, n_layers=3, signal=(0.5, 1.5, 2.5),
                                     margin_noise=0.5, invalid_frac=0.25, n_sources=n_sources, seed=5))
     return write_store(ss, path, LAYERED["layers"], LAYERED["span_len"], LAYERED["probe_index"])
+
+
+STUDY = ("user_header", "newlines", "random", "response_mean", "t_inst")  # a --controls store's study positions
+
+
+def write_positions_store(path, planted: str = "random", *, n_prompts: int = 80, d_model: int = 8,
+                          signal: float = 3.0, seed: int = 0):
+    """A store shaped like the position study's corpus: ``n_prompts`` harmful prompts answered twice (complies,
+    label 1, kind prefill; refuses, label 0, kind refusal) and as many benign prompts answered twice (own answer and
+    forced opener, both label 0), over two datasets; 3 depths, one layer (0), a span of 3 with the probe token last.
+
+    The continuation's label is planted along one direction at ``planted`` only (``"header"``, a study position or
+    ``"last_token"``); ``t_inst`` and ``prompt`` carry the prompt's harmfulness, identical for both answers of a
+    prompt (prompt-only features); every other read is noise."""
+    from interp.extract.store import ActivationStore
+
+    rng = np.random.default_rng(seed)
+    n_rows, dd = 4 * n_prompts, 3
+    harmful_prompt = np.repeat([1, 0], 2 * n_prompts)
+    y = np.tile([1, 0], 2 * n_prompts) * harmful_prompt
+    kind = np.where(harmful_prompt == 1, np.tile(["prefill", "refusal"], 2 * n_prompts),
+                    np.tile(["own", "prefill"], 2 * n_prompts))
+    prompt_ids = np.repeat(np.arange(2 * n_prompts), 2)
+    data = np.array([f"set{i % 2}" for i in prompt_ids])
+    direction = rng.normal(size=d_model).astype(np.float32)
+    direction /= np.linalg.norm(direction)
+
+    def noise(*shape):
+        return rng.normal(size=(*shape, d_model)).astype(np.float32)
+
+    margin = (signal * (2 * y - 1) + rng.normal(size=n_rows)).astype(np.float32)
+    planted_value = noise(n_rows, dd + 1) + margin[:, None, None] * direction
+    per_prompt = noise(2 * n_prompts) + (signal * (2 * harmful_prompt[::2] - 1))[:, None].astype(np.float32) * direction
+    span = noise(n_rows, dd + 1, 3)
+    if planted == "header":
+        span[:, :, 2] = planted_value
+    study = {name: (per_prompt[prompt_ids] if name == "t_inst" else
+                    planted_value if name == planted else noise(n_rows, dd + 1)) for name in STUDY}
+    last = planted_value if planted == "last_token" else noise(n_rows, dd + 1)
+    prov = {"model_id": "synthetic", "weights_sha256": "w0", "template_hash": "t0", "span_ids": [7, 8, 9],
+            "probe_index": 2, "answer_length": 40, "study_positions": list(STUDY)}
+    examples = {"id": [f"r{i}" for i in range(n_rows)], "label": y.tolist(),
+                "source": [f"{d}:{k}" for d, k in zip(data, kind)], "kind": kind.tolist(),
+                "prompt": [f"prompt {i}" for i in prompt_ids], "category": [""] * n_rows,
+                "n_response_tokens": [40] * n_rows, "valid": np.ones((n_rows, dd), bool), "end_depth": [40] * n_rows,
+                "finished": [True] * n_rows}
+    store = ActivationStore.create(path, prov, examples, depths=[0, 10, 20], hooks=["resid_post"], layers=[0],
+                                   positions=range(3), d_model=d_model, storage_dtype="float32")
+    key = ("hook_resid_post", 0)
+    store.write_rows(list(range(n_rows)), {key: span}, {key: last}, {key: per_prompt[prompt_ids]},
+                     {name: {key: v} for name, v in study.items()})
+    store.close()
+    return path

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from interp.formatting import ci, diff, rate
 
-__all__ = ["METHOD_NAMES", "heldout_table", "lever_table", "loso_table"]
+__all__ = ["METHOD_NAMES", "heldout_table", "lever_table", "loso_table", "positions_table"]
 
 METHOD_NAMES = {"probe": "Safety-Token probe", "ngram": "n-gram text (TF-IDF 1–2-grams, prompt + response prefix)",
                 "last_token": "last generated token", "prompt": "last prompt token",
@@ -84,3 +84,21 @@ def min_macro(loso: dict, min_depth: int = 25) -> dict | None:
         return None
     low = min(cells, key=lambda c: c["macro"]["value"] if math.isfinite(c["macro"]["value"]) else math.inf)
     return {"depth": low["depth"], **low["macro"]}
+
+
+def positions_table(result) -> list[str]:
+    """One row per (layer, position): out-of-fold AUROC, header − position, leave-one-source-out and the
+    prompt-controlled AUROCs (each with its 95% CI over prompt groups)."""
+    from interp.probes.position_names import LABELS
+
+    lines = ["| layer | position | AUROC (pooled over depths) | header − position | LOSO mean (worst) | "
+             "within harmful prompts | within benign prompts |", "|---|---|---|---|---|---|---|"]
+    for r in result.rows:
+        lo = r.loso or {}
+        loso = f"{ci(lo.get('macro'))} ({lo['worst']['value']:.3f} {lo['worst']['source']})" if lo.get("worst") \
+            else "–"
+        within = [ci(c) if "value" in c else "–" for c in (r.contrasts.get("harmful", {}),
+                                                            r.contrasts.get("benign", {}))]
+        lines.append(f"| {r.layer} | {LABELS.get(r.position, r.position)} | {ci(r.auroc)} | {diff(r.vs_header)} | "
+                     f"{loso} | {within[0]} | {within[1]} |")
+    return lines
