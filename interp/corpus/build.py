@@ -35,7 +35,7 @@ class CorpusConfig:
 
     spec: str = field(default="default", metadata={
         "help": "corpus spec (YAML/JSON file) or a shipped one: default (the full recipe), demo (CPU size), causal "
-                "(matched-opener pairs for patch/ablate)"})
+                "(matched-opener pairs for patch/ablate), positions (prompt-controlled pairs for `anydepth positions`)"})
     out: str | None = field(default=None, metadata={
         "help": "output folder (default runs/corpus/<model>-<spec name>-<spec hash>); rerun to resume"})
     gen_batch_size: int = field(default=8, metadata={"help": "prompts per generate call (continuous batching)"})

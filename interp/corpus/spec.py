@@ -27,7 +27,7 @@ from interp.data.records import BENIGN, HARMFUL, LABELS
 from interp.data.registry import dataset_names
 
 KINDS = ("own", "prefill", "dataset", "refusal")
-SHIPPED = ("default", "demo", "causal")  # spec names resolved to interp/corpus/specs/<name>.yaml
+SHIPPED = ("default", "demo", "causal", "positions")  # spec names resolved to interp/corpus/specs/<name>.yaml
 
 
 @dataclass(frozen=True)
