@@ -165,3 +165,47 @@ def test_full_forward_knockout_refuses_kernels_without_custom_masks():
     model.config._attn_implementation = "flash_attention_2"
     with pytest.raises(UserError, match="attention knockout"):
         SpanRunner(model, batch, cached=False).run(knockout=True)
+
+
+@pytest.mark.parametrize("where", ["last_token", "prompt", "t_inst"])
+def test_patching_a_position_before_the_span_edits_that_token_only(setup, where):
+    """The prefix positions ``anydepth positions`` reads can be patched: the column holds the right token, the edit
+    touches it alone, and it reaches the span (the probe moves) in the sweep's whole-sequence forwards."""
+    from interp.causal.runner import span_cols
+    from interp.spans.controls import derive_controls
+
+    model, tok, span, examples, openers = setup
+    suffix = len(derive_controls(tok, span).prompt_suffix_ids)
+    d = 5
+    h = build_batch(examples[:4], d, span, tok.pad_token_id)
+    b = build_batch(examples[4:], d, span, tok.pad_token_id)
+    for batch in (h, b):
+        batch.prompt_suffix_len = suffix
+    rows, cols = span_cols(h, where)
+    want = {"last_token": [e.response_ids[d - 1] for e in h.examples],
+            "prompt": [e.prompt_ids[-1] for e in h.examples],
+            "t_inst": [e.prompt_ids[-suffix - 1] for e in h.examples]}[where]
+    assert h.inputs.input_ids[rows, cols].tolist() == list(want)
+    assert tok.decode([want[0]]) != tok.decode([h.examples[0].prompt_ids[-suffix]])  # t_inst precedes the suffix
+    _, src = run_with_hooks(model, b.inputs, capture=(resid_post(0),))
+    hook = patch_hook(h, b, src[resid_post(0)], where)
+    _, cache = run_with_hooks(model, h.inputs, {resid_post(0): hook}, capture=(resid_post(0),))
+    _, clean = run_with_hooks(model, h.inputs, capture=(resid_post(0),))
+    diff = (cache[resid_post(0)] - clean[resid_post(0)]).abs().sum(-1)
+    assert (diff[rows, cols] > 0).all()
+    diff[rows, cols] = 0
+    assert diff.max() == 0
+    res = patching_sweep(model, examples, span, tok.pad_token_id, openers, depths=(d,), layers=(0,), where=where,
+                         prompt_suffix_len=suffix)
+    assert res["where"] == where and res["n_pairs"] == [4]
+    assert all(abs(c["d_refusal"]["mean"]) > 0 for c in res["cells"])  # the edit reaches the reply after the span
+
+
+def test_patching_at_t_inst_needs_the_prompt_suffix(setup):
+    from interp import UserError
+
+    model, tok, span, examples, openers = setup
+    with pytest.raises(UserError, match="prompt_suffix_len"):
+        patching_sweep(model, examples, span, tok.pad_token_id, openers, depths=(4,), layers=(0,), where="t_inst")
+    with pytest.raises(UserError, match="unknown patch position"):
+        patching_sweep(model, examples, span, tok.pad_token_id, openers, depths=(4,), layers=(0,), where="user")

@@ -57,6 +57,7 @@ class SpanBatch:
     cont_start: torch.Tensor  # [B] column of the first response token (pad + prompt length)
     lengths: torch.Tensor     # [B] real length of each row (P + depth + h)
     probe_index: int = 0      # index of the probe (role) token in the span
+    prompt_suffix_len: int | None = None  # template tokens after the user's text (t_inst), when known
 
     @property
     def h(self) -> int:

@@ -17,7 +17,16 @@ from tqdm import tqdm
 from interp import UserError
 from interp.causal.inputs import BENIGN, HARMFUL, Example, SpanBatch, build_batch, example_groups, label_batch
 from interp.causal.metrics import Probe
-from interp.causal.runner import Readout, SiteFn, SpanRunner, read, span_cols
+from interp.causal.runner import (
+    PREFIX_POSITIONS,
+    WHERE,
+    Readout,
+    SiteFn,
+    SpanRunner,
+    prefix_col,
+    read,
+    span_cols,
+)
 from interp.guard.openers import OpenerTree
 from interp.model.hooks import HookFn, at_positions, resid_post
 from interp.spans.derive import SafetySpans
@@ -57,7 +66,8 @@ def _delta(patched: Readout, clean: Readout, dst: slice, src: slice, probe_layer
 def patching_sweep(model, examples: Sequence[Example], span: SafetySpans, pad_id: int, openers: OpenerTree, *,
                    depths: Sequence[int], layers: Sequence[int], where: str = "span",
                    site: SiteFn = resid_post, probe: Probe | None = None, probe_layers: Sequence[int] = (),
-                   probe_site: SiteFn = resid_post, min_pairs: int = 2, cached: bool = True) -> dict:
+                   probe_site: SiteFn = resid_post, min_pairs: int = 2, cached: bool = True,
+                   prompt_suffix_len: int | None = None) -> dict:
     """Patch benign -> harmful and harmful -> benign at every (layer, depth); mean effects with 95% CIs over the
     receiving rows' prompt groups.
 
@@ -65,9 +75,13 @@ def patching_sweep(model, examples: Sequence[Example], span: SafetySpans, pad_id
     where ``direction`` names the run that receives the patch (``harmful<-benign`` or ``benign<-harmful``).
     Both labels go in one batch (harmful rows, then their benign partners) so that one forward patches both
     directions. ``cached=False`` forwards whole sequences (the reference) instead of the span over a cached
-    prefix.
+    prefix; a position before the span (``where`` in :data:`interp.causal.runner.PREFIX_POSITIONS`, ``t_inst``
+    with ``prompt_suffix_len``) is patched in whole-sequence forwards, so the span and the reply see the edit.
     """
     cells, n_pairs = [], []
+    prefix = where in PREFIX_POSITIONS
+    if where not in WHERE:
+        raise UserError(f"unknown patch position {where!r}; use one of {', '.join(WHERE)}")
     bar = tqdm(total=len(depths) * len(layers), desc="patching", leave=False)
     for d in depths:
         harm, ben = pair_up(examples, d)
@@ -76,7 +90,11 @@ def patching_sweep(model, examples: Sequence[Example], span: SafetySpans, pad_id
             bar.update(len(layers))
             continue
         n = len(harm)
-        runner = SpanRunner(model, build_batch(harm + ben, d, span, pad_id), cached)
+        batch = build_batch(harm + ben, d, span, pad_id)
+        batch.prompt_suffix_len = prompt_suffix_len
+        runner = SpanRunner(model, batch, cached and not prefix)
+        if prefix:
+            runner.capture_width = -prefix_col(batch, where)
         clean = read(runner, openers, probe, probe_layers, probe_site, capture=[site(L) for L in layers])
         partner = torch.cat([torch.arange(n, 2 * n), torch.arange(n)])  # row i's pair in the other label
         groups = np.asarray(example_groups(runner.batch.examples))

@@ -31,17 +31,39 @@ from interp.model.kvcache import cache_kwarg, mark, new_cache, rollback
 SiteFn = Callable[[int], str]
 
 
-def span_cols(batch: SpanBatch, where: str) -> tuple[torch.Tensor, torch.Tensor]:
-    """(rows, columns counted from the end) of the probe token (``where="probe"``) or the whole span (``"span"``).
+PREFIX_POSITIONS = ("last_token", "prompt", "t_inst")  # before the span: edited only in a whole-sequence forward
+WHERE = ("probe", "span", *PREFIX_POSITIONS)
 
-    The columns are negative (``-h … -1``), valid for site tensors of the full sequence and of the span alone.
+
+def prefix_col(batch: SpanBatch, where: str) -> int:
+    """The column, counted from the end, of a position before the span: the last response token (the last prompt
+    token at depth 0), the last prompt token (``prompt``) or the last instruction token (``t_inst``). Every row
+    holds ``d`` response tokens and the span after its prompt, so the column is the same in every row."""
+    h, d = batch.h, batch.depth
+    if where == "last_token":
+        return -h - 1
+    if where == "prompt":
+        return -h - d - 1
+    if batch.prompt_suffix_len is None:
+        raise UserError("t_inst needs the template's tokens after the user's text (prompt_suffix_len)")
+    return -h - d - 1 - batch.prompt_suffix_len
+
+
+def span_cols(batch: SpanBatch, where: str) -> tuple[torch.Tensor, torch.Tensor]:
+    """(rows, columns counted from the end) of the probe token (``where="probe"``), the whole span (``"span"``)
+    or one position before it (:data:`PREFIX_POSITIONS`, :func:`prefix_col`).
+
+    The span's columns are negative (``-h … -1``), valid for site tensors of the full sequence and of the span
+    alone; a prefix position's column exists only in the full sequence.
     """
     b, h = len(batch.examples), batch.h
     if where == "probe":
         return torch.arange(b), torch.full((b,), batch.probe_index - h, dtype=torch.long)
     if where == "span":
         return torch.arange(b).repeat_interleave(h), (torch.arange(h) - h).repeat(b)
-    raise UserError(f"unknown position set {where!r}; use probe or span")
+    if where in PREFIX_POSITIONS:
+        return torch.arange(b), torch.full((b,), prefix_col(batch, where), dtype=torch.long)
+    raise UserError(f"unknown position set {where!r}; use one of {', '.join(WHERE)}")
 
 
 class SpanRunner:
@@ -60,6 +82,7 @@ class SpanRunner:
         self._cache = None
         self._mark = None
         self._cache_kw = cache_kwarg(self.model)
+        self.capture_width = batch.h  # columns a capture keeps, counted from the end (more for prefix edits)
 
     def _to(self, x: torch.Tensor) -> torch.Tensor:
         return x.to(self.device)
@@ -106,7 +129,7 @@ class SpanRunner:
         openers after the span see everything). The opener tree runs without the hooks, over the cache the
         hooked forward left (the whole sequence's own cache on the reference path).
         """
-        h = self.batch.h
+        h = self.capture_width if not self.cached else self.batch.h
         captured: dict[str, torch.Tensor] = {}
 
         def saver(name: str) -> HookFn:

@@ -28,6 +28,7 @@ from interp.causal.transcoders import load_transcoder, transcoder_layer
 from interp.model.hooks import resid_post, resid_pre
 from interp.model.loading import LoadedModel, ModelConfig, model_config_of
 from interp.results import Result
+from interp.spans.controls import derive_controls
 
 __all__ = ["AblateConfig", "CausalResult", "PatchConfig", "ablate", "ablate_directions", "feature_study", "patch"]
 
@@ -36,8 +37,10 @@ __all__ = ["AblateConfig", "CausalResult", "PatchConfig", "ablate", "ablate_dire
 class PatchConfig:
     """What to patch."""
 
-    where: str = field(default="span", metadata={"help": "patch the probe token or the whole span",
-                                                  "choices": ("probe", "span")})
+    where: str = field(default="span", metadata={
+        "help": "patch the probe token, the whole span, or a position before it (the last response token, the last "
+                "prompt token, the last instruction token: `anydepth positions` compares the same reads)",
+        "choices": ("probe", "span", "last_token", "prompt", "t_inst")})
     site: str = field(default="resid_post", metadata={"help": "residual site", "choices": ("resid_pre", "resid_post")})
     knockout: bool = field(default=True, metadata={"help": "also run span -> response attention knockout"})
 
@@ -98,8 +101,9 @@ def patch(model: ModelConfig | LoadedModel | str, cfg: CausalConfig | None = Non
     site = resid_pre if pcfg.site == "resid_pre" else resid_post
     probe_layers = [ctx.probe.best_layer] if ctx.probe else []
     common = dict(probe=ctx.probe, probe_layers=probe_layers, probe_site=_probe_site(ctx))
+    suffix = len(derive_controls(ctx.tokenizer, ctx.span).prompt_suffix_ids) if pcfg.where == "t_inst" else None
     result = patching_sweep(ctx.model, ctx.examples, ctx.span, ctx.pad_id, ctx.openers, depths=cfg.depths,
-                            layers=ctx.layers, where=pcfg.where, site=site, **common)
+                            layers=ctx.layers, where=pcfg.where, site=site, prompt_suffix_len=suffix, **common)
     payload = {"provenance": ctx.provenance, "patching": result}
     plots.patch_heatmaps(result, ctx.out / "patch_heatmap.png")
     if probe_layers:
