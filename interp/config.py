@@ -61,7 +61,7 @@ def add_arguments(parser: argparse.ArgumentParser, cls: type, skip: tuple[str, .
             kwargs.update(type=str)
         if "choices" in f.metadata:
             kwargs["choices"] = f.metadata["choices"]
-        parser.add_argument(flag, **kwargs)
+        parser.add_argument(flag, *f.metadata.get("aliases", ()), **kwargs)
 
 
 def from_namespace(cls: type[T], ns: argparse.Namespace, **overrides: Any) -> T:

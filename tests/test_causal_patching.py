@@ -209,3 +209,16 @@ def test_patching_at_t_inst_needs_the_prompt_suffix(setup):
         patching_sweep(model, examples, span, tok.pad_token_id, openers, depths=(4,), layers=(0,), where="t_inst")
     with pytest.raises(UserError, match="unknown patch position"):
         patching_sweep(model, examples, span, tok.pad_token_id, openers, depths=(4,), layers=(0,), where="user")
+
+
+def test_one_span_token_can_be_patched_and_position_is_an_alias_of_where(setup):
+    from interp.causal.runner import span_cols
+    from interp.cli.main import build_parser
+
+    model, tok, span, examples, _ = setup
+    batch = build_batch(examples[:2], 4, span, tok.pad_token_id)
+    _, cols = span_cols(batch, "1")
+    assert cols.tolist() == [1 - len(span.span_ids)] * 2
+    assert span_cols(batch, str(span.probe_index))[1].tolist() == span_cols(batch, "probe")[1].tolist()
+    args = build_parser().parse_args(["patch", "--position", "t_inst"])
+    assert args.where == "t_inst"

@@ -80,8 +80,9 @@ def patching_sweep(model, examples: Sequence[Example], span: SafetySpans, pad_id
     """
     cells, n_pairs = [], []
     prefix = where in PREFIX_POSITIONS
-    if where not in WHERE:
-        raise UserError(f"unknown patch position {where!r}; use one of {', '.join(WHERE)}")
+    if where not in WHERE and not (str(where).isdigit() and int(where) < len(span.span_ids)):
+        raise UserError(f"unknown patch position {where!r}; use one of {', '.join(WHERE)} or a span index "
+                        f"0..{len(span.span_ids) - 1}")
     bar = tqdm(total=len(depths) * len(layers), desc="patching", leave=False)
     for d in depths:
         harm, ben = pair_up(examples, d)

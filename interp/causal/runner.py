@@ -63,7 +63,9 @@ def span_cols(batch: SpanBatch, where: str) -> tuple[torch.Tensor, torch.Tensor]
         return torch.arange(b).repeat_interleave(h), (torch.arange(h) - h).repeat(b)
     if where in PREFIX_POSITIONS:
         return torch.arange(b), torch.full((b,), prefix_col(batch, where), dtype=torch.long)
-    raise UserError(f"unknown position set {where!r}; use one of {', '.join(WHERE)}")
+    if str(where).isdigit() and int(where) < h:  # one token of the span (ADA's token-choice ablation)
+        return torch.arange(b), torch.full((b,), int(where) - h, dtype=torch.long)
+    raise UserError(f"unknown position {where!r}; use one of {', '.join(WHERE)} or a span index 0..{h - 1}")
 
 
 class SpanRunner:

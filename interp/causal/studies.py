@@ -38,9 +38,9 @@ class PatchConfig:
     """What to patch."""
 
     where: str = field(default="span", metadata={
-        "help": "patch the probe token, the whole span, or a position before it (the last response token, the last "
-                "prompt token, the last instruction token: `anydepth positions` compares the same reads)",
-        "choices": ("probe", "span", "last_token", "prompt", "t_inst")})
+        "help": "patch the probe token, the whole span, one span token (its index), or a position before it "
+                "(last_token, prompt, t_inst: the last response, prompt and instruction tokens; `anydepth positions` "
+                "compares the same reads)", "aliases": ("--position",)})
     site: str = field(default="resid_post", metadata={"help": "residual site", "choices": ("resid_pre", "resid_post")})
     knockout: bool = field(default=True, metadata={"help": "also run span -> response attention knockout"})
 
