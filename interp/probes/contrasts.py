@@ -2,10 +2,10 @@
 
 Within harmful prompts the two answers are the model complying (label harmful) and the model refusing (its own or
 a recovered refusal, label benign); within benign prompts they are the model's own answer and its answer after a
-forced opener. Only pairs inside one (prompt group, depth) block are compared
-(:func:`interp.probes.metrics.auroc_within`), so a feature that depends on the prompt alone ties every pair and
-scores exactly 0.5: what lifts a score above 0.5 here is read from the continuation. Intervals resample prompt
-groups.
+forced opener. Only pairs inside one (prompt, depth) block are compared (:func:`interp.probes.metrics.auroc_within`;
+the prompt's exact text, not its content group, which also joins near-duplicate prompts), so a feature that depends
+on the prompt alone ties every pair and scores exactly 0.5: what lifts a score above 0.5 here is read from the
+continuation. Intervals resample prompt groups.
 """
 
 from __future__ import annotations
@@ -21,21 +21,21 @@ CONTRASTS = {
 }
 
 
-def contrast_rows(y: np.ndarray, groups: np.ndarray, kinds: np.ndarray) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+def contrast_rows(y: np.ndarray, prompts: np.ndarray, kinds: np.ndarray) -> dict[str, tuple[np.ndarray, np.ndarray]]:
     """Per contrast: the rows it compares (bool ``[N]``) and their contrast label (1 = the first arm)."""
-    harmful_prompt = np.isin(groups, groups[y == 1])
+    harmful_prompt = np.isin(prompts, prompts[y == 1])
     benign_rows = ~harmful_prompt & np.isin(kinds, ["own", "prefill"])
     return {"harmful": (harmful_prompt, (y == 1).astype(np.int64)),
             "benign": (benign_rows, (kinds == "prefill").astype(np.int64))}
 
 
-def within_prompts(p: np.ndarray, label: np.ndarray, groups: np.ndarray, rows: np.ndarray, W: np.ndarray | None,
+def within_prompts(p: np.ndarray, label: np.ndarray, prompts: np.ndarray, rows: np.ndarray, W: np.ndarray | None,
                    alpha: float = 0.05) -> dict:
     """AUROC of scores ``p [N, D]`` between the two arms of ``label`` over the finite pairs of ``rows``, compared
-    only within one (prompt group, depth) block; ``W [B, N]`` bootstrap weights give the interval."""
+    only within one (prompt, depth) block; ``W [B, N]`` bootstrap weights (by prompt group) give the interval."""
     m = rows[:, None] & np.isfinite(p)
     r, k = np.nonzero(m)
-    codes = group_codes(groups)[0]
+    codes = group_codes(prompts)[0]
     blocks = codes[r] * p.shape[1] + k
     lab = label[r]
     both = [b for b in np.unique(blocks) if len(np.unique(lab[blocks == b])) == 2]
@@ -53,8 +53,8 @@ def within_prompts(p: np.ndarray, label: np.ndarray, groups: np.ndarray, rows: n
     return out
 
 
-def prompt_controlled(p: np.ndarray, y: np.ndarray, groups: np.ndarray, kinds: np.ndarray,
+def prompt_controlled(p: np.ndarray, y: np.ndarray, prompts: np.ndarray, kinds: np.ndarray,
                       W: np.ndarray | None) -> dict[str, dict]:
-    """Both contrasts of :data:`CONTRASTS` for one score matrix."""
-    return {name: within_prompts(p, label, groups, rows, W)
-            for name, (rows, label) in contrast_rows(y, groups, kinds).items()}
+    """Both contrasts of :data:`CONTRASTS` for one score matrix; ``prompts`` are the rows' prompt texts."""
+    return {name: within_prompts(p, label, prompts, rows, W)
+            for name, (rows, label) in contrast_rows(y, prompts, kinds).items()}

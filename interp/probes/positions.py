@@ -117,7 +117,8 @@ def compare_positions(store, cfg: PositionsConfig | None = None, probe: ProbeCon
     names, layers = _check(store, cfg)
     meta = examples_meta(store)
     done = meta["done"]
-    ctx = _Ctx(store, cfg, probe, meta["y"][done], meta["groups"][done], meta["kinds"][done], meta["valid"][done],
+    ctx = _Ctx(store, cfg, probe, meta["y"][done], meta["groups"][done], meta["prompts"][done], meta["kinds"][done],
+               meta["valid"][done],
                grouped_folds(meta["y"][done], meta["groups"][done], cfg.folds, cfg.seed),
                bootstrap_weights(meta["groups"][done], cfg.n_boot, cfg.seed), store_texts(store, meta=meta))
     rows, verdicts = [], []
@@ -173,6 +174,7 @@ class _Ctx:
     probe: ProbeConfig
     y: np.ndarray
     groups: np.ndarray
+    prompts: np.ndarray
     kinds: np.ndarray
     valid: np.ndarray
     split: Any
@@ -227,7 +229,7 @@ def _layer(ctx: _Ctx, layer: int, names: list[str], bar) -> list[PositionRow]:
                                 vs_header_per_depth=[] if name == HEADER else
                                 [_diff(ctx, head[:, [k]], p[:, [k]]) for k in range(p.shape[1])],
                                 loso=(loso.get(name) or {}).get("probe") if loso.get(name) else None,
-                                contrasts=prompt_controlled(p, ctx.y, ctx.groups, ctx.kinds, ctx.W)))
+                                contrasts=prompt_controlled(p, ctx.y, ctx.prompts, ctx.kinds, ctx.W)))
     return rows
 
 

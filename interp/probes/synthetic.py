@@ -135,7 +135,8 @@ def write_positions_store(path, planted: str = "random", *, n_prompts: int = 80,
 
     The continuation's label is planted along one direction at ``planted`` only (``"header"``, a study position or
     ``"last_token"``); ``t_inst`` and ``prompt`` carry the prompt's harmfulness, identical for both answers of a
-    prompt (prompt-only features); every other read is noise."""
+    prompt (prompt-only features); every other read is noise. Prompts come in near-duplicate pairs (one extra
+    word), so each content group holds two prompts."""
     from interp.extract.store import ActivationStore
 
     rng = np.random.default_rng(seed)
@@ -165,7 +166,8 @@ def write_positions_store(path, planted: str = "random", *, n_prompts: int = 80,
             "probe_index": 2, "answer_length": 40, "study_positions": list(STUDY)}
     examples = {"id": [f"r{i}" for i in range(n_rows)], "label": y.tolist(),
                 "source": [f"{d}:{k}" for d, k in zip(data, kind)], "kind": kind.tolist(),
-                "prompt": [f"prompt {i}" for i in prompt_ids], "category": [""] * n_rows,
+                "prompt": [f"tell me about topic{i // 2}" + " now" * (i % 2) for i in prompt_ids],
+                "category": [""] * n_rows,
                 "n_response_tokens": [40] * n_rows, "valid": np.ones((n_rows, dd), bool), "end_depth": [40] * n_rows,
                 "finished": [True] * n_rows}
     store = ActivationStore.create(path, prov, examples, depths=[0, 10, 20], hooks=["resid_post"], layers=[0],
