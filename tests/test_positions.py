@@ -25,16 +25,18 @@ def test_a_signal_planted_at_a_neutral_span_makes_the_header_lose(tmp_path):
     assert res.row("random").auroc["value"] > 0.9
     assert res.row("header").auroc["value"] < 0.7
     assert res.row("random").vs_header["loses"]
-    assert "random (-" in res.verdicts[0].split("loses to")[1]
+    assert "random (-" in res.verdicts[1].split("loses to")[1]
+    assert "random (layer 0)" in res.verdicts[0].split("loses to")[1] and res.verdicts[0].startswith("synthetic, layers 0:")
 
 
 def test_a_signal_planted_at_the_header_makes_it_beat_the_controls(tmp_path):
     res = _run(tmp_path, "header")
-    line = res.verdicts[0]
+    line = res.verdicts[1]
     assert "loses to none" in line
     for control in ("user_header", "newlines", "random", "last_token", "response_mean"):
         assert res.row(control).vs_header["beats"], control
         assert f"{control} (+" in line.split("beats")[1].split(";")[0]
+        assert control in res.verdicts[0].split("at every layer")[0]
     # the header reads the continuation: within harmful prompts it tells compliance from refusal
     assert res.row("header").contrasts["harmful"]["value"] > 0.9
 

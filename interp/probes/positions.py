@@ -25,7 +25,7 @@ from interp.probes.oof import ProbeConfig
 from interp.probes.position_names import HEADER, NGRAM, is_control, position_names, store_position
 from interp.results import Result
 
-__all__ = ["PositionsConfig", "PositionsResult", "compare_positions", "verdict_lines"]
+__all__ = ["PositionsConfig", "PositionsResult", "compare_positions", "overall_verdict", "verdict_lines"]
 
 @dataclass
 class PositionsConfig:
@@ -128,6 +128,8 @@ def compare_positions(store, cfg: PositionsConfig | None = None, probe: ProbeCon
         rows += got
         verdicts += verdict_lines(got, layer)
     bar.close()
+    model = str((store.provenance or {}).get("model_id") or "this model")
+    verdicts.insert(0, overall_verdict(rows, layers, model))
     return PositionsResult(rows=rows, verdicts=verdicts, layers=layers, depths=[int(d) for d in store.depths],
                            hook=cfg.hook, store=str(getattr(store, "path", "")),
                            config={"positions": to_dict(cfg), "probe": to_dict(probe)},
@@ -256,6 +258,23 @@ def _diff(ctx: _Ctx, a: np.ndarray, b: np.ndarray) -> dict | None:
         return None
     d = paired_auroc_diff(a[r, k], b[r, k], ctx.y[r], ctx.groups[r], n_boot=ctx.cfg.n_boot, seed=ctx.cfg.seed)
     return {**d, "loses": bool(d["hi"] < 0), "n": int(len(r))}
+
+
+def overall_verdict(rows: list[PositionRow], layers: list[int], model: str) -> str:
+    """One line for the model: the positions the header beats at every layer, those it loses to at some layer,
+    and the rest (tied somewhere, never lost)."""
+    calls: dict[str, dict[int, str]] = {}
+    for r in rows:
+        if r.vs_header is not None and is_control(r.position):
+            d = r.vs_header
+            calls.setdefault(r.position, {})[r.layer] = "beats" if d["beats"] else "loses" if d["loses"] else "ties"
+    beaten = [p for p, c in calls.items() if all(v == "beats" for v in c.values())]
+    lost = [f"{p} (layer {', '.join(str(k) for k, v in c.items() if v == 'loses')})" for p, c in calls.items()
+            if "loses" in c.values()]
+    mixed = [p for p, c in calls.items() if p not in beaten and "loses" not in c.values()]
+    return (f"{model}, layers {', '.join(str(x) for x in layers)}: the header (probe token) beats "
+            f"{', '.join(beaten) or 'no position'} at every layer; loses to {', '.join(lost) or 'none'}; ties "
+            f"{', '.join(mixed) or 'none'} at some layer (pooled out-of-fold AUROC, header − position, 95% CI).")
 
 
 def verdict_lines(rows: list[PositionRow], layer: int) -> list[str]:
