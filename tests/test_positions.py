@@ -61,6 +61,13 @@ def test_within_prompt_auroc_compares_only_pairs_of_one_prompt_and_depth():
     got = prompt_controlled(p, y, groups, kinds, None)
     assert got["harmful"]["value"] == 1.0 and got["harmful"]["n_blocks"] == 2
     assert "no prompt holds both" in got["benign"]["note"]
+    from interp.probes.positions import PositionRow, verdict_lines
+
+    row = PositionRow(layer=3, position="header", auroc=None, per_depth=[], vs_header=None, vs_header_per_depth=[],
+                      loso=None, contrasts=got)
+    lines = verdict_lines([row], 3)
+    assert "within harmful prompts (2 prompts): header AUROC 1.000" in lines[1]
+    assert "within benign prompts: not measured (no prompt holds both arms" in lines[2]
 
 
 def test_positions_saves_its_table_figure_and_loso(tmp_path):

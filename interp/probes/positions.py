@@ -291,8 +291,10 @@ def verdict_lines(rows: list[PositionRow], layer: int) -> list[str]:
     lines = [f"Layer {layer}: the header " + "; ".join(parts) + "."]
     head = next(r for r in rows if r.layer == layer and r.position == HEADER)
     for name, c in head.contrasts.items():
-        if "value" in c:
-            ci = f" [{c['lo']:.3f}, {c['hi']:.3f}]" if "lo" in c else ""
-            lines.append(f"Layer {layer}, within {name} prompts ({c['n_prompts']} prompts): header AUROC "
-                         f"{c['value']:.3f}{ci} (a prompt-only feature scores 0.5).")
+        if "value" not in c:
+            lines.append(f"Layer {layer}, within {name} prompts: not measured ({c.get('note', 'no pairs')}).")
+            continue
+        ci = f" [{c['lo']:.3f}, {c['hi']:.3f}]" if "lo" in c else ""
+        lines.append(f"Layer {layer}, within {name} prompts ({c['n_prompts']} prompts): header AUROC "
+                     f"{c['value']:.3f}{ci} (a prompt-only feature scores 0.5).")
     return lines
