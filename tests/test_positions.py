@@ -60,6 +60,8 @@ def test_within_prompt_auroc_compares_only_pairs_of_one_prompt_and_depth():
     p = np.array([[0.9], [0.8], [0.2], [0.1]])
     got = prompt_controlled(p, y, groups, kinds, None)
     assert got["harmful"]["value"] == 1.0 and got["harmful"]["n_blocks"] == 2
+    # depth 0 is left out: there both answers are the same input
+    assert "no prompt holds both" in prompt_controlled(p, y, groups, kinds, None, np.array([0]))["harmful"]["note"]
     assert "no prompt holds both" in got["benign"]["note"]
     from interp.probes.positions import PositionRow, verdict_lines
 

@@ -5,7 +5,8 @@ a recovered refusal, label benign); within benign prompts they are the model's o
 forced opener. Only pairs inside one (prompt, depth) block are compared (:func:`interp.probes.metrics.auroc_within`;
 the prompt's exact text, not its content group, which also joins near-duplicate prompts), so a feature that depends
 on the prompt alone ties every pair and scores exactly 0.5: what lifts a score above 0.5 here is read from the
-continuation. Intervals resample prompt groups.
+continuation. Depth 0 is left out: there both answers are the same input (nothing of either has been read), so
+every position ties there and would only pull each AUROC toward 0.5. Intervals resample prompt groups.
 """
 
 from __future__ import annotations
@@ -54,7 +55,10 @@ def within_prompts(p: np.ndarray, label: np.ndarray, prompts: np.ndarray, rows: 
 
 
 def prompt_controlled(p: np.ndarray, y: np.ndarray, prompts: np.ndarray, kinds: np.ndarray,
-                      W: np.ndarray | None) -> dict[str, dict]:
-    """Both contrasts of :data:`CONTRASTS` for one score matrix; ``prompts`` are the rows' prompt texts."""
+                      W: np.ndarray | None, depths: np.ndarray | None = None) -> dict[str, dict]:
+    """Both contrasts of :data:`CONTRASTS` for one score matrix; ``prompts`` are the rows' prompt texts, and with
+    ``depths`` (the columns' depths) the depth-0 column is left out."""
+    if depths is not None:
+        p = np.where(np.asarray(depths)[None, :] > 0, p, np.nan)
     return {name: within_prompts(p, label, prompts, rows, W)
             for name, (rows, label) in contrast_rows(y, prompts, kinds).items()}

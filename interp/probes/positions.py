@@ -231,7 +231,8 @@ def _layer(ctx: _Ctx, layer: int, names: list[str], bar) -> list[PositionRow]:
                                 vs_header_per_depth=[] if name == HEADER else
                                 [_diff(ctx, head[:, [k]], p[:, [k]]) for k in range(p.shape[1])],
                                 loso=(loso.get(name) or {}).get("probe") if loso.get(name) else None,
-                                contrasts=prompt_controlled(p, ctx.y, ctx.prompts, ctx.kinds, ctx.W)))
+                                contrasts=prompt_controlled(p, ctx.y, ctx.prompts, ctx.kinds, ctx.W,
+                                                            ctx.store.depths)))
     return rows
 
 
