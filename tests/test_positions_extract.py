@@ -6,6 +6,7 @@ import warnings
 
 import numpy as np
 import pytest
+import torch
 
 from interp import UserError
 from interp.extract.packed import extract_to_store
@@ -92,3 +93,40 @@ def test_a_prompt_without_the_template_suffix_is_refused(tmp_path):
         extract_to_store(model, tok, items, tmp_path / "s.h5", spans=spans, depths=[0], layers=[0],
                          progress=False, controls=derive_controls(tok, spans))
     assert not (tmp_path / "s.h5").exists()
+
+
+# bf16 is how a GPU runs these models (tolerance as in test_extract's bf16 test, which fails on a mask one token
+# too wide); transformers has no sdpa path for Gemma-2.
+@pytest.mark.parametrize("arch,dtype,attn,tol", [
+    (arch, dtype, attn, tol) for arch in ("llama", "qwen2", "gemma2")
+    for dtype, attn, tol in ((torch.float32, "sdpa", 1e-5), (torch.bfloat16, "eager", 2e-2),
+                             (torch.bfloat16, "sdpa", 2e-2))
+    if not (arch == "gemma2" and attn == "sdpa")])
+@pytest.mark.device
+def test_control_reads_equal_reencoding_bf16_and_sdpa(tmp_path, arch, dtype, attn, tol, device):
+    model, tok = tiny_model(arch, n_layers=2, d_model=64, seed=4, sliding_window=32)
+    model = model.to(device=device, dtype=dtype)
+    model.set_attn_implementation(attn)
+    spans = derive_safety_spans(tok)
+    controls = derive_controls(tok, spans)
+    items = make_items(tok)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        extract_to_store(model, tok, items, tmp_path / "s.h5", spans=spans, depths=DEPTHS, layers=[1],
+                         hooks=("resid_post",), storage_dtype="float32", batch_size=3, progress=False,
+                         controls=controls)
+    checked = 0
+    with ActivationStore.open(tmp_path / "s.h5") as store:
+        valid = store.examples["valid"]
+        reads = {name: store.read("resid_post", 1, position=name) for name in CONTROLS}
+    for i, it in enumerate(items):
+        for k, d in enumerate(DEPTHS):
+            if not valid[i, k]:
+                continue
+            for name in CONTROLS:
+                ids = list(controls.spans[name])
+                r = reference(model, it.prompt_ids + it.response_ids[:d] + ids)[("hook_resid_post", 1)]
+                want = r[controls.read_index(name) - len(ids)].float().cpu().numpy()
+                assert _rel(reads[name][i, k], want) < tol, (arch, str(dtype), attn, name, d)
+                checked += 1
+    assert checked >= 24
