@@ -70,6 +70,8 @@ def test_calibration_tpr_counts_the_calibration_prompts_harmful_answers(store_pa
     (["base", "ln1"], "lever 'ln1' reads hook ln1.hook_normalized, which the store lacks"),
     (["base", "stack5"], "lever 'stack5': --combine-top 5 exceeds the 3 fitted layers"),
     (["nope"], "unknown lever 'nope'"),
+    (["base", "userheader"], "lever 'userheader' reads user_header, which the store lacks; re-extract it with "
+                             "--controls true"),
 ])
 def test_bad_levers_are_one_line_and_write_nothing(store_path, tmp_path, capsys, levers, message):
     out = tmp_path / "levers"
@@ -108,3 +110,17 @@ def test_the_paper_lever_reads_the_papers_layer_fraction_and_depths():
                                                             "standardize": False, "balance_sources": False}
     with pytest.raises(UserError, match="reads layer 16 .* which the store lacks"):
         _per_store(SimpleNamespace(provenance={"n_layers": 24}, layers=[0, 1], depths=[25]), LEVERS["paper"][1])
+
+
+def test_readout_levers_at_study_positions_read_them(tmp_path):
+    """userheader / respmean fit the probe at the position study's reads: with the signal planted at the user
+    header only, that lever separates the classes and the base (assistant header) does not."""
+    from interp.probes.synthetic import write_positions_store
+
+    path = write_positions_store(tmp_path / "s.h5", "user_header")
+    out = tmp_path / "levers"
+    assert main(["levers", "--store", str(path), "--out", str(out), "--levers", "base", "userheader", "respmean",
+                 *COMMON, "--stride", "20"]) == 0  # (the store holds depths 0, 10, 20 of 40-token answers)
+    res = LeverResult.load(out / "levers.json")
+    assert res.row("userheader").loso["macro"]["value"] > 0.9 > 0.7 > res.row("base").loso["macro"]["value"]
+    assert res.row("userheader").calibration_tpr["rate"] > res.row("base").calibration_tpr["rate"]

@@ -36,6 +36,11 @@ LEVERS: dict[str, tuple[str, dict, dict]] = {
     "ln1": ("the ADA readout: the block's normalised input (ln1) instead of resid_post", {"hook": "ln1"}, {}),
     "spanmean": ("the mean over every Safety-Token span token instead of the probe token (measured only: the live "
                  "guard reads the probe token)", {"position": "span_mean"}, {}),
+    "userheader": ("the injected user header's role token instead of the assistant header's probe token (measured "
+                   "only: a store extracted with --controls true; the live guard injects the assistant header)",
+                   {"position": "user_header"}, {}),
+    "respmean": ("the mean over the response so far instead of the probe token (measured only: a store extracted "
+                 "with --controls true)", {"position": "response_mean"}, {}),
     "balance": ("each source carries the same weight within its class", {}, {"balance_sources": True}),
     "standardize": ("features standardised per training set", {}, {"standardize": True}),
     "mean3": ("mean of the logits of the 3 best layers' probes", {"combine_top": 3}, {}),
@@ -174,6 +179,11 @@ def _plans(store, cfg: LeverConfig, probe: ProbeConfig) -> list[tuple[str, str, 
         if t_cfg.hook and canonical_hook(t_cfg.hook) not in store.hooks:
             raise UserError(f"lever {name!r} reads hook {canonical_hook(t_cfg.hook)}, which the store lacks (it "
                             f"holds {list(store.hooks)}); re-extract with --hooks resid_post {t_cfg.hook}")
+        study = getattr(store, "study_positions", [])
+        if isinstance(t_cfg.position, str) and t_cfg.position in ("user_header", "response_mean") \
+                and t_cfg.position not in study:
+            raise UserError(f"lever {name!r} reads {t_cfg.position}, which the store lacks; re-extract it with "
+                            "--controls true")
         if t_cfg.combine_top > n_layers:
             raise UserError(f"lever {name!r}: --combine-top {t_cfg.combine_top} exceeds the {n_layers} fitted layers")
         plans.append((name, changes, t_cfg, p_cfg))

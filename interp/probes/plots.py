@@ -122,7 +122,8 @@ def plot_levers(result, prefix: str | Path) -> list[Path]:
         if not d or d.get(key) is None:
             return
         v, lo, hi = d[key], d.get("lo"), d.get("hi")
-        err = None if lo is None or hi is None else [[v - lo], [hi - v]]
+        # a bootstrap interval may leave out its point estimate (a macro mean over sources): no negative bars
+        err = None if lo is None or hi is None else [[max(v - lo, 0.0)], [max(hi - v, 0.0)]]
         ax.errorbar(v, yy, xerr=err, fmt="o", color=color, capsize=3, label=label)
 
     for i, r in enumerate(rows):
