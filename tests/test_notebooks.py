@@ -11,7 +11,8 @@ from nbclient import NotebookClient
 
 ROOT = Path(__file__).resolve().parents[1]
 NOTEBOOKS = sorted((ROOT / "notebooks").glob("*.ipynb"))
-NAMES = ["00_whole_study.ipynb", "01_layer_sweep_and_probes.ipynb", "02_guard_deep_prefill.ipynb", "03_causal_analysis.ipynb"]
+NAMES = ["00_whole_study.ipynb", "01_layer_sweep_and_probes.ipynb", "02_guard_deep_prefill.ipynb", "03_causal_analysis.ipynb",
+         "04_is_the_safety_token_special.ipynb"]
 
 
 def test_all_notebooks_present():
