@@ -23,6 +23,7 @@ import torch
 from interp import UserError
 from interp.extract.masks import PackedBatch, attention_layout, collate, plan_packed, require_mask_kernel
 from interp.extract.store import ActivationStore, canonical_hook
+from interp.extract.study import check_suffix, control_spans, gather_study, study_positions
 from interp.generate.continuations import Continuation
 from interp.model import hooks as mh
 from interp.model.context import TOO_LONG, context_limit, fit, text_config
@@ -137,46 +138,14 @@ def gather_rows(x: torch.Tensor, b: PackedBatch, positions: torch.Tensor
     return acts, last, prompt
 
 
-def response_mean(x: torch.Tensor, b: PackedBatch) -> torch.Tensor:
-    """``[B, D, d]``: the mean of ``x`` over the response tokens before each depth (zero at depth 0 and where a
-    depth is invalid), from one running sum over the prompt and response (float64)."""
-    dev = x.device
-    last = b.last_token_index.to(dev)  # [B, D]
-    start = b.prompt_last_index.to(dev)[:, None]  # the last prompt token
-    upto = int(last.max().clamp_min(0)) + 1
-    cs = x[:, :upto].double().cumsum(1)
-    rows = torch.arange(x.shape[0], device=dev)[:, None]
-    n = (last - start).clamp_min(0)
-    total = cs[rows, last.clamp_min(0)] - cs[rows, start]
-    mean = total / n.clamp_min(1)[..., None]
-    return (mean * ((n > 0) & b.valid.to(dev))[..., None]).to(x.dtype)
-
-
-def gather_study(x: torch.Tensor, b: PackedBatch, read_offset: int, suffix_len: int) -> dict[str, torch.Tensor]:
-    """The position study's reads of a site tensor ``x [B, S, d]``: each control span at every depth
-    ``control_<c> [B, D, d]`` (``read_offset`` tokens before its end), ``response_mean [B, D, d]`` and the last
-    instruction token ``t_inst [B, d]`` (``suffix_len`` template tokens before the prompt's end)."""
-    dev = x.device
-    rows = torch.arange(x.shape[0], device=dev)
-    out = {"response_mean": response_mean(x, b),
-           "t_inst": x[rows, b.prompt_last_index.to(dev) - suffix_len]}
-    if b.control_last is not None:
-        at = b.control_last.to(dev)  # [B, C, D]
-        idx = (at - (read_offset - 1)).clamp_min(0)
-        vals = x[rows[:, None, None], idx] * (at >= 0)[..., None].to(x.dtype)  # [B, C, D, d]
-        for c in range(at.shape[1]):
-            out[f"control_{c}"] = vals[:, c]
-    return out
-
-
 class SpanReader:
     """Hooks that gather span / last-token / prompt activations of the current :class:`PackedBatch` (and with
-    ``study`` = ``(control names, read offset, prompt suffix length)`` the position study's reads)."""
+    ``controls``, a :class:`interp.spans.controls.ControlSpans`, the position study's reads)."""
 
     def __init__(self, model, hooks: Sequence[str], layers: Sequence[int], positions: Sequence[int],
-                 study: tuple[Sequence[str], int, int] | None = None):
+                 controls=None):
         self.model, self.hooks, self.layers = model, [canonical_hook(h) for h in hooks], list(layers)
-        self.study = study
+        self.controls = controls
         self.positions = torch.tensor(list(positions), dtype=torch.long)
         self.batch: PackedBatch | None = None
         self.out: dict[str, dict[tuple[str, int], np.ndarray]] = {}
@@ -204,12 +173,8 @@ class SpanReader:
         self.out["acts"][key] = acts.float().cpu().numpy()
         self.out["last_token"][key] = last.float().cpu().numpy()
         self.out["prompt"][key] = prompt.float().cpu().numpy()
-        if self.study is not None:
-            names, offset, suffix = self.study
-            reads = gather_study(x, self.batch, offset, suffix)
-            for c, name in enumerate(names):
-                reads[name] = reads.pop(f"control_{c}")
-            for name, value in reads.items():
+        if self.controls is not None:
+            for name, value in gather_study(x, self.batch, self.controls).items():
                 self.out["positions"].setdefault(name, {})[key] = value.float().cpu().numpy()
 
     def run(self, batch: PackedBatch) -> dict[str, dict[tuple[str, int], np.ndarray]]:
@@ -387,14 +352,6 @@ def _check_inputs(model, items: Sequence[Continuation], batch_size: int, positio
         raise UserError(f"--positions must be one of {POSITIONS}, got {positions!r}")
 
 
-def _check_suffix(items: Sequence[Continuation], controls) -> None:
-    """Every prompt must end with the template's suffix, or its last instruction token is not defined."""
-    bad = [it.id for it in items if controls.t_inst(it.prompt_ids) is None]
-    if bad:
-        raise UserError(f"{len(bad)} prompt(s) (e.g. {bad[0]!r}) do not end with the chat template's tokens after the "
-                        "user's text, so their last instruction token is unknown; extract them without --controls")
-
-
 def _examples(items: Sequence[Continuation], n_tokens, valid, ends) -> dict[str, list]:
     """The store's per-row table (everything but the texts at each depth)."""
     return {"id": [it.id for it in items], "label": [1 if it.label == "harmful" else 0 for it in items],
@@ -414,7 +371,8 @@ def extract_to_store(model, tokenizer, items: Sequence[Continuation], out: str |
     default the deepest depth), into the HDF5 store at ``out`` (resuming rows not yet done).
 
     ``spans`` is a :class:`interp.spans.derive.SafetySpans` (``span_ids``, ``probe_index``, ``to_dict()``);
-    ``controls`` (:class:`interp.spans.controls.ControlSpans`) adds the position study's reads (:func:`gather_study`).
+    ``controls`` (:class:`interp.spans.controls.ControlSpans`) adds the position study's reads
+    (:func:`interp.extract.study.gather_study`).
     ``on_batch(n_done)`` is called after each written batch (tests use it to crash mid-run).
     """
     from tqdm.auto import tqdm
@@ -433,11 +391,10 @@ def extract_to_store(model, tokenizer, items: Sequence[Continuation], out: str |
         items = [it for it in items if it.id not in set(skipped)]
         if not items:
             raise UserError("every example exceeds the model context (--too-long skip left none)")
-    names = controls.names if controls is not None else []
     if controls is not None:
-        _check_suffix(items, controls)
+        check_suffix(items, controls)
     plans, valid, n_tokens, ends = prepare_plans(items, span_ids, depths, max_context, too_long, horizon,
-                                                 [controls.spans[c] for c in names])
+                                                 control_spans(controls))
     prov = model_provenance(model, tokenizer, provenance)
     span_info = spans.to_dict() if hasattr(spans, "to_dict") else {}
     prov.update(span_text=getattr(spans, "span_text", span_info.get("span_text", "")), span_ids=span_ids,
@@ -445,15 +402,14 @@ def extract_to_store(model, tokenizer, items: Sequence[Continuation], out: str |
                 spans=span_info, depth_schedule=[int(d) for d in depths], skipped_too_long=skipped,
                 token_ids_sha256=token_ids_sha256(items), answer_length=horizon)
     if controls is not None:
-        prov.update(study_positions=[*names, "response_mean", "t_inst"], controls=controls.to_dict())
+        prov.update(study_positions=study_positions(controls), controls=controls.to_dict())
     examples = _examples(items, n_tokens, valid, ends)
     examples.update(text_at_depths(tokenizer, items, depths, progress=progress, ends=ends))
     store = ActivationStore.create(out, prov, examples, depths=depths, hooks=hooks, layers=layers, positions=pos,
                                    d_model=cfg.hidden_size, storage_dtype=storage_dtype)
     window, types = attention_layout(model.config)
     device = next(model.parameters()).device
-    study = (names, controls.read_offset, len(controls.prompt_suffix_ids)) if controls is not None else None
-    reader = SpanReader(model, hooks, layers, pos, study)
+    reader = SpanReader(model, hooks, layers, pos, controls)
     done = store.done
     empty_at_start = not done.any()
     batches = [b for b in batch_order(plans, batch_size) if not done[b].all()]

@@ -256,9 +256,9 @@ class ActivationStore:
             _create_preallocated(ex, "done", (N,), bool)[...] = False
             disk = _disk_dtype(storage_dtype)
             for hook in hooks:
+                study = [(f"positions/{name}/{hook}", (N, d_model) if name in PROMPT_READS else (N, slots, d_model))
+                         for name in prov.get("study_positions") or []]
                 for layer in layers:
-                    study = [(f"positions/{name}/{hook}", (N, d_model) if name in PROMPT_READS else (N, slots, d_model))
-                             for name in prov.get("study_positions") or []]
                     for group, shape in ((f"acts/{hook}", (N, slots, len(positions), d_model)),
                                          (f"baselines/last_token/{hook}", (N, slots, d_model)),
                                          (f"baselines/prompt/{hook}", (N, d_model)), *study):
@@ -369,8 +369,7 @@ class ActivationStore:
         return f"positions/{position}"
 
     def _slots(self, hook: str, layer: int, position: str | int, slots: np.ndarray, row_idx) -> np.ndarray:
-        if position == "last_token" or (isinstance(position, str) and position not in ("probe", "span_mean")
-                                        and not position.lstrip("-").isdigit()):
+        if isinstance(position, str) and position not in ("probe", "span_mean") and not position.lstrip("-").isdigit():
             group = "baselines/last_token" if position == "last_token" else self._study_group(position)
             x = self._dataset(group, hook, layer)
             return from_storage(_take_rows(x, row_idx)[:, slots], self.storage_dtype)
