@@ -39,8 +39,10 @@ def within_prompts(p: np.ndarray, label: np.ndarray, prompts: np.ndarray, rows: 
     codes = group_codes(prompts)[0]
     blocks = codes[r] * p.shape[1] + k
     lab = label[r]
-    both = [b for b in np.unique(blocks) if len(np.unique(lab[blocks == b])) == 2]
-    if not both:
+    arms = np.unique(np.stack([blocks, lab]), axis=1)[0]  # one entry per (block, arm) present
+    held, n_arms = np.unique(arms, return_counts=True)
+    both = held[n_arms == 2]
+    if not len(both):
         return {"note": "no prompt holds both arms at one depth"}
     keep = np.isin(blocks, both)
     s, lab, blocks, r = p[r, k][keep], lab[keep], blocks[keep], r[keep]

@@ -124,7 +124,7 @@ def compare_positions(store, cfg: PositionsConfig | None = None, probe: ProbeCon
     rows, verdicts = [], []
     bar = tqdm(total=len(layers) * len(names), desc="positions", unit="fit", disable=not progress)
     for layer in layers:
-        got = _layer(ctx, layer, names, bar)
+        got = _layer(ctx, layer, names, bar, first=layer == layers[0])
         rows += got
         verdicts += verdict_lines(got, layer)
     bar.close()
@@ -182,10 +182,14 @@ class _Ctx:
     split: Any
     W: np.ndarray
     texts: np.ndarray | None
+    # the text baseline does not depend on the layer: fitted at the first layer, reused at the others
+    ngram: np.ndarray | None = None
+    ngram_loso: dict | None = None
 
 
-def _scores(ctx: _Ctx, layer: int, name: str) -> tuple[np.ndarray, dict | None]:
-    """Out-of-fold scores ``[N, D]`` of one position (NaN where not scored) and its leave-one-source-out."""
+def _scores(ctx: _Ctx, layer: int, name: str, with_text: bool) -> tuple[np.ndarray, dict | None]:
+    """Out-of-fold scores ``[N, D]`` of one position (NaN where not scored) and its leave-one-source-out by method
+    (``probe``, and with ``with_text`` the n-gram's on the same folds)."""
     from interp.probes.data import load_layer
     from interp.probes.oof import oof_scores
 
@@ -193,7 +197,7 @@ def _scores(ctx: _Ctx, layer: int, name: str) -> tuple[np.ndarray, dict | None]:
     if name == "response_mean":  # empty before the first response token
         data = data.restrict(np.broadcast_to(np.asarray(data.depths) > 0, data.valid.shape))
     p = oof_scores(data, ctx.split, ctx.probe)
-    loso = _loso(ctx, data, with_text=name == HEADER) if ctx.cfg.loso and not name.startswith("header[") else None
+    loso = _loso(ctx, data, with_text) if ctx.cfg.loso and not name.startswith("header[") else None
     return p, loso
 
 
@@ -210,19 +214,21 @@ def _loso(ctx: _Ctx, data, with_text: bool) -> dict:
     return out
 
 
-def _layer(ctx: _Ctx, layer: int, names: list[str], bar) -> list[PositionRow]:
+def _layer(ctx: _Ctx, layer: int, names: list[str], bar, first: bool) -> list[PositionRow]:
     from interp.probes.contrasts import prompt_controlled
     from interp.probes.ngram import ngram_oof
 
     scores, loso = {}, {}
     for name in names:
-        scores[name], loso[name] = _scores(ctx, layer, name)
+        scores[name], got = _scores(ctx, layer, name, with_text=first and name == HEADER)
+        loso[name] = (got or {}).get("probe")
+        if first and name == HEADER:
+            ctx.ngram_loso = (got or {}).get(NGRAM)
         bar.update(1)
     if ctx.texts is not None:
-        scores[NGRAM] = ngram_oof(ctx.texts, ctx.y, ctx.valid, ctx.split, progress=False)
-        loso[NGRAM] = {"probe": (loso.get(HEADER) or {}).get(NGRAM)} if (loso.get(HEADER) or {}).get(NGRAM) else None
-        if loso.get(HEADER):
-            loso[HEADER].pop(NGRAM, None)
+        if first:
+            ctx.ngram = ngram_oof(ctx.texts, ctx.y, ctx.valid, ctx.split, progress=False)
+        scores[NGRAM], loso[NGRAM] = ctx.ngram, ctx.ngram_loso
     head = scores[HEADER]
     rows = []
     for name, p in scores.items():
@@ -230,7 +236,7 @@ def _layer(ctx: _Ctx, layer: int, names: list[str], bar) -> list[PositionRow]:
                                 vs_header=None if name == HEADER else _diff(ctx, head, p),
                                 vs_header_per_depth=[] if name == HEADER else
                                 [_diff(ctx, head[:, [k]], p[:, [k]]) for k in range(p.shape[1])],
-                                loso=(loso.get(name) or {}).get("probe") if loso.get(name) else None,
+                                loso=loso.get(name),
                                 contrasts=prompt_controlled(p, ctx.y, ctx.prompts, ctx.kinds, ctx.W,
                                                             ctx.store.depths)))
     return rows
