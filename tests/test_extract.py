@@ -353,11 +353,13 @@ def test_a_run_that_fails_before_its_first_row_leaves_no_file(tmp_path):
 # bf16 is how a GPU runs these models: the tolerance fits bf16 rounding (measured worst 0.009 with sdpa, 0 with
 # eager) and a mask one token too wide gives 0.09-0.43 on these models, so the test fails when the mask is wrong.
 # (transformers has no sdpa path for Gemma-2, so it runs eager only)
-@pytest.mark.parametrize("arch,dtype,attn,tol", [
-    (arch, dtype, attn, tol) for arch in ("llama", "qwen2", "gemma2")
-    for dtype, attn, tol in ((torch.float32, "sdpa", 1e-5), (torch.bfloat16, "eager", 2e-2),
-                             (torch.bfloat16, "sdpa", 2e-2))
-    if not (arch == "gemma2" and attn == "sdpa")])
+REENCODE_CASES = [(arch, dtype, attn, tol) for arch in ("llama", "qwen2", "gemma2")
+                  for dtype, attn, tol in ((torch.float32, "sdpa", 1e-5), (torch.bfloat16, "eager", 2e-2),
+                                           (torch.bfloat16, "sdpa", 2e-2))
+                  if not (arch == "gemma2" and attn == "sdpa")]
+
+
+@pytest.mark.parametrize("arch,dtype,attn,tol", REENCODE_CASES)
 @pytest.mark.device
 def test_store_equals_reencoding_bf16_and_sdpa(tmp_path, arch, dtype, attn, tol, device):
     model, tok = tiny_model(arch, n_layers=2, d_model=64, seed=4, sliding_window=32)

@@ -6,7 +6,6 @@ import warnings
 
 import numpy as np
 import pytest
-import torch
 
 from interp import UserError
 from interp.extract.packed import extract_to_store
@@ -14,7 +13,7 @@ from interp.extract.store import ActivationStore
 from interp.spans.controls import CONTROLS, derive_controls
 from interp.spans.derive import derive_safety_spans
 from interp.testing import tiny_model
-from tests.test_extract import HOOKS, _rel, make_items, reference
+from tests.test_extract import HOOKS, REENCODE_CASES, _rel, make_items, reference
 
 DEPTHS = [0, 3, 10, 40]
 NAMES = {"hook_resid_pre": "resid_pre", "hook_resid_post": "resid_post", "ln1.hook_normalized": "ln1"}
@@ -95,13 +94,8 @@ def test_a_prompt_without_the_template_suffix_is_refused(tmp_path):
     assert not (tmp_path / "s.h5").exists()
 
 
-# bf16 is how a GPU runs these models (tolerance as in test_extract's bf16 test, which fails on a mask one token
-# too wide); transformers has no sdpa path for Gemma-2.
-@pytest.mark.parametrize("arch,dtype,attn,tol", [
-    (arch, dtype, attn, tol) for arch in ("llama", "qwen2", "gemma2")
-    for dtype, attn, tol in ((torch.float32, "sdpa", 1e-5), (torch.bfloat16, "eager", 2e-2),
-                             (torch.bfloat16, "sdpa", 2e-2))
-    if not (arch == "gemma2" and attn == "sdpa")])
+# bf16 is how a GPU runs these models: the cases and tolerances of test_extract's bf16 test
+@pytest.mark.parametrize("arch,dtype,attn,tol", REENCODE_CASES)
 @pytest.mark.device
 def test_control_reads_equal_reencoding_bf16_and_sdpa(tmp_path, arch, dtype, attn, tol, device):
     model, tok = tiny_model(arch, n_layers=2, d_model=64, seed=4, sliding_window=32)

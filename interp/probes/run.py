@@ -110,18 +110,7 @@ def levers(store: str | Path | ActivationStore | None = None, cfg=None, probe: P
     (default ``cfg.out``) when one is given."""
     from interp.probes.levers import LeverConfig, compare_levers
 
-    cfg, probe = cfg or LeverConfig(), probe or ProbeConfig()
-    out = out if out is not None else (cfg.out or None)
-    if out:
-        check_out(out, "dir")
-    cfg.validate()  # every lever name before the store is read
-    with using_store(store if store is not None else cfg.store) as opened:
-        result = compare_levers(opened, cfg, probe, progress=progress)
-    if out:
-        result.save(out)
-        save_config(cfg, Path(out) / "config.json")
-        save_config(probe, Path(out) / "probe_config.json")
-    return result
+    return _compare_on_store(compare_levers, store, cfg or LeverConfig(), probe, out, progress)
 
 
 def positions(store: str | Path | ActivationStore | None = None, cfg=None, probe: ProbeConfig | None = None, *,
@@ -131,13 +120,19 @@ def positions(store: str | Path | ActivationStore | None = None, cfg=None, probe
     when one is given."""
     from interp.probes.positions import PositionsConfig, compare_positions
 
-    cfg, probe = cfg or PositionsConfig(), probe or ProbeConfig()
+    return _compare_on_store(compare_positions, store, cfg or PositionsConfig(), probe, out, progress)
+
+
+def _compare_on_store(compare, store, cfg, probe: ProbeConfig | None, out, progress: bool):
+    """``compare(opened store, cfg, probe)`` with the output folder and ``cfg`` checked before the store is read,
+    the result saved into ``out`` (default ``cfg.out``) with both configs beside it."""
+    probe = probe or ProbeConfig()
     out = out if out is not None else (cfg.out or None)
     if out:
         check_out(out, "dir")
-    cfg.validate()
+    cfg.validate()  # every option (each lever name) before the store is read
     with using_store(store if store is not None else cfg.store) as opened:
-        result = compare_positions(opened, cfg, probe, progress=progress)
+        result = compare(opened, cfg, probe, progress=progress)
     if out:
         result.save(out)
         save_config(cfg, Path(out) / "config.json")
