@@ -89,15 +89,17 @@ def sweep_once(path: str, layers: int, copy_budget: int | None = None) -> dict:
     return {"seconds": total, "per_layer": total / layers, "peak_gib": peak, "pairs": res.n_pairs, "auroc": auc}
 
 
-def train_once(path: str, layers: int) -> dict:
+def train_once(path: str, layers: int, stack: int = 0) -> dict:
     """Run in a fresh process: ``train`` (the held-out probe set: CV on the training prompts per layer, the final
-    fits, calibration and the held-out report) over the first ``layers`` layers."""
+    fits, calibration and the held-out report) over the first ``layers`` layers; ``stack`` K > 0: the readout is
+    one regression on the K best layers' concatenated features (``--combine-top K --stack true``)."""
     import resource
 
     from interp.probes.run import train
     from interp.probes.train import TrainConfig
 
-    cfg = TrainConfig(layers=list(range(layers)), n_boot=0, stride=25, calib_fraction=0.25, test_fraction=0.25)
+    cfg = TrainConfig(layers=list(range(layers)), n_boot=0, stride=25, calib_fraction=0.25, test_fraction=0.25,
+                      combine_top=stack, stack=stack > 0)
     start = time.perf_counter()
     probes = train(path, cfg, progress=False)
     total = time.perf_counter() - start
@@ -105,9 +107,9 @@ def train_once(path: str, layers: int) -> dict:
     return {"seconds": total, "per_layer": total / layers, "peak_gib": peak, "best_layer": probes.best_layer}
 
 
-def run_child(path: Path, layers: int, copy_budget: int | None = None, what: str = "sweep") -> dict:
+def run_child(path: Path, layers: int, copy_budget: int | None = None, what: str = "sweep", stack: int = 0) -> dict:
     call = (f"bench_scale.sweep_once({str(path)!r}, {layers}, {copy_budget!r})" if what == "sweep" else
-            f"bench_scale.train_once({str(path)!r}, {layers})")
+            f"bench_scale.train_once({str(path)!r}, {layers}, {stack})")
     code = (f"import json, sys; sys.path.insert(0, {str(Path(__file__).parent)!r}); import bench_scale; "
             f"print(json.dumps({call}))")
     out = subprocess.run([sys.executable, "-c", code], check=True, capture_output=True, text=True).stdout
@@ -126,6 +128,8 @@ def main() -> None:
                          "when a layer does not fit in memory twice)")
     ap.add_argument("--train", action="store_true",
                     help="also run `train` (held-out probe set) on the largest size: time per layer and peak memory")
+    ap.add_argument("--train-stack", type=int, default=0, metavar="K",
+                    help="with --train: also train the stacked readout of the K best layers (--combine-top K --stack)")
     args = ap.parse_args()
     sizes = sorted(args.responses)
     print(f"synthetic bf16 stores: {args.depths} depths, {args.layers} layers, d_model {args.d_model}; "
@@ -151,9 +155,11 @@ def main() -> None:
                       f"(one layer's rows as float32: {layer_gib:.2f} GiB; store written in {written:.0f} s; "
                       f"AUROC {min(r['auroc']):.3f}-{max(r['auroc']):.3f})", flush=True)
             if n == sizes[-1] and args.train:
-                t = run_child(path, args.layers, what="train")
-                print(f"train on responses {n:6d}, layers {args.layers}: {t['per_layer']:.1f} s/layer, peak "
-                      f"{t['peak_gib']:.2f} GiB (one layer's rows as float32: {layer_gib:.2f} GiB)", flush=True)
+                for stack in (0, args.train_stack) if args.train_stack else (0,):
+                    t = run_child(path, args.layers, what="train", stack=stack)
+                    how = f", stacked readout of {stack} layers" if stack else ""
+                    print(f"train on responses {n:6d}, layers {args.layers}{how}: {t['per_layer']:.1f} s/layer, "
+                          f"peak {t['peak_gib']:.2f} GiB (one layer's rows as float32: {layer_gib:.2f} GiB)", flush=True)
             path.unlink()
     n, layers, r = next(x for x in rows if x[0] == sizes[-1] and x[1] == args.layers)
     print(f"rows_per_s={r['pairs'] / r['per_layer']:.1f} peak_gib={r['peak_gib']:.2f}")

@@ -265,3 +265,24 @@ def test_the_span_mean_is_the_mean_of_every_stored_span_position(tmp_path):
         store.positions = [1]  # as a store extracted with --positions probe
         with pytest.raises(UserError, match=r"the span mean needs every span position stored \(this store holds \[1\]"):
             store.read("hook_resid_post", 0, position="span_mean")
+
+
+def test_reads_take_only_the_selected_slots_and_equal_whole_rows_sliced(tmp_path):
+    """Rows in any order (repeats, none), one depth, a run, scattered or reversed depths, a span index, the probe
+    token and the last token: the values of plain h5py's whole rows sliced in memory (the store reads only the
+    selected bytes from disk)."""
+    path = tmp_path / "s.h5"
+    store = _create(path, "float32")
+    acts, last, prompt = _batch(list(range(N)), seed=3)
+    store.write_rows(list(range(N)), acts, last, prompt)
+    store.close()
+    with ActivationStore.open(path) as s, h5py.File(path, "r") as f:
+        span = f["acts/hook_resid_post/layer_2"][()]  # [N, D, H, DM]
+        tail = f["baselines/last_token/hook_resid_post/layer_2"][()]  # [N, D, DM]
+        for rows in (None, [4, 0, 2], [3, 3, 1], []):
+            picked = np.arange(N) if rows is None else np.asarray(rows, int)
+            for depths in (None, [10], [0, 10], [0, 20], [20, 0], [20, 10, 0]):
+                cols = list(range(D)) if depths is None else [DEPTHS.index(v) for v in depths]
+                for position, want in (("probe", span[:, :, 2]), (1, span[:, :, 1]), ("last_token", tail)):
+                    got = s.read("resid_post", 2, position=position, depths=depths, rows=rows)
+                    assert np.array_equal(got, want[picked][:, cols]), (rows, depths, position)

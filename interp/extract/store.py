@@ -372,7 +372,7 @@ class ActivationStore:
         if isinstance(position, str) and position not in ("probe", "span_mean") and not position.lstrip("-").isdigit():
             group = "baselines/last_token" if position == "last_token" else self._study_group(position)
             x = self._dataset(group, hook, layer)
-            return from_storage(_take_rows(x, row_idx)[:, slots], self.storage_dtype)
+            return from_storage(_take_rows(x, row_idx, _slot_index(slots)), self.storage_dtype)
         if position == "span_mean":  # every span token's state, averaged (a readout the live guard does not make)
             n_span = len((self.provenance or {}).get("span_ids") or self.positions)
             if len(self.positions) < n_span:
@@ -384,8 +384,7 @@ class ActivationStore:
             raise UserError(f"span position {span_pos} not stored (stored span positions: {self.positions})")
         x = self._dataset("acts", hook, layer)
         p = self.positions.index(span_pos)
-        data = x[:, :, p, :] if row_idx is None else _take_rows(x, row_idx)[:, :, p, :]
-        return from_storage(np.asarray(data)[:, slots], self.storage_dtype)
+        return from_storage(_take_rows(x, row_idx, _slot_index(slots), p), self.storage_dtype)
 
     def select(self, label: str | int | None = None, *, done_only: bool = True) -> np.ndarray:
         """Row indices with ``label`` (``"harmful"``/1, ``"benign"``/0, None = any), finished rows only by default."""
@@ -465,17 +464,35 @@ class ActivationStore:
                             "same command to resume")
 
 
-def _take_rows(ds: h5py.Dataset, rows: np.ndarray | None) -> np.ndarray:
-    if rows is None:
-        return ds[()]
-    if len(rows) == 0:
-        return np.zeros((0,) + ds.shape[1:], dtype=ds.dtype)
-    order = np.argsort(rows)
-    uniq, inverse = np.unique(rows[order], return_inverse=True)
-    data = ds[uniq.tolist()]
-    out = np.empty((len(rows),) + ds.shape[1:], dtype=ds.dtype)
-    out[order] = data[inverse]
-    return out
+def _slot_index(slots: np.ndarray) -> int | slice | np.ndarray:
+    """``slots`` as the cheapest index HDF5 can read: one slot, a contiguous run, else the array itself."""
+    slots = np.asarray(slots)
+    if len(slots) == 1:
+        return slice(int(slots[0]), int(slots[0]) + 1)
+    if len(slots) and np.array_equal(slots, np.arange(slots[0], slots[0] + len(slots))):
+        return slice(int(slots[0]), int(slots[0]) + len(slots))
+    return slots
+
+
+def _take_rows(ds: h5py.Dataset, rows: np.ndarray | None, *index) -> np.ndarray:
+    """``ds[rows, *index]`` with ``rows`` in any order (None: every row), reading only the selected bytes from disk
+    (an array in ``index[0]``, which HDF5 cannot read beside a row list, is taken from the read instead)."""
+    later = None
+    if index and isinstance(index[0], np.ndarray):  # several scattered slots: read their hull, then take them
+        later, first = index[0] - index[0].min(), slice(int(index[0].min()), int(index[0].max()) + 1)
+        index = (first, *index[1:])
+    head = (slice(None),) if rows is None else None
+    if rows is not None and len(rows) == 0:
+        out = np.zeros((0,) + ds[(slice(0, 1), *index)].shape[1:], dtype=ds.dtype)
+    elif rows is None:
+        out = ds[(*head, *index)]
+    else:
+        order = np.argsort(rows)
+        uniq, inverse = np.unique(rows[order], return_inverse=True)
+        data = ds[(uniq.tolist(), *index)]
+        out = np.empty((len(rows),) + data.shape[1:], dtype=ds.dtype)
+        out[order] = data[inverse]
+    return out if later is None else out[:, later]
 
 
 def ids_sha256(ids: Sequence[str]) -> str:

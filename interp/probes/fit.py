@@ -17,6 +17,8 @@ from sklearn.linear_model import LogisticRegression
 
 from interp import UserError
 
+LOGIT_BLOCK_BYTES = 1 << 26  # float64 rows cast at a time by LinearParams.logit (64 MiB)
+
 
 @dataclass
 class LinearParams:
@@ -39,9 +41,14 @@ class LinearParams:
         return w, b
 
     def logit(self, X: np.ndarray) -> np.ndarray:
-        """Logits of ``X [M, d]`` for every batch entry: ``[..., M]``."""
+        """Logits of ``X [M, d]`` for every batch entry: ``[..., M]``, in float64, ``X`` cast
+        :data:`LOGIT_BLOCK_BYTES` at a time (a float64 copy of a whole layer would double its memory)."""
         w, b = self.folded()
-        return np.einsum("md,...d->...m", X.astype(np.float64), w) + b[..., None]
+        out = np.empty(w.shape[:-1] + (len(X),), np.float64)
+        step = max(1, LOGIT_BLOCK_BYTES // (8 * max(1, X.shape[-1])))
+        for s in range(0, len(X), step):
+            out[..., s:s + step] = np.einsum("md,...d->...m", X[s:s + step].astype(np.float64), w)
+        return out + b[..., None]
 
     def __getitem__(self, idx) -> LinearParams:
         def pick(a: np.ndarray | None) -> np.ndarray | None:
@@ -283,6 +290,18 @@ def _lbfgs(rows: _Rows, theta: torch.Tensor, h0, thr: torch.Tensor, max_iter: in
     return theta, n_iter, done | (g.abs().amax(-1) <= thr), g
 
 
+def _symmetric_from_upper(out: np.ndarray, upper: np.ndarray, block: int = 1024) -> None:
+    """``out`` (float64 ``[d, d]``) = the symmetric matrix whose upper triangle is ``upper``'s (a SYRK result),
+    filled ``block`` rows at a time (no full-size temporary; the same values as ``triu(u) + triu(u, 1).T``)."""
+    d = len(upper)
+    for s in range(0, d, block):
+        e = min(s + block, d)
+        out[s:e, s:] = upper[s:e, s:]
+        diag = out[s:e, s:e]
+        diag[...] = np.triu(diag) + np.triu(diag, 1).T
+        out[s:e, :s] = out[:s, s:e].T
+
+
 def _preconditioner(rows: _Rows, n_sub: int, seed: int):
     """``v -> v A^-1`` with ``A`` the Hessian at w = 0 (p = 1/2) averaged over problems, estimated on ``n_sub``
     random rows, plus the ridge: the first step is a Newton step, and badly scaled or correlated features cost
@@ -294,13 +313,18 @@ def _preconditioner(rows: _Rows, n_sub: int, seed: int):
     inverses = []
     for layer in range(n_layers):
         Xs = (rows.Xc.rows(sub)[layer] - g_mean[layer]) / g_std[layer] * root[:, None]  # [m, d]
-        upper = blas.ssyrk(1.0, Xs.numpy().T)  # Xs^T Xs, upper triangle
         A = torch.empty(d + 1, d + 1, dtype=torch.float64)
-        A[:d, :d] = torch.from_numpy(np.triu(upper) + np.triu(upper, 1).T)
+        _symmetric_from_upper(A[:d, :d].numpy(), blas.ssyrk(1.0, Xs.numpy().T))  # Xs^T Xs
         A[:d, d] = A[d, :d] = (Xs.T @ root).double()  # intercept column
         A[d, d] = float((root.double() ** 2).sum()) + 1e-8 * float(rows.sw.sum(0).mean())
         A.diagonal()[:d] += 1.0
-        inverses.append(torch.cholesky_inverse(torch.linalg.cholesky(A)).float())
+        del Xs
+        factor = torch.linalg.cholesky(A)
+        del A  # at most two (d+1)^2 float64 matrices alive at once
+        inverse = torch.cholesky_inverse(factor)
+        del factor
+        inverses.append(inverse.float())
+        del inverse
     a_inv = torch.stack(inverses)  # [L, d+1, d+1], symmetric
     return lambda v: torch.matmul(v.float(), a_inv).double()
 

@@ -17,6 +17,7 @@ its row reads:
 from __future__ import annotations
 
 from dataclasses import dataclass, field, replace
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -238,8 +239,9 @@ def _loso(store, ps, t_cfg: TrainConfig, p_cfg: ProbeConfig, texts, answers) -> 
     stacked = bool(ps.metrics["readout"].get("stacked"))
     if len(ps.readout) > 1 and not stacked:
         return {"note": "not computed for a mean of per-layer probes (no single fold model to score a source)"}
-    datas = [load_layer(store, ps.hook, layer, ps.position, t_cfg.depths, pairs_only=True) for layer in ps.readout]
-    data = stack_layers(datas) if stacked else datas[0]
+    loads = [partial(load_layer, store, ps.hook, layer, ps.position, t_cfg.depths, pairs_only=True)
+             for layer in ps.readout]
+    data = stack_layers(loads) if stacked else loads[0]()
     probe = replace(p_cfg, standardize=True) if stacked else p_cfg
     split = grouped_folds(data.y, data.groups, t_cfg.folds, t_cfg.seed)
     plan = SweepPlan(folds=t_cfg.folds, seed=t_cfg.seed, n_boot=t_cfg.n_boot, target_fpr=t_cfg.target_fpr,

@@ -10,6 +10,7 @@ score it with no code of their own.
 from __future__ import annotations
 
 import warnings
+from collections.abc import Callable, Sequence
 from dataclasses import replace
 
 import numpy as np
@@ -19,20 +20,33 @@ from interp.probes.data import LayerData
 from interp.probes.fit import LinearParams
 
 
-def stack_layers(datas: list[LayerData]) -> LayerData:
+def stack_layers(datas: Sequence[LayerData | Callable[[], LayerData]]) -> LayerData:
     """The layers' features concatenated per (row, depth) pair, ``[..., K * d]`` in the order given; the rows,
-    labels and valid pairs must be the same in every layer."""
+    labels and valid pairs must be the same in every layer. An entry may be a function that reads its layer: it
+    is called in turn and its activations are copied into the stacked buffer and released, so memory holds the
+    stack and one layer, not every layer twice. The result holds the valid pairs only when the first layer does,
+    else the dense grid (invalid cells zero where a layer held pairs only)."""
     if not datas:
         raise UserError("stacking needs at least one layer")
-    first = datas[0]
-    for other in datas[1:]:
-        if not (np.array_equal(other.valid, first.valid) and np.array_equal(other.y, first.y)):
+    first, out, ends, width = None, None, [], 0
+    for i, entry in enumerate(datas):
+        data = entry() if callable(entry) else entry
+        if first is None:
+            first, width = data.labels_only(), data.d_model
+            pairs = data.X is None
+            shape = (len(data.Xv),) if pairs else data.valid.shape
+            out = np.empty((*shape, len(datas) * width), np.float32)
+        elif not (np.array_equal(data.valid, first.valid) and np.array_equal(data.y, first.y)):
             raise UserError("stacked layers must hold the same rows and valid pairs")
-    ends = None if any(d.X_end is None for d in datas) else np.concatenate([d.X_end for d in datas], axis=1)
-    if all(d.X is None for d in datas):
-        return replace(first, X=None, Xv=np.concatenate([d.Xv for d in datas], axis=1), X_end=ends, layer=None)
-    dense = [d.X if d.X is not None else _dense(d) for d in datas]
-    return replace(first, X=np.concatenate(dense, axis=-1), Xv=None, X_end=ends, layer=None)
+        cols = slice(i * width, (i + 1) * width)
+        if pairs:
+            out[:, cols] = data.features(*first.pairs())
+        else:
+            out[..., cols] = data.X if data.X is not None else _dense(data)
+        ends.append(data.X_end)
+        del data
+    X_end = None if any(e is None for e in ends) else np.concatenate(ends, axis=1)
+    return replace(first, X=None if pairs else out, Xv=out if pairs else None, X_end=X_end, layer=None)
 
 
 def _dense(data: LayerData) -> np.ndarray:

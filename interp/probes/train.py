@@ -22,15 +22,18 @@ multi-layer probe), and the threshold and the test numbers are computed on that 
 from __future__ import annotations
 
 from dataclasses import dataclass, field, replace
+from functools import partial
 from pathlib import Path
 
 import numpy as np
 
 from interp import UserError
+from interp.probes.baselines import baseline_scores
 from interp.probes.data import LayerData, StoreSliceConfig
 from interp.probes.oof import ProbeConfig
 from interp.probes.probeset import ProbeSet
 from interp.probes.protocol import ScheduleConfig, SplitConfig, check_schedule
+from interp.probes.readout import readout_scores
 
 
 @dataclass
@@ -75,24 +78,16 @@ class TrainConfig(StoreSliceConfig, SplitConfig, ScheduleConfig):
                 raise UserError("--combine-top needs a calibration split (--calib-fraction > 0)")
 
 
-def _prob(z: np.ndarray) -> np.ndarray:
-    return 1.0 / (1.0 + np.exp(-z))
+def _position(cfg: TrainConfig) -> int | str:
+    """``cfg.position`` as load_layer takes it (a span index as an int, else the position's name)."""
+    return int(cfg.position) if str(cfg.position).lstrip("-").isdigit() else cfg.position
 
 
-def _scores(params: list, data: list[LayerData]) -> tuple[np.ndarray, np.ndarray]:
-    """Probability per (row, depth) ``[N, D]`` (NaN on invalid pairs) and per answer end ``[N]`` (NaN without an
-    end slot) of one probe, or of a multi-layer probe: the sigmoid of the mean of the layers' logits
-    (:meth:`interp.probes.probeset.ProbeSet.combined_score` on the saved probes)."""
-    valid = data[-1].valid
-    grid = np.full(valid.shape, np.nan)
-    rows, cols = np.nonzero(valid)
-    if len(rows):
-        z = np.mean([pp.logit(d.features(rows, cols)) for pp, d in zip(params, data)], 0)
-        grid[rows, cols] = _prob(z)
-    end = np.full(len(valid), np.nan)
-    if all(d.X_end is not None for d in data):
-        end = _prob(np.mean([pp.logit(np.ascontiguousarray(d.X_end, np.float32)) for pp, d in zip(params, data)], 0))
-    return grid, end
+def _hook(cfg: TrainConfig, store) -> str:
+    """The hook the probes read: ``cfg.hook``, else the store's first."""
+    from interp.extract.store import canonical_hook
+
+    return canonical_hook(cfg.hook) if cfg.hook else store.hooks[0]
 
 
 def combined_layers(cfg: TrainConfig, store, layers: list[int]) -> list[int]:
@@ -143,7 +138,6 @@ def train_probeset(store, cfg: TrainConfig, probe: ProbeConfig, *, progress: boo
     from tqdm.auto import tqdm
 
     from interp.config import to_dict
-    from interp.extract.store import canonical_hook
     from interp.probes.answers import Deployed, calibration_rows
     from interp.probes.cv import grouped_folds
     from interp.probes.data import examples_meta, load_layer, require_finished
@@ -153,8 +147,8 @@ def train_probeset(store, cfg: TrainConfig, probe: ProbeConfig, *, progress: boo
     from interp.probes.protocol import describe_split, three_way_split
     from interp.probes.select import choose_layer
 
-    position = int(cfg.position) if str(cfg.position).lstrip("-").isdigit() else cfg.position
-    hook = canonical_hook(cfg.hook) if cfg.hook else store.hooks[0]
+    position = _position(cfg)
+    hook = _hook(cfg, store)
     cfg.validate()
     layers = cfg.resolve_layers(store)
     if cfg.layer is not None and cfg.layer not in layers:
@@ -185,6 +179,7 @@ def train_probeset(store, cfg: TrainConfig, probe: ProbeConfig, *, progress: boo
         oofs.append((p, p_end))
         X, yy, r, _ = tr.flat()
         params.append(fit_probes(X, yy, np.ones((1, len(yy)), bool), probe, tr.sources[r])[0])
+        del tr, X  # released before the next layer is read
     best = choose_layer(layers, [m["auroc"]["value"] for m in metrics], cfg.layer)
     bi = layers.index(best)
     if cfg.combine_top:  # the K best layers by CV on the training prompts (ties: the shallower first)
@@ -193,11 +188,8 @@ def train_probeset(store, cfg: TrainConfig, probe: ProbeConfig, *, progress: boo
     readout = combine or [int(best)]
     readout_params = ([params[layers.index(layer)] for layer in readout] if not cfg.stack else
                       _fit_stacked(store, hook, readout, position, cfg, probe, train_m))
-    read = [load_layer(store, hook, layer, position, cfg.depths, pairs_only=True)  # all rows: cal + test
-            for layer in readout]
-    best_data = read[-1]  # baselines read the deepest readout layer
-    scores, end_scores = _scores(readout_params, read)
-    del read
+    # all rows (calibration + test), one layer in memory at a time; baselines read the deepest readout layer
+    scores, end_scores, best_data = readout_scores(store, hook, readout, position, cfg.depths, readout_params)
 
     calib = _calibrate(cfg, schedule, meta, deployed, roles, scores, end_scores, oofs[bi], best_data.depths)
     thr = calib["threshold"]
@@ -232,7 +224,7 @@ def _fit_stacked(store, hook: str, layers: list[int], position, cfg: TrainConfig
     from interp.probes.oof import fit_probes
     from interp.probes.stack import split_stacked, stack_layers, warn_if_wide
 
-    tr = stack_layers([load_layer(store, hook, layer, position, cfg.depths, pairs_only=True, select=train_m)
+    tr = stack_layers([partial(load_layer, store, hook, layer, position, cfg.depths, pairs_only=True, select=train_m)
                        for layer in layers])
     X, yy, rows, _ = tr.flat()
     warn_if_wide(X.shape[1], len(yy), probe.C)
@@ -331,54 +323,6 @@ def _fixed(cfg: TrainConfig, score: np.ndarray, meta: dict, rows: np.ndarray) ->
             "fpr_at_fixed": _rates(score, meta, rows, thr, cfg.calibrate_on)["fpr"]}
 
 
-def _baselines(store, best: LayerData, cfg: TrainConfig, probe: ProbeConfig, meta: dict, roles: np.ndarray,
-               valid: np.ndarray) -> tuple[dict, list[str]]:
-    """Scores ``[N, D]`` of the baselines fitted on the training prompts: last token, prompt only, shuffled
-    labels, the n-gram text classifier (NaN where the probe has no score)."""
-    from interp.extract.store import canonical_hook
-    from interp.probes.data import load_layer
-    from interp.probes.oof import fit_probes, shuffled_labels
-
-    y, train_m, test_m = meta["y"], roles == "train", roles == "test"
-    hook = canonical_hook(cfg.hook) if cfg.hook else store.hooks[0]
-    methods, notes = {}, []
-    for pos in ("last_token", "prompt"):
-        try:  # the prompt position is one row per example: read at one depth, never broadcast to [N, D, d]
-            other = load_layer(store, hook, best.layer, pos, cfg.depths if pos == "last_token" else best.depths[:1],
-                               pairs_only=pos == "last_token")
-        except (UserError, KeyError, ValueError) as err:
-            notes.append(f"baseline {pos} skipped: {err}")
-            continue
-        if pos == "prompt":  # the last prompt token, fitted once per prompt and its score given to every depth
-            rows = other.X[:, 0]
-            pp = fit_probes(rows[train_m], other.y[train_m], np.ones((1, int(train_m.sum())), bool), probe,
-                            other.sources[train_m])[0]
-            methods[pos] = np.where(valid, _prob(pp.logit(rows))[:, None], np.nan)
-            continue
-        sub = other.subset(train_m)
-        X, yy, r, _ = sub.flat()
-        pp = fit_probes(X, yy, np.ones((1, len(yy)), bool), probe, sub.sources[r])[0]
-        methods[pos] = np.where(valid, _scores([pp], [replace(other, X_end=None)])[0], np.nan)
-    tr = best.subset(train_m)
-    X, _, rows, _ = tr.flat()
-    fake = shuffled_labels(tr.y, tr.groups, cfg.seed + 1)[rows]  # prompt-level permutation of the labels
-    if len(np.unique(fake)) == 2:
-        pp = fit_probes(X, fake, np.ones((1, len(fake)), bool), probe, tr.sources[rows])[0]
-        methods["shuffled"] = _scores([pp], [replace(best, valid=valid, X_end=None)])[0]
-    if "response_chars" in meta:
-        from interp.probes.ngram import depth_texts, fit_predict
-
-        texts = depth_texts(meta["prompts"], meta["response"], meta["response_chars"])
-        tr_r, tr_c = np.nonzero(valid & train_m[:, None])
-        te_r, te_c = np.nonzero(valid & test_m[:, None])
-        ng = np.full(valid.shape, np.nan)
-        ng[te_r, te_c] = fit_predict(texts[tr_r, tr_c], y[tr_r], texts[te_r, te_c])
-        methods["ngram"] = ng
-    else:
-        notes.append("baseline ngram skipped: the store records no response text (re-extract with this version)")
-    return methods, notes
-
-
 def held_out_report(store, best: LayerData, cfg: TrainConfig, probe: ProbeConfig, *, meta: dict, roles: np.ndarray,
                     scores: np.ndarray, threshold: float, schedule, end_scores: np.ndarray | None = None) -> dict:
     """Numbers on the test prompts only: the probe (``scores`` at the layer of ``best``) beside its baselines
@@ -396,7 +340,8 @@ def held_out_report(store, best: LayerData, cfg: TrainConfig, probe: ProbeConfig
     assert_held_out(list(meta["prompts"][test_m]), list(meta["pair_ids"][test_m]), seen)
     depths = best.depths
     valid = np.isfinite(scores)
-    baselines, notes = _baselines(store, best, cfg, probe, meta, roles, valid)
+    baselines, notes = baseline_scores(store, _hook(cfg, store), best.layer, _position(cfg), best.depths, probe, meta, roles,
+                                       valid, cfg.seed)
     methods = {"probe": scores, **baselines}
     out: dict = {"n_prompts": int(len(np.unique(groups[test_m]))), "n_harmful": int((y[test_m] == 1).sum()),
                  "n_benign": int((y[test_m] == 0).sum()), "per_check": {}, "per_depth": {}, "notes": notes}
