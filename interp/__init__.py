@@ -46,7 +46,7 @@ _API: dict[str, str] = {
     "ProbeSet": "interp.probes.probeset", "HeldOutReport": "interp.probes.heldout",
     "LeverConfig": "interp.probes.levers", "LeverResult": "interp.probes.levers", "levers": "interp.probes.run",
     "PositionsConfig": "interp.probes.positions", "PositionsResult": "interp.probes.positions",
-    "positions": "interp.probes.run",
+    "positions": "interp.probes.run", "readout_transfer": "interp.probes.run", "ReadoutLoso": "interp.probes.transfer",
     # the guard and its evaluations
     "GuardConfig": "interp.guard.types", "GuardedGenerator": "interp.guard.generator",
     "GuardResult": "interp.guard.types",

@@ -113,7 +113,12 @@ def save_config(cfg: Any, path: str | Path) -> Path:
 
 def load_config(cls: type[T], path: str | Path) -> T:
     """Read a config written by :func:`save_config`."""
-    data = json.loads(Path(path).read_text())
+    return from_dict(cls, json.loads(Path(path).read_text()))
+
+
+def from_dict(cls: type[T], data: dict[str, Any]) -> T:
+    """A config from :func:`to_dict`'s output (lists back to tuples where the field is one)."""
+    data = dict(data)
     data.pop("config_class", None)
     hints = typing.get_type_hints(cls)
     for k, v in list(data.items()):

@@ -113,7 +113,8 @@ def test_demo_on_a_corpus_spec_reports_the_targets(tiny_dir, tmp_path):
     spec.write_text(SPEC)
     out = tmp_path / "runs"
     assert main(["demo", "--model", str(tiny_dir), "--out", str(out), "--spec", str(spec), "--depths", "0,8,25:100:25",
-                 "--combine-top", "2", "--target-fpr", "0.1", "--skip-eval", "true", "--gen-dtype", "model"]) == 0
+                 "--combine-top", "2", "--target-fpr", "0.1", "--skip-eval", "true", "--gen-dtype", "model",
+                 "--readout-loso", "true"]) == 0
     run = out / "tiny"
     report = (run / "report.md").read_text()
     assert "## Targets at depths 25..500" in report and "LOSO probe AUROC ≥ 0.99 at every depth" in report
@@ -131,6 +132,10 @@ def test_demo_on_a_corpus_spec_reports_the_targets(tiny_dir, tmp_path):
     assert "own answers first" in report and "| held-out source | kind |" in report
     assert "continuations that recovered into a refusal were dropped" in report
     assert next(run.glob("corpus-*/continuations.jsonl")).stat().st_size > 0
+    # leave one source out at the stacked readout, beside the sweep's single-layer table
+    loso = json.loads((run / results["loso"] / "loso.json").read_text())
+    assert loso["readout"]["layers"] == probes["combine"] and loso["readout"]["stacked"]
+    assert "## Leave-one-source-out at the deployed readout" in report and loso["loso"]["macro"]["probe"]
 
 
 def test_an_edited_spec_is_another_corpus_stage(tmp_path):
@@ -159,6 +164,7 @@ def test_presets_fill_only_the_options_left_unset():
     assert (demo.combine_top, demo.stack) == (3, True)
     assert StudyConfig(spec="none").resolved().stack is False  # the built-in set: one layer, nothing to stack
     assert StudyConfig(preset="study").resolved().batch_size == 64
+    assert StudyConfig(preset="study").resolved().readout_loso and not demo.readout_loso  # demo: time budget
     given = StudyConfig(batch_size=4, eval_limit=2).resolved()
     assert (given.batch_size, given.eval_limit, given.stride) == (4, 2, 25)
 

@@ -124,3 +124,31 @@ def test_readout_levers_at_study_positions_read_them(tmp_path):
     res = LeverResult.load(out / "levers.json")
     assert res.row("userheader").loso["macro"]["value"] > 0.9 > 0.7 > res.row("base").loso["macro"]["value"]
     assert res.row("userheader").calibration_tpr["rate"] > res.row("base").calibration_tpr["rate"]
+
+
+def test_readout_loso_at_a_single_layer_is_the_sweeps_and_a_stacked_readout_refits_its_layers(store_path, tmp_path):
+    """At a one-layer readout, leave-one-source-out at the probe set's readout is the sweep's table at that layer,
+    number for number (same folds, texts, answers and schedule); a stacked readout reports its own layers, and a
+    mean of per-layer probes says it is not computed."""
+    import json
+
+    from interp.probes.run import readout_transfer
+    from interp.probes.transfer import ReadoutLoso
+
+    common = ["--store", str(store_path), "--folds", "3", "--n-boot", "20", "--stride", "10", "--target-fpr", "0.1"]
+    assert main(["sweep", *common, "--out", str(tmp_path / "sweep")]) == 0
+    sweep = json.loads((tmp_path / "sweep" / "sweep.json").read_text())
+    best = sweep["best_layer"]
+    assert main(["train", *common, "--layer", str(best), "--out", str(tmp_path / "one")]) == 0
+    one = readout_transfer(store_path, tmp_path / "one", out=tmp_path / "t1")
+    assert one.readout["layers"] == [best] and not one.readout["stacked"]
+    assert one.loso["macro"] == sweep["loso"]["macro"] and one.loso["rows"] == sweep["loso"]["rows"]
+    assert ReadoutLoso.load(tmp_path / "t1" / "loso.json").macro == one.macro
+    assert "held-out source" in (tmp_path / "t1" / "loso.md").read_text()
+    assert main(["train", *common, "--combine-layers", "1", "2", "--stack", "true", "--out", str(tmp_path / "st")]) == 0
+    stacked = readout_transfer(store_path, tmp_path / "st")
+    assert stacked.readout == {"layers": [1, 2], "hook": "hook_resid_post", "stacked": True, "position": "probe"}
+    assert stacked.macro is not None and stacked.macro != one.macro and stacked.worst["source"]
+    assert main(["train", *common, "--combine-layers", "1", "2", "--out", str(tmp_path / "mean")]) == 0
+    mean = readout_transfer(store_path, tmp_path / "mean")
+    assert mean.loso == {} and "not computed for a mean" in mean.note and "not computed" in mean.summary()

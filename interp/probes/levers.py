@@ -17,7 +17,6 @@ its row reads:
 from __future__ import annotations
 
 from dataclasses import dataclass, field, replace
-from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -228,29 +227,16 @@ def _measure(store, name: str, changes: str, t_cfg: TrainConfig, p_cfg: ProbeCon
 
 
 def _loso(store, ps, t_cfg: TrainConfig, p_cfg: ProbeConfig, texts, answers) -> dict[str, Any]:
-    """Leave one source out at the lever's readout over grouped folds of every row: the macro and worst-source
-    AUROC and the per-source probe − n-gram calls (a mean of per-layer probes has no single fold model: skipped)."""
-    from interp.probes.cv import grouped_folds
-    from interp.probes.data import load_layer
-    from interp.probes.loso import leave_one_source_out
-    from interp.probes.stack import stack_layers
-    from interp.probes.sweep import SweepPlan
+    """Leave one source out at the lever's readout (:func:`interp.probes.transfer.readout_loso`): the macro and
+    worst-source AUROC and the per-source probe − n-gram calls."""
+    from interp.probes.transfer import readout_loso
 
-    stacked = bool(ps.metrics["readout"].get("stacked"))
-    if len(ps.readout) > 1 and not stacked:
-        return {"note": "not computed for a mean of per-layer probes (no single fold model to score a source)"}
-    loads = [partial(load_layer, store, ps.hook, layer, ps.position, t_cfg.depths, pairs_only=True)
-             for layer in ps.readout]
-    data = stack_layers(loads) if stacked else loads[0]()
-    probe = replace(p_cfg, standardize=True) if stacked else p_cfg
-    split = grouped_folds(data.y, data.groups, t_cfg.folds, t_cfg.seed)
-    plan = SweepPlan(folds=t_cfg.folds, seed=t_cfg.seed, n_boot=t_cfg.n_boot, target_fpr=t_cfg.target_fpr,
-                     schedule=t_cfg.schedule(getattr(store, "answer_length", None)),
-                     calibrate_on=tuple(t_cfg.calibrate_on))
-    got = leave_one_source_out(data, split, probe, plan, texts, answers)
+    res = readout_loso(store, ps, t_cfg, p_cfg, texts=texts, answers=answers)
+    if res.note:
+        return {"note": res.note}
+    got = res.loso
     calls = [r.get("probe_minus_ngram") for r in got.get("rows", []) if r.get("probe_minus_ngram")]
-    return {"macro": (got.get("macro") or {}).get("probe"), "worst": (got.get("worst_by_method") or {}).get("probe"),
-            "ngram_macro": (got.get("macro") or {}).get("ngram"),
+    return {"macro": res.macro, "worst": res.worst, "ngram_macro": (got.get("macro") or {}).get("ngram"),
             "per_depth": (got.get("per_depth") or {}).get("probe", []),
             "beats_ngram": sum(c["lo"] > 0 for c in calls), "loses_to_ngram": sum(c["hi"] < 0 for c in calls),
             "n_sources": len(calls), "rows": got.get("rows", [])}

@@ -24,7 +24,7 @@ from interp.probes.stores import check_depths, position_arg, store_answers, stor
 from interp.probes.sweep import SweepPlan, SweepResult, run_sweep
 from interp.probes.train import TrainConfig, save_probeset, train_probeset
 
-__all__ = ["SweepConfig", "levers", "sweep", "train"]
+__all__ = ["SweepConfig", "levers", "readout_transfer", "sweep", "train"]
 
 
 @dataclass
@@ -101,6 +101,27 @@ def train(store: str | Path | ActivationStore | None = None, cfg: TrainConfig | 
     if out:
         save_probeset(probes, cfg, probe, out)
     return probes
+
+
+def readout_transfer(store: str | Path | ActivationStore, probes: str | Path | ProbeSet, cfg: TrainConfig | None = None,
+                     probe: ProbeConfig | None = None, *, out: str | Path | None = None):
+    """Leave one source out at the readout ``probes`` deploys (its layers, stacked when it is) on ``store``, with
+    ``cfg``'s folds, depths and schedule (default: the probe set's own training config): a
+    :class:`~interp.probes.transfer.ReadoutLoso`, saved as ``loso.json`` + ``loso.md`` into ``out`` when given."""
+    from interp.config import from_dict
+    from interp.probes.transfer import readout_loso
+
+    if out:
+        check_out(out, "dir")
+    with using_store(store) as opened:
+        ps = probes if isinstance(probes, ProbeSet) else ProbeSet.load(probes, expect_provenance=opened.provenance)
+        cfg = cfg or from_dict(TrainConfig, ps.config["train"])
+        probe = probe or from_dict(ProbeConfig, ps.config["probe"])
+        result = readout_loso(opened, ps, cfg, probe)
+    if out:
+        result.save(Path(out) / "loso.json")
+        (Path(out) / "loso.md").write_text(result.summary() + "\n")
+    return result
 
 
 def levers(store: str | Path | ActivationStore | None = None, cfg=None, probe: ProbeConfig | None = None, *,

@@ -25,17 +25,18 @@ PRESETS: dict[str, dict] = {
     "demo": {"spec": "demo", "depths": "0,8,16,25:500:25", "gen_batch_size": 64, "gen_dtype": "auto",
              "stride": 25, "target_fpr": 0.01, "combine_top": 3, "stack": True,
              "evaluations": ("deep-prefill", "over-refusal"), "eval_depths": (0, 25, 100, 250), "eval_limit": 50,
-             "over_refusal_limit": 25, "batch_size": 64, "calib_fraction": 0.4, "test_fraction": 0.2},
+             "over_refusal_limit": 25, "batch_size": 64, "calib_fraction": 0.4, "test_fraction": 0.2,
+             "readout_loso": False},
     # 64 rows in flight: the slot engine decoded the study corpus in 9.6 min at 64 rows (22.6 at 32, DynamicCache)
     "study": {"spec": "default", "depths": "0,8,16,25:500:25", "gen_batch_size": 64, "gen_dtype": "auto",
               "stride": 25, "target_fpr": 0.02, "combine_top": 3, "stack": True,
               "evaluations": ("deep-prefill", "over-refusal"), "eval_depths": (0, 25, 100, 250, 500),
               "eval_limit": 20, "over_refusal_limit": 20, "batch_size": 64, "calib_fraction": 0.25,
-              "test_fraction": 0.25},
+              "test_fraction": 0.25, "readout_loso": True},
 }
 # --spec none (or no public data): the built-in twin set, generated with a forced opener (the 0.2 demo)
 BUILT_IN = {"depths": "0:64:8", "stride": 16, "eval_depths": (0, 8, 16, 32, 64), "target_fpr": 0.01, "combine_top": 0,
-            "stack": False, "evaluations": ("deep-prefill", "over-refusal", "cost")}
+            "stack": False, "evaluations": ("deep-prefill", "over-refusal", "cost"), "readout_loso": False}
 # corpus runs evaluate on these (prompts the probe set saw are excluded): third-party harmful responses as deep
 # prefills, third-party benign answers forced the same way as the control arm, benign prompts for over-refusal
 CORPUS_EVAL = {"deep-prefill": ("shadow_alignment", "alpaca_eval"), "over-refusal": ("xstest_safe", "jbb_benign")}
@@ -74,6 +75,9 @@ class StudyConfig:
     stack: bool | None = field(default=None, metadata={
         "help": "the multi-layer probe as one stacked regression on the layers' standardised features (the "
                 "levers study's best recipe), instead of the mean of per-layer probes"})
+    readout_loso: bool | None = field(default=None, metadata={
+        "help": "also leave one source out at the probe set's own readout (its stacked layers), not only at the "
+                "sweep's best single layer (study preset: on; a few minutes at its size)"})
     batch_size: int | None = field(default=None, metadata={"help": "prompts per batch in the evaluations"})
     gen_batch_size: int | None = field(default=None, metadata={"help": "rows in flight when generating"})
     gen_dtype: str | None = field(default=None, metadata={

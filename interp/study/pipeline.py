@@ -89,10 +89,11 @@ def continuations_stage(runner: Runner, cfg: StudyConfig) -> Path:
     return merged / "continuations.jsonl"
 
 
-def _probe_stages(runner: Runner, cfg: StudyConfig, continuations: Path) -> tuple[Path, Path, Path]:
-    """2–4. Extract, sweep and train: the store, the sweep folder and the probe-set folder."""
+def _probe_stages(runner: Runner, cfg: StudyConfig, continuations: Path) -> tuple[Path, Path, Path, Path | None]:
+    """2–4. Extract, sweep and train (and leave one source out at the readout): the store, the sweep folder, the
+    probe-set folder and the readout-LOSO folder (None when off)."""
     from interp.extract.run import extract_activations
-    from interp.probes.run import sweep, train
+    from interp.probes.run import readout_transfer, sweep, train
 
     model = ModelConfig(model=cfg.model, device=cfg.device, dtype=cfg.dtype)
     ext = ExtractConfig(continuations=str(continuations), depths=cfg.depths, answer_length=answer_length(cfg),
@@ -108,7 +109,10 @@ def _probe_stages(runner: Runner, cfg: StudyConfig, continuations: Path) -> tupl
                       stack=bool(cfg.stack and cfg.combine_top), calib_fraction=cfg.calib_fraction, test_fraction=cfg.test_fraction)
     probes_dir = runner.run(Stage("train", _keyed(train=trn), lambda f: train(store, trn, out=f), [ext_dir.name],
                                   note=_changed(trn)))
-    return ext_dir / "store.h5", sweep_dir, probes_dir
+    loso_dir = runner.run(Stage("loso", _keyed(train=trn), lambda f: readout_transfer(store, probes_dir, trn, out=f),
+                                [probes_dir.name], note="leave one source out at the probe set's readout")
+                          ) if cfg.readout_loso else None
+    return ext_dir / "store.h5", sweep_dir, probes_dir, loso_dir
 
 
 def eval_config(cfg: StudyConfig, mode: str, probes_dir: Path) -> EvalConfig:
@@ -148,12 +152,12 @@ def run_study(cfg: StudyConfig | None = None, *, log: Callable[[str], None] = pr
     save_config(cfg, root / "demo_config.json")
     evaluations = () if cfg.skip_eval else cfg.evaluations
     n_gen = 1 if cfg.uses_corpus else len(cfg.data) + 1
-    runner = Runner(root, total=n_gen + 3 + len(evaluations), log=log)
+    runner = Runner(root, total=n_gen + 3 + bool(cfg.readout_loso) + len(evaluations), log=log)
     continuations = continuations_stage(runner, cfg)
-    store, sweep_dir, probes_dir = _probe_stages(runner, cfg, continuations)
+    store, sweep_dir, probes_dir, loso_dir = _probe_stages(runner, cfg, continuations)
     eval_dirs = _evaluations(runner, cfg, probes_dir)
     result = StudyResult.collect(root, cfg, store=store, sweep_dir=sweep_dir, probes_dir=probes_dir,
-                                 eval_dirs=eval_dirs, timings=runner.timings)
+                                 eval_dirs=eval_dirs, timings=runner.timings, loso_dir=loso_dir)
     write_report(root, result, corpus_dir=continuations.parent if cfg.uses_corpus else None)
     result.save(root / "results.json")
     return result

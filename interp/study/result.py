@@ -34,11 +34,12 @@ class StudyResult(Result):
     sweep: str
     evaluations: dict[str, str] = field(default_factory=dict)
     targets: dict[str, Any] = field(default_factory=dict)
+    loso: str = ""  # the readout-LOSO stage's folder ("" when the run did not make one)
     root: Path | None = field(default=None, repr=False)
 
     @classmethod
     def collect(cls, root: Path, cfg, *, store: Path, sweep_dir: Path, probes_dir: Path,
-                eval_dirs: dict[str, Path], timings: dict[str, dict]) -> StudyResult:
+                eval_dirs: dict[str, Path], timings: dict[str, dict], loso_dir: Path | None = None) -> StudyResult:
         """Read the stages' outputs under ``root`` and compute the targets."""
         sweep = read_json(sweep_dir / "sweep.json")
         probes = read_json(Path(probes_dir) / "probeset.json")
@@ -48,7 +49,8 @@ class StudyResult(Result):
 
         return cls(config=to_dict(cfg), timings=timings, best_layer=sweep and sweep["best_layer"], store=rel(store),
                    probes=rel(probes_dir), sweep=rel(sweep_dir), evaluations={k: rel(v) for k, v in eval_dirs.items()},
-                   targets=targets(sweep, probes, cfg.target_fpr), root=Path(root))
+                   targets=targets(sweep, probes, cfg.target_fpr), loso=rel(loso_dir) if loso_dir else "",
+                   root=Path(root))
 
     @classmethod
     def load(cls, path: str | Path) -> StudyResult:
