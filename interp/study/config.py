@@ -18,7 +18,7 @@ __all__ = ["BUILT_IN", "CORPUS_EVAL", "PRESETS", "StudyConfig", "answer_length",
 # to depth 250 and 2 x 25 held-out benign prompts in over-refusal, all prompts of an evaluation in one batch;
 # both read the stacked probe on the 3 best layers by CV on the training prompts (`anydepth levers`: the lever with
 # the highest leave-one-source-out AUROC and calibration-prompt TPR on the demo store; README, "Recipe levers");
-# ``study``: the full recipe (the shipped default spec, answers of 512 tokens; about 40 minutes on 2 cores with the
+# ``study``: the full recipe (the shipped default spec, answers of 512 tokens; about 45 minutes on 2 cores with the
 # embedded model, minutes on a GPU). Measured times: README, "The demo". With ``--spec none`` both generate from
 # ``--data`` (the 0.2 demo).
 PRESETS: dict[str, dict] = {
