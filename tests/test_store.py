@@ -9,7 +9,8 @@ import numpy as np
 import pytest
 
 from interp import UserError
-from interp.extract.store import ActivationStore, canonical_hook, from_storage, tl_name, to_storage
+from interp.extract.h5io import from_storage, to_storage
+from interp.extract.store import ActivationStore, canonical_hook, tl_name
 
 N, D, H, DM = 5, 3, 4, 8
 DEPTHS = [0, 10, 20]

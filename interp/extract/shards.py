@@ -22,7 +22,8 @@ import h5py
 import numpy as np
 
 from interp import UserError
-from interp.extract.store import ActivationStore, ids_sha256, read_texts, write_texts
+from interp.extract.h5io import read_texts, write_texts
+from interp.extract.store import ActivationStore, ids_sha256
 
 SHARD_KEYS = ("shard_rank", "shard_world_size", "shard_start", "shard_stop", "n_examples_total")
 MERGE_MODES = ("virtual", "copy")

@@ -34,7 +34,6 @@ from __future__ import annotations
 import errno
 import json
 import os
-import re
 import shutil
 from collections.abc import Sequence
 from pathlib import Path
@@ -44,6 +43,18 @@ import h5py
 import numpy as np
 
 from interp import UserError
+from interp.extract.h5io import (
+    create_preallocated,
+    decode_attr,
+    disk_dtype,
+    encode_attr,
+    from_storage,
+    read_texts,
+    slot_index,
+    take_rows,
+    to_storage,
+    write_texts,
+)
 
 FORMAT_VERSION = 2  # 2: the end slot (final checks), kind, finished, escaped text
 HOOK_ALIASES = {"resid_pre": "hook_resid_pre", "resid_post": "hook_resid_post", "ln1": "ln1.hook_normalized",
@@ -57,41 +68,6 @@ IDENTITY_KEYS = ("format_version", "model_id", "weights_sha256", "dtype", "templ
                  "study_positions", "controls")
 PROMPT_READS = ("prompt", "t_inst")  # one vector per row, broadcast over depths
 TEXT_KEYS = ("id", "source", "kind", "prompt", "category", "pair_id", "response")
-_STR = h5py.string_dtype("utf-8")
-
-
-def encode_texts(values: Sequence) -> tuple[np.ndarray, bool]:
-    """Strings for an HDF5 text dataset and whether they were escaped (only when some value holds a NUL)."""
-    vals = [str("" if x is None else x) for x in values]
-    escaped = any("\x00" in v for v in vals)
-    if escaped:
-        vals = [v.replace("\\", "\\\\").replace("\x00", "\\0") for v in vals]
-    return np.array(vals, dtype=object), escaped
-
-
-_UNESCAPE = re.compile(r"\\(\\|0)")
-
-
-def decode_texts(values: np.ndarray, escaped: bool) -> np.ndarray:
-    """Inverse of :func:`encode_texts`."""
-    if not escaped:
-        return values
-    return np.array([_UNESCAPE.sub(lambda m: "\\" if m.group(1) == "\\" else "\x00", str(v)) for v in values],
-                    dtype=object)
-
-
-def write_texts(group: h5py.Group, name: str, values: Sequence) -> None:
-    """A text dataset, escaped if it must be (the ``escaped`` attribute says so)."""
-    data, escaped = encode_texts(values)
-    ds = group.create_dataset(name, data=data, dtype=_STR)
-    if escaped:
-        ds.attrs["escaped"] = 1
-
-
-def read_texts(ds: h5py.Dataset) -> np.ndarray:
-    return decode_texts(ds.asstr()[()], bool(ds.attrs.get("escaped", 0)))
-
-
 def canonical_hook(name: str) -> str:
     """``resid_post`` / ``hook_resid_post`` / ``blocks.3.hook_resid_post`` → ``hook_resid_post``."""
     parts = name.split(".")
@@ -105,58 +81,6 @@ def canonical_hook(name: str) -> str:
 def tl_name(hook: str, layer: int) -> str:
     """TransformerLens hook name, e.g. ``blocks.3.hook_resid_post``."""
     return f"blocks.{layer}.{canonical_hook(hook)}"
-
-
-def to_storage(x: np.ndarray, storage_dtype: str) -> np.ndarray:
-    """float32 array → what is written to disk (bfloat16 as round-to-nearest-even uint16)."""
-    x = np.ascontiguousarray(x, dtype=np.float32)
-    if storage_dtype == "float32":
-        return x
-    if storage_dtype == "float16":
-        return x.astype(np.float16)
-    bits = x.view(np.uint32)
-    rounded = bits + np.uint32(0x7FFF) + ((bits >> np.uint32(16)) & np.uint32(1))
-    return (rounded >> np.uint32(16)).astype(np.uint16)
-
-
-def from_storage(x: np.ndarray, storage_dtype: str) -> np.ndarray:
-    """On-disk values → float32."""
-    if storage_dtype == "bfloat16":
-        return (x.astype(np.uint32) << np.uint32(16)).view(np.float32)
-    return x.astype(np.float32, copy=False)
-
-
-def _disk_dtype(storage_dtype: str):
-    return {"float32": np.float32, "float16": np.float16, "bfloat16": np.uint16}[storage_dtype]
-
-
-def _create_preallocated(group: h5py.Group, name: str, shape: tuple[int, ...], dtype) -> h5py.Dataset:
-    """A contiguous dataset whose space is reserved now (sparse on disk) and never filled."""
-    dcpl = h5py.h5p.create(h5py.h5p.DATASET_CREATE)
-    dcpl.set_alloc_time(h5py.h5d.ALLOC_TIME_EARLY)
-    dcpl.set_fill_time(h5py.h5d.FILL_TIME_NEVER)
-    space = h5py.h5s.create_simple(shape)
-    h5py.h5d.create(group.id, name.encode(), h5py.h5t.py_create(np.dtype(dtype)), space, dcpl=dcpl)
-    return group[name]
-
-
-def _encode_attr(value: Any) -> Any:
-    if isinstance(value, (dict, list, tuple)) or value is None:
-        return json.dumps(value, sort_keys=True)
-    return value
-
-
-def _decode_attr(value: Any) -> Any:
-    if isinstance(value, bytes):
-        value = value.decode()
-    if isinstance(value, str) and value[:1] in "[{n":
-        try:
-            return json.loads(value)
-        except json.JSONDecodeError:
-            return value
-    if isinstance(value, np.generic):
-        return value.item()
-    return value
 
 
 def _open_h5(path: Path, mode: str) -> h5py.File:
@@ -178,7 +102,7 @@ class ActivationStore:
     def __init__(self, path: Path, h5: h5py.File):
         self.path, self.h5 = path, h5
         try:
-            self.provenance: dict = {k: _decode_attr(v) for k, v in h5.attrs.items()}
+            self.provenance: dict = {k: decode_attr(v) for k, v in h5.attrs.items()}
             self.depths: np.ndarray = h5["depths"][()]
             self.hooks: list[str] = list(self.provenance["hooks"])
             self.layers: list[int] = [int(x) for x in self.provenance["layers"]]
@@ -237,7 +161,7 @@ class ActivationStore:
         slots = D + int(has_end)
         with h5py.File(tmp, "w") as f:
             for key, value in prov.items():
-                f.attrs[key] = _encode_attr(value)
+                f.attrs[key] = encode_attr(value)
             f.create_dataset("depths", data=np.asarray(depths, dtype=np.int64))
             ex = f.create_group("examples")
             for key in TEXT_KEYS:
@@ -253,8 +177,8 @@ class ActivationStore:
             ex.create_dataset("label", data=np.asarray(examples["label"], dtype=np.int8))
             ex.create_dataset("n_response_tokens", data=np.asarray(examples["n_response_tokens"], np.int64))
             ex.create_dataset("valid", data=np.asarray(examples["valid"], dtype=bool).reshape(N, D))
-            _create_preallocated(ex, "done", (N,), bool)[...] = False
-            disk = _disk_dtype(storage_dtype)
+            create_preallocated(ex, "done", (N,), bool)[...] = False
+            disk = disk_dtype(storage_dtype)
             for hook in hooks:
                 study = [(f"positions/{name}/{hook}", (N, d_model) if name in PROMPT_READS else (N, slots, d_model))
                          for name in prov.get("study_positions") or []]
@@ -262,7 +186,7 @@ class ActivationStore:
                     for group, shape in ((f"acts/{hook}", (N, slots, len(positions), d_model)),
                                          (f"baselines/last_token/{hook}", (N, slots, d_model)),
                                          (f"baselines/prompt/{hook}", (N, d_model)), *study):
-                        ds = _create_preallocated(f.require_group(group), f"layer_{layer}", shape, disk)
+                        ds = create_preallocated(f.require_group(group), f"layer_{layer}", shape, disk)
                         ds.attrs["storage_dtype"] = storage_dtype
                         ds.attrs["hook_name"] = tl_name(hook, layer)
         os.replace(tmp, path)
@@ -270,7 +194,7 @@ class ActivationStore:
 
     def _check_identity(self, prov: dict) -> None:
         for key in IDENTITY_KEYS:
-            old, new = self.provenance.get(key), _decode_attr(_encode_attr(prov.get(key)))
+            old, new = self.provenance.get(key), decode_attr(encode_attr(prov.get(key)))
             if old != new:
                 self.close()
                 raise UserError(f"{self.path} was written with a different {key} ({_short(old)} vs {_short(new)}); "
@@ -346,7 +270,7 @@ class ActivationStore:
         row_idx = self._rows(rows)
         if position in PROMPT_READS:
             x = self._dataset("baselines/prompt" if position == "prompt" else self._study_group(position), hook, layer)
-            data = _take_rows(x, row_idx)
+            data = take_rows(x, row_idx)
             return np.repeat(from_storage(data, self.storage_dtype)[:, None, :], len(d_idx), axis=1)
         return self._slots(hook, layer, position, d_idx, row_idx)
 
@@ -372,7 +296,7 @@ class ActivationStore:
         if isinstance(position, str) and position not in ("probe", "span_mean") and not position.lstrip("-").isdigit():
             group = "baselines/last_token" if position == "last_token" else self._study_group(position)
             x = self._dataset(group, hook, layer)
-            return from_storage(_take_rows(x, row_idx, _slot_index(slots)), self.storage_dtype)
+            return from_storage(take_rows(x, row_idx, slot_index(slots)), self.storage_dtype)
         if position == "span_mean":  # every span token's state, averaged (a readout the live guard does not make)
             n_span = len((self.provenance or {}).get("span_ids") or self.positions)
             if len(self.positions) < n_span:
@@ -384,7 +308,7 @@ class ActivationStore:
             raise UserError(f"span position {span_pos} not stored (stored span positions: {self.positions})")
         x = self._dataset("acts", hook, layer)
         p = self.positions.index(span_pos)
-        return from_storage(_take_rows(x, row_idx, _slot_index(slots), p), self.storage_dtype)
+        return from_storage(take_rows(x, row_idx, slot_index(slots), p), self.storage_dtype)
 
     def select(self, label: str | int | None = None, *, done_only: bool = True) -> np.ndarray:
         """Row indices with ``label`` (``"harmful"``/1, ``"benign"``/0, None = any), finished rows only by default."""
@@ -462,37 +386,6 @@ class ActivationStore:
             raise UserError(f"disk full: {free / 2**20:.1f} MiB free where {self.path} is written, and a batch needs "
                             f"about {nbytes / 2**20:.1f} MiB; rows marked done are complete, free space and rerun the "
                             "same command to resume")
-
-
-def _slot_index(slots: np.ndarray) -> int | slice | np.ndarray:
-    """``slots`` as the cheapest index HDF5 can read: one slot, a contiguous run, else the array itself."""
-    slots = np.asarray(slots)
-    if len(slots) == 1:
-        return slice(int(slots[0]), int(slots[0]) + 1)
-    if len(slots) and np.array_equal(slots, np.arange(slots[0], slots[0] + len(slots))):
-        return slice(int(slots[0]), int(slots[0]) + len(slots))
-    return slots
-
-
-def _take_rows(ds: h5py.Dataset, rows: np.ndarray | None, *index) -> np.ndarray:
-    """``ds[rows, *index]`` with ``rows`` in any order (None: every row), reading only the selected bytes from disk
-    (an array in ``index[0]``, which HDF5 cannot read beside a row list, is taken from the read instead)."""
-    later = None
-    if index and isinstance(index[0], np.ndarray):  # several scattered slots: read their hull, then take them
-        later, first = index[0] - index[0].min(), slice(int(index[0].min()), int(index[0].max()) + 1)
-        index = (first, *index[1:])
-    head = (slice(None),) if rows is None else None
-    if rows is not None and len(rows) == 0:
-        out = np.zeros((0,) + ds[(slice(0, 1), *index)].shape[1:], dtype=ds.dtype)
-    elif rows is None:
-        out = ds[(*head, *index)]
-    else:
-        order = np.argsort(rows)
-        uniq, inverse = np.unique(rows[order], return_inverse=True)
-        data = ds[(uniq.tolist(), *index)]
-        out = np.empty((len(rows),) + data.shape[1:], dtype=ds.dtype)
-        out[order] = data[inverse]
-    return out if later is None else out[:, later]
 
 
 def ids_sha256(ids: Sequence[str]) -> str:
