@@ -1,6 +1,7 @@
 """Data-parallel extraction: shards, resume, merge, and 1 vs 2 torchrun processes (gloo, CPU)."""
 
 import os
+import re
 import subprocess
 import sys
 
@@ -224,3 +225,18 @@ def test_device_map_across_two_gpus_equals_one_device(setup, tmp_path):
     for a, b in zip(*res):
         assert a.generated_ids == b.generated_ids
         np.testing.assert_allclose([c.score for c in b.checks], [c.score for c in a.checks], rtol=1e-4)
+
+
+@pytest.mark.parametrize("env,says", [({"WORLD_SIZE": "0"}, "out of range"), ({"RANK": "2", "WORLD_SIZE": "2"}, "RANK=2"),
+                                      ({"WORLD_SIZE": "two"}, "WORLD_SIZE='two' is not an integer"),
+                                      ({"LOCAL_RANK": "-1"}, "out of range")])
+def test_a_broken_torchrun_environment_is_one_line(monkeypatch, env, says):
+    from interp.extract.distributed import dist_env, launched_by_torchrun
+
+    for name in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "TORCHELASTIC_RUN_ID"):
+        monkeypatch.delenv(name, raising=False)
+    assert dist_env() == (0, 1, 0) and not launched_by_torchrun()
+    for name, value in env.items():
+        monkeypatch.setenv(name, value)
+    with pytest.raises(UserError, match=re.escape(says)):
+        launched_by_torchrun()

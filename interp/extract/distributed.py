@@ -105,13 +105,26 @@ def extract_shard(model, tokenizer, items: Sequence, out: str | Path, *, rank: i
 
 # ------------------------------------------------------------------------------------------------ torchrun
 def dist_env() -> tuple[int, int, int]:
-    """``(rank, world_size, local_rank)`` from the torchrun environment (``(0, 1, 0)`` outside it)."""
-    return (int(os.environ.get("RANK", 0)), int(os.environ.get("WORLD_SIZE", 1)),
-            int(os.environ.get("LOCAL_RANK", 0)))
+    """``(rank, world_size, local_rank)`` from the torchrun environment (``(0, 1, 0)`` outside it); values that are
+    not integers or out of range are refused in one line."""
+    got = []
+    for name, default in (("RANK", 0), ("WORLD_SIZE", 1), ("LOCAL_RANK", 0)):
+        raw = os.environ.get(name, "").strip()
+        try:
+            got.append(int(raw) if raw else default)
+        except ValueError:
+            raise UserError(f"environment variable {name}={raw!r} is not an integer (torchrun sets it); unset it "
+                            "to run in one process") from None
+    rank, world, local = got
+    if world < 1 or not 0 <= rank < world or local < 0:
+        raise UserError(f"torchrun environment out of range: RANK={rank} WORLD_SIZE={world} LOCAL_RANK={local} "
+                        "(needs WORLD_SIZE >= 1, 0 <= RANK < WORLD_SIZE, LOCAL_RANK >= 0); unset them to run in "
+                        "one process")
+    return rank, world, local
 
 
 def launched_by_torchrun() -> bool:
-    return "TORCHELASTIC_RUN_ID" in os.environ or int(os.environ.get("WORLD_SIZE", 1)) > 1
+    return "TORCHELASTIC_RUN_ID" in os.environ or dist_env()[1] > 1
 
 
 def rank_device(device: str = "auto") -> str:
