@@ -56,7 +56,8 @@ def to_storage(x: np.ndarray, storage_dtype: str) -> np.ndarray:
     if storage_dtype == "float32":
         return x
     if storage_dtype == "float16":
-        return x.astype(np.float16)
+        with np.errstate(over="ignore"):  # an overflow becomes inf, which the store refuses with its own message
+            return x.astype(np.float16)
     bits = x.view(np.uint32)
     rounded = bits + np.uint32(0x7FFF) + ((bits >> np.uint32(16)) & np.uint32(1))
     return (rounded >> np.uint32(16)).astype(np.uint16)
