@@ -61,9 +61,18 @@ def _rel(a, b) -> float:
     return float(np.linalg.norm(a - b) / max(np.linalg.norm(b), 1e-12))
 
 
+def reencode_model(arch: str, dtype=torch.float32, attn: str | None = None, device="cpu"):
+    """The tiny model the re-encoding tests compare on, in ``dtype`` on ``device`` (attention ``attn``)."""
+    model, tok = tiny_model(arch, n_layers=2, d_model=64, seed=4, sliding_window=32)
+    model = model.to(device=device, dtype=dtype)
+    if attn is not None:
+        model.set_attn_implementation(attn)
+    return model, tok
+
+
 @pytest.mark.parametrize("arch", ["llama", "qwen2", "gemma2"])
 def test_store_equals_reencoding(tmp_path, arch):
-    model, tok = tiny_model(arch, n_layers=2, d_model=64, seed=4, sliding_window=32)
+    model, tok = reencode_model(arch)
     spans = derive_safety_spans(tok)
     items = make_items(tok)
     with warnings.catch_warnings(record=True):
@@ -362,9 +371,7 @@ REENCODE_CASES = [(arch, dtype, attn, tol) for arch in ("llama", "qwen2", "gemma
 @pytest.mark.parametrize("arch,dtype,attn,tol", REENCODE_CASES)
 @pytest.mark.device
 def test_store_equals_reencoding_bf16_and_sdpa(tmp_path, arch, dtype, attn, tol, device):
-    model, tok = tiny_model(arch, n_layers=2, d_model=64, seed=4, sliding_window=32)
-    model = model.to(device=device, dtype=dtype)
-    model.set_attn_implementation(attn)
+    model, tok = reencode_model(arch, dtype, attn, device)
     spans = derive_safety_spans(tok)
     items = make_items(tok)
     h = len(spans.span_ids)

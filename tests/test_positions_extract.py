@@ -13,14 +13,14 @@ from interp.extract.store import ActivationStore
 from interp.spans.controls import CONTROLS, derive_controls
 from interp.spans.derive import derive_safety_spans
 from interp.testing import tiny_model
-from tests.test_extract import HOOKS, REENCODE_CASES, _rel, make_items, reference
+from tests.test_extract import HOOKS, REENCODE_CASES, _rel, make_items, reencode_model, reference
 
 DEPTHS = [0, 3, 10, 40]
 NAMES = {"hook_resid_pre": "resid_pre", "hook_resid_post": "resid_post", "ln1.hook_normalized": "ln1"}
 
 
 def _extract(tmp_path, arch, **kw):
-    model, tok = tiny_model(arch, n_layers=2, d_model=64, seed=4, sliding_window=32)
+    model, tok = reencode_model(arch)
     spans = derive_safety_spans(tok)
     controls = derive_controls(tok, spans)
     items = make_items(tok)
@@ -98,9 +98,7 @@ def test_a_prompt_without_the_template_suffix_is_refused(tmp_path):
 @pytest.mark.parametrize("arch,dtype,attn,tol", REENCODE_CASES)
 @pytest.mark.device
 def test_control_reads_equal_reencoding_bf16_and_sdpa(tmp_path, arch, dtype, attn, tol, device):
-    model, tok = tiny_model(arch, n_layers=2, d_model=64, seed=4, sliding_window=32)
-    model = model.to(device=device, dtype=dtype)
-    model.set_attn_implementation(attn)
+    model, tok = reencode_model(arch, dtype, attn, device)
     spans = derive_safety_spans(tok)
     controls = derive_controls(tok, spans)
     items = make_items(tok)
