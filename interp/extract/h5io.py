@@ -120,11 +120,10 @@ def take_rows(ds: h5py.Dataset, rows: np.ndarray | None, *index) -> np.ndarray:
     if index and isinstance(index[0], np.ndarray):  # several scattered slots: read their hull, then take them
         later, first = index[0] - index[0].min(), slice(int(index[0].min()), int(index[0].max()) + 1)
         index = (first, *index[1:])
-    head = (slice(None),) if rows is None else None
-    if rows is not None and len(rows) == 0:
+    if rows is None:
+        out = ds[(slice(None), *index)]
+    elif len(rows) == 0:
         out = np.zeros((0,) + ds[(slice(0, 1), *index)].shape[1:], dtype=ds.dtype)
-    elif rows is None:
-        out = ds[(*head, *index)]
     else:
         order = np.argsort(rows)
         uniq, inverse = np.unique(rows[order], return_inverse=True)

@@ -78,18 +78,6 @@ class TrainConfig(StoreSliceConfig, SplitConfig, ScheduleConfig):
                 raise UserError("--combine-top needs a calibration split (--calib-fraction > 0)")
 
 
-def _position(cfg: TrainConfig) -> int | str:
-    """``cfg.position`` as load_layer takes it (a span index as an int, else the position's name)."""
-    return int(cfg.position) if str(cfg.position).lstrip("-").isdigit() else cfg.position
-
-
-def _hook(cfg: TrainConfig, store) -> str:
-    """The hook the probes read: ``cfg.hook``, else the store's first."""
-    from interp.extract.store import canonical_hook
-
-    return canonical_hook(cfg.hook) if cfg.hook else store.hooks[0]
-
-
 def combined_layers(cfg: TrainConfig, store, layers: list[int]) -> list[int]:
     """``--combine-layers`` checked against the fitted ``layers`` (one-line errors); [] for a single-layer probe."""
     combine = sorted(set(int(x) for x in cfg.combine_layers))
@@ -138,6 +126,7 @@ def train_probeset(store, cfg: TrainConfig, probe: ProbeConfig, *, progress: boo
     from tqdm.auto import tqdm
 
     from interp.config import to_dict
+    from interp.extract.store import canonical_hook
     from interp.probes.answers import Deployed, calibration_rows
     from interp.probes.cv import grouped_folds
     from interp.probes.data import examples_meta, load_layer, require_finished
@@ -147,8 +136,8 @@ def train_probeset(store, cfg: TrainConfig, probe: ProbeConfig, *, progress: boo
     from interp.probes.protocol import describe_split, three_way_split
     from interp.probes.select import choose_layer
 
-    position = _position(cfg)
-    hook = _hook(cfg, store)
+    position = int(cfg.position) if str(cfg.position).lstrip("-").isdigit() else cfg.position
+    hook = canonical_hook(cfg.hook) if cfg.hook else store.hooks[0]
     cfg.validate()
     layers = cfg.resolve_layers(store)
     if cfg.layer is not None and cfg.layer not in layers:
@@ -193,8 +182,9 @@ def train_probeset(store, cfg: TrainConfig, probe: ProbeConfig, *, progress: boo
 
     calib = _calibrate(cfg, schedule, meta, deployed, roles, scores, end_scores, oofs[bi], best_data.depths)
     thr = calib["threshold"]
-    test = (held_out_report(store, best_data, cfg, probe, meta=meta, roles=roles, scores=scores, threshold=thr,
-                            schedule=schedule, end_scores=end_scores) if test_m.any() else None)
+    test = (held_out_report(store, best_data, cfg, probe, hook=hook, position=position, meta=meta, roles=roles,
+                            scores=scores, threshold=thr, schedule=schedule, end_scores=end_scores)
+            if test_m.any() else None)
     # a stacked probe set holds the stacked probe's parts only (no per-layer probe beside them)
     kept = _arrays(readout, readout_params) if cfg.stack else _arrays(layers, params)
     return ProbeSet(
@@ -323,8 +313,9 @@ def _fixed(cfg: TrainConfig, score: np.ndarray, meta: dict, rows: np.ndarray) ->
             "fpr_at_fixed": _rates(score, meta, rows, thr, cfg.calibrate_on)["fpr"]}
 
 
-def held_out_report(store, best: LayerData, cfg: TrainConfig, probe: ProbeConfig, *, meta: dict, roles: np.ndarray,
-                    scores: np.ndarray, threshold: float, schedule, end_scores: np.ndarray | None = None) -> dict:
+def held_out_report(store, best: LayerData, cfg: TrainConfig, probe: ProbeConfig, *, hook: str, position,
+                    meta: dict, roles: np.ndarray, scores: np.ndarray, threshold: float, schedule,
+                    end_scores: np.ndarray | None = None) -> dict:
     """Numbers on the test prompts only: the probe (``scores`` at the layer of ``best``) beside its baselines
     (fitted on the training prompts), per check (pooled and per depth) and per answer at the frozen threshold,
     on exactly the guard's checks, with CIs over prompt groups."""
@@ -340,8 +331,8 @@ def held_out_report(store, best: LayerData, cfg: TrainConfig, probe: ProbeConfig
     assert_held_out(list(meta["prompts"][test_m]), list(meta["pair_ids"][test_m]), seen)
     depths = best.depths
     valid = np.isfinite(scores)
-    baselines, notes = baseline_scores(store, _hook(cfg, store), best.layer, _position(cfg), best.depths, probe, meta, roles,
-                                       valid, cfg.seed)
+    baselines, notes = baseline_scores(store, hook, best.layer, position, best.depths, probe, meta, roles, valid,
+                                       cfg.seed)
     methods = {"probe": scores, **baselines}
     out: dict = {"n_prompts": int(len(np.unique(groups[test_m]))), "n_harmful": int((y[test_m] == 1).sum()),
                  "n_benign": int((y[test_m] == 0).sum()), "per_check": {}, "per_depth": {}, "notes": notes}

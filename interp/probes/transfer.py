@@ -37,11 +37,15 @@ class ReadoutLoso(Result):
     def worst(self) -> dict | None:
         return (self.loso.get("worst_by_method") or {}).get("probe")
 
-    def summary(self) -> str:
+    def table(self) -> list[str]:
+        """The per-source table and the mean / worst lines (one line when it was not computed)."""
         from interp.probes.tables import loso_table
 
+        return loso_table(self.loso or {"note": self.note})
+
+    def summary(self) -> str:
         what = f"layers {self.readout['layers']}" + (" (stacked)" if self.readout.get("stacked") else "")
-        return "\n".join([f"Leave-one-source-out at the readout, {what}:", *loso_table(self.loso or {"note": self.note})])
+        return "\n".join([f"Leave-one-source-out at the readout, {what}:", *self.table()])
 
 
 def readout_loso(store, probes, train_cfg: TrainConfig, probe_cfg: ProbeConfig, *, texts=None,

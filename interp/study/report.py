@@ -40,16 +40,16 @@ def _loso_section(sweep: dict) -> list[str]:
             "probe ranks.", ""]
 
 
-def _readout_loso_section(loso: dict | None) -> list[str]:
+def _readout_loso_section(path: Path) -> list[str]:
     """Leave one source out at the probe set's own readout (the guard's layers, stacked when they are)."""
-    if not loso:
-        return []
-    readout = loso["readout"]
-    what = f"layers {', '.join(map(str, readout['layers']))}" + (", one stacked regression" if readout["stacked"] else "")
+    from interp.probes.transfer import ReadoutLoso
+
+    loso = ReadoutLoso.load(path)
+    what = f"layers {', '.join(map(str, loso.readout['layers']))}" + (
+        ", one stacked regression" if loso.readout["stacked"] else "")
     return ["## Leave-one-source-out at the deployed readout", "",
             f"The probe set's readout ({what}), refitted on the same grouped folds without each held-out source; "
-            "otherwise as above (`loso/loso.json`).", "", *loso_table(loso.get("loso") or {"note": loso.get("note")}),
-            ""]
+            f"otherwise as above (`{path}`).", "", *loso.table(), ""]
 
 
 def _own_first(by_source: dict | None) -> list[tuple[str, dict]]:
@@ -317,7 +317,7 @@ def write_report(root: Path, result: StudyResult, *, corpus_dir: Path | None = N
     if sweep:
         lines += _loso_section(sweep)
     if result.loso:
-        lines += _readout_loso_section(read_json(result.path(result.loso) / "loso.json"))
+        lines += _readout_loso_section(result.path(result.loso) / "loso.json")
     lines += _probes_section(probes)
     if sweep:
         lines += _sweep_section(sweep, figures, sweep_dir)
