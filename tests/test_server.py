@@ -629,3 +629,22 @@ def test_sigterm_ends_open_requests_with_a_shutdown_error(env, stream):
         assert "chat.completion.chunk" in events[0] and '"shutdown"' in events[-2] and events[-1] == "data: [DONE]"
     else:
         assert text.startswith("HTTP/1.1 503")
+
+
+def test_sigterm_while_loading_ends_with_one_line_and_status_143(tmp_path):
+    """A supervisor stopping `anydepth serve` while the model still loads: one line and exit status 143 (it died
+    with -15 and no word). The load is stood in for by a sleep, on the real CLI path."""
+    import signal
+    import subprocess
+    import sys
+
+    code = ("import time, interp.serve.launch as L\n"
+            "def slow(*a, **k):\n    print('loading', flush=True); time.sleep(60)\n"
+            "L.build_server = slow\n"
+            "from interp.cli.main import main\nraise SystemExit(main(['serve']))\n")
+    proc = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    assert proc.stdout.readline().strip() == "loading"
+    proc.send_signal(signal.SIGTERM)
+    out, err = proc.communicate(timeout=30)
+    assert proc.returncode == 143
+    assert err.strip().splitlines()[-1] == "anydepth serve: stopped by SIGTERM before the server was up"

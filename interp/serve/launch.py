@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import signal
 import sys
 
 from interp import UserError
@@ -12,7 +13,17 @@ from interp.model.loading import ModelConfig
 from interp.probes.calibration import check_threshold
 from interp.serve.options import LOOPBACK, ServerConfig
 
-__all__ = ["build_server", "exposure_warning", "serve"]
+__all__ = ["build_server", "exit_on_sigterm", "exposure_warning", "serve"]
+
+
+def exit_on_sigterm() -> None:
+    """Until uvicorn installs its own handlers, SIGTERM (a supervisor stopping a server that is still loading)
+    ends the process with one line and exit status 143 instead of dying mid-load with no word (-15)."""
+    def stop(signum, frame):
+        print("anydepth serve: stopped by SIGTERM before the server was up", file=sys.stderr)
+        raise SystemExit(128 + signum)
+
+    signal.signal(signal.SIGTERM, stop)
 
 
 def build_server(server_cfg: ServerConfig, model_cfg: ModelConfig, guard_cfg: GuardConfig):
@@ -54,6 +65,7 @@ def serve(server_cfg: ServerConfig, model_cfg: ModelConfig, guard_cfg: GuardConf
     guard_cfg.max_new_tokens = server_cfg.max_tokens_limit
     logging.basicConfig(level=logging.INFO if verbose else logging.WARNING, stream=sys.stderr, format="%(message)s")
     logging.getLogger("anydepth.serve.access").setLevel(logging.INFO)
+    exit_on_sigterm()
     server = build_server(server_cfg, model_cfg, guard_cfg)
     settings = {"server": server_cfg.redacted(), "guard": to_dict(guard_cfg)}
     print(f"anydepth serve: {server.service.model_name} on {server.url} (guard {guard_cfg.mode}, "
