@@ -152,3 +152,9 @@ def test_readout_loso_at_a_single_layer_is_the_sweeps_and_a_stacked_readout_refi
     assert main(["train", *common, "--combine-layers", "1", "2", "--out", str(tmp_path / "mean")]) == 0
     mean = readout_transfer(store_path, tmp_path / "mean")
     assert mean.loso == {} and "not computed for a mean" in mean.note and "not computed" in mean.summary()
+    from interp.probes.probeset import ProbeSet
+
+    other = ProbeSet.load(tmp_path / "st")  # a set in memory is held to the store as one on disk is
+    other.provenance = {**other.provenance, "weights_sha256": "0" * 64}
+    with pytest.raises(UserError, match="probe set was trained with"):
+        readout_transfer(store_path, other)

@@ -114,7 +114,11 @@ def readout_transfer(store: str | Path | ActivationStore, probes: str | Path | P
     if out:
         check_out(out, "dir")
     with using_store(store) as opened:
-        ps = probes if isinstance(probes, ProbeSet) else ProbeSet.load(probes, expect_provenance=opened.provenance)
+        if isinstance(probes, ProbeSet):
+            ps = probes
+            ps.check_provenance(opened.provenance)  # a set in memory is held to the store like one on disk
+        else:
+            ps = ProbeSet.load(probes, expect_provenance=opened.provenance)
         cfg = cfg or from_dict(TrainConfig, ps.config["train"])
         probe = probe or from_dict(ProbeConfig, ps.config["probe"])
         result = readout_loso(opened, ps, cfg, probe)
