@@ -16,7 +16,7 @@ import torch
 
 from interp import UserError
 from interp.extract.masks import collate, plan_packed
-from interp.extract.packed import SpanReader, extract_to_store, parse_depths, parse_layers
+from interp.extract.packed import SpanReader, default_batch_size, extract_to_store, parse_depths, parse_layers
 from interp.extract.store import ActivationStore
 from interp.generate.continuations import Continuation
 from interp.spans.derive import derive_safety_spans, encode_response, format_prompt_ids
@@ -174,6 +174,8 @@ def test_batched_store_equals_one_at_a_time(tmp_path):
         for pos in ("probe", "last_token", "prompt"):
             x, y = a.read("resid_post", 1, position=pos), b.read("resid_post", 1, position=pos)
             assert _rel(x, y) < 1e-5
+    # no batch size given: one response per forward on a CPU (compute-bound there), four on an accelerator
+    assert (default_batch_size(torch.device("cpu")), default_batch_size("cuda:0")) == (1, 4)
 
 
 def test_early_exit_layers_subset_equals_full(tmp_path):

@@ -66,7 +66,7 @@ def test_smollm2_from_catalogue(tmp_path, monkeypatch):
 
     # The cached copy is exact: same weights and logits as the model dequantised straight from the GGUF.
     gguf_model = calls[0]
-    gguf_model.set_attn_implementation("eager")
+    gguf_model.set_attn_implementation(second.model.config._attn_implementation)
     cached_weights = second.model.state_dict()
     for name, tensor in gguf_model.state_dict().items():
         assert torch.equal(cached_weights[name], tensor), name
@@ -80,6 +80,9 @@ def test_smollm2_from_catalogue(tmp_path, monkeypatch):
     reply = _greedy(second)
     assert "Paris" in reply, reply
 
+    first.model.set_attn_implementation("eager")  # the bridge's attention is eager arithmetic
+    with torch.no_grad():
+        ref = first.model(ids, output_hidden_states=True)
     bridge = to_bridge(first)
     names = {f"blocks.{layer}.hook_resid_pre" for layer in (0, 15, 29)}
     with torch.no_grad():

@@ -63,7 +63,8 @@ class ModelConfig:
     dtype: str = field(default="auto", metadata={
         "help": "auto (float32 on cpu, bfloat16 on cuda), float32, bfloat16 or float16"})
     device: str = field(default="auto", metadata={"help": "auto (cuda if available), cpu, cuda, cuda:N"})
-    attn_implementation: str = field(default="eager", metadata={"help": "eager, sdpa, ..."})
+    attn_implementation: str = field(default="auto", metadata={
+        "help": "auto (sdpa where the architecture has it, else eager: transformers' own choice), eager, sdpa, ..."})
     gguf_file: str | None = field(default=None, metadata={"help": "GGUF file name inside the --model folder"})
     cache_dir: str | None = field(default=None, metadata={
         "help": "model cache (default $ANYDEPTH_CACHE or ~/.cache/anydepth)"})
@@ -102,6 +103,7 @@ class LoadedModel:
                 "tokenizer_sha256": self._tokenizer_sha256,
                 "dtype": str(self.dtype).removeprefix("torch."), "device": self.device, "n_layers": self.n_layers,
                 "d_model": self.d_model, "architecture": type(self.model).__name__,
+                "attn_implementation": getattr(self.model.config, "_attn_implementation", None),
                 "transformers_version": transformers.__version__}
 
 
@@ -292,7 +294,8 @@ def load_model(spec: str | ModelConfig = DEFAULT_MODEL, **overrides) -> LoadedMo
     dtype = _resolve_dtype(cfg.dtype, device)
     resolved = resolve_spec(cfg.model, cfg.gguf_file)
     sha: str | None = None
-    kwargs: dict[str, Any] = {"dtype": dtype, "attn_implementation": cfg.attn_implementation,
+    attn = None if cfg.attn_implementation == "auto" else cfg.attn_implementation
+    kwargs: dict[str, Any] = {"dtype": dtype, "attn_implementation": attn,
                               "trust_remote_code": cfg.trust_remote_code}
     if cfg.device_map:
         kwargs["device_map"] = cfg.device_map
