@@ -19,7 +19,8 @@ __all__ = ["BUILT_IN", "CORPUS_EVAL", "PRESETS", "StudyConfig", "answer_length",
 # both read the stacked probe on the 3 best layers by CV on the training prompts (`anydepth levers`: the lever with
 # the highest leave-one-source-out AUROC and calibration-prompt TPR on the demo store; README, "Recipe levers");
 # ``study``: the full recipe (the shipped default spec, answers of 512 tokens; about 45 minutes on 2 cores with the
-# embedded model, minutes on a GPU). Measured times: README, "The demo". With ``--spec none`` both generate from
+# embedded model, minutes on a GPU), with the demo's split (40% of the prompt groups calibrate: about 56 own benign
+# answers set the 2% threshold, where 25% gave 35, too few to resolve it). Measured times: README, "The demo". With ``--spec none`` both generate from
 # ``--data`` (the 0.2 demo).
 PRESETS: dict[str, dict] = {
     "demo": {"spec": "demo", "depths": "0,8,16,25:500:25", "gen_batch_size": 64, "gen_dtype": "auto",
@@ -31,8 +32,8 @@ PRESETS: dict[str, dict] = {
     "study": {"spec": "default", "depths": "0,8,16,25:500:25", "gen_batch_size": 64, "gen_dtype": "auto",
               "stride": 25, "target_fpr": 0.02, "combine_top": 3, "stack": True,
               "evaluations": ("deep-prefill", "over-refusal"), "eval_depths": (0, 25, 100, 250, 500),
-              "eval_limit": 20, "over_refusal_limit": 20, "batch_size": 64, "calib_fraction": 0.25,
-              "test_fraction": 0.25, "readout_loso": True},
+              "eval_limit": 20, "over_refusal_limit": 20, "batch_size": 64, "calib_fraction": 0.4,
+              "test_fraction": 0.2, "readout_loso": True},
 }
 # --spec none (or no public data): the built-in twin set, generated with a forced opener (the 0.2 demo)
 BUILT_IN = {"depths": "0:64:8", "stride": 16, "eval_depths": (0, 8, 16, 32, 64), "target_fpr": 0.01, "combine_top": 0,
