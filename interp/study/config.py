@@ -18,9 +18,10 @@ __all__ = ["BUILT_IN", "CORPUS_EVAL", "PRESETS", "StudyConfig", "answer_length",
 # to depth 250 and 2 x 25 held-out benign prompts in over-refusal, all prompts of an evaluation in one batch;
 # both read the stacked probe on the 3 best layers by CV on the training prompts (`anydepth levers`: the lever with
 # the highest leave-one-source-out AUROC and calibration-prompt TPR on the demo store; README, "Recipe levers");
-# ``study``: the full recipe (the shipped default spec, answers of 512 tokens; about 45 minutes on 2 cores with the
-# embedded model, minutes on a GPU), with the demo's split (40% of the prompt groups calibrate: about 56 own benign
-# answers set the 2% threshold, where 25% gave 35, too few to resolve it). Measured times: README, "The demo". With ``--spec none`` both generate from
+# ``study``: the full recipe (the shipped default spec, answers of 512 tokens; 23 to 45 minutes on 2 cores with the
+# embedded model, by CPU generation; minutes on a GPU). Its split stays 0.25 / 0.25: the demo's 0.4 / 0.2 gave 56 own calibration
+# answers instead of 35 but, on the same store, fewer training prompts and a weaker probe (test AUROC 0.926
+# against 0.957; README, "The study"). Measured times: README, "The demo". With ``--spec none`` both generate from
 # ``--data`` (the 0.2 demo).
 PRESETS: dict[str, dict] = {
     "demo": {"spec": "demo", "depths": "0,8,16,25:500:25", "gen_batch_size": 64, "gen_dtype": "auto",
@@ -32,8 +33,8 @@ PRESETS: dict[str, dict] = {
     "study": {"spec": "default", "depths": "0,8,16,25:500:25", "gen_batch_size": 64, "gen_dtype": "auto",
               "stride": 25, "target_fpr": 0.02, "combine_top": 3, "stack": True,
               "evaluations": ("deep-prefill", "over-refusal"), "eval_depths": (0, 25, 100, 250, 500),
-              "eval_limit": 20, "over_refusal_limit": 20, "batch_size": 64, "calib_fraction": 0.4,
-              "test_fraction": 0.2, "readout_loso": True},
+              "eval_limit": 20, "over_refusal_limit": 20, "batch_size": 64, "calib_fraction": 0.25,
+              "test_fraction": 0.25, "readout_loso": True},
 }
 # --spec none (or no public data): the built-in twin set, generated with a forced opener (the 0.2 demo)
 BUILT_IN = {"depths": "0:64:8", "stride": 16, "eval_depths": (0, 8, 16, 32, 64), "target_fpr": 0.01, "combine_top": 0,
