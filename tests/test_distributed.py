@@ -240,3 +240,26 @@ def test_a_broken_torchrun_environment_is_one_line(monkeypatch, env, says):
         monkeypatch.setenv(name, value)
     with pytest.raises(UserError, match=re.escape(says)):
         launched_by_torchrun()
+
+
+def test_shards_merge_per_depth_labels_that_only_one_shard_holds(setup, tmp_path):
+    """An insertion row (labelled per depth) in the last block only: the merged store holds the same depth_label
+    as one store written alone, the other shard's rows at their own label."""
+    model, tok, spans, items = setup
+    items = [Continuation(**{**it.to_dict(), "meta": {}}) for it in items]
+    text = tok.decode(items[6].response_ids, skip_special_tokens=True)
+    items[6].label, items[6].meta = "harmful", {"insertion": {"start": 3, "end": len(text) - 3, "span": text[3:-3]}}
+    single, out = tmp_path / "single.h5", tmp_path / "dist.h5"
+    prov = {"model_id": "tiny"}
+    extract_to_store(model, tok, items, single, spans=spans, depths=DEPTHS, provenance=prov, **KW)
+    for rank in (0, 1):
+        extract_shard(model, tok, items, out, rank=rank, world_size=2, spans=spans, depths=DEPTHS, provenance=prov,
+                      **KW)
+    with ActivationStore.open(shard_path(out, 0, 2)) as first:
+        assert not first.has_depth_labels
+    finalize(out, "copy")
+    assert_same_store(single, out)
+    with ActivationStore.open(out) as store:
+        y, ex = store.depth_labels, store.examples
+        assert store.has_depth_labels and y[6].tolist() == (ex["response_chars"][6] > 3).tolist()
+        assert y[6, 0] == 0 and y[6, -1] == 1 and (y[:6] == ex["label"][:6, None]).all()

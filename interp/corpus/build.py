@@ -13,7 +13,7 @@ wave with the same rows as before and writes only the batches the journal lacks.
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -91,11 +91,15 @@ def continuation_text(item) -> str:
 
 
 def _keep(entry, item, judge) -> bool:
-    """Label hygiene: a refusal entry keeps only the answers the judge calls refusals; a harmful prefill entry
-    drops continuations that recovered into a refusal (a harmful label on a refusal would contradict the own
-    refusals labelled benign). Everything else is kept."""
+    """Label hygiene: a refusal entry keeps only the answers the judge calls refusals; a harmful prefill or
+    insertion entry drops continuations that recovered into a refusal (a harmful label on a refusal would
+    contradict the own refusals labelled benign); an insertion row whose span the decoding lost is dropped.
+    Everything else is kept."""
     if entry.kind == "refusal":
         return judge(item.response)
+    if entry.kind == "insertion":
+        span = item.meta.get("insertion")
+        return span is not None and not judge(item.response[span["end"]:])
     if entry.kind == "prefill" and entry.label == HARMFUL:
         return not judge(continuation_text(item))
     return True
@@ -108,15 +112,67 @@ def _rows(batch: Batch, made: list, judge) -> list[dict[str, Any]]:
     for item in made:
         if not _keep(entry, item, judge):
             continue
-        if entry.kind == "refusal":
-            item.kind, item.label = "refusal", BENIGN
-            base = item.source.removesuffix("own").removesuffix(":")
-            item.source = f"{base}:refusal" if base else "refusal"
+        if entry.kind in ("refusal", "insertion"):
+            base = item.source.rsplit(":", 1)[0] if ":" in item.source else ""
+            item.kind = entry.kind
+            item.source = f"{base}:{entry.kind}" if base else entry.kind
             item.meta["prompt_label"] = HARMFUL
+        if entry.kind == "refusal":
+            item.label = BENIGN
         item.meta.update(corpus_entry=task.entry_index + 1, corpus_source=entry.source)
         item.id = task.row_id(item.id)
         rows.append(item.to_dict())
     return rows
+
+
+def _insertion_requests(model, tokenizer, spec: CorpusSpec, inserted: list[Batch], too_long: str, batch_size: int,
+                        gen_dtype: str, judge) -> list[tuple]:
+    """The second pass of insertion batches (:mod:`interp.corpus.insertion`): each prompt's own answer (first
+    pass, at most ``HOST_TOKENS``), kept when the judge calls it a refusal, cut at a seeded word boundary with the
+    record's harmful span forced after the cut. ``(batch key, request, head, span, host)`` per kept prompt."""
+    from interp.corpus.insertion import HOST_TOKENS, cut_host, forced_text, harmful_span
+    from interp.generate.continuations import generate_requests
+
+    hosts = generate_requests(model, tokenizer, [replace(_request(spec, b, too_long), mode="own",
+                                                         max_new_tokens=HOST_TOKENS) for b in inserted],
+                              batch_size=batch_size, progress=False, dtype=gen_dtype)
+    out = []
+    for batch, answers in zip(inserted, hosts):
+        by_id = {a.id: a for a in answers}
+        for k, rec in enumerate(batch.records):
+            host = by_id.get(rec.id)
+            if host is None or not judge(host.response):
+                continue  # skipped for length, or not a refusal to insert into
+            head, span = cut_host(host.response, f"{spec.seed}|{batch.task.row_id(rec.id)}"), harmful_span(rec)
+            request = replace(_request(spec, batch, too_long), records=(rec,), mode="prefill",
+                              opener=forced_text(head, span), seed=batch.seed + k)
+            out.append((batch.key, request, head, span, host.response))
+    return out
+
+
+def _decode_wave(model, tokenizer, spec: CorpusSpec, own: list[Batch], too_long: str, batch_size: int,
+                 gen_dtype: str, bar, judge) -> dict[str, list]:
+    """The continuations of a wave's own-generation batches, decoded together (insertion batches after their
+    first pass); the bar advances per finished answer and per prompt an insertion batch did not continue."""
+    from interp.corpus.insertion import locate_span
+    from interp.generate.continuations import generate_requests
+
+    plain = [b for b in own if b.task.entry.kind != "insertion"]
+    inserted = [b for b in own if b.task.entry.kind == "insertion"]
+    second = _insertion_requests(model, tokenizer, spec, inserted, too_long, batch_size, gen_dtype,
+                                 judge) if inserted else []
+    made = generate_requests(model, tokenizer, [_request(spec, b, too_long) for b in plain] + [s[1] for s in second],
+                             batch_size=batch_size, progress=False, dtype=gen_dtype, bar=bar)
+    out = dict(zip((b.key for b in plain), made))
+    out.update((b.key, []) for b in inserted)
+    for (key, _, head, span, host), items in zip(second, made[len(plain):]):
+        for item in items:
+            at = locate_span(item.response, head, span)
+            if at is not None:
+                item.meta["insertion"] = {"start": at[0], "end": at[1], "span": span, "host": host}
+            out[key].append(item)
+    bar.update(sum(len(b.records) for b in inserted) - len(second))
+    return out
 
 
 def waves(plan: list[Batch], rows: int) -> list[list[Batch]]:
@@ -152,13 +208,16 @@ def _summary(spec: CorpusSpec, tasks: list[Task], out: Path) -> dict[str, Any]:
                "rows": written.get(i + 1, 0)}
         if entry.kind == "refusal":
             row["dropped_not_refusals"] = planned - row["rows"]
+        elif entry.kind == "insertion":
+            row["dropped_not_refusals_or_recovered"] = planned - row["rows"]
         elif entry.kind == "prefill" and entry.label == HARMFUL:
             row["dropped_recovered_refusals"] = planned - row["rows"]
         entries.append(row)
     return {"entries": entries, "rows": sum(written.values()),
             "dropped_recovered_refusals": sum(e.get("dropped_recovered_refusals", 0) for e in entries),
             "label_hygiene": "harmful prefill continuations the refusal judge calls refusals are dropped (the model "
-                             "recovered); refusal entries keep only answers it calls refusals"}
+                             "recovered); refusal entries keep only answers it calls refusals; insertion entries "
+                             "keep only refusals as hosts and drop continuations that recovered after the span"}
 
 
 def write_corpus(model, tokenizer, spec: CorpusSpec, out: str | Path, *, model_provenance: dict[str, Any],
@@ -173,7 +232,7 @@ def write_corpus(model, tokenizer, spec: CorpusSpec, out: str | Path, *, model_p
     """
     from tqdm.auto import tqdm
 
-    from interp.generate.continuations import from_records, generate_requests, resolve_gen_dtype
+    from interp.generate.continuations import from_records, resolve_gen_dtype
     from interp.generate.decode import default_engine
     from interp.guard.refusal import KeywordMatcher
 
@@ -201,9 +260,8 @@ def write_corpus(model, tokenizer, spec: CorpusSpec, out: str | Path, *, model_p
             own = [b for b in wave if b.task.entry.kind != "dataset"]  # all of them: a torn wave decodes as before
             names = sorted({b.task.entry.name for b in own})
             bar.set_postfix_str(", ".join(names) if len(names) <= 3 else f"{len(names)} entries", refresh=True)
-            made = dict(zip((b.key for b in own), generate_requests(  # the bar advances as each answer finishes
-                model, tokenizer, [_request(spec, b, too_long) for b in own], batch_size=batch_size, progress=False,
-                dtype=gen_dtype, bar=bar))) if own else {}
+            made = _decode_wave(model, tokenizer, spec, own, too_long, batch_size, gen_dtype, bar,
+                                judge) if own else {}
             for batch in wave:
                 if batch.key not in journal.done:
                     items = made[batch.key] if batch.key in made else from_records(batch.records, tokenizer,

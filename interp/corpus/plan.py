@@ -12,6 +12,7 @@ import random
 from dataclasses import dataclass
 
 from interp import UserError
+from interp.corpus.insertion import harmful_span
 from interp.corpus.spec import CorpusSpec, Entry
 from interp.data.records import HARMFUL, Record
 
@@ -33,12 +34,21 @@ class Task:
 
 def _pool(entry: Entry, records: list[Record]) -> tuple[list[Record], str]:
     """The records an entry can draw from, and what they are called in an error."""
-    from interp.probes.protocol import prompt_key
-
     wanted = HARMFUL if entry.kind == "refusal" else entry.label
     pool = [r for r in records if r.label == wanted]
     if entry.kind == "dataset":
         return [r for r in pool if r.response], f"{wanted} records with a response"
+    if entry.kind == "insertion":  # the span to insert comes from the record's response or target
+        pool = [r for r in pool if harmful_span(r)]
+        what = f"distinct {wanted} prompts with a response or target to insert"
+        return _distinct(pool), what
+    return _distinct(pool), f"distinct {wanted} prompts"
+
+
+def _distinct(pool: list[Record]) -> list[Record]:
+    """The first record of each prompt (by its protocol key)."""
+    from interp.probes.protocol import prompt_key
+
     seen: set[str] = set()
     unique = []
     for r in pool:
@@ -46,7 +56,7 @@ def _pool(entry: Entry, records: list[Record]) -> tuple[list[Record], str]:
         if key not in seen:
             seen.add(key)
             unique.append(r)
-    return unique, f"distinct {wanted} prompts"
+    return unique
 
 
 def select_records(entry: Entry, seed: int, where: str = "corpus spec") -> list[Record]:

@@ -6,7 +6,11 @@ Kinds of rows an entry asks for:
 * ``prefill``: each opener in ``openers`` forced, then continued by the model (one row per prompt and opener);
 * ``dataset``: the source's own, third-party response, tokenised in context (no generation);
 * ``refusal``: the model's own answer to harmful prompts, kept only when the refusal judge says it declined,
-  labelled benign (hard negatives); ``count`` is the number of prompts answered.
+  labelled benign (hard negatives); ``count`` is the number of prompts answered;
+* ``insertion``: random insertion (:mod:`interp.corpus.insertion`): the model's own refusal to a harmful prompt, cut
+  at a seeded word boundary, a short harmful span from the record (its response or target) inserted there, then
+  continued by the model. Labelled per depth: benign before the span, harmful from its first character, so a
+  refusal's surface form does not predict the label; ``count`` is the number of prompts answered.
 
 Every error is one line naming the entry and what to change; nothing reads data or writes files here.
 """
@@ -26,7 +30,7 @@ from interp.data.loaders import SUFFIXES
 from interp.data.records import BENIGN, HARMFUL, LABELS
 from interp.data.registry import dataset_names
 
-KINDS = ("own", "prefill", "dataset", "refusal")
+KINDS = ("own", "prefill", "dataset", "refusal", "insertion")
 SHIPPED = ("default", "demo", "causal", "positions")  # spec names resolved to interp/corpus/specs/<name>.yaml
 
 
@@ -126,6 +130,9 @@ def _entry(data: Any, where: str) -> Entry:
     if kind == "refusal" and label != BENIGN:
         raise UserError(f"{where}: refusal rows are hard negatives (own refusals to harmful prompts); "
                         f"give them label {BENIGN}")
+    if kind == "insertion" and label != HARMFUL:
+        raise UserError(f"{where}: insertion rows turn harmful at the inserted span (benign before it, per depth); "
+                        f"give them label {HARMFUL}")
     if kind == "own" and label != BENIGN:
         raise UserError(f"{where}: own answers to harmful prompts are mostly refusals; use kind refusal "
                         f"(label {BENIGN}) for them, or kind prefill for harmful continuations")

@@ -10,7 +10,6 @@ requested layer, and the LM head never runs.
 
 from __future__ import annotations
 
-import os
 import time
 import warnings
 from collections.abc import Sequence
@@ -22,6 +21,7 @@ import torch
 
 from interp import UserError
 from interp.extract.masks import PackedBatch, attention_layout, collate, plan_packed, require_mask_kernel
+from interp.extract.rows import example_table
 from interp.extract.store import ActivationStore, canonical_hook
 from interp.extract.study import check_suffix, control_spans, gather_study, study_positions
 from interp.generate.continuations import Continuation
@@ -289,33 +289,6 @@ def batch_order(plans: Sequence, batch_size: int) -> list[list[int]]:
     return [order[i:i + batch_size] for i in range(0, len(order), batch_size)]
 
 
-def text_at_depths(tokenizer, items: Sequence[Continuation], depths: Sequence[int], progress: bool = False,
-                   ends: Sequence[int] | None = None) -> dict[str, list]:
-    """The response text of each item and, per depth, how many of its characters the first ``d`` response
-    tokens decode to (the text a probe at depth d has seen; text-only baselines read exactly this); with
-    ``ends`` also ``end_chars``, the characters at each item's end depth."""
-    from tqdm.auto import tqdm
-
-    texts, chars, end_chars = [], [], []
-
-    def seen(ids: list[int], full: str, d: int) -> int:
-        part = tokenizer.decode(ids[:min(int(d), len(ids))], skip_special_tokens=True) if d > 0 else ""
-        return len(os.path.commonprefix([part, full]))
-
-    for i, it in enumerate(tqdm(items, desc="decode text at depths", unit="ex",
-                                disable=not progress or len(items) < 500)):
-        ids = list(it.response_ids)
-        full = tokenizer.decode(ids, skip_special_tokens=True)
-        texts.append(full)
-        chars.append([seen(ids, full, d) for d in depths])
-        if ends is not None:
-            end_chars.append(seen(ids, full, int(ends[i])))
-    out = {"response": texts, "response_chars": chars}
-    if ends is not None:
-        out["end_chars"] = end_chars
-    return out
-
-
 @dataclass
 class ExtractResult(Result):
     """Where the store is and what this run computed (rows done earlier were kept)."""
@@ -361,16 +334,6 @@ def _check_inputs(model, items: Sequence[Continuation], batch_size: int, positio
         raise UserError(f"--positions must be one of {POSITIONS}, got {positions!r}")
 
 
-def _examples(items: Sequence[Continuation], n_tokens, valid, ends) -> dict[str, list]:
-    """The store's per-row table (everything but the texts at each depth)."""
-    return {"id": [it.id for it in items], "label": [1 if it.label == "harmful" else 0 for it in items],
-            "source": [it.source for it in items], "kind": [it.kind or "dataset" for it in items],
-            "prompt": [it.prompt for it in items],
-            "category": [it.category or "" for it in items], "n_response_tokens": n_tokens, "valid": valid,
-            "pair_id": [str((it.meta or {}).get("pair_id") or "") for it in items],
-            "end_depth": ends, "finished": [bool(it.finished) for it in items]}
-
-
 def extract_to_store(model, tokenizer, items: Sequence[Continuation], out: str | Path, *, spans,
                      depths: Sequence[int], layers: Sequence[int], hooks: Sequence[str] = ("resid_post",),
                      positions: str = "span", storage_dtype: str = "float16", batch_size: int | None = None,
@@ -414,8 +377,7 @@ def extract_to_store(model, tokenizer, items: Sequence[Continuation], out: str |
                 token_ids_sha256=token_ids_sha256(items), answer_length=horizon)
     if controls is not None:
         prov.update(study_positions=study_positions(controls), controls=controls.to_dict())
-    examples = _examples(items, n_tokens, valid, ends)
-    examples.update(text_at_depths(tokenizer, items, depths, progress=progress, ends=ends))
+    examples = example_table(tokenizer, items, depths, n_tokens, valid, ends, progress=progress)
     store = ActivationStore.create(out, prov, examples, depths=depths, hooks=hooks, layers=layers, positions=pos,
                                    d_model=cfg.hidden_size, storage_dtype=storage_dtype)
     window, types = attention_layout(model.config)

@@ -137,7 +137,13 @@ def _merge(tmp: Path, stores, parts, ref: dict, man: dict, mode: str, dest: Path
                 f.attrs["token_ids_sha256"] = man["token_ids_sha256"]
             f.create_dataset("depths", data=stores[0].h5["depths"][()])
             ex = f.create_group("examples")
-            for key in stores[0].h5["examples"]:
+            keys = list(stores[0].h5["examples"])
+            if any(s.has_depth_labels for s in stores):  # a shard without insertion rows has no depth_label
+                keys = [*[k for k in keys if k != "depth_label"], "depth_label"]
+            for key in keys:
+                if key == "depth_label":
+                    ex.create_dataset(key, data=np.concatenate([s.depth_labels for s in stores], axis=0))
+                    continue
                 src = [s.h5["examples"][key] for s in stores]
                 if h5py.check_string_dtype(src[0].dtype) is not None:  # re-escaped as a whole (NULs in one shard)
                     write_texts(ex, key, [x for d in src for x in read_texts(d)])

@@ -3,6 +3,7 @@
 Layout::
 
     /examples/{id, label, source, kind, prompt, category, pair_id, n_response_tokens, valid[N,D], done[N]}
+    /examples/depth_label[N,D]  (only when a row changes label with depth: insertion rows)
     /examples/{response, response_chars[N,D]}   response text; characters of it the probe has seen at depth d
     /examples/{end_depth, end_chars, finished}   each answer's final check depth (see below), whether it ended
     /depths[D]
@@ -175,6 +176,8 @@ class ActivationStore:
                 if "end_chars" in examples:
                     ex.create_dataset("end_chars", data=np.asarray(examples["end_chars"], np.int32).reshape(N))
             ex.create_dataset("label", data=np.asarray(examples["label"], dtype=np.int8))
+            if "depth_label" in examples:  # insertion rows: the label at each depth (benign before the span)
+                ex.create_dataset("depth_label", data=np.asarray(examples["depth_label"], np.int8).reshape(N, D))
             ex.create_dataset("n_response_tokens", data=np.asarray(examples["n_response_tokens"], np.int64))
             ex.create_dataset("valid", data=np.asarray(examples["valid"], dtype=bool).reshape(N, D))
             create_preallocated(ex, "done", (N,), bool)[...] = False
@@ -206,12 +209,25 @@ class ActivationStore:
         """Per-example metadata as numpy arrays (strings as ``str`` objects)."""
         ex = self.h5["examples"]
         out = {k: read_texts(ex[k]) for k in TEXT_KEYS if k in ex}
-        for k in ("response_chars", "end_depth", "end_chars", "finished"):
+        for k in ("response_chars", "end_depth", "end_chars", "finished", "depth_label"):
             if k in ex:
                 out[k] = ex[k][()]
         out.update(label=ex["label"][()], n_response_tokens=ex["n_response_tokens"][()],
                    valid=ex["valid"][()].astype(bool), done=ex["done"][()].astype(bool))
         return out
+
+    @property
+    def has_depth_labels(self) -> bool:
+        """Whether some row changes label with depth (``/examples/depth_label``: insertion rows)."""
+        return "depth_label" in self.h5["examples"]
+
+    @property
+    def depth_labels(self) -> np.ndarray:
+        """``[N, D]`` int8: each row's label at each depth (the row's label everywhere unless it was inserted into)."""
+        ex = self.h5["examples"]
+        if "depth_label" in ex:
+            return ex["depth_label"][()].astype(np.int8)
+        return np.repeat(ex["label"][()].astype(np.int8)[:, None], len(self.depths), axis=1)
 
     @property
     def done(self) -> np.ndarray:

@@ -26,7 +26,7 @@ from interp import UserError
 from interp.probes.calibration import fires
 from interp.probes.protocol import Schedule
 
-KINDS = ("own", "prefill", "refusal", "dataset")  # report order: the model's own answers first
+KINDS = ("own", "prefill", "refusal", "insertion", "dataset")  # report order: the model's own answers first
 CALIBRATION_KINDS = ("own", "prefill")
 
 

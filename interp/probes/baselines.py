@@ -53,12 +53,12 @@ def _prompt_only(store, hook: str, layer: int, depths, probe: ProbeConfig, roles
 def _ngram(meta: dict, roles: np.ndarray, valid: np.ndarray) -> np.ndarray:
     from interp.probes.ngram import depth_texts, fit_predict
 
-    y = meta["y"]
+    y = meta.get("y_depth", np.broadcast_to(meta["y"][:, None], valid.shape))  # each pair's label
     texts = depth_texts(meta["prompts"], meta["response"], meta["response_chars"])
     tr_r, tr_c = np.nonzero(valid & (roles == "train")[:, None])
     te_r, te_c = np.nonzero(valid & (roles == "test")[:, None])
     ng = np.full(valid.shape, np.nan)
-    ng[te_r, te_c] = fit_predict(texts[tr_r, tr_c], y[tr_r], texts[te_r, te_c])
+    ng[te_r, te_c] = fit_predict(texts[tr_r, tr_c], y[tr_r, tr_c], texts[te_r, te_c])
     return ng
 
 

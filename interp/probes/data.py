@@ -84,6 +84,7 @@ class LayerData:
     layer: int | None = None
     X_end: np.ndarray | None = None  # [N, d] each answer at its end slot (its final check), if the store has it
     Xv: np.ndarray | None = None  # [M, d] float32: the valid pairs (np.nonzero(valid) order) when X is None
+    y_depth: np.ndarray | None = None  # [N, D] the label at each depth where a row changes label (insertion rows)
 
     def __post_init__(self) -> None:
         if self.X is None and self.Xv is None:
@@ -104,10 +105,23 @@ class LayerData:
             raise UserError("labels must be 0 (benign) or 1 (harmful)")
         if self.X_end is not None and self.X_end.shape != (n, self.d_model):
             raise UserError("LayerData: X_end must be [N, d] like X's rows")
+        if self.y_depth is not None:
+            self.y_depth = np.asarray(self.y_depth).astype(np.int64).reshape(n, d_count)
+            if not set(np.unique(self.y_depth)) <= {0, 1}:
+                raise UserError("per-depth labels must be 0 (benign) or 1 (harmful)")
 
     @property
     def d_model(self) -> int:
         return int((self.X if self.X is not None else self.Xv).shape[-1])
+
+    @property
+    def label_grid(self) -> np.ndarray:
+        """``[N, D]`` the label of every (row, depth) pair: the row's label, or its label at that depth where the
+        row changes label (insertion rows: benign before the inserted span). Per-pair numbers read this; per-answer
+        numbers read ``y``."""
+        if self.y_depth is not None:
+            return self.y_depth
+        return np.broadcast_to(self.y[:, None], self.valid.shape)
 
     def pairs(self) -> tuple[np.ndarray, np.ndarray]:
         """(row index, depth index) of every valid pair, row-major."""
@@ -115,12 +129,13 @@ class LayerData:
         return rows, cols
 
     def flat(self) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
-        """Valid pairs flattened: ``X [M, d]``, ``y [M]``, row index ``[M]``, depth index ``[M]`` (``Xv`` itself,
-        no copy, when only the pairs are held)."""
+        """Valid pairs flattened: ``X [M, d]``, ``y [M]`` (each pair's label), row index ``[M]``, depth index
+        ``[M]`` (``Xv`` itself, no copy, when only the pairs are held)."""
         rows, cols = self.pairs()
+        y = self.label_grid[rows, cols]
         if self.X is None:
-            return self.Xv, self.y[rows], rows, cols
-        return np.ascontiguousarray(self.X[rows, cols], dtype=np.float32), self.y[rows], rows, cols
+            return self.Xv, y, rows, cols
+        return np.ascontiguousarray(self.X[rows, cols], dtype=np.float32), y, rows, cols
 
     def features(self, rows: np.ndarray, cols: np.ndarray) -> np.ndarray:
         """float32 ``[m, d]`` of the given valid pairs."""
@@ -146,7 +161,8 @@ class LayerData:
     def subset(self, m: np.ndarray) -> LayerData:
         """The rows of mask ``m`` (a copy of their activations)."""
         common = dict(y=self.y[m], groups=self.groups[m], valid=self.valid[m], sources=self.sources[m],
-                      depths=self.depths, layer=self.layer, X_end=None if self.X_end is None else self.X_end[m])
+                      depths=self.depths, layer=self.layer, X_end=None if self.X_end is None else self.X_end[m],
+                      y_depth=None if self.y_depth is None else self.y_depth[m])
         if self.X is not None:
             return LayerData(X=self.X[m], **common)
         rows, _ = self.pairs()
@@ -177,7 +193,8 @@ def _attr(value: Any) -> Any:
 
 
 def examples_meta(store: Any) -> dict[str, np.ndarray]:
-    """Labels, prompt groups, sources, validity and text of a store's examples (strings decoded).
+    """Labels, prompt groups, sources, validity and text of a store's examples (strings decoded); ``y`` is each
+    answer's label, ``y_depth [N, D]`` (only for a store with insertion rows) the label at each depth.
 
     ``groups`` is the split unit: the content group (:func:`interp.probes.groups.content_groups`: the same
     prompt, a shared twin pair id or a near duplicate, transitively), or the example id when the store records
@@ -200,6 +217,7 @@ def examples_meta(store: Any) -> dict[str, np.ndarray]:
         "groups": np.array(groups),
         "sources": np.array([_attr(s) for s in np.asarray(ex["source"])]).astype(str),
         "valid": np.asarray(ex["valid"], dtype=bool) & done[:, None],
+        **({"y_depth": np.asarray(ex["depth_label"]).astype(np.int64)} if "depth_label" in ex else {}),
         "done": done,
         "prompts": np.array([_attr(p) for p in np.asarray(prompts)] if prompts is not None else [""] * n),
         "n_tokens": np.asarray(ex.get("n_response_tokens", np.zeros(n)), np.int64),
@@ -264,8 +282,9 @@ def load_layer(store: Any, hook: str, layer: int, position: str | int = "probe",
         if not np.isfinite(X_end).all():
             raise UserError(f"{getattr(store, 'path', 'store')}: {hook} layer {layer} holds non-finite activations at "
                             "an answer's end; the file is damaged: re-extract it")
+    y_depth = meta["y_depth"][rows][:, cols] if "y_depth" in meta else None
     return LayerData(X=X, y=meta["y"][rows], groups=meta["groups"][rows], valid=valid, sources=meta["sources"][rows],
-                     depths=all_depths[cols], layer=int(layer), X_end=X_end, Xv=Xv)
+                     depths=all_depths[cols], layer=int(layer), X_end=X_end, Xv=Xv, y_depth=y_depth)
 
 
 def _read_pairs(store: Any, hook: str, layer: int, position: str | int, depths: list[int], rows: np.ndarray,

@@ -53,19 +53,17 @@ def _fold_of(split: Split) -> np.ndarray:
     return np.where(tested, np.argmax(split.test, axis=0), -1)
 
 
-def _within(p: np.ndarray, y: np.ndarray, rows_mask: np.ndarray, fold: np.ndarray, W: np.ndarray,
+def _within(p: np.ndarray, y: np.ndarray, pairs: np.ndarray, fold: np.ndarray, W: np.ndarray,
             col: int | None = None) -> tuple[float, np.ndarray, int]:
-    """Within-fold AUROC of the finite (row, depth) pairs of ``rows_mask`` (one depth column with ``col``):
-    value, bootstrap replicates, number of pairs."""
-    m = np.zeros(p.shape, bool)
-    if col is None:
-        m[rows_mask] = np.isfinite(p[rows_mask])
-    else:
-        m[rows_mask, col] = np.isfinite(p[rows_mask, col])
+    """Within-fold AUROC of the finite (row, depth) pairs of mask ``pairs [N, D]`` (one depth column with
+    ``col``), each pair labelled by ``y [N, D]``: value, bootstrap replicates, number of pairs."""
+    m = pairs & np.isfinite(p)
+    if col is not None:
+        m = m & (np.arange(p.shape[1]) == col)[None]
     rows, cols = np.nonzero(m)
-    if len(rows) == 0 or len(np.unique(y[rows])) < 2:
+    if len(rows) == 0 or len(np.unique(y[rows, cols])) < 2:
         return float("nan"), np.full(len(W), np.nan), 0
-    s, yy, blocks = p[rows, cols], y[rows], fold[rows]
+    s, yy, blocks = p[rows, cols], y[rows, cols], fold[rows]
     return float(auroc_within(s, yy, blocks)), auroc_within(s, yy, blocks, W[:, rows]), int(len(rows))
 
 
@@ -137,7 +135,7 @@ def _held_out_source(ctx: _Context, s: str, reps: dict, per_depth: dict, pooled:
     data = ctx.data
     in_s = data.sources == s
     train = ctx.split.train & ~in_s[None]
-    labels = sorted(set(data.y[in_s].tolist()))
+    labels = sorted(set(data.label_grid[in_s][data.valid[in_s]].tolist()))  # an insertion source holds both
     row = {"source": s, "kind": str(ctx.kinds[in_s][0]), "labels": ["benign" if v == 0 else "harmful" for v in labels],
            "n_answers": int(in_s.sum()), "n_prompt_groups": int(len(np.unique(data.groups[in_s])))}
     if any(len(np.unique(data.y[train[f] & data.valid.any(1)])) < 2 for f in range(ctx.split.n_folds)):
@@ -146,16 +144,17 @@ def _held_out_source(ctx: _Context, s: str, reps: dict, per_depth: dict, pooled:
     scored = {"probe": oof_scores(data, lsplit, ctx.probe, end=True)}
     if ctx.texts is not None:
         end_texts = None if ctx.answers is None else ctx.answers.end_texts
-        got = ngram_oof(ctx.texts, data.y, data.valid, lsplit, end_texts=end_texts, progress=False)
+        got = ngram_oof(ctx.texts, data.label_grid, data.valid, lsplit, end_texts=end_texts, progress=False)
         scored["ngram"] = got if isinstance(got, tuple) else (got, np.full(len(data.y), np.nan))
-    cmp_rows = in_s if len(labels) == 2 else in_s | (~in_s & (data.y != labels[0]))
+    # the held-out source's pairs, and with one label there the other sources' pairs of the other label
+    cmp = in_s[:, None] if len(labels) == 2 else in_s[:, None] | (~in_s[:, None] & (data.label_grid != labels[0]))
     for name, (p, p_end) in scored.items():
         pooled[name][in_s] = p[in_s]
-        value, r, n_pairs = _within(p, data.y, cmp_rows, ctx.fold, ctx.W)
+        value, r, n_pairs = _within(p, data.label_grid, cmp, ctx.fold, ctx.W)
         reps[(s, name)] = r
         row[name] = {"auroc": None if n_pairs == 0 else _ci(value, r), "n_pairs": n_pairs}
         for k, d in enumerate(data.depths):
-            v, rk, n = _within(p, data.y, cmp_rows, ctx.fold, ctx.W, col=k)
+            v, rk, n = _within(p, data.label_grid, cmp, ctx.fold, ctx.W, col=k)
             if n:  # counted: the held-out source's own rows at this depth (each row is in one source)
                 own = int((in_s & np.isfinite(p[:, k])).sum())
                 per_depth.setdefault(name, {}).setdefault(int(d), {})[s] = (v, rk, own)
@@ -227,7 +226,8 @@ def _pooled(pooled: dict, data: LayerData, cfg) -> dict:
         out[name] = []
         for k, d in enumerate(data.depths):
             ok = np.isfinite(p[:, k])
-            if ok.any() and len(np.unique(data.y[ok])) == 2:
-                s = summarize(p[ok, k], data.y[ok], data.groups[ok], n_boot=cfg.n_boot, seed=cfg.seed, fprs=())
+            if ok.any() and len(np.unique(data.label_grid[ok, k])) == 2:
+                s = summarize(p[ok, k], data.label_grid[ok, k], data.groups[ok], n_boot=cfg.n_boot, seed=cfg.seed,
+                              fprs=())
                 out[name].append({"depth": int(d), "auroc": s["auroc"], "n": s["n"]})
     return out

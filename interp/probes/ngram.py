@@ -49,14 +49,15 @@ def fit_predict(train_texts, train_y, *test_texts, C: float = 1.0):
 
 def ngram_oof(texts: np.ndarray, y: np.ndarray, valid: np.ndarray, split: Split, C: float = 1.0,
               progress: bool = True, end_texts: np.ndarray | None = None):
-    """Out-of-fold P(harmful) ``[N, D]`` over valid (row, depth) pairs on the probe's split (NaN elsewhere). With
-    ``end_texts [N]`` (the text at each answer's end) returns ``(scores, end_scores [N])``, the end scored by
-    the fold model that tests the answer."""
+    """Out-of-fold P(harmful) ``[N, D]`` over valid (row, depth) pairs on the probe's split (NaN elsewhere),
+    fitted on row labels ``y [N]`` or per-pair labels ``[N, D]``. With ``end_texts [N]`` (the text at each
+    answer's end) returns ``(scores, end_scores [N])``, the end scored by the fold model that tests the answer."""
     from tqdm.auto import tqdm
 
     rows, cols = np.nonzero(valid)
     ps = split.for_pairs(rows)
-    flat, yy = texts[rows, cols], np.asarray(y)[rows]
+    y = np.asarray(y)
+    flat, yy = texts[rows, cols], (y[rows] if y.ndim == 1 else y[rows, cols])
     out = np.full(valid.shape, np.nan)
     ends = np.full(valid.shape[0], np.nan)
     for f in tqdm(range(split.n_folds), desc="n-gram baseline (folds)", unit="fold", leave=False,

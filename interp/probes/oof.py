@@ -55,14 +55,15 @@ def fit_probes(X: np.ndarray, y: np.ndarray, masks: np.ndarray, cfg: ProbeConfig
 
 def oof_scores(data: LayerData, split: Split, cfg: ProbeConfig, *, per_depth: bool = False,
                labels: np.ndarray | None = None, end: bool = False):
-    """Out-of-fold probabilities ``[N, D]`` (NaN for invalid or untested pairs); ``labels`` overrides ``data.y``.
+    """Out-of-fold probabilities ``[N, D]`` (NaN for invalid or untested pairs), fitted on each pair's label
+    (:attr:`LayerData.label_grid`); ``labels [N]`` (row labels, e.g. shuffled) overrides them.
 
     With ``per_depth`` a separate probe is trained for each depth (on that depth's rows only). With ``end``
     returns ``(scores, end_scores [N])``: each answer's end slot (``data.X_end``, its final check) scored by the
     probe of the fold that tests the answer, never trained on (pooled fits only).
     """
     X, _, rows, cols = data.flat()
-    y = (data.y if labels is None else np.asarray(labels))[rows]
+    y = data.label_grid[rows, cols] if labels is None else np.asarray(labels)[rows]
     ps = split.for_pairs(rows)
     out = np.full(data.valid.shape, np.nan)
     depth_ids = np.unique(cols) if per_depth else [None]

@@ -150,6 +150,9 @@ def _check(store, cfg: PositionsConfig) -> tuple[list[str], list[int]]:
 
     if canonical_hook(cfg.hook) not in store.hooks:
         raise UserError(f"hook {canonical_hook(cfg.hook)} not in the store (it holds {list(store.hooks)})")
+    if getattr(store, "has_depth_labels", False):
+        raise UserError(f"{store.path}: the position study reads one label per answer, and this store holds insertion "
+                        "rows (labelled per depth); extract the positions spec's corpus for it")
     held = position_names(store)
     names = list(cfg.positions) or held
     missing = [n for n in names if n not in held]

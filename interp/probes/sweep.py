@@ -37,7 +37,7 @@ BASELINES = ("last_token", "prompt", "diffmeans", "shuffled", "ngram")
 
 def _summ(p: np.ndarray, data: LayerData, mask: np.ndarray, n_boot: int, seed: int) -> dict:
     rows, cols = np.nonzero(mask)
-    return summarize(p[rows, cols], data.y[rows], data.groups[rows], n_boot=n_boot, seed=seed)
+    return summarize(p[rows, cols], data.label_grid[rows, cols], data.groups[rows], n_boot=n_boot, seed=seed)
 
 
 def _per_depth(p: np.ndarray, data: LayerData, n_boot: int, seed: int) -> list[dict | None]:
@@ -46,7 +46,8 @@ def _per_depth(p: np.ndarray, data: LayerData, n_boot: int, seed: int) -> list[d
         m = np.zeros_like(data.valid)
         m[:, k] = np.isfinite(p[:, k])
         ok = m[:, k]
-        out.append(_summ(p, data, m, n_boot, seed) if ok.any() and len(np.unique(data.y[ok])) == 2 else None)
+        two = ok.any() and len(np.unique(data.label_grid[ok, k])) == 2
+        out.append(_summ(p, data, m, n_boot, seed) if two else None)
     return out
 
 
@@ -96,7 +97,7 @@ class SweepResult(Result):
     provenance: dict[str, Any] = field(default_factory=dict)
     config: dict[str, Any] = field(default_factory=dict)
     oof: dict[str, np.ndarray] | None = field(default=None, repr=False)
-    labels: np.ndarray | None = field(default=None, repr=False)
+    labels: np.ndarray | None = field(default=None, repr=False)  # [N, D]: each (row, depth) pair's label
 
     def auroc(self, method: str = "probe", layer: int | None = None) -> dict:
         """``method``'s pooled AUROC summary at ``layer`` (default the best)."""
@@ -118,7 +119,8 @@ class SweepResult(Result):
         plots.plot_layer_sweep(res, out / "layer_sweep")
         plots.plot_layer_depth_heatmap(res, out / "layer_depth_auroc")
         plots.plot_depth_curve(res, out / "depth_curve")
-        plots.plot_score_histograms(p[rows, cols], self.labels[rows], out / "score_hist", thr,
+        labels = self.labels[rows, cols] if self.labels.ndim == 2 else self.labels[rows]  # [N, D] since 0.5.1
+        plots.plot_score_histograms(p[rows, cols], labels, out / "score_hist", thr,
                                     f"out-of-fold scores, layer {self.best_layer}, all depths")
         plots.plot_reliability(self.best["reliability"], out / "reliability", self.best["ece"])
         return path
@@ -200,7 +202,7 @@ def run_sweep(loader: Callable[[int, str | int], LayerData], layers: list[int], 
             if ngram is None:
                 from interp.probes.ngram import ngram_oof
 
-                ngram = np.where(data.valid, ngram_oof(texts, data.y, data.valid, split), np.nan)
+                ngram = np.where(data.valid, ngram_oof(texts, data.label_grid, data.valid, split), np.nan)
             scores["ngram"] = ngram
         for m in methods:
             p = scores[m]
@@ -219,13 +221,13 @@ def run_sweep(loader: Callable[[int, str | int], LayerData], layers: list[int], 
 
         p, q = oof["probe"][best_i], oof["ngram"][best_i]
         rows, cols = np.nonzero(np.isfinite(p) & np.isfinite(q))
-        res["best"]["probe_minus_ngram_auroc"] = paired_auroc_diff(p[rows, cols], q[rows, cols], data0.y[rows],
+        res["best"]["probe_minus_ngram_auroc"] = paired_auroc_diff(p[rows, cols], q[rows, cols], data0.label_grid[rows, cols],
                                                                    data0.groups[rows], n_boot=cfg.n_boot,
                                                                    seed=cfg.seed)
     if split.kind == "grouped":
         res["loso"] = leave_one_source_out(loader(best_layer, position), split, probe, cfg, texts, answers)
     res["notes"] = sorted(set(res["notes"]))
-    return SweepResult(**jsonable(res), oof={m: np.stack(v) for m, v in oof.items()}, labels=data0.y)
+    return SweepResult(**jsonable(res), oof={m: np.stack(v) for m, v in oof.items()}, labels=np.array(data0.label_grid))
 
 
 def _shuffled_baseline(data: LayerData, split: Split, probe: ProbeConfig, cfg: SweepPlan, res: dict
@@ -276,7 +278,7 @@ def _best_layer_report(oof: dict, end: np.ndarray, best_i: int, data: LayerData,
     answers with the rates there (in-sample: those answers chose it)."""
     p = oof["probe"][best_i].astype(np.float64)
     rows, cols = np.nonzero(np.isfinite(p))
-    probs, y, src = p[rows, cols], data.y[rows], data.sources[rows]
+    probs, y, src = p[rows, cols], data.label_grid[rows, cols], data.sources[rows]
     out = {"target_fpr": cfg.target_fpr, "calibrate_on": list(cfg.calibrate_on),
            "at_0.5": rates_at_threshold(probs, y, 0.5),
            "reliability": reliability_curve(probs, y), "ece": expected_calibration_error(probs, y),

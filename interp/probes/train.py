@@ -101,12 +101,13 @@ def combined_layers(cfg: TrainConfig, store, layers: list[int]) -> list[int]:
 
 
 def _pairs_summary(p: np.ndarray, y: np.ndarray, groups: np.ndarray, n_boot: int, seed: int) -> dict | None:
+    """Pooled summary of the finite pairs of ``p [N, D]``, with each pair's label from ``y [N, D]``."""
     from interp.probes.metrics import summarize
 
     rows, cols = np.nonzero(np.isfinite(p))
-    if len(rows) == 0 or len(np.unique(y[rows])) < 2:
+    if len(rows) == 0 or len(np.unique(y[rows, cols])) < 2:
         return None
-    return summarize(p[rows, cols], y[rows], groups[rows], n_boot=n_boot, seed=seed)
+    return summarize(p[rows, cols], y[rows, cols], groups[rows], n_boot=n_boot, seed=seed)
 
 
 def _require_split(roles: np.ndarray, y: np.ndarray, cfg: TrainConfig) -> None:
@@ -164,7 +165,8 @@ def train_probeset(store, cfg: TrainConfig, probe: ProbeConfig, *, progress: boo
         tr = load_layer(store, hook, layer, position, cfg.depths, pairs_only=True, select=train_m)
         p, p_end = oof_scores(tr, split, probe, end=True)
         rows, cols = np.nonzero(np.isfinite(p))
-        metrics.append(summarize(p[rows, cols], tr.y[rows], tr.groups[rows], n_boot=cfg.n_boot, seed=cfg.seed))
+        metrics.append(summarize(p[rows, cols], tr.label_grid[rows, cols], tr.groups[rows], n_boot=cfg.n_boot,
+                                 seed=cfg.seed))
         oofs.append((p, p_end))
         X, yy, r, _ = tr.flat()
         params.append(fit_probes(X, yy, np.ones((1, len(yy)), bool), probe, tr.sources[r])[0])
@@ -326,6 +328,7 @@ def held_out_report(store, best: LayerData, cfg: TrainConfig, probe: ProbeConfig
     from interp.stats import grouped_rate
 
     y, groups = meta["y"], meta["groups"]
+    pair_y = meta.get("y_depth", np.broadcast_to(y[:, None], scores.shape))  # each (row, depth) pair's label
     test_m = roles == "test"
     seen = SeenPrompts.of(list(meta["prompts"][~test_m]), list(meta["pair_ids"][~test_m]))
     assert_held_out(list(meta["prompts"][test_m]), list(meta["pair_ids"][test_m]), seen)
@@ -339,18 +342,18 @@ def held_out_report(store, best: LayerData, cfg: TrainConfig, probe: ProbeConfig
     tested = np.where(test_m[:, None], 1.0, np.nan)
     for name, p in methods.items():
         pt = p * tested
-        out["per_check"][name] = _pairs_summary(pt, y, groups, cfg.n_boot, cfg.seed)
+        out["per_check"][name] = _pairs_summary(pt, pair_y, groups, cfg.n_boot, cfg.seed)
         out["per_depth"][name] = []
         n_boot = cfg.n_boot if name in ("probe", "ngram") else 0  # CIs where the targets table reads them
         for k, d in enumerate(depths):
             col = np.full_like(pt, np.nan)
             col[:, k] = pt[:, k]
-            s = _pairs_summary(col, y, groups, n_boot, cfg.seed)
+            s = _pairs_summary(col, pair_y, groups, n_boot, cfg.seed)
             row = {"depth": int(d), "auroc": None if s is None else s["auroc"]["value"], "n": 0 if s is None else s["n"]}
             if s is not None and n_boot:
                 row["auroc_ci"] = s["auroc"]
             if name == "probe":  # the check at this depth alone, at the frozen per-answer threshold
-                h = test_m & (y == 1) & np.isfinite(scores[:, k])
+                h = test_m & (pair_y[:, k] == 1) & np.isfinite(scores[:, k])
                 row["tpr_at_threshold"] = grouped_rate(fires(scores[h, k], threshold), groups[h])
             out["per_depth"][name].append(row)
     out["probe_minus_baseline_auroc"] = {}
@@ -358,9 +361,10 @@ def held_out_report(store, best: LayerData, cfg: TrainConfig, probe: ProbeConfig
         if name == "probe":
             continue
         rows, cols = np.nonzero(np.isfinite(p * tested) & np.isfinite(scores))
-        if len(rows) and len(np.unique(y[rows])) == 2:
+        if len(rows) and len(np.unique(pair_y[rows, cols])) == 2:
             out["probe_minus_baseline_auroc"][name] = paired_auroc_diff(
-                scores[rows, cols], p[rows, cols], y[rows], groups[rows], n_boot=max(cfg.n_boot, 200), seed=cfg.seed)
+                scores[rows, cols], p[rows, cols], pair_y[rows, cols], groups[rows], n_boot=max(cfg.n_boot, 200),
+                seed=cfg.seed)
     if "ngram" in out["probe_minus_baseline_auroc"]:
         out["probe_minus_ngram_auroc"] = out["probe_minus_baseline_auroc"]["ngram"]
     deployed = Deployed.of(meta, schedule.answer_length).subset(test_m)

@@ -295,6 +295,10 @@ def _corpus_line(corpus_dir: Path | None) -> list[str]:
             "continuations that recovered into a refusal were dropped (a harmful label on a refusal)")
     if ref:
         line += f"; the model refused {kept} of {planned} harmful prompts, kept as hard negatives (benign)"
+    ins = [e for e in entries if "dropped_not_refusals_or_recovered" in e]
+    if ins:
+        line += (f"; {sum(e['rows'] for e in ins)} insertion rows from {sum(e['planned'] for e in ins)} harmful "
+                 "prompts (an own refusal, a harmful span inserted, labelled per depth)")
     return [line + ".", ""]
 
 
