@@ -101,6 +101,7 @@ entries:
   - {source: jbb_benign, kind: own, label: benign, count: 6}
   - {source: jbb_benign, kind: prefill, label: benign, count: 6, openers: ["Sure, here is", "Certainly! Here's"]}
   - {source: alpaca_eval, kind: dataset, label: benign, count: 10}
+  - {source: advbench, kind: insertion, label: harmful, count: 4}
 """
 
 
@@ -131,11 +132,19 @@ def test_demo_on_a_corpus_spec_reports_the_targets(tiny_dir, tmp_path):
     assert set(probes["thresholds"]["calibration"]["kinds"]) <= {"own", "prefill"}
     assert "own answers first" in report and "| held-out source | kind |" in report
     assert "continuations that recovered into a refusal were dropped" in report
+    assert "insertion rows from 4 harmful prompts" in report  # a random model's hosts are rarely refusals
     assert next(run.glob("corpus-*/continuations.jsonl")).stat().st_size > 0
     # leave one source out at the stacked readout, beside the sweep's single-layer table
     loso = json.loads((run / results["loso"] / "loso.json").read_text())
     assert loso["readout"]["layers"] == probes["combine"] and loso["readout"]["stacked"]
     assert "## Leave-one-source-out at the deployed readout" in report and loso["loso"]["macro"]["probe"]
+    # the per-answer diagnostic script reads the same run (its split, readout and checks)
+    import subprocess
+    import sys
+
+    got = subprocess.run([sys.executable, "scripts/answer_diagnostic.py", str(out)], capture_output=True, text=True,
+                         timeout=300, cwd=os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+    assert got.returncode == 0 and "per-answer AUROC" in got.stdout and "TPR with 1 own firing" in got.stdout, got.stderr
 
 
 def test_an_edited_spec_is_another_corpus_stage(tmp_path):

@@ -259,3 +259,35 @@ def test_the_ngram_baseline_reads_the_label_of_each_pair():
     p = ngram_oof(texts, y, valid, split, progress=False)
     assert np.isfinite(p).all() and p[1::2, 1].min() > 0.5  # after the span: harmful
     assert p[:, 0].mean() < 0.25  # the refusal words alone: benign (0.49 when fitted on the answers' labels)
+
+
+def test_an_interrupted_insertion_build_resumes_to_identical_files(tmp_path, model_tok, monkeypatch):
+    """Both passes are redone for a torn wave, so the resumed files equal an uninterrupted build's."""
+    from interp.corpus import journal
+
+    model, tok = model_tok
+    spec = spec_from_dict(_spec(tmp_path))
+
+    def judge(text: str) -> bool:  # stateless: 48-token hosts are "refusals", 5-token continuations are not
+        return len(text) > 40
+
+    def build(out: Path) -> dict:
+        return write_corpus(model, tok, spec, out, model_provenance={"model_id": "tiny-qwen2"}, batch_size=1,
+                            progress=False, judge=judge)
+
+    whole = build(tmp_path / "whole")
+    assert whole["rows"] >= 2
+    append = journal.append_lines
+
+    def failing(path, lines):
+        append(path, lines)
+        if path.name == journal.ROWS:
+            raise KeyboardInterrupt
+
+    with monkeypatch.context() as m:
+        m.setattr(journal, "append_lines", failing)
+        with pytest.raises(KeyboardInterrupt):
+            build(tmp_path / "resumed")
+    build(tmp_path / "resumed")
+    files = {p: (tmp_path / "whole" / p).read_bytes() for p in ("continuations.jsonl", "corpus_spec.json")}
+    assert files == {p: (tmp_path / "resumed" / p).read_bytes() for p in files}

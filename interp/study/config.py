@@ -18,11 +18,11 @@ __all__ = ["BUILT_IN", "CORPUS_EVAL", "PRESETS", "StudyConfig", "answer_length",
 # to depth 250 and 2 x 25 held-out benign prompts in over-refusal, all prompts of an evaluation in one batch;
 # both read the stacked probe on the 3 best layers by CV on the training prompts (`anydepth levers`: the lever with
 # the highest leave-one-source-out AUROC and calibration-prompt TPR on the demo store; README, "Recipe levers");
-# ``study``: the full recipe (the shipped default spec, answers of 512 tokens; 23 to 45 minutes on 2 cores with the
-# embedded model, by CPU generation; minutes on a GPU). Its split stays 0.25 / 0.25: the demo's 0.4 / 0.2 gave 56
-# own calibration answers instead of 35 but, on the same store, fewer training prompts and a weaker probe (test
-# AUROC 0.926 against 0.957; README, "The study"). Measured times: README, "The demo". With ``--spec none`` both generate from
-# ``--data`` (the 0.2 demo).
+# ``study``: the full recipe (the shipped default spec, answers of 512 tokens; 25 minutes on a 2-core Zen 5 CPU with
+# the embedded model, about twice that on an older one; minutes on a GPU). Its split stays 0.25 / 0.25: the default
+# spec's 170 own benign answers put about 60 in calibration (the demo's 0.4 / 0.2 split on the older 60-answer spec
+# left fewer training prompts and a weaker probe: test AUROC 0.926 against 0.957; README, "The study"). Measured
+# times: README, "The demo". With ``--spec none`` both generate from ``--data`` (the 0.2 demo).
 PRESETS: dict[str, dict] = {
     "demo": {"spec": "demo", "depths": "0,8,16,25:500:25", "gen_batch_size": 64, "gen_dtype": "auto",
              "stride": 25, "target_fpr": 0.01, "combine_top": 3, "stack": True,
