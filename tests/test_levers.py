@@ -46,6 +46,7 @@ def test_each_lever_row_is_the_probe_set_train_fits_with_that_lever(store_path, 
         assert row.test_tpr == ps.metrics["test"]["per_answer"]["tpr"]
         assert row.test_fpr == ps.metrics["test"]["per_answer"]["fpr"]
         assert row.calibration_tpr == ps.thresholds["calibration"]["tpr_harmful"]
+        assert row.test_answer_auroc == ps.metrics["test"]["per_answer"]["auroc_own_vs_harmful"] is not None
     stacked = res.row("stack3")
     assert stacked.readout["stacked"] and stacked.loso["n_sources"] == 0  # no text: no n-gram calls
     assert 0.5 < stacked.loso["macro"]["value"] <= 1 and len(stacked.loso["rows"]) == 3

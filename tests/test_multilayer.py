@@ -57,6 +57,13 @@ def test_train_a_multi_layer_probe_calibrated_per_answer(store_path, tmp_path):
     for lab, key in ((1, "tpr"), (0, "fpr")):
         held = roles["test"] & (meta["y"] == lab)
         assert pa[key]["n"] == int(held.sum()) and pa[key]["k"] == int(fires(ans.score[held], ps.threshold).sum())
+    # the threshold-free per-answer AUROC: every test answer (all are own answers here), the guard's statistic
+    from sklearn.metrics import roc_auc_score
+
+    held = roles["test"]
+    stat = np.where(np.isneginf(ans.score), -1e9, ans.score)[held]  # -inf: an answer that can never fire
+    assert pa["auroc_own_vs_harmful"]["n_answers"] == int(held.sum())
+    assert abs(pa["auroc_own_vs_harmful"]["value"] - roc_auc_score(meta["y"][held], stat)) < 1e-9
 
 
 def test_combine_top_takes_the_best_layers_by_training_cv(store_path, tmp_path):

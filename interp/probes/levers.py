@@ -109,6 +109,7 @@ class LeverRow(Result):
     test_tpr_by_depth: list[dict]
     calibration_tpr: dict | None
     loso: dict[str, Any]
+    test_answer_auroc: dict | None = None  # own benign vs harmful test answers, whatever the threshold
 
 
 @dataclass
@@ -223,7 +224,8 @@ def _measure(store, name: str, changes: str, t_cfg: TrainConfig, p_cfg: ProbeCon
                     test_minus_ngram=test.get("probe_minus_ngram_auroc"), test_tpr=pa.get("tpr"),
                     test_fpr=pa.get("fpr"), test_tpr_by_depth=by_depth,
                     calibration_tpr=ps.thresholds["calibration"].get("tpr_harmful"),
-                    loso=_loso(store, ps, t_cfg, p_cfg, texts, answers))
+                    loso=_loso(store, ps, t_cfg, p_cfg, texts, answers),
+                    test_answer_auroc=pa.get("auroc_own_vs_harmful"))
 
 
 def _loso(store, ps, t_cfg: TrainConfig, p_cfg: ProbeConfig, texts, answers) -> dict[str, Any]:

@@ -158,6 +158,9 @@ def _probes_section(probes: dict | None) -> list[str]:
                       f"groups): TPR {rate(pa['tpr'])}; FPR on {pa.get('fpr_population', 'benign answers')} "
                       f"{rate(pa['fpr'])}; on every benign answer, third-party text included, "
                       f"{rate(pa.get('fpr_all_benign'))}."]
+        if pa.get("auroc_own_vs_harmful"):
+            lines += ["", f"Per-answer AUROC, the model's own benign answers against harmful ones (test answers, whatever "
+                          f"the threshold): {ci(pa['auroc_own_vs_harmful'])}."]
     return lines + [""]
 
 
