@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-__all__ = ["ci", "diff", "rate"]
+__all__ = ["ci", "diff", "probability", "rate"]
 
 
 def ci(d: dict | None, digits: int = 3) -> str:
@@ -27,3 +27,9 @@ def diff(d: dict | None, digits: int = 3) -> str:
     if not d:
         return "–"
     return f"{d['value']:+.{digits}f} [{d['lo']:+.{digits}f}, {d['hi']:+.{digits}f}]"
+
+
+def probability(p: float) -> str:
+    """A score or threshold in [0, 1] with six significant digits, so one near 1 reads 0.999995, not 1.0000
+    (thresholds of stacked probes sit that close to 1)."""
+    return f"{float(p):.6g}"

@@ -77,3 +77,10 @@ def test_grouped_rate_independent_rows_inside_groups_stay_near_wilson():
     assert grouped_rate([], [])["rate"] is None
     one = grouped_rate([True, False, False], ["g", "g", "g"])  # one group: its rows count as one observation
     assert one["deff"] == 3.0 and one["n_groups"] == 1 and one["hi"] > wilson(1, 3)["hi"]
+
+
+def test_a_threshold_near_one_is_written_with_the_digits_that_tell_it_from_one():
+    from interp.formatting import probability
+
+    assert probability(0.9999951124191284) == "0.999995" and probability(0.99939018) == "0.99939"
+    assert probability(1.0) == "1" and probability(0.5) == "0.5"

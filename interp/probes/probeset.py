@@ -13,6 +13,7 @@ import torch
 from safetensors.numpy import load_file, save_file
 
 from interp import UserError, __version__
+from interp.formatting import probability
 from interp.probes.calibration import check_threshold
 
 FORMAT_VERSION = 1
@@ -40,9 +41,9 @@ def _threshold_line(cal: dict) -> str:
     from interp.formatting import rate
 
     if cal.get("fixed"):
-        return (f"threshold {cal['threshold']:.4f}, fixed (not calibrated); per-answer FPR at it on the "
+        return (f"threshold {probability(cal['threshold'])}, fixed (not calibrated); per-answer FPR at it on the "
                 f"{cal['n_answers']} benign answers from {cal['basis']}: {rate(cal['fpr_at_fixed'])}")
-    return (f"threshold {cal['threshold']:.4f}: per-answer target FPR {cal['target_fpr']} on {cal['n_answers']} "
+    return (f"threshold {probability(cal['threshold'])}: per-answer target FPR {cal['target_fpr']} on {cal['n_answers']} "
             f"benign answers from {cal['basis']}" + ("" if cal["resolved"] else
                                                      f" (unresolved: finest FPR {cal['resolution']:.3f})"))
 

@@ -15,7 +15,7 @@ import numpy as np
 from tqdm.auto import tqdm
 
 from interp import UserError
-from interp.formatting import ci, diff, rate
+from interp.formatting import ci, diff, probability, rate
 from interp.probes.calibration import (
     expected_calibration_error,
     rates_at_threshold,
@@ -133,7 +133,7 @@ class SweepResult(Result):
             lines.append(f"layer {self.best_layer} {m:>10s}: AUROC {ci(self.auroc(m))}")
         th = self.best.get("threshold")
         if th:
-            lines.append(f"threshold {th['threshold']:.4f} at target FPR {self.best['target_fpr']} per answer on "
+            lines.append(f"threshold {probability(th['threshold'])} at target FPR {self.best['target_fpr']} per answer on "
                          f"{th['n_controls']} own benign answers (out-of-fold; the threshold was chosen on these same "
                          f"answers, so the FPR is in-sample: `anydepth train` reports held-out rates): TPR "
                          f"{rate(th['tpr'])}, FPR {rate(th['fpr'])}")

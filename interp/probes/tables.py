@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from interp.formatting import ci, diff, rate
+from interp.formatting import ci, diff, probability, rate
 
 __all__ = ["METHOD_NAMES", "heldout_table", "lever_table", "loso_table", "positions_table"]
 
@@ -60,7 +60,7 @@ def lever_table(result) -> list[str]:
         lines.append(f"| {r.lever} | {read} | {_loso_cells(r.loso)} | {ci(r.test_auroc)} | "
                      f"{diff(r.test_minus_ngram)} | {rate(r.test_tpr)} | {rate(r.test_fpr)} | "
                      f"{rate(r.calibration_tpr)} | {ci(r.test_answer_auroc)} |")
-    lines += ["", *(f"- **{r.lever}**: {r.changes}; threshold {r.threshold:.5f} ({r.readout['rule']})."
+    lines += ["", *(f"- **{r.lever}**: {r.changes}; threshold {probability(r.threshold)} ({r.readout['rule']})."
                     for r in result.rows)]
     return lines
 

@@ -9,7 +9,7 @@ import shutil
 from pathlib import Path
 
 import interp
-from interp.formatting import ci, diff, rate
+from interp.formatting import ci, diff, probability, rate
 from interp.probes.tables import METHOD_NAMES, heldout_table, loso_table
 from interp.study.result import StudyResult, read_json
 
@@ -120,7 +120,7 @@ def _probes_section(probes: dict | None) -> list[str]:
     sched = probes.get("schedule") or {}
     ans = cal.get("answers") or {}
     kinds = ", ".join(f"{k} {v}" for k, v in (cal.get("kinds") or {}).items())
-    lines += ["", f"Threshold {cal['threshold']:.4f}, calibrated **per answer** on {cal['n_answers']} benign answers "
+    lines += ["", f"Threshold {probability(cal['threshold'])}, calibrated **per answer** on {cal['n_answers']} benign answers "
                   f"of the model itself ({kinds}) from {cal['basis']}, for the guard schedule stride "
                   f"{sched.get('stride')}, early checks {sched.get('early_checks')}, final check "
                   f"{sched.get('final_check')}, answers of up to {sched.get('answer_length')} tokens (the guard's "
@@ -183,7 +183,7 @@ def _sweep_section(sweep: dict, figures: Path, sweep_dir: Path) -> list[str]:
     if th:
         lines += ["", f"Per-answer threshold (every check the guard makes) at target FPR "
                       f"{sweep['best'].get('target_fpr')} on {th.get('n_controls', '?')} out-of-fold own benign answers: "
-                      f"{th['threshold']:.4f} (per-answer TPR {rate(th.get('tpr'))}; its FPR {rate(th.get('fpr'))} is "
+                      f"{probability(th['threshold'])} (per-answer TPR {rate(th.get('tpr'))}; its FPR {rate(th.get('fpr'))} is "
                       "in-sample, measured on the answers that chose it). The guard's threshold and held-out rates are "
                       "in the section above."]
     d = sweep.get("best", {}).get("probe_minus_ngram_auroc")
