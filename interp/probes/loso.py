@@ -135,7 +135,8 @@ def _held_out_source(ctx: _Context, s: str, reps: dict, per_depth: dict, pooled:
     data = ctx.data
     in_s = data.sources == s
     train = ctx.split.train & ~in_s[None]
-    labels = sorted(set(data.label_grid[in_s][data.valid[in_s]].tolist()))  # an insertion source holds both
+    # the labels of its pairs (an insertion source holds both), else of its answers when none is valid
+    labels = sorted(set(data.label_grid[in_s][data.valid[in_s]].tolist()) or set(data.y[in_s].tolist()))
     row = {"source": s, "kind": str(ctx.kinds[in_s][0]), "labels": ["benign" if v == 0 else "harmful" for v in labels],
            "n_answers": int(in_s.sum()), "n_prompt_groups": int(len(np.unique(data.groups[in_s])))}
     if any(len(np.unique(data.y[train[f] & data.valid.any(1)])) < 2 for f in range(ctx.split.n_folds)):
