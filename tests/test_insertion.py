@@ -291,3 +291,16 @@ def test_an_interrupted_insertion_build_resumes_to_identical_files(tmp_path, mod
     build(tmp_path / "resumed")
     files = {p: (tmp_path / "whole" / p).read_bytes() for p in ("continuations.jsonl", "corpus_spec.json")}
     assert files == {p: (tmp_path / "resumed" / p).read_bytes() for p in files}
+
+
+def test_held_out_numbers_on_a_depth_subset_read_the_labels_of_those_depths(inserted_store):
+    """Trained on depths 10..40 (not 0), the held-out per-depth numbers pair each scored depth with its own label:
+    depth 20 is harmful for insertion rows, depth 10 is not."""
+    from interp.probes.run import train
+    from interp.probes.train import TrainConfig
+
+    _, path = inserted_store
+    ps = train(path, TrainConfig(store=str(path), n_boot=0, target_fpr=0.05, stride=10, depths=[10, 20, 30, 40]),
+               progress=False)
+    rows = ps.metrics["test"]["per_depth"]["probe"]
+    assert [r["depth"] for r in rows] == [10, 20, 30, 40] and min(r["auroc"] for r in rows) > 0.97

@@ -215,3 +215,21 @@ def test_reading_only_the_valid_pairs_changes_no_number(store_path, tmp_path, mo
     a, b = got[1], want[1]
     assert np.array_equal(a.weights, b.weights) and np.array_equal(a.bias, b.bias) and a.threshold == b.threshold
     assert json.dumps(a.metrics, sort_keys=True) == json.dumps(b.metrics, sort_keys=True)
+
+
+def test_the_held_out_ngram_reads_the_text_of_the_depths_it_scores(tmp_path):
+    """With --depths a subset, the n-gram baseline's texts are those of the selected depths: here the label's word
+    shows only from the third depth on, so reading the first columns instead would see no label."""
+    from interp.probes.run import train
+    from interp.probes.train import TrainConfig
+
+    ss = SyntheticSet(SyntheticSpec(n_prompts=80, n_depths=5, d_model=8, n_layers=1, signal=(2.0,),
+                                    invalid_frac=0.0, seed=4))
+    n = ss.spec.n_prompts
+    words = [("harm" if y else "calm") + f" {i} " for i, y in enumerate(ss.y)]
+    path = write_store(ss, tmp_path / "s.h5", [0], H, PROBE, extra_examples={
+        "response": [f"aaaa bbbb cccc dddd {w}" + "eeee " * 4 for w in words],  # the label word at characters 20+
+        "response_chars": np.tile([0, 10, 25, 30, 40], (n, 1))})
+    ps = train(path, TrainConfig(store=str(path), depths=[20, 40], stride=20, n_boot=0, target_fpr=0.1),
+               progress=False)
+    assert ps.metrics["test"]["per_check"]["ngram"]["auroc"]["value"] > 0.95

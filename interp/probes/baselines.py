@@ -50,11 +50,15 @@ def _prompt_only(store, hook: str, layer: int, depths, probe: ProbeConfig, roles
     return np.where(valid & (roles == "test")[:, None], sigmoid(pp.logit(rows))[:, None], np.nan)
 
 
-def _ngram(meta: dict, roles: np.ndarray, valid: np.ndarray) -> np.ndarray:
-    from interp.probes.ngram import depth_texts, fit_predict
+def _ngram(store, depths, meta: dict, roles: np.ndarray, valid: np.ndarray) -> np.ndarray:
+    """The text classifier on the prompt and the response prefix at ``depths`` (the columns of ``valid``), each
+    pair with its own label."""
+    from interp.probes.ngram import fit_predict
+    from interp.probes.stores import store_texts
 
-    y = meta.get("y_depth", np.broadcast_to(meta["y"][:, None], valid.shape))  # each pair's label
-    texts = depth_texts(meta["prompts"], meta["response"], meta["response_chars"])
+    cols = [[int(d) for d in store.depths].index(int(d)) for d in depths]
+    texts = store_texts(store, [int(d) for d in depths], meta)
+    y = meta["y_depth"][:, cols] if "y_depth" in meta else np.broadcast_to(meta["y"][:, None], valid.shape)
     tr_r, tr_c = np.nonzero(valid & (roles == "train")[:, None])
     te_r, te_c = np.nonzero(valid & (roles == "test")[:, None])
     ng = np.full(valid.shape, np.nan)
@@ -77,7 +81,7 @@ def baseline_scores(store, hook: str, layer: int, position, depths, probe: Probe
     if shuffled is not None:
         methods["shuffled"] = shuffled
     if "response_chars" in meta:
-        methods["ngram"] = _ngram(meta, roles, valid)
+        methods["ngram"] = _ngram(store, depths, meta, roles, valid)
     else:
         notes.append("baseline ngram skipped: the store records no response text (re-extract with this version)")
     return methods, notes

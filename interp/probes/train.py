@@ -328,7 +328,7 @@ def held_out_report(store, best: LayerData, cfg: TrainConfig, probe: ProbeConfig
     from interp.stats import grouped_rate
 
     y, groups = meta["y"], meta["groups"]
-    pair_y = meta.get("y_depth", np.broadcast_to(y[:, None], scores.shape))  # each (row, depth) pair's label
+    pair_y = best.label_grid  # each scored (row, depth) pair's label, at the depths the scores hold
     test_m = roles == "test"
     seen = SeenPrompts.of(list(meta["prompts"][~test_m]), list(meta["pair_ids"][~test_m]))
     assert_held_out(list(meta["prompts"][test_m]), list(meta["pair_ids"][test_m]), seen)
