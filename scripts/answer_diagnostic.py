@@ -24,7 +24,7 @@ from interp.probes.answers import Deployed, answer_scores, calibration_rows
 from interp.probes.data import examples_meta
 from interp.probes.fit import LinearParams
 from interp.probes.probeset import ProbeSet
-from interp.probes.protocol import three_way_split
+from interp.probes.protocol import Schedule
 from interp.probes.readout import readout_scores
 from interp.probes.train import TrainConfig
 
@@ -42,15 +42,13 @@ def diagnose(run: Path) -> str:
     result = json.loads((root / "results.json").read_text())
     probes = ProbeSet.load(root / result["probes"])
     cfg = from_dict(TrainConfig, probes.config["train"])
+    schedule = Schedule.from_dict(probes.schedule)  # the guard's checks the threshold was calibrated for
+    params = [LinearParams(*map(np.asarray, probes.folded(layer))) for layer in probes.readout]
     with ActivationStore.open(next(root.glob("extract-*/store.h5"))) as store:
         meta = examples_meta(store)
-        own = calibration_rows(meta["y"], meta["kinds"], meta["sources"], cfg.calibrate_on, cfg.control_sources)
-        roles = three_way_split(meta["groups"], meta["y"], cfg, cfg.seed,
-                                strata=np.where(own, "calibration-kind", "other"))  # the split train made
-        schedule = cfg.schedule(store.answer_length)
-        params = [LinearParams(*map(np.asarray, probes.folded(layer))) for layer in probes.readout]
         scores, ends, kept = readout_scores(store, probes.hook, probes.readout, probes.position, cfg.depths, params)
-    test = roles == "test"
+    own = calibration_rows(meta["y"], meta["kinds"], meta["sources"], cfg.calibrate_on, cfg.control_sources)
+    test = np.isin(meta["groups"], probes.split["test"]["groups"])  # the test prompts the probe set records
     answers = answer_scores(scores[test], kept.depths, Deployed.of(meta, schedule.answer_length).subset(test),
                             schedule, ends[test])
     y, benign, s = meta["y"][test], own[test], answers.score

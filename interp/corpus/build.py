@@ -167,7 +167,7 @@ def _decode_wave(model, tokenizer, spec: CorpusSpec, own: list[Batch], too_long:
     out.update((b.key, []) for b in inserted)
     for (key, _, head, span, host), items in zip(second, made[len(plain):]):
         for item in items:
-            at = locate_span(item.response, head, span)
+            at = locate_span(item.response, span, len(head.rstrip()))  # None: the row is dropped
             if at is not None:
                 item.meta["insertion"] = {"start": at[0], "end": at[1], "span": span, "host": host}
             out[key].append(item)

@@ -46,10 +46,10 @@ def forced_text(head: str, span: str) -> str:
     return f"{head} {span}" if head.strip() else span
 
 
-def locate_span(response: str, head: str, span: str) -> tuple[int, int] | None:
-    """Characters ``(start, end)`` of the inserted span in the decoded ``response``, or None when decoding did not
-    reproduce it (the row is then dropped: its label switch would be unknown)."""
-    start = response.find(span, max(0, len(head.rstrip()) - 8))
+def locate_span(text: str, span: str, near: int) -> tuple[int, int] | None:
+    """Characters ``(start, end)`` of the inserted span in ``text``, searched from a few characters before
+    ``near`` (where the cut host ends), or None when the decoding did not reproduce it."""
+    start = str(text).find(span, max(0, int(near) - 8))
     return None if start < 0 else (start, start + len(span))
 
 
@@ -76,7 +76,7 @@ def add_depth_labels(examples: dict, metas: list[dict]) -> None:
     for meta, text in zip(metas, examples["response"]):
         span = (meta or {}).get("insertion")
         if span is not None:
-            found = str(text).find(span["span"], max(0, int(span["start"]) - 8))
-            span = {"start": found if found >= 0 else int(span["start"])}
+            found = locate_span(text, span["span"], span["start"])
+            span = {"start": found[0] if found else int(span["start"])}
         spans.append(span)
     examples["depth_label"] = depth_labels(examples["label"], spans, examples["response_chars"])

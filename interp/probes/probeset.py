@@ -43,8 +43,8 @@ def _threshold_line(cal: dict) -> str:
     if cal.get("fixed"):
         return (f"threshold {probability(cal['threshold'])}, fixed (not calibrated); per-answer FPR at it on the "
                 f"{cal['n_answers']} benign answers from {cal['basis']}: {rate(cal['fpr_at_fixed'])}")
-    return (f"threshold {probability(cal['threshold'])}: per-answer target FPR {cal['target_fpr']} on {cal['n_answers']} "
-            f"benign answers from {cal['basis']}" + ("" if cal["resolved"] else
+    return (f"threshold {probability(cal['threshold'])}: per-answer target FPR {cal['target_fpr']} on "
+            f"{cal['n_answers']} benign answers from {cal['basis']}" + ("" if cal["resolved"] else
                                                      f" (unresolved: finest FPR {cal['resolution']:.3f})"))
 
 

@@ -119,8 +119,7 @@ class SweepResult(Result):
         plots.plot_layer_sweep(res, out / "layer_sweep")
         plots.plot_layer_depth_heatmap(res, out / "layer_depth_auroc")
         plots.plot_depth_curve(res, out / "depth_curve")
-        labels = self.labels[rows, cols] if self.labels.ndim == 2 else self.labels[rows]  # [N, D] since 0.5.1
-        plots.plot_score_histograms(p[rows, cols], labels, out / "score_hist", thr,
+        plots.plot_score_histograms(p[rows, cols], self.labels[rows, cols], out / "score_hist", thr,
                                     f"out-of-fold scores, layer {self.best_layer}, all depths")
         plots.plot_reliability(self.best["reliability"], out / "reliability", self.best["ece"])
         return path
@@ -133,8 +132,8 @@ class SweepResult(Result):
             lines.append(f"layer {self.best_layer} {m:>10s}: AUROC {ci(self.auroc(m))}")
         th = self.best.get("threshold")
         if th:
-            lines.append(f"threshold {probability(th['threshold'])} at target FPR {self.best['target_fpr']} per answer on "
-                         f"{th['n_controls']} own benign answers (out-of-fold; the threshold was chosen on these same "
+            lines.append(f"threshold {probability(th['threshold'])} at target FPR {self.best['target_fpr']} per "
+                         f"answer on {th['n_controls']} own benign answers (out-of-fold; the threshold was chosen on these same "
                          f"answers, so the FPR is in-sample: `anydepth train` reports held-out rates): TPR "
                          f"{rate(th['tpr'])}, FPR {rate(th['fpr'])}")
         d = self.best.get("probe_minus_ngram_auroc")
@@ -221,13 +220,14 @@ def run_sweep(loader: Callable[[int, str | int], LayerData], layers: list[int], 
 
         p, q = oof["probe"][best_i], oof["ngram"][best_i]
         rows, cols = np.nonzero(np.isfinite(p) & np.isfinite(q))
-        res["best"]["probe_minus_ngram_auroc"] = paired_auroc_diff(p[rows, cols], q[rows, cols], data0.label_grid[rows, cols],
-                                                                   data0.groups[rows], n_boot=cfg.n_boot,
-                                                                   seed=cfg.seed)
+        res["best"]["probe_minus_ngram_auroc"] = paired_auroc_diff(
+            p[rows, cols], q[rows, cols], data0.label_grid[rows, cols], data0.groups[rows], n_boot=cfg.n_boot,
+            seed=cfg.seed)
     if split.kind == "grouped":
         res["loso"] = leave_one_source_out(loader(best_layer, position), split, probe, cfg, texts, answers)
     res["notes"] = sorted(set(res["notes"]))
-    return SweepResult(**jsonable(res), oof={m: np.stack(v) for m, v in oof.items()}, labels=np.array(data0.label_grid))
+    return SweepResult(**jsonable(res), oof={m: np.stack(v) for m, v in oof.items()},
+                       labels=np.array(data0.label_grid))
 
 
 def _shuffled_baseline(data: LayerData, split: Split, probe: ProbeConfig, cfg: SweepPlan, res: dict
