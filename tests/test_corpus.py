@@ -170,7 +170,7 @@ def test_overlapping_splits_are_refused(tmp_path):
 @needs_mirror
 def test_shipped_specs_plan_within_the_mirror(monkeypatch):
     monkeypatch.setenv(DATA_ENV, str(MIRROR))
-    for name in ("default", "demo"):
+    for name in ("default", "demo", "styles"):
         tasks = plan_corpus(load_spec(name))
         rows = {t.row_id(r.id) for t in tasks for r in t.records}
         assert len(rows) == sum(len(t.records) for t in tasks)
@@ -179,6 +179,12 @@ def test_shipped_specs_plan_within_the_mirror(monkeypatch):
         harmful_openers = {t.opener for t in tasks if t.entry.kind == "prefill" and t.entry.label == "harmful"}
         benign_openers = {t.opener for t in tasks if t.entry.kind == "prefill" and t.entry.label == "benign"}
         assert len(harmful_openers) >= 2 and harmful_openers <= benign_openers  # matched style
+        if name == "styles":  # issue 31's style lever: >= 12 openers, every one on both classes
+            assert len(harmful_openers) == 12 and harmful_openers == benign_openers
+            default = plan_corpus(load_spec("default"))
+            assert ({(t.entry.source, t.entry.kind, t.entry.label) for t in tasks}
+                    == {(t.entry.source, t.entry.kind, t.entry.label) for t in default})
+            assert ({r.id for t in tasks for r in t.records} == {r.id for t in default for r in t.records})
         if name == "demo":
             assert len(rows) <= 420  # the CPU budget of `make demo` (README, "The demo": 17 min on 2 cores)
             own = [r for t in tasks if t.entry.label == "benign" and t.entry.kind == "own" for r in t.records]

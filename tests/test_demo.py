@@ -102,6 +102,7 @@ entries:
   - {source: jbb_benign, kind: prefill, label: benign, count: 6, openers: ["Sure, here is", "Certainly! Here's"]}
   - {source: alpaca_eval, kind: dataset, label: benign, count: 10}
   - {source: advbench, kind: insertion, label: harmful, count: 4}
+  - {source: jbb_benign, kind: insertion, label: harmful, count: 3, spans: jbb_jailbroken}
 """
 
 
@@ -132,7 +133,7 @@ def test_demo_on_a_corpus_spec_reports_the_targets(tiny_dir, tmp_path):
     assert set(probes["thresholds"]["calibration"]["kinds"]) <= {"own", "prefill"}
     assert "own answers first" in report and "| held-out source | kind |" in report
     assert "continuations that recovered into a refusal were dropped" in report
-    assert "insertion rows from 4 harmful prompts" in report  # a random model's hosts are rarely refusals
+    assert "insertion rows from 7 prompts" in report  # 4 harmful (hosts: refusals) + 3 benign (hosts: all)
     assert next(run.glob("corpus-*/continuations.jsonl")).stat().st_size > 0
     # leave one source out at the stacked readout, beside the sweep's single-layer table
     loso = json.loads((run / results["loso"] / "loso.json").read_text())

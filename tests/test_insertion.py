@@ -135,6 +135,89 @@ def test_a_continuation_that_recovers_after_the_span_is_dropped(tmp_path, model_
     assert all("step one." not in t for t in seen[3:])  # only the text after the span is judged
 
 
+
+# --- benign hosts: spans from each host's twin --------------------------------------------------------------------
+
+def _twin_sources(folder: Path) -> tuple[Path, Path]:
+    """4 benign prompts with pair ids t0..t3 (t3 has no twin) and 4 harmful twins: t0 twice (the first counts),
+    t1, t2 (t2 without text to insert), x9 (no host)."""
+    hosts, twins = folder / "hosts.jsonl", folder / "twins.jsonl"
+    hosts.write_text("".join(json.dumps({"prompt": f"write a kind poem number {i}", "label": "benign",
+                                         "pair_id": f"t{i}"}) + "\n" for i in range(4)))
+    rows = [("t0", "First twin span for zero.\nmore"), ("t0", "Second twin for zero."), ("t1", "Twin span one."),
+            ("t2", None), ("x9", "No host has this.")]
+    twins.write_text("".join(json.dumps({"prompt": f"harmful request {k}", "label": "harmful", "pair_id": pid,
+                                         **({"response": text} if text else {})}) + "\n"
+                             for k, (pid, text) in enumerate(rows)))
+    return hosts, twins
+
+
+def _twin_spec(folder: Path, count: int | None = None) -> dict:
+    hosts, twins = _twin_sources(folder)
+    entry = {"source": str(hosts), "kind": "insertion", "label": "harmful", "spans": str(twins)}
+    return {"name": "twins", "seed": 1, "max_new_tokens": 5,
+            "entries": [{**entry, **({"count": count} if count else {})}]}
+
+
+def test_spans_are_checked_and_an_unset_one_keeps_old_hashes(tmp_path):
+    with pytest.raises(UserError, match="spans only apply to kind insertion"):
+        spec_from_dict({"name": "x", "entries": [{"source": "jbb_benign", "kind": "own", "label": "benign",
+                                                  "spans": "jbb_jailbroken"}]})
+    with pytest.raises(UserError, match="unknown spans source 'nope'"):
+        spec_from_dict({"name": "x", "entries": [{"source": "jbb_benign", "kind": "insertion", "label": "harmful",
+                                                  "spans": "nope"}]})
+    plain = spec_from_dict(_spec(tmp_path))
+    assert "spans" not in plain.to_dict()["entries"][0] and "\"spans\"" not in plain.canonical_json()
+    assert spec_from_dict(_twin_spec(tmp_path)).to_dict()["entries"][0]["spans"].endswith("twins.jsonl")
+
+
+def test_benign_hosts_take_the_span_of_their_twin(tmp_path):
+    """Hosts are the benign prompts with a twin holding text; each takes its first twin's span."""
+    [task] = plan_corpus(spec_from_dict(_twin_spec(tmp_path)))
+    assert [r.meta["pair_id"] for r in task.records] == ["t0", "t1"]
+    assert [task.span(r.id) for r in task.records] == [("First twin span for zero.", "twins:1"),
+                                                        ("Twin span one.", "twins:3")]
+    with pytest.raises(UserError, match="has 2 distinct benign prompts with a twin in .*twins.jsonl"):
+        plan_corpus(spec_from_dict(_twin_spec(tmp_path, count=3)))
+    hosts, _ = _twin_sources(tmp_path)
+    spec = _twin_spec(tmp_path)
+    spec["entries"][0]["spans"] = str(hosts)  # benign records only: no span to take
+    with pytest.raises(UserError, match="holds no harmful record with a pair id"):
+        plan_corpus(spec_from_dict(spec))
+
+
+def test_build_inserts_the_twin_span_into_every_benign_answer(tmp_path, model_tok):
+    """Every own answer to a benign prompt is a host (the judge is asked only about the text after the span);
+    the row is harmful from the span on, records its prompt as benign and keeps the host's pair id, so a split
+    puts it in its twin's content group."""
+    model, tok = model_tok
+    spec = spec_from_dict(_twin_spec(tmp_path))
+    judged: list[str] = []
+
+    def judge(text: str) -> bool:
+        judged.append(text)
+        return False
+
+    config = write_corpus(model, tok, spec, tmp_path / "out", model_provenance={"model_id": "tiny-qwen2"},
+                          batch_size=2, progress=False, judge=judge)
+    rows = load_jsonl(tmp_path / "out" / "continuations.jsonl")
+    [task] = plan_corpus(spec)
+    hosts = {c.id: c.response for c in generate_continuations(model, tok, task.records, mode="own",
+                                                               max_new_tokens=HOST_TOKENS, progress=False)}
+    assert config["rows"] == 2 and config["entries"][0]["dropped_not_refusals_or_recovered"] == 0
+    assert len(judged) == 2  # no host was judged
+    for row in rows:
+        rec_id = row.id.removesuffix("#insertion")
+        span, donor = task.span(rec_id)
+        ins = row.meta["insertion"]
+        assert row.label == "harmful" and row.meta["prompt_label"] == "benign" and row.kind == "insertion"
+        assert ins["host"] == hosts[rec_id] and ins["span"] == span and ins["span_record"] == donor
+        assert row.response[ins["start"]:ins["end"]] == span and row.response.startswith(
+            cut_host(hosts[rec_id], f"1|{row.id}"))
+        assert row.meta["pair_id"] == next(r.meta["pair_id"] for r in task.records if r.id == rec_id)
+    assert sorted(judged) == sorted(r.response[r.meta["insertion"]["end"]:] for r in rows)
+
+
 # --- probes on per-depth labels ----------------------------------------------------------------------------------
 
 class _Inserted:

@@ -22,7 +22,7 @@ from interp import UserError
 from interp.corpus.journal import ROWS, Journal, build_lock, read_lines
 from interp.corpus.plan import Task, plan_corpus
 from interp.corpus.spec import CorpusSpec
-from interp.data.records import BENIGN, HARMFUL
+from interp.data.records import HARMFUL
 from interp.generate.continuations import GEN_DTYPES
 from interp.model.context import TOO_LONG
 
@@ -116,9 +116,8 @@ def _rows(batch: Batch, made: list, judge) -> list[dict[str, Any]]:
             base = item.source.rsplit(":", 1)[0] if ":" in item.source else ""
             item.kind = entry.kind
             item.source = f"{base}:{entry.kind}" if base else entry.kind
-            item.meta["prompt_label"] = HARMFUL
-        if entry.kind == "refusal":
-            item.label = BENIGN
+            item.meta["prompt_label"] = item.label  # the prompt's: harmful, or benign for a benign host
+            item.label = entry.label
         item.meta.update(corpus_entry=task.entry_index + 1, corpus_source=entry.source)
         item.id = task.row_id(item.id)
         rows.append(item.to_dict())
@@ -128,9 +127,10 @@ def _rows(batch: Batch, made: list, judge) -> list[dict[str, Any]]:
 def _insertion_requests(model, tokenizer, spec: CorpusSpec, inserted: list[Batch], too_long: str, batch_size: int,
                         gen_dtype: str, judge) -> list[tuple]:
     """The second pass of insertion batches (:mod:`interp.corpus.insertion`): each prompt's own answer (first
-    pass, at most ``HOST_TOKENS``), kept when the judge calls it a refusal, cut at a seeded word boundary with the
-    record's harmful span forced after the cut. ``(batch key, request, head, span, host)`` per kept prompt."""
-    from interp.corpus.insertion import HOST_TOKENS, cut_host, forced_text, harmful_span
+    pass, at most ``HOST_TOKENS``), kept when the judge calls it a refusal (every answer to a benign prompt is
+    kept), cut at a seeded word boundary with the task's span forced after the cut.
+    ``(batch key, request, head, (span, its record id), host)`` per kept prompt."""
+    from interp.corpus.insertion import HOST_TOKENS, cut_host, forced_text
     from interp.generate.continuations import generate_requests
 
     hosts = generate_requests(model, tokenizer, [replace(_request(spec, b, too_long), mode="own",
@@ -141,11 +141,11 @@ def _insertion_requests(model, tokenizer, spec: CorpusSpec, inserted: list[Batch
         by_id = {a.id: a for a in answers}
         for k, rec in enumerate(batch.records):
             host = by_id.get(rec.id)
-            if host is None or not judge(host.response):
+            if host is None or (not batch.task.entry.spans and not judge(host.response)):
                 continue  # skipped for length, or not a refusal to insert into
-            head, span = cut_host(host.response, f"{spec.seed}|{batch.task.row_id(rec.id)}"), harmful_span(rec)
+            head, span = cut_host(host.response, f"{spec.seed}|{batch.task.row_id(rec.id)}"), batch.task.span(rec.id)
             request = replace(_request(spec, batch, too_long), records=(rec,), mode="prefill",
-                              opener=forced_text(head, span), seed=batch.seed + k)
+                              opener=forced_text(head, span[0]), seed=batch.seed + k)
             out.append((batch.key, request, head, span, host.response))
     return out
 
@@ -167,9 +167,10 @@ def _decode_wave(model, tokenizer, spec: CorpusSpec, own: list[Batch], too_long:
     out.update((b.key, []) for b in inserted)
     for (key, _, head, span, host), items in zip(second, made[len(plain):]):
         for item in items:
-            at = locate_span(item.response, span, len(head.rstrip()))  # None: the row is dropped
+            at = locate_span(item.response, span[0], len(head.rstrip()))  # None: the row is dropped
             if at is not None:
-                item.meta["insertion"] = {"start": at[0], "end": at[1], "span": span, "host": host}
+                item.meta["insertion"] = {"start": at[0], "end": at[1], "span": span[0], "host": host,
+                                          "span_record": span[1]}
             out[key].append(item)
     bar.update(sum(len(b.records) for b in inserted) - len(second))
     return out
@@ -217,7 +218,8 @@ def _summary(spec: CorpusSpec, tasks: list[Task], out: Path) -> dict[str, Any]:
             "dropped_recovered_refusals": sum(e.get("dropped_recovered_refusals", 0) for e in entries),
             "label_hygiene": "harmful prefill continuations the refusal judge calls refusals are dropped (the model "
                              "recovered); refusal entries keep only answers it calls refusals; insertion entries "
-                             "keep only refusals as hosts and drop continuations that recovered after the span"}
+                             "keep only refusals as hosts (every answer, for benign hosts) and drop continuations "
+                             "that recovered after the span"}
 
 
 def write_corpus(model, tokenizer, spec: CorpusSpec, out: str | Path, *, model_provenance: dict[str, Any],

@@ -4,6 +4,8 @@ share one generation call, each row with a deterministic id. Reads the sources; 
 Row ids are ``<record id>#<kind>`` (``#prefill<j>`` for the j-th opener, from 0), so a rebuilt or resumed
 corpus names every row the same way. Prompts are deduplicated by their protocol key for the generated kinds (a
 source that repeats a question under several models holds it once); ``dataset`` rows need a non-empty response.
+An insertion task carries each host's span (:meth:`Task.span`): the record's own harmful text, or, with the
+entry's ``spans`` source, that of its twin (the harmful record sharing its pair id).
 """
 
 from __future__ import annotations
@@ -14,7 +16,7 @@ from dataclasses import dataclass
 from interp import UserError
 from interp.corpus.insertion import harmful_span
 from interp.corpus.spec import CorpusSpec, Entry
-from interp.data.records import HARMFUL, Record
+from interp.data.records import BENIGN, HARMFUL, Record
 
 
 @dataclass(frozen=True)
@@ -26,23 +28,54 @@ class Task:
     opener_index: int | None
     opener: str
     records: tuple[Record, ...]
+    spans: tuple[tuple[str, str, str], ...] = ()  # insertion: (host record id, span, id of the span's record)
 
     def row_id(self, record_id: str) -> str:
         suffix = f"prefill{self.opener_index}" if self.entry.kind == "prefill" else self.entry.kind
         return f"{record_id}#{suffix}"
 
+    def span(self, record_id: str) -> tuple[str, str]:
+        """The span an insertion row inserts into the host of ``record_id``, and the id of the record it is from."""
+        span, donor = next((s, d) for r, s, d in self.spans if r == record_id)
+        return span, donor
 
-def _pool(entry: Entry, records: list[Record]) -> tuple[list[Record], str]:
-    """The records an entry can draw from, and what they are called in an error."""
-    wanted = HARMFUL if entry.kind == "refusal" else entry.label
+
+def twin_spans(entry: Entry) -> dict[str, tuple[str, str]]:
+    """Pair id -> (span, record id): the first harmful record of ``entry.spans`` per pair id with text to insert."""
+    from interp.data import load_dataset
+
+    out: dict[str, tuple[str, str]] = {}
+    for r in load_dataset(entry.spans):
+        pair, span = (r.meta or {}).get("pair_id"), harmful_span(r)
+        if r.label == HARMFUL and pair not in (None, "") and span and str(pair) not in out:
+            out[str(pair)] = (span, r.id)
+    return out
+
+
+def _pool(entry: Entry, records: list[Record], twins: dict | None = None) -> tuple[list[Record], str]:
+    """The records an entry can draw from, and what they are called in an error (``twins``: benign insertion
+    hosts, from :func:`twin_spans`)."""
+    wanted = HARMFUL if entry.kind == "refusal" else BENIGN if entry.spans else entry.label
     pool = [r for r in records if r.label == wanted]
     if entry.kind == "dataset":
         return [r for r in pool if r.response], f"{wanted} records with a response"
+    if entry.kind == "insertion" and entry.spans:  # the span comes from the host's twin in the spans source
+        pool = [r for r in pool if str((r.meta or {}).get("pair_id")) in (twins or {})]
+        return _distinct(pool), f"distinct {wanted} prompts with a twin in {entry.spans!r} (the same pair id)"
     if entry.kind == "insertion":  # the span to insert comes from the record's response or target
         pool = [r for r in pool if harmful_span(r)]
         what = f"distinct {wanted} prompts with a response or target to insert"
         return _distinct(pool), what
     return _distinct(pool), f"distinct {wanted} prompts"
+
+
+def _task_spans(entry: Entry, records: list[Record], twins: dict | None) -> tuple[tuple[str, str, str], ...]:
+    """Each insertion host's span and the record it is from."""
+    if entry.kind != "insertion":
+        return ()
+    if entry.spans:
+        return tuple((r.id, *twins[str(r.meta["pair_id"])]) for r in records)
+    return tuple((r.id, harmful_span(r), r.id) for r in records)
 
 
 def _distinct(pool: list[Record]) -> list[Record]:
@@ -59,7 +92,7 @@ def _distinct(pool: list[Record]) -> list[Record]:
     return unique
 
 
-def select_records(entry: Entry, seed: int, where: str = "corpus spec") -> list[Record]:
+def select_records(entry: Entry, seed: int, where: str = "corpus spec", twins: dict | None = None) -> list[Record]:
     """A seeded sample of ``entry.count`` records (all when None), in the source's order.
 
     The sample is a prefix of one seeded shuffle per (source, split, prompt label), so two entries drawing on
@@ -67,7 +100,7 @@ def select_records(entry: Entry, seed: int, where: str = "corpus spec") -> list[
     """
     from interp.data import load_dataset
 
-    pool, what = _pool(entry, load_dataset(entry.source, split=entry.split))
+    pool, what = _pool(entry, load_dataset(entry.source, split=entry.split), twins)
     split = f" split {entry.split!r}" if entry.split else ""
     if not pool:
         raise UserError(f"{where} ({entry.name}): source {entry.source!r}{split} holds no {what}; "
@@ -82,15 +115,24 @@ def select_records(entry: Entry, seed: int, where: str = "corpus spec") -> list[
     return [pool[i] for i in sorted(order[:entry.count])]
 
 
+def _twins(entry: Entry, where: str) -> dict[str, tuple[str, str]]:
+    twins = twin_spans(entry)
+    if not twins:
+        raise UserError(f"{where} ({entry.name}): spans source {entry.spans!r} holds no harmful record with a pair id "
+                        "and text to insert; use a twin of the host source (e.g. jbb_jailbroken for jbb_benign)")
+    return twins
+
+
 def plan_corpus(spec: CorpusSpec, where: str = "corpus spec") -> list[Task]:
     """Every task of the spec in output order (entries in spec order, then openers); duplicate row ids refused."""
     tasks = []
     for i, entry in enumerate(spec.entries):
-        records = tuple(select_records(entry, spec.seed, f"{where}: entry {i + 1}"))
+        twins = _twins(entry, f"{where}: entry {i + 1}") if entry.kind == "insertion" and entry.spans else None
+        records = tuple(select_records(entry, spec.seed, f"{where}: entry {i + 1}", twins))
         if entry.kind == "prefill":
             tasks += [Task(i, entry, j, opener, records) for j, opener in enumerate(entry.openers)]
         else:
-            tasks.append(Task(i, entry, None, "", records))
+            tasks.append(Task(i, entry, None, "", records, _task_spans(entry, list(records), twins)))
     owner: dict[str, int] = {}
     for task in tasks:
         for rec in task.records:

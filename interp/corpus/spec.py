@@ -10,7 +10,11 @@ Kinds of rows an entry asks for:
 * ``insertion``: random insertion (:mod:`interp.corpus.insertion`): the model's own refusal to a harmful prompt, cut
   at a seeded word boundary, a short harmful span from the record (its response or target) inserted there, then
   continued by the model. Labelled per depth: benign before the span, harmful from its first character, so a
-  refusal's surface form does not predict the label; ``count`` is the number of prompts answered.
+  refusal's surface form does not predict the label; ``count`` is the number of prompts answered. With
+  ``spans: SOURCE`` the hosts are the model's own answers to the entry's *benign* prompts instead (every answer
+  is a host), and each span comes from the harmful record of ``SOURCE`` that shares the host's pair id (its
+  topic twin, e.g. ``jbb_jailbroken`` for ``jbb_benign``): twins share a content group, so the held-out split
+  never puts a span and its host on two sides.
 
 Every error is one line naming the entry and what to change; nothing reads data or writes files here.
 """
@@ -31,7 +35,7 @@ from interp.data.records import BENIGN, HARMFUL, LABELS
 from interp.data.registry import dataset_names
 
 KINDS = ("own", "prefill", "dataset", "refusal", "insertion")
-SHIPPED = ("default", "demo", "causal", "positions")  # spec names resolved to interp/corpus/specs/<name>.yaml
+SHIPPED = ("default", "demo", "styles", "causal", "positions")  # spec names resolved to interp/corpus/specs/<name>.yaml
 
 
 @dataclass(frozen=True)
@@ -45,6 +49,7 @@ class Entry:
     openers: tuple[str, ...] = ()  # prefill only: one row per prompt and opener
     split: str | None = None  # the dataset's split filter (meta['split'])
     max_new_tokens: int | None = None  # overrides the spec's for this entry
+    spans: str | None = None  # insertion only: hosts are benign prompts, spans come from their twins in this source
 
     @property
     def name(self) -> str:
@@ -70,7 +75,9 @@ class CorpusSpec:
 
     def to_dict(self) -> dict[str, Any]:
         data = dataclasses.asdict(self)
-        data["entries"] = [{**e, "openers": list(e["openers"])} for e in data["entries"]]
+        # an unset ``spans`` is left out, so specs written before it keep their hash (and their corpus folders)
+        data["entries"] = [{**{k: v for k, v in e.items() if not (k == "spans" and v is None)},
+                            "openers": list(e["openers"])} for e in data["entries"]]
         return data
 
     def canonical_json(self) -> str:
@@ -157,7 +164,20 @@ def _entry(data: Any, where: str) -> Entry:
         raise UserError(f"{where}: max_new_tokens must be >= 0, got {tokens}")
     split = _typed(data.get("split"), str, "split", where, optional=True)
     return Entry(source=source, kind=kind, label=label, count=count, openers=tuple(openers), split=split,
-                 max_new_tokens=tokens)
+                 max_new_tokens=tokens, spans=_spans(data, kind, where))
+
+
+def _spans(data: dict, kind: str, where: str) -> str | None:
+    """An insertion entry's twin source of spans (benign hosts), checked like a source."""
+    spans = _typed(data.get("spans"), str, "spans", where, optional=True)
+    if spans is None:
+        return None
+    if kind != "insertion":
+        raise UserError(f"{where}: spans only apply to kind insertion (this entry is kind {kind}); remove it")
+    if spans not in dataset_names() and not _is_file_source(spans):
+        raise UserError(f"{where}: unknown spans source {spans!r}; known: {', '.join(dataset_names())} "
+                        f"(or a {'/'.join(SUFFIXES)} file)")
+    return spans
 
 
 def spec_from_dict(data: Any, where: str = "corpus spec") -> CorpusSpec:

@@ -300,8 +300,8 @@ def _corpus_line(corpus_dir: Path | None) -> list[str]:
         line += f"; the model refused {kept} of {planned} harmful prompts, kept as hard negatives (benign)"
     ins = [e for e in entries if "dropped_not_refusals_or_recovered" in e]
     if ins:
-        line += (f"; {sum(e['rows'] for e in ins)} insertion rows from {sum(e['planned'] for e in ins)} harmful "
-                 "prompts (an own refusal, a harmful span inserted, labelled per depth)")
+        line += (f"; {sum(e['rows'] for e in ins)} insertion rows from {sum(e['planned'] for e in ins)} prompts "
+                 "(an own refusal, or an own answer to a benign prompt, a harmful span inserted, labelled per depth)")
     return [line + ".", ""]
 
 
