@@ -237,3 +237,17 @@ def test_ema_guard_halts_where_the_stream_says():
     want = next(t for t, a in enumerate(ema) if reaches(a, thr))
     res = _run(setup, threshold=thr, aggregate="ema", ema_alpha=0.4)
     assert res.halted and len(res.checks) == want + 1 and res.halt_depth == 2 * (want + 1)
+
+
+def test_live_check_scores_keep_their_order_where_float32_saturates():
+    """With the probe scaled so that check logits reach 17..37, the live guard's scores stay distinct and below 1
+    (float64); float32 scores there all read exactly 1 and a threshold could not order them."""
+    model, tok, spans, probes, prompts, forced = _tiny_guard_setup()
+    base = np.array([c.score for c in _run((model, tok, spans, probes, prompts, forced), halt=False,
+                                           threshold=0.0).checks])
+    scale = 25.0 / np.median(np.log(base / (1 - base)))  # signed: the median check moves to logit +25
+    probes.weights = probes.weights * scale
+    scores = [c.score for c in _run((model, tok, spans, probes, prompts, forced), halt=False, threshold=0.0).checks]
+    high = [s for s in scores if s > 1 - 1e-7]
+    assert len(high) >= 2 and np.float32(high).tolist() == [1.0] * len(high)  # where float32 saturates
+    assert all(s < 1 for s in high) and len(set(scores)) == len(scores)

@@ -269,7 +269,7 @@ def test_probeset_roundtrip_score_and_sklearn(tmp_path):
     direct = (h - ps.mean[1]) / ps.std[1] @ ps.weights[1].astype(np.float64) + ps.bias[1]
     assert np.allclose(back.logit(h), direct, atol=1e-5)
     ht = torch.from_numpy(h)
-    assert torch.allclose(back.score(ht, 7), torch.from_numpy(back.score(h, 7)).float(), atol=1e-6)
+    assert torch.allclose(back.score(ht, 7), torch.from_numpy(back.score(h, 7)), atol=1e-6)
     sk = back.to_sklearn(5)
     assert np.allclose(sk.predict_proba(h.reshape(-1, 10))[:, 1], back.score(h).reshape(-1), atol=1e-6)
     d = back.direction(2)

@@ -75,6 +75,29 @@ def test_per_answer_threshold_meets_target_on_known_distribution():
     assert fires(test, per_check).mean() > 4 * a
 
 
+
+def test_confident_answers_keep_their_order_at_the_threshold():
+    """Answers at logits 18..21 all read exactly 1 as float32 probabilities, which left a threshold nothing could
+    order (the twelve-opener study's landed at the largest float32 below 1). In float64 the threshold sits above
+    them, a harmful answer at logit 25 fires and none of them does, offline (:func:`fires`), in the live rule
+    (:func:`reaches`) and on the guard's torch scores."""
+    from interp.guard.aggregate import reaches
+
+    def sigmoid(z):
+        return 1 / (1 + np.exp(-np.asarray(z, np.float64)))
+
+    benign, harmful = sigmoid([18.0, 19.0, 20.0, 21.0]), sigmoid(25.0)
+    assert (benign.astype(np.float32) == 1).all() and np.float32(harmful) == 1  # what float32 scores held
+    thr = threshold_at_fpr(benign, 0.0)
+    assert thr <= 1 and fires(harmful, thr) and not fires(benign, thr).any()
+    assert reaches(harmful, thr) and not any(reaches(b, thr) for b in benign)
+    ps = ProbeSet(layers=[0], weights=np.ones((1, 2)), bias=np.zeros(1), hook="hook_resid_post", position="probe",
+                  best_layer=0)
+    live = ps.score(torch.tensor([[9.0, 12.5], [10.0, 10.5]]))  # logits 21.5 and 20.5, as the guard scores them
+    assert live.dtype == torch.float64 and live[0] > live[1] and (live < 1).all()
+    assert np.array_equal(fires(live.numpy(), thr), [True, False])
+
+
 def _deployed(lengths, complete=None, answer_length=None):
     n = np.asarray(lengths)
     return Deployed(n if answer_length is None else np.minimum(n, answer_length),

@@ -120,9 +120,9 @@ class Aggregation:
 
 
 def reaches(value: float, threshold: float) -> bool:
-    """Whether a statistic reaches the threshold, compared in float32 as the checker's ``score >= threshold``
+    """Whether a statistic reaches the threshold, compared in float64 as the checker's ``score >= threshold``
     flags are (so the default rule fires exactly where a flag is raised)."""
-    return bool(np.float32(value) >= np.float32(threshold))
+    return bool(np.float64(value) >= np.float64(threshold))
 
 
 class Stream:

@@ -158,7 +158,7 @@ class Checker:
             out = self.probes.score(hidden.float(), layer=self.layer)
         else:
             out = self.probes.combined_score({layer: hidden[:, i].float() for i, layer in enumerate(self.layers)})
-        return torch.as_tensor(out, dtype=torch.float32).reshape(-1).cpu()
+        return torch.as_tensor(out, dtype=torch.float64).reshape(-1).cpu()
 
     # -- checks ----------------------------------------------------------------------------------
     def lp_hidden(self, cache, mask: torch.Tensor, pos_next: torch.Tensor) -> torch.Tensor:

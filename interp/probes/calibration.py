@@ -11,7 +11,7 @@ from interp import UserError
 
 def check_threshold(value, where: str = "--threshold", *, optional: bool = False) -> float | None:
     """``value`` as a float when a probe threshold can fire with it, else a one-line :class:`UserError`. Scores
-    are float32 probabilities in [0, 1] (a saturated score is exactly 1), so a usable threshold is a finite number
+    are float64 probabilities in [0, 1] (a saturated score is exactly 1), so a usable threshold is a finite number
     in [0, 1]; NaN or anything above 1 would turn the guard off silently. ``optional``: ``None`` (an option left
     unset) passes as ``None``."""
     if value is None and optional:
@@ -24,28 +24,30 @@ def check_threshold(value, where: str = "--threshold", *, optional: bool = False
 
 
 def fires(scores, threshold: float) -> np.ndarray:
-    """The one flag convention, offline and live: ``score >= threshold`` compared in float32 (the guard's scores
-    are float32; :func:`interp.guard.aggregate.reaches` is the scalar form). NaN never fires."""
+    """The one flag convention, offline and live: ``score >= threshold`` compared in float64 (the guard's scores
+    are float64 probabilities: in float32 they saturate to 1 from a logit of about 17, where confident stacked
+    probes put many answers, and a threshold could no longer order them; float64 holds them to a logit of about
+    37). :func:`interp.guard.aggregate.reaches` is the scalar form. NaN never fires."""
     with np.errstate(invalid="ignore"):
-        return np.asarray(scores, np.float64).astype(np.float32) >= np.float32(threshold)
+        return np.asarray(scores, np.float64) >= np.float64(threshold)
 
 
 def threshold_allowing(scores: np.ndarray, k: int) -> float:
     """A threshold at which exactly the scores above the ``(n - k)``-th smallest fire (ties never split): a
-    float32 value strictly above that score and at most the next larger distinct score (their midpoint where
-    float32 can hold it), or just above the maximum when ``k = 0``. ``-inf`` scores never fire."""
-    s = np.sort(np.asarray(scores, np.float64).astype(np.float32))
+    float64 value strictly above that score and at most the next larger distinct score (their midpoint where
+    float64 can hold it), or just above the maximum when ``k = 0``. ``-inf`` scores never fire."""
+    s = np.sort(np.asarray(scores, np.float64))
     if len(s) == 0:
         raise UserError("no benign control scores to set a threshold on")
     k = int(min(max(k, 0), len(s) - 1))
     base = s[len(s) - k - 1]
     above = s[s > base]
     if base == -np.inf:  # everything that can fire may fire
-        return float(np.nextafter(above[0], np.float32(-np.inf))) if len(above) else 1.0
-    floor = np.nextafter(base, np.float32(np.inf))
+        return float(np.nextafter(above[0], -np.inf)) if len(above) else 1.0
+    floor = np.nextafter(base, np.inf)
     if len(above) == 0:
         return float(floor)
-    return float(max(np.float32((float(base) + float(above[0])) / 2), floor))
+    return float(max((float(base) + float(above[0])) / 2, floor))
 
 
 def threshold_at_fpr(benign_scores: np.ndarray, target_fpr: float) -> float:

@@ -77,7 +77,7 @@ class ProbeSet:
     """Linear probes per layer: ``logit = ((h - mean) / std) @ weights[l] + bias[l]``; score = sigmoid(logit).
 
     ``threshold`` applies to the score of ``best_layer`` or, for a multi-layer probe (``combine``), to the sigmoid of
-    the mean of the ``combine`` layers' logits (:meth:`combined_score`): flag when score >= threshold (in float32,
+    the mean of the ``combine`` layers' logits (:meth:`combined_score`): flag when score >= threshold (in float64,
     :func:`interp.probes.calibration.fires`). It is calibrated per answer for the guard ``schedule`` (its checks,
     rule and answer length) on the model's own answers to calibration prompts; ``split`` records which prompts trained and
     calibrated the set, so that evaluations can exclude them (:meth:`seen`).
@@ -147,10 +147,11 @@ class ProbeSet:
         return np.asarray(hidden, np.float64) @ w + b
 
     def score(self, hidden: torch.Tensor | np.ndarray, layer: int | None = None) -> torch.Tensor | np.ndarray:
-        """Probability harmful for ``hidden [..., d_model]``; ``layer`` None means the best layer."""
+        """Probability harmful for ``hidden [..., d_model]``, in float64 (a float32 probability saturates at a
+        logit of about 17); ``layer`` None means the best layer."""
         z = self.logit(hidden, layer)
         if isinstance(z, torch.Tensor):
-            return torch.sigmoid(z.float()).to(z.dtype)
+            return torch.sigmoid(z.double())
         return 1.0 / (1.0 + np.exp(-z))
 
     def combined_score(self, states: dict[int, torch.Tensor | np.ndarray]) -> torch.Tensor | np.ndarray:
@@ -161,8 +162,7 @@ class ProbeSet:
             raise UserError(f"the probe set reads layers {self.readout}; no activations given for {missing}")
         z = [self.logit(states[layer], layer) for layer in self.readout]
         if isinstance(z[0], torch.Tensor):
-            m = torch.stack(z).mean(0)
-            return torch.sigmoid(m.float()).to(m.dtype)
+            return torch.sigmoid(torch.stack(z).double().mean(0))
         return 1.0 / (1.0 + np.exp(-np.mean(np.stack(z), 0)))
 
     def seen(self):

@@ -228,7 +228,7 @@ def _thresholds_record(cfg: TrainConfig, schedule, calib: dict) -> dict:
     """``ProbeSet.thresholds``: the rule, the target and the calibration behind the threshold."""
     return {"target_fpr": cfg.target_fpr,
             "rule": f"per answer ({schedule.aggregation}): fires when the maximum over the answer's scheduled checks "
-                    "of the rule's statistic reaches the threshold (float32 >=)",
+                    "of the rule's statistic reaches the threshold (float64 >=)",
             "aggregate": schedule.rule.to_dict(), "control_sources": cfg.control_sources,
             "calibrate_on": list(cfg.calibrate_on), "calibration": calib}
 

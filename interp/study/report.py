@@ -126,7 +126,7 @@ def _probes_section(probes: dict | None) -> list[str]:
                   f"{sched.get('final_check')}, answers of up to {sched.get('answer_length')} tokens (the guard's "
                   f"max_new_tokens). Every check the guard makes on each answer is scored ({ans.get('checks', '?')} "
                   f"checks; {ans.get('excluded_incomplete', 0)} answers that stop early without ending excluded); a "
-                  "check fires when its score reaches the threshold (float32 >=) and the guard fires on an answer "
+                  "check fires when its score reaches the threshold (float64 >=) and the guard fires on an answer "
                   f"under its rule ({sched.get('aggregation', 'any check')}). "
                   + (f"Target per-answer FPR {cal['target_fpr']}." if cal["resolved"] else
                      f"**{cal['n_answers']} calibration answers cannot resolve the target per-answer FPR "
