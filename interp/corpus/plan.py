@@ -36,12 +36,12 @@ class Task:
 
     def span(self, record_id: str) -> tuple[str, str]:
         """The span an insertion row inserts into the host of ``record_id``, and the id of the record it is from."""
-        span, donor = next((s, d) for r, s, d in self.spans if r == record_id)
-        return span, donor
+        return next((s, d) for r, s, d in self.spans if r == record_id)
 
 
-def twin_spans(entry: Entry) -> dict[str, tuple[str, str]]:
-    """Pair id -> (span, record id): the first harmful record of ``entry.spans`` per pair id with text to insert."""
+def twin_spans(entry: Entry, where: str = "corpus spec") -> dict[str, tuple[str, str]]:
+    """Pair id -> (span, record id): the first harmful record of ``entry.spans`` per pair id with text to insert;
+    a source without one is a one-line error."""
     from interp.data import load_dataset
 
     out: dict[str, tuple[str, str]] = {}
@@ -49,6 +49,9 @@ def twin_spans(entry: Entry) -> dict[str, tuple[str, str]]:
         pair, span = (r.meta or {}).get("pair_id"), harmful_span(r)
         if r.label == HARMFUL and pair not in (None, "") and span and str(pair) not in out:
             out[str(pair)] = (span, r.id)
+    if not out:
+        raise UserError(f"{where} ({entry.name}): spans source {entry.spans!r} holds no harmful record with a pair id "
+                        "and text to insert; use a twin of the host source (e.g. jbb_jailbroken for jbb_benign)")
     return out
 
 
@@ -115,19 +118,11 @@ def select_records(entry: Entry, seed: int, where: str = "corpus spec", twins: d
     return [pool[i] for i in sorted(order[:entry.count])]
 
 
-def _twins(entry: Entry, where: str) -> dict[str, tuple[str, str]]:
-    twins = twin_spans(entry)
-    if not twins:
-        raise UserError(f"{where} ({entry.name}): spans source {entry.spans!r} holds no harmful record with a pair id "
-                        "and text to insert; use a twin of the host source (e.g. jbb_jailbroken for jbb_benign)")
-    return twins
-
-
 def plan_corpus(spec: CorpusSpec, where: str = "corpus spec") -> list[Task]:
     """Every task of the spec in output order (entries in spec order, then openers); duplicate row ids refused."""
     tasks = []
     for i, entry in enumerate(spec.entries):
-        twins = _twins(entry, f"{where}: entry {i + 1}") if entry.kind == "insertion" and entry.spans else None
+        twins = twin_spans(entry, f"{where}: entry {i + 1}") if entry.kind == "insertion" and entry.spans else None
         records = tuple(select_records(entry, spec.seed, f"{where}: entry {i + 1}", twins))
         if entry.kind == "prefill":
             tasks += [Task(i, entry, j, opener, records) for j, opener in enumerate(entry.openers)]

@@ -12,7 +12,7 @@ from __future__ import annotations
 import numpy as np
 
 from interp import UserError
-from interp.probes.data import load_layer
+from interp.probes.data import depth_columns, load_layer
 from interp.probes.oof import ProbeConfig, fit_probes, shuffled_labels
 from interp.probes.readout import readout_scores, sigmoid
 
@@ -56,7 +56,7 @@ def _ngram(store, depths, meta: dict, roles: np.ndarray, valid: np.ndarray) -> n
     from interp.probes.ngram import fit_predict
     from interp.probes.stores import store_texts
 
-    cols = [[int(d) for d in store.depths].index(int(d)) for d in depths]
+    cols = depth_columns(store, depths)
     texts = store_texts(store, [int(d) for d in depths], meta)
     y = meta["y_depth"][:, cols] if "y_depth" in meta else np.broadcast_to(meta["y"][:, None], valid.shape)
     tr_r, tr_c = np.nonzero(valid & (roles == "train")[:, None])

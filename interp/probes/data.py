@@ -237,6 +237,18 @@ def examples_meta(store: Any) -> dict[str, np.ndarray]:
     return out
 
 
+def depth_columns(store: Any, depths: np.ndarray | list[int] | None) -> np.ndarray:
+    """The store's columns of the depth values ``depths`` (all columns for None); a depth the store lacks is a
+    one-line error."""
+    all_depths = np.asarray(store.depths)
+    if depths is None:
+        return np.arange(len(all_depths))
+    missing = sorted(set(int(v) for v in depths) - set(int(v) for v in all_depths))
+    if missing:
+        raise UserError(f"depths {missing} not in store (has {all_depths.tolist()})")
+    return np.array([int(np.nonzero(all_depths == v)[0][0]) for v in depths], dtype=int)
+
+
 def load_layer(store: Any, hook: str, layer: int, position: str | int = "probe",
                depths: np.ndarray | list[int] | None = None, *, pairs_only: bool = False,
                chunk_rows: int = 512, select: np.ndarray | None = None) -> LayerData:
@@ -250,13 +262,7 @@ def load_layer(store: Any, hook: str, layer: int, position: str | int = "probe",
     """
     all_depths = np.asarray(store.depths)
     meta = examples_meta(store)
-    if depths is None:
-        cols = np.arange(len(all_depths))
-    else:
-        missing = sorted(set(int(v) for v in depths) - set(int(v) for v in all_depths))
-        if missing:
-            raise UserError(f"depths {missing} not in store (has {all_depths.tolist()})")
-        cols = np.array([int(np.nonzero(all_depths == v)[0][0]) for v in depths])
+    cols = depth_columns(store, depths)
     rows = np.nonzero(meta["done"])[0]
     if len(rows) == 0:
         raise UserError("the store has no finished rows yet")

@@ -9,7 +9,7 @@ from pathlib import Path
 from interp import UserError
 from interp.extract.store import ActivationStore
 from interp.probes.answers import Deployed
-from interp.probes.data import examples_meta
+from interp.probes.data import depth_columns, examples_meta
 from interp.probes.loso import AnswerInfo
 from interp.probes.ngram import depth_texts
 
@@ -56,8 +56,7 @@ def store_texts(store, depths=None, meta: dict | None = None):
     meta = examples_meta(store) if meta is None else meta
     if "response_chars" not in meta:
         return None
-    all_depths = [int(d) for d in store.depths]
-    cols = [all_depths.index(int(d)) for d in depths] if depths else list(range(len(all_depths)))
+    cols = depth_columns(store, depths or None)
     done = meta["done"]
     return depth_texts(meta["prompts"][done], meta["response"][done], meta["response_chars"][done][:, cols])
 
