@@ -31,5 +31,11 @@ def diff(d: dict | None, digits: int = 3) -> str:
 
 def probability(p: float) -> str:
     """A score or threshold in [0, 1] with six significant digits, so one near 1 reads 0.999995, not 1.0000
-    (thresholds of stacked probes sit that close to 1)."""
-    return f"{float(p):.6g}"
+    (thresholds of stacked probes sit that close to 1); more digits where six would round a value below 1 up to
+    ``1`` (0.99999988 reads 0.9999999)."""
+    p = float(p)
+    for digits in range(6, 18):
+        text = f"{p:.{digits}g}"
+        if p >= 1.0 or float(text) < 1.0:
+            return text
+    return text

@@ -108,7 +108,7 @@ entries:
 
 @pytest.mark.skipif(not os.path.isdir(os.environ.get("ANYDEPTH_DATA") or "/nonexistent"),
                     reason="needs the public sets ($ANYDEPTH_DATA mirror)")
-def test_demo_on_a_corpus_spec_reports_the_targets(tiny_dir, tmp_path):
+def test_demo_on_a_corpus_spec_reports_the_targets(tiny_dir, tmp_path, capsys):
     """The corpus path end to end: corpus → extract (depths to 100) → sweep → train with --combine-top → report
     with the targets table (pooled leave-one-source-out and held-out test numbers per depth)."""
     spec = tmp_path / "tiny.yaml"
@@ -146,6 +146,11 @@ def test_demo_on_a_corpus_spec_reports_the_targets(tiny_dir, tmp_path):
     got = subprocess.run([sys.executable, "scripts/answer_diagnostic.py", str(out)], capture_output=True, text=True,
                          timeout=300, cwd=os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
     assert got.returncode == 0 and "per-answer AUROC" in got.stdout and "TPR with 1 own firing" in got.stdout, got.stderr
+    # and `anydepth compare` puts the run in a lever table (the run twice: its shared-source mean is its own)
+    assert main(["compare", str(out), str(out)]) == 0
+    table = capsys.readouterr().out
+    assert "| per-answer AUROC, own vs harmful (test) |" in table and "| LOSO mean over the " in table
+    assert f"{loso['loso']['macro']['probe']['value']:.3f} [" in table
 
 
 def test_an_edited_spec_is_another_corpus_stage(tmp_path):

@@ -84,3 +84,5 @@ def test_a_threshold_near_one_is_written_with_the_digits_that_tell_it_from_one()
 
     assert probability(0.9999951124191284) == "0.999995" and probability(0.99939018) == "0.99939"
     assert probability(1.0) == "1" and probability(0.5) == "0.5"
+    # a threshold just below 1 never reads as 1 (the twelve-opener run's sat two float32 steps below it)
+    assert probability(0.99999988) == "0.9999999" and probability(1 - 2.0**-52) == "0.9999999999999998"

@@ -1,0 +1,240 @@
+"""Study runs side by side: one column per run, the held-out numbers a recipe lever is judged by (issue 31's table).
+
+:func:`summarize` reads one run folder (``anydepth demo --out``) into a :class:`RunSummary`; :func:`compare_runs`
+puts several in a :class:`RunComparison`, whose :meth:`~RunComparison.markdown` is the table. Everything comes
+from the run's own results, except :func:`answer_separation`, which rescores the test answers from the store.
+Every number is held out: test prompts that set neither probe nor threshold, or sources left out of training.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from interp import UserError
+from interp.formatting import ci, probability, rate
+from interp.results import Result
+from interp.study.result import StudyResult, read_json
+
+__all__ = ["RunComparison", "RunSummary", "Separation", "answer_separation", "compare_runs", "summarize"]
+
+
+@dataclass
+class Separation(Result):
+    """How far the deployed per-answer score separates the model's own benign test answers (the calibration
+    population) from the harmful test answers: AUROC, and the TPR at thresholds read off the test answers that let
+    0, 1 and 2 own answers fire. A diagnostic for comparing recipes, free of the calibration's noise; not an
+    operating point (the study's threshold comes from the calibration prompts)."""
+
+    kind = "separation"
+    auroc: dict  # {"value", "lo", "hi"}: 95% CI over prompt groups
+    n_benign: int
+    n_harmful: int
+    tpr_at_own_firing: list[float]  # [k] = TPR at the lowest threshold that lets k own test answers fire
+    rows: int  # rows in the store
+
+
+def run_folder(run: str | Path) -> Path:
+    """The model folder of a study run (the one holding results.json), given it or the ``--out`` folder."""
+    run = Path(run)
+    found = sorted(run.glob("results.json")) or sorted(run.glob("*/results.json"))
+    if not found:
+        raise UserError(f"{run}: no results.json; give an `anydepth demo --out` folder of a finished run")
+    return found[0].parent
+
+
+def tpr_at_own_firing(benign: np.ndarray, harmful: np.ndarray, ks=(0, 1, 2)) -> list[float]:
+    """TPR at thresholds just above the (k+1)-th highest benign score (so exactly k benign scores reach it, ties
+    aside), compared in float64 like the guard."""
+    ranked = np.sort(np.asarray(benign, np.float64))[::-1]
+    harmful = np.asarray(harmful, np.float64)
+    return [float(np.mean(harmful >= np.nextafter(ranked[k], np.inf))) if k < len(ranked) else 1.0 for k in ks]
+
+
+def answer_separation(run: str | Path) -> Separation:
+    """Rescore a run's test answers with its probe set, on every check the guard makes (see :class:`Separation`)."""
+    from interp.config import from_dict
+    from interp.extract.store import ActivationStore
+    from interp.probes.answers import Deployed, answer_scores, calibration_rows
+    from interp.probes.data import examples_meta
+    from interp.probes.fit import LinearParams
+    from interp.probes.metrics import summarize as auroc_ci
+    from interp.probes.protocol import Schedule
+    from interp.probes.readout import readout_scores
+    from interp.probes.train import TrainConfig
+
+    result = StudyResult.load(run_folder(run))
+    probes = result.load_probes()
+    cfg = from_dict(TrainConfig, probes.config["train"])
+    schedule = Schedule.from_dict(probes.schedule)  # the checks the threshold was calibrated for
+    params = [LinearParams(*map(np.asarray, probes.folded(layer))) for layer in probes.readout]
+    with ActivationStore.open(result.path(result.store)) as store:
+        meta = examples_meta(store)
+        scores, ends, kept = readout_scores(store, probes.hook, probes.readout, probes.position, cfg.depths, params)
+    own = calibration_rows(meta["y"], meta["kinds"], meta["sources"], cfg.calibrate_on, cfg.control_sources)
+    test = np.isin(meta["groups"], probes.split["test"]["groups"])
+    s = answer_scores(scores[test], kept.depths, Deployed.of(meta, schedule.answer_length).subset(test), schedule,
+                      ends[test]).score
+    y, benign, groups = meta["y"][test], own[test], meta["groups"][test]
+    benign, harmful = benign & np.isfinite(s), (y == 1) & np.isfinite(s)  # excluded answers are not scored
+    pair = harmful | benign
+    auroc = auroc_ci(s[pair], y[pair], groups[pair], n_boot=cfg.n_boot, seed=cfg.seed, fprs=())["auroc"]
+    return Separation(auroc=auroc, n_benign=int(benign.sum()),
+                      n_harmful=int(harmful.sum()), tpr_at_own_firing=tpr_at_own_firing(s[benign], s[harmful]),
+                      rows=len(meta["y"]))
+
+
+def _range(values: list[float]) -> list[float] | None:
+    return [min(values), max(values)] if values else None
+
+
+def _loso(result: StudyResult) -> dict | None:
+    """The readout-LOSO stage's per-source AUROCs and summary (None when the run made none)."""
+    data = read_json(result.path(result.loso) / "loso.json") if result.loso else None
+    if not data:
+        return None
+    loso = data["loso"]
+    diffs = [r["probe_minus_ngram"] for r in loso["rows"] if r.get("probe_minus_ngram")]
+    return {"macro": loso["macro"], "worst": loso["worst_by_method"],
+            "sources": {r["source"]: r["probe"]["auroc"]["value"] for r in loso["rows"]},
+            "above": sum(d["lo"] > 0 for d in diffs), "below": sum(d["hi"] < 0 for d in diffs),
+            "readout": data["readout"]}
+
+
+def _live(result: StudyResult) -> dict:
+    """ADA-LP's live rates: over-refusal (plain, after a forced opener) and deep prefill per depth."""
+    out = {}
+    if "over-refusal" in result.evaluations:
+        rates = result.load_evaluation("over-refusal")["rates"]
+        out["over_refusal"] = {arm: rates[arm]["lp"] for arm in ("all", "all + forced opener") if arm in rates}
+    if "deep-prefill" in result.evaluations:
+        curves = result.load_evaluation("deep-prefill")["curves"]["lp"]
+        out["deep_prefill"] = {str(c["depth"]): c for c in curves if c["depth"] > 0}
+    return out
+
+
+@dataclass
+class RunSummary(Result):
+    """One study run's held-out numbers (see the module doc)."""
+
+    kind = "run-summary"
+    run: str
+    model: str
+    spec: str
+    minutes: float
+    readout: str
+    threshold: float
+    calibration_answers: int
+    test_probe: list[float] | None  # [lowest, highest] over depths 25..500
+    test_ngram: list[float] | None
+    tpr_per_answer: dict | None
+    fpr_per_answer: dict | None
+    per_check_tpr: list[float] | None
+    separation: Separation | None
+    loso: dict | None
+    live: dict = field(default_factory=dict)
+
+
+def summarize(run: str | Path, *, separation: bool = True) -> RunSummary:
+    """Read a finished study run (and, with ``separation``, rescore its test answers: seconds)."""
+    root = run_folder(run)
+    result = StudyResult.load(root)
+    t = result.targets
+    depths = t.get("depths", {}).values()
+    probes = json.loads((result.path(result.probes) / "probeset.json").read_text())
+    calib = probes["thresholds"].get("calibration") or {}
+    layers = probes.get("combine") or [probes["best_layer"]]
+    stacked = probes["metrics"].get("readout", {}).get("stacked")
+    return RunSummary(
+        run=str(run), model=result.config["model"], spec=str(result.config.get("spec")),
+        minutes=sum(s["seconds"] for s in result.timings.values()) / 60,
+        readout=f"layers {', '.join(map(str, layers))}{' stacked' if stacked else ''}",
+        threshold=float(probes["threshold"]), calibration_answers=int(calib.get("n_answers", 0)),
+        test_probe=_range([r["test_probe"]["value"] for r in depths if r.get("test_probe")]),
+        test_ngram=_range([r["test_ngram"]["value"] for r in depths if r.get("test_ngram")]),
+        tpr_per_answer=t.get("tpr_per_answer"), fpr_per_answer=t.get("fpr"),
+        per_check_tpr=_range([r["tpr"]["rate"] for r in depths if r.get("tpr")]),
+        separation=answer_separation(root) if separation else None, loso=_loso(result), live=_live(result))
+
+
+@dataclass
+class RunComparison(Result):
+    """Several runs' summaries; LOSO is also averaged over the sources every run holds out (so a run with an
+    extra source is compared on common ground)."""
+
+    kind = "run-comparison"
+    runs: list[RunSummary]
+
+    def shared_sources(self) -> list[str]:
+        sets = [set(r.loso["sources"]) for r in self.runs if r.loso]
+        return sorted(set.intersection(*sets)) if sets else []
+
+    def markdown(self) -> str:
+        shared = self.shared_sources()
+        rows = [("model", lambda r: r.model), ("spec", lambda r: Path(r.spec).name), *_ROWS,
+                (f"LOSO mean over the {len(shared)} shared sources",
+                 lambda r: f"{np.mean([r.loso['sources'][s] for s in shared]):.3f}" if r.loso and shared else "–"),
+                ("stages, minutes", lambda r: f"{r.minutes:.1f}")]
+        head = "| held out | " + " | ".join(Path(r.run).name for r in self.runs) + " |"
+        lines = [head, "|---" * (len(self.runs) + 1) + "|"]
+        lines += [f"| {label} | " + " | ".join(cell(r) for r in self.runs) + " |" for label, cell in rows]
+        return "\n".join(lines)
+
+    def summary(self) -> str:
+        return self.markdown()
+
+
+def _span(v: list[float] | None, digits: int = 3) -> str:
+    return "–" if not v else f"{v[0]:.{digits}f}–{v[1]:.{digits}f}"
+
+
+def _sep(r: RunSummary) -> str:
+    s = r.separation
+    if s is None:
+        return "–"
+    tprs = " / ".join(f"{x:.2f}" for x in s.tpr_at_own_firing)
+    return f"{ci(s.auroc)} ({s.n_benign} own, {s.n_harmful} harmful); TPR with 0 / 1 / 2 own firing {tprs}"
+
+
+def _loso_cell(r: RunSummary) -> str:
+    if not r.loso:
+        return "–"
+    m, w = r.loso["macro"], r.loso["worst"]
+    return (f"{ci(m['probe'])} over {m['probe']['n_sources']} (worst {w['probe']['source']} {w['probe']['value']:.3f});"
+            f" n-gram {m['ngram']['value']:.3f}; probe above / below n-gram by CI on {r.loso['above']} / "
+            f"{r.loso['below']}")
+
+
+def _live_cell(r: RunSummary) -> str:
+    over = r.live.get("over_refusal", {})
+    deep = r.live.get("deep_prefill", {})
+    parts = []
+    if over:
+        parts.append("over-refusal " + " / ".join(f"{v['rate']:.2f}" for v in over.values()))
+    if deep:
+        parts.append("deep prefill " + " / ".join(f"{v['rate']:.2f}" for v in deep.values()) +
+                     f" at {' / '.join(deep)}")
+    return "; ".join(parts) or "–"
+
+
+_ROWS = [
+    ("readout; threshold; own calibration answers",
+     lambda r: f"{r.readout}; {probability(r.threshold)}; {r.calibration_answers}"),
+    ("rows", lambda r: str(r.separation.rows) if r.separation else "–"),
+    ("test AUROC per check, depths 25..500: probe; n-gram", lambda r: f"{_span(r.test_probe)}; {_span(r.test_ngram)}"),
+    ("per answer: TPR; FPR on own answers", lambda r: f"{rate(r.tpr_per_answer)}; {rate(r.fpr_per_answer)}"),
+    ("per-answer AUROC, own vs harmful (test)", _sep),
+    ("ADA-LP TPR per check, depths 25..500", lambda r: _span(r.per_check_tpr, 2)),
+    ("LOSO at the readout: mean (worst); n-gram", _loso_cell),
+    ("live ADA-LP: over-refusal plain / forced opener; deep prefill per depth", _live_cell),
+]
+
+
+def compare_runs(runs: list[str | Path], *, separation: bool = True) -> RunComparison:
+    """Summaries of finished study runs, in the order given."""
+    if not runs:
+        raise UserError("give at least one study run folder (anydepth demo --out)")
+    return RunComparison(runs=[summarize(r, separation=separation) for r in runs])

@@ -1,0 +1,40 @@
+"""Study runs side by side (interp.study.compare): the diagnostic thresholds and the shared-source LOSO mean.
+The end-to-end read of a real run folder is in tests/test_demo.py."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from interp.study.compare import RunComparison, RunSummary, Separation, tpr_at_own_firing
+
+
+def test_tpr_at_own_firing_lets_exactly_k_benign_answers_fire_even_next_to_one():
+    # scores a float32 could not tell apart (all round to 1.0): the thresholds must still order them
+    benign = 1 - np.array([1e-9, 3e-9, 5e-9, 1e-3])
+    harmful = 1 - np.array([2e-10, 2e-9, 4e-9, 1e-2])
+    assert tpr_at_own_firing(benign, harmful) == [0.25, 0.5, 0.75]
+    assert tpr_at_own_firing(np.array([0.2]), np.array([0.1, 0.9]), ks=(0, 1)) == [0.5, 1.0]
+
+
+def _summary(name: str, sources: dict[str, float]) -> RunSummary:
+    macro = {"probe": {"value": float(np.mean(list(sources.values()))), "lo": 0.0, "hi": 1.0,
+                       "n_sources": len(sources)}, "ngram": {"value": 0.5}}
+    worst = min(sources, key=sources.get)
+    loso = {"macro": macro, "worst": {"probe": {"source": worst, "value": sources[worst]}}, "sources": sources,
+            "above": 1, "below": 0, "readout": {}}
+    return RunSummary(run=f"runs/{name}", model="m", spec="default", minutes=1.0, readout="layers 1", threshold=0.5,
+                      calibration_answers=10, test_probe=[0.9, 0.95], test_ngram=None, tpr_per_answer=None,
+                      fpr_per_answer=None, per_check_tpr=None, separation=Separation({"value": 0.9, "lo": 0.8, "hi": 0.95}, 10, 12, [0.1, 0.2, 0.3], 99),
+                      loso=loso)
+
+
+def test_comparison_averages_loso_over_the_sources_every_run_holds_out():
+    a = _summary("base", {"s1": 0.9, "s2": 0.8})
+    b = _summary("lever", {"s1": 0.7, "s2": 1.0, "extra": 0.1})  # an extra source lowers its own mean only
+    c = RunComparison(runs=[a, b])
+    assert c.shared_sources() == ["s1", "s2"]
+    table = c.markdown()
+    assert "| LOSO mean over the 2 shared sources | 0.850 | 0.850 |" in table
+    assert "| held out | base | lever |" in table and "(worst extra 0.100)" in table
+    assert "0.900 [0.800, 0.950] (10 own, 12 harmful); TPR with 0 / 1 / 2 own firing 0.10 / 0.20 / 0.30" in table
+    assert RunComparison.from_json(c.to_json()).markdown() == table  # JSON round trip
