@@ -12,9 +12,10 @@ from __future__ import annotations
 import numpy as np
 
 from interp import UserError
+from interp.probes.calibration import sigmoid
 from interp.probes.data import depth_columns, load_layer
 from interp.probes.oof import ProbeConfig, fit_probes, shuffled_labels
-from interp.probes.readout import readout_scores, sigmoid
+from interp.probes.readout import readout_scores
 
 __all__ = ["baseline_scores"]
 

@@ -23,6 +23,12 @@ def check_threshold(value, where: str = "--threshold", *, optional: bool = False
     return float(value)
 
 
+def sigmoid(z) -> np.ndarray:
+    """The probability a threshold applies to: ``1 / (1 + exp(-z))`` of logits ``z``, in float64 (see :func:`fires`)."""
+    with np.errstate(over="ignore"):  # exp(-z) overflows to inf for z below about -709: the probability is 0
+        return 1.0 / (1.0 + np.exp(-np.asarray(z, np.float64)))
+
+
 def fires(scores, threshold: float) -> np.ndarray:
     """The one flag convention, offline and live: ``score >= threshold`` compared in float64 (the guard's scores
     are float64 probabilities: in float32 they saturate to 1 from a logit of about 17, where confident stacked

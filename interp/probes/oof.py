@@ -8,6 +8,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from interp import UserError
+from interp.probes.calibration import sigmoid
 from interp.probes.cv import Split
 from interp.probes.data import LayerData
 from interp.probes.fit import LinearParams, fit_diff_of_means, fit_logreg_torch, fit_sklearn
@@ -88,7 +89,7 @@ def oof_scores(data: LayerData, split: Split, cfg: ProbeConfig, *, per_depth: bo
             m = split.test[f]
             if m.any():
                 Xe = np.ascontiguousarray(data.X_end[m], np.float32)
-                ends[m] = 1.0 / (1.0 + np.exp(-params.logit(Xe)))
+                ends[m] = sigmoid(params.logit(Xe))
     return out, ends
 
 
@@ -98,7 +99,7 @@ def probabilities(params: LinearParams, X: np.ndarray, idx: np.ndarray, chunk: i
     out = np.empty(len(idx))
     for start in range(0, len(idx), chunk):
         part = idx[start:start + chunk]
-        out[start:start + len(part)] = 1.0 / (1.0 + np.exp(-params.logit(X[part])))
+        out[start:start + len(part)] = sigmoid(params.logit(X[part]))
     return out
 
 

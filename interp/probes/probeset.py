@@ -14,7 +14,7 @@ from safetensors.numpy import load_file, save_file
 
 from interp import UserError, __version__
 from interp.formatting import probability
-from interp.probes.calibration import check_threshold
+from interp.probes.calibration import check_threshold, sigmoid
 
 FORMAT_VERSION = 1
 # Provenance keys that must agree between a ProbeSet and the store / model it is applied to.
@@ -152,7 +152,7 @@ class ProbeSet:
         z = self.logit(hidden, layer)
         if isinstance(z, torch.Tensor):
             return torch.sigmoid(z.double())
-        return 1.0 / (1.0 + np.exp(-z))
+        return sigmoid(z)
 
     def combined_score(self, states: dict[int, torch.Tensor | np.ndarray]) -> torch.Tensor | np.ndarray:
         """The score ``threshold`` applies to: sigmoid of the mean over :attr:`readout` layers of each layer's
@@ -163,7 +163,7 @@ class ProbeSet:
         z = [self.logit(states[layer], layer) for layer in self.readout]
         if isinstance(z[0], torch.Tensor):
             return torch.sigmoid(torch.stack(z).double().mean(0))
-        return 1.0 / (1.0 + np.exp(-np.mean(np.stack(z), 0)))
+        return sigmoid(np.mean(np.stack(z), 0))
 
     def seen(self):
         """The training and calibration prompts (:class:`~interp.probes.groups.SeenPrompts`: keys, pair ids, word

@@ -9,13 +9,10 @@ from __future__ import annotations
 
 import numpy as np
 
+from interp.probes.calibration import sigmoid
 from interp.probes.data import LayerData, load_layer
 
-__all__ = ["readout_scores", "sigmoid"]
-
-
-def sigmoid(z: np.ndarray) -> np.ndarray:
-    return 1.0 / (1.0 + np.exp(-z))
+__all__ = ["readout_scores"]
 
 
 def readout_scores(store, hook: str, layers: list[int], position, depths, params: list, *,
