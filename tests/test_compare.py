@@ -5,7 +5,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from interp.study.compare import RunComparison, RunSummary, Separation, tpr_at_own_firing
+from interp.study.compare import RunAnswers, RunComparison, RunSummary, Separation, answer_separation, answer_tails, \
+    tpr_at_own_firing
 
 
 def test_tpr_at_own_firing_lets_exactly_k_benign_answers_fire_even_next_to_one():
@@ -38,3 +39,22 @@ def test_comparison_averages_loso_over_the_sources_every_run_holds_out():
     assert "| held out | base | lever |" in table and "(worst extra 0.100)" in table
     assert "0.900 [0.800, 0.950] (10 own, 12 harmful); TPR with 0 / 1 / 2 own firing 0.10 / 0.20 / 0.30" in table
     assert RunComparison.from_json(c.to_json()).markdown() == table  # JSON round trip
+
+
+def test_tails_list_the_answers_at_each_edge_of_the_operating_point_and_the_separation_reads_test_rows_only():
+    sig = lambda z: 1 / (1 + np.exp(-np.asarray(z, float)))  # noqa: E731
+    y = np.array([0, 0, 0, 1, 1, 0, 1, 0])
+    role = np.array(["calibration", "calibration", "test", "test", "test", "test", "test", "train"], dtype=object)
+    own = y == 0
+    score = sig([3.0, 9.0, 5.0, 4.0, 8.0, 1.0, 7.0, np.nan])
+    meta = {"y": y, "groups": np.arange(8).astype(str), "sources": np.array([f"s{i}" for i in range(8)]),
+            "prompts": np.array([f"prompt {i} | x" for i in range(8)]), "response": np.array([f"answer {i}" for i in range(8)])}
+    a = RunAnswers(score, role, own, meta, threshold=float(sig(9.5)), n_boot=0, seed=0)
+    text = answer_tails(a, k=1)
+    calib, test_benign, harmful = text.split("scoring")[1:4]
+    assert "| 9.00 | s1 |" in calib  # the highest calibration answer, not the test one at 5
+    assert "| 5.00 | s2 |" in test_benign and "| 4.00 | s3 | prompt 3 / x |" in harmful  # lowest harmful; pipes escaped
+    assert "logit 9.50" in text
+    sep = answer_separation(a)
+    assert (sep.n_benign, sep.n_harmful) == (2, 3) and sep.auroc["value"] == 5 / 6  # test rows 2..6 only
+    assert sep.tpr_at_own_firing == [2 / 3, 1.0, 1.0]

@@ -147,9 +147,10 @@ def test_demo_on_a_corpus_spec_reports_the_targets(tiny_dir, tmp_path, capsys):
                          timeout=300, cwd=os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
     assert got.returncode == 0 and "per-answer AUROC" in got.stdout and "TPR with 1 own firing" in got.stdout, got.stderr
     # and `anydepth compare` puts the run in a lever table (the run twice: its shared-source mean is its own)
-    assert main(["compare", str(out), str(out)]) == 0
+    assert main(["compare", str(out), str(out), "--tails", "2"]) == 0
     table = capsys.readouterr().out
     assert "| per-answer AUROC, own vs harmful (test) |" in table and "| LOSO mean over the " in table
+    assert table.count("harmful test answers scoring lowest:") == 2 and "the threshold sits above these" in table
     assert f"{loso['loso']['macro']['probe']['value']:.3f} [" in table
 
 

@@ -19,7 +19,8 @@ from interp.formatting import ci, probability, rate
 from interp.results import Result
 from interp.study.result import StudyResult, read_json
 
-__all__ = ["RunComparison", "RunSummary", "Separation", "answer_separation", "compare_runs", "summarize"]
+__all__ = ["RunAnswers", "RunComparison", "RunSummary", "Separation", "answer_separation", "answer_tails", "compare_runs",
+           "score_answers", "summarize"]
 
 
 @dataclass
@@ -54,14 +55,28 @@ def tpr_at_own_firing(benign: np.ndarray, harmful: np.ndarray, ks=(0, 1, 2)) -> 
     return [float(np.mean(harmful >= np.nextafter(ranked[k], np.inf))) if k < len(ranked) else 1.0 for k in ks]
 
 
-def answer_separation(run: str | Path) -> Separation:
-    """Rescore a run's test answers with its probe set, on every check the guard makes (see :class:`Separation`)."""
+@dataclass(frozen=True)
+class RunAnswers:
+    """Every answer of a run's store scored as the deployed guard scores it (the probe set's readout, rule and
+    checks): ``score`` per row (NaN: not a role's answer, or excluded as incomplete), the split role of each row,
+    and whether it is of the calibration population (the model's own benign answers)."""
+
+    score: np.ndarray
+    role: np.ndarray  # "train" / "calibration" / "test" / ""
+    own: np.ndarray
+    meta: dict
+    threshold: float
+    n_boot: int
+    seed: int
+
+
+def score_answers(run: str | Path) -> RunAnswers:
+    """Rescore a finished run's calibration and test answers with its probe set, on every check the guard makes."""
     from interp.config import from_dict
     from interp.extract.store import ActivationStore
     from interp.probes.answers import Deployed, answer_scores, calibration_rows
     from interp.probes.data import examples_meta
     from interp.probes.fit import LinearParams
-    from interp.probes.metrics import summarize as auroc_ci
     from interp.probes.protocol import Schedule
     from interp.probes.readout import readout_scores
     from interp.probes.train import TrainConfig
@@ -74,17 +89,57 @@ def answer_separation(run: str | Path) -> Separation:
     with ActivationStore.open(result.path(result.store)) as store:
         meta = examples_meta(store)
         scores, ends, kept = readout_scores(store, probes.hook, probes.readout, probes.position, cfg.depths, params)
+    if len(scores) != len(meta["y"]):
+        raise UserError(f"{run}: the store has unfinished rows; finish the run (rerun its command) first")
+    role = np.full(len(meta["y"]), "", dtype=object)
+    score = np.full(len(meta["y"]), np.nan)
+    deployed = Deployed.of(meta, schedule.answer_length)
+    for name in ("train", "calibration", "test"):
+        m = np.isin(meta["groups"], probes.split[name]["groups"])
+        role[m] = name
+        if name != "train" and m.any():
+            score[m] = answer_scores(scores[m], kept.depths, deployed.subset(m), schedule, ends[m]).score
     own = calibration_rows(meta["y"], meta["kinds"], meta["sources"], cfg.calibrate_on, cfg.control_sources)
-    test = np.isin(meta["groups"], probes.split["test"]["groups"])
-    s = answer_scores(scores[test], kept.depths, Deployed.of(meta, schedule.answer_length).subset(test), schedule,
-                      ends[test]).score
-    y, benign, groups = meta["y"][test], own[test], meta["groups"][test]
-    benign, harmful = benign & np.isfinite(s), (y == 1) & np.isfinite(s)  # excluded answers are not scored
+    return RunAnswers(score, role, own, meta, float(probes.threshold), cfg.n_boot, cfg.seed)
+
+
+def answer_separation(run: str | Path | RunAnswers) -> Separation:
+    """How the deployed per-answer score separates own benign from harmful test answers (:class:`Separation`)."""
+    from interp.probes.metrics import summarize as auroc_ci
+
+    a = run if isinstance(run, RunAnswers) else score_answers(run)
+    test = (a.role == "test") & np.isfinite(a.score)  # excluded answers are not scored
+    benign, harmful = test & a.own, test & (a.meta["y"] == 1)
     pair = harmful | benign
-    auroc = auroc_ci(s[pair], y[pair], groups[pair], n_boot=cfg.n_boot, seed=cfg.seed, fprs=())["auroc"]
-    return Separation(auroc=auroc, n_benign=int(benign.sum()),
-                      n_harmful=int(harmful.sum()), tpr_at_own_firing=tpr_at_own_firing(s[benign], s[harmful]),
-                      rows=len(meta["y"]))
+    auroc = auroc_ci(a.score[pair], a.meta["y"][pair], a.meta["groups"][pair], n_boot=a.n_boot, seed=a.seed,
+                     fprs=())["auroc"]
+    return Separation(auroc=auroc, n_benign=int(benign.sum()), n_harmful=int(harmful.sum()),
+                      tpr_at_own_firing=tpr_at_own_firing(a.score[benign], a.score[harmful]), rows=len(a.score))
+
+
+def _logit(p: float) -> float:
+    with np.errstate(divide="ignore"):
+        return float(np.log(p) - np.log1p(-p))
+
+
+def answer_tails(run: str | Path | RunAnswers, k: int = 5) -> str:
+    """The answers at the edge of the guard's operating point, as Markdown: the own calibration answers with the
+    highest scores (they set the threshold), the own benign test answers with the highest and the harmful test
+    answers with the lowest, each with its source, logit, prompt and the start of its answer."""
+    a = run if isinstance(run, RunAnswers) else score_answers(run)
+    ok, y = np.isfinite(a.score), a.meta["y"]
+    groups = [("own calibration answers scoring highest (the threshold sits above these)", (a.role == "calibration") & a.own, -1),
+              ("own benign test answers scoring highest", (a.role == "test") & a.own, -1),
+              ("harmful test answers scoring lowest", (a.role == "test") & (y == 1), 1)]
+    lines = [f"threshold {a.threshold:.10g} (logit {_logit(a.threshold):.2f})"]
+    for title, mask, sign in groups:
+        idx = np.nonzero(mask & ok)[0]
+        lines += ["", f"{title}:", "", "| logit | source | prompt | answer starts |", "|---|---|---|---|"]
+        for i in idx[np.argsort(sign * a.score[idx], kind="stable")][:k]:
+            cut = [" ".join(str(a.meta[f][i] if f in a.meta else "").split())[:n].replace("|", "/")
+                   for f, n in (("prompts", 80), ("response", 90))]
+            lines.append(f"| {_logit(a.score[i]):.2f} | {a.meta['sources'][i]} | {cut[0]} | {cut[1]} |")
+    return "\n".join(lines)
 
 
 def _range(values: list[float]) -> list[float] | None:
@@ -136,11 +191,14 @@ class RunSummary(Result):
     separation: Separation | None
     loso: dict | None
     live: dict = field(default_factory=dict)
+    tails: str = ""  # answer_tails' Markdown, when asked for
 
 
-def summarize(run: str | Path, *, separation: bool = True) -> RunSummary:
-    """Read a finished study run (and, with ``separation``, rescore its test answers: seconds)."""
+def summarize(run: str | Path, *, separation: bool = True, tails: int = 0) -> RunSummary:
+    """Read a finished study run; with ``separation`` (and ``tails`` > 0: the ``tails`` answers at each edge of the
+    operating point) rescore its answers from the store (seconds)."""
     root = run_folder(run)
+    answers = score_answers(root) if separation or tails else None
     result = StudyResult.load(root)
     t = result.targets
     depths = t.get("depths", {}).values()
@@ -157,7 +215,8 @@ def summarize(run: str | Path, *, separation: bool = True) -> RunSummary:
         test_ngram=_range([r["test_ngram"]["value"] for r in depths if r.get("test_ngram")]),
         tpr_per_answer=t.get("tpr_per_answer"), fpr_per_answer=t.get("fpr"),
         per_check_tpr=_range([r["tpr"]["rate"] for r in depths if r.get("tpr")]),
-        separation=answer_separation(root) if separation else None, loso=_loso(result), live=_live(result))
+        separation=answer_separation(answers) if separation else None, loso=_loso(result), live=_live(result),
+        tails=answer_tails(answers, tails) if tails else "")
 
 
 @dataclass
@@ -181,6 +240,9 @@ class RunComparison(Result):
         head = "| held out | " + " | ".join(Path(r.run).name for r in self.runs) + " |"
         lines = [head, "|---" * (len(self.runs) + 1) + "|"]
         lines += [f"| {label} | " + " | ".join(cell(r) for r in self.runs) + " |" for label, cell in rows]
+        for r in self.runs:
+            if r.tails:
+                lines += ["", f"### {r.run}: the answers at the operating point's edges", "", r.tails]
         return "\n".join(lines)
 
     def summary(self) -> str:
@@ -233,8 +295,10 @@ _ROWS = [
 ]
 
 
-def compare_runs(runs: list[str | Path], *, separation: bool = True) -> RunComparison:
-    """Summaries of finished study runs, in the order given."""
+def compare_runs(runs: list[str | Path], *, separation: bool = True, tails: int = 0) -> RunComparison:
+    """Summaries of finished study runs, in the order given (``tails``: see :func:`summarize`)."""
     if not runs:
         raise UserError("give at least one study run folder (anydepth demo --out)")
-    return RunComparison(runs=[summarize(r, separation=separation) for r in runs])
+    if tails < 0:
+        raise UserError(f"--tails must be >= 0, got {tails}")
+    return RunComparison(runs=[summarize(r, separation=separation, tails=tails) for r in runs])

@@ -15,6 +15,9 @@ def register(subparsers) -> None:
     p.add_argument("runs", nargs="+", metavar="RUN", help="study run folders, in column order")
     p.add_argument("--no-separation", action="store_true",
                    help="skip rescoring each run's test answers (the per-answer AUROC row; reads the store)")
+    p.add_argument("--tails", type=int, default=0, metavar="K",
+                   help="also list each run's K own calibration answers scoring highest (they set the threshold), "
+                        "K own benign test answers scoring highest and K harmful test answers scoring lowest")
     p.add_argument("--json", action="store_true", help="print JSON, not a Markdown table")
     p.set_defaults(func=run)
 
@@ -22,6 +25,6 @@ def register(subparsers) -> None:
 def run(args: argparse.Namespace) -> int:
     from interp.study.compare import compare_runs
 
-    comparison = compare_runs(args.runs, separation=not args.no_separation)
+    comparison = compare_runs(args.runs, separation=not args.no_separation, tails=args.tails)
     print(json.dumps(comparison.to_json(), indent=1) if args.json else comparison.markdown())
     return 0
