@@ -170,7 +170,7 @@ def test_overlapping_splits_are_refused(tmp_path):
 @needs_mirror
 def test_shipped_specs_plan_within_the_mirror(monkeypatch):
     monkeypatch.setenv(DATA_ENV, str(MIRROR))
-    for name in ("default", "demo", "styles"):
+    for name in ("default", "demo", "styles", "scale"):
         tasks = plan_corpus(load_spec(name))
         rows = {t.row_id(r.id) for t in tasks for r in t.records}
         assert len(rows) == sum(len(t.records) for t in tasks)
@@ -185,6 +185,14 @@ def test_shipped_specs_plan_within_the_mirror(monkeypatch):
             assert ({(t.entry.source, t.entry.kind, t.entry.label) for t in tasks}
                     == {(t.entry.source, t.entry.kind, t.entry.label) for t in default})
             assert ({r.id for t in tasks for r in t.records} == {r.id for t in default for r in t.records})
+        if name == "scale":  # issue 31's data-scale lever: the default's entries with ~3x its own generations
+            default = plan_corpus(load_spec("default"))
+            key = lambda t: (t.entry.source, t.entry.kind, t.entry.label, tuple(t.entry.openers or ()))  # noqa: E731
+            assert {key(t) for t in tasks} == {key(t) for t in default}
+            own = sum(len(t.records) for t in tasks if t.entry.kind != "dataset")
+            assert own >= 2.5 * sum(len(t.records) for t in default if t.entry.kind != "dataset")
+            assert ({r.id for t in tasks if t.entry.kind == "dataset" for r in t.records}
+                    == {r.id for t in default if t.entry.kind == "dataset" for r in t.records})
         if name == "demo":
             assert len(rows) <= 420  # the CPU budget of `make demo` (README, "The demo": 17 min on 2 cores)
             own = [r for t in tasks if t.entry.label == "benign" and t.entry.kind == "own" for r in t.records]

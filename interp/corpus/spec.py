@@ -35,7 +35,7 @@ from interp.data.records import BENIGN, HARMFUL, LABELS
 from interp.data.registry import dataset_names
 
 KINDS = ("own", "prefill", "dataset", "refusal", "insertion")
-SHIPPED = ("default", "demo", "styles", "causal", "positions")  # spec names resolved to interp/corpus/specs/<name>.yaml
+SHIPPED = ("default", "demo", "styles", "scale", "causal", "positions")  # spec names resolved to interp/corpus/specs/<name>.yaml
 
 
 @dataclass(frozen=True)
