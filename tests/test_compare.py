@@ -5,8 +5,15 @@ from __future__ import annotations
 
 import numpy as np
 
-from interp.study.compare import RunAnswers, RunComparison, RunSummary, Separation, answer_separation, answer_tails, \
-    tpr_at_own_firing
+from interp.study.compare import (
+    RunAnswers,
+    RunComparison,
+    RunSummary,
+    Separation,
+    answer_separation,
+    answer_tails,
+    tpr_at_own_firing,
+)
 
 
 def test_tpr_at_own_firing_lets_exactly_k_benign_answers_fire_even_next_to_one():
@@ -47,7 +54,8 @@ def test_tails_list_the_answers_at_each_edge_of_the_operating_point_and_the_sepa
     role = np.array(["calibration", "calibration", "test", "test", "test", "test", "test", "train"], dtype=object)
     own = y == 0
     score = sig([3.0, 9.0, 5.0, 4.0, 8.0, 1.0, 7.0, np.nan])
-    meta = {"y": y, "groups": np.arange(8).astype(str), "sources": np.array([f"s{i}" for i in range(8)]),
+    kinds = np.array(["own", "own", "own", "prefill", "dataset", "prefill", "prefill", "own"])
+    meta = {"y": y, "groups": np.arange(8).astype(str), "sources": np.array([f"s{i}" for i in range(8)]), "kinds": kinds,
             "prompts": np.array([f"prompt {i} | x" for i in range(8)]), "response": np.array([f"answer {i}" for i in range(8)])}
     a = RunAnswers(score, role, own, meta, threshold=float(sig(9.5)), n_boot=0, seed=0)
     text = answer_tails(a, k=1)
@@ -58,3 +66,5 @@ def test_tails_list_the_answers_at_each_edge_of_the_operating_point_and_the_sepa
     sep = answer_separation(a)
     assert (sep.n_benign, sep.n_harmful) == (2, 3) and sep.auroc["value"] == 5 / 6  # test rows 2..6 only
     assert sep.tpr_at_own_firing == [2 / 3, 1.0, 1.0]
+    # own prefills only: harmful rows 3 (4.0) and 6 (7.0) against own benign 2 (5.0) and prefill benign 5 (1.0)
+    assert sep.n_prefill == 2 and sep.prefill_auroc["value"] == 3 / 4

@@ -36,6 +36,8 @@ class Separation(Result):
     n_harmful: int
     tpr_at_own_firing: list[float]  # [k] = TPR at the lowest threshold that lets k own test answers fire
     rows: int  # rows in the store
+    prefill_auroc: dict | None = None  # the same AUROC with the harmful side the model's own prefill continuations
+    n_prefill: int = 0
 
 
 def run_folder(run: str | Path) -> Path:
@@ -111,10 +113,17 @@ def answer_separation(run: str | Path | RunAnswers) -> Separation:
     test = (a.role == "test") & np.isfinite(a.score)  # excluded answers are not scored
     benign, harmful = test & a.own, test & (a.meta["y"] == 1)
     pair = harmful | benign
-    auroc = auroc_ci(a.score[pair], a.meta["y"][pair], a.meta["groups"][pair], n_boot=a.n_boot, seed=a.seed,
-                     fprs=())["auroc"]
-    return Separation(auroc=auroc, n_benign=int(benign.sum()), n_harmful=int(harmful.sum()),
-                      tpr_at_own_firing=tpr_at_own_firing(a.score[benign], a.score[harmful]), rows=len(a.score))
+    prefill = harmful & (a.meta["kinds"] == "prefill")  # third-party text aside: the model's own deep prefills
+
+    def auroc(rows):
+        if not (rows & (a.meta["y"] == 1)).any() or not benign.any():
+            return None
+        return auroc_ci(a.score[rows], a.meta["y"][rows], a.meta["groups"][rows], n_boot=a.n_boot, seed=a.seed,
+                        fprs=())["auroc"]
+
+    return Separation(auroc=auroc(pair), n_benign=int(benign.sum()), n_harmful=int(harmful.sum()),
+                      tpr_at_own_firing=tpr_at_own_firing(a.score[benign], a.score[harmful]), rows=len(a.score),
+                      prefill_auroc=auroc(benign | prefill), n_prefill=int(prefill.sum()))
 
 
 def _logit(p: float) -> float:
@@ -289,6 +298,8 @@ _ROWS = [
     ("test AUROC per check, depths 25..500: probe; n-gram", lambda r: f"{_span(r.test_probe)}; {_span(r.test_ngram)}"),
     ("per answer: TPR; FPR on own answers", lambda r: f"{rate(r.tpr_per_answer)}; {rate(r.fpr_per_answer)}"),
     ("per-answer AUROC, own vs harmful (test)", _sep),
+    ("same, harmful = the model's own prefill continuations only",
+     lambda r: f"{ci(r.separation.prefill_auroc)} ({r.separation.n_prefill})" if r.separation else "–"),
     ("ADA-LP TPR per check, depths 25..500", lambda r: _span(r.per_check_tpr, 2)),
     ("LOSO at the readout: mean (worst); n-gram", _loso_cell),
     ("live ADA-LP: over-refusal plain / forced opener; deep prefill per depth", _live_cell),
