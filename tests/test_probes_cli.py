@@ -46,7 +46,7 @@ def test_load_layer_reads_finished_rows(store_path):
         assert load_layer(store, "resid_post", 1, "prompt").X.shape == (56, 4, 16)
         with pytest.raises(UserError):
             load_layer(store, "resid_post", 9)
-        with pytest.raises(UserError):
+        with pytest.raises(UserError, match=r"^depths \[5\] not in the store \(it holds \[0, 10, 20, 30\]\)$"):
             load_layer(store, "resid_post", 1, depths=[5])
 
 

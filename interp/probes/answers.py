@@ -24,6 +24,7 @@ import numpy as np
 
 from interp import UserError
 from interp.probes.calibration import fires
+from interp.probes.metrics import summarize
 from interp.probes.protocol import Schedule
 
 KINDS = ("own", "prefill", "refusal", "insertion", "dataset")  # report order: the model's own answers first
@@ -175,6 +176,19 @@ def warn_calibration(calib: dict, n_incomplete: int, answer_length: int | None, 
                       f"{target_fpr} (that needs ≥ {calib['answers_needed']}); the threshold sits above every "
                       f"calibration answer, and the finest FPR this set resolves is {calib['resolution']:.3f}",
                       stacklevel=3)
+
+
+def answer_auroc(score: np.ndarray, y: np.ndarray, groups: np.ndarray, own: np.ndarray, *,
+                 harmful: np.ndarray | None = None, n_boot: int, seed: int) -> dict | None:
+    """AUROC of the per-answer statistic between the ``own`` benign answers (the calibration population) and the
+    harmful answers (``y == 1``, or the ``harmful`` subset of them), with a CI over prompt groups: how well the
+    guard's answers rank, whatever the threshold. Excluded answers (NaN) are left out, ``-inf`` ones (can never
+    fire) rank lowest; None without answers on both sides."""
+    score, y = np.asarray(score, np.float64), np.asarray(y)
+    m = (((y == 1) if harmful is None else harmful) | own) & ~np.isnan(score)
+    if len(np.unique(y[m])) < 2:
+        return None
+    return summarize(score[m], y[m], groups[m], n_boot=n_boot, seed=seed, fprs=())["auroc"] | {"n_answers": int(m.sum())}
 
 
 def rates(score: np.ndarray, y: np.ndarray, groups: np.ndarray, sources: np.ndarray, kinds: np.ndarray,

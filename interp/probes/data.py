@@ -237,15 +237,15 @@ def examples_meta(store: Any) -> dict[str, np.ndarray]:
     return out
 
 
-def depth_columns(store: Any, depths: np.ndarray | list[int] | None) -> np.ndarray:
+def depth_columns(store: Any, depths: np.ndarray | list[int] | None, name: str = "depths") -> np.ndarray:
     """The store's columns of the depth values ``depths`` (all columns for None); a depth the store lacks is a
-    one-line error."""
+    one-line error naming ``name`` (the option the depths came from, e.g. ``--depths``)."""
     all_depths = np.asarray(store.depths)
     if depths is None:
         return np.arange(len(all_depths))
     missing = sorted(set(int(v) for v in depths) - set(int(v) for v in all_depths))
     if missing:
-        raise UserError(f"depths {missing} not in store (has {all_depths.tolist()})")
+        raise UserError(f"{name} {missing} not in the store (it holds {[int(d) for d in all_depths]})")
     return np.array([int(np.nonzero(all_depths == v)[0][0]) for v in depths], dtype=int)
 
 

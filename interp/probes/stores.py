@@ -46,9 +46,7 @@ def position_arg(text: str | int) -> str | int:
 def check_depths(store, depths) -> None:
     """``depths`` the store lacks: one line naming them and what it holds."""
     if depths:
-        missing = sorted(set(int(d) for d in depths) - set(int(d) for d in store.depths))
-        if missing:
-            raise UserError(f"--depths {missing} not in the store (it holds {[int(d) for d in store.depths]})")
+        depth_columns(store, depths, name="--depths")
 
 
 def store_texts(store, depths=None, meta: dict | None = None):

@@ -321,7 +321,7 @@ def held_out_report(store, best: LayerData, cfg: TrainConfig, probe: ProbeConfig
     """Numbers on the test prompts only: the probe (``scores`` at the layer of ``best``) beside its baselines
     (fitted on the training prompts), per check (pooled and per depth) and per answer at the frozen threshold,
     on exactly the guard's checks, with CIs over prompt groups."""
-    from interp.probes.answers import Deployed, answer_scores, rates
+    from interp.probes.answers import Deployed, answer_auroc, answer_scores, calibration_rows, rates
     from interp.probes.calibration import fires
     from interp.probes.metrics import paired_auroc_diff
     from interp.probes.protocol import SeenPrompts, assert_held_out
@@ -374,23 +374,11 @@ def held_out_report(store, best: LayerData, cfg: TrainConfig, probe: ProbeConfig
     out["per_answer"] = {"schedule": schedule.to_dict(), "answers": ans.info(),
                          **rates(ans.score, y[test_m], groups[test_m], meta["sources"][test_m], kinds, threshold,
                                  cfg.calibrate_on),
-                         "auroc_own_vs_harmful": _answer_auroc(ans.score, y[test_m], groups[test_m], kinds,
-                                                               meta["sources"][test_m], cfg)}
+                         "auroc_own_vs_harmful": answer_auroc(
+                             ans.score, y[test_m], groups[test_m],
+                             calibration_rows(y[test_m], kinds, meta["sources"][test_m], cfg.calibrate_on,
+                                              cfg.control_sources), n_boot=cfg.n_boot, seed=cfg.seed)}
     return out
-
-
-def _answer_auroc(score: np.ndarray, y: np.ndarray, groups: np.ndarray, kinds: np.ndarray, sources: np.ndarray,
-                  cfg: TrainConfig) -> dict | None:
-    """AUROC of the per-answer statistic between the model's own benign answers (the calibration kinds) and the
-    harmful answers, with a CI over prompt groups: how well the guard's answers rank, whatever the threshold."""
-    from interp.probes.answers import calibration_rows
-    from interp.probes.metrics import summarize
-
-    m = ((y == 1) | calibration_rows(y, kinds, sources, cfg.calibrate_on, cfg.control_sources)) & ~np.isnan(score)
-    if len(np.unique(y[m])) < 2:
-        return None
-    s = summarize(score[m], y[m], groups[m], n_boot=cfg.n_boot, seed=cfg.seed, fprs=())
-    return s["auroc"] | {"n_answers": int(m.sum())}
 
 
 def save_probeset(probes: ProbeSet, cfg: TrainConfig, probe: ProbeConfig, out: str | Path) -> Path:

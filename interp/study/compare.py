@@ -107,23 +107,19 @@ def score_answers(run: str | Path) -> RunAnswers:
 
 def answer_separation(run: str | Path | RunAnswers) -> Separation:
     """How the deployed per-answer score separates own benign from harmful test answers (:class:`Separation`)."""
-    from interp.probes.metrics import summarize as auroc_ci
+    from interp.probes.answers import answer_auroc
 
     a = run if isinstance(run, RunAnswers) else score_answers(run)
-    test = (a.role == "test") & np.isfinite(a.score)  # excluded answers are not scored
+    test = (a.role == "test") & ~np.isnan(a.score)  # excluded answers are not scored
     benign, harmful = test & a.own, test & (a.meta["y"] == 1)
-    pair = harmful | benign
     prefill = harmful & (a.meta["kinds"] == "prefill")  # third-party text aside: the model's own deep prefills
-
-    def auroc(rows):
-        if not (rows & (a.meta["y"] == 1)).any() or not benign.any():
-            return None
-        return auroc_ci(a.score[rows], a.meta["y"][rows], a.meta["groups"][rows], n_boot=a.n_boot, seed=a.seed,
-                        fprs=())["auroc"]
-
-    return Separation(auroc=auroc(pair), n_benign=int(benign.sum()), n_harmful=int(harmful.sum()),
+    y, groups = a.meta["y"], a.meta["groups"]
+    return Separation(auroc=answer_auroc(a.score, y, groups, benign, harmful=harmful, n_boot=a.n_boot, seed=a.seed),
+                      n_benign=int(benign.sum()), n_harmful=int(harmful.sum()),
                       tpr_at_own_firing=tpr_at_own_firing(a.score[benign], a.score[harmful]), rows=len(a.score),
-                      prefill_auroc=auroc(benign | prefill), n_prefill=int(prefill.sum()))
+                      prefill_auroc=answer_auroc(a.score, y, groups, benign, harmful=prefill, n_boot=a.n_boot,
+                                                 seed=a.seed),
+                      n_prefill=int(prefill.sum()))
 
 
 def _logit(p: float) -> float:
