@@ -61,6 +61,7 @@ _API: dict[str, str] = {
     "train_transcoders": "interp.causal.transcoder_run", "TranscodersResult": "interp.causal.transcoder_run",
     # the whole study
     "StudyConfig": "interp.study.config", "StudyResult": "interp.study.result", "run_study": "interp.study.pipeline",
+    "refresh_study": "interp.study.pipeline",
 }
 
 __all__ = ["UserError", "__version__", *sorted(_API)]

@@ -101,23 +101,58 @@ def test_results_round_trip_through_json(tmp_path):
     assert loaded.root == tmp_path and loaded.numbers() == study.numbers() and "timings" not in study.numbers()
 
 
+def _ci(v):
+    return {"value": v, "lo": v - 0.01, "hi": v + 0.01}
+
+
+def _loso(macro_25, macro_50, worst_50, diffs):
+    """A leave-one-source-out block as the sweep and the readout stage write it."""
+    return {"per_depth": {"probe": [{"depth": 25, "macro": _ci(macro_25), "worst": {"source": "a", "value": 0.95},
+                                     "n_sources": 3, "n_rows": 10},
+                                    {"depth": 50, "macro": _ci(macro_50), "worst": {"source": "b", "value": worst_50},
+                                     "n_sources": 3, "n_rows": 10},
+                                    {"depth": 0, "macro": _ci(0.5), "worst": {"source": "a", "value": 0.1},
+                                     "n_sources": 3, "n_rows": 10}],
+                          "ngram": [{"depth": 25, "macro": _ci(0.9), "worst": None, "n_sources": 3}]},
+            "rows": [{"source": s, "probe_minus_ngram": {"value": d, "lo": d - 0.02, "hi": d + 0.02}}
+                     for s, d in diffs.items()]}
+
+
 def test_targets_verdicts_are_computed_in_the_library():
-    from interp.study.targets import LOSO_AUROC_TARGET, TPR_TARGET, targets
+    """Each target's verdict at its lowest depth in 25..500, the readout's LOSO preferred to the sweep's, and the
+    words saying by how much a target is missed."""
+    from interp.study.targets import CHECK_TPR_TARGET, LOSO_MACRO_TARGET, LOSO_WORST_TARGET, targets
+    from interp.study.verdicts import verdict_lines
 
-    def ci(v):
-        return {"value": v, "lo": v - 0.01, "hi": v + 0.01}
-
-    sweep = {"loso": {"per_depth": {"probe": [{"depth": 25, "macro": ci(0.995), "worst": {"source": "a", "value": 0.9},
-                                               "n_sources": 3, "n_rows": 10},
-                                              {"depth": 50, "macro": ci(0.98), "worst": {"source": "a", "value": 0.9},
-                                               "n_sources": 3, "n_rows": 10}],
-                                     "ngram": [{"depth": 25, "macro": ci(0.9), "worst": None, "n_sources": 3}]}}}
+    sweep = {"best_layer": 7, "loso": _loso(0.995, 0.98, 0.85, {"a": 0.05, "b": -0.05, "c": 0.0})}
     probes = {"metrics": {"test": {"per_depth": {"probe": [
-        {"depth": 25, "auroc": 0.99, "tpr_at_threshold": {"rate": 0.96}},
+        {"depth": 25, "auroc": 0.99, "tpr_at_threshold": {"rate": 0.76}},
         {"depth": 50, "auroc": 0.99, "tpr_at_threshold": {"rate": 0.97}}]},
-        "per_answer": {"fpr": {"rate": 0.02}, "tpr": {"rate": 0.9}}}}}
-    s = targets(sweep, probes, 0.01)["summary"]
-    assert s["loso_auroc_min"] == {"value": 0.98, "depth": 50, "met": False, "target": LOSO_AUROC_TARGET}
-    assert s["tpr_min"]["met"] is True and s["tpr_min"]["target"] == TPR_TARGET and s["tpr_min"]["depth"] == 25
+        "per_answer": {"fpr": {"rate": 0.02, "n": 50}, "tpr": {"rate": 0.93}}}}}
+    t = targets(sweep, probes, 0.01)
+    s = t["summary"]
+    assert s["loso_macro_min"] == {"value": 0.98, "depth": 50, "met": True, "target": LOSO_MACRO_TARGET}
+    assert s["loso_worst_min"] == {"value": 0.85, "depth": 50, "met": False, "target": LOSO_WORST_TARGET,
+                                   "source": "b"}
+    assert s["probe_vs_ngram"] == {"above": ["a"], "below": ["b"], "of": 3, "met": False}
+    assert s["tpr_min"] == {"value": 0.76, "depth": 25, "met": False, "target": CHECK_TPR_TARGET}
+    assert s["per_answer"]["met"] is False and s["per_answer"]["resolvable"] is False
     assert s["fpr"] == {"value": 0.02, "met": False, "target": 0.01}
     assert s["loso_above_ngram"] == {"depths": 1, "of": 2}
+    assert t["loso_readout"] == "the sweep's best layer (7)"
+    lines = "\n".join(verdict_lines(t))
+    for words in ("mean over held-out sources ≥ 0.95 at every depth: met (lowest 0.980 at depth 50)",
+                  "missed by 0.050 (lowest 0.850, b at depth 50)", "missed (below it on b; above on 1 of 3 sources, "
+                  "no call on 1)", "missed by 0.04 (lowest 0.76 at depth 25)",
+                  "false alarms 0.020 on 50 own answers; false alarms above by 0.010; 50 own answers cannot resolve "
+                  "1%", "(the run's calibration target): missed by 0.010 (0.020)"):
+        assert words in lines, words
+
+    readout = {"readout": {"layers": [3, 5], "stacked": True}, "loso": _loso(0.96, 0.955, 0.91, {"a": 0.05})}
+    probes["metrics"]["test"]["per_answer"] = {"fpr": {"rate": 0.0, "n": 120}, "tpr": {"rate": 0.9}}
+    t = targets(sweep, probes, 0.01, readout)
+    s = t["summary"]
+    assert t["loso_readout"] == "the probe set's readout (layers 3, 5, stacked)"
+    assert s["loso_macro_min"]["value"] == 0.955 and s["loso_worst_min"]["met"] is True
+    assert s["probe_vs_ngram"]["met"] is True and s["per_answer"]["met"] is True
+    assert s["per_answer"]["resolvable"] is True

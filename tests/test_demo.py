@@ -119,7 +119,10 @@ def test_demo_on_a_corpus_spec_reports_the_targets(tiny_dir, tmp_path, capsys):
                  "--readout-loso", "true"]) == 0
     run = out / "tiny"
     report = (run / "report.md").read_text()
-    assert "## Targets at depths 25..500" in report and "LOSO probe AUROC ≥ 0.99 at every depth" in report
+    assert "## Targets at depths 25..500" in report
+    # the verdicts read leave-one-source-out at the deployed readout (the run scored it), not the sweep's layer
+    assert "leave-one-source-out AUROC at the probe set's readout (layers" in report
+    assert "ADA-LP per answer, TPR ≥ 0.90 at ≤ 1% false alarms" in report
     results = json.loads((run / "results.json").read_text())
     t = results["targets"]
     assert sorted(map(int, t["depths"])) == [25, 50, 75, 100]
@@ -152,6 +155,16 @@ def test_demo_on_a_corpus_spec_reports_the_targets(tiny_dir, tmp_path, capsys):
     assert "| per-answer AUROC, own vs harmful (test) |" in table and "| LOSO mean over the " in table
     assert table.count("harmful test answers scoring lowest:") == 2 and "the threshold sits above these" in table
     assert f"{loso['loso']['macro']['probe']['value']:.3f} [" in table
+    # `anydepth report` rewrites the run from its stage folders (no stage runs): the same report and numbers as the
+    # run wrote, also after results.json lost its targets (a run made by a version with other rules)
+    before = results
+    stale = dict(before, targets={"depths": {}})
+    (run / "results.json").write_text(json.dumps(stale))
+    (run / "report.md").write_text("stale")
+    assert main(["report", str(out)]) == 0
+    assert "leave-one-source-out AUROC at the probe set's readout" in capsys.readouterr().out
+    assert (run / "report.md").read_text() == report
+    assert json.loads((run / "results.json").read_text()) == before
 
 
 def test_an_edited_spec_is_another_corpus_stage(tmp_path):

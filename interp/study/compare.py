@@ -17,7 +17,7 @@ import numpy as np
 from interp import UserError
 from interp.formatting import ci, probability, rate
 from interp.results import Result
-from interp.study.result import StudyResult, read_json
+from interp.study.result import StudyResult, read_json, run_folder
 
 __all__ = ["RunAnswers", "RunComparison", "RunSummary", "Separation", "answer_separation", "answer_tails", "compare_runs",
            "score_answers", "summarize"]
@@ -38,15 +38,6 @@ class Separation(Result):
     rows: int  # rows in the store
     prefill_auroc: dict | None = None  # the same AUROC with the harmful side the model's own prefill continuations
     n_prefill: int = 0
-
-
-def run_folder(run: str | Path) -> Path:
-    """The model folder of a study run (the one holding results.json), given it or the ``--out`` folder."""
-    run = Path(run)
-    found = sorted(run.glob("results.json")) or sorted(run.glob("*/results.json"))
-    if not found:
-        raise UserError(f"{run}: no results.json; give an `anydepth demo --out` folder of a finished run")
-    return found[0].parent
 
 
 def tpr_at_own_firing(benign: np.ndarray, harmful: np.ndarray, ks=(0, 1, 2)) -> list[float]:

@@ -29,10 +29,10 @@ from interp.naming import run_slug
 from interp.probes.run import SweepConfig
 from interp.probes.train import TrainConfig
 from interp.study.config import CORPUS_EVAL, StudyConfig, answer_length, prepare
-from interp.study.result import StudyResult
+from interp.study.result import StudyResult, read_json, run_folder
 from interp.study.stages import Runner, Stage
 
-__all__ = ["run_study", "study_root"]
+__all__ = ["refresh_study", "run_study", "study_root"]
 
 
 def study_root(cfg: StudyConfig) -> Path:
@@ -159,5 +159,25 @@ def run_study(cfg: StudyConfig | None = None, *, log: Callable[[str], None] = pr
     result = StudyResult.collect(root, cfg, store=store, sweep_dir=sweep_dir, probes_dir=probes_dir,
                                  eval_dirs=eval_dirs, timings=runner.timings, loso_dir=loso_dir)
     write_report(root, result, corpus_dir=continuations.parent if cfg.uses_corpus else None)
+    result.save(root / "results.json")
+    return result
+
+
+def _corpus_folder(root: Path, result: StudyResult) -> Path | None:
+    """The run's corpus folder: the one its store was extracted from (None for ``--spec none`` runs)."""
+    stage = read_json(result.path(result.store).parent / "stage.json") or {}
+    cont = ((stage.get("config") or {}).get("extract") or {}).get("continuations")
+    folder = root / Path(cont).parent.name if cont else None
+    return folder if folder and (folder / "continuations.config.json").exists() else None
+
+
+def refresh_study(run: str | Path) -> StudyResult:
+    """Recompute a finished run's targets by this version's rules and rewrite its ``report.md`` and
+    ``results.json`` from its stage folders; no stage runs (``anydepth report``, after an upgrade)."""
+    from interp.study.report import write_report
+
+    root = run_folder(run)
+    result = StudyResult.load(root).refreshed()
+    write_report(root, result, corpus_dir=_corpus_folder(root, result))
     result.save(root / "results.json")
     return result

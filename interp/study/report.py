@@ -12,6 +12,7 @@ import interp
 from interp.formatting import ci, diff, probability, rate
 from interp.probes.tables import METHOD_NAMES, heldout_table, loso_table
 from interp.study.result import StudyResult, read_json
+from interp.study.verdicts import verdict_lines
 
 
 def _figure(src: Path, figures: Path, caption: str) -> list[str]:
@@ -66,7 +67,8 @@ def _targets_section(t: dict) -> list[str]:
     lines = ["## Targets at depths 25..500", "",
              "Leave-one-source-out: per held-out source, the AUROC over pairs scored by one fold model trained without "
              "that source (and without the row's prompt group), then the mean over sources (worst source beside it), "
-             "at the sweep's best layer (chosen by out-of-fold AUROC over all rows: a mild selection over the layers). "
+             f"at {t.get('loso_readout') or 'the best layer'}; its layers were chosen by cross-validation over "
+             "every source (a mild selection). "
              "Held-out test: the probe set (its readout layers) on the test prompts, which set neither the probe nor "
              "the threshold. ADA-LP TPR: harmful test answers whose check at that depth reaches the threshold "
              "calibrated per answer on the calibration prompts' own benign answers. 95% CIs resample prompt groups.",
@@ -79,25 +81,16 @@ def _targets_section(t: dict) -> list[str]:
         worst = f" ({w['source']} {w['value']:.3f}; {c.get('sources')} sources, {c.get('rows')} rows)" if w else ""
         lines.append(f"| {d} | {ci(r.get('loso_probe'))}{worst} | {ci(r.get('loso_ngram'))} | "
                      f"{ci(r.get('test_probe'))} | {ci(r.get('test_ngram'))} | {rate(r.get('tpr'))} |")
-    s = t["summary"]
-    lines.append("")
-    if s["loso_auroc_min"]:
-        a = s["loso_auroc_min"]
-        lines.append(f"- LOSO probe AUROC ≥ {a['target']} at every depth (mean over held-out sources): "
-                     f"{'met' if a['met'] else 'missed'} (lowest {a['value']:.3f} at depth {a['depth']}); above the "
-                     f"n-gram baseline at {s['loso_above_ngram']['depths']} of {s['loso_above_ngram']['of']} depths.")
-    if s["tpr_min"]:
-        a = s["tpr_min"]
-        lines.append(f"- ADA-LP TPR ≥ {a['target']} at every depth: {'met' if a['met'] else 'missed'} (lowest {a['value']:.2f} "
-                     f"at depth {a['depth']}).")
+    lines += ["", "The targets (every number held out; `interp.study.targets`):", "",
+              *(f"- {line}." for line in verdict_lines(t, calibration=False))]
     if t["fpr"] and t["fpr"].get("rate") is not None:
         ans = t.get("answers") or {}
         by = "; ".join(f"{k} ({v.get('kind', '?')}) {rate(v)}" for k, v in _own_first(t["fpr_by_source"])
                        if v["n"])
-        lines.append(f"- Per-answer false alarms on held-out {t.get('fpr_population') or 'benign answers'} (target "
-                     f"{t['target_fpr']}; every check the guard makes, coverage {ans.get('coverage')}, "
+        lines.append(f"- Per-answer false alarms on held-out {t.get('fpr_population') or 'benign answers'} (the run's "
+                     f"calibration target {t['target_fpr']}; every check the guard makes, coverage {ans.get('coverage')}, "
                      f"{ans.get('excluded_incomplete', 0)} incomplete answers excluded): {rate(t['fpr'], 3)}"
-                     f"{'' if s['fpr']['met'] else ' (above the target)'}. By source, own answers first: {by}.")
+                     f"{'' if t['summary']['fpr']['met'] else ' (above the target)'}. By source, own answers first: {by}.")
         if t.get("tpr_per_answer"):
             lines.append(f"- Per-answer detection on held-out harmful answers: {rate(t['tpr_per_answer'])}.")
     return lines + [""]

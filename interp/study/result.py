@@ -5,20 +5,31 @@ from __future__ import annotations
 
 import json
 import os
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
+from interp import UserError
 from interp.config import to_dict
 from interp.results import Result
 from interp.study.targets import targets
+from interp.study.verdicts import verdict_lines
 
-__all__ = ["StudyResult", "read_json"]
+__all__ = ["StudyResult", "read_json", "run_folder"]
 
 
 def read_json(path: Path) -> dict | None:
     """A stage's JSON output, or None when the stage wrote none (skipped evaluations)."""
     return json.loads(path.read_text()) if path.exists() else None
+
+
+def run_folder(run: str | Path) -> Path:
+    """The model folder of a study run (the one holding results.json), given it or the ``--out`` folder."""
+    run = Path(run)
+    found = sorted(run.glob("results.json")) or sorted(run.glob("*/results.json"))
+    if not found:
+        raise UserError(f"{run}: no results.json; give an `anydepth demo --out` folder of a finished run")
+    return found[0].parent
 
 
 @dataclass
@@ -43,14 +54,23 @@ class StudyResult(Result):
         """Read the stages' outputs under ``root`` and compute the targets."""
         sweep = read_json(sweep_dir / "sweep.json")
         probes = read_json(Path(probes_dir) / "probeset.json")
+        readout_loso = read_json(Path(loso_dir) / "loso.json") if loso_dir else None
 
         def rel(path: Path) -> str:
             return os.path.relpath(path, root)
 
         return cls(config=to_dict(cfg), timings=timings, best_layer=sweep and sweep["best_layer"], store=rel(store),
                    probes=rel(probes_dir), sweep=rel(sweep_dir), evaluations={k: rel(v) for k, v in eval_dirs.items()},
-                   targets=targets(sweep, probes, cfg.target_fpr), loso=rel(loso_dir) if loso_dir else "",
+                   targets=targets(sweep, probes, cfg.target_fpr, readout_loso), loso=rel(loso_dir) if loso_dir else "",
                    root=Path(root))
+
+    def refreshed(self) -> StudyResult:
+        """This result with its targets recomputed from its stage folders by this version's rules (no stage
+        runs)."""
+        sweep = read_json(self.path(self.sweep) / "sweep.json")
+        probes = read_json(self.path(self.probes) / "probeset.json")
+        loso = read_json(self.path(self.loso) / "loso.json") if self.loso else None
+        return replace(self, targets=targets(sweep, probes, self.config.get("target_fpr"), loso))
 
     @classmethod
     def load(cls, path: str | Path) -> StudyResult:
@@ -85,15 +105,7 @@ class StudyResult(Result):
         return out
 
     def summary(self) -> str:
-        s = self.targets.get("summary") or {}
-        lines = [f"best layer {self.best_layer}"]
-        for key, label in (("loso_auroc_min", "LOSO probe AUROC (mean over held-out sources), lowest"),
-                           ("tpr_min", "ADA-LP TPR per check on held-out harmful answers, lowest"),
-                           ("fpr", "per-answer false alarms on held-out benign answers")):
-            t = s.get(key)
-            if t:
-                where = f" at depth {t['depth']}" if "depth" in t else ""
-                lines.append(f"{label}: {t['value']:.3f}{where} (target {t['target']}: "
-                             f"{'met' if t['met'] else 'missed'})")
+        """The targets' verdicts, one line each (what the CLI prints after a run)."""
         total = sum(t["seconds"] for t in self.timings.values())
-        return "\n".join([*lines, f"stages took {total:.0f} s this run"])
+        return "\n".join([f"best layer {self.best_layer}", *verdict_lines(self.targets),
+                          f"stages took {total:.0f} s this run"])
