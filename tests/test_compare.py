@@ -33,7 +33,8 @@ def _summary(name: str, sources: dict[str, float]) -> RunSummary:
     return RunSummary(run=f"runs/{name}", model="m", spec="default", minutes=1.0, readout="layers 1", threshold=0.5,
                       calibration_answers=10, test_probe=[0.9, 0.95], test_ngram=None, tpr_per_answer=None,
                       fpr_per_answer=None, per_check_tpr=None, separation=Separation({"value": 0.9, "lo": 0.8, "hi": 0.95}, 10, 12, [0.1, 0.2, 0.3], 99),
-                      loso=loso)
+                      loso=loso, met={"loso_macro_min": True, "loso_worst_min": False, "tpr_min": False,
+                                      "per_answer": None})
 
 
 def test_comparison_averages_loso_over_the_sources_every_run_holds_out():
@@ -45,6 +46,7 @@ def test_comparison_averages_loso_over_the_sources_every_run_holds_out():
     assert "| LOSO mean over the 2 shared sources | 0.850 | 0.850 |" in table
     assert "| held out | base | lever |" in table and "(worst extra 0.100)" in table
     assert "0.900 [0.800, 0.950] (10 own, 12 harmful); TPR with 0 / 1 / 2 own firing 0.10 / 0.20 / 0.30" in table
+    assert "per answer ≥ 0.90 at ≤ 1% | met; missed; –; missed; – | met; missed; –; missed; – |" in table
     assert RunComparison.from_json(c.to_json()).markdown() == table  # JSON round trip
 
 

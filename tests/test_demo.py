@@ -153,6 +153,7 @@ def test_demo_on_a_corpus_spec_reports_the_targets(tiny_dir, tmp_path, capsys):
     assert main(["compare", str(out), str(out), "--tails", "2"]) == 0
     table = capsys.readouterr().out
     assert "| per-answer AUROC, own vs harmful (test) |" in table and "| LOSO mean over the " in table
+    assert "| targets: LOSO mean ≥ 0.95; worst source ≥ 0.90;" in table
     assert table.count("harmful test answers scoring lowest:") == 2 and "the threshold sits above these" in table
     assert f"{loso['loso']['macro']['probe']['value']:.3f} [" in table
     # `anydepth report` rewrites the run from its stage folders (no stage runs): the same report and numbers as the
