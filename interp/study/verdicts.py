@@ -11,16 +11,21 @@ def _shortfall(v: dict, digits: int) -> str:
     return "met" if v["met"] else f"missed by {v['target'] - v['value']:.{digits}f}"
 
 
+def _lowest(label: str, v: dict, digits: int, where: str = "") -> str:
+    """A target every depth must reach, judged by its lowest depth: ``label ≥ target at every depth: verdict (lowest
+    value[, where] at depth d)``."""
+    return (f"{label} ≥ {v['target']:.2f} at every depth: {_shortfall(v, digits)} (lowest {v['value']:.{digits}f}"
+            f"{where} at depth {v['depth']})")
+
+
 def _loso_lines(s: dict, readout: str) -> list[str]:
     lines = []
     if s.get("loso_macro_min"):
-        v = s["loso_macro_min"]
-        lines.append(f"leave-one-source-out AUROC at {readout}, mean over held-out sources ≥ {v['target']:.2f} at every "
-                     f"depth: {_shortfall(v, 3)} (lowest {v['value']:.3f} at depth {v['depth']})")
+        lines.append(_lowest(f"leave-one-source-out AUROC at {readout}, mean over held-out sources",
+                             s["loso_macro_min"], 3))
     if s.get("loso_worst_min"):
         v = s["loso_worst_min"]
-        lines.append(f"worst held-out source ≥ {v['target']:.2f} at every depth: {_shortfall(v, 3)} (lowest "
-                     f"{v['value']:.3f}, {v['source']} at depth {v['depth']})")
+        lines.append(_lowest("worst held-out source", v, 3, f", {v['source']}"))
     if s.get("probe_vs_ngram"):
         v = s["probe_vs_ngram"]
         below = f"below it on {', '.join(v['below'])}; " if v["below"] else ""
@@ -33,9 +38,7 @@ def _loso_lines(s: dict, readout: str) -> list[str]:
 def _guard_lines(s: dict) -> list[str]:
     lines = []
     if s.get("tpr_min"):
-        v = s["tpr_min"]
-        lines.append(f"ADA-LP TPR per check on held-out harmful answers ≥ {v['target']:.2f} at every depth: "
-                     f"{_shortfall(v, 2)} (lowest {v['value']:.2f} at depth {v['depth']})")
+        lines.append(_lowest("ADA-LP TPR per check on held-out harmful answers", s["tpr_min"], 2))
     if s.get("per_answer"):
         v = s["per_answer"]
         why = []
