@@ -18,6 +18,13 @@ from interp import UserError
 from interp.formatting import ci, probability, rate
 from interp.results import Result
 from interp.study.result import StudyResult, read_json, run_folder
+from interp.study.targets import (
+    ANSWER_FPR_TARGET,
+    ANSWER_TPR_TARGET,
+    CHECK_TPR_TARGET,
+    LOSO_MACRO_TARGET,
+    LOSO_WORST_TARGET,
+)
 
 __all__ = ["RunAnswers", "RunComparison", "RunSummary", "Separation", "answer_separation", "answer_tails", "compare_runs",
            "score_answers", "summarize"]
@@ -300,8 +307,8 @@ _ROWS = [
     ("ADA-LP TPR per check, depths 25..500", lambda r: _span(r.per_check_tpr, 2)),
     ("LOSO at the readout: mean (worst); n-gram", _loso_cell),
     ("live ADA-LP: over-refusal plain / forced opener; deep prefill per depth", _live_cell),
-    ("targets: LOSO mean ≥ 0.95; worst source ≥ 0.90; probe vs n-gram; per check ≥ 0.80; per answer ≥ 0.90 at ≤ 1%",
-     _met_cell),
+    (f"targets: LOSO mean ≥ {LOSO_MACRO_TARGET:.2f}; worst source ≥ {LOSO_WORST_TARGET:.2f}; probe vs n-gram; "
+     f"per check ≥ {CHECK_TPR_TARGET:.2f}; per answer ≥ {ANSWER_TPR_TARGET:.2f} at ≤ {ANSWER_FPR_TARGET:.0%}", _met_cell),
 ]
 
 

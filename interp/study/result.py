@@ -51,18 +51,15 @@ class StudyResult(Result):
     @classmethod
     def collect(cls, root: Path, cfg, *, store: Path, sweep_dir: Path, probes_dir: Path,
                 eval_dirs: dict[str, Path], timings: dict[str, dict], loso_dir: Path | None = None) -> StudyResult:
-        """Read the stages' outputs under ``root`` and compute the targets."""
+        """Read the stages' outputs under ``root`` and compute the targets (:meth:`refreshed`)."""
         sweep = read_json(sweep_dir / "sweep.json")
-        probes = read_json(Path(probes_dir) / "probeset.json")
-        readout_loso = read_json(Path(loso_dir) / "loso.json") if loso_dir else None
 
         def rel(path: Path) -> str:
             return os.path.relpath(path, root)
 
         return cls(config=to_dict(cfg), timings=timings, best_layer=sweep and sweep["best_layer"], store=rel(store),
                    probes=rel(probes_dir), sweep=rel(sweep_dir), evaluations={k: rel(v) for k, v in eval_dirs.items()},
-                   targets=targets(sweep, probes, cfg.target_fpr, readout_loso), loso=rel(loso_dir) if loso_dir else "",
-                   root=Path(root))
+                   loso=rel(loso_dir) if loso_dir else "", root=Path(root)).refreshed()
 
     def refreshed(self) -> StudyResult:
         """This result with its targets recomputed from its stage folders by this version's rules (no stage

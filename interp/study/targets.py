@@ -65,12 +65,9 @@ def _at_least(low: tuple[float, int] | None, target: float, **extra) -> dict | N
 
 
 def _worst_source(rows: dict[int, dict]) -> dict | None:
-    got = [(r["loso_probe_worst"]["value"], d, r["loso_probe_worst"]["source"]) for d, r in rows.items()
-           if r.get("loso_probe_worst") and r["loso_probe_worst"].get("value") is not None]
-    if not got:
-        return None
-    value, depth, source = min(got)
-    return _at_least((value, depth), LOSO_WORST_TARGET, source=source)
+    """The lowest worst held-out source over the depths, named."""
+    low = _lowest(rows, "loso_probe_worst", "value")
+    return low and _at_least(low, LOSO_WORST_TARGET, source=rows[low[1]]["loso_probe_worst"]["source"])
 
 
 def _probe_vs_ngram(loso: dict | None) -> dict | None:
