@@ -22,6 +22,7 @@ def test_levers_merge_and_conflicts_are_named():
     changes, train, probe = resolve_lever("stack3+balance+ema")
     assert train == {"combine_top": 3, "stack": True, "aggregate": "ema", "ema_alpha": 0.5}
     assert probe == {"balance_sources": True} and changes.count(";") == 2
+    assert resolve_lever("hardneg10+balance")[2] == {"hard_negative_weight": 10.0, "balance_sources": True}
     with pytest.raises(UserError, match="mean3 sets combine_top=3 where another lever set 5"):
         resolve_lever("stack5+mean3")
     with pytest.raises(UserError, match="unknown lever 'deep'; levers: base, ln1"):

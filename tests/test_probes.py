@@ -321,6 +321,15 @@ def test_run_sweep_per_depth_fit_and_by_source(planted):
     assert res.split["kind"] == "by-source" and np.array_equal(tested, planted.sources == "src1")
 
 
+def test_sweep_with_a_hard_negative_weight_fits_its_difference_of_means_baseline_unweighted(planted):
+    """Row weights belong to the logistic regression: the sweep's diffmeans baseline runs plain beside them."""
+    from interp.probes.sweep import SweepPlan, run_sweep
+
+    res = run_sweep(lambda layer, position: planted.layer(layer), [1], ProbeConfig(hard_negative_weight=3.0),
+                    SweepPlan(folds=3, n_boot=0, baselines=("diffmeans",)))
+    assert np.isfinite(res.oof["diffmeans"][0]).any() and res.per_layer["probe"][0]["auroc"]["value"] > 0.98
+
+
 def test_auroc_within_compares_only_pairs_scored_by_one_model():
     """Two fold models that rank perfectly on their own scales: within-fold AUROC is 1; pooling the folds (two
     models' scores on one axis) gives a number about neither. Weights resample rows as elsewhere."""

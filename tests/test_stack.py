@@ -33,6 +33,58 @@ def test_row_weights_give_each_source_of_a_class_the_same_total():
     assert np.isclose(unbalanced[y == 1].sum(), 4) and np.isclose(unbalanced[y == 0].sum(), 6)
 
 
+def test_row_weights_boost_scales_rows_within_their_class_and_keeps_class_totals():
+    y = np.array([1, 1, 1, 1, 0, 0, 0, 0, 0, 0])
+    src = np.array(["a", "a", "a", "b", "c", "c", "c", "c", "c", "d"])
+    boost = np.array([1, 1, 1, 1, 3, 1, 1, 1, 1, 3.0])
+    for sources in (None, src):
+        w = row_weights(y, "balanced", sources, boost)
+        assert np.isclose(w[y == 1].sum(), 5) and np.isclose(w[y == 0].sum(), 5)  # class totals unchanged
+        assert np.allclose(w[y == 1], row_weights(y, "balanced", sources)[y == 1])  # unboosted class untouched
+        assert np.isclose(w[4] / w[5], 3)  # a boosted row weighs three rows of its source
+    assert np.allclose(row_weights(y, "balanced", None, np.ones(10)), row_weights(y, "balanced"))
+    balanced = row_weights(y, "balanced", src, boost)
+    assert np.isclose(balanced[src == "c"].sum(), balanced[src == "d"].sum())  # sources still share equally
+
+
+def test_hard_negative_boost_weights_benign_forced_opener_answers_and_refusals_only():
+    from interp import UserError
+    from interp.probes.oof import ProbeConfig, hard_negative_boost
+
+    src = np.array(["a:prefill", "a:prefill", "a:own", "alpaca", "b:refusal", "c:prefill"])
+    y = np.array([0, 1, 0, 0, 0, 0])
+    assert hard_negative_boost(y, src, ProbeConfig()) is None  # weight 1: the plain fit
+    got = hard_negative_boost(y, src, ProbeConfig(hard_negative_weight=4.0))
+    assert got.tolist() == [4, 1, 1, 1, 4, 4]  # a harmful forced-opener row is not a hard negative
+    for bad, match in ((ProbeConfig(hard_negative_weight=0.0), "positive"),
+                       (ProbeConfig(hard_negative_weight=2.0, method="diffmeans"), "diffmeans")):
+        with pytest.raises(UserError, match=match):
+            hard_negative_boost(y, src, bad)
+
+
+def test_boosted_torch_fit_matches_sklearn_sample_weights():
+    """Hard-negative boosts reach scikit-learn's optimum with the same sample weights, on both solver paths."""
+    from interp.probes.oof import ProbeConfig, fit_probes
+
+    rng = np.random.default_rng(5)
+    n, d = 500, 16
+    y = rng.integers(0, 2, n)
+    src = np.where(rng.random(n) < 0.3, "x:prefill", "x:own")
+    X = (rng.normal(size=(n, d)) + np.outer(y * 0.8, rng.normal(size=d))
+         + np.outer(src == "x:prefill", rng.normal(size=d))).astype(np.float32)
+    cfg = ProbeConfig(C=0.5, hard_negative_weight=5.0, max_iter=100000)
+    boost = np.where((src == "x:prefill") & (y == 0), 5.0, 1.0)
+    ref = LogisticRegression(C=0.5, tol=1e-12, max_iter=100000).fit(
+        X.astype(np.float64), y, sample_weight=row_weights(y, "balanced", None, boost))
+    w_ref = ref.coef_[0]
+    torch_fit = fit_probes(X, y, np.ones((1, n), bool), cfg, src)[0]
+    sk_fit = fit_probes(X, y, np.ones((1, n), bool), ProbeConfig(**{**cfg.__dict__, "solver": "sklearn"}), src)[0]
+    plain = fit_probes(X, y, np.ones((1, n), bool), ProbeConfig(C=0.5), src)[0]
+    assert np.abs(torch_fit.folded()[0] - w_ref).max() < 1e-4 * (1 + np.abs(w_ref).max())
+    assert np.abs(sk_fit.folded()[0] - w_ref).max() < 1e-3 * (1 + np.abs(w_ref).max())
+    assert np.abs(torch_fit.folded()[0] - plain.folded()[0]).max() > 1e-2  # the boost changes the fit
+
+
 @pytest.mark.parametrize("standardize", [False, True])
 def test_source_balanced_torch_fit_matches_sklearn_sample_weights(standardize):
     """The batched solver with source weights reaches scikit-learn's optimum with the same sample weights."""

@@ -57,23 +57,26 @@ class LinearParams:
         return LinearParams(self.coef[idx], np.asarray(self.intercept[idx]), pick(self.mean), pick(self.scale))
 
 
-def row_weights(y: np.ndarray, class_weight: str | None = "balanced", sources: np.ndarray | None = None) -> np.ndarray:
+def row_weights(y: np.ndarray, class_weight: str | None = "balanced", sources: np.ndarray | None = None,
+                boost: np.ndarray | None = None) -> np.ndarray:
     """Per-row weights ``s_i`` of the objective. ``class_weight="balanced"`` gives each class the total weight
     ``n / 2`` (scikit-learn's rule), else each class keeps its row count; with ``sources`` that total is shared
-    equally by the sources of the class, so a source's weight does not grow with its row count."""
+    equally by the sources of the class, so a source's weight does not grow with its row count. ``boost [M]``
+    multiplies each row's share within its class (a row of boost 3 weighs three times a row of boost 1 of the
+    same source); the class totals stay as they were."""
     y = np.asarray(y).astype(np.int64)
     counts = np.bincount(y, minlength=2).astype(np.float64)
     if (counts == 0).any():
         raise UserError("a training set holds only one class; use more prompts or fewer folds")
     totals = np.full(2, len(y) / 2.0) if class_weight == "balanced" else counts
-    if sources is None:
-        return (totals / counts)[y]
+    b = np.ones(len(y)) if boost is None else np.asarray(boost, dtype=np.float64)
+    src = np.zeros(len(y), dtype=str) if sources is None else np.asarray(sources).astype(str)
     w = np.empty(len(y))
-    src = np.asarray(sources).astype(str)
     for c in (0, 1):
         in_c = y == c
-        names, inverse, n_rows = np.unique(src[in_c], return_inverse=True, return_counts=True)
-        w[in_c] = totals[c] / (len(names) * n_rows[inverse.reshape(-1)])
+        inverse = np.unique(src[in_c], return_inverse=True)[1].reshape(-1)
+        per_source = np.bincount(inverse, weights=b[in_c])  # each source's summed boost
+        w[in_c] = totals[c] / len(per_source) * b[in_c] / per_source[inverse]
     return w
 
 
@@ -86,19 +89,19 @@ def _scaler(X: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
 
 def fit_sklearn(X: np.ndarray, y: np.ndarray, *, C: float = 1.0, class_weight: str | None = "balanced",
                 standardize: bool = False, max_iter: int = 1000, tol: float = 1e-4,
-                sources: np.ndarray | None = None) -> LinearParams:
+                sources: np.ndarray | None = None, boost: np.ndarray | None = None) -> LinearParams:
     """scikit-learn ``LogisticRegression`` (lbfgs, L2) on ``X [M, d]``, optionally standardised first; with
-    ``sources`` the rows carry :func:`row_weights` as sample weights (sources equal within each class)."""
+    ``sources`` or ``boost`` the rows carry :func:`row_weights` as sample weights."""
     mean = scale = None
     Xf = X
     if standardize:
         mean, scale = _scaler(X)
         Xf = ((X - mean) / scale).astype(np.float32)
-    if sources is None:
+    if sources is None and boost is None:
         model = LogisticRegression(C=C, class_weight=class_weight, max_iter=max_iter, tol=tol).fit(Xf, y)
     else:
         model = LogisticRegression(C=C, max_iter=max_iter, tol=tol).fit(
-            Xf, y, sample_weight=row_weights(y, class_weight, sources))
+            Xf, y, sample_weight=row_weights(y, class_weight, sources, boost))
     return LinearParams(model.coef_[0].astype(np.float64), np.asarray(model.intercept_[0], dtype=np.float64),
                         mean, scale, info={"n_iter": int(model.n_iter_[0])})
 
@@ -334,7 +337,7 @@ def fit_logreg_torch(X: np.ndarray | torch.Tensor, y: np.ndarray, masks: np.ndar
                      tol: float = 1e-5, max_iter: int = 500, history: int = 30, precond_rows: int = 8192,
                      seed: int = 0, trace: list | None = None, init: LinearParams | None = None,
                      copy_budget: int | None = None, chunk_rows: int = 8192,
-                     sources: np.ndarray | None = None) -> LinearParams:
+                     sources: np.ndarray | None = None, boost: np.ndarray | None = None) -> LinearParams:
     """Fit L x P logistic regressions at once with preconditioned L-BFGS.
 
     ``X [M, d]`` or ``[L, M, d]`` (layers share rows), ``y [M]``, ``masks [P, M]`` bool (training rows of each
@@ -345,7 +348,8 @@ def fit_logreg_torch(X: np.ndarray | torch.Tensor, y: np.ndarray, masks: np.ndar
     iteration, ``max|g|`` over the stopping threshold ``[L, P]``. Rows up to ``copy_budget`` bytes (default
     :func:`default_copy_budget`: the memory available less a reserve) are centred into one copy; larger ones are centred
     ``chunk_rows`` at a time inside each product (no second copy of a layer that does not fit twice).
-    ``sources [M]`` shares each class's weight equally among its sources (:func:`row_weights`).
+    ``sources [M]`` shares each class's weight equally among its sources and ``boost [M]`` scales rows within
+    their class (:func:`row_weights`).
     """
     src = None if sources is None else np.asarray(sources).astype(str)
     Xt = torch.as_tensor(X, dtype=torch.float32)
@@ -360,7 +364,8 @@ def fit_logreg_torch(X: np.ndarray | torch.Tensor, y: np.ndarray, masks: np.ndar
         rows = np.nonzero(m_np[p])[0]
         if len(np.unique(y_np[rows])) < 2:
             raise UserError("a training set holds only one class; use more prompts or fewer folds")
-        s_np[p, rows] = row_weights(y_np[rows], class_weight, None if src is None else src[rows])
+        s_np[p, rows] = row_weights(y_np[rows], class_weight, None if src is None else src[rows],
+                                    None if boost is None else np.asarray(boost)[rows])
     m0 = Xt.mean(1, keepdim=True)  # [L, 1, d]
     Xc = _Centred(Xt, m0, default_copy_budget() if copy_budget is None else copy_budget, chunk_rows)
     del Xt

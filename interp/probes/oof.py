@@ -8,6 +8,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from interp import UserError
+from interp.probes.answers import row_kinds
 from interp.probes.calibration import sigmoid
 from interp.probes.cv import Split
 from interp.probes.data import LayerData
@@ -29,10 +30,33 @@ class ProbeConfig:
     max_iter: int = field(default=1000, metadata={"help": "solver iteration limit"})
     balance_sources: bool = field(default=False, metadata={
         "help": "logreg: each source of a class carries the same total weight (a large source cannot set a class)"})
+    hard_negative_weight: float = field(default=1.0, metadata={
+        "help": "logreg: weight of a hard negative (a benign forced-opener answer or an own refusal to a harmful "
+                "prompt) relative to another row of its source share; the benign class's total is unchanged"})
 
 
 def _cw(cfg: ProbeConfig) -> str | None:
     return None if cfg.class_weight == "none" else cfg.class_weight
+
+
+HARD_NEGATIVE_KINDS = ("prefill", "refusal")  # benign rows that share a harmful row's surface form
+
+
+def hard_negative_boost(y: np.ndarray, sources: np.ndarray | None, cfg: ProbeConfig) -> np.ndarray | None:
+    """Each row's weight multiplier under ``cfg.hard_negative_weight``: that weight on benign rows of the
+    :data:`HARD_NEGATIVE_KINDS` (read off their sources), 1 elsewhere; None when the weight is 1."""
+    w = cfg.hard_negative_weight
+    if w == 1.0:
+        return None
+    if not np.isfinite(w) or w <= 0:
+        raise UserError(f"--hard-negative-weight must be a positive number, got {w}")
+    if cfg.method != "logreg":
+        raise UserError("--hard-negative-weight weights the logistic regression's rows; it does not apply to "
+                        "diffmeans")
+    if sources is None:
+        raise UserError("--hard-negative-weight needs each row's source")
+    hard = np.isin(row_kinds(np.asarray(sources).astype(str)), HARD_NEGATIVE_KINDS) & (np.asarray(y) == 0)
+    return np.where(hard, w, 1.0)
 
 
 def fit_probes(X: np.ndarray, y: np.ndarray, masks: np.ndarray, cfg: ProbeConfig,
@@ -44,13 +68,15 @@ def fit_probes(X: np.ndarray, y: np.ndarray, masks: np.ndarray, cfg: ProbeConfig
     if cfg.balance_sources and sources is None:
         raise UserError("--balance-sources needs each row's source")
     src = np.asarray(sources) if cfg.balance_sources else None
+    boost = hard_negative_boost(y, sources, cfg)
     if cfg.method == "diffmeans":
         return [fit_diff_of_means(X[m], y[m], standardize=cfg.standardize, class_weight=_cw(cfg)) for m in masks]
     if cfg.solver == "sklearn":
         return [fit_sklearn(X[m], y[m], C=cfg.C, class_weight=_cw(cfg), standardize=cfg.standardize,
-                            max_iter=cfg.max_iter, sources=None if src is None else src[m]) for m in masks]
+                            max_iter=cfg.max_iter, sources=None if src is None else src[m],
+                            boost=None if boost is None else boost[m]) for m in masks]
     params = fit_logreg_torch(X, y, masks, C=cfg.C, class_weight=_cw(cfg), standardize=cfg.standardize,
-                              max_iter=cfg.max_iter, sources=src)
+                              max_iter=cfg.max_iter, sources=src, boost=boost)
     return [params[0, p] for p in range(masks.shape[0])]
 
 

@@ -7,7 +7,7 @@ method. :func:`run_sweep` streams layers one at a time through a ``loader(layer,
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -31,6 +31,7 @@ from interp.probes.protocol import Schedule, per_answer_threshold
 from interp.probes.select import choose_layer
 from interp.probes.tables import loso_table
 from interp.results import Result
+from interp.threads import LoadFollower
 
 BASELINES = ("last_token", "prompt", "diffmeans", "shuffled", "ngram")
 
@@ -175,7 +176,9 @@ def run_sweep(loader: Callable[[int, str | int], LayerData], layers: list[int], 
     ends: list[np.ndarray] = []
     split = data0 = best_layer = None
     best_auc = -np.inf
+    load = LoadFollower()  # one thread fewer while another process keeps a core busy
     for layer in tqdm(layers, desc="layers", unit="layer"):
+        load.tick()
         data = loader(layer, position)
         if split is None:  # data0: the rows' labels, groups and validity (no activations kept across layers)
             split, data0 = make_split(data, cfg), data.labels_only()
@@ -189,7 +192,7 @@ def run_sweep(loader: Callable[[int, str | int], LayerData], layers: list[int], 
             scores = {"probe": grid}
             ends.append(end)
         if "diffmeans" in cfg.baselines:
-            dm = ProbeConfig(**{**probe.__dict__, "method": "diffmeans", "balance_sources": False})
+            dm = replace(probe, method="diffmeans", balance_sources=False, hard_negative_weight=1.0)
             scores["diffmeans"] = oof_scores(data, split, dm, per_depth=cfg.per_depth_fit)
         if "shuffled" in cfg.baselines:
             scores["shuffled"] = _shuffled_baseline(data, split, probe, cfg, res)
@@ -212,6 +215,7 @@ def run_sweep(loader: Callable[[int, str | int], LayerData], layers: list[int], 
         if auc > best_auc:  # the best layer so far (first of ties, as choose_layer): read again for LOSO
             best_auc, best_layer = auc, layer
         del data  # one layer's activations in memory at a time
+    load.restore()
     res["best_layer"] = choose_layer(layers, [s["auroc"]["value"] for s in res["per_layer"]["probe"]])
     best_i = list(layers).index(res["best_layer"])
     res["best"] = _best_layer_report(oof, ends[best_i], best_i, data0, cfg, answers)
