@@ -76,3 +76,65 @@ def configure(environ: dict | None = None) -> dict[str, str]:
         out["OMP_WAIT_POLICY"] = "PASSIVE"
     env.update(out)
     return out
+
+
+class LoadFollower:
+    """Torch's thread count that follows other processes' load during a long loop: call :meth:`tick` once per
+    step; every ``every_s`` seconds it measures the cores other processes used since the last look and sets
+    ``torch.set_num_threads`` to the CPUs they leave free (at least one), back to all of them when they stop.
+
+    A run that started on a quiet machine keeps spinning OpenMP threads (:func:`configure` chose them), and a
+    spinning thread that shares its core with another process stalls every parallel region; one thread fewer
+    avoids that core. ``torch.set_num_threads`` acts on the calling thread, so ticks come from the loop itself.
+    """
+
+    def __init__(self, every_s: float = 2.0, drop_at: float = 0.5, enabled: bool | None = None):
+        self.every_s, self.drop_at = every_s, drop_at
+        self.enabled = (os.environ.get("ANYDEPTH_FOLLOW_LOAD", "1") != "0") if enabled is None else enabled
+        self.full, self.start = 0, 0.0
+        self.last: tuple[float, int, int] | None = None
+        self.changes: list[tuple[float, int]] = []  # (seconds since start, threads set)
+
+    def tick(self) -> None:
+        if not self.enabled:
+            return
+        now = time.monotonic()
+        if self.last is not None and now - self.last[0] < self.every_s:
+            return
+        try:
+            busy, own = _cpu_jiffies()
+        except (OSError, ValueError, IndexError):
+            self.enabled = False
+            return
+        import torch
+
+        if self.last is None:
+            self.full, self.start = torch.get_num_threads(), now
+        else:
+            t0, busy0, own0 = self.last
+            hz = os.sysconf("SC_CLK_TCK") if hasattr(os, "sysconf") else 100
+            others = max(0.0, ((busy - busy0) - (own - own0)) / hz / (now - t0))
+            self.set(torch, self.threads_for(others))
+        self.last = (now, busy, own)
+
+    def __enter__(self) -> LoadFollower:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.restore()
+
+    def restore(self) -> None:
+        """Give the next stage the thread count this one started with."""
+        if self.full:
+            import torch
+
+            self.set(torch, self.full)
+
+    def threads_for(self, others: float) -> int:
+        """Threads to run beside ``others`` busy cores: a core counts busy from ``drop_at`` of a core."""
+        return max(1, self.full - math.floor(others + 1 - self.drop_at))
+
+    def set(self, torch, n: int) -> None:
+        if n != torch.get_num_threads():
+            torch.set_num_threads(n)
+            self.changes.append((round(time.monotonic() - self.start, 1), n))

@@ -28,6 +28,7 @@ from interp.generate.continuations import Continuation
 from interp.model import hooks as mh
 from interp.model.context import TOO_LONG, context_limit, fit, text_config
 from interp.results import Result
+from interp.threads import LoadFollower
 
 POSITIONS = ("span", "probe")
 
@@ -387,8 +388,10 @@ def extract_to_store(model, tokenizer, items: Sequence[Continuation], out: str |
     batches = [b for b in batch_order(plans, batch_size) if not done[b].all()]
     start, computed, tokens = time.perf_counter(), 0, 0
     bar = tqdm(total=len(items), initial=int(done.sum()), desc="extract", unit="ex", disable=not progress)
+    load = LoadFollower()  # one thread fewer while another process keeps a core busy
     try:
         for rows in batches:
+            load.tick()
             batch = collate([plans[i] for i in rows], tokenizer.pad_token_id or 0, dtype=_model_dtype(model),
                             sliding_window=window, layer_types=types, device=device)
             out_arrays = reader.run(batch)
@@ -408,6 +411,7 @@ def extract_to_store(model, tokenizer, items: Sequence[Continuation], out: str |
             Path(out).unlink(missing_ok=True)
         raise
     finally:
+        load.restore()
         bar.close()
         reader.remove()
         store.close()

@@ -25,6 +25,7 @@ from interp.extract.masks import left_pad
 from interp.generate.slots import SlotDecoder, slot_support
 from interp.model import fast_linear
 from interp.model.kvcache import cache_kwarg, concat_rows, drop_left, new_cache, select_rows, sliding_windows
+from interp.threads import LoadFollower
 
 
 @dataclass(frozen=True)
@@ -99,7 +100,8 @@ def decode(model, prompts: Sequence[Sequence[int]], budgets: Sequence[int], *, s
     run = _decode_slots if engine == "slots" else _decode_cache
     installed = fast_linear.install(model)
     try:
-        run(model, jobs, pad_id, batch_size)
+        with jobs.load:
+            run(model, jobs, pad_id, batch_size)
     finally:
         if installed:
             fast_linear.uninstall(model)
@@ -137,6 +139,7 @@ class _Jobs:
             seeds = [sampling.seed * 1_000_003 + i for i in range(len(prompts))]
         self.gens = ({i: torch.Generator().manual_seed(int(seeds[i])) for i in self.waiting}
                      if sampling.do_sample else {})
+        self.load = LoadFollower()  # one thread fewer while another process keeps a core busy
 
     def take(self, n: int) -> list[int]:
         return [self.waiting.popleft() for _ in range(min(n, len(self.waiting)))]
@@ -163,6 +166,7 @@ def _decode_slots(model, jobs: _Jobs, pad_id: int, batch_size: int) -> None:
     rows: list[int] = []  # job of each slot
     last = torch.zeros(0, dtype=torch.long, device=device)  # per slot: the chosen token not yet forwarded
     while jobs.waiting or rows:
+        jobs.load.tick()
         if jobs.waiting and len(rows) < batch_size:  # prefill newcomers
             new = jobs.take(batch_size - len(rows))
             ids, m, p = left_pad([jobs.prompts[j] for j in new], pad_id, device=device)
@@ -192,6 +196,7 @@ def _decode_cache(model, jobs: _Jobs, pad_id: int, batch_size: int) -> None:
     rows: list[int] = []  # job of each batch row
     cache = mask = last = pos = None  # per row: mask over the cache, the chosen token not yet forwarded, its position
     while jobs.waiting or rows:
+        jobs.load.tick()
         if jobs.waiting and len(rows) < batch_size and (continuous or not rows):  # prefill newcomers
             new = jobs.take(batch_size - len(rows))
             ids, m, p = left_pad([jobs.prompts[j] for j in new], pad_id, device=device)
