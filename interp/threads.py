@@ -78,6 +78,13 @@ def configure(environ: dict | None = None) -> dict[str, str]:
     return out
 
 
+def follows_load(environ) -> bool:
+    """Whether :class:`LoadFollower` acts: not with ``ANYDEPTH_FOLLOW_LOAD=0``, and not under
+    ``OMP_WAIT_POLICY=PASSIVE``. Passive threads share a busy core fairly (two threads beside one busy process get
+    4/3 of a core, one thread gets 1), so dropping one would cost; only spinning threads stall on a shared core."""
+    return environ.get("ANYDEPTH_FOLLOW_LOAD", "1") != "0" and environ.get("OMP_WAIT_POLICY", "").upper() != "PASSIVE"
+
+
 class LoadFollower:
     """Torch's thread count that follows other processes' load during a long loop: call :meth:`tick` once per
     step; every ``every_s`` seconds it measures the cores other processes used since the last look and sets
@@ -86,11 +93,13 @@ class LoadFollower:
     A run that started on a quiet machine keeps spinning OpenMP threads (:func:`configure` chose them), and a
     spinning thread that shares its core with another process stalls every parallel region; one thread fewer
     avoids that core. ``torch.set_num_threads`` acts on the calling thread, so ticks come from the loop itself.
+    Used as a context manager it restores the starting count on exit. Off under passive waiting
+    (:func:`follows_load`).
     """
 
     def __init__(self, every_s: float = 2.0, drop_at: float = 0.5, enabled: bool | None = None):
         self.every_s, self.drop_at = every_s, drop_at
-        self.enabled = (os.environ.get("ANYDEPTH_FOLLOW_LOAD", "1") != "0") if enabled is None else enabled
+        self.enabled = follows_load(os.environ) if enabled is None else enabled
         self.full, self.start = 0, 0.0
         self.last: tuple[float, int, int] | None = None
         self.changes: list[tuple[float, int]] = []  # (seconds since start, threads set)

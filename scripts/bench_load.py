@@ -6,7 +6,7 @@
 
 A run that starts on a quiet machine keeps torch's spinning OpenMP threads; when another process then keeps one
 of the cores busy, the thread sharing that core stalls every parallel region. :class:`interp.threads.LoadFollower`
-(on by default; ``ANYDEPTH_FOLLOW_LOAD=0`` switches it off) measures the other processes' load every 2 s and runs
+(on for spinning threads; ``ANYDEPTH_FOLLOW_LOAD=0`` switches it off) measures the other processes' load every 2 s and runs
 torch on the CPUs they leave free. This script decodes one workload four ways, each started quiet: ``quiet``
 (follower on) and ``quiet_fixed`` (off), which show what the follower costs on a quiet machine; ``busy_fixed`` (a
 single-threaded busy loop starts ``--delay`` s in, follower off) and ``busy_follow`` (the same competitor, follower

@@ -61,7 +61,7 @@ def test_load_follower_drops_a_thread_while_another_process_is_busy_and_restores
     before = torch.get_num_threads()
     torch.set_num_threads(2)
     try:
-        with threads.LoadFollower(every_s=2.0) as load:
+        with threads.LoadFollower(every_s=2.0, enabled=True) as load:
             load.tick()  # first look: the baseline
             elapse(1.0, 2.0, 0.9)
             load.tick()  # within every_s: nothing measured
@@ -92,3 +92,9 @@ def test_load_follower_counts_a_core_busy_from_half_a_core():
     load = threads.LoadFollower()
     load.full = 4
     assert [load.threads_for(x) for x in (0.0, 0.49, 0.5, 1.2, 1.6, 9.0)] == [4, 4, 3, 3, 2, 1]
+
+
+def test_load_follower_acts_only_on_spinning_threads_and_can_be_switched_off():
+    assert threads.follows_load({}) and threads.follows_load({"OMP_WAIT_POLICY": "active"})
+    assert not threads.follows_load({"OMP_WAIT_POLICY": "passive"})  # passive threads already share fairly
+    assert not threads.follows_load({"ANYDEPTH_FOLLOW_LOAD": "0"})
