@@ -185,6 +185,40 @@ def test_an_edited_spec_is_another_corpus_stage(tmp_path):
     assert len(keys) == 2 and keys[0] != keys[1]
 
 
+def test_the_hard_negative_weight_reaches_every_probe_stage_and_keys_them(tmp_path, monkeypatch):
+    """--hard-negative-weight is what the sweep, the probe set and its readout LOSO fit with, and it keys those
+    stages; weight 1 leaves their keys as they were, so earlier runs keep their stages."""
+    import interp.probes.run as probes_run
+    from interp import UserError
+    from interp.study.config import StudyConfig
+    from interp.study.pipeline import probe_stages
+    from interp.study.stages import Runner
+
+    calls, configs = {}, {}
+    for name in ("sweep", "train", "readout_transfer"):
+        monkeypatch.setattr(probes_run, name, lambda *a, _n=name, **k: calls.__setitem__(_n, a))
+    for weight in (1.0, 3.0):
+        runner = Runner(tmp_path, total=1)
+
+        def run(stage, weight=weight):
+            configs[weight, stage.name] = stage.config
+            if stage.name != "extract":
+                stage.run(tmp_path)
+            return tmp_path
+
+        runner.run = run
+        cfg = StudyConfig(preset="study", model="m", hard_negative_weight=weight).resolved()
+        probe_stages(runner, cfg, tmp_path / "c.jsonl")
+        fitted = [calls["sweep"][2], calls["train"][2], calls["readout_transfer"][3]]
+        assert [p.hard_negative_weight for p in fitted] == [weight] * 3
+    for stage in ("sweep", "train", "loso"):
+        assert "probe" not in configs[1.0, stage]
+        assert configs[3.0, stage]["probe"]["hard_negative_weight"] == 3.0
+    assert StudyConfig(preset="study").resolved().hard_negative_weight == 1.0
+    with pytest.raises(UserError, match="--hard-negative-weight must be a positive number, got 0"):
+        StudyConfig(hard_negative_weight=0).resolved()
+
+
 def test_presets_fill_only_the_options_left_unset():
     from interp.study.config import StudyConfig
 

@@ -28,13 +28,13 @@ PRESETS: dict[str, dict] = {
              "stride": 25, "target_fpr": 0.01, "combine_top": 3, "stack": True,
              "evaluations": ("deep-prefill", "over-refusal"), "eval_depths": (0, 25, 100, 250), "eval_limit": 50,
              "over_refusal_limit": 25, "batch_size": 64, "calib_fraction": 0.4, "test_fraction": 0.2,
-             "readout_loso": False},
+             "readout_loso": False, "hard_negative_weight": 1.0},
     # 64 rows in flight: the slot engine decoded the study corpus in 9.6 min at 64 rows (22.6 at 32, DynamicCache)
     "study": {"spec": "default", "depths": "0,8,16,25:500:25", "gen_batch_size": 64, "gen_dtype": "auto",
               "stride": 25, "target_fpr": 0.02, "combine_top": 3, "stack": True,
               "evaluations": ("deep-prefill", "over-refusal"), "eval_depths": (0, 25, 100, 250, 500),
               "eval_limit": 20, "over_refusal_limit": 20, "batch_size": 64, "calib_fraction": 0.25,
-              "test_fraction": 0.25, "readout_loso": True},
+              "test_fraction": 0.25, "readout_loso": True, "hard_negative_weight": 1.0},
 }
 # --spec none (or no public data): the built-in twin set, generated with a forced opener (the 0.2 demo)
 BUILT_IN = {"depths": "0:64:8", "stride": 16, "eval_depths": (0, 8, 16, 32, 64), "target_fpr": 0.01, "combine_top": 0,
@@ -77,6 +77,9 @@ class StudyConfig:
     stack: bool | None = field(default=None, metadata={
         "help": "the multi-layer probe as one stacked regression on the layers' standardised features (the "
                 "levers study's best recipe), instead of the mean of per-layer probes"})
+    hard_negative_weight: float | None = field(default=None, metadata={
+        "help": "weight of a hard negative (a benign forced-opener answer or an own refusal) in the probe's logistic "
+                "regression, relative to another benign row (1: none; the benign class's total is unchanged)"})
     readout_loso: bool | None = field(default=None, metadata={
         "help": "also leave one source out at the probe set's own readout (its stacked layers), not only at the "
                 "sweep's best single layer (study preset: on; a few minutes at its size)"})
@@ -109,6 +112,8 @@ class StudyConfig:
             values |= BUILT_IN | {"spec": "none"}
         mine = {k: getattr(self, k) for k in values if getattr(self, k) is not None}
         out = replace(self, **(values | mine))
+        if not out.hard_negative_weight > 0:
+            raise UserError(f"--hard-negative-weight must be a positive number, got {out.hard_negative_weight}")
         unknown = sorted(set(out.evaluations) - {"deep-prefill", "over-refusal", "cost"})
         if unknown:
             raise UserError(f"--evaluations: unknown {', '.join(unknown)} (choose deep-prefill, over-refusal, cost)")

@@ -26,6 +26,7 @@ from interp.extract.packed import ExtractConfig
 from interp.generate.continuations import GenerateConfig
 from interp.model.loading import ModelConfig
 from interp.naming import run_slug
+from interp.probes.oof import ProbeConfig
 from interp.probes.run import SweepConfig
 from interp.probes.train import TrainConfig
 from interp.study.config import CORPUS_EVAL, StudyConfig, answer_length, prepare
@@ -89,7 +90,7 @@ def continuations_stage(runner: Runner, cfg: StudyConfig) -> Path:
     return merged / "continuations.jsonl"
 
 
-def _probe_stages(runner: Runner, cfg: StudyConfig, continuations: Path) -> tuple[Path, Path, Path, Path | None]:
+def probe_stages(runner: Runner, cfg: StudyConfig, continuations: Path) -> tuple[Path, Path, Path, Path | None]:
     """2–4. Extract, sweep and train (and leave one source out at the readout): the store, the sweep folder, the
     probe-set folder and the readout-LOSO folder (None when off)."""
     from interp.extract.run import extract_activations
@@ -102,14 +103,17 @@ def _probe_stages(runner: Runner, cfg: StudyConfig, continuations: Path) -> tupl
                                lambda f: extract_activations(model, replace(ext, out=str(f / "store.h5"))),
                                [continuations.parent.name], note=_changed(model, ext)))
     store = str(ext_dir / "store.h5")
+    probe = ProbeConfig(hard_negative_weight=cfg.hard_negative_weight)
+    keyed_probe = {"probe": probe} if probe != ProbeConfig() else {}  # the plain fit keeps earlier runs' keys
     swp = SweepConfig(store=store, stride=cfg.stride, target_fpr=cfg.target_fpr)
-    sweep_dir = runner.run(Stage("sweep", _keyed(sweep=swp), lambda f: sweep(store, swp, out=f), [ext_dir.name],
-                                 note=_changed(swp)))
+    sweep_dir = runner.run(Stage("sweep", _keyed(sweep=swp, **keyed_probe), lambda f: sweep(store, swp, probe, out=f),
+                                 [ext_dir.name], note=_changed(swp, probe)))
     trn = TrainConfig(store=store, stride=cfg.stride, target_fpr=cfg.target_fpr, combine_top=cfg.combine_top,
                       stack=bool(cfg.stack and cfg.combine_top), calib_fraction=cfg.calib_fraction, test_fraction=cfg.test_fraction)
-    probes_dir = runner.run(Stage("train", _keyed(train=trn), lambda f: train(store, trn, out=f), [ext_dir.name],
-                                  note=_changed(trn)))
-    loso_dir = runner.run(Stage("loso", _keyed(train=trn), lambda f: readout_transfer(store, probes_dir, trn, out=f),
+    probes_dir = runner.run(Stage("train", _keyed(train=trn, **keyed_probe), lambda f: train(store, trn, probe, out=f),
+                                  [ext_dir.name], note=_changed(trn, probe)))
+    loso_dir = runner.run(Stage("loso", _keyed(train=trn, **keyed_probe),
+                                lambda f: readout_transfer(store, probes_dir, trn, probe, out=f),
                                 [probes_dir.name], note="leave one source out at the probe set's readout")
                           ) if cfg.readout_loso else None
     return ext_dir / "store.h5", sweep_dir, probes_dir, loso_dir
@@ -154,7 +158,7 @@ def run_study(cfg: StudyConfig | None = None, *, log: Callable[[str], None] = pr
     n_gen = 1 if cfg.uses_corpus else len(cfg.data) + 1
     runner = Runner(root, total=n_gen + 3 + bool(cfg.readout_loso) + len(evaluations), log=log)
     continuations = continuations_stage(runner, cfg)
-    store, sweep_dir, probes_dir, loso_dir = _probe_stages(runner, cfg, continuations)
+    store, sweep_dir, probes_dir, loso_dir = probe_stages(runner, cfg, continuations)
     eval_dirs = _evaluations(runner, cfg, probes_dir)
     result = StudyResult.collect(root, cfg, store=store, sweep_dir=sweep_dir, probes_dir=probes_dir,
                                  eval_dirs=eval_dirs, timings=runner.timings, loso_dir=loso_dir)
