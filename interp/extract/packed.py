@@ -335,6 +335,20 @@ def _check_inputs(model, items: Sequence[Continuation], batch_size: int, positio
         raise UserError(f"--positions must be one of {POSITIONS}, got {positions!r}")
 
 
+def _store_provenance(prov: dict, spans, depths, items, skipped: list, horizon: int, controls) -> dict:
+    """The model's provenance with what the store holds: the span, the depths, the items' token ids, the answer
+    length and the position study's reads."""
+    span_info = spans.to_dict() if hasattr(spans, "to_dict") else {}
+    prov.update(span_text=getattr(spans, "span_text", span_info.get("span_text", "")),
+                span_ids=[int(t) for t in spans.span_ids], probe_index=int(spans.probe_index),
+                template_hash=getattr(spans, "template_hash", None), spans=span_info,
+                depth_schedule=[int(d) for d in depths], skipped_too_long=skipped,
+                token_ids_sha256=token_ids_sha256(items), answer_length=horizon)
+    if controls is not None:
+        prov.update(study_positions=study_positions(controls), controls=controls.to_dict())
+    return prov
+
+
 def extract_to_store(model, tokenizer, items: Sequence[Continuation], out: str | Path, *, spans,
                      depths: Sequence[int], layers: Sequence[int], hooks: Sequence[str] = ("resid_post",),
                      positions: str = "span", storage_dtype: str = "float16", batch_size: int | None = None,
@@ -370,14 +384,8 @@ def extract_to_store(model, tokenizer, items: Sequence[Continuation], out: str |
         check_suffix(items, controls)
     plans, valid, n_tokens, ends = prepare_plans(items, span_ids, depths, max_context, too_long, horizon,
                                                  control_spans(controls))
-    prov = model_provenance(model, tokenizer, provenance)
-    span_info = spans.to_dict() if hasattr(spans, "to_dict") else {}
-    prov.update(span_text=getattr(spans, "span_text", span_info.get("span_text", "")), span_ids=span_ids,
-                probe_index=int(spans.probe_index), template_hash=getattr(spans, "template_hash", None),
-                spans=span_info, depth_schedule=[int(d) for d in depths], skipped_too_long=skipped,
-                token_ids_sha256=token_ids_sha256(items), answer_length=horizon)
-    if controls is not None:
-        prov.update(study_positions=study_positions(controls), controls=controls.to_dict())
+    prov = _store_provenance(model_provenance(model, tokenizer, provenance), spans, depths, items, skipped, horizon,
+                             controls)
     examples = example_table(tokenizer, items, depths, n_tokens, valid, ends, progress=progress)
     store = ActivationStore.create(out, prov, examples, depths=depths, hooks=hooks, layers=layers, positions=pos,
                                    d_model=cfg.hidden_size, storage_dtype=storage_dtype)
