@@ -51,16 +51,21 @@ def _cpu_jiffies() -> tuple[int, int]:
     return busy, int(own[11]) + int(own[12])  # utime + stime
 
 
+def _others_cores(before: tuple[int, int], after: tuple[int, int], seconds: float) -> float:
+    """Cores' worth of CPU time other processes used between two :func:`_cpu_jiffies` readings."""
+    hz = os.sysconf("SC_CLK_TCK") if hasattr(os, "sysconf") else 100
+    return max(0.0, ((after[0] - before[0]) - (after[1] - before[1])) / hz / seconds)
+
+
 def others_busy(sample_s: float = 0.1) -> float:
     """Cores' worth of CPU time other processes used over ``sample_s`` seconds (0.0 where ``/proc`` is missing)."""
     try:
-        busy0, own0 = _cpu_jiffies()
+        before = _cpu_jiffies()
         time.sleep(sample_s)
-        busy1, own1 = _cpu_jiffies()
+        after = _cpu_jiffies()
     except (OSError, ValueError, IndexError):
         return 0.0
-    hz = os.sysconf("SC_CLK_TCK") if hasattr(os, "sysconf") else 100
-    return max(0.0, ((busy1 - busy0) - (own1 - own0)) / hz / sample_s)
+    return _others_cores(before, after, sample_s)
 
 
 def configure(environ: dict | None = None) -> dict[str, str]:
@@ -101,7 +106,7 @@ class LoadFollower:
         self.every_s, self.drop_at = every_s, drop_at
         self.enabled = follows_load(os.environ) if enabled is None else enabled
         self.full, self.start = 0, 0.0
-        self.last: tuple[float, int, int] | None = None
+        self.last: tuple[float, tuple[int, int]] | None = None  # (time, _cpu_jiffies()) of the last look
         self.changes: list[tuple[float, int]] = []  # (seconds since start, threads set)
 
     def tick(self) -> None:
@@ -111,7 +116,7 @@ class LoadFollower:
         if self.last is not None and now - self.last[0] < self.every_s:
             return
         try:
-            busy, own = _cpu_jiffies()
+            reading = _cpu_jiffies()
         except (OSError, ValueError, IndexError):
             self.enabled = False
             return
@@ -120,11 +125,8 @@ class LoadFollower:
         if self.last is None:
             self.full, self.start = torch.get_num_threads(), now
         else:
-            t0, busy0, own0 = self.last
-            hz = os.sysconf("SC_CLK_TCK") if hasattr(os, "sysconf") else 100
-            others = max(0.0, ((busy - busy0) - (own - own0)) / hz / (now - t0))
-            self.set(torch, self.threads_for(others))
-        self.last = (now, busy, own)
+            self.set(torch, self.threads_for(_others_cores(self.last[1], reading, now - self.last[0])))
+        self.last = (now, reading)
 
     def __enter__(self) -> LoadFollower:
         return self

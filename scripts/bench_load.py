@@ -52,7 +52,7 @@ def main() -> None:
     ap.add_argument("--max-new-tokens", type=int, default=128)
     ap.add_argument("--batch", type=int, default=32, help="rows in flight")
     ap.add_argument("--delay", type=float, default=3.0, help="seconds into a busy path when the competitor starts")
-    ap.add_argument("--repeats", type=int, default=2, help="timed rounds per path, after one warm-up each")
+    ap.add_argument("--repeats", type=int, default=2, help="timed rounds per path, in alternating order")
     args = ap.parse_args()
     if os.environ.get("OMP_WAIT_POLICY", "").upper() == "PASSIVE":
         sys.exit("run without OMP_WAIT_POLICY=PASSIVE: the case measured is a run that started with spinning threads")

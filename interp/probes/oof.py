@@ -42,14 +42,19 @@ def _cw(cfg: ProbeConfig) -> str | None:
 HARD_NEGATIVE_KINDS = ("prefill", "refusal")  # benign rows that share a harmful row's surface form
 
 
+def check_hard_negative_weight(w: float) -> float:
+    """``w`` if it is a finite positive weight, else a one-line error."""
+    if not (np.isfinite(w) and w > 0):
+        raise UserError(f"--hard-negative-weight must be a positive number, got {w}")
+    return w
+
+
 def hard_negative_boost(y: np.ndarray, sources: np.ndarray | None, cfg: ProbeConfig) -> np.ndarray | None:
     """Each row's weight multiplier under ``cfg.hard_negative_weight``: that weight on benign rows of the
     :data:`HARD_NEGATIVE_KINDS` (read off their sources), 1 elsewhere; None when the weight is 1."""
-    w = cfg.hard_negative_weight
+    w = check_hard_negative_weight(cfg.hard_negative_weight)
     if w == 1.0:
         return None
-    if not np.isfinite(w) or w <= 0:
-        raise UserError(f"--hard-negative-weight must be a positive number, got {w}")
     if cfg.method != "logreg":
         raise UserError("--hard-negative-weight weights the logistic regression's rows; it does not apply to "
                         "diffmeans")

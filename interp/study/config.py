@@ -112,8 +112,9 @@ class StudyConfig:
             values |= BUILT_IN | {"spec": "none"}
         mine = {k: getattr(self, k) for k in values if getattr(self, k) is not None}
         out = replace(self, **(values | mine))
-        if not out.hard_negative_weight > 0:
-            raise UserError(f"--hard-negative-weight must be a positive number, got {out.hard_negative_weight}")
+        from interp.probes.oof import check_hard_negative_weight  # (torch loads only once a study runs)
+
+        check_hard_negative_weight(out.hard_negative_weight)  # before any stage runs
         unknown = sorted(set(out.evaluations) - {"deep-prefill", "over-refusal", "cost"})
         if unknown:
             raise UserError(f"--evaluations: unknown {', '.join(unknown)} (choose deep-prefill, over-refusal, cost)")
