@@ -330,6 +330,34 @@ def test_sweep_with_a_hard_negative_weight_fits_its_difference_of_means_baseline
     assert np.isfinite(res.oof["diffmeans"][0]).any() and res.per_layer["probe"][0]["auroc"]["value"] > 0.98
 
 
+def test_sweep_that_fails_mid_loop_gives_torch_its_threads_back(planted, monkeypatch):
+    """A sweep stopped by an error after its load follower dropped a thread leaves torch as it found it."""
+    import torch
+
+    import interp.probes.sweep as sweep
+    from interp.threads import LoadFollower
+
+    class Busy(LoadFollower):  # another process is always busy: the first tick drops to one thread
+        def tick(self):
+            self.full = self.full or torch.get_num_threads()
+            self.set(torch, 1)
+
+    def loader(layer, position):
+        if layer == 1:
+            raise RuntimeError("the store went away")
+        return planted.layer(layer)
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(2)
+    monkeypatch.setattr(sweep, "LoadFollower", Busy)
+    try:
+        with pytest.raises(RuntimeError, match="went away"):
+            sweep.run_sweep(loader, [0, 1], ProbeConfig(), sweep.SweepPlan(folds=3, n_boot=0, baselines=()))
+        assert torch.get_num_threads() == 2
+    finally:
+        torch.set_num_threads(before)
+
+
 def test_auroc_within_compares_only_pairs_scored_by_one_model():
     """Two fold models that rank perfectly on their own scales: within-fold AUROC is 1; pooling the folds (two
     models' scores on one axis) gives a number about neither. Weights resample rows as elsewhere."""

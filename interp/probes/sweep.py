@@ -176,46 +176,45 @@ def run_sweep(loader: Callable[[int, str | int], LayerData], layers: list[int], 
     ends: list[np.ndarray] = []
     split = data0 = best_layer = None
     best_auc = -np.inf
-    load = LoadFollower()  # one thread fewer while another process keeps a core busy
-    for layer in tqdm(layers, desc="layers", unit="layer"):
-        load.tick()
-        data = loader(layer, position)
-        if split is None:  # data0: the rows' labels, groups and validity (no activations kept across layers)
-            split, data0 = make_split(data, cfg), data.labels_only()
-            res.update(depths=data.depths.tolist(), split={"kind": split.kind, "n_folds": split.n_folds},
-                       n_examples=int(len(data.y)), n_pairs=int(data.valid.sum()))
-        if cfg.per_depth_fit:
-            scores = {"probe": oof_scores(data, split, probe, per_depth=True)}
-            ends.append(np.full(len(data.y), np.nan))
-        else:
-            grid, end = oof_scores(data, split, probe, end=True)
-            scores = {"probe": grid}
-            ends.append(end)
-        if "diffmeans" in cfg.baselines:
-            dm = replace(probe, method="diffmeans", balance_sources=False, hard_negative_weight=1.0)
-            scores["diffmeans"] = oof_scores(data, split, dm, per_depth=cfg.per_depth_fit)
-        if "shuffled" in cfg.baselines:
-            scores["shuffled"] = _shuffled_baseline(data, split, probe, cfg, res)
-        if "last_token" in cfg.baselines:
-            scores["last_token"] = _baseline(loader, layer, "last_token", data, split, probe, res)
-        if "prompt" in cfg.baselines:
-            scores["prompt"] = _prompt_baseline(loader, layer, data, split, probe, res)
-        if "ngram" in methods:
-            if ngram is None:
-                from interp.probes.ngram import ngram_oof
+    with LoadFollower() as load:  # one thread fewer while another process keeps a core busy, restored on any exit
+        for layer in tqdm(layers, desc="layers", unit="layer"):
+            load.tick()
+            data = loader(layer, position)
+            if split is None:  # data0: the rows' labels, groups and validity (no activations kept across layers)
+                split, data0 = make_split(data, cfg), data.labels_only()
+                res.update(depths=data.depths.tolist(), split={"kind": split.kind, "n_folds": split.n_folds},
+                           n_examples=int(len(data.y)), n_pairs=int(data.valid.sum()))
+            if cfg.per_depth_fit:
+                scores = {"probe": oof_scores(data, split, probe, per_depth=True)}
+                ends.append(np.full(len(data.y), np.nan))
+            else:
+                grid, end = oof_scores(data, split, probe, end=True)
+                scores = {"probe": grid}
+                ends.append(end)
+            if "diffmeans" in cfg.baselines:
+                dm = replace(probe, method="diffmeans", balance_sources=False, hard_negative_weight=1.0)
+                scores["diffmeans"] = oof_scores(data, split, dm, per_depth=cfg.per_depth_fit)
+            if "shuffled" in cfg.baselines:
+                scores["shuffled"] = _shuffled_baseline(data, split, probe, cfg, res)
+            if "last_token" in cfg.baselines:
+                scores["last_token"] = _baseline(loader, layer, "last_token", data, split, probe, res)
+            if "prompt" in cfg.baselines:
+                scores["prompt"] = _prompt_baseline(loader, layer, data, split, probe, res)
+            if "ngram" in methods:
+                if ngram is None:
+                    from interp.probes.ngram import ngram_oof
 
-                ngram = np.where(data.valid, ngram_oof(texts, data.label_grid, data.valid, split), np.nan)
-            scores["ngram"] = ngram
-        for m in methods:
-            p = scores[m]
-            oof[m].append(p.astype(np.float32))
-            res["per_layer"][m].append(_summ(p, data, np.isfinite(p), cfg.n_boot, cfg.seed))
-            res["per_depth"][m].append(_per_depth(p, data, cfg.n_boot if m == "probe" else 0, cfg.seed))
-        auc = res["per_layer"]["probe"][-1]["auroc"]["value"]
-        if auc > best_auc:  # the best layer so far (first of ties, as choose_layer): read again for LOSO
-            best_auc, best_layer = auc, layer
-        del data  # one layer's activations in memory at a time
-    load.restore()
+                    ngram = np.where(data.valid, ngram_oof(texts, data.label_grid, data.valid, split), np.nan)
+                scores["ngram"] = ngram
+            for m in methods:
+                p = scores[m]
+                oof[m].append(p.astype(np.float32))
+                res["per_layer"][m].append(_summ(p, data, np.isfinite(p), cfg.n_boot, cfg.seed))
+                res["per_depth"][m].append(_per_depth(p, data, cfg.n_boot if m == "probe" else 0, cfg.seed))
+            auc = res["per_layer"]["probe"][-1]["auroc"]["value"]
+            if auc > best_auc:  # the best layer so far (first of ties, as choose_layer): read again for LOSO
+                best_auc, best_layer = auc, layer
+            del data  # one layer's activations in memory at a time
     res["best_layer"] = choose_layer(layers, [s["auroc"]["value"] for s in res["per_layer"]["probe"]])
     best_i = list(layers).index(res["best_layer"])
     res["best"] = _best_layer_report(oof, ends[best_i], best_i, data0, cfg, answers)
