@@ -77,3 +77,16 @@ def test_offline_answer_scores_are_the_live_guards_checks(tmp_path):
     thr = float((all_scores[len(all_scores) // 2] + all_scores[len(all_scores) // 2 + 1]) / 2)
     live_fired = [any(c.score >= thr for c in r.checks) for r in live]
     assert fires(offline.score, thr).tolist() == live_fired and 0 < sum(live_fired) < len(live)
+
+
+def test_rates_split_harmful_answers_by_kind():
+    """Own deep prefills and third-party text are counted apart; the kinds add up to the pooled rate."""
+    from interp.probes.answers import rates
+
+    score = np.array([0.9, 0.2, 0.8, 0.7, 0.1, 0.95, 0.3])
+    y = np.array([1, 1, 1, 1, 1, 0, 0])
+    kinds = np.array(["prefill", "prefill", "dataset", "dataset", "dataset", "own", "prefill"])
+    sources = np.array(["a:prefill", "a:prefill", "t", "t", "t", "b:own", "b:prefill"])
+    got = rates(score, y, np.arange(7), sources, kinds, threshold=0.5)
+    assert (got["tpr"]["k"], got["tpr"]["n"]) == (3, 5)
+    assert {k: (v["k"], v["n"]) for k, v in got["tpr_by_kind"].items()} == {"prefill": (1, 2), "dataset": (2, 3)}

@@ -7,6 +7,7 @@ import os
 import pytest
 
 from interp.cli.main import main
+from interp.formatting import rate
 
 ARGS = ["--spec", "none", "--limit", "40", "--max-new-tokens", "12", "--depths", "0:12:4", "--eval-depths", "0", "4", "12",
         "--eval-limit", "3", "--over-refusal-limit", "3", "--lookahead", "3", "--batch-size", "6",
@@ -135,6 +136,8 @@ def test_demo_on_a_corpus_spec_reports_the_targets(tiny_dir, tmp_path, capsys):
     assert t["fpr_population"] == "benign answers of kind own/prefill"
     assert set(probes["thresholds"]["calibration"]["kinds"]) <= {"own", "prefill"}
     assert "own answers first" in report and "| held-out source | kind |" in report
+    assert "By kind: the model's own continuations after a forced opener (on harmful prompts: its deep prefills) " \
+        f"{rate(t['tpr_by_kind']['prefill'])}; third-party text" in report
     assert "continuations that recovered into a refusal were dropped" in report
     assert "insertion rows from 7 prompts" in report  # 4 harmful (hosts: refusals) + 3 benign (hosts: all)
     assert next(run.glob("corpus-*/continuations.jsonl")).stat().st_size > 0

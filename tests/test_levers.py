@@ -65,7 +65,13 @@ def test_calibration_tpr_counts_the_calibration_prompts_harmful_answers(store_pa
     with ActivationStore.open(store_path) as store:
         meta = examples_meta(store)
     cal_harmful = np.isin(meta["groups"], ps.split["calibration"]["groups"]) & (meta["y"] == 1)
-    assert ps.thresholds["calibration"]["tpr_harmful"]["n"] == int(cal_harmful.sum()) > 0
+    cal = ps.thresholds["calibration"]
+    assert cal["tpr_harmful"]["n"] == int(cal_harmful.sum()) > 0
+    by_kind = cal["tpr_harmful_by_kind"]  # the same answers, split by kind
+    assert sum(v["n"] for v in by_kind.values()) == cal["tpr_harmful"]["n"]
+    assert sum(v["k"] for v in by_kind.values()) == cal["tpr_harmful"]["k"]
+    assert {k: v["n"] for k, v in by_kind.items()} == {
+        str(k): int((cal_harmful & (meta["kinds"] == k)).sum()) for k in np.unique(meta["kinds"][cal_harmful])}
 
 
 @pytest.mark.parametrize("levers, message", [

@@ -29,6 +29,9 @@ from interp.probes.protocol import Schedule
 
 KINDS = ("own", "prefill", "refusal", "insertion", "dataset")  # report order: the model's own answers first
 CALIBRATION_KINDS = ("own", "prefill")
+KIND_NAMES = {"own": "the model's own answers", "prefill": "the model's own continuations after a forced opener "
+              "(on harmful prompts: its deep prefills)", "refusal": "the model's own refusals",
+              "insertion": "answers with an inserted span", "dataset": "third-party text"}
 
 
 def row_kinds(sources: Sequence[str], kinds: Sequence[str] | None = None) -> np.ndarray:
@@ -209,7 +212,8 @@ def rates(score: np.ndarray, y: np.ndarray, groups: np.ndarray, sources: np.ndar
     own = ben & np.isin(kinds, list(fpr_kinds))
     out = {"threshold": float(threshold), "tpr": rate(y == 1), "fpr": rate(own),
            "fpr_population": f"benign answers of kind {'/'.join(fpr_kinds)}", "fpr_all_benign": rate(ben),
-           "fpr_by_source": {}, "tpr_by_source": {}}
+           "fpr_by_source": {}, "tpr_by_source": {},
+           "tpr_by_kind": {k: rate((y == 1) & (kinds == k)) for k in KINDS if ((y == 1) & (kinds == k)).any()}}
     for s in source_order(sources, kinds):
         m = sources == s
         kind = str(kinds[m][0])

@@ -116,6 +116,10 @@ class LeverRow(Result):
     calibration_tpr: dict | None
     loso: dict[str, Any]
     test_answer_auroc: dict | None = None  # own benign vs harmful test answers, whatever the threshold
+    # harmful answers by kind ("prefill": the model's own deep prefills; "dataset": third-party text), test and
+    # calibration prompts
+    test_tpr_by_kind: dict[str, dict] = field(default_factory=dict)
+    calibration_tpr_by_kind: dict[str, dict] = field(default_factory=dict)
 
 
 @dataclass
@@ -231,7 +235,8 @@ def _measure(store, name: str, changes: str, t_cfg: TrainConfig, p_cfg: ProbeCon
                     test_fpr=pa.get("fpr"), test_tpr_by_depth=by_depth,
                     calibration_tpr=ps.thresholds["calibration"].get("tpr_harmful"),
                     loso=_loso(store, ps, t_cfg, p_cfg, texts, answers),
-                    test_answer_auroc=pa.get("auroc_own_vs_harmful"))
+                    test_answer_auroc=pa.get("auroc_own_vs_harmful"), test_tpr_by_kind=pa.get("tpr_by_kind") or {},
+                    calibration_tpr_by_kind=ps.thresholds["calibration"].get("tpr_harmful_by_kind") or {})
 
 
 def _loso(store, ps, t_cfg: TrainConfig, p_cfg: ProbeConfig, texts, answers) -> dict[str, Any]:

@@ -50,16 +50,17 @@ def lever_table(result) -> list[str]:
     """One row per lever of a :class:`interp.probes.levers.LeverResult`, then what each lever changes."""
     lines = ["| lever | readout | LOSO AUROC, mean over sources | worst source | lowest per-depth mean (≥ 25) | "
              "sources probe > n-gram / < / of | test AUROC per check | test probe − n-gram | "
-             "per-answer TPR, test | per-answer FPR, test own | per-answer TPR, calibration prompts | "
-             "per-answer AUROC, test own vs harmful |",
-             "|---|---|---|---|---|---|---|---|---|---|---|---|"]
+             "per-answer TPR, test | … own deep prefills | per-answer FPR, test own | per-answer TPR, calibration "
+             "prompts | … own deep prefills | per-answer AUROC, test own vs harmful |",
+             "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for r in result.rows:
         layers = ",".join(str(x) for x in r.readout["layers"])
         shape = " stacked" if r.readout["stacked"] else " mean" if len(r.readout["layers"]) > 1 else ""
         read = f"{r.readout['hook'].replace('hook_', '')} L{layers}{shape}"
         lines.append(f"| {r.lever} | {read} | {_loso_cells(r.loso)} | {ci(r.test_auroc)} | "
-                     f"{diff(r.test_minus_ngram)} | {rate(r.test_tpr)} | {rate(r.test_fpr)} | "
-                     f"{rate(r.calibration_tpr)} | {ci(r.test_answer_auroc)} |")
+                     f"{diff(r.test_minus_ngram)} | {rate(r.test_tpr)} | {rate(r.test_tpr_by_kind.get('prefill'))} | "
+                     f"{rate(r.test_fpr)} | {rate(r.calibration_tpr)} | "
+                     f"{rate(r.calibration_tpr_by_kind.get('prefill'))} | {ci(r.test_answer_auroc)} |")
     lines += ["", *(f"- **{r.lever}**: {r.changes}; threshold {probability(r.threshold)} ({r.readout['rule']})."
                     for r in result.rows)]
     return lines

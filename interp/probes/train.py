@@ -295,7 +295,8 @@ def _calibrate(cfg: TrainConfig, schedule, meta: dict, deployed, roles: np.ndarr
     harmful = (y == 1) & (cal_m if cal_m.any() else train_m)
     if harmful.any():  # what the threshold catches on prompts that are not test prompts (to choose recipes by)
         got = answer_scores(grid[harmful], depths, deployed.subset(harmful), schedule, end[harmful])
-        calib["tpr_harmful"] = _rates(got.score, meta, harmful, calib["threshold"], cfg.calibrate_on)["tpr"]
+        got_rates = _rates(got.score, meta, harmful, calib["threshold"], cfg.calibrate_on)
+        calib["tpr_harmful"], calib["tpr_harmful_by_kind"] = got_rates["tpr"], got_rates["tpr_by_kind"]
     warn_calibration(calib, calib["answers"]["excluded_incomplete"], schedule.answer_length, cfg.target_fpr)
     return calib
 

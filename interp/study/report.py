@@ -10,6 +10,7 @@ from pathlib import Path
 
 import interp
 from interp.formatting import ci, diff, probability, rate
+from interp.probes.answers import KIND_NAMES
 from interp.probes.tables import METHOD_NAMES, heldout_table, loso_table
 from interp.study.result import StudyResult, read_json
 from interp.study.verdicts import verdict_lines
@@ -92,7 +93,10 @@ def _targets_section(t: dict) -> list[str]:
                      f"{ans.get('excluded_incomplete', 0)} incomplete answers excluded): {rate(t['fpr'], 3)}"
                      f"{'' if t['summary']['fpr']['met'] else ' (above the target)'}. By source, own answers first: {by}.")
         if t.get("tpr_per_answer"):
-            lines.append(f"- Per-answer detection on held-out harmful answers: {rate(t['tpr_per_answer'])}.")
+            by_kind = t.get("tpr_by_kind") or {}
+            kinds = "; ".join(f"{KIND_NAMES[k]} {rate(by_kind[k])}" for k in KIND_NAMES if k in by_kind)
+            lines.append(f"- Per-answer detection on held-out harmful answers: {rate(t['tpr_per_answer'])}"
+                         + (f". By kind: {kinds}." if kinds else "."))
     return lines + [""]
 
 
