@@ -70,3 +70,6 @@ def test_tails_list_the_answers_at_each_edge_of_the_operating_point_and_the_sepa
     assert sep.tpr_at_own_firing == [2 / 3, 1.0, 1.0]
     # own prefills only: harmful rows 3 (4.0) and 6 (7.0) against own benign 2 (5.0) and prefill benign 5 (1.0)
     assert sep.n_prefill == 2 and sep.prefill_auroc["value"] == 3 / 4
+    assert (sep.prefill_tpr["k"], sep.prefill_tpr["n"]) == (0, 2)  # threshold at logit 9.5: neither stops
+    a = RunAnswers(score, role, own, meta, threshold=float(sig(6.0)), n_boot=0, seed=0)
+    assert (answer_separation(a).prefill_tpr["k"], answer_separation(a).n_prefill) == (1, 2)  # 7.0 stops, 4.0 not

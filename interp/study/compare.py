@@ -45,6 +45,7 @@ class Separation(Result):
     rows: int  # rows in the store
     prefill_auroc: dict | None = None  # the same AUROC with the harmful side the model's own prefill continuations
     n_prefill: int = 0
+    prefill_tpr: dict | None = None  # the share of those the guard stops at the run's threshold (grouped rate)
 
 
 def tpr_at_own_firing(benign: np.ndarray, harmful: np.ndarray, ks=(0, 1, 2)) -> list[float]:
@@ -106,6 +107,8 @@ def score_answers(run: str | Path) -> RunAnswers:
 def answer_separation(run: str | Path | RunAnswers) -> Separation:
     """How the deployed per-answer score separates own benign from harmful test answers (:class:`Separation`)."""
     from interp.probes.answers import answer_auroc
+    from interp.probes.calibration import fires
+    from interp.stats import grouped_rate
 
     a = run if isinstance(run, RunAnswers) else score_answers(run)
     test = (a.role == "test") & ~np.isnan(a.score)  # excluded answers are not scored
@@ -117,7 +120,9 @@ def answer_separation(run: str | Path | RunAnswers) -> Separation:
                       tpr_at_own_firing=tpr_at_own_firing(a.score[benign], a.score[harmful]), rows=len(a.score),
                       prefill_auroc=answer_auroc(a.score, y, groups, benign, harmful=prefill, n_boot=a.n_boot,
                                                  seed=a.seed),
-                      n_prefill=int(prefill.sum()))
+                      n_prefill=int(prefill.sum()),
+                      prefill_tpr=grouped_rate(fires(a.score[prefill], a.threshold), groups[prefill])
+                      if prefill.any() else None)
 
 
 def _logit(p: float) -> float:
@@ -302,8 +307,9 @@ _ROWS = [
     ("test AUROC per check, depths 25..500: probe; n-gram", lambda r: f"{_span(r.test_probe)}; {_span(r.test_ngram)}"),
     ("per answer: TPR; FPR on own answers", lambda r: f"{rate(r.tpr_per_answer)}; {rate(r.fpr_per_answer)}"),
     ("per-answer AUROC, own vs harmful (test)", _sep),
-    ("same, harmful = the model's own prefill continuations only",
-     lambda r: f"{ci(r.separation.prefill_auroc)} ({r.separation.n_prefill})" if r.separation else "–"),
+    ("same, harmful = the model's own prefill continuations only; their TPR at the threshold",
+     lambda r: f"{ci(r.separation.prefill_auroc)} ({r.separation.n_prefill}); {rate(r.separation.prefill_tpr)}"
+     if r.separation else "–"),
     ("ADA-LP TPR per check, depths 25..500", lambda r: _span(r.per_check_tpr, 2)),
     ("LOSO at the readout: mean (worst); n-gram", _loso_cell),
     ("live ADA-LP: over-refusal plain / forced opener; deep prefill per depth", _live_cell),
