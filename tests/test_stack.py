@@ -44,7 +44,20 @@ def test_row_weights_boost_scales_rows_within_their_class_and_keeps_class_totals
         assert np.isclose(w[4] / w[5], 3)  # a boosted row weighs three rows of its source
     assert np.allclose(row_weights(y, "balanced", None, np.ones(10)), row_weights(y, "balanced"))
     balanced = row_weights(y, "balanced", src, boost)
-    assert np.isclose(balanced[src == "c"].sum(), balanced[src == "d"].sum())  # sources still share equally
+    # with source balance a source's share follows its rows' mean boost: c (3,1,1,1,1) 1.4, d (3) 3
+    assert np.isclose(balanced[src == "d"].sum() / balanced[src == "c"].sum(), 3 / 1.4)
+    assert np.isclose(balanced[y == 0].sum(), 5)
+
+
+def test_a_boosted_source_outweighs_an_unboosted_one_under_source_balance():
+    """Balance and hard negatives compose: a benign source whose every row is boosted 10 weighs 10 times an
+    unboosted one, whatever their row counts (before, the balance undid the boost of a whole source)."""
+    y = np.array([1, 1, 0, 0, 0, 0, 0, 0])
+    src = np.array(["h", "h", "hard", "hard", "plain", "plain", "plain", "plain"])
+    boost = np.where(src == "hard", 10.0, 1.0)
+    w = row_weights(y, "balanced", src, boost)
+    assert np.isclose(w[src == "hard"].sum(), 10 * w[src == "plain"].sum())
+    assert np.isclose(w[y == 0].sum(), 4) and np.allclose(w[y == 1], 2)
 
 
 def test_hard_negative_boost_weights_benign_forced_opener_answers_and_refusals_only():

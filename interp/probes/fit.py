@@ -62,8 +62,10 @@ def row_weights(y: np.ndarray, class_weight: str | None = "balanced", sources: n
     """Per-row weights ``s_i`` of the objective. ``class_weight="balanced"`` gives each class the total weight
     ``n / 2`` (scikit-learn's rule), else each class keeps its row count; with ``sources`` that total is shared
     equally by the sources of the class, so a source's weight does not grow with its row count. ``boost [M]``
-    multiplies each row's share within its class (a row of boost 3 weighs three times a row of boost 1 of the
-    same source); the class totals stay as they were."""
+    multiplies each row's share within its class: a row of boost 3 weighs three times a row of boost 1 of the same
+    source, and a source whose rows are all boosted 3 weighs three times a source of the same size unboosted (with
+    ``sources``, a source's share of the class total is proportional to its rows' mean boost). The class totals
+    stay as they were."""
     y = np.asarray(y).astype(np.int64)
     counts = np.bincount(y, minlength=2).astype(np.float64)
     if (counts == 0).any():
@@ -75,8 +77,9 @@ def row_weights(y: np.ndarray, class_weight: str | None = "balanced", sources: n
     for c in (0, 1):
         in_c = y == c
         inverse = np.unique(src[in_c], return_inverse=True)[1].reshape(-1)
-        per_source = np.bincount(inverse, weights=b[in_c])  # each source's summed boost
-        w[in_c] = totals[c] / len(per_source) * b[in_c] / per_source[inverse]
+        rows = np.bincount(inverse).astype(np.float64)
+        mean_boost = np.bincount(inverse, weights=b[in_c]) / rows  # a source's share is proportional to it
+        w[in_c] = totals[c] * b[in_c] / (rows[inverse] * mean_boost.sum())
     return w
 
 
