@@ -7,6 +7,7 @@ import pytest
 
 from interp import UserError
 from interp.cli.main import main
+from interp.formatting import rate
 from interp.probes.levers import LeverConfig, LeverResult, resolve_lever
 from interp.probes.synthetic import write_layered_store
 
@@ -72,6 +73,10 @@ def test_calibration_tpr_counts_the_calibration_prompts_harmful_answers(store_pa
     assert sum(v["k"] for v in by_kind.values()) == cal["tpr_harmful"]["k"]
     assert {k: v["n"] for k, v in by_kind.items()} == {
         str(k): int((cal_harmful & (meta["kinds"] == k)).sum()) for k in np.unique(meta["kinds"][cal_harmful])}
+    test_harmful = np.isin(meta["groups"], ps.split["test"]["groups"]) & (meta["y"] == 1)
+    held = ps.held_out  # the test prompts' harmful answers by kind, printed by `anydepth train`
+    assert sum(v["n"] for v in held.tpr_by_kind.values()) == held.tpr["n"] == int(test_harmful.sum())
+    assert all(f"; {k} {rate(v)}" in ps.summary() for k, v in held.tpr_by_kind.items())
 
 
 @pytest.mark.parametrize("levers, message", [

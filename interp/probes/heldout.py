@@ -48,6 +48,14 @@ class HeldOutReport(Result):
         """Per-answer false alarms on held-out benign answers of the calibrated kinds."""
         return self.per_answer["fpr"]
 
+    @property
+    def tpr_by_kind(self) -> dict[str, dict]:
+        """The same detection split by the harmful answers' kind: ``prefill`` (the model's own deep prefills),
+        ``dataset`` (third-party text), ``insertion``."""
+        return self.per_answer.get("tpr_by_kind") or {}
+
     def summary(self) -> str:
+        kinds = "".join(f"; {k} {rate(v)}" for k, v in self.tpr_by_kind.items())
         return "\n".join([f"held-out test ({self.n_prompts} prompt groups), AUROC per check:", *heldout_table(
-            self.to_json()), f"held-out test per answer at the threshold: TPR {rate(self.tpr)}, FPR {rate(self.fpr)}"])
+            self.to_json()), f"held-out test per answer at the threshold: TPR {rate(self.tpr)} (by kind{kinds or ': –'}), "
+            f"FPR {rate(self.fpr)}"])
