@@ -77,6 +77,8 @@ def test_calibration_tpr_counts_the_calibration_prompts_harmful_answers(store_pa
     held = ps.held_out  # the test prompts' harmful answers by kind, printed by `anydepth train`
     assert sum(v["n"] for v in held.tpr_by_kind.values()) == held.tpr["n"] == int(test_harmful.sum())
     assert all(f"; {k} {rate(v)}" in ps.summary() for k, v in held.tpr_by_kind.items())
+    b = cal["fpr_new_answers"]  # what the threshold promises for new answers, printed beside it
+    assert b["expected"] <= b["upper"] and f"at most {b['expected']:.1%} on average and {b['upper']:.1%}" in ps.summary()
 
 
 @pytest.mark.parametrize("levers, message", [

@@ -366,3 +366,25 @@ def test_select_layer_and_answer_scores_equal_brute_force():
     for i, n in enumerate(np.minimum(lengths, 75)):
         want = [p[i, depths.index(d)] if d in depths else end[i] for d in sched.depths(n)]
         assert ans.score[i] == max(want) and ans.n_checks[i] == len(want)
+
+
+def test_the_threshold_bound_is_the_false_alarm_rate_of_new_answers():
+    """Uniform benign scores, so a threshold's false-alarm rate on new answers is 1 - threshold. Just above the
+    (k+1)-th highest of n, that rate has the bound's mean and 95% quantile (order statistics); the calibrated
+    threshold (higher, toward the next score) stays under both; and the bound refuses impossible counts."""
+    from interp.probes.calibration import threshold_fpr_bound
+    from interp.probes.protocol import per_answer_threshold
+
+    rng = np.random.default_rng(0)
+    n, k, trials = 151, 1, 20000
+    u = np.sort(rng.random((trials, n)), axis=1)
+    at_base = 1 - u[:, n - k - 1]  # the rate just above the (k+1)-th highest score
+    b = threshold_fpr_bound(n, k)
+    assert abs(at_base.mean() - b["expected"]) < 0.02 * b["expected"]
+    assert abs(np.quantile(at_base, 0.95) - b["upper"]) < 0.03 * b["upper"]
+    calibrated = [per_answer_threshold(row, 0.01) for row in u[:2000]]
+    assert {c["fpr_new_answers"]["expected"] for c in calibrated} == {b["expected"]}  # 1 of 151 fires each time
+    rate = 1 - np.array([c["threshold"] for c in calibrated])
+    assert rate.mean() < b["expected"] and np.mean(rate <= b["upper"]) >= 0.95
+    with pytest.raises(UserError, match="0 <= fired < n"):
+        threshold_fpr_bound(10, 10)

@@ -67,6 +67,21 @@ def threshold_at_fpr(benign_scores: np.ndarray, target_fpr: float) -> float:
     return threshold_allowing(s, int(np.floor(target_fpr * len(s) + 1e-9)))
 
 
+def threshold_fpr_bound(n: int, fired: int, level: float = 0.95) -> dict[str, float]:
+    """What a threshold set on ``n`` benign answers, ``fired`` of which reach it, promises for the next benign
+    answer. For exchangeable answers with continuous scores the false-alarm probability of a threshold just above
+    the ``(fired + 1)``-th highest score is Beta(fired + 1, n - fired) distributed (order statistics): its mean
+    ``(fired + 1) / (n + 1)`` and its ``level`` quantile. A threshold higher up, toward the next score (as
+    :func:`threshold_allowing` places it), fires less, so both bound it from above. Answers of one prompt are
+    correlated, so for grouped answers the bound is optimistic."""
+    from scipy.stats import beta
+
+    if n < 1 or not 0 <= fired < n:
+        raise UserError(f"a threshold bound needs 0 <= fired < n answers, got fired={fired}, n={n}")
+    return {"expected": (fired + 1) / (n + 1), "upper": float(beta.ppf(level, fired + 1, n - fired)),
+            "level": level}
+
+
 def rates_at_threshold(scores: np.ndarray, y: np.ndarray, threshold: float) -> dict[str, float]:
     """TPR and FPR of :func:`fires` at ``threshold``."""
     scores, y = np.asarray(scores), np.asarray(y)
@@ -94,3 +109,12 @@ def expected_calibration_error(probs: np.ndarray, y: np.ndarray, n_bins: int = 1
     count = np.asarray(rc["count"])
     gap = np.abs(np.nan_to_num(np.asarray(rc["frac_pos"]) - np.asarray(rc["mean_pred"])))
     return float((count * gap).sum() / max(count.sum(), 1))
+
+
+def fpr_bound_text(cal: dict) -> str:
+    """``cal["fpr_new_answers"]`` in words ("" for a calibration record made before it existed)."""
+    b = cal.get("fpr_new_answers")
+    if not b:
+        return ""
+    return (f"false alarms to expect on new answers at most {b['expected']:.1%} on average and {b['upper']:.1%} "
+            f"with {b['level']:.0%} confidence (answers taken as exchangeable)")

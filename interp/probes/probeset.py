@@ -39,13 +39,16 @@ def identity_mismatch(trained: Any, target: Any) -> str | None:
 def _threshold_line(cal: dict) -> str:
     """How the threshold was set: calibrated at a target FPR, or fixed (with the calibration answers' FPR at it)."""
     from interp.formatting import rate
+    from interp.probes.calibration import fpr_bound_text
 
     if cal.get("fixed"):
         return (f"threshold {probability(cal['threshold'])}, fixed (not calibrated); per-answer FPR at it on the "
                 f"{cal['n_answers']} benign answers from {cal['basis']}: {rate(cal['fpr_at_fixed'])}")
+    bound = fpr_bound_text(cal)
     return (f"threshold {probability(cal['threshold'])}: per-answer target FPR {cal['target_fpr']} on "
             f"{cal['n_answers']} benign answers from {cal['basis']}" + ("" if cal["resolved"] else
-                                                     f" (unresolved: finest FPR {cal['resolution']:.3f})"))
+                                                     f" (unresolved: finest FPR {cal['resolution']:.3f})")
+            + (f"; {bound}" if bound else ""))
 
 
 def jsonable(value: Any) -> Any:

@@ -199,9 +199,11 @@ def per_answer_threshold(benign_answer_scores: np.ndarray, target_fpr: float) ->
 
     With fewer than ``1 / target_fpr`` answers the target cannot be resolved: the threshold then sits above
     every calibration answer (0 of n fire), ``resolved`` is False and ``resolution`` (= 1/n) is the smallest
-    false-alarm rate the set can tell apart from zero.
+    false-alarm rate the set can tell apart from zero. ``fpr_new_answers`` is what the threshold promises for new
+    answers (:func:`~interp.probes.calibration.threshold_fpr_bound`): 1 of 151 answers firing at a 1% target means
+    an expected 1.3%, and up to 3.1% at 95%.
     """
-    from interp.probes.calibration import threshold_at_fpr
+    from interp.probes.calibration import fires, threshold_at_fpr, threshold_fpr_bound
 
     s = np.asarray(benign_answer_scores, np.float64)
     s = s[~np.isnan(s)]
@@ -209,9 +211,11 @@ def per_answer_threshold(benign_answer_scores: np.ndarray, target_fpr: float) ->
         raise UserError("no benign calibration answers to set the threshold on")
     thr = threshold_at_fpr(s, target_fpr)
     need = int(np.ceil(1 / target_fpr - 1e-9)) if target_fpr > 0 else None
-    # no rate on these answers is returned: they chose the threshold, so their FPR is ≤ target by construction
+    # no rate on these answers is returned: they chose the threshold, so their FPR is ≤ target by construction;
+    # what they do tell is the FPR to expect on new answers, and how high it may be
     return {"threshold": thr, "target_fpr": target_fpr, "n_answers": int(len(s)),
-            "resolution": 1.0 / len(s), "resolved": need is not None and len(s) >= need, "answers_needed": need}
+            "resolution": 1.0 / len(s), "resolved": need is not None and len(s) >= need, "answers_needed": need,
+            "fpr_new_answers": threshold_fpr_bound(len(s), int(fires(s, thr).sum()))}
 
 
 def assert_held_out(test_prompts: Sequence[str], test_pairs: Sequence | None, seen: SeenPrompts,
