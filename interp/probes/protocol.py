@@ -201,7 +201,7 @@ def per_answer_threshold(benign_answer_scores: np.ndarray, target_fpr: float) ->
     every calibration answer (0 of n fire), ``resolved`` is False and ``resolution`` (= 1/n) is the smallest
     false-alarm rate the set can tell apart from zero. ``fpr_new_answers`` is what the threshold promises for new
     answers (:func:`~interp.probes.calibration.threshold_fpr_bound`): 1 of 151 answers firing at a 1% target means
-    an expected 1.3%, and up to 3.1% at 95%.
+    at most 1.3% on average, and at most 3.1% with 95% confidence.
     """
     from interp.probes.calibration import fires, threshold_at_fpr, threshold_fpr_bound
 
