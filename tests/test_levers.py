@@ -79,6 +79,10 @@ def test_calibration_tpr_counts_the_calibration_prompts_harmful_answers(store_pa
     assert all(f"; {k} {rate(v)}" in ps.summary() for k, v in held.tpr_by_kind.items())
     b = cal["fpr_new_answers"]  # what the threshold promises for new answers, printed beside it
     assert b["expected"] <= b["upper"] and f"at most {b['expected']:.1%} on average and {b['upper']:.1%}" in ps.summary()
+    cal_benign = np.isin(meta["groups"], ps.split["calibration"]["groups"]) & (meta["y"] == 0) \
+        & np.isin(meta["kinds"], ps.thresholds["calibrate_on"])
+    assert cal["fpr_new_prompts"]["n_prompts"] == len(np.unique(meta["groups"][cal_benign]))
+    assert f"over {cal['fpr_new_prompts']['n_prompts']} calibration prompts" in ps.summary()
 
 
 @pytest.mark.parametrize("levers, message", [

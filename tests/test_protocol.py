@@ -388,3 +388,20 @@ def test_the_threshold_bound_is_the_false_alarm_rate_of_new_answers():
     assert rate.mean() < b["expected"] and np.mean(rate <= b["upper"]) >= 0.95
     with pytest.raises(UserError, match="0 <= fired < n"):
         threshold_fpr_bound(10, 10)
+
+
+def test_the_prompt_level_bound_counts_prompts_not_answers():
+    """Two answers per prompt; the two highest (which the 1% target lets fire) belong to one prompt: 2 of 200
+    answers fire but 1 of 100 prompts, and the prompt-level bound is the bound for 1 of 100."""
+    from interp.probes.calibration import fpr_bound_text, threshold_fpr_bound
+    from interp.probes.protocol import per_answer_threshold
+
+    scores = np.linspace(0.0, 0.5, 200)
+    scores[[17, 18]] = [0.98, 0.99]
+    groups = np.repeat(np.arange(100), 2)  # answers 17 and 18 are prompts 8 and 9: make them one prompt
+    groups[17] = groups[18]
+    got = per_answer_threshold(np.append(scores, np.nan), 0.01, np.append(groups, 0))  # NaN: left out
+    assert got["n_answers"] == 200 and got["fpr_new_answers"] == threshold_fpr_bound(200, 2)
+    assert got["fpr_new_prompts"] == threshold_fpr_bound(100, 1) | {"n_prompts": 100}
+    assert "at most 2.0% on average" in fpr_bound_text(got) and "over 100 calibration prompts" in fpr_bound_text(got)
+    assert "fpr_new_prompts" not in per_answer_threshold(scores, 0.01)  # no groups: answers only

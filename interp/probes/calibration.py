@@ -112,9 +112,15 @@ def expected_calibration_error(probs: np.ndarray, y: np.ndarray, n_bins: int = 1
 
 
 def fpr_bound_text(cal: dict) -> str:
-    """``cal["fpr_new_answers"]`` in words ("" for a calibration record made before it existed)."""
-    b = cal.get("fpr_new_answers")
+    """``cal["fpr_new_answers"]`` (and ``fpr_new_prompts``) in words ("" for a calibration record made before
+    they existed)."""
+    b, p = cal.get("fpr_new_answers"), cal.get("fpr_new_prompts")
     if not b:
         return ""
-    return (f"false alarms to expect on new answers at most {b['expected']:.1%} on average and {b['upper']:.1%} "
-            f"with {b['level']:.0%} confidence (answers taken as exchangeable)")
+    text = (f"false alarms to expect on new answers at most {b['expected']:.1%} on average and {b['upper']:.1%} "
+            f"with {b['level']:.0%} confidence (answers taken as exchangeable: optimistic, since answers to one "
+            "prompt fire together)")
+    if p:
+        text += (f"; new benign prompts with a false alarm on some answer at most {p['expected']:.1%} on average and "
+                 f"{p['upper']:.1%} with {p['level']:.0%} confidence (over {p['n_prompts']} calibration prompts)")
+    return text

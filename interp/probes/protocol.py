@@ -192,7 +192,8 @@ class Schedule:
         return sorted(out)
 
 
-def per_answer_threshold(benign_answer_scores: np.ndarray, target_fpr: float) -> dict:
+def per_answer_threshold(benign_answer_scores: np.ndarray, target_fpr: float, groups: np.ndarray | None = None
+                         ) -> dict:
     """Threshold at which at most ``target_fpr`` of these benign answers fire
     (:func:`~interp.probes.calibration.fires`). NaN answers (excluded: not scorable as deployed) are left out;
     ``-inf`` answers (too short for the rule ever to fire) count as answers that never fire.
@@ -201,21 +202,31 @@ def per_answer_threshold(benign_answer_scores: np.ndarray, target_fpr: float) ->
     every calibration answer (0 of n fire), ``resolved`` is False and ``resolution`` (= 1/n) is the smallest
     false-alarm rate the set can tell apart from zero. ``fpr_new_answers`` is what the threshold promises for new
     answers (:func:`~interp.probes.calibration.threshold_fpr_bound`): 1 of 151 answers firing at a 1% target means
-    at most 1.3% on average, and at most 3.1% with 95% confidence.
+    at most 1.3% on average, and at most 3.1% with 95% confidence. Answers of one prompt are correlated, so with
+    ``groups`` (each answer's prompt group) ``fpr_new_prompts`` gives the same bound with prompts as the units: the
+    share of new benign prompts on which some answer fires.
     """
     from interp.probes.calibration import fires, threshold_at_fpr, threshold_fpr_bound
 
     s = np.asarray(benign_answer_scores, np.float64)
-    s = s[~np.isnan(s)]
+    kept = ~np.isnan(s)
+    s = s[kept]
     if len(s) == 0:
         raise UserError("no benign calibration answers to set the threshold on")
     thr = threshold_at_fpr(s, target_fpr)
     need = int(np.ceil(1 / target_fpr - 1e-9)) if target_fpr > 0 else None
+    fired = fires(s, thr)
     # no rate on these answers is returned: they chose the threshold, so their FPR is ≤ target by construction;
     # what they do tell is the FPR to expect on new answers, and how high it may be
-    return {"threshold": thr, "target_fpr": target_fpr, "n_answers": int(len(s)),
-            "resolution": 1.0 / len(s), "resolved": need is not None and len(s) >= need, "answers_needed": need,
-            "fpr_new_answers": threshold_fpr_bound(len(s), int(fires(s, thr).sum()))}
+    out = {"threshold": thr, "target_fpr": target_fpr, "n_answers": int(len(s)),
+           "resolution": 1.0 / len(s), "resolved": need is not None and len(s) >= need, "answers_needed": need,
+           "fpr_new_answers": threshold_fpr_bound(len(s), int(fired.sum()))}
+    if groups is not None:
+        g = np.asarray(groups)[kept]
+        n_groups, fired_groups = len(np.unique(g)), len(np.unique(g[fired]))
+        if fired_groups < n_groups:
+            out["fpr_new_prompts"] = threshold_fpr_bound(n_groups, fired_groups) | {"n_prompts": n_groups}
+    return out
 
 
 def assert_held_out(test_prompts: Sequence[str], test_pairs: Sequence | None, seen: SeenPrompts,

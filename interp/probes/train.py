@@ -288,7 +288,7 @@ def _calibrate(cfg: TrainConfig, schedule, meta: dict, deployed, roles: np.ndarr
                                      y[cal_m if cal_m.any() else train_m])
     ans = answer_scores(grid[rows], depths, deployed.subset(rows), schedule, end[rows])
     require_complete_answers(ans.excluded, schedule.answer_length)
-    calib = (per_answer_threshold(ans.score, cfg.target_fpr) if cfg.fixed_threshold is None else
+    calib = (per_answer_threshold(ans.score, cfg.target_fpr, meta["groups"][rows]) if cfg.fixed_threshold is None else
              _fixed(cfg, ans.score, meta, rows))
     by_kind = {str(k): int(((kinds[rows] == k) & ~ans.excluded).sum()) for k in sorted(set(kinds[rows].tolist()))}
     calib |= {"basis": basis, "answers": ans.info(), "kinds": by_kind}
