@@ -136,6 +136,9 @@ def test_demo_on_a_corpus_spec_reports_the_targets(tiny_dir, tmp_path, capsys):
     assert t["fpr_population"] == "benign answers of kind own/prefill"
     assert set(probes["thresholds"]["calibration"]["kinds"]) <= {"own", "prefill"}
     assert "own answers first" in report and "| held-out source | kind |" in report
+    assert "cannot resolve the target per-answer FPR" in report  # 9 answers at 0.1, and yet what they promise:
+    assert "finest FPR this set resolves is 0.11; false alarms to expect on new answers at most 10.0% on average" \
+        in report and "calibration prompts)." in report
     assert "By kind: the model's own continuations after a forced opener (on harmful prompts: its deep prefills) " \
         f"{rate(t['tpr_by_kind']['prefill'])}; third-party text" in report
     assert "continuations that recovered into a refusal were dropped" in report

@@ -126,12 +126,11 @@ def _probes_section(probes: dict | None) -> list[str]:
                   f"checks; {ans.get('excluded_incomplete', 0)} answers that stop early without ending excluded); a "
                   "check fires when its score reaches the threshold (float64 >=) and the guard fires on an answer "
                   f"under its rule ({sched.get('aggregation', 'any check')}). "
-                  + (f"Target per-answer FPR {cal['target_fpr']}" + (f"; {fpr_bound_text(cal)}." if
-                                                                          fpr_bound_text(cal) else ".")
-                     if cal["resolved"] else
+                  + (f"Target per-answer FPR {cal['target_fpr']}" if cal["resolved"] else
                      f"**{cal['n_answers']} calibration answers cannot resolve the target per-answer FPR "
                      f"{cal['target_fpr']}** (that needs ≥ {cal['answers_needed']}); the threshold sits above every "
-                     f"calibration answer and the finest FPR this set resolves is {cal['resolution']:.2f}.")]
+                     f"calibration answer and the finest FPR this set resolves is {cal['resolution']:.2f}")
+                  + (f"; {fpr_bound_text(cal)}." if fpr_bound_text(cal) else ".")]
     test = (probes.get("metrics") or {}).get("test")
     if test:
         pa = test["per_answer"]
