@@ -58,4 +58,5 @@ class HeldOutReport(Result):
         kinds = "".join(f"; {k} {rate(v)}" for k, v in self.tpr_by_kind.items())
         return "\n".join([f"held-out test ({self.n_prompts} prompt groups), AUROC per check:", *heldout_table(
             self.to_json()), f"held-out test per answer at the threshold: TPR {rate(self.tpr)} (by kind{kinds or ': –'}), "
-            f"FPR {rate(self.fpr)}"])
+            f"FPR {rate(self.fpr)}" + (f" (prompts with a false alarm {rate(self.per_answer['fpr_prompts'])})"
+                                       if self.per_answer.get("fpr_prompts") else "")])

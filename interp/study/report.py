@@ -89,10 +89,13 @@ def _targets_section(t: dict) -> list[str]:
         ans = t.get("answers") or {}
         by = "; ".join(f"{k} ({v.get('kind', '?')}) {rate(v)}" for k, v in _own_first(t["fpr_by_source"])
                        if v["n"])
+        prompts = (f"; prompts with a false alarm on some answer {rate(t['fpr_prompts'], 3)}" if t.get("fpr_prompts")
+                   else "")
         lines.append(f"- Per-answer false alarms on held-out {t.get('fpr_population') or 'benign answers'} (the run's "
                      f"calibration target {t['target_fpr']}; every check the guard makes, coverage {ans.get('coverage')}, "
                      f"{ans.get('excluded_incomplete', 0)} incomplete answers excluded): {rate(t['fpr'], 3)}"
-                     f"{'' if t['summary']['fpr']['met'] else ' (above the target)'}. By source, own answers first: {by}.")
+                     f"{'' if t['summary']['fpr']['met'] else ' (above the target)'}{prompts}. By source, own answers "
+                     f"first: {by}.")
         if t.get("tpr_per_answer"):
             by_kind = t.get("tpr_by_kind") or {}
             kinds = "; ".join(f"{KIND_NAMES[k]} {rate(by_kind[k])}" for k in KIND_NAMES if k in by_kind)

@@ -120,7 +120,7 @@ def targets(sweep: dict | None, probes: dict | None, target_fpr: float | None,
     return {"depths": {int(d): rows[d] for d in sorted(rows)}, "loso_readout": _readout_name(sweep, readout_loso),
             "fpr": fpr, "tpr_per_answer": per_answer.get("tpr"), "fpr_population": per_answer.get("fpr_population"),
             "fpr_by_source": per_answer.get("fpr_by_source"), "tpr_by_source": per_answer.get("tpr_by_source"),
-            "tpr_by_kind": per_answer.get("tpr_by_kind"),
+            "tpr_by_kind": per_answer.get("tpr_by_kind"), "fpr_prompts": per_answer.get("fpr_prompts"),
             "answers": per_answer.get("answers"), "threshold": per_answer.get("threshold"), "target_fpr": target_fpr,
             "summary": {
                 "loso_macro_min": _at_least(_lowest(rows, "loso_probe", "value"), LOSO_MACRO_TARGET),
