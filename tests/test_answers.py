@@ -90,3 +90,17 @@ def test_rates_split_harmful_answers_by_kind():
     got = rates(score, y, np.arange(7), sources, kinds, threshold=0.5)
     assert (got["tpr"]["k"], got["tpr"]["n"]) == (3, 5)
     assert {k: (v["k"], v["n"]) for k, v in got["tpr_by_kind"].items()} == {"prefill": (1, 2), "dataset": (2, 3)}
+
+
+def test_rates_count_the_prompts_with_a_false_alarm():
+    """Three own answers to prompt 0 fire, one to prompt 1 does not, prompt 2's fires: 4 of 5 answers, 2 of 3
+    prompts (each prompt one unit); third-party and harmful rows do not count."""
+    from interp.probes.answers import rates
+
+    score = np.array([0.9, 0.8, 0.7, 0.1, 0.6, 0.95, 0.99])
+    y = np.array([0, 0, 0, 0, 0, 0, 1])
+    kinds = np.array(["own", "prefill", "prefill", "own", "own", "dataset", "prefill"])
+    groups = np.array(["p0", "p0", "p0", "p1", "p2", "p3", "p4"])
+    got = rates(score, y, groups, np.array(["s"] * 7), kinds, threshold=0.5)
+    assert (got["fpr"]["k"], got["fpr"]["n"]) == (4, 5)
+    assert (got["fpr_prompts"]["k"], got["fpr_prompts"]["n"]) == (2, 3) and got["fpr_prompts"]["deff"] == 1.0

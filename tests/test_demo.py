@@ -136,6 +136,7 @@ def test_demo_on_a_corpus_spec_reports_the_targets(tiny_dir, tmp_path, capsys):
     assert t["fpr_population"] == "benign answers of kind own/prefill"
     assert set(probes["thresholds"]["calibration"]["kinds"]) <= {"own", "prefill"}
     assert "own answers first" in report and "| held-out source | kind |" in report
+    assert f"prompts with a false alarm on some answer {rate(t['fpr_prompts'], 3)}" in report
     assert "cannot resolve the target per-answer FPR" in report  # 9 answers at 0.1, and yet what they promise:
     assert "finest FPR this set resolves is 0.11; false alarms to expect on new answers at most 10.0% on average" \
         in report and "calibration prompts)." in report
