@@ -53,6 +53,12 @@ def group_codes(groups) -> tuple[np.ndarray, int]:
     return codes, int(codes.max()) + 1
 
 
+def any_in_group(hits, groups) -> np.ndarray:
+    """Per group (in :func:`group_codes` order): whether any of its rows is a hit."""
+    codes, n_groups = group_codes(groups)
+    return np.bincount(codes, weights=np.asarray(hits, bool).reshape(-1), minlength=n_groups) > 0
+
+
 def bootstrap_weights(groups, n_boot: int, seed: int = 0) -> np.ndarray:
     """``[B, M]`` row weights for resampling groups with replacement (a row weighs its group's count): the one
     resampling scheme of every interval the toolkit reports."""

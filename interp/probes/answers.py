@@ -200,7 +200,7 @@ def rates(score: np.ndarray, y: np.ndarray, groups: np.ndarray, sources: np.ndar
     groups: TPR on harmful answers, FPR on the benign answers of ``fpr_kinds`` (the deployment population), and
     both per source, own answers first; ``fpr_prompts``, the share of those answers' prompts with a false alarm on
     some answer (what the calibration's ``fpr_new_prompts`` bounds)."""
-    from interp.stats import group_codes, grouped_rate
+    from interp.stats import any_in_group, grouped_rate
 
     score, y = np.asarray(score, np.float64), np.asarray(y)
     ok = ~np.isnan(score)
@@ -216,8 +216,7 @@ def rates(score: np.ndarray, y: np.ndarray, groups: np.ndarray, sources: np.ndar
            "fpr_by_source": {}, "tpr_by_source": {},
            "tpr_by_kind": {k: rate((y == 1) & (kinds == k)) for k in KINDS if ((y == 1) & (kinds == k)).any()}}
     if (own & ok).any():
-        codes, n_prompts = group_codes(groups[own & ok])
-        out["fpr_prompts"] = grouped_rate(np.bincount(codes, weights=fired[own & ok], minlength=n_prompts) > 0)
+        out["fpr_prompts"] = grouped_rate(any_in_group(fired[own & ok], groups[own & ok]))
     for s in source_order(sources, kinds):
         m = sources == s
         kind = str(kinds[m][0])

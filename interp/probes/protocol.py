@@ -27,6 +27,7 @@ import numpy as np
 from interp import UserError
 from interp.guard.aggregate import AggregateConfig, Aggregation
 from interp.probes.groups import SeenPrompts, content_groups, normalise_prompt, prompt_key  # noqa: F401
+from interp.stats import any_in_group
 
 ROLES = ("train", "calibration", "test")
 
@@ -58,8 +59,7 @@ def three_way_split(groups: np.ndarray, y: np.ndarray, cfg: SplitConfig, seed: i
     cfg.validate()
     groups, y = np.asarray(groups).astype(str), np.asarray(y)
     names, codes = np.unique(groups, return_inverse=True)
-    has_h = np.bincount(codes, weights=(y == 1), minlength=len(names)) > 0
-    has_b = np.bincount(codes, weights=(y == 0), minlength=len(names)) > 0
+    has_h, has_b = any_in_group(y == 1, groups), any_in_group(y == 0, groups)  # in the order of names
     kind = (has_h.astype(int) + 2 * has_b.astype(int)).astype(object)
     if strata is not None:
         tags: dict[int, set] = {}
@@ -222,10 +222,10 @@ def per_answer_threshold(benign_answer_scores: np.ndarray, target_fpr: float, gr
            "resolution": 1.0 / len(s), "resolved": need is not None and len(s) >= need, "answers_needed": need,
            "fpr_new_answers": threshold_fpr_bound(len(s), int(fired.sum()))}
     if groups is not None:
-        g = np.asarray(groups)[kept]
-        n_groups, fired_groups = len(np.unique(g)), len(np.unique(g[fired]))
-        if fired_groups < n_groups:
-            out["fpr_new_prompts"] = threshold_fpr_bound(n_groups, fired_groups) | {"n_prompts": n_groups}
+        prompt_fired = any_in_group(fired, np.asarray(groups)[kept])
+        if not prompt_fired.all():
+            out["fpr_new_prompts"] = (threshold_fpr_bound(len(prompt_fired), int(prompt_fired.sum()))
+                                      | {"n_prompts": len(prompt_fired)})
     return out
 
 

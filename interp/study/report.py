@@ -133,7 +133,7 @@ def _probes_section(probes: dict | None) -> list[str]:
                      f"**{cal['n_answers']} calibration answers cannot resolve the target per-answer FPR "
                      f"{cal['target_fpr']}** (that needs ≥ {cal['answers_needed']}); the threshold sits above every "
                      f"calibration answer and the finest FPR this set resolves is {cal['resolution']:.2f}")
-                  + (f"; {fpr_bound_text(cal)}." if fpr_bound_text(cal) else ".")]
+                  + (f"; {bound}." if (bound := fpr_bound_text(cal)) else ".")]
     test = (probes.get("metrics") or {}).get("test")
     if test:
         pa = test["per_answer"]
