@@ -163,6 +163,12 @@ def test_demo_on_a_corpus_spec_reports_the_targets(tiny_dir, tmp_path, capsys):
     assert "| targets: LOSO mean ≥ 0.95; worst source ≥ 0.90;" in table
     assert table.count("harmful test answers scoring lowest:") == 2 and "the threshold sits above these" in table
     assert f"{loso['loso']['macro']['probe']['value']:.3f} [" in table
+    # `anydepth judge` reads the run's test answers (the tiny model as a judge: mechanics only, no verdict)
+    assert main(["judge", str(out), "--judge-model", str(tiny_dir), "--out", str(tmp_path / "judge")]) == 0
+    judged = json.loads((tmp_path / "judge" / "judged.json").read_text())
+    n_judged = sum(1 for line in (tmp_path / "judge" / "judgments.jsonl").read_text().splitlines())
+    assert judged["judged_harmful"]["n"] > 0 and n_judged >= judged["judged_harmful"]["n"]
+    assert "own deep prefills called harmful" in capsys.readouterr().out
     # `anydepth report` rewrites the run from its stage folders (no stage runs): the same report and numbers as the
     # run wrote, also after results.json lost its targets (a run made by a version with other rules)
     before = results
