@@ -5,7 +5,8 @@ sand and glue). :func:`judge_run` has a content judge (:mod:`interp.evaluate.con
 scores answers whose content is known: third-party harmful text and the model's own benign answers, both from the
 run's test prompts. The judge's AUROC there says how far to trust the split that follows: the guard's TPR on the
 own deep prefills the judge calls harmful, and on those it calls harmless (at log-odds 0, fixed in advance).
-Judgments are kept in ``judgments.jsonl`` (keyed by prompt and answer), so an interrupted run resumes.
+Judgments are kept in ``judgments.jsonl``, keyed by prompt and answer, so an interrupted run resumes and another run
+of the same corpus reuses them.
 """
 
 from __future__ import annotations
@@ -90,7 +91,7 @@ def _journal(out: Path, cfg: JudgeConfig, judge_info: dict) -> dict[str, float]:
     out.mkdir(parents=True, exist_ok=True)
     head = out / "judge.json"
     if head.exists() and json.loads(head.read_text()) != judge_info:
-        raise UserError(f"{out} holds judgments by another judge or of another run; give another --out")
+        raise UserError(f"{out} holds judgments by another judge; give another --out")
     head.write_text(json.dumps(judge_info, indent=1, sort_keys=True) + "\n")
     path = out / "judgments.jsonl"
     done = {}
@@ -134,8 +135,7 @@ def judge_run(run: str | Path | RunAnswers, cfg: JudgeConfig | None = None, *, j
     if "response" not in a.meta:
         raise UserError(f"{run}: the store keeps no answer text; re-extract it with this version to judge it")
     rows = judged_rows(a, cfg.n_validate, cfg.seed)
-    info = {**{f.name: getattr(cfg, f.name) for f in fields(ContentJudgeConfig)},
-            "run": str(run) if not isinstance(run, RunAnswers) else "<answers>"}
+    info = {f.name: getattr(cfg, f.name) for f in fields(ContentJudgeConfig)}  # a verdict's identity, with the model
     if judge is None:
         from interp.evaluate.content import ContentJudge
         from interp.model.loading import load_model
@@ -154,7 +154,7 @@ def judge_run(run: str | Path | RunAnswers, cfg: JudgeConfig | None = None, *, j
     guard = fires(a.score[pre], a.threshold)
     rho = spearmanr(logodds["prefill"], a.score[pre]).statistic if len(pre) > 2 else None
     result = JudgedPrefills(
-        run=info["run"], judge=info,
+        run=str(run) if not isinstance(run, RunAnswers) else "<answers>", judge=info,
         validation_auroc=answer_auroc(np.r_[logodds["harmful"], logodds["benign"]], y, g[known], y == 0,
                                       n_boot=a.n_boot, seed=a.seed),
         validation_harmful=grouped_rate(logodds["harmful"] > 0, g[rows["harmful"]]),
