@@ -112,10 +112,12 @@ def test_a_journal_line_cut_by_a_crash_is_judged_again(tmp_path):
     judge_run(_answers(), cfg, judge=FakeJudge(TABLE))
     path = tmp_path / "judgments.jsonl"
     lines = path.read_text().splitlines()
-    path.write_text("\n".join(lines[:6] + [lines[6][:9]]) + "\n")
+    path.write_text("\n".join(lines[:6] + ["not json", lines[6][:9]]))  # a crash mid-line, and a stray line
     judge = FakeJudge(TABLE)
     judge_run(_answers(), cfg, judge=judge)
     assert judge.calls == 4
+    assert all(json.loads(line)["key"] for line in path.read_text().splitlines()[7:])  # appended on fresh lines
+    assert len(path.read_text().splitlines()) == 11
 
 
 def test_a_run_without_third_party_harmful_test_answers_is_refused():

@@ -86,22 +86,28 @@ def _key(prompt: str, answer: str) -> str:
     return hashlib.sha256(f"{prompt}\0{answer}".encode()).hexdigest()[:20]
 
 
-def _journal(out: Path, cfg: JudgeConfig, judge_info: dict) -> dict[str, float]:
-    """Judgments already made in ``out`` by the same judge (a different one: error)."""
+def _journal(out: Path, judge_info: dict) -> dict[str, float]:
+    """Judgments already made in ``out`` by the same judge (a different one: error). A last line cut by a crash is
+    dropped, so appends start on a fresh line."""
     out.mkdir(parents=True, exist_ok=True)
     head = out / "judge.json"
     if head.exists() and json.loads(head.read_text()) != judge_info:
         raise UserError(f"{out} holds judgments by another judge; give another --out")
     head.write_text(json.dumps(judge_info, indent=1, sort_keys=True) + "\n")
     path = out / "judgments.jsonl"
+    text = path.read_text() if path.exists() else ""
+    if text and not text.endswith("\n"):
+        text = text[: text.rfind("\n") + 1]
+        tmp = path.with_name(path.name + ".tmp")
+        tmp.write_text(text)
+        tmp.replace(path)
     done = {}
-    if path.exists():
-        for line in path.read_text().splitlines():
-            try:
-                rec = json.loads(line)
-                done[rec["key"]] = float(rec["log_odds"])
-            except (ValueError, KeyError):
-                break  # a line cut by a crash: judged again
+    for line in text.splitlines():
+        try:
+            rec = json.loads(line)
+            done[rec["key"]] = float(rec["log_odds"])
+        except (ValueError, KeyError, TypeError):
+            continue  # not a judgment: judged again
     return done
 
 
@@ -144,7 +150,7 @@ def judge_run(run: str | Path | RunAnswers, cfg: JudgeConfig | None = None, *, j
         judge = ContentJudge(loaded.model, loaded.tokenizer, cfg)
         info["model"] = loaded.provenance()
     out = Path(cfg.out) if cfg.out else None
-    done = _journal(out, cfg, info) if out else {}
+    done = _journal(out, info) if out else {}
     logodds = {name: _judge_all(judge, a, idx, done, out / "judgments.jsonl" if out else None)
                for name, idx in rows.items()}
     g, known = a.meta["groups"], np.concatenate([rows["harmful"], rows["benign"]])
