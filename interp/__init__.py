@@ -61,7 +61,10 @@ _API: dict[str, str] = {
     "train_transcoders": "interp.causal.transcoder_run", "TranscodersResult": "interp.causal.transcoder_run",
     # the whole study
     "StudyConfig": "interp.study.config", "StudyResult": "interp.study.result", "run_study": "interp.study.pipeline",
-    "refresh_study": "interp.study.pipeline",
+    "refresh_study": "interp.study.pipeline", "compare_runs": "interp.study.compare",
+    "RunComparison": "interp.study.compare",
+    "JudgeConfig": "interp.study.judged", "JudgedPrefills": "interp.study.judged", "judge_run": "interp.study.judged",
+    "ContentJudge": "interp.evaluate.content", "ContentJudgeConfig": "interp.evaluate.content",
 }
 
 __all__ = ["UserError", "__version__", *sorted(_API)]
