@@ -37,6 +37,9 @@ class JudgeConfig(ContentJudgeConfig):
     out: str | None = field(default=None, metadata={"help": "folder for judgments.jsonl and judged.json"})
 
 
+_SHORT = {"own": "plain", "prefill": "after a forced opener"}  # the kinds of own benign answers
+
+
 @dataclass
 class JudgedPrefills(Result):
     """What a content judge says of a run's own deep prefills (test prompts), and how the guard fares on each side."""
@@ -51,12 +54,15 @@ class JudgedPrefills(Result):
     guard_on_harmful: dict  # the guard's TPR at the run's threshold on those
     guard_on_harmless: dict  # ... and on the rest
     rank_correlation: float | None  # Spearman, judge log-odds vs guard score, over the own deep prefills
+    validation_benign_by_kind: dict = field(default_factory=dict)  # own plain answers; after a forced opener (the
+    # style of a deep prefill, so the judge's false calls there are the ones that blur the split)
 
     def summary(self) -> str:
         return "\n".join([
             f"judge {self.judge['judge_model']} ({self.judge['judge_format']}) on {self.run}'s test answers",
             f"  check on known content: AUROC {ci(self.validation_auroc)}; called harmful: third-party harmful "
-            f"{rate(self.validation_harmful)}, own benign {rate(self.validation_benign)}",
+            f"{rate(self.validation_harmful)}, own benign {rate(self.validation_benign)}"
+            + "".join(f"; {_SHORT.get(k, k)} {rate(v)}" for k, v in self.validation_benign_by_kind.items()),
             f"  own deep prefills called harmful: {rate(self.judged_harmful)}",
             f"  guard TPR at the run's threshold: on those {rate(self.guard_on_harmful)}; on the rest "
             f"{rate(self.guard_on_harmless)}",
@@ -158,6 +164,7 @@ def judge_run(run: str | Path | RunAnswers, cfg: JudgeConfig | None = None, *, j
     pre = rows["prefill"]
     harmful = logodds["prefill"] > 0
     guard = fires(a.score[pre], a.threshold)
+    kinds = a.meta["kinds"][rows["benign"]]
     rho = spearmanr(logodds["prefill"], a.score[pre]).statistic if len(pre) > 2 else None
     result = JudgedPrefills(
         run=str(run) if not isinstance(run, RunAnswers) else "<answers>", judge=info,
@@ -165,6 +172,8 @@ def judge_run(run: str | Path | RunAnswers, cfg: JudgeConfig | None = None, *, j
                                       n_boot=a.n_boot, seed=a.seed),
         validation_harmful=grouped_rate(logodds["harmful"] > 0, g[rows["harmful"]]),
         validation_benign=grouped_rate(logodds["benign"] > 0, g[rows["benign"]]),
+        validation_benign_by_kind={k: grouped_rate((logodds["benign"] > 0)[kinds == k], g[rows["benign"]][kinds == k])
+                                   for k in sorted(set(kinds))},
         judged_harmful=grouped_rate(harmful, g[pre]),
         guard_on_harmful=grouped_rate(guard[harmful], g[pre][harmful]),
         guard_on_harmless=grouped_rate(guard[~harmful], g[pre][~harmful]),
