@@ -13,7 +13,7 @@ import torch
 from interp import UserError
 from interp.evaluate.content import ContentJudge, ContentJudgeConfig, verdict_tokens
 from interp.study.compare import RunAnswers
-from interp.study.judged import JudgeConfig, judge_run, judged_rows
+from interp.study.judged import JudgeConfig, JudgedPrefills, judge_run, judged_rows
 from interp.testing import tiny_model
 
 
@@ -105,7 +105,7 @@ def test_split_check_and_journal(tmp_path):
     # a second run reads every judgment from the journal, and the saved result reads back
     again = FakeJudge({})
     assert judge_run(_answers(), cfg, judge=again).to_json() == r.to_json() and again.calls == 0
-    assert json.loads((tmp_path / "j" / "judged.json").read_text())["judged_harmful"]["k"] == 2
+    assert JudgedPrefills.load(tmp_path / "j" / "judged.json").summary() == r.summary()  # the saved result reads back
     with pytest.raises(UserError, match="another judge"):
         judge_run(_answers(), JudgeConfig(positive="Unsafe", out=cfg.out), judge=judge)
 
