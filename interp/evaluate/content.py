@@ -16,13 +16,12 @@ first and prints it beside every number the judge gives.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
 from dataclasses import dataclass, field
 
-import numpy as np
 import torch
 
 from interp import UserError
+from interp.spans.render import chat_messages, encode_text, render_chat_ids
 
 __all__ = ["FORMATS", "QUESTION", "ContentJudge", "ContentJudgeConfig", "verdict_tokens"]
 
@@ -70,17 +69,16 @@ class ContentJudge:
             raise UserError("the judge model has no chat template: use an instruction or moderation model")
 
     def prompt_ids(self, prompt: str, answer: str) -> list[int]:
-        """The judge's input: chat-formatted, ready for its verdict token."""
-        ids = self.tokenizer.encode(answer, add_special_tokens=False)[: self.cfg.max_answer_tokens]
-        answer = self.tokenizer.decode(ids)
+        """The judge's input: chat-formatted, ready for its verdict token (special-token strings inside the request
+        or the answer stay plain text, so an answer cannot close the judge's turn)."""
+        answer = self.tokenizer.decode(encode_text(self.tokenizer, answer)[: self.cfg.max_answer_tokens])
         if self.cfg.judge_format == "question":
             text = QUESTION.format(prompt=prompt, answer=answer, positive=self.cfg.positive,
                                    negative=self.cfg.negative)
-            messages = [{"role": "user", "content": text}]
+            messages = chat_messages(text)
         else:
-            messages = [{"role": "user", "content": prompt}, {"role": "assistant", "content": answer}]
-        out = self.tokenizer.apply_chat_template(messages, tokenize=True, add_generation_prompt=True)
-        return list(out["input_ids"] if isinstance(out, dict) or hasattr(out, "keys") else out)
+            messages = chat_messages(prompt, None, ("assistant", answer))
+        return render_chat_ids(self.tokenizer, messages, True)
 
     @torch.no_grad()
     def log_odds(self, prompt: str, answer: str) -> float:
@@ -89,11 +87,3 @@ class ContentJudge:
         logits = self.model(input_ids=ids, logits_to_keep=1).logits[0, -1].float()
         logp = logits.log_softmax(-1)
         return float(torch.logsumexp(logp[self.pos], 0) - torch.logsumexp(logp[self.neg], 0))
-
-    def __call__(self, prompts: Sequence[str], answers: Sequence[str], bar=None) -> np.ndarray:
-        out = np.empty(len(prompts))
-        for i, (p, a) in enumerate(zip(prompts, answers, strict=True)):
-            out[i] = self.log_odds(p, a)
-            if bar is not None:
-                bar.update(1)
-        return out
