@@ -70,6 +70,14 @@ class RunAnswers:
     n_boot: int
     seed: int
 
+    def test_masks(self) -> dict[str, np.ndarray]:
+        """The scored test answers (excluded ones left out) by side: ``own`` benign (the calibration population),
+        ``harmful``, and of those ``prefill`` (the model's own deep prefills) and ``dataset`` (third-party text)."""
+        test = (self.role == "test") & ~np.isnan(self.score)
+        harmful = test & (self.meta["y"] == 1)
+        return {"own": test & self.own, "harmful": harmful, "prefill": harmful & (self.meta["kinds"] == "prefill"),
+                "dataset": harmful & (self.meta["kinds"] == "dataset")}
+
 
 def score_answers(run: str | Path) -> RunAnswers:
     """Rescore a finished run's calibration and test answers with its probe set, on every check the guard makes."""
@@ -111,9 +119,8 @@ def answer_separation(run: str | Path | RunAnswers) -> Separation:
     from interp.stats import grouped_rate
 
     a = run if isinstance(run, RunAnswers) else score_answers(run)
-    test = (a.role == "test") & ~np.isnan(a.score)  # excluded answers are not scored
-    benign, harmful = test & a.own, test & (a.meta["y"] == 1)
-    prefill = harmful & (a.meta["kinds"] == "prefill")  # third-party text aside: the model's own deep prefills
+    m = a.test_masks()
+    benign, harmful, prefill = m["own"], m["harmful"], m["prefill"]
     y, groups = a.meta["y"], a.meta["groups"]
     return Separation(auroc=answer_auroc(a.score, y, groups, benign, harmful=harmful, n_boot=a.n_boot, seed=a.seed),
                       n_benign=int(benign.sum()), n_harmful=int(harmful.sum()),

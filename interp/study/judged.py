@@ -74,13 +74,11 @@ class JudgedPrefills(Result):
 def judged_rows(a: RunAnswers, n_validate: int, seed: int) -> dict[str, np.ndarray]:
     """Row indices of the run's scored test answers: the own deep prefills, and up to ``n_validate`` each of
     third-party harmful text and own benign answers (the known-content check)."""
-    m = a.meta
-    test = (a.role == "test") & ~np.isnan(a.score)
+    m = a.test_masks()
     pick = np.random.default_rng(seed)
     sample = lambda idx: np.sort(pick.choice(idx, min(n_validate, len(idx)), replace=False))  # noqa: E731
-    rows = {"prefill": np.flatnonzero(test & (m["y"] == 1) & (m["kinds"] == "prefill")),
-            "harmful": sample(np.flatnonzero(test & (m["y"] == 1) & (m["kinds"] == "dataset"))),
-            "benign": sample(np.flatnonzero(test & a.own))}
+    rows = {"prefill": np.flatnonzero(m["prefill"]), "harmful": sample(np.flatnonzero(m["dataset"])),
+            "benign": sample(np.flatnonzero(m["own"]))}
     for name, idx in rows.items():
         if not len(idx):
             raise UserError(f"the run has no scored {name} test answers; the judge needs own deep prefills, "
