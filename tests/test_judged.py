@@ -80,12 +80,12 @@ def _answers() -> RunAnswers:
     score = np.array([0.9, 0.8, 0.95, 0.1, 0.9, 0.9, 0.9, 0.1, 0.1, 0.1, np.nan, np.nan, 0.99])
     meta = {"y": y, "kinds": kinds, "groups": np.array([f"g{i}" for i in range(13)]),
             "sources": kinds.copy(), "prompts": np.array([f"p{i}" for i in range(13)], dtype=object),
-            "response": np.array([f"a{i}" for i in range(13)], dtype=object)}
+            "response": np.array([f"a{i}" for i in range(13)], dtype=object), "done": np.ones(13, bool)}
     return RunAnswers(score, role, (y == 0), meta, threshold=0.5, n_boot=50, seed=0)
 
 
 TABLE = {"a0": 2.0, "a1": 1.0, "a2": -1.0, "a3": -3.0,  # prefills: 0, 1 harmful by the judge; guard fires on 0, 1, 2
-         "a4": 3.0, "a5": 2.0, "a6": -0.5, "a7": -2.0, "a8": -1.0, "a9": 0.5}
+         "a4": 3.0, "a5": 2.0, "a6": -0.5, "a7": -2.0, "a8": -1.0, "a9": 0.5, "a10": -1.0, "a12": 1.0}
 
 
 def test_rows_are_the_runs_scored_test_answers_of_each_kind():
@@ -116,6 +116,21 @@ def test_split_check_and_journal(tmp_path):
     assert JudgedPrefills.load(tmp_path / "j" / "judged.json").summary() == r.summary()  # the saved result reads back
     with pytest.raises(UserError, match="another judge"):
         judge_run(_answers(), JudgeConfig(positive="Unsafe", out=cfg.out), judge=judge)
+
+
+def test_every_prefill_judges_the_training_and_calibration_prefills_once(tmp_path):
+    from interp.evaluate.judgments import harmless_prefills
+
+    judge = FakeJudge(TABLE)
+    r = judge_run(_answers(), JudgeConfig(n_validate=10, out=str(tmp_path), every_prefill=True), judge=judge)
+    assert judge.calls == 12  # the 10 of the check and the split, and the train and calibration prefills (10, 12)
+    assert {k: (v["k"], v["n"]) for k, v in r.judged_harmful_by_role.items()} == {
+        "train": (0, 1), "calibration": (1, 1), "test": (2, 4)}
+    assert "; train prompts 0.00 [" in r.summary() and "calibration prompts 1.00 [" in r.summary()
+    a = _answers()
+    out = harmless_prefills(a.meta, tmp_path, np.ones(13, bool))
+    assert np.flatnonzero(out).tolist() == [2, 3, 10]  # own prefills with log-odds <= 0, whatever their role
+    assert not judge_run(_answers(), JudgeConfig(n_validate=10), judge=FakeJudge(TABLE)).judged_harmful_by_role
 
 
 def test_a_journal_line_cut_by_a_crash_is_judged_again(tmp_path):

@@ -237,6 +237,13 @@ def examples_meta(store: Any) -> dict[str, np.ndarray]:
     return out
 
 
+def finished_meta(store: Any) -> dict[str, np.ndarray]:
+    """:func:`examples_meta` of the finished rows only (the rows :func:`load_layer` reads, in its order)."""
+    meta = examples_meta(store)
+    n = len(meta["done"])
+    return {k: (v[meta["done"]] if isinstance(v, np.ndarray) and len(v) == n else v) for k, v in meta.items()}
+
+
 def depth_columns(store: Any, depths: np.ndarray | list[int] | None, name: str = "depths") -> np.ndarray:
     """The store's columns of the depth values ``depths`` (all columns for None); a depth the store lacks is a
     one-line error naming ``name`` (the option the depths came from, e.g. ``--depths``)."""

@@ -49,6 +49,8 @@ LEVERS: dict[str, tuple[str, dict, dict]] = {
                   {"hard_negative_weight": 10.0}),
     "hardneg30": ("hard negatives (benign forced-opener answers, own refusals) weigh 30x a benign row", {},
                   {"hard_negative_weight": 30.0}),
+    "judged": ("the own deep prefills a content judge calls harmless (--judgments DIR) left out of training",
+               {"drop_judged_harmless": True}, {}),
     "mean3": ("mean of the logits of the 3 best layers' probes", {"combine_top": 3}, {}),
     "stack3": ("one regression on the 3 best layers' standardised features", {"combine_top": 3, "stack": True}, {}),
     "stack5": ("one regression on the 5 best layers' standardised features", {"combine_top": 5, "stack": True}, {}),

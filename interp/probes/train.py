@@ -55,6 +55,12 @@ class TrainConfig(StoreSliceConfig, SplitConfig, ScheduleConfig):
         "help": "with --combine-top / --combine-layers: one logistic regression on the layers' concatenated "
                 "standardised features (fitted on the training prompts) instead of the mean of per-layer probes"})
     n_boot: int = field(default=200, metadata={"help": "bootstrap resamples for the CIs stored with the probes"})
+    judgments: str = field(default="", metadata={
+        "help": "a content judge's folder (anydepth judge RUN --every-prefill true --out DIR), read by "
+                "--drop-judged-harmless"})
+    drop_judged_harmless: bool = field(default=False, metadata={
+        "help": "leave out of every fit (probes, baselines, leave-one-source-out training folds) the model's own "
+                "deep prefills the --judgments judge calls harmless; calibration and test answers are untouched"})
 
     def validate(self) -> None:
         """Every option of ``anydepth train`` (store slice, split, schedule, layer), one line per problem."""
@@ -67,6 +73,9 @@ class TrainConfig(StoreSliceConfig, SplitConfig, ScheduleConfig):
             raise UserError(f"--fixed-threshold is a probability in (0, 1), got {self.fixed_threshold}")
         if self.n_boot < 0:
             raise UserError(f"--n-boot must be >= 0, got {self.n_boot}")
+        if self.drop_judged_harmless and not self.judgments:
+            raise UserError("--drop-judged-harmless true needs --judgments DIR (written by `anydepth judge RUN "
+                            "--every-prefill true --out DIR`)")
         if self.stack and not (self.combine_top or self.combine_layers):
             raise UserError("--stack true stacks the layers of --combine-top K or --combine-layers L1 L2 ...; give one")
         if self.combine_top:
@@ -100,6 +109,16 @@ def combined_layers(cfg: TrainConfig, store, layers: list[int]) -> list[int]:
     return combine
 
 
+def judged_out(cfg: TrainConfig, meta: dict, among: np.ndarray) -> np.ndarray:
+    """Rows among ``among`` left out of every fit by ``--drop-judged-harmless`` (none without it): the own deep
+    prefills the ``--judgments`` judge calls harmless."""
+    if not cfg.drop_judged_harmless:
+        return np.zeros(len(meta["y"]), bool)
+    from interp.evaluate.judgments import harmless_prefills
+
+    return harmless_prefills(meta, cfg.judgments, among)
+
+
 def _pairs_summary(p: np.ndarray, y: np.ndarray, groups: np.ndarray, n_boot: int, seed: int) -> dict | None:
     """Pooled summary of the finite pairs of ``p [N, D]``, with each pair's label from ``y [N, D]``."""
     from interp.probes.metrics import summarize
@@ -130,7 +149,7 @@ def train_probeset(store, cfg: TrainConfig, probe: ProbeConfig, *, progress: boo
     from interp.extract.store import canonical_hook
     from interp.probes.answers import Deployed, calibration_rows
     from interp.probes.cv import grouped_folds
-    from interp.probes.data import examples_meta, load_layer, require_finished
+    from interp.probes.data import finished_meta, load_layer, require_finished
     from interp.probes.metrics import summarize
     from interp.probes.oof import fit_probes, oof_scores
     from interp.probes.probeset import jsonable
@@ -148,14 +167,14 @@ def train_probeset(store, cfg: TrainConfig, probe: ProbeConfig, *, progress: boo
         raise UserError(f"--combine-top {cfg.combine_top} exceeds the {len(layers)} fitted layers")
     schedule = cfg.schedule(getattr(store, "answer_length", None))
     require_finished(store, cfg.allow_partial)
-    everything = examples_meta(store)
-    meta = {k: (v[everything["done"]] if isinstance(v, np.ndarray) and len(v) == store.n_examples else v)
-            for k, v in everything.items()}
+    meta = finished_meta(store)
     y, groups, sources, prompts = meta["y"], meta["groups"], meta["sources"], meta["prompts"]
     deployed = Deployed.of(meta, schedule.answer_length)
     own_benign = calibration_rows(y, meta["kinds"], sources, cfg.calibrate_on, cfg.control_sources)
     roles = three_way_split(groups, y, cfg, cfg.seed, strata=np.where(own_benign, "calibration-kind", "other"))
     _require_split(roles, y, cfg)
+    dropped = judged_out(cfg, meta, roles == "train")  # still training prompts in the split record
+    split_roles, roles = roles, np.where(dropped, "dropped", roles)
     train_m, cal_m, test_m = (roles == r for r in ("train", "calibration", "test"))
     split = grouped_folds(y[train_m], groups[train_m], cfg.folds, cfg.seed, **_fold_context(cfg, roles, groups,
                                                                                             store.n_examples))
@@ -193,9 +212,10 @@ def train_probeset(store, cfg: TrainConfig, probe: ProbeConfig, *, progress: boo
         **kept, hook=hook, position=position, threshold=thr, kind=probe.method,
         best_layer=int(best if best in kept["layers"] else readout[-1]),
         thresholds=_thresholds_record(cfg, schedule, calib),
-        metrics=_metrics_record(cfg, metrics, readout, combine, test, cv_layers=layers),
+        metrics=_metrics_record(cfg, metrics, readout, combine, test, cv_layers=layers)
+        | ({"dropped_judged_harmless": int(dropped.sum())} if cfg.drop_judged_harmless else {}),
         provenance=jsonable(store.provenance), config={"train": to_dict(cfg), "probe": to_dict(probe)},
-        split=describe_split(roles, groups, prompts, y, sources, meta["pair_ids"]), schedule=schedule.to_dict(),
+        split=describe_split(split_roles, groups, prompts, y, sources, meta["pair_ids"]), schedule=schedule.to_dict(),
         combine=combine)
 
 

@@ -13,7 +13,7 @@ from functools import partial
 from typing import Any
 
 from interp.probes.oof import ProbeConfig
-from interp.probes.train import TrainConfig
+from interp.probes.train import TrainConfig, judged_out
 from interp.results import Result
 
 __all__ = ["ReadoutLoso", "readout_loso"]
@@ -53,8 +53,8 @@ def readout_loso(store, probes, train_cfg: TrainConfig, probe_cfg: ProbeConfig, 
     """Leave one source out at ``probes``' readout on an open store, with ``train_cfg``'s depths, folds, seed,
     schedule and calibration population (``texts`` / ``answers`` from :mod:`interp.probes.stores` when already
     read)."""
-    from interp.probes.cv import grouped_folds
-    from interp.probes.data import load_layer
+    from interp.probes.cv import Split, grouped_folds
+    from interp.probes.data import finished_meta, load_layer
     from interp.probes.loso import leave_one_source_out
     from interp.probes.stack import stack_layers
     from interp.probes.stores import store_answers, store_texts
@@ -71,6 +71,9 @@ def readout_loso(store, probes, train_cfg: TrainConfig, probe_cfg: ProbeConfig, 
     data = stack_layers(loads) if stacked else loads[0]()
     probe = replace(probe_cfg, standardize=True) if stacked else probe_cfg
     split = grouped_folds(data.y, data.groups, train_cfg.folds, train_cfg.seed)
+    if train_cfg.drop_judged_harmless:  # left out of the training folds, still scored when tested
+        out = judged_out(train_cfg, finished_meta(store), data.y >= 0)
+        split = Split(split.train & ~out[None], split.test, split.kind)
     plan = SweepPlan(folds=train_cfg.folds, seed=train_cfg.seed, n_boot=train_cfg.n_boot,
                      target_fpr=train_cfg.target_fpr, schedule=train_cfg.schedule(getattr(store, "answer_length", None)),
                      calibrate_on=tuple(train_cfg.calibrate_on))

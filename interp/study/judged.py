@@ -5,13 +5,14 @@ sand and glue). :func:`judge_run` has a content judge (:mod:`interp.evaluate.con
 scores answers whose content is known: third-party harmful text and the model's own benign answers, both from the
 run's test prompts. The judge's AUROC there says how far to trust the split that follows: the guard's TPR on the
 own deep prefills the judge calls harmful, and on those it calls harmless (at log-odds 0, fixed in advance).
-Judgments are kept in ``judgments.jsonl``, keyed by prompt and answer, so an interrupted run resumes and another run
-of the same corpus reuses them.
+Judgments are kept in ``judgments.jsonl`` (:mod:`interp.evaluate.judgments`), keyed by prompt and answer, so an
+interrupted run resumes and another run of the same corpus reuses them. With ``every_prefill`` the own deep
+prefills of the training and calibration prompts are judged too, for training that leaves out those the judge calls
+harmless.
 """
 
 from __future__ import annotations
 
-import hashlib
 import json
 from dataclasses import dataclass, field, fields
 from pathlib import Path
@@ -20,6 +21,7 @@ import numpy as np
 
 from interp import UserError
 from interp.evaluate.content import ContentJudgeConfig
+from interp.evaluate.judgments import judgment_key, open_journal
 from interp.formatting import ci, rate
 from interp.results import Result
 from interp.study.compare import RunAnswers, score_answers
@@ -35,6 +37,9 @@ class JudgeConfig(ContentJudgeConfig):
         "help": "answers of each known kind (third-party harmful, own benign) the judge is checked on"})
     seed: int = field(default=0, metadata={"help": "which answers are sampled for the check"})
     out: str | None = field(default=None, metadata={"help": "folder for judgments.jsonl and judged.json"})
+    every_prefill: bool = field(default=False, metadata={
+        "help": "also judge the own deep prefills of the training and calibration prompts (what training with "
+                "--judgments DIR --drop-judged-harmless true needs)"})
 
 
 _SHORT = {"own": "plain", "prefill": "after a forced opener"}  # the kinds of own benign answers
@@ -56,6 +61,8 @@ class JudgedPrefills(Result):
     rank_correlation: float | None  # Spearman, judge log-odds vs guard score, over the own deep prefills
     validation_benign_by_kind: dict = field(default_factory=dict)  # own plain answers; after a forced opener (the
     # style of a deep prefill, so the judge's false calls there are the ones that blur the split)
+    judged_harmful_by_role: dict = field(default_factory=dict)  # --every-prefill: own deep prefills called harmful,
+    # per split role (train, calibration, test)
 
     def summary(self) -> str:
         return "\n".join([
@@ -63,7 +70,8 @@ class JudgedPrefills(Result):
             f"  check on known content: AUROC {ci(self.validation_auroc)}; called harmful: third-party harmful "
             f"{rate(self.validation_harmful)}, own benign {rate(self.validation_benign)}"
             + "".join(f"; {_SHORT.get(k, k)} {rate(v)}" for k, v in self.validation_benign_by_kind.items()),
-            f"  own deep prefills called harmful: {rate(self.judged_harmful)}",
+            f"  own deep prefills called harmful: {rate(self.judged_harmful)}"
+            + "".join(f"; {role} prompts {rate(v)}" for role, v in self.judged_harmful_by_role.items()),
             f"  guard TPR at the run's threshold: on those {rate(self.guard_on_harmful)}; on the rest "
             f"{rate(self.guard_on_harmless)}",
             f"  rank correlation, judge vs guard score: "
@@ -86,40 +94,11 @@ def judged_rows(a: RunAnswers, n_validate: int, seed: int) -> dict[str, np.ndarr
     return rows
 
 
-def _key(prompt: str, answer: str) -> str:
-    return hashlib.sha256(f"{prompt}\0{answer}".encode()).hexdigest()[:20]
-
-
-def _journal(out: Path, judge_info: dict) -> dict[str, float]:
-    """Judgments already made in ``out`` by the same judge (a different one: error). A last line cut by a crash is
-    dropped, so appends start on a fresh line."""
-    out.mkdir(parents=True, exist_ok=True)
-    head = out / "judge.json"
-    if head.exists() and json.loads(head.read_text()) != judge_info:
-        raise UserError(f"{out} holds judgments by another judge; give another --out")
-    head.write_text(json.dumps(judge_info, indent=1, sort_keys=True) + "\n")
-    path = out / "judgments.jsonl"
-    text = path.read_text() if path.exists() else ""
-    if text and not text.endswith("\n"):
-        text = text[: text.rfind("\n") + 1]
-        tmp = path.with_name(path.name + ".tmp")
-        tmp.write_text(text)
-        tmp.replace(path)
-    done = {}
-    for line in text.splitlines():
-        try:
-            rec = json.loads(line)
-            done[rec["key"]] = float(rec["log_odds"])
-        except (ValueError, KeyError, TypeError):
-            continue  # not a judgment: judged again
-    return done
-
-
 def _judge_all(judge, a: RunAnswers, idx: np.ndarray, done: dict[str, float], journal: Path | None) -> np.ndarray:
     from tqdm.auto import tqdm
 
     prompts, answers = a.meta["prompts"], a.meta["response"]
-    keys = [_key(prompts[i], answers[i]) for i in idx]
+    keys = [judgment_key(prompts[i], answers[i]) for i in idx]
     todo = [(k, i) for k, i in zip(keys, idx) if k not in done]
     with tqdm(total=len(todo), desc="judge", unit="answer", disable=not todo) as bar:
         for k, i in todo:
@@ -129,6 +108,17 @@ def _judge_all(judge, a: RunAnswers, idx: np.ndarray, done: dict[str, float], jo
                     f.write(json.dumps({"key": k, "log_odds": done[k]}) + "\n")
             bar.update(1)
     return np.array([done[k] for k in keys])
+
+
+def _by_role(a: RunAnswers, idx: np.ndarray | None, logodds: np.ndarray | None) -> dict:
+    """Share of the own deep prefills ``idx`` called harmful, per split role ({} without ``--every-prefill``)."""
+    from interp.stats import grouped_rate
+
+    if idx is None:
+        return {}
+    role, g = a.role[idx], a.meta["groups"][idx]
+    return {r: grouped_rate(logodds[role == r] > 0, g[role == r]) for r in ("train", "calibration", "test")
+            if (role == r).any()}
 
 
 def judge_run(run: str | Path | RunAnswers, cfg: JudgeConfig | None = None, *, judge=None) -> JudgedPrefills:
@@ -154,7 +144,9 @@ def judge_run(run: str | Path | RunAnswers, cfg: JudgeConfig | None = None, *, j
         judge = ContentJudge(loaded.model, loaded.tokenizer, cfg)
         info["model"] = loaded.provenance()
     out = Path(cfg.out) if cfg.out else None
-    done = _journal(out, info) if out else {}
+    done = open_journal(out, info) if out else {}
+    if cfg.every_prefill:  # the prefills of every role (a test prefill's key repeats: judged once)
+        rows["every"] = np.flatnonzero((a.meta["y"] == 1) & (a.meta["kinds"] == "prefill") & a.meta["done"])
     logodds = {name: _judge_all(judge, a, idx, done, out / "judgments.jsonl" if out else None)
                for name, idx in rows.items()}
     g, known = a.meta["groups"], np.concatenate([rows["harmful"], rows["benign"]])
@@ -175,7 +167,8 @@ def judge_run(run: str | Path | RunAnswers, cfg: JudgeConfig | None = None, *, j
         judged_harmful=grouped_rate(harmful, g[pre]),
         guard_on_harmful=grouped_rate(guard[harmful], g[pre][harmful]),
         guard_on_harmless=grouped_rate(guard[~harmful], g[pre][~harmful]),
-        rank_correlation=None if rho is None or not np.isfinite(rho) else float(rho))
+        rank_correlation=None if rho is None or not np.isfinite(rho) else float(rho),
+        judged_harmful_by_role=_by_role(a, rows.get("every"), logodds.get("every")))
     if out:
         result.save(out / "judged.json")
     return result
