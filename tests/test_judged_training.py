@@ -90,6 +90,7 @@ def test_the_probe_is_the_fit_on_the_training_rows_without_the_judged_harmless(c
 
 def test_leave_one_source_out_drops_them_from_training_folds_only(corpus, monkeypatch):
     import interp.probes.loso as loso
+    import interp.probes.sweep  # noqa: F401  (binds the real function at import, before the patch below)
     from interp.extract.store import ActivationStore
     from interp.probes.transfer import readout_loso
 
@@ -136,4 +137,7 @@ def test_the_judged_lever_row(corpus, tmp_path):
     res = LeverResult.load(tmp_path / "lv" / "levers.json")
     assert res.row("judged").test_tpr["n"] == res.row("base").test_tpr["n"]
     assert res.row("judged").threshold != res.row("base").threshold
+    n = res.row("judged").dropped_judged_harmless
+    assert n > 5 and res.row("base").dropped_judged_harmless is None
+    assert f"; {n} own deep prefills of the training prompts left out." in res.summary()
     assert main(args) == 2  # the lever without --judgments: a one-line error

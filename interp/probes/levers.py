@@ -122,6 +122,7 @@ class LeverRow(Result):
     # calibration prompts
     test_tpr_by_kind: dict[str, dict] = field(default_factory=dict)
     calibration_tpr_by_kind: dict[str, dict] = field(default_factory=dict)
+    dropped_judged_harmless: int | None = None  # lever "judged": training rows it left out
 
 
 @dataclass
@@ -238,7 +239,8 @@ def _measure(store, name: str, changes: str, t_cfg: TrainConfig, p_cfg: ProbeCon
                     calibration_tpr=ps.thresholds["calibration"].get("tpr_harmful"),
                     loso=_loso(store, ps, t_cfg, p_cfg, texts, answers),
                     test_answer_auroc=pa.get("auroc_own_vs_harmful"), test_tpr_by_kind=pa.get("tpr_by_kind") or {},
-                    calibration_tpr_by_kind=ps.thresholds["calibration"].get("tpr_harmful_by_kind") or {})
+                    calibration_tpr_by_kind=ps.thresholds["calibration"].get("tpr_harmful_by_kind") or {},
+                    dropped_judged_harmless=ps.metrics.get("dropped_judged_harmless"))
 
 
 def _loso(store, ps, t_cfg: TrainConfig, p_cfg: ProbeConfig, texts, answers) -> dict[str, Any]:

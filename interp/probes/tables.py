@@ -61,7 +61,9 @@ def lever_table(result) -> list[str]:
                      f"{diff(r.test_minus_ngram)} | {rate(r.test_tpr)} | {rate(r.test_tpr_by_kind.get('prefill'))} | "
                      f"{rate(r.test_fpr)} | {rate(r.calibration_tpr)} | "
                      f"{rate(r.calibration_tpr_by_kind.get('prefill'))} | {ci(r.test_answer_auroc)} |")
-    lines += ["", *(f"- **{r.lever}**: {r.changes}; threshold {probability(r.threshold)} ({r.readout['rule']})."
+    lines += ["", *(f"- **{r.lever}**: {r.changes}; threshold {probability(r.threshold)} ({r.readout['rule']})"
+                       + ("" if r.dropped_judged_harmless is None else
+                          f"; {r.dropped_judged_harmless} own deep prefills of the training prompts left out") + "."
                     for r in result.rows)]
     return lines
 
