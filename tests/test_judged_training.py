@@ -71,6 +71,7 @@ def test_the_probe_is_the_fit_on_the_training_rows_without_the_judged_harmless(c
     train = np.isin(finished_meta_groups(path), base.split["train"]["groups"])
     out = harmless & train
     assert ps.metrics["dropped_judged_harmless"] == out.sum() > 5
+    assert ps.metrics["judge"] == {"judge_model": "fake"}  # the judge that decided, recorded with the probes
     with ActivationStore.open(path) as store:
         assert finished_meta(store)["y"].shape == harmless.shape
         tr = load_layer(store, "hook_resid_post", 2, "probe", None, pairs_only=True, select=train & ~out)

@@ -119,6 +119,15 @@ def judged_out(cfg: TrainConfig, meta: dict, among: np.ndarray) -> np.ndarray:
     return harmless_prefills(meta, cfg.judgments, among)
 
 
+def _judged_record(cfg: TrainConfig, dropped: np.ndarray) -> dict:
+    """What ``--drop-judged-harmless`` left out, and the judge that decided (its ``judge.json``: config and model)."""
+    if not cfg.drop_judged_harmless:
+        return {}
+    from interp.evaluate.judgments import read_judgments
+
+    return {"dropped_judged_harmless": int(dropped.sum()), "judge": read_judgments(cfg.judgments)[1]}
+
+
 def _pairs_summary(p: np.ndarray, y: np.ndarray, groups: np.ndarray, n_boot: int, seed: int) -> dict | None:
     """Pooled summary of the finite pairs of ``p [N, D]``, with each pair's label from ``y [N, D]``."""
     from interp.probes.metrics import summarize
@@ -213,7 +222,7 @@ def train_probeset(store, cfg: TrainConfig, probe: ProbeConfig, *, progress: boo
         best_layer=int(best if best in kept["layers"] else readout[-1]),
         thresholds=_thresholds_record(cfg, schedule, calib),
         metrics=_metrics_record(cfg, metrics, readout, combine, test, cv_layers=layers)
-        | ({"dropped_judged_harmless": int(dropped.sum())} if cfg.drop_judged_harmless else {}),
+        | _judged_record(cfg, dropped),
         provenance=jsonable(store.provenance), config={"train": to_dict(cfg), "probe": to_dict(probe)},
         split=describe_split(split_roles, groups, prompts, y, sources, meta["pair_ids"]), schedule=schedule.to_dict(),
         combine=combine)

@@ -12,6 +12,8 @@ from dataclasses import dataclass, field, replace
 from functools import partial
 from typing import Any
 
+import numpy as np
+
 from interp.probes.oof import ProbeConfig
 from interp.probes.train import TrainConfig, judged_out
 from interp.results import Result
@@ -72,7 +74,7 @@ def readout_loso(store, probes, train_cfg: TrainConfig, probe_cfg: ProbeConfig, 
     probe = replace(probe_cfg, standardize=True) if stacked else probe_cfg
     split = grouped_folds(data.y, data.groups, train_cfg.folds, train_cfg.seed)
     if train_cfg.drop_judged_harmless:  # left out of the training folds, still scored when tested
-        out = judged_out(train_cfg, finished_meta(store), data.y >= 0)
+        out = judged_out(train_cfg, finished_meta(store), np.ones(len(data.y), bool))
         split = Split(split.train & ~out[None], split.test, split.kind)
     plan = SweepPlan(folds=train_cfg.folds, seed=train_cfg.seed, n_boot=train_cfg.n_boot,
                      target_fpr=train_cfg.target_fpr, schedule=train_cfg.schedule(getattr(store, "answer_length", None)),
