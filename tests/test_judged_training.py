@@ -35,7 +35,7 @@ def corpus(tmp_path_factory):
     judge = root / "judge"
     judge.mkdir()
     (judge / "judge.json").write_text(json.dumps({"judge_model": "fake"}))
-    harmless = [i for i in np.flatnonzero(ss.y == 1)[::3]]
+    harmless = np.flatnonzero(ss.y == 1)[::3].tolist()
     with (judge / "judgments.jsonl").open("w") as f:
         for i in np.flatnonzero(ss.y == 1):
             f.write(json.dumps({"key": judgment_key(str(ss.groups[i]), texts[i]),
@@ -51,14 +51,6 @@ def _train(path, **kw):
         return train_probeset(store, TrainConfig(**COMMON, **kw), ProbeConfig(), progress=False)
 
 
-def finished_meta_groups(path):
-    from interp.extract.store import ActivationStore
-    from interp.probes.data import finished_meta
-
-    with ActivationStore.open(path) as store:
-        return finished_meta(store)["groups"]
-
-
 def test_the_probe_is_the_fit_on_the_training_rows_without_the_judged_harmless(corpus):
     """Exactness against the obvious path: load the training rows minus the judged-harmless prefills and fit."""
     from interp.extract.store import ActivationStore
@@ -68,15 +60,15 @@ def test_the_probe_is_the_fit_on_the_training_rows_without_the_judged_harmless(c
     path, judge, harmless = corpus
     base = _train(path, layer=2)
     ps = _train(path, layer=2, judgments=str(judge), drop_judged_harmless=True)
-    train = np.isin(finished_meta_groups(path), base.split["train"]["groups"])
-    out = harmless & train
-    assert ps.metrics["dropped_judged_harmless"] == out.sum() > 5
-    assert ps.metrics["judge"] == {"judge_model": "fake"}  # the judge that decided, recorded with the probes
     with ActivationStore.open(path) as store:
-        assert finished_meta(store)["y"].shape == harmless.shape
+        meta = finished_meta(store)
+        train = np.isin(meta["groups"], base.split["train"]["groups"])
+        out = harmless & train
+        assert meta["y"].shape == harmless.shape and ps.metrics["dropped_judged_harmless"] == out.sum() > 5
         tr = load_layer(store, "hook_resid_post", 2, "probe", None, pairs_only=True, select=train & ~out)
     X, y, rows, _ = tr.flat()
     want = fit_probes(X, y, np.ones((1, len(y)), bool), ProbeConfig(), tr.sources[rows])[0]
+    assert ps.metrics["judge"] == {"judge_model": "fake"}  # the judge that decided, recorded with the probes
     k = ps.layers.index(2)
     np.testing.assert_allclose(ps.weights[k], want.coef.reshape(-1), rtol=1e-5, atol=1e-6)
     assert not np.allclose(ps.weights[k], base.weights[base.layers.index(2)], atol=1e-3)
