@@ -16,6 +16,7 @@ from pathlib import Path
 import numpy as np
 
 from interp import UserError
+from interp.probes.answers import own_deep_prefills
 
 __all__ = ["harmless_prefills", "judgment_key", "open_journal", "read_judgments"]
 
@@ -73,7 +74,7 @@ def harmless_prefills(meta: dict, folder: str | Path, among: np.ndarray) -> np.n
         raise UserError("the store keeps no answer text, so judgments cannot be matched to its rows; re-extract it "
                         "with this version")
     done, _ = read_judgments(folder)
-    rows = np.flatnonzero(np.asarray(among, bool) & (meta["y"] == 1) & (meta["kinds"] == "prefill"))
+    rows = np.flatnonzero(np.asarray(among, bool) & own_deep_prefills(meta))
     odds = np.array([done.get(judgment_key(meta["prompts"][i], meta["response"][i]), np.nan) for i in rows])
     missing = int(np.isnan(odds).sum())
     if missing:

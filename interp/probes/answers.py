@@ -34,6 +34,12 @@ KIND_NAMES = {"own": "the model's own answers", "prefill": "the model's own cont
               "insertion": "answers with an inserted span", "dataset": "third-party text"}
 
 
+def own_deep_prefills(meta: dict) -> np.ndarray:
+    """Rows (``meta`` from :func:`interp.probes.data.examples_meta`) that are the model's own continuations after a
+    forced opener on a harmful prompt: its deep prefills, labelled by the prompt's harm."""
+    return (np.asarray(meta["y"]) == 1) & (np.asarray(meta["kinds"]) == "prefill")
+
+
 def row_kinds(sources: Sequence[str], kinds: Sequence[str] | None = None) -> np.ndarray:
     """Each row's kind: as stored, else read off its source (``<dataset>:<kind>`` for generated rows)."""
     if kinds is not None and all(str(k) for k in kinds):

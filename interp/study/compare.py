@@ -73,9 +73,11 @@ class RunAnswers:
     def test_masks(self) -> dict[str, np.ndarray]:
         """The scored test answers (excluded ones left out) by side: ``own`` benign (the calibration population),
         ``harmful``, and of those ``prefill`` (the model's own deep prefills) and ``dataset`` (third-party text)."""
+        from interp.probes.answers import own_deep_prefills
+
         test = (self.role == "test") & ~np.isnan(self.score)
         harmful = test & (self.meta["y"] == 1)
-        return {"own": test & self.own, "harmful": harmful, "prefill": harmful & (self.meta["kinds"] == "prefill"),
+        return {"own": test & self.own, "harmful": harmful, "prefill": test & own_deep_prefills(self.meta),
                 "dataset": harmful & (self.meta["kinds"] == "dataset")}
 
 

@@ -23,6 +23,7 @@ from interp import UserError
 from interp.evaluate.content import ContentJudgeConfig
 from interp.evaluate.judgments import judgment_key, open_journal
 from interp.formatting import ci, rate
+from interp.probes.answers import own_deep_prefills
 from interp.results import Result
 from interp.study.compare import RunAnswers, score_answers
 
@@ -146,7 +147,7 @@ def judge_run(run: str | Path | RunAnswers, cfg: JudgeConfig | None = None, *, j
     out = Path(cfg.out) if cfg.out else None
     done = open_journal(out, info) if out else {}
     if cfg.every_prefill:  # the prefills of every role (a test prefill's key repeats: judged once)
-        rows["every"] = np.flatnonzero((a.meta["y"] == 1) & (a.meta["kinds"] == "prefill") & a.meta["done"])
+        rows["every"] = np.flatnonzero(own_deep_prefills(a.meta) & a.meta["done"])
     logodds = {name: _judge_all(judge, a, idx, done, out / "judgments.jsonl" if out else None)
                for name, idx in rows.items()}
     g, known = a.meta["groups"], np.concatenate([rows["harmful"], rows["benign"]])
