@@ -85,7 +85,8 @@ def main() -> None:
 
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--model", default=DEFAULT_MODEL, help="model spec, or 'tiny'")
-    ap.add_argument("--n", type=int, default=32, help="prompts (the built-in demo set, harmful and benign mixed)")
+    ap.add_argument("--n", type=int, default=32,
+                    help="prompts (the built-in demo set, harmful and benign mixed; cycled past its 80 prompts)")
     ap.add_argument("--max-new-tokens", type=int, default=128)
     ap.add_argument("--batches", type=int, nargs="+", default=[8, 16, 32], help="batch sizes tried by every path")
     ap.add_argument("--engines", nargs="+", default=["slots", "cache"], choices=["slots", "cache"])
@@ -101,7 +102,8 @@ def main() -> None:
     base, tok, label = load(args.model)
     dtype = resolve_gen_dtype(args.dtype, "cpu")
     model = generation_model(base, dtype)
-    records = load_demo_set()[: args.n]
+    pool = load_demo_set()
+    records = [pool[i % len(pool)] for i in range(args.n)]  # past the set's size the prompts repeat
     prompts = [list(format_prompt_ids(tok, r.prompt)) for r in records]
     stops = stop_token_ids(base, tok, derive_safety_spans(tok))
     pad = tok.pad_token_id if tok.pad_token_id is not None else tok.eos_token_id

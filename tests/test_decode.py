@@ -57,6 +57,21 @@ def test_sampled_tokens_do_not_depend_on_the_batch():
     assert other != runs[0]  # the seed matters
 
 
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_greedy_picks_argmax_and_the_first_of_tied_logits(dtype):
+    from interp.generate.decode import greedy
+
+    g = torch.Generator().manual_seed(0)
+    logits = (torch.randn(64, 5000, generator=g) * 3).round().to(dtype)  # rounded: many rows tie at their max
+    ties = (logits == logits.max(-1, keepdim=True).values).sum(-1)
+    assert (ties > 1).sum() > 10
+    assert torch.equal(greedy(logits), logits.argmax(-1))
+    assert torch.equal(greedy(logits[:, ::2]), logits[:, ::2].argmax(-1))  # a strided view, as decode's logits
+    row = torch.zeros(1, 9, dtype=dtype)
+    row[0, [2, 6]] = 1.0
+    assert greedy(row).tolist() == [2]
+
+
 def test_zero_budget_fast_linear_restored_and_bad_input():
     model, tok, prompts = setup("qwen2")
     assert decode(model, prompts[:2], [0, 2], stops=[], pad_id=0)[0] == []

@@ -73,3 +73,34 @@ def test_slot_limits_and_unsupported_models():
     assert "Gemma2ForCausalLM" in slot_support(gemma)
     with pytest.raises(ValueError, match="cannot run this model"):
         SlotDecoder(gemma, slots=1, capacity=4)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("bias", [False, True])
+def test_greedy_head_equals_the_argmax_of_the_full_logits(dtype, bias):
+    """The chunked head picks what the full product's first argmax picks, ties and a ragged last chunk included."""
+    from interp.generate.decode import greedy
+    from interp.generate.slots import greedy_head
+
+    g = torch.Generator().manual_seed(1)
+    head = torch.nn.Linear(6, 1000, bias=bias).to(dtype)
+    with torch.no_grad():
+        head.weight.copy_(torch.randint(-2, 3, (1000, 6), generator=g).to(dtype))  # integer logits: many ties
+        if bias:
+            head.bias.copy_(torch.randint(-2, 3, (1000,), generator=g).to(dtype))
+        hidden = torch.randint(-2, 3, (40, 6), generator=g).to(dtype)
+        full = head(hidden)
+    assert ((full == full.max(-1, keepdim=True).values).sum(-1) > 1).sum() > 5  # ties across chunks exist
+    for chunk in (64, 300, 1000, 4096):
+        assert torch.equal(greedy_head(head, hidden, chunk), greedy(full)), chunk
+
+
+def test_greedy_step_equals_the_argmax_of_step_float32():
+    model, _ = tiny_model("qwen2", n_layers=2, d_model=64, n_heads=4, n_kv_heads=2, d_mlp=128)
+    decs = [SlotDecoder(model, slots=3, capacity=32) for _ in range(2)]
+    toks = [d.prefill(*left_pad(PROMPTS[:3], 0)).argmax(-1) for d in decs]
+    for _ in range(5):
+        logits = decs[0].step(toks[0])
+        fast = decs[1].greedy_step(toks[1], chunk=1000)  # several chunks of the tiny model's vocabulary
+        assert torch.equal(fast, logits.argmax(-1))
+        toks = [logits.argmax(-1), fast]

@@ -49,10 +49,19 @@ def nucleus_probs(logits: torch.Tensor, temperature: float, top_p: float) -> tor
     return probs
 
 
+def greedy(logits: torch.Tensor) -> torch.Tensor:
+    """The index of each row's largest logit, the first one on ties (as ``argmax``).
+
+    ``max(-1).indices`` is the same index: both return the first maximal value. On CPU it is 2-3x faster than
+    ``argmax`` over a bf16 vocabulary (22 vs 64 ms for 256 rows of 151,936 logits), which at 256 rows in flight
+    was an eighth of a decode step."""
+    return logits.max(-1).indices
+
+
 def _choose(logits: torch.Tensor, jobs: list[int], sampling: Sampling, gens: dict[int, torch.Generator]
             ) -> list[int]:
     if not sampling.do_sample:
-        return logits.argmax(-1).tolist()
+        return greedy(logits).tolist()
     probs = nucleus_probs(logits, sampling.temperature, sampling.top_p).cpu()
     return [int(torch.multinomial(probs[row], 1, generator=gens[job])) for row, job in enumerate(jobs)]
 
@@ -176,7 +185,10 @@ def _decode_slots(model, jobs: _Jobs, pad_id: int, batch_size: int) -> None:
             last = torch.cat([last, torch.tensor(chosen, device=device)])
             done = [first + k for k, (j, t) in enumerate(zip(new, chosen)) if jobs.record(j, t)]
         else:  # one decode step for every row in flight
-            chosen = jobs.choose(dec.step(last), rows)
+            if jobs.sampling.do_sample:
+                chosen = jobs.choose(dec.step(last), rows)
+            else:  # the argmax without the full logits (interp.generate.slots.greedy_head)
+                chosen = dec.greedy_step(last).tolist()
             last = torch.tensor(chosen, device=device)
             done = [r for r, (j, t) in enumerate(zip(rows, chosen)) if jobs.record(j, t)]
         for r in sorted(done, reverse=True):  # the last row moves into a freed slot

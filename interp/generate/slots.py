@@ -49,6 +49,32 @@ def slot_support(model) -> str | None:
     return None
 
 
+HEAD_CHUNK = 16384  # vocabulary rows per product in :func:`greedy_head`
+
+
+@torch.no_grad()
+def greedy_head(head: torch.nn.Linear, hidden: torch.Tensor, chunk: int = HEAD_CHUNK) -> torch.Tensor:
+    """``greedy(head(hidden))``, the first index on ties, computed over ``chunk`` vocabulary rows at a time.
+
+    Each block of logits stays in cache and only its maximum leaves, where the full ``[rows, vocab]`` product
+    writes and rereads 78 MB at 256 rows of Qwen2's 151,936 tokens (bf16, CPU with AMX: 56 against 83 ms). Each
+    logit is the same dot product either way; a later block wins only with a strictly larger value. A head that is
+    not a plain ``nn.Linear`` (the opt-in int8 one) runs whole."""
+    if type(head) is not torch.nn.Linear:
+        return head(hidden).max(-1).indices
+    best_val = best_idx = None
+    for start in range(0, head.out_features, chunk):
+        bias = None if head.bias is None else head.bias[start: start + chunk]
+        val, idx = F.linear(hidden, head.weight[start: start + chunk], bias).max(-1)
+        if best_val is None:
+            best_val, best_idx = val, idx
+        else:
+            take = val > best_val
+            best_val = torch.where(take, val, best_val)
+            best_idx = torch.where(take, idx + start, best_idx)
+    return best_idx
+
+
 @dataclass
 class SlotCache:
     """Keys and values per layer, ``[slots, kv_heads, capacity, head_dim]``, and each slot's filled length."""
@@ -140,6 +166,15 @@ class SlotDecoder:
     @torch.no_grad()
     def step(self, tokens: torch.Tensor) -> torch.Tensor:
         """Forward one token per row in flight (``tokens[i]`` for slot ``i``); logits ``[n, vocab]``."""
+        return self.model.lm_head(self.final_hidden(tokens))
+
+    def greedy_step(self, tokens: torch.Tensor, chunk: int = HEAD_CHUNK) -> torch.Tensor:
+        """The greedy next token of every row, ``greedy(step(tokens))``, without the ``[n, vocab]`` logits."""
+        return greedy_head(self.model.lm_head, self.final_hidden(tokens), chunk)
+
+    @torch.no_grad()
+    def final_hidden(self, tokens: torch.Tensor) -> torch.Tensor:
+        """Forward one token per row in flight through every layer and the final norm: ``[n, d_model]``."""
         n = self.n
         if tokens.shape != (n,):
             raise ValueError(f"expected {n} tokens, got shape {tuple(tokens.shape)}")
@@ -167,4 +202,4 @@ class SlotDecoder:
             h = h + attn.o_proj(o.reshape(n, 1, -1))
             h = h + layer.mlp(layer.post_attention_layernorm(h))
         self.cache.lengths[:n] += 1
-        return self.model.lm_head(self.inner.norm(h))[:, 0]
+        return self.inner.norm(h)[:, 0]

@@ -15,6 +15,7 @@ import torch
 
 from interp import UserError
 from interp.extract.masks import attention_layout, piggyback_inputs, span_over_cache
+from interp.generate.decode import greedy
 from interp.guard.aggregate import FLAG_THRESHOLD
 from interp.guard.openers import head_logits, tree_log_probs
 from interp.guard.refusal import KeywordMatcher, ProbabilityMatcher
@@ -177,7 +178,7 @@ class Checker:
 
     def _lookahead(self, cache, mask, pos_next, first_logits, n_tokens: int) -> list[str]:
         """Greedy ``n_tokens`` from ``first_logits`` over the cache (the caller rolls back)."""
-        tok = first_logits.argmax(-1)
+        tok = greedy(first_logits)
         out, B, dev = [tok], mask.shape[0], mask.device
         eos = self.tokenizer.eos_token_id
         for i in range(n_tokens - 1):
@@ -186,7 +187,7 @@ class Checker:
             mask = torch.cat([mask, torch.ones((B, 1), dtype=mask.dtype, device=dev)], dim=1)
             logits = self.model(input_ids=tok[:, None], position_ids=(pos_next + i)[:, None], attention_mask=mask,
                                 use_cache=True, logits_to_keep=1, **{self._kw_model: cache}).logits[:, -1]
-            tok = logits.argmax(-1)
+            tok = greedy(logits)
             out.append(tok)
         toks = torch.stack(out, 1).tolist()
         texts = []

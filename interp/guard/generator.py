@@ -29,7 +29,7 @@ import torch
 
 from interp import UserError
 from interp.extract.masks import left_pad, require_mask_kernel
-from interp.generate.decode import nucleus_probs
+from interp.generate.decode import greedy, nucleus_probs
 from interp.guard import deferred
 from interp.guard.aggregate import Aggregation, reaches
 from interp.guard.checks import Checker, CheckOutcome
@@ -104,7 +104,7 @@ class GuardedGenerator:
     def _choose(self, logits: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
         cfg = self.config
         if not cfg.do_sample:
-            return logits.argmax(-1)
+            return greedy(logits)
         probs = nucleus_probs(logits, cfg.temperature, cfg.top_p)
         return torch.multinomial(probs.cpu(), 1, generator=gen).squeeze(-1).to(logits.device)
 
