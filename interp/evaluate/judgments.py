@@ -18,7 +18,7 @@ import numpy as np
 from interp import UserError
 from interp.probes.answers import own_deep_prefills
 
-__all__ = ["harmless_prefills", "judgment_key", "open_journal", "read_judgments"]
+__all__ = ["harmless_prefills", "judgment_key", "open_journal", "read_judge", "read_judgments"]
 
 
 def judgment_key(prompt: str, answer: str) -> str:
@@ -55,14 +55,24 @@ def open_journal(out: Path, judge_info: dict) -> dict[str, float]:
     return _parse(text)
 
 
-def read_judgments(folder: str | Path) -> tuple[dict[str, float], dict]:
-    """A judge folder's judgments and its ``judge.json`` (read only; one-line error when it holds none)."""
+def _judge_files(folder: str | Path) -> tuple[Path, Path]:
+    """A judge folder's ``judgments.jsonl`` and ``judge.json``; a one-line error when it holds none."""
     folder = Path(folder)
     path, head = folder / "judgments.jsonl", folder / "judge.json"
     if not (path.exists() and head.exists()):
         raise UserError(f"{folder} holds no judgments (judgments.jsonl and judge.json); write them with "
                         "`anydepth judge RUN --every-prefill true --out DIR`")
-    return _parse(path.read_text()), json.loads(head.read_text())
+    return path, head
+
+
+def read_judgments(folder: str | Path) -> dict[str, float]:
+    """A judge folder's judgments, log-odds by :func:`judgment_key` (read only)."""
+    return _parse(_judge_files(folder)[0].read_text())
+
+
+def read_judge(folder: str | Path) -> dict:
+    """A judge folder's ``judge.json`` (the judge's config and model), without reading its judgments."""
+    return json.loads(_judge_files(folder)[1].read_text())
 
 
 def harmless_prefills(meta: dict, folder: str | Path, among: np.ndarray) -> np.ndarray:
@@ -73,7 +83,7 @@ def harmless_prefills(meta: dict, folder: str | Path, among: np.ndarray) -> np.n
     if "response" not in meta:
         raise UserError("the store keeps no answer text, so judgments cannot be matched to its rows; re-extract it "
                         "with this version")
-    done, _ = read_judgments(folder)
+    done = read_judgments(folder)
     rows = np.flatnonzero(np.asarray(among, bool) & own_deep_prefills(meta))
     odds = np.array([done.get(judgment_key(meta["prompts"][i], meta["response"][i]), np.nan) for i in rows])
     missing = int(np.isnan(odds).sum())

@@ -123,9 +123,9 @@ def _judged_record(cfg: TrainConfig, dropped: np.ndarray) -> dict:
     """What ``--drop-judged-harmless`` left out, and the judge that decided (its ``judge.json``: config and model)."""
     if not cfg.drop_judged_harmless:
         return {}
-    from interp.evaluate.judgments import read_judgments
+    from interp.evaluate.judgments import read_judge
 
-    return {"dropped_judged_harmless": int(dropped.sum()), "judge": read_judgments(cfg.judgments)[1]}
+    return {"dropped_judged_harmless": int(dropped.sum()), "judge": read_judge(cfg.judgments)}
 
 
 def _pairs_summary(p: np.ndarray, y: np.ndarray, groups: np.ndarray, n_boot: int, seed: int) -> dict | None:
