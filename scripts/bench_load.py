@@ -3,6 +3,7 @@
 
     python scripts/bench_load.py                    # embedded model, 32 prompts, 128 new tokens, slot engine
     python scripts/bench_load.py --model tiny       # quick run on a tiny random model
+    python scripts/bench_load.py --nice 19          # the competitor at nice 19 (a niced background job)
 
 A run that starts on a quiet machine keeps torch's spinning OpenMP threads; when another process then keeps one
 of the cores busy, the thread sharing that core stalls every parallel region. :class:`interp.threads.LoadFollower`
@@ -10,7 +11,8 @@ of the cores busy, the thread sharing that core stalls every parallel region. :c
 torch on the CPUs they leave free. This script decodes one workload four ways, each started quiet: ``quiet``
 (follower on) and ``quiet_fixed`` (off), which show what the follower costs on a quiet machine; ``busy_fixed`` (a
 single-threaded busy loop starts ``--delay`` s in, follower off) and ``busy_follow`` (the same competitor, follower
-on). Run it alone. The kernels are warmed once on four prompts, then every path is timed in ``--repeats`` rounds of
+on). ``--nice N`` runs the competitor at nice ``N``: the follower counts a niced process only by the share of a
+core it takes from ours, so beside ``nice 19`` it should keep both threads. Run it alone. The kernels are warmed once on four prompts, then every path is timed in ``--repeats`` rounds of
 alternating order. The last line is ``follow_vs_quiet=<x> fixed_vs_quiet=<y>``: each busy path's fastest round
 over the quiet path's fastest round (1.0 would be no cost; one core for all but the first ``--delay`` s gives a
 little under 2).
@@ -31,10 +33,12 @@ from interp.bench import spread, time_paths
 BUSY_LOOP = "while True: pass"
 
 
-def competitor(delay: float) -> tuple[threading.Timer, list]:
-    """A timer that starts a busy single-threaded process after ``delay`` seconds; the list holds it once started."""
+def competitor(delay: float, nice: int = 0) -> tuple[threading.Timer, list]:
+    """A timer that starts a busy single-threaded process (at ``nice``) after ``delay`` seconds; the list holds it
+    once started."""
     started: list = []
-    timer = threading.Timer(delay, lambda: started.append(subprocess.Popen([sys.executable, "-c", BUSY_LOOP])))
+    cmd = ["nice", "-n", str(nice), sys.executable, "-c", BUSY_LOOP] if nice else [sys.executable, "-c", BUSY_LOOP]
+    timer = threading.Timer(delay, lambda: started.append(subprocess.Popen(cmd)))
     timer.start()
     return timer, started
 
@@ -52,6 +56,7 @@ def main() -> None:
     ap.add_argument("--max-new-tokens", type=int, default=128)
     ap.add_argument("--batch", type=int, default=32, help="rows in flight")
     ap.add_argument("--delay", type=float, default=3.0, help="seconds into a busy path when the competitor starts")
+    ap.add_argument("--nice", type=int, default=0, help="niceness of the competitor (19: a niced background job)")
     ap.add_argument("--repeats", type=int, default=2, help="timed rounds per path, in alternating order")
     args = ap.parse_args()
     if os.environ.get("OMP_WAIT_POLICY", "").upper() == "PASSIVE":
@@ -75,7 +80,7 @@ def main() -> None:
 
     def run(follow: bool, busy: bool, rows=prompts) -> None:
         os.environ["ANYDEPTH_FOLLOW_LOAD"] = "1" if follow else "0"
-        timer, started = competitor(args.delay) if busy else (None, [])
+        timer, started = competitor(args.delay, args.nice) if busy else (None, [])
         try:
             with torch.no_grad():
                 decode(model, rows, [args.max_new_tokens] * len(rows), stops=stops, pad_id=pad,
@@ -90,7 +95,7 @@ def main() -> None:
     paths = {"quiet": lambda: run(True, False), "quiet_fixed": lambda: run(False, False),
              "busy_fixed": lambda: run(False, True), "busy_follow": lambda: run(True, True)}
     print(f"model {label}, {dtype}, {len(prompts)} prompts, {args.max_new_tokens} new tokens, {args.batch} rows, "
-          f"{torch.get_num_threads()} threads, competitor after {args.delay} s", flush=True)
+          f"{torch.get_num_threads()} threads, competitor after {args.delay} s at nice {args.nice}", flush=True)
     run(True, False, prompts[:4])  # warm the kernels once for all paths (a full untimed round each would triple it)
     times = time_paths(paths, repeats=args.repeats, warmup=False)
     best = {name: min(ts) for name, ts in times.items()}

@@ -29,9 +29,13 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     os.environ.setdefault("MPLBACKEND", "Agg")  # the CLI only writes figures to files
-    if threads.configure().get("OMP_WAIT_POLICY"):  # before anything imports torch
+    chosen = threads.configure()  # before anything imports torch
+    if chosen.get("OMP_WAIT_POLICY"):
         print("other processes keep a CPU busy: torch threads wait passively (set OMP_WAIT_POLICY to choose)",
               file=sys.stderr)
+    elif chosen.get("GOMP_SPINCOUNT"):
+        print("only niced processes keep a CPU busy: torch threads spin longer before they sleep "
+              "(set GOMP_SPINCOUNT to choose)", file=sys.stderr)
     parser = build_parser()
     args = parser.parse_args(argv)
     if not getattr(args, "func", None):
