@@ -71,6 +71,7 @@ def _sched_group(pid_dir: str, autogroups: bool) -> tuple[str, str]:
 
 
 def _autogroups_on(proc: str) -> bool:
+    """Whether the kernel groups processes by session (``sched_autogroup_enabled``)."""
     try:
         with open(f"{proc}/sys/kernel/sched_autogroup_enabled", encoding="ascii") as fh:
             return fh.read().strip() == "1"
