@@ -26,6 +26,7 @@ BUSY_CORES = 0.3  # CPU time of other processes (in cores) from which threads wa
 # 300,000, ~3 ms on a 2-core AMX Xeon; this is ~0.3 s): a thread that sleeps between parallel regions hands its
 # core to the niced job and, woken, waits for the job's time slice to end
 NICED_SPINCOUNT = 30_000_000
+NICE_STEP = 1.25  # the kernel's CPU weight falls by about this factor per nice level (1024 at 0, 15 at 19)
 
 
 def available_cpus() -> int:
@@ -53,21 +54,18 @@ def _stat_fields(text: str) -> list[str]:
     return text.rsplit(")", 1)[1].split()
 
 
-NICE_STEP = 1.25  # the kernel's CPU weight falls by about this factor per nice level (1024 at 0, 15 at 19)
-
-
-def _sched_group(pid_dir: str, autogroups: bool) -> tuple[str, str]:
-    """Where nice values compare: the process's cgroup and, with autogrouping on, its autogroup. Across cgroups or
-    autogroups the kernel weighs the groups, not the processes' nice values (``man 7 sched``)."""
-    parts = []
-    for name, wanted in (("cgroup", True), ("autogroup", autogroups)):
+def _sched_group(pid_dir: str, autogroups: bool) -> tuple[str, ...]:
+    """Where nice values compare: the process's cgroup and, with autogrouping on, its autogroup (``"?"`` where
+    unreadable). Across cgroups or autogroups the kernel weighs the groups, not the processes' nice values
+    (``man 7 sched``)."""
+    out = []
+    for name in ("cgroup", "autogroup")[: 2 if autogroups else 1]:
         try:
             with open(f"{pid_dir}/{name}", encoding="ascii", errors="replace") as fh:
-                text = fh.read().split(" nice ")[0].strip() if wanted else ""
+                out.append(fh.read().split(" nice ")[0].strip())  # an autogroup reads "/autogroup-38 nice 0"
         except OSError:
-            text = "?"
-        parts.append(text)
-    return parts[0], parts[1]
+            out.append("?")
+    return tuple(out)
 
 
 def _autogroups_on(proc: str) -> bool:

@@ -12,8 +12,8 @@ torch on the CPUs they leave free. This script decodes one workload four ways, e
 (follower on) and ``quiet_fixed`` (off), which show what the follower costs on a quiet machine; ``busy_fixed`` (a
 single-threaded busy loop starts ``--delay`` s in, follower off) and ``busy_follow`` (the same competitor, follower
 on). ``--nice N`` runs the competitor at nice ``N``: the follower counts a niced process only by the share of a
-core it takes from ours, so beside ``nice 19`` it should keep both threads. Run it alone. The kernels are warmed once on four prompts, then every path is timed in ``--repeats`` rounds of
-alternating order. The last line is ``follow_vs_quiet=<x> fixed_vs_quiet=<y>``: each busy path's fastest round
+core it takes from ours, so beside ``nice 19`` it should keep both threads. Run it alone. The kernels are warmed
+once on four prompts, then every path is timed in ``--repeats`` rounds of alternating order. The last line is ``follow_vs_quiet=<x> fixed_vs_quiet=<y>``: each busy path's fastest round
 over the quiet path's fastest round (1.0 would be no cost; one core for all but the first ``--delay`` s gives a
 little under 2).
 """
@@ -37,7 +37,7 @@ def competitor(delay: float, nice: int = 0) -> tuple[threading.Timer, list]:
     """A timer that starts a busy single-threaded process (at ``nice``) after ``delay`` seconds; the list holds it
     once started."""
     started: list = []
-    cmd = ["nice", "-n", str(nice), sys.executable, "-c", BUSY_LOOP] if nice else [sys.executable, "-c", BUSY_LOOP]
+    cmd = (["nice", "-n", str(nice)] if nice else []) + [sys.executable, "-c", BUSY_LOOP]
     timer = threading.Timer(delay, lambda: started.append(subprocess.Popen(cmd)))
     timer.start()
     return timer, started
