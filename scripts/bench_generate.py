@@ -13,7 +13,8 @@ The baseline is what a careful user writes with transformers: prompts sorted by 
 best of them is the reference. Ours runs each engine of ``--engines`` at the same batch sizes: ``slots`` (a
 preallocated per-row cache, interp/generate/slots.py) and ``cache`` (the model's forward over a DynamicCache).
 Every path is warmed once on two prompts, then timed in ``--repeats`` rounds of alternating order; tokens/s counts
-the tokens each path returns. The last line is ``tokens_per_s=<x> vs_hf_generate=<y>``: our fastest path's
+the tokens each path returns; for our paths it also prints where the last round's time went (prefills, steps with
+the whole batch in flight, steps with fewer rows: :class:`interp.generate.decode.DecodeTrace`). The last line is ``tokens_per_s=<x> vs_hf_generate=<y>``: our fastest path's
 tokens/s and its ratio to the fastest ``model.generate`` batch size (fastest rounds of each).
 """
 
@@ -79,7 +80,7 @@ def main() -> None:
     from interp.data import load_demo_set
     from interp.extract.masks import left_pad
     from interp.generate.continuations import generation_model, resolve_gen_dtype, stop_token_ids
-    from interp.generate.decode import decode
+    from interp.generate.decode import DecodeTrace, decode
     from interp.model.catalogue import DEFAULT_MODEL
     from interp.spans.derive import derive_safety_spans, format_prompt_ids
 
@@ -129,15 +130,22 @@ def main() -> None:
                 out[i] = cut(gen[k, width:].tolist())
         return [out[i] for i in range(len(rows))]
 
-    def ours(rows: list[list[int]], batch: int, engine: str) -> list[list[int]]:
-        return decode(model, rows, [budget] * len(rows), stops=stops, pad_id=pad, batch_size=batch, engine=engine)
+    traces: dict[str, DecodeTrace] = {}  # our paths' last round: where its time went
+
+    def ours(rows: list[list[int]], batch: int, engine: str, key: str = "") -> list[list[int]]:
+        trace = traces.setdefault(key, DecodeTrace()) if key else None
+        if trace is not None:
+            trace.prefills.clear()
+            trace.steps.clear()
+        return decode(model, rows, [budget] * len(rows), stops=stops, pad_id=pad, batch_size=batch, engine=engine,
+                      trace=trace)
 
     results: dict[str, list[list[int]]] = {}
     paths = {}
     for b in args.batches:
         paths[f"hf_generate_b{b}"] = (lambda b=b: results.__setitem__(f"hf_generate_b{b}", hf(prompts, b)))
         for e in args.engines:
-            paths[f"{e}_b{b}"] = (lambda b=b, e=e: results.__setitem__(f"{e}_b{b}", ours(prompts, b, e)))
+            paths[f"{e}_b{b}"] = (lambda b=b, e=e: results.__setitem__(f"{e}_b{b}", ours(prompts, b, e, f"{e}_b{b}")))
     print(f"model {label}, {dtype}, {len(prompts)} prompts ({min(map(len, prompts))}-{max(map(len, prompts))} "
           f"tokens), {budget} new tokens, batches {args.batches}, {torch.get_num_threads()} threads", flush=True)
     hf(prompts[:2], 2)
@@ -149,6 +157,8 @@ def main() -> None:
     for k in times:
         print(f"{k:>16}: {n_tok[k]} tokens, fastest {min(times[k]):.2f} s (min/median/max {spread(times[k])}), "
               f"{tps[k]:.1f} tokens/s")
+    for k, trace in traces.items():
+        print(f"{k:>16} (last round): {trace.summary()}")
     ref = f"hf_generate_b{min(args.batches)}"
     for k in results:
         if not k.startswith("hf_"):

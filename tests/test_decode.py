@@ -202,3 +202,23 @@ def test_int8_generation_decodes_each_row_as_if_alone():
     if torch.cuda.is_available():  # pragma: no cover - CPU only
         with pytest.raises(UserError, match="CPU only"):
             generation_model(model.cuda(), "int8")
+
+
+@pytest.mark.parametrize("engine", ["slots", "cache"])
+def test_trace_accounts_for_every_token_and_leaves_the_tokens_alone(engine):
+    """Each prefill makes one token per prompt it admits and each step one per row in flight, so the trace's
+    tokens are the answers' tokens; the batch fills (steps at full rows), then drains (fewer rows)."""
+    from interp.generate.decode import DecodeTrace
+
+    model, tok, prompts = setup("qwen2")
+    budgets = [3, 12, 7, 15, 1, 9]
+    plain = decode(model, prompts, budgets, stops=[], pad_id=0, batch_size=3, engine=engine)
+    trace = DecodeTrace()
+    got = decode(model, prompts, budgets, stops=[], pad_id=0, batch_size=3, engine=engine, trace=trace)
+    assert got == plain
+    ph = trace.phases()
+    assert ph["prefill"]["tokens"] == len(prompts)  # every prompt admitted once, one token each
+    assert ph["prefill"]["tokens"] + ph["full"]["tokens"] + ph["partial"]["tokens"] == sum(map(len, got))
+    assert ph["full"]["calls"] > 0 and ph["partial"]["calls"] > 0  # 3 rows in flight, then the tail
+    assert all(rows <= 3 for rows, _ in trace.steps) and all(t >= 0 for _, t in trace.steps + trace.prefills)
+    assert trace.batch_size == 3 and "steps at 3 rows" in trace.summary()

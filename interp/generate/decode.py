@@ -14,9 +14,11 @@ Models with sliding-window layers (whose cache drops entries) are decoded in fix
 
 from __future__ import annotations
 
+import time
 from collections import deque
-from collections.abc import Sequence
-from dataclasses import dataclass
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass, field
 
 import torch
 import torch.nn.functional as F
@@ -36,6 +38,38 @@ class Sampling:
     temperature: float = 0.7
     top_p: float = 0.95
     seed: int = 0
+
+
+@dataclass
+class DecodeTrace:
+    """Where a :func:`decode` run's time went (pass one as ``trace=``): each prefill's and each decode step's rows
+    and seconds, in order. A step makes one token per row in flight, a prefill one per prompt it admits."""
+
+    batch_size: int = 0
+    prefills: list[tuple[int, float]] = field(default_factory=list)  # (prompts admitted, seconds)
+    steps: list[tuple[int, float]] = field(default_factory=list)  # (rows in flight, seconds)
+
+    def phases(self) -> dict[str, dict[str, float]]:
+        """Seconds, calls and tokens of the prefills, of the steps with every row of the batch in flight
+        (``full``) and of the steps with fewer (``partial``: before the batch fills, and the tail once no prompt
+        waits)."""
+        out = {"prefill": _phase(self.prefills)}
+        out["full"] = _phase([s for s in self.steps if s[0] >= self.batch_size])
+        out["partial"] = _phase([s for s in self.steps if s[0] < self.batch_size])
+        return out
+
+    def summary(self) -> str:
+        """One line: each phase's seconds, share of the traced time and tokens per second."""
+        ph = self.phases()
+        total = sum(p["seconds"] for p in ph.values()) or 1.0
+        names = {"prefill": "prefills", "full": f"steps at {self.batch_size} rows", "partial": "steps at fewer rows"}
+        return "; ".join(f"{names[k]}: {p['calls']:.0f} in {p['seconds']:.1f} s ({100 * p['seconds'] / total:.0f}%), "
+                         f"{p['tokens'] / p['seconds'] if p['seconds'] else 0:.1f} tokens/s" for k, p in ph.items())
+
+
+def _phase(entries: list[tuple[int, float]]) -> dict[str, float]:
+    return {"calls": float(len(entries)), "seconds": float(sum(t for _, t in entries)),
+            "tokens": float(sum(n for n, _ in entries))}
 
 
 def nucleus_probs(logits: torch.Tensor, temperature: float, top_p: float) -> torch.Tensor:
@@ -73,13 +107,14 @@ ENGINES = ("auto", "slots", "cache")
 @torch.no_grad()
 def decode(model, prompts: Sequence[Sequence[int]], budgets: Sequence[int], *, stops: Sequence[int], pad_id: int,
            batch_size: int = 8, sampling: Sampling | None = None, seeds: Sequence[int] | None = None,
-           bar=None, engine: str = "auto") -> list[list[int]]:
+           bar=None, engine: str = "auto", trace: DecodeTrace | None = None) -> list[list[int]]:
     """New tokens for each prompt (chat-formatted ids, a forced prefix included): at most ``budgets[i]``, ending
     with the first stop token if one came. When sampling, prompt ``i`` draws from a generator seeded with
     ``seeds[i]`` (default ``sampling.seed * 1_000_003 + i``). ``bar`` (a tqdm) advances once per finished prompt.
 
     ``engine``: ``"slots"`` decodes over a preallocated cache (:mod:`interp.generate.slots`, Llama and Qwen2
-    models), ``"cache"`` through the model's forward and a ``DynamicCache``; ``"auto"`` picks slots where they run."""
+    models), ``"cache"`` through the model's forward and a ``DynamicCache``; ``"auto"`` picks slots where they run.
+    ``trace``: a :class:`DecodeTrace` that records each prefill and step (rows, seconds)."""
     if len(prompts) != len(budgets):
         raise ValueError(f"{len(prompts)} prompts but {len(budgets)} budgets")
     if seeds is not None and len(seeds) != len(prompts):
@@ -92,7 +127,9 @@ def decode(model, prompts: Sequence[Sequence[int]], budgets: Sequence[int], *, s
         raise ValueError(f"engine must be one of {ENGINES}, got {engine!r}")
     if engine == "slots" and (why := slot_support(model)):
         raise ValueError(f"engine 'slots' cannot run this model: {why}")
-    jobs = _Jobs(prompts, budgets, {int(s) for s in stops}, sampling or Sampling(), seeds, bar)
+    jobs = _Jobs(prompts, budgets, {int(s) for s in stops}, sampling or Sampling(), seeds, bar, trace)
+    if trace is not None:
+        trace.batch_size = batch_size
     if engine == "auto":
         engine = default_engine(model)
         if engine == "slots" and SlotDecoder.cache_bytes(model, *_slot_shape(jobs, batch_size)) > SLOT_CACHE_LIMIT:
@@ -129,8 +166,10 @@ def _slot_shape(jobs: _Jobs, batch_size: int) -> tuple[int, int]:
 class _Jobs:
     """The prompts, their budgets and outputs so far, the waiting queue and the sampling state."""
 
-    def __init__(self, prompts, budgets, stop_set, sampling: Sampling, seeds, bar):
+    def __init__(self, prompts, budgets, stop_set, sampling: Sampling, seeds, bar,
+                 trace: DecodeTrace | None = None):
         self.prompts, self.budgets, self.stop_set, self.sampling, self.bar = prompts, budgets, stop_set, sampling, bar
+        self.trace = trace
         self.out: list[list[int]] = [[] for _ in prompts]
         self.waiting = deque(i for i, b in enumerate(budgets) if b > 0)
         if bar is not None:
@@ -140,6 +179,18 @@ class _Jobs:
         self.gens = ({i: torch.Generator().manual_seed(int(seeds[i])) for i in self.waiting}
                      if sampling.do_sample else {})
         self.load = LoadFollower()  # one thread fewer while another process keeps a core busy
+
+    @contextmanager
+    def timed(self, kind: str, rows: int, device: torch.device) -> Iterator[None]:
+        """Record the block's seconds as one prefill (``kind="prefill"``) or step of ``rows`` rows in the trace."""
+        if self.trace is None:
+            yield
+            return
+        start = time.perf_counter()
+        yield
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+        (self.trace.prefills if kind == "prefill" else self.trace.steps).append((rows, time.perf_counter() - start))
 
     def take(self, n: int) -> list[int]:
         return [self.waiting.popleft() for _ in range(min(n, len(self.waiting)))]
@@ -169,17 +220,19 @@ def _decode_slots(model, jobs: _Jobs, pad_id: int, batch_size: int) -> None:
         jobs.load.tick()
         if jobs.waiting and len(rows) < batch_size:  # prefill newcomers
             new = jobs.take(batch_size - len(rows))
-            ids, m, p = left_pad([jobs.prompts[j] for j in new], pad_id, device=device)
-            chosen = jobs.choose(dec.prefill(ids, m, p), new)
+            with jobs.timed("prefill", len(new), device):
+                ids, m, p = left_pad([jobs.prompts[j] for j in new], pad_id, device=device)
+                chosen = jobs.choose(dec.prefill(ids, m, p), new)
             first = len(rows)
             rows = rows + new
             last = torch.cat([last, torch.tensor(chosen, device=device)])
             done = [first + k for k, (j, t) in enumerate(zip(new, chosen)) if jobs.record(j, t)]
         else:  # one decode step for every row in flight
-            if jobs.sampling.do_sample:
-                chosen = jobs.choose(dec.step(last), rows)
-            else:  # the argmax without the full logits (interp.generate.slots.greedy_head)
-                chosen = dec.greedy_step(last).tolist()
+            with jobs.timed("step", len(rows), device):
+                if jobs.sampling.do_sample:
+                    chosen = jobs.choose(dec.step(last), rows)
+                else:  # the argmax without the full logits (interp.generate.slots.greedy_head)
+                    chosen = dec.greedy_step(last).tolist()
             last = torch.tensor(chosen, device=device)
             done = [r for r, (j, t) in enumerate(zip(rows, chosen)) if jobs.record(j, t)]
         for r in sorted(done, reverse=True):  # the last row moves into a freed slot
@@ -202,11 +255,12 @@ def _decode_cache(model, jobs: _Jobs, pad_id: int, batch_size: int) -> None:
         jobs.load.tick()
         if jobs.waiting and len(rows) < batch_size and (continuous or not rows):  # prefill newcomers
             new = jobs.take(batch_size - len(rows))
-            ids, m, p = left_pad([jobs.prompts[j] for j in new], pad_id, device=device)
-            c = new_cache(model)
-            logits = model(input_ids=ids, attention_mask=m, position_ids=p, use_cache=True, logits_to_keep=1,
-                           **{kw: c}).logits[:, -1]
-            chosen = jobs.choose(logits, new)
+            with jobs.timed("prefill", len(new), device):
+                ids, m, p = left_pad([jobs.prompts[j] for j in new], pad_id, device=device)
+                c = new_cache(model)
+                logits = model(input_ids=ids, attention_mask=m, position_ids=p, use_cache=True, logits_to_keep=1,
+                               **{kw: c}).logits[:, -1]
+                chosen = jobs.choose(logits, new)
             first = len(rows)
             if cache is None:
                 cache, mask, pos = c, m, m.sum(-1)
@@ -220,10 +274,11 @@ def _decode_cache(model, jobs: _Jobs, pad_id: int, batch_size: int) -> None:
             rows = rows + new
             done = {first + k for k, (j, t) in enumerate(zip(new, chosen)) if jobs.record(j, t)}
         else:  # one decode step for every row in flight
-            mask = torch.cat([mask, mask.new_ones(len(rows), 1)], 1)
-            logits = model(input_ids=last[:, None], position_ids=pos[:, None], attention_mask=mask,
-                           use_cache=True, logits_to_keep=1, **{kw: cache}).logits[:, -1]
-            chosen = jobs.choose(logits, rows)
+            with jobs.timed("step", len(rows), device):
+                mask = torch.cat([mask, mask.new_ones(len(rows), 1)], 1)
+                logits = model(input_ids=last[:, None], position_ids=pos[:, None], attention_mask=mask,
+                               use_cache=True, logits_to_keep=1, **{kw: cache}).logits[:, -1]
+                chosen = jobs.choose(logits, rows)
             last, pos = torch.tensor(chosen, device=device), pos + 1
             done = {r for r, (j, t) in enumerate(zip(rows, chosen)) if jobs.record(j, t)}
         if done:  # finished rows leave the batch
