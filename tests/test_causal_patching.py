@@ -213,7 +213,7 @@ def test_patching_at_t_inst_needs_the_prompt_suffix(setup):
 
 def test_one_span_token_can_be_patched_and_position_is_an_alias_of_where(setup):
     from interp.causal.runner import span_cols
-    from interp.cli.main import build_parser
+    from interp.cli.registry import build_parser
 
     model, tok, span, examples, _ = setup
     batch = build_batch(examples[:2], 4, span, tok.pad_token_id)

@@ -5,7 +5,8 @@ import re
 
 import pytest
 
-from interp.cli.main import build_parser, main
+from interp.cli.main import main
+from interp.cli.registry import build_parser
 from interp.config import add_arguments, config_hash, from_namespace, load_config, save_config
 
 EXPECTED = {"generate", "extract", "train", "sweep", "guard", "evaluate", "patch", "ablate", "transcoders", "demo",
@@ -141,3 +142,36 @@ def test_out_of_the_wrong_kind_is_refused_before_any_work(tmp_path, capsys):
         assert message in err and "Traceback" not in err and len(err.strip().splitlines()) == 1, (argv, err)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["file.txt", "folder"] and not any(folder.iterdir())
     assert file.read_text() == "keep me"
+
+
+def test_the_help_read_without_importing_is_the_help_each_command_registers():
+    from interp.cli.registry import command_help, command_names
+
+    action = next(a for a in build_parser()._actions if a.dest == "command")
+    registered = {a.dest: a.help for a in action._choices_actions}
+    assert set(registered) == set(command_names())
+    for name in command_names():
+        assert command_help(name) == registered[name], name
+
+
+def test_top_level_help_and_a_light_command_do_not_import_torch():
+    """Only the command that runs is imported: ``anydepth --help`` lists every command without torch."""
+    import subprocess
+    import sys
+
+    code = ("import sys; from interp.cli.registry import build_parser, command_names\n"
+            "for argv in ([], ['datasets', 'list']):\n"
+            "    text = build_parser(argv).format_help()\n"
+            "    assert all(n in text for n in command_names()), text\n"
+            "print('torch' in sys.modules, 'sklearn' in sys.modules)")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.split() == ["False", "False"], out.stdout + out.stderr
+
+
+def test_the_chosen_command_is_the_first_word_that_is_not_an_option():
+    from interp.cli.registry import chosen_command
+
+    assert chosen_command(["levers", "--store", "x"]) == "levers"
+    assert chosen_command(["--version"]) is None and chosen_command([]) is None and chosen_command(["nope"]) is None
+    args = build_parser(["train", "--store", "s.h5"]).parse_args(["train", "--store", "s.h5"])
+    assert args.command == "train" and args.store == "s.h5" and callable(args.func)

@@ -515,7 +515,7 @@ def test_text_stream_holds_back_split_utf8(env):
 
 def test_serve_command_options_and_refusals(tmp_path, monkeypatch):
     from interp import UserError
-    from interp.cli.main import build_parser
+    from interp.cli.registry import build_parser
     from interp.config import from_namespace
     from interp.model.loading import ModelConfig
     from interp.serve.launch import build_server, exposure_warning
@@ -549,7 +549,7 @@ def test_serve_command_options_and_refusals(tmp_path, monkeypatch):
 
 def test_cli_prompt_formatting_escapes_special_tokens(env):
     """`generate`, `guard` and `extract --data` format prompts like the server: escaped unless allowed."""
-    from interp.cli.main import build_parser
+    from interp.cli.registry import build_parser
     from interp.config import from_namespace
     from interp.data.records import Record
     from interp.generate.continuations import GenerateConfig, continuations_for

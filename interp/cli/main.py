@@ -1,30 +1,12 @@
-"""The ``anydepth`` console script: discovers subcommands in :mod:`interp.cli.commands`."""
+"""The ``anydepth`` console script: the subcommands of :mod:`interp.cli.commands`, found by :mod:`interp.cli.registry`."""
 
 from __future__ import annotations
 
-import argparse
-import importlib
 import os
-import pkgutil
 import sys
 
-from interp import UserError, __version__, threads
-from interp.cli import commands
-
-
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        prog="anydepth",
-        description="Safety-Token probing, the ADA guard and causal analysis for chat LLMs.",
-    )
-    parser.add_argument("--version", action="version", version=f"anydepth {__version__}")
-    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
-    for info in sorted(pkgutil.iter_modules(commands.__path__), key=lambda m: m.name):
-        if info.name.startswith("_"):
-            continue
-        module = importlib.import_module(f"{commands.__name__}.{info.name}")
-        module.register(sub)
-    return parser
+from interp import UserError, threads
+from interp.cli.registry import build_parser
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -36,7 +18,8 @@ def main(argv: list[str] | None = None) -> int:
     elif chosen.get("GOMP_SPINCOUNT"):
         print("only niced processes keep a CPU busy: torch threads spin longer before they sleep "
               "(set GOMP_SPINCOUNT to choose)", file=sys.stderr)
-    parser = build_parser()
+    argv = sys.argv[1:] if argv is None else list(argv)
+    parser = build_parser(argv)  # the command that runs in full, the others by name and help
     args = parser.parse_args(argv)
     if not getattr(args, "func", None):
         parser.print_help()
