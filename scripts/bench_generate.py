@@ -14,8 +14,9 @@ best of them is the reference. Ours runs each engine of ``--engines`` at the sam
 preallocated per-row cache, interp/generate/slots.py) and ``cache`` (the model's forward over a DynamicCache).
 Every path is warmed once on two prompts, then timed in ``--repeats`` rounds of alternating order; tokens/s counts
 the tokens each path returns; for our paths it also prints where the last round's time went (prefills, steps with
-the whole batch in flight, steps with fewer rows: :class:`interp.generate.decode.DecodeTrace`). The last line is ``tokens_per_s=<x> vs_hf_generate=<y>``: our fastest path's
-tokens/s and its ratio to the fastest ``model.generate`` batch size (fastest rounds of each).
+the whole batch in flight, steps with fewer rows: :class:`interp.generate.decode.DecodeTrace`). The last line is
+``tokens_per_s=<x> vs_hf_generate=<y>``: our fastest path's tokens/s and its ratio to the fastest
+``model.generate`` batch size (fastest rounds of each).
 """
 
 from __future__ import annotations
@@ -133,10 +134,9 @@ def main() -> None:
     traces: dict[str, DecodeTrace] = {}  # our paths' last round: where its time went
 
     def ours(rows: list[list[int]], batch: int, engine: str, key: str = "") -> list[list[int]]:
-        trace = traces.setdefault(key, DecodeTrace()) if key else None
-        if trace is not None:
-            trace.prefills.clear()
-            trace.steps.clear()
+        trace = None
+        if key:  # a timed round: a fresh trace, so the one printed is the last round's
+            trace = traces[key] = DecodeTrace()
         return decode(model, rows, [budget] * len(rows), stops=stops, pad_id=pad, batch_size=batch, engine=engine,
                       trace=trace)
 

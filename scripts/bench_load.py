@@ -13,9 +13,9 @@ torch on the CPUs they leave free. This script decodes one workload four ways, e
 single-threaded busy loop starts ``--delay`` s in, follower off) and ``busy_follow`` (the same competitor, follower
 on). ``--nice N`` runs the competitor at nice ``N``: the follower counts a niced process only by the share of a
 core it takes from ours, so beside ``nice 19`` it should keep both threads. Run it alone. The kernels are warmed
-once on four prompts, then every path is timed in ``--repeats`` rounds of alternating order. The last line is ``follow_vs_quiet=<x> fixed_vs_quiet=<y>``: each busy path's fastest round
-over the quiet path's fastest round (1.0 would be no cost; one core for all but the first ``--delay`` s gives a
-little under 2).
+once on four prompts, then every path is timed in ``--repeats`` rounds of alternating order. The last line is
+``follow_vs_quiet=<x> fixed_vs_quiet=<y>``: each busy path's fastest round over the quiet path's fastest round
+(1.0 would be no cost; one core for all but the first ``--delay`` s gives a little under 2).
 """
 
 from __future__ import annotations

@@ -1,4 +1,5 @@
-"""The ``anydepth`` console script: the subcommands of :mod:`interp.cli.commands`, found by :mod:`interp.cli.registry`."""
+"""The ``anydepth`` console script: the subcommands of :mod:`interp.cli.commands`, found by
+:mod:`interp.cli.registry`."""
 
 from __future__ import annotations
 
