@@ -222,3 +222,31 @@ def test_trace_accounts_for_every_token_and_leaves_the_tokens_alone(engine):
     assert ph["full"]["calls"] > 0 and ph["partial"]["calls"] > 0  # 3 rows in flight, then the tail
     assert all(rows <= 3 for rows, _ in trace.steps) and all(t >= 0 for _, t in trace.steps + trace.prefills)
     assert trace.batch_size == 3 and "steps at 3 rows" in trace.summary()
+
+
+def test_prefill_pieces_cover_the_newcomers_in_order_within_the_budget():
+    from interp.generate.decode import prefill_budget, prefill_pieces
+
+    lengths = [5, 9, 3, 30, 4, 4, 4, 8]
+    pieces = prefill_pieces(lengths, 16)
+    assert [i for p in pieces for i in p] == list(range(len(lengths)))  # consecutive, each newcomer once
+    for p in pieces:  # within the budget, or a single row longer than it
+        assert len(p) * max(lengths[i] for i in p) <= 16 or len(p) == 1
+    assert [list(p) for p in pieces] == [[0], [1], [2], [3], [4, 5, 6], [7]]  # greedy: as many rows as fit
+    assert prefill_pieces(lengths, None) == [range(8)] and prefill_pieces([], 16) == []
+    assert prefill_budget("cpu") > 0 and prefill_budget("meta") is None
+
+
+@pytest.mark.parametrize("engine", ["slots", "cache"])
+def test_prompts_prefilled_in_pieces_give_the_tokens_of_each_prompt_alone(engine, monkeypatch):
+    """A budget of one prompt's tokens admits newcomers one forward each; rows still decode as if alone."""
+    from interp.generate import decode as d
+
+    model, tok, prompts = setup("qwen2")
+    budgets = [3, 12, 7, 15, 1, 9]
+    ref = [hf_alone(model, p, b, set()) for p, b in zip(prompts, budgets)]
+    monkeypatch.setattr(d, "PREFILL_TOKENS_CPU", max(map(len, prompts)))
+    trace = d.DecodeTrace()
+    got = decode(model, prompts, budgets, stops=[], pad_id=0, batch_size=4, engine=engine, trace=trace)
+    assert got == ref
+    assert len(trace.prefills) == len(prompts) and all(rows == 1 for rows, _ in trace.prefills)

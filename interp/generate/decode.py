@@ -4,8 +4,8 @@
 with answers of 20 to 512 tokens most of a batch's steps are then wasted. :func:`decode` keeps up to
 ``batch_size`` rows in flight: a row that stops leaves the batch at once (its cache rows are dropped), and the
 next waiting prompt is prefilled and joins the batch (its cache left-padded to the batch's width, the padding
-masked out, positions counted per row). On CPU float32 the few-row linears of a small batch go through
-:mod:`interp.model.fast_linear`.
+masked out, positions counted per row). Newcomers are prefilled in forwards of at most :func:`prefill_budget`
+padded tokens. On CPU float32 the few-row linears of a small batch go through :mod:`interp.model.fast_linear`.
 
 Every row is decoded as if alone: greedy picks the argmax; sampling draws from the row's own generator, seeded
 by ``seed`` and the job's index, so a job's tokens do not depend on which other jobs share its batch.
@@ -154,6 +154,34 @@ def default_engine(model) -> str:
 SLOT_CACHE_LIMIT = 4 << 30  # bytes: "auto" decodes through the DynamicCache when the slot cache would need more
 
 
+PREFILL_TOKENS_CPU = 4096  # padded tokens per prefill forward on a CPU (rows x the piece's longest prompt)
+
+
+def prefill_budget(device: torch.device | str) -> int | None:
+    """Padded tokens one prefill forward may take on ``device``: :data:`PREFILL_TOKENS_CPU` on a CPU, no limit on
+    an accelerator. On a 2-core AMX CPU, 512 prompts of 38-48 tokens prefilled in one forward took 34-41 s, and in
+    forwards of 32-64 prompts 17-19 s (bf16, the embedded model): past a few thousand tokens the activations leave
+    the caches."""
+    return PREFILL_TOKENS_CPU if torch.device(device).type == "cpu" else None
+
+
+def prefill_pieces(lengths: Sequence[int], max_tokens: int | None) -> list[range]:
+    """Consecutive runs of newcomers, each prefilled in one forward: at most ``max_tokens`` padded tokens (rows x
+    the run's longest prompt), one row at least; ``None`` puts them all in one run."""
+    if not lengths:
+        return []
+    if max_tokens is None:
+        return [range(len(lengths))]
+    pieces, start, longest = [], 0, 0
+    for i, n in enumerate(lengths):
+        if i > start and (i - start + 1) * max(longest, n) > max_tokens:
+            pieces.append(range(start, i))
+            start, longest = i, 0
+        longest = max(longest, n)
+    pieces.append(range(start, len(lengths)))
+    return pieces
+
+
 def _slot_shape(jobs: _Jobs, batch_size: int) -> tuple[int, int]:
     """``(slots, capacity)`` the slot engine needs for the waiting jobs: one slot per row in flight, room for the
     longest prompt plus its budget."""
@@ -218,11 +246,14 @@ def _decode_slots(model, jobs: _Jobs, pad_id: int, batch_size: int) -> None:
     last = torch.zeros(0, dtype=torch.long, device=device)  # per slot: the chosen token not yet forwarded
     while jobs.waiting or rows:
         jobs.load.tick()
-        if jobs.waiting and len(rows) < batch_size:  # prefill newcomers
+        if jobs.waiting and len(rows) < batch_size:  # prefill newcomers, a few thousand tokens per forward
             new = jobs.take(batch_size - len(rows))
-            with jobs.timed("prefill", len(new), device):
-                ids, m, p = left_pad([jobs.prompts[j] for j in new], pad_id, device=device)
-                chosen = jobs.choose(dec.prefill(ids, m, p), new)
+            chosen = []
+            for piece in prefill_pieces([len(jobs.prompts[j]) for j in new], prefill_budget(device)):
+                part = [new[i] for i in piece]
+                with jobs.timed("prefill", len(part), device):
+                    ids, m, p = left_pad([jobs.prompts[j] for j in part], pad_id, device=device)
+                    chosen += jobs.choose(dec.prefill(ids, m, p), part)
             first = len(rows)
             rows = rows + new
             last = torch.cat([last, torch.tensor(chosen, device=device)])
@@ -255,22 +286,26 @@ def _decode_cache(model, jobs: _Jobs, pad_id: int, batch_size: int) -> None:
         jobs.load.tick()
         if jobs.waiting and len(rows) < batch_size and (continuous or not rows):  # prefill newcomers
             new = jobs.take(batch_size - len(rows))
-            with jobs.timed("prefill", len(new), device):
-                ids, m, p = left_pad([jobs.prompts[j] for j in new], pad_id, device=device)
-                c = new_cache(model)
-                logits = model(input_ids=ids, attention_mask=m, position_ids=p, use_cache=True, logits_to_keep=1,
-                               **{kw: c}).logits[:, -1]
-                chosen = jobs.choose(logits, new)
-            first = len(rows)
-            if cache is None:
-                cache, mask, pos = c, m, m.sum(-1)
-                last = torch.tensor(chosen, device=device)
-            else:
-                concat_rows(cache, c)
-                width = max(mask.shape[1], m.shape[1])
-                mask = torch.cat([F.pad(mask, (width - mask.shape[1], 0)), F.pad(m, (width - m.shape[1], 0))])
-                last = torch.cat([last, torch.tensor(chosen, device=device)])
-                pos = torch.cat([pos, m.sum(-1)])
+            first, chosen = len(rows), []
+            budget = prefill_budget(device) if continuous else None  # a windowed cache cannot join pieces
+            for piece in prefill_pieces([len(jobs.prompts[j]) for j in new], budget):
+                part = [new[i] for i in piece]
+                with jobs.timed("prefill", len(part), device):
+                    ids, m, p = left_pad([jobs.prompts[j] for j in part], pad_id, device=device)
+                    c = new_cache(model)
+                    logits = model(input_ids=ids, attention_mask=m, position_ids=p, use_cache=True,
+                                   logits_to_keep=1, **{kw: c}).logits[:, -1]
+                    picked = jobs.choose(logits, part)
+                chosen += picked
+                if cache is None:
+                    cache, mask, pos = c, m, m.sum(-1)
+                    last = torch.tensor(picked, device=device)
+                else:
+                    concat_rows(cache, c)
+                    width = max(mask.shape[1], m.shape[1])
+                    mask = torch.cat([F.pad(mask, (width - mask.shape[1], 0)), F.pad(m, (width - m.shape[1], 0))])
+                    last = torch.cat([last, torch.tensor(picked, device=device)])
+                    pos = torch.cat([pos, m.sum(-1)])
             rows = rows + new
             done = {first + k for k, (j, t) in enumerate(zip(new, chosen)) if jobs.record(j, t)}
         else:  # one decode step for every row in flight
