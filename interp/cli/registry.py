@@ -44,10 +44,11 @@ def command_help(name: str) -> str | None:
     return None
 
 
-def chosen_command(argv: list[str] | None) -> str | None:
-    """The subcommand a command line runs: its first word that is not an option, if it names one."""
+def chosen_command(argv: list[str] | None, names: list[str] | None = None) -> str | None:
+    """The subcommand a command line runs: its first word that is not an option, if it names one of ``names``
+    (default :func:`command_names`)."""
     first = next((a for a in argv or [] if not a.startswith("-")), None)
-    return first if first in command_names() else None
+    return first if first in (command_names() if names is None else names) else None
 
 
 def build_parser(argv: list[str] | None = None) -> argparse.ArgumentParser:
@@ -56,8 +57,9 @@ def build_parser(argv: list[str] | None = None) -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="anydepth", description=DESCRIPTION)
     parser.add_argument("--version", action="version", version=f"anydepth {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
-    full = None if argv is None else chosen_command(argv)
-    for name in command_names():
+    names = command_names()
+    full = None if argv is None else chosen_command(argv, names)
+    for name in names:
         text = None if argv is None or name == full else command_help(name)
         if text is None:
             load(name).register(sub)
