@@ -47,6 +47,8 @@ _API: dict[str, str] = {
     "LeverConfig": "interp.probes.levers", "LeverResult": "interp.probes.levers", "levers": "interp.probes.run",
     "PositionsConfig": "interp.probes.positions", "PositionsResult": "interp.probes.positions",
     "positions": "interp.probes.run", "readout_transfer": "interp.probes.run", "ReadoutLoso": "interp.probes.transfer",
+    "RecalibrateConfig": "interp.probes.recalibrate", "Recalibration": "interp.probes.recalibrate",
+    "recalibrate": "interp.probes.recalibrate",
     # the guard and its evaluations
     "GuardConfig": "interp.guard.types", "GuardedGenerator": "interp.guard.generator",
     "GuardResult": "interp.guard.types",
