@@ -12,7 +12,7 @@ import numpy as np
 from interp.probes.calibration import sigmoid
 from interp.probes.data import LayerData, load_layer
 
-__all__ = ["readout_scores"]
+__all__ = ["deployed_answer_scores", "readout_scores"]
 
 
 def readout_scores(store, hook: str, layers: list[int], position, depths, params: list, *,
@@ -37,3 +37,20 @@ def readout_scores(store, hook: str, layers: list[int], position, depths, params
     if all(e is not None for e in z_end):
         end = sigmoid(np.mean(z_end, 0))
     return grid, end, kept
+
+
+def deployed_answer_scores(probes, store, depths=None):
+    """Each finished answer of ``store`` as the deployed guard scores it with the probe set ``probes``: its
+    readout (the saved parts' mean logit), its schedule's checks and rule at its calibrated answer length
+    (:func:`interp.probes.answers.answer_scores`); returns the :class:`~interp.probes.answers.AnswerScores` and
+    the rows' metadata (:func:`interp.probes.data.finished_meta`). ``depths``: the grid the set was trained on."""
+    from interp.probes.answers import Deployed, answer_scores
+    from interp.probes.data import finished_meta
+    from interp.probes.fit import LinearParams
+    from interp.probes.protocol import Schedule
+
+    schedule = Schedule.from_dict(probes.schedule)  # the checks the threshold was calibrated for
+    meta = finished_meta(store)
+    params = [LinearParams(*map(np.asarray, probes.folded(layer))) for layer in probes.readout]
+    grid, ends, kept = readout_scores(store, probes.hook, probes.readout, probes.position, depths, params)
+    return answer_scores(grid, kept.depths, Deployed.of(meta, schedule.answer_length), schedule, ends), meta

@@ -136,11 +136,14 @@ def _check_store(probes: ProbeSet, store, path: str) -> None:
     answer length, or without the hook or readout layers."""
     from interp.probes.protocol import Schedule
 
+    if not probes.schedule:
+        raise UserError("the probe set records no guard schedule (made before per-answer calibration): retrain it "
+                        "with `anydepth train`")
     try:
         probes.check_provenance(store.provenance)
     except UserError as err:
         raise UserError(f"{path}: {err}") from None
-    length = Schedule.from_dict(probes.schedule).answer_length if probes.schedule else None
+    length = Schedule.from_dict(probes.schedule).answer_length
     have = getattr(store, "answer_length", None)
     if length is not None and have != length:
         raise UserError(f"{path}: answers extracted at --answer-length {have}, the probe set was calibrated for "
@@ -152,31 +155,17 @@ def _check_store(probes: ProbeSet, store, path: str) -> None:
                         f"{','.join(map(str, probes.readout))}")
 
 
-def _score_store(probes: ProbeSet, store):
-    """The set's deployed per-answer scores of a store's finished rows (an
-    :class:`~interp.probes.answers.AnswerScores`) and the rows' metadata."""
-    from interp.probes.answers import Deployed, answer_scores
-    from interp.probes.data import finished_meta, require_finished
-    from interp.probes.fit import LinearParams
-    from interp.probes.protocol import Schedule
-    from interp.probes.readout import readout_scores
-
-    require_finished(store, False)
-    schedule = Schedule.from_dict(probes.schedule)
-    meta = finished_meta(store)
-    params = [LinearParams(*map(np.asarray, probes.folded(layer))) for layer in probes.readout]
-    grid, ends, kept = readout_scores(store, probes.hook, probes.readout, probes.position, None, params)
-    return answer_scores(grid, kept.depths, Deployed.of(meta, schedule.answer_length), schedule, ends), meta
-
-
 def _collect(probes: ProbeSet, stores: list) -> tuple[_Answers, list[dict]]:
     """Every ``(path, store)`` checked against the set and scored; their answers concatenated."""
     from interp.probes.answers import AnswerScores
+    from interp.probes.data import require_finished
+    from interp.probes.readout import deployed_answer_scores
 
     parts, described = [], []
     for path, store in stores:
         _check_store(probes, store, path)
-        parts.append(_score_store(probes, store))
+        require_finished(store, False)
+        parts.append(deployed_answer_scores(probes, store))
         described.append({"path": str(path), "rows": int(len(parts[-1][0].score)),
                           "example_ids_sha256": store.provenance.get("example_ids_sha256")})
 

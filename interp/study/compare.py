@@ -85,31 +85,21 @@ def score_answers(run: str | Path) -> RunAnswers:
     """Rescore a finished run's calibration and test answers with its probe set, on every check the guard makes."""
     from interp.config import from_dict
     from interp.extract.store import ActivationStore
-    from interp.probes.answers import Deployed, answer_scores, calibration_rows
-    from interp.probes.data import examples_meta
-    from interp.probes.fit import LinearParams
-    from interp.probes.protocol import Schedule
-    from interp.probes.readout import readout_scores
+    from interp.probes.answers import calibration_rows
+    from interp.probes.readout import deployed_answer_scores
     from interp.probes.train import TrainConfig
 
     result = StudyResult.load(run_folder(run))
     probes = result.load_probes()
     cfg = from_dict(TrainConfig, probes.config["train"])
-    schedule = Schedule.from_dict(probes.schedule)  # the checks the threshold was calibrated for
-    params = [LinearParams(*map(np.asarray, probes.folded(layer))) for layer in probes.readout]
     with ActivationStore.open(result.path(result.store)) as store:
-        meta = examples_meta(store)
-        scores, ends, kept = readout_scores(store, probes.hook, probes.readout, probes.position, cfg.depths, params)
-    if len(scores) != len(meta["y"]):
-        raise UserError(f"{run}: the store has unfinished rows; finish the run (rerun its command) first")
+        if not store.done.all():
+            raise UserError(f"{run}: the store has unfinished rows; finish the run (rerun its command) first")
+        scored, meta = deployed_answer_scores(probes, store, cfg.depths)
     role = np.full(len(meta["y"]), "", dtype=object)
-    score = np.full(len(meta["y"]), np.nan)
-    deployed = Deployed.of(meta, schedule.answer_length)
     for name in ("train", "calibration", "test"):
-        m = np.isin(meta["groups"], probes.split[name]["groups"])
-        role[m] = name
-        if name != "train" and m.any():
-            score[m] = answer_scores(scores[m], kept.depths, deployed.subset(m), schedule, ends[m]).score
+        role[np.isin(meta["groups"], probes.split[name]["groups"])] = name
+    score = np.where(np.isin(role, ["calibration", "test"]), scored.score, np.nan)
     own = calibration_rows(meta["y"], meta["kinds"], meta["sources"], cfg.calibrate_on, cfg.control_sources)
     return RunAnswers(score, role, own, meta, float(probes.threshold), cfg.n_boot, cfg.seed)
 
