@@ -10,9 +10,10 @@ def ci(d: dict | None, digits: int = 3) -> str:
     if not d or d.get("value", d.get("rate")) is None:
         return "–"
     v = d.get("value", d.get("rate"))
-    if d.get("lo") is None or d.get("hi") is None:  # no interval (no resamples)
+    lo, hi = d.get("lo"), d.get("hi")
+    if lo is None or hi is None or lo != lo or hi != hi:  # no interval (no resamples: None in JSON, NaN in memory)
         return f"{v:.{digits}f}"
-    return f"{v:.{digits}f} [{d['lo']:.{digits}f}, {d['hi']:.{digits}f}]"
+    return f"{v:.{digits}f} [{lo:.{digits}f}, {hi:.{digits}f}]"
 
 
 def rate(r: dict | None, digits: int = 2) -> str:

@@ -13,7 +13,7 @@ from interp import UserError
 from interp.cli.main import main
 from interp.extract.store import ActivationStore
 from interp.probes.probeset import ProbeSet
-from interp.probes.recalibrate import RecalibrateConfig, recalibrate
+from interp.probes.recalibrate import RecalibrateConfig, Recalibration, recalibrate
 from interp.probes.synthetic import LAYERED, SyntheticSet, SyntheticSpec, write_layered_store, write_store
 
 TRAIN = ["--folds", "3", "--n-boot", "0", "--stride", "10", "--combine-layers", "1", "2", "--target-fpr", "0.1"]
@@ -137,7 +137,9 @@ def test_the_saved_set_carries_the_new_threshold_and_excludes_its_new_calibratio
     seen = new.seen()  # evaluations now exclude the new calibration prompts, not the new test prompts
     n_new = saved["roles"]["total"]["new_calibration"]
     assert sum(f"new prompt {i}" in seen for i in range(120)) == n_new > 0
-    assert (out / "recalibration.md").read_text().startswith("answers: ")
+    assert (out / "recalibration.md").read_text() == Recalibration.from_json(saved).summary() + "\n"
+    assert saved["calibration"]["by_store"]["1"] > 0 and "false alarms at the new threshold by source: " in \
+        (out / "recalibration.md").read_text()
     assert "tpr_at_threshold" not in json.dumps(new.metrics["test"]["per_depth"])
     assert new.metrics["test"]["per_answer"]["tpr"] == saved["test"]["tpr"]
     assert json.loads((out / "config.json").read_text())["stores"] == [str(store), str(more)]

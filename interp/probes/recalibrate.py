@@ -29,7 +29,7 @@ from pathlib import Path
 import numpy as np
 
 from interp import UserError
-from interp.formatting import rate
+from interp.formatting import ci, rate
 from interp.probes.probeset import ProbeSet
 from interp.results import Result
 
@@ -107,9 +107,8 @@ class Recalibration(Result):
                               if r["kind"] in self.calibration["kinds"])
         lines.append(f"false alarms at the new threshold by source: {by_source or '–'}")
         if self.auroc:
-            a = self.auroc
-            lines.append(f"per-answer AUROC, own benign against harmful test answers: {a['value']:.3f} "
-                         f"[{a['lo']:.3f}, {a['hi']:.3f}] ({a['n_answers']} answers)")
+            lines.append(f"per-answer AUROC, own benign against harmful test answers: {ci(self.auroc)} "
+                         f"({self.auroc['n_answers']} answers)")
         return "\n".join(lines)
 
 
