@@ -165,6 +165,12 @@ def test_bad_input_gets_one_line_errors(trained, tmp_path):
             recalibrate(probes, [store], cfg)
     with pytest.raises(UserError, match="--stores"):
         recalibrate(probes, [], RecalibrateConfig())
+    import shutil
+
+    copy = shutil.copy(store, tmp_path / "copy.h5")
+    for twice in ([store, store], [store, copy]):
+        with pytest.raises(UserError, match="give each store once"):
+            recalibrate(probes, twice, RecalibrateConfig())
     bare = ProbeSet.load(probes)
     bare.split = {}
     with pytest.raises(UserError, match="records no split"):

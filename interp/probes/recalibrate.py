@@ -154,12 +154,25 @@ def _check_store(probes: ProbeSet, store, path: str) -> None:
                         f"{','.join(map(str, probes.readout))}")
 
 
+def _refuse_twice(stores: list) -> None:
+    """One line when a store is given twice (by path, or a copy: the same example ids): its answers would count
+    twice in the threshold and the rates."""
+    seen: dict = {}
+    for path, store in stores:
+        for key in (("path", str(Path(path).resolve())), ("ids", store.provenance.get("example_ids_sha256"))):
+            if key[1] is not None and key in seen:
+                raise UserError(f"--stores: {path} repeats {seen[key]} (the same {'file' if key[0] == 'path' else 'examples'}); "
+                                "give each store once")
+            seen[key] = path
+
+
 def _collect(probes: ProbeSet, stores: list) -> tuple[_Answers, list[dict]]:
     """Every ``(path, store)`` checked against the set and scored; their answers concatenated."""
     from interp.probes.answers import AnswerScores
     from interp.probes.data import require_finished
     from interp.probes.readout import deployed_answer_scores
 
+    _refuse_twice(stores)
     parts, described = [], []
     for path, store in stores:
         _check_store(probes, store, path)
