@@ -28,14 +28,14 @@ def trained(tmp_path_factory):
     return store, root / "p"
 
 
-def _more_answers(path, trained_prompts: list[str], *, n_prompts: int = 120, seed: int = 11, **prov):
+def _more_answers(path, trained_prompts: list[str], *, n_prompts: int = 120, seed: int = 11, extra=None, **prov):
     """A second store of the same (synthetic) model: ``n_prompts`` answers, the first ones to ``trained_prompts``
     (prompts the first store holds), the rest to new prompts; ``prov`` overrides its provenance."""
     ss = SyntheticSet(SyntheticSpec(n_prompts=n_prompts, n_depths=4, d_model=16, n_layers=3, signal=(0.5, 1.5, 2.5),
                                     margin_noise=0.5, invalid_frac=0.25, n_sources=2, seed=seed))
     prompts = [*trained_prompts, *(f"new prompt {i}" for i in range(n_prompts - len(trained_prompts)))]
     path = write_store(ss, path, LAYERED["layers"], LAYERED["span_len"], LAYERED["probe_index"],
-                       extra_examples={"prompt": prompts, "source": ["fresh"] * n_prompts})
+                       extra_examples={"prompt": prompts, "source": ["fresh"] * n_prompts, **(extra or {})})
     if prov:
         import h5py
 
@@ -184,3 +184,22 @@ def test_bad_input_gets_one_line_errors(trained, tmp_path):
                        tmp_path / "thin.h5", [1, 2], LAYERED["span_len"], LAYERED["probe_index"])
     with pytest.raises(UserError, match="re-extract with --layers 0,1,2"):
         recalibrate(ps, [thin], RecalibrateConfig())
+
+
+def test_an_answer_given_twice_counts_once(trained, tmp_path):
+    """A second copy of the same answers under other ids (a pool built again from the same spec) is left out as
+    repeats: the threshold and every rate are those without it."""
+    from interp.probes.recalibrate import repeated_answers
+
+    assert repeated_answers(np.array(["a", "A ", "a", "b"]), np.array(["x", "x", "y", ""], object)).tolist() == \
+        [False, True, False, False]  # the same prompt (normalised) and text; no text is never a repeat
+    store, probes = trained
+    text = {"response": [f"answer {i}" for i in range(120)], "response_chars": np.tile([0, 10, 20, 30], (120, 1))}
+    more, _ = _more_answers(tmp_path / "more.h5", [], extra=text)
+    again, _ = _more_answers(tmp_path / "again.h5", [], extra=text | {"id": [f"x{i}" for i in range(120)]})
+    cfg = RecalibrateConfig(target_fpr=0.05, n_boot=0)
+    once, twice = recalibrate(probes, [store, more], cfg), recalibrate(probes, [store, more, again], cfg)
+    assert twice.roles[str(again)]["repeated"] == twice.roles[str(again)]["excluded"] == 120
+    assert twice.roles[str(more)]["repeated"] == 0 and twice.threshold == once.threshold
+    assert twice.test["tpr"] == once.test["tpr"] and twice.test["fpr"] == once.test["fpr"]
+    assert "120 repeat an earlier answer" in twice.summary()

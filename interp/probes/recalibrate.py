@@ -91,7 +91,8 @@ class Recalibration(Result):
 
         cal = self.calibration
         n = self.roles["total"]
-        lines = [f"answers: {n['excluded']} left out (their prompt groups trained the probe set), {n['calibration']} "
+        repeats = f"; {n['repeated']} repeat an earlier answer" if n.get("repeated") else ""
+        lines = [f"answers: {n['excluded']} left out (their prompt groups trained the probe set{repeats}), {n['calibration']} "
                  f"calibration ({n['new_calibration']} new), {n['test']} test ({n['new_test']} new)",
                  f"threshold {self.threshold:.10g} (was {self.previous_threshold:.10g}): per-answer target FPR "
                  f"{self.target_fpr} on {cal['n_answers']} own benign calibration answers"
@@ -124,6 +125,7 @@ class _Answers:
     prompts: np.ndarray
     pair_ids: np.ndarray
     store: np.ndarray  # index into the stores
+    responses: np.ndarray  # the answer's text ("" where its store keeps none)
 
     @property
     def score(self) -> np.ndarray:
@@ -186,9 +188,28 @@ def _collect(probes: ProbeSet, stores: list) -> tuple[_Answers, list[dict]]:
 
     scored = AnswerScores(*(np.concatenate([getattr(sc, k) for sc, _ in parts])
                             for k in ("score", "n_checks", "excluded")))
+    responses = np.concatenate([np.asarray(m["response"], object) if "response" in m else
+                                np.full(len(m["y"]), "", object) for _, m in parts])
     return _Answers(scored, cat("y"), cat("kinds").astype(str), cat("sources").astype(str),
                     cat("prompts").astype(str), cat("pair_ids", object),
-                    np.concatenate([np.full(len(sc.score), i) for i, (sc, _) in enumerate(parts)])), described
+                    np.concatenate([np.full(len(sc.score), i) for i, (sc, _) in enumerate(parts)]),
+                    responses), described
+
+
+def repeated_answers(prompts: np.ndarray, responses: np.ndarray) -> np.ndarray:
+    """Answers whose prompt and text both appeared earlier (e.g. a pool built with a spec the study corpus already
+    ran): left out, so that no answer counts twice. Answers without stored text are never called repeats."""
+    from interp.probes.groups import prompt_key
+
+    seen, out = set(), np.zeros(len(prompts), bool)
+    for i, (p, r) in enumerate(zip(prompts, responses)):
+        if not r:
+            continue
+        key = (prompt_key(p), str(r))
+        if key in seen:
+            out[i] = True
+        seen.add(key)
+    return out
 
 
 def assign_roles(probes: ProbeSet, prompts: np.ndarray, pair_ids: np.ndarray, y: np.ndarray, test_fraction: float,
@@ -220,12 +241,14 @@ def assign_roles(probes: ProbeSet, prompts: np.ndarray, pair_ids: np.ndarray, y:
     return role.astype(str), groups, new
 
 
-def _role_counts(role: np.ndarray, store: np.ndarray, names: list[str], new: np.ndarray) -> dict[str, dict[str, int]]:
-    """Rows per role, per store and in total; ``new_*``: rows of prompt groups the set's split never held."""
+def _role_counts(role: np.ndarray, store: np.ndarray, names: list[str], new: np.ndarray, repeat: np.ndarray
+                 ) -> dict[str, dict[str, int]]:
+    """Rows per role, per store and in total; ``new_*``: rows of prompt groups the set's split never held;
+    ``repeated``: rows left out as repeats of an earlier answer (among the excluded)."""
     out = {}
     for i, name in enumerate([*names, "total"]):
         m = store == i if name != "total" else np.ones(len(role), bool)
-        out[name] = {r: int((m & (role == r)).sum()) for r in ROLE_ORDER} | {
+        out[name] = {r: int((m & (role == r)).sum()) for r in ROLE_ORDER} | {"repeated": int((m & repeat).sum())} | {
             f"new_{r}": int((m & new & (role == r)).sum()) for r in ("calibration", "test")}
     return out
 
@@ -272,6 +295,8 @@ def recalibrate_answers(probes: ProbeSet, stores: list, cfg: RecalibrateConfig) 
     cfg.validate()
     a, described = _collect(probes, stores)
     role, groups, new = assign_roles(probes, a.prompts, a.pair_ids, a.y, cfg.test_fraction, cfg.seed)
+    repeat = repeated_answers(a.prompts, a.responses)
+    role = np.where(repeat, "excluded", role)
     calibrate_on = list(probes.thresholds.get("calibrate_on") or CALIBRATION_KINDS)
     own = calibration_rows(a.y, a.kinds, a.sources, calibrate_on)
     cal = own & (role == "calibration")
@@ -280,7 +305,8 @@ def recalibrate_answers(probes: ProbeSet, stores: list, cfg: RecalibrateConfig) 
     calib = _threshold(a, cal, groups, calibrate_on, cfg.target_fpr, Schedule.from_dict(probes.schedule).answer_length)
     result = Recalibration(threshold=calib["threshold"], previous_threshold=float(probes.threshold),
                            target_fpr=cfg.target_fpr, calibration=calib,
-                           roles=_role_counts(role, a.store, [d["path"] for d in described], new), stores=described,
+                           roles=_role_counts(role, a.store, [d["path"] for d in described], new, repeat),
+                           stores=described,
                            config=dataclasses.asdict(cfg))
     test = role == "test"
     if test.any():
