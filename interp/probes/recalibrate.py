@@ -11,7 +11,9 @@ and assigns each answer a role by its prompt, never by its row:
   group) is left out (``excluded``) and counted, and so is a group that links a calibration and a test prompt;
 * a prompt of the set's **calibration** or **test** split keeps that role;
 * every other prompt group is new: a seeded, label-stratified ``test_fraction`` of the new groups is held out for
-  test, the rest joins the calibration answers.
+  test, the rest joins the calibration answers;
+* an answer that repeats an earlier one word for word (same prompt and text) is left out and counted, and a store
+  given twice is refused, so that no answer counts twice.
 
 The new threshold is set on the calibration prompts' benign answers of the set's calibration kinds (the model's
 own answers, plain and after a forced opener) at ``target_fpr`` per answer; every rate is then measured on the
