@@ -175,6 +175,10 @@ def test_bad_input_gets_one_line_errors(trained, tmp_path):
     bare.split = {}
     with pytest.raises(UserError, match="records no split"):
         recalibrate(bare, [store], RecalibrateConfig())
+    unscheduled = ProbeSet.load(probes)
+    unscheduled.schedule = {}
+    with pytest.raises(UserError, match="records no guard schedule"):
+        recalibrate(unscheduled, [store], RecalibrateConfig())
     ps = ProbeSet.load(probes)
     ps.combine = [0, 1, 2]  # reads a layer the store below lacks
     with ActivationStore.open(store) as s:

@@ -100,6 +100,12 @@ class AnswerScores:
         return {"answers": int(m.sum()), "scored": int(scored.sum()), "excluded_incomplete": int((m & self.excluded).sum()),
                 "checks": int(self.n_checks[scored].sum()), "coverage": 1.0 if scored.any() else None}
 
+    def by_kind(self, kinds: np.ndarray, mask: np.ndarray | None = None) -> dict[str, int]:
+        """Scored answers (of ``mask``) per kind, for every kind among them."""
+        m = np.ones(len(self.score), bool) if mask is None else np.asarray(mask, bool)
+        kinds = np.asarray(kinds)
+        return {str(k): int((m & ~self.excluded & (kinds == k)).sum()) for k in sorted(set(kinds[m].tolist()))}
+
 
 def missing_depth_error(depth: int, stored: Sequence[int], schedule: Schedule, end: int) -> UserError:
     step = schedule.stride

@@ -134,19 +134,13 @@ class _Answers:
         return self.scored.score
 
 
-def _check_store(probes: ProbeSet, store, path: str) -> None:
+def _check_store(probes: ProbeSet, store, path: str, length: int | None) -> None:
     """One line when ``store`` cannot be scored as the set was calibrated: another model or template, another
-    answer length, or without the hook or readout layers."""
-    from interp.probes.protocol import Schedule
-
-    if not probes.schedule:
-        raise UserError("the probe set records no guard schedule (made before per-answer calibration): retrain it "
-                        "with `anydepth train`")
+    answer length than the set's ``length``, or without the hook or readout layers."""
     try:
         probes.check_provenance(store.provenance)
     except UserError as err:
         raise UserError(f"{path}: {err}") from None
-    length = Schedule.from_dict(probes.schedule).answer_length
     have = getattr(store, "answer_length", None)
     if length is not None and have != length:
         raise UserError(f"{path}: answers extracted at --answer-length {have}, the probe set was calibrated for "
@@ -170,8 +164,9 @@ def _refuse_twice(stores: list) -> None:
             seen[key] = path
 
 
-def _collect(probes: ProbeSet, stores: list) -> tuple[_Answers, list[dict]]:
-    """Every ``(path, store)`` checked against the set and scored; their answers concatenated."""
+def _collect(probes: ProbeSet, stores: list, answer_length: int | None) -> tuple[_Answers, list[dict]]:
+    """Every ``(path, store)`` checked against the set (calibrated at ``answer_length``) and scored; their answers
+    concatenated."""
     from interp.probes.answers import AnswerScores
     from interp.probes.data import require_finished
     from interp.probes.readout import deployed_answer_scores
@@ -179,7 +174,7 @@ def _collect(probes: ProbeSet, stores: list) -> tuple[_Answers, list[dict]]:
     _refuse_twice(stores)
     parts, described = [], []
     for path, store in stores:
-        _check_store(probes, store, path)
+        _check_store(probes, store, path, answer_length)
         require_finished(store, False)
         parts.append(deployed_answer_scores(probes, store))
         described.append({"path": str(path), "rows": int(len(parts[-1][0].score)),
@@ -229,10 +224,12 @@ def assign_roles(probes: ProbeSet, prompts: np.ndarray, pair_ids: np.ndarray, y:
                         "`anydepth train`")
     groups = content_groups(list(prompts), list(pair_ids))
     codes, _ = group_codes(groups)
+    keys = list(zip(prompts, pair_ids))
     touches = {}
     for name in ("train", "calibration", "test"):
         seen = seen_in(probes.split, (name,))
-        hit = np.array([seen.why(p, q) is not None for p, q in zip(prompts, pair_ids)], bool)
+        known = {key: seen.why(*key) is not None for key in dict.fromkeys(keys)}  # once per distinct prompt
+        hit = np.array([known[key] for key in keys], bool)
         touches[name] = any_in_group(hit, groups)[codes]
     role = np.where(touches["test"], "test", np.where(touches["calibration"], "calibration", "")).astype(object)
     role[touches["train"] | (touches["test"] & touches["calibration"])] = "excluded"
@@ -255,19 +252,16 @@ def _role_counts(role: np.ndarray, store: np.ndarray, names: list[str], new: np.
     return out
 
 
-def _threshold(a: _Answers, cal: np.ndarray, groups: np.ndarray, calibrate_on, target_fpr: float,
-               answer_length) -> dict:
+def _threshold(a: _Answers, cal: np.ndarray, groups: np.ndarray, target_fpr: float, answer_length) -> dict:
     """The per-answer threshold on the calibration answers of the calibration kinds, with its record."""
     from interp.probes.answers import require_complete_answers, warn_calibration
     from interp.probes.protocol import per_answer_threshold
 
     require_complete_answers(a.scored.excluded[cal], answer_length)
     calib = per_answer_threshold(a.score[cal], target_fpr, groups[cal])
-    ok = cal & ~a.scored.excluded
     calib |= {"basis": "calibration prompts of the probe set's split and new prompt groups (never trained on)",
-              "answers": a.scored.info(cal),
-              "kinds": {str(k): int((ok & (a.kinds == k)).sum()) for k in sorted(set(a.kinds[cal].tolist()))},
-              "by_store": {str(i): int((ok & (a.store == i)).sum()) for i in sorted(set(a.store[cal].tolist()))}}
+              "answers": a.scored.info(cal), "kinds": a.scored.by_kind(a.kinds, cal),
+              "by_store": a.scored.by_kind(a.store.astype(str), cal)}
     warn_calibration(calib, calib["answers"]["excluded_incomplete"], answer_length, target_fpr)
     return calib
 
@@ -295,7 +289,11 @@ def recalibrate_answers(probes: ProbeSet, stores: list, cfg: RecalibrateConfig) 
     from interp.probes.protocol import Schedule
 
     cfg.validate()
-    a, described = _collect(probes, stores)
+    if not probes.schedule:
+        raise UserError("the probe set records no guard schedule (made before per-answer calibration): retrain it "
+                        "with `anydepth train`")
+    answer_length = Schedule.from_dict(probes.schedule).answer_length
+    a, described = _collect(probes, stores, answer_length)
     role, groups, new = assign_roles(probes, a.prompts, a.pair_ids, a.y, cfg.test_fraction, cfg.seed)
     repeat = repeated_answers(a.prompts, a.responses)
     role = np.where(repeat, "excluded", role)
@@ -304,7 +302,7 @@ def recalibrate_answers(probes: ProbeSet, stores: list, cfg: RecalibrateConfig) 
     cal = own & (role == "calibration")
     if not cal.any():
         raise no_calibration_answers(calibrate_on, a.kinds[role == "calibration"], a.y[role == "calibration"])
-    calib = _threshold(a, cal, groups, calibrate_on, cfg.target_fpr, Schedule.from_dict(probes.schedule).answer_length)
+    calib = _threshold(a, cal, groups, cfg.target_fpr, answer_length)
     result = Recalibration(threshold=calib["threshold"], previous_threshold=float(probes.threshold),
                            target_fpr=cfg.target_fpr, calibration=calib,
                            roles=_role_counts(role, a.store, [d["path"] for d in described], new, repeat),
@@ -334,8 +332,8 @@ def _merge_split(split: dict, added: dict) -> dict:
     for name in ("calibration", "test"):
         old, more = out.get(name, {}), added[name]
         merged = {key: sorted(set(old.get(key, [])) | set(more[key])) for key in ("groups", "prompt_keys", "pair_ids")}
-        merged["fingerprints"] = sorted({tuple(f) for f in [*old.get("fingerprints", []), *more["fingerprints"]]})
-        merged["fingerprints"] = [list(f) for f in merged["fingerprints"]]
+        merged["fingerprints"] = [list(f) for f in sorted({tuple(f) for f in [*old.get("fingerprints", []),
+                                                                           *more["fingerprints"]]})]
         for key in ("n_rows", "n_harmful", "n_benign"):
             merged[key] = int(old.get(key, 0)) + int(more[key])
         sources = dict(old.get("sources", {}))

@@ -319,8 +319,7 @@ def _calibrate(cfg: TrainConfig, schedule, meta: dict, deployed, roles: np.ndarr
     require_complete_answers(ans.excluded, schedule.answer_length)
     calib = (per_answer_threshold(ans.score, cfg.target_fpr, meta["groups"][rows]) if cfg.fixed_threshold is None else
              _fixed(cfg, ans.score, meta, rows))
-    by_kind = {str(k): int(((kinds[rows] == k) & ~ans.excluded).sum()) for k in sorted(set(kinds[rows].tolist()))}
-    calib |= {"basis": basis, "answers": ans.info(), "kinds": by_kind}
+    calib |= {"basis": basis, "answers": ans.info(), "kinds": ans.by_kind(kinds[rows])}
     harmful = (y == 1) & (cal_m if cal_m.any() else train_m)
     if harmful.any():  # what the threshold catches on prompts that are not test prompts (to choose recipes by)
         got = answer_scores(grid[harmful], depths, deployed.subset(harmful), schedule, end[harmful])
