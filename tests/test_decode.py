@@ -158,18 +158,58 @@ def test_auto_generation_dtype_picks_bf16_only_with_native_support(monkeypatch):
         c.resolve_gen_dtype("fp8", "cpu")
 
 
-def test_auto_engine_falls_back_to_the_dynamic_cache_when_slots_would_not_fit(monkeypatch):
+def test_slot_engine_keeps_the_rows_its_memory_budget_holds(monkeypatch):
+    """Where the slot cache of the batch would pass the budget, the slot engine decodes fewer rows in flight
+    (warned), the same tokens; where not one row fits, "auto" takes the DynamicCache and "slots" refuses."""
     from interp.generate import decode as d
+    from interp.generate.slots import SlotDecoder
 
     model, tok, prompts = setup("qwen2")
     used = []
     for name in ("_decode_slots", "_decode_cache"):
         real = getattr(d, name)
-        monkeypatch.setattr(d, name, lambda *a, real=real, name=name: (used.append(name), real(*a))[1])
-    ref = decode(model, prompts, [4] * len(prompts), stops=[], pad_id=0, batch_size=3)
-    monkeypatch.setattr(d, "SLOT_CACHE_LIMIT", 0)
-    assert decode(model, prompts, [4] * len(prompts), stops=[], pad_id=0, batch_size=3) == ref
-    assert used == ["_decode_slots", "_decode_cache"]
+        monkeypatch.setattr(d, name, lambda *a, real=real, name=name: (used.append((name, a[3])), real(*a))[1])
+    budgets = [4] * len(prompts)
+    ref = decode(model, prompts, budgets, stops=[], pad_id=0, batch_size=3)
+    row = SlotDecoder.cache_bytes(model, 1, max(map(len, prompts)) + 4)  # one row: longest prompt + its budget
+    monkeypatch.setattr(d, "slot_cache_budget", lambda device: 2 * row + row // 2)
+    trace = d.DecodeTrace()
+    with pytest.warns(UserWarning, match=r"decoding 2 rows in flight instead of 3: 3 slots of \d+ positions"):
+        assert decode(model, prompts, budgets, stops=[], pad_id=0, batch_size=3, trace=trace) == ref
+    assert max(rows for rows, _ in trace.steps) == 2 and trace.batch_size == 2
+    monkeypatch.setattr(d, "slot_cache_budget", lambda device: row - 1)
+    assert decode(model, prompts, budgets, stops=[], pad_id=0, batch_size=3) == ref
+    assert used == [("_decode_slots", 3), ("_decode_slots", 2), ("_decode_cache", 3)]
+    with pytest.raises(ValueError, match="engine 'slots' cannot decode one row: 3 slots of"):
+        decode(model, prompts, budgets, stops=[], pad_id=0, batch_size=3, engine="slots")
+
+
+def test_slot_cache_budget_is_a_share_of_the_free_memory(monkeypatch):
+    from interp.generate import decode as d
+
+    monkeypatch.setattr(d, "available_memory", lambda: 10 << 30)
+    assert d.slot_cache_budget("cpu") == int(d.SLOT_CACHE_SHARE * (10 << 30))
+    monkeypatch.setattr(d, "available_memory", lambda: None)
+    assert d.slot_cache_budget("cpu") == d.SLOT_CACHE_FALLBACK == d.slot_cache_budget("meta")
+
+
+@pytest.mark.parametrize("engine", ["slots", "cache"])
+def test_newcomers_are_prefilled_shortest_first(engine, monkeypatch):
+    """Prompts of alternating lengths fill fewer prefill pieces sorted by length than in arrival order."""
+    from interp.generate import decode as d
+
+    model, tok, prompts = setup("qwen2")
+    long_prompt = format_prompt_ids(tok, " ".join(["word"] * 150))
+    mixed = [prompts[0], long_prompt] * 3  # short, long, short, ...
+    lengths = [len(p) for p in mixed]
+    budget = max(3 * lengths[0], lengths[1])  # three short prompts, or one long one, per forward
+    assert 2 * lengths[1] > budget
+    monkeypatch.setattr(d, "PREFILL_TOKENS_CPU", budget)
+    trace = d.DecodeTrace()
+    got = decode(model, mixed, [2] * 6, stops=[], pad_id=0, batch_size=6, engine=engine, trace=trace)
+    assert [n for n, _ in trace.prefills] == [3, 1, 1, 1]  # in arrival order it would be six of one row
+    assert len(d.prefill_pieces(lengths, budget)) == 6
+    assert got == [decode(model, [p], [2], stops=[], pad_id=0, engine=engine)[0] for p in mixed]
 
 
 def test_int8_linear_is_close_and_each_row_is_its_own():

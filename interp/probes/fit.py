@@ -16,6 +16,7 @@ from scipy.linalg import blas
 from sklearn.linear_model import LogisticRegression
 
 from interp import UserError
+from interp.memory import available_memory
 
 LOGIT_BLOCK_BYTES = 1 << 26  # float64 rows cast at a time by LinearParams.logit (64 MiB)
 
@@ -131,26 +132,6 @@ def fit_diff_of_means(X: np.ndarray, y: np.ndarray, *, standardize: bool = False
 
 
 COPY_BUDGET: int | None = None  # bytes the solver's centred copy of the rows may take; None: see default_copy_budget
-
-
-def available_memory() -> int | None:
-    """Bytes this process can still allocate: Linux ``MemAvailable``, lowered to the cgroup's room when it sets a
-    limit; None where neither is readable."""
-    free = None
-    try:
-        for line in open("/proc/meminfo"):
-            if line.startswith("MemAvailable:"):
-                free = int(line.split()[1]) * 1024
-    except OSError:
-        pass
-    try:
-        limit = open("/sys/fs/cgroup/memory.max").read().strip()
-        if limit != "max":
-            room = int(limit) - int(open("/sys/fs/cgroup/memory.current").read())
-            free = room if free is None else min(free, room)
-    except (OSError, ValueError):
-        pass
-    return free
 
 
 def default_copy_budget() -> int:

@@ -171,9 +171,11 @@ def _collect(probes: ProbeSet, stores: list, answer_length: int | None) -> tuple
     from interp.probes.data import require_finished
     from interp.probes.readout import deployed_answer_scores
 
+    from tqdm.auto import tqdm
+
     _refuse_twice(stores)
     parts, described = [], []
-    for path, store in stores:
+    for path, store in tqdm(stores, desc="score stores", unit="store", leave=False):
         _check_store(probes, store, path, answer_length)
         require_finished(store, False)
         parts.append(deployed_answer_scores(probes, store))
