@@ -167,11 +167,11 @@ def _refuse_twice(stores: list) -> None:
 def _collect(probes: ProbeSet, stores: list, answer_length: int | None) -> tuple[_Answers, list[dict]]:
     """Every ``(path, store)`` checked against the set (calibrated at ``answer_length``) and scored; their answers
     concatenated."""
+    from tqdm.auto import tqdm
+
     from interp.probes.answers import AnswerScores
     from interp.probes.data import require_finished
     from interp.probes.readout import deployed_answer_scores
-
-    from tqdm.auto import tqdm
 
     _refuse_twice(stores)
     parts, described = [], []
