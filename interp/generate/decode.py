@@ -259,7 +259,8 @@ class _Jobs:
 
     def take(self, n: int) -> list[int]:
         """The next ``n`` waiting jobs (fewer when fewer wait), shortest prompt first: prefill pieces of similar
-        lengths pad less (the 1.5B pool's first 256 prompts: 12.6k real tokens padded to 37k in arrival order)."""
+        lengths pad less (the 1.5B pool's first 256 prompts, 12.6k tokens: 9 forwards in 84 s in arrival order, 5 in
+        50 s sorted; bf16, 2-core AMX Xeon)."""
         new = [self.waiting.popleft() for _ in range(min(n, len(self.waiting)))]
         return sorted(new, key=lambda j: len(self.prompts[j]))
 
