@@ -11,7 +11,8 @@ dtype (``--dtype auto``: bf16 on a CPU with native bf16, else float32; a cast co
 The baseline is what a careful user writes with transformers: prompts sorted by length (less padding),
 ``model.generate`` on each batch with left padding and its KV cache, at every batch size of ``--batches``; the
 best of them is the reference. Ours runs each engine of ``--engines`` at the same batch sizes: ``slots`` (a
-preallocated per-row cache, interp/generate/slots.py) and ``cache`` (the model's forward over a DynamicCache).
+preallocated per-row cache, interp/generate/slots.py) and ``cache`` (the model's forward over a DynamicCache);
+``auto`` times the choice corpus builds make (``interp.generate.decode``: slots within its memory budget).
 Every path is warmed once on two prompts, then timed in ``--repeats`` rounds of alternating order; tokens/s counts
 the tokens each path returns; for our paths it also prints where the last round's time went (prefills, steps with
 the whole batch in flight, steps with fewer rows: :class:`interp.generate.decode.DecodeTrace`). The last line is
@@ -91,7 +92,9 @@ def main() -> None:
                     help="prompts (the built-in demo set, harmful and benign mixed; cycled past its 80 prompts)")
     ap.add_argument("--max-new-tokens", type=int, default=128)
     ap.add_argument("--batches", type=int, nargs="+", default=[8, 16, 32], help="batch sizes tried by every path")
-    ap.add_argument("--engines", nargs="+", default=["slots", "cache"], choices=["slots", "cache"])
+    ap.add_argument("--engines", nargs="+", default=["slots", "cache"], choices=["slots", "cache", "auto"],
+                    help="auto: what corpus builds decode with (slots, fewer rows where their cache passes the "
+                         "memory budget)")
     ap.add_argument("--dtype", default="auto", choices=["auto", "float32", "bfloat16", "int8"],
                     help="generation dtype; int8 (opt-in, changes tokens) also prints its agreement with float32")
     ap.add_argument("--repeats", type=int, default=2, help="timed rounds per path, after one warm-up each")
