@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -302,6 +303,21 @@ def _interrupt(monkeypatch, after: int, where: str):
                 raise KeyboardInterrupt
 
     monkeypatch.setattr(journal, "append_lines", failing)
+
+
+def test_build_reports_each_waves_decode_with_its_engine(tmp_path, model_tok, capsys):
+    """With progress on, each wave that generates prints one line: its tokens and rate, the engine, the rows in
+    flight and where the time went; the files equal a quiet build's."""
+    model, tok = model_tok
+    spec = load_spec(str(_write_spec(tmp_path)))
+    quiet = _build(model_tok, spec, tmp_path / "quiet")
+    loud = write_corpus(model, tok, spec, tmp_path / "loud", model_provenance={"model_id": "tiny-qwen2"},
+                        batch_size=2, progress=True, judge=judge, wave_rows=100)
+    lines = [x for x in capsys.readouterr().out.splitlines() if x.startswith("wave ")]
+    assert len(lines) == 1 and re.match(r"wave 1/1: \d+ tokens in \d+ s \([\d.]+ tokens/s\); slots engine, 2 rows "
+                                        r"in flight: prefills: ", lines[0])
+    assert quiet["rows"] == loud["rows"]
+    assert _files(tmp_path / "quiet")["continuations.jsonl"] == _files(tmp_path / "loud")["continuations.jsonl"]
 
 
 @pytest.mark.parametrize("after, where, torn", [(3, journal.ROWS, False), (5, journal.PROGRESS, False),

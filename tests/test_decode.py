@@ -176,9 +176,11 @@ def test_slot_engine_keeps_the_rows_its_memory_budget_holds(monkeypatch):
     trace = d.DecodeTrace()
     with pytest.warns(UserWarning, match=r"decoding 2 rows in flight instead of 3: 3 slots of \d+ positions"):
         assert decode(model, prompts, budgets, stops=[], pad_id=0, batch_size=3, trace=trace) == ref
-    assert max(rows for rows, _ in trace.steps) == 2 and trace.batch_size == 2
+    assert max(rows for rows, _ in trace.steps) == 2 and trace.batch_size == 2 and trace.engine == "slots"
     monkeypatch.setattr(d, "slot_cache_budget", lambda device: row - 1)
-    assert decode(model, prompts, budgets, stops=[], pad_id=0, batch_size=3) == ref
+    trace = d.DecodeTrace()
+    assert decode(model, prompts, budgets, stops=[], pad_id=0, batch_size=3, trace=trace) == ref
+    assert trace.summary().startswith("cache engine, 3 rows in flight: prefills:")
     assert used == [("_decode_slots", 3), ("_decode_slots", 2), ("_decode_cache", 3)]
     with pytest.raises(ValueError, match="engine 'slots' cannot decode one row: 3 slots of"):
         decode(model, prompts, budgets, stops=[], pad_id=0, batch_size=3, engine="slots")
@@ -261,7 +263,8 @@ def test_trace_accounts_for_every_token_and_leaves_the_tokens_alone(engine):
     assert ph["prefill"]["tokens"] + ph["full"]["tokens"] + ph["partial"]["tokens"] == sum(map(len, got))
     assert ph["full"]["calls"] > 0 and ph["partial"]["calls"] > 0  # 3 rows in flight, then the tail
     assert all(rows <= 3 for rows, _ in trace.steps) and all(t >= 0 for _, t in trace.steps + trace.prefills)
-    assert trace.batch_size == 3 and "steps at 3 rows" in trace.summary()
+    assert trace.batch_size == 3 and trace.engine == engine
+    assert trace.summary().startswith(f"{engine} engine, 3 rows in flight: ") and "steps at 3 rows" in trace.summary()
 
 
 def test_prefill_pieces_cover_the_newcomers_in_order_within_the_budget():

@@ -12,6 +12,7 @@ wave with the same rows as before and writes only the batches the journal lacks.
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -151,9 +152,10 @@ def _insertion_requests(model, tokenizer, spec: CorpusSpec, inserted: list[Batch
 
 
 def _decode_wave(model, tokenizer, spec: CorpusSpec, own: list[Batch], too_long: str, batch_size: int,
-                 gen_dtype: str, bar, judge) -> dict[str, list]:
+                 gen_dtype: str, bar, judge, trace=None) -> dict[str, list]:
     """The continuations of a wave's own-generation batches, decoded together (insertion batches after their
-    first pass); the bar advances per finished answer and per prompt an insertion batch did not continue."""
+    first pass); the bar advances per finished answer and per prompt an insertion batch did not continue.
+    ``trace``: a :class:`~interp.generate.decode.DecodeTrace` of the wave's (last) decode."""
     from interp.corpus.insertion import locate_span
     from interp.generate.continuations import generate_requests
 
@@ -162,7 +164,7 @@ def _decode_wave(model, tokenizer, spec: CorpusSpec, own: list[Batch], too_long:
     second = _insertion_requests(model, tokenizer, spec, inserted, too_long, batch_size, gen_dtype,
                                  judge) if inserted else []
     made = generate_requests(model, tokenizer, [_request(spec, b, too_long) for b in plain] + [s[1] for s in second],
-                             batch_size=batch_size, progress=False, dtype=gen_dtype, bar=bar)
+                             batch_size=batch_size, progress=False, dtype=gen_dtype, bar=bar, trace=trace)
     out = dict(zip((b.key for b in plain), made))
     out.update((b.key, []) for b in inserted)
     for (key, _, head, span, host), items in zip(second, made[len(plain):]):
@@ -174,6 +176,13 @@ def _decode_wave(model, tokenizer, spec: CorpusSpec, own: list[Batch], too_long:
             out[key].append(item)
     bar.update(sum(len(b.records) for b in inserted) - len(second))
     return out
+
+
+def wave_report(trace, seconds: float) -> str:
+    """One line on a decoded wave: its tokens, seconds and rate, then where the decode's time went (engine, rows
+    in flight, prefills, full and draining steps: :meth:`~interp.generate.decode.DecodeTrace.summary`)."""
+    tokens = sum(p["tokens"] for p in trace.phases().values())
+    return f"{tokens:.0f} tokens in {seconds:.0f} s ({tokens / max(seconds, 1e-9):.1f} tokens/s); {trace.summary()}"
 
 
 def waves(plan: list[Batch], rows: int) -> list[list[Batch]]:
@@ -235,7 +244,7 @@ def write_corpus(model, tokenizer, spec: CorpusSpec, out: str | Path, *, model_p
     from tqdm.auto import tqdm
 
     from interp.generate.continuations import from_records, resolve_gen_dtype
-    from interp.generate.decode import default_engine
+    from interp.generate.decode import DecodeTrace, default_engine
     from interp.guard.refusal import KeywordMatcher
 
     out = Path(out)
@@ -258,12 +267,15 @@ def write_corpus(model, tokenizer, spec: CorpusSpec, out: str | Path, *, model_p
         bar = tqdm(total=sum(len(b.records) for b in plan), desc=f"corpus {spec.name}", unit="row",
                    disable=not progress)
         bar.update(sum(len(b.records) for b in plan) - sum(len(b.records) for w in todo for b in w))
-        for wave in todo:
+        for k, wave in enumerate(todo, 1):
             own = [b for b in wave if b.task.entry.kind != "dataset"]  # all of them: a torn wave decodes as before
             names = sorted({b.task.entry.name for b in own})
             bar.set_postfix_str(", ".join(names) if len(names) <= 3 else f"{len(names)} entries", refresh=True)
+            trace, start = DecodeTrace(), time.perf_counter()
             made = _decode_wave(model, tokenizer, spec, own, too_long, batch_size, gen_dtype, bar,
-                                judge) if own else {}
+                                judge, trace) if own else {}
+            if own and progress:
+                bar.write(f"wave {k}/{len(todo)}: {wave_report(trace, time.perf_counter() - start)}")
             for batch in wave:
                 if batch.key not in journal.done:
                     items = made[batch.key] if batch.key in made else from_records(batch.records, tokenizer,

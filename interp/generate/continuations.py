@@ -347,13 +347,15 @@ def _assemble(tokenizer, req: Request, jobs: list[tuple], news: list[list[int]],
 
 
 def generate_requests(model, tokenizer, requests: Sequence[Request], *, batch_size: int = 4, progress: bool = True,
-                      dtype: str = "model", desc: str = "generate", bar=None) -> list[list[Continuation]]:
+                      dtype: str = "model", desc: str = "generate", bar=None,
+                      trace=None) -> list[list[Continuation]]:
     """The continuations of each request, all decoded in one continuously batched pass (``batch_size`` rows in
     flight, a finished row leaves and the next job joins), so small requests share full batches.
 
     Each job samples from its own generator, seeded as if its request were decoded alone
     (``request.seed * 1_000_003 + position in the request``); requests may differ in mode, opener and budget.
-    ``bar``: a tqdm to advance per finished job instead of a bar of its own."""
+    ``bar``: a tqdm to advance per finished job instead of a bar of its own; ``trace``: a
+    :class:`~interp.generate.decode.DecodeTrace` for the decode."""
     from tqdm.auto import tqdm
 
     from interp.generate.decode import Sampling, decode
@@ -378,7 +380,7 @@ def generate_requests(model, tokenizer, requests: Sequence[Request], *, batch_si
         bar = tqdm(total=len(flat), desc=desc, unit="ex", disable=not progress)
     news = decode(generation_model(model, dtype), [p + f for _, _, p, f, _ in flat], [j[4] for j in flat],
                   stops=stops, pad_id=pad_id, batch_size=batch_size,
-                  sampling=Sampling(do_sample, temperature, top_p), seeds=seeds, bar=bar)
+                  sampling=Sampling(do_sample, temperature, top_p), seeds=seeds, bar=bar, trace=trace)
     if own_bar:
         bar.close()
     out, start = [], 0

@@ -48,6 +48,7 @@ class DecodeTrace:
     and seconds, in order. A step makes one token per row in flight, a prefill one per prompt it admits."""
 
     batch_size: int = 0
+    engine: str = ""  # the engine that ran ("slots" or "cache"; "auto" resolved)
     prefills: list[tuple[int, float]] = field(default_factory=list)  # (prompts admitted, seconds)
     steps: list[tuple[int, float]] = field(default_factory=list)  # (rows in flight, seconds)
 
@@ -61,11 +62,13 @@ class DecodeTrace:
         return out
 
     def summary(self) -> str:
-        """One line: each phase's seconds, share of the traced time and tokens per second."""
+        """One line: the engine and rows in flight, then each phase's seconds, share of the traced time and tokens
+        per second."""
         ph = self.phases()
         total = sum(p["seconds"] for p in ph.values()) or 1.0
         names = {"prefill": "prefills", "full": f"steps at {self.batch_size} rows", "partial": "steps at fewer rows"}
-        return "; ".join(f"{names[k]}: {p['calls']:.0f} in {p['seconds']:.1f} s ({100 * p['seconds'] / total:.0f}%), "
+        head = f"{self.engine} engine, {self.batch_size} rows in flight: " if self.engine else ""
+        return head + "; ".join(f"{names[k]}: {p['calls']:.0f} in {p['seconds']:.1f} s ({100 * p['seconds'] / total:.0f}%), "
                          f"{p['tokens'] / p['seconds'] if p['seconds'] else 0:.1f} tokens/s" for k, p in ph.items())
 
 
@@ -137,7 +140,7 @@ def decode(model, prompts: Sequence[Sequence[int]], budgets: Sequence[int], *, s
         rows = _slot_rows(model, jobs, batch_size, explicit=engine == "slots")
         chosen, batch_size = ("slots", rows) if rows else ("cache", batch_size)
     if trace is not None:
-        trace.batch_size = batch_size
+        trace.batch_size, trace.engine = batch_size, chosen
     run = _decode_slots if chosen == "slots" else _decode_cache
     installed = fast_linear.install(model)
     try:
