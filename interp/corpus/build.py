@@ -271,10 +271,10 @@ def write_corpus(model, tokenizer, spec: CorpusSpec, out: str | Path, *, model_p
             own = [b for b in wave if b.task.entry.kind != "dataset"]  # all of them: a torn wave decodes as before
             names = sorted({b.task.entry.name for b in own})
             bar.set_postfix_str(", ".join(names) if len(names) <= 3 else f"{len(names)} entries", refresh=True)
-            trace, start = DecodeTrace(), time.perf_counter()
+            trace, start = (DecodeTrace() if progress else None), time.perf_counter()  # traced only to be printed
             made = _decode_wave(model, tokenizer, spec, own, too_long, batch_size, gen_dtype, bar,
                                 judge, trace) if own else {}
-            if own and progress:
+            if own and trace is not None:
                 bar.write(f"wave {k}/{len(todo)}: {wave_report(trace, time.perf_counter() - start)}")
             for batch in wave:
                 if batch.key not in journal.done:
