@@ -40,6 +40,7 @@ _API: dict[str, str] = {
     # activations
     "ExtractConfig": "interp.extract.packed", "extract_activations": "interp.extract.run", "ExtractResult": "interp.extract.packed",
     "ActivationStore": "interp.extract.store",
+    "StoreUnion": "interp.extract.union",
     # probes
     "ProbeConfig": "interp.probes.oof", "SweepConfig": "interp.probes.run", "sweep": "interp.probes.run",
     "SweepResult": "interp.probes.sweep", "TrainConfig": "interp.probes.train", "train": "interp.probes.run",

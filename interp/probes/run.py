@@ -20,7 +20,14 @@ from interp.probes.data import (
 from interp.probes.oof import ProbeConfig
 from interp.probes.probeset import ProbeSet, jsonable
 from interp.probes.protocol import ScheduleConfig, check_schedule
-from interp.probes.stores import check_depths, position_arg, store_answers, store_texts, using_store
+from interp.probes.stores import (
+    check_depths,
+    position_arg,
+    store_answers,
+    store_texts,
+    using_store,
+    with_added,
+)
 from interp.probes.sweep import SweepPlan, SweepResult, run_sweep
 from interp.probes.train import TrainConfig, save_probeset, train_probeset
 
@@ -96,8 +103,9 @@ def train(store: str | Path | ActivationStore | None = None, cfg: TrainConfig | 
     out = out if out is not None else (cfg.out or None)
     if out:
         check_out(out, "file" if Path(out).suffix in (".json", ".safetensors") else "dir")
-    with using_store(store if store is not None else cfg.store) as opened:
-        probes = train_probeset(opened, cfg, probe, progress=progress)
+    with using_store(store if store is not None else cfg.store) as opened, with_added(opened, cfg.augment) as (
+            both, train_only):
+        probes = train_probeset(both, cfg, probe, progress=progress, train_only=train_only)
     if out:
         save_probeset(probes, cfg, probe, out)
     return probes

@@ -13,7 +13,8 @@ from interp.probes.data import depth_columns, examples_meta
 from interp.probes.loso import AnswerInfo
 from interp.probes.ngram import depth_texts
 
-__all__ = ["check_depths", "open_store", "position_arg", "store_answers", "store_texts", "using_store"]
+__all__ = ["check_depths", "open_store", "position_arg", "store_answers", "store_texts", "using_store",
+           "with_added"]
 
 
 def open_store(path: str | Path | ActivationStore) -> ActivationStore:
@@ -36,6 +37,24 @@ def using_store(store: str | Path | ActivationStore) -> Iterator[ActivationStore
     finally:
         if opened is not store:
             opened.close()
+
+
+@contextmanager
+def with_added(store: ActivationStore, added: list) -> Iterator[tuple]:
+    """``(store, None)`` when nothing is ``added``; else the union of ``store`` and the stores at ``added`` paths
+    (:class:`~interp.extract.union.StoreUnion`) with a mask of the added rows."""
+    if not added:
+        yield store, None
+        return
+    from interp.extract.union import StoreUnion
+
+    opened = [open_store(path) for path in added]
+    try:
+        union = StoreUnion([store, *opened])
+        yield union, union.part > 0
+    finally:
+        for extra in opened:
+            extra.close()
 
 
 def position_arg(text: str | int) -> str | int:

@@ -61,6 +61,10 @@ class TrainConfig(StoreSliceConfig, SplitConfig, ScheduleConfig):
     drop_judged_harmless: bool = field(default=False, metadata={
         "help": "leave out of every fit (probes, baselines, leave-one-source-out training folds) the model's own "
                 "deep prefills the --judgments judge calls harmless; calibration and test answers are untouched"})
+    augment: list[str] = field(default_factory=list, metadata={
+        "help": "more stores (same model, template and extraction settings) whose rows are trained on and never "
+                "calibrated or tested on; --store's split is the one it gets alone, and an added row whose prompt "
+                "group meets a calibration or test prompt of --store is left out (counted)"})
 
     def validate(self) -> None:
         """Every option of ``anydepth train`` (store slice, split, schedule, layer), one line per problem."""
@@ -150,8 +154,39 @@ def _require_split(roles: np.ndarray, y: np.ndarray, cfg: TrainConfig) -> None:
                             "then labelled in-sample)")
 
 
-def train_probeset(store, cfg: TrainConfig, probe: ProbeConfig, *, progress: bool = True) -> ProbeSet:
-    """Fit ``probe`` on every selected layer of an open :class:`~interp.extract.store.ActivationStore` (see module doc)."""
+def assign_split(meta: dict, cfg: TrainConfig, own_benign: np.ndarray, train_only: np.ndarray) -> np.ndarray:
+    """Each finished row's role: the three-way split of the rows outside ``train_only`` (computed on them alone,
+    so it is the split their store gets without the added rows), ``train`` for the ``train_only`` rows, and
+    ``leak`` for those whose content group (over all rows) holds a calibration or test row."""
+    from interp.probes.groups import content_groups
+    from interp.probes.protocol import three_way_split
+
+    main = ~train_only
+    groups = meta["groups"][main]
+    if train_only.any() and all(len(str(p)) for p in meta["prompts"]):  # as the main store alone would group them
+        groups = content_groups(list(meta["prompts"][main]), list(meta["pair_ids"][main]))
+    roles = np.full(len(main), "train", dtype=object)
+    roles[main] = three_way_split(groups, meta["y"][main], cfg, cfg.seed,
+                                  strata=np.where(own_benign[main], "calibration-kind", "other"))
+    if train_only.any():
+        held = np.isin(meta["groups"], meta["groups"][main & (roles != "train")])
+        roles[train_only & held] = "leak"
+    return roles.astype(str)
+
+
+def _augment_record(roles: np.ndarray, train_only: np.ndarray, store) -> dict:
+    """What ``--augment`` added to training, and what it left out for meeting a held-out prompt."""
+    if not train_only.any():
+        return {}
+    parts = (getattr(store, "provenance", None) or {}).get("union_of", [])[1:]
+    return {"augment": {"stores": parts, "trained_rows": int((train_only & (roles == "train")).sum()),
+                        "left_out_rows": int((roles == "leak").sum())}}
+
+
+def train_probeset(store, cfg: TrainConfig, probe: ProbeConfig, *, progress: bool = True,
+                   train_only: np.ndarray | None = None) -> ProbeSet:
+    """Fit ``probe`` on every selected layer of an open :class:`~interp.extract.store.ActivationStore` (see module
+    doc). ``train_only`` (bool over the store's rows) marks rows that only ever train (:func:`assign_split`)."""
     from tqdm.auto import tqdm
 
     from interp.config import to_dict
@@ -162,7 +197,7 @@ def train_probeset(store, cfg: TrainConfig, probe: ProbeConfig, *, progress: boo
     from interp.probes.metrics import summarize
     from interp.probes.oof import fit_probes, oof_scores
     from interp.probes.probeset import jsonable
-    from interp.probes.protocol import describe_split, three_way_split
+    from interp.probes.protocol import describe_split
     from interp.probes.select import choose_layer
 
     position = int(cfg.position) if str(cfg.position).lstrip("-").isdigit() else cfg.position
@@ -176,12 +211,14 @@ def train_probeset(store, cfg: TrainConfig, probe: ProbeConfig, *, progress: boo
         raise UserError(f"--combine-top {cfg.combine_top} exceeds the {len(layers)} fitted layers")
     schedule = cfg.schedule(getattr(store, "answer_length", None))
     require_finished(store, cfg.allow_partial)
+    extra = np.zeros(store.n_examples, bool) if train_only is None else np.asarray(train_only, bool)
+    extra = extra[store.done]
     meta = finished_meta(store)
     y, groups, sources, prompts = meta["y"], meta["groups"], meta["sources"], meta["prompts"]
     deployed = Deployed.of(meta, schedule.answer_length)
     own_benign = calibration_rows(y, meta["kinds"], sources, cfg.calibrate_on, cfg.control_sources)
-    roles = three_way_split(groups, y, cfg, cfg.seed, strata=np.where(own_benign, "calibration-kind", "other"))
-    _require_split(roles, y, cfg)
+    roles = assign_split(meta, cfg, own_benign, extra)
+    _require_split(roles[~extra], y[~extra], cfg)
     dropped = judged_out(cfg, meta, roles == "train")  # still training prompts in the split record
     split_roles, roles = roles, np.where(dropped, "dropped", roles)
     train_m, cal_m, test_m = (roles == r for r in ("train", "calibration", "test"))
@@ -222,7 +259,7 @@ def train_probeset(store, cfg: TrainConfig, probe: ProbeConfig, *, progress: boo
         best_layer=int(best if best in kept["layers"] else readout[-1]),
         thresholds=_thresholds_record(cfg, schedule, calib),
         metrics=_metrics_record(cfg, metrics, readout, combine, test, cv_layers=layers)
-        | _judged_record(cfg, dropped),
+        | _judged_record(cfg, dropped) | _augment_record(roles, extra, store),
         provenance=jsonable(store.provenance), config={"train": to_dict(cfg), "probe": to_dict(probe)},
         split=describe_split(split_roles, groups, prompts, y, sources, meta["pair_ids"]), schedule=schedule.to_dict(),
         combine=combine)
@@ -359,7 +396,8 @@ def held_out_report(store, best: LayerData, cfg: TrainConfig, probe: ProbeConfig
     y, groups = meta["y"], meta["groups"]
     pair_y = best.label_grid  # each scored (row, depth) pair's label, at the depths the scores hold
     test_m = roles == "test"
-    seen = SeenPrompts.of(list(meta["prompts"][~test_m]), list(meta["pair_ids"][~test_m]))
+    used = ~test_m & (roles != "leak")  # an added row left out for meeting a test prompt was never used
+    seen = SeenPrompts.of(list(meta["prompts"][used]), list(meta["pair_ids"][used]))
     assert_held_out(list(meta["prompts"][test_m]), list(meta["pair_ids"][test_m]), seen)
     depths = best.depths
     valid = np.isfinite(scores)
