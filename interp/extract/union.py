@@ -14,6 +14,7 @@ from pathlib import Path
 import numpy as np
 
 from interp import UserError
+from interp.extract.h5io import read_texts
 from interp.extract.store import ActivationStore, ids_sha256
 
 __all__ = ["MATCHING_KEYS", "StoreUnion"]
@@ -51,7 +52,7 @@ class StoreUnion:
         self._offsets = np.concatenate([[0], np.cumsum(sizes)]).astype(np.int64)
         self.part = np.repeat(np.arange(len(self.stores)), sizes)
         self.path = " + ".join(str(s.path) for s in self.stores)
-        ids = [str(i) for s in self.stores for i in s.examples["id"]]
+        ids = [str(i) for s in self.stores for i in read_texts(s.h5["examples/id"])]  # ids alone, not every field
         _refuse_shared_ids(ids, self.part, self.stores)
         self.provenance = dict(first.provenance, hooks=self.hooks, layers=self.layers,
                                study_positions=self.study_positions, example_ids_sha256=ids_sha256(ids),
@@ -65,9 +66,7 @@ class StoreUnion:
         opened: list[ActivationStore] = []
         try:
             for path in paths:
-                if not Path(path).exists():
-                    raise UserError(f"no store at {path}")
-                opened.append(ActivationStore.open(path))
+                opened.append(ActivationStore.open(path))  # a missing file is refused there, in one line
             return cls(opened, owned=True)
         except BaseException:
             for store in opened:
@@ -128,9 +127,11 @@ class StoreUnion:
         if len(idx) and (idx.min() < 0 or idx.max() >= self.n_examples):
             raise UserError(f"row index out of range for a union of {self.n_examples} rows")
         order = np.argsort(idx, kind="stable")
+        ascending = idx[order]
+        parts = self.part[ascending]
         pieces = []
         for k, store in enumerate(self.stores):
-            local = idx[order][self.part[idx[order]] == k] - self._offsets[k]
+            local = ascending[parts == k] - self._offsets[k]
             if len(local):
                 pieces.append(read(store, local))
         out = np.concatenate(pieces) if pieces else read(self.stores[0], np.empty(0, np.int64))
@@ -162,12 +163,13 @@ def _check_match(first: ActivationStore, other: ActivationStore) -> None:
 
 
 def _refuse_shared_ids(ids: list[str], part: np.ndarray, stores: list) -> None:
+    """One line naming an id two stores share (ids are unique within a store)."""
     seen: dict[str, int] = {}
     for i, key in enumerate(ids):
-        if key in seen and part[seen[key]] != part[i]:
+        if key in seen:
             raise UserError(f"example id {key!r} is in both {stores[part[seen[key]]].path} and "
                             f"{stores[part[i]].path}: one answer would count twice; drop it from one corpus")
-        seen.setdefault(key, i)
+        seen[key] = i
 
 
 def _brief(value) -> str:

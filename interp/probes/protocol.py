@@ -77,6 +77,24 @@ def three_way_split(groups: np.ndarray, y: np.ndarray, cfg: SplitConfig, seed: i
     return role[codes].astype(str)
 
 
+def assign_split(meta: dict, cfg: SplitConfig, own_benign: np.ndarray, train_only: np.ndarray,
+                 seed: int = 0) -> np.ndarray:
+    """Each finished row's role: the three-way split of the rows outside ``train_only`` (computed on them alone,
+    so it is the split their store gets without the added rows), ``train`` for the ``train_only`` rows, and
+    ``leak`` for those whose content group (over all rows) holds a calibration or test row."""
+    main = ~train_only
+    groups = meta["groups"][main]
+    if train_only.any() and all(len(str(p)) for p in meta["prompts"]):  # as the main store alone would group them
+        groups = content_groups(list(meta["prompts"][main]), list(meta["pair_ids"][main]))
+    roles = np.full(len(main), "train", dtype=object)
+    roles[main] = three_way_split(groups, meta["y"][main], cfg, seed,
+                                  strata=np.where(own_benign[main], "calibration-kind", "other"))
+    if train_only.any():
+        held = np.isin(meta["groups"], meta["groups"][main & (roles != "train")])
+        roles[train_only & held] = "leak"
+    return roles.astype(str)
+
+
 def describe_split(roles: np.ndarray, groups: np.ndarray, prompts: np.ndarray, y: np.ndarray,
                    sources: np.ndarray, pair_ids: np.ndarray | None = None) -> dict:
     """JSON record of a split: per role the prompt keys, content groups, pair ids, word fingerprints of the

@@ -46,15 +46,14 @@ def with_added(store: ActivationStore, added: list) -> Iterator[tuple]:
     if not added:
         yield store, None
         return
+    from contextlib import ExitStack
+
     from interp.extract.union import StoreUnion
 
-    opened = [open_store(path) for path in added]
-    try:
+    with ExitStack() as stack:  # a store that fails to open closes those opened before it
+        opened = [stack.enter_context(using_store(path)) for path in added]
         union = StoreUnion([store, *opened])
         yield union, union.part > 0
-    finally:
-        for extra in opened:
-            extra.close()
 
 
 def position_arg(text: str | int) -> str | int:

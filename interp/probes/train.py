@@ -154,26 +154,6 @@ def _require_split(roles: np.ndarray, y: np.ndarray, cfg: TrainConfig) -> None:
                             "then labelled in-sample)")
 
 
-def assign_split(meta: dict, cfg: TrainConfig, own_benign: np.ndarray, train_only: np.ndarray) -> np.ndarray:
-    """Each finished row's role: the three-way split of the rows outside ``train_only`` (computed on them alone,
-    so it is the split their store gets without the added rows), ``train`` for the ``train_only`` rows, and
-    ``leak`` for those whose content group (over all rows) holds a calibration or test row."""
-    from interp.probes.groups import content_groups
-    from interp.probes.protocol import three_way_split
-
-    main = ~train_only
-    groups = meta["groups"][main]
-    if train_only.any() and all(len(str(p)) for p in meta["prompts"]):  # as the main store alone would group them
-        groups = content_groups(list(meta["prompts"][main]), list(meta["pair_ids"][main]))
-    roles = np.full(len(main), "train", dtype=object)
-    roles[main] = three_way_split(groups, meta["y"][main], cfg, cfg.seed,
-                                  strata=np.where(own_benign[main], "calibration-kind", "other"))
-    if train_only.any():
-        held = np.isin(meta["groups"], meta["groups"][main & (roles != "train")])
-        roles[train_only & held] = "leak"
-    return roles.astype(str)
-
-
 def _augment_record(roles: np.ndarray, train_only: np.ndarray, store) -> dict:
     """What ``--augment`` added to training, and what it left out for meeting a held-out prompt."""
     if not train_only.any():
@@ -186,7 +166,8 @@ def _augment_record(roles: np.ndarray, train_only: np.ndarray, store) -> dict:
 def train_probeset(store, cfg: TrainConfig, probe: ProbeConfig, *, progress: bool = True,
                    train_only: np.ndarray | None = None) -> ProbeSet:
     """Fit ``probe`` on every selected layer of an open :class:`~interp.extract.store.ActivationStore` (see module
-    doc). ``train_only`` (bool over the store's rows) marks rows that only ever train (:func:`assign_split`)."""
+    doc). ``train_only`` (bool over the store's rows) marks rows that only ever train
+    (:func:`~interp.probes.protocol.assign_split`)."""
     from tqdm.auto import tqdm
 
     from interp.config import to_dict
@@ -197,7 +178,7 @@ def train_probeset(store, cfg: TrainConfig, probe: ProbeConfig, *, progress: boo
     from interp.probes.metrics import summarize
     from interp.probes.oof import fit_probes, oof_scores
     from interp.probes.probeset import jsonable
-    from interp.probes.protocol import describe_split
+    from interp.probes.protocol import assign_split, describe_split
     from interp.probes.select import choose_layer
 
     position = int(cfg.position) if str(cfg.position).lstrip("-").isdigit() else cfg.position
@@ -211,13 +192,12 @@ def train_probeset(store, cfg: TrainConfig, probe: ProbeConfig, *, progress: boo
         raise UserError(f"--combine-top {cfg.combine_top} exceeds the {len(layers)} fitted layers")
     schedule = cfg.schedule(getattr(store, "answer_length", None))
     require_finished(store, cfg.allow_partial)
-    extra = np.zeros(store.n_examples, bool) if train_only is None else np.asarray(train_only, bool)
-    extra = extra[store.done]
+    extra = (np.zeros(store.n_examples, bool) if train_only is None else np.asarray(train_only, bool))[store.done]
     meta = finished_meta(store)
     y, groups, sources, prompts = meta["y"], meta["groups"], meta["sources"], meta["prompts"]
     deployed = Deployed.of(meta, schedule.answer_length)
     own_benign = calibration_rows(y, meta["kinds"], sources, cfg.calibrate_on, cfg.control_sources)
-    roles = assign_split(meta, cfg, own_benign, extra)
+    roles = assign_split(meta, cfg, own_benign, extra, cfg.seed)
     _require_split(roles[~extra], y[~extra], cfg)
     dropped = judged_out(cfg, meta, roles == "train")  # still training prompts in the split record
     split_roles, roles = roles, np.where(dropped, "dropped", roles)
